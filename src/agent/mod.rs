@@ -1,0 +1,64 @@
+//! The agent: the per-host sidecar's data path, between the Kafka protocol and object storage.
+//!
+//! - [`produce`]: checks a producer's batch and hands it to the upload buffer.
+//! - [`upload`]: collects batches of many partitions into one object, uploads it, commits it to
+//!   the controller (which assigns offsets) and answers the producers.
+//! - [`fetch`]: finds the object ranges holding an offset, reads them, patches the assigned
+//!   offsets into the batch headers.
+//!
+//! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
+//! the controller's), object key layout (that is `object/keys`).
+
+pub mod fetch;
+pub mod produce;
+pub mod upload;
+
+use std::sync::Arc;
+
+use crate::config::TopicsConfig;
+use crate::controller::ControllerError;
+use crate::controller::client::ControllerClient;
+use crate::object::{ObjectError, ObjectStore};
+use crate::protocol::records::RecordsError;
+use upload::Uploader;
+
+/// What the agent needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub node_id: i32,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub topics: TopicsConfig,
+}
+
+/// The agent's components, shared by every connection.
+pub struct Agent {
+    pub settings: AgentSettings,
+    pub controller: Arc<dyn ControllerClient>,
+    pub store: Arc<dyn ObjectStore>,
+    pub uploader: Uploader,
+}
+
+/// Errors of the agent's data path; `protocol::error` maps each to one Kafka error code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge { size: usize, max: i64 },
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("offset {offset} out of range [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange { offset: i64, log_start: i64, high_watermark: i64 },
+    #[error("request timed out")]
+    Timeout,
+    #[error("agent is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error(transparent)]
+    ObjectStore(#[from] ObjectError),
+    /// A stored object does not match what the controller recorded: never served.
+    #[error("corrupt object data: {0}")]
+    CorruptObject(String),
+}

@@ -1,0 +1,324 @@
+//! The upload buffer: many partitions' batches -> one object -> PUT -> commit -> answers.
+//!
+//! ```text
+//! append() --mpsc--> flusher: groups batches by partition into the open object; seals it every
+//!                    flush_interval_ms (from its first batch) or at flush_bytes
+//!           sealed --bounded mpsc (max_in_flight_objects)--> committer: awaits each object's PUT
+//!                    in seal order, commits it, answers every producer with its base offset
+//! ```
+//! PUTs of sealed objects run concurrently; commits happen strictly in seal order, so batches
+//! from one connection keep their order in every partition. Memory is bounded by
+//! `buffer_bytes_max`: an append holds its batch's bytes from a semaphore until it is answered.
+//! Object store and controller failures are retried with capped exponential backoff; producers
+//! waiting meanwhile time out on their own deadline with a retriable error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use uuid::Uuid;
+
+use super::AgentError;
+use crate::clock::{Clock, Entropy};
+use crate::controller::client::ControllerClient;
+use crate::controller::{CommitRequest, ControllerError};
+use crate::object::format::{ExtentInfo, ObjectBuilder};
+use crate::object::{ObjectError, ObjectStore, keys};
+use crate::protocol::records::BatchHeader;
+
+/// Upload settings, from `[upload]`.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    pub flush_interval: Duration,
+    pub flush_bytes: u64,
+    pub buffer_bytes_max: u64,
+    pub max_in_flight_objects: usize,
+    /// The agent's name in object keys.
+    pub agent: String,
+    /// Key prefix inside the store.
+    pub key_prefix: String,
+}
+
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+type Reply = oneshot::Sender<Result<i64, AgentError>>;
+
+struct Append {
+    topic_id: Uuid,
+    partition: i32,
+    batch: Bytes,
+    header: BatchHeader,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Msg {
+    Append(Append),
+    /// Seal what is buffered now and stop; answered when everything is committed.
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the upload pipeline. Cheap to share behind the agent.
+pub struct Uploader {
+    tx: mpsc::UnboundedSender<Msg>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u64,
+}
+
+/// The components the pipeline uses.
+pub struct UploadDeps {
+    pub store: Arc<dyn ObjectStore>,
+    pub controller: Arc<dyn ControllerClient>,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+}
+
+impl Uploader {
+    /// Starts the flusher and committer tasks.
+    pub fn start(settings: UploadSettings, deps: UploadDeps) -> Uploader {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sealed_tx, sealed_rx) = mpsc::channel(settings.max_in_flight_objects.max(1));
+        let deps = Arc::new(deps);
+        let budget_bytes = settings.buffer_bytes_max;
+        let committer = tokio::spawn(run_committer(sealed_rx, deps.clone(), settings.agent.clone()));
+        tokio::spawn(run_flusher(rx, sealed_tx, settings, deps, committer));
+        Uploader { tx, budget: Arc::new(Semaphore::new(budget_bytes as usize)), budget_bytes }
+    }
+
+    /// Buffers one validated batch (waiting for buffer space until `deadline`). The returned
+    /// [`PendingAppend`] resolves to the batch's base offset once its object is committed.
+    pub async fn enqueue(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        batch: Bytes,
+        header: BatchHeader,
+        deadline: Instant,
+    ) -> Result<PendingAppend, AgentError> {
+        // A batch larger than the whole budget could never be admitted; let it through alone.
+        let want = (batch.len() as u64).min(self.budget_bytes) as u32;
+        let permit = match timeout_at(deadline, self.budget.clone().acquire_many_owned(want)).await {
+            Err(_) => return Err(AgentError::Timeout),
+            Ok(Err(_)) => return Err(AgentError::ShuttingDown),
+            Ok(Ok(p)) => p,
+        };
+        let (reply, rx) = oneshot::channel();
+        let append = Append { topic_id, partition, batch, header, reply, _permit: permit };
+        self.tx.send(Msg::Append(append)).map_err(|_| AgentError::ShuttingDown)?;
+        Ok(PendingAppend(rx))
+    }
+
+    /// Seals the buffered batches, waits until every sealed object is committed, and stops.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A batch accepted into the upload buffer, not yet committed.
+pub struct PendingAppend(oneshot::Receiver<Result<i64, AgentError>>);
+
+impl PendingAppend {
+    /// Waits for the commit; Timeout if `deadline` passes first (the batch may still commit).
+    pub async fn wait(self, deadline: Instant) -> Result<i64, AgentError> {
+        match timeout_at(deadline, self.0).await {
+            Err(_) => Err(AgentError::Timeout),
+            Ok(Err(_)) => Err(AgentError::ShuttingDown),
+            Ok(Ok(r)) => r,
+        }
+    }
+}
+
+/// A producer waiting for its batch: its extent and the offsets before it in that extent.
+struct Waiter {
+    extent: usize,
+    offset_delta: i64,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Sealed {
+    key: String,
+    size_bytes: u64,
+    extents: Vec<ExtentInfo>,
+    waiters: Vec<Waiter>,
+    put: JoinHandle<()>,
+}
+
+/// The object being filled: batches grouped by partition, partitions in arrival order.
+#[derive(Default)]
+struct OpenObject {
+    groups: Vec<((Uuid, i32), Vec<Append>)>,
+    index: HashMap<(Uuid, i32), usize>,
+    bytes: u64,
+    deadline: Option<Instant>,
+}
+
+impl OpenObject {
+    fn add(&mut self, a: Append, flush_interval: Duration) {
+        self.deadline.get_or_insert_with(|| Instant::now() + flush_interval);
+        self.bytes += a.batch.len() as u64;
+        let key = (a.topic_id, a.partition);
+        let i = *self.index.entry(key).or_insert_with(|| {
+            self.groups.push((key, Vec::new()));
+            self.groups.len() - 1
+        });
+        self.groups[i].1.push(a);
+    }
+}
+
+async fn run_flusher(
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    sealed_tx: mpsc::Sender<Sealed>,
+    settings: UploadSettings,
+    deps: Arc<UploadDeps>,
+    committer: JoinHandle<()>,
+) {
+    let mut open = OpenObject::default();
+    let closed = loop {
+        let msg = match open.deadline {
+            Some(deadline) => tokio::select! {
+                m = rx.recv() => m,
+                _ = sleep_until(deadline) => {
+                    seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match msg {
+            Some(Msg::Append(a)) => {
+                open.add(a, settings.flush_interval);
+                if open.bytes >= settings.flush_bytes {
+                    seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                }
+            }
+            Some(Msg::Close(done)) => break Some(done),
+            None => break None,
+        }
+    };
+    rx.close();
+    while let Ok(Msg::Append(a)) = rx.try_recv() {
+        open.add(a, settings.flush_interval);
+    }
+    seal(open, &sealed_tx, &settings, &deps).await;
+    drop(sealed_tx);
+    let _ = committer.await;
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
+}
+
+/// Builds the object, starts its PUT, queues it for commit (waits if too many are in flight).
+async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &UploadSettings, deps: &Arc<UploadDeps>) {
+    if open.groups.is_empty() {
+        return;
+    }
+    let mut builder = ObjectBuilder::new();
+    let mut waiters = Vec::new();
+    let mut extent = 0usize;
+    for (_, appends) in open.groups {
+        let mut offset_delta = 0i64;
+        let mut added = false;
+        for a in appends {
+            if let Err(e) = builder.add_batch(a.topic_id, a.partition, &a.batch, &a.header) {
+                let _ = a.reply.send(Err(AgentError::CorruptObject(e.to_string())));
+                continue;
+            }
+            added = true;
+            waiters.push(Waiter { extent, offset_delta, reply: a.reply, _permit: a._permit });
+            offset_delta += a.header.offset_count();
+        }
+        if added {
+            extent += 1;
+        }
+    }
+    let (body, extents) = builder.finish();
+    let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
+    let size_bytes = body.len() as u64;
+    let put = tokio::spawn(put_with_retry(deps.store.clone(), key.clone(), body));
+    let sealed = Sealed { key, size_bytes, extents, waiters, put };
+    if let Err(mpsc::error::SendError(s)) = sealed_tx.send(sealed).await {
+        s.put.abort();
+        for w in s.waiters {
+            let _ = w.reply.send(Err(AgentError::ShuttingDown));
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    RETRY_BACKOFF_MIN.saturating_mul(1 << attempt.min(10)).min(RETRY_BACKOFF_MAX)
+}
+
+async fn put_with_retry(store: Arc<dyn ObjectStore>, key: String, body: Bytes) {
+    let mut attempt = 0;
+    loop {
+        match store.put(&key, body.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                let level_retriable = e.is_retriable();
+                tracing::warn!(key, attempt, error = %e, retriable = level_retriable, "object upload failed; retrying");
+                // Permanent errors are retried too, more slowly: an operator may fix a
+                // permission or a full disk, and the producers' own timeouts bound their wait.
+                sleep(if level_retriable { backoff(attempt) } else { RETRY_BACKOFF_MAX }).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn run_committer(mut sealed_rx: mpsc::Receiver<Sealed>, deps: Arc<UploadDeps>, agent: String) {
+    while let Some(s) = sealed_rx.recv().await {
+        if s.put.await.is_err() {
+            fail_all(s.waiters, AgentError::ObjectStore(ObjectError::Transient("upload cancelled".into())));
+            continue;
+        }
+        let req = CommitRequest {
+            object_key: s.key.clone(),
+            object_size_bytes: s.size_bytes,
+            agent: agent.clone(),
+            extents: s.extents,
+        };
+        let mut attempt = 0;
+        let results = loop {
+            match deps.controller.commit_object(req.clone()).await {
+                Ok(r) => break Ok(r),
+                Err(ControllerError::Unavailable(e)) => {
+                    tracing::warn!(key = s.key, attempt, error = %e, "commit failed; retrying");
+                    sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match results {
+            Ok(bases) => {
+                for w in s.waiters {
+                    let r = match bases.get(w.extent) {
+                        Some(Ok(base)) => Ok(base + w.offset_delta),
+                        Some(Err(e)) => Err(AgentError::Controller(e.clone())),
+                        None => Err(AgentError::Controller(ControllerError::InvalidRequest("missing extent".into()))),
+                    };
+                    let _ = w.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(key = s.key, error = %e, "commit refused");
+                fail_all(s.waiters, AgentError::Controller(e));
+            }
+        }
+    }
+}
+
+fn fail_all(waiters: Vec<Waiter>, e: AgentError) {
+    for w in waiters {
+        let _ = w.reply.send(Err(e.clone()));
+    }
+}

@@ -1,0 +1,443 @@
+//! The `proxy.toml` schema, its defaults and its validation.
+//!
+//! Settings are plain data: defaults, then the file, then `SIDESTREAM_<SECTION>_<KEY>` environment
+//! variables. Loading either returns a complete, validated [`Config`] or a [`ConfigError`] that
+//! names the file (or variable), the key and the reason. Nothing here opens sockets or stores:
+//! components are built from this data in `server.rs`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every section of `proxy.toml`. Unknown keys are errors, so a typo never goes unnoticed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub upload: UploadConfig,
+    pub object_store: ObjectStoreConfig,
+    pub controller: ControllerConfig,
+    pub topics: TopicsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Address of the Kafka listener.
+    pub listen: SocketAddr,
+    /// `host:port` that clients are told to connect to; defaults to `listen`.
+    pub advertised: Option<String>,
+    /// Root of all local state (metadata store, local objects).
+    pub data_dir: PathBuf,
+    /// The broker id this agent reports in Metadata responses.
+    pub node_id: i32,
+    /// Largest request frame accepted; a larger frame closes the connection.
+    pub max_request_bytes: u64,
+    /// Connections served at once; further connections wait in the accept queue.
+    pub max_connections: u32,
+    /// Requests read ahead on one connection while earlier ones are still being answered.
+    pub max_in_flight_requests: u32,
+    /// How long SIGTERM waits for in-flight data to be uploaded and committed.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised: None,
+            data_dir: PathBuf::from("./sidestream-data"),
+            node_id: 1,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_in_flight_requests: 32,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// An object is flushed at most this long after its first batch arrived.
+    pub flush_interval_ms: u64,
+    /// An object is flushed as soon as it holds this many bytes.
+    pub flush_bytes: u64,
+    /// Bytes accepted but not yet committed; produce requests wait when it is reached.
+    pub buffer_bytes_max: u64,
+    /// Objects being uploaded at once (they are committed in the order they were sealed).
+    pub max_in_flight_objects: u32,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 250,
+            flush_bytes: 8 * 1024 * 1024,
+            buffer_bytes_max: 64 * 1024 * 1024,
+            max_in_flight_objects: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStoreConfig {
+    /// `file:///path` (local directory), or `memory://` (tests only; nothing persists).
+    /// Defaults to `file://<data_dir>/objects`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ControllerMode {
+    #[default]
+    Embedded,
+    Remote,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    pub mode: ControllerMode,
+    /// `sqlite:///path/to/file.db`; defaults to `sqlite://<data_dir>/controller.db`.
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Kafka's `auto.create.topics.enable`.
+    pub auto_create: bool,
+    /// Kafka's `num.partitions`: partitions of an auto-created topic or of a CreateTopics with -1.
+    pub num_partitions: i32,
+    /// Kafka's `message.max.bytes`: the default of a topic's `max.message.bytes`.
+    pub max_message_bytes: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `sidestream=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The file path, or `environment variable SIDESTREAM_...`.
+    pub source_name: String,
+    /// Dotted key path, e.g. `agent.listen`.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Where the object store lives, parsed from `[object_store] url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectStoreUrl {
+    Local(PathBuf),
+    Memory,
+}
+
+/// Where the controller's metadata lives, parsed from `[controller] store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+}
+
+const ENV_PREFIX: &str = "SIDESTREAM_";
+const SECTIONS: &[&str] = &["agent", "upload", "object_store", "controller", "topics", "log"];
+
+impl Config {
+    /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
+    /// from `env`, validates and creates `data_dir`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file_name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+        let mut table: toml::Table = match path {
+            None => toml::Table::new(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    source_name: file_name.clone(),
+                    key: "-".into(),
+                    reason: format!("cannot read the file: {e}"),
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError {
+                    source_name: file_name.clone(),
+                    key: e.span().map(|s| format!("at byte {}", s.start)).unwrap_or_else(|| "-".into()),
+                    reason: e.message().to_string(),
+                })?
+            }
+        };
+        let env_keys = apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let source_name = env_keys
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, var)| format!("environment variable {var}"))
+                .unwrap_or_else(|| file_name.clone());
+            ConfigError { source_name, key, reason: e.into_inner().message().to_string() }
+        })?;
+        config.validate(&file_name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            source_name: source_name.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(err(key, format!("{v} is outside {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        range("upload.flush_interval_ms", self.upload.flush_interval_ms, 1, 60_000)?;
+        range("upload.flush_bytes", self.upload.flush_bytes, 1024, 1 << 30)?;
+        range("upload.buffer_bytes_max", self.upload.buffer_bytes_max, self.upload.flush_bytes, 64 << 30)?;
+        range("upload.max_in_flight_objects", self.upload.max_in_flight_objects.into(), 1, 64)?;
+        range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
+        range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
+        range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 1024)?;
+        range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
+        range("topics.num_partitions", self.topics.num_partitions.max(0) as u64, 1, 100_000)?;
+        range("topics.max_message_bytes", self.topics.max_message_bytes.max(0) as u64, 1024, 1 << 30)?;
+        if self.agent.node_id < 0 {
+            return Err(err("agent.node_id", "must not be negative".into()));
+        }
+        if let Some(adv) = &self.agent.advertised {
+            parse_host_port(adv).map_err(|r| err("agent.advertised", r))?;
+        }
+        if self.controller.mode == ControllerMode::Remote {
+            return Err(err(
+                "controller.mode",
+                "\"remote\" is not built yet: only the embedded controller exists in this version".into(),
+            ));
+        }
+        self.object_store_url().map_err(|r| err("object_store.url", r))?;
+        let StoreUrl::Sqlite(db) = self.store_url().map_err(|r| err("controller.store", r))?;
+        let dir = &self.agent.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
+        let probe = dir.join(".write-probe");
+        std::fs::write(&probe, b"ok")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| err("agent.data_dir", format!("{} is not writable: {e}", dir.display())))?;
+        if let Some(parent) = db.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                err("controller.store", format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `host:port` that clients are told to connect to.
+    pub fn advertised(&self) -> (String, i32) {
+        match &self.agent.advertised {
+            Some(a) => parse_host_port(a).unwrap_or_else(|_| (a.clone(), 9092)),
+            None => (self.agent.listen.ip().to_string(), self.agent.listen.port().into()),
+        }
+    }
+
+    pub fn object_store_url(&self) -> Result<ObjectStoreUrl, String> {
+        match &self.object_store.url {
+            None => Ok(ObjectStoreUrl::Local(self.agent.data_dir.join("objects"))),
+            Some(url) if url.starts_with("file://") => {
+                let path = &url["file://".len()..];
+                if path.is_empty() {
+                    return Err("file:// needs a path, e.g. file:///var/lib/sidestream/objects".into());
+                }
+                Ok(ObjectStoreUrl::Local(PathBuf::from(path)))
+            }
+            Some(url) if url == "memory://" => Ok(ObjectStoreUrl::Memory),
+            Some(url) if url.starts_with("s3://") => {
+                Err("the S3 backend is not built yet in this version; use file:///path".into())
+            }
+            Some(url) => Err(format!("unsupported object store url {url:?}: use file:///path")),
+        }
+    }
+
+    pub fn store_url(&self) -> Result<StoreUrl, String> {
+        match &self.controller.store {
+            None => Ok(StoreUrl::Sqlite(self.agent.data_dir.join("controller.db"))),
+            Some(url) if url.starts_with("sqlite://") && url.len() > "sqlite://".len() => {
+                Ok(StoreUrl::Sqlite(PathBuf::from(&url["sqlite://".len()..])))
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Err("the PostgreSQL store is not built yet in this version; use sqlite:///path".into())
+            }
+            Some(url) => Err(format!("unsupported store url {url:?}: use sqlite:///path")),
+        }
+    }
+}
+
+fn parse_host_port(s: &str) -> Result<(String, i32), String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{s:?} has no valid port"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), port.into()))
+}
+
+/// Applies `SIDESTREAM_<SECTION>_<KEY>` variables to `table`. A value is parsed as the type the
+/// key has in the defaults (integer, boolean), and kept as a string otherwise. Returns the dotted
+/// keys it set with the variable that set them, so errors can name the variable.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let defaults = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
+    let mut set = Vec::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS
+            .iter()
+            .filter(|s| rest.starts_with(&format!("{s}_")))
+            .max_by_key(|s| s.len())
+        else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let bad = |reason: String| ConfigError {
+            source_name: format!("environment variable {var}"),
+            key: format!("{section}.{key}"),
+            reason,
+        };
+        let value = match defaults.get(section).and_then(|s| s.get(key)) {
+            Some(toml::Value::Integer(_)) => toml::Value::Integer(
+                raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not an integer")))?,
+            ),
+            Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+                raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not true or false")))?,
+            ),
+            _ => toml::Value::String(raw.clone()),
+        };
+        let section_table = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        match section_table {
+            toml::Value::Table(t) => {
+                t.insert(key.to_string(), value);
+            }
+            _ => return Err(bad(format!("[{section}] in the file is not a table"))),
+        }
+        set.push((format!("{section}.{key}"), var.clone()));
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn proxy_toml_is_exactly_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+        // And it loads (validation passes) once data_dir points somewhere writable.
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, &text).unwrap();
+        let data = dir.path().join("data");
+        let cfg = Config::load(Some(&path), env(&[("SIDESTREAM_AGENT_DATA_DIR", data.to_str().unwrap())])).unwrap();
+        assert_eq!(cfg.agent.data_dir, data);
+    }
+
+    #[test]
+    fn env_overrides_typed_values_and_sections_with_underscores() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("SIDESTREAM_AGENT_LISTEN", "127.0.0.1:19092"),
+                ("SIDESTREAM_AGENT_DATA_DIR", d),
+                ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "20"),
+                ("SIDESTREAM_OBJECT_STORE_URL", "memory://"),
+                ("SIDESTREAM_TOPICS_AUTO_CREATE", "false"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.agent.listen, "127.0.0.1:19092".parse().unwrap());
+        assert_eq!(cfg.upload.flush_interval_ms, 20);
+        assert_eq!(cfg.object_store_url().unwrap(), ObjectStoreUrl::Memory);
+        assert!(!cfg.topics.auto_create);
+        assert_eq!(cfg.advertised(), ("127.0.0.1".to_string(), 19092));
+    }
+
+    #[test]
+    fn errors_name_the_source_the_key_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let path = dir.path().join("bad.toml");
+
+        std::fs::write(&path, "[agent]\nlisten = 5\n").unwrap();
+        let e = Config::load(Some(&path), env(&[("SIDESTREAM_AGENT_DATA_DIR", &d)])).unwrap_err();
+        assert_eq!(e.key, "agent.listen");
+        assert!(e.source_name.ends_with("bad.toml"), "{e}");
+
+        std::fs::write(&path, "[agent]\nlisten_typo = \"x\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(e.reason.contains("unknown field `listen_typo`"), "{e}");
+
+        let e = Config::load(None, env(&[("SIDESTREAM_UPLOAD_FLUSH_BYTES", "lots")])).unwrap_err();
+        assert_eq!(e.key, "upload.flush_bytes");
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_UPLOAD_FLUSH_BYTES");
+
+        let e = Config::load(None, env(&[("SIDESTREAM_AGENT_LISTEN", "nope"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]))
+            .unwrap_err();
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_AGENT_LISTEN");
+
+        let e = Config::load(None, env(&[("SIDESTREAM_AGENT_DATA_DIR", "/proc/nope/data")])).unwrap_err();
+        assert_eq!(e.key, "agent.data_dir");
+
+        let e = Config::load(
+            None,
+            env(&[("SIDESTREAM_OBJECT_STORE_URL", "s3://b/p"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "object_store.url");
+        assert!(e.reason.contains("not built yet"), "{e}");
+
+        let e = Config::load(None, env(&[("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "0")])).unwrap_err();
+        assert_eq!(e.key, "upload.flush_interval_ms");
+    }
+}

@@ -1,0 +1,115 @@
+//! How an agent talks to the controller: one trait, [`ControllerClient`].
+//!
+//! [`InProcess`] is the embedded implementation: a method call on a [`Controller`] in the same
+//! process, with blocking store work moved to tokio's blocking pool. A remote (gRPC)
+//! implementation will implement the same trait; the data path does not know which it has.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::log::PartitionOffsets;
+use super::{CommitRequest, Controller, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
+
+#[async_trait]
+pub trait ControllerClient: Send + Sync + 'static {
+    fn cluster_id(&self) -> String;
+    /// Cached topic metadata (cheap; called on every produce and fetch).
+    fn topic(&self, r: TopicRef<'_>) -> Option<Arc<TopicMeta>>;
+    fn topics(&self) -> Vec<Arc<TopicMeta>>;
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets, ControllerError>;
+    /// Changes after every commit.
+    fn commit_watch(&self) -> watch::Receiver<u64>;
+
+    async fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError>;
+    async fn delete_topic(&self, r: TopicRef<'_>) -> Result<Arc<TopicMeta>, ControllerError>;
+    async fn commit_object(&self, req: CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+    async fn find_extents(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<ExtentRecord>, ControllerError>;
+    async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64)
+    -> Result<Option<ExtentRecord>, ControllerError>;
+    async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError>;
+}
+
+/// The embedded controller, called in-process.
+#[derive(Clone)]
+pub struct InProcess(pub Arc<Controller>);
+
+impl InProcess {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Controller) -> Result<T, ControllerError> + Send + 'static,
+    ) -> Result<T, ControllerError> {
+        let c = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&c))
+            .await
+            .map_err(|e| ControllerError::Unavailable(format!("controller task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl ControllerClient for InProcess {
+    fn cluster_id(&self) -> String {
+        self.0.cluster_id().to_string()
+    }
+    fn topic(&self, r: TopicRef<'_>) -> Option<Arc<TopicMeta>> {
+        self.0.topic(r)
+    }
+    fn topics(&self) -> Vec<Arc<TopicMeta>> {
+        self.0.topics()
+    }
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets, ControllerError> {
+        self.0.offsets(topic_id, partition)
+    }
+    fn commit_watch(&self) -> watch::Receiver<u64> {
+        self.0.commit_watch()
+    }
+
+    async fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError> {
+        self.blocking(move |c| c.create_topic(&req)).await
+    }
+    async fn delete_topic(&self, r: TopicRef<'_>) -> Result<Arc<TopicMeta>, ControllerError> {
+        let owned = match r {
+            TopicRef::Name(n) => Err(n.to_string()),
+            TopicRef::Id(id) => Ok(id),
+        };
+        self.blocking(move |c| match &owned {
+            Err(name) => c.delete_topic(TopicRef::Name(name)),
+            Ok(id) => c.delete_topic(TopicRef::Id(*id)),
+        })
+        .await
+    }
+    async fn commit_object(&self, req: CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+        self.blocking(move |c| c.commit_object(&req)).await
+    }
+    async fn find_extents(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<ExtentRecord>, ControllerError> {
+        if let Some(found) = self.0.find_recent_extents(topic_id, partition, from_offset, max_bytes)? {
+            return Ok(found);
+        }
+        self.blocking(move |c| c.find_extents(topic_id, partition, from_offset, max_bytes)).await
+    }
+    async fn extent_for_timestamp(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<ExtentRecord>, ControllerError> {
+        self.blocking(move |c| c.extent_for_timestamp(topic_id, partition, timestamp)).await
+    }
+    async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
+        self.blocking(move |c| c.extent_with_max_timestamp(topic_id, partition)).await
+    }
+}

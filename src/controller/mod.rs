@@ -1,0 +1,548 @@
+//! The controller: the single source of truth for topics, partitions and which byte ranges of
+//! which objects hold which offsets.
+//!
+//! Offsets are assigned here, at commit, in one store transaction per object ([`log`]), so a
+//! partition has one total order however many agents write to it. The hot view (topics, high
+//! watermarks, the most recent extents of each partition) lives in memory; every change is
+//! written to the [`store`] first. Agents reach the controller only through the
+//! [`client::ControllerClient`] trait.
+//!
+//! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
+
+pub mod client;
+pub mod log;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::{Clock, Entropy};
+use crate::config::TopicsConfig;
+use crate::object::format::ExtentInfo;
+use log::PartitionOffsets;
+pub use store::ExtentRecord;
+use store::{MetadataStore, ObjectRecord, StoreError, TopicRecord};
+
+/// Extents of each partition kept in memory, so tail reads never query the store.
+const RECENT_EXTENTS_MAX: usize = 64;
+/// Extents fetched from the store per lookup.
+const STORE_LOOKUP_EXTENTS_MAX: u32 = 32;
+/// Kafka's limit on partitions per topic is practical, not protocol; ours is explicit.
+pub const PARTITIONS_MAX: i32 = 100_000;
+
+/// Controller failures, sorted by what the caller does: tell the client (invalid input,
+/// unknown topic), or retry later (unavailable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("unknown topic id")]
+    UnknownTopicId,
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    #[error("invalid topic name: {0}")]
+    InvalidTopicName(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The metadata store failed; retrying may succeed.
+    #[error("controller unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ControllerError {
+    fn from(e: StoreError) -> Self {
+        ControllerError::Unavailable(e.to_string())
+    }
+}
+
+/// A topic as agents see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    pub fn config_i64(&self, key: &str) -> Option<i64> {
+        self.configs.get(key).and_then(|v| v.parse().ok())
+    }
+}
+
+/// How a client names a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRef<'a> {
+    Name(&'a str),
+    Id(Uuid),
+}
+
+/// A CreateTopics request after the protocol layer resolved defaults it knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateTopic {
+    pub name: String,
+    /// -1: the configured default.
+    pub partitions: i32,
+    /// -1 or >= 1; objects in object storage need no replicas, so any positive factor is accepted.
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+    pub validate_only: bool,
+}
+
+/// One uploaded object to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRequest {
+    pub object_key: String,
+    pub object_size_bytes: u64,
+    pub agent: String,
+    /// In data order; a partition appears at most once per object.
+    pub extents: Vec<ExtentInfo>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    offsets: Option<PartitionOffsets>,
+    recent: VecDeque<ExtentRecord>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_name: HashMap<String, Arc<TopicMeta>>,
+    by_id: HashMap<Uuid, Arc<TopicMeta>>,
+    partitions: HashMap<(Uuid, i32), PartitionState>,
+}
+
+/// The controller service. Methods that write go through the store and block; call them from
+/// a blocking context (the in-process client does).
+pub struct Controller {
+    store: Arc<dyn MetadataStore>,
+    state: RwLock<State>,
+    /// Serializes writers (commits, topic changes): one plan, one transaction at a time.
+    write_lock: Mutex<()>,
+    commits: watch::Sender<u64>,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    defaults: TopicsConfig,
+    cluster_id: String,
+}
+
+/// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
+const TOPIC_CONFIGS: &[&str] = &[
+    "cleanup.policy", "compression.type", "compression.gzip.level", "compression.lz4.level",
+    "compression.zstd.level", "delete.retention.ms", "file.delete.delay.ms", "flush.messages",
+    "flush.ms", "follower.replication.throttled.replicas", "index.interval.bytes",
+    "leader.replication.throttled.replicas", "local.retention.bytes", "local.retention.ms",
+    "max.compaction.lag.ms", "max.message.bytes", "message.downconversion.enable",
+    "message.timestamp.after.max.ms", "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms", "message.timestamp.type", "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms", "min.insync.replicas", "preallocate", "remote.storage.enable",
+    "remote.log.copy.disable", "remote.log.delete.on.disable", "retention.bytes", "retention.ms",
+    "segment.bytes", "segment.index.bytes", "segment.jitter.ms", "segment.ms",
+    "unclean.leader.election.enable",
+];
+
+/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
+    let bad = |why: &str| Err(ControllerError::InvalidTopicName(format!("{name:?}: {why}")));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return bad("only ASCII alphanumerics, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), ControllerError> {
+    for (k, v) in configs {
+        if !TOPIC_CONFIGS.contains(&k.as_str()) {
+            return Err(ControllerError::InvalidConfig(format!("unknown topic config {k}")));
+        }
+        let int = |v: &str| v.parse::<i64>().map_err(|_| ControllerError::InvalidConfig(format!("{k}={v} is not an integer")));
+        match k.as_str() {
+            "max.message.bytes" => {
+                if int(v)? < 0 {
+                    return Err(ControllerError::InvalidConfig(format!("{k}={v} must not be negative")));
+                }
+            }
+            "retention.ms" | "retention.bytes" | "segment.bytes" | "segment.ms" | "min.insync.replicas" => {
+                int(v)?;
+            }
+            "message.timestamp.type" if v == "LogAppendTime" => {
+                return Err(ControllerError::InvalidConfig(
+                    "message.timestamp.type=LogAppendTime is not supported yet".into(),
+                ));
+            }
+            "message.timestamp.type" if v != "CreateTime" => {
+                return Err(ControllerError::InvalidConfig(format!("{k}={v}: expected CreateTime")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Controller {
+    /// Opens the controller on `store`, loading its snapshot.
+    pub fn open(
+        store: Arc<dyn MetadataStore>,
+        defaults: TopicsConfig,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Result<Self, ControllerError> {
+        let fresh_id = kafka_cluster_id(entropy.uuid());
+        let snapshot = store.load(&fresh_id)?;
+        let mut state = State::default();
+        for t in snapshot.topics {
+            let meta = Arc::new(TopicMeta { id: t.id, name: t.name, partitions: t.partitions, configs: t.configs });
+            state.by_name.insert(meta.name.clone(), meta.clone());
+            state.by_id.insert(meta.id, meta);
+        }
+        for p in snapshot.partitions {
+            state.partitions.insert(
+                (p.topic_id, p.partition),
+                PartitionState {
+                    offsets: Some(PartitionOffsets { log_start_offset: p.log_start_offset, next_offset: p.next_offset }),
+                    recent: VecDeque::new(),
+                },
+            );
+        }
+        Ok(Self {
+            store,
+            state: RwLock::new(state),
+            write_lock: Mutex::new(()),
+            commits: watch::channel(0).0,
+            clock,
+            entropy,
+            defaults,
+            cluster_id: snapshot.cluster_id,
+        })
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn topic(&self, r: TopicRef<'_>) -> Option<Arc<TopicMeta>> {
+        let s = self.read();
+        match r {
+            TopicRef::Name(n) => s.by_name.get(n).cloned(),
+            TopicRef::Id(id) => s.by_id.get(&id).cloned(),
+        }
+    }
+
+    pub fn topics(&self) -> Vec<Arc<TopicMeta>> {
+        let mut v: Vec<_> = self.read().by_name.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Log start and high watermark of a partition.
+    pub fn offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets, ControllerError> {
+        self.read()
+            .partitions
+            .get(&(topic_id, partition))
+            .and_then(|p| p.offsets)
+            .ok_or(ControllerError::UnknownTopicOrPartition)
+    }
+
+    /// A receiver whose value changes after every commit (long-polling fetches wait on it).
+    pub fn commit_watch(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Blocking.
+    pub fn create_topic(&self, req: &CreateTopic) -> Result<Arc<TopicMeta>, ControllerError> {
+        validate_topic_name(&req.name)?;
+        let partitions = if req.partitions == -1 { self.defaults.num_partitions } else { req.partitions };
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "number of partitions must be between 1 and {PARTITIONS_MAX}, got {partitions}"
+            )));
+        }
+        if req.replication_factor == 0 || req.replication_factor < -1 {
+            return Err(ControllerError::InvalidReplicationFactor(format!(
+                "replication factor must be -1 or positive, got {}",
+                req.replication_factor
+            )));
+        }
+        validate_configs(&req.configs)?;
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read().by_name.contains_key(&req.name) {
+            return Err(ControllerError::TopicAlreadyExists(req.name.clone()));
+        }
+        let meta = TopicMeta { id: self.entropy.uuid(), name: req.name.clone(), partitions, configs: req.configs.clone() };
+        if req.validate_only {
+            return Ok(Arc::new(meta));
+        }
+        let record = TopicRecord {
+            id: meta.id,
+            name: meta.name.clone(),
+            partitions,
+            configs: meta.configs.clone(),
+            created_ms: self.clock.now_ms(),
+        };
+        match self.store.create_topic(&record) {
+            Err(StoreError::Conflict(_)) => return Err(ControllerError::TopicAlreadyExists(req.name.clone())),
+            other => other?,
+        }
+        let meta = Arc::new(meta);
+        let mut s = self.write();
+        s.by_name.insert(meta.name.clone(), meta.clone());
+        s.by_id.insert(meta.id, meta.clone());
+        for p in 0..partitions {
+            s.partitions.insert(
+                (meta.id, p),
+                PartitionState {
+                    offsets: Some(PartitionOffsets { log_start_offset: 0, next_offset: 0 }),
+                    recent: VecDeque::new(),
+                },
+            );
+        }
+        Ok(meta)
+    }
+
+    /// Blocking. Returns the deleted topic.
+    pub fn delete_topic(&self, r: TopicRef<'_>) -> Result<Arc<TopicMeta>, ControllerError> {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = self.topic(r).ok_or(match r {
+            TopicRef::Name(_) => ControllerError::UnknownTopicOrPartition,
+            TopicRef::Id(_) => ControllerError::UnknownTopicId,
+        })?;
+        self.store.delete_topic(meta.id)?;
+        let mut s = self.write();
+        s.by_name.remove(&meta.name);
+        s.by_id.remove(&meta.id);
+        for p in 0..meta.partitions {
+            s.partitions.remove(&(meta.id, p));
+        }
+        Ok(meta)
+    }
+
+    /// Blocking. Commits an uploaded object: assigns offsets to its extents in one store
+    /// transaction. Idempotent on the object key: committing the same key again returns the
+    /// offsets of the first commit. Returns each extent's base offset or error, in input order.
+    pub fn commit_object(&self, req: &CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = self.store.committed_extents(&req.object_key)? {
+            return Ok(req
+                .extents
+                .iter()
+                .map(|e| {
+                    done.iter()
+                        .find(|d| d.topic_id == e.topic_id && d.partition == e.partition && d.position == e.position)
+                        .map(|d| d.base_offset)
+                        .ok_or(ControllerError::UnknownTopicOrPartition)
+                })
+                .collect());
+        }
+        let key: Arc<str> = Arc::from(req.object_key.as_str());
+        let plan = {
+            let s = self.read();
+            log::plan_commit(&key, &req.extents, |t, p| s.partitions.get(&(t, p)).and_then(|p| p.offsets))
+        };
+        let records: Vec<ExtentRecord> = plan.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let object = ObjectRecord {
+            key: req.object_key.clone(),
+            size_bytes: req.object_size_bytes,
+            agent: req.agent.clone(),
+            committed_ms: self.clock.now_ms(),
+        };
+        self.store.commit_object(&object, &records)?;
+        {
+            let mut s = self.write();
+            for r in records {
+                if let Some(p) = s.partitions.get_mut(&(r.topic_id, r.partition)) {
+                    if let Some(o) = p.offsets.as_mut() {
+                        o.next_offset = r.end_offset;
+                    }
+                    if p.recent.len() == RECENT_EXTENTS_MAX {
+                        p.recent.pop_front();
+                    }
+                    p.recent.push_back(r);
+                }
+            }
+        }
+        self.commits.send_modify(|n| *n += 1);
+        Ok(plan.into_iter().map(|r| r.map(|e| e.base_offset)).collect())
+    }
+
+    /// Extents of a partition starting with the one holding `from_offset`, until `max_bytes`
+    /// are covered (at least one), from memory. `Ok(None)`: not in memory, ask
+    /// [`Controller::find_extents`].
+    pub fn find_recent_extents(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<ExtentRecord>>, ControllerError> {
+        let s = self.read();
+        let p = s.partitions.get(&(topic_id, partition)).ok_or(ControllerError::UnknownTopicOrPartition)?;
+        if !p.recent.front().is_some_and(|e| e.base_offset <= from_offset) {
+            return Ok(None);
+        }
+        let start = p.recent.partition_point(|e| e.end_offset <= from_offset);
+        Ok(Some(take_bytes(p.recent.range(start..).cloned(), max_bytes)))
+    }
+
+    /// Like [`Controller::find_recent_extents`], falling back to the store (blocking).
+    pub fn find_extents(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<ExtentRecord>, ControllerError> {
+        if let Some(found) = self.find_recent_extents(topic_id, partition, from_offset, max_bytes)? {
+            return Ok(found);
+        }
+        let found = self.store.find_extents(topic_id, partition, from_offset, STORE_LOOKUP_EXTENTS_MAX)?;
+        Ok(take_bytes(found.into_iter(), max_bytes))
+    }
+
+    /// Blocking. The first extent holding a timestamp >= `timestamp`.
+    pub fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, ControllerError> {
+        Ok(self.store.first_extent_at_or_after(topic_id, partition, timestamp)?)
+    }
+
+    /// Blocking. The extent holding the partition's largest timestamp.
+    pub fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
+        Ok(self.store.extent_with_max_timestamp(topic_id, partition)?)
+    }
+}
+
+/// Extents in order until they cover `max_bytes` (always at least one).
+fn take_bytes(iter: impl Iterator<Item = ExtentRecord>, max_bytes: u64) -> Vec<ExtentRecord> {
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for e in iter {
+        if !out.is_empty() && bytes >= max_bytes {
+            break;
+        }
+        bytes += e.length;
+        out.push(e);
+    }
+    out
+}
+
+/// Kafka cluster ids are a UUID in URL-safe base64 without padding (22 characters).
+fn kafka_cluster_id(id: Uuid) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(22);
+    for chunk in id.as_bytes().chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SeededEntropy, SystemClock};
+    use store::sqlite::SqliteStore;
+
+    fn open(path: &std::path::Path) -> Controller {
+        let store = Arc::new(SqliteStore::open(path).unwrap());
+        Controller::open(store, TopicsConfig::default(), Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap()
+    }
+
+    fn create(c: &Controller, name: &str, partitions: i32) -> Arc<TopicMeta> {
+        c.create_topic(&CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+            validate_only: false,
+        })
+        .unwrap()
+    }
+
+    fn extent(t: Uuid, p: i32, position: u64, n: i64) -> ExtentInfo {
+        ExtentInfo { topic_id: t, partition: p, position, length: 100, batch_count: 1, offset_count: n, max_timestamp: position as i64 }
+    }
+
+    #[test]
+    fn commits_assign_dense_offsets_survive_restart_and_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let c = open(&db);
+        let t = create(&c, "t", 2);
+        let req = CommitRequest {
+            object_key: "o1".into(),
+            object_size_bytes: 300,
+            agent: "a".into(),
+            extents: vec![extent(t.id, 0, 0, 5), extent(t.id, 1, 100, 2)],
+        };
+        assert_eq!(c.commit_object(&req).unwrap(), vec![Ok(0), Ok(0)]);
+        let req2 = CommitRequest { object_key: "o2".into(), extents: vec![extent(t.id, 0, 0, 3)], ..req.clone() };
+        assert_eq!(c.commit_object(&req2).unwrap(), vec![Ok(5)]);
+        // Replaying a commit returns the first answer and assigns nothing new.
+        assert_eq!(c.commit_object(&req).unwrap(), vec![Ok(0), Ok(0)]);
+        assert_eq!(c.offsets(t.id, 0).unwrap().next_offset, 8);
+        let found = c.find_extents(t.id, 0, 6, 1).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].base_offset, 5);
+        let cluster = c.cluster_id().to_string();
+        drop(c);
+
+        let c = open(&db);
+        assert_eq!(c.cluster_id(), cluster);
+        assert_eq!(c.offsets(t.id, 0).unwrap().next_offset, 8);
+        let all = c.find_extents(t.id, 0, 0, u64::MAX).unwrap();
+        assert_eq!(all.iter().map(|e| e.base_offset).collect::<Vec<_>>(), vec![0, 5]);
+        assert_eq!(c.topic(TopicRef::Name("t")).unwrap().id, t.id);
+        assert_eq!(c.extent_for_timestamp(t.id, 1, 50).unwrap().unwrap().base_offset, 0);
+        assert_eq!(c.commit_object(&req2).unwrap(), vec![Ok(5)]);
+    }
+
+    #[test]
+    fn topic_rules_match_kafka() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("c.db"));
+        create(&c, "a", -1);
+        let mk = |name: &str, partitions, configs: &[(&str, &str)]| CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 3,
+            configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            validate_only: false,
+        };
+        assert!(matches!(c.create_topic(&mk("a", 1, &[])), Err(ControllerError::TopicAlreadyExists(_))));
+        assert!(matches!(c.create_topic(&mk("bad name", 1, &[])), Err(ControllerError::InvalidTopicName(_))));
+        assert!(matches!(c.create_topic(&mk("b", 0, &[])), Err(ControllerError::InvalidPartitions(_))));
+        assert!(matches!(c.create_topic(&mk("b", 1, &[("nope", "1")])), Err(ControllerError::InvalidConfig(_))));
+        let b = c.create_topic(&mk("b", 4, &[("retention.ms", "1000")])).unwrap();
+        assert_eq!(b.partitions, 4);
+        c.delete_topic(TopicRef::Name("b")).unwrap();
+        assert!(c.topic(TopicRef::Id(b.id)).is_none());
+        assert!(matches!(c.delete_topic(TopicRef::Name("b")), Err(ControllerError::UnknownTopicOrPartition)));
+        assert_eq!(kafka_cluster_id(Uuid::nil()), "AAAAAAAAAAAAAAAAAAAAAA");
+    }
+}

@@ -1,0 +1,104 @@
+//! The controller's metadata store: one schema behind one trait.
+//!
+//! The controller keeps a hot in-memory view (topics, next offsets, recent extents) and writes
+//! every change through this trait first; the store is the source of truth after a restart.
+//! [`sqlite`] is the embedded default. Every method is blocking and is called off the async
+//! runtime's worker threads.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness constraint refused the write (e.g. a topic name taken).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Worth retrying: busy, locked, I/O.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data makes no sense (schema from the future, bad bytes).
+    #[error("metadata store corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRecord {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub log_start_offset: i64,
+    pub next_offset: i64,
+}
+
+/// A partition's contiguous byte range in one object, with the offsets assigned to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtentRecord {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub base_offset: i64,
+    /// Exclusive.
+    pub end_offset: i64,
+    pub object_key: std::sync::Arc<str>,
+    pub position: u64,
+    pub length: u64,
+    pub batch_count: u32,
+    pub max_timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub key: String,
+    pub size_bytes: u64,
+    pub agent: String,
+    pub committed_ms: i64,
+}
+
+/// Everything the controller loads at start-up (extents stay in the store).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub cluster_id: String,
+    pub topics: Vec<TopicRecord>,
+    pub partitions: Vec<PartitionRecord>,
+}
+
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Loads the snapshot; on a fresh store, records `new_cluster_id` first.
+    fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError>;
+    /// Inserts a topic and its partitions (starting at offset 0).
+    fn create_topic(&self, topic: &TopicRecord) -> Result<(), StoreError>;
+    /// Removes a topic, its partitions and its extents.
+    fn delete_topic(&self, id: Uuid) -> Result<(), StoreError>;
+    /// The extents recorded by the commit of `object_key`, if it was committed.
+    fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
+    /// In one transaction: records the object and its extents and moves each extent's partition
+    /// `next_offset` to the extent's `end_offset`.
+    fn commit_object(&self, object: &ObjectRecord, extents: &[ExtentRecord]) -> Result<(), StoreError>;
+    /// Up to `limit` extents of a partition with `end_offset > from_offset`, by offset.
+    fn find_extents(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        limit: u32,
+    ) -> Result<Vec<ExtentRecord>, StoreError>;
+    /// The first extent (by offset) holding a batch with `max_timestamp >= timestamp`.
+    fn first_extent_at_or_after(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<ExtentRecord>, StoreError>;
+    /// The extent holding the partition's largest timestamp (earliest such, by offset).
+    fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError>;
+}

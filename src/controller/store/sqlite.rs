@@ -1,0 +1,285 @@
+//! The embedded metadata store: one SQLite file, WAL journal, `synchronous=FULL` (a commit that
+//! returned is on disk). One writer connection and one reader connection, so index lookups do
+//! not wait behind a commit's fsync.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{ExtentRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
+
+const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS topics (
+    id BLOB PRIMARY KEY, name TEXT NOT NULL UNIQUE, partitions INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS topic_configs (
+    topic_id BLOB NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (topic_id, key));
+CREATE TABLE IF NOT EXISTS partitions (
+    topic_id BLOB NOT NULL, partition INTEGER NOT NULL, log_start_offset INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL, PRIMARY KEY (topic_id, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY, size_bytes INTEGER NOT NULL, agent TEXT NOT NULL,
+    committed_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS extents (
+    topic_id BLOB NOT NULL, partition INTEGER NOT NULL, base_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL, object_key TEXT NOT NULL, position INTEGER NOT NULL,
+    length INTEGER NOT NULL, batch_count INTEGER NOT NULL, max_timestamp INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition, base_offset)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key);
+";
+
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn uuid_from(blob: Vec<u8>) -> Result<Uuid, rusqlite::Error> {
+    Uuid::from_slice(&blob).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let c = Connection::open(path)?;
+            c.busy_timeout(std::time::Duration::from_secs(10))?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "FULL")?;
+            Ok(c)
+        };
+        let writer = open().map_err(unavailable)?;
+        let version: i32 = writer.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(unavailable)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{} has schema version {version}, newer than this binary's {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        writer.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(unavailable)?;
+        let reader = open().map_err(unavailable)?;
+        Ok(Self { writer: Mutex::new(writer), reader: Mutex::new(reader) })
+    }
+}
+
+const EXTENT_COLUMNS: &str =
+    "topic_id, partition, base_offset, end_offset, object_key, position, length, batch_count, max_timestamp";
+
+fn extent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExtentRecord> {
+    Ok(ExtentRecord {
+        topic_id: uuid_from(r.get(0)?)?,
+        partition: r.get(1)?,
+        base_offset: r.get(2)?,
+        end_offset: r.get(3)?,
+        object_key: Arc::from(r.get::<_, String>(4)?),
+        position: r.get::<_, i64>(5)? as u64,
+        length: r.get::<_, i64>(6)? as u64,
+        batch_count: r.get::<_, i64>(7)? as u32,
+        max_timestamp: r.get(8)?,
+    })
+}
+
+impl MetadataStore for SqliteStore {
+    fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError> {
+        let c = lock(&self.writer);
+        c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('cluster_id', ?1)", [new_cluster_id])
+            .map_err(unavailable)?;
+        let cluster_id: String = c
+            .query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        let mut configs: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
+        let mut stmt = c.prepare("SELECT topic_id, key, value FROM topic_configs").map_err(unavailable)?;
+        let rows = stmt
+            .query_map([], |r| Ok((uuid_from(r.get(0)?)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(unavailable)?;
+        for row in rows {
+            let (id, k, v) = row.map_err(unavailable)?;
+            configs.entry(id).or_default().insert(k, v);
+        }
+        let mut stmt = c.prepare("SELECT id, name, partitions, created_ms FROM topics").map_err(unavailable)?;
+        let topics = stmt
+            .query_map([], |r| {
+                Ok(TopicRecord {
+                    id: uuid_from(r.get(0)?)?,
+                    name: r.get(1)?,
+                    partitions: r.get(2)?,
+                    configs: BTreeMap::new(),
+                    created_ms: r.get(3)?,
+                })
+            })
+            .map_err(unavailable)?
+            .map(|t| {
+                t.map(|mut t| {
+                    t.configs = configs.remove(&t.id).unwrap_or_default();
+                    t
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let mut stmt = c
+            .prepare("SELECT topic_id, partition, log_start_offset, next_offset FROM partitions")
+            .map_err(unavailable)?;
+        let partitions = stmt
+            .query_map([], |r| {
+                Ok(PartitionRecord {
+                    topic_id: uuid_from(r.get(0)?)?,
+                    partition: r.get(1)?,
+                    log_start_offset: r.get(2)?,
+                    next_offset: r.get(3)?,
+                })
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(Snapshot { cluster_id, topics, partitions })
+    }
+
+    fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        let inserted = tx.execute(
+            "INSERT INTO topics (id, name, partitions, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![t.id.as_bytes().as_slice(), t.name, t.partitions, t.created_ms],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StoreError::Conflict(msg.unwrap_or_else(|| format!("topic {} exists", t.name))));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        for (k, v) in &t.configs {
+            tx.execute(
+                "INSERT INTO topic_configs (topic_id, key, value) VALUES (?1, ?2, ?3)",
+                params![t.id.as_bytes().as_slice(), k, v],
+            )
+            .map_err(unavailable)?;
+        }
+        for p in 0..t.partitions {
+            tx.execute(
+                "INSERT INTO partitions (topic_id, partition, log_start_offset, next_offset) VALUES (?1, ?2, 0, 0)",
+                params![t.id.as_bytes().as_slice(), p],
+            )
+            .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        for table in ["topic_configs", "partitions", "extents"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
+                .map_err(unavailable)?;
+        }
+        tx.execute("DELETE FROM topics WHERE id = ?1", [id.as_bytes().as_slice()]).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError> {
+        let c = lock(&self.reader);
+        let exists: Option<i64> = c
+            .query_row("SELECT 1 FROM objects WHERE key = ?1", [object_key], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = c
+            .prepare_cached(&format!("SELECT {EXTENT_COLUMNS} FROM extents WHERE object_key = ?1 ORDER BY position"))
+            .map_err(unavailable)?;
+        let rows = stmt.query_map([object_key], extent_row).map_err(unavailable)?;
+        Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?))
+    }
+
+    fn commit_object(&self, o: &ObjectRecord, extents: &[ExtentRecord]) -> Result<(), StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
+        )
+        .map_err(unavailable)?;
+        {
+            let mut insert = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ))
+                .map_err(unavailable)?;
+            let mut advance = tx
+                .prepare_cached("UPDATE partitions SET next_offset = ?3 WHERE topic_id = ?1 AND partition = ?2")
+                .map_err(unavailable)?;
+            for e in extents {
+                let id = e.topic_id.as_bytes().as_slice();
+                insert
+                    .execute(params![
+                        id,
+                        e.partition,
+                        e.base_offset,
+                        e.end_offset,
+                        &*e.object_key,
+                        e.position as i64,
+                        e.length as i64,
+                        i64::from(e.batch_count),
+                        e.max_timestamp
+                    ])
+                    .map_err(unavailable)?;
+                advance.execute(params![id, e.partition, e.end_offset]).map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    fn find_extents(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: u32) -> Result<Vec<ExtentRecord>, StoreError> {
+        let c = lock(&self.reader);
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 AND end_offset > ?3 \
+                 ORDER BY base_offset LIMIT ?4"
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, limit], extent_row)
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+
+    fn first_extent_at_or_after(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, StoreError> {
+        let c = lock(&self.reader);
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 AND max_timestamp >= ?3 \
+                 ORDER BY base_offset LIMIT 1"
+            ))
+            .map_err(unavailable)?;
+        stmt.query_row(params![topic_id.as_bytes().as_slice(), partition, timestamp], extent_row)
+            .optional()
+            .map_err(unavailable)
+    }
+
+    fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError> {
+        let c = lock(&self.reader);
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 \
+                 ORDER BY max_timestamp DESC, base_offset ASC LIMIT 1"
+            ))
+            .map_err(unavailable)?;
+        stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)
+            .optional()
+            .map_err(unavailable)
+    }
+}

@@ -1,0 +1,22 @@
+//! Sidestream: a Kafka-compatible agent that keeps its data in object storage, and the controller
+//! that orders it.
+//!
+//! The modules follow the data path of a produced record, top to bottom:
+//!
+//! - [`protocol`]: the Kafka wire (framing, request dispatch, one handler file per API family).
+//!   It owns no state; it translates Kafka requests into calls on the agent.
+//! - [`agent`]: the per-host sidecar: produce validation, the upload buffer that turns many
+//!   small batches into one object, and the fetch path that reads objects back.
+//! - [`object`]: the object format and the object store trait with its backends.
+//! - [`controller`]: topics, offsets assigned at commit, the partition index, on a metadata store.
+//!
+//! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
+//! randomness that the core paths use instead of the system's.
+
+pub mod agent;
+pub mod clock;
+pub mod config;
+pub mod controller;
+pub mod object;
+pub mod protocol;
+pub mod server;

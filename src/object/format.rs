@@ -1,0 +1,319 @@
+//! The object format: `data | index | footer`.
+//!
+//! - data: record batches exactly as the producers encoded them, grouped by partition (each
+//!   partition's batches are one contiguous extent, in arrival order).
+//! - index: one fixed-size [`IndexEntry`] per batch, in data order.
+//! - footer ([`FOOTER_BYTES`] bytes, big endian): index offset u64, index length u32, format
+//!   version u16, CRC32C of the index u32, magic `SSO1`.
+//!
+//! The index makes an object self-describing (orphan checks, compaction, repair); the fetch path
+//! does not need it, because the controller records each extent's byte range at commit.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use uuid::Uuid;
+
+use crate::protocol::records::BatchHeader;
+
+pub const MAGIC: [u8; 4] = *b"SSO1";
+pub const FORMAT_VERSION: u16 = 1;
+pub const FOOTER_BYTES: usize = 8 + 4 + 2 + 4 + 4;
+pub const INDEX_ENTRY_BYTES: usize = 16 + 4 + 8 + 4 + 4 + 4 + 8 + 8 + 2 + 4;
+/// Refuse to build objects whose positions would not fit the index (and S3's 5 GiB PUT limit).
+pub const OBJECT_BYTES_MAX: u64 = 4 << 30;
+
+/// One batch of the data section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    /// Byte position of the batch in the object.
+    pub position: u64,
+    pub length: u32,
+    pub record_count: i32,
+    pub last_offset_delta: i32,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+/// A partition's contiguous run of batches in one object: what the controller indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtentInfo {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub position: u64,
+    pub length: u64,
+    pub batch_count: u32,
+    /// Offsets the extent occupies: the sum of its batches' lastOffsetDelta + 1.
+    pub offset_count: i64,
+    pub max_timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("object too short for a footer ({0} bytes)")]
+    TooShort(usize),
+    #[error("bad magic in object footer")]
+    BadMagic,
+    #[error("unsupported object format version {0}")]
+    UnsupportedVersion(u16),
+    #[error("index range out of bounds")]
+    IndexOutOfBounds,
+    #[error("index CRC32C mismatch")]
+    IndexCrc,
+    #[error("index entry points outside the data section")]
+    EntryOutOfBounds,
+    #[error("object would exceed {OBJECT_BYTES_MAX} bytes")]
+    TooLarge,
+}
+
+/// Builds one object. Add batches partition by partition: all of a partition's batches must be
+/// added consecutively (the caller groups them), so each partition is one extent.
+#[derive(Debug, Default)]
+pub struct ObjectBuilder {
+    data: BytesMut,
+    index: Vec<IndexEntry>,
+    extents: Vec<ExtentInfo>,
+}
+
+impl ObjectBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// Appends one batch of `(topic_id, partition)`; returns its position in the object.
+    pub fn add_batch(
+        &mut self,
+        topic_id: Uuid,
+        partition: i32,
+        batch: &[u8],
+        header: &BatchHeader,
+    ) -> Result<u64, FormatError> {
+        if self.data.len() as u64 + batch.len() as u64 > OBJECT_BYTES_MAX {
+            return Err(FormatError::TooLarge);
+        }
+        let position = self.data.len() as u64;
+        self.data.extend_from_slice(batch);
+        self.index.push(IndexEntry {
+            topic_id,
+            partition,
+            position,
+            length: batch.len() as u32,
+            record_count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+            max_timestamp: header.max_timestamp,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+        });
+        match self.extents.last_mut() {
+            Some(e) if e.topic_id == topic_id && e.partition == partition => {
+                e.length += batch.len() as u64;
+                e.batch_count += 1;
+                e.offset_count += header.offset_count();
+                e.max_timestamp = e.max_timestamp.max(header.max_timestamp);
+            }
+            _ => self.extents.push(ExtentInfo {
+                topic_id,
+                partition,
+                position,
+                length: batch.len() as u64,
+                batch_count: 1,
+                offset_count: header.offset_count(),
+                max_timestamp: header.max_timestamp,
+            }),
+        }
+        Ok(position)
+    }
+
+    /// Seals the object: returns its bytes and its extents (in data order).
+    pub fn finish(mut self) -> (Bytes, Vec<ExtentInfo>) {
+        let index_offset = self.data.len() as u64;
+        let mut index = BytesMut::with_capacity(self.index.len() * INDEX_ENTRY_BYTES);
+        for e in &self.index {
+            encode_entry(&mut index, e);
+        }
+        let crc = crc32c::crc32c(&index);
+        self.data.reserve(index.len() + FOOTER_BYTES);
+        self.data.put_slice(&index);
+        self.data.put_u64(index_offset);
+        self.data.put_u32(index.len() as u32);
+        self.data.put_u16(FORMAT_VERSION);
+        self.data.put_u32(crc);
+        self.data.put_slice(&MAGIC);
+        (self.data.freeze(), self.extents)
+    }
+}
+
+fn encode_entry(out: &mut BytesMut, e: &IndexEntry) {
+    out.put_slice(e.topic_id.as_bytes());
+    out.put_i32(e.partition);
+    out.put_u64(e.position);
+    out.put_u32(e.length);
+    out.put_i32(e.record_count);
+    out.put_i32(e.last_offset_delta);
+    out.put_i64(e.max_timestamp);
+    out.put_i64(e.producer_id);
+    out.put_i16(e.producer_epoch);
+    out.put_i32(e.base_sequence);
+}
+
+/// The parsed footer of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub index_offset: u64,
+    pub index_len: u32,
+    pub version: u16,
+    pub index_crc: u32,
+}
+
+/// Parses the last [`FOOTER_BYTES`] of an object of `object_len` bytes.
+pub fn parse_footer(tail: &[u8], object_len: u64) -> Result<Footer, FormatError> {
+    if tail.len() < FOOTER_BYTES || object_len < FOOTER_BYTES as u64 {
+        return Err(FormatError::TooShort(tail.len()));
+    }
+    let mut b = &tail[tail.len() - FOOTER_BYTES..];
+    let footer = Footer {
+        index_offset: b.get_u64(),
+        index_len: b.get_u32(),
+        version: b.get_u16(),
+        index_crc: b.get_u32(),
+    };
+    if b != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    if footer.version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion(footer.version));
+    }
+    let end = footer.index_offset.checked_add(u64::from(footer.index_len));
+    if end != Some(object_len - FOOTER_BYTES as u64) || footer.index_len as usize % INDEX_ENTRY_BYTES != 0 {
+        return Err(FormatError::IndexOutOfBounds);
+    }
+    Ok(footer)
+}
+
+/// Decodes and checks the index section (`index` = the bytes the footer points at).
+pub fn decode_index(index: &[u8], footer: &Footer) -> Result<Vec<IndexEntry>, FormatError> {
+    if index.len() != footer.index_len as usize {
+        return Err(FormatError::IndexOutOfBounds);
+    }
+    if crc32c::crc32c(index) != footer.index_crc {
+        return Err(FormatError::IndexCrc);
+    }
+    let mut b = index;
+    let mut out = Vec::with_capacity(index.len() / INDEX_ENTRY_BYTES);
+    while b.has_remaining() {
+        let mut id = [0u8; 16];
+        b.copy_to_slice(&mut id);
+        let e = IndexEntry {
+            topic_id: Uuid::from_bytes(id),
+            partition: b.get_i32(),
+            position: b.get_u64(),
+            length: b.get_u32(),
+            record_count: b.get_i32(),
+            last_offset_delta: b.get_i32(),
+            max_timestamp: b.get_i64(),
+            producer_id: b.get_i64(),
+            producer_epoch: b.get_i16(),
+            base_sequence: b.get_i32(),
+        };
+        if e.position.checked_add(u64::from(e.length)).is_none_or(|end| end > footer.index_offset) {
+            return Err(FormatError::EntryOutOfBounds);
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Parses a whole object held in memory: its index entries.
+pub fn read_index(object: &[u8]) -> Result<Vec<IndexEntry>, FormatError> {
+    let footer = parse_footer(object, object.len() as u64)?;
+    let start = footer.index_offset as usize;
+    decode_index(&object[start..start + footer.index_len as usize], &footer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::records::{encode_batch, peek_header};
+    use proptest::prelude::*;
+
+    fn build(parts: &[(Uuid, i32, Vec<Bytes>)]) -> (Bytes, Vec<ExtentInfo>) {
+        let mut b = ObjectBuilder::new();
+        for (t, p, batches) in parts {
+            for batch in batches {
+                let h = peek_header(batch).unwrap().unwrap();
+                b.add_batch(*t, *p, batch, &h).unwrap();
+            }
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn round_trip_with_extents() {
+        let t = Uuid::from_u128(7);
+        let a = encode_batch(10, &[b"a", b"b"]);
+        let c = encode_batch(20, &[b"c"]);
+        let (obj, extents) = build(&[(t, 0, vec![a.clone(), c.clone()]), (t, 1, vec![c.clone()])]);
+        assert_eq!(extents.len(), 2);
+        assert_eq!(extents[0].offset_count, 3);
+        assert_eq!(extents[0].batch_count, 2);
+        assert_eq!(extents[0].max_timestamp, 20);
+        assert_eq!(extents[1].position, (a.len() + c.len()) as u64);
+        let idx = read_index(&obj).unwrap();
+        assert_eq!(idx.len(), 3);
+        assert_eq!(&obj[idx[1].position as usize..][..idx[1].length as usize], &c[..]);
+        assert_eq!(idx[2].partition, 1);
+    }
+
+    #[test]
+    fn corrupt_footer_and_truncation_are_detected() {
+        let t = Uuid::from_u128(1);
+        let (obj, _) = build(&[(t, 0, vec![encode_batch(1, &[b"x"])])]);
+        let mut bad = obj.to_vec();
+        let n = bad.len();
+        bad[n - 1] = b'X';
+        assert_eq!(read_index(&bad), Err(FormatError::BadMagic));
+        let mut bad = obj.to_vec();
+        bad[n - FOOTER_BYTES - 3] ^= 0xff; // inside the index
+        assert_eq!(read_index(&bad), Err(FormatError::IndexCrc));
+        assert!(read_index(&obj[..n - 1]).is_err());
+        assert!(read_index(&obj[1..]).is_err());
+        assert_eq!(read_index(&obj[..5]), Err(FormatError::TooShort(5)));
+        let empty = ObjectBuilder::new().finish().0;
+        assert_eq!(read_index(&empty).unwrap(), vec![]);
+    }
+
+    proptest! {
+        #[test]
+        fn index_round_trips(entries in proptest::collection::vec(
+            (any::<u128>(), any::<i32>(), 1u32..1000, any::<i32>(), any::<i32>(), any::<i64>(), any::<i64>(), any::<i16>(), any::<i32>()),
+            0..50,
+        )) {
+            let mut index = BytesMut::new();
+            let mut expected = Vec::new();
+            let mut position = 0u64;
+            for (t, p, len, rc, lod, ts, pid, ep, seq) in entries {
+                let e = IndexEntry { topic_id: Uuid::from_u128(t), partition: p, position, length: len,
+                    record_count: rc, last_offset_delta: lod, max_timestamp: ts, producer_id: pid,
+                    producer_epoch: ep, base_sequence: seq };
+                position += u64::from(len);
+                encode_entry(&mut index, &e);
+                expected.push(e);
+            }
+            let footer = Footer { index_offset: position, index_len: index.len() as u32,
+                version: FORMAT_VERSION, index_crc: crc32c::crc32c(&index) };
+            prop_assert_eq!(decode_index(&index, &footer).unwrap(), expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = read_index(&bytes);
+        }
+    }
+}

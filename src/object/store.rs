@@ -1,0 +1,60 @@
+//! The object store trait: what the agent needs from S3 or anything like it, and no more.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Failures of an object store, sorted by what the caller must do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ObjectError {
+    /// The key does not exist (or the range lies beyond its end).
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// Worth retrying with backoff: I/O hiccup, throttling, timeout.
+    #[error("object store unavailable: {0}")]
+    Transient(String),
+    /// Retrying will not help: bad key, permission denied, misconfiguration.
+    #[error("object store error: {0}")]
+    Permanent(String),
+}
+
+impl ObjectError {
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ObjectError::Transient(_))
+    }
+}
+
+/// An object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size_bytes: u64,
+}
+
+/// A flat key -> immutable bytes store. Objects are written once, whole, and never modified.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores `body` under `key`; once this returns Ok the object is durable.
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), ObjectError>;
+    /// Bytes `range` of the object (the range must lie within it).
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError>;
+    /// The whole object.
+    async fn get(&self, key: &str) -> Result<Bytes, ObjectError>;
+    /// The object's size, or None if it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<u64>, ObjectError>;
+    /// Removes the object; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), ObjectError>;
+    /// Every object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError>;
+}
+
+/// Rejects keys that could escape a directory-backed store or are not portable to S3.
+pub fn check_key(key: &str) -> Result<(), ObjectError> {
+    let ok = !key.is_empty()
+        && key.len() <= 1024
+        && !key.starts_with('/')
+        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if ok { Ok(()) } else { Err(ObjectError::Permanent(format!("invalid object key {key:?}"))) }
+}

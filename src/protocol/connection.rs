@@ -1,0 +1,117 @@
+//! The accept loop and one connection.
+//!
+//! A connection has a reader (frames -> one spawned handler task each, queued in request order)
+//! and a writer (awaits the queued tasks in order and writes their answers), so requests are
+//! pipelined while answers keep Kafka's ordering. The queue bounds the requests in flight per
+//! connection; a semaphore bounds connections. Shutdown: the token stops the accept loop and
+//! every reader; writers finish answering what was read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::frame::read_frame;
+use super::handlers::{self, Outcome};
+use crate::agent::Agent;
+
+/// Limits of the front door, from `[agent]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_request_bytes: u64,
+    pub max_connections: usize,
+    pub max_in_flight_requests: usize,
+}
+
+/// Accepts connections until `shutdown`, then waits for every connection to finish.
+pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionLimits, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let agent = agent.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    connection(socket, peer, agent, limits, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limits: ConnectionLimits, shutdown: CancellationToken) {
+    let _ = socket.set_nodelay(true);
+    let (mut rd, wr) = socket.into_split();
+    let (tx, mut rx) = mpsc::channel::<JoinHandle<Outcome>>(limits.max_in_flight_requests.max(1));
+    // Cancelled by the writer when it stops (closed connection, fatal request) or by shutdown.
+    let stop = shutdown.child_token();
+    let writer_stop = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut wr = BufWriter::new(wr);
+        while let Some(task) = rx.recv().await {
+            let outcome = task.await.unwrap_or_else(|e| Outcome::Close(format!("handler failed: {e}")));
+            let written = match outcome {
+                Outcome::Respond(frame) => wr.write_all(&frame).await,
+                Outcome::NoResponse => Ok(()),
+                Outcome::Close(reason) => {
+                    tracing::debug!(%peer, reason, "closing connection");
+                    break;
+                }
+            };
+            let flushed = match written {
+                Ok(()) if rx.is_empty() => wr.flush().await,
+                other => other,
+            };
+            if flushed.is_err() {
+                break;
+            }
+        }
+        let _ = wr.flush().await;
+        let _ = wr.into_inner().shutdown().await;
+        writer_stop.cancel();
+    });
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut rd, limits.max_request_bytes) => f,
+            _ = stop.cancelled() => break,
+        };
+        match frame {
+            Ok(Some(frame)) => {
+                let task = tokio::spawn(handlers::handle(agent.clone(), frame));
+                if tx.send(task).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "closing connection: bad frame");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}

@@ -1,0 +1,128 @@
+//! Topic administration: CreateTopics and DeleteTopics, forwarded to the controller.
+
+use std::collections::{BTreeMap, HashSet};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
+
+use super::str_bytes;
+use crate::agent::Agent;
+use crate::controller::{ControllerError, CreateTopic, TopicRef};
+use crate::protocol::error::controller_code;
+
+/// Kafka's ConfigEntry source for configs set on the topic.
+const CONFIG_SOURCE_TOPIC: i8 = 1;
+
+pub async fn create_topics(agent: &Agent, version: i16, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> =
+        req.topics.iter().filter(|t| !seen.insert(t.name.0.to_string())).map(|t| t.name.0.to_string()).collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut result = CreatableTopicResult::default().with_name(t.name.clone());
+        let outcome = if duplicates.contains(&name) {
+            Err(ControllerError::InvalidRequest(format!("topic {name} appears more than once in the request")))
+        } else {
+            let partitions = if t.assignments.is_empty() {
+                Ok(t.num_partitions)
+            } else if t.num_partitions != -1 || t.replication_factor != -1 {
+                Err(ControllerError::InvalidRequest(
+                    "both manual partition assignment and partition count or replication factor were set".into(),
+                ))
+            } else {
+                Ok(t.assignments.len() as i32)
+            };
+            let mut configs = BTreeMap::new();
+            for c in &t.configs {
+                if let Some(v) = &c.value {
+                    configs.insert(c.name.to_string(), v.to_string());
+                }
+            }
+            match partitions {
+                Err(e) => Err(e),
+                Ok(partitions) => {
+                    let create = CreateTopic {
+                        name: name.clone(),
+                        partitions,
+                        replication_factor: t.replication_factor,
+                        configs,
+                        validate_only: req.validate_only,
+                    };
+                    agent.controller.create_topic(create).await
+                }
+            }
+        };
+        match outcome {
+            Ok(meta) => {
+                if version >= 5 {
+                    result = result
+                        .with_num_partitions(meta.partitions)
+                        .with_replication_factor(1)
+                        .with_configs(Some(
+                            meta.configs
+                                .iter()
+                                .map(|(k, v)| {
+                                    CreatableTopicConfigs::default()
+                                        .with_name(str_bytes(k.clone()))
+                                        .with_value(Some(str_bytes(v.clone())))
+                                        .with_config_source(CONFIG_SOURCE_TOPIC)
+                                })
+                                .collect(),
+                        ));
+                }
+                if version >= 7 {
+                    result = result.with_topic_id(meta.id);
+                }
+                result = result.with_error_message(None);
+            }
+            Err(e) => {
+                result = result.with_error_code(controller_code(&e)).with_error_message(Some(str_bytes(e.to_string())));
+            }
+        }
+        results.push(result);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub async fn delete_topics(agent: &Agent, version: i16, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    // v0-5 name topics in `topic_names`; v6 in `topics`, by name or by id.
+    let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+        req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()
+    } else {
+        req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect()
+    };
+    let mut responses = Vec::with_capacity(targets.len());
+    for (name, id) in targets {
+        let result = match &name {
+            Some(n) => agent.controller.delete_topic(TopicRef::Name(n)).await,
+            None if id.is_nil() => Err(ControllerError::InvalidRequest("neither topic name nor id".into())),
+            None => agent.controller.delete_topic(TopicRef::Id(id)).await,
+        };
+        let mut r = DeletableTopicResult::default().with_name(name.clone().map(|n| TopicName(str_bytes(n))));
+        match result {
+            Ok(meta) => {
+                if version >= 6 {
+                    r = r.with_topic_id(meta.id).with_name(Some(TopicName(str_bytes(meta.name.clone()))));
+                }
+            }
+            Err(e) => {
+                let code = match (&e, &name) {
+                    (ControllerError::UnknownTopicOrPartition, None) => ResponseError::UnknownTopicId.code(),
+                    _ => controller_code(&e),
+                };
+                r = r.with_error_code(code);
+                if version >= 5 {
+                    r = r.with_error_message(Some(str_bytes(e.to_string())));
+                }
+                if version >= 6 {
+                    r = r.with_topic_id(id);
+                }
+            }
+        }
+        responses.push(r);
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}

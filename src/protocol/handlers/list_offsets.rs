@@ -1,0 +1,73 @@
+//! ListOffsets: earliest (-2, and -4 earliest-local), latest (-1), max timestamp (-3), and
+//! offsets by timestamp. Lookups by timestamp resolve to a record batch: the answer is the
+//! base offset of the first batch whose max timestamp is at or after the target.
+
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use crate::agent::fetch::LEADER_EPOCH;
+use crate::agent::{Agent, AgentError};
+use crate::controller::{ControllerError, TopicRef};
+use crate::protocol::error::agent_code;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const EARLIEST_PENDING_UPLOAD: i64 = -5;
+const LATEST_TIERED: i64 = -6;
+
+pub async fn handle(agent: &Agent, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let meta = agent.controller.topic(TopicRef::Name(&t.name.0));
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            let found = match &meta {
+                None => Err(AgentError::UnknownTopicOrPartition),
+                Some(meta) => lookup(agent, meta.id, p.partition_index, meta.partitions, p.timestamp).await,
+            };
+            partitions.push(match found {
+                Ok(Some((offset, timestamp))) => {
+                    let r = r.with_offset(offset).with_timestamp(timestamp);
+                    // The field exists from v4 on.
+                    if version >= 4 { r.with_leader_epoch(LEADER_EPOCH) } else { r }
+                }
+                Ok(None) => r.with_offset(-1).with_timestamp(-1).with_leader_epoch(-1),
+                Err(e) => r.with_error_code(agent_code(&e)).with_offset(-1).with_timestamp(-1).with_leader_epoch(-1),
+            });
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(t.name.clone()).with_partitions(partitions));
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// `(offset, timestamp)` for the request's timestamp, or None when no record qualifies.
+async fn lookup(
+    agent: &Agent,
+    topic_id: uuid::Uuid,
+    partition: i32,
+    partitions: i32,
+    timestamp: i64,
+) -> Result<Option<(i64, i64)>, AgentError> {
+    if partition < 0 || partition >= partitions {
+        return Err(AgentError::UnknownTopicOrPartition);
+    }
+    let o = agent.controller.offsets(topic_id, partition)?;
+    match timestamp {
+        LATEST | LATEST_TIERED => Ok(Some((o.next_offset, -1))),
+        EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Ok(Some((o.log_start_offset, -1))),
+        MAX_TIMESTAMP => match agent.controller.extent_with_max_timestamp(topic_id, partition).await? {
+            None => Ok(None),
+            Some(e) => agent.batch_with_timestamp(&e, e.max_timestamp).await,
+        },
+        ts if ts >= 0 => match agent.controller.extent_for_timestamp(topic_id, partition, ts).await? {
+            None => Ok(None),
+            Some(e) => agent.batch_with_timestamp(&e, ts).await,
+        },
+        _ => Err(AgentError::Controller(ControllerError::InvalidRequest(format!(
+            "unknown special timestamp {timestamp}"
+        )))),
+    }
+}

@@ -1,0 +1,17 @@
+//! The Kafka wire: everything between a TCP socket and the agent.
+//!
+//! - [`frame`]: length-prefixed frames, bounded before anything is allocated.
+//! - [`connection`]: the accept loop and one pipelined connection (requests read ahead, answers
+//!   written in request order).
+//! - [`handlers`]: header decoding, the API version table, one `match` on the API key, and one
+//!   file per API family.
+//! - [`error`]: the one place where internal errors become Kafka error codes.
+//! - [`records`]: record batch v2 headers (validate, patch); never decodes records.
+//!
+//! Must not touch: storage, offsets, object layout. Handlers translate; the agent decides.
+
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod handlers;
+pub mod records;
