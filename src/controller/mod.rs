@@ -175,10 +175,8 @@ fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), Controller
         }
         let int = |v: &str| v.parse::<i64>().map_err(|_| ControllerError::InvalidConfig(format!("{k}={v} is not an integer")));
         match k.as_str() {
-            "max.message.bytes" => {
-                if int(v)? < 0 {
-                    return Err(ControllerError::InvalidConfig(format!("{k}={v} must not be negative")));
-                }
+            "max.message.bytes" if int(v)? < 0 => {
+                return Err(ControllerError::InvalidConfig(format!("{k}={v} must not be negative")));
             }
             "retention.ms" | "retention.bytes" | "segment.bytes" | "segment.ms" | "min.insync.replicas" => {
                 int(v)?;
@@ -402,7 +400,7 @@ impl Controller {
     ) -> Result<Option<Vec<ExtentRecord>>, ControllerError> {
         let s = self.read();
         let p = s.partitions.get(&(topic_id, partition)).ok_or(ControllerError::UnknownTopicOrPartition)?;
-        if !p.recent.front().is_some_and(|e| e.base_offset <= from_offset) {
+        if p.recent.front().is_none_or(|e| e.base_offset > from_offset) {
             return Ok(None);
         }
         let start = p.recent.partition_point(|e| e.end_offset <= from_offset);

@@ -191,7 +191,7 @@ pub fn parse_footer(tail: &[u8], object_len: u64) -> Result<Footer, FormatError>
         return Err(FormatError::UnsupportedVersion(footer.version));
     }
     let end = footer.index_offset.checked_add(u64::from(footer.index_len));
-    if end != Some(object_len - FOOTER_BYTES as u64) || footer.index_len as usize % INDEX_ENTRY_BYTES != 0 {
+    if end != Some(object_len - FOOTER_BYTES as u64) || !(footer.index_len as usize).is_multiple_of(INDEX_ENTRY_BYTES) {
         return Err(FormatError::IndexOutOfBounds);
     }
     Ok(footer)

@@ -35,7 +35,7 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<
         let unknown = if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
         let mut slots = Vec::with_capacity(t.partition_data.len());
         for p in &t.partition_data {
-            let slot = if !matches!(acks, 0 | 1 | -1) {
+            let slot = if !(-1..=1).contains(&acks) {
                 Slot::Failed(ResponseError::InvalidRequiredAcks.code(), format!("acks={acks} is not 0, 1 or -1"))
             } else {
                 match (&meta, &p.records) {
