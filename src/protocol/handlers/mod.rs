@@ -50,52 +50,92 @@ pub enum Outcome {
     Close(String),
 }
 
-/// Handles one request frame (without its length prefix).
-pub async fn handle(agent: Arc<Agent>, frame: Bytes) -> Outcome {
+/// A decoded request of an implemented API.
+#[derive(Debug)]
+pub enum Request {
+    ApiVersions(ApiVersionsRequest),
+    Metadata(MetadataRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+}
+
+/// A request ready to run: what it is, which version, whom to answer.
+#[derive(Debug)]
+pub struct Parsed {
+    pub key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub request: Request,
+}
+
+/// Checks and decodes one request frame (without its length prefix). `Err` is what to do
+/// instead of running a handler: close the connection, or (ApiVersions too new) answer.
+/// Pure: no I/O, no state; the fuzz target drives it with arbitrary bytes.
+pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
+    if frame.len() < 8 {
+        return Err(Outcome::Close(format!("frame of {} bytes is too short", frame.len())));
+    }
     let api_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(key) = ApiKey::try_from(api_key) else {
-        return Outcome::Close(format!("unknown api key {api_key}"));
+        return Err(Outcome::Close(format!("unknown api key {api_key}")));
     };
     let Some((lo, hi)) = supported_versions(key) else {
-        return Outcome::Close(format!("api {key:?} is not implemented"));
+        return Err(Outcome::Close(format!("api {key:?} is not implemented")));
     };
     if version < lo || version > hi {
         if key == ApiKey::ApiVersions {
-            return api_versions::unsupported_version(correlation_id);
+            return Err(api_versions::unsupported_version(correlation_id));
         }
-        return Outcome::Close(format!("unsupported version {version} of {key:?}"));
+        return Err(Outcome::Close(format!("unsupported version {version} of {key:?}")));
     }
     let mut buf = frame;
-    let header = match RequestHeader::decode(&mut buf, key.request_header_version(version)) {
-        Ok(h) => h,
-        Err(e) => return Outcome::Close(format!("bad request header: {e}")),
-    };
+    let header = RequestHeader::decode(&mut buf, key.request_header_version(version))
+        .map_err(|e| Outcome::Close(format!("bad request header: {e}")))?;
     macro_rules! decode {
-        ($ty:ty) => {
-            match <$ty>::decode(&mut buf, version) {
-                Ok(r) => r,
-                Err(e) => return Outcome::Close(format!("cannot decode {key:?} v{version}: {e}")),
-            }
+        ($variant:ident, $ty:ty) => {
+            Request::$variant(
+                <$ty>::decode(&mut buf, version)
+                    .map_err(|e| Outcome::Close(format!("cannot decode {key:?} v{version}: {e}")))?,
+            )
         };
     }
-    let ctx = Ctx { key, version, correlation_id: header.correlation_id };
-    match key {
-        ApiKey::ApiVersions => {
-            let _ = decode!(ApiVersionsRequest);
-            ctx.respond(&api_versions::handle(version))
-        }
-        ApiKey::Metadata => ctx.respond(&metadata::handle(&agent, version, decode!(MetadataRequest)).await),
-        ApiKey::CreateTopics => ctx.respond(&admin::create_topics(&agent, version, decode!(CreateTopicsRequest)).await),
-        ApiKey::DeleteTopics => ctx.respond(&admin::delete_topics(&agent, version, decode!(DeleteTopicsRequest)).await),
-        ApiKey::Produce => match produce::handle(&agent, version, decode!(ProduceRequest)).await {
+    let request = match key {
+        ApiKey::ApiVersions => decode!(ApiVersions, ApiVersionsRequest),
+        ApiKey::Metadata => decode!(Metadata, MetadataRequest),
+        ApiKey::CreateTopics => decode!(CreateTopics, CreateTopicsRequest),
+        ApiKey::DeleteTopics => decode!(DeleteTopics, DeleteTopicsRequest),
+        ApiKey::Produce => decode!(Produce, ProduceRequest),
+        ApiKey::Fetch => decode!(Fetch, FetchRequest),
+        ApiKey::ListOffsets => decode!(ListOffsets, ListOffsetsRequest),
+        _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
+    };
+    Ok(Parsed { key, version, correlation_id: header.correlation_id, request })
+}
+
+/// Handles one request frame (without its length prefix).
+pub async fn handle(agent: Arc<Agent>, frame: Bytes) -> Outcome {
+    let parsed = match parse(frame) {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
+    let version = parsed.version;
+    let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
+    match parsed.request {
+        Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
+        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r).await),
+        Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
+        Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
+        Request::Produce(r) => match produce::handle(&agent, version, r).await {
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
         },
-        ApiKey::Fetch => ctx.respond(&fetch::handle(&agent, version, decode!(FetchRequest)).await),
-        ApiKey::ListOffsets => ctx.respond(&list_offsets::handle(&agent, version, decode!(ListOffsetsRequest)).await),
-        _ => Outcome::Close(format!("api {key:?} is not implemented")),
+        Request::Fetch(r) => ctx.respond(&fetch::handle(&agent, version, r).await),
+        Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
     }
 }
 
@@ -131,4 +171,50 @@ fn encode_response<R: Encodable>(header_version: i16, correlation_id: i32, versi
 /// Converts a String into the crate's string type.
 fn str_bytes(s: impl Into<String>) -> kafka_protocol::protocol::StrBytes {
     kafka_protocol::protocol::StrBytes::from_string(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(key: i16, version: i16, rest: &[u8]) -> Bytes {
+        let mut b = Vec::new();
+        b.extend_from_slice(&key.to_be_bytes());
+        b.extend_from_slice(&version.to_be_bytes());
+        b.extend_from_slice(&7i32.to_be_bytes());
+        b.extend_from_slice(rest);
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_close_but_api_versions_answers() {
+        assert!(matches!(parse(frame(999, 0, &[])), Err(Outcome::Close(_))));
+        assert!(matches!(parse(frame(ApiKey::Produce as i16, 2, &[0, 0])), Err(Outcome::Close(_))));
+        // JoinGroup exists in Kafka but is not implemented here.
+        assert!(matches!(parse(frame(ApiKey::JoinGroup as i16, 5, &[0, 0])), Err(Outcome::Close(_))));
+        match parse(frame(ApiKey::ApiVersions as i16, 99, &[])) {
+            Err(Outcome::Respond(b)) => {
+                // length, correlation id, then the v0 body: error code 35 first.
+                assert_eq!(&b[4..8], &7i32.to_be_bytes());
+                assert_eq!(&b[8..10], &35i16.to_be_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        // ApiVersions v0 with a null client id decodes.
+        assert!(parse(frame(ApiKey::ApiVersions as i16, 0, &[0xff, 0xff])).is_ok());
+        assert!(matches!(parse(Bytes::from_static(&[0, 18])), Err(Outcome::Close(_))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Arbitrary bytes behind every implemented (api, version) never panic the decoder.
+        #[test]
+        fn arbitrary_bodies_never_panic(api in 0usize..SUPPORTED_APIS.len(), v in 0i16..20,
+                                        body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let (key, lo, hi) = SUPPORTED_APIS[api];
+            let version = lo + v % (hi - lo + 1);
+            let _ = parse(frame(key as i16, version, &body));
+        }
+    }
 }
