@@ -1,0 +1,190 @@
+//! In-process server tests over real TCP: pipelining order, acks=0, graceful shutdown.
+//! (Client compatibility is proven by the real clients in tests/integration/.)
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sidestream::config::Config;
+use sidestream::protocol::records::encode_batch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(dir: &std::path::Path) -> Config {
+    let env = vec![
+        ("SIDESTREAM_AGENT_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("SIDESTREAM_AGENT_DATA_DIR".to_string(), dir.to_str().unwrap().to_string()),
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), "30".to_string()),
+    ];
+    Config::load(None, env).unwrap()
+}
+
+fn request<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("test")))
+        .encode(&mut b, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut b, version).unwrap();
+    let n = (b.len() - 4) as i32;
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    b.freeze()
+}
+
+async fn read_response(s: &mut TcpStream) -> Bytes {
+    let n = s.read_i32().await.unwrap();
+    let mut buf = vec![0u8; n as usize];
+    s.read_exact(&mut buf).await.unwrap();
+    Bytes::from(buf)
+}
+
+fn produce(topic: &str, acks: i16, value: &[u8]) -> ProduceRequest {
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(10_000).with_topic_data(vec![
+        TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.into()))).with_partition_data(vec![
+            PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(1, &[value]))),
+        ]),
+    ])
+}
+
+async fn create_topic(s: &mut TcpStream, name: &str) {
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(name.into())))),
+        ]))
+        .with_allow_auto_topic_creation(true);
+    s.write_all(&request(ApiKey::Metadata, 12, 1, &req)).await.unwrap();
+    read_response(s).await;
+}
+
+async fn fetch_all(s: &mut TcpStream, topic: &str) -> FetchResponse {
+    let req = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+        FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1 << 20)]),
+    ]);
+    s.write_all(&request(ApiKey::Fetch, 12, 99, &req)).await.unwrap();
+    let mut b = read_response(s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Fetch.response_header_version(12)).unwrap();
+    FetchResponse::decode(&mut b, 12).unwrap()
+}
+
+fn record_count(records: &Bytes) -> i64 {
+    sidestream::protocol::records::batches(records).map(|(_, h)| h.offset_count()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_acks_0_is_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sidestream::server::start(&config(dir.path())).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "p").await;
+
+    // Slow (produce, answered after a commit) and fast (ApiVersions) requests interleaved,
+    // plus acks=0 produces that must get no answer at all; all written before reading any.
+    let mut expected = Vec::new();
+    let mut out = BytesMut::new();
+    for i in 0..40 {
+        match i % 4 {
+            0 => {
+                out.extend_from_slice(&request(ApiKey::Produce, 9, i, &produce("p", -1, b"all")));
+                expected.push(i);
+            }
+            1 => out.extend_from_slice(&request(ApiKey::Produce, 9, i, &produce("p", 0, b"zero"))),
+            _ => {
+                out.extend_from_slice(&request(ApiKey::ApiVersions, 3, i, &ApiVersionsRequest::default()));
+                expected.push(i);
+            }
+        }
+    }
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..expected.len() {
+        let mut b = read_response(&mut s).await;
+        got.push(b.get_i32());
+        let _ = b;
+    }
+    assert_eq!(got, expected);
+
+    // Every acked produce got a distinct offset; the acks=0 batches are committed too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = fetch_all(&mut s, "p").await;
+        let p = &f.responses[0].partitions[0];
+        if p.high_watermark == 20 {
+            assert_eq!(record_count(p.records.as_ref().unwrap()), 20);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hw stuck at {}", p.high_watermark);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_everything_accepted_and_restart_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.upload.flush_interval_ms = 60_000; // nothing flushes by time: only shutdown can commit
+    let server = sidestream::server::start(&cfg).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "d").await;
+    let mut out = BytesMut::new();
+    for i in 0..5 {
+        out.extend_from_slice(&request(ApiKey::Produce, 9, i, &produce("d", 0, format!("v{i}").as_bytes())));
+    }
+    s.write_all(&out).await.unwrap();
+    // The connection answers in order, so this answer means every produce above was enqueued.
+    s.write_all(&request(ApiKey::ApiVersions, 3, 100, &ApiVersionsRequest::default())).await.unwrap();
+    let mut b = read_response(&mut s).await;
+    assert_eq!(b.get_i32(), 100);
+    assert!(server.shutdown().await);
+
+    let server = sidestream::server::start(&cfg).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    let f = fetch_all(&mut s, "d").await;
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(p.high_watermark, 5);
+    let records = p.records.clone().unwrap();
+    let offsets: Vec<i64> = sidestream::protocol::records::batches(&records).map(|(_, h)| h.base_offset).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+    assert!(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_produce_returns_dense_base_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sidestream::server::start(&config(dir.path())).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "o").await;
+    let mut bases = BTreeMap::new();
+    for i in 0..3 {
+        let batch = encode_batch(5, &[b"a", b"b", b"c"]);
+        let req = ProduceRequest::default().with_acks(1).with_timeout_ms(5000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("o")))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
+        ]);
+        s.write_all(&request(ApiKey::Produce, 9, i, &req)).await.unwrap();
+        let mut b = read_response(&mut s).await;
+        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        bases.insert(i, p.base_offset);
+    }
+    assert_eq!(bases.into_values().collect::<Vec<_>>(), vec![0, 3, 6]);
+    assert!(server.shutdown().await);
+}
