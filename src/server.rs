@@ -59,8 +59,13 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
     let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
         .await
         .map_err(|e| ServerError::Config(e.to_string()))??;
-    let controller =
-        Controller::open(Arc::new(metadata), config.topics.clone(), clock.clone(), entropy.clone())?;
+    let controller = Controller::open_with_groups(
+        Arc::new(metadata),
+        config.topics.clone(),
+        config.groups.clone(),
+        clock.clone(),
+        entropy.clone(),
+    )?;
     let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(controller)));
 
     let listener = TcpListener::bind(config.agent.listen)

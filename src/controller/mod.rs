@@ -10,6 +10,7 @@
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
 pub mod client;
+pub mod groups;
 pub mod log;
 pub mod store;
 
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
 use crate::object::format::ExtentInfo;
+use groups::{GroupCoordinator, GroupSettings, TopicLookup};
 use log::PartitionOffsets;
 pub use store::ExtentRecord;
 use store::{MetadataStore, ObjectRecord, StoreError, TopicRecord};
@@ -125,7 +127,9 @@ struct State {
 /// a blocking context (the in-process client does).
 pub struct Controller {
     store: Arc<dyn MetadataStore>,
-    state: RwLock<State>,
+    /// Shared with the group coordinator's topic view.
+    state: Arc<RwLock<State>>,
+    groups: Arc<GroupCoordinator>,
     /// Serializes writers (commits, topic changes): one plan, one transaction at a time.
     write_lock: Mutex<()>,
     commits: watch::Sender<u64>,
@@ -196,10 +200,21 @@ fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), Controller
 }
 
 impl Controller {
-    /// Opens the controller on `store`, loading its snapshot.
+    /// Opens the controller on `store`, loading its snapshot, with default group settings.
     pub fn open(
         store: Arc<dyn MetadataStore>,
         defaults: TopicsConfig,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Result<Self, ControllerError> {
+        Self::open_with_groups(store, defaults, GroupSettings::default(), clock, entropy)
+    }
+
+    /// Opens the controller on `store`, loading its snapshot and committed group offsets.
+    pub fn open_with_groups(
+        store: Arc<dyn MetadataStore>,
+        defaults: TopicsConfig,
+        group_settings: GroupSettings,
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Result<Self, ControllerError> {
@@ -220,9 +235,18 @@ impl Controller {
                 },
             );
         }
+        let state = Arc::new(RwLock::new(state));
+        let groups = GroupCoordinator::open(
+            store.clone(),
+            Arc::new(TopicView(state.clone())),
+            clock.clone(),
+            entropy.clone(),
+            group_settings,
+        )?;
         Ok(Self {
             store,
-            state: RwLock::new(state),
+            state,
+            groups,
             write_lock: Mutex::new(()),
             commits: watch::channel(0).0,
             clock,
@@ -234,6 +258,11 @@ impl Controller {
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    /// The consumer group coordinator.
+    pub fn groups(&self) -> &Arc<GroupCoordinator> {
+        &self.groups
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -430,6 +459,18 @@ impl Controller {
     /// Blocking. The extent holding the partition's largest timestamp.
     pub fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
         Ok(self.store.extent_with_max_timestamp(topic_id, partition)?)
+    }
+}
+
+/// The controller's topics as the group coordinator sees them.
+struct TopicView(Arc<RwLock<State>>);
+
+impl TopicLookup for TopicView {
+    fn by_name(&self, name: &str) -> Option<Arc<TopicMeta>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).by_name.get(name).cloned()
+    }
+    fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).by_id.get(&id).cloned()
     }
 }
 

@@ -100,7 +100,7 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
         };
         match frame {
             Ok(Some(frame)) => {
-                let task = tokio::spawn(handlers::handle(agent.clone(), frame));
+                let task = tokio::spawn(handlers::handle(agent.clone(), frame, peer));
                 if tx.send(task).await.is_err() {
                     break;
                 }
