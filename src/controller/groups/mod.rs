@@ -586,7 +586,7 @@ impl GroupCoordinator {
             match &e.kind {
                 Kind::Classic(g) if g.is_empty() => BTreeSet::new(),
                 Kind::Classic(g) if g.protocol_type.as_deref() == Some("consumer") => {
-                    g.member_metadata().iter().flat_map(|m| subscription_topics(m)).collect()
+                    g.member_metadata().iter().flat_map(subscription_topics).collect()
                 }
                 Kind::Classic(_) => return Err(GroupError::NonEmptyGroup),
                 Kind::Consumer(g) => g.subscribed_topics(),
@@ -604,9 +604,6 @@ impl GroupCoordinator {
             if let Some(e) = groups.get_mut(group_id) {
                 for p in &delete {
                     e.offsets.remove(p);
-                }
-                if e.is_dead() {
-                    groups.remove(group_id);
                 }
             }
         }
