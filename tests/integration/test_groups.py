@@ -37,6 +37,8 @@ SESSION_TIMEOUT_MS = 6000
 TIMEOUT = 60.0
 GROUP_ENV = {
     "SIDESTREAM_GROUPS_INITIAL_REBALANCE_DELAY_MS": "300",
+    "SIDESTREAM_GROUPS_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
+    "SIDESTREAM_GROUPS_CONSUMER_SESSION_TIMEOUT_MS": "6000",
     "SIDESTREAM_GROUPS_MIN_SESSION_TIMEOUT_MS": "1000",
 }
 
@@ -149,6 +151,10 @@ class ChildConsumer:
             "partition.assignment.strategy": "range",
         }
         conf.update(extra or {})
+        if conf.get("group.protocol") == "consumer":
+            # KIP-848: the broker owns these settings.
+            for k in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
+                conf.pop(k)
         self.events = []
         self.lock = threading.Lock()
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(conf), topic],
@@ -170,13 +176,14 @@ class ChildConsumer:
             return list(self.events)
 
     def assignment(self):
-        """Partitions currently assigned (eager protocol: each assign replaces the last)."""
+        """Partitions currently assigned: assign adds, revoke removes (eager protocols revoke
+        everything first; cooperative and KIP-848 ones only what moves)."""
         parts = set()
         for ev in self.snapshot():
             if ev["ev"] == "assign":
-                parts = set(ev["parts"])
+                parts |= set(ev["parts"])
             elif ev["ev"] == "revoke":
-                parts = set()
+                parts -= set(ev["parts"])
         return parts
 
     def records(self):
@@ -311,6 +318,41 @@ def test_static_member_restart_keeps_partitions_without_rebalance(server):
         # b was never revoked nor reassigned (a rebalance would have revoked b before a2 got
         # an assignment: eager protocol).
         assert b.count("revoke") == 0 and b.count("assign") == b_assigns
+    finally:
+        for c in consumers:
+            c.kill()
+
+
+def test_kip848_consumer_protocol_group_of_two(server):
+    from confluent_kafka.admin import AdminClient
+
+    topic, group, partitions = "grp-848", "grp-848-group", 4
+    create_topic(server.bootstrap, topic, partitions)
+    produce(server.bootstrap, topic, partitions, 0, 200)
+    consumers = []
+    try:
+        a = ChildConsumer("a", server.bootstrap, topic, group, {"group.protocol": "consumer"})
+        consumers.append(a)
+        poll_until(lambda: a.assignment() == set(range(partitions)), TIMEOUT, what="first member owns everything")
+        t0 = time.monotonic()
+        b = ChildConsumer("b", server.bootstrap, topic, group, {"group.protocol": "consumer"})
+        consumers.append(b)
+        sets = wait_assigned(consumers, partitions, what="two KIP-848 members share the partitions")
+        record_time("confluent-kafka group.protocol=consumer: a second member joins (process start to "
+                    "new assignment, heartbeat interval 500 ms)", time.monotonic() - t0)
+        assert sorted(len(x) for x in sets) == [2, 2], sets
+        produce(server.bootstrap, topic, partitions, 200, 200)
+        poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) == 400, TIMEOUT,
+                   what="all 400 records")
+        values = sorted(int(v) for c in consumers for (_, _, v) in c.records())
+        assert values == list(range(400))
+
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        desc = admin.describe_consumer_groups([group])[group].result(30)
+        assert str(desc.state).endswith("STABLE"), desc.state
+        assert len(desc.members) == 2
+        owned = sorted(tp.partition for m in desc.members for tp in m.assignment.topic_partitions)
+        assert owned == list(range(partitions)), desc
     finally:
         for c in consumers:
             c.kill()

@@ -309,3 +309,83 @@ async fn a_group_with_members_is_not_deleted_and_protects_subscribed_offsets() {
     assert_eq!((d.state.as_str(), d.protocol_data.as_str(), d.members.len()), ("Stable", "range", 1));
     assert_eq!(d.members[0].group_instance_id.as_deref(), Some("i"));
 }
+
+fn hb(member: &str, epoch: i32, owned: Option<&[i32]>) -> consumer::HeartbeatRequest {
+    consumer::HeartbeatRequest {
+        group_id: "k".into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        rebalance_timeout_ms: if epoch == 0 { 30_000 } else { -1 },
+        subscribed_topic_names: (epoch == 0).then(|| vec!["t".to_string()]),
+        owned: owned.map(|ps| [(Uuid::from_u128(1), ps.iter().copied().collect())].into_iter().collect()),
+        api_version: 1,
+        ..Default::default()
+    }
+}
+
+fn parts(r: &consumer::HeartbeatResponse) -> Option<Vec<i32>> {
+    r.assignment.as_ref().map(|a| a.values().flat_map(|ps| ps.iter().copied()).collect())
+}
+
+#[tokio::test(start_paused = true)]
+async fn kip848_members_reconcile_without_sharing_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let a = c.consumer_heartbeat(hb("a", 0, Some(&[]))).unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (1, Some(vec![0, 1, 2, 3])));
+    assert_eq!(a.heartbeat_interval_ms, 5_000);
+
+    // b joins: its target partitions are still a's, so it gets nothing yet, at the new epoch.
+    let b = c.consumer_heartbeat(hb("b", 0, Some(&[]))).unwrap();
+    assert_eq!((b.member_epoch, parts(&b)), (2, Some(vec![])));
+    assert_eq!(c.consumer_describe("k").unwrap().state, "Reconciling");
+    // a must first revoke two partitions, keeping its epoch.
+    let a = c.consumer_heartbeat(hb("a", 1, Some(&[0, 1, 2, 3]))).unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (1, Some(vec![0, 1])));
+    // Until a confirms, b still waits.
+    assert_eq!(parts(&c.consumer_heartbeat(hb("b", 2, None)).unwrap()), None);
+    let a = c.consumer_heartbeat(hb("a", 1, Some(&[0, 1]))).unwrap();
+    assert_eq!(a.member_epoch, 2);
+    let b = c.consumer_heartbeat(hb("b", 2, None)).unwrap();
+    assert_eq!((b.member_epoch, parts(&b)), (2, Some(vec![2, 3])));
+    let d = c.consumer_describe("k").unwrap();
+    assert_eq!((d.state.as_str(), d.group_epoch, d.assignment_epoch, d.assignor_name.as_str()), ("Stable", 2, 2, "uniform"));
+
+    // Epochs fence, offsets commit only at the member's epoch.
+    assert_eq!(c.consumer_heartbeat(hb("a", 7, None)), Err(GroupError::FencedMemberEpoch));
+    assert_eq!(c.consumer_heartbeat(hb("zz", 2, None)), Err(GroupError::UnknownMemberId));
+    let mut bad = hb("c", 0, Some(&[]));
+    bad.server_assignor = Some("sticky".into());
+    assert_eq!(c.consumer_heartbeat(bad), Err(GroupError::UnsupportedAssignor("sticky".into())));
+    let commit = |epoch: i32, api_version: i16| OffsetCommitRequest {
+        group_id: "k".into(),
+        generation_id_or_member_epoch: epoch,
+        member_id: "b".into(),
+        group_instance_id: None,
+        api_version,
+        offsets: vec![CommitOffset { topic: "t".into(), partition: 2, offset: 1, leader_epoch: -1, metadata: String::new() }],
+    };
+    assert_eq!(c.commit_offsets(&commit(1, 9)), Err(GroupError::StaleMemberEpoch));
+    assert!(matches!(c.commit_offsets(&commit(2, 8)), Err(GroupError::UnsupportedVersion(_))));
+    assert_eq!(c.commit_offsets(&commit(2, 9)), Ok(vec![Ok(())]));
+    assert_eq!(c.fetch_offsets("k", None, Some(("b", 1))), Err(GroupError::StaleMemberEpoch));
+    assert_eq!(c.delete_offsets("k", &[("t".into(), 2)]), Ok(vec![Err(GroupError::GroupSubscribedToTopic)]));
+
+    // b stops heartbeating: after the session timeout (45 s) a gets everything back.
+    let mut last = None;
+    for _ in 0..50 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        let epoch = last.as_ref().map_or(2, |r: &consumer::HeartbeatResponse| r.member_epoch);
+        let r = c.consumer_heartbeat(hb("a", epoch, None)).unwrap();
+        if r.assignment.is_some() {
+            last = Some(r);
+        }
+    }
+    let a = last.unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (3, Some(vec![0, 1, 2, 3])));
+    // Leaving empties the group; its offsets stay.
+    let left = c.consumer_heartbeat(hb("a", consumer::LEAVE_EPOCH, None)).unwrap();
+    assert_eq!(left.member_epoch, -1);
+    assert_eq!(c.list_groups(&[], &["consumer".into()])[0].state, "Empty");
+}

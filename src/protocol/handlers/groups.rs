@@ -27,7 +27,7 @@ use crate::protocol::error::group_code;
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Kafka's AclOperation bits a group allows (READ, DELETE, DESCRIBE): no ACLs here yet.
-const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+pub(super) const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 fn key_type_ok(key_type: i8) -> bool {
     key_type == KEY_TYPE_GROUP || key_type == KEY_TYPE_TRANSACTION

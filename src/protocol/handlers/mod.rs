@@ -7,6 +7,7 @@
 
 mod admin;
 mod api_versions;
+mod consumer_groups;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
+    ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
     FetchRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
     ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest,
     RequestHeader, ResponseHeader, SyncGroupRequest,
@@ -50,6 +51,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -88,6 +91,8 @@ pub enum Request {
     ListGroups(ListGroupsRequest),
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
+    ConsumerGroupDescribe(ConsumerGroupDescribeRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -153,6 +158,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::ListGroups => decode!(ListGroups, ListGroupsRequest),
         ApiKey::DescribeGroups => decode!(DescribeGroups, DescribeGroupsRequest),
         ApiKey::DeleteGroups => decode!(DeleteGroups, DeleteGroupsRequest),
+        ApiKey::ConsumerGroupHeartbeat => decode!(ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest),
+        ApiKey::ConsumerGroupDescribe => decode!(ConsumerGroupDescribe, ConsumerGroupDescribeRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -191,6 +198,8 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr) -> Outcom
         Request::ListGroups(r) => ctx.respond(&groups::list_groups(&agent, version, r).await),
         Request::DescribeGroups(r) => ctx.respond(&groups::describe_groups(&agent, version, r).await),
         Request::DeleteGroups(r) => ctx.respond(&groups::delete_groups(&agent, r).await),
+        Request::ConsumerGroupHeartbeat(r) => ctx.respond(&consumer_groups::heartbeat(&agent, version, r, &client).await),
+        Request::ConsumerGroupDescribe(r) => ctx.respond(&consumer_groups::describe(&agent, version, r).await),
     }
 }
 
