@@ -430,7 +430,7 @@ impl Writer {
     }
 
     fn write(&mut self, first_id: u64, buf: &[u8]) -> std::io::Result<()> {
-        let continues = self.active_last.map_or(false, |l| l + 1 == first_id);
+        let continues = self.active_last.is_some_and(|l| l + 1 == first_id);
         let full = self.active_bytes > 0 && self.active_bytes + buf.len() as u64 > self.settings.segment_bytes;
         if self.file.is_none() || full || (self.active_bytes > 0 && !continues) {
             self.roll(first_id)?;
