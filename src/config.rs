@@ -246,7 +246,12 @@ impl Config {
             }
             ConfigError { source_name, key, reason }
         })?;
-        config.validate(&file_name)?;
+        config.validate(&file_name).map_err(|mut e| {
+            if let Some((_, var)) = env_keys.iter().find(|(k, _)| *k == e.key) {
+                e.source_name = format!("environment variable {var}");
+            }
+            e
+        })?;
         Ok(config)
     }
 
@@ -492,5 +497,6 @@ mod tests {
 
         let e = Config::load(None, env(&[("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "0")])).unwrap_err();
         assert_eq!(e.key, "upload.flush_interval_ms");
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS");
     }
 }

@@ -173,6 +173,7 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
     if entries == 0 {
         return Ok(());
     }
+    uploader.flush();
     tracing::info!(entries, after = mark, "replaying uncommitted WAL entries");
     let mut failed = 0u64;
     for p in pending {

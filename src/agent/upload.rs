@@ -71,6 +71,8 @@ struct Group {
 
 enum Msg {
     Group(Group),
+    /// Seal what is buffered now, without waiting for the flush interval.
+    Flush,
     /// Seal what is buffered now and stop; answered when everything is committed.
     Close(oneshot::Sender<()>),
 }
@@ -151,6 +153,11 @@ impl Uploader {
         let group = Group { items, wal_entry, permit: Arc::new(permit) };
         self.tx.send(Msg::Group(group)).map_err(|_| AgentError::ShuttingDown)?;
         Ok(pending)
+    }
+
+    /// Seals the buffered batches into an object now (recovery does not wait for the timer).
+    pub fn flush(&self) {
+        let _ = self.tx.send(Msg::Flush);
     }
 
     /// The highest WAL entry id known committed (0: none yet).
@@ -240,13 +247,16 @@ async fn run_flusher(
                     seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
                 }
             }
+            Some(Msg::Flush) => seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await,
             Some(Msg::Close(done)) => break Some(done),
             None => break None,
         }
     };
     rx.close();
-    while let Ok(Msg::Group(g)) = rx.try_recv() {
-        open.add(g, settings.flush_interval);
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Group(g) = msg {
+            open.add(g, settings.flush_interval);
+        }
     }
     seal(open, &sealed_tx, &settings, &deps).await;
     drop(sealed_tx);
