@@ -20,7 +20,21 @@ pub struct Config {
     pub object_store: ObjectStoreConfig,
     pub controller: ControllerConfig,
     pub topics: TopicsConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9644)) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,9 +211,9 @@ pub enum StoreUrl {
 }
 
 /// Sections DESIGN.md names that this version does not implement yet.
-const NOT_BUILT_SECTIONS: &[&str] = &["cache", "listeners", "tls", "sasl", "metrics", "compaction"];
+const NOT_BUILT_SECTIONS: &[&str] = &["cache", "listeners", "tls", "sasl", "compaction"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
-const SECTIONS: &[&str] = &["agent", "upload", "wal", "object_store", "controller", "topics", "log"];
+const SECTIONS: &[&str] = &["agent", "upload", "wal", "object_store", "controller", "topics", "metrics", "log"];
 
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables

@@ -44,6 +44,8 @@ pub enum ServerError {
 /// A running agent (with its embedded controller).
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// Where `GET /metrics` is served.
+    pub metrics_addr: SocketAddr,
     pub agent: Arc<Agent>,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
@@ -135,10 +137,18 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
     let shutdown = CancellationToken::new();
+    let metrics_listener = TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
+    tokio::spawn(crate::metrics::serve(metrics_listener, shutdown.clone()));
     let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
-    tracing::info!(%local_addr, "sidestream agent listening");
+    tracing::info!(%local_addr, %metrics_addr, "sidestream agent listening");
     Ok(RunningServer {
         local_addr,
+        metrics_addr,
         agent,
         shutdown,
         accept,

@@ -22,6 +22,7 @@ fn config(dir: &std::path::Path) -> Config {
         ("SIDESTREAM_AGENT_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("SIDESTREAM_AGENT_DATA_DIR".to_string(), dir.to_str().unwrap().to_string()),
         ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), "30".to_string()),
+        ("SIDESTREAM_METRICS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
     ];
     Config::load(None, env).unwrap()
 }
@@ -273,5 +274,13 @@ async fn acked_produce_returns_dense_base_offsets() {
     // acks=1 is answered before offsets exist: -1, as documented.
     assert_eq!(produce_once(&mut s, "o", 1, 9).await, (0, -1));
     wait_for_hw(&mut s, "o", 12).await;
+    // The Prometheus endpoint shows the WAL and the uploads.
+    let mut m = TcpStream::connect(server.metrics_addr).await.unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("sidestream_wal_syncs_total"), "{text}");
+    assert!(text.contains("sidestream_commits_total"), "{text}");
     assert!(server.shutdown().await);
 }

@@ -30,6 +30,7 @@ use super::AgentError;
 use crate::clock::{Clock, Entropy};
 use crate::controller::client::ControllerClient;
 use crate::controller::{CommitRequest, ControllerError, WalMark};
+use crate::metrics;
 use crate::object::format::{ExtentInfo, ObjectBuilder};
 use crate::object::{ObjectError, ObjectStore, keys};
 use crate::protocol::records::BatchHeader;
@@ -306,11 +307,22 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 async fn put_with_retry(store: Arc<dyn ObjectStore>, key: String, body: Bytes) {
+    let uploads = metrics::counter("sidestream_objects_uploaded_total", "Objects uploaded by this agent.", &[]);
+    let bytes = metrics::counter("sidestream_object_bytes_uploaded_total", "Bytes of objects uploaded.", &[]);
+    let errors = metrics::counter("sidestream_object_upload_errors_total", "Failed object upload attempts.", &[]);
+    let latency = metrics::histogram("sidestream_object_upload_seconds", "Time of one successful object upload.", &[]);
     let mut attempt = 0;
     loop {
+        let started = std::time::Instant::now();
         match store.put(&key, body.clone()).await {
-            Ok(()) => return,
+            Ok(()) => {
+                latency.record(started.elapsed());
+                uploads.inc();
+                bytes.add(body.len() as u64);
+                return;
+            }
             Err(e) => {
+                errors.inc();
                 let retriable = e.is_retriable();
                 tracing::warn!(key, attempt, error = %e, retriable, "object upload failed; retrying");
                 // Permanent errors are retried too, more slowly: an operator may fix a
@@ -328,6 +340,8 @@ async fn run_committer(
     settings: UploadSettings,
     committed_wal: watch::Sender<u64>,
 ) {
+    let commits = metrics::counter("sidestream_commits_total", "Objects committed to the controller.", &[]);
+    let latency = metrics::histogram("sidestream_commit_seconds", "Time to commit one object (retries included).", &[]);
     while let Some(s) = sealed_rx.recv().await {
         if s.put.await.is_err() {
             fail_all(s.waiters, AgentError::ObjectStore(ObjectError::Transient("upload cancelled".into())));
@@ -345,6 +359,7 @@ async fn run_committer(
             wal,
         };
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         let results = loop {
             match deps.controller.commit_object(req.clone()).await {
                 Ok(r) => break Ok(r),
@@ -358,6 +373,8 @@ async fn run_committer(
         };
         match results {
             Ok(bases) => {
+                latency.record(started.elapsed());
+                commits.inc();
                 if let Some(entry) = s.wal_entry {
                     committed_wal.send_if_modified(|c| {
                         let grew = entry > *c;

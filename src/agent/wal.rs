@@ -35,6 +35,7 @@ use super::AgentError;
 use super::upload::{GroupItem, Uploader};
 use crate::clock::Entropy;
 use crate::config::WalSync;
+use crate::metrics::{self, Counter, Histogram};
 use crate::protocol::records;
 
 const ENTRY_HEADER_BYTES: usize = 16;
@@ -329,7 +330,26 @@ fn delete_committed(segments: &Mutex<Vec<Segment>>, mark: u64, space: &Semaphore
     }
 }
 
+struct WalMetrics {
+    fsyncs: Arc<Counter>,
+    entries: Arc<Counter>,
+    bytes: Arc<Counter>,
+    write_latency: Arc<Histogram>,
+}
+
+impl WalMetrics {
+    fn new() -> Self {
+        Self {
+            fsyncs: metrics::counter("sidestream_wal_syncs_total", "WAL group commits (one write + fsync each).", &[]),
+            entries: metrics::counter("sidestream_wal_entries_total", "WAL entries written (one per acks=0/1 produce request).", &[]),
+            bytes: metrics::counter("sidestream_wal_bytes_total", "Bytes written to the WAL.", &[]),
+            write_latency: metrics::histogram("sidestream_wal_sync_seconds", "Time of one WAL group write + fsync.", &[]),
+        }
+    }
+}
+
 struct Writer {
+    metrics: WalMetrics,
     settings: WalSettings,
     segments: Arc<Mutex<Vec<Segment>>>,
     file: Option<File>,
@@ -348,7 +368,7 @@ impl Writer {
         uploader: Uploader,
         failed: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
-        let mut w = Writer { settings, segments, file: None, active_bytes: 0, active_last: None, next_id, uploader, failed };
+        let mut w = Writer { metrics: WalMetrics::new(), settings, segments, file: None, active_bytes: 0, active_last: None, next_id, uploader, failed };
         // Keep appending to the newest segment only if ids continue it.
         let last = w.segments.lock().unwrap_or_else(|p| p.into_inner()).last().cloned();
         if let Some(s) = last {
@@ -402,8 +422,13 @@ impl Writer {
             for (i, r) in reqs.iter().enumerate() {
                 frame_entry(&mut buf, first_id + i as u64, &r.payload);
             }
+            let started = std::time::Instant::now();
             match self.write(first_id, &buf) {
                 Ok(()) => {
+                    self.metrics.write_latency.record(started.elapsed());
+                    self.metrics.fsyncs.inc();
+                    self.metrics.entries.add(reqs.len() as u64);
+                    self.metrics.bytes.add(buf.len() as u64);
                     let last_id = first_id + reqs.len() as u64 - 1;
                     self.next_id = last_id + 1;
                     self.active_bytes += buf.len() as u64;

@@ -8,7 +8,10 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use tokio::time::{Duration, Instant};
 
+use std::sync::{Arc, OnceLock};
+
 use super::str_bytes;
+use crate::metrics::{self, Histogram};
 use crate::agent::Agent;
 use crate::agent::produce::Appended;
 use crate::controller::TopicRef;
@@ -24,6 +27,24 @@ enum Slot {
 }
 
 pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+    let started = std::time::Instant::now();
+    let response = handle_inner(agent, version, req).await;
+    if let Some((acks, _)) = &response {
+        static LATENCY: OnceLock<[Arc<Histogram>; 2]> = OnceLock::new();
+        let [acks_1, acks_all] = LATENCY.get_or_init(|| {
+            let h = |acks| metrics::histogram("sidestream_produce_seconds", "Produce request latency, by acks.", &[("acks", acks)]);
+            [h("1"), h("all")]
+        });
+        match acks {
+            1 => acks_1.record(started.elapsed()),
+            -1 => acks_all.record(started.elapsed()),
+            _ => {}
+        }
+    }
+    response.map(|(_, r)| r)
+}
+
+async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest) -> Option<(i16, ProduceResponse)> {
     let acks = req.acks;
     let deadline = Instant::now()
         + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
@@ -100,5 +121,5 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<
         }
         responses.push(TopicProduceResponse::default().with_name(name).with_topic_id(topic_id).with_partition_responses(partitions));
     }
-    Some(ProduceResponse::default().with_responses(responses))
+    Some((acks, ProduceResponse::default().with_responses(responses)))
 }
