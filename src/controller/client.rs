@@ -41,6 +41,8 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64)
     -> Result<Option<ExtentRecord>, ControllerError>;
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError>;
+    /// The highest committed entry of the WAL `log_id` (0: none).
+    async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError>;
 
     // Consumer groups (controller::groups). JoinGroup and SyncGroup may wait for the other
     // members, up to the group's rebalance timeout.
@@ -152,6 +154,10 @@ impl ControllerClient for InProcess {
     }
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
         self.blocking(move |c| c.extent_with_max_timestamp(topic_id, partition)).await
+    }
+    async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
+        let log_id = log_id.to_string();
+        self.blocking(move |c| c.wal_mark(&log_id)).await
     }
 
     async fn join_group(&self, req: JoinRequest) -> JoinResponse {

@@ -29,6 +29,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
 use crate::controller::groups::ClientInfo;
+use crate::protocol::connection::Turn;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
 /// exactly this table.
@@ -166,8 +167,9 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
     Ok(Parsed { key, version, correlation_id: header.correlation_id, client_id, request })
 }
 
-/// Handles one request frame (without its length prefix) from a client at `peer`.
-pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr) -> Outcome {
+/// Handles one request frame (without its length prefix) from a client at `peer`. `turn`
+/// orders the produce requests of one connection (see [`Turn`]).
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Option<Turn>) -> Outcome {
     let parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
@@ -181,7 +183,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr) -> Outcom
         Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r).await),
         Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
         Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
-        Request::Produce(r) => match produce::handle(&agent, version, r).await {
+        Request::Produce(r) => match produce::handle(&agent, version, r, turn).await {
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
         },
