@@ -83,7 +83,21 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         clock.clone(),
         entropy.clone(),
     )?;
-    let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(controller)));
+    let controller = Arc::new(controller);
+    // The embedded controller exports consumer lag (a remote controller will export its own).
+    let lag_source = Arc::downgrade(&controller);
+    crate::metrics::gauges(
+        "sidestream_group_lag",
+        "Consumer lag per group and partition: high watermark minus committed offset.",
+        move || {
+            let Some(c) = lag_source.upgrade() else { return Vec::new() };
+            c.group_lags()
+                .into_iter()
+                .map(|(g, t, p, lag)| (vec![("group", g), ("topic", t), ("partition", p.to_string())], lag))
+                .collect()
+        },
+    );
+    let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(controller));
 
     let listener = TcpListener::bind(config.agent.listen)
         .await

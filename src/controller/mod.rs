@@ -275,6 +275,20 @@ impl Controller {
         &self.groups
     }
 
+    /// Consumer lag of every committed offset: (group, topic, partition, high watermark minus
+    /// committed offset, at least 0). Offsets of deleted topics are left out.
+    pub fn group_lags(&self) -> Vec<(String, String, i32, i64)> {
+        self.groups
+            .committed_offsets()
+            .into_iter()
+            .filter_map(|(g, t, p, committed)| {
+                let meta = self.topic(TopicRef::Name(&t))?;
+                let end = self.offsets(meta.id, p).ok()?.next_offset;
+                Some((g, t, p, (end - committed).max(0)))
+            })
+            .collect()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }

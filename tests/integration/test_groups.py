@@ -10,7 +10,8 @@
   rebalance of the others;
 - group administration with kafka-python's admin client: list (with a state filter), describe,
   delete offsets, delete groups;
-- committed offsets survive a restart of the server.
+- committed offsets survive a restart of the server;
+- `sidestream group describe GROUP` and the `sidestream_group_lag` Prometheus gauge show the lag.
 
 Rebalance times (join of a new member, loss of a member) are printed and appended to
 $SIDESTREAM_REBALANCE_TIMES (when set), so they can be reported.
@@ -31,7 +32,9 @@ import uuid
 
 import pytest
 
-from conftest import SidestreamServer, _LIVE_SERVERS, poll_until
+import urllib.request
+
+from conftest import SidestreamServer, _LIVE_SERVERS, binary_path, free_port, poll_until
 
 SESSION_TIMEOUT_MS = 6000
 TIMEOUT = 60.0
@@ -55,7 +58,10 @@ def record_time(what, seconds):
 
 
 def _server(base):
-    srv = SidestreamServer(base / "data", base / "server.log", extra_env=GROUP_ENV)
+    metrics_port = free_port()
+    env = dict(GROUP_ENV, SIDESTREAM_METRICS_LISTEN="127.0.0.1:%d" % metrics_port)
+    srv = SidestreamServer(base / "data", base / "server.log", extra_env=env)
+    srv.metrics_port = metrics_port
     srv.start()
     return srv
 
@@ -416,3 +422,27 @@ def test_committed_offsets_survive_restart(own_server):
         got = c.committed(tp, metadata=True)
         assert (got.offset, got.metadata) == (om.offset, om.metadata)
     c.close()
+
+
+def test_cli_and_metrics_show_lag(server):
+    from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+    topic, group = "grp-lag", "grp-lag-group"
+    create_topic(server.bootstrap, topic, 2)
+    produce(server.bootstrap, topic, 2, 0, 30)  # 15 records per partition
+    c = KafkaConsumer(bootstrap_servers=server.bootstrap, group_id=group, enable_auto_commit=False)
+    c.commit({TopicPartition(topic, 0): OffsetAndMetadata(10, "", -1),
+              TopicPartition(topic, 1): OffsetAndMetadata(5, "", -1)})
+    c.close()
+
+    out = subprocess.run([str(binary_path()), "group", "describe", group, "--bootstrap-server", server.bootstrap],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(topic)]
+    assert [r[:5] for r in rows] == [[topic, "0", "10", "15", "5"], [topic, "1", "5", "15", "10"]], out.stdout
+    assert "Empty, 0 member(s)" in out.stdout, out.stdout
+
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % server.metrics_port, timeout=10).read().decode()
+    assert "# TYPE sidestream_group_lag gauge" in text
+    assert 'sidestream_group_lag{group="%s",topic="%s",partition="0"} 5' % (group, topic) in text, text
+    assert 'sidestream_group_lag{group="%s",topic="%s",partition="1"} 10' % (group, topic) in text, text

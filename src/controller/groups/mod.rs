@@ -672,6 +672,17 @@ impl GroupCoordinator {
         })
     }
 
+    /// Every committed offset: (group, topic, partition, offset), sorted.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let groups = self.groups();
+        let mut out: Vec<_> = groups
+            .iter()
+            .flat_map(|(g, e)| e.offsets.iter().map(move |((t, p), o)| (g.clone(), t.clone(), *p, o.offset)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// KIP-848 ConsumerGroupHeartbeat.
     pub fn consumer_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
         Self::check_group_id(&req.group_id)?;
