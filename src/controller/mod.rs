@@ -1,5 +1,5 @@
-//! The controller: the single source of truth for topics, partitions and which byte ranges of
-//! which objects hold which offsets.
+//! The controller: the single source of truth for topics, partitions, which byte ranges of
+//! which objects hold which offsets, and consumer groups ([`groups`]).
 //!
 //! Offsets are assigned here, at commit, in one store transaction per object ([`log`]), so a
 //! partition has one total order however many agents write to it. The hot view (topics, high

@@ -446,3 +446,19 @@ def test_cli_and_metrics_show_lag(server):
     assert "# TYPE sidestream_group_lag gauge" in text
     assert 'sidestream_group_lag{group="%s",topic="%s",partition="0"} 5' % (group, topic) in text, text
     assert 'sidestream_group_lag{group="%s",topic="%s",partition="1"} 10' % (group, topic) in text, text
+
+
+def test_kcat_balanced_consumer_commits(server):
+    """kcat -G: librdkafka 2.0 (Debian's), an older client generation, as a group member."""
+    topic, group = "grp-kcat", "grp-kcat-group"
+    create_topic(server.bootstrap, topic, 2)
+    produce(server.bootstrap, topic, 2, 0, 20)
+    out = subprocess.run(["kcat", "-b", server.bootstrap, "-G", group, topic, "-e", "-o", "beginning", "-q",
+                          "-X", "session.timeout.ms=6000"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(int(v) for v in out.stdout.split()) == list(range(20))
+    report = subprocess.run([str(binary_path()), "group", "describe", group, "--bootstrap-server", server.bootstrap],
+                            capture_output=True, text=True, timeout=30)
+    rows = [line.split() for line in report.stdout.splitlines() if line.startswith(topic)]
+    assert [r[:5] for r in rows] == [[topic, "0", "10", "10", "0"], [topic, "1", "10", "10", "0"]], report.stdout
