@@ -26,6 +26,10 @@ pub struct MemberSpec<'a> {
 /// Topic name -> (id, partition count), for the subscribed topics that exist.
 pub type TopicSpecs = BTreeMap<String, (Uuid, i32)>;
 
+fn load(counts: &BTreeMap<&str, usize>, member: &str) -> usize {
+    counts.get(member).copied().unwrap_or(0)
+}
+
 /// Computes every member's target assignment; `members` sorted by member id.
 pub fn assign(assignor: &str, members: &[MemberSpec<'_>], topics: &TopicSpecs) -> BTreeMap<String, Assignment> {
     let mut out: BTreeMap<String, Assignment> = members.iter().map(|m| (m.member_id.to_string(), Assignment::new())).collect();
@@ -73,7 +77,7 @@ pub fn assign(assignor: &str, members: &[MemberSpec<'_>], topics: &TopicSpecs) -
         // Sticky: each member keeps up to its quota of what it has.
         for m in members {
             for tp in owned(m) {
-                if counts[m.member_id] < floor && taken.insert(tp) {
+                if load(&counts, m.member_id) < floor && taken.insert(tp) {
                     put(&mut out, m.member_id, tp);
                     *counts.entry(m.member_id).or_default() += 1;
                 }
@@ -91,10 +95,10 @@ pub fn assign(assignor: &str, members: &[MemberSpec<'_>], topics: &TopicSpecs) -
             }
         }
         for tp in all.into_iter().filter(|tp| !taken.contains(tp)) {
-            let under = members.iter().find(|m| counts[m.member_id] < floor);
+            let under = members.iter().find(|m| load(&counts, m.member_id) < floor);
             let m = match under {
                 Some(m) => m,
-                None => match members.iter().find(|m| counts[m.member_id] == floor && extras > 0) {
+                None => match members.iter().find(|m| load(&counts, m.member_id) == floor && extras > 0) {
                     Some(m) => {
                         extras -= 1;
                         m
@@ -123,9 +127,9 @@ pub fn assign(assignor: &str, members: &[MemberSpec<'_>], topics: &TopicSpecs) -
         .collect();
     todo.sort_by_key(|(n, t, p, _)| (*n, *t, *p));
     for (_, t, p, candidates) in todo {
-        let Some(min) = candidates.iter().map(|m| counts[m.member_id]).min() else { continue };
-        let owner = candidates.iter().find(|m| m.current.get(&t).is_some_and(|ps| ps.contains(&p)) && counts[m.member_id] <= min);
-        let chosen = owner.or_else(|| candidates.iter().find(|m| counts[m.member_id] == min));
+        let Some(min) = candidates.iter().map(|m| load(&counts, m.member_id)).min() else { continue };
+        let owner = candidates.iter().find(|m| m.current.get(&t).is_some_and(|ps| ps.contains(&p)) && load(&counts, m.member_id) <= min);
+        let chosen = owner.or_else(|| candidates.iter().find(|m| load(&counts, m.member_id) == min));
         if let Some(m) = chosen {
             put(&mut out, m.member_id, (t, p));
             *counts.entry(m.member_id).or_default() += 1;
