@@ -204,6 +204,15 @@ class ChildConsumer:
         self.proc.wait(10)
 
 
+def assert_each_processed_once(consumers, n):
+    """Records valued 0..n-1 were processed (and committed), each exactly once overall."""
+    poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) >= n, TIMEOUT,
+               what="all %d records" % n)
+    seen = [r for c in consumers for r in c.records()]
+    values = sorted(int(v) for (_, _, v) in seen)
+    assert values == list(range(n)), "records processed more than once or lost: %d seen" % len(seen)
+
+
 def wait_assigned(consumers, partitions, timeout=TIMEOUT, what="assignment"):
     """Until the consumers' assignments are disjoint and cover every partition."""
     def ok():
@@ -213,21 +222,24 @@ def wait_assigned(consumers, partitions, timeout=TIMEOUT, what="assignment"):
     return poll_until(ok, timeout, what=what)
 
 
-def test_confluent_three_members_share_partitions_and_survive_a_crash(server):
-    topic, group, partitions = "grp-six", "grp-six-group", 6
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_confluent_three_members_share_partitions_and_survive_a_crash(server, strategy):
+    topic, group, partitions = "grp-six-" + strategy, "grp-six-group-" + strategy, 6
     create_topic(server.bootstrap, topic, partitions)
     produce(server.bootstrap, topic, partitions, 0, 600)
+    conf = {"partition.assignment.strategy": strategy}
     consumers = []
     try:
-        consumers = [ChildConsumer("a", server.bootstrap, topic, group),
-                     ChildConsumer("b", server.bootstrap, topic, group)]
+        consumers = [ChildConsumer("a", server.bootstrap, topic, group, conf),
+                     ChildConsumer("b", server.bootstrap, topic, group, conf)]
         wait_assigned(consumers, partitions, what="two members own every partition")
 
         # A third member joins a stable group.
         t0 = time.monotonic()
-        consumers.append(ChildConsumer("c", server.bootstrap, topic, group))
+        consumers.append(ChildConsumer("c", server.bootstrap, topic, group, conf))
         sets = wait_assigned(consumers, partitions, what="three members own every partition")
-        record_time("confluent-kafka: a third member joins (process start to new assignment)", time.monotonic() - t0)
+        record_time("confluent-kafka %s: a third member joins (process start to new assignment)" % strategy,
+                    time.monotonic() - t0)
         assert sorted(len(s) for s in sets) == [2, 2, 2], sets
 
         poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) == 600, TIMEOUT,
@@ -244,17 +256,13 @@ def test_confluent_three_members_share_partitions_and_survive_a_crash(server):
         wait_assigned(survivors, partitions, timeout=SESSION_TIMEOUT_MS / 1000 + 20,
                       what="survivors own every partition")
         moved = time.monotonic() - t0
-        record_time("confluent-kafka: partitions of a killed member move (session.timeout.ms=%d, "
-                    "heartbeat.interval.ms=500)" % SESSION_TIMEOUT_MS, moved)
+        record_time("confluent-kafka %s: partitions of a killed member move (session.timeout.ms=%d, "
+                    "heartbeat.interval.ms=500)" % (strategy, SESSION_TIMEOUT_MS), moved)
         assert moved < SESSION_TIMEOUT_MS / 1000 + 10, moved
         assert lost <= set().union(*[c.assignment() for c in survivors])
 
         produce(server.bootstrap, topic, partitions, 600, 600)
-        poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) == 1200, TIMEOUT,
-                   what="all 1200 records")
-        seen = [r for c in consumers for r in c.records()]
-        values = sorted(int(v) for (_, _, v) in seen)
-        assert values == list(range(1200)), "records processed more than once or lost: %d seen" % len(seen)
+        assert_each_processed_once(consumers, 1200)
     finally:
         for c in consumers:
             c.kill()
@@ -348,10 +356,7 @@ def test_kip848_consumer_protocol_group_of_two(server):
                     "new assignment, heartbeat interval 500 ms)", time.monotonic() - t0)
         assert sorted(len(x) for x in sets) == [2, 2], sets
         produce(server.bootstrap, topic, partitions, 200, 200)
-        poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) == 400, TIMEOUT,
-                   what="all 400 records")
-        values = sorted(int(v) for c in consumers for (_, _, v) in c.records())
-        assert values == list(range(400))
+        assert_each_processed_once(consumers, 400)
 
         admin = AdminClient({"bootstrap.servers": server.bootstrap})
         desc = admin.describe_consumer_groups([group])[group].result(30)
