@@ -162,10 +162,11 @@ impl Server {
         let _ = s.read_to_string(&mut text).await;
         for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("HTTP") && l.contains(' ')) {
             let (name, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
-            if name.contains("quantile") {
-                continue;
-            }
             let base = name.split('{').next().unwrap_or(name).to_string();
+            let base = match name.split_once("quantile=\"") {
+                Some((_, q)) => format!("{base}:p{}", q.trim_end_matches(['"', '}'])),
+                None => base,
+            };
             *out.entry(base).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
         }
         out
@@ -300,6 +301,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         ("PUTs", format!("{puts:.0}")),
         ("PUTs per GB", format!("{:.1}", if uploaded > 0.0 { puts / (uploaded / 1e9) } else { 0.0 })),
         ("avg object MiB", format!("{:.2}", if puts > 0.0 { uploaded / puts / 1048576.0 } else { 0.0 })),
+        ("server PUT p99 ms", format!("{:.1}", metrics1.get("sidestream_object_upload_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
+        ("server commit p99 ms", format!("{:.1}", metrics1.get("sidestream_commit_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
+        ("WAL sync p99 ms", format!("{:.1}", metrics1.get("sidestream_wal_sync_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
         ("WAL syncs/s", format!("{:.0}", syncs / elapsed)),
         ("WAL entries per sync", format!("{:.1}", if syncs > 0.0 { entries / syncs } else { 0.0 })),
     ];
