@@ -125,10 +125,10 @@ impl Server {
         let server = Server { child, pid, kafka, metrics, data_dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut s) = TcpStream::connect(&server.kafka).await {
-                if roundtrip(&mut s, ApiKey::ApiVersions, 3, 0, &ApiVersionsRequest::default()).await.is_ok() {
-                    return Ok(server);
-                }
+            if let Ok(mut s) = TcpStream::connect(&server.kafka).await
+                && roundtrip(&mut s, ApiKey::ApiVersions, 3, 0, &ApiVersionsRequest::default()).await.is_ok()
+            {
+                return Ok(server);
             }
             if Instant::now() > deadline {
                 bail!("server not ready on {} within 30 s", server.kafka);
@@ -281,7 +281,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let delta = |k: &str| metrics1.get(k).copied().unwrap_or(0.0) - metrics0.get(k).copied().unwrap_or(0.0);
     let records = totals.records.load(Ordering::Relaxed);
     let bytes = records as f64 * args.record_bytes as f64;
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?.clone();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let puts = delta("sidestream_objects_uploaded_total");
     let uploaded = delta("sidestream_object_bytes_uploaded_total");
@@ -329,12 +329,11 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         rows.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
     );
     let dir = PathBuf::from("bench/results");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        if let Ok(mut f) = std::fs::File::create(dir.join(format!("{name}.json"))) {
-            let _ = f.write_all(json.as_bytes());
-        }
+    if std::fs::create_dir_all(&dir).is_ok()
+        && let Ok(mut f) = std::fs::File::create(dir.join(format!("{name}.json")))
+    {
+        let _ = f.write_all(json.as_bytes());
     }
-    drop(h);
     server.stop().await;
     Ok(())
 }

@@ -274,21 +274,14 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
     }
     let mut builder = ObjectBuilder::new();
     let mut waiters = Vec::new();
-    let mut extent = 0usize;
     for (_, appends) in open.groups {
-        let mut offset_delta = 0i64;
-        let mut added = false;
         for (item, reply, permit) in appends {
-            if let Err(e) = builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
-                let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
-                continue;
+            match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
+                Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
+                Err(e) => {
+                    let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+                }
             }
-            added = true;
-            waiters.push(Waiter { extent, offset_delta, reply, _permit: permit });
-            offset_delta += item.header.offset_count();
-        }
-        if added {
-            extent += 1;
         }
     }
     let (body, extents) = builder.finish();
