@@ -75,6 +75,10 @@ struct ProduceArgs {
     /// The server's [wal] sync: fsync or none.
     #[arg(long, default_value = "fsync")]
     wal_sync: String,
+    /// The server's [object_store] url (default: a directory in its data dir, on the WAL's
+    /// disk; e.g. file:///dev/shm/x keeps object writes off the WAL's disk, as S3 would).
+    #[arg(long)]
+    object_store_url: Option<String>,
     /// Name of the result file under bench/results/ (default: derived from the parameters).
     #[arg(long)]
     name: Option<String>,
@@ -222,14 +226,14 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         "all" | "-1" => -1,
         other => bail!("--acks must be 1 or all, not {other}"),
     };
-    let server = Server::start(
-        &args.bin,
-        &[
-            ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", args.flush_interval_ms.to_string()),
-            ("SIDESTREAM_WAL_SYNC", args.wal_sync.clone()),
-        ],
-    )
-    .await?;
+    let mut env = vec![
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", args.flush_interval_ms.to_string()),
+        ("SIDESTREAM_WAL_SYNC", args.wal_sync.clone()),
+    ];
+    if let Some(url) = &args.object_store_url {
+        env.push(("SIDESTREAM_OBJECT_STORE_URL", url.clone()));
+    }
+    let server = Server::start(&args.bin, &env).await?;
     let mut admin = TcpStream::connect(&server.kafka).await?;
     let create = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
         CreatableTopic::default()
@@ -301,6 +305,8 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         ("PUTs", format!("{puts:.0}")),
         ("PUTs per GB", format!("{:.1}", if uploaded > 0.0 { puts / (uploaded / 1e9) } else { 0.0 })),
         ("avg object MiB", format!("{:.2}", if puts > 0.0 { uploaded / puts / 1048576.0 } else { 0.0 })),
+        ("server produce p50 ms", format!("{:.1}", metrics1.get("sidestream_produce_seconds:p0.5").copied().unwrap_or(0.0) * 1e3)),
+        ("server produce p99 ms", format!("{:.1}", metrics1.get("sidestream_produce_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
         ("server PUT p99 ms", format!("{:.1}", metrics1.get("sidestream_object_upload_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
         ("server commit p99 ms", format!("{:.1}", metrics1.get("sidestream_commit_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
         ("WAL sync p99 ms", format!("{:.1}", metrics1.get("sidestream_wal_sync_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),

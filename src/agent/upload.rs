@@ -272,19 +272,32 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
     if open.groups.is_empty() {
         return;
     }
-    let mut builder = ObjectBuilder::new();
-    let mut waiters = Vec::new();
-    for (_, appends) in open.groups {
-        for (item, reply, permit) in appends {
-            match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
-                Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
-                Err(e) => {
-                    let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+    // Copying megabytes is CPU work: keep it off the async workers, where it would delay the
+    // connections' tasks queued behind it.
+    let (bytes, batches) = (open.bytes as usize, open.groups.iter().map(|(_, a)| a.len()).sum());
+    let groups = open.groups;
+    let built = tokio::task::spawn_blocking(move || {
+        let mut builder = ObjectBuilder::with_capacity(bytes, batches);
+        let mut waiters = Vec::new();
+        for (_, appends) in groups {
+            for (item, reply, permit) in appends {
+                match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
+                    Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
+                    Err(e) => {
+                        let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+                    }
                 }
             }
         }
-    }
-    let (body, extents) = builder.finish();
+        let (body, extents) = builder.finish();
+        (body, extents, waiters)
+    })
+    .await;
+    let Ok((body, extents, waiters)) = built else {
+        // The building task panicked: its waiters were dropped with it and see ShuttingDown.
+        tracing::error!("building an object failed");
+        return;
+    };
     let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
     let size_bytes = body.len() as u64;
     let put = tokio::spawn(put_with_retry(deps.store.clone(), key.clone(), body));
