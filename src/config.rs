@@ -130,6 +130,10 @@ pub struct ObjectStoreConfig {
     /// `file:///path` (local directory), or `memory://` (tests only; nothing persists).
     /// Defaults to `file://<data_dir>/objects`.
     pub url: Option<String>,
+    /// Failure testing only: the fraction of object store requests that fail (transiently).
+    pub fault_error_rate: f64,
+    /// Seed of the injected failures (0: random).
+    pub fault_seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -140,12 +144,20 @@ pub enum ControllerMode {
     Remote,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
     pub mode: ControllerMode,
     /// `sqlite:///path/to/file.db`; defaults to `sqlite://<data_dir>/controller.db`.
     pub store: Option<String>,
+    /// Kafka's producer.id.expiration.ms: an idempotent producer idle this long is forgotten.
+    pub producer_id_expiration_ms: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self { mode: ControllerMode::Embedded, store: None, producer_id_expiration_ms: 86_400_000 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -325,6 +337,7 @@ impl Config {
         range("upload.max_in_flight_objects", self.upload.max_in_flight_objects.into(), 1, 64)?;
         range("wal.segment_bytes", self.wal.segment_bytes, 64 * 1024, 16 << 30)?;
         range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
+        range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 1024)?;
@@ -353,6 +366,9 @@ impl Config {
             ));
         }
         self.object_store_url().map_err(|r| err("object_store.url", r))?;
+        if !(0.0..=1.0).contains(&self.object_store.fault_error_rate) {
+            return Err(err("object_store.fault_error_rate", "must be between 0.0 and 1.0".into()));
+        }
         let StoreUrl::Sqlite(db) = self.store_url().map_err(|r| err("controller.store", r))?;
         let dir = &self.agent.data_dir;
         std::fs::create_dir_all(dir)
@@ -450,6 +466,9 @@ fn apply_env(
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
                 raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not true or false")))?,
             ),
+            Some(toml::Value::Float(_)) => {
+                toml::Value::Float(raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not a number")))?)
+            }
             _ => toml::Value::String(raw.clone()),
         };
         let section_table = table

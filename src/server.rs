@@ -20,6 +20,7 @@ use crate::config::{Config, ObjectStoreUrl, StoreUrl};
 use crate::controller::client::{ControllerClient, InProcess};
 use crate::controller::store::sqlite::SqliteStore;
 use crate::controller::{Controller, ControllerError};
+use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
 use crate::object::memory::MemoryStore;
 use crate::object::{ObjectError, ObjectStore};
@@ -79,6 +80,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let controller = Controller::open_with_groups(
         Arc::new(metadata),
         config.topics.clone(),
+        config.controller.producer_id_expiration_ms as i64,
         config.groups.clone(),
         clock.clone(),
         entropy.clone(),
@@ -175,12 +177,25 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     })
 }
 
-/// The object store `[object_store] url` names.
+/// The object store `[object_store] url` names (wrapped in fault injection when
+/// `fault_error_rate` is set).
 pub fn open_object_store(config: &Config) -> Result<Arc<dyn ObjectStore>, ServerError> {
-    Ok(match config.object_store_url().map_err(ServerError::Config)? {
+    let store: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
         ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
         ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
-    })
+    };
+    let rate = config.object_store.fault_error_rate;
+    if rate <= 0.0 {
+        return Ok(store);
+    }
+    tracing::warn!(rate, seed = config.object_store.fault_seed, "FAULT INJECTION: object store requests will fail at random");
+    let entropy: Arc<dyn Entropy> = match config.object_store.fault_seed {
+        0 => Arc::new(SeededEntropy::from_os()),
+        seed => Arc::new(SeededEntropy::new(seed)),
+    };
+    let faulty = FaultyStore::new(store, entropy);
+    faulty.set_error_rate(rate);
+    Ok(Arc::new(faulty))
 }
 
 /// Uploads and commits every WAL entry the controller has not committed (ids above `mark`),

@@ -335,3 +335,87 @@ async fn a_full_wal_makes_acks_1_wait_then_time_out_and_recovers() {
     wait_for_hw(&mut s, "full", acked + 3).await;
     assert!(server.shutdown().await);
 }
+
+async fn produce_batch(s: &mut TcpStream, topic: &str, batch: Bytes, correlation_id: i32) -> (i16, i64) {
+    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
+    ]);
+    s.write_all(&request(ApiKey::Produce, 9, correlation_id, &req)).await.unwrap();
+    let mut b = read_response(s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+    let r = ProduceResponse::decode(&mut b, 9).unwrap();
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_are_deduplicated_checked_and_survive_restart() {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    use sidestream::protocol::records::encode_producer_batch;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let server = sidestream::server::start(&cfg).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "idem").await;
+
+    let init = |cid| request(ApiKey::InitProducerId, 4, cid, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000));
+    s.write_all(&init(1)).await.unwrap();
+    let mut b = read_response(&mut s).await;
+    ResponseHeader::decode(&mut b, ApiKey::InitProducerId.response_header_version(4)).unwrap();
+    let r = InitProducerIdResponse::decode(&mut b, 4).unwrap();
+    assert_eq!(r.error_code, 0);
+    let pid = r.producer_id.0;
+    assert!(pid >= 0);
+    assert_eq!(r.producer_epoch, 0);
+
+    let b0 = encode_producer_batch(Some((pid, 0, 0)), 1, &[b"a", b"b"]);
+    let b1 = encode_producer_batch(Some((pid, 0, 2)), 1, &[b"c"]);
+    assert_eq!(produce_batch(&mut s, "idem", b0.clone(), 2).await, (0, 0));
+    assert_eq!(produce_batch(&mut s, "idem", b1.clone(), 3).await, (0, 2));
+    // A retry of either batch gets its original offset and stores nothing.
+    assert_eq!(produce_batch(&mut s, "idem", b0.clone(), 4).await, (0, 0));
+    assert_eq!(produce_batch(&mut s, "idem", b1.clone(), 5).await, (0, 2));
+    assert_eq!(high_watermark(&mut s, "idem").await, 3);
+    // A gap is OUT_OF_ORDER_SEQUENCE_NUMBER (45); an older epoch after a newer one is
+    // INVALID_PRODUCER_EPOCH (47).
+    let gap = encode_producer_batch(Some((pid, 0, 7)), 1, &[b"x"]);
+    assert_eq!(produce_batch(&mut s, "idem", gap, 6).await.0, 45);
+    let new_epoch = encode_producer_batch(Some((pid, 1, 0)), 1, &[b"d"]);
+    assert_eq!(produce_batch(&mut s, "idem", new_epoch.clone(), 7).await, (0, 3));
+    let stale = encode_producer_batch(Some((pid, 0, 3)), 1, &[b"y"]);
+    assert_eq!(produce_batch(&mut s, "idem", stale, 8).await.0, 47);
+    // Two retries in one pipelined burst: the second is a duplicate of the first.
+    let next = encode_producer_batch(Some((pid, 1, 1)), 1, &[b"e"]);
+    let mut out = BytesMut::new();
+    for cid in [9, 10] {
+        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("idem")))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(next.clone()))]),
+        ]);
+        out.extend_from_slice(&request(ApiKey::Produce, 9, cid, &req));
+    }
+    s.write_all(&out).await.unwrap();
+    for _ in 0..2 {
+        let mut b = read_response(&mut s).await;
+        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        assert_eq!(r.responses[0].partition_responses[0].base_offset, 4);
+    }
+    assert_eq!(high_watermark(&mut s, "idem").await, 5);
+    assert!(server.shutdown().await);
+
+    // The producer state is in the store: after a restart a retry is still recognised.
+    let server = sidestream::server::start(&cfg).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    assert_eq!(produce_batch(&mut s, "idem", new_epoch, 11).await, (0, 3));
+    assert_eq!(high_watermark(&mut s, "idem").await, 5);
+    s.write_all(&init(12)).await.unwrap();
+    let mut b = read_response(&mut s).await;
+    ResponseHeader::decode(&mut b, ApiKey::InitProducerId.response_header_version(4)).unwrap();
+    let r = InitProducerIdResponse::decode(&mut b, 4).unwrap();
+    assert!(r.producer_id.0 > pid, "producer ids are never reused");
+    assert!(server.shutdown().await);
+}

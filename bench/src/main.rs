@@ -75,6 +75,10 @@ struct ProduceArgs {
     /// The server's [wal] sync: fsync or none.
     #[arg(long, default_value = "fsync")]
     wal_sync: String,
+    /// The server's [object_store] url (default: a directory in its data dir, on the WAL's
+    /// disk; e.g. file:///dev/shm/x keeps object writes off the WAL's disk, as S3 would).
+    #[arg(long)]
+    object_store_url: Option<String>,
     /// Name of the result file under bench/results/ (default: derived from the parameters).
     #[arg(long)]
     name: Option<String>,
@@ -125,10 +129,10 @@ impl Server {
         let server = Server { child, pid, kafka, metrics, data_dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut s) = TcpStream::connect(&server.kafka).await {
-                if roundtrip(&mut s, ApiKey::ApiVersions, 3, 0, &ApiVersionsRequest::default()).await.is_ok() {
-                    return Ok(server);
-                }
+            if let Ok(mut s) = TcpStream::connect(&server.kafka).await
+                && roundtrip(&mut s, ApiKey::ApiVersions, 3, 0, &ApiVersionsRequest::default()).await.is_ok()
+            {
+                return Ok(server);
             }
             if Instant::now() > deadline {
                 bail!("server not ready on {} within 30 s", server.kafka);
@@ -162,10 +166,11 @@ impl Server {
         let _ = s.read_to_string(&mut text).await;
         for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("HTTP") && l.contains(' ')) {
             let (name, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
-            if name.contains("quantile") {
-                continue;
-            }
             let base = name.split('{').next().unwrap_or(name).to_string();
+            let base = match name.split_once("quantile=\"") {
+                Some((_, q)) => format!("{base}:p{}", q.trim_end_matches(['"', '}'])),
+                None => base,
+            };
             *out.entry(base).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
         }
         out
@@ -221,14 +226,14 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         "all" | "-1" => -1,
         other => bail!("--acks must be 1 or all, not {other}"),
     };
-    let server = Server::start(
-        &args.bin,
-        &[
-            ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", args.flush_interval_ms.to_string()),
-            ("SIDESTREAM_WAL_SYNC", args.wal_sync.clone()),
-        ],
-    )
-    .await?;
+    let mut env = vec![
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", args.flush_interval_ms.to_string()),
+        ("SIDESTREAM_WAL_SYNC", args.wal_sync.clone()),
+    ];
+    if let Some(url) = &args.object_store_url {
+        env.push(("SIDESTREAM_OBJECT_STORE_URL", url.clone()));
+    }
+    let server = Server::start(&args.bin, &env).await?;
     let mut admin = TcpStream::connect(&server.kafka).await?;
     let create = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
         CreatableTopic::default()
@@ -280,7 +285,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let delta = |k: &str| metrics1.get(k).copied().unwrap_or(0.0) - metrics0.get(k).copied().unwrap_or(0.0);
     let records = totals.records.load(Ordering::Relaxed);
     let bytes = records as f64 * args.record_bytes as f64;
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?.clone();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let puts = delta("sidestream_objects_uploaded_total");
     let uploaded = delta("sidestream_object_bytes_uploaded_total");
@@ -300,6 +305,11 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         ("PUTs", format!("{puts:.0}")),
         ("PUTs per GB", format!("{:.1}", if uploaded > 0.0 { puts / (uploaded / 1e9) } else { 0.0 })),
         ("avg object MiB", format!("{:.2}", if puts > 0.0 { uploaded / puts / 1048576.0 } else { 0.0 })),
+        ("server produce p50 ms", format!("{:.1}", metrics1.get("sidestream_produce_seconds:p0.5").copied().unwrap_or(0.0) * 1e3)),
+        ("server produce p99 ms", format!("{:.1}", metrics1.get("sidestream_produce_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
+        ("server PUT p99 ms", format!("{:.1}", metrics1.get("sidestream_object_upload_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
+        ("server commit p99 ms", format!("{:.1}", metrics1.get("sidestream_commit_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
+        ("WAL sync p99 ms", format!("{:.1}", metrics1.get("sidestream_wal_sync_seconds:p0.99").copied().unwrap_or(0.0) * 1e3)),
         ("WAL syncs/s", format!("{:.0}", syncs / elapsed)),
         ("WAL entries per sync", format!("{:.1}", if syncs > 0.0 { entries / syncs } else { 0.0 })),
     ];
@@ -325,12 +335,11 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         rows.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
     );
     let dir = PathBuf::from("bench/results");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        if let Ok(mut f) = std::fs::File::create(dir.join(format!("{name}.json"))) {
-            let _ = f.write_all(json.as_bytes());
-        }
+    if std::fs::create_dir_all(&dir).is_ok()
+        && let Ok(mut f) = std::fs::File::create(dir.join(format!("{name}.json")))
+    {
+        let _ = f.write_all(json.as_bytes());
     }
-    drop(h);
     server.stop().await;
     Ok(())
 }

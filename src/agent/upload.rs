@@ -272,26 +272,32 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
     if open.groups.is_empty() {
         return;
     }
-    let mut builder = ObjectBuilder::new();
-    let mut waiters = Vec::new();
-    let mut extent = 0usize;
-    for (_, appends) in open.groups {
-        let mut offset_delta = 0i64;
-        let mut added = false;
-        for (item, reply, permit) in appends {
-            if let Err(e) = builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
-                let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
-                continue;
+    // Copying megabytes is CPU work: keep it off the async workers, where it would delay the
+    // connections' tasks queued behind it.
+    let (bytes, batches) = (open.bytes as usize, open.groups.iter().map(|(_, a)| a.len()).sum());
+    let groups = open.groups;
+    let built = tokio::task::spawn_blocking(move || {
+        let mut builder = ObjectBuilder::with_capacity(bytes, batches);
+        let mut waiters = Vec::new();
+        for (_, appends) in groups {
+            for (item, reply, permit) in appends {
+                match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
+                    Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
+                    Err(e) => {
+                        let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+                    }
+                }
             }
-            added = true;
-            waiters.push(Waiter { extent, offset_delta, reply, _permit: permit });
-            offset_delta += item.header.offset_count();
         }
-        if added {
-            extent += 1;
-        }
-    }
-    let (body, extents) = builder.finish();
+        let (body, extents) = builder.finish();
+        (body, extents, waiters)
+    })
+    .await;
+    let Ok((body, extents, waiters)) = built else {
+        // The building task panicked: its waiters were dropped with it and see ShuttingDown.
+        tracing::error!("building an object failed");
+        return;
+    };
     let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
     let size_bytes = body.len() as u64;
     let put = tokio::spawn(put_with_retry(deps.store.clone(), key.clone(), body));

@@ -43,6 +43,8 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError>;
     /// The highest committed entry of the WAL `log_id` (0: none).
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError>;
+    /// A new producer id and epoch for an idempotent producer.
+    async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError>;
 
     // Consumer groups (controller::groups). JoinGroup and SyncGroup may wait for the other
     // members, up to the group's rebalance timeout.
@@ -158,6 +160,9 @@ impl ControllerClient for InProcess {
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
         let log_id = log_id.to_string();
         self.blocking(move |c| c.wal_mark(&log_id)).await
+    }
+    async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
+        self.blocking(|c| c.init_producer_id()).await
     }
 
     async fn join_group(&self, req: JoinRequest) -> JoinResponse {

@@ -112,7 +112,15 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
     let writer_stop = stop.clone();
     let writer = tokio::spawn(async move {
         let mut wr = BufWriter::new(wr);
-        while let Some(task) = rx.recv().await {
+        let mut next: Option<JoinHandle<Outcome>> = None;
+        loop {
+            let task = match next.take() {
+                Some(t) => t,
+                None => match rx.recv().await {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
             let outcome = task.await.unwrap_or_else(|e| Outcome::Close(format!("handler failed: {e}")));
             let written = match outcome {
                 Outcome::Respond(frame) => wr.write_all(&frame).await,
@@ -122,11 +130,12 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
                     break;
                 }
             };
-            let flushed = match written {
-                Ok(()) if rx.is_empty() => wr.flush().await,
-                other => other,
-            };
-            if flushed.is_err() {
+            if written.is_err() {
+                break;
+            }
+            // Write answers that are ready back to back; flush as soon as the next one is not.
+            next = rx.try_recv().ok();
+            if !next.as_ref().is_some_and(|t| t.is_finished()) && wr.flush().await.is_err() {
                 break;
             }
         }

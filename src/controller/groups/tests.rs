@@ -389,3 +389,33 @@ async fn kip848_members_reconcile_without_sharing_a_partition() {
     assert_eq!(left.member_epoch, -1);
     assert_eq!(c.list_groups(&[], &["consumer".into()])[0].state, "Empty");
 }
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_its_data() {
+    use crate::controller::store::MetadataStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let store = SqliteStore::open(&db).unwrap();
+    store.load("cluster-1").unwrap();
+    drop(store);
+    // What a version 1 binary left behind: no group_offsets table.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("DROP TABLE group_offsets; PRAGMA user_version = 1;").unwrap();
+    drop(c);
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.load("other").unwrap().cluster_id, "cluster-1");
+    let rec = |offset| GroupOffsetRecord {
+        group_id: "g".into(),
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        leader_epoch: -1,
+        metadata: "m".into(),
+        commit_ms: 1,
+    };
+    store.commit_group_offsets(&[rec(1)]).unwrap();
+    store.commit_group_offsets(&[rec(2)]).unwrap();
+    assert_eq!(store.load_group_offsets().unwrap(), vec![rec(2)]);
+    let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
+}

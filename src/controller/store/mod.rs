@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use super::log::ProducerKey;
+use super::producers::ProducerState;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness constraint refused the write (e.g. a topic name taken).
@@ -82,6 +85,7 @@ pub struct Snapshot {
     pub cluster_id: String,
     pub topics: Vec<TopicRecord>,
     pub partitions: Vec<PartitionRecord>,
+    pub producers: Vec<(ProducerKey, ProducerState)>,
 }
 
 pub trait MetadataStore: Send + Sync + 'static {
@@ -94,13 +98,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
     /// In one transaction: records the object and its extents, moves each extent's partition
-    /// `next_offset` to the extent's `end_offset`, and raises the WAL mark if one is given.
+    /// `next_offset` to the extent's `end_offset`, raises the WAL mark if one is given, and
+    /// writes the idempotent producers' states.
     fn commit_object(
         &self,
         object: &ObjectRecord,
         extents: &[ExtentRecord],
         wal: Option<&super::WalMark>,
+        producers: &[(ProducerKey, ProducerState)],
     ) -> Result<(), StoreError>;
+    /// A producer id never handed out before.
+    fn allocate_producer_id(&self) -> Result<i64, StoreError>;
+    /// Forgets producer states last seen before `before_ms`.
+    fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError>;
     /// The highest committed entry of WAL `log_id` (0 when none).
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError>;
     /// Up to `limit` extents of a partition with `end_offset > from_offset`, by offset.

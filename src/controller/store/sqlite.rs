@@ -10,6 +10,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::controller::WalMark;
+use crate::controller::log::ProducerKey;
+use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
 use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
 
@@ -36,6 +38,10 @@ CREATE TABLE IF NOT EXISTS extents (
     PRIMARY KEY (topic_id, partition, base_offset)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key);
 CREATE TABLE IF NOT EXISTS wal_marks (log_id TEXT PRIMARY KEY, entry_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS producer_states (
+    producer_id INTEGER NOT NULL, topic_id BLOB NOT NULL, partition INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, batches TEXT NOT NULL, last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, topic_id, partition)) WITHOUT ROWID;
 ";
 
 /// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
@@ -163,7 +169,21 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
-        Ok(Snapshot { cluster_id, topics, partitions })
+        let mut stmt = c
+            .prepare("SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states")
+            .map_err(unavailable)?;
+        let producers = stmt
+            .query_map([], |r| {
+                let batches: String = r.get(4)?;
+                Ok((
+                    (r.get::<_, i64>(0)?, uuid_from(r.get(1)?)?, r.get::<_, i32>(2)?),
+                    ProducerState { epoch: r.get(3)?, batches: decode_batches(&batches).unwrap_or_default(), last_seen_ms: r.get(5)? },
+                ))
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(Snapshot { cluster_id, topics, partitions, producers })
     }
 
     fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
@@ -200,7 +220,7 @@ impl MetadataStore for SqliteStore {
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
-        for table in ["topic_configs", "partitions", "extents"] {
+        for table in ["topic_configs", "partitions", "extents", "producer_states"] {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
                 .map_err(unavailable)?;
         }
@@ -224,7 +244,13 @@ impl MetadataStore for SqliteStore {
         Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?))
     }
 
-    fn commit_object(&self, o: &ObjectRecord, extents: &[ExtentRecord], wal: Option<&WalMark>) -> Result<(), StoreError> {
+    fn commit_object(
+        &self,
+        o: &ObjectRecord,
+        extents: &[ExtentRecord],
+        wal: Option<&WalMark>,
+        producers: &[(ProducerKey, ProducerState)],
+    ) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
         tx.execute(
@@ -259,6 +285,15 @@ impl MetadataStore for SqliteStore {
                 advance.execute(params![id, e.partition, e.end_offset]).map_err(unavailable)?;
             }
         }
+        for ((pid, topic, partition), state) in producers {
+            tx.execute(
+                "INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches, last_seen_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET \
+                 epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
+                params![pid, topic.as_bytes().as_slice(), partition, state.epoch, encode_batches(&state.batches), state.last_seen_ms],
+            )
+            .map_err(unavailable)?;
+        }
         if let Some(w) = wal {
             tx.execute(
                 "INSERT INTO wal_marks (log_id, entry_id) VALUES (?1, ?2) \
@@ -268,6 +303,25 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64, StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_producer_id', '0')", []).map_err(unavailable)?;
+        let id: i64 = tx
+            .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_producer_id'", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        tx.execute("UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'next_producer_id'", [id + 1])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(id)
+    }
+
+    fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError> {
+        let c = lock(&self.writer);
+        c.execute("DELETE FROM producer_states WHERE last_seen_ms < ?1", [before_ms]).map_err(unavailable)?;
+        Ok(())
     }
 
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError> {

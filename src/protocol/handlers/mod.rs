@@ -14,16 +14,18 @@ mod list_offsets;
 mod metadata;
 mod offsets;
 mod produce;
+mod producers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest,
-    RequestHeader, ResponseHeader, SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
+    ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -41,6 +43,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
@@ -81,6 +84,7 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    InitProducerId(InitProducerIdRequest),
     FindCoordinator(FindCoordinatorRequest),
     JoinGroup(JoinGroupRequest),
     SyncGroup(SyncGroupRequest),
@@ -148,6 +152,7 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::Produce => decode!(Produce, ProduceRequest),
         ApiKey::Fetch => decode!(Fetch, FetchRequest),
         ApiKey::ListOffsets => decode!(ListOffsets, ListOffsetsRequest),
+        ApiKey::InitProducerId => decode!(InitProducerId, InitProducerIdRequest),
         ApiKey::FindCoordinator => decode!(FindCoordinator, FindCoordinatorRequest),
         ApiKey::JoinGroup => decode!(JoinGroup, JoinGroupRequest),
         ApiKey::SyncGroup => decode!(SyncGroup, SyncGroupRequest),
@@ -189,6 +194,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
         },
         Request::Fetch(r) => ctx.respond(&fetch::handle(&agent, version, r).await),
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
+        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, r).await),
         Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r)),
         Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
         Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),
