@@ -48,6 +48,8 @@ pub struct RunningServer {
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
     pub agent: Arc<Agent>,
+    /// The embedded controller's group coordinator (its waiting requests end at shutdown).
+    groups: Arc<crate::controller::groups::GroupCoordinator>,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -86,6 +88,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         entropy.clone(),
     )?;
     let controller = Arc::new(controller);
+    let groups = controller.groups().clone();
     // The embedded controller exports consumer lag (a remote controller will export its own).
     let lag_source = Arc::downgrade(&controller);
     crate::metrics::gauges(
@@ -171,6 +174,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         local_addr,
         metrics_addr,
         agent,
+        groups,
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
@@ -235,6 +239,7 @@ impl RunningServer {
     /// Returns false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
+        self.groups.shutdown();
         let agent = self.agent.clone();
         let accept = self.accept;
         let drained = async move {

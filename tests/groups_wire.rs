@@ -51,18 +51,61 @@ impl Conn {
     }
 }
 
+async fn start(dir: &std::path::Path) -> sidestream::server::RunningServer {
+    let env = [
+        ("SIDESTREAM_AGENT_LISTEN", "127.0.0.1:0"),
+        ("SIDESTREAM_AGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("SIDESTREAM_METRICS_LISTEN", "127.0.0.1:0"),
+        ("SIDESTREAM_GROUPS_INITIAL_REBALANCE_DELAY_MS", "0"),
+        ("SIDESTREAM_AGENT_SHUTDOWN_TIMEOUT_MS", "10000"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    sidestream::server::start(&Config::load(None, env).unwrap()).await.unwrap()
+}
+
+fn join_v3(group: &str, member: &str) -> JoinGroupRequest {
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(60_000)
+        .with_member_id(s(member))
+        .with_protocol_type(s("consumer"))
+        .with_protocols(vec![JoinGroupRequestProtocol::default().with_name(s("range")).with_metadata(Bytes::from_static(b"m"))])
+}
+
+/// A JoinGroup waiting for a rebalance does not hold up a graceful shutdown: it is answered
+/// NOT_COORDINATOR (the client finds the coordinator again after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_waiting_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut a = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
+    let joined = a.call(3, &join_v3("sd", "")).await;
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    let sync = SyncGroupRequest::default().with_group_id(GroupId(s("sd"))).with_generation_id(1).with_member_id(joined.member_id.clone());
+    assert_eq!(a.call(3, &sync).await.error_code, 0);
+    // B's join waits for A to rejoin (up to the 60 s rebalance timeout).
+    let addr = server.local_addr;
+    let b = tokio::spawn(async move {
+        let mut b = Conn(TcpStream::connect(addr).await.unwrap(), 0);
+        b.call(3, &join_v3("sd", "")).await
+    });
+    let hb = HeartbeatRequest::default().with_group_id(GroupId(s("sd"))).with_generation_id(1).with_member_id(joined.member_id.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.call(3, &hb).await.error_code != 27 {
+        assert!(tokio::time::Instant::now() < deadline, "no rebalance started");
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    assert!(server.shutdown().await, "shutdown within its timeout");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(b.await.unwrap().error_code, 16, "NOT_COORDINATOR");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_of_every_group_api_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("SIDESTREAM_AGENT_LISTEN", "127.0.0.1:0"),
-        ("SIDESTREAM_AGENT_DATA_DIR", dir.path().to_str().unwrap()),
-        ("SIDESTREAM_METRICS_LISTEN", "127.0.0.1:0"),
-        ("SIDESTREAM_GROUPS_INITIAL_REBALANCE_DELAY_MS", "0"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()));
-    let config = Config::load(None, env).unwrap();
-    let server = sidestream::server::start(&config).await.unwrap();
+    let server = start(dir.path()).await;
     let mut c = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
     let topic = TopicName(s("wire"));
     let created = c

@@ -652,14 +652,16 @@ impl ClassicGroup {
         self.members.values().map(|m| m.metadata(&protocol)).collect()
     }
 
-    /// Answers everything waiting with `error` and forgets every member (DeleteGroups of an
-    /// empty group, shutdown).
-    pub fn clear(&mut self, error: GroupError) {
-        let ids: Vec<String> = self.members.keys().cloned().collect();
-        for id in ids {
-            self.remove_member(&id, error.clone());
+    /// Answers every waiting JoinGroup and SyncGroup with `error`; members stay.
+    pub fn abort_waiters(&mut self, error: GroupError) {
+        for m in self.members.values_mut() {
+            if let Some(tx) = m.awaiting_join.take() {
+                let _ = tx.send(JoinResponse::error(m.id.clone(), error.clone()));
+            }
+            if let Some(tx) = m.awaiting_sync.take() {
+                let _ = tx.send(Err(error.clone()));
+            }
         }
-        self.pending.clear();
     }
 }
 

@@ -84,6 +84,9 @@ pub enum GroupError {
     /// The coordinator holds `max_groups` groups; retriable.
     #[error("too many groups")]
     TooManyGroups,
+    /// The coordinator is shutting down: the client finds it again (after the restart).
+    #[error("this coordinator is shutting down")]
+    NotCoordinator,
     /// The metadata store failed or the group went away mid-request; retriable.
     #[error("coordinator unavailable: {0}")]
     Unavailable(String),
@@ -277,6 +280,8 @@ impl Entry {
 /// Every group and its offsets. Methods marked blocking write to the store.
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Entry>>,
+    /// Set by [`GroupCoordinator::shutdown`]: joins and syncs are refused from then on.
+    closing: std::sync::atomic::AtomicBool,
     /// Serializes offset writes, so the store and memory see them in the same order.
     offsets_write: Mutex<()>,
     store: Arc<dyn MetadataStore>,
@@ -309,6 +314,7 @@ impl GroupCoordinator {
         }
         Ok(Arc::new_cyclic(|me| Self {
             groups: Mutex::new(groups),
+            closing: std::sync::atomic::AtomicBool::new(false),
             offsets_write: Mutex::new(()),
             store,
             topics,
@@ -406,6 +412,21 @@ impl GroupCoordinator {
         Ok(e)
     }
 
+    /// Answers every waiting JoinGroup and SyncGroup with NOT_COORDINATOR and refuses new
+    /// ones, so a graceful shutdown does not wait for rebalances (clients rejoin after it).
+    pub fn shutdown(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        for e in self.groups().values_mut() {
+            if let Kind::Classic(g) = &mut e.kind {
+                g.abort_waiters(GroupError::NotCoordinator);
+            }
+        }
+    }
+
+    fn closing(&self) -> Result<(), GroupError> {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) { Err(GroupError::NotCoordinator) } else { Ok(()) }
+    }
+
     /// JoinGroup: waits until the join phase ends (or answers at once).
     pub async fn join(&self, req: JoinRequest) -> JoinResponse {
         let reply = {
@@ -419,6 +440,10 @@ impl GroupCoordinator {
                 return fail(GroupError::InvalidSessionTimeout);
             }
             let mut groups = self.groups();
+            // Checked under the lock, so shutdown() sees every waiter registered before it.
+            if let Err(e) = self.closing() {
+                return fail(e);
+            }
             if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
                 return fail(GroupError::UnknownMemberId);
             }
@@ -450,6 +475,7 @@ impl GroupCoordinator {
         let reply = {
             Self::check_group_id(&req.group_id)?;
             let mut groups = self.groups();
+            self.closing()?;
             let e = groups.get_mut(&req.group_id).ok_or(GroupError::UnknownMemberId)?;
             let Kind::Classic(g) = &mut e.kind else { return Err(GroupError::UnknownMemberId) };
             let group_id = req.group_id.clone();
