@@ -419,3 +419,32 @@ fn a_version_1_store_is_migrated_and_keeps_its_data() {
     let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(version, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn kip848_static_member_leaves_for_a_restart_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let with_instance = |mut r: consumer::HeartbeatRequest| {
+        r.instance_id = Some("inst".into());
+        r
+    };
+    let a = c.consumer_heartbeat(with_instance(hb("a1", 0, Some(&[])))).unwrap();
+    let b = c.consumer_heartbeat(hb("b", 0, Some(&[]))).unwrap();
+    assert_eq!((a.member_epoch, b.member_epoch), (1, 2));
+    c.consumer_heartbeat(hb("a1", 1, Some(&[0, 1, 2, 3]))).unwrap();
+    c.consumer_heartbeat(hb("a1", 1, Some(&[0, 1]))).unwrap();
+    let b = c.consumer_heartbeat(hb("b", 2, None)).unwrap();
+    assert_eq!(parts(&b), Some(vec![2, 3]));
+
+    // Another process with the same instance id while a1 is active: refused.
+    assert_eq!(c.consumer_heartbeat(with_instance(hb("a2", 0, Some(&[])))), Err(GroupError::UnreleasedInstanceId));
+    // a1 leaves for a restart (epoch -2): its partitions stay reserved, b does not get them.
+    let left = c.consumer_heartbeat(with_instance(hb("a1", consumer::STATIC_LEAVE_EPOCH, None))).unwrap();
+    assert_eq!(left.member_epoch, consumer::STATIC_LEAVE_EPOCH);
+    assert_eq!(parts(&c.consumer_heartbeat(hb("b", 2, Some(&[2, 3]))).unwrap()), None);
+    // a2 (the restarted process) takes over: same epoch, same partitions, no new group epoch.
+    let a2 = c.consumer_heartbeat(with_instance(hb("a2", 0, Some(&[])))).unwrap();
+    assert_eq!((a2.member_epoch, parts(&a2)), (2, Some(vec![0, 1])));
+    assert_eq!(c.consumer_describe("k").unwrap().group_epoch, 2);
+    assert_eq!(c.consumer_heartbeat(hb("a1", 2, None)), Err(GroupError::UnknownMemberId));
+}
