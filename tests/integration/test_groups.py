@@ -204,6 +204,20 @@ class ChildConsumer:
         self.proc.wait(10)
 
 
+@pytest.fixture
+def spawn():
+    """Starts ChildConsumers that are killed when the test ends, however it ends."""
+    started = []
+
+    def start(*args, **kwargs):
+        c = ChildConsumer(*args, **kwargs)
+        started.append(c)
+        return c
+    yield start
+    for c in started:
+        c.kill()
+
+
 def assert_each_processed_once(consumers, n):
     """Records valued 0..n-1 were processed (and committed), each exactly once overall."""
     poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) >= n, TIMEOUT,
@@ -223,49 +237,44 @@ def wait_assigned(consumers, partitions, timeout=TIMEOUT, what="assignment"):
 
 
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
-def test_confluent_three_members_share_partitions_and_survive_a_crash(server, strategy):
+def test_confluent_three_members_share_partitions_and_survive_a_crash(server, spawn, strategy):
     topic, group, partitions = "grp-six-" + strategy, "grp-six-group-" + strategy, 6
     create_topic(server.bootstrap, topic, partitions)
     produce(server.bootstrap, topic, partitions, 0, 600)
     conf = {"partition.assignment.strategy": strategy}
-    consumers = []
-    try:
-        consumers = [ChildConsumer("a", server.bootstrap, topic, group, conf),
-                     ChildConsumer("b", server.bootstrap, topic, group, conf)]
-        wait_assigned(consumers, partitions, what="two members own every partition")
+    consumers = [spawn("a", server.bootstrap, topic, group, conf),
+                 spawn("b", server.bootstrap, topic, group, conf)]
+    wait_assigned(consumers, partitions, what="two members own every partition")
 
-        # A third member joins a stable group.
-        t0 = time.monotonic()
-        consumers.append(ChildConsumer("c", server.bootstrap, topic, group, conf))
-        sets = wait_assigned(consumers, partitions, what="three members own every partition")
-        record_time("confluent-kafka %s: a third member joins (process start to new assignment)" % strategy,
-                    time.monotonic() - t0)
-        assert sorted(len(s) for s in sets) == [2, 2, 2], sets
+    # A third member joins a stable group.
+    t0 = time.monotonic()
+    consumers.append(spawn("c", server.bootstrap, topic, group, conf))
+    sets = wait_assigned(consumers, partitions, what="three members own every partition")
+    record_time("confluent-kafka %s: a third member joins (process start to new assignment)" % strategy,
+                time.monotonic() - t0)
+    assert sorted(len(s) for s in sets) == [2, 2, 2], sets
 
-        poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) == 600, TIMEOUT,
-                   what="the first 600 records")
+    poll_until(lambda: len({(p, o) for c in consumers for (p, o, _) in c.records()}) == 600, TIMEOUT,
+               what="the first 600 records")
 
-        # Member c stops after a committed record, then dies without leaving the group.
-        victim = consumers[2]
-        victim.proc.send_signal(signal.SIGUSR1)
-        poll_until(lambda: victim.count("idle"), 10, what="victim idle")
-        lost = victim.assignment()
-        t0 = time.monotonic()
-        victim.kill()
-        survivors = consumers[:2]
-        wait_assigned(survivors, partitions, timeout=SESSION_TIMEOUT_MS / 1000 + 20,
-                      what="survivors own every partition")
-        moved = time.monotonic() - t0
-        record_time("confluent-kafka %s: partitions of a killed member move (session.timeout.ms=%d, "
-                    "heartbeat.interval.ms=500)" % (strategy, SESSION_TIMEOUT_MS), moved)
-        assert moved < SESSION_TIMEOUT_MS / 1000 + 10, moved
-        assert lost <= set().union(*[c.assignment() for c in survivors])
+    # Member c stops after a committed record, then dies without leaving the group.
+    victim = consumers[2]
+    victim.proc.send_signal(signal.SIGUSR1)
+    poll_until(lambda: victim.count("idle"), 10, what="victim idle")
+    lost = victim.assignment()
+    t0 = time.monotonic()
+    victim.kill()
+    survivors = consumers[:2]
+    wait_assigned(survivors, partitions, timeout=SESSION_TIMEOUT_MS / 1000 + 20,
+                  what="survivors own every partition")
+    moved = time.monotonic() - t0
+    record_time("confluent-kafka %s: partitions of a killed member move (session.timeout.ms=%d, "
+                "heartbeat.interval.ms=500)" % (strategy, SESSION_TIMEOUT_MS), moved)
+    assert moved < SESSION_TIMEOUT_MS / 1000 + 10, moved
+    assert lost <= set().union(*[c.assignment() for c in survivors])
 
-        produce(server.bootstrap, topic, partitions, 600, 600)
-        assert_each_processed_once(consumers, 1200)
-    finally:
-        for c in consumers:
-            c.kill()
+    produce(server.bootstrap, topic, partitions, 600, 600)
+    assert_each_processed_once(consumers, 1200)
 
 
 def test_kafka_python_commit_leave_rejoin_resumes(server):
@@ -310,63 +319,49 @@ def test_kafka_python_commit_leave_rejoin_resumes(server):
     assert sorted(int(r.value) for r in got + rest) == list(range(100)), "rejoin did not resume at the commit"
 
 
-def test_static_member_restart_keeps_partitions_without_rebalance(server):
+def test_static_member_restart_keeps_partitions_without_rebalance(server, spawn):
     topic, group, partitions = "grp-static", "grp-static-group", 4
     create_topic(server.bootstrap, topic, partitions)
     produce(server.bootstrap, topic, partitions, 0, 40)
-    consumers = []
-    try:
-        a = ChildConsumer("a", server.bootstrap, topic, group, {"group.instance.id": "static-a"})
-        b = ChildConsumer("b", server.bootstrap, topic, group, {"group.instance.id": "static-b"})
-        consumers = [a, b]
-        wait_assigned(consumers, partitions, what="two static members own every partition")
-        before = a.assignment()
-        b_assigns = b.count("assign")
-        a.kill()  # a static member's crash: no LeaveGroup, its place is kept for the session timeout
-        t0 = time.monotonic()
-        a2 = ChildConsumer("a2", server.bootstrap, topic, group, {"group.instance.id": "static-a"})
-        consumers.append(a2)
-        poll_until(lambda: a2.assignment(), TIMEOUT, what="restarted static member assigned")
-        record_time("confluent-kafka: a static member restarts and gets its partitions back", time.monotonic() - t0)
-        assert a2.assignment() == before
-        # b was never revoked nor reassigned (a rebalance would have revoked b before a2 got
-        # an assignment: eager protocol).
-        assert b.count("revoke") == 0 and b.count("assign") == b_assigns
-    finally:
-        for c in consumers:
-            c.kill()
+    a = spawn("a", server.bootstrap, topic, group, {"group.instance.id": "static-a"})
+    b = spawn("b", server.bootstrap, topic, group, {"group.instance.id": "static-b"})
+    wait_assigned([a, b], partitions, what="two static members own every partition")
+    before = a.assignment()
+    b_assigns = b.count("assign")
+    a.kill()  # a static member's crash: no LeaveGroup, its place is kept for the session timeout
+    t0 = time.monotonic()
+    a2 = spawn("a2", server.bootstrap, topic, group, {"group.instance.id": "static-a"})
+    poll_until(lambda: a2.assignment(), TIMEOUT, what="restarted static member assigned")
+    record_time("confluent-kafka: a static member restarts and gets its partitions back", time.monotonic() - t0)
+    assert a2.assignment() == before
+    # b was never revoked nor reassigned (a rebalance would have revoked b before a2 got
+    # an assignment: eager protocol).
+    assert b.count("revoke") == 0 and b.count("assign") == b_assigns
 
 
-def test_kip848_consumer_protocol_group_of_two(server):
+def test_kip848_consumer_protocol_group_of_two(server, spawn):
     from confluent_kafka.admin import AdminClient
 
     topic, group, partitions = "grp-848", "grp-848-group", 4
     create_topic(server.bootstrap, topic, partitions)
     produce(server.bootstrap, topic, partitions, 0, 200)
-    consumers = []
-    try:
-        a = ChildConsumer("a", server.bootstrap, topic, group, {"group.protocol": "consumer"})
-        consumers.append(a)
-        poll_until(lambda: a.assignment() == set(range(partitions)), TIMEOUT, what="first member owns everything")
-        t0 = time.monotonic()
-        b = ChildConsumer("b", server.bootstrap, topic, group, {"group.protocol": "consumer"})
-        consumers.append(b)
-        sets = wait_assigned(consumers, partitions, what="two KIP-848 members share the partitions")
-        record_time("confluent-kafka group.protocol=consumer: a second member joins (process start to "
-                    "new assignment, heartbeat interval 500 ms)", time.monotonic() - t0)
-        assert sorted(len(x) for x in sets) == [2, 2], sets
-        produce(server.bootstrap, topic, partitions, 200, 200)
-        assert_each_processed_once(consumers, 400)
+    a = spawn("a", server.bootstrap, topic, group, {"group.protocol": "consumer"})
+    poll_until(lambda: a.assignment() == set(range(partitions)), TIMEOUT, what="first member owns everything")
+    t0 = time.monotonic()
+    consumers = [a, spawn("b", server.bootstrap, topic, group, {"group.protocol": "consumer"})]
+    sets = wait_assigned(consumers, partitions, what="two KIP-848 members share the partitions")
+    record_time("confluent-kafka group.protocol=consumer: a second member joins (process start to "
+                "new assignment, heartbeat interval 500 ms)", time.monotonic() - t0)
+    assert sorted(len(x) for x in sets) == [2, 2], sets
+    produce(server.bootstrap, topic, partitions, 200, 200)
+    assert_each_processed_once(consumers, 400)
 
-        admin = AdminClient({"bootstrap.servers": server.bootstrap})
-        desc = admin.describe_consumer_groups([group])[group].result(30)
-        assert str(desc.state).endswith("STABLE"), desc.state
-        assert len(desc.members) == 2
-        owned = sorted(tp.partition for m in desc.members for tp in m.assignment.topic_partitions)
-        assert owned == list(range(partitions)), desc
-    finally:
-        for c in consumers:
-            c.kill()
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(30)
+    assert str(desc.state).endswith("STABLE"), desc.state
+    assert len(desc.members) == 2
+    owned = sorted(tp.partition for m in desc.members for tp in m.assignment.topic_partitions)
+    assert owned == list(range(partitions)), desc
 
 
 def test_admin_list_describe_delete(server):
