@@ -57,35 +57,29 @@ def record_time(what, seconds):
             f.write(line + "\n")
 
 
-def _server(base):
+def _serving(base):
+    """A server with the group settings above and a known metrics port; closed at the end."""
     metrics_port = free_port()
     env = dict(GROUP_ENV, SIDESTREAM_METRICS_LISTEN="127.0.0.1:%d" % metrics_port)
     srv = SidestreamServer(base / "data", base / "server.log", extra_env=env)
     srv.metrics_port = metrics_port
-    srv.start()
-    return srv
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+        if srv in _LIVE_SERVERS:
+            _LIVE_SERVERS.remove(srv)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = _server(tmp_path_factory.mktemp("groups"))
-    try:
-        yield srv
-    finally:
-        srv.close()
-        if srv in _LIVE_SERVERS:
-            _LIVE_SERVERS.remove(srv)
+    yield from _serving(tmp_path_factory.mktemp("groups"))
 
 
 @pytest.fixture
 def own_server(tmp_path):
-    srv = _server(tmp_path)
-    try:
-        yield srv
-    finally:
-        srv.close()
-        if srv in _LIVE_SERVERS:
-            _LIVE_SERVERS.remove(srv)
+    yield from _serving(tmp_path)
 
 
 def create_topic(bootstrap, topic, partitions):
