@@ -137,6 +137,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         store,
         uploader,
         wal,
+        hand_offs: Default::default(),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
@@ -217,15 +218,19 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 }
 
 impl RunningServer {
-    /// Stops accepting, answers what was read, uploads and commits everything buffered.
-    /// Returns false if that did not finish within `shutdown_timeout_ms`.
+    /// Stops accepting and reading requests, uploads and commits every batch already accepted
+    /// (without waiting for the flush interval), answers what was read, and returns. Returns
+    /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         let agent = self.agent.clone();
         let accept = self.accept;
         let drained = async move {
-            let _ = accept.await;
+            // Readers stop at once; produce requests already read finish handing off their
+            // batches, then the uploader seals and commits everything, which answers them.
+            agent.hand_offs.idle().await;
             agent.uploader.close().await;
+            let _ = accept.await;
         };
         let clean = tokio::time::timeout(self.shutdown_timeout, drained).await.is_ok();
         if clean {

@@ -419,3 +419,32 @@ async fn idempotent_producers_are_deduplicated_checked_and_survive_restart() {
     assert!(r.producer_id.0 > pid, "producer ids are never reused");
     assert!(server.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_answer_is_not_held_back_by_a_slower_request_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.upload.flush_interval_ms = 60_000; // the acks=all produce below waits for shutdown
+    let server = sidestream::server::start(&cfg).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "slow").await;
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default()));
+    out.extend_from_slice(&request(ApiKey::Produce, 9, 2, &produce("slow", -1, b"x")));
+    s.write_all(&out).await.unwrap();
+    let mut b = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
+        .await
+        .expect("the ApiVersions answer was held back behind the pending produce");
+    assert_eq!(b.get_i32(), 1);
+    // Shutdown commits the pending batch at once (not after the flush interval nor the
+    // request's 10 s timeout) and answers it with its offset.
+    let started = tokio::time::Instant::now();
+    let shutdown = tokio::spawn(server.shutdown());
+    let mut b = read_response(&mut s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+    let r = ProduceResponse::decode(&mut b, 9).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", started.elapsed());
+    assert!(shutdown.await.unwrap());
+}

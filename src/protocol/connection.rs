@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::frame::read_frame;
 use super::handlers::{self, Outcome};
-use crate::agent::Agent;
+use crate::agent::{Agent, HandOffGuard};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 
@@ -31,6 +31,8 @@ const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 pub struct Turn {
     previous: Option<oneshot::Receiver<()>>,
     done: Option<oneshot::Sender<()>>,
+    /// Counted from the moment the request is read, so shutdown waits for it.
+    pub hand_off: Option<HandOffGuard>,
 }
 
 impl Turn {
@@ -153,7 +155,7 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
             Ok(Some(frame)) => {
                 let turn = (frame[..2] == PRODUCE_KEY).then(|| {
                     let (done, next) = oneshot::channel();
-                    Turn { previous: last_produce.replace(next), done: Some(done) }
+                    Turn { previous: last_produce.replace(next), done: Some(done), hand_off: Some(agent.hand_offs.enter()) }
                 });
                 let task = tokio::spawn(handlers::handle(agent.clone(), frame, turn));
                 if tx.send(task).await.is_err() {
