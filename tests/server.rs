@@ -179,6 +179,19 @@ async fn produce_once(s: &mut TcpStream, topic: &str, acks: i16, correlation_id:
     (p.error_code, p.base_offset)
 }
 
+/// A server whose object store is wrapped in a fault injector the test controls.
+async fn start_faulty(
+    cfg: &Config,
+    seed: u64,
+) -> (sidestream::server::RunningServer, std::sync::Arc<sidestream::object::faulty::FaultyStore>) {
+    let store = std::sync::Arc::new(sidestream::object::faulty::FaultyStore::new(
+        sidestream::server::open_object_store(cfg).unwrap(),
+        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(seed)),
+    ));
+    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
+    (sidestream::server::start_with(cfg, overrides).await.unwrap(), store)
+}
+
 async fn high_watermark(s: &mut TcpStream, topic: &str) -> i64 {
     fetch_all(s, topic).await.responses[0].partitions[0].high_watermark
 }
@@ -198,15 +211,10 @@ async fn wait_for_hw(s: &mut TcpStream, topic: &str, want: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_1_is_answered_from_the_wal_while_object_storage_is_down() {
-    use sidestream::object::faulty::{FaultyStore, Outage};
+    use sidestream::object::faulty::Outage;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let store = std::sync::Arc::new(FaultyStore::new(
-        sidestream::server::open_object_store(&cfg).unwrap(),
-        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(1)),
-    ));
-    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
-    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let (server, store) = start_faulty(&cfg, 1).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "w").await;
 
@@ -229,15 +237,10 @@ async fn acks_1_is_answered_from_the_wal_while_object_storage_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_waits_for_the_commit_and_times_out_during_an_outage() {
-    use sidestream::object::faulty::{FaultyStore, Outage};
+    use sidestream::object::faulty::Outage;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let store = std::sync::Arc::new(FaultyStore::new(
-        sidestream::server::open_object_store(&cfg).unwrap(),
-        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(2)),
-    ));
-    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
-    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let (server, store) = start_faulty(&cfg, 2).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "a").await;
     store.set_outage(Outage::Stalled);
@@ -287,17 +290,12 @@ async fn acked_produce_returns_dense_base_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_wal_makes_acks_1_wait_then_time_out_and_recovers() {
-    use sidestream::object::faulty::{FaultyStore, Outage};
+    use sidestream::object::faulty::Outage;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.wal.segment_bytes = 64 * 1024;
     cfg.wal.bytes_max = 128 * 1024;
-    let store = std::sync::Arc::new(FaultyStore::new(
-        sidestream::server::open_object_store(&cfg).unwrap(),
-        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(3)),
-    ));
-    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
-    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let (server, store) = start_faulty(&cfg, 3).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "full").await;
     store.set_outage(Outage::Failing);
