@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub node_id: i32,
     /// Largest request frame accepted; a larger frame closes the connection.
     pub max_request_bytes: u64,
+    /// Bytes of requests read but not yet answered, over all connections (Kafka's
+    /// queued.max.request.bytes); connections stop reading while it is reached.
+    pub max_in_flight_request_bytes: u64,
     /// Connections served at once; further connections wait in the accept queue.
     pub max_connections: u32,
     /// Requests read ahead on one connection while earlier ones are still being answered.
@@ -66,6 +69,7 @@ impl Default for AgentConfig {
             data_dir: PathBuf::from("./sidestream-data"),
             node_id: 1,
             max_request_bytes: 100 * 1024 * 1024,
+            max_in_flight_request_bytes: 512 * 1024 * 1024,
             max_connections: 10_000,
             max_in_flight_requests: 32,
             shutdown_timeout_ms: 30_000,
@@ -302,6 +306,7 @@ impl Config {
         range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
         range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
+        range("agent.max_in_flight_request_bytes", self.agent.max_in_flight_request_bytes, 1024, 64 << 30)?;
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 1024)?;
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;

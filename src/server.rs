@@ -141,6 +141,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
+        max_in_flight_request_bytes: config.agent.max_in_flight_request_bytes,
         max_connections: config.agent.max_connections as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
