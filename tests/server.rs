@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path) -> Config {
         ("SIDESTREAM_AGENT_DATA_DIR".to_string(), dir.to_str().unwrap().to_string()),
         ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), "30".to_string()),
         ("SIDESTREAM_METRICS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("SIDESTREAM_CACHE_DISK_BYTES".to_string(), (16 << 20).to_string()),
     ];
     Config::load(None, env).unwrap()
 }
@@ -445,4 +446,40 @@ async fn a_ready_answer_is_not_held_back_by_a_slower_request_behind_it() {
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", started.elapsed());
     assert!(shutdown.await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reads_are_served_from_the_write_through_cache_and_cold_reads_from_the_store() {
+    use sidestream::object::faulty::Outage;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (server, store) = start_faulty(&cfg, 5).await;
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "tail").await;
+    for i in 0..20 {
+        assert_eq!(produce_once(&mut s, "tail", -1, i).await, (0, i64::from(i) * 3));
+    }
+    // Every GET would fail now: the fetch succeeds only because the uploaded objects are in
+    // the memory tier.
+    store.set_outage(Outage::Failing);
+    let f = fetch_all(&mut s, "tail").await;
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(record_count(p.records.as_ref().unwrap()), 60);
+    assert_eq!(store.injected_errors.load(std::sync::atomic::Ordering::Relaxed), 0, "a tail read reached the store");
+    store.set_outage(Outage::None);
+    assert!(server.shutdown().await);
+
+    // After a restart the memory tier is empty: the same read is a cold read from the store.
+    let (server, store) = start_faulty(&cfg, 6).await;
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    store.set_outage(Outage::Failing);
+    let f = fetch_all(&mut s, "tail").await;
+    assert_eq!(f.responses[0].partitions[0].error_code, 56, "KAFKA_STORAGE_ERROR while the store is down");
+    store.set_outage(Outage::None);
+    let f = fetch_all(&mut s, "tail").await;
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(record_count(p.records.as_ref().unwrap()), 60);
+    assert!(server.shutdown().await);
 }

@@ -10,6 +10,7 @@
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
 
+pub mod cache;
 pub mod fetch;
 pub mod produce;
 pub mod upload;
@@ -39,6 +40,8 @@ pub struct Agent {
     pub settings: AgentSettings,
     pub controller: Arc<dyn ControllerClient>,
     pub store: Arc<dyn ObjectStore>,
+    /// Fetches read objects through this cache.
+    pub cache: Arc<cache::ReadCache>,
     pub uploader: Uploader,
     pub wal: Wal,
     /// Produce requests not yet handed to the uploader; shutdown waits for them.
