@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path) -> Config {
         ("SIDESTREAM_AGENT_DATA_DIR".to_string(), dir.to_str().unwrap().to_string()),
         ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), "30".to_string()),
         ("SIDESTREAM_METRICS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("SIDESTREAM_CACHE_DISK_BYTES".to_string(), (16 << 20).to_string()),
     ];
     Config::load(None, env).unwrap()
 }
@@ -179,6 +180,19 @@ async fn produce_once(s: &mut TcpStream, topic: &str, acks: i16, correlation_id:
     (p.error_code, p.base_offset)
 }
 
+/// A server whose object store is wrapped in a fault injector the test controls.
+async fn start_faulty(
+    cfg: &Config,
+    seed: u64,
+) -> (sidestream::server::RunningServer, std::sync::Arc<sidestream::object::faulty::FaultyStore>) {
+    let store = std::sync::Arc::new(sidestream::object::faulty::FaultyStore::new(
+        sidestream::server::open_object_store(cfg).unwrap(),
+        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(seed)),
+    ));
+    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
+    (sidestream::server::start_with(cfg, overrides).await.unwrap(), store)
+}
+
 async fn high_watermark(s: &mut TcpStream, topic: &str) -> i64 {
     fetch_all(s, topic).await.responses[0].partitions[0].high_watermark
 }
@@ -198,15 +212,10 @@ async fn wait_for_hw(s: &mut TcpStream, topic: &str, want: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_1_is_answered_from_the_wal_while_object_storage_is_down() {
-    use sidestream::object::faulty::{FaultyStore, Outage};
+    use sidestream::object::faulty::Outage;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let store = std::sync::Arc::new(FaultyStore::new(
-        sidestream::server::open_object_store(&cfg).unwrap(),
-        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(1)),
-    ));
-    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
-    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let (server, store) = start_faulty(&cfg, 1).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "w").await;
 
@@ -229,15 +238,10 @@ async fn acks_1_is_answered_from_the_wal_while_object_storage_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_waits_for_the_commit_and_times_out_during_an_outage() {
-    use sidestream::object::faulty::{FaultyStore, Outage};
+    use sidestream::object::faulty::Outage;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let store = std::sync::Arc::new(FaultyStore::new(
-        sidestream::server::open_object_store(&cfg).unwrap(),
-        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(2)),
-    ));
-    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
-    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let (server, store) = start_faulty(&cfg, 2).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "a").await;
     store.set_outage(Outage::Stalled);
@@ -287,17 +291,12 @@ async fn acked_produce_returns_dense_base_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_wal_makes_acks_1_wait_then_time_out_and_recovers() {
-    use sidestream::object::faulty::{FaultyStore, Outage};
+    use sidestream::object::faulty::Outage;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.wal.segment_bytes = 64 * 1024;
     cfg.wal.bytes_max = 128 * 1024;
-    let store = std::sync::Arc::new(FaultyStore::new(
-        sidestream::server::open_object_store(&cfg).unwrap(),
-        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(3)),
-    ));
-    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
-    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let (server, store) = start_faulty(&cfg, 3).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "full").await;
     store.set_outage(Outage::Failing);
@@ -417,5 +416,70 @@ async fn idempotent_producers_are_deduplicated_checked_and_survive_restart() {
     ResponseHeader::decode(&mut b, ApiKey::InitProducerId.response_header_version(4)).unwrap();
     let r = InitProducerIdResponse::decode(&mut b, 4).unwrap();
     assert!(r.producer_id.0 > pid, "producer ids are never reused");
+    assert!(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_answer_is_not_held_back_by_a_slower_request_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.upload.flush_interval_ms = 60_000; // the acks=all produce below waits for shutdown
+    let server = sidestream::server::start(&cfg).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "slow").await;
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default()));
+    out.extend_from_slice(&request(ApiKey::Produce, 9, 2, &produce("slow", -1, b"x")));
+    s.write_all(&out).await.unwrap();
+    let mut b = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
+        .await
+        .expect("the ApiVersions answer was held back behind the pending produce");
+    assert_eq!(b.get_i32(), 1);
+    // Shutdown commits the pending batch at once (not after the flush interval nor the
+    // request's 10 s timeout) and answers it with its offset.
+    let started = tokio::time::Instant::now();
+    let shutdown = tokio::spawn(server.shutdown());
+    let mut b = read_response(&mut s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+    let r = ProduceResponse::decode(&mut b, 9).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", started.elapsed());
+    assert!(shutdown.await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reads_are_served_from_the_write_through_cache_and_cold_reads_from_the_store() {
+    use sidestream::object::faulty::Outage;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (server, store) = start_faulty(&cfg, 5).await;
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "tail").await;
+    for i in 0..20 {
+        assert_eq!(produce_once(&mut s, "tail", -1, i).await, (0, i64::from(i) * 3));
+    }
+    // Every GET would fail now: the fetch succeeds only because the uploaded objects are in
+    // the memory tier.
+    store.set_outage(Outage::Failing);
+    let f = fetch_all(&mut s, "tail").await;
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(record_count(p.records.as_ref().unwrap()), 60);
+    assert_eq!(store.injected_errors.load(std::sync::atomic::Ordering::Relaxed), 0, "a tail read reached the store");
+    store.set_outage(Outage::None);
+    assert!(server.shutdown().await);
+
+    // After a restart the memory tier is empty: the same read is a cold read from the store.
+    let (server, store) = start_faulty(&cfg, 6).await;
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    store.set_outage(Outage::Failing);
+    let f = fetch_all(&mut s, "tail").await;
+    assert_eq!(f.responses[0].partitions[0].error_code, 56, "KAFKA_STORAGE_ERROR while the store is down");
+    store.set_outage(Outage::None);
+    let f = fetch_all(&mut s, "tail").await;
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(record_count(p.records.as_ref().unwrap()), 60);
     assert!(server.shutdown().await);
 }

@@ -102,13 +102,14 @@ def produce(bootstrap, topic, partitions, start, n):
 
 # --------------------------------------------------------------------------------------------
 # A confluent-kafka consumer in its own process, so it can be killed like a crashed application.
-# It prints JSON lines: assignments, and each record after its offset is committed synchronously.
+# It prints JSON lines: assignments, and each record after its offset is committed synchronously
+# (a record whose commit fails is read again, by this member or the partition's next owner).
 # SIGUSR1 makes it stop polling after the current record (so nothing is processed but
 # uncommitted when the test then SIGKILLs it).
 
 CHILD = r"""
 import json, signal, sys, time
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 conf = json.loads(sys.argv[1])
 topic = sys.argv[2]
 stop = []
@@ -133,7 +134,16 @@ while True:
     if m.error():
         out(ev="error", error=str(m.error()))
         continue
-    c.commit(message=m, asynchronous=False)
+    try:
+        c.commit(message=m, asynchronous=False)
+    except KafkaException as e:
+        # e.g. REBALANCE_IN_PROGRESS: not processed; read it again (or its new owner will).
+        out(ev="commit_error", error=str(e))
+        try:
+            c.seek(TopicPartition(m.topic(), m.partition(), m.offset()))
+        except KafkaException:
+            pass
+        continue
     out(ev="rec", p=m.partition(), o=m.offset(), v=m.value().decode())
 """
 
