@@ -71,7 +71,8 @@ impl ReadCache {
     pub async fn open(settings: &CacheSettings, store: Arc<dyn ObjectStore>) -> Result<Arc<Self>, ObjectError> {
         let builder = HybridCacheBuilder::new()
             .with_name("sidestream-blocks")
-            .with_flush_on_close(false)
+            // A graceful shutdown writes the memory tier to disk, so a restart starts warm.
+            .with_flush_on_close(true)
             .memory(settings.memory_bytes as usize)
             .with_weighter(|k: &BlockKey, v: &Bytes| k.object.len() + v.len() + 64)
             .storage();
