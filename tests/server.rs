@@ -470,7 +470,8 @@ async fn tail_reads_are_served_from_the_write_through_cache_and_cold_reads_from_
     store.set_outage(Outage::None);
     assert!(server.shutdown().await);
 
-    // After a restart the memory tier is empty: the same read is a cold read from the store.
+    // Without the cache directory (a new host) the same read is a cold read from the store.
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
     let (server, store) = start_faulty(&cfg, 6).await;
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     store.set_outage(Outage::Failing);
@@ -481,5 +482,95 @@ async fn tail_reads_are_served_from_the_write_through_cache_and_cold_reads_from_
     let p = &f.responses[0].partitions[0];
     assert_eq!(p.error_code, 0);
     assert_eq!(record_count(p.records.as_ref().unwrap()), 60);
+    assert!(server.shutdown().await);
+}
+
+async fn fetch_at(s: &mut TcpStream, topic: &str, offset: i64, max_wait_ms: i32, cid: i32) -> FetchResponse {
+    let req = FetchRequest::default().with_max_wait_ms(max_wait_ms).with_min_bytes(1).with_max_bytes(64 << 20).with_topics(vec![
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.into()))).with_partitions(vec![
+            FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(64 << 20),
+        ]),
+    ]);
+    s.write_all(&request(ApiKey::Fetch, 12, cid, &req)).await.unwrap();
+    let mut b = read_response(s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Fetch.response_header_version(12)).unwrap();
+    FetchResponse::decode(&mut b, 12).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_much_smaller_than_the_data_returns_identical_records_and_restarts_warm() {
+    use sidestream::object::faulty::Outage;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.cache.memory_bytes = 1 << 20;
+    cfg.cache.block_bytes = 64 * 1024;
+    let (server, store) = start_faulty(&cfg, 7).await;
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "evict").await;
+    let mut expected = Vec::new();
+    for i in 0..40u32 {
+        let value: Vec<u8> = (0..100_000u32).map(|j| (i * 7 + j % 251) as u8).collect();
+        let batch = encode_batch(1, &[&value]);
+        assert_eq!(produce_batch(&mut s, "evict", batch.clone(), i as i32).await, (0, i64::from(i)));
+        expected.push(batch);
+    }
+    // 4 MB of data through a 1 MiB memory tier: most reads come from disk or the store.
+    let mut got = Vec::new();
+    let mut offset = 0;
+    while offset < 40 {
+        let f = fetch_at(&mut s, "evict", offset, 0, 100 + offset as i32).await;
+        let records = f.responses[0].partitions[0].records.clone().unwrap();
+        for (at, h) in sidestream::protocol::records::batches(&records) {
+            got.push(records.slice(at..at + h.size_bytes as usize));
+            offset = h.base_offset + 1;
+        }
+    }
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        // Identical but for the base offset and leader epoch the agent patched in.
+        assert!(g[8..12] == e[8..12] && g[16..] == e[16..], "batch {i} differs");
+        assert_eq!(i64::from_be_bytes(g[..8].try_into().unwrap()), i as i64);
+    }
+    assert_eq!(got.len(), 40);
+    assert!(server.shutdown().await);
+
+    // Restart with the store down: reads of recent data hit the disk tier written at shutdown.
+    let (server, store2) = start_faulty(&cfg, 8).await;
+    drop(store);
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    store2.set_outage(Outage::Failing);
+    let f = fetch_at(&mut s, "evict", 39, 0, 1).await;
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "the last batch was not in the warm disk tier");
+    assert_eq!(record_count(p.records.as_ref().unwrap()), 1);
+    store2.set_outage(Outage::None);
+    assert!(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_on_commit_not_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sidestream::server::start(&config(dir.path())).await.unwrap();
+    let mut admin = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut admin, "poll").await;
+
+    // No data: the fetch waits its max_wait_ms and answers without error.
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let f = fetch_at(&mut s, "poll", 0, 300, 1).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(f.responses[0].partitions[0].error_code, 0);
+    assert_eq!(record_count(f.responses[0].partitions[0].records.as_ref().unwrap()), 0);
+
+    // A produce wakes a waiting fetch as soon as it is committed, long before max_wait_ms.
+    let waiting = tokio::spawn(async move {
+        let f = fetch_at(&mut s, "poll", 0, 5000, 2).await;
+        (f, tokio::time::Instant::now())
+    });
+    assert_eq!(produce_once(&mut admin, "poll", -1, 3).await, (0, 0));
+    let committed = tokio::time::Instant::now();
+    let (f, answered) = waiting.await.unwrap();
+    assert_eq!(record_count(f.responses[0].partitions[0].records.as_ref().unwrap()), 3);
+    let lag = answered.saturating_duration_since(committed);
+    assert!(lag < Duration::from_millis(500), "the fetch answered {lag:?} after the commit");
     assert!(server.shutdown().await);
 }

@@ -7,13 +7,18 @@
 //! the object store. A miss fetches the block with a ranged GET under the cold-read concurrency
 //! budget (`[cache] cold_read_concurrency`), which uploads never wait on, and schedules the
 //! next `readahead_blocks` blocks of the same object in the background for sequential readers.
+//! Cold blocks stay in memory only; written-through blocks spill to the disk tier on eviction
+//! and when the agent stops, so a restarted agent serves its recent data from local disk.
 
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use foyer::{BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, PsyncIoEngineConfig, Source};
+use foyer::{
+    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCacheProperties, Location, PsyncIoEngineConfig, Source,
+};
 use tokio::sync::Semaphore;
 
 use crate::metrics::{self, Counter};
@@ -71,7 +76,8 @@ impl ReadCache {
     pub async fn open(settings: &CacheSettings, store: Arc<dyn ObjectStore>) -> Result<Arc<Self>, ObjectError> {
         let builder = HybridCacheBuilder::new()
             .with_name("sidestream-blocks")
-            .with_flush_on_close(false)
+            // A graceful shutdown writes the memory tier to disk, so a restart starts warm.
+            .with_flush_on_close(true)
             .memory(settings.memory_bytes as usize)
             .with_weighter(|k: &BlockKey, v: &Bytes| k.object.len() + v.len() + 64)
             .storage();
@@ -129,7 +135,12 @@ impl ReadCache {
             .get_or_fetch(&BlockKey { object: key.to_string(), block }, move || async move {
                 let _permit = cold.acquire_owned().await.map_err(|e| ObjectError::Transient(e.to_string()))?;
                 gets.inc();
-                store.get_range(&object, range).await
+                let value = store.get_range(&object, range).await?;
+                // Blocks read cold (catch-up consumers) stay in memory only: spilling them to
+                // the disk tier would compete with the WAL's fsyncs for the disk and evict the
+                // written-through tail blocks, which are the ones worth keeping.
+                let properties = HybridCacheProperties::default().with_location(Location::InMem);
+                Ok::<_, ObjectError>((value, properties))
             })
             .await
             .map_err(|e| ObjectError::Transient(format!("read cache: {e}")))?;
