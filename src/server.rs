@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::orphans::{OrphanCollector, OrphanSettings};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::{Agent, AgentSettings};
 use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
@@ -21,6 +22,9 @@ use crate::controller::store::sqlite::SqliteStore;
 use crate::controller::{Controller, ControllerError};
 use crate::object::local::LocalStore;
 use crate::object::memory::MemoryStore;
+use crate::object::metrics::{MeteredStore, StoreMetrics};
+use crate::object::retry::{RetryPolicy, RetryingStore};
+use crate::object::s3::{S3Settings, S3Store};
 use crate::object::{ObjectError, ObjectStore};
 use crate::protocol::connection::{self, ConnectionLimits};
 
@@ -42,6 +46,8 @@ pub enum ServerError {
 pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub agent: Arc<Agent>,
+    /// The object store's counters (requests, bytes, errors, latency).
+    pub store_metrics: Arc<StoreMetrics>,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -51,10 +57,8 @@ pub struct RunningServer {
 pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let entropy: Arc<dyn Entropy> = Arc::new(SeededEntropy::from_os());
-    let store: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
-        ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
-        ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
-    };
+    let store_metrics = Arc::new(StoreMetrics::new());
+    let store = open_object_store(config, store_metrics.clone(), entropy.clone()).await?;
     let StoreUrl::Sqlite(db) = config.store_url().map_err(ServerError::Config)?;
     let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
         .await
@@ -73,6 +77,19 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
         advertised_port = local_addr.port().into();
     }
 
+    let shutdown = CancellationToken::new();
+    let key_prefix = String::new();
+    OrphanCollector {
+        store: store.clone(),
+        controller: controller.clone(),
+        clock: clock.clone(),
+        settings: OrphanSettings {
+            grace_ms: config.object_store.orphan_grace_ms,
+            scan_interval: Duration::from_millis(config.object_store.orphan_scan_interval_ms),
+            key_prefix: key_prefix.clone(),
+        },
+    }
+    .spawn(shutdown.clone());
     let uploader = Uploader::start(
         UploadSettings {
             flush_interval: Duration::from_millis(config.upload.flush_interval_ms),
@@ -80,7 +97,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
             buffer_bytes_max: config.upload.buffer_bytes_max,
             max_in_flight_objects: config.upload.max_in_flight_objects as usize,
             agent: format!("agent-{}", config.agent.node_id),
-            key_prefix: String::new(),
+            key_prefix,
         },
         UploadDeps { store: store.clone(), controller: controller.clone(), clock, entropy },
     );
@@ -100,12 +117,12 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
         max_connections: config.agent.max_connections as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
-    let shutdown = CancellationToken::new();
     let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
     tracing::info!(%local_addr, "sidestream agent listening");
     Ok(RunningServer {
         local_addr,
         agent,
+        store_metrics,
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
@@ -124,6 +141,7 @@ impl RunningServer {
             agent.uploader.close().await;
         };
         let clean = tokio::time::timeout(self.shutdown_timeout, drained).await.is_ok();
+        tracing::info!(summary = %self.store_metrics.snapshot().summary(), "object store metrics");
         if clean {
             tracing::info!("shutdown complete: every accepted batch is committed");
         } else {
@@ -131,4 +149,36 @@ impl RunningServer {
         }
         clean
     }
+}
+
+/// The backend named by `[object_store] url`, wrapped as retry(metrics(backend)): the metrics
+/// see every attempt, the retries bound each call by `retry_deadline_ms`.
+async fn open_object_store(
+    config: &Config,
+    metrics: Arc<StoreMetrics>,
+    entropy: Arc<dyn Entropy>,
+) -> Result<Arc<dyn ObjectStore>, ServerError> {
+    let os = &config.object_store;
+    let backend: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
+        ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
+        ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
+        ObjectStoreUrl::S3 { bucket, root } => {
+            let settings = S3Settings {
+                bucket,
+                root,
+                endpoint: os.endpoint.clone(),
+                region: os.region.clone(),
+                path_style: os.path_style,
+                access_key_id: os.access_key_id.clone(),
+                secret_access_key: os.secret_access_key.clone(),
+                part_bytes: os.part_bytes,
+                max_concurrent_requests: os.max_concurrent_requests as usize,
+                request_timeout: Duration::from_millis(os.request_timeout_ms),
+            };
+            Arc::new(S3Store::connect(settings, metrics.clone()).await?)
+        }
+    };
+    let metered: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(backend, metrics));
+    let policy = RetryPolicy { deadline: Duration::from_millis(os.retry_deadline_ms), ..RetryPolicy::default() };
+    Ok(Arc::new(RetryingStore::new(metered, policy, entropy)))
 }

@@ -36,6 +36,9 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64)
     -> Result<Option<ExtentRecord>, ControllerError>;
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError>;
+    /// Orphan collection: for each object key, true if it is not committed and now can never be
+    /// (delete the object), false if it is committed (keep it).
+    async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
 }
 
 /// The embedded controller, called in-process.
@@ -111,5 +114,8 @@ impl ControllerClient for InProcess {
     }
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
         self.blocking(move |c| c.extent_with_max_timestamp(topic_id, partition)).await
+    }
+    async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
+        self.blocking(move |c| c.collect_orphans(&keys)).await
     }
 }

@@ -82,8 +82,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
     /// In one transaction: records the object and its extents and moves each extent's partition
-    /// `next_offset` to the extent's `end_offset`.
+    /// `next_offset` to the extent's `end_offset`. `Conflict` if the key was doomed as an orphan
+    /// ([`MetadataStore::doom_uncommitted`]): such a key can never be committed.
     fn commit_object(&self, object: &ObjectRecord, extents: &[ExtentRecord]) -> Result<(), StoreError>;
+    /// Orphan collection, in one transaction: for each key, false if it is committed (keep the
+    /// object), else true, and the key is marked so that it can never be committed afterwards
+    /// (delete the object). Check and mark are atomic with respect to `commit_object`, so an
+    /// object is either committed or deleted, never both, however the two race.
+    fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError>;
     /// Up to `limit` extents of a partition with `end_offset > from_offset`, by offset.
     fn find_extents(
         &self,

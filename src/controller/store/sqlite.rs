@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS extents (
     length INTEGER NOT NULL, batch_count INTEGER NOT NULL, max_timestamp INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition, base_offset)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key);
+CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT NULL);
 ";
 
 pub struct SqliteStore {
@@ -208,6 +209,13 @@ impl MetadataStore for SqliteStore {
     fn commit_object(&self, o: &ObjectRecord, extents: &[ExtentRecord]) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
+        let doomed: Option<i64> = tx
+            .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        if doomed.is_some() {
+            return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+        }
         tx.execute(
             "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
             params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
@@ -241,6 +249,27 @@ impl MetadataStore for SqliteStore {
             }
         }
         tx.commit().map_err(unavailable)
+    }
+
+    fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        let mut doomed = Vec::with_capacity(keys.len());
+        {
+            let mut committed = tx.prepare_cached("SELECT 1 FROM objects WHERE key = ?1").map_err(unavailable)?;
+            let mut doom = tx
+                .prepare_cached("INSERT OR IGNORE INTO orphans (key, doomed_ms) VALUES (?1, ?2)")
+                .map_err(unavailable)?;
+            for key in keys {
+                let is_committed = committed.exists([key]).map_err(unavailable)?;
+                if !is_committed {
+                    doom.execute(params![key, now_ms]).map_err(unavailable)?;
+                }
+                doomed.push(!is_committed);
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(doomed)
     }
 
     fn find_extents(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: u32) -> Result<Vec<ExtentRecord>, StoreError> {
