@@ -16,10 +16,25 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub agent: AgentConfig,
     pub upload: UploadConfig,
+    pub wal: WalConfig,
     pub object_store: ObjectStoreConfig,
     pub controller: ControllerConfig,
     pub topics: TopicsConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9644)) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +94,32 @@ impl Default for UploadConfig {
             buffer_bytes_max: 64 * 1024 * 1024,
             max_in_flight_objects: 4,
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WalSync {
+    /// fsync after every group of entries: acks=1 survives an agent crash.
+    #[default]
+    Fsync,
+    /// Never fsync. Unsafe: acknowledged acks=1 data can be lost on a crash. Benchmarks only.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    pub sync: WalSync,
+    /// WAL bytes on disk not yet committed; acks=0/1 produce requests wait when it is reached.
+    pub bytes_max: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self { segment_bytes: 64 * 1024 * 1024, sync: WalSync::Fsync, bytes_max: 2 * 1024 * 1024 * 1024 }
     }
 }
 
@@ -235,9 +276,9 @@ pub enum StoreUrl {
 }
 
 /// Sections DESIGN.md names that this version does not implement yet.
-const NOT_BUILT_SECTIONS: &[&str] = &["wal", "cache", "listeners", "tls", "sasl", "metrics", "compaction"];
+const NOT_BUILT_SECTIONS: &[&str] = &["cache", "listeners", "tls", "sasl", "compaction"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
-const SECTIONS: &[&str] = &["agent", "upload", "object_store", "controller", "topics", "log"];
+const SECTIONS: &[&str] = &["agent", "upload", "wal", "object_store", "controller", "topics", "metrics", "log"];
 
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
@@ -284,7 +325,12 @@ impl Config {
             }
             ConfigError { source_name, key, reason }
         })?;
-        config.validate(&file_name)?;
+        config.validate(&file_name).map_err(|mut e| {
+            if let Some((_, var)) = env_keys.iter().find(|(k, _)| *k == e.key) {
+                e.source_name = format!("environment variable {var}");
+            }
+            e
+        })?;
         Ok(config)
     }
 
@@ -305,6 +351,8 @@ impl Config {
         range("upload.flush_bytes", self.upload.flush_bytes, 1024, 1 << 30)?;
         range("upload.buffer_bytes_max", self.upload.buffer_bytes_max, self.upload.flush_bytes, 64 << 30)?;
         range("upload.max_in_flight_objects", self.upload.max_in_flight_objects.into(), 1, 64)?;
+        range("wal.segment_bytes", self.wal.segment_bytes, 64 * 1024, 16 << 30)?;
+        range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 1024)?;
@@ -502,6 +550,7 @@ mod tests {
                 ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "20"),
                 ("SIDESTREAM_OBJECT_STORE_URL", "memory://"),
                 ("SIDESTREAM_TOPICS_AUTO_CREATE", "false"),
+                ("SIDESTREAM_WAL_SYNC", "none"),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -510,6 +559,7 @@ mod tests {
         assert_eq!(cfg.upload.flush_interval_ms, 20);
         assert_eq!(cfg.object_store_url().unwrap(), ObjectStoreUrl::Memory);
         assert!(!cfg.topics.auto_create);
+        assert_eq!(cfg.wal.sync, WalSync::None);
         assert_eq!(cfg.advertised(), ("127.0.0.1".to_string(), 19092));
     }
 
@@ -586,11 +636,12 @@ mod tests {
         let e = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(e.reason.contains("line 1, column"), "{e}");
 
-        std::fs::write(&path, "[wal]\nsync = \"none\"\n").unwrap();
+        std::fs::write(&path, "[cache]\nmemory_bytes = 1\n").unwrap();
         let e = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(e.reason.contains("not built yet"), "{e}");
 
         let e = Config::load(None, env(&[("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "0")])).unwrap_err();
         assert_eq!(e.key, "upload.flush_interval_ms");
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS");
     }
 }

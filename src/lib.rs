@@ -17,6 +17,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod metrics;
 pub mod object;
 pub mod protocol;
 pub mod server;

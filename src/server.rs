@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::orphans::{OrphanCollector, OrphanSettings};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
+use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
 use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
 use crate::config::{Config, ObjectStoreUrl, StoreUrl};
@@ -38,6 +39,8 @@ pub enum ServerError {
     Controller(#[from] ControllerError),
     #[error("metadata store: {0}")]
     Store(#[from] crate::controller::store::StoreError),
+    #[error("write-ahead log: {0}")]
+    Wal(std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -45,6 +48,8 @@ pub enum ServerError {
 /// A running agent (with its embedded controller).
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// Where `GET /metrics` is served.
+    pub metrics_addr: SocketAddr,
     pub agent: Arc<Agent>,
     /// The object store's counters (requests, bytes, errors, latency).
     pub store_metrics: Arc<StoreMetrics>,
@@ -53,12 +58,28 @@ pub struct RunningServer {
     shutdown_timeout: Duration,
 }
 
-/// Builds the components and starts listening.
+/// Components a test may hand in instead of the ones the config names.
+#[derive(Default)]
+pub struct Overrides {
+    /// Used instead of `[object_store] url` (e.g. a fault-injecting wrapper).
+    pub object_store: Option<Arc<dyn ObjectStore>>,
+}
+
+/// Builds the components the config names and starts listening.
 pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
+    start_with(config, Overrides::default()).await
+}
+
+/// Like [`start`], with some components handed in.
+pub async fn start_with(config: &Config, overrides: Overrides) -> Result<RunningServer, ServerError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let entropy: Arc<dyn Entropy> = Arc::new(SeededEntropy::from_os());
     let store_metrics = Arc::new(StoreMetrics::new());
-    let store = open_object_store(config, store_metrics.clone(), entropy.clone()).await?;
+    let backend: Arc<dyn ObjectStore> = match overrides.object_store {
+        Some(store) => store,
+        None => open_object_store(config, store_metrics.clone()).await?,
+    };
+    let store = wrap_object_store(backend, config, store_metrics.clone(), entropy.clone());
     let StoreUrl::Sqlite(db) = config.store_url().map_err(ServerError::Config)?;
     let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
         .await
@@ -76,6 +97,20 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
         // Listening on port 0 (tests): advertise the port actually bound.
         advertised_port = local_addr.port().into();
     }
+
+    let wal_settings = WalSettings {
+        dir: config.agent.data_dir.join("wal"),
+        segment_bytes: config.wal.segment_bytes,
+        sync: config.wal.sync,
+        bytes_max: config.wal.bytes_max,
+    };
+    let dir = wal_settings.dir.clone();
+    let recovery_entropy = entropy.clone();
+    let recovery = tokio::task::spawn_blocking(move || wal::recover(&dir, &*recovery_entropy))
+        .await
+        .map_err(|e| ServerError::Wal(std::io::Error::other(e.to_string())))?
+        .map_err(ServerError::Wal)?;
+    let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
     let shutdown = CancellationToken::new();
     let key_prefix = String::new();
@@ -98,9 +133,13 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
             max_in_flight_objects: config.upload.max_in_flight_objects as usize,
             agent: format!("agent-{}", config.agent.node_id),
             key_prefix,
+            wal_log_id: Some(recovery.log_id.clone()),
         },
         UploadDeps { store: store.clone(), controller: controller.clone(), clock, entropy },
     );
+    replay_wal(&recovery, wal_mark, &uploader).await?;
+    let next_id = recovery.last_id().max(wal_mark) + 1;
+    let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).map_err(ServerError::Wal)?;
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,
@@ -111,22 +150,63 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
         controller,
         store,
         uploader,
+        wal,
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
         max_connections: config.agent.max_connections as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
+    let metrics_listener = TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
+    tokio::spawn(crate::metrics::serve(metrics_listener, shutdown.clone()));
     let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
-    tracing::info!(%local_addr, "sidestream agent listening");
+    tracing::info!(%local_addr, %metrics_addr, "sidestream agent listening");
     Ok(RunningServer {
         local_addr,
+        metrics_addr,
         agent,
         store_metrics,
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
     })
+}
+
+/// Uploads and commits every WAL entry the controller has not committed (ids above `mark`),
+/// before the agent serves: acknowledged acks=1 data is never lost, never committed twice.
+async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Result<(), ServerError> {
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut pending = Vec::new();
+    let mut entries = 0u64;
+    for segment in recovery.entries_after(mark) {
+        for entry in segment.map_err(ServerError::Wal)? {
+            let id = entry.id;
+            let items = wal::entry_items(entry);
+            let bytes = items.iter().map(|i| i.batch.len() as u64).sum();
+            let permit = uploader.reserve(bytes, far).await.map_err(|e| ServerError::Config(e.to_string()))?;
+            pending.extend(uploader.submit(items, Some(id), permit).map_err(|e| ServerError::Config(e.to_string()))?);
+            entries += 1;
+        }
+    }
+    if entries == 0 {
+        return Ok(());
+    }
+    uploader.flush();
+    tracing::info!(entries, after = mark, "replaying uncommitted WAL entries");
+    let mut failed = 0u64;
+    for p in pending {
+        if let Err(e) = p.wait(far).await {
+            failed += 1;
+            tracing::warn!(error = %e, "a replayed WAL batch was not committed");
+        }
+    }
+    tracing::info!(entries, failed_batches = failed, "WAL replay committed");
+    Ok(())
 }
 
 impl RunningServer {
@@ -151,15 +231,11 @@ impl RunningServer {
     }
 }
 
-/// The backend named by `[object_store] url`, wrapped as retry(metrics(backend)): the metrics
-/// see every attempt, the retries bound each call by `retry_deadline_ms`.
-async fn open_object_store(
-    config: &Config,
-    metrics: Arc<StoreMetrics>,
-    entropy: Arc<dyn Entropy>,
-) -> Result<Arc<dyn ObjectStore>, ServerError> {
+/// The backend `[object_store] url` names (unwrapped). S3 counts its HTTP requests into
+/// `metrics`.
+pub async fn open_object_store(config: &Config, metrics: Arc<StoreMetrics>) -> Result<Arc<dyn ObjectStore>, ServerError> {
     let os = &config.object_store;
-    let backend: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
+    Ok(match config.object_store_url().map_err(ServerError::Config)? {
         ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
         ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
         ObjectStoreUrl::S3 { bucket, root } => {
@@ -175,10 +251,21 @@ async fn open_object_store(
                 max_concurrent_requests: os.max_concurrent_requests as usize,
                 request_timeout: Duration::from_millis(os.request_timeout_ms),
             };
-            Arc::new(S3Store::connect(settings, metrics.clone()).await?)
+            Arc::new(S3Store::connect(settings, metrics).await?)
         }
-    };
+    })
+}
+
+/// Wraps a backend as retry(metrics(backend)): the metrics see every attempt, the retries bound
+/// each call by `retry_deadline_ms`.
+fn wrap_object_store(
+    backend: Arc<dyn ObjectStore>,
+    config: &Config,
+    metrics: Arc<StoreMetrics>,
+    entropy: Arc<dyn Entropy>,
+) -> Arc<dyn ObjectStore> {
     let metered: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(backend, metrics));
-    let policy = RetryPolicy { deadline: Duration::from_millis(os.retry_deadline_ms), ..RetryPolicy::default() };
-    Ok(Arc::new(RetryingStore::new(metered, policy, entropy)))
+    let policy =
+        RetryPolicy { deadline: Duration::from_millis(config.object_store.retry_deadline_ms), ..RetryPolicy::default() };
+    Arc::new(RetryingStore::new(metered, policy, entropy))
 }

@@ -22,6 +22,7 @@ fn config(dir: &std::path::Path) -> Config {
         ("SIDESTREAM_AGENT_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("SIDESTREAM_AGENT_DATA_DIR".to_string(), dir.to_str().unwrap().to_string()),
         ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), "30".to_string()),
+        ("SIDESTREAM_METRICS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
     ];
     Config::load(None, env).unwrap()
 }
@@ -163,6 +164,100 @@ async fn shutdown_commits_everything_accepted_and_restart_serves_it() {
     assert!(server.shutdown().await);
 }
 
+async fn produce_once(s: &mut TcpStream, topic: &str, acks: i16, correlation_id: i32) -> (i16, i64) {
+    let batch = encode_batch(5, &[b"a", b"b", b"c"]);
+    let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
+    ]);
+    s.write_all(&request(ApiKey::Produce, 9, correlation_id, &req)).await.unwrap();
+    let mut b = read_response(s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+    let r = ProduceResponse::decode(&mut b, 9).unwrap();
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+async fn high_watermark(s: &mut TcpStream, topic: &str) -> i64 {
+    fetch_all(s, topic).await.responses[0].partitions[0].high_watermark
+}
+
+/// Polls `hw` until it reaches `want` (deadline 20 s).
+async fn wait_for_hw(s: &mut TcpStream, topic: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let hw = high_watermark(s, topic).await;
+        if hw == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "high watermark {hw}, want {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_1_is_answered_from_the_wal_while_object_storage_is_down() {
+    use sidestream::object::faulty::{FaultyStore, Outage};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let store = std::sync::Arc::new(FaultyStore::new(
+        sidestream::server::open_object_store(&cfg, Default::default()).await.unwrap(),
+        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(1)),
+    ));
+    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
+    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "w").await;
+
+    store.set_outage(Outage::Failing);
+    for i in 0..10 {
+        // Answered (from the WAL fsync) although no object can be stored: offset unknown, -1.
+        assert_eq!(produce_once(&mut s, "w", 1, i).await, (0, -1));
+    }
+    // Wait until the uploader has really hit the outage (and is retrying).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.injected_errors.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the upload never reached the store");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(high_watermark(&mut s, "w").await, 0, "nothing is committed during the outage");
+    store.set_outage(Outage::None);
+    wait_for_hw(&mut s, "w", 30).await;
+    assert!(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_waits_for_the_commit_and_times_out_during_an_outage() {
+    use sidestream::object::faulty::{FaultyStore, Outage};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let store = std::sync::Arc::new(FaultyStore::new(
+        sidestream::server::open_object_store(&cfg, Default::default()).await.unwrap(),
+        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(2)),
+    ));
+    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
+    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "a").await;
+    store.set_outage(Outage::Stalled);
+    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(300).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("a")))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(1, &[b"x"])))]),
+    ]);
+    s.write_all(&request(ApiKey::Produce, 9, 1, &req)).await.unwrap();
+    let mut b = read_response(&mut s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+    let r = ProduceResponse::decode(&mut b, 9).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 7, "REQUEST_TIMED_OUT");
+    store.set_outage(Outage::None);
+    // The timed-out batch is still committed once storage is back (as Kafka may still append it).
+    wait_for_hw(&mut s, "a", 1).await;
+    assert_eq!(produce_once(&mut s, "a", -1, 2).await, (0, 1));
+    assert!(server.shutdown().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_produce_returns_dense_base_offsets() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,20 +266,21 @@ async fn acked_produce_returns_dense_base_offsets() {
     create_topic(&mut s, "o").await;
     let mut bases = BTreeMap::new();
     for i in 0..3 {
-        let batch = encode_batch(5, &[b"a", b"b", b"c"]);
-        let req = ProduceRequest::default().with_acks(1).with_timeout_ms(5000).with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("o")))
-                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
-        ]);
-        s.write_all(&request(ApiKey::Produce, 9, i, &req)).await.unwrap();
-        let mut b = read_response(&mut s).await;
-        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-        let r = ProduceResponse::decode(&mut b, 9).unwrap();
-        let p = &r.responses[0].partition_responses[0];
-        assert_eq!(p.error_code, 0);
-        bases.insert(i, p.base_offset);
+        let (error, base) = produce_once(&mut s, "o", -1, i).await;
+        assert_eq!(error, 0);
+        bases.insert(i, base);
     }
     assert_eq!(bases.into_values().collect::<Vec<_>>(), vec![0, 3, 6]);
+    // acks=1 is answered before offsets exist: -1, as documented.
+    assert_eq!(produce_once(&mut s, "o", 1, 9).await, (0, -1));
+    wait_for_hw(&mut s, "o", 12).await;
+    // The Prometheus endpoint shows the WAL and the uploads.
+    let mut m = TcpStream::connect(server.metrics_addr).await.unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("sidestream_wal_syncs_total"), "{text}");
+    assert!(text.contains("sidestream_commits_total"), "{text}");
     assert!(server.shutdown().await);
 }

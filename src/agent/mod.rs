@@ -1,6 +1,7 @@
 //! The agent: the per-host sidecar's data path, between the Kafka protocol and object storage.
 //!
 //! - [`produce`]: checks a producer's batch and hands it to the upload buffer.
+//! - [`wal`]: the local write-ahead log that makes acks=1 durable before its object exists.
 //! - [`upload`]: collects batches of many partitions into one object, uploads it, commits it to
 //!   the controller (which assigns offsets) and answers the producers.
 //! - [`fetch`]: finds the object ranges holding an offset, reads them, patches the assigned
@@ -14,6 +15,7 @@ pub mod fetch;
 pub mod orphans;
 pub mod produce;
 pub mod upload;
+pub mod wal;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use crate::controller::client::ControllerClient;
 use crate::object::{ObjectError, ObjectStore};
 use crate::protocol::records::RecordsError;
 use upload::Uploader;
+use wal::Wal;
 
 /// What the agent needs to know about itself.
 #[derive(Debug, Clone)]
@@ -39,6 +42,7 @@ pub struct Agent {
     pub controller: Arc<dyn ControllerClient>,
     pub store: Arc<dyn ObjectStore>,
     pub uploader: Uploader,
+    pub wal: Wal,
 }
 
 /// Errors of the agent's data path; `protocol::error` maps each to one Kafka error code.
@@ -60,6 +64,9 @@ pub enum AgentError {
     Controller(#[from] ControllerError),
     #[error(transparent)]
     ObjectStore(#[from] ObjectError),
+    /// The write-ahead log cannot be written.
+    #[error("write-ahead log: {0}")]
+    Wal(String),
     /// A stored object does not match what the controller recorded: never served.
     #[error("corrupt object data: {0}")]
     CorruptObject(String),

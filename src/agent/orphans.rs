@@ -127,7 +127,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
+    use crate::agent::upload::{GroupItem, UploadDeps, UploadSettings, Uploader};
     use crate::clock::{ManualClock, SeededEntropy, SystemClock};
     use crate::config::TopicsConfig;
     use crate::controller::client::InProcess;
@@ -247,6 +247,7 @@ mod tests {
                 max_in_flight_objects: 4,
                 agent: "agent-1".into(),
                 key_prefix: "p".into(),
+                wal_log_id: None,
             },
             UploadDeps {
                 store: hooked.clone(),
@@ -264,7 +265,9 @@ mod tests {
                     let batch = encode_batch(i, &[format!("p{p}-{i}").as_bytes()]);
                     let header = peek_header(&batch).unwrap().unwrap();
                     let deadline = Instant::now() + Duration::from_secs(30);
-                    let pending = uploader.enqueue(topic_id, p, batch, header, deadline).await.unwrap();
+                    let permit = uploader.reserve(batch.len() as u64, deadline).await.unwrap();
+                    let item = GroupItem { topic_id, partition: p, batch, header };
+                    let pending = uploader.submit(vec![item], None, permit).unwrap().pop().unwrap();
                     results.push(pending.wait(deadline).await);
                 }
                 results

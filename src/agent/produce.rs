@@ -1,28 +1,36 @@
 //! Produce: the checks a Kafka broker makes on a partition's records before it stores them,
-//! then the hand-off to the upload buffer.
+//! then the path each acks level takes (DESIGN.md, "Durability promises"):
 //!
-//! Every acks level is answered only once the batch's object is committed (the WAL, which lets
-//! acks=1 answer earlier, is not built yet).
+//! - acks=all: the upload buffer only; answered when the object is committed, with offsets.
+//! - acks=0/1: the WAL first (fsync'd, then handed to the upload buffer by the WAL writer);
+//!   answered at once after the fsync, without offsets (they are assigned at commit).
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::upload::PendingAppend;
+use super::upload::{GroupItem, PendingAppend};
 use super::{Agent, AgentError};
 use crate::controller::TopicMeta;
 use crate::protocol::records;
 
+/// Where an accepted produce request stands.
+pub enum Appended {
+    /// acks=all: resolves to each batch's base offset once committed.
+    Committed(Vec<PendingAppend>),
+    /// acks=0/1: durable in the WAL; offsets unknown until the commit.
+    Logged,
+}
+
 impl Agent {
-    /// Validates one partition's records and hands them to the upload buffer. The returned
-    /// [`PendingAppend`] resolves to the batch's base offset once it is committed.
-    pub async fn produce(
+    /// Checks one partition's records as Kafka does (partition exists, one valid v2 batch,
+    /// `max.message.bytes`).
+    pub fn check_batch(
         &self,
         topic: &TopicMeta,
         partition: i32,
         records: &Bytes,
         api_version: i16,
-        deadline: Instant,
-    ) -> Result<PendingAppend, AgentError> {
+    ) -> Result<GroupItem, AgentError> {
         if partition < 0 || partition >= topic.partitions {
             return Err(AgentError::UnknownTopicOrPartition);
         }
@@ -33,6 +41,18 @@ impl Agent {
         if batch.len() as i64 > max {
             return Err(AgentError::MessageTooLarge { size: batch.len(), max });
         }
-        self.uploader.enqueue(topic.id, partition, batch, header, deadline).await
+        Ok(GroupItem { topic_id: topic.id, partition, batch, header })
+    }
+
+    /// Accepts the checked batches of one produce request, by its acks level. Waits for buffer
+    /// or log space until `deadline`.
+    pub async fn append(&self, items: Vec<GroupItem>, acks: i16, deadline: Instant) -> Result<Appended, AgentError> {
+        let bytes = items.iter().map(|i| i.batch.len() as u64).sum();
+        let permit = self.uploader.reserve(bytes, deadline).await?;
+        if acks == -1 {
+            return Ok(Appended::Committed(self.uploader.submit(items, None, permit)?));
+        }
+        self.wal.append(items, permit, deadline).await?;
+        Ok(Appended::Logged)
     }
 }

@@ -36,6 +36,8 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64)
     -> Result<Option<ExtentRecord>, ControllerError>;
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError>;
+    /// The highest committed entry of the WAL `log_id` (0: none).
+    async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError>;
     /// Orphan collection: for each object key, true if it is not committed and now can never be
     /// (delete the object), false if it is committed (keep it).
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
@@ -114,6 +116,10 @@ impl ControllerClient for InProcess {
     }
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
         self.blocking(move |c| c.extent_with_max_timestamp(topic_id, partition)).await
+    }
+    async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
+        let log_id = log_id.to_string();
+        self.blocking(move |c| c.wal_mark(&log_id)).await
     }
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         self.blocking(move |c| c.collect_orphans(&keys)).await

@@ -106,6 +106,16 @@ pub struct CommitRequest {
     pub agent: String,
     /// In data order; a partition appears at most once per object.
     pub extents: Vec<ExtentInfo>,
+    /// The highest entry of the agent's WAL that this object holds; recorded in the same
+    /// transaction, so WAL replay after a crash skips exactly what is committed.
+    pub wal: Option<WalMark>,
+}
+
+/// A position in an agent's write-ahead log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalMark {
+    pub log_id: String,
+    pub entry_id: u64,
 }
 
 #[derive(Debug, Default)]
@@ -369,7 +379,7 @@ impl Controller {
             agent: req.agent.clone(),
             committed_ms: self.clock.now_ms(),
         };
-        match self.store.commit_object(&object, &records) {
+        match self.store.commit_object(&object, &records, req.wal.as_ref()) {
             Err(StoreError::Conflict(m)) => return Err(ControllerError::InvalidRequest(m)),
             other => other?,
         }
@@ -431,6 +441,11 @@ impl Controller {
         }
         let found = self.store.find_extents(topic_id, partition, from_offset, STORE_LOOKUP_EXTENTS_MAX)?;
         Ok(take_bytes(found.into_iter(), max_bytes))
+    }
+
+    /// Blocking. The highest WAL entry of `log_id` committed so far (0: none).
+    pub fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
+        Ok(self.store.wal_mark(log_id)?)
     }
 
     /// Blocking. The first extent holding a timestamp >= `timestamp`.
@@ -508,9 +523,16 @@ mod tests {
             object_size_bytes: 300,
             agent: "a".into(),
             extents: vec![extent(t.id, 0, 0, 5), extent(t.id, 1, 100, 2)],
+            wal: Some(WalMark { log_id: "w".into(), entry_id: 7 }),
         };
         assert_eq!(c.commit_object(&req).unwrap(), vec![Ok(0), Ok(0)]);
-        let req2 = CommitRequest { object_key: "o2".into(), extents: vec![extent(t.id, 0, 0, 3)], ..req.clone() };
+        let req2 = CommitRequest {
+            object_key: "o2".into(),
+            extents: vec![extent(t.id, 0, 0, 3)],
+            wal: Some(WalMark { log_id: "w".into(), entry_id: 9 }),
+            ..req.clone()
+        };
+        assert_eq!(c.wal_mark("w").unwrap(), 7);
         assert_eq!(c.commit_object(&req2).unwrap(), vec![Ok(5)]);
         // Replaying a commit returns the first answer and assigns nothing new.
         assert_eq!(c.commit_object(&req).unwrap(), vec![Ok(0), Ok(0)]);
@@ -522,6 +544,8 @@ mod tests {
         drop(c);
 
         let c = open(&db);
+        assert_eq!(c.wal_mark("w").unwrap(), 9);
+        assert_eq!(c.wal_mark("other").unwrap(), 0);
         assert_eq!(c.cluster_id(), cluster);
         assert_eq!(c.offsets(t.id, 0).unwrap().next_offset, 8);
         let all = c.find_extents(t.id, 0, 0, u64::MAX).unwrap();
@@ -548,6 +572,7 @@ mod tests {
                             object_size_bytes: 100,
                             agent: "a".into(),
                             extents: vec![extent(topic_id, (i % 4) as i32, 0, 1)],
+                            wal: None,
                         };
                         match c.commit_object(&req) {
                             Ok(r) => r.iter().all(|e| e.is_ok()),

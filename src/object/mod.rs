@@ -10,6 +10,7 @@
 //!
 //! This module knows nothing about Kafka requests, offsets or the controller: it stores bytes.
 
+pub mod faulty;
 pub mod format;
 pub mod keys;
 pub mod local;

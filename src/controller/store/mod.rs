@@ -81,10 +81,18 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError>;
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
-    /// In one transaction: records the object and its extents and moves each extent's partition
-    /// `next_offset` to the extent's `end_offset`. `Conflict` if the key was doomed as an orphan
-    /// ([`MetadataStore::doom_uncommitted`]): such a key can never be committed.
-    fn commit_object(&self, object: &ObjectRecord, extents: &[ExtentRecord]) -> Result<(), StoreError>;
+    /// In one transaction: records the object and its extents, moves each extent's partition
+    /// `next_offset` to the extent's `end_offset`, and raises the WAL mark if one is given.
+    /// `Conflict` if the key was doomed as an orphan ([`MetadataStore::doom_uncommitted`]):
+    /// such a key can never be committed.
+    fn commit_object(
+        &self,
+        object: &ObjectRecord,
+        extents: &[ExtentRecord],
+        wal: Option<&super::WalMark>,
+    ) -> Result<(), StoreError>;
+    /// The highest committed entry of WAL `log_id` (0 when none).
+    fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError>;
     /// Orphan collection, in one transaction: for each key, false if it is committed (keep the
     /// object), else true, and the key is marked so that it can never be committed afterwards
     /// (delete the object). Check and mark are atomic with respect to `commit_object`, so an

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use crate::controller::WalMark;
+
 use super::{ExtentRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
 
 const SCHEMA_VERSION: i32 = 1;
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS extents (
     length INTEGER NOT NULL, batch_count INTEGER NOT NULL, max_timestamp INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition, base_offset)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key);
+CREATE TABLE IF NOT EXISTS wal_marks (log_id TEXT PRIMARY KEY, entry_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT NULL);
 ";
 
@@ -206,7 +209,7 @@ impl MetadataStore for SqliteStore {
         Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?))
     }
 
-    fn commit_object(&self, o: &ObjectRecord, extents: &[ExtentRecord]) -> Result<(), StoreError> {
+    fn commit_object(&self, o: &ObjectRecord, extents: &[ExtentRecord], wal: Option<&WalMark>) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
         let doomed: Option<i64> = tx
@@ -248,6 +251,14 @@ impl MetadataStore for SqliteStore {
                 advance.execute(params![id, e.partition, e.end_offset]).map_err(unavailable)?;
             }
         }
+        if let Some(w) = wal {
+            tx.execute(
+                "INSERT INTO wal_marks (log_id, entry_id) VALUES (?1, ?2) \
+                 ON CONFLICT (log_id) DO UPDATE SET entry_id = max(entry_id, excluded.entry_id)",
+                params![w.log_id, w.entry_id as i64],
+            )
+            .map_err(unavailable)?;
+        }
         tx.commit().map_err(unavailable)
     }
 
@@ -270,6 +281,15 @@ impl MetadataStore for SqliteStore {
         }
         tx.commit().map_err(unavailable)?;
         Ok(doomed)
+    }
+
+    fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError> {
+        let c = lock(&self.reader);
+        let mark: Option<i64> = c
+            .query_row("SELECT entry_id FROM wal_marks WHERE log_id = ?1", [log_id], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        Ok(mark.unwrap_or(0).max(0) as u64)
     }
 
     fn find_extents(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: u32) -> Result<Vec<ExtentRecord>, StoreError> {

@@ -1,30 +1,54 @@
-//! Produce: every partition's batch is checked and queued first, then the handler waits for
-//! all of them together, so one request costs one flush interval however many partitions it has.
-//! acks=0 gets no response and does not wait.
+//! Produce: every partition's batch is checked first, then the request's valid batches are
+//! accepted together (one WAL entry for acks=0/1, one upload group for acks=all), so a request
+//! costs one fsync or one flush interval however many partitions it has. acks=1 is answered
+//! with base offset -1 (offsets are assigned later, at commit); acks=0 gets no response.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use tokio::time::{Duration, Instant};
 
+use std::sync::{Arc, OnceLock};
+
 use super::str_bytes;
+use crate::metrics::{self, Histogram};
 use crate::agent::Agent;
-use crate::agent::upload::PendingAppend;
+use crate::agent::produce::Appended;
 use crate::controller::TopicRef;
 use crate::protocol::error::agent_code;
 
-/// How long an acks=0 batch may wait for buffer space (its client is not waiting at all).
+/// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
 const ACKS_0_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A partition's fate: accepted (index into the request's accepted batches) or refused.
 enum Slot {
-    Pending(PendingAppend),
+    Accepted(usize),
     Failed(i16, String),
 }
 
 pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+    let started = std::time::Instant::now();
+    let response = handle_inner(agent, version, req).await;
+    if let Some((acks, _)) = &response {
+        static LATENCY: OnceLock<[Arc<Histogram>; 2]> = OnceLock::new();
+        let [acks_1, acks_all] = LATENCY.get_or_init(|| {
+            let h = |acks| metrics::histogram("sidestream_produce_seconds", "Produce request latency, by acks.", &[("acks", acks)]);
+            [h("1"), h("all")]
+        });
+        match acks {
+            1 => acks_1.record(started.elapsed()),
+            -1 => acks_all.record(started.elapsed()),
+            _ => {}
+        }
+    }
+    response.map(|(_, r)| r)
+}
+
+async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest) -> Option<(i16, ProduceResponse)> {
     let acks = req.acks;
     let deadline = Instant::now()
         + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
+    let mut items = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for t in &req.topic_data {
         let meta = if version >= 13 {
@@ -41,8 +65,11 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<
                 match (&meta, &p.records) {
                     (None, _) => Slot::Failed(unknown.code(), "unknown topic".into()),
                     (Some(_), None) => Slot::Failed(ResponseError::InvalidRecord.code(), "null records".into()),
-                    (Some(meta), Some(records)) => match agent.produce(meta, p.index, records, version, deadline).await {
-                        Ok(pending) => Slot::Pending(pending),
+                    (Some(meta), Some(records)) => match agent.check_batch(meta, p.index, records, version) {
+                        Ok(item) => {
+                            items.push(item);
+                            Slot::Accepted(items.len() - 1)
+                        }
                         Err(e) => Slot::Failed(agent_code(&e), e.to_string()),
                     },
                 }
@@ -51,34 +78,48 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<
         }
         topics.push((t.name.clone(), t.topic_id, meta, slots));
     }
+    let accepted = items.len();
+    let appended = if items.is_empty() { Ok(Appended::Logged) } else { agent.append(items, acks, deadline).await };
     if acks == 0 {
+        if let Err(e) = appended {
+            tracing::debug!(error = %e, "acks=0 produce dropped");
+        }
         return None;
     }
+    // Each accepted batch's result: Some(base offset) when known, None for acks=1.
+    let results: Vec<Result<Option<i64>, (i16, String)>> = match appended {
+        Ok(Appended::Logged) => Vec::new(),
+        Ok(Appended::Committed(pending)) => {
+            let mut out = Vec::with_capacity(pending.len());
+            for p in pending {
+                out.push(p.wait(deadline).await.map(Some).map_err(|e| (agent_code(&e), e.to_string())));
+            }
+            out
+        }
+        Err(e) => vec![Err((agent_code(&e), e.to_string())); accepted],
+    };
     let mut responses = Vec::with_capacity(topics.len());
     for (name, topic_id, meta, slots) in topics {
         let mut partitions = Vec::with_capacity(slots.len());
         for (index, slot) in slots {
             let result = match slot {
-                Slot::Pending(p) => p.wait(deadline).await.map_err(|e| (agent_code(&e), e.to_string())),
+                Slot::Accepted(i) => results.get(i).cloned().unwrap_or(Ok(None)),
                 Slot::Failed(code, msg) => Err((code, msg)),
             };
-            let mut r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
-            r = match result {
-                Ok(base) => {
-                    let log_start = meta
-                        .as_ref()
-                        .and_then(|m| agent.controller.offsets(m.id, index).ok())
-                        .map_or(0, |o| o.log_start_offset);
-                    r.with_base_offset(base).with_log_start_offset(log_start)
-                }
+            let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+            let log_start = || {
+                meta.as_ref().and_then(|m| agent.controller.offsets(m.id, index).ok()).map_or(0, |o| o.log_start_offset)
+            };
+            partitions.push(match result {
+                Ok(Some(base)) => r.with_base_offset(base).with_log_start_offset(log_start()),
+                Ok(None) => r.with_base_offset(-1).with_log_start_offset(log_start()),
                 Err((code, msg)) => {
                     let r = r.with_error_code(code).with_base_offset(-1).with_log_start_offset(-1);
                     if version >= 8 { r.with_error_message(Some(str_bytes(msg))) } else { r }
                 }
-            };
-            partitions.push(r);
+            });
         }
         responses.push(TopicProduceResponse::default().with_name(name).with_topic_id(topic_id).with_partition_responses(partitions));
     }
-    Some(ProduceResponse::default().with_responses(responses))
+    Some((acks, ProduceResponse::default().with_responses(responses)))
 }

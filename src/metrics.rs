@@ -1,0 +1,202 @@
+//! Metrics: counters and latency histograms, and the Prometheus text endpoint that shows them.
+//!
+//! Metrics are process-wide (like Prometheus client libraries): a component asks the registry
+//! for its counter once, keeps the `Arc`, and bumps it on the hot path with one atomic add.
+//! Histograms (hdrhistogram, microseconds, 3 significant digits) are rendered as Prometheus
+//! summaries with p50, p99 and p999. `GET /metrics` on `[metrics] listen` serves them all.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Latencies in microseconds, 1 us to 1 hour.
+pub struct Histogram(Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Histogram {
+    fn new() -> Self {
+        let h = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid");
+        Histogram(Mutex::new(h))
+    }
+    pub fn record(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = h.record(us);
+    }
+    /// (count, sum in us, p50, p99, p999 in us)
+    pub fn snapshot(&self) -> (u64, u64, u64, u64, u64) {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let sum = h.iter_recorded().map(|v| v.value_iterated_to() * v.count_at_value()).sum();
+        (h.len(), sum, h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999))
+    }
+}
+
+enum Metric {
+    Counter(Arc<Counter>),
+    Histogram(Arc<Histogram>),
+}
+
+/// Metric name + sorted labels.
+type Key = (&'static str, Vec<(&'static str, String)>);
+
+#[derive(Default)]
+struct Registry {
+    help: Mutex<BTreeMap<&'static str, &'static str>>,
+    metrics: Mutex<BTreeMap<Key, Metric>>,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let mut l: Vec<_> = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    l.sort();
+    (name, l)
+}
+
+/// The counter `name{labels}` (created on first use).
+pub fn counter(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Arc<Counter> {
+    let r = registry();
+    r.help.lock().unwrap_or_else(|p| p.into_inner()).insert(name, help);
+    let mut m = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    match m.entry(key(name, labels)).or_insert_with(|| Metric::Counter(Arc::default())) {
+        Metric::Counter(c) => c.clone(),
+        Metric::Histogram(_) => Arc::default(), // a name used as both kinds: keep it invisible
+    }
+}
+
+/// The latency histogram `name{labels}` (created on first use).
+pub fn histogram(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Arc<Histogram> {
+    let r = registry();
+    r.help.lock().unwrap_or_else(|p| p.into_inner()).insert(name, help);
+    let mut m = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    match m.entry(key(name, labels)).or_insert_with(|| Metric::Histogram(Arc::new(Histogram::new()))) {
+        Metric::Histogram(h) => h.clone(),
+        Metric::Counter(_) => Arc::new(Histogram::new()),
+    }
+}
+
+fn label_text(labels: &[(&'static str, String)], extra: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "\\\""))).collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
+}
+
+/// Every metric in the Prometheus text exposition format.
+pub fn render() -> String {
+    let r = registry();
+    let help = r.help.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let metrics = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::new();
+    let mut last = "";
+    for ((name, labels), m) in metrics.iter() {
+        if *name != last {
+            let kind = if matches!(m, Metric::Counter(_)) { "counter" } else { "summary" };
+            let _ = writeln!(out, "# HELP {name} {}", help.get(name).unwrap_or(&""));
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            last = name;
+        }
+        match m {
+            Metric::Counter(c) => {
+                let _ = writeln!(out, "{name}{} {}", label_text(labels, None), c.get());
+            }
+            Metric::Histogram(h) => {
+                let (count, sum_us, p50, p99, p999) = h.snapshot();
+                for (q, v) in [("0.5", p50), ("0.99", p99), ("0.999", p999)] {
+                    let _ = writeln!(out, "{name}{} {}", label_text(labels, Some(("quantile", q))), v as f64 / 1e6);
+                }
+                let _ = writeln!(out, "{name}_sum{} {}", label_text(labels, None), sum_us as f64 / 1e6);
+                let _ = writeln!(out, "{name}_count{} {count}", label_text(labels, None));
+            }
+        }
+    }
+    out
+}
+
+/// Largest HTTP request head read.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Serves `GET /metrics` until `shutdown`. Minimal HTTP/1.1: one request per connection.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = shutdown.cancelled() => return,
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match socket.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+                ("200 OK", render())
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_render() {
+        let c = counter("test_things_total", "Things.", &[("kind", "a")]);
+        c.add(3);
+        counter("test_things_total", "Things.", &[("kind", "a")]).inc();
+        let h = histogram("test_latency_seconds", "Latency.", &[]);
+        h.record(Duration::from_millis(2));
+        let text = render();
+        assert!(text.contains("test_things_total{kind=\"a\"} 4"), "{text}");
+        assert!(text.contains("# TYPE test_latency_seconds summary"));
+        assert!(text.contains("test_latency_seconds_count 1"));
+    }
+}
