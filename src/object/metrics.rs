@@ -5,8 +5,9 @@
 //! latency histogram. Backends that turn one call into several HTTP requests (S3 multipart
 //! uploads, parallel ranged GETs) also count those requests by name through
 //! [`StoreMetrics::record_request`], so "requests per GB" reflects what the provider bills.
-//! [`StoreMetrics::snapshot`] is the one accessor: tests, the shutdown summary and a future
-//! `/metrics` endpoint all read it. Counting must never fail or block the data path for long:
+//! [`StoreMetrics::snapshot`] is the accessor of one store's counters (tests, the shutdown
+//! summary); every count is also added to the process-wide registry that `GET /metrics` shows
+//! (`sidestream_object_store_*`, `sidestream_object_store_http_requests_total`). Counting must never fail or block the data path for long:
 //! counters are atomics, histograms sit behind short mutexes that recover from poisoning.
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 use super::store::{ObjectError, ObjectMeta, ObjectStore};
+use crate::metrics as prom;
 
 /// The operations of [`ObjectStore`], as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,13 +61,28 @@ struct OpStats {
     bytes: AtomicU64,
     /// None only if the histogram could not be created (its bounds are constants: never).
     latency_us: Mutex<Option<Histogram<u64>>>,
+    /// The same counts in the process-wide `/metrics` registry.
+    prom_calls: Arc<prom::Counter>,
+    prom_errors: Arc<prom::Counter>,
+    prom_bytes: Arc<prom::Counter>,
+    prom_latency: Arc<prom::Histogram>,
 }
 
 impl OpStats {
-    fn new() -> Self {
+    fn new(kind: OpKind) -> Self {
         // 3 significant digits up to 10 minutes: a few tens of KiB per kind.
         let h = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).ok();
-        Self { calls: AtomicU64::new(0), errors: AtomicU64::new(0), bytes: AtomicU64::new(0), latency_us: Mutex::new(h) }
+        let op = [("op", kind.name())];
+        Self {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            latency_us: Mutex::new(h),
+            prom_calls: prom::counter("sidestream_object_store_calls_total", "Object store calls (each retry attempt counts).", &op),
+            prom_errors: prom::counter("sidestream_object_store_errors_total", "Object store calls that failed.", &op),
+            prom_bytes: prom::counter("sidestream_object_store_bytes_total", "Bytes written (puts) or read (gets).", &op),
+            prom_latency: prom::histogram("sidestream_object_store_seconds", "Latency of one object store call.", &op),
+        }
     }
 }
 
@@ -78,7 +95,7 @@ pub struct StoreMetrics {
 
 impl Default for StoreMetrics {
     fn default() -> Self {
-        Self { ops: std::array::from_fn(|_| OpStats::new()), requests: Mutex::new(BTreeMap::new()) }
+        Self { ops: OpKind::ALL.map(OpStats::new), requests: Mutex::new(BTreeMap::new()) }
     }
 }
 
@@ -195,8 +212,12 @@ impl StoreMetrics {
         let s = self.stats(kind);
         s.calls.fetch_add(1, Ordering::Relaxed);
         s.bytes.fetch_add(bytes, Ordering::Relaxed);
+        s.prom_calls.inc();
+        s.prom_bytes.add(bytes);
+        s.prom_latency.record(std::time::Duration::from_micros(elapsed_us));
         if !ok {
             s.errors.fetch_add(1, Ordering::Relaxed);
+            s.prom_errors.inc();
         }
         if let Some(h) = s.latency_us.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             h.saturating_record(elapsed_us.clamp(1, LATENCY_US_MAX));
@@ -206,6 +227,12 @@ impl StoreMetrics {
     /// Records one HTTP request a backend sent (whatever its outcome).
     pub fn record_request(&self, name: &'static str) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_insert(0) += 1;
+        prom::counter(
+            "sidestream_object_store_http_requests_total",
+            "HTTP requests sent to the object store service, by request (what the provider bills).",
+            &[("request", name)],
+        )
+        .inc();
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
@@ -334,6 +361,9 @@ mod tests {
         let per_gib = snap.puts_per_gib().unwrap();
         assert!((per_gib - GIB / 1010.0).abs() < 1e-6, "{per_gib}");
         assert!(snap.summary().contains("PutObject=1"), "{}", snap.summary());
+        let exposed = prom::render();
+        assert!(exposed.contains("sidestream_object_store_calls_total{op=\"put\"}"), "{exposed}");
+        assert!(exposed.contains("sidestream_object_store_http_requests_total{request=\"GetObject\"}"), "{exposed}");
     }
 
     impl MetricsSnapshot {
