@@ -284,3 +284,54 @@ async fn acked_produce_returns_dense_base_offsets() {
     assert!(text.contains("sidestream_commits_total"), "{text}");
     assert!(server.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_wal_makes_acks_1_wait_then_time_out_and_recovers() {
+    use sidestream::object::faulty::{FaultyStore, Outage};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.wal.segment_bytes = 64 * 1024;
+    cfg.wal.bytes_max = 128 * 1024;
+    let store = std::sync::Arc::new(FaultyStore::new(
+        sidestream::server::open_object_store(&cfg, Default::default()).await.unwrap(),
+        std::sync::Arc::new(sidestream::clock::SeededEntropy::new(3)),
+    ));
+    let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };
+    let server = sidestream::server::start_with(&cfg, overrides).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr).await.unwrap();
+    create_topic(&mut s, "full").await;
+    store.set_outage(Outage::Failing);
+
+    let value = vec![7u8; 10 * 1024];
+    let mut acked = 0i64;
+    let mut timed_out = false;
+    for i in 0..100 {
+        let req = ProduceRequest::default().with_acks(1).with_timeout_ms(300).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("full")))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(1, &[&value])))]),
+        ]);
+        s.write_all(&request(ApiKey::Produce, 9, i, &req)).await.unwrap();
+        let mut b = read_response(&mut s).await;
+        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        match r.responses[0].partition_responses[0].error_code {
+            0 => acked += 1,
+            7 => {
+                timed_out = true;
+                break;
+            }
+            other => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(timed_out, "the WAL never filled up");
+    // bytes_max (128 KiB) holds about a dozen 10 KiB entries.
+    assert!((8..=13).contains(&acked), "acked {acked} before the WAL was full");
+
+    store.set_outage(Outage::None);
+    wait_for_hw(&mut s, "full", acked).await;
+    // Committed segments are deleted, so the log accepts writes again.
+    assert_eq!(produce_once(&mut s, "full", 1, 1000).await, (0, -1));
+    wait_for_hw(&mut s, "full", acked + 3).await;
+    assert!(server.shutdown().await);
+}

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::upload::{GroupItem, PendingAppend};
+use super::wal::Logged;
 use super::{Agent, AgentError};
 use crate::controller::TopicMeta;
 use crate::protocol::records;
@@ -17,8 +18,10 @@ use crate::protocol::records;
 pub enum Appended {
     /// acks=all: resolves to each batch's base offset once committed.
     Committed(Vec<PendingAppend>),
-    /// acks=0/1: durable in the WAL; offsets unknown until the commit.
-    Logged,
+    /// acks=0/1: resolves once durable in the WAL; offsets are unknown until the commit.
+    Logged(Logged),
+    /// Nothing to store.
+    Nothing,
 }
 
 impl Agent {
@@ -44,15 +47,18 @@ impl Agent {
         Ok(GroupItem { topic_id: topic.id, partition, batch, header })
     }
 
-    /// Accepts the checked batches of one produce request, by its acks level. Waits for buffer
-    /// or log space until `deadline`.
+    /// Accepts the checked batches of one produce request, by its acks level: queues them (in
+    /// call order) for the uploader or the WAL, waiting only for buffer or log space (until
+    /// `deadline`). What to wait for next is in the returned [`Appended`].
     pub async fn append(&self, items: Vec<GroupItem>, acks: i16, deadline: Instant) -> Result<Appended, AgentError> {
+        if items.is_empty() {
+            return Ok(Appended::Nothing);
+        }
         let bytes = items.iter().map(|i| i.batch.len() as u64).sum();
         let permit = self.uploader.reserve(bytes, deadline).await?;
         if acks == -1 {
             return Ok(Appended::Committed(self.uploader.submit(items, None, permit)?));
         }
-        self.wal.append(items, permit, deadline).await?;
-        Ok(Appended::Logged)
+        Ok(Appended::Logged(self.wal.enqueue(items, permit, deadline).await?))
     }
 }

@@ -294,10 +294,11 @@ impl Wal {
         Ok(Wal { tx, space, failed })
     }
 
-    /// Appends one entry (the batches of one produce request), waiting for log space until
-    /// `deadline`. Returns once the entry is durable (per `[wal] sync`) and handed to the
+    /// Queues one entry (the batches of one produce request) for the writer, waiting for log
+    /// space until `deadline`. Entries are written in the order they are queued. The returned
+    /// [`Logged`] resolves once the entry is durable (per `[wal] sync`) and handed to the
     /// uploader. `permit` is the entry's reservation of upload buffer space.
-    pub async fn append(&self, items: Vec<GroupItem>, permit: OwnedSemaphorePermit, deadline: Instant) -> Result<(), AgentError> {
+    pub async fn enqueue(&self, items: Vec<GroupItem>, permit: OwnedSemaphorePermit, deadline: Instant) -> Result<Logged, AgentError> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(AgentError::Wal("the write-ahead log failed earlier; restart the agent".into()));
         }
@@ -310,7 +311,17 @@ impl Wal {
         }
         let (reply, rx) = oneshot::channel();
         self.tx.send(WriteReq { payload, items, permit, reply }).map_err(|_| AgentError::ShuttingDown)?;
-        rx.await.map_err(|_| AgentError::ShuttingDown)?
+        Ok(Logged(rx))
+    }
+}
+
+/// An entry queued for the WAL writer.
+pub struct Logged(oneshot::Receiver<Result<(), AgentError>>);
+
+impl Logged {
+    /// Waits until the entry is durable and handed to the uploader.
+    pub async fn wait(self) -> Result<(), AgentError> {
+        self.0.await.map_err(|_| AgentError::ShuttingDown)?
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! A connection has a reader (frames -> one spawned handler task each, queued in request order)
 //! and a writer (awaits the queued tasks in order and writes their answers), so requests are
-//! pipelined while answers keep Kafka's ordering. The queue bounds the requests in flight per
-//! connection; a semaphore bounds connections. Shutdown: the token stops the accept loop and
+//! pipelined while answers keep Kafka's ordering. Produce requests also take a [`Turn`]: each
+//! hands its batches to the WAL or upload buffer only after the previous produce request of the
+//! connection did, so offsets follow the order requests were sent, as in Kafka (the waits for
+//! fsync or commit still overlap). The queue bounds the requests in flight per connection; a
+//! semaphore bounds connections. Shutdown: the token stops the accept loop and
 //! every reader; writers finish answering what was read.
 
 use std::net::SocketAddr;
@@ -11,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +22,44 @@ use tokio_util::task::TaskTracker;
 use super::frame::read_frame;
 use super::handlers::{self, Outcome};
 use crate::agent::Agent;
+
+const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
+
+/// A produce request's place in its connection's order. [`Turn::wait`] returns once the
+/// previous produce request of the connection has queued its batches (or finished); dropping
+/// the turn lets the next one go.
+pub struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    pub async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // An error means the previous handler is gone, which also ends its turn.
+            let _ = previous.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else { return };
+        match self.previous.take() {
+            None => {
+                let _ = done.send(());
+            }
+            // Dropped before its turn came (e.g. an undecodable request): the next one still
+            // waits for the previous one.
+            Some(previous) => {
+                tokio::spawn(async move {
+                    let _ = previous.await;
+                    let _ = done.send(());
+                });
+            }
+        }
+    }
+}
 
 /// Limits of the front door, from `[agent]`.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +134,7 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
         let _ = wr.into_inner().shutdown().await;
         writer_stop.cancel();
     });
+    let mut last_produce: Option<oneshot::Receiver<()>> = None;
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd, limits.max_request_bytes) => f,
@@ -100,7 +142,11 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
         };
         match frame {
             Ok(Some(frame)) => {
-                let task = tokio::spawn(handlers::handle(agent.clone(), frame));
+                let turn = (frame[..2] == PRODUCE_KEY).then(|| {
+                    let (done, next) = oneshot::channel();
+                    Turn { previous: last_produce.replace(next), done: Some(done) }
+                });
+                let task = tokio::spawn(handlers::handle(agent.clone(), frame, turn));
                 if tx.send(task).await.is_err() {
                     break;
                 }

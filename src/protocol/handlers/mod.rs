@@ -22,6 +22,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
+use crate::protocol::connection::Turn;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
 /// exactly this table.
@@ -117,8 +118,9 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
     Ok(Parsed { key, version, correlation_id: header.correlation_id, request })
 }
 
-/// Handles one request frame (without its length prefix).
-pub async fn handle(agent: Arc<Agent>, frame: Bytes) -> Outcome {
+/// Handles one request frame (without its length prefix). `turn` orders the produce requests
+/// of one connection (see [`Turn`]).
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, turn: Option<Turn>) -> Outcome {
     let parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
@@ -130,7 +132,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes) -> Outcome {
         Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r).await),
         Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
         Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
-        Request::Produce(r) => match produce::handle(&agent, version, r).await {
+        Request::Produce(r) => match produce::handle(&agent, version, r, turn).await {
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
         },

@@ -15,6 +15,7 @@ use crate::metrics::{self, Histogram};
 use crate::agent::Agent;
 use crate::agent::produce::Appended;
 use crate::controller::TopicRef;
+use crate::protocol::connection::Turn;
 use crate::protocol::error::agent_code;
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
@@ -26,9 +27,9 @@ enum Slot {
     Failed(i16, String),
 }
 
-pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest, turn: Option<Turn>) -> Option<ProduceResponse> {
     let started = std::time::Instant::now();
-    let response = handle_inner(agent, version, req).await;
+    let response = handle_inner(agent, version, req, turn).await;
     if let Some((acks, _)) = &response {
         static LATENCY: OnceLock<[Arc<Histogram>; 2]> = OnceLock::new();
         let [acks_1, acks_all] = LATENCY.get_or_init(|| {
@@ -44,7 +45,12 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest) -> Option<
     response.map(|(_, r)| r)
 }
 
-async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest) -> Option<(i16, ProduceResponse)> {
+async fn handle_inner(
+    agent: &Agent,
+    version: i16,
+    req: ProduceRequest,
+    mut turn: Option<Turn>,
+) -> Option<(i16, ProduceResponse)> {
     let acks = req.acks;
     let deadline = Instant::now()
         + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
@@ -79,7 +85,12 @@ async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest) -> Optio
         topics.push((t.name.clone(), t.topic_id, meta, slots));
     }
     let accepted = items.len();
-    let appended = if items.is_empty() { Ok(Appended::Logged) } else { agent.append(items, acks, deadline).await };
+    // Queue in request order: earlier produce requests of this connection queue first.
+    if let Some(turn) = turn.as_mut() {
+        turn.wait().await;
+    }
+    let appended = agent.append(items, acks, deadline).await;
+    drop(turn);
     if acks == 0 {
         if let Err(e) = appended {
             tracing::debug!(error = %e, "acks=0 produce dropped");
@@ -88,7 +99,11 @@ async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest) -> Optio
     }
     // Each accepted batch's result: Some(base offset) when known, None for acks=1.
     let results: Vec<Result<Option<i64>, (i16, String)>> = match appended {
-        Ok(Appended::Logged) => Vec::new(),
+        Ok(Appended::Nothing) => Vec::new(),
+        Ok(Appended::Logged(logged)) => match logged.wait().await {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![Err((agent_code(&e), e.to_string())); accepted],
+        },
         Ok(Appended::Committed(pending)) => {
             let mut out = Vec::with_capacity(pending.len());
             for p in pending {

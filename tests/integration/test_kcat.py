@@ -1,0 +1,87 @@
+"""kcat (Debian's kcat 1.7.1 on librdkafka 2.0.2: an older client generation than the Python wheels)."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+import kafka_wire as kw
+
+KCAT = shutil.which("kcat") or shutil.which("kafkacat") or "kcat"  # scripts/test installs it
+
+COMPRESSIONS = ["none", "gzip", "snappy", "lz4", "zstd"]
+
+
+def kcat(server, *args, input_text=None, timeout=60):
+    cmd = [KCAT, "-b", server.bootstrap, *args]
+    p = subprocess.run(cmd, input=input_text, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, "%s exited %d\nstderr:\n%s" % (" ".join(cmd), p.returncode, p.stderr[-4000:])
+    return p.stdout
+
+
+def list_metadata(server):
+    return json.loads(kcat(server, "-L", "-J"))
+
+
+def test_list_shows_the_broker_and_topics(server):
+    name = "kcat-listed-%d" % os.getpid()
+    with server.connect() as c:
+        assert kw.create_topics(c, [(name, 3, 1)])[name][0] == kw.NONE
+
+    md = list_metadata(server)
+    assert [(b["id"], b["name"]) for b in md["brokers"]] == [(1, server.bootstrap)], md
+    topics = {t["topic"]: t for t in md["topics"]}
+    assert name in topics, md
+    parts = sorted(topics[name]["partitions"], key=lambda p: p["partition"])
+    assert [(p["partition"], p["leader"]) for p in parts] == [(0, 1), (1, 1), (2, 1)], parts
+
+    text = kcat(server, "-L")
+    assert "broker 1 at %s" % server.bootstrap in text, text
+    assert 'topic "%s" with 3 partitions' % name in text, text
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_produce_and_consume_lines_with_keys(server, compression):
+    seed = int(os.environ.get("SIDESTREAM_TEST_SEED", "7"))
+    print("seed %d (rerun with SIDESTREAM_TEST_SEED=%d)" % (seed, seed))
+    rng = random.Random(seed)
+    topic = "kcat-lines-%s-%d" % (compression, os.getpid())
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :;,.-_=+/éü€"
+    lines = []
+    for i in range(2000):
+        n = rng.choice([0, 1, 10, 100, 1000, rng.randint(0, 8000)])
+        value = "".join(rng.choice(alphabet) for _ in range(n))
+        lines.append("key-%05d:%s" % (i, value))  # values contain ':' too; kcat splits at the first
+    text = "\n".join(lines) + "\n"
+
+    # The producer's Metadata request auto-creates the topic (1 partition).
+    kcat(server, "-P", "-t", topic, "-K", ":", "-H", "origin=kcat", "-H", "empty=",
+         "-X", "compression.codec=%s" % compression, "-X", "linger.ms=20", input_text=text)
+
+    out = kcat(server, "-C", "-t", topic, "-e", "-o", "beginning", "-K", ":")
+    got = out.splitlines()
+    assert len(got) == len(lines), "seed %d: %d lines back, %d produced" % (seed, len(got), len(lines))
+    for i, (a, b) in enumerate(zip(lines, got)):
+        assert a == b, "seed %d: line %d differs:\n produced %r\n consumed %r" % (seed, i, a[:200], b[:200])
+
+    recs = [json.loads(line) for line in
+            kcat(server, "-C", "-t", topic, "-e", "-o", "beginning", "-J").splitlines()]
+    assert [r["offset"] for r in recs] == list(range(len(lines))), "seed %d: offsets not dense" % seed
+    assert {r["partition"] for r in recs} == {0}
+    assert all(r["headers"] == ["origin", "kcat", "empty", ""] for r in recs), recs[0]
+
+    md = list_metadata(server)
+    assert topic in {t["topic"] for t in md["topics"]}, md
+
+
+def test_consume_from_offset_and_count(server):
+    topic = "kcat-offsets-%d" % os.getpid()
+    lines = ["k%d:v%d" % (i, i) for i in range(50)]
+    kcat(server, "-P", "-t", topic, "-K", ":", input_text="\n".join(lines) + "\n")
+    out = kcat(server, "-C", "-t", topic, "-o", "30", "-c", "5", "-f", "%o %k %s\n")
+    assert out.splitlines() == ["%d k%d v%d" % (i, i, i) for i in range(30, 35)]
+    out = kcat(server, "-C", "-t", topic, "-o", "-3", "-e", "-f", "%o %s\n")
+    assert out.splitlines() == ["%d v%d" % (i, i) for i in range(47, 50)]
