@@ -123,7 +123,7 @@ impl Default for WalConfig {
     }
 }
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectStoreConfig {
     /// `s3://bucket/root`, `file:///path` (local directory), or `memory://` (tests only;
@@ -137,7 +137,7 @@ pub struct ObjectStoreConfig {
     pub path_style: bool,
     /// Static S3 credentials (both or neither); unset: the standard AWS credential chain.
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Objects larger than this are uploaded in parts of this size; reads longer than this are
     /// split into parallel ranged GETs.
     pub part_bytes: u64,
@@ -174,23 +174,14 @@ impl Default for ObjectStoreConfig {
     }
 }
 
-/// Never prints the secret key.
-impl std::fmt::Debug for ObjectStoreConfig {
+/// A credential: read like a string, never printed (`Debug` shows `<redacted>`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectStoreConfig")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("path_style", &self.path_style)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
-            .field("part_bytes", &self.part_bytes)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .field("request_timeout_ms", &self.request_timeout_ms)
-            .field("retry_deadline_ms", &self.retry_deadline_ms)
-            .field("orphan_grace_ms", &self.orphan_grace_ms)
-            .field("orphan_scan_interval_ms", &self.orphan_scan_interval_ms)
-            .finish()
+        f.write_str("<redacted>")
     }
 }
 

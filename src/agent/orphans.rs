@@ -188,7 +188,7 @@ mod tests {
     impl ObjectStore for CollectBetweenPutAndCommit {
         async fn put(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
             self.inner.put(key, body).await?;
-            if self.puts.fetch_add(1, Ordering::SeqCst) % 2 == 0
+            if self.puts.fetch_add(1, Ordering::SeqCst).is_multiple_of(2)
                 && let Some(c) = self.collector.get()
             {
                 c.run_pass().await.map_err(|e| ObjectError::Transient(e.to_string()))?;

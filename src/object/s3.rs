@@ -38,6 +38,7 @@ use tokio::task::JoinSet;
 use super::keys;
 use super::metrics::StoreMetrics;
 use super::store::{ObjectError, ObjectMeta, ObjectStore, check_key};
+use crate::config::Secret;
 
 /// S3 allows at most 10,000 parts per upload, each at least 5 MiB but the last.
 const PARTS_MAX: u64 = 10_000;
@@ -50,7 +51,7 @@ const LIST_KEYS_MAX: usize = 10_000_000;
 const LIST_PAGE_KEYS: usize = 1000;
 
 /// Connection settings, from `[object_store]`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct S3Settings {
     pub bucket: String,
     /// The URL's path: every key lives under it.
@@ -63,27 +64,12 @@ pub struct S3Settings {
     pub path_style: bool,
     /// Both set: static credentials; both unset: the standard AWS credential chain.
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Multipart part size; objects larger than this are uploaded in parts.
     pub part_bytes: u64,
     pub max_concurrent_requests: usize,
     /// Timeout of one HTTP attempt (connect + request + response).
     pub request_timeout: Duration,
-}
-
-impl std::fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("bucket", &self.bucket)
-            .field("root", &self.root)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("path_style", &self.path_style)
-            .field("static_credentials", &self.access_key_id.is_some())
-            .field("part_bytes", &self.part_bytes)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .finish()
-    }
 }
 
 /// An S3 bucket (under a root path) as an [`ObjectStore`].
@@ -110,7 +96,7 @@ impl S3Store {
         }
         match (&settings.access_key_id, &settings.secret_access_key) {
             (Some(id), Some(secret)) => {
-                loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "sidestream-config"));
+                loader = loader.credentials_provider(Credentials::new(id, &secret.0, None, None, "sidestream-config"));
             }
             (None, None) => {}
             _ => {
