@@ -149,7 +149,12 @@ impl ObjectStore for LocalStore {
         let prefix = prefix.to_string();
         blocking(move || {
             let mut out = Vec::new();
-            let mut stack = vec![root.clone()];
+            // Walk only the folder the prefix names (`ab/agent/` -> root/ab/agent), not the tree.
+            let start = match prefix.rfind('/') {
+                Some(i) if check_key(&prefix[..i]).is_ok() => root.join(&prefix[..i]),
+                _ => root.clone(),
+            };
+            let mut stack = vec![start];
             while let Some(dir) = stack.pop() {
                 let entries = match fs::read_dir(&dir) {
                     Ok(e) => e,
