@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::orphans::{OrphanCollector, OrphanSettings};
+use crate::agent::cache::{CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
@@ -21,6 +22,7 @@ use crate::config::{Config, ObjectStoreUrl, StoreUrl};
 use crate::controller::client::{ControllerClient, InProcess};
 use crate::controller::store::sqlite::SqliteStore;
 use crate::controller::{Controller, ControllerError};
+use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
 use crate::object::memory::MemoryStore;
 use crate::object::metrics::{MeteredStore, StoreMetrics};
@@ -80,12 +82,30 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         None => open_object_store(config, store_metrics.clone()).await?,
     };
     let store = wrap_object_store(backend, config, store_metrics.clone(), entropy.clone());
+    let cache = ReadCache::open(
+        &CacheSettings {
+            memory_bytes: config.cache.memory_bytes,
+            disk_bytes: config.cache.disk_bytes,
+            block_bytes: config.cache.block_bytes,
+            readahead_blocks: config.cache.readahead_blocks,
+            cold_read_concurrency: config.cache.cold_read_concurrency,
+            dir: config.agent.data_dir.join("cache"),
+        },
+        store.clone(),
+    )
+    .await?;
     let StoreUrl::Sqlite(db) = config.store_url().map_err(ServerError::Config)?;
     let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
         .await
         .map_err(|e| ServerError::Config(e.to_string()))??;
     let controller =
-        Controller::open(Arc::new(metadata), config.topics.clone(), clock.clone(), entropy.clone())?;
+        Controller::open(
+            Arc::new(metadata),
+            config.topics.clone(),
+            config.controller.producer_id_expiration_ms as i64,
+            clock.clone(),
+            entropy.clone(),
+        )?;
     let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(controller)));
 
     let listener = TcpListener::bind(config.agent.listen)
@@ -135,7 +155,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             key_prefix,
             wal_log_id: Some(recovery.log_id.clone()),
         },
-        UploadDeps { store: store.clone(), controller: controller.clone(), clock, entropy },
+        UploadDeps { store: store.clone(), cache: Some(cache.clone()), controller: controller.clone(), clock, entropy },
     );
     replay_wal(&recovery, wal_mark, &uploader).await?;
     let next_id = recovery.last_id().max(wal_mark) + 1;
@@ -149,11 +169,14 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         },
         controller,
         store,
+        cache,
         uploader,
         wal,
+        hand_offs: Default::default(),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
+        max_in_flight_request_bytes: config.agent.max_in_flight_request_bytes,
         max_connections: config.agent.max_connections as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
@@ -210,15 +233,20 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 }
 
 impl RunningServer {
-    /// Stops accepting, answers what was read, uploads and commits everything buffered.
-    /// Returns false if that did not finish within `shutdown_timeout_ms`.
+    /// Stops accepting and reading requests, uploads and commits every batch already accepted
+    /// (without waiting for the flush interval), answers what was read, and returns. Returns
+    /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         let agent = self.agent.clone();
         let accept = self.accept;
         let drained = async move {
-            let _ = accept.await;
+            // Readers stop at once; produce requests already read finish handing off their
+            // batches, then the uploader seals and commits everything, which answers them.
+            agent.hand_offs.idle().await;
             agent.uploader.close().await;
+            let _ = accept.await;
+            agent.cache.close().await;
         };
         let clean = tokio::time::timeout(self.shutdown_timeout, drained).await.is_ok();
         tracing::info!(summary = %self.store_metrics.snapshot().summary(), "object store metrics");
@@ -231,11 +259,11 @@ impl RunningServer {
     }
 }
 
-/// The backend `[object_store] url` names (unwrapped). S3 counts its HTTP requests into
-/// `metrics`.
+/// The backend `[object_store] url` names, without the retry and metrics wrappers (wrapped in
+/// fault injection when `fault_error_rate` is set). S3 counts its HTTP requests into `metrics`.
 pub async fn open_object_store(config: &Config, metrics: Arc<StoreMetrics>) -> Result<Arc<dyn ObjectStore>, ServerError> {
     let os = &config.object_store;
-    Ok(match config.object_store_url().map_err(ServerError::Config)? {
+    let store: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
         ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
         ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
         ObjectStoreUrl::S3 { bucket, root } => {
@@ -253,7 +281,19 @@ pub async fn open_object_store(config: &Config, metrics: Arc<StoreMetrics>) -> R
             };
             Arc::new(S3Store::connect(settings, metrics).await?)
         }
-    })
+    };
+    let rate = os.fault_error_rate;
+    if rate <= 0.0 {
+        return Ok(store);
+    }
+    tracing::warn!(rate, seed = os.fault_seed, "FAULT INJECTION: object store requests will fail at random");
+    let entropy: Arc<dyn Entropy> = match os.fault_seed {
+        0 => Arc::new(SeededEntropy::from_os()),
+        seed => Arc::new(SeededEntropy::new(seed)),
+    };
+    let faulty = FaultyStore::new(store, entropy);
+    faulty.set_error_rate(rate);
+    Ok(Arc::new(faulty))
 }
 
 /// Wraps a backend as retry(metrics(backend)): the metrics see every attempt, the retries bound

@@ -139,7 +139,13 @@ mod tests {
 
     fn controller(dir: &std::path::Path) -> Arc<InProcess> {
         let store = Arc::new(SqliteStore::open(&dir.join("c.db")).unwrap());
-        let c = Controller::open(store, TopicsConfig::default(), Arc::new(SystemClock), Arc::new(SeededEntropy::new(5)));
+        let c = Controller::open(
+            store,
+            TopicsConfig::default(),
+            86_400_000,
+            Arc::new(SystemClock),
+            Arc::new(SeededEntropy::new(5)),
+        );
         Arc::new(InProcess(Arc::new(c.unwrap())))
     }
 
@@ -251,6 +257,7 @@ mod tests {
             },
             UploadDeps {
                 store: hooked.clone(),
+                cache: None,
                 controller: c.clone(),
                 clock: clock.clone(),
                 entropy: Arc::new(SeededEntropy::new(9)),

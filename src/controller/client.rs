@@ -38,6 +38,8 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError>;
     /// The highest committed entry of the WAL `log_id` (0: none).
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError>;
+    /// A new producer id and epoch for an idempotent producer.
+    async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError>;
     /// Orphan collection: for each object key, true if it is not committed and now can never be
     /// (delete the object), false if it is committed (keep it).
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
@@ -120,6 +122,9 @@ impl ControllerClient for InProcess {
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
         let log_id = log_id.to_string();
         self.blocking(move |c| c.wal_mark(&log_id)).await
+    }
+    async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
+        self.blocking(|c| c.init_producer_id()).await
     }
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         self.blocking(move |c| c.collect_orphans(&keys)).await

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod log;
+pub mod producers;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -22,7 +23,8 @@ use uuid::Uuid;
 use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
 use crate::object::format::ExtentInfo;
-use log::PartitionOffsets;
+use log::{PartitionOffsets, Planned, ProducerKey};
+use producers::ProducerState;
 pub use store::ExtentRecord;
 use store::{MetadataStore, ObjectRecord, StoreError, TopicRecord};
 
@@ -53,6 +55,10 @@ pub enum ControllerError {
     InvalidConfig(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
     /// The metadata store failed; retrying may succeed.
     #[error("controller unavailable: {0}")]
     Unavailable(String),
@@ -129,7 +135,12 @@ struct State {
     by_name: HashMap<String, Arc<TopicMeta>>,
     by_id: HashMap<Uuid, Arc<TopicMeta>>,
     partitions: HashMap<(Uuid, i32), PartitionState>,
+    producers: HashMap<ProducerKey, ProducerState>,
+    commits_since_expiry: u64,
 }
+
+/// Producer states are swept for expiry after this many commits.
+const PRODUCER_EXPIRY_SWEEP_COMMITS: u64 = 1000;
 
 /// The controller service. Methods that write go through the store and block; call them from
 /// a blocking context (the in-process client does).
@@ -143,6 +154,8 @@ pub struct Controller {
     entropy: Arc<dyn Entropy>,
     defaults: TopicsConfig,
     cluster_id: String,
+    /// Kafka's producer.id.expiration.ms: idle idempotent producers are forgotten after this.
+    producer_expiry_ms: i64,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -210,6 +223,7 @@ impl Controller {
     pub fn open(
         store: Arc<dyn MetadataStore>,
         defaults: TopicsConfig,
+        producer_expiry_ms: i64,
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Result<Self, ControllerError> {
@@ -230,7 +244,11 @@ impl Controller {
                 },
             );
         }
+        let expired_before = clock.now_ms().saturating_sub(producer_expiry_ms);
+        store.expire_producers(expired_before)?;
+        state.producers = snapshot.producers.into_iter().filter(|(_, p)| p.last_seen_ms >= expired_before).collect();
         Ok(Self {
+            producer_expiry_ms,
             store,
             state: RwLock::new(state),
             write_lock: Mutex::new(()),
@@ -347,43 +365,71 @@ impl Controller {
         for p in 0..meta.partitions {
             s.partitions.remove(&(meta.id, p));
         }
+        s.producers.retain(|(_, topic, _), _| *topic != meta.id);
         Ok(meta)
     }
 
     /// Blocking. Commits an uploaded object: assigns offsets to its extents in one store
-    /// transaction. Idempotent on the object key: committing the same key again returns the
-    /// offsets of the first commit. Returns each extent's base offset or error, in input order.
+    /// transaction, after the idempotent producers' sequence checks. Idempotent on the object
+    /// key: committing the same key again returns the offsets of the first commit. Returns each
+    /// extent's base offset (a retried batch's original one) or error, in input order.
     pub fn commit_object(&self, req: &CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
         let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(done) = self.store.committed_extents(&req.object_key)? {
+            let s = self.read();
             return Ok(req
                 .extents
                 .iter()
                 .map(|e| {
-                    done.iter()
+                    let stored = done
+                        .iter()
                         .find(|d| d.topic_id == e.topic_id && d.partition == e.partition && d.position == e.position)
-                        .map(|d| d.base_offset)
-                        .ok_or(ControllerError::UnknownTopicOrPartition)
+                        .map(|d| d.base_offset);
+                    // Not stored: a duplicate of an idempotent producer's batch, or refused.
+                    let duplicate = || {
+                        let p = e.producer.as_ref()?;
+                        let state = s.producers.get(&(p.producer_id, e.topic_id, e.partition))?;
+                        match producers::check(Some(state), p) {
+                            Ok(producers::Verdict::Duplicate(base)) => Some(base),
+                            _ => None,
+                        }
+                    };
+                    stored.or_else(duplicate).ok_or(ControllerError::UnknownTopicOrPartition)
                 })
                 .collect());
         }
         let key: Arc<str> = Arc::from(req.object_key.as_str());
-        let plan = {
+        let now_ms = self.clock.now_ms();
+        let (plan, producer_states) = {
             let s = self.read();
-            log::plan_commit(&key, &req.extents, |t, p| s.partitions.get(&(t, p)).and_then(|p| p.offsets))
+            log::plan_commit(
+                &key,
+                req.object_size_bytes,
+                &req.extents,
+                now_ms,
+                |t, p| s.partitions.get(&(t, p)).and_then(|p| p.offsets),
+                |k| s.producers.get(k).cloned(),
+            )
         };
-        let records: Vec<ExtentRecord> = plan.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let records: Vec<ExtentRecord> = plan
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Planned::Append(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
         let object = ObjectRecord {
             key: req.object_key.clone(),
             size_bytes: req.object_size_bytes,
             agent: req.agent.clone(),
-            committed_ms: self.clock.now_ms(),
+            committed_ms: now_ms,
         };
-        match self.store.commit_object(&object, &records, req.wal.as_ref()) {
+        let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
+        match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows) {
             Err(StoreError::Conflict(m)) => return Err(ControllerError::InvalidRequest(m)),
             other => other?,
         }
-        {
+        let sweep = {
             let mut s = self.write();
             for r in records {
                 if let Some(p) = s.partitions.get_mut(&(r.topic_id, r.partition)) {
@@ -396,9 +442,39 @@ impl Controller {
                     p.recent.push_back(r);
                 }
             }
+            s.producers.extend(producer_states);
+            s.commits_since_expiry += 1;
+            s.commits_since_expiry >= PRODUCER_EXPIRY_SWEEP_COMMITS
+        };
+        if sweep {
+            self.expire_producers(now_ms)?;
         }
         self.commits.send_modify(|n| *n += 1);
-        Ok(plan.into_iter().map(|r| r.map(|e| e.base_offset)).collect())
+        Ok(plan
+            .into_iter()
+            .map(|r| {
+                r.map(|p| match p {
+                    Planned::Append(e) => e.base_offset,
+                    Planned::Duplicate(base) => base,
+                })
+            })
+            .collect())
+    }
+
+    /// Forgets idempotent producers idle for longer than the expiry (caller holds write_lock).
+    fn expire_producers(&self, now_ms: i64) -> Result<(), ControllerError> {
+        let before = now_ms.saturating_sub(self.producer_expiry_ms);
+        self.store.expire_producers(before)?;
+        let mut s = self.write();
+        s.producers.retain(|_, p| p.last_seen_ms >= before);
+        s.commits_since_expiry = 0;
+        Ok(())
+    }
+
+    /// Blocking. A fresh producer id (epoch 0) for an idempotent producer. As in Kafka, a
+    /// producer asking again (KIP-360 epoch bump) simply gets a new id.
+    pub fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
+        Ok((self.store.allocate_producer_id()?, 0))
     }
 
     /// Blocking. Orphan collection: for each key, true if it is not committed and now never will
@@ -494,7 +570,8 @@ mod tests {
 
     fn open(path: &std::path::Path) -> Controller {
         let store = Arc::new(SqliteStore::open(path).unwrap());
-        Controller::open(store, TopicsConfig::default(), Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap()
+        Controller::open(store, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3)))
+            .unwrap()
     }
 
     fn create(c: &Controller, name: &str, partitions: i32) -> Arc<TopicMeta> {
@@ -509,7 +586,7 @@ mod tests {
     }
 
     fn extent(t: Uuid, p: i32, position: u64, n: i64) -> ExtentInfo {
-        ExtentInfo { topic_id: t, partition: p, position, length: 100, batch_count: 1, offset_count: n, max_timestamp: position as i64 }
+        ExtentInfo { topic_id: t, partition: p, position, length: 100, batch_count: 1, offset_count: n, max_timestamp: position as i64, producer: None }
     }
 
     #[test]

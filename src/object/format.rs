@@ -37,7 +37,31 @@ pub struct IndexEntry {
     pub base_sequence: i32,
 }
 
+/// The idempotence fields of a batch written by an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+}
+
+impl ProducerBatch {
+    /// Some for a batch with a producer id (idempotent or transactional producers).
+    pub fn of(header: &BatchHeader) -> Option<Self> {
+        (header.producer_id >= 0).then(|| ProducerBatch {
+            producer_id: header.producer_id,
+            epoch: header.producer_epoch,
+            first_sequence: header.base_sequence,
+            // Sequences wrap to 0 after i32::MAX, as in Kafka.
+            last_sequence: ((i64::from(header.base_sequence) + i64::from(header.last_offset_delta)) % (i64::from(i32::MAX) + 1)) as i32,
+        })
+    }
+}
+
 /// A partition's contiguous run of batches in one object: what the controller indexes.
+/// A batch of an idempotent producer is always an extent of its own, so the controller can
+/// check its sequence and drop it alone if it is a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtentInfo {
     pub topic_id: Uuid,
@@ -48,6 +72,8 @@ pub struct ExtentInfo {
     /// Offsets the extent occupies: the sum of its batches' lastOffsetDelta + 1.
     pub offset_count: i64,
     pub max_timestamp: i64,
+    /// Set when the extent is one batch of an idempotent producer.
+    pub producer: Option<ProducerBatch>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +94,17 @@ pub enum FormatError {
     TooLarge,
 }
 
+/// Where [`ObjectBuilder::add_batch`] put a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Index of its extent in [`ObjectBuilder::finish`]'s extents.
+    pub extent: usize,
+    /// Offsets before it in that extent.
+    pub offset_delta: i64,
+    /// Byte position in the object.
+    pub position: u64,
+}
+
 /// Builds one object. Add batches partition by partition: all of a partition's batches must be
 /// added consecutively (the caller groups them), so each partition is one extent.
 #[derive(Debug, Default)]
@@ -82,18 +119,27 @@ impl ObjectBuilder {
         Self::default()
     }
 
+    /// A builder whose data buffer holds `data_bytes` without growing.
+    pub fn with_capacity(data_bytes: usize, batches: usize) -> Self {
+        Self {
+            data: BytesMut::with_capacity(data_bytes + batches * INDEX_ENTRY_BYTES + FOOTER_BYTES),
+            index: Vec::with_capacity(batches),
+            extents: Vec::new(),
+        }
+    }
+
     pub fn data_bytes(&self) -> u64 {
         self.data.len() as u64
     }
 
-    /// Appends one batch of `(topic_id, partition)`; returns its position in the object.
+    /// Appends one batch of `(topic_id, partition)`; returns where it landed.
     pub fn add_batch(
         &mut self,
         topic_id: Uuid,
         partition: i32,
         batch: &[u8],
         header: &BatchHeader,
-    ) -> Result<u64, FormatError> {
+    ) -> Result<Placement, FormatError> {
         if self.data.len() as u64 + batch.len() as u64 > OBJECT_BYTES_MAX {
             return Err(FormatError::TooLarge);
         }
@@ -111,14 +157,19 @@ impl ObjectBuilder {
             producer_epoch: header.producer_epoch,
             base_sequence: header.base_sequence,
         });
+        let producer = ProducerBatch::of(header);
+        let extent_count = self.extents.len();
         match self.extents.last_mut() {
-            Some(e) if e.topic_id == topic_id && e.partition == partition => {
+            Some(e) if e.topic_id == topic_id && e.partition == partition && e.producer.is_none() && producer.is_none() => {
+                let placement = Placement { extent: extent_count - 1, offset_delta: e.offset_count, position };
                 e.length += batch.len() as u64;
                 e.batch_count += 1;
                 e.offset_count += header.offset_count();
                 e.max_timestamp = e.max_timestamp.max(header.max_timestamp);
+                Ok(placement)
             }
-            _ => self.extents.push(ExtentInfo {
+            _ => {
+                self.extents.push(ExtentInfo {
                 topic_id,
                 partition,
                 position,
@@ -126,9 +177,11 @@ impl ObjectBuilder {
                 batch_count: 1,
                 offset_count: header.offset_count(),
                 max_timestamp: header.max_timestamp,
-            }),
+                producer,
+                });
+                Ok(Placement { extent: extent_count, offset_delta: 0, position })
+            }
         }
-        Ok(position)
     }
 
     /// Seals the object: returns its bytes and its extents (in data order).

@@ -16,6 +16,8 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::InvalidReplicationFactor(_) => K::InvalidReplicationFactor,
         ControllerError::InvalidConfig(_) => K::InvalidConfig,
         ControllerError::InvalidRequest(_) => K::InvalidRequest,
+        ControllerError::OutOfOrderSequence(_) => K::OutOfOrderSequenceNumber,
+        ControllerError::InvalidProducerEpoch(_) => K::InvalidProducerEpoch,
         // Retriable for clients: they back off and try again.
         ControllerError::Unavailable(_) => K::RequestTimedOut,
     }

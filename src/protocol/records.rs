@@ -172,6 +172,12 @@ pub fn batches(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
 /// values, correct CRC. Real clients produce the batches that matter; this makes unit tests
 /// possible without one.
 pub fn encode_batch(base_timestamp: i64, values: &[&[u8]]) -> Bytes {
+    encode_producer_batch(None, base_timestamp, values)
+}
+
+/// Like [`encode_batch`], for an idempotent producer: `(producer id, epoch, base sequence)`.
+pub fn encode_producer_batch(producer: Option<(i64, i16, i32)>, base_timestamp: i64, values: &[&[u8]]) -> Bytes {
+    let (producer_id, epoch, sequence) = producer.unwrap_or((-1, -1, -1));
     fn varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {
@@ -203,9 +209,9 @@ pub fn encode_batch(base_timestamp: i64, values: &[&[u8]]) -> Bytes {
     tail.extend_from_slice(&(n - 1).to_be_bytes());
     tail.extend_from_slice(&base_timestamp.to_be_bytes());
     tail.extend_from_slice(&base_timestamp.to_be_bytes());
-    tail.extend_from_slice(&(-1i64).to_be_bytes());
-    tail.extend_from_slice(&(-1i16).to_be_bytes());
-    tail.extend_from_slice(&(-1i32).to_be_bytes());
+    tail.extend_from_slice(&producer_id.to_be_bytes());
+    tail.extend_from_slice(&epoch.to_be_bytes());
+    tail.extend_from_slice(&sequence.to_be_bytes());
     tail.extend_from_slice(&n.to_be_bytes());
     tail.extend_from_slice(&records);
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use super::log::ProducerKey;
+use super::producers::ProducerState;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness constraint refused the write (e.g. a topic name taken).
@@ -54,6 +57,8 @@ pub struct ExtentRecord {
     pub length: u64,
     pub batch_count: u32,
     pub max_timestamp: i64,
+    /// Size of the whole object (the read cache's last block ends there).
+    pub object_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +75,7 @@ pub struct Snapshot {
     pub cluster_id: String,
     pub topics: Vec<TopicRecord>,
     pub partitions: Vec<PartitionRecord>,
+    pub producers: Vec<(ProducerKey, ProducerState)>,
 }
 
 pub trait MetadataStore: Send + Sync + 'static {
@@ -82,7 +88,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
     /// In one transaction: records the object and its extents, moves each extent's partition
-    /// `next_offset` to the extent's `end_offset`, and raises the WAL mark if one is given.
+    /// `next_offset` to the extent's `end_offset`, raises the WAL mark if one is given, and
+    /// writes the idempotent producers' states.
     /// `Conflict` if the key was doomed as an orphan ([`MetadataStore::doom_uncommitted`]):
     /// such a key can never be committed.
     fn commit_object(
@@ -90,7 +97,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         object: &ObjectRecord,
         extents: &[ExtentRecord],
         wal: Option<&super::WalMark>,
+        producers: &[(ProducerKey, ProducerState)],
     ) -> Result<(), StoreError>;
+    /// A producer id never handed out before.
+    fn allocate_producer_id(&self) -> Result<i64, StoreError>;
+    /// Forgets producer states last seen before `before_ms`.
+    fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError>;
     /// The highest committed entry of WAL `log_id` (0 when none).
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError>;
     /// Orphan collection, in one transaction: for each key, false if it is committed (keep the

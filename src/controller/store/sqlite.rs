@@ -10,6 +10,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::controller::WalMark;
+use crate::controller::log::ProducerKey;
+use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
 use super::{ExtentRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
 
@@ -35,6 +37,10 @@ CREATE TABLE IF NOT EXISTS extents (
     PRIMARY KEY (topic_id, partition, base_offset)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key);
 CREATE TABLE IF NOT EXISTS wal_marks (log_id TEXT PRIMARY KEY, entry_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS producer_states (
+    producer_id INTEGER NOT NULL, topic_id BLOB NOT NULL, partition INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, batches TEXT NOT NULL, last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, topic_id, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT NULL);
 ";
 
@@ -81,6 +87,10 @@ impl SqliteStore {
 
 const EXTENT_COLUMNS: &str =
     "topic_id, partition, base_offset, end_offset, object_key, position, length, batch_count, max_timestamp";
+/// Extents with their object's size.
+const EXTENT_SELECT: &str = "SELECT extents.topic_id, extents.partition, extents.base_offset, extents.end_offset, \
+     extents.object_key, extents.position, extents.length, extents.batch_count, extents.max_timestamp, \
+     objects.size_bytes FROM extents JOIN objects ON objects.key = extents.object_key";
 
 fn extent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExtentRecord> {
     Ok(ExtentRecord {
@@ -93,6 +103,7 @@ fn extent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExtentRecord> {
         length: r.get::<_, i64>(6)? as u64,
         batch_count: r.get::<_, i64>(7)? as u32,
         max_timestamp: r.get(8)?,
+        object_size: r.get::<_, i64>(9)? as u64,
     })
 }
 
@@ -148,7 +159,21 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
-        Ok(Snapshot { cluster_id, topics, partitions })
+        let mut stmt = c
+            .prepare("SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states")
+            .map_err(unavailable)?;
+        let producers = stmt
+            .query_map([], |r| {
+                let batches: String = r.get(4)?;
+                Ok((
+                    (r.get::<_, i64>(0)?, uuid_from(r.get(1)?)?, r.get::<_, i32>(2)?),
+                    ProducerState { epoch: r.get(3)?, batches: decode_batches(&batches).unwrap_or_default(), last_seen_ms: r.get(5)? },
+                ))
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(Snapshot { cluster_id, topics, partitions, producers })
     }
 
     fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
@@ -185,7 +210,7 @@ impl MetadataStore for SqliteStore {
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
-        for table in ["topic_configs", "partitions", "extents"] {
+        for table in ["topic_configs", "partitions", "extents", "producer_states"] {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
                 .map_err(unavailable)?;
         }
@@ -203,13 +228,19 @@ impl MetadataStore for SqliteStore {
             return Ok(None);
         }
         let mut stmt = c
-            .prepare_cached(&format!("SELECT {EXTENT_COLUMNS} FROM extents WHERE object_key = ?1 ORDER BY position"))
+            .prepare_cached(&format!("{EXTENT_SELECT} WHERE extents.object_key = ?1 ORDER BY extents.position"))
             .map_err(unavailable)?;
         let rows = stmt.query_map([object_key], extent_row).map_err(unavailable)?;
         Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?))
     }
 
-    fn commit_object(&self, o: &ObjectRecord, extents: &[ExtentRecord], wal: Option<&WalMark>) -> Result<(), StoreError> {
+    fn commit_object(
+        &self,
+        o: &ObjectRecord,
+        extents: &[ExtentRecord],
+        wal: Option<&WalMark>,
+        producers: &[(ProducerKey, ProducerState)],
+    ) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
         let doomed: Option<i64> = tx
@@ -251,6 +282,15 @@ impl MetadataStore for SqliteStore {
                 advance.execute(params![id, e.partition, e.end_offset]).map_err(unavailable)?;
             }
         }
+        for ((pid, topic, partition), state) in producers {
+            tx.execute(
+                "INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches, last_seen_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET \
+                 epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
+                params![pid, topic.as_bytes().as_slice(), partition, state.epoch, encode_batches(&state.batches), state.last_seen_ms],
+            )
+            .map_err(unavailable)?;
+        }
         if let Some(w) = wal {
             tx.execute(
                 "INSERT INTO wal_marks (log_id, entry_id) VALUES (?1, ?2) \
@@ -283,6 +323,25 @@ impl MetadataStore for SqliteStore {
         Ok(doomed)
     }
 
+    fn allocate_producer_id(&self) -> Result<i64, StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_producer_id', '0')", []).map_err(unavailable)?;
+        let id: i64 = tx
+            .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_producer_id'", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        tx.execute("UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'next_producer_id'", [id + 1])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(id)
+    }
+
+    fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError> {
+        let c = lock(&self.writer);
+        c.execute("DELETE FROM producer_states WHERE last_seen_ms < ?1", [before_ms]).map_err(unavailable)?;
+        Ok(())
+    }
+
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError> {
         let c = lock(&self.reader);
         let mark: Option<i64> = c
@@ -296,8 +355,8 @@ impl MetadataStore for SqliteStore {
         let c = lock(&self.reader);
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 AND end_offset > ?3 \
-                 ORDER BY base_offset LIMIT ?4"
+                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 AND extents.end_offset > ?3 \
+                 ORDER BY extents.base_offset LIMIT ?4"
             ))
             .map_err(unavailable)?;
         let rows = stmt
@@ -310,8 +369,8 @@ impl MetadataStore for SqliteStore {
         let c = lock(&self.reader);
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 AND max_timestamp >= ?3 \
-                 ORDER BY base_offset LIMIT 1"
+                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
+                 AND extents.max_timestamp >= ?3 ORDER BY extents.base_offset LIMIT 1"
             ))
             .map_err(unavailable)?;
         stmt.query_row(params![topic_id.as_bytes().as_slice(), partition, timestamp], extent_row)
@@ -323,8 +382,8 @@ impl MetadataStore for SqliteStore {
         let c = lock(&self.reader);
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 \
-                 ORDER BY max_timestamp DESC, base_offset ASC LIMIT 1"
+                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
+                 ORDER BY extents.max_timestamp DESC, extents.base_offset ASC LIMIT 1"
             ))
             .map_err(unavailable)?;
         stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)

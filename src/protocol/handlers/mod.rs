@@ -11,13 +11,14 @@ mod fetch;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod producers;
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -34,6 +35,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -61,6 +63,7 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -113,6 +116,7 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::Produce => decode!(Produce, ProduceRequest),
         ApiKey::Fetch => decode!(Fetch, FetchRequest),
         ApiKey::ListOffsets => decode!(ListOffsets, ListOffsetsRequest),
+        ApiKey::InitProducerId => decode!(InitProducerId, InitProducerIdRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     Ok(Parsed { key, version, correlation_id: header.correlation_id, request })
@@ -138,6 +142,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, turn: Option<Turn>) -> Outc
         },
         Request::Fetch(r) => ctx.respond(&fetch::handle(&agent, version, r).await),
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
+        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, r).await),
     }
 }
 
