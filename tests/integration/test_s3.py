@@ -266,7 +266,8 @@ def test_metrics_count_what_the_bucket_holds(tmp_path, s3):
         objects = s3.objects(PREFIX + "/")
         assert int(m["PutObject"]) == len(objects), (m, len(objects))
         assert int(m["bytes_written"]) == sum((s3.bucket_dir / k).stat().st_size for k in objects)
-        assert int(m["read_requests"]) >= 1 and int(m["bytes_read"]) >= n * 1000
+        # Uploads are written through into the read cache: a tail reader needs (almost) no GET.
+        assert int(m["read_requests"]) <= len(objects), m
         # Objects are sealed at 1 MiB or a little past it (by up to one producer batch), so
         # at most 1024 PUTs per GiB, plus the last object the flush interval cuts short.
         assert 500 <= float(m["puts_per_gib"]) <= 1300, m
