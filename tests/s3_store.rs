@@ -119,7 +119,7 @@ async fn s3_backend_against_a_real_server() {
     assert_eq!(requests.get("CompleteMultipartUpload"), Some(&1));
     assert_eq!(requests.get("PutObject"), Some(&1));
     // The big ranged read was 3 GETs (plus the small reads above and the whole-object GET).
-    assert!(requests.get("GetObject").copied().unwrap_or(0) >= 3 + 1 + 1);
+    assert!(requests.get("GetObject").copied().unwrap_or(0) > 3 + 1);
 
     // Conditional put: s3s-fs honours If-None-Match for one writer at a time.
     assert!(!s3.put_if_absent("00/a/small.sso", Bytes::from_static(b"other")).await.unwrap());
