@@ -156,16 +156,72 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectStoreConfig {
-    /// `file:///path` (local directory), or `memory://` (tests only; nothing persists).
-    /// Defaults to `file://<data_dir>/objects`.
+    /// `s3://bucket/root`, `file:///path` (local directory), or `memory://` (tests only;
+    /// nothing persists). Defaults to `file://<data_dir>/objects`.
     pub url: Option<String>,
+    /// S3 endpoint URL, e.g. `http://127.0.0.1:9000`; unset: AWS S3 in `region`.
+    pub endpoint: Option<String>,
+    /// S3 region; unset: the AWS chain (`AWS_REGION`, profile), then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style S3 URLs (`endpoint/bucket/key`): MinIO and most self-hosted servers.
+    pub path_style: bool,
+    /// Static S3 credentials (both or neither); unset: the standard AWS credential chain.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// Objects larger than this are uploaded in parts of this size; reads longer than this are
+    /// split into parallel ranged GETs.
+    pub part_bytes: u64,
+    /// HTTP requests in flight to the object store at once.
+    pub max_concurrent_requests: u32,
+    /// Timeout of one request attempt.
+    pub request_timeout_ms: u64,
+    /// A call (all its retries) gives up after this long; uploads are then retried by the
+    /// upload pipeline, reads answered with a retriable error.
+    pub retry_deadline_ms: u64,
+    /// An uploaded object that is still not committed this long after its key was made is an
+    /// orphan (its agent crashed between upload and commit) and is deleted.
+    pub orphan_grace_ms: u64,
+    /// How often the orphan collector walks the store.
+    pub orphan_scan_interval_ms: u64,
     /// Failure testing only: the fraction of object store requests that fail (transiently).
     pub fault_error_rate: f64,
     /// Seed of the injected failures (0: random).
     pub fault_seed: u64,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            part_bytes: 16 * 1024 * 1024,
+            max_concurrent_requests: 64,
+            request_timeout_ms: 30_000,
+            retry_deadline_ms: 30_000,
+            orphan_grace_ms: 3_600_000,
+            orphan_scan_interval_ms: 600_000,
+            fault_error_rate: 0.0,
+            fault_seed: 0,
+        }
+    }
+}
+
+/// A credential: read like a string, never printed (`Debug` shows `<redacted>`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -283,6 +339,8 @@ pub struct ConfigError {
 pub enum ObjectStoreUrl {
     Local(PathBuf),
     Memory,
+    /// `s3://bucket/root`: the bucket, and the path every key lives under (may be empty).
+    S3 { bucket: String, root: String },
 }
 
 /// Where the controller's metadata lives, parsed from `[controller] store`.
@@ -382,6 +440,24 @@ impl Config {
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 1024)?;
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
+        let os = &self.object_store;
+        range("object_store.part_bytes", os.part_bytes, 5 << 20, 5 << 30)?;
+        range("object_store.max_concurrent_requests", os.max_concurrent_requests.into(), 1, 4096)?;
+        range("object_store.request_timeout_ms", os.request_timeout_ms, 100, 600_000)?;
+        range("object_store.retry_deadline_ms", os.retry_deadline_ms, 100, 3_600_000)?;
+        range("object_store.orphan_grace_ms", os.orphan_grace_ms, 0, 30 * 86_400_000)?;
+        range("object_store.orphan_scan_interval_ms", os.orphan_scan_interval_ms, 10, 86_400_000)?;
+        if os.access_key_id.is_some() != os.secret_access_key.is_some() {
+            return Err(err(
+                "object_store.access_key_id",
+                "set both access_key_id and secret_access_key, or neither (the AWS credential chain)".into(),
+            ));
+        }
+        if let Some(endpoint) = &os.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(err("object_store.endpoint", format!("{endpoint:?} must start with http:// or https://")));
+        }
         range("topics.num_partitions", self.topics.num_partitions.max(0) as u64, 1, 100_000)?;
         range("topics.max_message_bytes", self.topics.max_message_bytes.max(0) as u64, 1024, 1 << 30)?;
         let g = &self.groups;
@@ -445,9 +521,22 @@ impl Config {
             }
             Some(url) if url == "memory://" => Ok(ObjectStoreUrl::Memory),
             Some(url) if url.starts_with("s3://") => {
-                Err("the S3 backend is not built yet in this version; use file:///path".into())
+                let rest = &url["s3://".len()..];
+                let (bucket, root) = rest.split_once('/').unwrap_or((rest, ""));
+                let bucket_ok = (3..=63).contains(&bucket.len())
+                    && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+                if !bucket_ok {
+                    return Err(format!(
+                        "{url:?}: bucket {bucket:?} is not a valid bucket name (3-63 of a-z, 0-9, '-', '.')"
+                    ));
+                }
+                let root = root.trim_matches('/');
+                if !root.is_empty() && crate::object::store::check_key(root).is_err() {
+                    return Err(format!("{url:?}: the path {root:?} may only hold a-z, A-Z, 0-9, '-', '_', '.', '/'"));
+                }
+                Ok(ObjectStoreUrl::S3 { bucket: bucket.to_string(), root: root.to_string() })
             }
-            Some(url) => Err(format!("unsupported object store url {url:?}: use file:///path")),
+            Some(url) => Err(format!("unsupported object store url {url:?}: use s3://bucket/path or file:///path")),
         }
     }
 
@@ -573,6 +662,34 @@ mod tests {
     }
 
     #[test]
+    fn s3_settings_parse_from_url_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("SIDESTREAM_AGENT_DATA_DIR", d),
+                ("SIDESTREAM_OBJECT_STORE_URL", "s3://my-bucket/kafka/prod/"),
+                ("SIDESTREAM_OBJECT_STORE_ENDPOINT", "http://127.0.0.1:9000"),
+                ("SIDESTREAM_OBJECT_STORE_PATH_STYLE", "true"),
+                ("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", "key"),
+                ("SIDESTREAM_OBJECT_STORE_SECRET_ACCESS_KEY", "secret"),
+                ("SIDESTREAM_OBJECT_STORE_ORPHAN_GRACE_MS", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.object_store_url().unwrap(),
+            ObjectStoreUrl::S3 { bucket: "my-bucket".into(), root: "kafka/prod".into() }
+        );
+        assert!(cfg.object_store.path_style);
+        assert_eq!(cfg.object_store.orphan_grace_ms, 1000);
+        assert!(!format!("{cfg:?}").contains("secret\""), "the secret key is never printed");
+        let bare = Config { object_store: ObjectStoreConfig { url: Some("s3://bucket".into()), ..Default::default() }, ..cfg };
+        assert_eq!(bare.object_store_url().unwrap(), ObjectStoreUrl::S3 { bucket: "bucket".into(), root: String::new() });
+    }
+
+    #[test]
     fn errors_name_the_source_the_key_and_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_string();
@@ -600,11 +717,18 @@ mod tests {
 
         let e = Config::load(
             None,
-            env(&[("SIDESTREAM_OBJECT_STORE_URL", "s3://b/p"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]),
+            env(&[("SIDESTREAM_OBJECT_STORE_URL", "s3://B_ad/p"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]),
         )
         .unwrap_err();
         assert_eq!(e.key, "object_store.url");
-        assert!(e.reason.contains("not built yet"), "{e}");
+        assert!(e.reason.contains("not a valid bucket name"), "{e}");
+
+        let e = Config::load(
+            None,
+            env(&[("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", "k"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "object_store.access_key_id");
 
         std::fs::write(&path, "[agent\n").unwrap();
         let e = Config::load(Some(&path), env(&[])).unwrap_err();

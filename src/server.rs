@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::orphans::{OrphanCollector, OrphanSettings};
 use crate::agent::cache::{CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
@@ -24,6 +25,9 @@ use crate::controller::{Controller, ControllerError};
 use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
 use crate::object::memory::MemoryStore;
+use crate::object::metrics::{MeteredStore, StoreMetrics};
+use crate::object::retry::{RetryPolicy, RetryingStore};
+use crate::object::s3::{S3Settings, S3Store};
 use crate::object::{ObjectError, ObjectStore};
 use crate::protocol::connection::{self, ConnectionLimits};
 
@@ -51,6 +55,8 @@ pub struct RunningServer {
     pub agent: Arc<Agent>,
     /// The embedded controller's group coordinator (its waiting requests end at shutdown).
     groups: Arc<crate::controller::groups::GroupCoordinator>,
+    /// The object store's counters (requests, bytes, errors, latency).
+    pub store_metrics: Arc<StoreMetrics>,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -72,10 +78,12 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
 pub async fn start_with(config: &Config, overrides: Overrides) -> Result<RunningServer, ServerError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let entropy: Arc<dyn Entropy> = Arc::new(SeededEntropy::from_os());
-    let store: Arc<dyn ObjectStore> = match overrides.object_store {
+    let store_metrics = Arc::new(StoreMetrics::new());
+    let backend: Arc<dyn ObjectStore> = match overrides.object_store {
         Some(store) => store,
-        None => open_object_store(config)?,
+        None => open_object_store(config, store_metrics.clone()).await?,
     };
+    let store = wrap_object_store(backend, config, store_metrics.clone(), entropy.clone());
     let cache = ReadCache::open(
         &CacheSettings {
             memory_bytes: config.cache.memory_bytes,
@@ -141,6 +149,19 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         .map_err(ServerError::Wal)?;
     let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
+    let shutdown = CancellationToken::new();
+    let key_prefix = String::new();
+    OrphanCollector {
+        store: store.clone(),
+        controller: controller.clone(),
+        clock: clock.clone(),
+        settings: OrphanSettings {
+            grace_ms: config.object_store.orphan_grace_ms,
+            scan_interval: Duration::from_millis(config.object_store.orphan_scan_interval_ms),
+            key_prefix: key_prefix.clone(),
+        },
+    }
+    .spawn(shutdown.clone());
     let uploader = Uploader::start(
         UploadSettings {
             flush_interval: Duration::from_millis(config.upload.flush_interval_ms),
@@ -148,7 +169,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             buffer_bytes_max: config.upload.buffer_bytes_max,
             max_in_flight_objects: config.upload.max_in_flight_objects as usize,
             agent: format!("agent-{}", config.agent.node_id),
-            key_prefix: String::new(),
+            key_prefix,
             wal_log_id: Some(recovery.log_id.clone()),
         },
         UploadDeps { store: store.clone(), cache: Some(cache.clone()), controller: controller.clone(), clock, entropy },
@@ -176,7 +197,6 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         max_connections: config.agent.max_connections as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
-    let shutdown = CancellationToken::new();
     let metrics_listener = TcpListener::bind(config.metrics.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
@@ -191,31 +211,11 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         metrics_addr,
         agent,
         groups,
+        store_metrics,
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
     })
-}
-
-/// The object store `[object_store] url` names (wrapped in fault injection when
-/// `fault_error_rate` is set).
-pub fn open_object_store(config: &Config) -> Result<Arc<dyn ObjectStore>, ServerError> {
-    let store: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
-        ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
-        ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
-    };
-    let rate = config.object_store.fault_error_rate;
-    if rate <= 0.0 {
-        return Ok(store);
-    }
-    tracing::warn!(rate, seed = config.object_store.fault_seed, "FAULT INJECTION: object store requests will fail at random");
-    let entropy: Arc<dyn Entropy> = match config.object_store.fault_seed {
-        0 => Arc::new(SeededEntropy::from_os()),
-        seed => Arc::new(SeededEntropy::new(seed)),
-    };
-    let faulty = FaultyStore::new(store, entropy);
-    faulty.set_error_rate(rate);
-    Ok(Arc::new(faulty))
 }
 
 /// Uploads and commits every WAL entry the controller has not committed (ids above `mark`),
@@ -268,6 +268,7 @@ impl RunningServer {
             agent.cache.close().await;
         };
         let clean = tokio::time::timeout(self.shutdown_timeout, drained).await.is_ok();
+        tracing::info!(summary = %self.store_metrics.snapshot().summary(), "object store metrics");
         if clean {
             tracing::info!("shutdown complete: every accepted batch is committed");
         } else {
@@ -275,4 +276,55 @@ impl RunningServer {
         }
         clean
     }
+}
+
+/// The backend `[object_store] url` names, without the retry and metrics wrappers (wrapped in
+/// fault injection when `fault_error_rate` is set). S3 counts its HTTP requests into `metrics`.
+pub async fn open_object_store(config: &Config, metrics: Arc<StoreMetrics>) -> Result<Arc<dyn ObjectStore>, ServerError> {
+    let os = &config.object_store;
+    let store: Arc<dyn ObjectStore> = match config.object_store_url().map_err(ServerError::Config)? {
+        ObjectStoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
+        ObjectStoreUrl::Memory => Arc::new(MemoryStore::new()),
+        ObjectStoreUrl::S3 { bucket, root } => {
+            let settings = S3Settings {
+                bucket,
+                root,
+                endpoint: os.endpoint.clone(),
+                region: os.region.clone(),
+                path_style: os.path_style,
+                access_key_id: os.access_key_id.clone(),
+                secret_access_key: os.secret_access_key.clone(),
+                part_bytes: os.part_bytes,
+                max_concurrent_requests: os.max_concurrent_requests as usize,
+                request_timeout: Duration::from_millis(os.request_timeout_ms),
+            };
+            Arc::new(S3Store::connect(settings, metrics).await?)
+        }
+    };
+    let rate = os.fault_error_rate;
+    if rate <= 0.0 {
+        return Ok(store);
+    }
+    tracing::warn!(rate, seed = os.fault_seed, "FAULT INJECTION: object store requests will fail at random");
+    let entropy: Arc<dyn Entropy> = match os.fault_seed {
+        0 => Arc::new(SeededEntropy::from_os()),
+        seed => Arc::new(SeededEntropy::new(seed)),
+    };
+    let faulty = FaultyStore::new(store, entropy);
+    faulty.set_error_rate(rate);
+    Ok(Arc::new(faulty))
+}
+
+/// Wraps a backend as retry(metrics(backend)): the metrics see every attempt, the retries bound
+/// each call by `retry_deadline_ms`.
+fn wrap_object_store(
+    backend: Arc<dyn ObjectStore>,
+    config: &Config,
+    metrics: Arc<StoreMetrics>,
+    entropy: Arc<dyn Entropy>,
+) -> Arc<dyn ObjectStore> {
+    let metered: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(backend, metrics));
+    let policy =
+        RetryPolicy { deadline: Duration::from_millis(config.object_store.retry_deadline_ms), ..RetryPolicy::default() };
+    Arc::new(RetryingStore::new(metered, policy, entropy))
 }

@@ -186,7 +186,7 @@ async fn start_faulty(
     seed: u64,
 ) -> (sidestream::server::RunningServer, std::sync::Arc<sidestream::object::faulty::FaultyStore>) {
     let store = std::sync::Arc::new(sidestream::object::faulty::FaultyStore::new(
-        sidestream::server::open_object_store(cfg).unwrap(),
+        sidestream::server::open_object_store(cfg, Default::default()).await.unwrap(),
         std::sync::Arc::new(sidestream::clock::SeededEntropy::new(seed)),
     ));
     let overrides = sidestream::server::Overrides { object_store: Some(store.clone()) };

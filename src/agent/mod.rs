@@ -6,12 +6,14 @@
 //!   the controller (which assigns offsets) and answers the producers.
 //! - [`fetch`]: finds the object ranges holding an offset, reads them, patches the assigned
 //!   offsets into the batch headers.
+//! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
 
 pub mod cache;
 pub mod fetch;
+pub mod orphans;
 pub mod produce;
 pub mod upload;
 pub mod wal;

@@ -71,6 +71,9 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn delete_group(&self, group_id: String) -> Result<(), GroupError>;
     async fn consumer_group_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError>;
     async fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError>;
+    /// Orphan collection: for each object key, true if it is not committed and now can never be
+    /// (delete the object), false if it is committed (keep it).
+    async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
 }
 
 /// The embedded controller, called in-process.
@@ -205,5 +208,8 @@ impl ControllerClient for InProcess {
     }
     async fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
         self.0.groups().consumer_describe(&group_id)
+    }
+    async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
+        self.blocking(move |c| c.collect_orphans(&keys)).await
     }
 }

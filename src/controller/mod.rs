@@ -469,7 +469,10 @@ impl Controller {
             committed_ms: now_ms,
         };
         let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
-        self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows)?;
+        match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows) {
+            Err(StoreError::Conflict(m)) => return Err(ControllerError::InvalidRequest(m)),
+            other => other?,
+        }
         let sweep = {
             let mut s = self.write();
             for r in records {
@@ -516,6 +519,14 @@ impl Controller {
     /// producer asking again (KIP-360 epoch bump) simply gets a new id.
     pub fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
         Ok((self.store.allocate_producer_id()?, 0))
+    }
+
+    /// Blocking. Orphan collection: for each key, true if it is not committed and now never will
+    /// be (its object may be deleted), false if it is committed (keep it). See
+    /// [`MetadataStore::doom_uncommitted`].
+    pub fn collect_orphans(&self, keys: &[String]) -> Result<Vec<bool>, ControllerError> {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.store.doom_uncommitted(keys, self.clock.now_ms())?)
     }
 
     /// Extents of a partition starting with the one holding `from_offset`, until `max_bytes`
@@ -675,6 +686,56 @@ mod tests {
         assert_eq!(c.topic(TopicRef::Name("t")).unwrap().id, t.id);
         assert_eq!(c.extent_for_timestamp(t.id, 1, 50).unwrap().unwrap().base_offset, 0);
         assert_eq!(c.commit_object(&req2).unwrap(), vec![Ok(5)]);
+    }
+
+    #[test]
+    fn an_object_is_committed_or_collected_never_both_however_they_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(open(&dir.path().join("c.db")));
+        let t = create(&c, "t", 4);
+        let keys: Vec<String> = (0..200).map(|i| format!("00/a/{i:05}.sso")).collect();
+        let committer = {
+            let (c, keys, topic_id) = (c.clone(), keys.clone(), t.id);
+            std::thread::spawn(move || {
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let req = CommitRequest {
+                            object_key: k.clone(),
+                            object_size_bytes: 100,
+                            agent: "a".into(),
+                            extents: vec![extent(topic_id, (i % 4) as i32, 0, 1)],
+                            wal: None,
+                        };
+                        match c.commit_object(&req) {
+                            Ok(r) => r.iter().all(|e| e.is_ok()),
+                            Err(ControllerError::InvalidRequest(m)) => {
+                                assert!(m.contains("orphan"), "{m}");
+                                false
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                    .collect::<Vec<bool>>()
+            })
+        };
+        // The collector walks the same keys from the other end, in batches, meeting the
+        // committer somewhere in the middle.
+        let mut doomed = vec![false; keys.len()];
+        for chunk in (0..keys.len()).rev().collect::<Vec<_>>().chunks(7) {
+            let batch: Vec<String> = chunk.iter().map(|i| keys[*i].clone()).collect();
+            for (i, d) in chunk.iter().zip(c.collect_orphans(&batch).unwrap()) {
+                doomed[*i] = d;
+            }
+        }
+        let committed = committer.join().unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            assert!(committed[i] != doomed[i], "{key}: committed {} doomed {}", committed[i], doomed[i]);
+            // Asking again never changes the answer: a committed key stays kept.
+            assert_eq!(c.collect_orphans(std::slice::from_ref(key)).unwrap(), vec![doomed[i]]);
+        }
+        let total: i64 = (0..4).map(|p| c.offsets(t.id, p).unwrap().next_offset).sum();
+        assert_eq!(total, committed.iter().filter(|c| **c).count() as i64);
     }
 
     #[test]

@@ -33,6 +33,55 @@ pub fn new_object_key(prefix: &str, agent: &str, clock: &dyn Clock, entropy: &dy
     }
 }
 
+/// What an object key says about its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKeyParts<'a> {
+    pub agent: &'a str,
+    /// When the key was made (the ULID's time): an upper bound on the object's upload start.
+    pub created_ms: i64,
+}
+
+/// Parses a key made by [`new_object_key`]; None for anything else (foreign objects in the
+/// bucket, temporary files), which background jobs must leave alone.
+pub fn parse_object_key(key: &str) -> Option<ObjectKeyParts<'_>> {
+    let mut parts = key.rsplit('/');
+    let file = parts.next()?;
+    let agent = parts.next()?;
+    let spread = parts.next()?;
+    let id = file.strip_suffix(OBJECT_SUFFIX)?;
+    if id.len() != 26 || agent.is_empty() || spread.len() != 2 || !spread.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    if fnv1a(id.as_bytes()) as u8 != u8::from_str_radix(spread, 16).ok()? {
+        return None;
+    }
+    let mut value = 0u128;
+    for c in id.bytes() {
+        let digit = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".iter().position(|a| *a == c)?;
+        value = value << 5 | digit as u128;
+    }
+    Some(ObjectKeyParts { agent, created_ms: (value >> 80) as i64 })
+}
+
+/// The 256 hashed prefixes under `prefix` (`<prefix>/00/` .. `<prefix>/ff/`): listing them one by
+/// one walks every object without one huge listing.
+pub fn spread_prefixes(prefix: &str) -> impl Iterator<Item = String> + '_ {
+    let prefix = prefix.trim_matches('/');
+    (0..=255u8).map(move |b| if prefix.is_empty() { format!("{b:02x}/") } else { format!("{prefix}/{b:02x}/") })
+}
+
+/// The full key of `key` in a store rooted at `root` (an `s3://bucket/root` URL's path).
+pub fn rooted(root: &str, key: &str) -> String {
+    let root = root.trim_matches('/');
+    if root.is_empty() { key.to_string() } else { format!("{root}/{key}") }
+}
+
+/// The inverse of [`rooted`]: None if `full` is not under `root`.
+pub fn unrooted<'a>(root: &str, full: &'a str) -> Option<&'a str> {
+    let root = root.trim_matches('/');
+    if root.is_empty() { Some(full) } else { full.strip_prefix(root)?.strip_prefix('/') }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +102,26 @@ mod tests {
         let ulid_b = b.rsplit('/').next().unwrap();
         assert_eq!(ulid_a.len(), 26 + 4);
         assert!(ulid_a < ulid_b);
+    }
+
+    #[test]
+    fn keys_parse_back_and_foreign_keys_do_not() {
+        let clock = ManualClock::new(1_700_000_000_123);
+        let e = SeededEntropy::new(2);
+        let key = new_object_key("p/q", "agent-7", &clock, &e);
+        assert_eq!(parse_object_key(&key), Some(ObjectKeyParts { agent: "agent-7", created_ms: 1_700_000_000_123 }));
+        let bare = new_object_key("", "a", &clock, &e);
+        assert_eq!(parse_object_key(&bare).map(|p| p.created_ms), Some(1_700_000_000_123));
+        // A wrong spread prefix, a temp file, a foreign object: not ours.
+        let wrong = format!("zz{}", &bare[2..]);
+        assert_eq!(parse_object_key(&wrong), None);
+        assert_eq!(parse_object_key(&format!("{bare}.tmp1")), None);
+        assert_eq!(parse_object_key("backups/2024/file.sso"), None);
+        assert_eq!(spread_prefixes("/p/").nth(255).as_deref(), Some("p/ff/"));
+        assert_eq!(spread_prefixes("").next().as_deref(), Some("00/"));
+        assert_eq!(rooted("/root/", "00/a/b.sso"), "root/00/a/b.sso");
+        assert_eq!(unrooted("root", "root/00/a/b.sso"), Some("00/a/b.sso"));
+        assert_eq!(unrooted("root", "rootx/00"), None);
+        assert_eq!(unrooted("", "00/a"), Some("00/a"));
     }
 }

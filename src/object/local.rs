@@ -29,6 +29,42 @@ impl LocalStore {
         Ok(Self { root, tmp_seq: AtomicU64::new(0) })
     }
 
+    /// Writes a temporary file, fsyncs it, then moves it into place: a rename (replacing), or a
+    /// hard link when `only_if_absent` (which fails atomically if the key exists). Returns
+    /// whether the object was written.
+    async fn write(&self, key: &str, body: Bytes, only_if_absent: bool) -> Result<bool, ObjectError> {
+        let path = self.path(key)?;
+        let tmp = path.with_extension(format!("tmp{}", self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        blocking(move || {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            let write = || -> std::io::Result<bool> {
+                let mut f = File::create(&tmp)?;
+                f.write_all(&body)?;
+                f.sync_all()?;
+                let written = if only_if_absent {
+                    let linked = match fs::hard_link(&tmp, &path) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                        Err(e) => return Err(e),
+                    };
+                    fs::remove_file(&tmp)?;
+                    linked
+                } else {
+                    fs::rename(&tmp, &path)?;
+                    true
+                };
+                File::open(dir)?.sync_all()?;
+                Ok(written)
+            };
+            write().map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_error(&path, e)
+            })
+        })
+        .await
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf, ObjectError> {
         check_key(key)?;
         Ok(self.root.join(key))
@@ -57,24 +93,11 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl ObjectStore for LocalStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
-        let path = self.path(key)?;
-        let tmp = path.with_extension(format!("tmp{}", self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
-        blocking(move || {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-            let write = || -> std::io::Result<()> {
-                let mut f = File::create(&tmp)?;
-                f.write_all(&body)?;
-                f.sync_all()?;
-                fs::rename(&tmp, &path)?;
-                File::open(dir)?.sync_all()
-            };
-            write().map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                io_error(&path, e)
-            })
-        })
-        .await
+        self.write(key, body, false).await.map(|_| ())
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, ObjectError> {
+        self.write(key, body, true).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
@@ -126,7 +149,12 @@ impl ObjectStore for LocalStore {
         let prefix = prefix.to_string();
         blocking(move || {
             let mut out = Vec::new();
-            let mut stack = vec![root.clone()];
+            // Walk only the folder the prefix names (`ab/agent/` -> root/ab/agent), not the tree.
+            let start = match prefix.rfind('/') {
+                Some(i) if check_key(&prefix[..i]).is_ok() => root.join(&prefix[..i]),
+                _ => root.clone(),
+            };
+            let mut stack = vec![start];
             while let Some(dir) = stack.pop() {
                 let entries = match fs::read_dir(&dir) {
                     Ok(e) => e,
@@ -170,6 +198,12 @@ mod tests {
         assert_eq!(s.list("ab/").await.unwrap().len(), 1);
         assert!(s.list("cd/").await.unwrap().is_empty());
         assert!(matches!(s.put("../escape", Bytes::new()).await, Err(ObjectError::Permanent(_))));
+        assert!(!s.put_if_absent("ab/agent/x.sso", Bytes::from_static(b"other")).await.unwrap());
+        assert_eq!(s.get("ab/agent/x.sso").await.unwrap(), "hello world");
+        assert!(s.put_if_absent("ab/agent/y.sso", Bytes::from_static(b"y")).await.unwrap());
+        let page = s.list_page("ab/", Some("ab/agent/x.sso"), 10).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["ab/agent/y.sso"]);
+        s.delete("ab/agent/y.sso").await.unwrap();
         s.delete("ab/agent/x.sso").await.unwrap();
         assert_eq!(s.head("ab/agent/x.sso").await.unwrap(), None);
         assert!(matches!(s.get("ab/agent/x.sso").await, Err(ObjectError::NotFound(_))));

@@ -32,6 +32,17 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, ObjectError> {
+        check_key(key)?;
+        match self.lock().entry(key.to_string()) {
+            std::collections::btree_map::Entry::Occupied(_) => Ok(false),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(body);
+                Ok(true)
+            }
+        }
+    }
+
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
         let body = self.get(key).await?;
         if range.start > range.end || range.end > body.len() as u64 {

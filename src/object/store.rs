@@ -37,6 +37,17 @@ pub struct ObjectMeta {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores `body` under `key`; once this returns Ok the object is durable.
     async fn put(&self, key: &str, body: Bytes) -> Result<(), ObjectError>;
+    /// Stores `body` under `key` only if no object has that key: true if it was written, false
+    /// if the key existed (and was left untouched). Backends with a conditional write
+    /// (S3 `If-None-Match: *`, a hard link, a map entry) override this; the default, a head then
+    /// a put, is not atomic against a concurrent writer.
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, ObjectError> {
+        if self.head(key).await?.is_some() {
+            return Ok(false);
+        }
+        self.put(key, body).await?;
+        Ok(true)
+    }
     /// Bytes `range` of the object (the range must lie within it).
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError>;
     /// The whole object.
@@ -47,6 +58,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), ObjectError>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError>;
+    /// Up to `limit` objects whose key starts with `prefix` and sorts after `start_after`, in
+    /// key order: one page of a listing (background jobs walk large stores with it). Backends
+    /// that can list a page without listing everything (S3) override the default.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, ObjectError> {
+        let mut all = self.list(prefix).await?;
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all.into_iter().filter(|m| start_after.is_none_or(|s| m.key.as_str() > s)).take(limit).collect())
+    }
 }
 
 /// Rejects keys that could escape a directory-backed store or are not portable to S3.

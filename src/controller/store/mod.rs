@@ -102,6 +102,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// In one transaction: records the object and its extents, moves each extent's partition
     /// `next_offset` to the extent's `end_offset`, raises the WAL mark if one is given, and
     /// writes the idempotent producers' states.
+    /// `Conflict` if the key was doomed as an orphan ([`MetadataStore::doom_uncommitted`]):
+    /// such a key can never be committed.
     fn commit_object(
         &self,
         object: &ObjectRecord,
@@ -115,6 +117,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError>;
     /// The highest committed entry of WAL `log_id` (0 when none).
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError>;
+    /// Orphan collection, in one transaction: for each key, false if it is committed (keep the
+    /// object), else true, and the key is marked so that it can never be committed afterwards
+    /// (delete the object). Check and mark are atomic with respect to `commit_object`, so an
+    /// object is either committed or deleted, never both, however the two race.
+    fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError>;
     /// Up to `limit` extents of a partition with `end_offset > from_offset`, by offset.
     fn find_extents(
         &self,

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS producer_states (
     producer_id INTEGER NOT NULL, topic_id BLOB NOT NULL, partition INTEGER NOT NULL,
     epoch INTEGER NOT NULL, batches TEXT NOT NULL, last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (producer_id, topic_id, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT NULL);
 ";
 
 /// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
@@ -258,6 +259,13 @@ impl MetadataStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
+        let doomed: Option<i64> = tx
+            .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        if doomed.is_some() {
+            return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+        }
         tx.execute(
             "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
             params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
@@ -308,6 +316,27 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)
+    }
+
+    fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        let mut doomed = Vec::with_capacity(keys.len());
+        {
+            let mut committed = tx.prepare_cached("SELECT 1 FROM objects WHERE key = ?1").map_err(unavailable)?;
+            let mut doom = tx
+                .prepare_cached("INSERT OR IGNORE INTO orphans (key, doomed_ms) VALUES (?1, ?2)")
+                .map_err(unavailable)?;
+            for key in keys {
+                let is_committed = committed.exists([key]).map_err(unavailable)?;
+                if !is_committed {
+                    doom.execute(params![key, now_ms]).map_err(unavailable)?;
+                }
+                doomed.push(!is_committed);
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(doomed)
     }
 
     fn allocate_producer_id(&self) -> Result<i64, StoreError> {
