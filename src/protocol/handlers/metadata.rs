@@ -1,9 +1,13 @@
 //! Metadata: this agent is the only broker, the controller and the leader of every partition.
 //! Unknown topics are created when the client allows it and `[topics] auto_create` is on.
+//! DescribeCluster (the AdminClient's `describeCluster`) tells the same story.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName,
+};
 
 use super::str_bytes;
 use crate::agent::Agent;
@@ -106,4 +110,26 @@ async fn lookup_or_create(agent: &Agent, name: &str, allow_auto_create: bool) ->
             error_entry(Some(name), nil, ResponseError::LeaderNotAvailable.code())
         }
     }
+}
+
+/// DescribeCluster's endpoint type for brokers (2 asks for the KRaft controllers).
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+
+pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let me = BrokerId(agent.settings.node_id);
+    let resp = DescribeClusterResponse::default()
+        .with_endpoint_type(req.endpoint_type)
+        .with_cluster_id(str_bytes(agent.controller.cluster_id()));
+    if req.endpoint_type != ENDPOINT_TYPE_BROKERS {
+        return resp.with_error_code(ResponseError::UnsupportedEndpointType.code()).with_error_message(Some(str_bytes(
+            format!("endpoint type {} is not served: sidestream has brokers only", req.endpoint_type),
+        )));
+    }
+    resp.with_error_message(None).with_controller_id(me).with_brokers(vec![
+        DescribeClusterBroker::default()
+            .with_broker_id(me)
+            .with_host(str_bytes(agent.settings.advertised_host.clone()))
+            .with_port(agent.settings.advertised_port)
+            .with_rack(None),
+    ])
 }

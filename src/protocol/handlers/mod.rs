@@ -7,6 +7,7 @@
 
 mod admin;
 mod api_versions;
+mod configs;
 mod fetch;
 mod list_offsets;
 mod metadata;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
     ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -36,6 +38,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -64,6 +68,8 @@ pub enum Request {
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
     InitProducerId(InitProducerIdRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    DescribeCluster(DescribeClusterRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -117,6 +123,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::Fetch => decode!(Fetch, FetchRequest),
         ApiKey::ListOffsets => decode!(ListOffsets, ListOffsetsRequest),
         ApiKey::InitProducerId => decode!(InitProducerId, InitProducerIdRequest),
+        ApiKey::DescribeConfigs => decode!(DescribeConfigs, DescribeConfigsRequest),
+        ApiKey::DescribeCluster => decode!(DescribeCluster, DescribeClusterRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     Ok(Parsed { key, version, correlation_id: header.correlation_id, request })
@@ -143,6 +151,8 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, turn: Option<Turn>) -> Outc
         Request::Fetch(r) => ctx.respond(&fetch::handle(&agent, version, r).await),
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, r).await),
+        Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
+        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
     }
 }
 
