@@ -27,9 +27,10 @@ public class Compat {
         }
         String scenario = args[0], bootstrap = args[1], topic = args[2];
         switch (scenario) {
-            case "produce" -> produce(bootstrap, topic, Integer.parseInt(args[3]));
+            case "produce" -> produce(bootstrap, topic, Integer.parseInt(args[3]), Integer.parseInt(args[4]));
             case "consume-assign" -> consumeAssign(bootstrap, topic, Integer.parseInt(args[3]), args.length > 4 ? args[4] : null);
             case "admin" -> admin(bootstrap, topic);
+            case "consume-group" -> consumeGroup(bootstrap, topic, Integer.parseInt(args[3]), args[4], args[5]);
             default -> fail("unknown scenario " + scenario);
         }
     }
@@ -47,8 +48,14 @@ public class Compat {
         if (!cond) fail(msg);
     }
 
-    /** The producer with every default (acks=all, enable.idempotence=true), n keyed records. */
-    static void produce(String bootstrap, String topic, int n) throws Exception {
+    /** Creates the topic with the AdminClient, then the producer with every default (acks=all,
+     *  enable.idempotence=true) sends n keyed records. */
+    static void produce(String bootstrap, String topic, int n, int partitions) throws Exception {
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1))).all().get();
+        }
         Properties p = new Properties();
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
@@ -122,6 +129,40 @@ public class Compat {
                 obs("consumed.partition." + tp.partition(), next.getOrDefault(tp.partition(), 0L));
             }
             obs("consumed.total", count);
+        }
+    }
+
+    /** A consumer in a group (group.protocol classic or consumer) that subscribe()s, reads n
+     *  records and commits; the committed offsets must equal the end offsets. */
+    static void consumeGroup(String bootstrap, String topic, int n, String protocol, String groupId) throws Exception {
+        Properties p = new Properties();
+        p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        p.put(ConsumerConfig.GROUP_ID_CONFIG, groupId);
+        p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, protocol);
+        p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p)) {
+            consumer.subscribe(List.of(topic));
+            Set<String> keys = new HashSet<>();
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            while (keys.size() < n) {
+                check(System.nanoTime() < deadline, "only " + keys.size() + " of " + n + " records within the deadline");
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(500))) {
+                    check(keys.add(r.key()), "duplicate record " + r.key());
+                }
+            }
+            consumer.commitSync();
+            Set<TopicPartition> assigned = consumer.assignment();
+            obs("group.assigned", assigned.size());
+            Map<TopicPartition, OffsetAndMetadata> committed = consumer.committed(assigned, DEADLINE);
+            Map<TopicPartition, Long> end = consumer.endOffsets(assigned, DEADLINE);
+            for (TopicPartition tp : assigned) {
+                check(committed.get(tp) != null && committed.get(tp).offset() == end.get(tp),
+                      tp + ": committed " + committed.get(tp) + ", end " + end.get(tp));
+            }
+            obs("group.consumed", keys.size());
         }
     }
 
