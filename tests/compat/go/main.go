@@ -77,13 +77,20 @@ func produce(ctx context.Context, bootstrap, topic string, n int) {
 	adm.Close()
 	cl := newClient(bootstrap, kgo.DefaultProduceTopic(topic))
 	defer cl.Close()
-	offsets := map[int32][]int64{}
-	for i := 0; i < n; i++ {
-		r := &kgo.Record{Key: []byte(fmt.Sprintf("k%d", i)), Value: []byte(fmt.Sprintf("v%d", i))}
-		res := cl.ProduceSync(ctx, r)
-		if err := res.FirstErr(); err != nil {
-			fail("produce record %d: %v", i, err)
+	// Every record in flight at once (as an application would send), then wait for all.
+	records := make([]*kgo.Record, n)
+	errs := make(chan error, n)
+	for i := range records {
+		records[i] = &kgo.Record{Key: []byte(fmt.Sprintf("k%d", i)), Value: []byte(fmt.Sprintf("v%d", i))}
+		cl.Produce(ctx, records[i], func(_ *kgo.Record, err error) { errs <- err })
+	}
+	for range records {
+		if err := <-errs; err != nil {
+			fail("produce: %v", err)
 		}
+	}
+	offsets := map[int32][]int64{}
+	for _, r := range records {
 		offsets[r.Partition] = append(offsets[r.Partition], r.Offset)
 	}
 	parts := make([]int, 0, len(offsets))
@@ -93,7 +100,7 @@ func produce(ctx context.Context, bootstrap, topic string, n int) {
 	sort.Ints(parts)
 	for _, p := range parts {
 		for i, o := range offsets[int32(p)] {
-			check(o == int64(i), "partition %d: record %d got offset %d", p, i, o)
+			check(o == int64(i), "partition %d: record %d (in send order) got offset %d", p, i, o)
 		}
 		obs(fmt.Sprintf("produced.partition.%d", p), len(offsets[int32(p)]))
 	}
