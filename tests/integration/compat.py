@@ -20,13 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 FETCH = REPO / "tests" / "compat" / "fetch"
 RUN_TIMEOUT = 180
 # The Java tools' command lines as bin/kafka-run-class.sh builds them, with a modest heap.
-JAVA_OPTS = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
+JAVA_OPTS = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+             "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"]
 
 _TOOLS = None
 
 
 def tools():
-    """{'java_lib', 'java_classes', 'go_bin'} (or '*_missing': why), from tests/compat/fetch."""
+    """{'java_lib', 'java_classes', 'connect_lib', 'go_bin'} (or '*_missing': why), from tests/compat/fetch."""
     global _TOOLS
     if _TOOLS is None:
         out = subprocess.run([str(FETCH)], check=True, capture_output=True, text=True, timeout=900)
@@ -42,9 +43,10 @@ def require(part):
     return t
 
 
-def java_cmd(main_class, *args):
+def java_cmd(main_class, *args, classpath="java"):
+    """classpath: "java" (Kafka 4.4.0 and the scenarios) or "connect" (Connect 4.3.1)."""
     t = require("java")
-    cp = "%s/*:%s" % (t["java_lib"], t["java_classes"])
+    cp = "%s/*:%s" % (t["java_lib"], t["java_classes"]) if classpath == "java" else "%s/*" % t["connect_lib"]
     return ["java", *JAVA_OPTS, "-cp", cp, main_class, *map(str, args)]
 
 

@@ -12,18 +12,17 @@ from compat import go_cmd, observations, record, run
 def test_franz_go_produce_consume(server, request):
     topic = "go-pc-%s" % uuid.uuid4().hex[:8]
     n = 3000
-    produced = observations(run(go_cmd("produce", server.bootstrap, topic, n))[0])
+    produced = record(request, observations(run(go_cmd("produce", server.bootstrap, topic, n))[0]))
     assert produced["produced.total"] == str(n)
-    consumed = observations(run(go_cmd("consume", server.bootstrap, topic, n))[0])
+    consumed = record(request, observations(run(go_cmd("consume", server.bootstrap, topic, n))[0]))
     assert consumed["consumer.partitions"] == "3"
     assert consumed["consumed.total"] == str(n)
     for p in range(3):
         assert consumed["consumed.partition.%d" % p] == produced["produced.partition.%d" % p]
-    record(request, {**produced, **consumed})
 
 
 def test_kadm_topic_admin(server, request):
-    obs = observations(run(go_cmd("admin", server.bootstrap, "go-admin-%s" % uuid.uuid4().hex[:8]))[0])
+    obs = record(request, observations(run(go_cmd("admin", server.bootstrap, "go-admin-%s" % uuid.uuid4().hex[:8]))[0]))
     assert obs == {
         "create": "ok",
         "create.again": "TOPIC_ALREADY_EXISTS: Topic with this name already exists.",
@@ -36,4 +35,3 @@ def test_kadm_topic_admin(server, request):
         "delete": "ok",
         "list.after.delete.contains": "false",
     }
-    record(request, obs)
