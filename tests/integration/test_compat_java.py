@@ -63,7 +63,7 @@ def test_producer_defaults_then_assign_consumer(server, request):
 
 
 def test_admin_client(server, request):
-    """createTopics, listTopics, describeTopics, describeConfigs, describeCluster, listOffsets
+    """createTopics, listTopics, describeTopics (paged too), describeConfigs, describeCluster, listOffsets
     (earliest, latest, max timestamp, by timestamp), deleteTopics."""
     obs = record(request, observations(run(compat("admin", server.bootstrap, topic_name("java-admin")))[0]))
     assert obs == {
@@ -72,6 +72,7 @@ def test_admin_client(server, request):
         "list.contains": "true",
         "describe.partitions": "3",
         "describe.internal": "false",
+        "describe.paged.partitions": "[0, 1, 2]",
         "describe.missing": "UnknownTopicOrPartitionException",
         "configs.retention.ms": "3600000 DYNAMIC_TOPIC_CONFIG",
         "configs.cleanup.policy": "delete DEFAULT_CONFIG",
@@ -111,11 +112,10 @@ def test_topic_command(server, request):
     lines = out.strip().splitlines()
     record(request, {"describe.%d" % i: re.sub(r"\s+", " ", re.sub(r"TopicId: \S+", "TopicId: *", ln.replace(topic, "T")))
                      for i, ln in enumerate(lines)})
-    # A KRaft broker adds its cluster-level min.insync.replicas to Configs, and prints an empty
-    # ELR where Sidestream (no DescribeTopicPartitions, so Metadata) prints N/A: FINDINGS.md.
+    # A KRaft broker adds its cluster-level min.insync.replicas to Configs (FINDINGS.md).
     m = re.match(r"Topic: %s\tTopicId: \S+\tPartitionCount: 2\tReplicationFactor: 1\tConfigs: (\S+)$" % topic, lines[0])
     assert m and "retention.ms=1000000" in m.group(1).split(","), out
-    assert [re.sub(r"\s+", " ", ln.replace("N/A", "")).strip() for ln in lines[1:]] == [
+    assert [re.sub(r"\s+", " ", ln).strip() for ln in lines[1:]] == [
         "Topic: %s Partition: %d Leader: 1 Replicas: 1 Isr: 1 Elr: LastKnownElr:" % (topic, p) for p in (0, 1)], out
     out, _ = run(tool("TopicCommand", *bs, "--create", "--topic", topic, "--partitions", 1), check=False)
     record(request, {"create.again": out.strip().replace(topic, "T")})
@@ -253,3 +253,13 @@ def test_connect_standalone_file_source_to_sink(server, request, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# ------------------------------------------------------------------------- Kafka Streams
+
+def test_streams_word_count(server, request, tmp_path):
+    """Kafka Streams' word count: a repartition topic and a changelog (internal topics the
+    application creates), a consumer group, offsets committed every 100 ms."""
+    require_apis(server, FIND_COORDINATOR, JOIN_GROUP)
+    obs = record(request, observations(run(compat("wordcount", server.bootstrap, topic_name("streams"), tmp_path))[0]))
+    assert obs == {"wordcount.words": "8", "wordcount.kafka": "3"}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
+    DescribeConfigsRequest, DescribeTopicPartitionsRequest, FetchRequest, InitProducerIdRequest,
     ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -40,6 +40,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -70,6 +71,7 @@ pub enum Request {
     InitProducerId(InitProducerIdRequest),
     DescribeConfigs(DescribeConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    DescribeTopicPartitions(DescribeTopicPartitionsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -125,6 +127,7 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::InitProducerId => decode!(InitProducerId, InitProducerIdRequest),
         ApiKey::DescribeConfigs => decode!(DescribeConfigs, DescribeConfigsRequest),
         ApiKey::DescribeCluster => decode!(DescribeCluster, DescribeClusterRequest),
+        ApiKey::DescribeTopicPartitions => decode!(DescribeTopicPartitions, DescribeTopicPartitionsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     Ok(Parsed { key, version, correlation_id: header.correlation_id, request })
@@ -153,6 +156,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, turn: Option<Turn>) -> Outc
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
         Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
+        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r)),
     }
 }
 

@@ -16,6 +16,8 @@ import org.apache.kafka.clients.producer.*;
 import org.apache.kafka.common.*;
 import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.common.serialization.*;
+import org.apache.kafka.streams.*;
+import org.apache.kafka.streams.kstream.*;
 
 public class Compat {
     static final Duration DEADLINE = Duration.ofSeconds(60);
@@ -30,6 +32,7 @@ public class Compat {
             case "produce" -> produce(bootstrap, topic, Integer.parseInt(args[3]), Integer.parseInt(args[4]));
             case "consume-assign" -> consumeAssign(bootstrap, topic, Integer.parseInt(args[3]), args.length > 4 ? args[4] : null);
             case "admin" -> admin(bootstrap, topic);
+            case "wordcount" -> wordCount(bootstrap, topic, args[3]);
             case "consume-group" -> consumeGroup(bootstrap, topic, Integer.parseInt(args[3]), args[4], args[5]);
             default -> fail("unknown scenario " + scenario);
         }
@@ -166,6 +169,67 @@ public class Compat {
         }
     }
 
+    /** Kafka Streams word count (the quickstart's WordCountDemo topology): lines into
+     *  `<topic>-in`, counts out of `<topic>-out`, read back until every word has its final count. */
+    static void wordCount(String bootstrap, String topic, String stateDir) throws Exception {
+        String in = topic + "-in", out = topic + "-out";
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic(in, 2, (short) 1), new NewTopic(out, 2, (short) 1))).all().get();
+        }
+        String[] lines = {"all streams lead to kafka", "hello kafka streams", "join kafka summit"};
+        Map<String, Long> expected = new TreeMap<>();
+        for (String line : lines) for (String w : line.split(" ")) expected.merge(w, 1L, Long::sum);
+        Properties pp = new Properties();
+        pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(pp)) {
+            for (String line : lines) producer.send(new ProducerRecord<>(in, null, line)).get();
+        }
+
+        Properties sp = new Properties();
+        sp.put(StreamsConfig.APPLICATION_ID_CONFIG, "wordcount-" + topic);
+        sp.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        sp.put(StreamsConfig.STATE_DIR_CONFIG, stateDir);
+        sp.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        sp.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        sp.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        sp.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
+        sp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        StreamsBuilder builder = new StreamsBuilder();
+        builder.<String, String>stream(in)
+            .flatMapValues(v -> Arrays.asList(v.toLowerCase(Locale.ROOT).split(" ")))
+            .groupBy((k, w) -> w)
+            .count()
+            .toStream()
+            .to(out, Produced.with(Serdes.String(), Serdes.Long()));
+        Map<String, Long> counts = new TreeMap<>();
+        try (KafkaStreams streams = new KafkaStreams(builder.build(), sp)) {
+            streams.start();
+            Properties cp = new Properties();
+            cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+            cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
+            try (KafkaConsumer<String, Long> consumer = new KafkaConsumer<>(cp)) {
+                List<TopicPartition> tps = List.of(new TopicPartition(out, 0), new TopicPartition(out, 1));
+                consumer.assign(tps);
+                consumer.seekToBeginning(tps);
+                long deadline = System.nanoTime() + DEADLINE.toNanos();
+                while (!counts.equals(expected)) {
+                    check(System.nanoTime() < deadline, "counts " + counts + ", expected " + expected
+                          + " (streams state " + streams.state() + ")");
+                    for (ConsumerRecord<String, Long> r : consumer.poll(Duration.ofMillis(500))) {
+                        counts.put(r.key(), r.value());
+                    }
+                }
+            }
+        }
+        obs("wordcount.words", counts.size());
+        obs("wordcount.kafka", counts.get("kafka"));
+    }
+
     /** AdminClient: create (with a config), list, describe topics and configs, describe the
      *  cluster, list offsets (earliest, latest, max timestamp), delete. */
     static void admin(String bootstrap, String topic) throws Exception {
@@ -192,6 +256,10 @@ public class Compat {
                 check(pi.leader() != null, "partition " + pi.partition() + " has no leader");
                 check(!pi.replicas().isEmpty() && !pi.isr().isEmpty(), "partition " + pi.partition() + " has no replicas/isr");
             }
+            // DescribeTopicPartitions pages of 2 partitions: the client follows the cursor.
+            TopicDescription paged = admin.describeTopics(List.of(topic), new DescribeTopicsOptions().partitionSizeLimitPerResponse(2))
+                .allTopicNames().get().get(topic);
+            obs("describe.paged.partitions", paged.partitions().stream().map(TopicPartitionInfo::partition).toList());
             try {
                 admin.describeTopics(List.of(topic + "-missing")).allTopicNames().get();
                 fail("describing a missing topic succeeded");
