@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::cache::{CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
@@ -73,6 +74,18 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         Some(store) => store,
         None => open_object_store(config)?,
     };
+    let cache = ReadCache::open(
+        &CacheSettings {
+            memory_bytes: config.cache.memory_bytes,
+            disk_bytes: config.cache.disk_bytes,
+            block_bytes: config.cache.block_bytes,
+            readahead_blocks: config.cache.readahead_blocks,
+            cold_read_concurrency: config.cache.cold_read_concurrency,
+            dir: config.agent.data_dir.join("cache"),
+        },
+        store.clone(),
+    )
+    .await?;
     let StoreUrl::Sqlite(db) = config.store_url().map_err(ServerError::Config)?;
     let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
         .await
@@ -121,7 +134,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             key_prefix: String::new(),
             wal_log_id: Some(recovery.log_id.clone()),
         },
-        UploadDeps { store: store.clone(), controller: controller.clone(), clock, entropy },
+        UploadDeps { store: store.clone(), cache: Some(cache.clone()), controller: controller.clone(), clock, entropy },
     );
     replay_wal(&recovery, wal_mark, &uploader).await?;
     let next_id = recovery.last_id().max(wal_mark) + 1;
@@ -135,11 +148,14 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         },
         controller,
         store,
+        cache,
         uploader,
         wal,
+        hand_offs: Default::default(),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
+        max_in_flight_request_bytes: config.agent.max_in_flight_request_bytes,
         max_connections: config.agent.max_connections as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
     };
@@ -217,15 +233,20 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 }
 
 impl RunningServer {
-    /// Stops accepting, answers what was read, uploads and commits everything buffered.
-    /// Returns false if that did not finish within `shutdown_timeout_ms`.
+    /// Stops accepting and reading requests, uploads and commits every batch already accepted
+    /// (without waiting for the flush interval), answers what was read, and returns. Returns
+    /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         let agent = self.agent.clone();
         let accept = self.accept;
         let drained = async move {
-            let _ = accept.await;
+            // Readers stop at once; produce requests already read finish handing off their
+            // batches, then the uploader seals and commits everything, which answers them.
+            agent.hand_offs.idle().await;
             agent.uploader.close().await;
+            let _ = accept.await;
+            agent.cache.close().await;
         };
         let clean = tokio::time::timeout(self.shutdown_timeout, drained).await.is_ok();
         if clean {

@@ -1,7 +1,7 @@
 //! Fetch: from (partition, offset) to the batches a consumer receives.
 //!
 //! The controller says which extents (object byte ranges) hold the offsets; the agent reads
-//! them from the object store, checks each batch's CRC (never serve corrupt data), and writes
+//! them through the read cache (memory, disk, then the object store), checks each batch's CRC (never serve corrupt data), and writes
 //! the assigned absolute base offset into each batch header (a field the CRC does not cover).
 
 use bytes::{Bytes, BytesMut};
@@ -53,7 +53,7 @@ impl Agent {
         let extents = self.controller.find_extents(topic_id, partition, offset, max_bytes.max(1)).await?;
         let mut out = BytesMut::new();
         'extents: for e in extents {
-            let data = self.store.get_range(&e.object_key, e.position..e.position + e.length).await?;
+            let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
             let mut base = e.base_offset;
             let mut seen = 0u64;
             for (at, h) in records::batches(&data) {
@@ -95,7 +95,7 @@ impl Agent {
         e: &crate::controller::ExtentRecord,
         timestamp: i64,
     ) -> Result<Option<(i64, i64)>, AgentError> {
-        let data = self.store.get_range(&e.object_key, e.position..e.position + e.length).await?;
+        let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
         let mut base = e.base_offset;
         for (_, h) in records::batches(&data) {
             if h.max_timestamp >= timestamp {

@@ -10,6 +10,7 @@
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
 
+pub mod cache;
 pub mod fetch;
 pub mod produce;
 pub mod upload;
@@ -39,8 +40,46 @@ pub struct Agent {
     pub settings: AgentSettings,
     pub controller: Arc<dyn ControllerClient>,
     pub store: Arc<dyn ObjectStore>,
+    /// Fetches read objects through this cache.
+    pub cache: Arc<cache::ReadCache>,
     pub uploader: Uploader,
     pub wal: Wal,
+    /// Produce requests not yet handed to the uploader; shutdown waits for them.
+    pub hand_offs: HandOffs,
+}
+
+/// Counts produce requests between their arrival and the hand-off of their batches to the
+/// uploader (directly, or through the WAL), so a graceful shutdown can close the uploader only
+/// once everything accepted is in it.
+#[derive(Debug)]
+pub struct HandOffs(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for HandOffs {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+/// Held by a produce request from the moment it is read until its batches are handed off.
+pub struct HandOffGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl HandOffs {
+    pub fn enter(&self) -> HandOffGuard {
+        self.0.send_modify(|n| *n += 1);
+        HandOffGuard(self.0.clone())
+    }
+
+    /// Returns once no produce request is between arrival and hand-off.
+    pub async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for HandOffGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Errors of the agent's data path; `protocol::error` maps each to one Kafka error code.

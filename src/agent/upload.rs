@@ -27,6 +27,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use uuid::Uuid;
 
 use super::AgentError;
+use super::cache::ReadCache;
 use crate::clock::{Clock, Entropy};
 use crate::controller::client::ControllerClient;
 use crate::controller::{CommitRequest, ControllerError, WalMark};
@@ -90,6 +91,8 @@ pub struct Uploader {
 /// The components the pipeline uses.
 pub struct UploadDeps {
     pub store: Arc<dyn ObjectStore>,
+    /// Uploaded objects are written through into its memory tier.
+    pub cache: Option<Arc<ReadCache>>,
     pub controller: Arc<dyn ControllerClient>,
     pub clock: Arc<dyn Clock>,
     pub entropy: Arc<dyn Entropy>,
@@ -272,22 +275,35 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
     if open.groups.is_empty() {
         return;
     }
-    let mut builder = ObjectBuilder::new();
-    let mut waiters = Vec::new();
-    for (_, appends) in open.groups {
-        for (item, reply, permit) in appends {
-            match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
-                Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
-                Err(e) => {
-                    let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+    // Copying megabytes is CPU work: keep it off the async workers, where it would delay the
+    // connections' tasks queued behind it.
+    let (bytes, batches) = (open.bytes as usize, open.groups.iter().map(|(_, a)| a.len()).sum());
+    let groups = open.groups;
+    let built = tokio::task::spawn_blocking(move || {
+        let mut builder = ObjectBuilder::with_capacity(bytes, batches);
+        let mut waiters = Vec::new();
+        for (_, appends) in groups {
+            for (item, reply, permit) in appends {
+                match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
+                    Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
+                    Err(e) => {
+                        let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+                    }
                 }
             }
         }
-    }
-    let (body, extents) = builder.finish();
+        let (body, extents) = builder.finish();
+        (body, extents, waiters)
+    })
+    .await;
+    let Ok((body, extents, waiters)) = built else {
+        // The building task panicked: its waiters were dropped with it and see ShuttingDown.
+        tracing::error!("building an object failed");
+        return;
+    };
     let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
     let size_bytes = body.len() as u64;
-    let put = tokio::spawn(put_with_retry(deps.store.clone(), key.clone(), body));
+    let put = tokio::spawn(put_with_retry(deps.clone(), key.clone(), body));
     let sealed = Sealed { key, size_bytes, extents, waiters, wal_entry: open.wal_entry, put };
     if let Err(mpsc::error::SendError(s)) = sealed_tx.send(sealed).await {
         s.put.abort();
@@ -299,7 +315,8 @@ fn backoff(attempt: u32) -> Duration {
     RETRY_BACKOFF_MIN.saturating_mul(1 << attempt.min(10)).min(RETRY_BACKOFF_MAX)
 }
 
-async fn put_with_retry(store: Arc<dyn ObjectStore>, key: String, body: Bytes) {
+async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes) {
+    let store = &deps.store;
     let uploads = metrics::counter("sidestream_objects_uploaded_total", "Objects uploaded by this agent.", &[]);
     let bytes = metrics::counter("sidestream_object_bytes_uploaded_total", "Bytes of objects uploaded.", &[]);
     let errors = metrics::counter("sidestream_object_upload_errors_total", "Failed object upload attempts.", &[]);
@@ -312,6 +329,9 @@ async fn put_with_retry(store: Arc<dyn ObjectStore>, key: String, body: Bytes) {
                 latency.record(started.elapsed());
                 uploads.inc();
                 bytes.add(body.len() as u64);
+                if let Some(cache) = &deps.cache {
+                    cache.insert_object(&key, &body);
+                }
                 return;
             }
             Err(e) => {

@@ -41,6 +41,7 @@ pub type ProducerKey = (i64, Uuid, i32);
 /// error, and the producer states the plan changes.
 pub fn plan_commit(
     object_key: &Arc<str>,
+    object_size: u64,
     extents: &[ExtentInfo],
     now_ms: i64,
     mut offsets: impl FnMut(Uuid, i32) -> Option<PartitionOffsets>,
@@ -83,6 +84,7 @@ pub fn plan_commit(
                 length: e.length,
                 batch_count: e.batch_count,
                 max_timestamp: e.max_timestamp,
+                object_size,
             }))
         })
         .collect();
@@ -102,6 +104,7 @@ mod tests {
         let key: Arc<str> = Arc::from("k");
         let (plan, _) = plan_commit(
             &key,
+            100,
             &[ext(1, 0, 3), ext(1, 1, 2), ext(1, 0, 4), ext(2, 0, 1)],
             0,
             |t, p| (t == Uuid::from_u128(1)).then_some(PartitionOffsets { log_start_offset: 0, next_offset: 10 * i64::from(p) }),
@@ -127,7 +130,7 @@ mod tests {
         let mut gap = e;
         gap.producer = Some(ProducerBatch { producer_id: 3, epoch: 0, first_sequence: 9, last_sequence: 9 });
         gap.offset_count = 1;
-        let (plan, states) = plan_commit(&key, &[e, e, gap], 7, |_, _| Some(PartitionOffsets { log_start_offset: 0, next_offset: 20 }), |_| None);
+        let (plan, states) = plan_commit(&key, 100, &[e, e, gap], 7, |_, _| Some(PartitionOffsets { log_start_offset: 0, next_offset: 20 }), |_| None);
         assert!(matches!(plan[0], Ok(Planned::Append(ref r)) if r.base_offset == 20));
         assert_eq!(plan[1], Ok(Planned::Duplicate(20)));
         assert!(matches!(plan[2], Err(ControllerError::OutOfOrderSequence(_))));

@@ -405,6 +405,7 @@ impl Controller {
             let s = self.read();
             log::plan_commit(
                 &key,
+                req.object_size_bytes,
                 &req.extents,
                 now_ms,
                 |t, p| s.partitions.get(&(t, p)).and_then(|p| p.offsets),

@@ -119,6 +119,15 @@ impl ObjectBuilder {
         Self::default()
     }
 
+    /// A builder whose data buffer holds `data_bytes` without growing.
+    pub fn with_capacity(data_bytes: usize, batches: usize) -> Self {
+        Self {
+            data: BytesMut::with_capacity(data_bytes + batches * INDEX_ENTRY_BYTES + FOOTER_BYTES),
+            index: Vec::with_capacity(batches),
+            extents: Vec::new(),
+        }
+    }
+
     pub fn data_bytes(&self) -> u64 {
         self.data.len() as u64
     }

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::frame::read_frame;
 use super::handlers::{self, Outcome};
-use crate::agent::Agent;
+use crate::agent::{Agent, HandOffGuard};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 
@@ -31,6 +31,8 @@ const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 pub struct Turn {
     previous: Option<oneshot::Receiver<()>>,
     done: Option<oneshot::Sender<()>>,
+    /// Counted from the moment the request is read, so shutdown waits for it.
+    pub hand_off: Option<HandOffGuard>,
 }
 
 impl Turn {
@@ -65,6 +67,8 @@ impl Drop for Turn {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_request_bytes: u64,
+    /// Bytes of requests read but not yet answered, across all connections.
+    pub max_in_flight_request_bytes: u64,
     pub max_connections: usize,
     pub max_in_flight_requests: usize,
 }
@@ -72,6 +76,8 @@ pub struct ConnectionLimits {
 /// Accepts connections until `shutdown`, then waits for every connection to finish.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionLimits, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let request_budget =
+        Arc::new(Semaphore::new(limits.max_in_flight_request_bytes.min(Semaphore::MAX_PERMITS as u64) as usize));
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -86,8 +92,9 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionL
             Ok((socket, peer)) => {
                 let agent = agent.clone();
                 let shutdown = shutdown.clone();
+                let budget = request_budget.clone();
                 tracker.spawn(async move {
-                    connection(socket, peer, agent, limits, shutdown).await;
+                    connection(socket, peer, agent, limits, budget, shutdown).await;
                     drop(permit);
                 });
             }
@@ -103,7 +110,14 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionL
     tracker.wait().await;
 }
 
-async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limits: ConnectionLimits, shutdown: CancellationToken) {
+async fn connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    agent: Arc<Agent>,
+    limits: ConnectionLimits,
+    budget: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     let _ = socket.set_nodelay(true);
     let (mut rd, wr) = socket.into_split();
     let (tx, mut rx) = mpsc::channel::<JoinHandle<Outcome>>(limits.max_in_flight_requests.max(1));
@@ -112,7 +126,15 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
     let writer_stop = stop.clone();
     let writer = tokio::spawn(async move {
         let mut wr = BufWriter::new(wr);
-        while let Some(task) = rx.recv().await {
+        let mut next: Option<JoinHandle<Outcome>> = None;
+        loop {
+            let task = match next.take() {
+                Some(t) => t,
+                None => match rx.recv().await {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
             let outcome = task.await.unwrap_or_else(|e| Outcome::Close(format!("handler failed: {e}")));
             let written = match outcome {
                 Outcome::Respond(frame) => wr.write_all(&frame).await,
@@ -122,11 +144,12 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
                     break;
                 }
             };
-            let flushed = match written {
-                Ok(()) if rx.is_empty() => wr.flush().await,
-                other => other,
-            };
-            if flushed.is_err() {
+            if written.is_err() {
+                break;
+            }
+            // Write answers that are ready back to back; flush as soon as the next one is not.
+            next = rx.try_recv().ok();
+            if !next.as_ref().is_some_and(|t| t.is_finished()) && wr.flush().await.is_err() {
                 break;
             }
         }
@@ -137,16 +160,21 @@ async fn connection(socket: TcpStream, peer: SocketAddr, agent: Arc<Agent>, limi
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
     loop {
         let frame = tokio::select! {
-            f = read_frame(&mut rd, limits.max_request_bytes) => f,
+            f = read_frame(&mut rd, limits.max_request_bytes, &budget) => f,
             _ = stop.cancelled() => break,
         };
         match frame {
-            Ok(Some(frame)) => {
+            Ok(Some((frame, permit))) => {
                 let turn = (frame[..2] == PRODUCE_KEY).then(|| {
                     let (done, next) = oneshot::channel();
-                    Turn { previous: last_produce.replace(next), done: Some(done) }
+                    Turn { previous: last_produce.replace(next), done: Some(done), hand_off: Some(agent.hand_offs.enter()) }
                 });
-                let task = tokio::spawn(handlers::handle(agent.clone(), frame, turn));
+                let agent = agent.clone();
+                let task = tokio::spawn(async move {
+                    let outcome = handlers::handle(agent, frame, turn).await;
+                    drop(permit);
+                    outcome
+                });
                 if tx.send(task).await.is_err() {
                     break;
                 }

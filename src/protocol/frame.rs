@@ -1,8 +1,11 @@
 //! Length-prefixed frames: a 4-byte big-endian size, then that many bytes. The size is checked
 //! against `max_request_bytes` before any buffer is allocated, so a forged size costs nothing.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The smallest request: api key, api version, correlation id.
 pub const MIN_FRAME_BYTES: usize = 8;
@@ -15,8 +18,14 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame. `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_bytes: u64) -> Result<Option<Bytes>, FrameError> {
+/// Reads one frame, after reserving its size from `budget` (the bytes of requests in flight
+/// across all connections; waits while it is exhausted). `Ok(None)` on a clean end of stream
+/// between frames. The permit is released when the caller drops it (request answered).
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: u64,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<(Bytes, OwnedSemaphorePermit)>, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -27,9 +36,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_bytes: u64) -> Resu
     if size < MIN_FRAME_BYTES as i64 || size as u64 > max_bytes {
         return Err(FrameError::BadSize(size, max_bytes));
     }
+    let want = (size as usize).min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
+    let permit = budget
+        .clone()
+        .acquire_many_owned(want)
+        .await
+        .map_err(|_| FrameError::Io(std::io::Error::other("request budget closed")))?;
     let mut buf = BytesMut::zeroed(size as usize);
     r.read_exact(&mut buf).await?;
-    Ok(Some(buf.freeze()))
+    Ok(Some((buf.freeze(), permit)))
 }
 
 #[cfg(test)]
@@ -38,14 +53,19 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_bounded_before_allocation() {
+        let budget = Arc::new(Semaphore::new(1000));
         let mut ok: &[u8] = &[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
-        assert_eq!(read_frame(&mut ok, 100).await.unwrap().unwrap().len(), 8);
-        assert!(read_frame(&mut ok, 100).await.unwrap().is_none());
+        let (frame, permit) = read_frame(&mut ok, 100, &budget).await.unwrap().unwrap();
+        assert_eq!(frame.len(), 8);
+        assert_eq!(budget.available_permits(), 992);
+        drop(permit);
+        assert_eq!(budget.available_permits(), 1000);
+        assert!(read_frame(&mut ok, 100, &budget).await.unwrap().is_none());
         let mut huge: &[u8] = &[0x7f, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut huge, 100).await, Err(FrameError::BadSize(..))));
+        assert!(matches!(read_frame(&mut huge, 100, &budget).await, Err(FrameError::BadSize(..))));
         let mut negative: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut negative, 100).await, Err(FrameError::BadSize(..))));
+        assert!(matches!(read_frame(&mut negative, 100, &budget).await, Err(FrameError::BadSize(..))));
         let mut truncated: &[u8] = &[0, 0, 0, 9, 1, 2];
-        assert!(matches!(read_frame(&mut truncated, 100).await, Err(FrameError::Io(_))));
+        assert!(matches!(read_frame(&mut truncated, 100, &budget).await, Err(FrameError::Io(_))));
     }
 }

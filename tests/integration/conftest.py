@@ -120,6 +120,7 @@ class SidestreamServer:
             "SIDESTREAM_AGENT_DATA_DIR": str(self.data_dir),
             "SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS": FLUSH_INTERVAL_MS,
             "SIDESTREAM_METRICS_LISTEN": "127.0.0.1:0",
+            "SIDESTREAM_CACHE_DISK_BYTES": str(64 << 20),
             "RUST_BACKTRACE": "1",
         })
         env.update(self.extra_env)

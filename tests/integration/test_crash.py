@@ -16,45 +16,23 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 
-from conftest import SidestreamServer, poll_until
+from conftest import SidestreamServer
+from readback import create_topic, read_all
 
 SEED = int(os.environ.get("SIDESTREAM_TEST_SEED", "20261125"))
 PARTITIONS = 3
 
 
-def create_topic(bootstrap, name, partitions):
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    fut = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name]
-    fut.result(30)
-
-
 def consume_all(bootstrap, topic, partitions, expected_min, timeout=60.0):
     """Every record of the topic: {value: count} and the per-partition offsets seen."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "crash-check", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    counts, offsets, eof = {}, {p: [] for p in range(partitions)}, set()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == -191:  # _PARTITION_EOF
-                    eof.add(m.partition())
-                    if len(eof) == partitions and sum(counts.values()) >= expected_min:
-                        break
-                    continue
-                raise AssertionError("consumer error: %s" % m.error())
-            counts[m.value()] = counts.get(m.value(), 0) + 1
-            offsets[m.partition()].append(m.offset())
-    finally:
-        c.close()
-    return counts, offsets
+    got = read_all(bootstrap, topic, partitions, expected_min, timeout)
+    counts = {}
+    for records in got.values():
+        for _, value in records:
+            counts[value] = counts.get(value, 0) + 1
+    return counts, {p: [o for o, _ in records] for p, records in got.items()}
 
 
 @pytest.mark.parametrize("acks", ["1", "all"])

@@ -4,45 +4,14 @@
 """
 
 import os
-import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 from kafka import KafkaProducer
 
 from conftest import SidestreamServer
+from readback import create_topic, read_all
 
 SEED = int(os.environ.get("SIDESTREAM_TEST_SEED", "848"))
-
-
-def create_topic(bootstrap, name, partitions):
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
-
-
-def read_partitions(bootstrap, topic, partitions, expected, timeout=90.0):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "idem-check", "enable.auto.commit": False,
-                  "enable.partition.eof": True})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    got = {p: [] for p in range(partitions)}
-    eof = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == -191:
-                    eof.add(m.partition())
-                    if len(eof) == partitions and sum(len(v) for v in got.values()) >= expected:
-                        break
-                    continue
-                raise AssertionError("consumer error: %s" % m.error())
-            got[m.partition()].append((m.offset(), m.value()))
-    finally:
-        c.close()
-    return got
 
 
 def check_exactly_once_in_order(got, sent_per_partition):
@@ -69,7 +38,7 @@ def test_kafka_python_default_producer_is_idempotent(server):
     for f in futures:
         f.get(30)
     p.close()
-    check_exactly_once_in_order(read_partitions(server.bootstrap, topic, 3, 3000), sent)
+    check_exactly_once_in_order(read_all(server.bootstrap, topic, 3, 3000), sent)
 
 
 def test_confluent_idempotent_producer_under_object_store_faults(tmp_path):
@@ -109,6 +78,6 @@ def test_confluent_idempotent_producer_under_object_store_faults(tmp_path):
         srv.stop()
         srv.extra_env = {}
         srv.start()
-        check_exactly_once_in_order(read_partitions(srv.bootstrap, topic, 3, n), sent)
+        check_exactly_once_in_order(read_all(srv.bootstrap, topic, 3, n), sent)
     finally:
         srv.close()

@@ -57,6 +57,8 @@ pub struct ExtentRecord {
     pub length: u64,
     pub batch_count: u32,
     pub max_timestamp: i64,
+    /// Size of the whole object (the read cache's last block ends there).
+    pub object_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -86,6 +86,10 @@ impl SqliteStore {
 
 const EXTENT_COLUMNS: &str =
     "topic_id, partition, base_offset, end_offset, object_key, position, length, batch_count, max_timestamp";
+/// Extents with their object's size.
+const EXTENT_SELECT: &str = "SELECT extents.topic_id, extents.partition, extents.base_offset, extents.end_offset, \
+     extents.object_key, extents.position, extents.length, extents.batch_count, extents.max_timestamp, \
+     objects.size_bytes FROM extents JOIN objects ON objects.key = extents.object_key";
 
 fn extent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExtentRecord> {
     Ok(ExtentRecord {
@@ -98,6 +102,7 @@ fn extent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExtentRecord> {
         length: r.get::<_, i64>(6)? as u64,
         batch_count: r.get::<_, i64>(7)? as u32,
         max_timestamp: r.get(8)?,
+        object_size: r.get::<_, i64>(9)? as u64,
     })
 }
 
@@ -222,7 +227,7 @@ impl MetadataStore for SqliteStore {
             return Ok(None);
         }
         let mut stmt = c
-            .prepare_cached(&format!("SELECT {EXTENT_COLUMNS} FROM extents WHERE object_key = ?1 ORDER BY position"))
+            .prepare_cached(&format!("{EXTENT_SELECT} WHERE extents.object_key = ?1 ORDER BY extents.position"))
             .map_err(unavailable)?;
         let rows = stmt.query_map([object_key], extent_row).map_err(unavailable)?;
         Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?))
@@ -321,8 +326,8 @@ impl MetadataStore for SqliteStore {
         let c = lock(&self.reader);
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 AND end_offset > ?3 \
-                 ORDER BY base_offset LIMIT ?4"
+                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 AND extents.end_offset > ?3 \
+                 ORDER BY extents.base_offset LIMIT ?4"
             ))
             .map_err(unavailable)?;
         let rows = stmt
@@ -335,8 +340,8 @@ impl MetadataStore for SqliteStore {
         let c = lock(&self.reader);
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 AND max_timestamp >= ?3 \
-                 ORDER BY base_offset LIMIT 1"
+                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
+                 AND extents.max_timestamp >= ?3 ORDER BY extents.base_offset LIMIT 1"
             ))
             .map_err(unavailable)?;
         stmt.query_row(params![topic_id.as_bytes().as_slice(), partition, timestamp], extent_row)
@@ -348,8 +353,8 @@ impl MetadataStore for SqliteStore {
         let c = lock(&self.reader);
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {EXTENT_COLUMNS} FROM extents WHERE topic_id = ?1 AND partition = ?2 \
-                 ORDER BY max_timestamp DESC, base_offset ASC LIMIT 1"
+                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
+                 ORDER BY extents.max_timestamp DESC, extents.base_offset ASC LIMIT 1"
             ))
             .map_err(unavailable)?;
         stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)

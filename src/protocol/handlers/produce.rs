@@ -52,6 +52,10 @@ async fn handle_inner(
     mut turn: Option<Turn>,
 ) -> Option<(i16, ProduceResponse)> {
     let acks = req.acks;
+    let hand_off = match turn.as_mut().and_then(|t| t.hand_off.take()) {
+        Some(guard) => guard,
+        None => agent.hand_offs.enter(),
+    };
     let deadline = Instant::now()
         + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
     let mut items = Vec::new();
@@ -91,6 +95,12 @@ async fn handle_inner(
     }
     let appended = agent.append(items, acks, deadline).await;
     drop(turn);
+    // acks=0/1: wait until the WAL entry is durable and handed to the uploader.
+    let appended = match appended {
+        Ok(Appended::Logged(logged)) => logged.wait().await.map(|()| Appended::Nothing),
+        other => other,
+    };
+    drop(hand_off);
     if acks == 0 {
         if let Err(e) = appended {
             tracing::debug!(error = %e, "acks=0 produce dropped");
@@ -99,11 +109,7 @@ async fn handle_inner(
     }
     // Each accepted batch's result: Some(base offset) when known, None for acks=1.
     let results: Vec<Result<Option<i64>, (i16, String)>> = match appended {
-        Ok(Appended::Nothing) => Vec::new(),
-        Ok(Appended::Logged(logged)) => match logged.wait().await {
-            Ok(()) => Vec::new(),
-            Err(e) => vec![Err((agent_code(&e), e.to_string())); accepted],
-        },
+        Ok(Appended::Nothing) | Ok(Appended::Logged(_)) => Vec::new(),
         Ok(Appended::Committed(pending)) => {
             let mut out = Vec::with_capacity(pending.len());
             for p in pending {

@@ -1,0 +1,229 @@
+//! The read cache: fixed-size blocks of objects in a foyer hybrid cache (memory, then a disk
+//! tier under `<data_dir>/cache`), keyed by (object key, block index).
+//!
+//! One GET of a block serves every partition stored in it. Objects this agent uploads are
+//! inserted whole into the memory tier as they are committed (write-through: the block slices
+//! share the uploaded buffer, no copy), so tail consumers on the producing agent never reach
+//! the object store. A miss fetches the block with a ranged GET under the cold-read concurrency
+//! budget (`[cache] cold_read_concurrency`), which uploads never wait on, and schedules the
+//! next `readahead_blocks` blocks of the same object in the background for sequential readers.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use foyer::{BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, PsyncIoEngineConfig, Source};
+use tokio::sync::Semaphore;
+
+use crate::metrics::{self, Counter};
+use crate::object::{ObjectError, ObjectStore};
+
+/// Settings from `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub memory_bytes: u64,
+    /// 0: no disk tier.
+    pub disk_bytes: u64,
+    pub block_bytes: u64,
+    pub readahead_blocks: u32,
+    pub cold_read_concurrency: u32,
+    pub dir: PathBuf,
+}
+
+/// A block of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub object: String,
+    pub block: u64,
+}
+
+impl Code for BlockKey {
+    fn encode(&self, writer: &mut impl std::io::Write) -> foyer::Result<()> {
+        self.object.encode(writer)?;
+        self.block.encode(writer)
+    }
+    fn decode(reader: &mut impl std::io::Read) -> foyer::Result<Self> {
+        Ok(BlockKey { object: String::decode(reader)?, block: u64::decode(reader)? })
+    }
+    fn estimated_size(&self) -> usize {
+        self.object.len() + 16
+    }
+}
+
+struct TierBytes {
+    memory: Arc<Counter>,
+    disk: Arc<Counter>,
+    object_store: Arc<Counter>,
+    gets: Arc<Counter>,
+}
+
+pub struct ReadCache {
+    cache: HybridCache<BlockKey, Bytes>,
+    store: Arc<dyn ObjectStore>,
+    block_bytes: u64,
+    readahead_blocks: u32,
+    cold: Arc<Semaphore>,
+    served: TierBytes,
+}
+
+impl ReadCache {
+    pub async fn open(settings: &CacheSettings, store: Arc<dyn ObjectStore>) -> Result<Arc<Self>, ObjectError> {
+        let builder = HybridCacheBuilder::new()
+            .with_name("sidestream-blocks")
+            // A graceful shutdown writes the memory tier to disk, so a restart starts warm.
+            .with_flush_on_close(true)
+            .memory(settings.memory_bytes as usize)
+            .with_weighter(|k: &BlockKey, v: &Bytes| k.object.len() + v.len() + 64)
+            .storage();
+        let builder = if settings.disk_bytes > 0 {
+            std::fs::create_dir_all(&settings.dir)
+                .map_err(|e| ObjectError::Permanent(format!("cache dir {}: {e}", settings.dir.display())))?;
+            let device = FsDeviceBuilder::new(&settings.dir)
+                .with_capacity(settings.disk_bytes as usize)
+                .build()
+                .map_err(|e| ObjectError::Permanent(format!("cache device: {e}")))?;
+            let block_size = (settings.block_bytes.max(1 << 20) * 4).min(settings.disk_bytes) as usize;
+            builder
+                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_engine_config(BlockEngineConfig::new(device).with_block_size(block_size))
+        } else {
+            builder
+        };
+        let cache = builder.build().await.map_err(|e| ObjectError::Permanent(format!("cache: {e}")))?;
+        let tier = |t| metrics::counter("sidestream_fetch_bytes_total", "Bytes read for fetches, by where they came from.", &[("tier", t)]);
+        Ok(Arc::new(ReadCache {
+            cache,
+            store,
+            block_bytes: settings.block_bytes.max(4096),
+            readahead_blocks: settings.readahead_blocks,
+            cold: Arc::new(Semaphore::new(settings.cold_read_concurrency.max(1) as usize)),
+            served: TierBytes {
+                memory: tier("memory"),
+                disk: tier("disk"),
+                object_store: tier("object_store"),
+                gets: metrics::counter("sidestream_cache_block_gets_total", "Ranged GETs made to fill the read cache.", &[]),
+            },
+        }))
+    }
+
+    fn block_range(&self, block: u64, object_size: u64) -> Range<u64> {
+        let start = block * self.block_bytes;
+        start..(start + self.block_bytes).min(object_size)
+    }
+
+    /// Write-through: the blocks of an object just uploaded, into the memory tier.
+    pub fn insert_object(&self, key: &str, body: &Bytes) {
+        let size = body.len() as u64;
+        for block in 0..size.div_ceil(self.block_bytes) {
+            let r = self.block_range(block, size);
+            self.cache.insert(BlockKey { object: key.to_string(), block }, body.slice(r.start as usize..r.end as usize));
+        }
+    }
+
+    async fn block(&self, key: &str, block: u64, object_size: u64) -> Result<Bytes, ObjectError> {
+        let range = self.block_range(block, object_size);
+        let (store, cold, gets) = (self.store.clone(), self.cold.clone(), self.served.gets.clone());
+        let object = key.to_string();
+        let entry = self
+            .cache
+            .get_or_fetch(&BlockKey { object: key.to_string(), block }, move || async move {
+                let _permit = cold.acquire_owned().await.map_err(|e| ObjectError::Transient(e.to_string()))?;
+                gets.inc();
+                store.get_range(&object, range).await
+            })
+            .await
+            .map_err(|e| ObjectError::Transient(format!("read cache: {e}")))?;
+        let bytes = entry.value().clone();
+        let counter = match entry.source() {
+            Source::Memory => &self.served.memory,
+            Source::Disk => &self.served.disk,
+            Source::Outer => &self.served.object_store,
+        };
+        counter.add(bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    /// Bytes `range` of an object of `object_size` bytes, block by block through the cache.
+    pub async fn read(self: &Arc<Self>, key: &str, range: Range<u64>, object_size: u64) -> Result<Bytes, ObjectError> {
+        if range.start >= range.end || range.end > object_size {
+            return Err(ObjectError::NotFound(format!("{key} range {range:?} beyond {object_size} bytes")));
+        }
+        let first = range.start / self.block_bytes;
+        let last = (range.end - 1) / self.block_bytes;
+        let read = if first == last {
+            let b = self.block(key, first, object_size).await?;
+            let base = first * self.block_bytes;
+            b.slice((range.start - base) as usize..(range.end - base) as usize)
+        } else {
+            let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+            for block in first..=last {
+                let b = self.block(key, block, object_size).await?;
+                let r = self.block_range(block, object_size);
+                let from = range.start.max(r.start) - r.start;
+                let to = range.end.min(r.end) - r.start;
+                out.extend_from_slice(&b[from as usize..to as usize]);
+            }
+            out.freeze()
+        };
+        self.read_ahead(key, last + 1, object_size);
+        Ok(read)
+    }
+
+    /// Warms the next blocks of the object in the background (sequential consumers).
+    fn read_ahead(self: &Arc<Self>, key: &str, from_block: u64, object_size: u64) {
+        let end = object_size.div_ceil(self.block_bytes).min(from_block + u64::from(self.readahead_blocks));
+        for block in from_block..end {
+            if self.cache.memory().contains(&BlockKey { object: key.to_string(), block }) {
+                continue;
+            }
+            let this = self.clone();
+            let key = key.to_string();
+            tokio::spawn(async move {
+                let _ = this.block(&key, block, object_size).await;
+            });
+        }
+    }
+
+    pub async fn close(&self) {
+        let _ = self.cache.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::memory::MemoryStore;
+
+    fn settings(dir: &std::path::Path, disk_bytes: u64) -> CacheSettings {
+        CacheSettings {
+            memory_bytes: 1 << 20,
+            disk_bytes,
+            block_bytes: 4096,
+            readahead_blocks: 2,
+            cold_read_concurrency: 4,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_span_blocks_and_written_through_objects_need_no_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let body: Bytes = (0..20_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+        store.put("a", body.clone()).await.unwrap();
+        let cache = ReadCache::open(&settings(dir.path(), 0), store.clone()).await.unwrap();
+        let gets = || cache.served.gets.get();
+        let before = gets();
+        assert_eq!(cache.read("a", 100..9000, 20_000).await.unwrap(), body.slice(100..9000));
+        assert_eq!(cache.read("a", 19_990..20_000, 20_000).await.unwrap(), body.slice(19_990..20_000));
+        assert!(gets() > before);
+        assert!(cache.read("a", 0..20_001, 20_000).await.is_err());
+
+        store.put("b", body.clone()).await.unwrap();
+        cache.insert_object("b", &body);
+        let before = gets();
+        assert_eq!(cache.read("b", 5000..15_000, 20_000).await.unwrap(), body.slice(5000..15_000));
+        assert_eq!(gets(), before, "a written-through object is served from memory");
+    }
+}
