@@ -21,6 +21,7 @@ pub struct Config {
     pub object_store: ObjectStoreConfig,
     pub controller: ControllerConfig,
     pub topics: TopicsConfig,
+    pub groups: GroupsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -208,6 +209,42 @@ impl Default for TopicsConfig {
     }
 }
 
+/// Consumer group coordination: limits and timings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Kafka's `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty
+    /// group waits for more members.
+    pub initial_rebalance_delay_ms: u64,
+    /// Kafka's `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    /// Groups the coordinator holds (with members or committed offsets).
+    pub max_groups: usize,
+    /// Kafka's `group.max.size` (and `group.consumer.max.size`).
+    pub max_members_per_group: usize,
+    /// Kafka's `offset.metadata.max.bytes`.
+    pub max_offset_metadata_bytes: usize,
+    /// KIP-848: `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`.
+    pub consumer_session_timeout_ms: i32,
+    pub consumer_heartbeat_interval_ms: i32,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            initial_rebalance_delay_ms: 500,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_groups: 10_000,
+            max_members_per_group: 1_000,
+            max_offset_metadata_bytes: 4_096,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -257,7 +294,7 @@ pub enum StoreUrl {
 /// Sections DESIGN.md names that this version does not implement yet.
 const NOT_BUILT_SECTIONS: &[&str] = &["listeners", "tls", "sasl", "compaction"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
-const SECTIONS: &[&str] = &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "metrics", "log"];
+const SECTIONS: &[&str] = &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "metrics", "log"];
 
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
@@ -347,6 +384,15 @@ impl Config {
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
         range("topics.num_partitions", self.topics.num_partitions.max(0) as u64, 1, 100_000)?;
         range("topics.max_message_bytes", self.topics.max_message_bytes.max(0) as u64, 1024, 1 << 30)?;
+        let g = &self.groups;
+        range("groups.initial_rebalance_delay_ms", g.initial_rebalance_delay_ms, 0, 300_000)?;
+        range("groups.min_session_timeout_ms", g.min_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;
+        range("groups.max_session_timeout_ms", g.max_session_timeout_ms.max(0) as u64, g.min_session_timeout_ms.max(1) as u64, 3_600_000)?;
+        range("groups.max_groups", g.max_groups as u64, 1, 10_000_000)?;
+        range("groups.max_members_per_group", g.max_members_per_group as u64, 1, 100_000)?;
+        range("groups.max_offset_metadata_bytes", g.max_offset_metadata_bytes as u64, 0, 1 << 20)?;
+        range("groups.consumer_session_timeout_ms", g.consumer_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;
+        range("groups.consumer_heartbeat_interval_ms", g.consumer_heartbeat_interval_ms.max(0) as u64, 1, g.consumer_session_timeout_ms.max(1) as u64)?;
         if self.agent.node_id < 0 {
             return Err(err("agent.node_id", "must not be negative".into()));
         }

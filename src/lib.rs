@@ -10,9 +10,12 @@
 //! - [`object`]: the object format and the object store trait with its backends.
 //! - [`controller`]: topics, offsets assigned at commit, the partition index, on a metadata store.
 //!
+//! [`admin`] is the command line's Kafka client (`sidestream group describe`).
+//!
 //! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
 //! randomness that the core paths use instead of the system's.
 
+pub mod admin;
 pub mod agent;
 pub mod clock;
 pub mod config;

@@ -1,4 +1,5 @@
-//! The `sidestream` command line: `serve` runs an agent with its embedded controller.
+//! The `sidestream` command line: `serve` runs an agent with its embedded controller; `group
+//! describe` shows a consumer group's members and lag.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,15 +28,57 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Consumer groups, through a running agent.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// State, members, committed offsets and lag per partition.
+    Describe {
+        group: String,
+        /// The agent to ask (host:port).
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Group { command: GroupCommand::Describe { group, bootstrap_server, timeout_ms } } => {
+            group_describe(&group, &bootstrap_server, timeout_ms)
+        }
         Command::Controller { .. } => {
             eprintln!("sidestream controller: the standalone (remote) controller is not built yet; `sidestream serve` embeds one");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn group_describe(group: &str, bootstrap: &str, timeout_ms: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidestream: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    match runtime.block_on(sidestream::admin::describe_group(bootstrap, group, timeout)) {
+        Ok(report) => {
+            print!("{}", sidestream::admin::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sidestream group describe {group}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

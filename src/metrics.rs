@@ -60,10 +60,16 @@ enum Metric {
 /// Metric name + sorted labels.
 type Key = (&'static str, Vec<(&'static str, String)>);
 
+/// Samples of a gauge family, computed when scraped: (labels, value).
+pub type GaugeSamples = Vec<(Vec<(&'static str, String)>, i64)>;
+type GaugeFn = Box<dyn Fn() -> GaugeSamples + Send + Sync>;
+
 #[derive(Default)]
 struct Registry {
     help: Mutex<BTreeMap<&'static str, &'static str>>,
     metrics: Mutex<BTreeMap<Key, Metric>>,
+    /// Gauge families computed at scrape time (name -> help, samples).
+    gauges: Mutex<BTreeMap<&'static str, (&'static str, GaugeFn)>>,
 }
 
 fn registry() -> &'static Registry {
@@ -97,6 +103,12 @@ pub fn histogram(name: &'static str, help: &'static str, labels: &[(&'static str
         Metric::Histogram(h) => h.clone(),
         Metric::Counter(_) => Arc::new(Histogram::new()),
     }
+}
+
+/// Registers (or replaces) the gauge family `name`, whose samples `samples` computes at every
+/// scrape (values that live elsewhere, like consumer lag).
+pub fn gauges(name: &'static str, help: &'static str, samples: impl Fn() -> GaugeSamples + Send + Sync + 'static) {
+    registry().gauges.lock().unwrap_or_else(|p| p.into_inner()).insert(name, (help, Box::new(samples)));
 }
 
 fn label_text(labels: &[(&'static str, String)], extra: Option<(&str, &str)>) -> String {
@@ -133,6 +145,15 @@ pub fn render() -> String {
                 let _ = writeln!(out, "{name}_sum{} {}", label_text(labels, None), sum_us as f64 / 1e6);
                 let _ = writeln!(out, "{name}_count{} {count}", label_text(labels, None));
             }
+        }
+    }
+    drop(metrics);
+    let gauges = r.gauges.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, (help, samples)) in gauges.iter() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, v) in samples() {
+            let _ = writeln!(out, "{name}{} {v}", label_text(&labels, None));
         }
     }
     out
@@ -198,5 +219,8 @@ mod tests {
         assert!(text.contains("test_things_total{kind=\"a\"} 4"), "{text}");
         assert!(text.contains("# TYPE test_latency_seconds summary"));
         assert!(text.contains("test_latency_seconds_count 1"));
+        gauges("test_lag", "Lag.", || vec![(vec![("group", "g\"1".to_string())], 7)]);
+        let text = render();
+        assert!(text.contains("# TYPE test_lag gauge\ntest_lag{group=\"g\\\"1\"} 7"), "{text}");
     }
 }

@@ -49,6 +49,8 @@ pub struct RunningServer {
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
     pub agent: Arc<Agent>,
+    /// The embedded controller's group coordinator (its waiting requests end at shutdown).
+    groups: Arc<crate::controller::groups::GroupCoordinator>,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -90,15 +92,30 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
         .await
         .map_err(|e| ServerError::Config(e.to_string()))??;
-    let controller =
-        Controller::open(
-            Arc::new(metadata),
-            config.topics.clone(),
-            config.controller.producer_id_expiration_ms as i64,
-            clock.clone(),
-            entropy.clone(),
-        )?;
-    let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(controller)));
+    let controller = Controller::open_with_groups(
+        Arc::new(metadata),
+        config.topics.clone(),
+        config.controller.producer_id_expiration_ms as i64,
+        config.groups.clone(),
+        clock.clone(),
+        entropy.clone(),
+    )?;
+    let controller = Arc::new(controller);
+    let groups = controller.groups().clone();
+    // The embedded controller exports consumer lag (a remote controller will export its own).
+    let lag_source = Arc::downgrade(&controller);
+    crate::metrics::gauges(
+        "sidestream_group_lag",
+        "Consumer lag per group and partition: high watermark minus committed offset.",
+        move || {
+            let Some(c) = lag_source.upgrade() else { return Vec::new() };
+            c.group_lags()
+                .into_iter()
+                .map(|(g, t, p, lag)| (vec![("group", g), ("topic", t), ("partition", p.to_string())], lag))
+                .collect()
+        },
+    );
+    let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(controller));
 
     let listener = TcpListener::bind(config.agent.listen)
         .await
@@ -173,6 +190,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         local_addr,
         metrics_addr,
         agent,
+        groups,
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
@@ -238,6 +256,7 @@ impl RunningServer {
     /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
+        self.groups.shutdown();
         let agent = self.agent.clone();
         let accept = self.accept;
         let drained = async move {

@@ -94,6 +94,9 @@ struct ProduceArgs {
     /// disk; e.g. file:///dev/shm/x keeps object writes off the WAL's disk, as S3 would).
     #[arg(long)]
     object_store_url: Option<String>,
+    /// Extra server settings, SIDESTREAM_<SECTION>_<KEY>=VALUE (repeatable).
+    #[arg(long = "server-env", value_parser = parse_key_value)]
+    server_env: Vec<(String, String)>,
     /// Name of the result file under bench/results/ (default: derived from the parameters).
     #[arg(long)]
     name: Option<String>,
@@ -123,12 +126,12 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
-    async fn start(bin: &PathBuf, env: &[(&str, String)]) -> Result<Server> {
+    async fn start(bin: &PathBuf, env: &[(String, String)]) -> Result<Server> {
         let data_dir = std::env::temp_dir().join(format!("sidestream-bench-{}-{}", std::process::id(), free_port()?));
         Self::start_in(bin, env, data_dir).await
     }
 
-    async fn start_in(bin: &PathBuf, env: &[(&str, String)], data_dir: PathBuf) -> Result<Server> {
+    async fn start_in(bin: &PathBuf, env: &[(String, String)], data_dir: PathBuf) -> Result<Server> {
         let kafka = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         std::fs::create_dir_all(&data_dir)?;
@@ -255,14 +258,19 @@ fn parse_acks(acks: &str) -> Result<i16> {
     }
 }
 
-fn server_env(args: &ProduceArgs) -> Vec<(&'static str, String)> {
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn server_env(args: &ProduceArgs) -> Vec<(String, String)> {
     let mut env = vec![
-        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", args.flush_interval_ms.to_string()),
-        ("SIDESTREAM_WAL_SYNC", args.wal_sync.clone()),
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), args.flush_interval_ms.to_string()),
+        ("SIDESTREAM_WAL_SYNC".to_string(), args.wal_sync.clone()),
     ];
     if let Some(url) = &args.object_store_url {
-        env.push(("SIDESTREAM_OBJECT_STORE_URL", url.clone()));
+        env.push(("SIDESTREAM_OBJECT_STORE_URL".to_string(), url.clone()));
     }
+    env.extend(args.server_env.iter().cloned());
     env
 }
 

@@ -10,7 +10,12 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::groups::{
+    CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
+    SyncRequest, SyncResponse, TopicPartition, consumer,
+};
 use super::log::PartitionOffsets;
+use super::groups::GroupCoordinator;
 use super::{CommitRequest, Controller, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
 
 #[async_trait]
@@ -40,6 +45,32 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError>;
     /// A new producer id and epoch for an idempotent producer.
     async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError>;
+
+    // Consumer groups (controller::groups). JoinGroup and SyncGroup may wait for the other
+    // members, up to the group's rebalance timeout.
+    async fn join_group(&self, req: JoinRequest) -> JoinResponse;
+    async fn sync_group(&self, req: SyncRequest) -> Result<SyncResponse, GroupError>;
+    async fn heartbeat(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32)
+    -> Result<(), GroupError>;
+    /// One result per (member id, instance id); `Err` is a group-level error.
+    async fn leave_group(&self, group_id: String, members: Vec<(String, Option<String>)>)
+    -> Result<Vec<Result<(), GroupError>>, GroupError>;
+    /// One result per offset; `Err` is a group-level error.
+    async fn commit_offsets(&self, req: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError>;
+    /// `partitions: None`: every committed offset. `member`: (member id, epoch) to check.
+    async fn fetch_offsets(
+        &self,
+        group_id: String,
+        partitions: Option<Vec<TopicPartition>>,
+        member: Option<(String, i32)>,
+    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError>;
+    async fn delete_offsets(&self, group_id: String, partitions: Vec<TopicPartition>)
+    -> Result<Vec<Result<(), GroupError>>, GroupError>;
+    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Vec<GroupListing>;
+    async fn describe_group(&self, group_id: String) -> Result<GroupDescription, GroupError>;
+    async fn delete_group(&self, group_id: String) -> Result<(), GroupError>;
+    async fn consumer_group_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError>;
+    async fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError>;
 }
 
 /// The embedded controller, called in-process.
@@ -55,6 +86,16 @@ impl InProcess {
         tokio::task::spawn_blocking(move || f(&c))
             .await
             .map_err(|e| ControllerError::Unavailable(format!("controller task failed: {e}")))?
+    }
+
+    async fn blocking_groups<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&GroupCoordinator) -> Result<T, GroupError> + Send + 'static,
+    ) -> Result<T, GroupError> {
+        let c = self.0.clone();
+        tokio::task::spawn_blocking(move || f(c.groups()))
+            .await
+            .map_err(|e| GroupError::Unavailable(format!("controller task failed: {e}")))?
     }
 }
 
@@ -122,5 +163,47 @@ impl ControllerClient for InProcess {
     }
     async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
         self.blocking(|c| c.init_producer_id()).await
+    }
+
+    async fn join_group(&self, req: JoinRequest) -> JoinResponse {
+        self.0.groups().join(req).await
+    }
+    async fn sync_group(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
+        self.0.groups().sync(req).await
+    }
+    async fn heartbeat(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
+        self.0.groups().heartbeat(&group_id, &member_id, instance_id.as_deref(), generation)
+    }
+    async fn leave_group(&self, group_id: String, members: Vec<(String, Option<String>)>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.0.groups().leave(&group_id, &members)
+    }
+    async fn commit_offsets(&self, req: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.blocking_groups(move |g| g.commit_offsets(&req)).await
+    }
+    async fn fetch_offsets(
+        &self,
+        group_id: String,
+        partitions: Option<Vec<TopicPartition>>,
+        member: Option<(String, i32)>,
+    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError> {
+        self.0.groups().fetch_offsets(&group_id, partitions.as_deref(), member.as_ref().map(|(m, e)| (m.as_str(), *e)))
+    }
+    async fn delete_offsets(&self, group_id: String, partitions: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.blocking_groups(move |g| g.delete_offsets(&group_id, &partitions)).await
+    }
+    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Vec<GroupListing> {
+        self.0.groups().list_groups(&states, &types)
+    }
+    async fn describe_group(&self, group_id: String) -> Result<GroupDescription, GroupError> {
+        self.0.groups().describe_group(&group_id)
+    }
+    async fn delete_group(&self, group_id: String) -> Result<(), GroupError> {
+        self.blocking_groups(move |g| g.delete_group(&group_id)).await
+    }
+    async fn consumer_group_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
+        self.0.groups().consumer_heartbeat(req)
+    }
+    async fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
+        self.0.groups().consumer_describe(&group_id)
     }
 }

@@ -1,5 +1,5 @@
-//! The controller: the single source of truth for topics, partitions and which byte ranges of
-//! which objects hold which offsets.
+//! The controller: the single source of truth for topics, partitions, which byte ranges of
+//! which objects hold which offsets, and consumer groups ([`groups`]).
 //!
 //! Offsets are assigned here, at commit, in one store transaction per object ([`log`]), so a
 //! partition has one total order however many agents write to it. The hot view (topics, high
@@ -10,6 +10,7 @@
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
 pub mod client;
+pub mod groups;
 pub mod log;
 pub mod producers;
 pub mod store;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
 use crate::object::format::ExtentInfo;
+use groups::{GroupCoordinator, GroupSettings, TopicLookup};
 use log::{PartitionOffsets, Planned, ProducerKey};
 use producers::ProducerState;
 pub use store::ExtentRecord;
@@ -147,7 +149,9 @@ const PRODUCER_EXPIRY_SWEEP_COMMITS: u64 = 1000;
 /// a blocking context (the in-process client does).
 pub struct Controller {
     store: Arc<dyn MetadataStore>,
-    state: RwLock<State>,
+    /// Shared with the group coordinator's topic view.
+    state: Arc<RwLock<State>>,
+    groups: Arc<GroupCoordinator>,
     /// Serializes writers (commits, topic changes): one plan, one transaction at a time.
     write_lock: Mutex<()>,
     commits: watch::Sender<u64>,
@@ -220,11 +224,23 @@ fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), Controller
 }
 
 impl Controller {
-    /// Opens the controller on `store`, loading its snapshot.
+    /// Opens the controller on `store`, loading its snapshot, with default group settings.
     pub fn open(
         store: Arc<dyn MetadataStore>,
         defaults: TopicsConfig,
         producer_expiry_ms: i64,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Result<Self, ControllerError> {
+        Self::open_with_groups(store, defaults, producer_expiry_ms, GroupSettings::default(), clock, entropy)
+    }
+
+    /// Opens the controller on `store`, loading its snapshot and committed group offsets.
+    pub fn open_with_groups(
+        store: Arc<dyn MetadataStore>,
+        defaults: TopicsConfig,
+        producer_expiry_ms: i64,
+        group_settings: GroupSettings,
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Result<Self, ControllerError> {
@@ -248,10 +264,19 @@ impl Controller {
         let expired_before = clock.now_ms().saturating_sub(producer_expiry_ms);
         store.expire_producers(expired_before)?;
         state.producers = snapshot.producers.into_iter().filter(|(_, p)| p.last_seen_ms >= expired_before).collect();
+        let state = Arc::new(RwLock::new(state));
+        let groups = GroupCoordinator::open(
+            store.clone(),
+            Arc::new(TopicView(state.clone())),
+            clock.clone(),
+            entropy.clone(),
+            group_settings,
+        )?;
         Ok(Self {
             producer_expiry_ms,
             store,
-            state: RwLock::new(state),
+            state,
+            groups,
             write_lock: Mutex::new(()),
             commits: watch::channel(0).0,
             clock,
@@ -263,6 +288,25 @@ impl Controller {
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    /// The consumer group coordinator.
+    pub fn groups(&self) -> &Arc<GroupCoordinator> {
+        &self.groups
+    }
+
+    /// Consumer lag of every committed offset: (group, topic, partition, high watermark minus
+    /// committed offset, at least 0). Offsets of deleted topics are left out.
+    pub fn group_lags(&self) -> Vec<(String, String, i32, i64)> {
+        self.groups
+            .committed_offsets()
+            .into_iter()
+            .filter_map(|(g, t, p, committed)| {
+                let meta = self.topic(TopicRef::Name(&t))?;
+                let end = self.offsets(meta.id, p).ok()?.next_offset;
+                Some((g, t, p, (end - committed).max(0)))
+            })
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -522,6 +566,18 @@ impl Controller {
     /// Blocking. The extent holding the partition's largest timestamp.
     pub fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
         Ok(self.store.extent_with_max_timestamp(topic_id, partition)?)
+    }
+}
+
+/// The controller's topics as the group coordinator sees them.
+struct TopicView(Arc<RwLock<State>>);
+
+impl TopicLookup for TopicView {
+    fn by_name(&self, name: &str) -> Option<Arc<TopicMeta>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).by_name.get(name).cloned()
+    }
+    fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).by_id.get(&id).cloned()
     }
 }
 

@@ -171,7 +171,7 @@ async fn connection(
                 });
                 let agent = agent.clone();
                 let task = tokio::spawn(async move {
-                    let outcome = handlers::handle(agent, frame, turn).await;
+                    let outcome = handlers::handle(agent, frame, peer, turn).await;
                     drop(permit);
                     outcome
                 });

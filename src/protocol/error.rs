@@ -4,6 +4,7 @@ use kafka_protocol::error::ResponseError as K;
 
 use crate::agent::AgentError;
 use crate::controller::ControllerError;
+use crate::controller::groups::GroupError;
 use crate::protocol::records::RecordsError;
 
 pub fn controller_code(e: &ControllerError) -> i16 {
@@ -40,4 +41,33 @@ pub fn agent_code(e: &AgentError) -> i16 {
             K::KafkaStorageError.code()
         }
     }
+}
+
+pub fn group_code(e: &GroupError) -> i16 {
+    match e {
+        GroupError::InvalidGroupId => K::InvalidGroupId,
+        GroupError::InvalidSessionTimeout => K::InvalidSessionTimeout,
+        GroupError::UnknownMemberId => K::UnknownMemberId,
+        GroupError::MemberIdRequired => K::MemberIdRequired,
+        GroupError::IllegalGeneration => K::IllegalGeneration,
+        GroupError::RebalanceInProgress => K::RebalanceInProgress,
+        GroupError::FencedInstanceId => K::FencedInstanceId,
+        GroupError::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
+        GroupError::GroupMaxSizeReached => K::GroupMaxSizeReached,
+        GroupError::GroupIdNotFound => K::GroupIdNotFound,
+        GroupError::NonEmptyGroup => K::NonEmptyGroup,
+        GroupError::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
+        GroupError::UnknownTopicOrPartition => K::UnknownTopicOrPartition,
+        GroupError::OffsetMetadataTooLarge => K::OffsetMetadataTooLarge,
+        GroupError::StaleMemberEpoch => K::StaleMemberEpoch,
+        GroupError::FencedMemberEpoch => K::FencedMemberEpoch,
+        GroupError::UnsupportedAssignor(_) => K::UnsupportedAssignor,
+        GroupError::UnreleasedInstanceId => K::UnreleasedInstanceId,
+        GroupError::UnsupportedVersion(_) => K::UnsupportedVersion,
+        GroupError::InvalidRequest(_) => K::InvalidRequest,
+        GroupError::NotCoordinator => K::NotCoordinator,
+        // Retriable: the client finds the coordinator again and retries.
+        GroupError::TooManyGroups | GroupError::Unavailable(_) => K::CoordinatorNotAvailable,
+    }
+    .code()
 }

@@ -69,6 +69,18 @@ pub struct ObjectRecord {
     pub committed_ms: i64,
 }
 
+/// A consumer group's committed offset of one partition (topics by name, as in Kafka).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffsetRecord {
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_ms: i64,
+}
+
 /// Everything the controller loads at start-up (extents stay in the store).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -120,4 +132,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Option<ExtentRecord>, StoreError>;
     /// The extent holding the partition's largest timestamp (earliest such, by offset).
     fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError>;
+    /// Every committed group offset (loaded once, at start-up).
+    fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError>;
+    /// In one transaction: inserts or replaces each offset.
+    fn commit_group_offsets(&self, offsets: &[GroupOffsetRecord]) -> Result<(), StoreError>;
+    /// Deletes a group's offsets of `partitions` (topic name, partition), or all of them.
+    fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError>;
 }

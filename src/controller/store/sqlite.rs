@@ -13,9 +13,10 @@ use crate::controller::WalMark;
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
-use super::{ExtentRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
+use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
 
-const SCHEMA_VERSION: i32 = 1;
+/// Version 1: topics, partitions, objects, extents. Version 2: group offsets.
+const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,6 +43,16 @@ CREATE TABLE IF NOT EXISTS producer_states (
     epoch INTEGER NOT NULL, batches TEXT NOT NULL, last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (producer_id, topic_id, partition)) WITHOUT ROWID;
 ";
+
+/// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
+/// idempotent and only adds, so data written by older versions stays readable.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    2,
+    "CREATE TABLE IF NOT EXISTS group_offsets (
+        group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+        committed_offset INTEGER NOT NULL, leader_epoch INTEGER NOT NULL, metadata TEXT NOT NULL,
+        commit_ms INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition)) WITHOUT ROWID;",
+)];
 
 pub struct SqliteStore {
     writer: Mutex<Connection>,
@@ -78,6 +89,11 @@ impl SqliteStore {
             )));
         }
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        for (to, sql) in MIGRATIONS {
+            if version < *to {
+                writer.execute_batch(sql).map_err(unavailable)?;
+            }
+        }
         writer.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(unavailable)?;
         let reader = open().map_err(unavailable)?;
         Ok(Self { writer: Mutex::new(writer), reader: Mutex::new(reader) })
@@ -360,5 +376,67 @@ impl MetadataStore for SqliteStore {
         stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)
             .optional()
             .map_err(unavailable)
+    }
+
+    fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
+        let c = lock(&self.reader);
+        let mut stmt = c
+            .prepare(
+                "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(GroupOffsetRecord {
+                    group_id: r.get(0)?,
+                    topic: r.get(1)?,
+                    partition: r.get(2)?,
+                    offset: r.get(3)?,
+                    leader_epoch: r.get(4)?,
+                    metadata: r.get(5)?,
+                    commit_ms: r.get(6)?,
+                })
+            })
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+
+    fn commit_group_offsets(&self, offsets: &[GroupOffsetRecord]) -> Result<(), StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO group_offsets \
+                     (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(unavailable)?;
+            for o in offsets {
+                upsert
+                    .execute(params![o.group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata, o.commit_ms])
+                    .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        match partitions {
+            None => {
+                tx.execute("DELETE FROM group_offsets WHERE group_id = ?1", [group_id]).map_err(unavailable)?;
+            }
+            Some(ps) => {
+                let mut delete = tx
+                    .prepare_cached("DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3")
+                    .map_err(unavailable)?;
+                for (t, p) in ps {
+                    delete.execute(params![group_id, t, p]).map_err(unavailable)?;
+                }
+            }
+        }
+        tx.commit().map_err(unavailable)
     }
 }

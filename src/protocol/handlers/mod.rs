@@ -8,23 +8,30 @@
 mod admin;
 mod api_versions;
 mod configs;
+mod consumer_groups;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
+mod offsets;
 mod produce;
 mod producers;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeTopicPartitionsRequest, FetchRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
+use crate::controller::groups::ClientInfo;
 use crate::protocol::connection::Turn;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
@@ -41,6 +48,19 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -72,6 +92,19 @@ pub enum Request {
     DescribeConfigs(DescribeConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
     DescribeTopicPartitions(DescribeTopicPartitionsRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    OffsetDelete(OffsetDeleteRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
+    ConsumerGroupDescribe(ConsumerGroupDescribeRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -80,6 +113,8 @@ pub struct Parsed {
     pub key: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    /// The header's client id ("" when null).
+    pub client_id: String,
     pub request: Request,
 }
 
@@ -128,18 +163,34 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DescribeConfigs => decode!(DescribeConfigs, DescribeConfigsRequest),
         ApiKey::DescribeCluster => decode!(DescribeCluster, DescribeClusterRequest),
         ApiKey::DescribeTopicPartitions => decode!(DescribeTopicPartitions, DescribeTopicPartitionsRequest),
+        ApiKey::FindCoordinator => decode!(FindCoordinator, FindCoordinatorRequest),
+        ApiKey::JoinGroup => decode!(JoinGroup, JoinGroupRequest),
+        ApiKey::SyncGroup => decode!(SyncGroup, SyncGroupRequest),
+        ApiKey::Heartbeat => decode!(Heartbeat, HeartbeatRequest),
+        ApiKey::LeaveGroup => decode!(LeaveGroup, LeaveGroupRequest),
+        ApiKey::OffsetCommit => decode!(OffsetCommit, OffsetCommitRequest),
+        ApiKey::OffsetFetch => decode!(OffsetFetch, OffsetFetchRequest),
+        ApiKey::OffsetDelete => decode!(OffsetDelete, OffsetDeleteRequest),
+        ApiKey::ListGroups => decode!(ListGroups, ListGroupsRequest),
+        ApiKey::DescribeGroups => decode!(DescribeGroups, DescribeGroupsRequest),
+        ApiKey::DeleteGroups => decode!(DeleteGroups, DeleteGroupsRequest),
+        ApiKey::ConsumerGroupHeartbeat => decode!(ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest),
+        ApiKey::ConsumerGroupDescribe => decode!(ConsumerGroupDescribe, ConsumerGroupDescribeRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
-    Ok(Parsed { key, version, correlation_id: header.correlation_id, request })
+    let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
+    Ok(Parsed { key, version, correlation_id: header.correlation_id, client_id, request })
 }
 
-/// Handles one request frame (without its length prefix). `turn` orders the produce requests
-/// of one connection (see [`Turn`]).
-pub async fn handle(agent: Arc<Agent>, frame: Bytes, turn: Option<Turn>) -> Outcome {
+/// Handles one request frame (without its length prefix) from a client at `peer`. `turn`
+/// orders the produce requests of one connection (see [`Turn`]).
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Option<Turn>) -> Outcome {
     let parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
+    // Kafka reports the client host as "/<ip>".
+    let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.ip()) };
     let version = parsed.version;
     let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
     match parsed.request {
@@ -157,6 +208,19 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, turn: Option<Turn>) -> Outc
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
         Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
         Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r)),
+        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r)),
+        Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
+        Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),
+        Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, r).await),
+        Request::LeaveGroup(r) => ctx.respond(&groups::leave_group(&agent, version, r).await),
+        Request::OffsetCommit(r) => ctx.respond(&offsets::offset_commit(&agent, version, r).await),
+        Request::OffsetFetch(r) => ctx.respond(&offsets::offset_fetch(&agent, version, r).await),
+        Request::OffsetDelete(r) => ctx.respond(&offsets::offset_delete(&agent, r).await),
+        Request::ListGroups(r) => ctx.respond(&groups::list_groups(&agent, version, r).await),
+        Request::DescribeGroups(r) => ctx.respond(&groups::describe_groups(&agent, version, r).await),
+        Request::DeleteGroups(r) => ctx.respond(&groups::delete_groups(&agent, r).await),
+        Request::ConsumerGroupHeartbeat(r) => ctx.respond(&consumer_groups::heartbeat(&agent, version, r, &client).await),
+        Request::ConsumerGroupDescribe(r) => ctx.respond(&consumer_groups::describe(&agent, version, r).await),
     }
 }
 
@@ -212,8 +276,8 @@ mod tests {
     fn unknown_keys_and_versions_close_but_api_versions_answers() {
         assert!(matches!(parse(frame(999, 0, &[])), Err(Outcome::Close(_))));
         assert!(matches!(parse(frame(ApiKey::Produce as i16, 2, &[0, 0])), Err(Outcome::Close(_))));
-        // JoinGroup exists in Kafka but is not implemented here.
-        assert!(matches!(parse(frame(ApiKey::JoinGroup as i16, 5, &[0, 0])), Err(Outcome::Close(_))));
+        // DescribeConfigs exists in Kafka but is not implemented here.
+        assert!(matches!(parse(frame(ApiKey::DescribeConfigs as i16, 1, &[0, 0])), Err(Outcome::Close(_))));
         match parse(frame(ApiKey::ApiVersions as i16, 99, &[])) {
             Err(Outcome::Respond(b)) => {
                 // length, correlation id, then the v0 body: error code 35 first.

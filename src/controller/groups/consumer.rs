@@ -1,0 +1,479 @@
+//! KIP-848 consumer groups: ConsumerGroupHeartbeat with server-side assignment.
+//!
+//! The group has an epoch, bumped whenever membership, subscriptions or the partition counts of
+//! subscribed topics change; a target assignment computed by an [`assignor`](super::assignor)
+//! for that epoch; and each member reconciles towards its target over its heartbeats, as in
+//! Kafka's `CurrentAssignmentBuilder`:
+//!
+//! - partitions the member owns but must give up are revoked first (the member keeps its epoch
+//!   until a heartbeat shows it no longer owns them, within its rebalance timeout or it is
+//!   fenced);
+//! - then it moves to the target epoch and gets the target partitions no other member still
+//!   owns; partitions still being released by others follow in later heartbeats.
+//!
+//! A partition is therefore never owned by two members at once. Members whose session expires
+//! are removed. Static members (`instance_id`) that leave with epoch -2 keep their place and
+//! assignment for the session timeout, so a restart gets its partitions back.
+//!
+//! Must not touch: Kafka wire types, the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::assignor::{self, ASSIGNORS, Assignment, MemberSpec, TopicSpecs};
+use super::{ClientInfo, GroupError, GroupSettings, TopicLookup};
+use crate::clock::Entropy;
+
+/// Epoch -1: the member leaves; -2: a static member leaves for now (it will rejoin).
+pub const LEAVE_EPOCH: i32 = -1;
+pub const STATIC_LEAVE_EPOCH: i32 = -2;
+
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    /// -1: unchanged.
+    pub rebalance_timeout_ms: i32,
+    /// `None`: unchanged.
+    pub subscribed_topic_names: Option<Vec<String>>,
+    pub subscribed_topic_regex: Option<String>,
+    pub server_assignor: Option<String>,
+    /// The partitions the member owns (`None`: unchanged).
+    pub owned: Option<Assignment>,
+    pub api_version: i16,
+    pub client: ClientInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    /// Sent when it changed or the request was a full one.
+    pub assignment: Option<Assignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub member_epoch: i32,
+    pub client: ClientInfo,
+    pub subscribed_topic_names: Vec<String>,
+    pub subscribed_topic_regex: Option<String>,
+    /// (topic id, topic name, partitions).
+    pub assignment: Vec<(Uuid, String, Vec<i32>)>,
+    pub target_assignment: Vec<(Uuid, String, Vec<i32>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub state: String,
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor_name: String,
+    pub members: Vec<MemberDescription>,
+}
+
+struct Member {
+    id: String,
+    instance_id: Option<String>,
+    rack_id: Option<String>,
+    client: ClientInfo,
+    rebalance_timeout: Duration,
+    topics: BTreeSet<String>,
+    regex: Option<String>,
+    assignor: Option<String>,
+    epoch: i32,
+    previous_epoch: i32,
+    assigned: Assignment,
+    pending_revocation: Assignment,
+    session_deadline: Instant,
+    revocation_deadline: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct ConsumerGroup {
+    group_epoch: i32,
+    assignment_epoch: i32,
+    members: BTreeMap<String, Member>,
+    target: BTreeMap<String, Assignment>,
+    /// The subscribed topics' ids and partition counts the target was computed from.
+    topics: TopicSpecs,
+    assignor: String,
+}
+
+fn is_subset(a: &Assignment, b: &Assignment) -> bool {
+    a.iter().all(|(t, ps)| ps.is_empty() || b.get(t).is_some_and(|bs| ps.is_subset(bs)))
+}
+
+fn minus(a: &Assignment, b: &Assignment) -> Assignment {
+    a.iter()
+        .map(|(t, ps)| (*t, ps.iter().filter(|p| !b.get(t).is_some_and(|bs| bs.contains(p))).copied().collect::<BTreeSet<_>>()))
+        .filter(|(_, ps)| !ps.is_empty())
+        .collect()
+}
+
+fn intersect(a: &Assignment, b: &Assignment) -> Assignment {
+    a.iter()
+        .map(|(t, ps)| (*t, ps.iter().filter(|p| b.get(t).is_some_and(|bs| bs.contains(p))).copied().collect::<BTreeSet<_>>()))
+        .filter(|(_, ps)| !ps.is_empty())
+        .collect()
+}
+
+fn overlaps(a: &Assignment, b: &Assignment) -> bool {
+    !intersect(a, b).is_empty()
+}
+
+impl ConsumerGroup {
+    pub fn new() -> Self {
+        Self { assignor: assignor::UNIFORM.to_string(), ..Default::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Kafka's consumer group states.
+    pub fn state_name(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.group_epoch > self.assignment_epoch {
+            "Assigning"
+        } else if self.members.values().any(|m| m.epoch != self.assignment_epoch || !m.pending_revocation.is_empty()) {
+            "Reconciling"
+        } else {
+            "Stable"
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.members.values().flat_map(|m| [Some(m.session_deadline), m.revocation_deadline]).flatten().min()
+    }
+
+    /// Removes members whose session expired or that did not revoke in time.
+    pub fn on_time(&mut self, now: Instant, _topics: &dyn TopicLookup) {
+        let gone: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.session_deadline <= now || m.revocation_deadline.is_some_and(|d| d <= now))
+            .map(|m| m.id.clone())
+            .collect();
+        for id in gone {
+            tracing::info!(member = %id, "consumer group member expired or failed to revoke in time");
+            self.remove(&id);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.members.remove(id).is_some() {
+            self.target.remove(id);
+            self.group_epoch = self.group_epoch.saturating_add(1);
+        }
+    }
+
+    pub fn subscribed_topics(&self) -> BTreeSet<String> {
+        self.members.values().flat_map(|m| m.topics.iter().cloned()).collect()
+    }
+
+    /// OffsetCommit by a member: the member must exist with exactly this epoch (admin
+    /// commits, epoch < 0 without member id, only into an empty group).
+    pub fn validate_offset_commit(&self, member_id: &str, epoch: i32, api_version: i16) -> Result<(), GroupError> {
+        if epoch < 0 && member_id.is_empty() && self.members.is_empty() {
+            return Ok(());
+        }
+        let m = self.members.get(member_id).ok_or(GroupError::UnknownMemberId)?;
+        if api_version < 9 {
+            return Err(GroupError::UnsupportedVersion("members of consumer groups commit with OffsetCommit v9+".into()));
+        }
+        if epoch != m.epoch {
+            return Err(GroupError::StaleMemberEpoch);
+        }
+        Ok(())
+    }
+
+    pub fn validate_offset_fetch(&self, member_id: &str, epoch: i32) -> Result<(), GroupError> {
+        if epoch < 0 && member_id.is_empty() {
+            return Ok(());
+        }
+        let m = self.members.get(member_id).ok_or(GroupError::UnknownMemberId)?;
+        if epoch != m.epoch { Err(GroupError::StaleMemberEpoch) } else { Ok(()) }
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        now: Instant,
+        settings: &GroupSettings,
+        topics: &dyn TopicLookup,
+        entropy: &dyn Entropy,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, GroupError> {
+        if let Some(a) = &req.server_assignor
+            && !ASSIGNORS.contains(&a.as_str())
+        {
+            return Err(GroupError::UnsupportedAssignor(a.clone()));
+        }
+        if req.subscribed_topic_regex.is_some() {
+            return Err(GroupError::InvalidRequest("subscriptions by regular expression are not supported yet".into()));
+        }
+        let session = Duration::from_millis(settings.consumer_session_timeout_ms.max(0) as u64);
+        let interval = settings.consumer_heartbeat_interval_ms;
+        if req.member_epoch == LEAVE_EPOCH || req.member_epoch == STATIC_LEAVE_EPOCH {
+            let id = match (&req.instance_id, req.member_id.is_empty()) {
+                (Some(inst), true) => self.static_member(inst).ok_or(GroupError::UnknownMemberId)?,
+                _ => req.member_id.clone(),
+            };
+            let m = self.members.get_mut(&id).ok_or(GroupError::UnknownMemberId)?;
+            if req.member_epoch == STATIC_LEAVE_EPOCH && m.instance_id.is_some() {
+                // Kept (with its assignment) until it rejoins or its session ends.
+                m.previous_epoch = m.epoch;
+                m.epoch = STATIC_LEAVE_EPOCH;
+                m.session_deadline = now + session;
+            } else {
+                self.remove(&id);
+            }
+            return Ok(HeartbeatResponse { member_id: id, member_epoch: req.member_epoch, heartbeat_interval_ms: 0, assignment: None });
+        }
+        let full = req.member_epoch == 0
+            || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.owned.is_some());
+        let mut bump = false;
+        let member_id = if req.member_epoch == 0 {
+            let (id, new) = self.join(now, session, entropy, &req, settings)?;
+            bump = new;
+            id
+        } else {
+            let m = self.members.get(&req.member_id).ok_or(GroupError::UnknownMemberId)?;
+            if req.member_epoch > m.epoch
+                || (req.member_epoch < m.epoch
+                    && (req.member_epoch != m.previous_epoch || !req.owned.as_ref().is_none_or(|o| is_subset(o, &m.assigned))))
+            {
+                return Err(GroupError::FencedMemberEpoch);
+            }
+            req.member_id.clone()
+        };
+        let Some(m) = self.members.get_mut(&member_id) else { return Err(GroupError::UnknownMemberId) };
+        m.session_deadline = now + session;
+        if req.rebalance_timeout_ms >= 0 {
+            m.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms as u64);
+        }
+        if req.rack_id.is_some() {
+            m.rack_id = req.rack_id.clone();
+        }
+        if req.server_assignor.is_some() {
+            m.assignor = req.server_assignor.clone();
+        }
+        m.client = req.client.clone();
+        if let Some(names) = &req.subscribed_topic_names {
+            let names: BTreeSet<String> = names.iter().cloned().collect();
+            if names != m.topics {
+                m.topics = names;
+                bump = true;
+            }
+        }
+        self.refresh_target(topics, bump);
+        let before = self.members.get(&member_id).map(|m| (m.epoch, m.assigned.clone()));
+        self.reconcile(now, &member_id, req.owned.as_ref());
+        let m = self.members.get(&member_id).ok_or(GroupError::UnknownMemberId)?;
+        let changed = before.is_none_or(|(e, a)| e != m.epoch || a != m.assigned);
+        Ok(HeartbeatResponse {
+            member_id: member_id.clone(),
+            member_epoch: m.epoch,
+            heartbeat_interval_ms: interval,
+            assignment: (full || changed).then(|| m.assigned.clone()),
+        })
+    }
+
+    fn static_member(&self, instance: &str) -> Option<String> {
+        self.members.values().find(|m| m.instance_id.as_deref() == Some(instance)).map(|m| m.id.clone())
+    }
+
+    /// A heartbeat with epoch 0: a new member, a member rejoining, or a static member
+    /// replacing its earlier incarnation.
+    fn join(
+        &mut self,
+        now: Instant,
+        session: Duration,
+        entropy: &dyn Entropy,
+        req: &HeartbeatRequest,
+        settings: &GroupSettings,
+    ) -> Result<(String, bool), GroupError> {
+        if req.subscribed_topic_names.is_none() {
+            return Err(GroupError::InvalidRequest("SubscribedTopicNames must be set when joining".into()));
+        }
+        if req.rebalance_timeout_ms < 0 {
+            return Err(GroupError::InvalidRequest("RebalanceTimeoutMs must be set when joining".into()));
+        }
+        if req.owned.as_ref().is_some_and(|o| o.values().any(|ps| !ps.is_empty())) {
+            return Err(GroupError::InvalidRequest("TopicPartitions must be empty when joining".into()));
+        }
+        let id = match (req.member_id.is_empty(), req.api_version) {
+            (true, 0) => entropy.uuid().to_string(),
+            (true, _) => return Err(GroupError::InvalidRequest("MemberId can't be empty".into())),
+            (false, _) => req.member_id.clone(),
+        };
+        if let Some(inst) = &req.instance_id
+            && let Some(old) = self.static_member(inst)
+            && old != id
+        {
+            let Some(prev) = self.members.get(&old) else { return Err(GroupError::UnknownMemberId) };
+            if prev.epoch != STATIC_LEAVE_EPOCH {
+                return Err(GroupError::UnreleasedInstanceId);
+            }
+            // The new incarnation takes over the old one's assignment and epoch.
+            if let Some(mut m) = self.members.remove(&old) {
+                m.id = id.clone();
+                m.epoch = m.previous_epoch.max(0);
+                if let Some(t) = self.target.remove(&old) {
+                    self.target.insert(id.clone(), t);
+                }
+                self.members.insert(id.clone(), m);
+            }
+            return Ok((id, false));
+        }
+        if let Some(m) = self.members.get_mut(&id) {
+            // Rejoining (after an error): it owns nothing any more.
+            m.assigned.clear();
+            m.pending_revocation.clear();
+            m.revocation_deadline = None;
+            m.epoch = 0;
+            return Ok((id, false));
+        }
+        if self.members.len() >= settings.max_members_per_group {
+            return Err(GroupError::GroupMaxSizeReached);
+        }
+        self.members.insert(
+            id.clone(),
+            Member {
+                id: id.clone(),
+                instance_id: req.instance_id.clone(),
+                rack_id: None,
+                client: req.client.clone(),
+                rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64),
+                topics: BTreeSet::new(),
+                regex: req.subscribed_topic_regex.clone(),
+                assignor: None,
+                epoch: 0,
+                previous_epoch: 0,
+                assigned: Assignment::new(),
+                pending_revocation: Assignment::new(),
+                session_deadline: now + session,
+                revocation_deadline: None,
+            },
+        );
+        Ok((id, true))
+    }
+
+    /// Bumps the group epoch once when `changed` (membership, a subscription) or a subscribed
+    /// topic's partitions changed, and recomputes the target assignment for a new epoch.
+    fn refresh_target(&mut self, topics: &dyn TopicLookup, changed: bool) {
+        let subscribed = self.subscribed_topics();
+        let specs: TopicSpecs =
+            subscribed.iter().filter_map(|n| topics.by_name(n).map(|t| (n.clone(), (t.id, t.partitions)))).collect();
+        if changed || specs != self.topics {
+            self.topics = specs;
+            self.group_epoch = self.group_epoch.saturating_add(1);
+        }
+        if self.group_epoch <= self.assignment_epoch {
+            return;
+        }
+        // The assignor the members ask for most (ties: the first in ASSIGNORS order).
+        let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in self.members.values() {
+            if let Some(a) = m.assignor.as_deref() {
+                *votes.entry(a).or_default() += 1;
+            }
+        }
+        let chosen = ASSIGNORS
+            .iter()
+            .copied()
+            .max_by_key(|a| (votes.get(a).copied().unwrap_or(0), std::cmp::Reverse(ASSIGNORS.iter().position(|x| x == a))))
+            .unwrap_or(assignor::UNIFORM);
+        let specs: Vec<MemberSpec<'_>> = self
+            .members
+            .values()
+            .map(|m| MemberSpec { member_id: &m.id, topics: &m.topics, current: &m.assigned })
+            .collect();
+        self.target = assignor::assign(chosen, &specs, &self.topics);
+        self.assignor = chosen.to_string();
+        self.assignment_epoch = self.group_epoch;
+    }
+
+    /// Moves one member towards its target (see the module doc).
+    fn reconcile(&mut self, now: Instant, id: &str, owned: Option<&Assignment>) {
+        let target = self.target.get(id).cloned().unwrap_or_default();
+        // Partitions other members still hold (assigned or not yet revoked).
+        let mut held = Assignment::new();
+        for (other, m) in &self.members {
+            if other != id {
+                for (t, ps) in m.assigned.iter().chain(m.pending_revocation.iter()) {
+                    held.entry(*t).or_default().extend(ps.iter().copied());
+                }
+            }
+        }
+        let assignment_epoch = self.assignment_epoch;
+        let Some(m) = self.members.get_mut(id) else { return };
+        if m.epoch == STATIC_LEAVE_EPOCH {
+            return;
+        }
+        if !m.pending_revocation.is_empty() {
+            match owned {
+                Some(o) if !overlaps(o, &m.pending_revocation) => {
+                    m.pending_revocation.clear();
+                    m.revocation_deadline = None;
+                }
+                _ => return,
+            }
+        }
+        let revoke = minus(&m.assigned, &target);
+        if !revoke.is_empty() {
+            m.assigned = intersect(&m.assigned, &target);
+            m.pending_revocation = revoke;
+            m.revocation_deadline = Some(now + m.rebalance_timeout);
+            return;
+        }
+        let free = minus(&minus(&target, &m.assigned), &held);
+        for (t, ps) in free {
+            m.assigned.entry(t).or_default().extend(ps);
+        }
+        if m.epoch != assignment_epoch {
+            m.previous_epoch = m.epoch;
+            m.epoch = assignment_epoch;
+        }
+    }
+
+    pub fn describe(&self, topics: &dyn TopicLookup) -> GroupDescription {
+        let named = |a: &Assignment| -> Vec<(Uuid, String, Vec<i32>)> {
+            a.iter()
+                .map(|(t, ps)| (*t, topics.by_id(*t).map(|m| m.name.clone()).unwrap_or_default(), ps.iter().copied().collect()))
+                .collect()
+        };
+        GroupDescription {
+            state: self.state_name().to_string(),
+            group_epoch: self.group_epoch,
+            assignment_epoch: self.assignment_epoch,
+            assignor_name: self.assignor.clone(),
+            members: self
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    member_epoch: m.epoch,
+                    client: m.client.clone(),
+                    subscribed_topic_names: m.topics.iter().cloned().collect(),
+                    subscribed_topic_regex: m.regex.clone(),
+                    assignment: named(&m.assigned),
+                    target_assignment: named(&self.target.get(&m.id).cloned().unwrap_or_default()),
+                })
+                .collect(),
+        }
+    }
+}

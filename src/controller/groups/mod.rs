@@ -1,0 +1,758 @@
+//! Consumer groups: the coordinator every agent forwards group requests to, so members
+//! connected to different agents form one group.
+//!
+//! - [`classic`]: the JoinGroup/SyncGroup/Heartbeat/LeaveGroup state machine of one group.
+//! - [`consumer`]: KIP-848 groups (ConsumerGroupHeartbeat) with server-side assignment by the
+//!   [`assignor`]s.
+//! - this file: the [`GroupCoordinator`] owning every group, its committed offsets (written to
+//!   the metadata store before they are visible), limits, and one timer task per group with
+//!   live members that applies session and rebalance deadlines.
+//!
+//! Membership lives in memory only: after a restart every group is Empty with its committed
+//! offsets, and members rejoin (their old member ids are unknown, so stale members are fenced).
+//! Time is tokio's clock (deadlines) and the injected [`Clock`] (commit timestamps); member ids
+//! use the injected [`Entropy`].
+//!
+//! Must not touch: Kafka request/response types (the protocol layer translates). The one
+//! exception is the consumer protocol's subscription payload, which the coordinator reads
+//! to know which topics a classic consumer group subscribes to (OffsetDelete), as Kafka does.
+
+pub mod assignor;
+pub mod classic;
+pub mod consumer;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::TopicMeta;
+use super::store::{GroupOffsetRecord, MetadataStore, StoreError};
+use crate::clock::{Clock, Entropy};
+use classic::{ClassicGroup, ClassicState, Reply};
+use consumer::ConsumerGroup;
+
+/// Limits and timings of the coordinator: the `[groups]` section of proxy.toml.
+pub use crate::config::GroupsConfig as GroupSettings;
+
+/// Group failures: each is exactly one Kafka error code (`protocol::error::group_code`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("invalid group id")]
+    InvalidGroupId,
+    #[error("session timeout outside the broker's limits")]
+    InvalidSessionTimeout,
+    #[error("unknown member id")]
+    UnknownMemberId,
+    #[error("member id required: rejoin with the member id in this response")]
+    MemberIdRequired,
+    #[error("illegal generation")]
+    IllegalGeneration,
+    #[error("rebalance in progress")]
+    RebalanceInProgress,
+    #[error("the static member's instance id is used by a newer member")]
+    FencedInstanceId,
+    #[error("inconsistent group protocol")]
+    InconsistentGroupProtocol,
+    #[error("group is full")]
+    GroupMaxSizeReached,
+    #[error("group id not found")]
+    GroupIdNotFound,
+    #[error("group is not empty")]
+    NonEmptyGroup,
+    #[error("the group is subscribed to the topic")]
+    GroupSubscribedToTopic,
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("offset metadata too large")]
+    OffsetMetadataTooLarge,
+    #[error("stale member epoch")]
+    StaleMemberEpoch,
+    #[error("fenced member epoch")]
+    FencedMemberEpoch,
+    #[error("unsupported assignor {0}")]
+    UnsupportedAssignor(String),
+    #[error("instance id is still used by another member")]
+    UnreleasedInstanceId,
+    #[error("unsupported version: {0}")]
+    UnsupportedVersion(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The coordinator holds `max_groups` groups; retriable.
+    #[error("too many groups")]
+    TooManyGroups,
+    /// The coordinator is shutting down: the client finds it again (after the restart).
+    #[error("this coordinator is shutting down")]
+    NotCoordinator,
+    /// The metadata store failed or the group went away mid-request; retriable.
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for GroupError {
+    fn from(e: StoreError) -> Self {
+        GroupError::Unavailable(e.to_string())
+    }
+}
+
+/// Who sent a request (DescribeGroups reports it; member ids start with the client id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub client_host: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub session_timeout_ms: i32,
+    /// 0 or less: the session timeout (JoinGroup v0).
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// JoinGroup v4+: a new dynamic member first gets MEMBER_ID_REQUIRED and its id.
+    pub require_known_member_id: bool,
+    pub client: ClientInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub metadata: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinResponse {
+    pub error: Option<GroupError>,
+    pub member_id: String,
+    pub generation_id: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub skip_assignment: bool,
+    /// Only the leader gets the members.
+    pub members: Vec<JoinedMember>,
+}
+
+impl JoinResponse {
+    pub fn error(member_id: String, e: GroupError) -> Self {
+        Self {
+            error: Some(e),
+            member_id,
+            generation_id: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            skip_assignment: false,
+            members: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    pub group_id: String,
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignments: Vec<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncResponse {
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSummary {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// A classic group as DescribeGroups shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol_data: String,
+    pub members: Vec<MemberSummary>,
+}
+
+/// One ListGroups entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: String,
+    /// "classic" or "consumer".
+    pub group_type: String,
+}
+
+/// One partition's offset to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    /// Null metadata is stored as "", as in Kafka.
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OffsetCommitRequest {
+    pub group_id: String,
+    pub generation_id_or_member_epoch: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub api_version: i16,
+    pub offsets: Vec<CommitOffset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_ms: i64,
+}
+
+/// A (topic name, partition) pair.
+pub type TopicPartition = (String, i32);
+
+/// Topics as the coordinator needs them (existence checks, KIP-848 assignment).
+pub trait TopicLookup: Send + Sync + 'static {
+    fn by_name(&self, name: &str) -> Option<Arc<TopicMeta>>;
+    fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>>;
+}
+
+enum Kind {
+    Classic(ClassicGroup),
+    Consumer(ConsumerGroup),
+}
+
+struct Entry {
+    kind: Kind,
+    offsets: BTreeMap<TopicPartition, CommittedOffset>,
+    notify: Arc<Notify>,
+    timer_running: bool,
+}
+
+impl Entry {
+    fn new(kind: Kind) -> Self {
+        Self { kind, offsets: BTreeMap::new(), notify: Arc::new(Notify::new()), timer_running: false }
+    }
+
+    fn has_members(&self) -> bool {
+        match &self.kind {
+            Kind::Classic(g) => !g.is_empty(),
+            Kind::Consumer(g) => !g.is_empty(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match &self.kind {
+            Kind::Classic(g) => g.next_deadline(),
+            Kind::Consumer(g) => g.next_deadline(),
+        }
+    }
+
+    /// A group with no members and no offsets is forgotten (Kafka's Dead).
+    fn is_dead(&self) -> bool {
+        !self.has_members() && self.offsets.is_empty() && self.next_deadline().is_none()
+    }
+}
+
+/// Every group and its offsets. Methods marked blocking write to the store.
+pub struct GroupCoordinator {
+    groups: Mutex<HashMap<String, Entry>>,
+    /// Set by [`GroupCoordinator::shutdown`]: joins and syncs are refused from then on.
+    closing: std::sync::atomic::AtomicBool,
+    /// Serializes offset writes, so the store and memory see them in the same order.
+    offsets_write: Mutex<()>,
+    store: Arc<dyn MetadataStore>,
+    topics: Arc<dyn TopicLookup>,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    settings: GroupSettings,
+    me: Weak<GroupCoordinator>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GroupCoordinator {
+    /// Loads committed offsets from the store (blocking).
+    pub fn open(
+        store: Arc<dyn MetadataStore>,
+        topics: Arc<dyn TopicLookup>,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        settings: GroupSettings,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut groups: HashMap<String, Entry> = HashMap::new();
+        for r in store.load_group_offsets()? {
+            groups.entry(r.group_id.clone()).or_insert_with(|| Entry::new(Kind::Classic(ClassicGroup::new()))).offsets.insert(
+                (r.topic, r.partition),
+                CommittedOffset { offset: r.offset, leader_epoch: r.leader_epoch, metadata: r.metadata, commit_ms: r.commit_ms },
+            );
+        }
+        Ok(Arc::new_cyclic(|me| Self {
+            groups: Mutex::new(groups),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            offsets_write: Mutex::new(()),
+            store,
+            topics,
+            clock,
+            entropy,
+            settings,
+            me: me.clone(),
+        }))
+    }
+
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        lock(&self.groups)
+    }
+
+    /// Makes sure the group's timer task runs and sees the latest deadlines.
+    fn wake(&self, group_id: &str, entry: &mut Entry) {
+        if entry.timer_running {
+            entry.notify.notify_one();
+            return;
+        }
+        if entry.next_deadline().is_none() {
+            return;
+        }
+        entry.timer_running = true;
+        let me = self.me.clone();
+        let id = group_id.to_string();
+        let notify = entry.notify.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let Some(c) = me.upgrade() else { return };
+                    let mut groups = c.groups();
+                    let Some(e) = groups.get_mut(&id) else { return };
+                    match e.next_deadline() {
+                        Some(d) => d,
+                        None => {
+                            e.timer_running = false;
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = notify.notified() => continue,
+                }
+                let Some(c) = me.upgrade() else { return };
+                c.tick(&id);
+            }
+        });
+    }
+
+    /// Applies the deadlines that passed in one group.
+    fn tick(&self, group_id: &str) {
+        let now = Instant::now();
+        let mut groups = self.groups();
+        let Some(e) = groups.get_mut(group_id) else { return };
+        match &mut e.kind {
+            Kind::Classic(g) => g.on_time(now, &self.settings),
+            Kind::Consumer(g) => g.on_time(now, &*self.topics),
+        }
+        if e.is_dead() {
+            groups.remove(group_id);
+        }
+    }
+
+    fn check_group_id(group_id: &str) -> Result<(), GroupError> {
+        if group_id.is_empty() { Err(GroupError::InvalidGroupId) } else { Ok(()) }
+    }
+
+    /// Gets or creates a group for a new member; `Kind` decides what an empty group becomes.
+    fn entry_for_join<'a>(
+        &self,
+        groups: &'a mut HashMap<String, Entry>,
+        group_id: &str,
+        classic: bool,
+    ) -> Result<&'a mut Entry, GroupError> {
+        if !groups.contains_key(group_id) {
+            if groups.len() >= self.settings.max_groups {
+                return Err(GroupError::TooManyGroups);
+            }
+            let kind = if classic { Kind::Classic(ClassicGroup::new()) } else { Kind::Consumer(ConsumerGroup::new()) };
+            groups.insert(group_id.to_string(), Entry::new(kind));
+        }
+        let e = groups.get_mut(group_id).ok_or_else(|| GroupError::Unavailable("group vanished".into()))?;
+        // An empty group changes protocol freely (its offsets stay).
+        match (&e.kind, classic) {
+            (Kind::Consumer(g), true) if g.is_empty() => e.kind = Kind::Classic(ClassicGroup::new()),
+            (Kind::Classic(g), false) if g.is_empty() => e.kind = Kind::Consumer(ConsumerGroup::new()),
+            _ => {}
+        }
+        Ok(e)
+    }
+
+    /// Answers every waiting JoinGroup and SyncGroup with NOT_COORDINATOR and refuses new
+    /// ones, so a graceful shutdown does not wait for rebalances (clients rejoin after it).
+    pub fn shutdown(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        for e in self.groups().values_mut() {
+            if let Kind::Classic(g) = &mut e.kind {
+                g.abort_waiters(GroupError::NotCoordinator);
+            }
+        }
+    }
+
+    fn closing(&self) -> Result<(), GroupError> {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) { Err(GroupError::NotCoordinator) } else { Ok(()) }
+    }
+
+    /// JoinGroup: waits until the join phase ends (or answers at once).
+    pub async fn join(&self, req: JoinRequest) -> JoinResponse {
+        let reply = {
+            let fail = |e| JoinResponse::error(req.member_id.clone(), e);
+            if let Err(e) = Self::check_group_id(&req.group_id) {
+                return fail(e);
+            }
+            if req.session_timeout_ms < self.settings.min_session_timeout_ms
+                || req.session_timeout_ms > self.settings.max_session_timeout_ms
+            {
+                return fail(GroupError::InvalidSessionTimeout);
+            }
+            let mut groups = self.groups();
+            // Checked under the lock, so shutdown() sees every waiter registered before it.
+            if let Err(e) = self.closing() {
+                return fail(e);
+            }
+            if !req.member_id.is_empty() && !groups.contains_key(&req.group_id) {
+                return fail(GroupError::UnknownMemberId);
+            }
+            let group_id = req.group_id.clone();
+            let e = match self.entry_for_join(&mut groups, &group_id, true) {
+                Ok(e) => e,
+                Err(err) => return fail(err),
+            };
+            let Kind::Classic(g) = &mut e.kind else {
+                return fail(GroupError::InconsistentGroupProtocol);
+            };
+            let reply = g.join(Instant::now(), &self.settings, self.entropy.uuid(), req);
+            self.wake(&group_id, e);
+            if e.is_dead() {
+                groups.remove(&group_id);
+            }
+            reply
+        };
+        match reply {
+            Reply::Now(r) => r,
+            Reply::Wait(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinResponse::error(String::new(), GroupError::Unavailable("group removed".into()))),
+        }
+    }
+
+    /// SyncGroup: the leader's call distributes the assignments; the others wait for it.
+    pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
+        let reply = {
+            Self::check_group_id(&req.group_id)?;
+            let mut groups = self.groups();
+            self.closing()?;
+            let e = groups.get_mut(&req.group_id).ok_or(GroupError::UnknownMemberId)?;
+            let Kind::Classic(g) = &mut e.kind else { return Err(GroupError::UnknownMemberId) };
+            let group_id = req.group_id.clone();
+            let reply = g.sync(Instant::now(), req);
+            self.wake(&group_id, e);
+            reply
+        };
+        match reply {
+            Reply::Now(r) => r,
+            Reply::Wait(rx) => rx.await.unwrap_or_else(|_| Err(GroupError::Unavailable("group removed".into()))),
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> Result<(), GroupError> {
+        Self::check_group_id(group_id)?;
+        let mut groups = self.groups();
+        let e = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        let Kind::Classic(g) = &mut e.kind else { return Err(GroupError::UnknownMemberId) };
+        let r = g.heartbeat(Instant::now(), member_id, instance_id, generation);
+        self.wake(group_id, e);
+        r
+    }
+
+    /// LeaveGroup of several member identities (member id, instance id); one result each.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Self::check_group_id(group_id)?;
+        let mut groups = self.groups();
+        let e = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        let Kind::Classic(g) = &mut e.kind else { return Err(GroupError::UnknownMemberId) };
+        let now = Instant::now();
+        let results = members.iter().map(|(m, i)| g.leave(now, m, i.as_deref())).collect();
+        self.wake(group_id, e);
+        if e.is_dead() {
+            groups.remove(group_id);
+        }
+        Ok(results)
+    }
+
+    /// Blocking. OffsetCommit: `Err` is a group-level error (for every partition); otherwise
+    /// one result per offset, in order. Offsets are in the store before they are visible.
+    pub fn commit_offsets(&self, req: &OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Self::check_group_id(&req.group_id)?;
+        let _w = lock(&self.offsets_write);
+        {
+            let mut groups = self.groups();
+            let now = Instant::now();
+            match groups.get_mut(&req.group_id) {
+                None if req.generation_id_or_member_epoch < 0 => {
+                    // A "simple" group: a consumer without group management, or an admin client.
+                    if groups.len() >= self.settings.max_groups {
+                        return Err(GroupError::TooManyGroups);
+                    }
+                    groups.insert(req.group_id.clone(), Entry::new(Kind::Classic(ClassicGroup::new())));
+                }
+                None if req.api_version >= 9 => return Err(GroupError::GroupIdNotFound),
+                None => return Err(GroupError::IllegalGeneration),
+                Some(e) => match &mut e.kind {
+                    Kind::Classic(g) => g.validate_offset_commit(
+                        now,
+                        &req.member_id,
+                        req.group_instance_id.as_deref(),
+                        req.generation_id_or_member_epoch,
+                    )?,
+                    Kind::Consumer(g) => g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, req.api_version)?,
+                },
+            }
+        }
+        let commit_ms = self.clock.now_ms();
+        let mut results = Vec::with_capacity(req.offsets.len());
+        let mut records = Vec::new();
+        for o in &req.offsets {
+            let r = if o.metadata.len() > self.settings.max_offset_metadata_bytes {
+                Err(GroupError::OffsetMetadataTooLarge)
+            } else if self.topics.by_name(&o.topic).is_none_or(|t| o.partition < 0 || o.partition >= t.partitions) {
+                Err(GroupError::UnknownTopicOrPartition)
+            } else {
+                records.push(GroupOffsetRecord {
+                    group_id: req.group_id.clone(),
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata.clone(),
+                    commit_ms,
+                });
+                Ok(())
+            };
+            results.push(r);
+        }
+        if records.is_empty() {
+            return Ok(results);
+        }
+        self.store.commit_group_offsets(&records)?;
+        let mut groups = self.groups();
+        let e = groups.entry(req.group_id.clone()).or_insert_with(|| Entry::new(Kind::Classic(ClassicGroup::new())));
+        for r in records {
+            e.offsets.insert(
+                (r.topic, r.partition),
+                CommittedOffset { offset: r.offset, leader_epoch: r.leader_epoch, metadata: r.metadata, commit_ms },
+            );
+        }
+        Ok(results)
+    }
+
+    /// OffsetFetch: the committed offsets of `partitions` (every committed one when `None`).
+    /// `member` (OffsetFetch v9: member id and epoch) is checked for KIP-848 groups.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[TopicPartition]>,
+        member: Option<(&str, i32)>,
+    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError> {
+        Self::check_group_id(group_id)?;
+        let groups = self.groups();
+        let Some(e) = groups.get(group_id) else {
+            return Ok(partitions.map(|ps| ps.iter().map(|p| (p.clone(), None)).collect()).unwrap_or_default());
+        };
+        if let (Kind::Consumer(g), Some((member_id, epoch))) = (&e.kind, member) {
+            g.validate_offset_fetch(member_id, epoch)?;
+        }
+        Ok(match partitions {
+            None => e.offsets.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+            Some(ps) => ps.iter().map(|p| (p.clone(), e.offsets.get(p).cloned())).collect(),
+        })
+    }
+
+    /// Blocking. OffsetDelete: partitions of topics the group still subscribes to are refused.
+    pub fn delete_offsets(&self, group_id: &str, partitions: &[TopicPartition]) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Self::check_group_id(group_id)?;
+        let _w = lock(&self.offsets_write);
+        let subscribed: BTreeSet<String> = {
+            let groups = self.groups();
+            let e = groups.get(group_id).ok_or(GroupError::GroupIdNotFound)?;
+            match &e.kind {
+                Kind::Classic(g) if g.is_empty() => BTreeSet::new(),
+                Kind::Classic(g) if g.protocol_type.as_deref() == Some("consumer") => {
+                    g.member_metadata().iter().flat_map(subscription_topics).collect()
+                }
+                Kind::Classic(_) => return Err(GroupError::NonEmptyGroup),
+                Kind::Consumer(g) => g.subscribed_topics(),
+            }
+        };
+        let results: Vec<Result<(), GroupError>> = partitions
+            .iter()
+            .map(|(t, _)| if subscribed.contains(t) { Err(GroupError::GroupSubscribedToTopic) } else { Ok(()) })
+            .collect();
+        let delete: Vec<TopicPartition> =
+            partitions.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(p, _)| p.clone()).collect();
+        if !delete.is_empty() {
+            self.store.delete_group_offsets(group_id, Some(&delete))?;
+            let mut groups = self.groups();
+            if let Some(e) = groups.get_mut(group_id) {
+                for p in &delete {
+                    e.offsets.remove(p);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Blocking. DeleteGroups: only groups without members; their offsets go too.
+    pub fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
+        Self::check_group_id(group_id)?;
+        let _w = lock(&self.offsets_write);
+        {
+            let groups = self.groups();
+            let e = groups.get(group_id).ok_or(GroupError::GroupIdNotFound)?;
+            if e.has_members() {
+                return Err(GroupError::NonEmptyGroup);
+            }
+        }
+        self.store.delete_group_offsets(group_id, None)?;
+        let mut groups = self.groups();
+        if groups.get(group_id).is_some_and(|e| !e.has_members()) {
+            groups.remove(group_id);
+        } else if let Some(e) = groups.get_mut(group_id) {
+            e.offsets.clear();
+        }
+        Ok(())
+    }
+
+    /// ListGroups, filtered by state and type names (case-insensitive; empty: all).
+    pub fn list_groups(&self, states: &[String], types: &[String]) -> Vec<GroupListing> {
+        let groups = self.groups();
+        let mut out: Vec<GroupListing> = groups
+            .iter()
+            .map(|(id, e)| match &e.kind {
+                Kind::Classic(g) => GroupListing {
+                    group_id: id.clone(),
+                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                    state: g.state.name().to_string(),
+                    group_type: "classic".into(),
+                },
+                Kind::Consumer(g) => GroupListing {
+                    group_id: id.clone(),
+                    protocol_type: "consumer".into(),
+                    state: g.state_name().to_string(),
+                    group_type: "consumer".into(),
+                },
+            })
+            .filter(|l| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(&l.state)))
+            .filter(|l| types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case(&l.group_type)))
+            .collect();
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out
+    }
+
+    /// DescribeGroups of a classic group; `GroupIdNotFound` for unknown or KIP-848 groups.
+    pub fn describe_group(&self, group_id: &str) -> Result<GroupDescription, GroupError> {
+        Self::check_group_id(group_id)?;
+        let groups = self.groups();
+        let Some(Entry { kind: Kind::Classic(g), .. }) = groups.get(group_id) else {
+            return Err(GroupError::GroupIdNotFound);
+        };
+        Ok(GroupDescription {
+            state: g.state.name().to_string(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol_data: if g.state == ClassicState::Stable { g.protocol_name.clone().unwrap_or_default() } else { String::new() },
+            members: g.members(),
+        })
+    }
+
+    /// Every committed offset: (group, topic, partition, offset), sorted.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let groups = self.groups();
+        let mut out: Vec<_> = groups
+            .iter()
+            .flat_map(|(g, e)| e.offsets.iter().map(move |((t, p), o)| (g.clone(), t.clone(), *p, o.offset)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// KIP-848 ConsumerGroupHeartbeat.
+    pub fn consumer_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
+        Self::check_group_id(&req.group_id)?;
+        let mut groups = self.groups();
+        let group_id = req.group_id.clone();
+        if req.member_epoch != 0 && !groups.contains_key(&group_id) {
+            return Err(GroupError::UnknownMemberId);
+        }
+        let e = self.entry_for_join(&mut groups, &group_id, false)?;
+        let Kind::Consumer(g) = &mut e.kind else { return Err(GroupError::GroupIdNotFound) };
+        let r = g.heartbeat(Instant::now(), &self.settings, &*self.topics, &*self.entropy, req);
+        self.wake(&group_id, e);
+        if e.is_dead() {
+            groups.remove(&group_id);
+        }
+        r
+    }
+
+    /// KIP-848 ConsumerGroupDescribe; `GroupIdNotFound` for unknown or classic groups.
+    pub fn consumer_describe(&self, group_id: &str) -> Result<consumer::GroupDescription, GroupError> {
+        Self::check_group_id(group_id)?;
+        let groups = self.groups();
+        match groups.get(group_id) {
+            Some(Entry { kind: Kind::Consumer(g), .. }) => Ok(g.describe(&*self.topics)),
+            _ => Err(GroupError::GroupIdNotFound),
+        }
+    }
+}
+
+/// Topics named in a consumer protocol subscription (the JoinGroup metadata of protocol type
+/// "consumer"); nothing when it does not decode.
+fn subscription_topics(metadata: &Bytes) -> Vec<String> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    let mut buf = metadata.clone();
+    if buf.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

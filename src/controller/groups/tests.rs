@@ -1,0 +1,450 @@
+//! State machine transitions and Kafka error codes of the group coordinator, on tokio's paused
+//! clock (deadlines move only when a test advances time or every task waits on a timer).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::*;
+use crate::clock::{ManualClock, SeededEntropy};
+use crate::controller::store::sqlite::SqliteStore;
+
+struct Topics(HashMap<String, Arc<TopicMeta>>);
+
+impl TopicLookup for Topics {
+    fn by_name(&self, name: &str) -> Option<Arc<TopicMeta>> {
+        self.0.get(name).cloned()
+    }
+    fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>> {
+        self.0.values().find(|t| t.id == id).cloned()
+    }
+}
+
+fn topics() -> Arc<Topics> {
+    let mut m = HashMap::new();
+    for (i, (name, partitions)) in [("t", 4), ("u", 2)].into_iter().enumerate() {
+        let id = Uuid::from_u128(i as u128 + 1);
+        m.insert(name.to_string(), Arc::new(TopicMeta { id, name: name.into(), partitions, configs: Default::default() }));
+    }
+    Arc::new(Topics(m))
+}
+
+fn coordinator(db: &std::path::Path) -> Arc<GroupCoordinator> {
+    let store = Arc::new(SqliteStore::open(db).unwrap());
+    GroupCoordinator::open(store, topics(), Arc::new(ManualClock::new(1_000)), Arc::new(SeededEntropy::new(9)), GroupSettings::default())
+        .unwrap()
+}
+
+fn join_req(member: &str, instance: Option<&str>, protocols: &[&str]) -> JoinRequest {
+    JoinRequest {
+        group_id: "g".into(),
+        member_id: member.into(),
+        group_instance_id: instance.map(String::from),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 30_000,
+        protocol_type: "consumer".into(),
+        protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from(format!("meta-{p}")))).collect(),
+        require_known_member_id: instance.is_none(),
+        client: ClientInfo { client_id: "client".into(), client_host: "/127.0.0.1".into() },
+    }
+}
+
+fn sync_req(member: &str, generation: i32, assignments: &[(&str, &str)]) -> SyncRequest {
+    SyncRequest {
+        group_id: "g".into(),
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+        protocol_type: Some("consumer".into()),
+        protocol_name: None,
+        assignments: assignments.iter().map(|(m, a)| (m.to_string(), Bytes::from(a.to_string()))).collect(),
+    }
+}
+
+fn spawn_join(c: &Arc<GroupCoordinator>, req: JoinRequest) -> JoinHandle<JoinResponse> {
+    let c = c.clone();
+    tokio::spawn(async move { c.join(req).await })
+}
+
+/// Lets spawned tasks (timers, waiting joins) run.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A dynamic member through the v4+ round trip: MEMBER_ID_REQUIRED, then the real join.
+async fn join_new(c: &Arc<GroupCoordinator>) -> JoinHandle<JoinResponse> {
+    let first = c.join(join_req("", None, &["range"])).await;
+    assert_eq!(first.error, Some(GroupError::MemberIdRequired));
+    assert!(first.member_id.starts_with("client-"), "{}", first.member_id);
+    spawn_join(c, join_req(&first.member_id, None, &["range"]))
+}
+
+fn state(c: &GroupCoordinator) -> String {
+    c.describe_group("g").map(|d| d.state).unwrap_or_else(|e| format!("{e:?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_joins_syncs_and_heartbeats_with_kafka_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let mut bad = join_req("", None, &["range"]);
+    bad.session_timeout_ms = 10;
+    assert_eq!(c.join(bad).await.error, Some(GroupError::InvalidSessionTimeout));
+    let mut bad = join_req("", None, &["range"]);
+    bad.group_id = String::new();
+    assert_eq!(c.join(bad).await.error, Some(GroupError::InvalidGroupId));
+    assert_eq!(c.join(join_req("who", None, &["range"])).await.error, Some(GroupError::UnknownMemberId));
+
+    // The first rebalance waits for the initial delay (auto-advanced by the paused clock).
+    let a = join_new(&c).await.await.unwrap();
+    assert_eq!(a.error, None);
+    assert_eq!((a.generation_id, a.leader.as_str(), a.protocol_name.as_deref()), (1, a.member_id.as_str(), Some("range")));
+    assert_eq!(a.members.len(), 1);
+    assert_eq!(a.members[0].metadata, Bytes::from("meta-range"));
+    assert_eq!(state(&c), "CompletingRebalance");
+
+    assert_eq!(c.heartbeat("g", &a.member_id, None, 1), Ok(()));
+    let s = c.sync(sync_req(&a.member_id, 1, &[(&a.member_id, "p0-3")])).await.unwrap();
+    assert_eq!(s.assignment, Bytes::from("p0-3"));
+    assert_eq!(state(&c), "Stable");
+    assert_eq!(c.heartbeat("g", &a.member_id, None, 0), Err(GroupError::IllegalGeneration));
+    assert_eq!(c.heartbeat("g", "nobody", None, 1), Err(GroupError::UnknownMemberId));
+    assert_eq!(c.heartbeat("other", &a.member_id, None, 1), Err(GroupError::UnknownMemberId));
+    assert_eq!(c.sync(sync_req(&a.member_id, 7, &[])).await, Err(GroupError::IllegalGeneration));
+    let mut wrong = sync_req(&a.member_id, 1, &[]);
+    wrong.protocol_type = Some("connect".into());
+    assert_eq!(c.sync(wrong).await, Err(GroupError::InconsistentGroupProtocol));
+    // A second member must speak the same protocol type and share a protocol.
+    let mut other = join_req("", None, &["range"]);
+    other.protocol_type = "connect".into();
+    assert_eq!(c.join(other).await.error, Some(GroupError::InconsistentGroupProtocol));
+    assert_eq!(c.join(join_req("", None, &["roundrobin"])).await.error, Some(GroupError::InconsistentGroupProtocol));
+
+    // Leaving empties the group; without committed offsets it is forgotten (Kafka: Dead).
+    assert_eq!(c.leave("g", &[(a.member_id.clone(), None)]), Ok(vec![Ok(())]));
+    assert_eq!(state(&c), "GroupIdNotFound");
+    assert_eq!(c.leave("g", &[(a.member_id.clone(), None)]), Err(GroupError::UnknownMemberId));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_member_rebalances_and_an_expired_member_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let a = join_new(&c).await.await.unwrap();
+    c.sync(sync_req(&a.member_id, 1, &[(&a.member_id, "all")])).await.unwrap();
+
+    // B joins a stable group: A learns it from its heartbeat and rejoins.
+    let b_join = join_new(&c).await;
+    settle().await;
+    assert_eq!(state(&c), "PreparingRebalance");
+    assert_eq!(c.heartbeat("g", &a.member_id, None, 1), Err(GroupError::RebalanceInProgress));
+    // Offsets may still be committed with the current generation while preparing.
+    let commit = |member: &str, generation: i32| OffsetCommitRequest {
+        group_id: "g".into(),
+        generation_id_or_member_epoch: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+        api_version: 8,
+        offsets: vec![CommitOffset { topic: "t".into(), partition: 0, offset: 5, leader_epoch: -1, metadata: "m".into() }],
+    };
+    assert_eq!(c.commit_offsets(&commit(&a.member_id, 1)), Ok(vec![Ok(())]));
+    let a2 = c.join(join_req(&a.member_id, None, &["range"])).await;
+    let b = b_join.await.unwrap();
+    assert_eq!((a2.generation_id, b.generation_id), (2, 2));
+    assert_eq!(a2.leader, a.member_id, "the leader stays");
+    assert_eq!(a2.members.len(), 2);
+    assert!(b.members.is_empty(), "only the leader gets the members");
+    assert_eq!(c.commit_offsets(&commit(&a.member_id, 2)), Err(GroupError::RebalanceInProgress));
+
+    // B's SyncGroup waits for the leader's.
+    let c2 = c.clone();
+    let b_id = b.member_id.clone();
+    let b_sync = tokio::spawn(async move { c2.sync(sync_req(&b_id, 2, &[])).await });
+    settle().await;
+    assert!(!b_sync.is_finished());
+    c.sync(sync_req(&a.member_id, 2, &[(&a.member_id, "a"), (&b.member_id, "b")])).await.unwrap();
+    assert_eq!(b_sync.await.unwrap().unwrap().assignment, Bytes::from("b"));
+    assert_eq!(c.commit_offsets(&commit(&b.member_id, 1)), Err(GroupError::IllegalGeneration));
+
+    // B stops heartbeating: after its session timeout (10 s) it is removed and A rebalances.
+    for _ in 0..12 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        let _ = c.heartbeat("g", &a.member_id, None, 2);
+    }
+    assert_eq!(c.heartbeat("g", &b.member_id, None, 2), Err(GroupError::UnknownMemberId));
+    assert_eq!(c.heartbeat("g", &a.member_id, None, 2), Err(GroupError::RebalanceInProgress));
+    let a3 = c.join(join_req(&a.member_id, None, &["range"])).await;
+    assert_eq!((a3.generation_id, a3.members.len()), (3, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_member_comes_back_without_a_rebalance_and_fences_its_old_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let s1 = spawn_join(&c, join_req("", Some("inst-1"), &["range"]));
+    let s2 = spawn_join(&c, join_req("", Some("inst-2"), &["range"]));
+    let (s1, s2) = (s1.await.unwrap(), s2.await.unwrap());
+    assert_eq!((s1.generation_id, s2.generation_id), (1, 1), "both joined in the initial delay");
+    assert!(s1.member_id.starts_with("inst-1-"));
+    let leader = if s1.members.is_empty() { &s2 } else { &s1 };
+    let c2 = c.clone();
+    let follower = if s1.members.is_empty() { s1.member_id.clone() } else { s2.member_id.clone() };
+    let f = tokio::spawn(async move {
+        let mut r = sync_req(&follower, 1, &[]);
+        r.group_instance_id = None;
+        c2.sync(r).await
+    });
+    c.sync(sync_req(&leader.member_id, 1, &[(&s1.member_id, "one"), (&s2.member_id, "two")])).await.unwrap();
+    f.await.unwrap().unwrap();
+
+    // inst-1 restarts: same generation, its assignment, no rebalance.
+    let back = c.join(join_req("", Some("inst-1"), &["range"])).await;
+    assert_eq!(back.error, None);
+    assert_eq!(back.generation_id, 1);
+    assert_ne!(back.member_id, s1.member_id);
+    assert_eq!(state(&c), "Stable");
+    let mut again = sync_req(&back.member_id, 1, &[]);
+    again.group_instance_id = Some("inst-1".into());
+    assert_eq!(c.sync(again).await.unwrap().assignment, Bytes::from("one"));
+    assert_eq!(c.heartbeat("g", &s1.member_id, Some("inst-1"), 1), Err(GroupError::FencedInstanceId));
+    assert_eq!(c.heartbeat("g", &s2.member_id, Some("inst-2"), 1), Ok(()));
+    // The admin client removes a static member by instance id alone.
+    assert_eq!(c.leave("g", &[(String::new(), Some("inst-2".into())), (String::new(), Some("nope".into()))]),
+        Ok(vec![Ok(()), Err(GroupError::UnknownMemberId)]));
+    assert_eq!(state(&c), "PreparingRebalance");
+}
+
+#[tokio::test(start_paused = true)]
+async fn offsets_are_checked_persisted_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let c = coordinator(&db);
+    let req = |generation: i32, api_version: i16, offsets: Vec<CommitOffset>| OffsetCommitRequest {
+        group_id: "simple".into(),
+        generation_id_or_member_epoch: generation,
+        member_id: String::new(),
+        group_instance_id: None,
+        api_version,
+        offsets,
+    };
+    let off = |topic: &str, partition: i32, offset: i64, metadata: &str| CommitOffset {
+        topic: topic.into(),
+        partition,
+        offset,
+        leader_epoch: 3,
+        metadata: metadata.into(),
+    };
+    assert_eq!(c.commit_offsets(&req(4, 8, vec![off("t", 0, 1, "")])), Err(GroupError::IllegalGeneration));
+    assert_eq!(c.commit_offsets(&req(4, 9, vec![off("t", 0, 1, "")])), Err(GroupError::GroupIdNotFound));
+    let long = "x".repeat(5000);
+    let results = c
+        .commit_offsets(&req(-1, 8, vec![off("t", 0, 7, "hé"), off("t", 9, 1, ""), off("nope", 0, 1, ""), off("u", 1, 2, &long)]))
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![Ok(()), Err(GroupError::UnknownTopicOrPartition), Err(GroupError::UnknownTopicOrPartition), Err(GroupError::OffsetMetadataTooLarge)]
+    );
+    c.commit_offsets(&req(-1, 8, vec![off("u", 1, 9, "")])).unwrap();
+    let listed = c.list_groups(&["empty".into()], &["classic".into()]);
+    assert_eq!(listed.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), vec!["simple"]);
+    assert!(c.list_groups(&["Stable".into()], &[]).is_empty());
+    drop(c);
+
+    // A new coordinator on the same store has them.
+    let c = coordinator(&db);
+    let all = c.fetch_offsets("simple", None, None).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], (("t".to_string(), 0), Some(CommittedOffset { offset: 7, leader_epoch: 3, metadata: "hé".into(), commit_ms: 1_000 })));
+    let asked = c.fetch_offsets("simple", Some(&[("u".into(), 1), ("u".into(), 0)]), None).unwrap();
+    assert_eq!(asked[0].1.as_ref().map(|o| o.offset), Some(9));
+    assert_eq!(asked[1].1, None);
+    assert_eq!(c.fetch_offsets("unknown", Some(&[("t".into(), 0)]), None).unwrap(), vec![(("t".into(), 0), None)]);
+
+    assert_eq!(c.delete_offsets("unknown", &[("t".into(), 0)]), Err(GroupError::GroupIdNotFound));
+    assert_eq!(c.delete_offsets("simple", &[("t".into(), 0)]), Ok(vec![Ok(())]));
+    assert_eq!(c.fetch_offsets("simple", None, None).unwrap().len(), 1);
+    assert_eq!(c.delete_group("simple"), Ok(()));
+    assert_eq!(c.delete_group("simple"), Err(GroupError::GroupIdNotFound));
+    drop(c);
+    let c = coordinator(&db);
+    assert!(c.fetch_offsets("simple", None, None).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_with_members_is_not_deleted_and_protects_subscribed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    // Subscription v0 to topic "t": version, topics ["t"], user data null.
+    let mut sub = vec![0u8, 0, 0, 0, 0, 1, 0, 1, b't'];
+    sub.extend_from_slice(&(-1i32).to_be_bytes());
+    let mut req = join_req("", Some("i"), &["range"]);
+    req.protocols = vec![("range".into(), Bytes::from(sub))];
+    let a = c.join(req).await;
+    c.sync(sync_req(&a.member_id, 1, &[])).await.unwrap();
+    let commit = OffsetCommitRequest {
+        group_id: "g".into(),
+        generation_id_or_member_epoch: 1,
+        member_id: a.member_id.clone(),
+        group_instance_id: Some("i".into()),
+        api_version: 8,
+        offsets: vec![
+            CommitOffset { topic: "t".into(), partition: 0, offset: 1, leader_epoch: -1, metadata: String::new() },
+            CommitOffset { topic: "u".into(), partition: 0, offset: 1, leader_epoch: -1, metadata: String::new() },
+        ],
+    };
+    assert_eq!(c.commit_offsets(&commit), Ok(vec![Ok(()), Ok(())]));
+    assert_eq!(c.delete_group("g"), Err(GroupError::NonEmptyGroup));
+    assert_eq!(
+        c.delete_offsets("g", &[("t".into(), 0), ("u".into(), 0)]),
+        Ok(vec![Err(GroupError::GroupSubscribedToTopic), Ok(())])
+    );
+    let d = c.describe_group("g").unwrap();
+    assert_eq!((d.state.as_str(), d.protocol_data.as_str(), d.members.len()), ("Stable", "range", 1));
+    assert_eq!(d.members[0].group_instance_id.as_deref(), Some("i"));
+}
+
+fn hb(member: &str, epoch: i32, owned: Option<&[i32]>) -> consumer::HeartbeatRequest {
+    consumer::HeartbeatRequest {
+        group_id: "k".into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        rebalance_timeout_ms: if epoch == 0 { 30_000 } else { -1 },
+        subscribed_topic_names: (epoch == 0).then(|| vec!["t".to_string()]),
+        owned: owned.map(|ps| [(Uuid::from_u128(1), ps.iter().copied().collect())].into_iter().collect()),
+        api_version: 1,
+        ..Default::default()
+    }
+}
+
+fn parts(r: &consumer::HeartbeatResponse) -> Option<Vec<i32>> {
+    r.assignment.as_ref().map(|a| a.values().flat_map(|ps| ps.iter().copied()).collect())
+}
+
+#[tokio::test(start_paused = true)]
+async fn kip848_members_reconcile_without_sharing_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let a = c.consumer_heartbeat(hb("a", 0, Some(&[]))).unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (1, Some(vec![0, 1, 2, 3])));
+    assert_eq!(a.heartbeat_interval_ms, 5_000);
+
+    // b joins: its target partitions are still a's, so it gets nothing yet, at the new epoch.
+    let b = c.consumer_heartbeat(hb("b", 0, Some(&[]))).unwrap();
+    assert_eq!((b.member_epoch, parts(&b)), (2, Some(vec![])));
+    assert_eq!(c.consumer_describe("k").unwrap().state, "Reconciling");
+    // a must first revoke two partitions, keeping its epoch.
+    let a = c.consumer_heartbeat(hb("a", 1, Some(&[0, 1, 2, 3]))).unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (1, Some(vec![0, 1])));
+    // Until a confirms, b still waits.
+    assert_eq!(parts(&c.consumer_heartbeat(hb("b", 2, None)).unwrap()), None);
+    let a = c.consumer_heartbeat(hb("a", 1, Some(&[0, 1]))).unwrap();
+    assert_eq!(a.member_epoch, 2);
+    let b = c.consumer_heartbeat(hb("b", 2, None)).unwrap();
+    assert_eq!((b.member_epoch, parts(&b)), (2, Some(vec![2, 3])));
+    let d = c.consumer_describe("k").unwrap();
+    assert_eq!((d.state.as_str(), d.group_epoch, d.assignment_epoch, d.assignor_name.as_str()), ("Stable", 2, 2, "uniform"));
+
+    // Epochs fence, offsets commit only at the member's epoch.
+    assert_eq!(c.consumer_heartbeat(hb("a", 7, None)), Err(GroupError::FencedMemberEpoch));
+    assert_eq!(c.consumer_heartbeat(hb("zz", 2, None)), Err(GroupError::UnknownMemberId));
+    let mut bad = hb("c", 0, Some(&[]));
+    bad.server_assignor = Some("sticky".into());
+    assert_eq!(c.consumer_heartbeat(bad), Err(GroupError::UnsupportedAssignor("sticky".into())));
+    let commit = |epoch: i32, api_version: i16| OffsetCommitRequest {
+        group_id: "k".into(),
+        generation_id_or_member_epoch: epoch,
+        member_id: "b".into(),
+        group_instance_id: None,
+        api_version,
+        offsets: vec![CommitOffset { topic: "t".into(), partition: 2, offset: 1, leader_epoch: -1, metadata: String::new() }],
+    };
+    assert_eq!(c.commit_offsets(&commit(1, 9)), Err(GroupError::StaleMemberEpoch));
+    assert!(matches!(c.commit_offsets(&commit(2, 8)), Err(GroupError::UnsupportedVersion(_))));
+    assert_eq!(c.commit_offsets(&commit(2, 9)), Ok(vec![Ok(())]));
+    assert_eq!(c.fetch_offsets("k", None, Some(("b", 1))), Err(GroupError::StaleMemberEpoch));
+    assert_eq!(c.delete_offsets("k", &[("t".into(), 2)]), Ok(vec![Err(GroupError::GroupSubscribedToTopic)]));
+
+    // b stops heartbeating: after the session timeout (45 s) a gets everything back.
+    let mut last = None;
+    for _ in 0..50 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        let epoch = last.as_ref().map_or(2, |r: &consumer::HeartbeatResponse| r.member_epoch);
+        let r = c.consumer_heartbeat(hb("a", epoch, None)).unwrap();
+        if r.assignment.is_some() {
+            last = Some(r);
+        }
+    }
+    let a = last.unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (3, Some(vec![0, 1, 2, 3])));
+    // Leaving empties the group; its offsets stay.
+    let left = c.consumer_heartbeat(hb("a", consumer::LEAVE_EPOCH, None)).unwrap();
+    assert_eq!(left.member_epoch, -1);
+    assert_eq!(c.list_groups(&[], &["consumer".into()])[0].state, "Empty");
+}
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_its_data() {
+    use crate::controller::store::MetadataStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let store = SqliteStore::open(&db).unwrap();
+    store.load("cluster-1").unwrap();
+    drop(store);
+    // What a version 1 binary left behind: no group_offsets table.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("DROP TABLE group_offsets; PRAGMA user_version = 1;").unwrap();
+    drop(c);
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.load("other").unwrap().cluster_id, "cluster-1");
+    let rec = |offset| GroupOffsetRecord {
+        group_id: "g".into(),
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        leader_epoch: -1,
+        metadata: "m".into(),
+        commit_ms: 1,
+    };
+    store.commit_group_offsets(&[rec(1)]).unwrap();
+    store.commit_group_offsets(&[rec(2)]).unwrap();
+    assert_eq!(store.load_group_offsets().unwrap(), vec![rec(2)]);
+    let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn kip848_static_member_leaves_for_a_restart_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(&dir.path().join("c.db"));
+    let with_instance = |mut r: consumer::HeartbeatRequest| {
+        r.instance_id = Some("inst".into());
+        r
+    };
+    let a = c.consumer_heartbeat(with_instance(hb("a1", 0, Some(&[])))).unwrap();
+    let b = c.consumer_heartbeat(hb("b", 0, Some(&[]))).unwrap();
+    assert_eq!((a.member_epoch, b.member_epoch), (1, 2));
+    c.consumer_heartbeat(hb("a1", 1, Some(&[0, 1, 2, 3]))).unwrap();
+    c.consumer_heartbeat(hb("a1", 1, Some(&[0, 1]))).unwrap();
+    let b = c.consumer_heartbeat(hb("b", 2, None)).unwrap();
+    assert_eq!(parts(&b), Some(vec![2, 3]));
+
+    // Another process with the same instance id while a1 is active: refused.
+    assert_eq!(c.consumer_heartbeat(with_instance(hb("a2", 0, Some(&[])))), Err(GroupError::UnreleasedInstanceId));
+    // a1 leaves for a restart (epoch -2): its partitions stay reserved, b does not get them.
+    let left = c.consumer_heartbeat(with_instance(hb("a1", consumer::STATIC_LEAVE_EPOCH, None))).unwrap();
+    assert_eq!(left.member_epoch, consumer::STATIC_LEAVE_EPOCH);
+    assert_eq!(parts(&c.consumer_heartbeat(hb("b", 2, Some(&[2, 3]))).unwrap()), None);
+    // a2 (the restarted process) takes over: same epoch, same partitions, no new group epoch.
+    let a2 = c.consumer_heartbeat(with_instance(hb("a2", 0, Some(&[])))).unwrap();
+    assert_eq!((a2.member_epoch, parts(&a2)), (2, Some(vec![0, 1])));
+    assert_eq!(c.consumer_describe("k").unwrap().group_epoch, 2);
+    assert_eq!(c.consumer_heartbeat(hb("a1", 2, None)), Err(GroupError::UnknownMemberId));
+}

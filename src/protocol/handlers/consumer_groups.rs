@@ -1,0 +1,124 @@
+//! KIP-848 consumer groups: ConsumerGroupHeartbeat (join, reconcile towards the server-side
+//! assignment, leave) and ConsumerGroupDescribe, translated to the controller's coordinator.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::consumer_group_describe_response::{self as describe, DescribedGroup, Member};
+use kafka_protocol::messages::consumer_group_heartbeat_response::{self as heartbeat, Assignment};
+use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, TopicName,
+};
+
+use super::groups::GROUP_AUTHORIZED_OPERATIONS;
+use super::str_bytes;
+use crate::agent::Agent;
+use crate::controller::groups::consumer::HeartbeatRequest;
+use crate::controller::groups::{ClientInfo, GroupError};
+use crate::protocol::error::group_code;
+
+/// ConsumerGroupDescribe v1 member type of members using this protocol.
+const MEMBER_TYPE_CONSUMER: i8 = 1;
+
+pub async fn heartbeat(agent: &Agent, version: i16, req: ConsumerGroupHeartbeatRequest, client: &ClientInfo) -> ConsumerGroupHeartbeatResponse {
+    let owned = req.topic_partitions.map(|tps| {
+        let mut a: BTreeMap<uuid::Uuid, std::collections::BTreeSet<i32>> = BTreeMap::new();
+        for tp in tps {
+            a.entry(tp.topic_id).or_default().extend(tp.partitions);
+        }
+        a
+    });
+    let r = HeartbeatRequest {
+        group_id: req.group_id.0.to_string(),
+        member_id: req.member_id.to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: req.instance_id.map(|s| s.to_string()),
+        rack_id: req.rack_id.map(|s| s.to_string()),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req.subscribed_topic_names.map(|ns| ns.into_iter().map(|n| n.0.to_string()).collect()),
+        // librdkafka sends an empty regex when it subscribes by names.
+        subscribed_topic_regex: if version >= 1 { req.subscribed_topic_regex.map(|s| s.to_string()).filter(|s| !s.is_empty()) } else { None },
+        server_assignor: req.server_assignor.map(|s| s.to_string()),
+        owned,
+        api_version: version,
+        client: client.clone(),
+    };
+    let group_id = r.group_id.clone();
+    let member_epoch = r.member_epoch;
+    match agent.controller.consumer_group_heartbeat(r).await {
+        Ok(resp) => ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(str_bytes(resp.member_id)))
+            .with_member_epoch(resp.member_epoch)
+            .with_heartbeat_interval_ms(resp.heartbeat_interval_ms)
+            .with_assignment(resp.assignment.map(|a| {
+                Assignment::default().with_topic_partitions(
+                    a.into_iter()
+                        .map(|(t, ps)| heartbeat::TopicPartitions::default().with_topic_id(t).with_partitions(ps.into_iter().collect()))
+                        .collect(),
+                )
+            })),
+        Err(e) => {
+            tracing::debug!(group = %group_id, member_epoch, error = %e, "ConsumerGroupHeartbeat refused");
+            error_response(&e)
+        }
+    }
+}
+
+fn error_response(e: &GroupError) -> ConsumerGroupHeartbeatResponse {
+    ConsumerGroupHeartbeatResponse::default().with_error_code(group_code(e)).with_error_message(Some(str_bytes(e.to_string())))
+}
+
+pub async fn describe(agent: &Agent, version: i16, req: ConsumerGroupDescribeRequest) -> ConsumerGroupDescribeResponse {
+    let mut groups = Vec::with_capacity(req.group_ids.len());
+    for id in req.group_ids {
+        let mut d = DescribedGroup::default().with_group_id(id.clone());
+        if req.include_authorized_operations {
+            d = d.with_authorized_operations(GROUP_AUTHORIZED_OPERATIONS);
+        }
+        match agent.controller.consumer_group_describe(id.0.to_string()).await {
+            Err(e) => {
+                d = d.with_error_code(group_code(&e)).with_error_message(Some(str_bytes(format!("group {}: {e}", id.0))));
+            }
+            Ok(g) => {
+                let tps = |a: Vec<(uuid::Uuid, String, Vec<i32>)>| {
+                    describe::Assignment::default().with_topic_partitions(
+                        a.into_iter()
+                            .map(|(t, n, ps)| {
+                                describe::TopicPartitions::default().with_topic_id(t).with_topic_name(TopicName(str_bytes(n))).with_partitions(ps)
+                            })
+                            .collect(),
+                    )
+                };
+                let members = g
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let mut out = Member::default()
+                            .with_member_id(str_bytes(m.member_id))
+                            .with_instance_id(m.instance_id.map(str_bytes))
+                            .with_rack_id(m.rack_id.map(str_bytes))
+                            .with_member_epoch(m.member_epoch)
+                            .with_client_id(str_bytes(m.client.client_id))
+                            .with_client_host(str_bytes(m.client.client_host))
+                            .with_subscribed_topic_names(m.subscribed_topic_names.into_iter().map(|n| TopicName(str_bytes(n))).collect())
+                            .with_subscribed_topic_regex(m.subscribed_topic_regex.map(str_bytes))
+                            .with_assignment(tps(m.assignment))
+                            .with_target_assignment(tps(m.target_assignment));
+                        if version >= 1 {
+                            out = out.with_member_type(MEMBER_TYPE_CONSUMER);
+                        }
+                        out
+                    })
+                    .collect();
+                d = d
+                    .with_group_state(str_bytes(g.state))
+                    .with_group_epoch(g.group_epoch)
+                    .with_assignment_epoch(g.assignment_epoch)
+                    .with_assignor_name(str_bytes(g.assignor_name))
+                    .with_members(members);
+            }
+        }
+        groups.push(d);
+    }
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
+}
