@@ -45,7 +45,8 @@ pub enum ControllerError {
     UnknownTopicOrPartition,
     #[error("unknown topic id")]
     UnknownTopicId,
-    #[error("topic {0} already exists")]
+    // Kafka's own wording: tools print it as is (kafka-topics.sh --create).
+    #[error("Topic '{0}' already exists.")]
     TopicAlreadyExists(String),
     #[error("invalid topic name: {0}")]
     InvalidTopicName(String),

@@ -18,6 +18,9 @@ SUPPORTED = {
     kw.PRODUCE: (3, 13),
     kw.FETCH: (4, 18),
     kw.LIST_OFFSETS: (1, 10),
+    32: (1, 4),  # DescribeConfigs
+    60: (0, 2),  # DescribeCluster
+    75: (0, 0),  # DescribeTopicPartitions
 }
 
 
@@ -151,6 +154,7 @@ def test_unknown_api_key_closes_connection(server, api_key):
 @pytest.mark.parametrize("api_key,version", [
     (kw.PRODUCE, 2), (kw.PRODUCE, 100), (kw.FETCH, 3), (kw.FETCH, 100), (kw.METADATA, 100),
     (kw.LIST_OFFSETS, 0), (kw.CREATE_TOPICS, 1), (kw.DELETE_TOPICS, 0), (kw.LIST_OFFSETS, 100),
+    (32, 0), (32, 100), (60, 100), (75, 1),
 ])
 def test_unsupported_version_closes_connection(server, api_key, version):
     hdr = (kw.request_header_v2 if version >= 50 else kw.request_header_v1)(api_key, version, 1)

@@ -1,9 +1,20 @@
 //! Metadata: this agent is the only broker, the controller and the leader of every partition.
 //! Unknown topics are created when the client allows it and `[topics] auto_create` is on.
+//! DescribeCluster (the AdminClient's `describeCluster`) and DescribeTopicPartitions (the
+//! AdminClient's `describeTopics`, paged by a cursor) tell the same story.
+
+use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_topic_partitions_response::{
+    Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse, MetadataRequest, MetadataResponse, TopicName,
+};
 
 use super::str_bytes;
 use crate::agent::Agent;
@@ -105,5 +116,167 @@ async fn lookup_or_create(agent: &Agent, name: &str, allow_auto_create: bool) ->
             tracing::warn!(topic = name, error = %e, "auto-create failed");
             error_entry(Some(name), nil, ResponseError::LeaderNotAvailable.code())
         }
+    }
+}
+
+/// DescribeCluster's endpoint type for brokers (2 asks for the KRaft controllers).
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+
+pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let me = BrokerId(agent.settings.node_id);
+    let resp = DescribeClusterResponse::default()
+        .with_endpoint_type(req.endpoint_type)
+        .with_cluster_id(str_bytes(agent.controller.cluster_id()));
+    if req.endpoint_type != ENDPOINT_TYPE_BROKERS {
+        return resp.with_error_code(ResponseError::UnsupportedEndpointType.code()).with_error_message(Some(str_bytes(
+            format!("endpoint type {} is not served: sidestream has brokers only", req.endpoint_type),
+        )));
+    }
+    resp.with_error_message(None).with_controller_id(me).with_brokers(vec![
+        DescribeClusterBroker::default()
+            .with_broker_id(me)
+            .with_host(str_bytes(agent.settings.advertised_host.clone()))
+            .with_port(agent.settings.advertised_port)
+            .with_rack(None),
+    ])
+}
+
+/// Kafka's `max.request.partition.size.limit` default: partitions per DescribeTopicPartitions
+/// response, whatever the client asks for.
+const DESCRIBE_PARTITIONS_MAX: i32 = 2000;
+
+/// One topic of a DescribeTopicPartitions page: its partitions `start..end`, or unknown.
+#[derive(Debug, PartialEq, Eq)]
+enum PageEntry<'a> {
+    Topic { name: &'a str, start: i32, end: i32 },
+    Unknown(&'a str),
+}
+
+/// Kafka's paging (DescribeTopicPartitionsRequestHandler): topics sorted by name from the
+/// cursor's topic (at the cursor's partition), at most `limit` partitions; the next cursor
+/// points at the first partition left out. `topics` are (name, partition count if it exists);
+/// unknown topics are listed only when named by the client (`listed`).
+fn describe_page<'a>(
+    mut topics: Vec<(&'a str, Option<i32>)>,
+    cursor: Option<(&str, i32)>,
+    limit: i32,
+    listed: bool,
+) -> (Vec<PageEntry<'a>>, Option<(&'a str, i32)>) {
+    topics.sort_unstable();
+    topics.dedup();
+    let mut remaining = limit.clamp(1, DESCRIBE_PARTITIONS_MAX);
+    let mut page = Vec::new();
+    for (name, partitions) in topics.into_iter().filter(|(n, _)| cursor.is_none_or(|(c, _)| *n >= c)) {
+        if remaining == 0 {
+            return (page, Some((name, 0)));
+        }
+        let Some(count) = partitions else {
+            if listed {
+                page.push(PageEntry::Unknown(name));
+            }
+            continue;
+        };
+        let start = match cursor {
+            Some((c, p)) if c == name => p.min(count),
+            _ => 0,
+        };
+        let end = count.min(start.saturating_add(remaining));
+        page.push(PageEntry::Topic { name, start, end });
+        remaining -= end - start;
+        if end < count {
+            return (page, Some((name, end)));
+        }
+    }
+    (page, None)
+}
+
+pub fn describe_topic_partitions(agent: &Agent, req: DescribeTopicPartitionsRequest) -> DescribeTopicPartitionsResponse {
+    let me = BrokerId(agent.settings.node_id);
+    let listed = !req.topics.is_empty();
+    let names: Vec<String> = if listed {
+        req.topics.iter().map(|t| t.name.0.to_string()).collect()
+    } else {
+        agent.controller.topics().iter().map(|t| t.name.clone()).collect()
+    };
+    let cursor = req.cursor.as_ref().map(|c| (c.topic_name.0.to_string(), c.partition_index));
+    let invalid = match &cursor {
+        Some((_, p)) if *p < 0 => Some(format!("cursor partition index {p} is negative")),
+        Some((t, _)) if listed && !names.contains(t) => Some(format!("the topic list should contain the cursor topic {t}")),
+        _ => None,
+    };
+    if let Some(why) = invalid {
+        // Kafka answers an invalid request with the error on every requested topic.
+        tracing::debug!(why, "DescribeTopicPartitions refused");
+        let topics = names
+            .iter()
+            .map(|n| {
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_name(Some(TopicName(str_bytes(n.clone()))))
+            })
+            .collect();
+        return DescribeTopicPartitionsResponse::default().with_topics(topics);
+    }
+    let metas: Vec<Option<Arc<TopicMeta>>> = names.iter().map(|n| agent.controller.topic(TopicRef::Name(n))).collect();
+    let input = names.iter().zip(&metas).map(|(n, m)| (n.as_str(), m.as_ref().map(|m| m.partitions))).collect();
+    let (page, next) = describe_page(input, cursor.as_ref().map(|(t, p)| (t.as_str(), *p)), req.response_partition_limit, listed);
+    let topics = page
+        .into_iter()
+        .map(|entry| match entry {
+            PageEntry::Unknown(name) => DescribeTopicPartitionsResponseTopic::default()
+                .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                .with_name(Some(TopicName(str_bytes(name)))),
+            PageEntry::Topic { name, start, end } => {
+                let id = names.iter().zip(&metas).find(|(n, _)| *n == name).and_then(|(_, m)| m.as_ref()).map(|m| m.id);
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_name(Some(TopicName(str_bytes(name))))
+                    .with_topic_id(id.unwrap_or_default())
+                    .with_partitions(
+                        (start..end)
+                            .map(|p| {
+                                DescribeTopicPartitionsResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_leader_id(me)
+                                    .with_leader_epoch(LEADER_EPOCH)
+                                    .with_replica_nodes(vec![me])
+                                    .with_isr_nodes(vec![me])
+                                    .with_eligible_leader_replicas(Some(Vec::new()))
+                                    .with_last_known_elr(Some(Vec::new()))
+                            })
+                            .collect(),
+                    )
+            }
+        })
+        .collect();
+    DescribeTopicPartitionsResponse::default().with_topics(topics).with_next_cursor(
+        next.map(|(t, p)| Cursor::default().with_topic_name(TopicName(str_bytes(t))).with_partition_index(p)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, start: i32, end: i32) -> PageEntry<'_> {
+        PageEntry::Topic { name, start, end }
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_in_name_order() {
+        let all = || vec![("b", Some(3)), ("a", Some(2)), ("c", Some(1))];
+        assert_eq!(describe_page(all(), None, 100, false), (vec![topic("a", 0, 2), topic("b", 0, 3), topic("c", 0, 1)], None));
+        // A page that ends inside a topic, then one that ends exactly at a topic's end.
+        assert_eq!(describe_page(all(), None, 3, false), (vec![topic("a", 0, 2), topic("b", 0, 1)], Some(("b", 1))));
+        assert_eq!(describe_page(all(), Some(("b", 1)), 2, false), (vec![topic("b", 1, 3)], Some(("c", 0))));
+        assert_eq!(describe_page(all(), Some(("c", 0)), 2, false), (vec![topic("c", 0, 1)], None));
+        // A limit below 1 still makes progress.
+        assert_eq!(describe_page(all(), None, 0, false).1, Some(("a", 1)));
+    }
+
+    #[test]
+    fn unknown_topics_are_listed_only_when_named() {
+        let input = || vec![("x", None), ("a", Some(1)), ("a", Some(1))];
+        assert_eq!(describe_page(input(), None, 10, true), (vec![topic("a", 0, 1), PageEntry::Unknown("x")], None));
+        assert_eq!(describe_page(input(), None, 10, false), (vec![topic("a", 0, 1)], None));
     }
 }

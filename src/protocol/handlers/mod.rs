@@ -7,6 +7,7 @@
 
 mod admin;
 mod api_versions;
+mod configs;
 mod consumer_groups;
 mod fetch;
 mod groups;
@@ -22,10 +23,10 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreateTopicsRequest,
-    DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -44,6 +45,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
@@ -85,6 +89,9 @@ pub enum Request {
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
     InitProducerId(InitProducerIdRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    DescribeCluster(DescribeClusterRequest),
+    DescribeTopicPartitions(DescribeTopicPartitionsRequest),
     FindCoordinator(FindCoordinatorRequest),
     JoinGroup(JoinGroupRequest),
     SyncGroup(SyncGroupRequest),
@@ -153,6 +160,9 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::Fetch => decode!(Fetch, FetchRequest),
         ApiKey::ListOffsets => decode!(ListOffsets, ListOffsetsRequest),
         ApiKey::InitProducerId => decode!(InitProducerId, InitProducerIdRequest),
+        ApiKey::DescribeConfigs => decode!(DescribeConfigs, DescribeConfigsRequest),
+        ApiKey::DescribeCluster => decode!(DescribeCluster, DescribeClusterRequest),
+        ApiKey::DescribeTopicPartitions => decode!(DescribeTopicPartitions, DescribeTopicPartitionsRequest),
         ApiKey::FindCoordinator => decode!(FindCoordinator, FindCoordinatorRequest),
         ApiKey::JoinGroup => decode!(JoinGroup, JoinGroupRequest),
         ApiKey::SyncGroup => decode!(SyncGroup, SyncGroupRequest),
@@ -195,6 +205,9 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
         Request::Fetch(r) => ctx.respond(&fetch::handle(&agent, version, r).await),
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, r).await),
+        Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
+        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
+        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r)),
         Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r)),
         Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
         Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),

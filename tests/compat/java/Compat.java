@@ -1,0 +1,316 @@
+// Compatibility scenarios driven by Apache Kafka's own Java client (kafka-clients 4.4.0).
+//
+// Usage: java -cp 'LIB/*:CLASSES' Compat <scenario> <bootstrap> <topic> [args...]
+// Each scenario prints what the client observed as `OBS key=value` lines on stdout (the same
+// lines against Sidestream and against a real Kafka broker, where the two agree; the
+// differential harness compares them) and exits non-zero with a message if an expectation
+// fails. Records are deterministic (key k<i>, value v<i>), so observations are comparable.
+
+import java.time.Duration;
+import java.util.*;
+import java.util.concurrent.*;
+
+import org.apache.kafka.clients.admin.*;
+import org.apache.kafka.clients.consumer.*;
+import org.apache.kafka.clients.producer.*;
+import org.apache.kafka.common.*;
+import org.apache.kafka.common.config.ConfigResource;
+import org.apache.kafka.common.serialization.*;
+import org.apache.kafka.streams.*;
+import org.apache.kafka.streams.kstream.*;
+
+public class Compat {
+    static final Duration DEADLINE = Duration.ofSeconds(60);
+
+    public static void main(String[] args) throws Exception {
+        if (args.length < 3) {
+            System.err.println("usage: Compat <scenario> <bootstrap> <topic> [args]");
+            System.exit(2);
+        }
+        String scenario = args[0], bootstrap = args[1], topic = args[2];
+        switch (scenario) {
+            case "produce" -> produce(bootstrap, topic, Integer.parseInt(args[3]), Integer.parseInt(args[4]));
+            case "consume-assign" -> consumeAssign(bootstrap, topic, Integer.parseInt(args[3]), args.length > 4 ? args[4] : null);
+            case "admin" -> admin(bootstrap, topic);
+            case "wordcount" -> wordCount(bootstrap, topic, args[3]);
+            case "consume-group" -> consumeGroup(bootstrap, topic, Integer.parseInt(args[3]), args[4], args[5]);
+            default -> fail("unknown scenario " + scenario);
+        }
+    }
+
+    static void obs(String key, Object value) {
+        System.out.println("OBS " + key + "=" + value);
+    }
+
+    static void fail(String msg) {
+        System.err.println("FAIL: " + msg);
+        System.exit(1);
+    }
+
+    static void check(boolean cond, String msg) {
+        if (!cond) fail(msg);
+    }
+
+    /** Creates the topic with the AdminClient, then the producer with every default (acks=all,
+     *  enable.idempotence=true) sends n keyed records. */
+    static void produce(String bootstrap, String topic, int n, int partitions) throws Exception {
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1))).all().get();
+        }
+        Properties p = new Properties();
+        p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        Map<Integer, List<Long>> offsets = new TreeMap<>();
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(p)) {
+            List<Future<RecordMetadata>> futures = new ArrayList<>();
+            for (int i = 0; i < n; i++) {
+                futures.add(producer.send(new ProducerRecord<>(topic, "k" + i, "v" + i)));
+            }
+            producer.flush();
+            for (Future<RecordMetadata> f : futures) {
+                RecordMetadata md = f.get(DEADLINE.toSeconds(), TimeUnit.SECONDS);
+                offsets.computeIfAbsent(md.partition(), k -> new ArrayList<>()).add(md.offset());
+            }
+            // The config the client ran with: the defaults this scenario is about.
+            obs("producer.acks", p.getOrDefault(ProducerConfig.ACKS_CONFIG, "all (default)"));
+        }
+        for (Map.Entry<Integer, List<Long>> e : offsets.entrySet()) {
+            List<Long> got = e.getValue();
+            List<Long> sorted = new ArrayList<>(got);
+            Collections.sort(sorted);
+            for (int i = 0; i < sorted.size(); i++) {
+                check(sorted.get(i) == i, "partition " + e.getKey() + ": offsets not dense from 0: " + sorted);
+            }
+            check(got.equals(sorted), "partition " + e.getKey() + ": offsets not in send order");
+            obs("produced.partition." + e.getKey(), got.size());
+        }
+        obs("produced.total", n);
+    }
+
+    /** A consumer with assign() on every partition, from the beginning, until n records. */
+    static void consumeAssign(String bootstrap, String topic, int n, String groupId) throws Exception {
+        Properties p = new Properties();
+        p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        if (groupId != null) {
+            p.put(ConsumerConfig.GROUP_ID_CONFIG, groupId);
+            p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        }
+        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p)) {
+            List<TopicPartition> tps = new ArrayList<>();
+            for (PartitionInfo pi : consumer.partitionsFor(topic, DEADLINE)) {
+                tps.add(new TopicPartition(topic, pi.partition()));
+            }
+            tps.sort(Comparator.comparingInt(TopicPartition::partition));
+            obs("consumer.partitions", tps.size());
+            consumer.assign(tps);
+            consumer.seekToBeginning(tps);
+            Map<Integer, Long> next = new HashMap<>();
+            Set<String> keys = new HashSet<>();
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            int count = 0;
+            while (count < n) {
+                check(System.nanoTime() < deadline, "only " + count + " of " + n + " records within the deadline");
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(500))) {
+                    long want = next.getOrDefault(r.partition(), 0L);
+                    check(r.offset() == want, "partition " + r.partition() + ": offset " + r.offset() + ", expected " + want);
+                    next.put(r.partition(), want + 1);
+                    check(r.value().equals("v" + r.key().substring(1)), "record " + r.key() + " has value " + r.value());
+                    check(keys.add(r.key()), "duplicate record " + r.key());
+                    count++;
+                }
+            }
+            Map<TopicPartition, Long> end = consumer.endOffsets(tps, DEADLINE);
+            for (TopicPartition tp : tps) {
+                check(end.get(tp) == next.getOrDefault(tp.partition(), 0L).longValue(),
+                      tp + ": end offset " + end.get(tp) + " but consumed up to " + next.get(tp.partition()));
+                obs("consumed.partition." + tp.partition(), next.getOrDefault(tp.partition(), 0L));
+            }
+            obs("consumed.total", count);
+        }
+    }
+
+    /** A consumer in a group (group.protocol classic or consumer) that subscribe()s, reads n
+     *  records and commits; the committed offsets must equal the end offsets. */
+    static void consumeGroup(String bootstrap, String topic, int n, String protocol, String groupId) throws Exception {
+        Properties p = new Properties();
+        p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        p.put(ConsumerConfig.GROUP_ID_CONFIG, groupId);
+        p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, protocol);
+        p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p)) {
+            consumer.subscribe(List.of(topic));
+            Set<String> keys = new HashSet<>();
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            while (keys.size() < n) {
+                check(System.nanoTime() < deadline, "only " + keys.size() + " of " + n + " records within the deadline");
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(500))) {
+                    check(keys.add(r.key()), "duplicate record " + r.key());
+                }
+            }
+            consumer.commitSync();
+            Set<TopicPartition> assigned = consumer.assignment();
+            obs("group.assigned", assigned.size());
+            Map<TopicPartition, OffsetAndMetadata> committed = consumer.committed(assigned, DEADLINE);
+            Map<TopicPartition, Long> end = consumer.endOffsets(assigned, DEADLINE);
+            for (TopicPartition tp : assigned) {
+                check(committed.get(tp) != null && committed.get(tp).offset() == end.get(tp),
+                      tp + ": committed " + committed.get(tp) + ", end " + end.get(tp));
+            }
+            obs("group.consumed", keys.size());
+        }
+    }
+
+    /** Kafka Streams word count (the quickstart's WordCountDemo topology): lines into
+     *  `<topic>-in`, counts out of `<topic>-out`, read back until every word has its final count. */
+    static void wordCount(String bootstrap, String topic, String stateDir) throws Exception {
+        String in = topic + "-in", out = topic + "-out";
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic(in, 2, (short) 1), new NewTopic(out, 2, (short) 1))).all().get();
+        }
+        String[] lines = {"all streams lead to kafka", "hello kafka streams", "join kafka summit"};
+        Map<String, Long> expected = new TreeMap<>();
+        for (String line : lines) for (String w : line.split(" ")) expected.merge(w, 1L, Long::sum);
+        Properties pp = new Properties();
+        pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(pp)) {
+            for (String line : lines) producer.send(new ProducerRecord<>(in, null, line)).get();
+        }
+
+        Properties sp = new Properties();
+        sp.put(StreamsConfig.APPLICATION_ID_CONFIG, "wordcount-" + topic);
+        sp.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        sp.put(StreamsConfig.STATE_DIR_CONFIG, stateDir);
+        sp.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        sp.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        sp.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        sp.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
+        sp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        StreamsBuilder builder = new StreamsBuilder();
+        builder.<String, String>stream(in)
+            .flatMapValues(v -> Arrays.asList(v.toLowerCase(Locale.ROOT).split(" ")))
+            .groupBy((k, w) -> w)
+            .count()
+            .toStream()
+            .to(out, Produced.with(Serdes.String(), Serdes.Long()));
+        Map<String, Long> counts = new TreeMap<>();
+        try (KafkaStreams streams = new KafkaStreams(builder.build(), sp)) {
+            streams.start();
+            Properties cp = new Properties();
+            cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+            cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
+            try (KafkaConsumer<String, Long> consumer = new KafkaConsumer<>(cp)) {
+                List<TopicPartition> tps = List.of(new TopicPartition(out, 0), new TopicPartition(out, 1));
+                consumer.assign(tps);
+                consumer.seekToBeginning(tps);
+                long deadline = System.nanoTime() + DEADLINE.toNanos();
+                while (!counts.equals(expected)) {
+                    check(System.nanoTime() < deadline, "counts " + counts + ", expected " + expected
+                          + " (streams state " + streams.state() + ")");
+                    for (ConsumerRecord<String, Long> r : consumer.poll(Duration.ofMillis(500))) {
+                        counts.put(r.key(), r.value());
+                    }
+                }
+            }
+        }
+        obs("wordcount.words", counts.size());
+        obs("wordcount.kafka", counts.get("kafka"));
+    }
+
+    /** AdminClient: create (with a config), list, describe topics and configs, describe the
+     *  cluster, list offsets (earliest, latest, max timestamp), delete. */
+    static void admin(String bootstrap, String topic) throws Exception {
+        Properties p = new Properties();
+        p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(p)) {
+            NewTopic nt = new NewTopic(topic, 3, (short) 1).configs(Map.of("retention.ms", "3600000"));
+            admin.createTopics(List.of(nt)).all().get();
+            obs("create", "ok");
+            try {
+                admin.createTopics(List.of(new NewTopic(topic, 3, (short) 1))).all().get();
+                fail("creating an existing topic succeeded");
+            } catch (ExecutionException e) {
+                obs("create.again", e.getCause().getClass().getSimpleName());
+            }
+            check(admin.listTopics().names().get().contains(topic), "listTopics misses " + topic);
+            obs("list.contains", true);
+
+            TopicDescription d = admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic);
+            obs("describe.partitions", d.partitions().size());
+            obs("describe.internal", d.isInternal());
+            check(d.topicId() != null && !d.topicId().equals(Uuid.ZERO_UUID), "no topic id");
+            for (TopicPartitionInfo pi : d.partitions()) {
+                check(pi.leader() != null, "partition " + pi.partition() + " has no leader");
+                check(!pi.replicas().isEmpty() && !pi.isr().isEmpty(), "partition " + pi.partition() + " has no replicas/isr");
+            }
+            // DescribeTopicPartitions pages of 2 partitions: the client follows the cursor.
+            TopicDescription paged = admin.describeTopics(List.of(topic), new DescribeTopicsOptions().partitionSizeLimitPerResponse(2))
+                .allTopicNames().get().get(topic);
+            obs("describe.paged.partitions", paged.partitions().stream().map(TopicPartitionInfo::partition).toList());
+            try {
+                admin.describeTopics(List.of(topic + "-missing")).allTopicNames().get();
+                fail("describing a missing topic succeeded");
+            } catch (ExecutionException e) {
+                obs("describe.missing", e.getCause().getClass().getSimpleName());
+            }
+
+            ConfigResource res = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+            Config cfg = admin.describeConfigs(List.of(res)).all().get().get(res);
+            ConfigEntry retention = cfg.get("retention.ms");
+            check(retention != null, "describeConfigs has no retention.ms: " + cfg);
+            obs("configs.retention.ms", retention.value() + " " + retention.source());
+            ConfigEntry cleanup = cfg.get("cleanup.policy");
+            check(cleanup != null, "describeConfigs has no cleanup.policy");
+            obs("configs.cleanup.policy", cleanup.value() + " " + cleanup.source());
+
+            DescribeClusterResult c = admin.describeCluster();
+            Collection<Node> nodes = c.nodes().get();
+            check(!nodes.isEmpty(), "no nodes");
+            check(c.controller().get() != null, "no controller");
+            check(c.clusterId().get() != null, "no cluster id");
+            obs("cluster.nodes", nodes.size());
+
+            // Offsets of an empty topic, then after 5 records in partition 0.
+            TopicPartition tp0 = new TopicPartition(topic, 0);
+            obs("offsets.empty.latest", admin.listOffsets(Map.of(tp0, OffsetSpec.latest())).all().get().get(tp0).offset());
+            Properties pp = new Properties();
+            pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+            pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+            long base = System.currentTimeMillis() - 10_000;
+            try (KafkaProducer<String, String> producer = new KafkaProducer<>(pp)) {
+                for (int i = 0; i < 5; i++) {
+                    producer.send(new ProducerRecord<>(topic, 0, base + i * 1000L, "k" + i, "v" + i)).get();
+                }
+            }
+            obs("offsets.earliest", admin.listOffsets(Map.of(tp0, OffsetSpec.earliest())).all().get().get(tp0).offset());
+            obs("offsets.latest", admin.listOffsets(Map.of(tp0, OffsetSpec.latest())).all().get().get(tp0).offset());
+            ListOffsetsResult.ListOffsetsResultInfo max =
+                admin.listOffsets(Map.of(tp0, OffsetSpec.maxTimestamp())).all().get().get(tp0);
+            obs("offsets.maxTimestamp", max.offset() + " ts+" + (max.timestamp() - base));
+            obs("offsets.forTimestamp.after", admin.listOffsets(Map.of(tp0, OffsetSpec.forTimestamp(base + 60_000))).all().get().get(tp0).offset());
+
+            admin.deleteTopics(List.of(topic)).all().get();
+            obs("delete", "ok");
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            while (admin.listTopics().names().get().contains(topic)) {
+                check(System.nanoTime() < deadline, "topic still listed after delete");
+                Thread.sleep(100);
+            }
+            obs("list.after.delete.contains", false);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+"""franz-go (kgo, kadm), every client option at its default, against the server.
+
+The scenarios live in tests/compat/go/main.go: the default producer (idempotent, acks=all),
+direct partition consumption, and kadm topic administration.
+"""
+
+import uuid
+
+from compat import go_cmd, observations, record, run
+
+
+def test_franz_go_produce_consume(server, request):
+    topic = "go-pc-%s" % uuid.uuid4().hex[:8]
+    n = 3000
+    produced = record(request, observations(run(go_cmd("produce", server.bootstrap, topic, n))[0]))
+    assert produced["produced.total"] == str(n)
+    consumed = record(request, observations(run(go_cmd("consume", server.bootstrap, topic, n))[0]))
+    assert consumed["consumer.partitions"] == "3"
+    assert consumed["consumed.total"] == str(n)
+    for p in range(3):
+        assert consumed["consumed.partition.%d" % p] == produced["produced.partition.%d" % p]
+
+
+def test_kadm_topic_admin(server, request):
+    obs = record(request, observations(run(go_cmd("admin", server.bootstrap, "go-admin-%s" % uuid.uuid4().hex[:8]))[0]))
+    assert obs == {
+        "create": "ok",
+        "create.again": "TOPIC_ALREADY_EXISTS: Topic with this name already exists.",
+        "list.partitions": "3",
+        "configs.cleanup.policy": "delete DEFAULT_CONFIG",
+        "configs.retention.ms": "3600000 DYNAMIC_TOPIC_CONFIG",
+        "cluster.brokers": "1",
+        "offsets.p0": "0-5",
+        "offsets.p1.end": "0",
+        "delete": "ok",
+        "list.after.delete.contains": "false",
+    }
