@@ -51,12 +51,32 @@ async fn read_response(s: &mut TcpStream) -> Bytes {
     Bytes::from(buf)
 }
 
-fn produce(topic: &str, acks: i16, value: &[u8]) -> ProduceRequest {
-    ProduceRequest::default().with_acks(acks).with_timeout_ms(10_000).with_topic_data(vec![
-        TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.into()))).with_partition_data(vec![
-            PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(1, &[value]))),
-        ]),
+/// A Produce request of one batch to partition 0 of `topic`.
+fn produce_request(topic: &str, acks: i16, timeout_ms: i32, batch: Bytes) -> ProduceRequest {
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(timeout_ms).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
     ])
+}
+
+fn produce(topic: &str, acks: i16, value: &[u8]) -> ProduceRequest {
+    produce_request(topic, acks, 10_000, encode_batch(1, &[value]))
+}
+
+/// Reads one Produce v9 answer: (error code, base offset) of its one partition.
+async fn read_produce(s: &mut TcpStream) -> (i16, i64) {
+    let mut b = read_response(s).await;
+    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+    let r = ProduceResponse::decode(&mut b, 9).unwrap();
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Sends one batch and waits for its answer.
+async fn send_produce(s: &mut TcpStream, req: &ProduceRequest, correlation_id: i32) -> (i16, i64) {
+    s.write_all(&request(ApiKey::Produce, 9, correlation_id, req)).await.unwrap();
+    read_produce(s).await
 }
 
 async fn create_topic(s: &mut TcpStream, name: &str) {
@@ -167,17 +187,7 @@ async fn shutdown_commits_everything_accepted_and_restart_serves_it() {
 
 async fn produce_once(s: &mut TcpStream, topic: &str, acks: i16, correlation_id: i32) -> (i16, i64) {
     let batch = encode_batch(5, &[b"a", b"b", b"c"]);
-    let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.into())))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
-    ]);
-    s.write_all(&request(ApiKey::Produce, 9, correlation_id, &req)).await.unwrap();
-    let mut b = read_response(s).await;
-    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-    let r = ProduceResponse::decode(&mut b, 9).unwrap();
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    send_produce(s, &produce_request(topic, acks, 5000, batch), correlation_id).await
 }
 
 /// A server whose object store is wrapped in a fault injector the test controls.
@@ -245,16 +255,8 @@ async fn acks_all_waits_for_the_commit_and_times_out_during_an_outage() {
     let mut s = TcpStream::connect(server.local_addr).await.unwrap();
     create_topic(&mut s, "a").await;
     store.set_outage(Outage::Stalled);
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(300).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("a")))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(1, &[b"x"])))]),
-    ]);
-    s.write_all(&request(ApiKey::Produce, 9, 1, &req)).await.unwrap();
-    let mut b = read_response(&mut s).await;
-    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-    let r = ProduceResponse::decode(&mut b, 9).unwrap();
-    assert_eq!(r.responses[0].partition_responses[0].error_code, 7, "REQUEST_TIMED_OUT");
+    let req = produce_request("a", -1, 300, encode_batch(1, &[b"x"]));
+    assert_eq!(send_produce(&mut s, &req, 1).await.0, 7, "REQUEST_TIMED_OUT");
     store.set_outage(Outage::None);
     // The timed-out batch is still committed once storage is back (as Kafka may still append it).
     wait_for_hw(&mut s, "a", 1).await;
@@ -305,16 +307,8 @@ async fn a_full_wal_makes_acks_1_wait_then_time_out_and_recovers() {
     let mut acked = 0i64;
     let mut timed_out = false;
     for i in 0..100 {
-        let req = ProduceRequest::default().with_acks(1).with_timeout_ms(300).with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("full")))
-                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(1, &[&value])))]),
-        ]);
-        s.write_all(&request(ApiKey::Produce, 9, i, &req)).await.unwrap();
-        let mut b = read_response(&mut s).await;
-        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-        let r = ProduceResponse::decode(&mut b, 9).unwrap();
-        match r.responses[0].partition_responses[0].error_code {
+        let req = produce_request("full", 1, 300, encode_batch(1, &[&value]));
+        match send_produce(&mut s, &req, i).await.0 {
             0 => acked += 1,
             7 => {
                 timed_out = true;
@@ -336,17 +330,7 @@ async fn a_full_wal_makes_acks_1_wait_then_time_out_and_recovers() {
 }
 
 async fn produce_batch(s: &mut TcpStream, topic: &str, batch: Bytes, correlation_id: i32) -> (i16, i64) {
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.into())))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
-    ]);
-    s.write_all(&request(ApiKey::Produce, 9, correlation_id, &req)).await.unwrap();
-    let mut b = read_response(s).await;
-    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-    let r = ProduceResponse::decode(&mut b, 9).unwrap();
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    send_produce(s, &produce_request(topic, -1, 5000, batch), correlation_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,19 +373,11 @@ async fn idempotent_producers_are_deduplicated_checked_and_survive_restart() {
     let next = encode_producer_batch(Some((pid, 1, 1)), 1, &[b"e"]);
     let mut out = BytesMut::new();
     for cid in [9, 10] {
-        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("idem")))
-                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(next.clone()))]),
-        ]);
-        out.extend_from_slice(&request(ApiKey::Produce, 9, cid, &req));
+        out.extend_from_slice(&request(ApiKey::Produce, 9, cid, &produce_request("idem", -1, 5000, next.clone())));
     }
     s.write_all(&out).await.unwrap();
     for _ in 0..2 {
-        let mut b = read_response(&mut s).await;
-        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-        let r = ProduceResponse::decode(&mut b, 9).unwrap();
-        assert_eq!(r.responses[0].partition_responses[0].base_offset, 4);
+        assert_eq!(read_produce(&mut s).await.1, 4);
     }
     assert_eq!(high_watermark(&mut s, "idem").await, 5);
     assert!(server.shutdown().await);
@@ -439,11 +415,7 @@ async fn a_ready_answer_is_not_held_back_by_a_slower_request_behind_it() {
     // request's 10 s timeout) and answers it with its offset.
     let started = tokio::time::Instant::now();
     let shutdown = tokio::spawn(server.shutdown());
-    let mut b = read_response(&mut s).await;
-    ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-    let r = ProduceResponse::decode(&mut b, 9).unwrap();
-    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
-    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+    assert_eq!(read_produce(&mut s).await, (0, 0));
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", started.elapsed());
     assert!(shutdown.await.unwrap());
 }
