@@ -90,6 +90,10 @@ impl Mode {
     }
 }
 
+/// What [`FetchSessions::begin`] decides: the mode and the partitions to read, in answer order;
+/// or the top-level error code to answer with.
+pub type Begun = Result<(Mode, Vec<(PartitionKey, Wanted)>), i16>;
+
 /// One answered partition, as [`FetchSessions::finish`] sees it.
 pub struct Outcome {
     pub key: PartitionKey,
@@ -154,7 +158,7 @@ impl FetchSessions {
 
     /// Decides the request's mode and the partitions to read, in answer order. An error is the
     /// top-level error code to answer with (and nothing else).
-    pub fn begin(&self, version: i16, req: &FetchRequest) -> Result<(Mode, Vec<(PartitionKey, Wanted)>), i16> {
+    pub fn begin(&self, version: i16, req: &FetchRequest) -> Begun {
         let requested = requested(version, req);
         if version < 7 {
             return Ok((Mode::Sessionless, requested));

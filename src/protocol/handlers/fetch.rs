@@ -15,14 +15,14 @@ use crate::agent::Agent;
 use crate::controller::TopicRef;
 use crate::metrics::{self, Counter};
 use crate::protocol::error::agent_code;
-use crate::protocol::fetch_session::{self, Answered, Mode, PartitionKey, Wanted};
+use crate::protocol::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
 use crate::protocol::records::BatchChain;
 
 /// Longest long-poll honoured, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(300);
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
-fn requests(begun: &Result<(Mode, Vec<(PartitionKey, Wanted)>), i16>) -> &'static Counter {
+fn requests(begun: &Begun) -> &'static Counter {
     static BY_MODE: OnceLock<[Arc<Counter>; 4]> = OnceLock::new();
     let c = BY_MODE.get_or_init(|| {
         ["none", "full", "incremental", "error"].map(|m| {
@@ -320,9 +320,12 @@ mod tests {
     use proptest::prelude::*;
     use uuid::Uuid;
 
-    /// A response of `shape[t][p] = (batches, value bytes, aborted transactions, null records)`.
-    /// Only fields `version` has are set (kafka-protocol refuses to encode others).
-    fn answer(version: i16, shape: &[Vec<(u8, u16, Option<u8>, bool)>], session_id: i32) -> (FetchAnswer, FetchResponse) {
+    /// One partition: (batches, value bytes, aborted transactions, null records).
+    type PartitionShape = (u8, u16, Option<u8>, bool);
+
+    /// A response of `shape[topic][partition]`. Only fields `version` has are set
+    /// (kafka-protocol refuses to encode others).
+    fn answer(version: i16, shape: &[Vec<PartitionShape>], session_id: i32) -> (FetchAnswer, FetchResponse) {
         let session_id = if version >= 7 { session_id } else { 0 };
         let mut answer = FetchAnswer::default();
         let mut expected = FetchResponse::default().with_session_id(session_id).with_throttle_time_ms(7);
