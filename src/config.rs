@@ -57,7 +57,8 @@ pub struct AgentConfig {
     pub max_in_flight_request_bytes: u64,
     /// Connections served at once; further connections wait in the accept queue.
     pub max_connections: u32,
-    /// Requests read ahead on one connection while earlier ones are still being answered.
+    /// Requests read ahead on one connection while earlier ones are still being answered. High:
+    /// acks=all requests each wait up to a flush interval, and clients pipeline many.
     pub max_in_flight_requests: u32,
     /// How long SIGTERM waits for in-flight data to be uploaded and committed.
     pub shutdown_timeout_ms: u64,
@@ -73,7 +74,7 @@ impl Default for AgentConfig {
             max_request_bytes: 100 * 1024 * 1024,
             max_in_flight_request_bytes: 512 * 1024 * 1024,
             max_connections: 10_000,
-            max_in_flight_requests: 32,
+            max_in_flight_requests: 1024,
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -438,7 +439,7 @@ impl Config {
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
         range("agent.max_in_flight_request_bytes", self.agent.max_in_flight_request_bytes, 1024, 64 << 30)?;
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
-        range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 1024)?;
+        range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 65536)?;
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
         let os = &self.object_store;
         range("object_store.part_bytes", os.part_bytes, 5 << 20, 5 << 30)?;
