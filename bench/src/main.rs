@@ -131,12 +131,16 @@ struct E2eArgs {
 #[derive(Args, Clone, Debug)]
 struct E2eParams {
     /// Producer acks for the e2e run.
-    #[arg(long = "e2e-acks", default_value = "1")]
+    #[arg(id = "e2e_acks", long = "e2e-acks", default_value = "1")]
     acks: String,
     /// Records/s of the e2e producer.
-    #[arg(long = "e2e-rate", default_value_t = 5000)]
+    #[arg(id = "e2e_rate", long = "e2e-rate", default_value_t = 5000)]
     rate: u64,
-    #[arg(long = "e2e-record-bytes", default_value_t = 1024)]
+    #[arg(
+        id = "e2e_record_bytes",
+        long = "e2e-record-bytes",
+        default_value_t = 1024
+    )]
     record_bytes: usize,
 }
 
@@ -146,7 +150,7 @@ struct CatchupParams {
     #[arg(long, default_value_t = 1024)]
     history_mb: u64,
     /// Records/s of the producer measured alone and during the catch-up.
-    #[arg(long = "catchup-rate", default_value_t = 5000)]
+    #[arg(id = "catchup_rate", long = "catchup-rate", default_value_t = 5000)]
     rate: u64,
 }
 
@@ -161,7 +165,7 @@ struct CatchupArgs {
 #[derive(Args, Clone, Debug)]
 struct ElasticParams {
     /// Records/s (acks=1) written before the SIGKILL.
-    #[arg(long = "elastic-rate", default_value_t = 5000)]
+    #[arg(id = "elastic_rate", long = "elastic-rate", default_value_t = 5000)]
     rate: u64,
 }
 
@@ -658,10 +662,7 @@ impl Session {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        self.notes.push(
-            "e2e on another agent: not measured. It needs agents sharing a remote controller (gRPC), which is being \
-             built in parallel (controller service) and is not on this branch; with the embedded controller every \
-             agent is its own cluster."
+        self.notes.push( "e2e on another agent: not measured. It needs agents sharing a remote controller (gRPC), which is being built in parallel (controller service) and is not on this branch; with the embedded controller every agent is its own cluster."
                 .into(),
         );
         let l2 = label.clone();
@@ -862,8 +863,7 @@ impl Session {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        self.notes.push(
-            "elastic, start to first ack: the broker restarts on its existing data (topic known) after a clean stop;              a brand-new agent joining a shared controller needs the remote controller, not on this branch."
+        self.notes.push( "elastic, start to first ack: the broker restarts on its existing data (topic known) after a clean stop; a brand-new agent joining a shared controller needs the remote controller, not on this branch."
                 .into(),
         );
         let l2 = label.clone();

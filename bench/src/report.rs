@@ -224,7 +224,9 @@ impl CostAssumptions {
              agent, S3 is regional). Kafka: {} replicas on block storage at ${}/GB-month filled to {:.0}%, \
              cross-zone ${}/GB each way ({} zones: producers and consumers reach a leader in another zone {:.0}% of \
              the time, followers copy every byte across zones); Kafka's figure is the model alone (it makes no \
-             object-store requests). Not included: {}.",
+             object-store requests). Requests per GB are the run's own, at its write rate (below flush_bytes \
+             per flush interval every flush is one PUT, so a slower stream costs more PUTs per GB). \
+             Not included: {}.",
             self.workload,
             self.s3_put_per_1000,
             self.s3_get_per_1000,
