@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, bail};
 use hdrhistogram::Histogram;
 use rdkafka::ClientContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -367,16 +367,33 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()>
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
     let opts =
         AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(120))));
-    let results = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &opts,
-    ))?;
-    for r in results {
-        if let Err((name, code)) = r
-            && code != RDKafkaErrorCode::TopicAlreadyExists
-        {
-            bail!("create topic {name}: {code}");
+    let create = |n: i32| {
+        rt.block_on(admin.create_topics(
+            &[NewTopic::new(topic, n, TopicReplication::Fixed(1))],
+            &opts,
+        ))
+    };
+    let mut results = create(partitions)?;
+    // Kafka 4.4's controller refuses 10,000 partitions in one request (POLICY_VIOLATION): create
+    // half, then add the rest with CreatePartitions.
+    if partitions > 5000
+        && matches!(
+            results.first(),
+            Some(Err((_, RDKafkaErrorCode::PolicyViolation)))
+        )
+    {
+        results = create(5000)?;
+        check_created(results)?;
+        let more = rt.block_on(
+            admin.create_partitions(&[NewPartitions::new(topic, partitions as usize)], &opts),
+        )?;
+        for r in more {
+            if let Err((name, code)) = r {
+                bail!("create partitions of {name}: {code}");
+            }
         }
+    } else {
+        check_created(results)?;
     }
     let probe: BaseConsumer = client_config(bootstrap).create()?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -395,6 +412,17 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()>
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn check_created(results: Vec<Result<String, (String, RDKafkaErrorCode)>>) -> Result<()> {
+    for r in results {
+        if let Err((name, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            bail!("create topic {name}: {code}");
+        }
+    }
+    Ok(())
 }
 
 /// Sum of the high watermarks of a topic's partitions (None while the broker does not answer).

@@ -601,6 +601,7 @@ impl Session {
                     let (cpu0, _) = t.usage();
                     let s30 = s.s3_counts();
                     let own0 = t.store_requests();
+                    let m0 = t.metrics();
                     let mut spec = s.spec(&t.bootstrap, "bench", &case);
                     spec.queue_kbytes = queue_kb;
                     let out = load::produce(&spec)?;
@@ -622,6 +623,7 @@ impl Session {
                         &s3,
                         0.0,
                     );
+                    wal_figures(&mut figures, &m0, &t.metrics());
                     if let Some(e) = out.first_error {
                         notes.push(format!("{} delivery errors, first: {e}", out.errors));
                     }
@@ -969,6 +971,30 @@ fn server_counts(
         ));
     }
     own
+}
+
+/// Sidestream's WAL group commits during a run (acks=1 answers wait for them).
+fn wal_figures(
+    figures: &mut BTreeMap<String, f64>,
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) {
+    let delta =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let syncs = delta("sidestream_wal_syncs_total");
+    if syncs > 0.0 {
+        figures.insert(
+            "WAL entries per sync".into(),
+            delta("sidestream_wal_entries_total") / syncs,
+        );
+        figures.insert(
+            "WAL MB per sync".into(),
+            delta("sidestream_wal_bytes_total") / syncs / 1e6,
+        );
+        if let Some(p99) = after.get("sidestream_wal_sync_seconds:p0.99") {
+            figures.insert("WAL sync p99 ms".into(), p99 * 1000.0);
+        }
+    }
 }
 
 fn throughput_figures(figures: &mut BTreeMap<String, f64>, out: &load::ProduceOutcome) {
