@@ -533,3 +533,38 @@ fn plot(path: &PathBuf, title: &str, runs: &[&Run]) -> Result<()> {
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_model_adds_up() {
+        // 25,920 GB written a month, 6,048 GB retained.
+        let storage_only = COST.object_storage(0.0, 0.0);
+        assert!(
+            (storage_only - 6048.0 * 0.023).abs() < 0.01,
+            "{storage_only}"
+        );
+        // 120 PUTs per GB: 3,110,400 PUTs at $0.005 per 1000.
+        assert!((COST.object_storage(120.0, 0.0) - storage_only - 15.552).abs() < 0.01);
+        // Kafka: transfer 25,920 x (2/3 x 0.02 + 2 x 0.02 + 2/3 x 0.02) + 6,048 x 3 x 0.08 / 0.5.
+        let kafka = 25920.0 * (0.02 * 2.0 / 3.0 * 2.0 + 0.04) + 6048.0 * 3.0 * 0.16;
+        assert!(
+            (COST.kafka() - kafka).abs() < 0.01,
+            "{} vs {kafka}",
+            COST.kafka()
+        );
+    }
+
+    #[test]
+    fn cdf_points_end_at_the_maximum() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 1_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 100).unwrap();
+        }
+        let pts = cdf_points(&h);
+        assert_eq!(pts.last().map(|p| p.1), Some(1.0));
+        assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    }
+}

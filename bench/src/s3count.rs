@@ -286,3 +286,37 @@ async fn forward_requests(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_sorted_by_what_is_billed() {
+        assert_eq!(classify("PUT", "/b/k/x.sso"), "PutObject");
+        assert_eq!(
+            classify("PUT", "/b/k?partNumber=2&uploadId=abc"),
+            "UploadPart"
+        );
+        assert_eq!(classify("POST", "/b/k?uploads"), "CreateMultipartUpload");
+        assert_eq!(
+            classify("POST", "/b/k?uploadId=abc"),
+            "CompleteMultipartUpload"
+        );
+        assert_eq!(classify("GET", "/b?list-type=2&prefix=x"), "ListObjects");
+        assert_eq!(classify("GET", "/b/k/x.sso"), "GetObject");
+        assert_eq!(classify("HEAD", "/b/k"), "HeadObject");
+        assert_eq!(classify("DELETE", "/b/k"), "DeleteObject");
+        let c = Counts(
+            [
+                ("PutObject", 3),
+                ("UploadPart", 2),
+                ("GetObject", 5),
+                ("DeleteObject", 7),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        assert_eq!((c.puts(), c.gets()), (5, 5));
+    }
+}
