@@ -304,6 +304,8 @@ pub struct ConsumeSpec {
     pub stop: Arc<AtomicBool>,
     /// Records stamped before this (µs since the epoch: the warm-up) are not timed.
     pub ignore_before_us: u64,
+    /// Records read so far, for whoever waits for the consumer to catch up.
+    pub progress: Arc<AtomicU64>,
 }
 
 pub struct ConsumeOutcome {
@@ -339,6 +341,7 @@ pub fn consume(spec: &ConsumeSpec) -> Result<ConsumeOutcome> {
                 let payload = m.payload().unwrap_or(&[]);
                 records += 1;
                 bytes += payload.len() as u64;
+                spec.progress.store(records, Ordering::Relaxed);
                 if payload.len() >= 8 {
                     let sent = u64::from_be_bytes(payload[..8].try_into().unwrap_or([0; 8]));
                     if sent < spec.ignore_before_us {

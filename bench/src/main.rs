@@ -18,7 +18,7 @@ mod target;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -361,10 +361,12 @@ impl Session {
         } else {
             None
         };
+        // Absolute paths: Tansu runs in its data dir.
+        let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
         let programs = Programs {
-            sidestream_bin: common.bin.clone(),
-            kafka_script: common.kafka_script.clone(),
-            tansu_bin: common.tansu_bin.clone(),
+            sidestream_bin: abs(&common.bin),
+            kafka_script: abs(&common.kafka_script),
+            tansu_bin: abs(&common.tansu_bin),
             sidestream_env: common.server_env.clone(),
         };
         let name = common.name.clone().unwrap_or_else(|| scenario.to_string());
@@ -685,11 +687,18 @@ impl Session {
                     until_records: None,
                     stop: stop.clone(),
                     ignore_before_us,
+                    progress: Arc::new(AtomicU64::new(0)),
                 };
+let progress = cspec.progress.clone();
                 let consumer = std::thread::spawn(move || load::consume(&cspec));
                 let out = load::produce(&spec)?;
-                // The tail: the last records become visible after the next commit.
-                std::thread::sleep(Duration::from_millis(2000));
+                // The tail: wait (up to 30 s) until the consumer has read every acknowledged
+                // record, so a consumer that falls behind shows as latency, not as missing data.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while progress.load(Ordering::Relaxed) < out.acked_total && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                std::thread::sleep(Duration::from_millis(200));
                 stop.store(true, Ordering::Relaxed);
                 let read = consumer
                     .join()
@@ -710,6 +719,12 @@ impl Session {
                     out.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
                 );
                 figures.insert("records consumed".into(), read.records as f64);
+                if read.records < out.acked_total {
+                    notes.push(format!(
+                        "the consumer read {} of {} acknowledged records by 30 s after the producer stopped",
+                        read.records, out.acked_total
+                    ));
+                }
                 let written_gb = out.acked_total as f64 * case.record_bytes as f64 / 1e9;
                 s.resource_figures(
                     kind,
@@ -801,6 +816,7 @@ impl Session {
                     until_records: Some(history),
                     stop: stop.clone(),
                     ignore_before_us: 0,
+                    progress: Arc::new(AtomicU64::new(0)),
                 };
                 let consumer = std::thread::spawn(move || load::consume(&cspec));
                 let with = load::produce(&spec)?;
