@@ -923,39 +923,40 @@ let progress = cspec.progress.clone();
             t.kill9();
             let t1 = Instant::now();
             let t = Target::spawn(kind, &s.programs, s.s3.as_ref(), &at)?;
-            let recovered = (|| {
-                let deadline = t1 + Duration::from_secs(300);
-                loop {
-                    if let Some(hw) = load::high_watermarks(&bootstrap, "killed", 1)
-                        && hw >= out.acked_total as i64
-                    {
-                        return Ok((t1.elapsed().as_secs_f64(), hw));
-                    }
-                    if Instant::now() > deadline {
-                        bail!("acked records not all committed within 300 s of the restart");
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+            // Every acknowledged record committed (Some(seconds)), or what was there after 300 s.
+            let deadline = t1 + Duration::from_secs(300);
+            let mut last_hw = None;
+            let restart_s = loop {
+                last_hw = load::high_watermarks(&bootstrap, "killed", 1).or(last_hw);
+                if last_hw.is_some_and(|hw| hw >= out.acked_total as i64) {
+                    break Some(t1.elapsed().as_secs_f64());
                 }
-            })();
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
             let (cpu, rss) = t.usage();
             s.cleanup(t);
-            let (restart_s, hw) = recovered?;
             let mut figures = BTreeMap::new();
+            let mut notes = Vec::new();
             figures.insert("start to first ack s".into(), start_to_ack);
-            figures.insert("restart to committed s".into(), restart_s);
+            if let Some(r) = restart_s {
+                figures.insert("restart to committed s".into(), r);
+            } else {
+                notes.push(format!(
+                    "after 300 s the partition held {} records; {} were acknowledged (acks=1) before the SIGKILL",
+                    last_hw.map_or("no answer".to_string(), |h| h.to_string()),
+                    out.acked_total
+                ));
+            }
             figures.insert("acked before kill".into(), out.acked_total as f64);
-            figures.insert("records after restart".into(), hw as f64);
+            if let Some(hw) = last_hw {
+                figures.insert("records after restart".into(), hw as f64);
+            }
             figures.insert("server CPU s".into(), cpu);
             figures.insert("peak RSS MiB".into(), rss as f64 / 1048576.0);
-            Ok(vec![Run::new(
-                "elastic",
-                &l2,
-                kind.name(),
-                &params,
-                figures,
-                Vec::new(),
-                Vec::new(),
-            )])
+            Ok(vec![Run::new("elastic", &l2, kind.name(), &params, figures, notes, Vec::new())])
         });
         Ok(())
     }
