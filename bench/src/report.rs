@@ -403,7 +403,11 @@ pub fn markdown(
                 let _ = writeln!(s, "| {} | {} | {} |", r.case, r.pair, cells.join(" | "));
             }
         }
-        let _ = writeln!(s, "\n![latency CDF]({name}-{scenario}.svg)\n");
+        if rows.iter().any(|r| !r.cdf.is_empty()) {
+            let _ = writeln!(s, "\n![latency CDF]({name}-{scenario}.svg)\n");
+        } else {
+            let _ = writeln!(s);
+        }
     }
     let all_notes: Vec<String> = notes
         .iter()
