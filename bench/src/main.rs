@@ -491,8 +491,8 @@ impl Session {
                     let why = format!("{e:#}");
                     eprintln!("   FAILED: {why}");
                     if why.contains("cannot start")
-                        || why.contains("exited")
-                        || why.contains("not ready")
+                        || why.contains("before it was ready")
+                        || why.contains("not ready on")
                     {
                         self.broken.insert(kind, why.clone());
                     }
@@ -597,7 +597,7 @@ impl Session {
             let queue_kb = lists.queue_kb;
             let case = c.clone();
             self.each_target("produce", &c.label(), params.clone(), &move |s, kind| {
-                let t = s.start(kind)?;
+                let mut t = s.start(kind)?;
                 let result = (|| {
                     load::create_topic(&t.bootstrap, "bench", case.partitions)?;
                     let (cpu0, _) = t.usage();
@@ -609,6 +609,13 @@ impl Session {
                     let out = load::produce(&spec)?;
                     // Let acks=1 data reach the object store before counting its requests.
                     std::thread::sleep(Duration::from_millis(1500));
+                    if let Some(how) = t.exited() {
+                        bail!(
+                            "the {} broker {how} during the run; log: {}",
+                            kind.name(),
+                            t.log_tail()
+                        );
+                    }
                     let (cpu1, rss) = t.usage();
                     let wire = s.s3_counts().minus(&s30);
                     let mut notes = Vec::new();
@@ -671,7 +678,7 @@ impl Session {
         );
         let l2 = label.clone();
         self.each_target("e2e", &label, params.clone(), &move |s, kind| {
-            let t = s.start(kind)?;
+            let mut t = s.start(kind)?;
             let result = (|| {
                 load::create_topic(&t.bootstrap, "bench", 1)?;
                 let (cpu0, _) = t.usage();
@@ -692,6 +699,9 @@ impl Session {
 let progress = cspec.progress.clone();
                 let consumer = std::thread::spawn(move || load::consume(&cspec));
                 let out = load::produce(&spec)?;
+                if let Some(how) = t.exited() {
+                    bail!("the {} broker {how} during the run; log: {}", kind.name(), t.log_tail());
+                }
                 // The tail: wait (up to 30 s) until the consumer has read every acknowledged
                 // record, so a consumer that falls behind shows as latency, not as missing data.
                 let deadline = Instant::now() + Duration::from_secs(30);

@@ -164,6 +164,7 @@ impl Drop for S3 {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.root);
+        let _ = std::fs::remove_file(self.root.with_extension("log"));
     }
 }
 

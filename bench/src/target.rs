@@ -241,6 +241,16 @@ impl Target {
         }
     }
 
+    /// How the broker ended, if it did (a run it did not survive is not a result).
+    pub fn exited(&mut self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let status = self.child.try_wait().ok()??;
+        Some(match status.signal() {
+            Some(sig) => format!("killed by signal {sig}"),
+            None => format!("exited with {status}"),
+        })
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.data_dir.join("broker.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
