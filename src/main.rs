@@ -23,7 +23,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run a standalone controller (not built yet).
+    /// Run the controller service alone (gRPC on `[controller] listen`) for remote agents.
     Controller {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -55,10 +55,7 @@ fn main() -> ExitCode {
         Command::Group { command: GroupCommand::Describe { group, bootstrap_server, timeout_ms } } => {
             group_describe(&group, &bootstrap_server, timeout_ms)
         }
-        Command::Controller { .. } => {
-            eprintln!("sidestream controller: the standalone (remote) controller is not built yet; `sidestream serve` embeds one");
-            ExitCode::from(2)
-        }
+        Command::Controller { config } => controller(config),
     }
 }
 
@@ -112,6 +109,39 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
         tracing::info!("shutting down");
         if server.shutdown().await { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    })
+}
+
+fn controller(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidestream controller: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidestream controller: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let service = match sidestream::server::start_controller(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the controller");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = wait_for_signal().await {
+            tracing::error!(error = %e, "cannot wait for signals");
+        }
+        tracing::info!("controller shutting down");
+        service.shutdown().await;
+        ExitCode::SUCCESS
     })
 }
 
