@@ -28,6 +28,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Commit latency and throughput of the controller service (gRPC on loopback), with
+    /// simulated agents: for each store and agent count, p50/p99 and commits/s.
+    ControllerBench {
+        /// Stores to measure: sqlite:///path or postgres://... (repeatable).
+        #[arg(long, required = true)]
+        store: Vec<String>,
+        /// Agent counts to measure (repeatable).
+        #[arg(long, default_values_t = [1usize, 3, 10])]
+        agents: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Partitions per committed object.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
     /// Consumer groups, through a running agent.
     Group {
         #[command(subcommand)]
@@ -56,6 +71,7 @@ fn main() -> ExitCode {
             group_describe(&group, &bootstrap_server, timeout_ms)
         }
         Command::Controller { config } => controller(config),
+        Command::ControllerBench { store, agents, seconds, partitions } => controller_bench(store, agents, seconds, partitions),
     }
 }
 
@@ -110,6 +126,49 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         tracing::info!("shutting down");
         if server.shutdown().await { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     })
+}
+
+fn controller_bench(stores: Vec<String>, agents: Vec<usize>, seconds: u64, partitions: i32) -> ExitCode {
+    use sidestream::controller::bench::{BenchSettings, run};
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidestream controller-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("store\tagents\tcommits\tcommits/s\tp50 ms\tp99 ms\tmax ms");
+    for url in &stores {
+        let mut config = Config::default();
+        config.controller.store = Some(url.clone());
+        let store = match config.store_url() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sidestream controller-bench: --store {url}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let kind = url.split(':').next().unwrap_or("?");
+        for &n in &agents {
+            let settings = BenchSettings {
+                store: store.clone(),
+                agents: n,
+                duration: std::time::Duration::from_secs(seconds),
+                partitions,
+            };
+            match runtime.block_on(run(&settings)) {
+                Ok(r) => println!(
+                    "{kind}\t{n}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}",
+                    r.commits, r.commits_per_sec, r.p50_ms, r.p99_ms, r.max_ms
+                ),
+                Err(e) => {
+                    eprintln!("sidestream controller-bench: {kind} with {n} agents: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn controller(config_path: Option<PathBuf>) -> ExitCode {

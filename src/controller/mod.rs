@@ -9,6 +9,7 @@
 //!
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
+pub mod bench;
 pub mod client;
 pub mod groups;
 pub mod log;

@@ -256,6 +256,18 @@ impl PgStore {
     }
 }
 
+impl Drop for PgStore {
+    /// A `postgres::Client` blocks on its own runtime when dropped, which panics on an async
+    /// worker thread: the connections are closed on a plain thread instead.
+    fn drop(&mut self) {
+        let writer = self.writer.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let reader = self.reader.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if writer.is_some() || reader.is_some() {
+            let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop((writer, reader)));
+        }
+    }
+}
+
 fn migrate(c: &mut Client) -> Result<(), StoreError> {
     let mut tx = c.transaction().map_err(unavailable)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).map_err(unavailable)?;
@@ -410,7 +422,8 @@ impl MetadataStore for PgStore {
         self.with_writer(|c| {
             let mut tx = c.transaction().map_err(unavailable)?;
             self.check_fence(&mut tx)?;
-            commit_in(&mut tx, o, extents, wal, producers)?;
+            let statements = Statements::prepare(&mut tx)?;
+            commit_in(&mut tx, &statements, o, extents, wal, producers)?;
             tx.commit().map_err(unavailable)
         })
     }
@@ -419,8 +432,9 @@ impl MetadataStore for PgStore {
         self.with_writer(|c| {
             let mut tx = c.transaction().map_err(unavailable)?;
             self.check_fence(&mut tx)?;
+            let statements = Statements::prepare(&mut tx)?;
             for (o, extents, wal, producers) in commits {
-                commit_in(&mut tx, o, extents, *wal, producers)?;
+                commit_in(&mut tx, &statements, o, extents, *wal, producers)?;
             }
             tx.commit().map_err(unavailable)
         })
@@ -608,9 +622,33 @@ impl MetadataStore for PgStore {
     }
 }
 
+/// The statements a commit runs per extent, prepared once per transaction (a group commit of
+/// many objects pays the round trips once).
+struct Statements {
+    insert: postgres::Statement,
+    advance: postgres::Statement,
+}
+
+impl Statements {
+    fn prepare(tx: &mut Transaction<'_>) -> Result<Self, StoreError> {
+        Ok(Self {
+            insert: tx
+                .prepare(
+                    "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
+                     batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .map_err(unavailable)?,
+            advance: tx
+                .prepare("UPDATE partitions SET next_offset = $4 WHERE topic_id = $1 AND partition = $2 AND next_offset = $3")
+                .map_err(unavailable)?,
+        })
+    }
+}
+
 /// One object's commit inside an open transaction (see [`MetadataStore::commit_object`]).
 fn commit_in(
     tx: &mut Transaction<'_>,
+    statements: &Statements,
     o: &ObjectRecord,
     extents: &[ExtentRecord],
     wal: Option<&WalMark>,
@@ -631,18 +669,10 @@ fn commit_in(
         }
         Err(e) => return Err(unavailable(e)),
     }
-    let insert = tx
-        .prepare(
-            "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
-             batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .map_err(unavailable)?;
-    let advance = tx
-        .prepare("UPDATE partitions SET next_offset = $4 WHERE topic_id = $1 AND partition = $2 AND next_offset = $3")
-        .map_err(unavailable)?;
+    let Statements { insert, advance } = statements;
     for e in extents {
         let id = e.topic_id.as_bytes().as_slice();
-        let moved = tx.execute(&advance, &[&id, &e.partition, &e.base_offset, &e.end_offset]).map_err(unavailable)?;
+        let moved = tx.execute(advance, &[&id, &e.partition, &e.base_offset, &e.end_offset]).map_err(unavailable)?;
         if moved != 1 {
             return Err(StoreError::Stale(format!(
                 "partition {}-{} is no longer at offset {}: another writer committed",
@@ -650,7 +680,7 @@ fn commit_in(
             )));
         }
         tx.execute(
-            &insert,
+            insert,
             &[
                 &id,
                 &e.partition,
