@@ -77,6 +77,9 @@ impl From<StoreError> for ControllerError {
     }
 }
 
+/// One commit's answer: each extent's base offset or error, or an error for the whole commit.
+pub type CommitResult = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+
 /// Commits per store transaction in [`Controller::commit_objects`] (group commit).
 pub const GROUP_COMMIT_OBJECTS_MAX: usize = 256;
 
@@ -452,12 +455,12 @@ impl Controller {
     /// request whose key is already committed, or repeated in the batch, is answered like a
     /// replay; if the store refuses the batch for one request's sake (a doomed key), each
     /// request is committed alone instead, so one bad request never fails the others.
-    pub fn commit_objects(&self, reqs: &[CommitRequest]) -> Vec<Result<Vec<Result<i64, ControllerError>>, ControllerError>> {
+    pub fn commit_objects(&self, reqs: &[CommitRequest]) -> Vec<CommitResult> {
         if self.is_stale() {
             return reqs.iter().map(|_| Err(ControllerError::Unavailable("controller view is stale".into()))).collect();
         }
         let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Option<Result<Vec<Result<i64, ControllerError>>, ControllerError>>> = vec![None; reqs.len()];
+        let mut out: Vec<Option<CommitResult>> = vec![None; reqs.len()];
         let now_ms = self.clock.now_ms();
         // Plan every fresh request against the offsets the earlier ones leave.
         let mut seen = std::collections::HashSet::new();

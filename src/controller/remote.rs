@@ -42,6 +42,15 @@ use super::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, TopicMeta
 
 const GROUPS_NOT_BUILT: &str =
     "consumer groups are not served through a remote controller yet (not built); use the embedded controller";
+/// The answer to every group call; logged once per process so operators see why.
+fn groups_not_built() -> GroupError {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!("{GROUPS_NOT_BUILT}");
+    }
+    GroupError::Unavailable(GROUPS_NOT_BUILT.into())
+}
+
 /// Backoff between retries of a failed call.
 const RETRY_BACKOFF_MIN_MS: u64 = 20;
 const RETRY_BACKOFF_MAX_MS: u64 = 500;
@@ -477,19 +486,19 @@ impl ControllerClient for Remote {
     }
 
     async fn join_group(&self, req: JoinRequest) -> JoinResponse {
-        JoinResponse::error(req.member_id, GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        JoinResponse::error(req.member_id, groups_not_built())
     }
     async fn sync_group(&self, _: SyncRequest) -> Result<SyncResponse, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn heartbeat(&self, _: String, _: String, _: Option<String>, _: i32) -> Result<(), GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn leave_group(&self, _: String, _: Vec<(String, Option<String>)>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn commit_offsets(&self, _: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn fetch_offsets(
         &self,
@@ -497,25 +506,25 @@ impl ControllerClient for Remote {
         _: Option<Vec<TopicPartition>>,
         _: Option<(String, i32)>,
     ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn delete_offsets(&self, _: String, _: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn list_groups(&self, _: Vec<String>, _: Vec<String>) -> Vec<GroupListing> {
         Vec::new()
     }
     async fn describe_group(&self, _: String) -> Result<GroupDescription, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn delete_group(&self, _: String) -> Result<(), GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn consumer_group_heartbeat(&self, _: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn consumer_group_describe(&self, _: String) -> Result<consumer::GroupDescription, GroupError> {
-        Err(GroupError::Unavailable(GROUPS_NOT_BUILT.into()))
+        Err(groups_not_built())
     }
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         let r = self.call(|mut c, _| {

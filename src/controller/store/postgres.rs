@@ -132,7 +132,7 @@ impl PgStore {
     /// Connects to `url` and brings the schema to this binary's version.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self { url: url.to_string(), writer: Mutex::new(None), reader: Mutex::new(None), fence: Mutex::new(None) };
-        store.with_writer(|c| migrate(c))?;
+        store.with_writer(migrate)?;
         Ok(store)
     }
 
