@@ -187,6 +187,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         uploader,
         wal,
         hand_offs: Default::default(),
+        fetch_sessions: Default::default(),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,

@@ -1,23 +1,24 @@
 //! Fetch: from (partition, offset) to the batches a consumer receives.
 //!
 //! The controller says which extents (object byte ranges) hold the offsets; the agent reads
-//! them through the read cache (memory, disk, then the object store), checks each batch's CRC (never serve corrupt data), and writes
-//! the assigned absolute base offset into each batch header (a field the CRC does not cover).
+//! them through the read cache (memory, disk, then the object store), checks each batch's CRC
+//! (never serve corrupt data), and writes the assigned absolute base offset into each batch
+//! header (a field the CRC does not cover) on the way out: large batches leave as slices of the
+//! cached blocks, with only their 16 header bytes copied ([`BatchChain`]).
 
-use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
 use super::{Agent, AgentError};
-use crate::protocol::records;
+use crate::protocol::records::{self, BatchChain};
 
 /// Leader epoch written into served batches; matches the epoch Metadata reports.
 pub const LEADER_EPOCH: i32 = 0;
 
 /// One partition's answer to a fetch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct PartitionRead {
     /// Whole record batches, back to back, offsets patched.
-    pub records: Bytes,
+    pub records: BatchChain,
     pub high_watermark: i64,
     pub log_start_offset: i64,
 }
@@ -36,7 +37,7 @@ impl Agent {
     ) -> Result<PartitionRead, AgentError> {
         let offsets = self.controller.offsets(topic_id, partition).map_err(|_| AgentError::UnknownTopicOrPartition)?;
         let mut read = PartitionRead {
-            records: Bytes::new(),
+            records: BatchChain::default(),
             high_watermark: offsets.next_offset,
             log_start_offset: offsets.log_start_offset,
         };
@@ -51,7 +52,7 @@ impl Agent {
             return Ok(read);
         }
         let extents = self.controller.find_extents(topic_id, partition, offset, max_bytes.max(1)).await?;
-        let mut out = BytesMut::new();
+        let mut out = BatchChain::default();
         'extents: for e in extents {
             let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
             let mut base = e.base_offset;
@@ -67,13 +68,11 @@ impl Agent {
                 if out.len() + size > max_bytes as usize && !(out.is_empty() && allow_oversize) {
                     break 'extents;
                 }
-                let batch = &data[at..at + size];
-                if !records::crc_ok(batch) {
+                let batch = data.slice(at..at + size);
+                if !records::crc_ok(&batch) {
                     return Err(AgentError::CorruptObject(format!("batch CRC mismatch in {}", e.object_key)));
                 }
-                let start = out.len();
-                out.extend_from_slice(batch);
-                records::patch_header(&mut out[start..], batch_base, LEADER_EPOCH);
+                out.push(&batch, batch_base, LEADER_EPOCH);
             }
             if seen != e.length || base != e.end_offset {
                 return Err(AgentError::CorruptObject(format!(
@@ -82,7 +81,7 @@ impl Agent {
                 )));
             }
         }
-        read.records = out.freeze();
+        read.records = out;
         Ok(read)
     }
 }

@@ -48,6 +48,8 @@ pub struct Agent {
     pub wal: Wal,
     /// Produce requests not yet handed to the uploader; shutdown waits for them.
     pub hand_offs: HandOffs,
+    /// Fetch sessions (KIP-227) of the agent's consumers.
+    pub fetch_sessions: crate::protocol::fetch_session::FetchSessions,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the
