@@ -237,15 +237,44 @@ pub enum ControllerMode {
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
     pub mode: ControllerMode,
-    /// `sqlite:///path/to/file.db`; defaults to `sqlite://<data_dir>/controller.db`.
+    /// `sqlite:///path/to/file.db` or `postgres://user@host:port/db`; defaults to
+    /// `sqlite://<data_dir>/controller.db`.
     pub store: Option<String>,
     /// Kafka's producer.id.expiration.ms: an idempotent producer idle this long is forgotten.
     pub producer_id_expiration_ms: u64,
+    /// `sidestream controller`: the gRPC address agents connect to.
+    pub listen: SocketAddr,
+    /// `sidestream controller`: the address other replicas tell agents to use when this one is
+    /// active (defaults to `listen`).
+    pub advertised: Option<String>,
+    /// Remote agents: the controller replicas, `host:port`.
+    pub addresses: Vec<String>,
+    /// Shared token: a controller with one refuses agents that do not present it.
+    pub token: Option<Secret>,
+    /// PostgreSQL replicas: a standby takes over within this long after the active one died.
+    pub failover_ms: u64,
+    /// An agent that has not heartbeaten for this long is fenced (its commits are refused until
+    /// it registers again for a new epoch).
+    pub agent_lease_ms: u64,
+    /// Remote agents: how long one controller call retries before it fails (commits are then
+    /// retried by the uploader, indefinitely).
+    pub call_timeout_ms: u64,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { mode: ControllerMode::Embedded, store: None, producer_id_expiration_ms: 86_400_000 }
+        Self {
+            mode: ControllerMode::Embedded,
+            store: None,
+            producer_id_expiration_ms: 86_400_000,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9093)),
+            advertised: None,
+            addresses: Vec::new(),
+            token: None,
+            failover_ms: 5_000,
+            agent_lease_ms: 10_000,
+            call_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -348,6 +377,8 @@ pub enum ObjectStoreUrl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
+    /// The whole `postgres://` URL, as the PostgreSQL client takes it.
+    Postgres(String),
 }
 
 /// Sections DESIGN.md names that this version does not implement yet.
@@ -476,17 +507,23 @@ impl Config {
         if let Some(adv) = &self.agent.advertised {
             parse_host_port(adv).map_err(|r| err("agent.advertised", r))?;
         }
-        if self.controller.mode == ControllerMode::Remote {
-            return Err(err(
-                "controller.mode",
-                "\"remote\" is not built yet: only the embedded controller exists in this version".into(),
-            ));
+        range("controller.failover_ms", self.controller.failover_ms, 100, 600_000)?;
+        range("controller.agent_lease_ms", self.controller.agent_lease_ms, 100, 600_000)?;
+        range("controller.call_timeout_ms", self.controller.call_timeout_ms, 10, 600_000)?;
+        if self.controller.mode == ControllerMode::Remote && self.controller.addresses.is_empty() {
+            return Err(err("controller.addresses", "mode = \"remote\" needs at least one controller address".into()));
+        }
+        for a in &self.controller.addresses {
+            parse_host_port(a).map_err(|r| err("controller.addresses", r))?;
+        }
+        if let Some(adv) = &self.controller.advertised {
+            parse_host_port(adv).map_err(|r| err("controller.advertised", r))?;
         }
         self.object_store_url().map_err(|r| err("object_store.url", r))?;
         if !(0.0..=1.0).contains(&self.object_store.fault_error_rate) {
             return Err(err("object_store.fault_error_rate", "must be between 0.0 and 1.0".into()));
         }
-        let StoreUrl::Sqlite(db) = self.store_url().map_err(|r| err("controller.store", r))?;
+        let store = self.store_url().map_err(|r| err("controller.store", r))?;
         let dir = &self.agent.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
@@ -494,7 +531,9 @@ impl Config {
         std::fs::write(&probe, b"ok")
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| err("agent.data_dir", format!("{} is not writable: {e}", dir.display())))?;
-        if let Some(parent) = db.parent() {
+        if let StoreUrl::Sqlite(db) = &store
+            && let Some(parent) = db.parent()
+        {
             std::fs::create_dir_all(parent).map_err(|e| {
                 err("controller.store", format!("cannot create {}: {e}", parent.display()))
             })?;
@@ -548,9 +587,10 @@ impl Config {
                 Ok(StoreUrl::Sqlite(PathBuf::from(&url["sqlite://".len()..])))
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Err("the PostgreSQL store is not built yet in this version; use sqlite:///path".into())
+                url.parse::<postgres::Config>().map_err(|e| format!("{url:?} is not a valid PostgreSQL URL: {e}"))?;
+                Ok(StoreUrl::Postgres(url.clone()))
             }
-            Some(url) => Err(format!("unsupported store url {url:?}: use sqlite:///path")),
+            Some(url) => Err(format!("unsupported store url {url:?}: use sqlite:///path or postgres://...")),
         }
     }
 }
@@ -595,6 +635,10 @@ fn apply_env(
             ),
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
                 raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not true or false")))?,
+            ),
+            // Lists (e.g. controller.addresses): comma-separated.
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| toml::Value::String(a.into())).collect(),
             ),
             Some(toml::Value::Float(_)) => {
                 toml::Value::Float(raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not a number")))?)

@@ -23,10 +23,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run a standalone controller (not built yet).
+    /// Run the controller service alone (gRPC on `[controller] listen`) for remote agents.
     Controller {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Commit latency and throughput of the controller service (gRPC on loopback), with
+    /// simulated agents: for each store and agent count, p50/p99 and commits/s.
+    ControllerBench {
+        /// Stores to measure: sqlite:///path or postgres://... (repeatable).
+        #[arg(long, required = true)]
+        store: Vec<String>,
+        /// Agent counts to measure (repeatable).
+        #[arg(long, default_values_t = [1usize, 3, 10])]
+        agents: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Partitions per committed object.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
     },
     /// Consumer groups, through a running agent.
     Group {
@@ -55,10 +70,8 @@ fn main() -> ExitCode {
         Command::Group { command: GroupCommand::Describe { group, bootstrap_server, timeout_ms } } => {
             group_describe(&group, &bootstrap_server, timeout_ms)
         }
-        Command::Controller { .. } => {
-            eprintln!("sidestream controller: the standalone (remote) controller is not built yet; `sidestream serve` embeds one");
-            ExitCode::from(2)
-        }
+        Command::Controller { config } => controller(config),
+        Command::ControllerBench { store, agents, seconds, partitions } => controller_bench(store, agents, seconds, partitions),
     }
 }
 
@@ -112,6 +125,82 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
         tracing::info!("shutting down");
         if server.shutdown().await { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    })
+}
+
+fn controller_bench(stores: Vec<String>, agents: Vec<usize>, seconds: u64, partitions: i32) -> ExitCode {
+    use sidestream::controller::bench::{BenchSettings, run};
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidestream controller-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("store\tagents\tcommits\tcommits/s\tp50 ms\tp99 ms\tmax ms");
+    for url in &stores {
+        let mut config = Config::default();
+        config.controller.store = Some(url.clone());
+        let store = match config.store_url() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sidestream controller-bench: --store {url}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let kind = url.split(':').next().unwrap_or("?");
+        for &n in &agents {
+            let settings = BenchSettings {
+                store: store.clone(),
+                agents: n,
+                duration: std::time::Duration::from_secs(seconds),
+                partitions,
+            };
+            match runtime.block_on(run(&settings)) {
+                Ok(r) => println!(
+                    "{kind}\t{n}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}",
+                    r.commits, r.commits_per_sec, r.p50_ms, r.p99_ms, r.max_ms
+                ),
+                Err(e) => {
+                    eprintln!("sidestream controller-bench: {kind} with {n} agents: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn controller(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidestream controller: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidestream controller: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let service = match sidestream::server::start_controller(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the controller");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = wait_for_signal().await {
+            tracing::error!(error = %e, "cannot wait for signals");
+        }
+        tracing::info!("controller shutting down");
+        service.shutdown().await;
+        ExitCode::SUCCESS
     })
 }
 

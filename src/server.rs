@@ -18,8 +18,11 @@ use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
 use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
-use crate::config::{Config, ObjectStoreUrl, StoreUrl};
+use crate::config::{Config, ControllerMode, ObjectStoreUrl, StoreUrl};
 use crate::controller::client::{ControllerClient, InProcess};
+use crate::controller::remote::{Remote, RemoteSettings};
+use crate::controller::store::MetadataStore;
+use crate::controller::store::postgres::PgStore;
 use crate::controller::store::sqlite::SqliteStore;
 use crate::controller::{Controller, ControllerError};
 use crate::object::faulty::FaultyStore;
@@ -45,6 +48,26 @@ pub enum ServerError {
     Wal(std::io::Error),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("controller service: {0}")]
+    Service(#[from] crate::controller::service::ServiceError),
+}
+
+/// `sidestream controller`: the controller service alone, from `[controller]` (and the topic
+/// and group defaults it applies).
+pub async fn start_controller(config: &Config) -> Result<crate::controller::service::RunningService, ServerError> {
+    let c = &config.controller;
+    let settings = crate::controller::service::ServiceSettings {
+        listen: c.listen,
+        advertised: c.advertised.clone().unwrap_or_else(|| c.listen.to_string()),
+        store: config.store_url().map_err(ServerError::Config)?,
+        token: c.token.as_ref().map(|t| t.0.clone()),
+        failover_ms: c.failover_ms,
+        agent_lease_ms: c.agent_lease_ms,
+        topics: config.topics.clone(),
+        groups: config.groups.clone(),
+        producer_id_expiration_ms: c.producer_id_expiration_ms,
+    };
+    Ok(crate::controller::service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::from_os())).await?)
 }
 
 /// A running agent (with its embedded controller).
@@ -53,8 +76,9 @@ pub struct RunningServer {
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
     pub agent: Arc<Agent>,
-    /// The embedded controller's group coordinator (its waiting requests end at shutdown).
-    groups: Arc<crate::controller::groups::GroupCoordinator>,
+    /// The embedded controller's group coordinator (its waiting requests end at shutdown);
+    /// None with a remote controller.
+    groups: Option<Arc<crate::controller::groups::GroupCoordinator>>,
     /// The object store's counters (requests, bytes, errors, latency).
     pub store_metrics: Arc<StoreMetrics>,
     shutdown: CancellationToken,
@@ -96,34 +120,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         store.clone(),
     )
     .await?;
-    let StoreUrl::Sqlite(db) = config.store_url().map_err(ServerError::Config)?;
-    let metadata = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
-        .await
-        .map_err(|e| ServerError::Config(e.to_string()))??;
-    let controller = Controller::open_with_groups(
-        Arc::new(metadata),
-        config.topics.clone(),
-        config.controller.producer_id_expiration_ms as i64,
-        config.groups.clone(),
-        clock.clone(),
-        entropy.clone(),
-    )?;
-    let controller = Arc::new(controller);
-    let groups = controller.groups().clone();
-    // The embedded controller exports consumer lag (a remote controller will export its own).
-    let lag_source = Arc::downgrade(&controller);
-    crate::metrics::gauges(
-        "sidestream_group_lag",
-        "Consumer lag per group and partition: high watermark minus committed offset.",
-        move || {
-            let Some(c) = lag_source.upgrade() else { return Vec::new() };
-            c.group_lags()
-                .into_iter()
-                .map(|(g, t, p, lag)| (vec![("group", g), ("topic", t), ("partition", p.to_string())], lag))
-                .collect()
-        },
-    );
-    let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(controller));
+    let shutdown = CancellationToken::new();
+    let (controller, groups) = open_controller(config, clock.clone(), entropy.clone(), shutdown.clone()).await?;
 
     let listener = TcpListener::bind(config.agent.listen)
         .await
@@ -149,7 +147,6 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         .map_err(ServerError::Wal)?;
     let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
-    let shutdown = CancellationToken::new();
     let key_prefix = String::new();
     OrphanCollector {
         store: store.clone(),
@@ -219,6 +216,59 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     })
 }
 
+/// The controller `[controller] mode` names: embedded (in this process, over the configured
+/// store) or remote (the gRPC client of `sidestream controller` replicas).
+async fn open_controller(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    shutdown: CancellationToken,
+) -> Result<(Arc<dyn ControllerClient>, Option<Arc<crate::controller::groups::GroupCoordinator>>), ServerError> {
+    if config.controller.mode == ControllerMode::Remote {
+        let settings = RemoteSettings {
+            addresses: config.controller.addresses.clone(),
+            token: config.controller.token.as_ref().map(|t| t.0.clone()),
+            agent: format!("agent-{}", config.agent.node_id),
+            call_deadline: Duration::from_millis(config.controller.call_timeout_ms),
+            connect_timeout: Duration::from_millis(config.controller.call_timeout_ms.min(2_000)),
+        };
+        // Start-up waits for a controller as long as a failover may take, and then some.
+        let startup = Duration::from_millis(config.controller.call_timeout_ms.max(3 * config.controller.failover_ms));
+        let remote = Remote::connect(settings, startup, shutdown).await?;
+        return Ok((Arc::new(remote), None));
+    }
+    let store_url = config.store_url().map_err(ServerError::Config)?;
+    let (topics, groups_config) = (config.topics.clone(), config.groups.clone());
+    let expiry_ms = config.controller.producer_id_expiration_ms as i64;
+    // Blocking: opening the store and loading its snapshot (PostgreSQL's client must not run
+    // on the async workers).
+    let controller = tokio::task::spawn_blocking(move || -> Result<Controller, ServerError> {
+        let metadata: Arc<dyn MetadataStore> = match store_url {
+            StoreUrl::Sqlite(db) => Arc::new(SqliteStore::open(&db)?),
+            StoreUrl::Postgres(url) => Arc::new(PgStore::open(&url)?),
+        };
+        Ok(Controller::open_with_groups(metadata, topics, expiry_ms, groups_config, clock, entropy)?)
+    })
+    .await
+    .map_err(|e| ServerError::Config(e.to_string()))??;
+    let controller = Arc::new(controller);
+    let groups = controller.groups().clone();
+    // The embedded controller exports consumer lag (a remote controller will export its own).
+    let lag_source = Arc::downgrade(&controller);
+    crate::metrics::gauges(
+        "sidestream_group_lag",
+        "Consumer lag per group and partition: high watermark minus committed offset.",
+        move || {
+            let Some(c) = lag_source.upgrade() else { return Vec::new() };
+            c.group_lags()
+                .into_iter()
+                .map(|(g, t, p, lag)| (vec![("group", g), ("topic", t), ("partition", p.to_string())], lag))
+                .collect()
+        },
+    );
+    Ok((Arc::new(InProcess(controller)), Some(groups)))
+}
+
 /// Uploads and commits every WAL entry the controller has not committed (ids above `mark`),
 /// before the agent serves: acknowledged acks=1 data is never lost, never committed twice.
 async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Result<(), ServerError> {
@@ -257,7 +307,9 @@ impl RunningServer {
     /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
-        self.groups.shutdown();
+        if let Some(groups) = &self.groups {
+            groups.shutdown();
+        }
         let agent = self.agent.clone();
         let accept = self.accept;
         let drained = async move {

@@ -9,10 +9,14 @@
 //!
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
+pub mod bench;
 pub mod client;
 pub mod groups;
 pub mod log;
 pub mod producers;
+pub mod remote;
+pub mod rpc;
+pub mod service;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -72,6 +76,12 @@ impl From<StoreError> for ControllerError {
         ControllerError::Unavailable(e.to_string())
     }
 }
+
+/// One commit's answer: each extent's base offset or error, or an error for the whole commit.
+pub type CommitResult = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+
+/// Commits per store transaction in [`Controller::commit_objects`] (group commit).
+pub const GROUP_COMMIT_OBJECTS_MAX: usize = 256;
 
 /// A topic as agents see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +171,9 @@ pub struct Controller {
     cluster_id: String,
     /// Kafka's producer.id.expiration.ms: idle idempotent producers are forgotten after this.
     producer_expiry_ms: i64,
+    /// Set when the store refused a write because this view is stale or this controller lost
+    /// its lease: the owner must stop using this instance (and reopen one if still active).
+    stale: std::sync::atomic::AtomicBool,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -283,11 +296,25 @@ impl Controller {
             entropy,
             defaults,
             cluster_id: snapshot.cluster_id,
+            stale: Default::default(),
         })
     }
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    /// True once the store refused a write as fenced or stale: this instance must be dropped.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes fenced/stale refusals (see [`Controller::is_stale`]) and converts the error.
+    fn store_error(&self, e: StoreError) -> ControllerError {
+        if matches!(e, StoreError::Fenced(_) | StoreError::Stale(_)) {
+            self.stale.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        e.into()
     }
 
     /// The consumer group coordinator.
@@ -420,6 +447,135 @@ impl Controller {
     /// extent's base offset (a retried batch's original one) or error, in input order.
     pub fn commit_object(&self, req: &CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
         let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_object_locked(req)
+    }
+
+    /// Blocking. Group commit: like [`Controller::commit_object`] for each request, in order,
+    /// with one store transaction for all of them (up to [`GROUP_COMMIT_OBJECTS_MAX`]). A
+    /// request whose key is already committed, or repeated in the batch, is answered like a
+    /// replay; if the store refuses the batch for one request's sake (a doomed key), each
+    /// request is committed alone instead, so one bad request never fails the others.
+    pub fn commit_objects(&self, reqs: &[CommitRequest]) -> Vec<CommitResult> {
+        if self.is_stale() {
+            return reqs.iter().map(|_| Err(ControllerError::Unavailable("controller view is stale".into()))).collect();
+        }
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Option<CommitResult>> = vec![None; reqs.len()];
+        let now_ms = self.clock.now_ms();
+        // Plan every fresh request against the offsets the earlier ones leave.
+        let mut seen = std::collections::HashSet::new();
+        let mut overlay: HashMap<(Uuid, i32), PartitionOffsets> = HashMap::new();
+        let mut producer_overlay: HashMap<ProducerKey, ProducerState> = HashMap::new();
+        let mut fresh = Vec::new();
+        for (i, req) in reqs.iter().enumerate().take(GROUP_COMMIT_OBJECTS_MAX) {
+            if !seen.insert(req.object_key.as_str()) {
+                continue;
+            }
+            match self.store.committed_extents(&req.object_key) {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    out[i] = Some(Err(self.store_error(e)));
+                    continue;
+                }
+            }
+            let key: Arc<str> = Arc::from(req.object_key.as_str());
+            let (plan, producer_states) = {
+                let s = self.read();
+                log::plan_commit(
+                    &key,
+                    req.object_size_bytes,
+                    &req.extents,
+                    now_ms,
+                    |t, p| overlay.get(&(t, p)).copied().or_else(|| s.partitions.get(&(t, p)).and_then(|p| p.offsets)),
+                    |k| producer_overlay.get(k).cloned().or_else(|| s.producers.get(k).cloned()),
+                )
+            };
+            let records: Vec<ExtentRecord> = plan
+                .iter()
+                .filter_map(|r| match r {
+                    Ok(Planned::Append(e)) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect();
+            for r in &records {
+                overlay.insert(
+                    (r.topic_id, r.partition),
+                    PartitionOffsets {
+                        log_start_offset: self.offsets(r.topic_id, r.partition).map(|o| o.log_start_offset).unwrap_or(0),
+                        next_offset: r.end_offset,
+                    },
+                );
+            }
+            producer_overlay.extend(producer_states.iter().map(|(k, v)| (*k, v.clone())));
+            let object = ObjectRecord {
+                key: req.object_key.clone(),
+                size_bytes: req.object_size_bytes,
+                agent: req.agent.clone(),
+                committed_ms: now_ms,
+            };
+            let producer_rows: Vec<_> = producer_states.into_iter().collect();
+            fresh.push((i, object, records, producer_rows, plan));
+        }
+        let batch: Vec<store::ObjectCommit<'_>> = fresh
+            .iter()
+            .map(|(i, o, records, producers, _)| (o, records.as_slice(), reqs[*i].wal.as_ref(), producers.as_slice()))
+            .collect();
+        let written = if batch.is_empty() { Ok(()) } else { self.store.commit_objects(&batch) };
+        drop(batch);
+        match written {
+            Ok(()) => {
+                let mut s = self.write();
+                for (i, _, records, producers, plan) in fresh {
+                    for r in records {
+                        if let Some(p) = s.partitions.get_mut(&(r.topic_id, r.partition)) {
+                            if let Some(o) = p.offsets.as_mut() {
+                                o.next_offset = r.end_offset;
+                            }
+                            if p.recent.len() == RECENT_EXTENTS_MAX {
+                                p.recent.pop_front();
+                            }
+                            p.recent.push_back(r);
+                        }
+                    }
+                    s.producers.extend(producers);
+                    s.commits_since_expiry += 1;
+                    out[i] = Some(Ok(plan
+                        .into_iter()
+                        .map(|r| {
+                            r.map(|p| match p {
+                                Planned::Append(e) => e.base_offset,
+                                Planned::Duplicate(base) => base,
+                            })
+                        })
+                        .collect()));
+                }
+                let sweep = s.commits_since_expiry >= PRODUCER_EXPIRY_SWEEP_COMMITS;
+                drop(s);
+                if sweep && let Err(e) = self.expire_producers(now_ms) {
+                    tracing::warn!(error = %e, "expiring idle producers failed; retried after later commits");
+                }
+                if out.iter().any(|o| o.as_ref().is_some_and(|r| r.is_ok())) {
+                    self.commits.send_modify(|n| *n += 1);
+                }
+            }
+            Err(StoreError::Conflict(_)) => {} // each is committed alone below
+            Err(e) => {
+                let e = self.store_error(e);
+                for (i, ..) in fresh {
+                    out[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        // Replays, repeats, requests beyond the batch limit, and the fallback: one at a time.
+        reqs.iter().zip(out).map(|(req, o)| o.unwrap_or_else(|| self.commit_object_locked(req))).collect()
+    }
+
+    /// [`Controller::commit_object`] with `write_lock` held.
+    fn commit_object_locked(&self, req: &CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+        if self.is_stale() {
+            return Err(ControllerError::Unavailable("controller view is stale".into()));
+        }
         if let Some(done) = self.store.committed_extents(&req.object_key)? {
             let s = self.read();
             return Ok(req
@@ -472,7 +628,8 @@ impl Controller {
         let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
         match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows) {
             Err(StoreError::Conflict(m)) => return Err(ControllerError::InvalidRequest(m)),
-            other => other?,
+            Err(e) => return Err(self.store_error(e)),
+            Ok(()) => {}
         }
         let sweep = {
             let mut s = self.write();

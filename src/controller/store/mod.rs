@@ -2,10 +2,15 @@
 //!
 //! The controller keeps a hot in-memory view (topics, next offsets, recent extents) and writes
 //! every change through this trait first; the store is the source of truth after a restart.
-//! [`sqlite`] is the embedded default. Every method is blocking and is called off the async
-//! runtime's worker threads.
+//! [`sqlite`] is the embedded default; [`postgres`] is the shared one (several controller
+//! replicas, one active at a time through a lease in the database). Both run the same contract
+//! tests (`tests.rs`). Every method is blocking and is called off the async runtime's worker
+//! threads.
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -25,7 +30,19 @@ pub enum StoreError {
     /// The stored data makes no sense (schema from the future, bad bytes).
     #[error("metadata store corrupt: {0}")]
     Corrupt(String),
+    /// This controller no longer holds the controller lease: another replica took over. The
+    /// write was refused; the caller must stop writing (and reload if it becomes active again).
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The store moved under the caller's view (a partition is no longer at the offset the
+    /// commit was planned from, or the object is already committed): nothing was written; the
+    /// caller reloads its view and retries.
+    #[error("stale view: {0}")]
+    Stale(String),
 }
+
+/// One object's commit: the object, its planned extents, its WAL mark, the producer states.
+pub type ObjectCommit<'a> = (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a super::WalMark>, &'a [(ProducerKey, ProducerState)]);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -100,7 +117,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
     /// In one transaction: records the object and its extents, moves each extent's partition
-    /// `next_offset` to the extent's `end_offset`, raises the WAL mark if one is given, and
+    /// `next_offset` from the extent's `base_offset` to its `end_offset` (`Stale` and nothing
+    /// written if the partition is no longer at `base_offset`), raises the WAL mark if one is given, and
     /// writes the idempotent producers' states.
     /// `Conflict` if the key was doomed as an orphan ([`MetadataStore::doom_uncommitted`]):
     /// such a key can never be committed.
@@ -111,6 +129,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         wal: Option<&super::WalMark>,
         producers: &[(ProducerKey, ProducerState)],
     ) -> Result<(), StoreError>;
+    /// Group commit: every commit of `commits` (in order) in one transaction, all or none.
+    fn commit_objects(&self, commits: &[ObjectCommit<'_>]) -> Result<(), StoreError>;
+    /// Registers (or re-registers) an agent: its new epoch, higher than any it had before, so
+    /// the agent's earlier incarnation is fenced.
+    fn register_agent(&self, name: &str) -> Result<u64, StoreError>;
     /// A producer id never handed out before.
     fn allocate_producer_id(&self) -> Result<i64, StoreError>;
     /// Forgets producer states last seen before `before_ms`.

@@ -13,10 +13,11 @@ use crate::controller::WalMark;
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
-use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
+use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
 
-/// Version 1: topics, partitions, objects, extents. Version 2: group offsets.
-const SCHEMA_VERSION: i32 = 2;
+/// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
+/// epochs.
+const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,13 +48,16 @@ CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT 
 
 /// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
 /// idempotent and only adds, so data written by older versions stays readable.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    2,
-    "CREATE TABLE IF NOT EXISTS group_offsets (
-        group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
-        committed_offset INTEGER NOT NULL, leader_epoch INTEGER NOT NULL, metadata TEXT NOT NULL,
-        commit_ms INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition)) WITHOUT ROWID;",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS group_offsets (
+            group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+            committed_offset INTEGER NOT NULL, leader_epoch INTEGER NOT NULL, metadata TEXT NOT NULL,
+            commit_ms INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition)) WITHOUT ROWID;",
+    ),
+    (3, "CREATE TABLE IF NOT EXISTS agents (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL);"),
+];
 
 pub struct SqliteStore {
     writer: Mutex<Connection>,
@@ -257,65 +261,29 @@ impl MetadataStore for SqliteStore {
         wal: Option<&WalMark>,
         producers: &[(ProducerKey, ProducerState)],
     ) -> Result<(), StoreError> {
+        self.commit_objects(&[(o, extents, wal, producers)])
+    }
+
+    fn commit_objects(&self, commits: &[ObjectCommit<'_>]) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
-        let doomed: Option<i64> = tx
-            .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
-            .optional()
-            .map_err(unavailable)?;
-        if doomed.is_some() {
-            return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
-        }
-        tx.execute(
-            "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
-        )
-        .map_err(unavailable)?;
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                ))
-                .map_err(unavailable)?;
-            let mut advance = tx
-                .prepare_cached("UPDATE partitions SET next_offset = ?3 WHERE topic_id = ?1 AND partition = ?2")
-                .map_err(unavailable)?;
-            for e in extents {
-                let id = e.topic_id.as_bytes().as_slice();
-                insert
-                    .execute(params![
-                        id,
-                        e.partition,
-                        e.base_offset,
-                        e.end_offset,
-                        &*e.object_key,
-                        e.position as i64,
-                        e.length as i64,
-                        i64::from(e.batch_count),
-                        e.max_timestamp
-                    ])
-                    .map_err(unavailable)?;
-                advance.execute(params![id, e.partition, e.end_offset]).map_err(unavailable)?;
-            }
-        }
-        for ((pid, topic, partition), state) in producers {
-            tx.execute(
-                "INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches, last_seen_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET \
-                 epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
-                params![pid, topic.as_bytes().as_slice(), partition, state.epoch, encode_batches(&state.batches), state.last_seen_ms],
-            )
-            .map_err(unavailable)?;
-        }
-        if let Some(w) = wal {
-            tx.execute(
-                "INSERT INTO wal_marks (log_id, entry_id) VALUES (?1, ?2) \
-                 ON CONFLICT (log_id) DO UPDATE SET entry_id = max(entry_id, excluded.entry_id)",
-                params![w.log_id, w.entry_id as i64],
-            )
-            .map_err(unavailable)?;
+        for (o, extents, wal, producers) in commits {
+            commit_in(&tx, o, extents, *wal, producers)?;
         }
         tx.commit().map_err(unavailable)
+    }
+
+    fn register_agent(&self, name: &str) -> Result<u64, StoreError> {
+        let c = lock(&self.writer);
+        let epoch: i64 = c
+            .query_row(
+                "INSERT INTO agents (name, epoch) VALUES (?1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        Ok(epoch as u64)
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
@@ -469,3 +437,84 @@ impl MetadataStore for SqliteStore {
         tx.commit().map_err(unavailable)
     }
 }
+
+/// One object's commit inside an open transaction (see [`MetadataStore::commit_object`]).
+fn commit_in(
+    tx: &rusqlite::Transaction<'_>,
+    o: &ObjectRecord,
+    extents: &[ExtentRecord],
+    wal: Option<&WalMark>,
+    producers: &[(ProducerKey, ProducerState)],
+) -> Result<(), StoreError> {
+    let doomed: Option<i64> = tx
+        .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    if doomed.is_some() {
+        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+    }
+    match tx.execute(
+        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
+    ) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
+        }
+        Err(e) => return Err(unavailable(e)),
+    }
+    {
+        let mut insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))
+            .map_err(unavailable)?;
+        let mut advance = tx
+            .prepare_cached(
+                "UPDATE partitions SET next_offset = ?4 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?3",
+            )
+            .map_err(unavailable)?;
+        for e in extents {
+            let id = e.topic_id.as_bytes().as_slice();
+            let moved = advance.execute(params![id, e.partition, e.base_offset, e.end_offset]).map_err(unavailable)?;
+            if moved != 1 {
+                return Err(StoreError::Stale(format!(
+                    "partition {}-{} is no longer at offset {}: another writer committed",
+                    e.topic_id, e.partition, e.base_offset
+                )));
+            }
+            insert
+                .execute(params![
+                    id,
+                    e.partition,
+                    e.base_offset,
+                    e.end_offset,
+                    &*e.object_key,
+                    e.position as i64,
+                    e.length as i64,
+                    i64::from(e.batch_count),
+                    e.max_timestamp
+                ])
+                .map_err(unavailable)?;
+        }
+    }
+    for ((pid, topic, partition), state) in producers {
+        tx.execute(
+            "INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches, last_seen_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET \
+             epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
+            params![pid, topic.as_bytes().as_slice(), partition, state.epoch, encode_batches(&state.batches), state.last_seen_ms],
+        )
+        .map_err(unavailable)?;
+    }
+    if let Some(w) = wal {
+        tx.execute(
+            "INSERT INTO wal_marks (log_id, entry_id) VALUES (?1, ?2) \
+             ON CONFLICT (log_id) DO UPDATE SET entry_id = max(entry_id, excluded.entry_id)",
+            params![w.log_id, w.entry_id as i64],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+

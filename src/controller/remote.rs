@@ -1,0 +1,546 @@
+//! The agent's side of a remote controller (`[controller] mode = "remote"`): [`Remote`], a
+//! [`ControllerClient`] over gRPC.
+//!
+//! - **Cache.** Topics and high watermarks are served from a local cache (the trait's
+//!   synchronous methods need them on every produce and fetch). A background task keeps it
+//!   fresh: snapshot at (re)connection, then the controller's `Watch` stream of commit events,
+//!   which also wakes long-polling fetches (`commit_watch`). The agent's own commits and topic
+//!   changes update the cache at once, so an agent reads its own writes.
+//! - **Following the active replica.** Calls go to the last known active controller. An
+//!   UNAVAILABLE answer naming the active one (`x-sidestream-active`) switches to it; a
+//!   transport failure moves to the next configured address. Calls retry with backoff for up
+//!   to `call_deadline`; the uploader retries failed commits for as long as it takes, so a
+//!   controller restart or failover delays acknowledgements but loses nothing.
+//! - **Fencing.** The agent registers for an epoch and heartbeats every third of its lease. A
+//!   call refused as fenced (FAILED_PRECONDITION: lease expired, replaced, or a new active
+//!   controller that does not know it) re-registers for a new epoch and retries.
+//!
+//! Not built: consumer groups through a remote controller (every group call answers
+//! [`GroupError::Unavailable`] saying so).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use uuid::Uuid;
+
+use super::client::ControllerClient;
+use super::groups::{
+    CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
+    SyncRequest, SyncResponse, TopicPartition, consumer,
+};
+use super::log::PartitionOffsets;
+use super::rpc::{self, GrpcClient};
+use super::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
+
+const GROUPS_NOT_BUILT: &str =
+    "consumer groups are not served through a remote controller yet (not built); use the embedded controller";
+/// The answer to every group call; logged once per process so operators see why.
+fn groups_not_built() -> GroupError {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!("{GROUPS_NOT_BUILT}");
+    }
+    GroupError::Unavailable(GROUPS_NOT_BUILT.into())
+}
+
+/// Backoff between retries of a failed call.
+const RETRY_BACKOFF_MIN_MS: u64 = 20;
+const RETRY_BACKOFF_MAX_MS: u64 = 500;
+
+/// What the remote client needs, as data.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    /// Controller replicas, `host:port`.
+    pub addresses: Vec<String>,
+    pub token: Option<String>,
+    /// This agent's name (its registration and the objects' `agent`).
+    pub agent: String,
+    /// How long one call retries before answering a retriable error.
+    pub call_deadline: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Cache {
+    by_name: HashMap<String, Arc<TopicMeta>>,
+    by_id: HashMap<Uuid, Arc<TopicMeta>>,
+    offsets: HashMap<(Uuid, i32), PartitionOffsets>,
+}
+
+struct Inner {
+    settings: RemoteSettings,
+    /// The address calls go to now.
+    current: Mutex<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    epoch: AtomicU64,
+    /// The agent lease the controller granted (heartbeats go every third of it).
+    lease_ms: AtomicU64,
+    /// Serializes re-registrations, so concurrent fenced calls register once.
+    registering: tokio::sync::Mutex<()>,
+    cluster_id: Mutex<String>,
+    cache: RwLock<Cache>,
+    commits: watch::Sender<u64>,
+}
+
+/// The gRPC controller client. Cheap to clone.
+#[derive(Clone)]
+pub struct Remote(Arc<Inner>);
+
+impl Remote {
+    /// Registers with the controller (waiting for one to answer up to `startup_deadline`),
+    /// loads the snapshot, and starts the task that keeps the cache fresh until `shutdown`.
+    pub async fn connect(
+        settings: RemoteSettings,
+        startup_deadline: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ControllerError> {
+        let first = settings.addresses.first().cloned().ok_or_else(|| {
+            ControllerError::InvalidRequest("[controller] addresses is empty: remote mode needs at least one".into())
+        })?;
+        let remote = Remote(Arc::new(Inner {
+            settings,
+            current: Mutex::new(first),
+            channels: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            lease_ms: AtomicU64::new(3000),
+            registering: tokio::sync::Mutex::new(()),
+            cluster_id: Mutex::new(String::new()),
+            cache: RwLock::new(Cache::default()),
+            commits: watch::channel(0).0,
+        }));
+        let deadline = Instant::now() + startup_deadline;
+        loop {
+            let attempt = async {
+                remote.register(0).await?;
+                remote.refresh().await
+            };
+            match attempt.await {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline && matches!(e, ControllerError::Unavailable(_)) => {
+                    tracing::warn!(error = %e, "controller not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tokio::spawn(remote.clone().run(shutdown));
+        Ok(remote)
+    }
+
+    fn client(&self) -> GrpcClient<Channel> {
+        let addr = self.0.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut channels = self.0.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = channels
+            .entry(addr.clone())
+            .or_insert_with(|| {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
+                    .connect_timeout(self.0.settings.connect_timeout)
+                    .tcp_nodelay(true);
+                endpoint.connect_lazy()
+            })
+            .clone();
+        GrpcClient::new(channel)
+            .max_decoding_message_size(rpc::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(rpc::MESSAGE_BYTES_MAX)
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Some(t) = &self.0.settings.token
+            && let Ok(v) = t.parse()
+        {
+            req.metadata_mut().insert(rpc::TOKEN_HEADER, v);
+        }
+        req
+    }
+
+    /// After a failed call: follow the standby's hint, or move to the next address.
+    fn switch_after(&self, s: &Status) {
+        let mut current = self.0.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(active) = s.metadata().get(rpc::ACTIVE_HEADER).and_then(|v| v.to_str().ok()) {
+            if *current != active {
+                tracing::info!(from = %*current, to = active, "following the active controller");
+                *current = active.to_string();
+            }
+            return;
+        }
+        let addrs = &self.0.settings.addresses;
+        let i = addrs.iter().position(|a| *a == *current).map_or(0, |i| (i + 1) % addrs.len());
+        *current = addrs[i].clone();
+    }
+
+    /// One call with retries: `f(client, epoch)`. Fenced answers re-register first.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ControllerError>
+    where
+        F: Fn(GrpcClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.0.settings.call_deadline;
+        let mut backoff = RETRY_BACKOFF_MIN_MS;
+        loop {
+            let epoch = self.0.epoch.load(Ordering::Acquire);
+            let status = match f(self.client(), epoch).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            let error = if status.code() == Code::FailedPrecondition {
+                tracing::warn!(epoch, reason = status.message(), "fenced by the controller: registering again");
+                match self.register(epoch).await {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                }
+            } else if status.code() == Code::Unauthenticated {
+                return Err(ControllerError::Unavailable(format!("controller refused the token: {}", status.message())));
+            } else {
+                let e = rpc::error_from_status(&status);
+                if !matches!(e, ControllerError::Unavailable(_)) {
+                    return Err(e);
+                }
+                self.switch_after(&status);
+                e
+            };
+            if Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+        }
+    }
+
+    /// Registers for a new epoch unless another task already replaced `seen`.
+    async fn register(&self, seen: u64) -> Result<(), ControllerError> {
+        let _one = self.0.registering.lock().await;
+        if self.0.epoch.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let agent = self.0.settings.agent.clone();
+        let mut client = self.client();
+        let reply = client.register(self.request(rpc::RegisterRequest { agent })).await.map_err(|s| {
+            self.switch_after(&s);
+            rpc::error_from_status(&s)
+        })?;
+        let reply = reply.into_inner();
+        *self.0.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = reply.cluster_id;
+        self.0.lease_ms.store(reply.lease_ms, Ordering::Relaxed);
+        self.0.epoch.store(reply.epoch, Ordering::Release);
+        tracing::info!(epoch = reply.epoch, lease_ms = reply.lease_ms, "registered with the controller");
+        Ok(())
+    }
+
+    /// Replaces the cache with a fresh snapshot.
+    async fn refresh(&self) -> Result<(), ControllerError> {
+        let snap = self.call(|mut c, _| async move { c.snapshot(self.request(rpc::Empty {})).await }).await?;
+        let mut cache = Cache::default();
+        for t in snap.topics {
+            let t = Arc::new(rpc::topic_from(t)?);
+            cache.by_name.insert(t.name.clone(), t.clone());
+            cache.by_id.insert(t.id, t);
+        }
+        let old = self.0.cache.read().unwrap_or_else(|p| p.into_inner()).offsets.clone();
+        for p in snap.partitions {
+            let id = rpc::uuid(&p.topic_id)?;
+            let mut o = PartitionOffsets { log_start_offset: p.log_start_offset, next_offset: p.next_offset };
+            // Never move a high watermark back (an older answer racing a newer event).
+            if let Some(prev) = old.get(&(id, p.partition)) {
+                o.next_offset = o.next_offset.max(prev.next_offset);
+            }
+            cache.offsets.insert((id, p.partition), o);
+        }
+        *self.0.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
+        self.0.commits.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    fn advance(&self, topic_id: Uuid, partition: i32, next_offset: i64) {
+        let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = cache.offsets.get_mut(&(topic_id, partition)) {
+            o.next_offset = o.next_offset.max(next_offset);
+        }
+    }
+
+    fn insert_topic(&self, t: Arc<TopicMeta>) {
+        let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
+        for p in 0..t.partitions {
+            cache.offsets.entry((t.id, p)).or_insert(PartitionOffsets { log_start_offset: 0, next_offset: 0 });
+        }
+        cache.by_name.insert(t.name.clone(), t.clone());
+        cache.by_id.insert(t.id, t);
+    }
+
+    /// Keeps the cache fresh: the watch stream, heartbeats, reconnection.
+    async fn run(self, shutdown: CancellationToken) {
+        self.run_until(&shutdown).await
+    }
+
+    async fn run_until(&self, shutdown: &CancellationToken) {
+        let mut backoff = RETRY_BACKOFF_MIN_MS;
+        while !shutdown.is_cancelled() {
+            let stream = self.client().watch(self.request(rpc::Empty {})).await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    self.switch_after(&s);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+                    continue;
+                }
+            };
+            // Subscribed: anything committed before now is in the snapshot.
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "controller snapshot failed");
+                continue;
+            }
+            backoff = RETRY_BACKOFF_MIN_MS;
+            let mut heartbeat = tokio::time::interval(self.heartbeat_period());
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = heartbeat.tick() => {
+                        let beat = self.call(|mut c, epoch| {
+                            let agent = self.0.settings.agent.clone();
+                            async move { c.heartbeat(self.request(rpc::HeartbeatRequest { agent, epoch })).await }
+                        });
+                        if let Err(e) = beat.await {
+                            tracing::warn!(error = %e, "controller heartbeat failed");
+                        }
+                    }
+                    event = stream.message() => match event {
+                        Ok(Some(event)) if event.resync => {
+                            if let Err(e) = self.refresh().await {
+                                tracing::warn!(error = %e, "controller snapshot failed");
+                                break;
+                            }
+                        }
+                        Ok(Some(event)) => {
+                            for p in event.partitions {
+                                if let Ok(id) = rpc::uuid(&p.topic_id) {
+                                    self.advance(id, p.partition, p.next_offset);
+                                }
+                            }
+                            self.0.commits.send_modify(|n| *n += 1);
+                        }
+                        Ok(None) | Err(_) => {
+                            tracing::warn!("controller commit stream ended; reconnecting");
+                            self.switch_after(&Status::unavailable("stream ended"));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn heartbeat_period(&self) -> Duration {
+        Duration::from_millis((self.0.lease_ms.load(Ordering::Relaxed) / 3).max(10))
+    }
+}
+
+#[async_trait]
+impl ControllerClient for Remote {
+    fn cluster_id(&self) -> String {
+        self.0.cluster_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn topic(&self, r: TopicRef<'_>) -> Option<Arc<TopicMeta>> {
+        let cache = self.0.cache.read().unwrap_or_else(|p| p.into_inner());
+        match r {
+            TopicRef::Name(n) => cache.by_name.get(n).cloned(),
+            TopicRef::Id(id) => cache.by_id.get(&id).cloned(),
+        }
+    }
+    fn topics(&self) -> Vec<Arc<TopicMeta>> {
+        let mut v: Vec<_> = self.0.cache.read().unwrap_or_else(|p| p.into_inner()).by_name.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets, ControllerError> {
+        self.0
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .offsets
+            .get(&(topic_id, partition))
+            .copied()
+            .ok_or(ControllerError::UnknownTopicOrPartition)
+    }
+    fn commit_watch(&self) -> watch::Receiver<u64> {
+        self.0.commits.subscribe()
+    }
+
+    async fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError> {
+        let msg = rpc::create_to(&req);
+        let t = self.call(|mut c, _| {
+            let msg = msg.clone();
+            async move { c.create_topic(self.request(msg)).await }
+        });
+        let t = Arc::new(rpc::topic_from(t.await?)?);
+        if !req.validate_only {
+            self.insert_topic(t.clone());
+        }
+        Ok(t)
+    }
+    async fn delete_topic(&self, r: TopicRef<'_>) -> Result<Arc<TopicMeta>, ControllerError> {
+        let msg = match r {
+            TopicRef::Name(n) => rpc::TopicRefRequest { name: Some(n.to_string()), id: None },
+            TopicRef::Id(id) => rpc::TopicRefRequest { name: None, id: Some(id.as_bytes().to_vec()) },
+        };
+        let t = self.call(|mut c, _| {
+            let msg = msg.clone();
+            async move { c.delete_topic(self.request(msg)).await }
+        });
+        let t = Arc::new(rpc::topic_from(t.await?)?);
+        let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.by_name.remove(&t.name);
+        cache.by_id.remove(&t.id);
+        cache.offsets.retain(|(id, _), _| *id != t.id);
+        Ok(t)
+    }
+    async fn commit_object(&self, req: CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+        let reply = self.call(|mut c, epoch| {
+            let msg = rpc::commit_to(&req, epoch);
+            async move { c.commit_object(self.request(msg)).await }
+        });
+        let results: Vec<Result<i64, ControllerError>> = reply
+            .await?
+            .results
+            .into_iter()
+            .map(|r| match r.error {
+                None => Ok(r.base_offset),
+                Some(e) => Err(rpc::error_from(e)),
+            })
+            .collect();
+        let mut advanced = false;
+        for (e, r) in req.extents.iter().zip(&results) {
+            if let Ok(base) = r {
+                self.advance(e.topic_id, e.partition, base + e.offset_count);
+                advanced = true;
+            }
+        }
+        if advanced {
+            self.0.commits.send_modify(|n| *n += 1);
+        }
+        Ok(results)
+    }
+    async fn find_extents(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<ExtentRecord>, ControllerError> {
+        self.find(rpc::FindExtentsRequest {
+            topic_id: topic_id.as_bytes().to_vec(),
+            partition,
+            mode: rpc::FIND_BY_OFFSET,
+            from_offset,
+            max_bytes,
+            timestamp: 0,
+        })
+        .await
+    }
+    async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, ControllerError> {
+        let found = self
+            .find(rpc::FindExtentsRequest {
+                topic_id: topic_id.as_bytes().to_vec(),
+                partition,
+                mode: rpc::FIND_BY_TIMESTAMP,
+                timestamp,
+                ..Default::default()
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+    async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
+        let found = self
+            .find(rpc::FindExtentsRequest {
+                topic_id: topic_id.as_bytes().to_vec(),
+                partition,
+                mode: rpc::FIND_MAX_TIMESTAMP,
+                ..Default::default()
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+    async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
+        let log_id = log_id.to_string();
+        let r = self.call(|mut c, _| {
+            let log_id = log_id.clone();
+            async move { c.wal_mark(self.request(rpc::WalMarkRequest { log_id })).await }
+        });
+        Ok(r.await?.entry_id)
+    }
+    async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
+        let r = self.call(|mut c, _| async move { c.init_producer_id(self.request(rpc::Empty {})).await }).await?;
+        Ok((r.producer_id, r.epoch as i16))
+    }
+
+    async fn join_group(&self, req: JoinRequest) -> JoinResponse {
+        JoinResponse::error(req.member_id, groups_not_built())
+    }
+    async fn sync_group(&self, _: SyncRequest) -> Result<SyncResponse, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn heartbeat(&self, _: String, _: String, _: Option<String>, _: i32) -> Result<(), GroupError> {
+        Err(groups_not_built())
+    }
+    async fn leave_group(&self, _: String, _: Vec<(String, Option<String>)>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn commit_offsets(&self, _: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn fetch_offsets(
+        &self,
+        _: String,
+        _: Option<Vec<TopicPartition>>,
+        _: Option<(String, i32)>,
+    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn delete_offsets(&self, _: String, _: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn list_groups(&self, _: Vec<String>, _: Vec<String>) -> Vec<GroupListing> {
+        Vec::new()
+    }
+    async fn describe_group(&self, _: String) -> Result<GroupDescription, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn delete_group(&self, _: String) -> Result<(), GroupError> {
+        Err(groups_not_built())
+    }
+    async fn consumer_group_heartbeat(&self, _: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn consumer_group_describe(&self, _: String) -> Result<consumer::GroupDescription, GroupError> {
+        Err(groups_not_built())
+    }
+    async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
+        let r = self.call(|mut c, _| {
+            let keys = keys.clone();
+            async move { c.collect_orphans(self.request(rpc::OrphansRequest { keys })).await }
+        });
+        Ok(r.await?.doomed)
+    }
+}
+
+impl Remote {
+    async fn find(&self, req: rpc::FindExtentsRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
+        let r = self.call(|mut c, _| {
+            let req = req.clone();
+            async move { c.find_extents(self.request(req)).await }
+        });
+        r.await?.extents.into_iter().map(rpc::extent_from).collect()
+    }
+}

@@ -1,0 +1,563 @@
+//! The controller as a shared service (`sidestream controller`): a gRPC server over one
+//! [`Controller`], for agents in `[controller] mode = "remote"`.
+//!
+//! - **Active and standby.** With SQLite the process is always active. With PostgreSQL several
+//!   replicas run at once and exactly one is active: the holder of the lease row
+//!   ([`PgStore::acquire_lease`]). The active replica renews it every `failover_ms / 5`; a
+//!   standby tries to take it every `failover_ms / 5`, and can once it expired (it lasts
+//!   `failover_ms * 3 / 5`), so a takeover happens within `failover_ms` of the active's death.
+//!   A standby answers every call with UNAVAILABLE and the active's address in the
+//!   `x-sidestream-active` header; agents follow it. A replica that cannot renew steps down
+//!   before its lease can have expired, and the store refuses any write from a replica whose
+//!   lease epoch is no longer current, so two replicas never both assign offsets.
+//! - **Agent leases and fencing.** An agent registers (the store gives it a new, higher epoch)
+//!   and heartbeats within `agent_lease_ms`. A commit carries the agent's epoch; one from an
+//!   older epoch, an expired lease or an agent this replica does not know (e.g. after a
+//!   failover) is refused with FAILED_PRECONDITION: the agent re-registers and retries, so its
+//!   data is committed under the new epoch, never under the old one.
+//! - **Group commit.** Commits from all agents queue into one task, which commits everything
+//!   queued while the previous transaction ran in one store transaction
+//!   ([`Controller::commit_objects`]).
+//! - **Commit notifications.** After each batch, a `Watch` event carries the new high
+//!   watermarks of the partitions it touched; agents wake long-polling fetches with it.
+//!
+//! Not served remotely yet (refused with a clear error by the agent's client): consumer groups.
+//! Must not touch: offset planning (in [`Controller`]), the wire format (in [`super::rpc`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::rpc::{self, GrpcServer, GrpcService};
+use super::store::postgres::PgStore;
+use super::store::sqlite::SqliteStore;
+use super::store::{MetadataStore, StoreError};
+use super::{CommitRequest, Controller, ControllerError, GROUP_COMMIT_OBJECTS_MAX, TopicRef};
+use crate::clock::{Clock, Entropy};
+use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
+
+/// Commits waiting for the group-commit task; callers wait when it is full.
+const COMMIT_QUEUE_MAX: usize = 4096;
+/// Watch events buffered per subscriber before it must resynchronise.
+const WATCH_EVENTS_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("controller: {0}")]
+    Controller(#[from] ControllerError),
+    #[error("gRPC server: {0}")]
+    Transport(String),
+}
+
+/// What the service needs, as data.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub listen: SocketAddr,
+    /// The address agents are told to use when this replica is active (defaults to `listen`).
+    pub advertised: String,
+    pub store: StoreUrl,
+    pub token: Option<String>,
+    pub failover_ms: u64,
+    pub agent_lease_ms: u64,
+    pub topics: TopicsConfig,
+    pub groups: GroupsConfig,
+    pub producer_id_expiration_ms: u64,
+}
+
+struct AgentLease {
+    epoch: u64,
+    expires: Instant,
+}
+
+type CommitReply = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+
+struct Shared {
+    settings: ServiceSettings,
+    store: Arc<dyn MetadataStore>,
+    /// Set only with PostgreSQL: the lease decides who is active.
+    pg: Option<Arc<PgStore>>,
+    /// The controller while this replica is active.
+    active: RwLock<Option<Arc<Controller>>>,
+    /// Where the active replica is, as last read from the lease (for standby answers).
+    active_hint: Mutex<Option<String>>,
+    agents: Mutex<HashMap<String, AgentLease>>,
+    commits: mpsc::Sender<(CommitRequest, oneshot::Sender<CommitReply>)>,
+    events: broadcast::Sender<rpc::WatchEvent>,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+}
+
+/// A running controller service.
+pub struct RunningService {
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningService {
+    /// Whether this replica is the active one.
+    pub fn is_active(&self) -> bool {
+        self.shared.controller().is_some()
+    }
+
+    /// Stops serving; an active PostgreSQL replica gives its lease up so a standby takes over
+    /// at once.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        if let Some(pg) = self.shared.pg.clone() {
+            let _ = tokio::task::spawn_blocking(move || pg.release_lease()).await;
+        }
+        if let Some(c) = self.shared.take_controller() {
+            c.groups().shutdown();
+        }
+    }
+}
+
+/// Opens the store, binds `listen` and serves until [`RunningService::shutdown`].
+pub async fn start(
+    settings: ServiceSettings,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+) -> Result<RunningService, ServiceError> {
+    let url = settings.store.clone();
+    let (store, pg): (Arc<dyn MetadataStore>, Option<Arc<PgStore>>) = tokio::task::spawn_blocking(move || match url {
+        StoreUrl::Sqlite(path) => SqliteStore::open(&path).map(|s| (Arc::new(s) as Arc<dyn MetadataStore>, None)),
+        StoreUrl::Postgres(url) => {
+            PgStore::open(&url).map(|s| {
+                let s = Arc::new(s);
+                (s.clone() as Arc<dyn MetadataStore>, Some(s))
+            })
+        }
+    })
+    .await
+    .map_err(|e| ServiceError::Transport(e.to_string()))??;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServiceError::Bind { addr: settings.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServiceError::Bind { addr: settings.listen, source })?;
+    let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE_MAX);
+    let shared = Arc::new(Shared {
+        settings,
+        store,
+        pg,
+        active: RwLock::new(None),
+        active_hint: Mutex::new(None),
+        agents: Mutex::new(HashMap::new()),
+        commits,
+        events: broadcast::channel(WATCH_EVENTS_MAX).0,
+        clock,
+        entropy,
+    });
+    if shared.pg.is_none() {
+        shared.clone().activate().await?;
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run_group_commit(shared.clone(), commit_rx));
+    if shared.pg.is_some() {
+        tokio::spawn(run_lease(shared.clone(), shutdown.clone()));
+    }
+    let token = shared.settings.token.clone();
+    let service = GrpcServer::new(Service(shared.clone()))
+        .max_decoding_message_size(rpc::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(rpc::MESSAGE_BYTES_MAX);
+    let service = tonic::service::interceptor::InterceptedService::new(service, move |req: Request<()>| {
+        check_token(token.as_deref(), &req)?;
+        Ok(req)
+    });
+    let stop = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned()),
+    );
+    tracing::info!(%local_addr, "controller service listening");
+    Ok(RunningService { local_addr, shared, shutdown, server })
+}
+
+fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status> {
+    let Some(want) = token else { return Ok(()) };
+    match req.metadata().get(rpc::TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(got) if got == want => Ok(()),
+        _ => Err(Status::unauthenticated("missing or wrong controller token")),
+    }
+}
+
+impl Shared {
+    fn controller(&self) -> Option<Arc<Controller>> {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn take_controller(&self) -> Option<Arc<Controller>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.active.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The active controller, or the standby answer naming who is active.
+    fn active(&self) -> Result<Arc<Controller>, Status> {
+        if let Some(c) = self.controller() {
+            return Ok(c);
+        }
+        let mut status = Status::unavailable("this controller replica is a standby");
+        if let Some(addr) = self.active_hint.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            && let Ok(v) = addr.parse()
+        {
+            status.metadata_mut().insert(rpc::ACTIVE_HEADER, v);
+        }
+        Err(status)
+    }
+
+    /// Loads the controller's view from the store and starts serving as the active replica.
+    async fn activate(self: Arc<Self>) -> Result<(), ServiceError> {
+        let me = self.clone();
+        let controller = tokio::task::spawn_blocking(move || {
+            Controller::open_with_groups(
+                me.store.clone(),
+                me.settings.topics.clone(),
+                me.settings.producer_id_expiration_ms as i64,
+                me.settings.groups.clone(),
+                me.clock.clone(),
+                me.entropy.clone(),
+            )
+        })
+        .await
+        .map_err(|e| ServiceError::Transport(e.to_string()))??;
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(controller));
+        // Agents watching an earlier incarnation resynchronise.
+        let _ = self.events.send(rpc::WatchEvent { partitions: Vec::new(), resync: true });
+        Ok(())
+    }
+
+    fn check_agent(&self, agent: &str, epoch: u64) -> Result<(), Status> {
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        match agents.get(agent) {
+            Some(l) if l.epoch == epoch && l.expires > Instant::now() => Ok(()),
+            Some(l) if l.epoch == epoch => Err(Status::failed_precondition(format!("fenced: the lease of {agent} epoch {epoch} expired"))),
+            Some(l) => Err(Status::failed_precondition(format!("fenced: {agent} epoch {epoch} is not the current epoch {}", l.epoch))),
+            None => Err(Status::failed_precondition(format!("fenced: {agent} is not registered with this controller"))),
+        }
+    }
+}
+
+/// Lease duration and the renew/retry period, from `failover_ms`.
+fn lease_timing(failover_ms: u64) -> (u64, Duration) {
+    (failover_ms * 3 / 5, Duration::from_millis((failover_ms / 5).max(10)))
+}
+
+/// PostgreSQL replicas: take the lease when it is free, keep it while renewing works, step
+/// down when it does not.
+async fn run_lease(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(pg) = shared.pg.clone() else { return };
+    let (ttl_ms, period) = lease_timing(shared.settings.failover_ms);
+    let holder = format!("{}-{}", shared.settings.advertised, shared.entropy.uuid().simple());
+    let mut last_renewed = Instant::now();
+    loop {
+        if shared.controller().is_none() {
+            let (p, h, a) = (pg.clone(), holder.clone(), shared.settings.advertised.clone());
+            let acquired = tokio::task::spawn_blocking(move || p.acquire_lease(&h, &a, ttl_ms)).await;
+            match acquired {
+                Ok(Ok(Some(epoch))) => {
+                    last_renewed = Instant::now();
+                    match shared.clone().activate().await {
+                        Ok(()) => tracing::info!(epoch, "controller lease taken: this replica is active"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot load the controller state; giving the lease up");
+                            let p = pg.clone();
+                            let _ = tokio::task::spawn_blocking(move || p.release_lease()).await;
+                        }
+                    }
+                }
+                Ok(Ok(None)) => {
+                    let p = pg.clone();
+                    if let Ok(Ok(Some(h))) = tokio::task::spawn_blocking(move || p.lease_holder()).await {
+                        *shared.active_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.address);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the metadata store to take the lease"),
+                Err(e) => tracing::warn!(error = %e, "lease task failed"),
+            }
+        } else {
+            let p = pg.clone();
+            let renewed = tokio::task::spawn_blocking(move || p.renew_lease(ttl_ms)).await;
+            let step_down = match renewed {
+                Ok(Ok(true)) => {
+                    last_renewed = Instant::now();
+                    false
+                }
+                Ok(Ok(false)) => {
+                    tracing::warn!("controller lease lost to another replica: stepping down");
+                    true
+                }
+                // Step down before the lease can have expired (half its length without a renewal).
+                _ if last_renewed.elapsed() > Duration::from_millis(ttl_ms / 2) => {
+                    tracing::warn!("cannot renew the controller lease: stepping down");
+                    true
+                }
+                _ => false,
+            };
+            if step_down {
+                if let Some(c) = shared.take_controller() {
+                    c.groups().shutdown();
+                }
+            } else if shared.controller().is_some_and(|c| c.is_stale()) {
+                tracing::warn!("controller view is stale: reloading it from the store");
+                if let Some(c) = shared.take_controller() {
+                    c.groups().shutdown();
+                }
+                if let Err(e) = shared.clone().activate().await {
+                    tracing::error!(error = %e, "cannot reload the controller state");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// Group commit: everything queued while the previous store transaction ran goes into the
+/// next one.
+async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitRequest, oneshot::Sender<CommitReply>)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_OBJECTS_MAX {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(controller) = shared.controller() else {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(ControllerError::Unavailable("this controller replica is a standby".into())));
+            }
+            continue;
+        };
+        let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let c = controller.clone();
+        let started = std::time::Instant::now();
+        let (reqs, results) = match tokio::task::spawn_blocking(move || {
+            let results = c.commit_objects(&reqs);
+            (reqs, results)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(ControllerError::Unavailable(format!("commit task failed: {e}"))));
+                }
+                continue;
+            }
+        };
+        crate::metrics::histogram(
+            "sidestream_controller_commit_batch_seconds",
+            "Store transaction time of one group commit.",
+            &[],
+        )
+        .record(started.elapsed());
+        crate::metrics::counter("sidestream_controller_commits_total", "Objects committed (or replayed).", &[])
+            .add(reqs.len() as u64);
+        crate::metrics::counter("sidestream_controller_commit_batches_total", "Group commits (store transactions).", &[]).inc();
+        let mut touched: Vec<(Uuid, i32)> = Vec::new();
+        for (req, result) in reqs.iter().zip(&results) {
+            if result.is_ok() {
+                touched.extend(req.extents.iter().map(|e| (e.topic_id, e.partition)));
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        let partitions: Vec<rpc::Partition> = touched
+            .into_iter()
+            .filter_map(|(t, p)| controller.offsets(t, p).ok().map(|o| rpc::partition_to(t, p, o)))
+            .collect();
+        if !partitions.is_empty() {
+            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false });
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+struct Service(Arc<Shared>);
+
+fn status(e: ControllerError) -> Status {
+    rpc::status_from_error(&e)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ControllerError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("controller task failed: {e}")))?
+        .map_err(status)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<rpc::WatchEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GrpcService for Service {
+    async fn register(&self, req: Request<rpc::RegisterRequest>) -> Result<Response<rpc::RegisterReply>, Status> {
+        let c = self.0.active()?;
+        let agent = req.into_inner().agent;
+        if agent.is_empty() {
+            return Err(status(ControllerError::InvalidRequest("agent name is empty".into())));
+        }
+        let store = self.0.store.clone();
+        let name = agent.clone();
+        let epoch = blocking(move || Ok(store.register_agent(&name)?)).await?;
+        let lease_ms = self.0.settings.agent_lease_ms;
+        self.0
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.clone(), AgentLease { epoch, expires: Instant::now() + Duration::from_millis(lease_ms) });
+        tracing::info!(agent, epoch, "agent registered");
+        Ok(Response::new(rpc::RegisterReply { epoch, lease_ms, cluster_id: c.cluster_id().to_string() }))
+    }
+
+    async fn heartbeat(&self, req: Request<rpc::HeartbeatRequest>) -> Result<Response<rpc::Empty>, Status> {
+        self.0.active()?;
+        let req = req.into_inner();
+        self.0.check_agent(&req.agent, req.epoch)?;
+        let lease = Duration::from_millis(self.0.settings.agent_lease_ms);
+        if let Some(l) = self.0.agents.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&req.agent) {
+            l.expires = Instant::now() + lease;
+        }
+        Ok(Response::new(rpc::Empty {}))
+    }
+
+    async fn snapshot(&self, _: Request<rpc::Empty>) -> Result<Response<rpc::SnapshotReply>, Status> {
+        let c = self.0.active()?;
+        let topics = c.topics();
+        let mut partitions = Vec::new();
+        for t in &topics {
+            for p in 0..t.partitions {
+                if let Ok(o) = c.offsets(t.id, p) {
+                    partitions.push(rpc::partition_to(t.id, p, o));
+                }
+            }
+        }
+        Ok(Response::new(rpc::SnapshotReply {
+            cluster_id: c.cluster_id().to_string(),
+            topics: topics.iter().map(|t| rpc::topic_to(t)).collect(),
+            partitions,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _: Request<rpc::Empty>) -> Result<Response<Self::WatchStream>, Status> {
+        self.0.active()?;
+        use tokio_stream::StreamExt;
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.0.events.subscribe()).map(|e| match e {
+            Ok(e) => Ok(e),
+            // Missed events: the agent takes a fresh snapshot.
+            Err(_) => Ok(rpc::WatchEvent { partitions: Vec::new(), resync: true }),
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn create_topic(&self, req: Request<rpc::CreateTopicRequest>) -> Result<Response<rpc::Topic>, Status> {
+        let c = self.0.active()?;
+        let req = rpc::create_from(req.into_inner()).map_err(status)?;
+        let validate_only = req.validate_only;
+        let t = blocking(move || c.create_topic(&req)).await?;
+        if !validate_only {
+            let _ = self.0.events.send(rpc::WatchEvent { partitions: Vec::new(), resync: true });
+        }
+        Ok(Response::new(rpc::topic_to(&t)))
+    }
+
+    async fn delete_topic(&self, req: Request<rpc::TopicRefRequest>) -> Result<Response<rpc::Topic>, Status> {
+        let c = self.0.active()?;
+        let req = req.into_inner();
+        let t = match (req.name, req.id) {
+            (Some(name), _) => blocking(move || c.delete_topic(TopicRef::Name(&name))).await?,
+            (None, Some(id)) => {
+                let id = rpc::uuid(&id).map_err(status)?;
+                blocking(move || c.delete_topic(TopicRef::Id(id))).await?
+            }
+            (None, None) => return Err(status(ControllerError::InvalidRequest("no topic named".into()))),
+        };
+        let _ = self.0.events.send(rpc::WatchEvent { partitions: Vec::new(), resync: true });
+        Ok(Response::new(rpc::topic_to(&t)))
+    }
+
+    async fn commit_object(&self, req: Request<rpc::CommitObjectRequest>) -> Result<Response<rpc::CommitObjectReply>, Status> {
+        self.0.active()?;
+        let (req, epoch) = rpc::commit_from(req.into_inner()).map_err(status)?;
+        self.0.check_agent(&req.agent, epoch)?;
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .commits
+            .send((req, tx))
+            .await
+            .map_err(|_| Status::unavailable("the commit queue is closed"))?;
+        let results = rx.await.map_err(|_| Status::unavailable("the commit was dropped"))?.map_err(status)?;
+        Ok(Response::new(rpc::CommitObjectReply {
+            results: results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(base_offset) => rpc::ExtentResult { base_offset, error: None },
+                    Err(e) => rpc::ExtentResult { base_offset: -1, error: Some(rpc::error_to(&e)) },
+                })
+                .collect(),
+        }))
+    }
+
+    async fn find_extents(&self, req: Request<rpc::FindExtentsRequest>) -> Result<Response<rpc::Extents>, Status> {
+        let c = self.0.active()?;
+        let req = req.into_inner();
+        let topic = rpc::uuid(&req.topic_id).map_err(status)?;
+        let p = req.partition;
+        let found = match req.mode {
+            rpc::FIND_BY_OFFSET => {
+                if let Some(found) = c.find_recent_extents(topic, p, req.from_offset, req.max_bytes).map_err(status)? {
+                    found
+                } else {
+                    blocking(move || c.find_extents(topic, p, req.from_offset, req.max_bytes)).await?
+                }
+            }
+            rpc::FIND_BY_TIMESTAMP => blocking(move || c.extent_for_timestamp(topic, p, req.timestamp)).await?.into_iter().collect(),
+            rpc::FIND_MAX_TIMESTAMP => blocking(move || c.extent_with_max_timestamp(topic, p)).await?.into_iter().collect(),
+            other => return Err(status(ControllerError::InvalidRequest(format!("unknown find mode {other}")))),
+        };
+        Ok(Response::new(rpc::Extents { extents: found.iter().map(rpc::extent_to).collect() }))
+    }
+
+    async fn wal_mark(&self, req: Request<rpc::WalMarkRequest>) -> Result<Response<rpc::WalMarkReply>, Status> {
+        let c = self.0.active()?;
+        let log_id = req.into_inner().log_id;
+        let entry_id = blocking(move || c.wal_mark(&log_id)).await?;
+        Ok(Response::new(rpc::WalMarkReply { entry_id }))
+    }
+
+    async fn init_producer_id(&self, _: Request<rpc::Empty>) -> Result<Response<rpc::ProducerIdReply>, Status> {
+        let c = self.0.active()?;
+        let (producer_id, epoch) = blocking(move || c.init_producer_id()).await?;
+        Ok(Response::new(rpc::ProducerIdReply { producer_id, epoch: epoch.into() }))
+    }
+
+    async fn collect_orphans(&self, req: Request<rpc::OrphansRequest>) -> Result<Response<rpc::OrphansReply>, Status> {
+        let c = self.0.active()?;
+        let keys = req.into_inner().keys;
+        let doomed = blocking(move || c.collect_orphans(&keys)).await?;
+        Ok(Response::new(rpc::OrphansReply { doomed }))
+    }
+}

@@ -1,0 +1,224 @@
+//! The store contract, run against every implementation: SQLite always, PostgreSQL when
+//! `SIDESTREAM_TEST_POSTGRES_URL` names a server (scripts/test starts one and sets it). Each
+//! PostgreSQL test creates its own database and drops it after.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::postgres::PgStore;
+use super::sqlite::SqliteStore;
+use super::*;
+use crate::controller::WalMark;
+use crate::controller::log;
+
+pub const POSTGRES_URL_ENV: &str = "SIDESTREAM_TEST_POSTGRES_URL";
+
+/// A database of its own on the test server, dropped when this is dropped.
+pub struct TestDb {
+    base: String,
+    name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// `None` when no PostgreSQL server is configured for the tests.
+    pub fn create() -> Option<TestDb> {
+        let base = std::env::var(POSTGRES_URL_ENV).ok().filter(|u| !u.is_empty())?;
+        let name = format!("sidestream_test_{}", Uuid::new_v4().simple());
+        let mut c = ::postgres::Client::connect(&base, ::postgres::NoTls).expect("connect to the test PostgreSQL");
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database path");
+        let url = format!("{prefix}/{name}");
+        Some(TestDb { base, name, url })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = ::postgres::Client::connect(&self.base, ::postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+fn topic(name: &str, partitions: i32) -> TopicRecord {
+    TopicRecord {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        partitions,
+        configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+        created_ms: 5,
+    }
+}
+
+fn object(key: &str) -> ObjectRecord {
+    ObjectRecord { key: key.into(), size_bytes: 1000, agent: "a".into(), committed_ms: 9 }
+}
+
+fn extent(t: Uuid, p: i32, base: i64, end: i64, key: &str, position: u64) -> ExtentRecord {
+    ExtentRecord {
+        topic_id: t,
+        partition: p,
+        base_offset: base,
+        end_offset: end,
+        object_key: Arc::from(key),
+        position,
+        length: 100,
+        batch_count: 1,
+        max_timestamp: base * 10,
+        object_size: 1000,
+    }
+}
+
+/// Every behaviour the controller relies on.
+fn contract(s: &dyn MetadataStore) {
+    let snap = s.load("cluster-1").unwrap();
+    assert_eq!(snap.cluster_id, "cluster-1");
+    assert_eq!(s.load("cluster-2").unwrap().cluster_id, "cluster-1", "the first cluster id sticks");
+
+    let t = topic("t", 2);
+    s.create_topic(&t).unwrap();
+    assert!(matches!(s.create_topic(&topic("t", 1)), Err(StoreError::Conflict(_))));
+
+    // Commits advance partitions only from the offset they were planned from.
+    let e1 = [extent(t.id, 0, 0, 5, "o1", 0), extent(t.id, 1, 0, 2, "o1", 100)];
+    let wal = WalMark { log_id: "w".into(), entry_id: 7 };
+    let producer: (log::ProducerKey, ProducerState) =
+        ((42, t.id, 0), ProducerState { epoch: 3, batches: VecDeque::new(), last_seen_ms: 77 });
+    s.commit_object(&object("o1"), &e1, Some(&wal), std::slice::from_ref(&producer)).unwrap();
+    assert!(matches!(
+        s.commit_object(&object("o2"), &[extent(t.id, 0, 3, 6, "o2", 0)], None, &[]),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(matches!(s.commit_object(&object("o1"), &[extent(t.id, 0, 5, 6, "o1", 0)], None, &[]), Err(StoreError::Stale(_))));
+    assert_eq!(s.committed_extents("o2").unwrap(), None, "a refused commit writes nothing");
+    assert_eq!(s.committed_extents("o1").unwrap().unwrap(), e1.to_vec());
+    assert_eq!(s.wal_mark("w").unwrap(), 7);
+
+    // Group commit: all or nothing.
+    let o3 = object("o3");
+    let o4 = object("o4");
+    let e3 = [extent(t.id, 0, 5, 8, "o3", 0)];
+    let e4 = [extent(t.id, 0, 8, 9, "o4", 0)];
+    let low = WalMark { log_id: "w".into(), entry_id: 3 };
+    s.commit_objects(&[(&o3, &e3, Some(&low), &[]), (&o4, &e4, None, &[])]).unwrap();
+    assert_eq!(s.wal_mark("w").unwrap(), 7, "the WAL mark never goes back");
+    let o5 = object("o5");
+    let o6 = object("o6");
+    let e5 = [extent(t.id, 1, 2, 4, "o5", 0)];
+    let e6_stale = [extent(t.id, 0, 0, 1, "o6", 0)];
+    assert!(matches!(s.commit_objects(&[(&o5, &e5, None, &[]), (&o6, &e6_stale, None, &[])]), Err(StoreError::Stale(_))));
+    assert_eq!(s.committed_extents("o5").unwrap(), None, "a failed group commit writes none of it");
+
+    let found = s.find_extents(t.id, 0, 6, 10).unwrap();
+    assert_eq!(found.iter().map(|e| e.base_offset).collect::<Vec<_>>(), vec![5, 8]);
+    assert_eq!(s.find_extents(t.id, 0, 0, 1).unwrap().len(), 1);
+    assert_eq!(s.first_extent_at_or_after(t.id, 0, 51).unwrap().unwrap().base_offset, 8);
+    assert_eq!(s.extent_with_max_timestamp(t.id, 0).unwrap().unwrap().base_offset, 8);
+    assert_eq!(s.extent_with_max_timestamp(t.id, 1).unwrap().unwrap().base_offset, 0);
+
+    // Orphans: a doomed key can never be committed; a committed one is never doomed.
+    assert_eq!(s.doom_uncommitted(&["o1".into(), "o7".into()], 100).unwrap(), vec![false, true]);
+    assert!(matches!(s.commit_object(&object("o7"), &[extent(t.id, 1, 2, 3, "o7", 0)], None, &[]), Err(StoreError::Conflict(_))));
+
+    let snap = s.load("x").unwrap();
+    assert_eq!(snap.topics, vec![t.clone()]);
+    let mut parts: Vec<_> = snap.partitions.iter().map(|p| (p.partition, p.next_offset)).collect();
+    parts.sort();
+    assert_eq!(parts, vec![(0, 9), (1, 2)]);
+    assert_eq!(snap.producers.len(), 1);
+    assert_eq!(snap.producers[0].0, producer.0);
+    assert_eq!(snap.producers[0].1.epoch, 3);
+    s.expire_producers(78).unwrap();
+    assert!(s.load("x").unwrap().producers.is_empty());
+
+    let a = s.allocate_producer_id().unwrap();
+    let b = s.allocate_producer_id().unwrap();
+    assert!(b > a && a >= 0);
+    let e1 = s.register_agent("agent-1").unwrap();
+    let e2 = s.register_agent("agent-1").unwrap();
+    assert!(e2 > e1);
+    assert_eq!(s.register_agent("agent-2").unwrap(), 1);
+
+    let off = |p, o| GroupOffsetRecord {
+        group_id: "g".into(),
+        topic: "t".into(),
+        partition: p,
+        offset: o,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_ms: 1,
+    };
+    s.commit_group_offsets(&[off(0, 5), off(1, 6)]).unwrap();
+    s.commit_group_offsets(&[off(0, 7)]).unwrap();
+    let mut got = s.load_group_offsets().unwrap();
+    got.sort_by_key(|o| o.partition);
+    assert_eq!(got, vec![off(0, 7), off(1, 6)]);
+    s.delete_group_offsets("g", Some(&[("t".into(), 0)])).unwrap();
+    assert_eq!(s.load_group_offsets().unwrap(), vec![off(1, 6)]);
+    s.delete_group_offsets("g", None).unwrap();
+    assert!(s.load_group_offsets().unwrap().is_empty());
+
+    s.delete_topic(t.id).unwrap();
+    assert!(s.load("x").unwrap().topics.is_empty());
+    assert!(s.find_extents(t.id, 0, 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(&SqliteStore::open(&dir.path().join("c.db")).unwrap());
+}
+
+#[test]
+fn postgres_store_keeps_the_contract() {
+    let Some(db) = TestDb::create() else {
+        eprintln!("{POSTGRES_URL_ENV} not set: PostgreSQL store contract skipped");
+        return;
+    };
+    contract(&PgStore::open(&db.url).unwrap());
+    // Opening again (a second replica, a restart) migrates nothing and keeps the data.
+    let again = PgStore::open(&db.url).unwrap();
+    assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");
+}
+
+#[test]
+fn postgres_lease_has_one_holder_and_fences_the_previous_one() {
+    let Some(db) = TestDb::create() else {
+        eprintln!("{POSTGRES_URL_ENV} not set: PostgreSQL lease test skipped");
+        return;
+    };
+    let a = PgStore::open(&db.url).unwrap();
+    let b = PgStore::open(&db.url).unwrap();
+    a.load("c").unwrap();
+    let t = topic("t", 1);
+    let ttl_ms = 300;
+    let ea = a.acquire_lease("a", "127.0.0.1:1", ttl_ms).unwrap().expect("a free lease is taken");
+    assert_eq!(b.acquire_lease("b", "127.0.0.1:2", ttl_ms).unwrap(), None, "a live lease has one holder");
+    assert!(a.renew_lease(ttl_ms).unwrap());
+    a.create_topic(&t).unwrap();
+    let holder = b.lease_holder().unwrap().unwrap();
+    assert_eq!((holder.holder.as_str(), holder.address.as_str(), holder.epoch, holder.live), ("a", "127.0.0.1:1", ea, true));
+
+    // a stops renewing; b takes over once the lease expired (by the database's clock).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let eb = loop {
+        if let Some(e) = b.acquire_lease("b", "127.0.0.1:2", 10_000).unwrap() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the expired lease was never taken over");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(eb > ea);
+    // a's writes are refused from now on, even though its view says partition 0 is at 0.
+    let e = [extent(t.id, 0, 0, 1, "late", 0)];
+    assert!(matches!(a.commit_object(&object("late"), &e, None, &[]), Err(StoreError::Fenced(_))));
+    assert!(!a.renew_lease(ttl_ms).unwrap());
+    b.commit_object(&object("o1"), &e, None, &[]).unwrap();
+    assert_eq!(b.committed_extents("late").unwrap(), None);
+    b.release_lease().unwrap();
+    assert!(!b.lease_holder().unwrap().unwrap().live);
+}
