@@ -580,6 +580,23 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// Blocking. Offsets a committed transaction makes visible: `write` stores them (in the
+    /// store transaction that commits the markers), then memory follows, under the same lock
+    /// as OffsetCommit so store and memory see every commit in the same order.
+    pub fn install_txn_offsets<E>(&self, records: &[GroupOffsetRecord], write: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let _w = lock(&self.offsets_write);
+        write()?;
+        let mut groups = self.groups();
+        for r in records {
+            let e = groups.entry(r.group_id.clone()).or_insert_with(|| Entry::new(Kind::Classic(ClassicGroup::new())));
+            e.offsets.insert(
+                (r.topic.clone(), r.partition),
+                CommittedOffset { offset: r.offset, leader_epoch: r.leader_epoch, metadata: r.metadata.clone(), commit_ms: r.commit_ms },
+            );
+        }
+        Ok(())
+    }
+
     /// OffsetFetch: the committed offsets of `partitions` (every committed one when `None`).
     /// `member` (OffsetFetch v9: member id and epoch) is checked for KIP-848 groups.
     pub fn fetch_offsets(

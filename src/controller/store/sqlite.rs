@@ -13,10 +13,14 @@ use crate::controller::WalMark;
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
-use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
+use super::{
+    ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError,
+    TopicRecord, TxnEffects,
+};
 
-/// Version 1: topics, partitions, objects, extents. Version 2: group offsets.
-const SCHEMA_VERSION: i32 = 2;
+/// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3:
+/// transactions, open transactions per partition, the aborted transaction index.
+const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,13 +51,26 @@ CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT 
 
 /// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
 /// idempotent and only adds, so data written by older versions stays readable.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    2,
-    "CREATE TABLE IF NOT EXISTS group_offsets (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS group_offsets (
         group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
         committed_offset INTEGER NOT NULL, leader_epoch INTEGER NOT NULL, metadata TEXT NOT NULL,
         commit_ms INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition)) WITHOUT ROWID;",
-)];
+    ),
+    (
+        3,
+        "CREATE TABLE IF NOT EXISTS transactions (transactional_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS open_txns (
+            topic_id BLOB NOT NULL, partition INTEGER NOT NULL, producer_id INTEGER NOT NULL,
+            first_offset INTEGER NOT NULL, PRIMARY KEY (topic_id, partition, producer_id)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS aborted_txns (
+            topic_id BLOB NOT NULL, partition INTEGER NOT NULL, last_offset INTEGER NOT NULL,
+            producer_id INTEGER NOT NULL, first_offset INTEGER NOT NULL,
+            PRIMARY KEY (topic_id, partition, last_offset)) WITHOUT ROWID;",
+    ),
+];
 
 pub struct SqliteStore {
     writer: Mutex<Connection>,
@@ -189,7 +206,27 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
-        Ok(Snapshot { cluster_id, topics, partitions, producers })
+        let mut stmt = c.prepare("SELECT transactional_id, body FROM transactions").map_err(unavailable)?;
+        let transactions = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let mut stmt =
+            c.prepare("SELECT topic_id, partition, producer_id, first_offset FROM open_txns").map_err(unavailable)?;
+        let open_txns = stmt
+            .query_map([], |r| {
+                Ok(OpenTxnRecord {
+                    topic_id: uuid_from(r.get(0)?)?,
+                    partition: r.get(1)?,
+                    producer_id: r.get(2)?,
+                    first_offset: r.get(3)?,
+                })
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
     }
 
     fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
@@ -226,7 +263,7 @@ impl MetadataStore for SqliteStore {
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
-        for table in ["topic_configs", "partitions", "extents", "producer_states"] {
+        for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
                 .map_err(unavailable)?;
         }
@@ -256,6 +293,7 @@ impl MetadataStore for SqliteStore {
         extents: &[ExtentRecord],
         wal: Option<&WalMark>,
         producers: &[(ProducerKey, ProducerState)],
+        txn: &TxnEffects,
     ) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
@@ -307,6 +345,41 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(unavailable)?;
         }
+        for o in &txn.opened {
+            tx.execute(
+                "INSERT OR IGNORE INTO open_txns (topic_id, partition, producer_id, first_offset) VALUES (?1, ?2, ?3, ?4)",
+                params![o.topic_id.as_bytes().as_slice(), o.partition, o.producer_id, o.first_offset],
+            )
+            .map_err(unavailable)?;
+        }
+        for o in &txn.closed {
+            tx.execute(
+                "DELETE FROM open_txns WHERE topic_id = ?1 AND partition = ?2 AND producer_id = ?3",
+                params![o.topic_id.as_bytes().as_slice(), o.partition, o.producer_id],
+            )
+            .map_err(unavailable)?;
+        }
+        for a in &txn.aborted {
+            tx.execute(
+                "INSERT OR REPLACE INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.topic_id.as_bytes().as_slice(), a.partition, a.last_offset, a.producer_id, a.first_offset],
+            )
+            .map_err(unavailable)?;
+        }
+        if let Some((id, body)) = &txn.transaction {
+            tx.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![id, body])
+                .map_err(unavailable)?;
+        }
+        for o in &txn.group_offsets {
+            tx.execute(
+                "INSERT OR REPLACE INTO group_offsets \
+                 (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![o.group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata, o.commit_ms],
+            )
+            .map_err(unavailable)?;
+        }
         if let Some(w) = wal {
             tx.execute(
                 "INSERT INTO wal_marks (log_id, entry_id) VALUES (?1, ?2) \
@@ -316,6 +389,36 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)
+    }
+
+    fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError> {
+        let c = lock(&self.writer);
+        c.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![transactional_id, body])
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn aborted_txns(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let c = lock(&self.reader);
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT producer_id, first_offset FROM aborted_txns WHERE topic_id = ?1 AND partition = ?2 \
+                 AND last_offset >= ?3 AND first_offset < ?4 ORDER BY first_offset LIMIT ?5",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, to_offset, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {

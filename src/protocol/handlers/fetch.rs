@@ -1,10 +1,12 @@
 //! Fetch: many partitions per request, long-polling on commit notifications until `min_bytes`
 //! are available or `max_wait_ms` passes. Fetch sessions (KIP-227) are declined by answering
 //! session id 0, which tells clients to send full fetches; an unknown session id gets
-//! FETCH_SESSION_ID_NOT_FOUND as in Kafka.
+//! FETCH_SESSION_ID_NOT_FOUND as in Kafka. isolation_level 1 (read_committed) reads up to the
+//! last stable offset and lists the aborted transactions of what it returns.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::ProducerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::time::{Duration, Instant};
 
@@ -67,21 +69,29 @@ async fn read_once(agent: &Agent, version: i16, req: &FetchRequest) -> (FetchRes
                 }
                 Some(meta) => {
                     let budget = (p.partition_max_bytes.max(0) as u64).min(max_bytes.saturating_sub(total));
-                    match agent.read_partition(meta.id, p.partition, p.fetch_offset, budget, total == 0).await {
+                    let read_committed = req.isolation_level == 1;
+                    match agent.read_partition(meta.id, p.partition, p.fetch_offset, budget, total == 0, read_committed).await {
                         Ok(read) => {
                             total += read.records.len() as u64;
+                            let aborted = read.aborted.map(|a| {
+                                a.into_iter()
+                                    .map(|(pid, first)| AbortedTransaction::default().with_producer_id(ProducerId(pid)).with_first_offset(first))
+                                    .collect()
+                            });
                             data = data
                                 .with_high_watermark(read.high_watermark)
-                                .with_last_stable_offset(read.high_watermark)
+                                .with_last_stable_offset(read.last_stable_offset)
                                 .with_log_start_offset(read.log_start_offset)
+                                .with_aborted_transactions(aborted)
                                 .with_records(Some(read.records));
                         }
                         Err(e) => {
                             any_error = true;
                             if let Ok(o) = agent.controller.offsets(meta.id, p.partition) {
+                                let lso = agent.controller.last_stable_offset(meta.id, p.partition).unwrap_or(o.next_offset);
                                 data = data
                                     .with_high_watermark(o.next_offset)
-                                    .with_last_stable_offset(o.next_offset)
+                                    .with_last_stable_offset(lso)
                                     .with_log_start_offset(o.log_start_offset);
                             }
                             data = data.with_error_code(agent_code(&e));
