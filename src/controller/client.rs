@@ -75,12 +75,17 @@ pub trait ControllerClient: Send + Sync + 'static {
         group_id: String,
         offsets: Vec<super::groups::CommitOffset>,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+    /// TxnOffsetCommit's group member check.
+    async fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32)
+    -> Result<(), GroupError>;
     /// The markers to write (None: already complete).
     async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool)
     -> Result<Option<TxnEnd>, ControllerError>;
     /// Timed-out transactions (now aborting) and unfinished ones: markers to write.
     async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError>;
     fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription>;
+    /// Partitions of `group_id` with offsets pending in an ongoing transaction (KIP-447).
+    fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition>;
     fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription>;
 
     // Consumer groups (controller::groups). JoinGroup and SyncGroup may wait for the other
@@ -237,6 +242,9 @@ impl ControllerClient for InProcess {
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
         self.blocking(move |c| c.txn_offset_commit(&transactional_id, producer_id, epoch, &group_id, offsets)).await
     }
+    async fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
+        self.0.groups().validate_txn_offset_commit(&group_id, &member_id, instance_id.as_deref(), generation)
+    }
     async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
         self.blocking(move |c| c.end_txn(&transactional_id, producer_id, epoch, commit)).await
     }
@@ -245,6 +253,9 @@ impl ControllerClient for InProcess {
     }
     fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription> {
         self.0.describe_transaction(transactional_id)
+    }
+    fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition> {
+        self.0.pending_txn_offsets(group_id)
     }
     fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription> {
         self.0.list_transactions(states, producer_ids, min_duration_ms)

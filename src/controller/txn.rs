@@ -368,6 +368,12 @@ impl Controller {
         self.read().transactions.get(id).cloned()
     }
 
+    /// The transaction of an id a producer names; INVALID_PRODUCER_ID_MAPPING when unknown.
+    fn known_transaction(&self, id: &str) -> Result<Transaction, ControllerError> {
+        check_transactional_id(id)?;
+        self.transaction(id).ok_or_else(|| ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {id}")))
+    }
+
     /// Writes a transaction's new state to the store, then to memory (caller holds write_lock).
     fn save_transaction(&self, t: Transaction) -> Result<(), ControllerError> {
         self.store.put_transaction(&t.transactional_id, &encode(&t))?;
@@ -410,11 +416,8 @@ impl Controller {
         partitions: &[(String, i32)],
         verify_only: bool,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        check_transactional_id(transactional_id)?;
         let _w = self.lock_writes();
-        let mut t = self.transaction(transactional_id).ok_or_else(|| {
-            ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {transactional_id}"))
-        })?;
+        let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
         let resolved: Vec<Result<(Uuid, i32), ControllerError>> = partitions
             .iter()
@@ -453,11 +456,8 @@ impl Controller {
 
     /// Blocking. AddOffsetsToTxn: the group's offsets will be committed with the transaction.
     pub fn add_offsets_to_txn(&self, transactional_id: &str, producer_id: i64, epoch: i16, group_id: &str) -> Result<(), ControllerError> {
-        check_transactional_id(transactional_id)?;
         let _w = self.lock_writes();
-        let mut t = self.transaction(transactional_id).ok_or_else(|| {
-            ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {transactional_id}"))
-        })?;
+        let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
         let before = t.clone();
         t.begin(self.clock.now_ms())?;
@@ -478,11 +478,8 @@ impl Controller {
         group_id: &str,
         offsets: Vec<CommitOffset>,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        check_transactional_id(transactional_id)?;
         let _w = self.lock_writes();
-        let mut t = self.transaction(transactional_id).ok_or_else(|| {
-            ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {transactional_id}"))
-        })?;
+        let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
         if t.status != TxnStatus::Ongoing || !t.groups.contains_key(group_id) {
             return Err(ControllerError::InvalidTxnState(format!(
@@ -508,11 +505,8 @@ impl Controller {
     /// Blocking. EndTxn: moves the transaction to Prepare*; returns the markers to write (None:
     /// a retried EndTxn whose outcome is already complete).
     pub fn end_txn(&self, transactional_id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
-        check_transactional_id(transactional_id)?;
         let _w = self.lock_writes();
-        let mut t = self.transaction(transactional_id).ok_or_else(|| {
-            ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {transactional_id}"))
-        })?;
+        let mut t = self.known_transaction(transactional_id)?;
         let before = t.clone();
         let markers = end(&mut t, producer_id, epoch, commit, self.clock.now_ms())?;
         if t != before {
@@ -552,6 +546,17 @@ impl Controller {
         Ok(out)
     }
 
+    /// Partitions of `group_id` whose offsets an ongoing (or committing) transaction holds.
+    pub fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition> {
+        self.read()
+            .transactions
+            .values()
+            .filter(|t| matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit))
+            .filter_map(|t| t.groups.get(group_id))
+            .flat_map(|os| os.iter().map(|o| (o.topic.clone(), o.partition)))
+            .collect()
+    }
+
     /// DescribeTransactions: None for an unknown id.
     pub fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription> {
         let t = self.transaction(transactional_id)?;
@@ -576,7 +581,7 @@ impl Controller {
     }
 
     /// ListTransactions: filters are ANDed; an empty filter matches everything.
-    /// `min_duration_ms` (-1: none) keeps transactions running for at least that long.
+    /// `min_duration_ms` (-1: none) keeps transactions started at least that long ago.
     pub fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription> {
         let now = self.clock.now_ms();
         let all: Vec<Transaction> = self.read().transactions.values().cloned().collect();
@@ -584,8 +589,9 @@ impl Controller {
             .iter()
             .filter(|t| states.is_empty() || states.iter().any(|s| s == t.status.kafka_name()))
             .filter(|t| producer_ids.is_empty() || producer_ids.contains(&t.producer_id))
-            .filter(|t| min_duration_ms < 0 || (t.status == TxnStatus::Ongoing && now - t.started_ms >= min_duration_ms))
             .map(|t| self.description(t))
+            // Kafka compares the start time whatever the state (-1 when none: always old enough).
+            .filter(|d| min_duration_ms < 0 || now - d.started_ms >= min_duration_ms)
             .collect();
         out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
         out
@@ -704,5 +710,274 @@ mod tests {
         let end = expire(&mut t, 11_001, || unreachable!()).unwrap().unwrap();
         assert_eq!((end.epoch, end.commit), (1, false));
         assert!(matches!(t.check_producer(101, 0), Err(ControllerError::ProducerFenced(_))));
+    }
+
+    mod controller {
+        //! The coordinator through the controller: commits, markers, LSO, aborted index and
+        //! timeouts, with a manual clock and restarts on the same SQLite file.
+        use std::collections::BTreeMap;
+        use std::sync::Arc;
+
+        use super::super::*;
+        use crate::clock::{ManualClock, SeededEntropy};
+        use crate::config::TopicsConfig;
+        use crate::controller::groups::TopicPartition;
+        use crate::controller::store::sqlite::SqliteStore;
+        use crate::controller::{CommitRequest, CreateTopic};
+        use crate::object::format::{ExtentInfo, ProducerBatch};
+
+        fn open(path: &std::path::Path, clock: Arc<ManualClock>) -> Controller {
+            let store = Arc::new(SqliteStore::open(path).unwrap());
+            Controller::open(store, TopicsConfig::default(), 86_400_000, clock, Arc::new(SeededEntropy::new(5))).unwrap()
+        }
+
+        /// Commits one object holding one batch per (partition, records); `txn`: the producer's
+        /// (id, epoch, first sequence) for transactional batches.
+        fn commit(c: &Controller, key: &str, topic: Uuid, batches: &[(i32, i64)], txn: Option<(i64, i16, i32)>) -> Vec<Result<i64, ControllerError>> {
+            let extents = batches
+                .iter()
+                .map(|(p, n)| ExtentInfo {
+                    topic_id: topic,
+                    partition: *p,
+                    position: 0,
+                    length: 10,
+                    batch_count: 1,
+                    offset_count: *n,
+                    max_timestamp: 0,
+                    producer: txn.map(|(pid, epoch, seq)| ProducerBatch {
+                        producer_id: pid,
+                        epoch,
+                        first_sequence: seq,
+                        last_sequence: seq + *n as i32 - 1,
+                        transactional: true,
+                    }),
+                })
+                .collect();
+            c.commit_object(&CommitRequest { object_key: key.into(), object_size_bytes: 100, agent: "a".into(), extents, wal: None, txn_end: None })
+                .unwrap()
+        }
+
+        /// What the agent does with a TxnEnd: one marker extent per partition.
+        fn write_markers(c: &Controller, key: &str, end: &TxnEnd) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+            let extents = end
+                .partitions
+                .iter()
+                .map(|(t, p)| ExtentInfo { topic_id: *t, partition: *p, position: 0, length: 10, batch_count: 1, offset_count: 1, max_timestamp: 0, producer: None })
+                .collect();
+            c.commit_object(&CommitRequest {
+                object_key: key.into(),
+                object_size_bytes: 100,
+                agent: "a".into(),
+                extents,
+                wal: None,
+                txn_end: Some(end.clone()),
+            })
+        }
+
+        fn ready(r: TxnInit) -> (i64, i16) {
+            match r {
+                TxnInit::Ready { producer_id, epoch } => (producer_id, epoch),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_version_2_store_is_migrated_and_keeps_its_data() {
+            use crate::controller::store::{GroupOffsetRecord, MetadataStore};
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("c.db");
+            let store = SqliteStore::open(&db).unwrap();
+            store.load("cluster-2").unwrap();
+            let rec = GroupOffsetRecord { group_id: "g".into(), topic: "t".into(), partition: 0, offset: 5, leader_epoch: -1, metadata: String::new(), commit_ms: 1 };
+            store.commit_group_offsets(std::slice::from_ref(&rec)).unwrap();
+            drop(store);
+            // What a version 2 binary left behind: no transaction tables.
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch("DROP TABLE transactions; DROP TABLE open_txns; DROP TABLE aborted_txns; PRAGMA user_version = 2;").unwrap();
+            drop(c);
+            let clock = Arc::new(ManualClock::new(1));
+            let c = open(&db, clock);
+            assert_eq!(c.cluster_id(), "cluster-2");
+            assert_eq!(c.groups().fetch_offsets("g", None, None).unwrap()[0].1.as_ref().unwrap().offset, 5);
+            assert!(matches!(c.init_transactional_producer("app", 1000, (-1, -1)).unwrap(), TxnInit::Ready { epoch: 0, .. }));
+            let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(version, 3);
+        }
+
+        #[test]
+        fn lso_aborted_index_offsets_and_timeouts_survive_restarts() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("c.db");
+            let clock = Arc::new(ManualClock::new(1_000_000));
+            let c = open(&db, clock.clone());
+            let t = c
+                .create_topic(&CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                .unwrap();
+            let (pid, epoch) = ready(c.init_transactional_producer("app", 10_000, (-1, -1)).unwrap());
+            // Not added yet: refused.
+            assert!(matches!(commit(&c, "o0", t.id, &[(0, 3)], Some((pid, epoch, 0)))[0], Err(ControllerError::InvalidTxnState(_))));
+            let added = c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0), ("t".into(), 1)], false).unwrap();
+            assert!(added.iter().all(|r| r.is_ok()));
+            commit(&c, "plain", t.id, &[(0, 2)], None);
+            assert_eq!(commit(&c, "o1", t.id, &[(0, 3), (1, 1)], Some((pid, epoch, 0))), vec![Ok(2), Ok(0)]);
+            commit(&c, "plain2", t.id, &[(0, 1)], None);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 2);
+            assert_eq!(c.last_stable_offset(t.id, 1).unwrap(), 0);
+            c.add_offsets_to_txn("app", pid, epoch, "g").unwrap();
+            let o = CommitOffset { topic: "t".into(), partition: 0, offset: 42, leader_epoch: -1, metadata: String::new() };
+            assert!(c.txn_offset_commit("app", pid, epoch, "g", vec![o]).unwrap()[0].is_ok());
+            // A restart in the middle of the transaction: everything is still there.
+            drop(c);
+            let c = open(&db, clock.clone());
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 2);
+            assert_eq!(c.describe_transaction("app").unwrap().status, TxnStatus::Ongoing);
+            // Abort: markers after the data, the LSO moves to the high watermark, the aborted
+            // index names the transaction, the pending offsets are dropped.
+            let end = c.end_txn("app", pid, epoch, false).unwrap().unwrap();
+            assert_eq!(write_markers(&c, "m1", &end).unwrap(), vec![Ok(6), Ok(1)]);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 7);
+            assert_eq!(c.aborted_txns(t.id, 0, 0, 7).unwrap(), vec![(pid, 2)]);
+            assert_eq!(c.aborted_txns(t.id, 0, 7, 100).unwrap(), vec![]);
+            assert_eq!(c.aborted_txns(t.id, 1, 0, 2).unwrap(), vec![(pid, 0)]);
+            let tp: TopicPartition = ("t".into(), 0);
+            assert!(c.pending_txn_offsets("g").is_empty());
+            assert_eq!(c.groups().fetch_offsets("g", Some(&[tp.clone()]), None).unwrap()[0].1, None);
+            // Stale or repeated markers are refused.
+            assert!(matches!(write_markers(&c, "m1-again", &end), Err(ControllerError::InvalidTxnState(_))));
+            // A committed transaction makes its offsets visible.
+            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0)], false).unwrap();
+            commit(&c, "o2", t.id, &[(0, 2)], Some((pid, epoch, 3)));
+            c.add_offsets_to_txn("app", pid, epoch, "g").unwrap();
+            let o = CommitOffset { topic: "t".into(), partition: 0, offset: 9, leader_epoch: -1, metadata: String::new() };
+            c.txn_offset_commit("app", pid, epoch, "g", vec![o]).unwrap();
+            assert_eq!(c.pending_txn_offsets("g"), vec![tp.clone()]);
+            let end = c.end_txn("app", pid, epoch, true).unwrap().unwrap();
+            // Crash before the markers are written: after a restart the timer finishes them.
+            drop(c);
+            let c = open(&db, clock.clone());
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![]); // too recent to retry
+            clock.advance_ms(MARKER_RETRY_MS as u64);
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![end.clone()]);
+            write_markers(&c, "m2", &end).unwrap();
+            assert_eq!(c.groups().fetch_offsets("g", Some(&[tp.clone()]), None).unwrap()[0].1.as_ref().unwrap().offset, 9);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 10);
+            assert_eq!(c.end_txn("app", pid, epoch, true).unwrap(), None); // a retried EndTxn
+            // Timeout: an abandoned transaction is aborted at a bumped epoch, fencing the
+            // producer's late batches.
+            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 1)], false).unwrap();
+            commit(&c, "o3", t.id, &[(1, 1)], Some((pid, epoch, 1)));
+            clock.advance_ms(10_000);
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![]);
+            clock.advance_ms(1);
+            drop(c);
+            let c = open(&db, clock.clone());
+            let ends = c.transactions_to_finish().unwrap();
+            assert_eq!(ends.len(), 1);
+            assert_eq!((ends[0].epoch, ends[0].commit), (epoch + 1, false));
+            write_markers(&c, "m3", &ends[0]).unwrap();
+            assert_eq!(c.last_stable_offset(t.id, 1).unwrap(), 4);
+            assert!(matches!(commit(&c, "late", t.id, &[(1, 1)], Some((pid, epoch, 2)))[0], Err(ControllerError::InvalidProducerEpoch(_))));
+            assert!(matches!(c.end_txn("app", pid, epoch, true), Err(ControllerError::ProducerFenced(_))));
+            drop(c);
+            let c = open(&db, clock);
+            assert_eq!(c.aborted_txns(t.id, 1, 0, 100).unwrap(), vec![(pid, 0), (pid, 2)]);
+            let listed = c.list_transactions(&["CompleteAbort".into()], &[], -1);
+            assert_eq!(listed.iter().map(|d| d.transactional_id.as_str()).collect::<Vec<_>>(), vec!["app"]);
+        }
+    
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A non-transactional batch of one record.
+            Plain(i32),
+            /// A batch of producer `usize` in its transaction (adding the partition first).
+            Txn(usize, i32),
+            /// EndTxn of producer `usize`, commit or abort, markers written.
+            End(usize, bool),
+            /// Controller restart.
+            Restart,
+        }
+
+        fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+            use proptest::prelude::*;
+            prop_oneof![
+                (0..2i32).prop_map(Op::Plain),
+                (0..2usize, 0..2i32).prop_map(|(k, p)| Op::Txn(k, p)),
+                (0..2usize, any::<bool>()).prop_map(|(k, c)| Op::End(k, c)),
+                Just(Op::Restart),
+            ]
+        }
+
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+            /// Against a model: the LSO is the first offset of the earliest open transaction
+            /// (else the high watermark) and the aborted index lists exactly the aborted
+            /// transactions, through any interleaving of commits, ends and restarts.
+            #[test]
+            fn lso_and_aborted_index_follow_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+                let dir = tempfile::tempdir().unwrap();
+                let db = dir.path().join("c.db");
+                let clock = Arc::new(ManualClock::new(1));
+                let mut c = open(&db, clock.clone());
+                let t = c
+                    .create_topic(&CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                    .unwrap();
+                let ids = ["a", "b"];
+                let producers: Vec<(i64, i16)> = ids.iter().map(|id| ready(c.init_transactional_producer(id, 60_000, (-1, -1)).unwrap())).collect();
+                let mut seq = [[0i32; 2]; 2]; // per producer and partition, as in Kafka
+                let mut hw = [0i64; 2];
+                let mut open_first: Vec<BTreeMap<usize, i64>> = vec![BTreeMap::new(), BTreeMap::new()];
+                let mut aborted: Vec<Vec<(i64, i64)>> = vec![Vec::new(), Vec::new()];
+                for (n, op) in ops.into_iter().enumerate() {
+                    let key = format!("o{n}");
+                    match op {
+                        Op::Plain(p) => {
+                            commit(&c, &key, t.id, &[(p, 1)], None)[0].clone().unwrap();
+                            hw[p as usize] += 1;
+                        }
+                        Op::Txn(k, p) => {
+                            let (pid, epoch) = producers[k];
+                            c.add_partitions_to_txn(ids[k], pid, epoch, &[("t".into(), p)], false).unwrap();
+                            let base = commit(&c, &key, t.id, &[(p, 2)], Some((pid, epoch, seq[k][p as usize])))[0].clone().unwrap();
+                            seq[k][p as usize] += 2;
+                            proptest::prop_assert_eq!(base, hw[p as usize]);
+                            open_first[p as usize].entry(k).or_insert(base);
+                            hw[p as usize] += 2;
+                        }
+                        Op::End(k, commit_it) => {
+                            let (pid, epoch) = producers[k];
+                            match c.end_txn(ids[k], pid, epoch, commit_it) {
+                                Ok(Some(end)) => {
+                                    let offsets = write_markers(&c, &key, &end).unwrap();
+                                    for ((_, p), o) in end.partitions.iter().zip(offsets) {
+                                        let p = *p as usize;
+                                        proptest::prop_assert_eq!(o.unwrap(), hw[p]);
+                                        if let Some(first) = open_first[p].remove(&k) && !commit_it {
+                                            aborted[p].push((pid, first));
+                                        }
+                                        hw[p] += 1;
+                                    }
+                                }
+                                // Nothing open (Empty, or Complete with the other outcome).
+                                Ok(None) | Err(ControllerError::InvalidTxnState(_)) => {
+                                    proptest::prop_assert!(open_first.iter().all(|o| !o.contains_key(&k)));
+                                }
+                                Err(e) => proptest::prop_assert!(false, "{e}"),
+                            }
+                        }
+                        Op::Restart => {
+                            drop(c);
+                            c = open(&db, clock.clone());
+                        }
+                    }
+                    for p in 0..2 {
+                        let lso = open_first[p].values().min().copied().unwrap_or(hw[p]);
+                        proptest::prop_assert_eq!(c.last_stable_offset(t.id, p as i32).unwrap(), lso);
+                        let mut want = aborted[p].clone();
+                        want.sort_by_key(|a| a.1);
+                        proptest::prop_assert_eq!(c.aborted_txns(t.id, p as i32, 0, hw[p]).unwrap(), want);
+                    }
+                }
+            }
+        }
     }
 }

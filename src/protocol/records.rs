@@ -217,11 +217,11 @@ pub fn control_batch(producer_id: i64, producer_epoch: i16, commit: bool, timest
 /// is not a whole transaction marker.
 pub fn marker_kind(batch: &[u8]) -> Option<bool> {
     let h = peek_header(batch).ok().flatten()?;
-    if !h.is_control() || h.record_count != 1 || batch.len() < BATCH_HEADER_BYTES + 8 {
+    // length, attributes, timestamp delta, offset delta, key length (one byte each), then the key.
+    let key = batch.get(BATCH_HEADER_BYTES + 5..BATCH_HEADER_BYTES + 9)?;
+    if !h.is_control() || h.record_count != 1 {
         return None;
     }
-    // length, attributes, timestamp delta, offset delta, key length, then the key.
-    let key = &batch[BATCH_HEADER_BYTES + 5..BATCH_HEADER_BYTES + 9];
     match i16::from_be_bytes([key[2], key[3]]) {
         CONTROL_TYPE_ABORT => Some(false),
         CONTROL_TYPE_COMMIT => Some(true),
@@ -314,6 +314,10 @@ mod tests {
             assert!(validate_produce(&b, 9).is_err());
         }
         assert_eq!(marker_kind(&encode_batch(0, &[b"a"])), None);
+        let (b, _) = control_batch(1, 0, true, 0, 0);
+        for len in 0..b.len() {
+            assert_eq!(marker_kind(&b[..len]), None); // truncated: never a panic
+        }
     }
 
     #[test]

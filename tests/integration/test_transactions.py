@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from conftest import poll_until
-from readback import PARTITION_EOF, create_topic
+from readback import create_topic, read_all
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,34 +28,12 @@ def txn_producer(bootstrap, txn_id, **extra):
     return p
 
 
-def read_topic(bootstrap, topic, partitions, isolation, until_count=None, timeout=60.0):
+def read_topic(bootstrap, topic, partitions, isolation, until_count=0, timeout=60.0):
     """Every record of `topic` as {partition: [(offset, value)]}, read to the end (the LSO for
-    read_committed) of every partition; `until_count`: keep reading until at least that many."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "rb-%s" % isolation, "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "enable.partition.eof": True, "isolation.level": isolation})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    got = {p: [] for p in range(partitions)}
-    eof = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            m = c.poll(0.2)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == PARTITION_EOF:
-                    eof.add(m.partition())
-                    total = sum(len(v) for v in got.values())
-                    if len(eof) == partitions and (until_count is None or total >= until_count):
-                        return got
-                    continue
-                raise AssertionError("consumer error: %s" % m.error())
-            eof.discard(m.partition())
-            got[m.partition()].append((m.offset(), m.value()))
-    finally:
-        c.close()
-    if until_count is not None:
-        raise AssertionError("read %d records of %s, wanted %d" % (sum(len(v) for v in got.values()), topic, until_count))
+    read_committed) of every partition, and at least `until_count` of them."""
+    got = read_all(bootstrap, topic, partitions, until_count, timeout=timeout, isolation=isolation)
+    total = sum(len(v) for v in got.values())
+    assert total >= until_count, "read %d records of %s, wanted %d" % (total, topic, until_count)
     return got
 
 

@@ -580,6 +580,22 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// TxnOffsetCommit's member check (KIP-447): a request naming a generation or member must
+    /// come from a current member, as for OffsetCommit; one naming neither (clients before
+    /// TxnOffsetCommit v3) is not checked, as in Kafka.
+    pub fn validate_txn_offset_commit(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> Result<(), GroupError> {
+        Self::check_group_id(group_id)?;
+        if generation < 0 && member_id.is_empty() && instance_id.is_none() {
+            return Ok(());
+        }
+        let mut groups = self.groups();
+        let e = groups.get_mut(group_id).ok_or(GroupError::IllegalGeneration)?;
+        match &mut e.kind {
+            Kind::Classic(g) => g.validate_offset_commit(Instant::now(), member_id, instance_id, generation),
+            Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9),
+        }
+    }
+
     /// Blocking. Offsets a committed transaction makes visible: `write` stores them (in the
     /// store transaction that commits the markers), then memory follows, under the same lock
     /// as OffsetCommit so store and memory see every commit in the same order.

@@ -25,7 +25,7 @@ use crate::agent::Agent;
 use crate::controller::ControllerError;
 use crate::controller::groups::CommitOffset;
 use crate::controller::txn::TxnStatus;
-use crate::protocol::error::{agent_code, controller_code};
+use crate::protocol::error::{agent_code, controller_code, group_code};
 
 /// PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH for a client too old to know it (KIP-588).
 fn fenced_code(e: &ControllerError, knows_fenced: bool) -> i16 {
@@ -144,13 +144,21 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
         })
         .collect();
     let n = offsets.len();
-    let codes: Vec<i16> = match agent
-        .controller
-        .txn_offset_commit(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets)
-        .await
-    {
-        Ok(rs) => rs.iter().map(|r| r.as_ref().map_or_else(|e| fenced_code(e, version >= 3), |()| 0)).collect(),
-        Err(e) => vec![fenced_code(&e, version >= 3); n],
+    let member = if version >= 3 {
+        (req.member_id.to_string(), req.group_instance_id.as_ref().map(|i| i.to_string()), req.generation_id)
+    } else {
+        (String::new(), None, -1)
+    };
+    let checked = agent.controller.validate_txn_offset_commit(req.group_id.0.to_string(), member.0, member.1, member.2).await;
+    let codes: Vec<i16> = match checked {
+        Err(e) => vec![group_code(&e); n],
+        Ok(()) => {
+            let id = txn_id(&req.transactional_id);
+            match agent.controller.txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets).await {
+                Ok(rs) => rs.iter().map(|r| r.as_ref().map_or_else(|e| fenced_code(e, version >= 3), |()| 0)).collect(),
+                Err(e) => vec![fenced_code(&e, version >= 3); n],
+            }
+        }
     };
     let mut codes = codes.into_iter();
     let topics = req
