@@ -211,6 +211,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         wal,
         hand_offs: Default::default(),
         markers,
+        fetch_sessions: Default::default(),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,

@@ -1,25 +1,26 @@
 //! Fetch: from (partition, offset) to the batches a consumer receives.
 //!
 //! The controller says which extents (object byte ranges) hold the offsets; the agent reads
-//! them through the read cache (memory, disk, then the object store), checks each batch's CRC (never serve corrupt data), and writes
-//! the assigned absolute base offset into each batch header (a field the CRC does not cover).
+//! them through the read cache (memory, disk, then the object store), checks each batch's CRC
+//! (never serve corrupt data), and writes the assigned absolute base offset into each batch
+//! header (a field the CRC does not cover) on the way out: large batches leave as slices of the
+//! cached blocks, with only their 16 header bytes copied ([`BatchChain`]).
 //! A read_committed read stops at the last stable offset and lists the aborted transactions
 //! of the range it returns, so the consumer can drop their batches.
 
-use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
 use super::{Agent, AgentError};
-use crate::protocol::records;
+use crate::protocol::records::{self, BatchChain};
 
 /// Leader epoch written into served batches; matches the epoch Metadata reports.
 pub const LEADER_EPOCH: i32 = 0;
 
 /// One partition's answer to a fetch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct PartitionRead {
     /// Whole record batches, back to back, offsets patched.
-    pub records: Bytes,
+    pub records: BatchChain,
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
@@ -46,7 +47,7 @@ impl Agent {
         let lso = self.controller.last_stable_offset(topic_id, partition).unwrap_or(offsets.next_offset).min(offsets.next_offset);
         let limit = if read_committed { lso } else { offsets.next_offset };
         let mut read = PartitionRead {
-            records: Bytes::new(),
+            records: BatchChain::default(),
             high_watermark: offsets.next_offset,
             last_stable_offset: lso,
             log_start_offset: offsets.log_start_offset,
@@ -63,7 +64,7 @@ impl Agent {
             return Ok(read);
         }
         let extents = self.controller.find_extents(topic_id, partition, offset, max_bytes.max(1)).await?;
-        let mut out = BytesMut::new();
+        let mut out = BatchChain::default();
         // The offset after the last batch returned.
         let mut out_end = offset;
         'extents: for e in extents {
@@ -84,13 +85,11 @@ impl Agent {
                 if out.len() + size > max_bytes as usize && !(out.is_empty() && allow_oversize) {
                     break 'extents;
                 }
-                let batch = &data[at..at + size];
-                if !records::crc_ok(batch) {
+                let batch = data.slice(at..at + size);
+                if !records::crc_ok(&batch) {
                     return Err(AgentError::CorruptObject(format!("batch CRC mismatch in {}", e.object_key)));
                 }
-                let start = out.len();
-                out.extend_from_slice(batch);
-                records::patch_header(&mut out[start..], batch_base, LEADER_EPOCH);
+                out.push(&batch, batch_base, LEADER_EPOCH);
                 out_end = base;
             }
             if seen != e.length || base != e.end_offset {
@@ -100,10 +99,9 @@ impl Agent {
                 )));
             }
         }
-        let end = out_end;
-        read.records = out.freeze();
-        if read_committed && end > offset {
-            read.aborted = Some(self.controller.aborted_txns(topic_id, partition, offset, end).await?);
+        read.records = out;
+        if read_committed && out_end > offset {
+            read.aborted = Some(self.controller.aborted_txns(topic_id, partition, offset, out_end).await?);
         }
         Ok(read)
     }

@@ -52,6 +52,8 @@ pub struct Agent {
     pub hand_offs: HandOffs,
     /// Writes transaction markers (EndTxn, fencing InitProducerId, the timeout job).
     pub markers: Arc<txn::MarkerWriter>,
+    /// Fetch sessions (KIP-227) of the agent's consumers.
+    pub fetch_sessions: crate::protocol::fetch_session::FetchSessions,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the

@@ -12,7 +12,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -24,6 +27,36 @@ use super::handlers::{self, Outcome};
 use crate::agent::{Agent, HandOffGuard};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
+/// Ready answers are written once this many bytes of them wait, even if more are ready.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Slices per writev call (Linux allows 1024).
+const WRITE_SLICES_MAX: usize = 128;
+
+/// Writes every slice of `out` with as few writev calls as the socket allows, then empties it.
+async fn write_chunks(wr: &mut (impl AsyncWrite + Unpin), out: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < out.len() {
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES_MAX];
+        let n = (out.len() - first).min(WRITE_SLICES_MAX);
+        for (slot, chunk) in slices.iter_mut().zip(&out[first..first + n]) {
+            *slot = IoSlice::new(chunk);
+        }
+        let mut written = wr.write_vectored(&slices[..n]).await?;
+        if written == 0 && out[first..first + n].iter().any(|c| !c.is_empty()) {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Drop what was written; a partly written slice keeps its rest.
+        while first < out.len() && written >= out[first].len() {
+            written -= out[first].len();
+            first += 1;
+        }
+        if written > 0 {
+            out[first].advance(written);
+        }
+    }
+    out.clear();
+    Ok(())
+}
 
 /// A produce request's place in its connection's order. [`Turn::wait`] returns once the
 /// previous produce request of the connection has queued its batches (or finished); dropping
@@ -125,7 +158,10 @@ async fn connection(
     let stop = shutdown.child_token();
     let writer_stop = stop.clone();
     let writer = tokio::spawn(async move {
-        let mut wr = BufWriter::new(wr);
+        let mut wr = wr;
+        // Answers ready to go, as slices (record data straight from the read cache).
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut out_bytes = 0usize;
         let mut next: Option<JoinHandle<Outcome>> = None;
         loop {
             let task = match next.take() {
@@ -136,25 +172,30 @@ async fn connection(
                 },
             };
             let outcome = task.await.unwrap_or_else(|e| Outcome::Close(format!("handler failed: {e}")));
-            let written = match outcome {
-                Outcome::Respond(frame) => wr.write_all(&frame).await,
-                Outcome::NoResponse => Ok(()),
+            match outcome {
+                Outcome::Respond(frame) => {
+                    out_bytes += frame.iter().map(Bytes::len).sum::<usize>();
+                    out.extend(frame);
+                }
+                Outcome::NoResponse => {}
                 Outcome::Close(reason) => {
                     tracing::debug!(%peer, reason, "closing connection");
                     break;
                 }
-            };
-            if written.is_err() {
-                break;
             }
-            // Write answers that are ready back to back; flush as soon as the next one is not.
+            // Write answers that are ready back to back (one writev); write as soon as the next
+            // one is not ready, or enough is waiting.
             next = rx.try_recv().ok();
-            if !next.as_ref().is_some_and(|t| t.is_finished()) && wr.flush().await.is_err() {
-                break;
+            let next_ready = next.as_ref().is_some_and(|t| t.is_finished());
+            if !next_ready || out_bytes >= WRITE_BATCH_BYTES {
+                if write_chunks(&mut wr, &mut out).await.is_err() {
+                    break;
+                }
+                out_bytes = 0;
             }
         }
-        let _ = wr.flush().await;
-        let _ = wr.into_inner().shutdown().await;
+        let _ = write_chunks(&mut wr, &mut out).await;
+        let _ = wr.shutdown().await;
         writer_stop.cancel();
     });
     let mut last_produce: Option<oneshot::Receiver<()>> = None;

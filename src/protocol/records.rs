@@ -8,7 +8,7 @@
 //! The CRC32C covers everything from `attributes` to the end of the batch, so the base offset
 //! and the partition leader epoch can be patched in place when a batch is served.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Bytes before `batchLength` counts: baseOffset + batchLength.
 pub const LOG_OVERHEAD: usize = 12;
@@ -226,6 +226,66 @@ pub fn marker_kind(batch: &[u8]) -> Option<bool> {
         CONTROL_TYPE_ABORT => Some(false),
         CONTROL_TYPE_COMMIT => Some(true),
         _ => None,
+    }
+}
+
+/// Batches at least this large go out as slices of the read cache's buffers; smaller ones are
+/// copied (an iovec per small batch would cost more than the copy).
+pub const ZERO_COPY_MIN_BATCH_BYTES: usize = 4096;
+/// The header bytes a fetch rewrites: base offset, batch length, partition leader epoch.
+const PATCHED_HEADER_BYTES: usize = 16;
+
+/// Record batches on their way to a consumer, as a chain of byte slices: patched headers and
+/// small batches in one buffer of the chain's own, the bodies of large batches as slices of the
+/// cached object blocks they were read from (no copy: our analogue of Kafka's sendfile).
+#[derive(Debug, Default)]
+pub struct BatchChain {
+    chunks: Vec<Bytes>,
+    pending: BytesMut,
+    len: usize,
+}
+
+impl BatchChain {
+    /// Appends one whole `batch`, its base offset and leader epoch rewritten on the way.
+    pub fn push(&mut self, batch: &Bytes, base_offset: i64, leader_epoch: i32) {
+        let at = self.pending.len();
+        if batch.len() >= ZERO_COPY_MIN_BATCH_BYTES {
+            self.pending.extend_from_slice(&batch[..PATCHED_HEADER_BYTES]);
+            patch_header(&mut self.pending[at..], base_offset, leader_epoch);
+            self.chunks.push(self.pending.split().freeze());
+            self.chunks.push(batch.slice(PATCHED_HEADER_BYTES..));
+        } else {
+            self.pending.extend_from_slice(batch);
+            patch_header(&mut self.pending[at..], base_offset, leader_epoch);
+        }
+        self.len += batch.len();
+    }
+
+    /// Bytes in the chain.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chain's slices, in order.
+    pub fn into_chunks(mut self) -> Vec<Bytes> {
+        if !self.pending.is_empty() {
+            self.chunks.push(self.pending.split().freeze());
+        }
+        self.chunks
+    }
+
+    /// The chain as one buffer (a copy, for callers that need contiguous bytes).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len);
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(&self.pending);
+        out.freeze()
     }
 }
 

@@ -12,11 +12,13 @@ Environment:
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -229,6 +231,13 @@ class SidestreamServer:
                                 for p in range(partitions)))
 
         poll_until(ready, timeout, what="topic %s to be ready" % topic)
+
+    def metrics(self):
+        """The server's /metrics as {'name{labels}': value} (the address is in its start-up log)."""
+        addr = re.search(r"metrics_addr=([0-9.:]+)", self.log_text()).group(1)
+        text = urllib.request.urlopen("http://%s/metrics" % addr, timeout=10).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
 
     def log_text(self):
         try:

@@ -593,20 +593,56 @@ def fetch_v4_body(topics, max_wait_ms=100, min_bytes=1, max_bytes=50 * 1024 * 10
     return i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(isolation_level) + array(topics, topic)
 
 
-def parse_fetch_v4(r):
-    r.i32()  # throttle_time_ms
-
+def _fetch_responses(r, version):
+    """The responses array of Fetch v4-v11: {(topic, partition): partition}."""
     def part(r):
-        return dict(partition_index=r.i32(), error_code=r.i16(), high_watermark=r.i64(),
-                    last_stable_offset=r.i64(),
-                    aborted_transactions=r.array(lambda r: (r.i64(), r.i64())),
-                    records=r.nbytes())
+        p = dict(partition_index=r.i32(), error_code=r.i16(), high_watermark=r.i64(),
+                 last_stable_offset=r.i64())
+        if version >= 5:
+            p["log_start_offset"] = r.i64()
+        p["aborted_transactions"] = r.array(lambda r: (r.i64(), r.i64()))
+        p["records"] = r.nbytes()
+        return p
 
     out = {}
     for name, parts in r.array(lambda r: (r.string(), r.array(part))):
         for p in parts:
             out[(name, p["partition_index"])] = p
     return out
+
+
+def parse_fetch_v4(r):
+    r.i32()  # throttle_time_ms
+    return _fetch_responses(r, 4)
+
+
+FETCH_SESSION_ID_NOT_FOUND = 70
+INVALID_FETCH_SESSION_EPOCH = 71
+
+
+def fetch_v7_body(topics, session_id=0, session_epoch=-1, forgotten=(), max_wait_ms=100, min_bytes=1,
+                  max_bytes=50 * 1024 * 1024):
+    """Fetch v7, the first with fetch sessions (KIP-227).
+    topics: list of (topic, [(partition, fetch_offset, partition_max_bytes)]);
+    forgotten: list of (topic, [partition])."""
+    def part(p):
+        return i32(p[0]) + i64(p[1]) + i64(-1) + i32(p[2])
+
+    def topic(t):
+        return string(t[0]) + array(t[1], part)
+
+    def forget(t):
+        return string(t[0]) + array(t[1], i32)
+
+    return (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0) + i32(session_id)
+            + i32(session_epoch) + array(topics, topic) + array(list(forgotten), forget))
+
+
+def parse_fetch_v7(r):
+    """(error_code, session_id, {(topic, partition): partition})."""
+    r.i32()  # throttle_time_ms
+    error_code, session_id = r.i16(), r.i32()
+    return error_code, session_id, _fetch_responses(r, 7)
 
 
 def fetch(conn, topic, partition, offset, max_wait_ms=100, partition_max_bytes=10 * 1024 * 1024):

@@ -307,6 +307,43 @@ def test_fetch_out_of_range_and_unknown_topic(server):
     assert unknown_part["error_code"] == kw.UNKNOWN_TOPIC_OR_PARTITION, unknown_part
 
 
+def test_fetch_sessions(server):
+    """KIP-227: a full fetch with epoch 0 opens a session; incremental fetches answer only the
+    partitions with news and keep the positions they were given; wrong epochs and unknown
+    sessions get their error codes; epoch -1 closes the session."""
+    topic = new_topic(server, partitions=2)
+    with server.connect() as c:
+        for p in (0, 1):
+            assert kw.produce(c, 3, [(topic, [(p, good_batch(2))])])[(topic, p)]["error_code"] == 0
+
+        def fetch(*args, **kwargs):
+            return kw.parse_fetch_v7(c.request(kw.FETCH, 7, kw.fetch_v7_body(*args, max_wait_ms=10, **kwargs)))
+
+        both = [(topic, [(0, 0, 1 << 20), (1, 2, 1 << 20)])]
+        err, session, parts = fetch(both, session_id=0, session_epoch=0)
+        assert err == 0 and session != 0
+        assert len(kw.parse_record_batches(parts[(topic, 0)]["records"])) == 1
+        assert kw.parse_record_batches(parts[(topic, 1)]["records"] or b"") == []
+        # Nothing new anywhere: an incremental fetch answers no partition at all.
+        err, same, parts = fetch([(topic, [(0, 2, 1 << 20)])], session_id=session, session_epoch=1)
+        assert (err, same, parts) == (0, session, {})
+        # New data in partition 1 (whose position the session remembers): only it is answered.
+        assert kw.produce(c, 3, [(topic, [(1, good_batch(3))])])[(topic, 1)]["error_code"] == 0
+        err, _, parts = fetch([], session_id=session, session_epoch=2)
+        assert err == 0 and list(parts) == [(topic, 1)], parts
+        assert parts[(topic, 1)]["high_watermark"] == 5
+        assert len(kw.parse_record_batches(parts[(topic, 1)]["records"])) == 1
+
+        assert fetch([], session_id=session, session_epoch=2)[0] == kw.INVALID_FETCH_SESSION_EPOCH
+        assert fetch([], session_id=session ^ 0x5a5a, session_epoch=1)[0] == kw.FETCH_SESSION_ID_NOT_FOUND
+        # Forgetting partition 1 leaves partition 0 only; epoch -1 then closes the session.
+        err, _, parts = fetch([], session_id=session, session_epoch=3, forgotten=[(topic, [1])])
+        assert err == 0 and parts == {}
+        err, closed, parts = fetch(both, session_id=session, session_epoch=-1)
+        assert err == 0 and closed == 0 and len(parts) == 2
+        assert fetch([], session_id=session, session_epoch=4)[0] == kw.FETCH_SESSION_ID_NOT_FOUND
+
+
 def test_list_offsets(server):
     topic = new_topic(server)
     with server.connect() as c:

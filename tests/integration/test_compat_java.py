@@ -133,15 +133,21 @@ def test_console_producer_and_consumer(server, request):
     bs = ["--bootstrap-server", server.bootstrap]
     run(tool("TopicCommand", *bs, "--create", "--topic", topic, "--partitions", 1))
     lines = ["k%d:value %d" % (i, i) for i in range(50)]
-    run(tool("ConsoleProducer", *bs, "--topic", topic, "--reader-property", "parse.key=true",
-             "--reader-property", "key.separator=:"), stdin="\n".join(lines) + "\n")
+    for half in (lines[:25], lines[25:]):  # two runs: at least two batches
+        run(tool("ConsoleProducer", *bs, "--topic", topic, "--reader-property", "parse.key=true",
+                 "--reader-property", "key.separator=:"), stdin="\n".join(half) + "\n")
+    incremental = 'sidestream_fetch_requests_total{session="incremental"}'
+    before = server.metrics().get(incremental, 0)
+    # One batch per fetch: the consumer opens a fetch session (KIP-227), then fetches incrementally.
     out, err = run(tool("consumer.ConsoleConsumer", *bs, "--topic", topic, "--partition", 0, "--offset", "earliest",
+                        "--command-property", "max.partition.fetch.bytes=1",
                         "--max-messages", len(lines), "--timeout-ms", 60000,
                         "--formatter-property", "print.key=true", "--formatter-property", "print.offset=true",
                         "--formatter-property", "key.separator=:"))
     record(request, {"consumed.lines": len(out.strip().splitlines())})
     assert out.strip().splitlines() == ["Offset:%d:%s" % (i, ln) for i, ln in enumerate(lines)]
     assert "Processed a total of %d messages" % len(lines) in err
+    assert server.metrics()[incremental] > before
 
 
 def test_get_offset_shell_and_producer_performance(server, request):

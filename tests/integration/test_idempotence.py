@@ -4,8 +4,6 @@
 """
 
 import os
-import re
-import urllib.request
 
 from confluent_kafka import Producer
 from kafka import KafkaProducer
@@ -18,10 +16,7 @@ SEED = int(os.environ.get("SIDESTREAM_TEST_SEED", "848"))
 
 def injected_errors(srv):
     """Failed object store attempts, from the server's /metrics (retries hide them from the log)."""
-    addr = re.search(r"metrics_addr=([0-9.:]+)", srv.log_text()).group(1)
-    text = urllib.request.urlopen("http://%s/metrics" % addr, timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("sidestream_object_store_errors_total"))
+    return sum(v for k, v in srv.metrics().items() if k.startswith("sidestream_object_store_errors_total"))
 
 
 def check_exactly_once_in_order(got, sent_per_partition):

@@ -4,7 +4,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ApiVersionsResponse;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 
-use super::{Outcome, SUPPORTED_APIS, encode_response};
+use super::{Outcome, SUPPORTED_APIS, encode_frame};
 
 fn table() -> Vec<ApiVersion> {
     SUPPORTED_APIS
@@ -23,5 +23,5 @@ pub fn unsupported_version(correlation_id: i32) -> Outcome {
     let body = ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
         .with_api_keys(table());
-    encode_response(0, correlation_id, 0, &body).unwrap_or_else(Outcome::Close)
+    encode_frame(0, correlation_id, 0, &body).map(Outcome::Respond).unwrap_or_else(Outcome::Close)
 }

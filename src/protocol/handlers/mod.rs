@@ -80,7 +80,8 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
 #[derive(Debug)]
 pub enum Outcome {
     /// A whole response frame, length prefix included.
-    Respond(Bytes),
+    /// A response frame, length prefix included, as slices written back to back.
+    Respond(Vec<Bytes>),
     /// Produce with acks=0: Kafka sends nothing back.
     NoResponse,
     /// The request cannot be answered; close the connection (after earlier answers).
@@ -223,7 +224,10 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
         },
-        Request::Fetch(r) => ctx.respond(&fetch::handle(&agent, version, r).await),
+        Request::Fetch(r) => {
+            let answer = fetch::handle(&agent, version, r).await;
+            ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
+        }
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, version, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
@@ -259,15 +263,22 @@ struct Ctx {
 
 impl Ctx {
     fn respond<R: Encodable>(&self, body: &R) -> Outcome {
-        encode_response(self.key.response_header_version(self.version), self.correlation_id, self.version, body)
-            .unwrap_or_else(|e| {
+        self.outcome(encode_frame(self.key.response_header_version(self.version), self.correlation_id, self.version, body))
+    }
+
+    fn outcome(&self, frame: Result<Vec<Bytes>, String>) -> Outcome {
+        match frame {
+            Ok(frame) => Outcome::Respond(frame),
+            Err(e) => {
                 tracing::error!(api = ?self.key, version = self.version, error = %e, "cannot encode response");
                 Outcome::Close(format!("cannot encode {:?} v{} response: {e}", self.key, self.version))
-            })
+            }
+        }
     }
 }
 
-fn encode_response<R: Encodable>(header_version: i16, correlation_id: i32, version: i16, body: &R) -> Result<Outcome, String> {
+/// A response frame: length prefix, header, body.
+fn encode_frame<R: Encodable>(header_version: i16, correlation_id: i32, version: i16, body: &R) -> Result<Vec<Bytes>, String> {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     ResponseHeader::default()
@@ -277,7 +288,7 @@ fn encode_response<R: Encodable>(header_version: i16, correlation_id: i32, versi
     body.encode(&mut buf, version).map_err(|e| e.to_string())?;
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(Outcome::Respond(buf.freeze()))
+    Ok(vec![buf.freeze()])
 }
 
 /// Converts a String into the crate's string type.
@@ -307,6 +318,7 @@ mod tests {
         assert!(matches!(parse(frame(ApiKey::DescribeConfigs as i16, 1, &[0, 0])), Err(Outcome::Close(_))));
         match parse(frame(ApiKey::ApiVersions as i16, 99, &[])) {
             Err(Outcome::Respond(b)) => {
+                let b = b.concat();
                 // length, correlation id, then the v0 body: error code 35 first.
                 assert_eq!(&b[4..8], &7i32.to_be_bytes());
                 assert_eq!(&b[8..10], &35i16.to_be_bytes());
