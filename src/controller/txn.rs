@@ -282,6 +282,9 @@ pub fn complete(t: &mut Transaction, now_ms: i64) -> BTreeMap<String, Vec<Commit
     if committed { offsets } else { BTreeMap::new() }
 }
 
+/// A pending group offset as stored: topic, partition, offset, leader epoch, metadata.
+type StoredOffset = (String, i32, i64, i32, String);
+
 /// How a transaction is stored: one JSON document per transactional id.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -291,7 +294,7 @@ struct Stored {
     timeout_ms: i32,
     status: TxnStatus,
     partitions: Vec<(String, i32)>,
-    groups: Vec<(String, Vec<(String, i32, i64, i32, String)>)>,
+    groups: Vec<(String, Vec<StoredOffset>)>,
     started_ms: i64,
     updated_ms: i64,
 }
@@ -841,7 +844,7 @@ mod tests {
             assert_eq!(c.aborted_txns(t.id, 1, 0, 2).unwrap(), vec![(pid, 0)]);
             let tp: TopicPartition = ("t".into(), 0);
             assert!(c.pending_txn_offsets("g").is_empty());
-            assert_eq!(c.groups().fetch_offsets("g", Some(&[tp.clone()]), None).unwrap()[0].1, None);
+            assert_eq!(c.groups().fetch_offsets("g", Some(std::slice::from_ref(&tp)), None).unwrap()[0].1, None);
             // Stale or repeated markers are refused.
             assert!(matches!(write_markers(&c, "m1-again", &end), Err(ControllerError::InvalidTxnState(_))));
             // A committed transaction makes its offsets visible.
@@ -859,7 +862,7 @@ mod tests {
             clock.advance_ms(MARKER_RETRY_MS as u64);
             assert_eq!(c.transactions_to_finish().unwrap(), vec![end.clone()]);
             write_markers(&c, "m2", &end).unwrap();
-            assert_eq!(c.groups().fetch_offsets("g", Some(&[tp.clone()]), None).unwrap()[0].1.as_ref().unwrap().offset, 9);
+            assert_eq!(c.groups().fetch_offsets("g", Some(std::slice::from_ref(&tp)), None).unwrap()[0].1.as_ref().unwrap().offset, 9);
             assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 10);
             assert_eq!(c.end_txn("app", pid, epoch, true).unwrap(), None); // a retried EndTxn
             // Timeout: an abandoned transaction is aborted at a bumped epoch, fencing the

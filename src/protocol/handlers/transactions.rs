@@ -33,7 +33,15 @@ fn fenced_code(e: &ControllerError, knows_fenced: bool) -> i16 {
     if !knows_fenced && code == ResponseError::ProducerFenced.code() { ResponseError::InvalidProducerEpoch.code() } else { code }
 }
 
-/// Kafka: a null or empty transactional id is INVALID_REQUEST... answered per API.
+/// One error code per item from per-item results, or the request-level error for all `n`.
+fn item_codes(results: Result<Vec<Result<(), ControllerError>>, ControllerError>, n: usize, knows_fenced: bool) -> Vec<i16> {
+    match results {
+        Ok(rs) => rs.iter().map(|r| r.as_ref().map_or_else(|e| fenced_code(e, knows_fenced), |()| 0)).collect(),
+        Err(e) => vec![fenced_code(&e, knows_fenced); n],
+    }
+}
+
+/// The transactional id as the controller takes it (empty ids are refused there).
 fn txn_id(id: &TransactionalId) -> String {
     id.0.to_string()
 }
@@ -49,14 +57,9 @@ async fn add_partitions(
 ) -> Vec<AddPartitionsToTxnTopicResult> {
     let wanted: Vec<(String, i32)> =
         topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p))).collect();
-    let results: Vec<i16> = match agent
-        .controller
-        .add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted.clone(), verify_only)
-        .await
-    {
-        Ok(rs) => rs.iter().map(|r| r.as_ref().map_or_else(|e| fenced_code(e, knows_fenced), |()| 0)).collect(),
-        Err(e) => vec![fenced_code(&e, knows_fenced); wanted.len()],
-    };
+    let n = wanted.len();
+    let added = agent.controller.add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only).await;
+    let results = item_codes(added, n, knows_fenced);
     let mut codes = results.into_iter();
     topics
         .iter()
@@ -154,10 +157,8 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
         Err(e) => vec![group_code(&e); n],
         Ok(()) => {
             let id = txn_id(&req.transactional_id);
-            match agent.controller.txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets).await {
-                Ok(rs) => rs.iter().map(|r| r.as_ref().map_or_else(|e| fenced_code(e, version >= 3), |()| 0)).collect(),
-                Err(e) => vec![fenced_code(&e, version >= 3); n],
-            }
+            let stored = agent.controller.txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets).await;
+            item_codes(stored, n, version >= 3)
         }
     };
     let mut codes = codes.into_iter();
