@@ -259,6 +259,9 @@ pub struct ControllerConfig {
     /// Remote agents: how long one controller call retries before it fails (commits are then
     /// retried by the uploader, indefinitely).
     pub call_timeout_ms: u64,
+    /// Kafka's transaction.abort.timed.out.transaction.cleanup.interval.ms: how often
+    /// transactions older than their timeout are aborted (and unfinished ones finished).
+    pub transaction_check_interval_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -274,6 +277,7 @@ impl Default for ControllerConfig {
             failover_ms: 5_000,
             agent_lease_ms: 10_000,
             call_timeout_ms: 10_000,
+            transaction_check_interval_ms: 1_000,
         }
     }
 }
@@ -460,6 +464,7 @@ impl Config {
         range("wal.segment_bytes", self.wal.segment_bytes, 64 * 1024, 16 << 30)?;
         range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
         range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;
+        range("controller.transaction_check_interval_ms", self.controller.transaction_check_interval_ms, 10, 3_600_000)?;
         range("cache.memory_bytes", self.cache.memory_bytes, 1 << 20, 1 << 40)?;
         range("cache.block_bytes", self.cache.block_bytes, 4096, 64 << 20)?;
         if self.cache.disk_bytes != 0 {

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::orphans::{OrphanCollector, OrphanSettings};
+use crate::agent::txn::{MarkerWriter, TxnTimer};
 use crate::agent::cache::{CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
@@ -169,11 +170,30 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             key_prefix,
             wal_log_id: Some(recovery.log_id.clone()),
         },
-        UploadDeps { store: store.clone(), cache: Some(cache.clone()), controller: controller.clone(), clock, entropy },
+        UploadDeps {
+            store: store.clone(),
+            cache: Some(cache.clone()),
+            controller: controller.clone(),
+            clock: clock.clone(),
+            entropy: entropy.clone(),
+        },
     );
     replay_wal(&recovery, wal_mark, &uploader).await?;
     let next_id = recovery.last_id().max(wal_mark) + 1;
     let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).map_err(ServerError::Wal)?;
+    let markers = Arc::new(MarkerWriter {
+        store: store.clone(),
+        controller: controller.clone(),
+        clock,
+        entropy,
+        agent: format!("agent-{}", config.agent.node_id),
+        key_prefix: String::new(),
+    });
+    TxnTimer {
+        markers: markers.clone(),
+        interval: Duration::from_millis(config.controller.transaction_check_interval_ms),
+    }
+    .spawn(shutdown.clone());
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,
@@ -187,6 +207,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         uploader,
         wal,
         hand_offs: Default::default(),
+        markers,
         fetch_sessions: Default::default(),
     });
     let limits = ConnectionLimits {

@@ -1,9 +1,11 @@
 //! Every advertised version of every group API gets a well-formed answer over one connection
 //! (the encoder refuses fields a version lacks, which would close the connection instead).
 
+mod wire;
+
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
@@ -11,45 +13,9 @@ use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartiti
 use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use sidestream::config::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
-}
-
-struct Conn(TcpStream, i32);
-
-impl Conn {
-    async fn call<R: Request>(&mut self, version: i16, req: &R) -> R::Response {
-        self.1 += 1;
-        let mut b = BytesMut::new();
-        b.put_i32(0);
-        RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.1)
-            .with_client_id(Some(s("wire")))
-            .encode(&mut b, R::header_version(version))
-            .unwrap();
-        req.encode(&mut b, version).unwrap();
-        let n = (b.len() - 4) as i32;
-        b[..4].copy_from_slice(&n.to_be_bytes());
-        self.0.write_all(&b).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(20), self.0.read_i32())
-            .await
-            .expect("an answer in time")
-            .unwrap_or_else(|e| panic!("api {} v{version}: connection closed: {e}", R::KEY));
-        let mut buf = vec![0u8; n as usize];
-        self.0.read_exact(&mut buf).await.unwrap();
-        let mut buf = Bytes::from(buf);
-        let h = ResponseHeader::decode(&mut buf, R::Response::header_version(version)).unwrap();
-        assert_eq!(h.correlation_id, self.1);
-        R::Response::decode(&mut buf, version).unwrap()
-    }
-}
+use wire::{Conn, s};
 
 async fn start(dir: &std::path::Path) -> sidestream::server::RunningServer {
     let env = [

@@ -1,5 +1,6 @@
 //! Any bytes as a partition's produce records or as an extent: validation and iteration
-//! return errors, never panic, and iteration never leaves the buffer.
+//! return errors, never panic, and iteration never leaves the buffer; reading a batch as a
+//! transaction marker never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sidestream::protocol::records;
@@ -18,5 +19,6 @@ fuzz_target!(|data: &[u8]| {
         end = at + h.size_bytes as usize;
         assert!(end <= data.len());
         let _ = records::crc_ok(&data[at..end]);
+        let _ = records::marker_kind(&data[at..end]);
     }
 });

@@ -5,6 +5,8 @@
 //! (never serve corrupt data), and writes the assigned absolute base offset into each batch
 //! header (a field the CRC does not cover) on the way out: large batches leave as slices of the
 //! cached blocks, with only their 16 header bytes copied ([`BatchChain`]).
+//! A read_committed read stops at the last stable offset and lists the aborted transactions
+//! of the range it returns, so the consumer can drop their batches.
 
 use uuid::Uuid;
 
@@ -20,13 +22,18 @@ pub struct PartitionRead {
     /// Whole record batches, back to back, offsets patched.
     pub records: BatchChain,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// read_committed only: (producer id, first offset) of the aborted transactions
+    /// overlapping the returned batches.
+    pub aborted: Option<Vec<(i64, i64)>>,
 }
 
 impl Agent {
     /// Reads batches of a partition starting with the one holding `offset`, up to `max_bytes`.
     /// When `allow_oversize`, the first batch is returned even if larger than `max_bytes`
     /// (Kafka does this for the first partition of a response so consumers always progress).
+    /// `read_committed`: only batches below the last stable offset, with the aborted list.
     pub async fn read_partition(
         &self,
         topic_id: Uuid,
@@ -34,12 +41,17 @@ impl Agent {
         offset: i64,
         max_bytes: u64,
         allow_oversize: bool,
+        read_committed: bool,
     ) -> Result<PartitionRead, AgentError> {
         let offsets = self.controller.offsets(topic_id, partition).map_err(|_| AgentError::UnknownTopicOrPartition)?;
+        let lso = self.controller.last_stable_offset(topic_id, partition).unwrap_or(offsets.next_offset).min(offsets.next_offset);
+        let limit = if read_committed { lso } else { offsets.next_offset };
         let mut read = PartitionRead {
             records: BatchChain::default(),
             high_watermark: offsets.next_offset,
+            last_stable_offset: lso,
             log_start_offset: offsets.log_start_offset,
+            aborted: read_committed.then(Vec::new),
         };
         if offset < offsets.log_start_offset || offset > offsets.next_offset {
             return Err(AgentError::OffsetOutOfRange {
@@ -48,11 +60,13 @@ impl Agent {
                 high_watermark: offsets.next_offset,
             });
         }
-        if offset == offsets.next_offset || (max_bytes == 0 && !allow_oversize) {
+        if offset >= limit || (max_bytes == 0 && !allow_oversize) {
             return Ok(read);
         }
         let extents = self.controller.find_extents(topic_id, partition, offset, max_bytes.max(1)).await?;
         let mut out = BatchChain::default();
+        // The offset after the last batch returned.
+        let mut out_end = offset;
         'extents: for e in extents {
             let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
             let mut base = e.base_offset;
@@ -65,6 +79,9 @@ impl Agent {
                 if base <= offset {
                     continue;
                 }
+                if batch_base >= limit {
+                    break 'extents;
+                }
                 if out.len() + size > max_bytes as usize && !(out.is_empty() && allow_oversize) {
                     break 'extents;
                 }
@@ -73,6 +90,7 @@ impl Agent {
                     return Err(AgentError::CorruptObject(format!("batch CRC mismatch in {}", e.object_key)));
                 }
                 out.push(&batch, batch_base, LEADER_EPOCH);
+                out_end = base;
             }
             if seen != e.length || base != e.end_offset {
                 return Err(AgentError::CorruptObject(format!(
@@ -82,6 +100,9 @@ impl Agent {
             }
         }
         read.records = out;
+        if read_committed && out_end > offset {
+            read.aborted = Some(self.controller.aborted_txns(topic_id, partition, offset, out_end).await?);
+        }
         Ok(read)
     }
 }

@@ -6,6 +6,7 @@
 //!   the controller (which assigns offsets) and answers the producers.
 //! - [`fetch`]: finds the object ranges holding an offset, reads them, patches the assigned
 //!   offsets into the batch headers.
+//! - [`txn`]: writes transaction markers as objects; the transaction timeout job.
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod fetch;
 pub mod orphans;
 pub mod produce;
+pub mod txn;
 pub mod upload;
 pub mod wal;
 
@@ -48,6 +50,8 @@ pub struct Agent {
     pub wal: Wal,
     /// Produce requests not yet handed to the uploader; shutdown waits for them.
     pub hand_offs: HandOffs,
+    /// Writes transaction markers (EndTxn, fencing InitProducerId, the timeout job).
+    pub markers: Arc<txn::MarkerWriter>,
     /// Fetch sessions (KIP-227) of the agent's consumers.
     pub fetch_sessions: crate::protocol::fetch_session::FetchSessions,
 }

@@ -370,6 +370,7 @@ async fn run_committer(
             agent: settings.agent.clone(),
             extents: s.extents,
             wal,
+            txn_end: None,
         };
         let mut attempt = 0;
         let started = std::time::Instant::now();

@@ -16,6 +16,7 @@ use super::groups::{
 };
 use super::log::PartitionOffsets;
 use super::groups::GroupCoordinator;
+use super::txn::{TxnDescription, TxnEnd, TxnInit};
 use super::{CommitRequest, Controller, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
 
 #[async_trait]
@@ -27,6 +28,8 @@ pub trait ControllerClient: Send + Sync + 'static {
     fn offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets, ControllerError>;
     /// Changes after every commit.
     fn commit_watch(&self) -> watch::Receiver<u64>;
+    /// The first offset of the partition's earliest open transaction, else the high watermark.
+    fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError>;
 
     async fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError>;
     async fn delete_topic(&self, r: TopicRef<'_>) -> Result<Arc<TopicMeta>, ControllerError>;
@@ -45,6 +48,45 @@ pub trait ControllerClient: Send + Sync + 'static {
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError>;
     /// A new producer id and epoch for an idempotent producer.
     async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError>;
+
+    // Transactions (controller::txn).
+    /// Aborted transactions of a partition overlapping `[from_offset, to_offset)`:
+    /// (producer id, first offset).
+    async fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64)
+    -> Result<Vec<(i64, i64)>, ControllerError>;
+    /// InitProducerId with a transactional id; `expected`: (producer id, epoch) or (-1, -1).
+    async fn init_transactional_producer(&self, transactional_id: String, timeout_ms: i32, expected: (i64, i16))
+    -> Result<TxnInit, ControllerError>;
+    async fn add_partitions_to_txn(
+        &self,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<(String, i32)>,
+        verify_only: bool,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+    async fn add_offsets_to_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, group_id: String)
+    -> Result<(), ControllerError>;
+    async fn txn_offset_commit(
+        &self,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group_id: String,
+        offsets: Vec<super::groups::CommitOffset>,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+    /// TxnOffsetCommit's group member check.
+    async fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32)
+    -> Result<(), GroupError>;
+    /// The markers to write (None: already complete).
+    async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool)
+    -> Result<Option<TxnEnd>, ControllerError>;
+    /// Timed-out transactions (now aborting) and unfinished ones: markers to write.
+    async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError>;
+    fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription>;
+    /// Partitions of `group_id` with offsets pending in an ongoing transaction (KIP-447).
+    fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition>;
+    fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription>;
 
     // Consumer groups (controller::groups). JoinGroup and SyncGroup may wait for the other
     // members, up to the group's rebalance timeout.
@@ -119,6 +161,9 @@ impl ControllerClient for InProcess {
     fn commit_watch(&self) -> watch::Receiver<u64> {
         self.0.commit_watch()
     }
+    fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
+        self.0.last_stable_offset(topic_id, partition)
+    }
 
     async fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError> {
         self.blocking(move |c| c.create_topic(&req)).await
@@ -166,6 +211,54 @@ impl ControllerClient for InProcess {
     }
     async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
         self.blocking(|c| c.init_producer_id()).await
+    }
+
+    async fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
+        self.blocking(move |c| c.aborted_txns(topic_id, partition, from_offset, to_offset)).await
+    }
+    async fn init_transactional_producer(&self, transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError> {
+        self.blocking(move |c| c.init_transactional_producer(&transactional_id, timeout_ms, expected)).await
+    }
+    async fn add_partitions_to_txn(
+        &self,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<(String, i32)>,
+        verify_only: bool,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        self.blocking(move |c| c.add_partitions_to_txn(&transactional_id, producer_id, epoch, &partitions, verify_only)).await
+    }
+    async fn add_offsets_to_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError> {
+        self.blocking(move |c| c.add_offsets_to_txn(&transactional_id, producer_id, epoch, &group_id)).await
+    }
+    async fn txn_offset_commit(
+        &self,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group_id: String,
+        offsets: Vec<super::groups::CommitOffset>,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        self.blocking(move |c| c.txn_offset_commit(&transactional_id, producer_id, epoch, &group_id, offsets)).await
+    }
+    async fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
+        self.0.groups().validate_txn_offset_commit(&group_id, &member_id, instance_id.as_deref(), generation)
+    }
+    async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
+        self.blocking(move |c| c.end_txn(&transactional_id, producer_id, epoch, commit)).await
+    }
+    async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
+        self.blocking(|c| c.transactions_to_finish()).await
+    }
+    fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription> {
+        self.0.describe_transaction(transactional_id)
+    }
+    fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition> {
+        self.0.pending_txn_offsets(group_id)
+    }
+    fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription> {
+        self.0.list_transactions(states, producer_ids, min_duration_ms)
     }
 
     async fn join_group(&self, req: JoinRequest) -> JoinResponse {

@@ -18,6 +18,7 @@ pub mod remote;
 pub mod rpc;
 pub mod service;
 pub mod store;
+pub mod txn;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,13 +30,16 @@ use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
 use crate::object::format::ExtentInfo;
 use groups::{GroupCoordinator, GroupSettings, TopicLookup};
-use log::{PartitionOffsets, Planned, ProducerKey};
+use log::{CommitView, PartitionOffsets, Planned, ProducerKey};
 use producers::ProducerState;
 pub use store::ExtentRecord;
-use store::{MetadataStore, ObjectRecord, StoreError, TopicRecord};
+use store::{AbortedTxnRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, StoreError, TopicRecord, TxnEffects};
+use txn::{Transaction, TxnEnd, TxnStatus};
 
 /// Extents of each partition kept in memory, so tail reads never query the store.
 const RECENT_EXTENTS_MAX: usize = 64;
+/// Aborted transactions returned per partition and fetch.
+const ABORTED_TXNS_PER_FETCH_MAX: u32 = 10_000;
 /// Extents fetched from the store per lookup.
 const STORE_LOOKUP_EXTENTS_MAX: u32 = 32;
 /// Kafka's limit on partitions per topic is practical, not protocol; ours is explicit.
@@ -66,6 +70,20 @@ pub enum ControllerError {
     OutOfOrderSequence(String),
     #[error("invalid producer epoch: {0}")]
     InvalidProducerEpoch(String),
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
+    #[error("invalid producer id mapping: {0}")]
+    InvalidProducerIdMapping(String),
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    #[error("invalid transaction timeout: {0}")]
+    InvalidTransactionTimeout(String),
+    /// Retriable: the previous transaction of this transactional id is being completed.
+    #[error("concurrent transactions: {0}")]
+    ConcurrentTransactions(String),
+    /// Another partition of the same request failed.
+    #[error("operation not attempted")]
+    OperationNotAttempted,
     /// The metadata store failed; retrying may succeed.
     #[error("controller unavailable: {0}")]
     Unavailable(String),
@@ -79,6 +97,29 @@ impl From<StoreError> for ControllerError {
 
 /// One commit's answer: each extent's base offset or error, or an error for the whole commit.
 pub type CommitResult = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+
+/// The controller's view with the offsets and producer states that the earlier requests of a
+/// group commit will leave (planned, not yet written).
+struct Overlaid<'a, V: log::CommitView> {
+    base: &'a V,
+    offsets: &'a HashMap<(Uuid, i32), PartitionOffsets>,
+    producers: &'a HashMap<ProducerKey, ProducerState>,
+}
+
+impl<V: log::CommitView> log::CommitView for Overlaid<'_, V> {
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Option<PartitionOffsets> {
+        self.offsets.get(&(topic_id, partition)).copied().or_else(|| self.base.offsets(topic_id, partition))
+    }
+    fn producer(&self, key: &ProducerKey) -> Option<ProducerState> {
+        self.producers.get(key).cloned().or_else(|| self.base.producer(key))
+    }
+    fn check_txn(&self, batch: &crate::object::format::ProducerBatch, topic_id: Uuid, partition: i32) -> Result<(), ControllerError> {
+        self.base.check_txn(batch, topic_id, partition)
+    }
+    fn txn_open(&self, topic_id: Uuid, partition: i32, producer_id: i64) -> bool {
+        self.base.txn_open(topic_id, partition, producer_id)
+    }
+}
 
 /// Commits per store transaction in [`Controller::commit_objects`] (group commit).
 pub const GROUP_COMMIT_OBJECTS_MAX: usize = 256;
@@ -125,6 +166,9 @@ pub struct CommitRequest {
     pub agent: String,
     /// In data order; a partition appears at most once per object.
     pub extents: Vec<ExtentInfo>,
+    /// Set when the object holds a transaction's markers (one control batch per extent): the
+    /// commit completes the transaction.
+    pub txn_end: Option<TxnEnd>,
     /// The highest entry of the agent's WAL that this object holds; recorded in the same
     /// transaction, so WAL replay after a crash skips exactly what is committed.
     pub wal: Option<WalMark>,
@@ -141,6 +185,8 @@ pub struct WalMark {
 struct PartitionState {
     offsets: Option<PartitionOffsets>,
     recent: VecDeque<ExtentRecord>,
+    /// Open transactions: producer id -> first offset (the earliest bounds the LSO).
+    open_txns: BTreeMap<i64, i64>,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +196,24 @@ struct State {
     partitions: HashMap<(Uuid, i32), PartitionState>,
     producers: HashMap<ProducerKey, ProducerState>,
     commits_since_expiry: u64,
+    transactions: HashMap<String, Transaction>,
+    /// Producer id -> transactional id, for the check of transactional batches at commit.
+    txn_of: HashMap<i64, String>,
+}
+
+impl CommitView for State {
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Option<PartitionOffsets> {
+        self.partitions.get(&(topic_id, partition)).and_then(|p| p.offsets)
+    }
+    fn producer(&self, key: &ProducerKey) -> Option<ProducerState> {
+        self.producers.get(key).cloned()
+    }
+    fn check_txn(&self, b: &crate::object::format::ProducerBatch, topic_id: Uuid, partition: i32) -> Result<(), ControllerError> {
+        Controller::check_txn_batch(&self.txn_of, &self.transactions, b.producer_id, b.epoch, topic_id, partition)
+    }
+    fn txn_open(&self, topic_id: Uuid, partition: i32, producer_id: i64) -> bool {
+        self.partitions.get(&(topic_id, partition)).is_some_and(|p| p.open_txns.contains_key(&producer_id))
+    }
 }
 
 /// Producer states are swept for expiry after this many commits.
@@ -271,8 +335,23 @@ impl Controller {
                 PartitionState {
                     offsets: Some(PartitionOffsets { log_start_offset: p.log_start_offset, next_offset: p.next_offset }),
                     recent: VecDeque::new(),
+                    open_txns: BTreeMap::new(),
                 },
             );
+        }
+        for o in snapshot.open_txns {
+            if let Some(p) = state.partitions.get_mut(&(o.topic_id, o.partition)) {
+                p.open_txns.insert(o.producer_id, o.first_offset);
+            }
+        }
+        for (id, body) in snapshot.transactions {
+            match txn::decode(&id, &body) {
+                Some(t) => {
+                    state.txn_of.insert(t.producer_id, id.clone());
+                    state.transactions.insert(id, t);
+                }
+                None => return Err(ControllerError::Unavailable(format!("stored transaction {id} does not decode"))),
+            }
         }
         let expired_before = clock.now_ms().saturating_sub(producer_expiry_ms);
         store.expire_producers(expired_before)?;
@@ -334,6 +413,11 @@ impl Controller {
                 Some((g, t, p, (end - committed).max(0)))
             })
             .collect()
+    }
+
+    /// Serializes writers: one plan, one store transaction at a time.
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -417,6 +501,7 @@ impl Controller {
                 PartitionState {
                     offsets: Some(PartitionOffsets { log_start_offset: 0, next_offset: 0 }),
                     recent: VecDeque::new(),
+                    open_txns: BTreeMap::new(),
                 },
             );
         }
@@ -468,6 +553,11 @@ impl Controller {
         let mut producer_overlay: HashMap<ProducerKey, ProducerState> = HashMap::new();
         let mut fresh = Vec::new();
         for (i, req) in reqs.iter().enumerate().take(GROUP_COMMIT_OBJECTS_MAX) {
+            // Transactional commits (markers, data of open transactions) are committed alone,
+            // after the batch: so is everything after them, keeping the input order.
+            if req.txn_end.is_some() || req.extents.iter().any(|e| e.producer.as_ref().is_some_and(|p| p.transactional)) {
+                break;
+            }
             if !seen.insert(req.object_key.as_str()) {
                 continue;
             }
@@ -480,18 +570,13 @@ impl Controller {
                 }
             }
             let key: Arc<str> = Arc::from(req.object_key.as_str());
-            let (plan, producer_states) = {
+            let mut plan = {
                 let s = self.read();
-                log::plan_commit(
-                    &key,
-                    req.object_size_bytes,
-                    &req.extents,
-                    now_ms,
-                    |t, p| overlay.get(&(t, p)).copied().or_else(|| s.partitions.get(&(t, p)).and_then(|p| p.offsets)),
-                    |k| producer_overlay.get(k).cloned().or_else(|| s.producers.get(k).cloned()),
-                )
+                let view = Overlaid { base: &*s, offsets: &overlay, producers: &producer_overlay };
+                log::plan_commit(&key, req.object_size_bytes, &req.extents, now_ms, &view)
             };
             let records: Vec<ExtentRecord> = plan
+                .results
                 .iter()
                 .filter_map(|r| match r {
                     Ok(Planned::Append(e)) => Some(e.clone()),
@@ -507,6 +592,7 @@ impl Controller {
                     },
                 );
             }
+            let producer_states = std::mem::take(&mut plan.producers);
             producer_overlay.extend(producer_states.iter().map(|(k, v)| (*k, v.clone())));
             let object = ObjectRecord {
                 key: req.object_key.clone(),
@@ -515,11 +601,12 @@ impl Controller {
                 committed_ms: now_ms,
             };
             let producer_rows: Vec<_> = producer_states.into_iter().collect();
-            fresh.push((i, object, records, producer_rows, plan));
+            fresh.push((i, object, records, producer_rows, plan.results));
         }
+        let no_txn = TxnEffects::default();
         let batch: Vec<store::ObjectCommit<'_>> = fresh
             .iter()
-            .map(|(i, o, records, producers, _)| (o, records.as_slice(), reqs[*i].wal.as_ref(), producers.as_slice()))
+            .map(|(i, o, records, producers, _)| (o, records.as_slice(), reqs[*i].wal.as_ref(), producers.as_slice(), &no_txn))
             .collect();
         let written = if batch.is_empty() { Ok(()) } else { self.store.commit_objects(&batch) };
         drop(batch);
@@ -601,35 +688,37 @@ impl Controller {
         }
         let key: Arc<str> = Arc::from(req.object_key.as_str());
         let now_ms = self.clock.now_ms();
-        let (plan, producer_states) = {
-            let s = self.read();
-            log::plan_commit(
-                &key,
-                req.object_size_bytes,
-                &req.extents,
-                now_ms,
-                |t, p| s.partitions.get(&(t, p)).and_then(|p| p.offsets),
-                |k| s.producers.get(k).cloned(),
-            )
-        };
+        let mut plan = log::plan_commit(&key, req.object_size_bytes, &req.extents, now_ms, &*self.read());
         let records: Vec<ExtentRecord> = plan
+            .results
             .iter()
             .filter_map(|r| match r {
                 Ok(Planned::Append(e)) => Some(e.clone()),
                 _ => None,
             })
             .collect();
+        let mut effects = TxnEffects { opened: std::mem::take(&mut plan.opened), ..TxnEffects::default() };
+        let completed = match &req.txn_end {
+            Some(end) => Some(self.plan_markers(end, &records, now_ms, &mut plan.producers, &mut effects)?),
+            None => None,
+        };
         let object = ObjectRecord {
             key: req.object_key.clone(),
             size_bytes: req.object_size_bytes,
             agent: req.agent.clone(),
             committed_ms: now_ms,
         };
+        let producer_states = plan.producers;
         let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
-        match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows) {
-            Err(StoreError::Conflict(m)) => return Err(ControllerError::InvalidRequest(m)),
-            Err(e) => return Err(self.store_error(e)),
-            Ok(()) => {}
+        let write = || match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows, &effects) {
+            Err(StoreError::Conflict(m)) => Err(ControllerError::InvalidRequest(m)),
+            Err(e) => Err(self.store_error(e)),
+            Ok(()) => Ok(()),
+        };
+        if effects.group_offsets.is_empty() {
+            write()?;
+        } else {
+            self.groups.install_txn_offsets(&effects.group_offsets, write)?;
         }
         let sweep = {
             let mut s = self.write();
@@ -644,6 +733,19 @@ impl Controller {
                     p.recent.push_back(r);
                 }
             }
+            for o in &effects.opened {
+                if let Some(p) = s.partitions.get_mut(&(o.topic_id, o.partition)) {
+                    p.open_txns.insert(o.producer_id, o.first_offset);
+                }
+            }
+            for o in &effects.closed {
+                if let Some(p) = s.partitions.get_mut(&(o.topic_id, o.partition)) {
+                    p.open_txns.remove(&o.producer_id);
+                }
+            }
+            if let Some(t) = completed {
+                s.transactions.insert(t.transactional_id.clone(), t);
+            }
             s.producers.extend(producer_states);
             s.commits_since_expiry += 1;
             s.commits_since_expiry >= PRODUCER_EXPIRY_SWEEP_COMMITS
@@ -653,6 +755,7 @@ impl Controller {
         }
         self.commits.send_modify(|n| *n += 1);
         Ok(plan
+            .results
             .into_iter()
             .map(|r| {
                 r.map(|p| match p {
@@ -661,6 +764,84 @@ impl Controller {
                 })
             })
             .collect())
+    }
+
+    /// The effects of committing a transaction's markers (`records`, one per partition): the
+    /// transaction must be preparing that outcome at that epoch (else the markers are stale
+    /// and the commit is refused). Each partition's open transaction closes (an abort goes to
+    /// the aborted index), the producer's epoch there rises to the markers' (fencing zombies),
+    /// and a commit's pending offsets become the groups'. Returns the completed transaction.
+    fn plan_markers(
+        &self,
+        end: &TxnEnd,
+        records: &[ExtentRecord],
+        now_ms: i64,
+        producers: &mut HashMap<ProducerKey, ProducerState>,
+        effects: &mut TxnEffects,
+    ) -> Result<Transaction, ControllerError> {
+        let s = self.read();
+        let wanted = if end.commit { TxnStatus::PrepareCommit } else { TxnStatus::PrepareAbort };
+        let mut t = s
+            .transactions
+            .get(&end.transactional_id)
+            .filter(|t| t.status == wanted && t.producer_id == end.producer_id && t.epoch == end.epoch)
+            .cloned()
+            .ok_or_else(|| ControllerError::InvalidTxnState(format!("stale markers of {}", end.transactional_id)))?;
+        for r in records {
+            let first = s.partitions.get(&(r.topic_id, r.partition)).and_then(|p| p.open_txns.get(&end.producer_id).copied());
+            if let Some(first_offset) = first {
+                let open = OpenTxnRecord { topic_id: r.topic_id, partition: r.partition, producer_id: end.producer_id, first_offset };
+                effects.closed.push(open);
+                if !end.commit {
+                    effects.aborted.push(AbortedTxnRecord {
+                        topic_id: r.topic_id,
+                        partition: r.partition,
+                        producer_id: end.producer_id,
+                        first_offset,
+                        last_offset: r.base_offset,
+                    });
+                }
+            }
+            let key = (end.producer_id, r.topic_id, r.partition);
+            let state = producers.entry(key).or_insert_with(|| s.producers.get(&key).cloned().unwrap_or_default());
+            if end.epoch > state.epoch {
+                state.epoch = end.epoch;
+                state.batches.clear();
+            }
+            state.last_seen_ms = now_ms;
+        }
+        let offsets = txn::complete(&mut t, now_ms);
+        effects.transaction = Some((t.transactional_id.clone(), txn::encode(&t)));
+        effects.group_offsets = offsets
+            .into_iter()
+            .flat_map(|(group_id, os)| {
+                os.into_iter().map(move |o| GroupOffsetRecord {
+                    group_id: group_id.clone(),
+                    topic: o.topic,
+                    partition: o.partition,
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata,
+                    commit_ms: now_ms,
+                })
+            })
+            .collect();
+        Ok(t)
+    }
+
+    /// The last stable offset: the first offset of the partition's earliest open transaction,
+    /// else the high watermark.
+    pub fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
+        let s = self.read();
+        let p = s.partitions.get(&(topic_id, partition)).ok_or(ControllerError::UnknownTopicOrPartition)?;
+        let hw = p.offsets.ok_or(ControllerError::UnknownTopicOrPartition)?.next_offset;
+        Ok(p.open_txns.values().min().copied().unwrap_or(hw).min(hw))
+    }
+
+    /// Blocking. Aborted transactions overlapping `[from_offset, to_offset)`: (producer id,
+    /// first offset), what a read_committed Fetch returns.
+    pub fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
+        Ok(self.store.aborted_txns(topic_id, partition, from_offset, to_offset, ABORTED_TXNS_PER_FETCH_MAX)?)
     }
 
     /// Forgets idempotent producers idle for longer than the expiry (caller holds write_lock).
@@ -815,6 +996,7 @@ mod tests {
             agent: "a".into(),
             extents: vec![extent(t.id, 0, 0, 5), extent(t.id, 1, 100, 2)],
             wal: Some(WalMark { log_id: "w".into(), entry_id: 7 }),
+            txn_end: None,
         };
         assert_eq!(c.commit_object(&req).unwrap(), vec![Ok(0), Ok(0)]);
         let req2 = CommitRequest {
@@ -864,6 +1046,7 @@ mod tests {
                             agent: "a".into(),
                             extents: vec![extent(topic_id, (i % 4) as i32, 0, 1)],
                             wal: None,
+                            txn_end: None,
                         };
                         match c.commit_object(&req) {
                             Ok(r) => r.iter().all(|e| e.is_ok()),

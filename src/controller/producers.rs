@@ -111,7 +111,7 @@ mod tests {
     use super::*;
 
     fn b(epoch: i16, first: i32, last: i32) -> ProducerBatch {
-        ProducerBatch { producer_id: 7, epoch, first_sequence: first, last_sequence: last }
+        ProducerBatch { producer_id: 7, epoch, first_sequence: first, last_sequence: last, transactional: false }
     }
 
     #[test]

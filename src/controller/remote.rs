@@ -38,6 +38,7 @@ use super::groups::{
 };
 use super::log::PartitionOffsets;
 use super::rpc::{self, GrpcClient};
+use super::txn::{TxnDescription, TxnEnd, TxnInit};
 use super::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
 
 const GROUPS_NOT_BUILT: &str =
@@ -49,6 +50,17 @@ fn groups_not_built() -> GroupError {
         tracing::error!("{GROUPS_NOT_BUILT}");
     }
     GroupError::Unavailable(GROUPS_NOT_BUILT.into())
+}
+
+const TXNS_NOT_BUILT: &str =
+    "transactions are not served through a remote controller yet (not built); use the embedded controller";
+/// The answer to every transaction call that would change state; logged once per process.
+fn txns_not_built() -> ControllerError {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!("{TXNS_NOT_BUILT}");
+    }
+    ControllerError::InvalidRequest(TXNS_NOT_BUILT.into())
 }
 
 /// Backoff between retries of a failed call.
@@ -480,6 +492,59 @@ impl ControllerClient for Remote {
         });
         Ok(r.await?.entry_id)
     }
+    // Transactions: none can exist through a remote controller (not built), so every partition
+    // is stable at its high watermark and nothing was aborted.
+    fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
+        self.offsets(topic_id, partition).map(|o| o.next_offset)
+    }
+    async fn aborted_txns(&self, _: Uuid, _: i32, _: i64, _: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
+        Ok(Vec::new())
+    }
+    async fn init_transactional_producer(&self, _: String, _: i32, _: (i64, i16)) -> Result<TxnInit, ControllerError> {
+        Err(txns_not_built())
+    }
+    async fn add_partitions_to_txn(
+        &self,
+        _: String,
+        _: i64,
+        _: i16,
+        _: Vec<(String, i32)>,
+        _: bool,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        Err(txns_not_built())
+    }
+    async fn add_offsets_to_txn(&self, _: String, _: i64, _: i16, _: String) -> Result<(), ControllerError> {
+        Err(txns_not_built())
+    }
+    async fn txn_offset_commit(
+        &self,
+        _: String,
+        _: i64,
+        _: i16,
+        _: String,
+        _: Vec<super::groups::CommitOffset>,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        Err(txns_not_built())
+    }
+    async fn validate_txn_offset_commit(&self, _: String, _: String, _: Option<String>, _: i32) -> Result<(), GroupError> {
+        Err(groups_not_built())
+    }
+    async fn end_txn(&self, _: String, _: i64, _: i16, _: bool) -> Result<Option<TxnEnd>, ControllerError> {
+        Err(txns_not_built())
+    }
+    async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
+        Ok(Vec::new())
+    }
+    fn describe_transaction(&self, _: &str) -> Option<TxnDescription> {
+        None
+    }
+    fn pending_txn_offsets(&self, _: &str) -> Vec<super::groups::TopicPartition> {
+        Vec::new()
+    }
+    fn list_transactions(&self, _: &[String], _: &[i64], _: i64) -> Vec<TxnDescription> {
+        Vec::new()
+    }
+
     async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
         let r = self.call(|mut c, _| async move { c.init_producer_id(self.request(rpc::Empty {})).await }).await?;
         Ok((r.producer_id, r.epoch as i16))

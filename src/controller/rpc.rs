@@ -156,6 +156,9 @@ pub struct Extent {
     pub object_key: String,
     #[prost(uint64, tag = "15")]
     pub object_size: u64,
+    /// The producer's batches are transactional.
+    #[prost(bool, tag = "16")]
+    pub transactional: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -313,6 +316,7 @@ pub fn extent_info_to(e: &ExtentInfo) -> Extent {
         producer_epoch: e.producer.map(|p| p.epoch.into()).unwrap_or(0),
         first_sequence: e.producer.map(|p| p.first_sequence).unwrap_or(0),
         last_sequence: e.producer.map(|p| p.last_sequence).unwrap_or(0),
+        transactional: e.producer.is_some_and(|p| p.transactional),
         ..Default::default()
     }
 }
@@ -331,6 +335,7 @@ pub fn extent_info_from(e: &Extent) -> Result<ExtentInfo, ControllerError> {
             epoch: e.producer_epoch as i16,
             first_sequence: e.first_sequence,
             last_sequence: e.last_sequence,
+            transactional: e.transactional,
         }),
     })
 }
@@ -350,7 +355,10 @@ pub fn commit_to(r: &CommitRequest, epoch: u64) -> CommitObjectRequest {
 pub fn commit_from(r: CommitObjectRequest) -> Result<(CommitRequest, u64), ControllerError> {
     let extents = r.extents.iter().map(extent_info_from).collect::<Result<_, _>>()?;
     let wal = r.wal_log_id.map(|log_id| WalMark { log_id, entry_id: r.wal_entry_id });
-    Ok((CommitRequest { object_key: r.object_key, object_size_bytes: r.object_size_bytes, agent: r.agent, extents, wal }, r.epoch))
+    // Transaction markers are written only by the embedded controller (remote transactions are
+    // not built).
+    let txn_end = None;
+    Ok((CommitRequest { object_key: r.object_key, object_size_bytes: r.object_size_bytes, agent: r.agent, extents, wal, txn_end }, r.epoch))
 }
 
 pub fn extent_to(e: &ExtentRecord) -> Extent {
@@ -399,6 +407,11 @@ pub fn error_to(e: &ControllerError) -> Error {
         OutOfOrderSequence(m) => (9, m.clone()),
         InvalidProducerEpoch(m) => (10, m.clone()),
         Unavailable(m) => (11, m.clone()),
+        // Transaction errors arise only in the embedded controller (remote transactions are not
+        // built): they cross the wire as invalid requests.
+        ProducerFenced(m) | InvalidProducerIdMapping(m) | InvalidTxnState(m) | InvalidTransactionTimeout(m)
+        | ConcurrentTransactions(m) => (8, m.clone()),
+        OperationNotAttempted => (8, e.to_string()),
     };
     Error { kind, message }
 }
@@ -469,9 +482,10 @@ mod tests {
                 batch_count: 1,
                 offset_count: 4,
                 max_timestamp: 5,
-                producer: Some(ProducerBatch { producer_id: 7, epoch: 1, first_sequence: 0, last_sequence: 3 }),
+                producer: Some(ProducerBatch { producer_id: 7, epoch: 1, first_sequence: 0, last_sequence: 3, transactional: true }),
             }],
             wal: Some(WalMark { log_id: "w".into(), entry_id: 4 }),
+            txn_end: None,
         };
         assert_eq!(commit_from(commit_to(&req, 6)).unwrap(), (req, 6));
     }

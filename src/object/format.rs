@@ -44,12 +44,16 @@ pub struct ProducerBatch {
     pub epoch: i16,
     pub first_sequence: i32,
     pub last_sequence: i32,
+    /// Part of a transaction (attributes bit 4).
+    pub transactional: bool,
 }
 
 impl ProducerBatch {
-    /// Some for a batch with a producer id (idempotent or transactional producers).
+    /// Some for a data batch with a producer id (idempotent or transactional producers); None
+    /// for control batches (transaction markers carry a producer id but no sequence).
     pub fn of(header: &BatchHeader) -> Option<Self> {
-        (header.producer_id >= 0).then(|| ProducerBatch {
+        (header.producer_id >= 0 && !header.is_control()).then(|| ProducerBatch {
+            transactional: header.is_transactional(),
             producer_id: header.producer_id,
             epoch: header.producer_epoch,
             first_sequence: header.base_sequence,

@@ -19,6 +19,12 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::InvalidRequest(_) => K::InvalidRequest,
         ControllerError::OutOfOrderSequence(_) => K::OutOfOrderSequenceNumber,
         ControllerError::InvalidProducerEpoch(_) => K::InvalidProducerEpoch,
+        ControllerError::ProducerFenced(_) => K::ProducerFenced,
+        ControllerError::InvalidProducerIdMapping(_) => K::InvalidProducerIdMapping,
+        ControllerError::InvalidTxnState(_) => K::InvalidTxnState,
+        ControllerError::InvalidTransactionTimeout(_) => K::InvalidTransactionTimeout,
+        ControllerError::ConcurrentTransactions(_) => K::ConcurrentTransactions,
+        ControllerError::OperationNotAttempted => K::OperationNotAttempted,
         // Retriable for clients: they back off and try again.
         ControllerError::Unavailable(_) => K::RequestTimedOut,
     }

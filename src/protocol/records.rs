@@ -156,6 +156,79 @@ pub fn patch_header(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// Attributes of a transaction marker: transactional (bit 4) and control (bit 5).
+const CONTROL_ATTRIBUTES: i16 = 0x30;
+/// Control record key type of an abort marker (Kafka's ControlRecordType.ABORT); commit is 1.
+const CONTROL_TYPE_ABORT: i16 = 0;
+const CONTROL_TYPE_COMMIT: i16 = 1;
+
+/// A transaction marker: a control batch of one record whose key is (version 0, type abort 0 or
+/// commit 1) and whose value is Kafka's EndTxnMarker (version 0, coordinator epoch), with the
+/// producer's id and epoch, base sequence -1, base offset 0 (assigned at commit), CRC set.
+pub fn control_batch(producer_id: i64, producer_epoch: i16, commit: bool, timestamp_ms: i64, coordinator_epoch: i32) -> (Bytes, BatchHeader) {
+    let kind = if commit { CONTROL_TYPE_COMMIT } else { CONTROL_TYPE_ABORT };
+    let mut record = Vec::with_capacity(16);
+    record.push(0); // record attributes
+    record.push(0); // timestamp delta (zigzag varint 0)
+    record.push(0); // offset delta
+    record.push(4 << 1); // key length 4 (zigzag)
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&kind.to_be_bytes());
+    record.push(6 << 1); // value length 6 (zigzag)
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    record.push(0); // no headers
+    let mut b = Vec::with_capacity(BATCH_HEADER_BYTES + 1 + record.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // batch length, below
+    b.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    b.push(2);
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, below
+    b.extend_from_slice(&CONTROL_ATTRIBUTES.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&producer_epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes());
+    b.push((record.len() as u8) << 1); // record length (zigzag varint, < 64)
+    b.extend_from_slice(&record);
+    let len = (b.len() - LOG_OVERHEAD) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    let header = BatchHeader {
+        base_offset: 0,
+        size_bytes: b.len() as u32,
+        attributes: CONTROL_ATTRIBUTES,
+        last_offset_delta: 0,
+        base_timestamp: timestamp_ms,
+        max_timestamp: timestamp_ms,
+        producer_id,
+        producer_epoch,
+        base_sequence: -1,
+        record_count: 1,
+    };
+    (Bytes::from(b), header)
+}
+
+/// The marker type of a control batch: Some(true) commit, Some(false) abort, None if `batch`
+/// is not a whole transaction marker.
+pub fn marker_kind(batch: &[u8]) -> Option<bool> {
+    let h = peek_header(batch).ok().flatten()?;
+    // length, attributes, timestamp delta, offset delta, key length (one byte each), then the key.
+    let key = batch.get(BATCH_HEADER_BYTES + 5..BATCH_HEADER_BYTES + 9)?;
+    if !h.is_control() || h.record_count != 1 {
+        return None;
+    }
+    match i16::from_be_bytes([key[2], key[3]]) {
+        CONTROL_TYPE_ABORT => Some(false),
+        CONTROL_TYPE_COMMIT => Some(true),
+        _ => None,
+    }
+}
+
 /// Batches at least this large go out as slices of the read cache's buffers; smaller ones are
 /// copied (an iovec per small batch would cost more than the copy).
 pub const ZERO_COPY_MIN_BATCH_BYTES: usize = 4096;
@@ -287,6 +360,25 @@ pub fn encode_producer_batch(producer: Option<(i64, i16, i32)>, base_timestamp: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_markers_are_valid_control_batches() {
+        for commit in [true, false] {
+            let (b, h) = control_batch(42, 3, commit, 1_700_000_000_000, 0);
+            assert!(crc_ok(&b));
+            assert_eq!(peek_header(&b).unwrap().unwrap(), h);
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(h.offset_count(), 1);
+            assert_eq!(marker_kind(&b), Some(commit));
+            // A producer may not send one.
+            assert!(validate_produce(&b, 9).is_err());
+        }
+        assert_eq!(marker_kind(&encode_batch(0, &[b"a"])), None);
+        let (b, _) = control_batch(1, 0, true, 0, 0);
+        for len in 0..b.len() {
+            assert_eq!(marker_kind(&b[..len]), None); // truncated: never a panic
+        }
+    }
 
     #[test]
     fn a_valid_batch_round_trips_and_patches() {

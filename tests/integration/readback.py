@@ -14,10 +14,11 @@ def create_topic(bootstrap, name, partitions):
     admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
 
 
-def read_all(bootstrap, topic, partitions, expected_min, timeout=90.0):
-    """{partition: [(offset, value), ...]} for every record, in partition order."""
+def read_all(bootstrap, topic, partitions, expected_min, timeout=90.0, isolation="read_uncommitted"):
+    """{partition: [(offset, value), ...]} for every record, in partition order (read_committed:
+    up to the last stable offset)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "readback", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
+                  "auto.offset.reset": "earliest", "enable.partition.eof": True, "isolation.level": isolation})
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     got = {p: [] for p in range(partitions)}
     eof = set()
@@ -34,6 +35,7 @@ def read_all(bootstrap, topic, partitions, expected_min, timeout=90.0):
                         break
                     continue
                 raise AssertionError("consumer error: %s" % m.error())
+            eof.discard(m.partition())
             got[m.partition()].append((m.offset(), m.value()))
     finally:
         c.close()

@@ -20,6 +20,7 @@ TOOLS = "org.apache.kafka.tools."
 FIND_COORDINATOR = 10
 JOIN_GROUP = 11
 CONSUMER_GROUP_HEARTBEAT = 68
+ADD_PARTITIONS_TO_TXN = 24
 
 
 def topic_name(prefix):
@@ -269,3 +270,29 @@ def test_streams_word_count(server, request, tmp_path):
     require_apis(server, FIND_COORDINATOR, JOIN_GROUP)
     obs = record(request, observations(run(compat("wordcount", server.bootstrap, topic_name("streams"), tmp_path))[0]))
     assert obs == {"wordcount.words": "8", "wordcount.kafka": "3"}
+
+
+def test_streams_word_count_exactly_once_v2(server, request, tmp_path):
+    """The same topology with processing.guarantee=exactly_once_v2: one transactional producer
+    per stream thread, offsets committed in its transactions, read back read_committed."""
+    require_apis(server, FIND_COORDINATOR, JOIN_GROUP, ADD_PARTITIONS_TO_TXN)
+    obs = record(request, observations(run(compat("wordcount", server.bootstrap, topic_name("streams-eos"), tmp_path,
+                                                  "exactly_once_v2"))[0]))
+    assert obs == {"wordcount.words": "8", "wordcount.kafka": "3"}
+
+
+# ------------------------------------------------------------------------- transactions
+
+def test_transactional_producer_and_read_committed_consumer(server, request):
+    """Commit, abort, commit; read_committed vs read_uncommitted; fencing by a second producer
+    with the same transactional.id; Admin describeTransactions and listTransactions."""
+    require_apis(server, ADD_PARTITIONS_TO_TXN)
+    obs = record(request, observations(run(compat("transactions", server.bootstrap, topic_name("java-txn")))[0]))
+    assert obs == {
+        "txn.read_committed": "20",
+        "txn.read_uncommitted": "30",
+        "txn.zombie.commit": "ProducerFencedException",
+        "txn.after.fencing": "21",
+        "txn.describe.state": "CompleteCommit",
+        "txn.list.fence": "1",
+    }

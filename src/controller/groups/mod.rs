@@ -580,6 +580,39 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// TxnOffsetCommit's member check (KIP-447): a request naming a generation or member must
+    /// come from a current member, as for OffsetCommit; one naming neither (clients before
+    /// TxnOffsetCommit v3) is not checked, as in Kafka.
+    pub fn validate_txn_offset_commit(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> Result<(), GroupError> {
+        Self::check_group_id(group_id)?;
+        if generation < 0 && member_id.is_empty() && instance_id.is_none() {
+            return Ok(());
+        }
+        let mut groups = self.groups();
+        let e = groups.get_mut(group_id).ok_or(GroupError::IllegalGeneration)?;
+        match &mut e.kind {
+            Kind::Classic(g) => g.validate_offset_commit(Instant::now(), member_id, instance_id, generation),
+            Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9),
+        }
+    }
+
+    /// Blocking. Offsets a committed transaction makes visible: `write` stores them (in the
+    /// store transaction that commits the markers), then memory follows, under the same lock
+    /// as OffsetCommit so store and memory see every commit in the same order.
+    pub fn install_txn_offsets<E>(&self, records: &[GroupOffsetRecord], write: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let _w = lock(&self.offsets_write);
+        write()?;
+        let mut groups = self.groups();
+        for r in records {
+            let e = groups.entry(r.group_id.clone()).or_insert_with(|| Entry::new(Kind::Classic(ClassicGroup::new())));
+            e.offsets.insert(
+                (r.topic.clone(), r.partition),
+                CommittedOffset { offset: r.offset, leader_epoch: r.leader_epoch, metadata: r.metadata.clone(), commit_ms: r.commit_ms },
+            );
+        }
+        Ok(())
+    }
+
     /// OffsetFetch: the committed offsets of `partitions` (every committed one when `None`).
     /// `member` (OffsetFetch v9: member id and epoch) is checked for KIP-848 groups.
     pub fn fetch_offsets(

@@ -42,7 +42,8 @@ pub enum StoreError {
 }
 
 /// One object's commit: the object, its planned extents, its WAL mark, the producer states.
-pub type ObjectCommit<'a> = (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a super::WalMark>, &'a [(ProducerKey, ProducerState)]);
+pub type ObjectCommit<'a> =
+    (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a super::WalMark>, &'a [(ProducerKey, ProducerState)], &'a TxnEffects);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -105,6 +106,43 @@ pub struct Snapshot {
     pub topics: Vec<TopicRecord>,
     pub partitions: Vec<PartitionRecord>,
     pub producers: Vec<(ProducerKey, ProducerState)>,
+    /// Transactional id and its encoded state (`controller::txn::encode`).
+    pub transactions: Vec<(String, String)>,
+    /// Every partition's open transactions (they hold back the last stable offset).
+    pub open_txns: Vec<OpenTxnRecord>,
+}
+
+/// A transaction open in a partition: its producer wrote data from `first_offset` on and no
+/// marker closed it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenTxnRecord {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub first_offset: i64,
+}
+
+/// An aborted transaction in a partition: data of `producer_id` in `[first_offset,
+/// last_offset]` (the abort marker's offset) is skipped by read_committed consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxnRecord {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+/// What a commit changes in the transactions' state, written in the commit's store transaction.
+#[derive(Debug, Clone, Default)]
+pub struct TxnEffects {
+    pub opened: Vec<OpenTxnRecord>,
+    pub closed: Vec<OpenTxnRecord>,
+    pub aborted: Vec<AbortedTxnRecord>,
+    /// A transaction completed by this commit's markers: id and encoded state.
+    pub transaction: Option<(String, String)>,
+    /// Offsets a committed transaction makes visible to their groups.
+    pub group_offsets: Vec<GroupOffsetRecord>,
 }
 
 pub trait MetadataStore: Send + Sync + 'static {
@@ -118,8 +156,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
     /// In one transaction: records the object and its extents, moves each extent's partition
     /// `next_offset` from the extent's `base_offset` to its `end_offset` (`Stale` and nothing
-    /// written if the partition is no longer at `base_offset`), raises the WAL mark if one is given, and
-    /// writes the idempotent producers' states.
+    /// written if the partition is no longer at `base_offset`), raises the WAL mark if one is
+    /// given, and writes the idempotent producers' states and the transactions' effects.
     /// `Conflict` if the key was doomed as an orphan ([`MetadataStore::doom_uncommitted`]):
     /// such a key can never be committed.
     fn commit_object(
@@ -128,12 +166,25 @@ pub trait MetadataStore: Send + Sync + 'static {
         extents: &[ExtentRecord],
         wal: Option<&super::WalMark>,
         producers: &[(ProducerKey, ProducerState)],
+        txn: &TxnEffects,
     ) -> Result<(), StoreError>;
     /// Group commit: every commit of `commits` (in order) in one transaction, all or none.
     fn commit_objects(&self, commits: &[ObjectCommit<'_>]) -> Result<(), StoreError>;
     /// Registers (or re-registers) an agent: its new epoch, higher than any it had before, so
     /// the agent's earlier incarnation is fenced.
     fn register_agent(&self, name: &str) -> Result<u64, StoreError>;
+    /// Inserts or replaces a transactional id's encoded state.
+    fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError>;
+    /// Aborted transactions of a partition that overlap `[from_offset, to_offset)`, by first
+    /// offset, at most `limit`: `(producer id, first offset)`.
+    fn aborted_txns(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, i64)>, StoreError>;
     /// A producer id never handed out before.
     fn allocate_producer_id(&self) -> Result<i64, StoreError>;
     /// Forgets producer states last seen before `before_ms`.

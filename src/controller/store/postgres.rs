@@ -25,7 +25,7 @@ use crate::controller::WalMark;
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
-use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
+use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord, TxnEffects};
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
 /// 3: agent epochs and the controller lease.
@@ -87,6 +87,9 @@ pub struct LeaseHolder {
     /// Whether the lease is still running (by the database's clock).
     pub live: bool,
 }
+
+/// Transactions (their tables and markers) exist on the SQLite store only so far.
+const TXNS_NOT_BUILT: &str = "transactions are not built on the PostgreSQL store yet; use the embedded SQLite store";
 
 pub struct PgStore {
     url: String,
@@ -353,7 +356,8 @@ impl MetadataStore for PgStore {
                     },
                 ));
             }
-            Ok(Snapshot { cluster_id, topics, partitions, producers })
+            // Transactions are not built on PostgreSQL: none is ever stored.
+            Ok(Snapshot { cluster_id, topics, partitions, producers, transactions: Vec::new(), open_txns: Vec::new() })
         })
     }
 
@@ -418,14 +422,9 @@ impl MetadataStore for PgStore {
         extents: &[ExtentRecord],
         wal: Option<&WalMark>,
         producers: &[(ProducerKey, ProducerState)],
+        txn: &TxnEffects,
     ) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
-            let statements = Statements::prepare(&mut tx)?;
-            commit_in(&mut tx, &statements, o, extents, wal, producers)?;
-            tx.commit().map_err(unavailable)
-        })
+        self.commit_objects(&[(o, extents, wal, producers, txn)])
     }
 
     fn commit_objects(&self, commits: &[super::ObjectCommit<'_>]) -> Result<(), StoreError> {
@@ -433,11 +432,23 @@ impl MetadataStore for PgStore {
             let mut tx = c.transaction().map_err(unavailable)?;
             self.check_fence(&mut tx)?;
             let statements = Statements::prepare(&mut tx)?;
-            for (o, extents, wal, producers) in commits {
+            for (o, extents, wal, producers, txn) in commits {
+                let TxnEffects { opened, closed, aborted, transaction, group_offsets } = *txn;
+                if !(opened.is_empty() && closed.is_empty() && aborted.is_empty() && transaction.is_none() && group_offsets.is_empty()) {
+                    return Err(StoreError::Conflict(TXNS_NOT_BUILT.into()));
+                }
                 commit_in(&mut tx, &statements, o, extents, *wal, producers)?;
             }
             tx.commit().map_err(unavailable)
         })
+    }
+
+    fn put_transaction(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::Conflict(TXNS_NOT_BUILT.into()))
+    }
+
+    fn aborted_txns(&self, _: Uuid, _: i32, _: i64, _: i64, _: u32) -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(Vec::new())
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {

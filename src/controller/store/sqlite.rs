@@ -13,11 +13,15 @@ use crate::controller::WalMark;
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
-use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord};
+use super::{
+    ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError,
+    TopicRecord, TxnEffects,
+};
 
 /// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
-/// epochs.
-const SCHEMA_VERSION: i32 = 3;
+/// epochs. Version 4: transactions, open transactions per partition, the aborted transaction
+/// index.
+const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +61,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
             commit_ms INTEGER NOT NULL, PRIMARY KEY (group_id, topic, partition)) WITHOUT ROWID;",
     ),
     (3, "CREATE TABLE IF NOT EXISTS agents (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL);"),
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS transactions (transactional_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS open_txns (
+            topic_id BLOB NOT NULL, partition INTEGER NOT NULL, producer_id INTEGER NOT NULL,
+            first_offset INTEGER NOT NULL, PRIMARY KEY (topic_id, partition, producer_id)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS aborted_txns (
+            topic_id BLOB NOT NULL, partition INTEGER NOT NULL, last_offset INTEGER NOT NULL,
+            producer_id INTEGER NOT NULL, first_offset INTEGER NOT NULL,
+            PRIMARY KEY (topic_id, partition, last_offset)) WITHOUT ROWID;",
+    ),
 ];
 
 pub struct SqliteStore {
@@ -193,7 +208,27 @@ impl MetadataStore for SqliteStore {
             .map_err(unavailable)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
-        Ok(Snapshot { cluster_id, topics, partitions, producers })
+        let mut stmt = c.prepare("SELECT transactional_id, body FROM transactions").map_err(unavailable)?;
+        let transactions = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let mut stmt =
+            c.prepare("SELECT topic_id, partition, producer_id, first_offset FROM open_txns").map_err(unavailable)?;
+        let open_txns = stmt
+            .query_map([], |r| {
+                Ok(OpenTxnRecord {
+                    topic_id: uuid_from(r.get(0)?)?,
+                    partition: r.get(1)?,
+                    producer_id: r.get(2)?,
+                    first_offset: r.get(3)?,
+                })
+            })
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
     }
 
     fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
@@ -230,7 +265,7 @@ impl MetadataStore for SqliteStore {
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
-        for table in ["topic_configs", "partitions", "extents", "producer_states"] {
+        for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
                 .map_err(unavailable)?;
         }
@@ -260,15 +295,16 @@ impl MetadataStore for SqliteStore {
         extents: &[ExtentRecord],
         wal: Option<&WalMark>,
         producers: &[(ProducerKey, ProducerState)],
+        txn: &TxnEffects,
     ) -> Result<(), StoreError> {
-        self.commit_objects(&[(o, extents, wal, producers)])
+        self.commit_objects(&[(o, extents, wal, producers, txn)])
     }
 
     fn commit_objects(&self, commits: &[ObjectCommit<'_>]) -> Result<(), StoreError> {
         let mut c = lock(&self.writer);
         let tx = c.transaction().map_err(unavailable)?;
-        for (o, extents, wal, producers) in commits {
-            commit_in(&tx, o, extents, *wal, producers)?;
+        for (o, extents, wal, producers, txn) in commits {
+            commit_in(&tx, o, extents, *wal, producers, txn)?;
         }
         tx.commit().map_err(unavailable)
     }
@@ -284,6 +320,36 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(unavailable)?;
         Ok(epoch as u64)
+    }
+
+    fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError> {
+        let c = lock(&self.writer);
+        c.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![transactional_id, body])
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn aborted_txns(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let c = lock(&self.reader);
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT producer_id, first_offset FROM aborted_txns WHERE topic_id = ?1 AND partition = ?2 \
+                 AND last_offset >= ?3 AND first_offset < ?4 ORDER BY first_offset LIMIT ?5",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, to_offset, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
@@ -445,6 +511,7 @@ fn commit_in(
     extents: &[ExtentRecord],
     wal: Option<&WalMark>,
     producers: &[(ProducerKey, ProducerState)],
+    txn: &TxnEffects,
 ) -> Result<(), StoreError> {
     let doomed: Option<i64> = tx
         .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
@@ -504,6 +571,41 @@ fn commit_in(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET \
              epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
             params![pid, topic.as_bytes().as_slice(), partition, state.epoch, encode_batches(&state.batches), state.last_seen_ms],
+        )
+        .map_err(unavailable)?;
+    }
+    for o in &txn.opened {
+        tx.execute(
+            "INSERT OR IGNORE INTO open_txns (topic_id, partition, producer_id, first_offset) VALUES (?1, ?2, ?3, ?4)",
+            params![o.topic_id.as_bytes().as_slice(), o.partition, o.producer_id, o.first_offset],
+        )
+        .map_err(unavailable)?;
+    }
+    for o in &txn.closed {
+        tx.execute(
+            "DELETE FROM open_txns WHERE topic_id = ?1 AND partition = ?2 AND producer_id = ?3",
+            params![o.topic_id.as_bytes().as_slice(), o.partition, o.producer_id],
+        )
+        .map_err(unavailable)?;
+    }
+    for a in &txn.aborted {
+        tx.execute(
+            "INSERT OR REPLACE INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![a.topic_id.as_bytes().as_slice(), a.partition, a.last_offset, a.producer_id, a.first_offset],
+        )
+        .map_err(unavailable)?;
+    }
+    if let Some((id, body)) = &txn.transaction {
+        tx.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![id, body])
+            .map_err(unavailable)?;
+    }
+    for o in &txn.group_offsets {
+        tx.execute(
+            "INSERT OR REPLACE INTO group_offsets \
+             (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![o.group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata, o.commit_ms],
         )
         .map_err(unavailable)?;
     }

@@ -88,12 +88,12 @@ fn contract(s: &dyn MetadataStore) {
     let wal = WalMark { log_id: "w".into(), entry_id: 7 };
     let producer: (log::ProducerKey, ProducerState) =
         ((42, t.id, 0), ProducerState { epoch: 3, batches: VecDeque::new(), last_seen_ms: 77 });
-    s.commit_object(&object("o1"), &e1, Some(&wal), std::slice::from_ref(&producer)).unwrap();
+    s.commit_object(&object("o1"), &e1, Some(&wal), std::slice::from_ref(&producer), &TxnEffects::default()).unwrap();
     assert!(matches!(
-        s.commit_object(&object("o2"), &[extent(t.id, 0, 3, 6, "o2", 0)], None, &[]),
+        s.commit_object(&object("o2"), &[extent(t.id, 0, 3, 6, "o2", 0)], None, &[], &TxnEffects::default()),
         Err(StoreError::Stale(_))
     ));
-    assert!(matches!(s.commit_object(&object("o1"), &[extent(t.id, 0, 5, 6, "o1", 0)], None, &[]), Err(StoreError::Stale(_))));
+    assert!(matches!(s.commit_object(&object("o1"), &[extent(t.id, 0, 5, 6, "o1", 0)], None, &[], &TxnEffects::default()), Err(StoreError::Stale(_))));
     assert_eq!(s.committed_extents("o2").unwrap(), None, "a refused commit writes nothing");
     assert_eq!(s.committed_extents("o1").unwrap().unwrap(), e1.to_vec());
     assert_eq!(s.wal_mark("w").unwrap(), 7);
@@ -104,13 +104,13 @@ fn contract(s: &dyn MetadataStore) {
     let e3 = [extent(t.id, 0, 5, 8, "o3", 0)];
     let e4 = [extent(t.id, 0, 8, 9, "o4", 0)];
     let low = WalMark { log_id: "w".into(), entry_id: 3 };
-    s.commit_objects(&[(&o3, &e3, Some(&low), &[]), (&o4, &e4, None, &[])]).unwrap();
+    s.commit_objects(&[(&o3, &e3, Some(&low), &[], &TxnEffects::default()), (&o4, &e4, None, &[], &TxnEffects::default())]).unwrap();
     assert_eq!(s.wal_mark("w").unwrap(), 7, "the WAL mark never goes back");
     let o5 = object("o5");
     let o6 = object("o6");
     let e5 = [extent(t.id, 1, 2, 4, "o5", 0)];
     let e6_stale = [extent(t.id, 0, 0, 1, "o6", 0)];
-    assert!(matches!(s.commit_objects(&[(&o5, &e5, None, &[]), (&o6, &e6_stale, None, &[])]), Err(StoreError::Stale(_))));
+    assert!(matches!(s.commit_objects(&[(&o5, &e5, None, &[], &TxnEffects::default()), (&o6, &e6_stale, None, &[], &TxnEffects::default())]), Err(StoreError::Stale(_))));
     assert_eq!(s.committed_extents("o5").unwrap(), None, "a failed group commit writes none of it");
 
     let found = s.find_extents(t.id, 0, 6, 10).unwrap();
@@ -122,7 +122,7 @@ fn contract(s: &dyn MetadataStore) {
 
     // Orphans: a doomed key can never be committed; a committed one is never doomed.
     assert_eq!(s.doom_uncommitted(&["o1".into(), "o7".into()], 100).unwrap(), vec![false, true]);
-    assert!(matches!(s.commit_object(&object("o7"), &[extent(t.id, 1, 2, 3, "o7", 0)], None, &[]), Err(StoreError::Conflict(_))));
+    assert!(matches!(s.commit_object(&object("o7"), &[extent(t.id, 1, 2, 3, "o7", 0)], None, &[], &TxnEffects::default()), Err(StoreError::Conflict(_))));
 
     let snap = s.load("x").unwrap();
     assert_eq!(snap.topics, vec![t.clone()]);
@@ -215,9 +215,9 @@ fn postgres_lease_has_one_holder_and_fences_the_previous_one() {
     assert!(eb > ea);
     // a's writes are refused from now on, even though its view says partition 0 is at 0.
     let e = [extent(t.id, 0, 0, 1, "late", 0)];
-    assert!(matches!(a.commit_object(&object("late"), &e, None, &[]), Err(StoreError::Fenced(_))));
+    assert!(matches!(a.commit_object(&object("late"), &e, None, &[], &TxnEffects::default()), Err(StoreError::Fenced(_))));
     assert!(!a.renew_lease(ttl_ms).unwrap());
-    b.commit_object(&object("o1"), &e, None, &[]).unwrap();
+    b.commit_object(&object("o1"), &e, None, &[], &TxnEffects::default()).unwrap();
     assert_eq!(b.committed_extents("late").unwrap(), None);
     b.release_lease().unwrap();
     assert!(!b.lease_holder().unwrap().unwrap().live);

@@ -1,13 +1,15 @@
 //! Fetch: many partitions per request, long-polling on commit notifications until `min_bytes`
 //! are available or `max_wait_ms` passes, in or out of a fetch session (KIP-227, see
 //! [`crate::protocol::fetch_session`]): incremental fetches name only what changed, and their
-//! answers leave out partitions with nothing new.
+//! answers leave out partitions with nothing new. isolation_level 1 (read_committed) reads up
+//! to the last stable offset and lists the aborted transactions of what it returns.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::ProducerId;
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::time::{Duration, Instant};
 
@@ -133,21 +135,29 @@ async fn read_once(
             }
             Some(meta) => {
                 let budget = (w.partition_max_bytes.max(0) as u64).min(max_bytes.saturating_sub(total));
-                match agent.read_partition(meta.id, key.partition, w.fetch_offset, budget, total == 0).await {
+                let read_committed = req.isolation_level == 1;
+                match agent.read_partition(meta.id, key.partition, w.fetch_offset, budget, total == 0, read_committed).await {
                     Ok(read) => {
                         total += read.records.len() as u64;
+                        let aborted = read.aborted.map(|a| {
+                            a.into_iter()
+                                .map(|(pid, first)| AbortedTransaction::default().with_producer_id(ProducerId(pid)).with_first_offset(first))
+                                .collect()
+                        });
                         data = data
                             .with_high_watermark(read.high_watermark)
-                            .with_last_stable_offset(read.high_watermark)
-                            .with_log_start_offset(read.log_start_offset);
+                            .with_last_stable_offset(read.last_stable_offset)
+                            .with_log_start_offset(read.log_start_offset)
+                            .with_aborted_transactions(aborted);
                         records = Some(read.records);
                     }
                     Err(e) => {
                         any_error = true;
                         if let Ok(o) = agent.controller.offsets(meta.id, key.partition) {
+                            let lso = agent.controller.last_stable_offset(meta.id, key.partition).unwrap_or(o.next_offset);
                             data = data
                                 .with_high_watermark(o.next_offset)
-                                .with_last_stable_offset(o.next_offset)
+                                .with_last_stable_offset(lso)
                                 .with_log_start_offset(o.log_start_offset);
                         }
                         data = data.with_error_code(agent_code(&e));

@@ -1,6 +1,7 @@
 //! ListOffsets: earliest (-2, and -4 earliest-local), latest (-1), max timestamp (-3), and
 //! offsets by timestamp. Lookups by timestamp resolve to a record batch: the answer is the
-//! base offset of the first batch whose max timestamp is at or after the target.
+//! base offset of the first batch whose max timestamp is at or after the target. Latest with
+//! isolation_level 1 (read_committed) is the last stable offset.
 
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
@@ -26,7 +27,7 @@ pub async fn handle(agent: &Agent, version: i16, req: ListOffsetsRequest) -> Lis
             let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let found = match &meta {
                 None => Err(AgentError::UnknownTopicOrPartition),
-                Some(meta) => lookup(agent, meta.id, p.partition_index, meta.partitions, p.timestamp).await,
+                Some(meta) => lookup(agent, meta.id, p.partition_index, meta.partitions, p.timestamp, req.isolation_level == 1).await,
             };
             partitions.push(match found {
                 Ok(Some((offset, timestamp))) => {
@@ -50,12 +51,14 @@ async fn lookup(
     partition: i32,
     partitions: i32,
     timestamp: i64,
+    read_committed: bool,
 ) -> Result<Option<(i64, i64)>, AgentError> {
     if partition < 0 || partition >= partitions {
         return Err(AgentError::UnknownTopicOrPartition);
     }
     let o = agent.controller.offsets(topic_id, partition)?;
     match timestamp {
+        LATEST if read_committed => Ok(Some((agent.controller.last_stable_offset(topic_id, partition)?, -1))),
         LATEST | LATEST_TIERED => Ok(Some((o.next_offset, -1))),
         EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Ok(Some((o.log_start_offset, -1))),
         MAX_TIMESTAMP => match agent.controller.extent_with_max_timestamp(topic_id, partition).await? {

@@ -16,12 +16,15 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producers;
+mod transactions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest,
+    ListTransactionsRequest, TxnOffsetCommitRequest,
     ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreateTopicsRequest,
     DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
     DescribeTopicPartitionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
@@ -61,6 +64,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::AddPartitionsToTxn, 0, 5),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -106,6 +115,12 @@ pub enum Request {
     DeleteGroups(DeleteGroupsRequest),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
     ConsumerGroupDescribe(ConsumerGroupDescribeRequest),
+    AddPartitionsToTxn(AddPartitionsToTxnRequest),
+    AddOffsetsToTxn(AddOffsetsToTxnRequest),
+    EndTxn(EndTxnRequest),
+    TxnOffsetCommit(TxnOffsetCommitRequest),
+    DescribeTransactions(DescribeTransactionsRequest),
+    ListTransactions(ListTransactionsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -177,6 +192,12 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DeleteGroups => decode!(DeleteGroups, DeleteGroupsRequest),
         ApiKey::ConsumerGroupHeartbeat => decode!(ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest),
         ApiKey::ConsumerGroupDescribe => decode!(ConsumerGroupDescribe, ConsumerGroupDescribeRequest),
+        ApiKey::AddPartitionsToTxn => decode!(AddPartitionsToTxn, AddPartitionsToTxnRequest),
+        ApiKey::AddOffsetsToTxn => decode!(AddOffsetsToTxn, AddOffsetsToTxnRequest),
+        ApiKey::EndTxn => decode!(EndTxn, EndTxnRequest),
+        ApiKey::TxnOffsetCommit => decode!(TxnOffsetCommit, TxnOffsetCommitRequest),
+        ApiKey::DescribeTransactions => decode!(DescribeTransactions, DescribeTransactionsRequest),
+        ApiKey::ListTransactions => decode!(ListTransactions, ListTransactionsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -208,7 +229,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
-        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, r).await),
+        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, version, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
         Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
         Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r)),
@@ -225,6 +246,12 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
         Request::DeleteGroups(r) => ctx.respond(&groups::delete_groups(&agent, r).await),
         Request::ConsumerGroupHeartbeat(r) => ctx.respond(&consumer_groups::heartbeat(&agent, version, r, &client).await),
         Request::ConsumerGroupDescribe(r) => ctx.respond(&consumer_groups::describe(&agent, version, r).await),
+        Request::AddPartitionsToTxn(r) => ctx.respond(&transactions::add_partitions_to_txn(&agent, version, r).await),
+        Request::AddOffsetsToTxn(r) => ctx.respond(&transactions::add_offsets_to_txn(&agent, version, r).await),
+        Request::EndTxn(r) => ctx.respond(&transactions::end_txn(&agent, version, r).await),
+        Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, version, r).await),
+        Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, r)),
+        Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, version, r)),
     }
 }
 

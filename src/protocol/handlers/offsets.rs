@@ -1,6 +1,7 @@
 //! Committed offsets: OffsetCommit, OffsetFetch (single group up to v7, several from v8) and
 //! OffsetDelete, forwarded to the controller's group coordinator, which persists them.
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
 use kafka_protocol::messages::offset_fetch_response::{
@@ -95,21 +96,27 @@ pub async fn offset_fetch(agent: &Agent, version: i16, req: OffsetFetchRequest) 
             let member = if version >= 9 { g.member_id.map(|m| (m.to_string(), g.member_epoch)) } else { None };
             let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             let fetched = agent.controller.fetch_offsets(g.group_id.0.to_string(), partitions, member).await;
+            let unstable = if req.require_stable { agent.controller.pending_txn_offsets(&g.group_id.0) } else { Vec::new() };
             groups.push(match fetched {
                 Err(e) => out.with_error_code(group_code(&e)),
                 Ok(found) => out.with_topics(
                     by_topic(found)
                         .into_iter()
                         .map(|(t, ps)| {
-                            OffsetFetchResponseTopics::default().with_name(TopicName(str_bytes(t))).with_partitions(
+                            OffsetFetchResponseTopics::default().with_name(TopicName(str_bytes(t.clone()))).with_partitions(
                                 ps.into_iter()
                                     .map(|(p, c)| {
                                         let (offset, epoch, metadata) = offset_fields(&c);
-                                        OffsetFetchResponsePartitions::default()
+                                        let r = OffsetFetchResponsePartitions::default()
                                             .with_partition_index(p)
                                             .with_committed_offset(offset)
                                             .with_committed_leader_epoch(epoch)
-                                            .with_metadata(Some(str_bytes(metadata)))
+                                            .with_metadata(Some(str_bytes(metadata)));
+                                        if unstable.iter().any(|(ut, up)| *ut == t && *up == p) {
+                                            r.with_committed_offset(-1).with_error_code(ResponseError::UnstableOffsetCommit.code())
+                                        } else {
+                                            r
+                                        }
                                     })
                                     .collect(),
                             )
@@ -122,8 +129,21 @@ pub async fn offset_fetch(agent: &Agent, version: i16, req: OffsetFetchRequest) 
     }
     let partitions = requested(req.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()));
     let asked = partitions.clone().unwrap_or_default();
+    let unstable = if version >= 7 && req.require_stable { agent.controller.pending_txn_offsets(&req.group_id.0) } else { Vec::new() };
     match agent.controller.fetch_offsets(req.group_id.0.to_string(), partitions, None).await {
-        Ok(found) => OffsetFetchResponse::default().with_topics(fetch_topics(version, found, None)),
+        Ok(found) => {
+            let mut topics = fetch_topics(version, found, None);
+            // KIP-447: offsets pending in an ongoing transaction are not stable yet.
+            for t in &mut topics {
+                for p in &mut t.partitions {
+                    if unstable.iter().any(|(ut, up)| *ut == *t.name.0 && *up == p.partition_index) {
+                        p.committed_offset = -1;
+                        p.error_code = ResponseError::UnstableOffsetCommit.code();
+                    }
+                }
+            }
+            OffsetFetchResponse::default().with_topics(topics)
+        }
         // v1 has no top-level error: every asked partition carries it.
         Err(e) if version < 2 => {
             OffsetFetchResponse::default().with_topics(fetch_topics(version, asked.into_iter().map(|p| (p, None)).collect(), Some(&e)))

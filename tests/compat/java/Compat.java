@@ -32,7 +32,8 @@ public class Compat {
             case "produce" -> produce(bootstrap, topic, Integer.parseInt(args[3]), Integer.parseInt(args[4]));
             case "consume-assign" -> consumeAssign(bootstrap, topic, Integer.parseInt(args[3]), args.length > 4 ? args[4] : null);
             case "admin" -> admin(bootstrap, topic);
-            case "wordcount" -> wordCount(bootstrap, topic, args[3]);
+            case "wordcount" -> wordCount(bootstrap, topic, args[3], args.length > 4 ? args[4] : StreamsConfig.AT_LEAST_ONCE);
+            case "transactions" -> transactions(bootstrap, topic);
             case "consume-group" -> consumeGroup(bootstrap, topic, Integer.parseInt(args[3]), args[4], args[5]);
             default -> fail("unknown scenario " + scenario);
         }
@@ -171,7 +172,7 @@ public class Compat {
 
     /** Kafka Streams word count (the quickstart's WordCountDemo topology): lines into
      *  `<topic>-in`, counts out of `<topic>-out`, read back until every word has its final count. */
-    static void wordCount(String bootstrap, String topic, String stateDir) throws Exception {
+    static void wordCount(String bootstrap, String topic, String stateDir, String guarantee) throws Exception {
         String in = topic + "-in", out = topic + "-out";
         Properties ap = new Properties();
         ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
@@ -196,6 +197,7 @@ public class Compat {
         sp.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.String().getClass());
         sp.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.String().getClass());
         sp.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        sp.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
         sp.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
         sp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
         StreamsBuilder builder = new StreamsBuilder();
@@ -212,6 +214,7 @@ public class Compat {
             cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
             cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
             cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
+            cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
             try (KafkaConsumer<String, Long> consumer = new KafkaConsumer<>(cp)) {
                 List<TopicPartition> tps = List.of(new TopicPartition(out, 0), new TopicPartition(out, 1));
                 consumer.assign(tps);
@@ -228,6 +231,99 @@ public class Compat {
         }
         obs("wordcount.words", counts.size());
         obs("wordcount.kafka", counts.get("kafka"));
+    }
+
+    static KafkaProducer<String, String> txnProducer(String bootstrap, String txnId) {
+        Properties p = new Properties();
+        p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        p.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, txnId);
+        KafkaProducer<String, String> producer = new KafkaProducer<>(p);
+        producer.initTransactions();
+        return producer;
+    }
+
+    /** Reads every partition of `topic` to its end offset (the LSO for read_committed). */
+    static List<String> readAll(String bootstrap, String topic, String isolation) {
+        Properties p = new Properties();
+        p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, isolation);
+        List<String> out = new ArrayList<>();
+        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p)) {
+            List<TopicPartition> tps = new ArrayList<>();
+            for (PartitionInfo pi : consumer.partitionsFor(topic, DEADLINE)) tps.add(new TopicPartition(topic, pi.partition()));
+            consumer.assign(tps);
+            consumer.seekToBeginning(tps);
+            Map<TopicPartition, Long> end = consumer.endOffsets(tps, DEADLINE);
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            while (tps.stream().anyMatch(tp -> consumer.position(tp) < end.get(tp))) {
+                check(System.nanoTime() < deadline, "read " + out.size() + " records, not at the end offsets " + end);
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) out.add(r.value());
+            }
+        }
+        Collections.sort(out);
+        return out;
+    }
+
+    /** A transactional producer commits one transaction, aborts one, commits another; a
+     *  read_committed consumer sees only the committed records, read_uncommitted sees all; a
+     *  second producer with the same transactional.id fences the first. */
+    static void transactions(String bootstrap, String topic) throws Exception {
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic(topic, 2, (short) 1))).all().get();
+        }
+        List<String> committed = new ArrayList<>();
+        try (KafkaProducer<String, String> producer = txnProducer(bootstrap, "java-" + topic)) {
+            for (String prefix : List.of("c1", "ab", "c2")) {
+                producer.beginTransaction();
+                for (int i = 0; i < 10; i++) producer.send(new ProducerRecord<>(topic, "k" + i, prefix + "-" + i));
+                if (prefix.equals("ab")) {
+                    producer.flush(); // else the client drops the unsent records on abort
+                    producer.abortTransaction();
+                } else {
+                    producer.commitTransaction();
+                    for (int i = 0; i < 10; i++) committed.add(prefix + "-" + i);
+                }
+            }
+        }
+        Collections.sort(committed);
+        List<String> readCommitted = readAll(bootstrap, topic, "read_committed");
+        check(readCommitted.equals(committed), "read_committed saw " + readCommitted);
+        obs("txn.read_committed", readCommitted.size());
+        obs("txn.read_uncommitted", readAll(bootstrap, topic, "read_uncommitted").size());
+
+        KafkaProducer<String, String> zombie = txnProducer(bootstrap, "java-fence-" + topic);
+        zombie.beginTransaction();
+        zombie.send(new ProducerRecord<>(topic, "z", "zombie")).get();
+        try (KafkaProducer<String, String> live = txnProducer(bootstrap, "java-fence-" + topic)) {
+            String outcome = "committed";
+            try {
+                zombie.commitTransaction();
+            } catch (KafkaException e) {
+                outcome = e.getClass().getSimpleName();
+            }
+            obs("txn.zombie.commit", outcome);
+            live.beginTransaction();
+            live.send(new ProducerRecord<>(topic, "l", "live"));
+            live.commitTransaction();
+        } finally {
+            zombie.close(Duration.ZERO);
+        }
+        List<String> after = readAll(bootstrap, topic, "read_committed");
+        check(!after.contains("zombie") && after.contains("live"), "after fencing read_committed saw " + after);
+        obs("txn.after.fencing", after.size());
+        try (Admin admin = Admin.create(ap)) {
+            TransactionDescription d = admin.describeTransactions(List.of("java-" + topic)).all().get().get("java-" + topic);
+            obs("txn.describe.state", d.state());
+            long listed = admin.listTransactions().all().get().stream()
+                .filter(l -> l.transactionalId().equals("java-fence-" + topic)).count();
+            obs("txn.list.fence", listed);
+        }
     }
 
     /** AdminClient: create (with a config), list, describe topics and configs, describe the

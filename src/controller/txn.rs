@@ -1,0 +1,986 @@
+//! Transactions: the transaction coordinator's state machine (Kafka's TransactionMetadata) and
+//! the controller methods behind the transactional APIs.
+//!
+//! One [`Transaction`] per transactional id: its producer id and epoch, its timeout, its status
+//! and what the ongoing transaction covers (partitions, consumer groups and their pending
+//! offsets). Transitions follow Kafka:
+//!
+//! ```text
+//! Empty/Complete* --AddPartitions/AddOffsets--> Ongoing --EndTxn--> PrepareCommit|PrepareAbort
+//!     ^                                            |  timeout or fencing InitProducerId: epoch+1
+//!     |                                            +--------------------> PrepareAbort
+//!     +---- markers committed (one control batch per partition, one object) ----+
+//! ```
+//! A Prepare* transaction is finished by committing a marker object (`CommitRequest::txn_end`):
+//! in that one store transaction the markers get offsets after the transaction's data, every
+//! partition's open transaction closes (an abort is added to the aborted index), the
+//! transaction becomes Complete*, and a commit's pending group offsets become committed.
+//! Writing the markers is the agent's job (`agent::txn`), as objects are.
+//!
+//! Must not touch: Kafka wire types, object bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::groups::CommitOffset;
+use super::{Controller, ControllerError};
+
+/// Kafka's transaction.max.timeout.ms default: longer timeouts are refused.
+pub const TRANSACTION_TIMEOUT_MS_MAX: i32 = 900_000;
+/// A Prepare* transaction whose markers were not committed for this long (a crash, a failed
+/// PUT) is handed to the agent's timer again.
+pub const MARKER_RETRY_MS: i64 = 2_000;
+/// Transactions (ongoing or not) kept per controller; InitProducerId beyond it is refused.
+pub const TRANSACTIONS_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum TxnStatus {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnStatus {
+    /// Kafka's state names (DescribeTransactions, ListTransactions filters).
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            TxnStatus::Empty => "Empty",
+            TxnStatus::Ongoing => "Ongoing",
+            TxnStatus::PrepareCommit => "PrepareCommit",
+            TxnStatus::PrepareAbort => "PrepareAbort",
+            TxnStatus::CompleteCommit => "CompleteCommit",
+            TxnStatus::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    fn preparing(self) -> bool {
+        matches!(self, TxnStatus::PrepareCommit | TxnStatus::PrepareAbort)
+    }
+}
+
+/// One transactional id's coordinator state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The epoch before the last bump (-1: none): a retried InitProducerId naming it gets the
+    /// current epoch again (KIP-360).
+    pub last_epoch: i16,
+    pub timeout_ms: i32,
+    pub status: TxnStatus,
+    pub partitions: BTreeSet<(Uuid, i32)>,
+    /// Consumer groups added with AddOffsetsToTxn, with the offsets TxnOffsetCommit sent.
+    pub groups: BTreeMap<String, Vec<CommitOffset>>,
+    /// When the ongoing transaction started (its timeout counts from here).
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// The markers a Prepare* transaction needs: one control batch per partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnEnd {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    /// The epoch written in the markers (bumped when the coordinator aborts on its own).
+    pub epoch: i16,
+    pub commit: bool,
+    pub partitions: Vec<(Uuid, i32)>,
+}
+
+/// What InitProducerId with a transactional id gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnInit {
+    Ready { producer_id: i64, epoch: i16 },
+    /// A previous transaction must be finished first: write these markers, then ask again.
+    Finish(TxnEnd),
+}
+
+impl Transaction {
+    fn end(&self) -> TxnEnd {
+        TxnEnd {
+            transactional_id: self.transactional_id.clone(),
+            producer_id: self.producer_id,
+            epoch: self.epoch,
+            commit: self.status == TxnStatus::PrepareCommit,
+            partitions: self.partitions.iter().copied().collect(),
+        }
+    }
+
+    /// The request's producer must be this transaction's current one.
+    fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), ControllerError> {
+        if producer_id != self.producer_id {
+            return Err(ControllerError::InvalidProducerIdMapping(format!(
+                "{} belongs to producer {}, not {producer_id}",
+                self.transactional_id, self.producer_id
+            )));
+        }
+        if epoch != self.epoch {
+            return Err(ControllerError::ProducerFenced(format!(
+                "{}: epoch {epoch} is not the current epoch {}",
+                self.transactional_id, self.epoch
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts (or continues) the ongoing transaction: AddPartitionsToTxn, AddOffsetsToTxn.
+    fn begin(&mut self, now_ms: i64) -> Result<(), ControllerError> {
+        match self.status {
+            TxnStatus::Ongoing => {}
+            s if s.preparing() => {
+                return Err(ControllerError::ConcurrentTransactions(format!(
+                    "{} is completing its previous transaction",
+                    self.transactional_id
+                )));
+            }
+            _ => {
+                self.status = TxnStatus::Ongoing;
+                self.partitions.clear();
+                self.groups.clear();
+                self.started_ms = now_ms;
+            }
+        }
+        self.updated_ms = now_ms;
+        Ok(())
+    }
+
+    /// Bumps the epoch (a new producer id when the epoch is exhausted), fencing the current one.
+    fn bump_epoch(&mut self, new_producer_id: impl FnOnce() -> Result<i64, ControllerError>) -> Result<(), ControllerError> {
+        if self.epoch >= i16::MAX - 1 {
+            self.producer_id = new_producer_id()?;
+            self.epoch = 0;
+            self.last_epoch = -1;
+        } else {
+            self.last_epoch = self.epoch;
+            self.epoch += 1;
+        }
+        Ok(())
+    }
+}
+
+/// InitProducerId for a transactional id (pure). `existing`: the current state; `expected`:
+/// the producer id and epoch the client sends (-1, -1: a new producer). Returns the new state
+/// and the answer.
+pub fn init(
+    existing: Option<&Transaction>,
+    transactional_id: &str,
+    timeout_ms: i32,
+    expected: (i64, i16),
+    now_ms: i64,
+    mut new_producer_id: impl FnMut() -> Result<i64, ControllerError>,
+) -> Result<(Transaction, TxnInit), ControllerError> {
+    if timeout_ms <= 0 || timeout_ms > TRANSACTION_TIMEOUT_MS_MAX {
+        return Err(ControllerError::InvalidTransactionTimeout(format!(
+            "transaction.timeout.ms={timeout_ms} must be in 1..={TRANSACTION_TIMEOUT_MS_MAX}"
+        )));
+    }
+    let Some(t) = existing else {
+        let t = Transaction {
+            transactional_id: transactional_id.to_string(),
+            producer_id: new_producer_id()?,
+            epoch: 0,
+            last_epoch: -1,
+            timeout_ms,
+            status: TxnStatus::Empty,
+            partitions: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            started_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        let ready = TxnInit::Ready { producer_id: t.producer_id, epoch: t.epoch };
+        return Ok((t, ready));
+    };
+    let mut t = t.clone();
+    if expected.0 >= 0 {
+        // KIP-360: a known producer asks for a bump. A retry of a bump that already happened
+        // gets the same answer; anything else is a zombie.
+        if expected.0 == t.producer_id && expected.1 == t.last_epoch && !matches!(t.status, TxnStatus::Ongoing) {
+            let ready = TxnInit::Ready { producer_id: t.producer_id, epoch: t.epoch };
+            return Ok((t, ready));
+        }
+        if expected.0 != t.producer_id || expected.1 != t.epoch {
+            return Err(ControllerError::ProducerFenced(format!(
+                "{transactional_id}: producer {} epoch {} is not the current one",
+                expected.0, expected.1
+            )));
+        }
+    }
+    match t.status {
+        TxnStatus::Ongoing => {
+            // Fence the current producer and abort what it left open.
+            t.bump_epoch(&mut new_producer_id)?;
+            t.status = TxnStatus::PrepareAbort;
+            t.updated_ms = now_ms;
+            let end = t.end();
+            Ok((t, TxnInit::Finish(end)))
+        }
+        s if s.preparing() => {
+            let end = t.end();
+            Ok((t, TxnInit::Finish(end)))
+        }
+        _ => {
+            t.bump_epoch(&mut new_producer_id)?;
+            t.timeout_ms = timeout_ms;
+            t.status = TxnStatus::Empty;
+            t.partitions.clear();
+            t.groups.clear();
+            t.updated_ms = now_ms;
+            let ready = TxnInit::Ready { producer_id: t.producer_id, epoch: t.epoch };
+            Ok((t, ready))
+        }
+    }
+}
+
+/// EndTxn (pure): the markers to write, or None when a retried EndTxn finds its outcome done.
+pub fn end(t: &mut Transaction, producer_id: i64, epoch: i16, commit: bool, now_ms: i64) -> Result<Option<TxnEnd>, ControllerError> {
+    t.check_producer(producer_id, epoch)?;
+    let wanted = if commit { TxnStatus::PrepareCommit } else { TxnStatus::PrepareAbort };
+    let done = if commit { TxnStatus::CompleteCommit } else { TxnStatus::CompleteAbort };
+    match t.status {
+        TxnStatus::Ongoing => {
+            t.status = wanted;
+            t.updated_ms = now_ms;
+            Ok(Some(t.end()))
+        }
+        s if s == wanted => Ok(Some(t.end())),
+        s if s == done => Ok(None),
+        s => Err(ControllerError::InvalidTxnState(format!(
+            "{}: cannot {} a transaction in state {}",
+            t.transactional_id,
+            if commit { "commit" } else { "abort" },
+            s.kafka_name()
+        ))),
+    }
+}
+
+/// The coordinator's own abort of a transaction older than its timeout (pure): bumps the
+/// epoch so the producer is fenced, as Kafka does.
+pub fn expire(t: &mut Transaction, now_ms: i64, new_producer_id: impl FnOnce() -> Result<i64, ControllerError>) -> Result<Option<TxnEnd>, ControllerError> {
+    if t.status != TxnStatus::Ongoing || now_ms - t.started_ms <= i64::from(t.timeout_ms) {
+        return Ok(None);
+    }
+    t.bump_epoch(new_producer_id)?;
+    t.status = TxnStatus::PrepareAbort;
+    t.updated_ms = now_ms;
+    Ok(Some(t.end()))
+}
+
+/// Marks a Prepare* transaction complete once its markers are committed; returns the group
+/// offsets that become committed (none for an abort).
+pub fn complete(t: &mut Transaction, now_ms: i64) -> BTreeMap<String, Vec<CommitOffset>> {
+    let offsets = std::mem::take(&mut t.groups);
+    let committed = t.status == TxnStatus::PrepareCommit;
+    t.status = if committed { TxnStatus::CompleteCommit } else { TxnStatus::CompleteAbort };
+    t.partitions.clear();
+    t.updated_ms = now_ms;
+    if committed { offsets } else { BTreeMap::new() }
+}
+
+/// A pending group offset as stored: topic, partition, offset, leader epoch, metadata.
+type StoredOffset = (String, i32, i64, i32, String);
+
+/// How a transaction is stored: one JSON document per transactional id.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    producer_id: i64,
+    epoch: i16,
+    last_epoch: i16,
+    timeout_ms: i32,
+    status: TxnStatus,
+    partitions: Vec<(String, i32)>,
+    groups: Vec<(String, Vec<StoredOffset>)>,
+    started_ms: i64,
+    updated_ms: i64,
+}
+
+pub fn encode(t: &Transaction) -> String {
+    let s = Stored {
+        producer_id: t.producer_id,
+        epoch: t.epoch,
+        last_epoch: t.last_epoch,
+        timeout_ms: t.timeout_ms,
+        status: t.status,
+        partitions: t.partitions.iter().map(|(id, p)| (id.to_string(), *p)).collect(),
+        groups: t
+            .groups
+            .iter()
+            .map(|(g, os)| {
+                (g.clone(), os.iter().map(|o| (o.topic.clone(), o.partition, o.offset, o.leader_epoch, o.metadata.clone())).collect())
+            })
+            .collect(),
+        started_ms: t.started_ms,
+        updated_ms: t.updated_ms,
+    };
+    serde_json::to_string(&s).unwrap_or_default()
+}
+
+pub fn decode(transactional_id: &str, body: &str) -> Option<Transaction> {
+    let s: Stored = serde_json::from_str(body).ok()?;
+    Some(Transaction {
+        transactional_id: transactional_id.to_string(),
+        producer_id: s.producer_id,
+        epoch: s.epoch,
+        last_epoch: s.last_epoch,
+        timeout_ms: s.timeout_ms,
+        status: s.status,
+        partitions: s.partitions.iter().map(|(id, p)| Some((id.parse().ok()?, *p))).collect::<Option<_>>()?,
+        groups: s
+            .groups
+            .into_iter()
+            .map(|(g, os)| {
+                let os = os
+                    .into_iter()
+                    .map(|(topic, partition, offset, leader_epoch, metadata)| CommitOffset { topic, partition, offset, leader_epoch, metadata })
+                    .collect();
+                (g, os)
+            })
+            .collect(),
+        started_ms: s.started_ms,
+        updated_ms: s.updated_ms,
+    })
+}
+
+/// One transaction as DescribeTransactions and ListTransactions show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnDescription {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub status: TxnStatus,
+    pub timeout_ms: i32,
+    pub started_ms: i64,
+    /// Topic names and partitions.
+    pub partitions: Vec<(String, i32)>,
+}
+
+fn check_transactional_id(id: &str) -> Result<(), ControllerError> {
+    if id.is_empty() {
+        return Err(ControllerError::InvalidRequest("empty transactional id".into()));
+    }
+    Ok(())
+}
+
+impl Controller {
+    fn transaction(&self, id: &str) -> Option<Transaction> {
+        self.read().transactions.get(id).cloned()
+    }
+
+    /// The transaction of an id a producer names; INVALID_PRODUCER_ID_MAPPING when unknown.
+    fn known_transaction(&self, id: &str) -> Result<Transaction, ControllerError> {
+        check_transactional_id(id)?;
+        self.transaction(id).ok_or_else(|| ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {id}")))
+    }
+
+    /// Writes a transaction's new state to the store, then to memory (caller holds write_lock).
+    fn save_transaction(&self, t: Transaction) -> Result<(), ControllerError> {
+        self.store.put_transaction(&t.transactional_id, &encode(&t))?;
+        let mut s = self.write();
+        s.txn_of.insert(t.producer_id, t.transactional_id.clone());
+        s.transactions.insert(t.transactional_id.clone(), t);
+        Ok(())
+    }
+
+    /// Blocking. InitProducerId with a transactional id.
+    pub fn init_transactional_producer(
+        &self,
+        transactional_id: &str,
+        timeout_ms: i32,
+        expected: (i64, i16),
+    ) -> Result<TxnInit, ControllerError> {
+        check_transactional_id(transactional_id)?;
+        let _w = self.lock_writes();
+        let existing = self.transaction(transactional_id);
+        if existing.is_none() && self.read().transactions.len() >= TRANSACTIONS_MAX {
+            return Err(ControllerError::Unavailable(format!("more than {TRANSACTIONS_MAX} transactional ids")));
+        }
+        let (t, answer) = init(existing.as_ref(), transactional_id, timeout_ms, expected, self.clock.now_ms(), || {
+            Ok(self.store.allocate_producer_id()?)
+        })?;
+        if existing.as_ref() != Some(&t) {
+            self.save_transaction(t)?;
+        }
+        Ok(answer)
+    }
+
+    /// Blocking. AddPartitionsToTxn: one result per partition, in order. When one partition is
+    /// refused, the others get OPERATION_NOT_ATTEMPTED, as in Kafka. `verify_only`: checks
+    /// that every partition is already in the ongoing transaction (KIP-890 verification).
+    pub fn add_partitions_to_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+        verify_only: bool,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        let _w = self.lock_writes();
+        let mut t = self.known_transaction(transactional_id)?;
+        t.check_producer(producer_id, epoch)?;
+        let resolved: Vec<Result<(Uuid, i32), ControllerError>> = partitions
+            .iter()
+            .map(|(topic, p)| match self.topic(super::TopicRef::Name(topic)) {
+                Some(m) if (0..m.partitions).contains(p) => Ok((m.id, *p)),
+                _ => Err(ControllerError::UnknownTopicOrPartition),
+            })
+            .collect();
+        if verify_only {
+            return Ok(resolved
+                .into_iter()
+                .map(|r| {
+                    let tp = r?;
+                    if t.status == TxnStatus::Ongoing && t.partitions.contains(&tp) {
+                        Ok(())
+                    } else {
+                        Err(ControllerError::InvalidTxnState(format!("partition not in the transaction of {transactional_id}")))
+                    }
+                })
+                .collect());
+        }
+        if resolved.iter().any(|r| r.is_err()) {
+            return Ok(resolved
+                .into_iter()
+                .map(|r| r.and(Err(ControllerError::OperationNotAttempted)))
+                .collect());
+        }
+        let before = t.clone();
+        t.begin(self.clock.now_ms())?;
+        t.partitions.extend(resolved.iter().filter_map(|r| r.as_ref().ok().copied()));
+        if t.partitions != before.partitions || t.status != before.status {
+            self.save_transaction(t)?;
+        }
+        Ok(resolved.into_iter().map(|r| r.map(|_| ())).collect())
+    }
+
+    /// Blocking. AddOffsetsToTxn: the group's offsets will be committed with the transaction.
+    pub fn add_offsets_to_txn(&self, transactional_id: &str, producer_id: i64, epoch: i16, group_id: &str) -> Result<(), ControllerError> {
+        let _w = self.lock_writes();
+        let mut t = self.known_transaction(transactional_id)?;
+        t.check_producer(producer_id, epoch)?;
+        let before = t.clone();
+        t.begin(self.clock.now_ms())?;
+        t.groups.entry(group_id.to_string()).or_default();
+        if t != before {
+            self.save_transaction(t)?;
+        }
+        Ok(())
+    }
+
+    /// Blocking. TxnOffsetCommit: remembers the offsets in the transaction; they become the
+    /// group's committed offsets when (and only if) it commits. Per-offset results.
+    pub fn txn_offset_commit(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group_id: &str,
+        offsets: Vec<CommitOffset>,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        let _w = self.lock_writes();
+        let mut t = self.known_transaction(transactional_id)?;
+        t.check_producer(producer_id, epoch)?;
+        if t.status != TxnStatus::Ongoing || !t.groups.contains_key(group_id) {
+            return Err(ControllerError::InvalidTxnState(format!(
+                "{transactional_id}: group {group_id} was not added to an ongoing transaction"
+            )));
+        }
+        let mut results = Vec::with_capacity(offsets.len());
+        let pending = t.groups.entry(group_id.to_string()).or_default();
+        for o in offsets {
+            if self.topic(super::TopicRef::Name(&o.topic)).is_none_or(|m| !(0..m.partitions).contains(&o.partition)) {
+                results.push(Err(ControllerError::UnknownTopicOrPartition));
+                continue;
+            }
+            pending.retain(|p| (p.topic.as_str(), p.partition) != (o.topic.as_str(), o.partition));
+            pending.push(o);
+            results.push(Ok(()));
+        }
+        t.updated_ms = self.clock.now_ms();
+        self.save_transaction(t)?;
+        Ok(results)
+    }
+
+    /// Blocking. EndTxn: moves the transaction to Prepare*; returns the markers to write (None:
+    /// a retried EndTxn whose outcome is already complete).
+    pub fn end_txn(&self, transactional_id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
+        let _w = self.lock_writes();
+        let mut t = self.known_transaction(transactional_id)?;
+        let before = t.clone();
+        let markers = end(&mut t, producer_id, epoch, commit, self.clock.now_ms())?;
+        if t != before {
+            self.save_transaction(t)?;
+        }
+        Ok(markers)
+    }
+
+    /// Blocking. The coordinator's own work: aborts (epoch bumped) every ongoing transaction
+    /// older than its timeout, and returns the markers of every Prepare* transaction left
+    /// unfinished for [`MARKER_RETRY_MS`] (after a crash or a failed write), plus the new aborts.
+    pub fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
+        let _w = self.lock_writes();
+        let now = self.clock.now_ms();
+        let candidates: Vec<Transaction> = self
+            .read()
+            .transactions
+            .values()
+            .filter(|t| {
+                (t.status == TxnStatus::Ongoing && now - t.started_ms > i64::from(t.timeout_ms))
+                    || (t.status.preparing() && now - t.updated_ms >= MARKER_RETRY_MS)
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for mut t in candidates {
+            if t.status.preparing() {
+                out.push(t.end());
+                continue;
+            }
+            if let Some(end) = expire(&mut t, now, || Ok(self.store.allocate_producer_id()?))? {
+                tracing::info!(transactional_id = %t.transactional_id, "transaction timed out: aborting");
+                self.save_transaction(t)?;
+                out.push(end);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Partitions of `group_id` whose offsets an ongoing (or committing) transaction holds.
+    pub fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition> {
+        self.read()
+            .transactions
+            .values()
+            .filter(|t| matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit))
+            .filter_map(|t| t.groups.get(group_id))
+            .flat_map(|os| os.iter().map(|o| (o.topic.clone(), o.partition)))
+            .collect()
+    }
+
+    /// DescribeTransactions: None for an unknown id.
+    pub fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription> {
+        let t = self.transaction(transactional_id)?;
+        Some(self.description(&t))
+    }
+
+    fn description(&self, t: &Transaction) -> TxnDescription {
+        let s = self.read();
+        TxnDescription {
+            transactional_id: t.transactional_id.clone(),
+            producer_id: t.producer_id,
+            epoch: t.epoch,
+            status: t.status,
+            timeout_ms: t.timeout_ms,
+            started_ms: if t.status == TxnStatus::Empty { -1 } else { t.started_ms },
+            partitions: t
+                .partitions
+                .iter()
+                .filter_map(|(id, p)| Some((s.by_id.get(id)?.name.clone(), *p)))
+                .collect(),
+        }
+    }
+
+    /// ListTransactions: filters are ANDed; an empty filter matches everything.
+    /// `min_duration_ms` (-1: none) keeps transactions started at least that long ago.
+    pub fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription> {
+        let now = self.clock.now_ms();
+        let all: Vec<Transaction> = self.read().transactions.values().cloned().collect();
+        let mut out: Vec<TxnDescription> = all
+            .iter()
+            .filter(|t| states.is_empty() || states.iter().any(|s| s == t.status.kafka_name()))
+            .filter(|t| producer_ids.is_empty() || producer_ids.contains(&t.producer_id))
+            .map(|t| self.description(t))
+            // Kafka compares the start time whatever the state (-1 when none: always old enough).
+            .filter(|d| min_duration_ms < 0 || now - d.started_ms >= min_duration_ms)
+            .collect();
+        out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        out
+    }
+
+    /// Checks a transactional batch at commit: its producer's transaction must be ongoing, at
+    /// the batch's epoch, with the partition added (caller holds the state lock).
+    pub(super) fn check_txn_batch(
+        txn_of: &std::collections::HashMap<i64, String>,
+        transactions: &std::collections::HashMap<String, Transaction>,
+        producer_id: i64,
+        epoch: i16,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<(), ControllerError> {
+        let t = txn_of.get(&producer_id).and_then(|id| transactions.get(id)).filter(|t| t.producer_id == producer_id).ok_or_else(|| {
+            ControllerError::InvalidProducerIdMapping(format!("producer {producer_id} has no transactional id"))
+        })?;
+        if epoch < t.epoch {
+            return Err(ControllerError::InvalidProducerEpoch(format!(
+                "producer {producer_id} epoch {epoch} is older than {}",
+                t.epoch
+            )));
+        }
+        if epoch != t.epoch || t.status != TxnStatus::Ongoing || !t.partitions.contains(&(topic_id, partition)) {
+            return Err(ControllerError::InvalidTxnState(format!(
+                "transactional batch of producer {producer_id} for a partition not in its ongoing transaction"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pids() -> impl FnMut() -> Result<i64, ControllerError> {
+        let mut next = 100;
+        move || {
+            next += 1;
+            Ok(next)
+        }
+    }
+
+    fn ongoing(t: &mut Transaction, now: i64) {
+        t.begin(now).unwrap();
+        t.partitions.insert((Uuid::from_u128(1), 0));
+    }
+
+    #[test]
+    fn init_bumps_epochs_fences_and_aborts_what_the_old_producer_left_open() {
+        let mut ids = pids();
+        let (t, r) = init(None, "tx", 60_000, (-1, -1), 0, &mut ids).unwrap();
+        assert_eq!(r, TxnInit::Ready { producer_id: 101, epoch: 0 });
+        // A second producer with the same id: epoch 1, the first is fenced.
+        let (mut t, r) = init(Some(&t), "tx", 60_000, (-1, -1), 1, &mut ids).unwrap();
+        assert_eq!(r, TxnInit::Ready { producer_id: 101, epoch: 1 });
+        assert!(matches!(t.check_producer(101, 0), Err(ControllerError::ProducerFenced(_))));
+        ongoing(&mut t, 2);
+        // A third one while a transaction is open: abort it at a bumped epoch first.
+        let (mut t, r) = init(Some(&t), "tx", 60_000, (-1, -1), 3, &mut ids).unwrap();
+        let TxnInit::Finish(end) = r else { panic!("{r:?}") };
+        assert_eq!((end.epoch, end.commit, end.partitions.len()), (2, false, 1));
+        assert_eq!(t.status, TxnStatus::PrepareAbort);
+        // Asked again before the markers are in: the same markers.
+        assert_eq!(init(Some(&t), "tx", 60_000, (-1, -1), 4, &mut ids).unwrap().1, TxnInit::Finish(end));
+        assert!(complete(&mut t, 5).is_empty());
+        let (t, r) = init(Some(&t), "tx", 60_000, (-1, -1), 6, &mut ids).unwrap();
+        assert_eq!(r, TxnInit::Ready { producer_id: 101, epoch: 3 });
+        // KIP-360: the current producer bumps its own epoch; a retry of that bump gets the same
+        // answer; a stale producer is fenced.
+        let (t, r) = init(Some(&t), "tx", 60_000, (101, 3), 7, &mut ids).unwrap();
+        assert_eq!(r, TxnInit::Ready { producer_id: 101, epoch: 4 });
+        assert_eq!(init(Some(&t), "tx", 60_000, (101, 3), 8, &mut ids).unwrap().1, TxnInit::Ready { producer_id: 101, epoch: 4 });
+        assert!(matches!(init(Some(&t), "tx", 60_000, (101, 1), 8, &mut ids), Err(ControllerError::ProducerFenced(_))));
+        assert!(matches!(init(Some(&t), "tx", 0, (-1, -1), 8, &mut ids), Err(ControllerError::InvalidTransactionTimeout(_))));
+        // An exhausted epoch moves to a new producer id.
+        let mut old = t.clone();
+        old.epoch = i16::MAX - 1;
+        let (_, r) = init(Some(&old), "tx", 60_000, (-1, -1), 9, &mut ids).unwrap();
+        assert_eq!(r, TxnInit::Ready { producer_id: 102, epoch: 0 });
+    }
+
+    #[test]
+    fn end_commit_and_abort_follow_kafka_and_retries_are_answered() {
+        let (mut t, _) = init(None, "tx", 60_000, (-1, -1), 0, pids()).unwrap();
+        assert!(matches!(end(&mut t, 101, 0, true, 1), Err(ControllerError::InvalidTxnState(_))));
+        ongoing(&mut t, 1);
+        t.groups.insert("g".into(), vec![CommitOffset { topic: "t".into(), partition: 0, offset: 7, leader_epoch: -1, metadata: String::new() }]);
+        assert!(matches!(end(&mut t, 101, 1, true, 2), Err(ControllerError::ProducerFenced(_))));
+        assert!(matches!(end(&mut t, 99, 0, true, 2), Err(ControllerError::InvalidProducerIdMapping(_))));
+        let m = end(&mut t, 101, 0, true, 2).unwrap().unwrap();
+        assert!(m.commit);
+        assert_eq!(end(&mut t, 101, 0, true, 3).unwrap(), Some(m)); // retried before completion
+        assert!(matches!(end(&mut t, 101, 0, false, 3), Err(ControllerError::InvalidTxnState(_))));
+        assert!(matches!(t.begin(3), Err(ControllerError::ConcurrentTransactions(_))));
+        let offsets = complete(&mut t, 4);
+        assert_eq!(offsets["g"][0].offset, 7);
+        assert_eq!(t.status, TxnStatus::CompleteCommit);
+        assert_eq!(end(&mut t, 101, 0, true, 5).unwrap(), None); // retried after completion
+        // An aborted transaction's offsets are dropped.
+        ongoing(&mut t, 6);
+        t.groups.insert("g".into(), vec![]);
+        end(&mut t, 101, 0, false, 7).unwrap().unwrap();
+        assert!(complete(&mut t, 8).is_empty());
+        assert_eq!(decode("tx", &encode(&t)), Some(t));
+    }
+
+    #[test]
+    fn a_transaction_older_than_its_timeout_is_aborted_at_a_bumped_epoch() {
+        let (mut t, _) = init(None, "tx", 1_000, (-1, -1), 0, pids()).unwrap();
+        assert_eq!(expire(&mut t, 10_000, || unreachable!()).unwrap(), None); // not ongoing
+        ongoing(&mut t, 10_000);
+        assert_eq!(expire(&mut t, 11_000, || unreachable!()).unwrap(), None);
+        let end = expire(&mut t, 11_001, || unreachable!()).unwrap().unwrap();
+        assert_eq!((end.epoch, end.commit), (1, false));
+        assert!(matches!(t.check_producer(101, 0), Err(ControllerError::ProducerFenced(_))));
+    }
+
+    mod controller {
+        //! The coordinator through the controller: commits, markers, LSO, aborted index and
+        //! timeouts, with a manual clock and restarts on the same SQLite file.
+        use std::collections::BTreeMap;
+        use std::sync::Arc;
+
+        use super::super::*;
+        use crate::clock::{ManualClock, SeededEntropy};
+        use crate::config::TopicsConfig;
+        use crate::controller::groups::TopicPartition;
+        use crate::controller::store::sqlite::SqliteStore;
+        use crate::controller::{CommitRequest, CreateTopic};
+        use crate::object::format::{ExtentInfo, ProducerBatch};
+
+        fn open(path: &std::path::Path, clock: Arc<ManualClock>) -> Controller {
+            let store = Arc::new(SqliteStore::open(path).unwrap());
+            Controller::open(store, TopicsConfig::default(), 86_400_000, clock, Arc::new(SeededEntropy::new(5))).unwrap()
+        }
+
+        /// Commits one object holding one batch per (partition, records); `txn`: the producer's
+        /// (id, epoch, first sequence) for transactional batches.
+        fn commit(c: &Controller, key: &str, topic: Uuid, batches: &[(i32, i64)], txn: Option<(i64, i16, i32)>) -> Vec<Result<i64, ControllerError>> {
+            let extents = batches
+                .iter()
+                .map(|(p, n)| ExtentInfo {
+                    topic_id: topic,
+                    partition: *p,
+                    position: 0,
+                    length: 10,
+                    batch_count: 1,
+                    offset_count: *n,
+                    max_timestamp: 0,
+                    producer: txn.map(|(pid, epoch, seq)| ProducerBatch {
+                        producer_id: pid,
+                        epoch,
+                        first_sequence: seq,
+                        last_sequence: seq + *n as i32 - 1,
+                        transactional: true,
+                    }),
+                })
+                .collect();
+            c.commit_object(&CommitRequest { object_key: key.into(), object_size_bytes: 100, agent: "a".into(), extents, wal: None, txn_end: None })
+                .unwrap()
+        }
+
+        /// What the agent does with a TxnEnd: one marker extent per partition.
+        fn write_markers(c: &Controller, key: &str, end: &TxnEnd) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+            let extents = end
+                .partitions
+                .iter()
+                .map(|(t, p)| ExtentInfo { topic_id: *t, partition: *p, position: 0, length: 10, batch_count: 1, offset_count: 1, max_timestamp: 0, producer: None })
+                .collect();
+            c.commit_object(&CommitRequest {
+                object_key: key.into(),
+                object_size_bytes: 100,
+                agent: "a".into(),
+                extents,
+                wal: None,
+                txn_end: Some(end.clone()),
+            })
+        }
+
+        fn ready(r: TxnInit) -> (i64, i16) {
+            match r {
+                TxnInit::Ready { producer_id, epoch } => (producer_id, epoch),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_version_2_store_is_migrated_and_keeps_its_data() {
+            use crate::controller::store::{GroupOffsetRecord, MetadataStore};
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("c.db");
+            let store = SqliteStore::open(&db).unwrap();
+            store.load("cluster-2").unwrap();
+            let rec = GroupOffsetRecord { group_id: "g".into(), topic: "t".into(), partition: 0, offset: 5, leader_epoch: -1, metadata: String::new(), commit_ms: 1 };
+            store.commit_group_offsets(std::slice::from_ref(&rec)).unwrap();
+            drop(store);
+            // What a version 2 binary left behind: no transaction tables.
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch("DROP TABLE transactions; DROP TABLE open_txns; DROP TABLE aborted_txns; PRAGMA user_version = 2;").unwrap();
+            drop(c);
+            let clock = Arc::new(ManualClock::new(1));
+            let c = open(&db, clock);
+            assert_eq!(c.cluster_id(), "cluster-2");
+            assert_eq!(c.groups().fetch_offsets("g", None, None).unwrap()[0].1.as_ref().unwrap().offset, 5);
+            assert!(matches!(c.init_transactional_producer("app", 1000, (-1, -1)).unwrap(), TxnInit::Ready { epoch: 0, .. }));
+            let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(version, 4);
+        }
+
+        #[test]
+        fn lso_aborted_index_offsets_and_timeouts_survive_restarts() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("c.db");
+            let clock = Arc::new(ManualClock::new(1_000_000));
+            let c = open(&db, clock.clone());
+            let t = c
+                .create_topic(&CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                .unwrap();
+            let (pid, epoch) = ready(c.init_transactional_producer("app", 10_000, (-1, -1)).unwrap());
+            // Not added yet: refused.
+            assert!(matches!(commit(&c, "o0", t.id, &[(0, 3)], Some((pid, epoch, 0)))[0], Err(ControllerError::InvalidTxnState(_))));
+            let added = c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0), ("t".into(), 1)], false).unwrap();
+            assert!(added.iter().all(|r| r.is_ok()));
+            commit(&c, "plain", t.id, &[(0, 2)], None);
+            assert_eq!(commit(&c, "o1", t.id, &[(0, 3), (1, 1)], Some((pid, epoch, 0))), vec![Ok(2), Ok(0)]);
+            commit(&c, "plain2", t.id, &[(0, 1)], None);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 2);
+            assert_eq!(c.last_stable_offset(t.id, 1).unwrap(), 0);
+            c.add_offsets_to_txn("app", pid, epoch, "g").unwrap();
+            let o = CommitOffset { topic: "t".into(), partition: 0, offset: 42, leader_epoch: -1, metadata: String::new() };
+            assert!(c.txn_offset_commit("app", pid, epoch, "g", vec![o]).unwrap()[0].is_ok());
+            // A restart in the middle of the transaction: everything is still there.
+            drop(c);
+            let c = open(&db, clock.clone());
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 2);
+            assert_eq!(c.describe_transaction("app").unwrap().status, TxnStatus::Ongoing);
+            // Abort: markers after the data, the LSO moves to the high watermark, the aborted
+            // index names the transaction, the pending offsets are dropped.
+            let end = c.end_txn("app", pid, epoch, false).unwrap().unwrap();
+            assert_eq!(write_markers(&c, "m1", &end).unwrap(), vec![Ok(6), Ok(1)]);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 7);
+            assert_eq!(c.aborted_txns(t.id, 0, 0, 7).unwrap(), vec![(pid, 2)]);
+            assert_eq!(c.aborted_txns(t.id, 0, 7, 100).unwrap(), vec![]);
+            assert_eq!(c.aborted_txns(t.id, 1, 0, 2).unwrap(), vec![(pid, 0)]);
+            let tp: TopicPartition = ("t".into(), 0);
+            assert!(c.pending_txn_offsets("g").is_empty());
+            assert_eq!(c.groups().fetch_offsets("g", Some(std::slice::from_ref(&tp)), None).unwrap()[0].1, None);
+            // Stale or repeated markers are refused.
+            assert!(matches!(write_markers(&c, "m1-again", &end), Err(ControllerError::InvalidTxnState(_))));
+            // A committed transaction makes its offsets visible.
+            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0)], false).unwrap();
+            commit(&c, "o2", t.id, &[(0, 2)], Some((pid, epoch, 3)));
+            c.add_offsets_to_txn("app", pid, epoch, "g").unwrap();
+            let o = CommitOffset { topic: "t".into(), partition: 0, offset: 9, leader_epoch: -1, metadata: String::new() };
+            c.txn_offset_commit("app", pid, epoch, "g", vec![o]).unwrap();
+            assert_eq!(c.pending_txn_offsets("g"), vec![tp.clone()]);
+            let end = c.end_txn("app", pid, epoch, true).unwrap().unwrap();
+            // Crash before the markers are written: after a restart the timer finishes them.
+            drop(c);
+            let c = open(&db, clock.clone());
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![]); // too recent to retry
+            clock.advance_ms(MARKER_RETRY_MS as u64);
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![end.clone()]);
+            write_markers(&c, "m2", &end).unwrap();
+            assert_eq!(c.groups().fetch_offsets("g", Some(std::slice::from_ref(&tp)), None).unwrap()[0].1.as_ref().unwrap().offset, 9);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 10);
+            assert_eq!(c.end_txn("app", pid, epoch, true).unwrap(), None); // a retried EndTxn
+            // Timeout: an abandoned transaction is aborted at a bumped epoch, fencing the
+            // producer's late batches.
+            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 1)], false).unwrap();
+            commit(&c, "o3", t.id, &[(1, 1)], Some((pid, epoch, 1)));
+            clock.advance_ms(10_000);
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![]);
+            clock.advance_ms(1);
+            drop(c);
+            let c = open(&db, clock.clone());
+            let ends = c.transactions_to_finish().unwrap();
+            assert_eq!(ends.len(), 1);
+            assert_eq!((ends[0].epoch, ends[0].commit), (epoch + 1, false));
+            write_markers(&c, "m3", &ends[0]).unwrap();
+            assert_eq!(c.last_stable_offset(t.id, 1).unwrap(), 4);
+            assert!(matches!(commit(&c, "late", t.id, &[(1, 1)], Some((pid, epoch, 2)))[0], Err(ControllerError::InvalidProducerEpoch(_))));
+            assert!(matches!(c.end_txn("app", pid, epoch, true), Err(ControllerError::ProducerFenced(_))));
+            drop(c);
+            let c = open(&db, clock);
+            assert_eq!(c.aborted_txns(t.id, 1, 0, 100).unwrap(), vec![(pid, 0), (pid, 2)]);
+            let listed = c.list_transactions(&["CompleteAbort".into()], &[], -1);
+            assert_eq!(listed.iter().map(|d| d.transactional_id.as_str()).collect::<Vec<_>>(), vec!["app"]);
+        }
+    
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A non-transactional batch of one record.
+            Plain(i32),
+            /// A batch of producer `usize` in its transaction (adding the partition first).
+            Txn(usize, i32),
+            /// EndTxn of producer `usize`, commit or abort, markers written.
+            End(usize, bool),
+            /// Controller restart.
+            Restart,
+        }
+
+        fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+            use proptest::prelude::*;
+            prop_oneof![
+                (0..2i32).prop_map(Op::Plain),
+                (0..2usize, 0..2i32).prop_map(|(k, p)| Op::Txn(k, p)),
+                (0..2usize, any::<bool>()).prop_map(|(k, c)| Op::End(k, c)),
+                Just(Op::Restart),
+            ]
+        }
+
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+            /// Against a model: the LSO is the first offset of the earliest open transaction
+            /// (else the high watermark) and the aborted index lists exactly the aborted
+            /// transactions, through any interleaving of commits, ends and restarts.
+            #[test]
+            fn lso_and_aborted_index_follow_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+                let dir = tempfile::tempdir().unwrap();
+                let db = dir.path().join("c.db");
+                let clock = Arc::new(ManualClock::new(1));
+                let mut c = open(&db, clock.clone());
+                let t = c
+                    .create_topic(&CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                    .unwrap();
+                let ids = ["a", "b"];
+                let producers: Vec<(i64, i16)> = ids.iter().map(|id| ready(c.init_transactional_producer(id, 60_000, (-1, -1)).unwrap())).collect();
+                let mut seq = [[0i32; 2]; 2]; // per producer and partition, as in Kafka
+                let mut hw = [0i64; 2];
+                let mut open_first: Vec<BTreeMap<usize, i64>> = vec![BTreeMap::new(), BTreeMap::new()];
+                let mut aborted: Vec<Vec<(i64, i64)>> = vec![Vec::new(), Vec::new()];
+                for (n, op) in ops.into_iter().enumerate() {
+                    let key = format!("o{n}");
+                    match op {
+                        Op::Plain(p) => {
+                            commit(&c, &key, t.id, &[(p, 1)], None)[0].clone().unwrap();
+                            hw[p as usize] += 1;
+                        }
+                        Op::Txn(k, p) => {
+                            let (pid, epoch) = producers[k];
+                            c.add_partitions_to_txn(ids[k], pid, epoch, &[("t".into(), p)], false).unwrap();
+                            let base = commit(&c, &key, t.id, &[(p, 2)], Some((pid, epoch, seq[k][p as usize])))[0].clone().unwrap();
+                            seq[k][p as usize] += 2;
+                            proptest::prop_assert_eq!(base, hw[p as usize]);
+                            open_first[p as usize].entry(k).or_insert(base);
+                            hw[p as usize] += 2;
+                        }
+                        Op::End(k, commit_it) => {
+                            let (pid, epoch) = producers[k];
+                            match c.end_txn(ids[k], pid, epoch, commit_it) {
+                                Ok(Some(end)) => {
+                                    let offsets = write_markers(&c, &key, &end).unwrap();
+                                    for ((_, p), o) in end.partitions.iter().zip(offsets) {
+                                        let p = *p as usize;
+                                        proptest::prop_assert_eq!(o.unwrap(), hw[p]);
+                                        if let Some(first) = open_first[p].remove(&k) && !commit_it {
+                                            aborted[p].push((pid, first));
+                                        }
+                                        hw[p] += 1;
+                                    }
+                                }
+                                // Nothing open (Empty, or Complete with the other outcome).
+                                Ok(None) | Err(ControllerError::InvalidTxnState(_)) => {
+                                    proptest::prop_assert!(open_first.iter().all(|o| !o.contains_key(&k)));
+                                }
+                                Err(e) => proptest::prop_assert!(false, "{e}"),
+                            }
+                        }
+                        Op::Restart => {
+                            drop(c);
+                            c = open(&db, clock.clone());
+                        }
+                    }
+                    for p in 0..2 {
+                        let lso = open_first[p].values().min().copied().unwrap_or(hw[p]);
+                        proptest::prop_assert_eq!(c.last_stable_offset(t.id, p as i32).unwrap(), lso);
+                        let mut want = aborted[p].clone();
+                        want.sort_by_key(|a| a.1);
+                        proptest::prop_assert_eq!(c.aborted_txns(t.id, p as i32, 0, hw[p]).unwrap(), want);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Transactions: AddPartitionsToTxn (v0-3 client form, v4-5 batched form), AddOffsetsToTxn,
+//! EndTxn, TxnOffsetCommit, DescribeTransactions, ListTransactions. The coordinator state lives
+//! in the controller (`controller::txn`); EndTxn writes the markers through `agent::txn` before
+//! it answers, so a producer's next transaction starts on a completed one.
+//!
+//! Kafka's KIP-588 rule for old clients: coordinator APIs below the version that knows
+//! PRODUCER_FENCED answer INVALID_PRODUCER_EPOCH instead.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
+use kafka_protocol::messages::list_transactions_response::TransactionState as ListedTransaction;
+use kafka_protocol::messages::txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
+    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, ListTransactionsRequest,
+    ListTransactionsResponse, ProducerId, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+};
+
+use super::str_bytes;
+use crate::agent::Agent;
+use crate::controller::ControllerError;
+use crate::controller::groups::CommitOffset;
+use crate::controller::txn::TxnStatus;
+use crate::protocol::error::{agent_code, controller_code, group_code};
+
+/// PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH for a client too old to know it (KIP-588).
+fn fenced_code(e: &ControllerError, knows_fenced: bool) -> i16 {
+    let code = controller_code(e);
+    if !knows_fenced && code == ResponseError::ProducerFenced.code() { ResponseError::InvalidProducerEpoch.code() } else { code }
+}
+
+/// One error code per item from per-item results, or the request-level error for all `n`.
+fn item_codes(results: Result<Vec<Result<(), ControllerError>>, ControllerError>, n: usize, knows_fenced: bool) -> Vec<i16> {
+    match results {
+        Ok(rs) => rs.iter().map(|r| r.as_ref().map_or_else(|e| fenced_code(e, knows_fenced), |()| 0)).collect(),
+        Err(e) => vec![fenced_code(&e, knows_fenced); n],
+    }
+}
+
+/// The transactional id as the controller takes it (empty ids are refused there).
+fn txn_id(id: &TransactionalId) -> String {
+    id.0.to_string()
+}
+
+async fn add_partitions(
+    agent: &Agent,
+    transactional_id: &TransactionalId,
+    producer_id: i64,
+    epoch: i16,
+    verify_only: bool,
+    topics: &[AddPartitionsToTxnTopic],
+    knows_fenced: bool,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    let wanted: Vec<(String, i32)> =
+        topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p))).collect();
+    let n = wanted.len();
+    let added = agent.controller.add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only).await;
+    let results = item_codes(added, n, knows_fenced);
+    let mut codes = results.into_iter();
+    topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(*p)
+                        .with_partition_error_code(codes.next().unwrap_or(0))
+                })
+                .collect();
+            AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(partitions)
+        })
+        .collect()
+}
+
+pub async fn add_partitions_to_txn(agent: &Agent, version: i16, req: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
+    if version <= 3 {
+        let results = add_partitions(
+            agent,
+            &req.v3_and_below_transactional_id,
+            req.v3_and_below_producer_id.0,
+            req.v3_and_below_producer_epoch,
+            false,
+            &req.v3_and_below_topics,
+            version >= 2,
+        )
+        .await;
+        return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
+    }
+    let mut out = Vec::with_capacity(req.transactions.len());
+    for t in &req.transactions {
+        let results = add_partitions(agent, &t.transactional_id, t.producer_id.0, t.producer_epoch, t.verify_only, &t.topics, true).await;
+        out.push(AddPartitionsToTxnResult::default().with_transactional_id(t.transactional_id.clone()).with_topic_results(results));
+    }
+    AddPartitionsToTxnResponse::default().with_results_by_transaction(out)
+}
+
+pub async fn add_offsets_to_txn(agent: &Agent, version: i16, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+    let r = agent
+        .controller
+        .add_offsets_to_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.group_id.0.to_string())
+        .await;
+    AddOffsetsToTxnResponse::default().with_error_code(r.err().map_or(0, |e| fenced_code(&e, version >= 2)))
+}
+
+pub async fn end_txn(agent: &Agent, version: i16, req: EndTxnRequest) -> EndTxnResponse {
+    let resp = EndTxnResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    let end = agent
+        .controller
+        .end_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.committed)
+        .await;
+    let code = match end {
+        Ok(None) => 0,
+        Ok(Some(end)) => match agent.markers.write(&end).await {
+            Ok(()) => 0,
+            Err(e) => {
+                // The transaction stays Prepare*: the timer finishes it; the client retries.
+                tracing::warn!(transactional_id = %end.transactional_id, error = %e, "EndTxn: cannot write markers");
+                match agent_code(&e) {
+                    c if c == ResponseError::InvalidTxnState.code() => c,
+                    _ => ResponseError::ConcurrentTransactions.code(),
+                }
+            }
+        },
+        Err(e) => fenced_code(&e, version >= 2),
+    };
+    resp.with_error_code(code)
+}
+
+pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+    let offsets: Vec<CommitOffset> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| CommitOffset {
+                topic: t.name.0.to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let n = offsets.len();
+    let member = if version >= 3 {
+        (req.member_id.to_string(), req.group_instance_id.as_ref().map(|i| i.to_string()), req.generation_id)
+    } else {
+        (String::new(), None, -1)
+    };
+    let checked = agent.controller.validate_txn_offset_commit(req.group_id.0.to_string(), member.0, member.1, member.2).await;
+    let codes: Vec<i16> = match checked {
+        Err(e) => vec![group_code(&e); n],
+        Ok(()) => {
+            let id = txn_id(&req.transactional_id);
+            let stored = agent.controller.txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets).await;
+            item_codes(stored, n, version >= 3)
+        }
+    };
+    let mut codes = codes.into_iter();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    TxnOffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(codes.next().unwrap_or(0))
+                })
+                .collect();
+            TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
+pub fn describe_transactions(agent: &Agent, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+    let states = req
+        .transactional_ids
+        .iter()
+        .map(|id| {
+            let base = TransactionState::default().with_transactional_id(id.clone()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+            match agent.controller.describe_transaction(&id.0) {
+                None => base.with_error_code(ResponseError::TransactionalIdNotFound.code()).with_transaction_state(str_bytes("")),
+                Some(d) => {
+                    let mut topics: Vec<TopicData> = Vec::new();
+                    for (topic, p) in d.partitions {
+                        match topics.last_mut() {
+                            Some(t) if *t.topic.0 == *topic => t.partitions.push(p),
+                            _ => topics.push(TopicData::default().with_topic(str_bytes(topic).into()).with_partitions(vec![p])),
+                        }
+                    }
+                    base.with_producer_id(ProducerId(d.producer_id))
+                        .with_producer_epoch(d.epoch)
+                        .with_transaction_state(str_bytes(d.status.kafka_name()))
+                        .with_transaction_timeout_ms(d.timeout_ms)
+                        .with_transaction_start_time_ms(d.started_ms)
+                        .with_topics(topics)
+                }
+            }
+        })
+        .collect();
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+/// Every state name ListTransactions may filter on.
+const STATE_NAMES: &[TxnStatus] = &[
+    TxnStatus::Empty,
+    TxnStatus::Ongoing,
+    TxnStatus::PrepareCommit,
+    TxnStatus::PrepareAbort,
+    TxnStatus::CompleteCommit,
+    TxnStatus::CompleteAbort,
+];
+
+pub fn list_transactions(agent: &Agent, version: i16, req: ListTransactionsRequest) -> ListTransactionsResponse {
+    let states: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();
+    let unknown: Vec<_> = req
+        .state_filters
+        .iter()
+        .filter(|s| !STATE_NAMES.iter().any(|n| n.kafka_name() == s.as_str()))
+        .cloned()
+        .collect();
+    let producer_ids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
+    let duration = if version >= 1 { req.duration_filter } else { -1 };
+    let pattern = if version >= 2 { req.transactional_id_pattern.as_ref().map(|p| p.to_string()) } else { None };
+    if pattern.as_deref().is_some_and(|p| !p.is_empty()) {
+        // Java regular expressions are not implemented; refuse rather than guess.
+        return ListTransactionsResponse::default().with_error_code(ResponseError::InvalidRequest.code());
+    }
+    let listed = agent
+        .controller
+        .list_transactions(&states, &producer_ids, duration)
+        .into_iter()
+        .map(|d| {
+            ListedTransaction::default()
+                .with_transactional_id(str_bytes(d.transactional_id).into())
+                .with_producer_id(ProducerId(d.producer_id))
+                .with_transaction_state(str_bytes(d.status.kafka_name()))
+        })
+        .collect();
+    ListTransactionsResponse::default().with_unknown_state_filters(unknown).with_transaction_states(listed)
+}
