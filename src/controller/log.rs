@@ -59,6 +59,32 @@ pub struct Plan {
     pub opened: Vec<OpenTxnRecord>,
 }
 
+impl Plan {
+    /// The extents the plan appends (not the duplicates), to write and apply.
+    pub fn appended(&self) -> Vec<ExtentRecord> {
+        self.results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Planned::Append(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Each extent's answer: its base offset (a duplicate's original one) or error.
+    pub fn base_offsets(self) -> Vec<Result<i64, ControllerError>> {
+        self.results
+            .into_iter()
+            .map(|r| {
+                r.map(|p| match p {
+                    Planned::Append(e) => e.base_offset,
+                    Planned::Duplicate(base) => base,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Plans a commit of `extents`, checking idempotent and transactional producers.
 pub fn plan_commit(object_key: &Arc<str>, object_size: u64, extents: &[ExtentInfo], now_ms: i64, view: &impl CommitView) -> Plan {
     let mut next: HashMap<(Uuid, i32), i64> = HashMap::new();

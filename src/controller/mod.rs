@@ -30,7 +30,7 @@ use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
 use crate::object::format::ExtentInfo;
 use groups::{GroupCoordinator, GroupSettings, TopicLookup};
-use log::{CommitView, PartitionOffsets, Planned, ProducerKey};
+use log::{CommitView, PartitionOffsets, ProducerKey};
 use producers::ProducerState;
 pub use store::ExtentRecord;
 use store::{AbortedTxnRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, StoreError, TopicRecord, TxnEffects};
@@ -199,6 +199,21 @@ struct State {
     transactions: HashMap<String, Transaction>,
     /// Producer id -> transactional id, for the check of transactional batches at commit.
     txn_of: HashMap<i64, String>,
+}
+
+impl State {
+    /// A committed extent, into memory: the partition's next offset and its recent extents.
+    fn apply_extent(&mut self, r: ExtentRecord) {
+        if let Some(p) = self.partitions.get_mut(&(r.topic_id, r.partition)) {
+            if let Some(o) = p.offsets.as_mut() {
+                o.next_offset = r.end_offset;
+            }
+            if p.recent.len() == RECENT_EXTENTS_MAX {
+                p.recent.pop_front();
+            }
+            p.recent.push_back(r);
+        }
+    }
 }
 
 impl CommitView for State {
@@ -575,14 +590,7 @@ impl Controller {
                 let view = Overlaid { base: &*s, offsets: &overlay, producers: &producer_overlay };
                 log::plan_commit(&key, req.object_size_bytes, &req.extents, now_ms, &view)
             };
-            let records: Vec<ExtentRecord> = plan
-                .results
-                .iter()
-                .filter_map(|r| match r {
-                    Ok(Planned::Append(e)) => Some(e.clone()),
-                    _ => None,
-                })
-                .collect();
+            let records = plan.appended();
             for r in &records {
                 overlay.insert(
                     (r.topic_id, r.partition),
@@ -601,7 +609,7 @@ impl Controller {
                 committed_ms: now_ms,
             };
             let producer_rows: Vec<_> = producer_states.into_iter().collect();
-            fresh.push((i, object, records, producer_rows, plan.results));
+            fresh.push((i, object, records, producer_rows, plan));
         }
         let no_txn = TxnEffects::default();
         let batch: Vec<store::ObjectCommit<'_>> = fresh
@@ -615,27 +623,11 @@ impl Controller {
                 let mut s = self.write();
                 for (i, _, records, producers, plan) in fresh {
                     for r in records {
-                        if let Some(p) = s.partitions.get_mut(&(r.topic_id, r.partition)) {
-                            if let Some(o) = p.offsets.as_mut() {
-                                o.next_offset = r.end_offset;
-                            }
-                            if p.recent.len() == RECENT_EXTENTS_MAX {
-                                p.recent.pop_front();
-                            }
-                            p.recent.push_back(r);
-                        }
+                        s.apply_extent(r);
                     }
                     s.producers.extend(producers);
                     s.commits_since_expiry += 1;
-                    out[i] = Some(Ok(plan
-                        .into_iter()
-                        .map(|r| {
-                            r.map(|p| match p {
-                                Planned::Append(e) => e.base_offset,
-                                Planned::Duplicate(base) => base,
-                            })
-                        })
-                        .collect()));
+                    out[i] = Some(Ok(plan.base_offsets()));
                 }
                 let sweep = s.commits_since_expiry >= PRODUCER_EXPIRY_SWEEP_COMMITS;
                 drop(s);
@@ -689,14 +681,7 @@ impl Controller {
         let key: Arc<str> = Arc::from(req.object_key.as_str());
         let now_ms = self.clock.now_ms();
         let mut plan = log::plan_commit(&key, req.object_size_bytes, &req.extents, now_ms, &*self.read());
-        let records: Vec<ExtentRecord> = plan
-            .results
-            .iter()
-            .filter_map(|r| match r {
-                Ok(Planned::Append(e)) => Some(e.clone()),
-                _ => None,
-            })
-            .collect();
+        let records = plan.appended();
         let mut effects = TxnEffects { opened: std::mem::take(&mut plan.opened), ..TxnEffects::default() };
         let completed = match &req.txn_end {
             Some(end) => Some(self.plan_markers(end, &records, now_ms, &mut plan.producers, &mut effects)?),
@@ -708,7 +693,7 @@ impl Controller {
             agent: req.agent.clone(),
             committed_ms: now_ms,
         };
-        let producer_states = plan.producers;
+        let producer_states = std::mem::take(&mut plan.producers);
         let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
         let write = || match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows, &effects) {
             Err(StoreError::Conflict(m)) => Err(ControllerError::InvalidRequest(m)),
@@ -723,15 +708,7 @@ impl Controller {
         let sweep = {
             let mut s = self.write();
             for r in records {
-                if let Some(p) = s.partitions.get_mut(&(r.topic_id, r.partition)) {
-                    if let Some(o) = p.offsets.as_mut() {
-                        o.next_offset = r.end_offset;
-                    }
-                    if p.recent.len() == RECENT_EXTENTS_MAX {
-                        p.recent.pop_front();
-                    }
-                    p.recent.push_back(r);
-                }
+                s.apply_extent(r);
             }
             for o in &effects.opened {
                 if let Some(p) = s.partitions.get_mut(&(o.topic_id, o.partition)) {
@@ -754,16 +731,7 @@ impl Controller {
             self.expire_producers(now_ms)?;
         }
         self.commits.send_modify(|n| *n += 1);
-        Ok(plan
-            .results
-            .into_iter()
-            .map(|r| {
-                r.map(|p| match p {
-                    Planned::Append(e) => e.base_offset,
-                    Planned::Duplicate(base) => base,
-                })
-            })
-            .collect())
+        Ok(plan.base_offsets())
     }
 
     /// The effects of committing a transaction's markers (`records`, one per partition): the

@@ -148,8 +148,14 @@ impl FetchSessions {
         Self { inner: Mutex::new(Inner::default()), max_sessions: max_sessions.max(1) }
     }
 
+    /// The sessions; a panic elsewhere while holding them leaves them usable (each update is
+    /// complete or not started).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().sessions.len()
+        self.lock().sessions.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,7 +169,7 @@ impl FetchSessions {
         if version < 7 {
             return Ok((Mode::Sessionless, requested));
         }
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         inner.uses += 1;
         let now = inner.uses;
         if req.session_epoch == INITIAL_EPOCH || req.session_epoch == FINAL_EPOCH {
@@ -227,7 +233,7 @@ impl FetchSessions {
             Mode::Full { id } => (*id, false),
             Mode::Incremental { id, .. } => (*id, true),
         };
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         let Some(session) = inner.sessions.get_mut(&id) else {
             // Evicted meanwhile: the client learns it on its next request.
             return vec![true; outcomes.len()];

@@ -87,6 +87,17 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Every row of `sql` (no parameters), mapped by `row`.
+fn select_all<T>(
+    c: &Connection,
+    sql: &str,
+    row: impl FnMut(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = c.prepare(sql).map_err(unavailable)?;
+    let rows = stmt.query_map([], row).map_err(unavailable)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+}
+
 fn uuid_from(blob: Vec<u8>) -> Result<Uuid, rusqlite::Error> {
     Uuid::from_slice(&blob).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
 }
@@ -179,55 +190,36 @@ impl MetadataStore for SqliteStore {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
-        let mut stmt = c
-            .prepare("SELECT topic_id, partition, log_start_offset, next_offset FROM partitions")
-            .map_err(unavailable)?;
-        let partitions = stmt
-            .query_map([], |r| {
-                Ok(PartitionRecord {
-                    topic_id: uuid_from(r.get(0)?)?,
-                    partition: r.get(1)?,
-                    log_start_offset: r.get(2)?,
-                    next_offset: r.get(3)?,
-                })
+        let partitions = select_all(&c, "SELECT topic_id, partition, log_start_offset, next_offset FROM partitions", |r| {
+            Ok(PartitionRecord {
+                topic_id: uuid_from(r.get(0)?)?,
+                partition: r.get(1)?,
+                log_start_offset: r.get(2)?,
+                next_offset: r.get(3)?,
             })
-            .map_err(unavailable)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
-        let mut stmt = c
-            .prepare("SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states")
-            .map_err(unavailable)?;
-        let producers = stmt
-            .query_map([], |r| {
+        })?;
+        let producers = select_all(
+            &c,
+            "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states",
+            |r| {
                 let batches: String = r.get(4)?;
                 Ok((
                     (r.get::<_, i64>(0)?, uuid_from(r.get(1)?)?, r.get::<_, i32>(2)?),
                     ProducerState { epoch: r.get(3)?, batches: decode_batches(&batches).unwrap_or_default(), last_seen_ms: r.get(5)? },
                 ))
+            },
+        )?;
+        let transactions = select_all(&c, "SELECT transactional_id, body FROM transactions", |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let open_txns = select_all(&c, "SELECT topic_id, partition, producer_id, first_offset FROM open_txns", |r| {
+            Ok(OpenTxnRecord {
+                topic_id: uuid_from(r.get(0)?)?,
+                partition: r.get(1)?,
+                producer_id: r.get(2)?,
+                first_offset: r.get(3)?,
             })
-            .map_err(unavailable)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
-        let mut stmt = c.prepare("SELECT transactional_id, body FROM transactions").map_err(unavailable)?;
-        let transactions = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(unavailable)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
-        let mut stmt =
-            c.prepare("SELECT topic_id, partition, producer_id, first_offset FROM open_txns").map_err(unavailable)?;
-        let open_txns = stmt
-            .query_map([], |r| {
-                Ok(OpenTxnRecord {
-                    topic_id: uuid_from(r.get(0)?)?,
-                    partition: r.get(1)?,
-                    producer_id: r.get(2)?,
-                    first_offset: r.get(3)?,
-                })
-            })
-            .map_err(unavailable)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
+        })?;
         Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
     }
 
