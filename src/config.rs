@@ -137,6 +137,10 @@ pub struct CacheConfig {
     pub memory_bytes: u64,
     /// Disk tier under `<data_dir>/cache`; 0 disables it.
     pub disk_bytes: u64,
+    /// Bytes per second written into the disk tier at most (0: no limit). Blocks evicted from
+    /// memory beyond this rate are dropped rather than written, so a fast producer does not
+    /// pay for its data twice on the local disk (WAL, then cache).
+    pub disk_write_bytes_per_s: u64,
     /// The cached unit: a block of an object.
     pub block_bytes: u64,
     /// Blocks of the same object fetched ahead of a sequential reader.
@@ -150,6 +154,7 @@ impl Default for CacheConfig {
         Self {
             memory_bytes: 256 * 1024 * 1024,
             disk_bytes: 4 * 1024 * 1024 * 1024,
+            disk_write_bytes_per_s: 64 * 1024 * 1024,
             block_bytes: 1024 * 1024,
             readahead_blocks: 4,
             cold_read_concurrency: 16,

@@ -113,6 +113,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         &CacheSettings {
             memory_bytes: config.cache.memory_bytes,
             disk_bytes: config.cache.disk_bytes,
+            disk_write_bytes_per_s: config.cache.disk_write_bytes_per_s,
             block_bytes: config.cache.block_bytes,
             readahead_blocks: config.cache.readahead_blocks,
             cold_read_concurrency: config.cache.cold_read_concurrency,

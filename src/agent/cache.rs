@@ -8,7 +8,9 @@
 //! budget (`[cache] cold_read_concurrency`), which uploads never wait on, and schedules the
 //! next `readahead_blocks` blocks of the same object in the background for sequential readers.
 //! Cold blocks stay in memory only; written-through blocks spill to the disk tier on eviction
-//! and when the agent stops, so a restarted agent serves its recent data from local disk.
+//! (at most `disk_write_bytes_per_s`; beyond that they are dropped, so a fast producer's data
+//! is not written to the local disk twice at full speed) and when the agent stops, so a
+//! restarted agent serves its recent data from local disk.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCacheProperties, Location, PsyncIoEngineConfig, Source,
+    HybridCacheProperties, Location, PsyncIoEngineConfig, Source, Throttle,
 };
 use tokio::sync::Semaphore;
 
@@ -30,6 +32,8 @@ pub struct CacheSettings {
     pub memory_bytes: u64,
     /// 0: no disk tier.
     pub disk_bytes: u64,
+    /// Writes into the disk tier at most this fast (0: unlimited); the excess is not cached.
+    pub disk_write_bytes_per_s: u64,
     pub block_bytes: u64,
     pub readahead_blocks: u32,
     pub cold_read_concurrency: u32,
@@ -84,8 +88,13 @@ impl ReadCache {
         let builder = if settings.disk_bytes > 0 {
             std::fs::create_dir_all(&settings.dir)
                 .map_err(|e| ObjectError::Permanent(format!("cache dir {}: {e}", settings.dir.display())))?;
+            let mut throttle = Throttle::new();
+            if settings.disk_write_bytes_per_s > 0 {
+                throttle = throttle.with_write_throughput(settings.disk_write_bytes_per_s as usize);
+            }
             let device = FsDeviceBuilder::new(&settings.dir)
                 .with_capacity(settings.disk_bytes as usize)
+                .with_throttle(throttle)
                 .build()
                 .map_err(|e| ObjectError::Permanent(format!("cache device: {e}")))?;
             let block_size = (settings.block_bytes.max(1 << 20) * 4).min(settings.disk_bytes) as usize;
@@ -205,6 +214,7 @@ mod tests {
         CacheSettings {
             memory_bytes: 1 << 20,
             disk_bytes,
+            disk_write_bytes_per_s: 0,
             block_bytes: 4096,
             readahead_blocks: 2,
             cold_read_concurrency: 4,
@@ -240,5 +250,35 @@ mod tests {
         assert_eq!(gets(), before + 1, "blocks 1 and 2 came with block 0");
         assert_eq!(cache.read("c", 12_288..20_000, 20_000).await.unwrap(), body.slice(12_288..20_000));
         assert_eq!(gets(), before + 2);
+    }
+
+    /// Bytes the disk tier wrote after `objects` objects of 1 MiB went through a 1 MiB memory
+    /// tier at 50 objects/s (each evicted block is offered to the disk tier).
+    async fn disk_bytes_written(disk_write_bytes_per_s: u64, objects: u32) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = CacheSettings {
+            block_bytes: 64 * 1024,
+            disk_write_bytes_per_s,
+            ..settings(dir.path(), 256 << 20)
+        };
+        let cache = ReadCache::open(&settings, Arc::new(MemoryStore::new())).await.unwrap();
+        let body: Bytes = vec![7u8; 1 << 20].into();
+        for i in 0..objects {
+            cache.insert_object(&format!("o{i}"), &body);
+            // Paced like uploads (not a wait for a condition): the engine writes in between.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        cache.close().await;
+        cache.cache.statistics().disk_write_bytes()
+    }
+
+    #[tokio::test]
+    async fn the_disk_tier_write_rate_is_limited() {
+        // 32 MiB offered in 0.64 s: unlimited, all of it is written (about 34 MiB with the
+        // engine's framing); at 1 MiB/s, about one engine block is admitted, the rest dropped.
+        let unlimited = disk_bytes_written(0, 32).await;
+        let limited = disk_bytes_written(1 << 20, 32).await;
+        assert!(unlimited >= 24 << 20, "unlimited: {unlimited} bytes written");
+        assert!(limited <= 12 << 20, "limited to 1 MiB/s: {limited} bytes written");
     }
 }
