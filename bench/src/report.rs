@@ -26,6 +26,10 @@ pub struct Run {
     pub load_after: f64,
     /// (latency ms, quantile) points of the run's main latency, for the CDF.
     pub cdf: Vec<(f64, f64)>,
+    /// The case of the peers' runs this one's ratios are taken against, when the peers have no
+    /// run of this case (e.g. Sidestream's e2e on another agent against a single broker's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_as: Option<String>,
 }
 
 impl Run {
@@ -49,7 +53,14 @@ impl Run {
             load_before: f64::NAN,
             load_after: f64::NAN,
             cdf,
+            compare_as: None,
         }
+    }
+
+    /// Ratios of this run are taken against the peers' runs of `case`.
+    pub fn compared_as(mut self, case: &str) -> Run {
+        self.compare_as = Some(case.to_string());
+        self
     }
 }
 
@@ -280,9 +291,11 @@ struct Ratio {
 fn ratios(runs: &[Run]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for base in runs.iter().filter(|r| r.target == "sidestream") {
-        for peer in runs.iter().filter(|r| {
-            r.target != "sidestream" && r.scenario == base.scenario && r.case == base.case
-        }) {
+        let case = base.compare_as.as_deref().unwrap_or(&base.case);
+        for peer in runs
+            .iter()
+            .filter(|r| r.target != "sidestream" && r.scenario == base.scenario && r.case == case)
+        {
             let figures = base
                 .figures
                 .iter()
@@ -294,7 +307,10 @@ fn ratios(runs: &[Run]) -> Vec<Ratio> {
             out.push(Ratio {
                 scenario: base.scenario.clone(),
                 case: base.case.clone(),
-                pair: format!("sidestream/{}", peer.target),
+                pair: match &base.compare_as {
+                    Some(c) => format!("sidestream/{} (its {c})", peer.target),
+                    None => format!("sidestream/{}", peer.target),
+                },
                 figures,
             });
         }
@@ -383,6 +399,7 @@ pub fn markdown(
                 .copied()
                 .chain([
                     "e2e p99 ms",
+                    "txn p99 ms",
                     "producer p99 ms with catch-up",
                     "start to first ack s",
                     "restart to committed s",
