@@ -369,6 +369,7 @@ pub async fn open_object_store(config: &Config, metrics: Arc<StoreMetrics>) -> R
                 access_key_id: os.access_key_id.clone(),
                 secret_access_key: os.secret_access_key.clone(),
                 part_bytes: os.part_bytes,
+                sign_payload: os.sign_payload,
                 max_concurrent_requests: os.max_concurrent_requests as usize,
                 request_timeout: Duration::from_millis(os.request_timeout_ms),
             };

@@ -69,6 +69,7 @@ fn start() -> Option<S3sFs> {
     Some(server)
 }
 
+/// Bodies unsigned (`UNSIGNED-PAYLOAD`, the default); headers always signed.
 fn settings(port: u16, secret: &str) -> S3Settings {
     S3Settings {
         bucket: "bucket".into(),
@@ -79,6 +80,7 @@ fn settings(port: u16, secret: &str) -> S3Settings {
         access_key_id: Some("k".into()),
         secret_access_key: Some(Secret(secret.into())),
         part_bytes: PART_BYTES_MIN,
+        sign_payload: false,
         max_concurrent_requests: 8,
         request_timeout: Duration::from_secs(10),
     }
@@ -142,6 +144,16 @@ async fn s3_backend_against_a_real_server() {
     let bad = S3Store::connect(settings(server.port, "wrong"), Arc::new(StoreMetrics::new())).await.unwrap();
     let e = bad.get("00/a/small.sso").await.unwrap_err();
     assert!(matches!(e, ObjectError::Permanent(_)), "{e}");
+    let e = bad.put("03/a/refused.sso", Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(matches!(e, ObjectError::Permanent(_)), "an unsigned body still needs signed headers: {e}");
+
+    // Signed bodies (`sign_payload = true`): the server checks each body's SHA-256.
+    let signed = S3Settings { sign_payload: true, ..settings(server.port, "s") };
+    let signed = S3Store::connect(signed, Arc::new(StoreMetrics::new())).await.unwrap();
+    signed.put("04/a/signed.sso", Bytes::from_static(b"signed")).await.unwrap();
+    signed.put("04/a/signed-big.sso", big.clone()).await.unwrap();
+    assert_eq!(s3.get("04/a/signed.sso").await.unwrap(), "signed");
+    assert_eq!(s3.get("04/a/signed-big.sso").await.unwrap(), big);
 
     // The server gone: a transient error (connection refused), worth retrying.
     drop(server);

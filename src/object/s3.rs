@@ -67,6 +67,8 @@ pub struct S3Settings {
     pub secret_access_key: Option<Secret>,
     /// Multipart part size; objects larger than this are uploaded in parts.
     pub part_bytes: u64,
+    /// SigV4-sign request bodies (a SHA-256 of every body); false: `UNSIGNED-PAYLOAD`.
+    pub sign_payload: bool,
     pub max_concurrent_requests: usize,
     /// Timeout of one HTTP attempt (connect + request + response).
     pub request_timeout: Duration,
@@ -78,6 +80,7 @@ pub struct S3Store {
     bucket: String,
     root: String,
     part_bytes: u64,
+    sign_payload: bool,
     requests: Arc<Semaphore>,
     metrics: Arc<StoreMetrics>,
 }
@@ -131,6 +134,7 @@ impl S3Store {
             bucket: settings.bucket,
             root: settings.root,
             part_bytes: settings.part_bytes.max(PART_BYTES_MIN),
+            sign_payload: settings.sign_payload,
             requests: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
             metrics,
         })
@@ -159,7 +163,8 @@ impl S3Store {
         if only_if_absent {
             req = req.if_none_match("*");
         }
-        match req.send().await {
+        let sent = if self.sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
+        match sent {
             Ok(_) => Ok(true),
             Err(e) if only_if_absent && is_precondition_failed(&e) => Ok(false),
             Err(e) => Err(classify("PutObject", full, e)),
@@ -220,9 +225,12 @@ impl S3Store {
                 .part_number(part_number)
                 .body(ByteStream::from(chunk));
             let full = full.to_string();
+            let sign_payload = self.sign_payload;
             tasks.spawn(async move {
                 let _slot = slot;
-                let out = req.send().await.map_err(|e| classify("UploadPart", &full, e))?;
+                let sent =
+                    if sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
+                let out = sent.map_err(|e| classify("UploadPart", &full, e))?;
                 let etag = out
                     .e_tag()
                     .ok_or_else(|| ObjectError::Transient(format!("UploadPart {full}: no ETag")))?
@@ -474,6 +482,7 @@ impl S3Store {
             bucket: self.bucket.clone(),
             root: self.root.clone(),
             part_bytes: self.part_bytes,
+            sign_payload: self.sign_payload,
             requests: self.requests.clone(),
             metrics: self.metrics.clone(),
         })
