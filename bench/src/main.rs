@@ -1189,6 +1189,10 @@ impl Session {
                 let t0 = Instant::now();
                 cl.agents
                     .push(Target::spawn(kind, &s.programs, s.s3.as_ref(), &at)?);
+                // Listening (ApiVersions answered) first, then the first acknowledged produce.
+                let joined = cl.agents.len() - 1;
+                cl.agents[joined].wait_ready(Duration::from_secs(180))?;
+                let listening = t0.elapsed().as_secs_f64();
                 let first = load::first_ack(&bootstrap, "elastic", t0 + Duration::from_secs(180))?;
                 let start_to_ack = first.duration_since(t0).as_secs_f64();
                 // The new agent serves the history: its high watermark covers the filled records.
@@ -1208,6 +1212,7 @@ impl Session {
                 let mut figures = BTreeMap::new();
                 let mut notes = Vec::new();
                 figures.insert("start to first ack s".into(), start_to_ack);
+                figures.insert("start to listening s".into(), listening);
                 match sees {
                     Some(v) => {
                         figures.insert("start to history visible s".into(), v);
