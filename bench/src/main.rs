@@ -731,7 +731,7 @@ impl Session {
             }
         }
         for c in cases {
-            let params: BTreeMap<String, String> = [
+            let params = named([
                 ("acks", c.acks.clone()),
                 ("record_bytes", c.record_bytes.to_string()),
                 ("partitions", c.partitions.to_string()),
@@ -747,10 +747,7 @@ impl Session {
                 ("queue_kbytes", lists.queue_kb.to_string()),
                 ("duration_s", self.common.duration_s.to_string()),
                 ("warmup_s", self.common.warmup_s.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+            ]);
             let queue_kb = lists.queue_kb;
             let case = c.clone();
             self.each_target("produce", &c.label(), params.clone(), &move |s, kind| {
@@ -819,17 +816,14 @@ impl Session {
             rate: p.rate,
         };
         let label = format!("{} same agent", case.label());
-        let mut params: BTreeMap<String, String> = [
+        let mut params = named([
             ("acks", case.acks.clone()),
             ("record_bytes", case.record_bytes.to_string()),
             ("partitions", "1".into()),
             ("rate", case.rate.to_string()),
             ("consumer", "tail, same agent, fetch.wait.max.ms=100".into()),
             ("duration_s", self.common.duration_s.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         let l2 = label.clone();
         let c2 = case.clone();
         let p2 = params.clone();
@@ -949,16 +943,13 @@ impl Session {
             rate: p.rate,
         };
         let label = format!("acks=1 1024B {}/s, history {} MB", p.rate, p.history_mb);
-        let params: BTreeMap<String, String> = [
+        let params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
             ("rate", p.rate.to_string()),
             ("history_mb", p.history_mb.to_string()),
             ("duration_s", self.common.duration_s.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         let history_records = p.history_mb * 1_000_000 / 1024;
         let l2 = label.clone();
         self.each_target("catchup", &label, params.clone(), &move |s, kind| {
@@ -1062,15 +1053,12 @@ impl Session {
             "acks=1 1024B {}/s for {} s then SIGKILL",
             p.rate, self.common.duration_s
         );
-        let params: BTreeMap<String, String> = [
+        let params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
             ("rate", p.rate.to_string()),
             ("duration_s", self.common.duration_s.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         self.notes.push(
             "elastic, start to first ack: the broker restarts on its existing data (topic known) after a clean \
              stop; Sidestream also: a new agent (empty data dir) joining a controller service and one agent."
@@ -1160,16 +1148,13 @@ impl Session {
             "new agent joins (remote controller, 1 agent, topic with {fill_s} s of acks=1 1024B at {}/s)",
             p.rate
         );
-        let join_params: BTreeMap<String, String> = [
+        let join_params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
             ("rate", p.rate.to_string()),
             ("fill_s", fill_s.to_string()),
             ("joins", joins.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         let jl = join_label.clone();
         let jp = join_params.clone();
         self.sidestream_only("elastic", &join_label, join_params, &move |s, kind| {
@@ -1282,16 +1267,13 @@ impl Session {
         );
         for &n in &p.records {
             let label = format!("{n} records/txn {}B p={}", p.record_bytes, p.partitions);
-            let params: BTreeMap<String, String> = [
+            let params = named([
                 ("records_per_txn", n.to_string()),
                 ("record_bytes", p.record_bytes.to_string()),
                 ("partitions", p.partitions.to_string()),
                 ("duration_s", self.common.duration_s.to_string()),
                 ("warmup_s", self.common.warmup_s.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+            ]);
             let (l2, p2, record_bytes, partitions) =
                 (label.clone(), params.clone(), p.record_bytes, p.partitions);
             self.each_target("txn", &label, params, &move |s, kind| {
@@ -1484,6 +1466,11 @@ fn e2e_figures(
         ));
     }
     figures
+}
+
+/// A case's parameters as printed with its results.
+fn named<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 fn throughput_figures(figures: &mut BTreeMap<String, f64>, out: &load::ProduceOutcome) {

@@ -295,6 +295,8 @@ fn ratios(runs: &[Run]) -> Vec<Ratio> {
         for peer in runs
             .iter()
             .filter(|r| r.target != "sidestream" && r.scenario == base.scenario && r.case == case)
+            // A failed run has no figures: nothing to compare with.
+            .filter(|r| !r.figures.is_empty())
         {
             let figures = base
                 .figures
@@ -587,5 +589,22 @@ mod tests {
         let pts = cdf_points(&h);
         assert_eq!(pts.last().map(|p| p.1), Some(1.0));
         assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    }
+
+    #[test]
+    fn ratios_follow_compare_as_and_skip_failed_peers() {
+        let f = |v: f64| BTreeMap::from([("p99 ms".to_string(), v)]);
+        let p = BTreeMap::new();
+        let runs = vec![
+            Run::new("e2e", "same", "sidestream", &p, f(10.0), vec![], vec![]),
+            Run::new("e2e", "same", "kafka", &p, f(5.0), vec![], vec![]),
+            Run::new("e2e", "same", "tansu", &p, BTreeMap::new(), vec![], vec![]),
+            Run::new("e2e", "other", "sidestream", &p, f(20.0), vec![], vec![]).compared_as("same"),
+        ];
+        let r = ratios(&runs);
+        assert_eq!(r.len(), 2, "one pair per run with a peer that has figures");
+        assert_eq!((r[0].case.as_str(), r[0].figures["p99 ms"]), ("same", 2.0));
+        assert_eq!((r[1].case.as_str(), r[1].figures["p99 ms"]), ("other", 4.0));
+        assert_eq!(r[1].pair, "sidestream/kafka (its same)");
     }
 }
