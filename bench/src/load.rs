@@ -1,5 +1,6 @@
 //! librdkafka load (through the `rdkafka` crate): a producer at max throughput or at a fixed
-//! rate, and a consumer that reads from the beginning of a topic.
+//! rate, a transactional producer (back-to-back transactions), and a consumer that reads from the
+//! beginning of a topic.
 //!
 //! Latency is per record, from its intended send time (open loop: with a fixed rate a stalled
 //! broker cannot hide behind coordinated omission; at max throughput the intended time is the
@@ -21,7 +22,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
@@ -173,6 +176,35 @@ fn text_pool(bytes: usize) -> Vec<u8> {
     out
 }
 
+/// Record payloads: slices of the text pool at pseudo-random places, each starting with its send
+/// stamp (µs since the Unix epoch, big-endian) for the consumer's end-to-end latency.
+struct Payloads {
+    pool: Vec<u8>,
+    buf: Vec<u8>,
+    rng: u64,
+}
+
+impl Payloads {
+    fn new(record_bytes: usize) -> Payloads {
+        Payloads {
+            pool: text_pool((4 << 20).max(record_bytes * 4)),
+            buf: vec![0u8; record_bytes.max(8)],
+            rng: 0x2545_F491_4F6C_DD1D,
+        }
+    }
+
+    fn next(&mut self, stamp_us: u64) -> &[u8] {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let len = self.buf.len();
+        let at = (self.rng % (self.pool.len() - len + 1) as u64) as usize;
+        self.buf.copy_from_slice(&self.pool[at..at + len]);
+        self.buf[..8].copy_from_slice(&stamp_us.to_be_bytes());
+        &self.buf
+    }
+}
+
 pub fn wall_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -216,8 +248,7 @@ pub fn produce(spec: &ProduceSpec) -> Result<ProduceOutcome> {
         .set("message.max.bytes", "16777216")
         .create_with_context(ctx)
         .context("cannot create the librdkafka producer")?;
-    let pool = text_pool((4 << 20).max(spec.record_bytes * 4));
-    let mut payload = vec![0u8; spec.record_bytes.max(8)];
+    let mut payloads = Payloads::new(spec.record_bytes);
     let start = Instant::now();
     let start_wall = wall_us();
     let measure_from = start + spec.warmup;
@@ -227,7 +258,6 @@ pub fn produce(spec: &ProduceSpec) -> Result<ProduceOutcome> {
     );
     let end = start + spec.duration;
     let interval = (spec.rate > 0).then(|| Duration::from_secs_f64(1.0 / spec.rate as f64));
-    let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
     let mut k: u64 = 0;
     let mut sent_in_window = 0u64;
     loop {
@@ -242,19 +272,12 @@ pub fn produce(spec: &ProduceSpec) -> Result<ProduceOutcome> {
         if intended > now {
             std::thread::sleep(intended - now);
         }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let at = (rng % (pool.len() - payload.len() + 1) as u64) as usize;
-        let len = payload.len();
-        payload.copy_from_slice(&pool[at..at + len]);
-        let stamp = start_wall + (intended - start).as_micros() as u64;
-        payload[..8].copy_from_slice(&stamp.to_be_bytes());
+        let payload = payloads.next(start_wall + (intended - start).as_micros() as u64);
         let partition = (k % spec.partitions.max(1) as u64) as i32;
         let mut record =
             BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&spec.topic, Box::new(intended))
                 .partition(partition)
-                .payload(&payload[..]);
+                .payload(payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -398,6 +421,12 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()>
     } else {
         check_created(results)?;
     }
+    wait_topic(bootstrap, topic, partitions)
+}
+
+/// Waits (up to 120 s) until `bootstrap`'s metadata shows every partition of a topic (another
+/// agent of a cluster learns of a topic from the controller).
+pub fn wait_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
     let probe: BaseConsumer = client_config(bootstrap).create()?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -411,7 +440,9 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()>
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("topic {topic} not visible with {partitions} partitions within 120 s");
+            bail!(
+                "topic {topic} not visible on {bootstrap} with {partitions} partitions within 120 s"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -501,4 +532,106 @@ pub fn first_ack(bootstrap: &str, topic: &str, deadline: Instant) -> Result<Inst
             bail!("no acknowledged produce before the deadline");
         }
     }
+}
+
+/// A transactional producer's load: back-to-back transactions of `records_per_txn` records
+/// each, for `duration` (closed loop: the next transaction begins when the last one committed).
+#[derive(Clone, Debug)]
+pub struct TxnSpec {
+    pub bootstrap: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub record_bytes: usize,
+    pub records_per_txn: u64,
+    pub duration: Duration,
+    /// Transactions begun in this first part are neither timed nor counted.
+    pub warmup: Duration,
+}
+
+/// What a transactional load measured (transactions begun after the warm-up only).
+pub struct TxnOutcome {
+    pub transactions: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// From the end of the warm-up to the last counted commit.
+    pub window_s: f64,
+    /// Records in committed transactions over the whole run, warm-up included.
+    pub committed_total: u64,
+    /// `commit_transaction` (flush of the transaction's records, then EndTxn), per transaction.
+    pub commit_us: Histogram<u64>,
+    /// Begin to commit returned, per transaction.
+    pub txn_us: Histogram<u64>,
+}
+
+/// Runs back-to-back transactions with librdkafka's transactional API (acks=all, idempotence
+/// on, one transactional id). A failed commit ends the run with its error.
+pub fn transactions(spec: &TxnSpec) -> Result<TxnOutcome> {
+    let producer: ThreadedProducer<DefaultProducerContext> = client_config(&spec.bootstrap)
+        .set(
+            "transactional.id",
+            format!("sidestream-bench-{}-{}", std::process::id(), wall_us()),
+        )
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .set("transaction.timeout.ms", "60000")
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .context("cannot create the librdkafka transactional producer")?;
+    producer
+        .init_transactions(Duration::from_secs(60))
+        .context("init_transactions")?;
+    let mut payloads = Payloads::new(spec.record_bytes);
+    let (mut commit_us, mut txn_us) = (histogram(), histogram());
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = start + spec.duration;
+    let (mut transactions, mut records, mut committed_total) = (0u64, 0u64, 0u64);
+    let mut last_done = measure_from;
+    let mut k: u64 = 0;
+    while Instant::now() < end {
+        let began = Instant::now();
+        producer.begin_transaction().context("begin_transaction")?;
+        for _ in 0..spec.records_per_txn {
+            let partition = (k % spec.partitions.max(1) as u64) as i32;
+            k += 1;
+            let mut record = BaseRecord::<(), [u8], ()>::to(&spec.topic)
+                .partition(partition)
+                .payload(payloads.next(wall_us()));
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err((e, _)) => bail!("transactional produce to {} failed: {e}", spec.topic),
+                }
+            }
+        }
+        let committing = Instant::now();
+        producer
+            .commit_transaction(Duration::from_secs(60))
+            .context("commit_transaction")?;
+        let done = Instant::now();
+        committed_total += spec.records_per_txn;
+        if began >= measure_from {
+            let us = |d: Duration| (d.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+            commit_us.saturating_record(us(done - committing));
+            txn_us.saturating_record(us(done - began));
+            transactions += 1;
+            records += spec.records_per_txn;
+            last_done = done;
+        }
+    }
+    Ok(TxnOutcome {
+        transactions,
+        records,
+        bytes: records * spec.record_bytes as u64,
+        window_s: (last_done - measure_from).as_secs_f64(),
+        committed_total,
+        commit_us,
+        txn_us,
+    })
 }

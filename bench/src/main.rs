@@ -6,7 +6,9 @@
 //! object-store requests from a counting proxy in front of the shared S3 server (`s3count.rs`),
 //! and writes a Markdown table, a JSON file and a latency CDF under `bench/results/`
 //! (`report.rs`). `compare` runs every case against each target in turn (Sidestream, Apache
-//! Kafka 4.4, Tansu 0.6.0) and prints the ratios. `own` keeps the first, Sidestream-only load
+//! Kafka 4.4, Tansu 0.6.0) and prints the ratios. Cases only Sidestream has (e2e on another
+//! agent, a new agent joining) start a `sidestream controller` and agents in remote mode on one
+//! bucket (`Cluster`). `own` keeps the first, Sidestream-only load
 //! generator that speaks the protocol itself (`own.rs`).
 
 mod load;
@@ -26,7 +28,7 @@ use clap::{Args, Parser, Subcommand};
 
 use report::{COST, Run};
 use s3count::S3;
-use target::{Kind, Placement, Programs, Target, parse_kind};
+use target::{Controller, Kind, Placement, Programs, Remote, Target, parse_kind};
 
 #[derive(Parser)]
 #[command(
@@ -42,15 +44,20 @@ struct Cli {
 enum Cmd {
     /// Producer throughput (rate 0) and fixed-rate latency over the cross product of the lists.
     Produce(ProduceArgs),
-    /// End-to-end latency: produce timestamp to consume, tail consumer on the same agent.
+    /// End-to-end latency: produce timestamp to consume, tail consumers on the same agent and
+    /// (Sidestream: a controller and two agents) on another agent.
     E2e(E2eArgs),
     /// Producer latency at a fixed rate alone, then while a consumer reads cold history.
     Catchup(CatchupArgs),
-    /// Start to first acknowledged produce; SIGKILL with acks=1 data, restart to all committed.
+    /// Start to first acknowledged produce (restart; a new agent joining a cluster); SIGKILL
+    /// with acks=1 data, restart to all committed.
     Elastic(ElasticArgs),
+    /// Transactional producer: back-to-back transactions, records/s and commit latency.
+    Txn(TxnArgs),
     /// The scenarios against every target, alternately, in one run; ratios per figure.
     Compare(CompareArgs),
-    /// A 1-2 minute smoke of produce and e2e against Sidestream (CI: completes, valid JSON).
+    /// A 1-2 minute smoke of produce, e2e (same and other agent) and txn against Sidestream (CI:
+    /// completes, valid JSON).
     Quick(Common),
     /// The first load generator (own Kafka client, Sidestream only).
     #[command(subcommand)]
@@ -167,6 +174,9 @@ struct ElasticParams {
     /// Records/s (acks=1) written before the SIGKILL.
     #[arg(id = "elastic_rate", long = "elastic-rate", default_value_t = 5000)]
     rate: u64,
+    /// Sidestream: new agents joining the cluster, one after another (medians reported).
+    #[arg(id = "elastic_joins", long = "elastic-joins", default_value_t = 3)]
+    joins: u32,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -178,14 +188,43 @@ struct ElasticArgs {
 }
 
 #[derive(Args, Clone, Debug)]
+struct TxnParams {
+    /// Records per transaction (one case each).
+    #[arg(
+        id = "txn_records",
+        long = "txn-records",
+        value_delimiter = ',',
+        default_value = "100,1000"
+    )]
+    records: Vec<u64>,
+    #[arg(
+        id = "txn_record_bytes",
+        long = "txn-record-bytes",
+        default_value_t = 1024
+    )]
+    record_bytes: usize,
+    /// Partitions of the topic; a transaction's records are spread over all of them.
+    #[arg(id = "txn_partitions", long = "txn-partitions", default_value_t = 1)]
+    partitions: i32,
+}
+
+#[derive(Args, Clone, Debug)]
+struct TxnArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    txn: TxnParams,
+}
+
+#[derive(Args, Clone, Debug)]
 struct CompareArgs {
     #[command(flatten)]
     common: Common,
-    /// Scenarios to run: produce, e2e, catchup, elastic.
+    /// Scenarios to run: produce, e2e, catchup, elastic, txn.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "produce,e2e,catchup,elastic"
+        default_value = "produce,e2e,catchup,elastic,txn"
     )]
     scenarios: Vec<String>,
     #[command(flatten)]
@@ -196,6 +235,8 @@ struct CompareArgs {
     catchup: CatchupParams,
     #[command(flatten)]
     elastic: ElasticParams,
+    #[command(flatten)]
+    txn: TxnParams,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -228,6 +269,11 @@ fn main() -> Result<()> {
             s.elastic(&a.elastic)?;
             s.finish()
         }
+        Cmd::Txn(a) => {
+            let mut s = Session::new(&a.common, &[Kind::Sidestream], "txn")?;
+            s.txn(&a.txn)?;
+            s.finish()
+        }
         Cmd::Compare(a) => {
             let mut s = Session::new(
                 &a.common,
@@ -240,7 +286,10 @@ fn main() -> Result<()> {
                     "e2e" => s.e2e(&a.e2e)?,
                     "catchup" => s.catchup(&a.catchup)?,
                     "elastic" => s.elastic(&a.elastic)?,
-                    other => bail!("unknown scenario {other:?}: produce, e2e, catchup or elastic"),
+                    "txn" => s.txn(&a.txn)?,
+                    other => {
+                        bail!("unknown scenario {other:?}: produce, e2e, catchup, elastic or txn")
+                    }
                 }
             }
             s.finish()
@@ -262,10 +311,16 @@ fn main() -> Result<()> {
                 queue_kb: 32768,
             };
             s.produce(&lists)?;
+            // e2e: the same agent, then a controller and two agents (same and other agent).
             s.e2e(&E2eParams {
                 acks: "1".into(),
                 rate: 2000,
                 record_bytes: 1024,
+            })?;
+            s.txn(&TxnParams {
+                records: vec![100],
+                record_bytes: 1024,
+                partitions: 1,
             })?;
             let failed: Vec<String> = s
                 .runs
@@ -316,6 +371,33 @@ fn s3s_fs_bin(explicit: &Option<String>) -> String {
         "s3s-fs".into()
     } else {
         home.display().to_string()
+    }
+}
+
+/// A Sidestream cluster: one controller service, agents in remote mode on one bucket.
+struct Cluster {
+    controller: Controller,
+    agents: Vec<Target>,
+    /// The first agent's placement (owns the bucket).
+    first: Placement,
+}
+
+impl Cluster {
+    /// (CPU seconds, peak RSS bytes) summed over the controller and every agent.
+    fn usage(&self) -> (f64, u64) {
+        self.agents
+            .iter()
+            .map(Target::usage)
+            .chain([self.controller.usage()])
+            .fold((0.0, 0), |(c, r), (c1, r1)| (c + c1, r + r1))
+    }
+
+    /// How an agent ended, if one did during a run.
+    fn exited(&mut self) -> Option<String> {
+        self.agents.iter_mut().enumerate().find_map(|(i, t)| {
+            t.exited()
+                .map(|how| format!("agent {} {how}; log: {}", i + 1, t.log_tail()))
+        })
     }
 }
 
@@ -429,10 +511,85 @@ impl Session {
     fn cleanup(&self, t: Target) {
         let at = t.placement();
         t.stop();
+        self.remove_placement(&at);
+    }
+
+    /// A controller and `agents` Sidestream agents in remote mode, sharing one bucket (node ids
+    /// 1..=agents), every agent ready.
+    fn start_cluster(&mut self, agents: u32) -> Result<Cluster> {
+        let mut first = self.placement(Kind::Sidestream)?;
+        let controller =
+            match Controller::start(&self.programs, first.data_dir.with_extension("controller")) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.remove_placement(&first);
+                    return Err(e);
+                }
+            };
+        first.remote = Some(Remote {
+            controller: controller.address.clone(),
+            node_id: 1,
+        });
+        let mut cluster = Cluster {
+            controller,
+            agents: Vec::new(),
+            first: first.clone(),
+        };
+        for node_id in 1..=agents {
+            let at = if node_id == 1 {
+                Ok(first.clone())
+            } else {
+                first.peer(node_id)
+            };
+            match at.and_then(|at| {
+                Target::start(Kind::Sidestream, &self.programs, self.s3.as_ref(), &at)
+            }) {
+                Ok(t) => cluster.agents.push(t),
+                Err(e) => {
+                    self.remove_cluster(cluster);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Stops a cluster's agents and controller; removes their data and the bucket.
+    fn remove_cluster(&self, cluster: Cluster) {
+        for t in cluster.agents {
+            let at = t.placement();
+            t.stop();
+            let _ = std::fs::remove_dir_all(&at.data_dir);
+        }
+        cluster.controller.remove();
+        self.remove_placement(&cluster.first);
+    }
+
+    fn remove_placement(&self, at: &Placement) {
         let _ = std::fs::remove_dir_all(&at.data_dir);
         if let (Some(s3), Some(b)) = (&self.s3, &at.bucket) {
             s3.remove_bucket(b);
         }
+    }
+
+    /// [`Session::each_target`] for Sidestream alone (a case the peers have no counterpart
+    /// of), when Sidestream is among the targets.
+    fn sidestream_only(
+        &mut self,
+        scenario: &str,
+        case: &str,
+        params: BTreeMap<String, String>,
+        f: &dyn Fn(&mut Session, Kind) -> Result<Vec<Run>>,
+    ) {
+        if !self.targets.contains(&Kind::Sidestream) {
+            return;
+        }
+        let all = std::mem::replace(&mut self.targets, vec![Kind::Sidestream]);
+        // A cluster that cannot start does not stop Sidestream's other cases.
+        let broken = self.broken.clone();
+        self.each_target(scenario, case, params, f);
+        self.targets = all;
+        self.broken = broken;
     }
 
     fn s3_counts(&self) -> s3count::Counts {
@@ -574,7 +731,7 @@ impl Session {
             }
         }
         for c in cases {
-            let params: BTreeMap<String, String> = [
+            let params = named([
                 ("acks", c.acks.clone()),
                 ("record_bytes", c.record_bytes.to_string()),
                 ("partitions", c.partitions.to_string()),
@@ -590,10 +747,7 @@ impl Session {
                 ("queue_kbytes", lists.queue_kb.to_string()),
                 ("duration_s", self.common.duration_s.to_string()),
                 ("warmup_s", self.common.warmup_s.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+            ]);
             let queue_kb = lists.queue_kb;
             let case = c.clone();
             self.each_target("produce", &c.label(), params.clone(), &move |s, kind| {
@@ -662,21 +816,17 @@ impl Session {
             rate: p.rate,
         };
         let label = format!("{} same agent", case.label());
-        let params: BTreeMap<String, String> = [
+        let mut params = named([
             ("acks", case.acks.clone()),
             ("record_bytes", case.record_bytes.to_string()),
             ("partitions", "1".into()),
             ("rate", case.rate.to_string()),
             ("consumer", "tail, same agent, fetch.wait.max.ms=100".into()),
             ("duration_s", self.common.duration_s.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        self.notes.push( "e2e on another agent: not measured. It needs agents sharing a remote controller (gRPC), which is being built in parallel (controller service) and is not on this branch; with the embedded controller every agent is its own cluster."
-                .into(),
-        );
+        ]);
         let l2 = label.clone();
+        let c2 = case.clone();
+        let p2 = params.clone();
         self.each_target("e2e", &label, params.clone(), &move |s, kind| {
             let mut t = s.start(kind)?;
             let result = (|| {
@@ -684,58 +834,24 @@ impl Session {
                 let (cpu0, _) = t.usage();
                 let s30 = s.s3_counts();
                 let own0 = t.store_requests();
-                let stop = Arc::new(AtomicBool::new(false));
-                let spec = s.spec(&t.bootstrap, "bench", &case);
+                let spec = s.spec(&t.bootstrap, "bench", &c2);
                 let ignore_before_us = load::wall_us() + spec.warmup.as_micros() as u64;
-                let cspec = load::ConsumeSpec {
-                    bootstrap: t.bootstrap.clone(),
-                    topic: "bench".into(),
-                    partitions: 1,
-                    until_records: None,
-                    stop: stop.clone(),
-                    ignore_before_us,
-                    progress: Arc::new(AtomicU64::new(0)),
-                };
-let progress = cspec.progress.clone();
-                let consumer = std::thread::spawn(move || load::consume(&cspec));
+                let tail = Tail::start(&t.bootstrap, ignore_before_us);
                 let out = load::produce(&spec)?;
                 if let Some(how) = t.exited() {
-                    bail!("the {} broker {how} during the run; log: {}", kind.name(), t.log_tail());
+                    bail!(
+                        "the {} broker {how} during the run; log: {}",
+                        kind.name(),
+                        t.log_tail()
+                    );
                 }
-                // The tail: wait (up to 30 s) until the consumer has read every acknowledged
-                // record, so a consumer that falls behind shows as latency, not as missing data.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while progress.load(Ordering::Relaxed) < out.acked_total && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                stop.store(true, Ordering::Relaxed);
-                let read = consumer
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+                let read = Tail::finish(vec![tail], out.acked_total)?.remove(0);
                 let (cpu1, rss) = t.usage();
                 let wire = s.s3_counts().minus(&s30);
                 let mut notes = Vec::new();
                 let s3 = server_counts(&t, own0, &wire, &mut notes);
-                let mut figures = BTreeMap::new();
-                throughput_figures(&mut figures, &out);
-                report::latency_figures(&mut figures, "", &read.e2e_us);
-                figures.insert(
-                    "e2e p99 ms".into(),
-                    read.e2e_us.value_at_quantile(0.99) as f64 / 1000.0,
-                );
-                figures.insert(
-                    "produce p99 ms".into(),
-                    out.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-                );
-                figures.insert("records consumed".into(), read.records as f64);
-                if read.records < out.acked_total {
-                    notes.push(format!(
-                        "the consumer read {} of {} acknowledged records by 30 s after the producer stopped",
-                        read.records, out.acked_total
-                    ));
-                }
-                let written_gb = out.acked_total as f64 * case.record_bytes as f64 / 1e9;
+                let mut figures = e2e_figures(&out, &read, &mut notes);
+                let written_gb = out.acked_total as f64 * c2.record_bytes as f64 / 1e9;
                 s.resource_figures(
                     kind,
                     &mut figures,
@@ -748,13 +864,71 @@ let progress = cspec.progress.clone();
                     "e2e",
                     &l2,
                     kind.name(),
-                    &params,
+                    &p2,
                     figures,
                     notes,
                     report::cdf_points(&read.e2e_us),
                 )])
             })();
             s.cleanup(t);
+            result
+        });
+
+        // A controller and two agents on one bucket: the producer on agent 1, tail consumers on
+        // agent 1 and agent 2 at once.
+        params.insert(
+            "consumer".into(),
+            "tail on the producer's agent and on another agent of the same cluster (controller service, \
+             SQLite; two agents in remote mode on one bucket), both at once, fetch.wait.max.ms=100"
+                .into(),
+        );
+        let cluster_label = format!("{} remote controller, 2 agents", case.label());
+        let same = label.clone();
+        self.sidestream_only("e2e", &cluster_label, params.clone(), &move |s, kind| {
+            let mut cl = s.start_cluster(2)?;
+            let result = (|| {
+                let (a, b) = (cl.agents[0].bootstrap.clone(), cl.agents[1].bootstrap.clone());
+                load::create_topic(&a, "bench", 1)?;
+                load::wait_topic(&b, "bench", 1)?;
+                let (cpu0, _) = cl.usage();
+                let s30 = s.s3_counts();
+                let spec = s.spec(&a, "bench", &case);
+                let ignore_before_us = load::wall_us() + spec.warmup.as_micros() as u64;
+                let tails = vec![Tail::start(&a, ignore_before_us), Tail::start(&b, ignore_before_us)];
+                let out = load::produce(&spec)?;
+                if let Some(how) = cl.exited() {
+                    bail!("{how}");
+                }
+                let reads = Tail::finish(tails, out.acked_total)?;
+                let (cpu1, rss) = cl.usage();
+                let wire = s.s3_counts().minus(&s30);
+                let read_gb = reads.iter().map(|r| r.bytes as f64).sum::<f64>() / 1e9;
+                let written_gb = out.acked_total as f64 * case.record_bytes as f64 / 1e9;
+                let mut runs = Vec::new();
+                for (consumer, read) in ["same agent", "other agent"].into_iter().zip(&reads) {
+                    let mut notes = vec![
+                        "CPU s and peak RSS: the controller and both agents together; object-store requests: the \
+                         proxy's count for the cluster (both consumers' reads)"
+                            .to_string(),
+                    ];
+                    let mut figures = e2e_figures(&out, read, &mut notes);
+                    s.resource_figures(kind, &mut figures, (cpu1 - cpu0, rss), written_gb, &wire, read_gb);
+                    runs.push(
+                        Run::new(
+                            "e2e",
+                            &format!("{} {consumer}, remote controller", case.label()),
+                            kind.name(),
+                            &params,
+                            figures,
+                            notes,
+                            report::cdf_points(&read.e2e_us),
+                        )
+                        .compared_as(&same),
+                    );
+                }
+                Ok(runs)
+            })();
+            s.remove_cluster(cl);
             result
         });
         Ok(())
@@ -769,16 +943,13 @@ let progress = cspec.progress.clone();
             rate: p.rate,
         };
         let label = format!("acks=1 1024B {}/s, history {} MB", p.rate, p.history_mb);
-        let params: BTreeMap<String, String> = [
+        let params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
             ("rate", p.rate.to_string()),
             ("history_mb", p.history_mb.to_string()),
             ("duration_s", self.common.duration_s.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         let history_records = p.history_mb * 1_000_000 / 1024;
         let l2 = label.clone();
         self.each_target("catchup", &label, params.clone(), &move |s, kind| {
@@ -882,18 +1053,18 @@ let progress = cspec.progress.clone();
             "acks=1 1024B {}/s for {} s then SIGKILL",
             p.rate, self.common.duration_s
         );
-        let params: BTreeMap<String, String> = [
+        let params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
             ("rate", p.rate.to_string()),
             ("duration_s", self.common.duration_s.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        self.notes.push( "elastic, start to first ack: the broker restarts on its existing data (topic known) after a clean stop; a brand-new agent joining a shared controller needs the remote controller, not on this branch."
+        ]);
+        self.notes.push(
+            "elastic, start to first ack: the broker restarts on its existing data (topic known) after a clean \
+             stop; Sidestream also: a new agent (empty data dir) joining a controller service and one agent."
                 .into(),
         );
+        let join_case = case.clone();
         let l2 = label.clone();
         self.each_target("elastic", &label, params.clone(), &move |s, kind| {
             let t = s.start(kind)?;
@@ -968,6 +1139,201 @@ let progress = cspec.progress.clone();
             figures.insert("peak RSS MiB".into(), rss as f64 / 1048576.0);
             Ok(vec![Run::new("elastic", &l2, kind.name(), &params, figures, notes, Vec::new())])
         });
+
+        // A new agent joining a cluster: a controller and one agent with data in the topic,
+        // then a second agent (empty data dir) from spawn to its first acknowledged produce.
+        let fill_s = self.common.duration_s.clamp(1, 5);
+        let joins = p.joins.max(1);
+        let join_label = format!(
+            "new agent joins (remote controller, 1 agent, topic with {fill_s} s of acks=1 1024B at {}/s)",
+            p.rate
+        );
+        let join_params = named([
+            ("acks", "1".to_string()),
+            ("record_bytes", "1024".into()),
+            ("rate", p.rate.to_string()),
+            ("fill_s", fill_s.to_string()),
+            ("joins", joins.to_string()),
+        ]);
+        let jl = join_label.clone();
+        let jp = join_params.clone();
+        self.sidestream_only("elastic", &join_label, join_params, &move |s, kind| {
+            let cl = s.start_cluster(1)?;
+            let result = (|| {
+                let a = cl.agents[0].bootstrap.clone();
+                load::create_topic(&a, "elastic", 1)?;
+                let mut spec = s.spec(&a, "elastic", &join_case);
+                spec.duration = Duration::from_secs(fill_s);
+                spec.warmup = Duration::ZERO;
+                let filled = load::produce(&spec)?;
+                // Until the data is committed (visible to every agent).
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while load::high_watermarks(&a, "elastic", 1)
+                    .is_none_or(|hw| hw < filled.acked_total as i64)
+                {
+                    if Instant::now() > deadline {
+                        bail!(
+                            "the {} filled records were not committed within 60 s",
+                            filled.acked_total
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                // Each join: a new agent (fresh node id, empty data dir) from spawn to listening
+                // (ApiVersions answered), to its first acknowledged produce, and to the history
+                // visible through it; then it is stopped again.
+                let mut samples: Vec<[f64; 3]> = Vec::new();
+                let (mut cpu, mut rss) = (0.0f64, 0u64);
+                let mut notes = Vec::new();
+                for j in 0..joins {
+                    let at = cl.first.peer(2 + j)?;
+                    let bootstrap = format!("127.0.0.1:{}", at.port);
+                    let t0 = Instant::now();
+                    let mut t = Target::spawn(kind, &s.programs, s.s3.as_ref(), &at)?;
+                    let measured = (|| {
+                        t.wait_ready(Duration::from_secs(180))?;
+                        let listening = t0.elapsed().as_secs_f64();
+                        let first =
+                            load::first_ack(&bootstrap, "elastic", t0 + Duration::from_secs(180))?;
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        let history = loop {
+                            // At least the filled records (earlier joins added one each).
+                            if load::high_watermarks(&bootstrap, "elastic", 1)
+                                .is_some_and(|hw| hw >= filled.acked_total as i64)
+                            {
+                                break t0.elapsed().as_secs_f64();
+                            }
+                            if Instant::now() > deadline {
+                                bail!("the new agent's high watermark did not cover the history within 60 s");
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        };
+                        Ok([listening, first.duration_since(t0).as_secs_f64(), history])
+                    })();
+                    let (c, r) = t.usage();
+                    cpu = cpu.max(c);
+                    rss = rss.max(r);
+                    t.stop();
+                    let _ = std::fs::remove_dir_all(&at.data_dir);
+                    samples.push(measured?);
+                }
+                let median = |i: usize| {
+                    let mut v: Vec<f64> = samples.iter().map(|s| s[i]).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let max = |i: usize| samples.iter().map(|s| s[i]).fold(0.0, f64::max);
+                let mut figures = BTreeMap::new();
+                figures.insert("start to listening s".into(), median(0));
+                figures.insert("start to first ack s".into(), median(1));
+                figures.insert("start to first ack max s".into(), max(1));
+                figures.insert("start to history visible s".into(), median(2));
+                figures.insert("records before join".into(), filled.acked_total as f64);
+                figures.insert("server CPU s".into(), cpu);
+                figures.insert("peak RSS MiB".into(), rss as f64 / 1048576.0);
+                notes.push(format!(
+                    "{} joins, one after another (each agent stopped before the next); medians, and the \
+                     slowest first ack; per join (listening, first ack, history visible) s: {}. CPU s and \
+                     peak RSS: the largest of the new agents'",
+                    samples.len(),
+                    samples
+                        .iter()
+                        .map(|s| format!("({:.2}, {:.2}, {:.2})", s[0], s[1], s[2]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                Ok(vec![Run::new(
+                    "elastic",
+                    &jl,
+                    kind.name(),
+                    &jp,
+                    figures,
+                    notes,
+                    Vec::new(),
+                )])
+            })();
+            s.remove_cluster(cl);
+            result
+        });
+        Ok(())
+    }
+
+    fn txn(&mut self, p: &TxnParams) -> Result<()> {
+        self.notes.push(
+            "txn: one librdkafka transactional producer (acks=all, idempotence on, linger.ms=5), back-to-back \
+             transactions (closed loop); p50/p99/p999/max are commit_transaction latency (flushing the \
+             transaction's records, then EndTxn); txn p.. ms: begin to commit returned."
+                .into(),
+        );
+        for &n in &p.records {
+            let label = format!("{n} records/txn {}B p={}", p.record_bytes, p.partitions);
+            let params = named([
+                ("records_per_txn", n.to_string()),
+                ("record_bytes", p.record_bytes.to_string()),
+                ("partitions", p.partitions.to_string()),
+                ("duration_s", self.common.duration_s.to_string()),
+                ("warmup_s", self.common.warmup_s.to_string()),
+            ]);
+            let (l2, p2, record_bytes, partitions) =
+                (label.clone(), params.clone(), p.record_bytes, p.partitions);
+            self.each_target("txn", &label, params, &move |s, kind| {
+                let mut t = s.start(kind)?;
+                let result = (|| {
+                    load::create_topic(&t.bootstrap, "bench", partitions)?;
+                    let (cpu0, _) = t.usage();
+                    let s30 = s.s3_counts();
+                    let own0 = t.store_requests();
+                    let warmup = s.common.warmup_s.min(s.common.duration_s.saturating_sub(1));
+                    let out = load::transactions(&load::TxnSpec {
+                        bootstrap: t.bootstrap.clone(),
+                        topic: "bench".into(),
+                        partitions,
+                        record_bytes,
+                        records_per_txn: n,
+                        duration: Duration::from_secs(s.common.duration_s),
+                        warmup: Duration::from_secs(warmup),
+                    })?;
+                    if let Some(how) = t.exited() {
+                        bail!("the {} broker {how} during the run; log: {}", kind.name(), t.log_tail());
+                    }
+                    if out.transactions == 0 {
+                        bail!("no transaction began and committed after the warm-up");
+                    }
+                    let (cpu1, rss) = t.usage();
+                    let wire = s.s3_counts().minus(&s30);
+                    let mut notes = Vec::new();
+                    let s3 = server_counts(&t, own0, &wire, &mut notes);
+                    let mut figures = BTreeMap::new();
+                    figures.insert("MB/s".into(), out.bytes as f64 / out.window_s / 1e6);
+                    figures.insert("records/s".into(), out.records as f64 / out.window_s);
+                    figures.insert("transactions/s".into(), out.transactions as f64 / out.window_s);
+                    report::latency_figures(&mut figures, "", &out.commit_us);
+                    report::latency_figures(&mut figures, "txn ", &out.txn_us);
+                    // Every committed record is in the log (control markers take offsets too).
+                    let hw = load::high_watermarks(&t.bootstrap, "bench", partitions);
+                    match hw {
+                        Some(hw) if hw >= out.committed_total as i64 => {}
+                        other => notes.push(format!(
+                            "high watermark {other:?} below the {} records of committed transactions",
+                            out.committed_total
+                        )),
+                    }
+                    let written_gb = out.committed_total as f64 * record_bytes as f64 / 1e9;
+                    s.resource_figures(kind, &mut figures, (cpu1 - cpu0, rss), written_gb, &s3, 0.0);
+                    Ok(vec![Run::new(
+                        "txn",
+                        &l2,
+                        kind.name(),
+                        &p2,
+                        figures,
+                        notes,
+                        report::cdf_points(&out.commit_us),
+                    )])
+                })();
+                s.cleanup(t);
+                result
+            });
+        }
         Ok(())
     }
 }
@@ -1024,6 +1390,89 @@ fn wal_figures(
     }
 }
 
+/// A tail consumer of the e2e topic ("bench", partition 0) on its own thread.
+struct Tail {
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<Result<load::ConsumeOutcome>>,
+}
+
+impl Tail {
+    fn start(bootstrap: &str, ignore_before_us: u64) -> Tail {
+        let spec = load::ConsumeSpec {
+            bootstrap: bootstrap.to_string(),
+            topic: "bench".into(),
+            partitions: 1,
+            until_records: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            ignore_before_us,
+            progress: Arc::new(AtomicU64::new(0)),
+        };
+        Tail {
+            stop: spec.stop.clone(),
+            progress: spec.progress.clone(),
+            thread: std::thread::spawn(move || load::consume(&spec)),
+        }
+    }
+
+    /// Waits (up to 30 s) until every tail has read `acked` records, so a consumer that falls
+    /// behind shows as latency, not as missing data; then stops them.
+    fn finish(tails: Vec<Tail>, acked: u64) -> Result<Vec<load::ConsumeOutcome>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tails
+            .iter()
+            .any(|t| t.progress.load(Ordering::Relaxed) < acked)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for t in &tails {
+            t.stop.store(true, Ordering::Relaxed);
+        }
+        tails
+            .into_iter()
+            .map(|t| {
+                t.thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?
+            })
+            .collect()
+    }
+}
+
+/// The e2e figures of one tail consumer: its latency first, then the producer's p99.
+fn e2e_figures(
+    out: &load::ProduceOutcome,
+    read: &load::ConsumeOutcome,
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    throughput_figures(&mut figures, out);
+    report::latency_figures(&mut figures, "", &read.e2e_us);
+    figures.insert(
+        "e2e p99 ms".into(),
+        read.e2e_us.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    figures.insert(
+        "produce p99 ms".into(),
+        out.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    figures.insert("records consumed".into(), read.records as f64);
+    if read.records < out.acked_total {
+        notes.push(format!(
+            "the consumer read {} of {} acknowledged records by 30 s after the producer stopped",
+            read.records, out.acked_total
+        ));
+    }
+    figures
+}
+
+/// A case's parameters as printed with its results.
+fn named<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 fn throughput_figures(figures: &mut BTreeMap<String, f64>, out: &load::ProduceOutcome) {
     figures.insert("MB/s".into(), out.bytes as f64 / out.window_s / 1e6);
     figures.insert("records/s".into(), out.records as f64 / out.window_s);
@@ -1045,4 +1494,36 @@ fn summary(r: &Run) -> String {
         f("peak RSS MiB"),
         f("PUTs per GB")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_subcommand_parses_with_its_defaults() {
+        Cli::command().debug_assert();
+        for args in [
+            &["b", "compare"][..],
+            &["b", "produce"],
+            &["b", "e2e"],
+            &["b", "catchup"],
+            &["b", "elastic"],
+            &["b", "txn"],
+            &["b", "quick"],
+            &[
+                "b",
+                "compare",
+                "--txn-records",
+                "10,20",
+                "--record-bytes",
+                "100",
+            ],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
 }

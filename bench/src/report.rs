@@ -26,6 +26,10 @@ pub struct Run {
     pub load_after: f64,
     /// (latency ms, quantile) points of the run's main latency, for the CDF.
     pub cdf: Vec<(f64, f64)>,
+    /// The case of the peers' runs this one's ratios are taken against, when the peers have no
+    /// run of this case (e.g. Sidestream's e2e on another agent against a single broker's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_as: Option<String>,
 }
 
 impl Run {
@@ -49,7 +53,14 @@ impl Run {
             load_before: f64::NAN,
             load_after: f64::NAN,
             cdf,
+            compare_as: None,
         }
+    }
+
+    /// Ratios of this run are taken against the peers' runs of `case`.
+    pub fn compared_as(mut self, case: &str) -> Run {
+        self.compare_as = Some(case.to_string());
+        self
     }
 }
 
@@ -280,9 +291,13 @@ struct Ratio {
 fn ratios(runs: &[Run]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for base in runs.iter().filter(|r| r.target == "sidestream") {
-        for peer in runs.iter().filter(|r| {
-            r.target != "sidestream" && r.scenario == base.scenario && r.case == base.case
-        }) {
+        let case = base.compare_as.as_deref().unwrap_or(&base.case);
+        for peer in runs
+            .iter()
+            .filter(|r| r.target != "sidestream" && r.scenario == base.scenario && r.case == case)
+            // A failed run has no figures: nothing to compare with.
+            .filter(|r| !r.figures.is_empty())
+        {
             let figures = base
                 .figures
                 .iter()
@@ -294,7 +309,10 @@ fn ratios(runs: &[Run]) -> Vec<Ratio> {
             out.push(Ratio {
                 scenario: base.scenario.clone(),
                 case: base.case.clone(),
-                pair: format!("sidestream/{}", peer.target),
+                pair: match &base.compare_as {
+                    Some(c) => format!("sidestream/{} (its {c})", peer.target),
+                    None => format!("sidestream/{}", peer.target),
+                },
                 figures,
             });
         }
@@ -383,6 +401,7 @@ pub fn markdown(
                 .copied()
                 .chain([
                     "e2e p99 ms",
+                    "txn p99 ms",
                     "producer p99 ms with catch-up",
                     "start to first ack s",
                     "restart to committed s",
@@ -570,5 +589,22 @@ mod tests {
         let pts = cdf_points(&h);
         assert_eq!(pts.last().map(|p| p.1), Some(1.0));
         assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    }
+
+    #[test]
+    fn ratios_follow_compare_as_and_skip_failed_peers() {
+        let f = |v: f64| BTreeMap::from([("p99 ms".to_string(), v)]);
+        let p = BTreeMap::new();
+        let runs = vec![
+            Run::new("e2e", "same", "sidestream", &p, f(10.0), vec![], vec![]),
+            Run::new("e2e", "same", "kafka", &p, f(5.0), vec![], vec![]),
+            Run::new("e2e", "same", "tansu", &p, BTreeMap::new(), vec![], vec![]),
+            Run::new("e2e", "other", "sidestream", &p, f(20.0), vec![], vec![]).compared_as("same"),
+        ];
+        let r = ratios(&runs);
+        assert_eq!(r.len(), 2, "one pair per run with a peer that has figures");
+        assert_eq!((r[0].case.as_str(), r[0].figures["p99 ms"]), ("same", 2.0));
+        assert_eq!((r[1].case.as_str(), r[1].figures["p99 ms"]), ("other", 4.0));
+        assert_eq!(r[1].pair, "sidestream/kafka (its same)");
     }
 }

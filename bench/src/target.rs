@@ -3,6 +3,9 @@
 //! disk through `scripts/kafka-reference-broker`, jars from Maven Central) and Tansu 0.6.0 (its
 //! S3 storage engine on the same S3 server as Sidestream).
 //!
+//! A Sidestream agent can also run in remote mode against a [`Controller`] (`sidestream
+//! controller`, SQLite store), several agents sharing one bucket.
+//!
 //! Each target runs in its own process group, so a wrapper script and the JVM it starts are
 //! signalled together; CPU seconds and peak RSS are summed over the process tree from /proc.
 
@@ -80,12 +83,13 @@ pub fn free_port() -> Result<u16> {
 /// One running broker.
 pub struct Target {
     pub kind: Kind,
-    child: Child,
+    group: Group,
     pub bootstrap: String,
     metrics: Option<String>,
     pub data_dir: PathBuf,
     pub bucket: Option<String>,
     port: u16,
+    remote: Option<Remote>,
 }
 
 /// How to (re)start a target: the same data dir, bucket and port each time.
@@ -94,7 +98,20 @@ pub struct Placement {
     pub data_dir: PathBuf,
     pub bucket: Option<String>,
     pub port: u16,
+    /// Sidestream only: an agent of a cluster (remote controller) instead of a standalone one.
+    pub remote: Option<Remote>,
 }
+
+/// A Sidestream agent's place in a cluster: its controller and its node id.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// The controller's gRPC address, `host:port`.
+    pub controller: String,
+    pub node_id: u32,
+}
+
+/// Shared by the bench's controller and its agents (the controller refuses others).
+const CLUSTER_TOKEN: &str = "sidestream-bench";
 
 impl Placement {
     pub fn fresh(kind: Kind, s3: Option<&S3>, seq: usize) -> Result<Placement> {
@@ -111,6 +128,33 @@ impl Placement {
             data_dir,
             bucket,
             port: free_port()?,
+            remote: None,
+        })
+    }
+
+    /// Another agent of the same cluster: its own data dir and port, the same bucket.
+    pub fn peer(&self, node_id: u32) -> Result<Placement> {
+        let Some(remote) = &self.remote else {
+            bail!("only an agent of a cluster has peers")
+        };
+        let name = self
+            .data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let data_dir = self
+            .data_dir
+            .with_file_name(format!("{name}-agent{node_id}"));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir)?;
+        Ok(Placement {
+            data_dir,
+            bucket: self.bucket.clone(),
+            port: free_port()?,
+            remote: Some(Remote {
+                controller: remote.controller.clone(),
+                node_id,
+            }),
         })
     }
 }
@@ -148,6 +192,12 @@ impl Target {
                     .env("SIDESTREAM_OBJECT_STORE_PATH_STYLE", "true")
                     .env("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", ACCESS_KEY)
                     .env("SIDESTREAM_OBJECT_STORE_SECRET_ACCESS_KEY", SECRET_KEY);
+                }
+                if let Some(r) = &at.remote {
+                    c.env("SIDESTREAM_CONTROLLER_MODE", "remote")
+                        .env("SIDESTREAM_CONTROLLER_ADDRESSES", &r.controller)
+                        .env("SIDESTREAM_CONTROLLER_TOKEN", CLUSTER_TOKEN)
+                        .env("SIDESTREAM_AGENT_NODE_ID", r.node_id.to_string());
                 }
                 for (k, v) in &programs.sidestream_env {
                     c.env(k, v);
@@ -195,12 +245,13 @@ impl Target {
             .with_context(|| format!("cannot start the {} broker", kind.name()))?;
         Ok(Target {
             kind,
-            child,
+            group: Group(child),
             bootstrap,
             metrics,
             data_dir: at.data_dir.clone(),
             bucket: at.bucket.clone(),
             port: at.port,
+            remote: at.remote.clone(),
         })
     }
 
@@ -222,7 +273,7 @@ impl Target {
             if api_versions_ok(&self.bootstrap) {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.group.0.try_wait() {
                 bail!(
                     "{} exited ({status}) before it was ready; log: {}",
                     self.kind.name(),
@@ -243,12 +294,7 @@ impl Target {
 
     /// How the broker ended, if it did (a run it did not survive is not a result).
     pub fn exited(&mut self) -> Option<String> {
-        use std::os::unix::process::ExitStatusExt as _;
-        let status = self.child.try_wait().ok()??;
-        Some(match status.signal() {
-            Some(sig) => format!("killed by signal {sig}"),
-            None => format!("exited with {status}"),
-        })
+        self.group.exited()
     }
 
     pub fn log_tail(&self) -> String {
@@ -262,28 +308,13 @@ impl Target {
             data_dir: self.data_dir.clone(),
             bucket: self.bucket.clone(),
             port: self.port,
+            remote: self.remote.clone(),
         }
     }
 
     /// (CPU seconds, peak RSS bytes) summed over the broker's process tree.
     pub fn usage(&self) -> (f64, u64) {
-        let mut cpu = 0.0;
-        let mut rss = 0;
-        for pid in tree(self.child.id()) {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            cpu += (ticks(11) + ticks(12)) / 100.0;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            rss += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024;
-        }
-        (cpu, rss)
+        self.group.usage()
     }
 
     /// Sidestream's /metrics, summed over labels (quantiles kept apart as `name:pQ`).
@@ -332,46 +363,164 @@ impl Target {
         Some(c)
     }
 
-    /// Signals the broker's process group (never anything else: the group id is the child's pid,
-    /// checked to be a real process id first).
-    fn signal(&self, sig: libc::c_int) -> bool {
-        let pgid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) has no memory effects; pgid > 1 keeps it off "every process" (-1).
-        pgid > 1 && unsafe { libc::kill(-pgid, sig) } == 0
-    }
-
     /// SIGTERM to the process group, then SIGKILL after 60 s; the data dir stays.
     pub fn stop(mut self) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let _ = self.child.try_wait();
-            if !self.group_alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    fn group_alive(&self) -> bool {
-        self.signal(0)
+        self.group.stop();
     }
 
     /// SIGKILL to the whole process group, no goodbye.
     pub fn kill9(mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        self.group.kill9();
     }
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(libc::SIGKILL);
-            let _ = self.child.wait();
+/// A child process leading its own process group (a wrapper script and the JVM it starts are
+/// signalled together); killed when dropped.
+struct Group(Child);
+
+impl Group {
+    /// Signals the process group (never anything else: the group id is the child's pid, checked
+    /// to be a real process id first).
+    fn signal(&self, sig: libc::c_int) -> bool {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: kill(2) has no memory effects; pgid > 1 keeps it off "every process" (-1).
+        pgid > 1 && unsafe { libc::kill(-pgid, sig) } == 0
+    }
+
+    /// SIGTERM, then SIGKILL after 60 s.
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let _ = self.0.try_wait();
+            if !self.signal(0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        self.kill9();
+    }
+
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.0.wait();
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let status = self.0.try_wait().ok()??;
+        Some(match status.signal() {
+            Some(sig) => format!("killed by signal {sig}"),
+            None => format!("exited with {status}"),
+        })
+    }
+
+    /// (CPU seconds, peak RSS bytes) summed over the process tree.
+    fn usage(&self) -> (f64, u64) {
+        let mut cpu = 0.0;
+        let mut rss = 0;
+        for pid in tree(self.0.id()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            cpu += (ticks(11) + ticks(12)) / 100.0;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            rss += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+        }
+        (cpu, rss)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// `sidestream controller`: the shared controller service of a cluster of agents (SQLite store
+/// in its data dir), on a free loopback port.
+pub struct Controller {
+    group: Group,
+    /// gRPC address, `host:port`.
+    pub address: String,
+    pub data_dir: PathBuf,
+}
+
+impl Controller {
+    /// Starts the controller and waits (up to 60 s) until its port accepts connections.
+    pub fn start(programs: &Programs, data_dir: PathBuf) -> Result<Controller> {
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir)?;
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("controller.log"))?;
+        let child = Command::new(&programs.sidestream_bin)
+            .arg("controller")
+            .env("SIDESTREAM_CONTROLLER_LISTEN", &address)
+            .env(
+                "SIDESTREAM_CONTROLLER_STORE",
+                format!("sqlite://{}", data_dir.join("controller.db").display()),
+            )
+            .env("SIDESTREAM_CONTROLLER_TOKEN", CLUSTER_TOKEN)
+            .env("SIDESTREAM_AGENT_DATA_DIR", &data_dir)
+            .env("SIDESTREAM_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("cannot start the sidestream controller")?;
+        let mut c = Controller {
+            group: Group(child),
+            address,
+            data_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&c.address).is_err() {
+            if let Some(how) = c.group.exited() {
+                bail!(
+                    "the sidestream controller {how} before it was ready; log: {}",
+                    c.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the sidestream controller was not ready on {} within 60 s; log: {}",
+                    c.address,
+                    c.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(c)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("controller.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// (CPU seconds, peak RSS bytes).
+    pub fn usage(&self) -> (f64, u64) {
+        self.group.usage()
+    }
+
+    /// Stops the controller and removes its data dir.
+    pub fn remove(mut self) {
+        self.group.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
