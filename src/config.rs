@@ -251,8 +251,12 @@ pub struct ControllerConfig {
     /// `sqlite:///path/to/file.db` or `postgres://user@host:port/db`; defaults to
     /// `sqlite://<data_dir>/controller.db`.
     pub store: Option<String>,
-    /// Kafka's producer.id.expiration.ms: an idempotent producer idle this long is forgotten.
+    /// Kafka's producer.id.expiration.ms: an idempotent producer idle this long is forgotten
+    /// (not while it has a transaction open in the partition).
     pub producer_id_expiration_ms: u64,
+    /// Kafka's transactional.id.expiration.ms: a transactional id with no transaction in
+    /// progress that was not used for this long is forgotten.
+    pub transactional_id_expiration_ms: u64,
     /// `sidestream controller`: the gRPC address agents connect to.
     pub listen: SocketAddr,
     /// `sidestream controller`: the address other replicas tell agents to use when this one is
@@ -281,6 +285,7 @@ impl Default for ControllerConfig {
             mode: ControllerMode::Embedded,
             store: None,
             producer_id_expiration_ms: 86_400_000,
+            transactional_id_expiration_ms: 604_800_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9093)),
             advertised: None,
             addresses: Vec::new(),
@@ -475,6 +480,7 @@ impl Config {
         range("wal.segment_bytes", self.wal.segment_bytes, 64 * 1024, 16 << 30)?;
         range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
         range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;
+        range("controller.transactional_id_expiration_ms", self.controller.transactional_id_expiration_ms, 1000, 1 << 40)?;
         range("controller.transaction_check_interval_ms", self.controller.transaction_check_interval_ms, 10, 3_600_000)?;
         range("cache.memory_bytes", self.cache.memory_bytes, 1 << 20, 1 << 40)?;
         range("cache.block_bytes", self.cache.block_bytes, 4096, 64 << 20)?;

@@ -262,6 +262,7 @@ async fn open_controller(
     let store_url = config.store_url().map_err(ServerError::Config)?;
     let (topics, groups_config) = (config.topics.clone(), config.groups.clone());
     let expiry_ms = config.controller.producer_id_expiration_ms as i64;
+    let txn_id_expiry_ms = config.controller.transactional_id_expiration_ms as i64;
     // Blocking: opening the store and loading its snapshot (PostgreSQL's client must not run
     // on the async workers).
     let controller = tokio::task::spawn_blocking(move || -> Result<Controller, ServerError> {
@@ -269,7 +270,8 @@ async fn open_controller(
             StoreUrl::Sqlite(db) => Arc::new(SqliteStore::open(&db)?),
             StoreUrl::Postgres(url) => Arc::new(PgStore::open(&url)?),
         };
-        Ok(Controller::open_with_groups(metadata, topics, expiry_ms, groups_config, clock, entropy)?)
+        Ok(Controller::open_with_groups(metadata, topics, expiry_ms, groups_config, clock, entropy)?
+            .with_transactional_id_expiration_ms(txn_id_expiry_ms))
     })
     .await
     .map_err(|e| ServerError::Config(e.to_string()))??;

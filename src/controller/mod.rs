@@ -202,6 +202,22 @@ struct State {
 }
 
 impl State {
+    /// Keeps the producer states seen at or after `before_ms`, and those of a producer with a
+    /// transaction open in the partition (the store's [`MetadataStore::expire_producers`]).
+    fn retain_producers(&mut self, before_ms: i64) {
+        let partitions = &self.partitions;
+        self.producers.retain(|(pid, topic, partition), p| {
+            p.last_seen_ms >= before_ms || partitions.get(&(*topic, *partition)).is_some_and(|s| s.open_txns.contains_key(pid))
+        });
+    }
+
+    /// Whether [`State::retain_producers`] would drop anything.
+    fn producers_expire(&self, before_ms: i64) -> bool {
+        self.producers.iter().any(|((pid, topic, partition), p)| {
+            p.last_seen_ms < before_ms && self.partitions.get(&(*topic, *partition)).is_none_or(|s| !s.open_txns.contains_key(pid))
+        })
+    }
+
     /// A committed extent, into memory: the partition's next offset and its recent extents.
     fn apply_extent(&mut self, r: ExtentRecord) {
         if let Some(p) = self.partitions.get_mut(&(r.topic_id, r.partition)) {
@@ -250,6 +266,10 @@ pub struct Controller {
     cluster_id: String,
     /// Kafka's producer.id.expiration.ms: idle idempotent producers are forgotten after this.
     producer_expiry_ms: i64,
+    /// Kafka's transactional.id.expiration.ms: transactional ids with no transaction in
+    /// progress, unused for this long, are forgotten ([`txn::DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS`]
+    /// unless set with [`Controller::with_transactional_id_expiration_ms`]).
+    txn_id_expiry_ms: i64,
     /// Set when the store refused a write because this view is stale or this controller lost
     /// its lease: the owner must stop using this instance (and reopen one if still active).
     stale: std::sync::atomic::AtomicBool,
@@ -370,7 +390,8 @@ impl Controller {
         }
         let expired_before = clock.now_ms().saturating_sub(producer_expiry_ms);
         store.expire_producers(expired_before)?;
-        state.producers = snapshot.producers.into_iter().filter(|(_, p)| p.last_seen_ms >= expired_before).collect();
+        state.producers = snapshot.producers.into_iter().collect();
+        state.retain_producers(expired_before);
         let state = Arc::new(RwLock::new(state));
         let groups = GroupCoordinator::open(
             store.clone(),
@@ -381,6 +402,7 @@ impl Controller {
         )?;
         Ok(Self {
             producer_expiry_ms,
+            txn_id_expiry_ms: txn::DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS,
             store,
             state,
             groups,
@@ -392,6 +414,12 @@ impl Controller {
             cluster_id: snapshot.cluster_id,
             stale: Default::default(),
         })
+    }
+
+    /// Sets Kafka's transactional.id.expiration.ms (`[controller] transactional_id_expiration_ms`).
+    pub fn with_transactional_id_expiration_ms(mut self, ms: i64) -> Self {
+        self.txn_id_expiry_ms = ms;
+        self
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -812,12 +840,18 @@ impl Controller {
         Ok(self.store.aborted_txns(topic_id, partition, from_offset, to_offset, ABORTED_TXNS_PER_FETCH_MAX)?)
     }
 
-    /// Forgets idempotent producers idle for longer than the expiry (caller holds write_lock).
+    /// Forgets idempotent producers idle for longer than the expiry, except in partitions where
+    /// their transaction is open (caller holds write_lock). Nothing is written when nothing
+    /// expires.
     fn expire_producers(&self, now_ms: i64) -> Result<(), ControllerError> {
         let before = now_ms.saturating_sub(self.producer_expiry_ms);
+        if !self.read().producers_expire(before) {
+            self.write().commits_since_expiry = 0;
+            return Ok(());
+        }
         self.store.expire_producers(before)?;
         let mut s = self.write();
-        s.producers.retain(|_, p| p.last_seen_ms >= before);
+        s.retain_producers(before);
         s.commits_since_expiry = 0;
         Ok(())
     }

@@ -34,6 +34,10 @@ pub const TRANSACTION_TIMEOUT_MS_MAX: i32 = 900_000;
 pub const MARKER_RETRY_MS: i64 = 2_000;
 /// Transactions (ongoing or not) kept per controller; InitProducerId beyond it is refused.
 pub const TRANSACTIONS_MAX: usize = 100_000;
+/// Kafka's transactional.id.expiration.ms default (7 days).
+pub const DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS: i64 = 604_800_000;
+/// Transactional ids forgotten per store transaction by the expiry sweep.
+const EXPIRED_IDS_PER_SWEEP_MAX: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum TxnStatus {
@@ -60,6 +64,11 @@ impl TxnStatus {
 
     fn preparing(self) -> bool {
         matches!(self, TxnStatus::PrepareCommit | TxnStatus::PrepareAbort)
+    }
+
+    /// No transaction in progress: the only states in which a transactional id may expire.
+    fn idle(self) -> bool {
+        matches!(self, TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort)
     }
 }
 
@@ -269,6 +278,12 @@ pub fn expire(t: &mut Transaction, now_ms: i64, new_producer_id: impl FnOnce() -
     t.status = TxnStatus::PrepareAbort;
     t.updated_ms = now_ms;
     Ok(Some(t.end()))
+}
+
+/// Whether `t` is expired by transactional.id.expiration.ms (pure): no transaction in
+/// progress and not used (no state change) for longer than `expiry_ms`.
+pub fn id_expired(t: &Transaction, now_ms: i64, expiry_ms: i64) -> bool {
+    t.status.idle() && now_ms.saturating_sub(t.updated_ms) > expiry_ms
 }
 
 /// Marks a Prepare* transaction complete once its markers are committed; returns the group
@@ -521,9 +536,18 @@ impl Controller {
     /// Blocking. The coordinator's own work: aborts (epoch bumped) every ongoing transaction
     /// older than its timeout, and returns the markers of every Prepare* transaction left
     /// unfinished for [`MARKER_RETRY_MS`] (after a crash or a failed write), plus the new aborts.
+    /// Also the expiry sweeps: transactional ids (transactional.id.expiration.ms) and idle
+    /// producer states (producer.id.expiration.ms).
     pub fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
         let _w = self.lock_writes();
         let now = self.clock.now_ms();
+        // The sweeps never hold up the aborts and marker retries below.
+        if let Err(e) = self.expire_transactional_ids(now) {
+            tracing::warn!(error = %e, "expiring transactional ids failed; retried next time");
+        }
+        if let Err(e) = self.expire_producers(now) {
+            tracing::warn!(error = %e, "expiring idle producers failed; retried next time");
+        }
         let candidates: Vec<Transaction> = self
             .read()
             .transactions
@@ -547,6 +571,34 @@ impl Controller {
             }
         }
         Ok(out)
+    }
+
+    /// Forgets the transactional ids expired at `now` (caller holds write_lock): from the store,
+    /// then from memory. DescribeTransactions then answers TRANSACTIONAL_ID_NOT_FOUND and a new
+    /// InitProducerId starts afresh (a new producer id).
+    fn expire_transactional_ids(&self, now: i64) -> Result<(), ControllerError> {
+        let expired: Vec<String> = self
+            .read()
+            .transactions
+            .values()
+            .filter(|t| id_expired(t, now, self.txn_id_expiry_ms))
+            .map(|t| t.transactional_id.clone())
+            .take(EXPIRED_IDS_PER_SWEEP_MAX)
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        self.store.delete_transactions(&expired)?;
+        let mut s = self.write();
+        for id in &expired {
+            if let Some(t) = s.transactions.remove(id)
+                && s.txn_of.get(&t.producer_id) == Some(id)
+            {
+                s.txn_of.remove(&t.producer_id);
+            }
+        }
+        tracing::info!(count = expired.len(), "transactional ids expired");
+        Ok(())
     }
 
     /// Partitions of `group_id` whose offsets an ongoing (or committing) transaction holds.
@@ -887,7 +939,77 @@ mod tests {
             let listed = c.list_transactions(&["CompleteAbort".into()], &[], -1);
             assert_eq!(listed.iter().map(|d| d.transactional_id.as_str()).collect::<Vec<_>>(), vec!["app"]);
         }
-    
+
+        #[test]
+        fn idle_transactional_ids_and_producers_expire_but_not_while_a_transaction_is_open() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("c.db");
+            let clock = Arc::new(ManualClock::new(1_000_000));
+            let reopen = || {
+                let store = Arc::new(SqliteStore::open(&db).unwrap());
+                Controller::open(store, TopicsConfig::default(), 3_000, clock.clone(), Arc::new(SeededEntropy::new(5)))
+                    .unwrap()
+                    .with_transactional_id_expiration_ms(2_000)
+            };
+            let c = reopen();
+            let t = c
+                .create_topic(&CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                .unwrap();
+            let (idle_pid, _) = ready(c.init_transactional_producer("idle", 60_000, (-1, -1)).unwrap());
+            let (pid, epoch) = ready(c.init_transactional_producer("busy", TRANSACTION_TIMEOUT_MS_MAX, (-1, -1)).unwrap());
+            c.add_partitions_to_txn("busy", pid, epoch, &[("t".into(), 0)], false).unwrap();
+            commit(&c, "d1", t.id, &[(0, 2)], Some((pid, epoch, 0)));
+            // An idempotent (not transactional) producer in the same partition.
+            let plain = ExtentInfo {
+                topic_id: t.id,
+                partition: 0,
+                position: 0,
+                length: 10,
+                batch_count: 1,
+                offset_count: 1,
+                max_timestamp: 0,
+                producer: Some(ProducerBatch { producer_id: 900, epoch: 0, first_sequence: 0, last_sequence: 0, transactional: false }),
+            };
+            let req = CommitRequest { object_key: "p1".into(), object_size_bytes: 10, agent: "a".into(), extents: vec![plain], wal: None, txn_end: None };
+            c.commit_object(&req).unwrap()[0].clone().unwrap();
+            let producers = |c: &Controller| {
+                let mut v: Vec<i64> = c.read().producers.keys().map(|(p, _, _)| *p).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(producers(&c), vec![pid, 900]);
+            // Exactly at the expiry nothing goes; just after it, the idle id and the idle
+            // producer go, the ongoing transaction and its producer state stay.
+            clock.advance_ms(2_000);
+            c.transactions_to_finish().unwrap();
+            assert!(c.describe_transaction("idle").is_some());
+            clock.advance_ms(1_001);
+            assert_eq!(c.transactions_to_finish().unwrap(), vec![]);
+            assert!(c.describe_transaction("idle").is_none());
+            assert_eq!(c.describe_transaction("busy").unwrap().status, TxnStatus::Ongoing);
+            let listed: Vec<String> = c.list_transactions(&[], &[], -1).into_iter().map(|d| d.transactional_id).collect();
+            assert_eq!(listed, vec!["busy".to_string()]);
+            assert_eq!(producers(&c), vec![pid]);
+            // Gone from the store too; an open transaction's producer survives the load-time sweep.
+            drop(c);
+            let c = reopen();
+            assert!(c.describe_transaction("idle").is_none());
+            assert_eq!(producers(&c), vec![pid]);
+            // The expired id starts afresh: a new producer id at epoch 0.
+            let (again, epoch0) = ready(c.init_transactional_producer("idle", 60_000, (-1, -1)).unwrap());
+            assert_ne!(again, idle_pid);
+            assert_eq!(epoch0, 0);
+            // Once its transaction is complete, the busy id and its producer state expire too.
+            let end = c.end_txn("busy", pid, epoch, true).unwrap().unwrap();
+            write_markers(&c, "m1", &end).unwrap();
+            clock.advance_ms(3_001);
+            c.transactions_to_finish().unwrap();
+            assert!(c.describe_transaction("busy").is_none());
+            assert!(producers(&c).is_empty());
+            // A zombie of the expired id is refused: its producer id maps to no transaction.
+            assert!(matches!(c.end_txn("busy", pid, epoch, true), Err(ControllerError::InvalidProducerIdMapping(_))));
+        }
+
         #[derive(Debug, Clone)]
         enum Op {
             /// A non-transactional batch of one record.

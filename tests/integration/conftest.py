@@ -7,10 +7,16 @@ captures the server's stderr/stdout to a log file, and always kills the process 
 data dir and port (restart tests). When a test fails, the tail of every server log it used is
 attached to the pytest report.
 
+`controller_store_env` and `STORE_KINDS` run a test's server with its embedded controller on
+SQLite (the default) or on PostgreSQL.
+
 Environment:
   SIDESTREAM_BIN   path of the binary (default: <repo>/target/release/sidestream)
+  SIDESTREAM_TEST_POSTGRES_URL   a PostgreSQL server (scripts/test starts one); without it the
+                   PostgreSQL variants skip
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -19,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -65,6 +72,30 @@ def poll_until(predicate, timeout, interval=0.05, what="condition"):
             raise AssertionError("timed out after %.1fs waiting for %s (last error: %r)"
                                  % (timeout, what, last_exc))
         time.sleep(interval)
+
+
+PG_URL = os.environ.get("SIDESTREAM_TEST_POSTGRES_URL", "")
+
+# Parameters of tests that run on both controller stores.
+STORE_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
+    not PG_URL, reason="needs SIDESTREAM_TEST_POSTGRES_URL (scripts/test starts PostgreSQL)"))]
+
+
+@contextlib.contextmanager
+def controller_store_env(kind):
+    """The environment of a server whose embedded controller uses store `kind`: "sqlite" (the
+    default file in its data dir) or "postgres" (a database of its own on the test server,
+    dropped afterwards)."""
+    if kind == "sqlite":
+        yield {}
+        return
+    assert kind == "postgres", kind
+    name = "sidestream_it_%s" % uuid.uuid4().hex[:12]
+    subprocess.run(["psql", PG_URL, "-qc", "CREATE DATABASE %s" % name], check=True)
+    try:
+        yield {"SIDESTREAM_CONTROLLER_STORE": PG_URL.rsplit("/", 1)[0] + "/" + name}
+    finally:
+        subprocess.run(["psql", PG_URL, "-qc", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name], check=False)
 
 
 class ServerStartError(AssertionError):
@@ -239,6 +270,11 @@ class SidestreamServer:
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
 
+    def object_store_errors(self):
+        """Failed object store attempts (injected faults among them), from /metrics: retries
+        hide them from the log."""
+        return sum(v for k, v in self.metrics().items() if k.startswith("sidestream_object_store_errors_total"))
+
     def log_text(self):
         try:
             return self.log_path.read_text(errors="replace")
@@ -254,6 +290,24 @@ def server(tmp_path_factory, request):
     """One server per test module (shared: tests use distinct topic names)."""
     base = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     srv = SidestreamServer(base / "data", base / "server.log")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+
+
+FAULT_SEED = int(os.environ.get("SIDESTREAM_TEST_SEED", "848"))
+FAULT_ENV = {"SIDESTREAM_OBJECT_STORE_FAULT_ERROR_RATE": "0.3",
+             "SIDESTREAM_OBJECT_STORE_FAULT_SEED": str(FAULT_SEED)}
+
+
+@pytest.fixture
+def faulty_server(tmp_path):
+    """A server of the test's own whose object store fails 30% of requests (`[object_store]
+    fault_error_rate`, seed SIDESTREAM_TEST_SEED); it retries them. `extra_env = {}` and a
+    restart turn the faults off."""
+    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log", extra_env=dict(FAULT_ENV))
     try:
         srv.start()
         yield srv

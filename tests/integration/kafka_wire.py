@@ -712,3 +712,80 @@ def delete_topics(conn, names, timeout_ms=30000):
     r = conn.request(DELETE_TOPICS, 1, array(names, string) + i32(timeout_ms))
     r.i32()  # throttle_time_ms
     return dict(r.array(lambda r: (r.string(), r.i16())))
+
+
+# --------------------------------------------------------------------------------------------
+# Producer ids and transactions: InitProducerId v1, AddPartitionsToTxn v2, EndTxn v1,
+# DescribeTransactions v0, ListTransactions v0 (the last two are flexible only).
+
+INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
+END_TXN = 26
+DESCRIBE_TRANSACTIONS = 65
+LIST_TRANSACTIONS = 66
+TRANSACTIONAL_ID_NOT_FOUND = 105
+TRANSACTIONAL = 0x10  # record batch attribute
+
+
+def init_producer_id(conn, transactional_id=None, timeout_ms=60000):
+    """Returns (error_code, producer_id, epoch)."""
+    r = conn.request(INIT_PRODUCER_ID, 1, string(transactional_id) + i32(timeout_ms), flexible_header=False)
+    r.i32()  # throttle_time_ms
+    return r.i16(), r.i64(), r.i16()
+
+
+def add_partitions_to_txn(conn, transactional_id, producer_id, epoch, topic, partitions):
+    """Returns {partition: error_code}."""
+    body = (string(transactional_id) + i64(producer_id) + i16(epoch)
+            + array([(topic, partitions)], lambda t: string(t[0]) + array(t[1], i32)))
+    r = conn.request(ADD_PARTITIONS_TO_TXN, 2, body, flexible_header=False)
+    r.i32()  # throttle_time_ms
+    topics = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16()))))
+    return {p: e for _, parts in topics for p, e in parts}
+
+
+def end_txn(conn, transactional_id, producer_id, epoch, commit):
+    """Returns the error code."""
+    r = conn.request(END_TXN, 1, string(transactional_id) + i64(producer_id) + i16(epoch) + i8(1 if commit else 0),
+                     flexible_header=False)
+    r.i32()  # throttle_time_ms
+    return r.i16()
+
+
+def describe_transaction(conn, transactional_id):
+    """One transactional id: dict(error_code, state, producer_id, epoch, partitions)."""
+    r = conn.request(DESCRIBE_TRANSACTIONS, 0, compact_array([transactional_id], compact_string) + NO_TAGS,
+                     flexible_header=True)
+    r.i32()  # throttle_time_ms
+
+    def topic(r):
+        t = (r.compact_string(), r.compact_array(lambda r: r.i32()))
+        r.tags()
+        return t
+
+    def state(r):
+        s = dict(error_code=r.i16(), transactional_id=r.compact_string(), state=r.compact_string(),
+                 timeout_ms=r.i32(), start_time_ms=r.i64(), producer_id=r.i64(), epoch=r.i16(),
+                 partitions=sorted((t, p) for t, ps in r.compact_array(topic) for p in ps))
+        r.tags()
+        return s
+
+    (s,) = r.compact_array(state)
+    return s
+
+
+def list_transactions(conn):
+    """Every transaction: {transactional_id: (producer_id, state)}."""
+    r = conn.request(LIST_TRANSACTIONS, 0, compact_array([], compact_string) + compact_array([], i64) + NO_TAGS,
+                     flexible_header=True)
+    r.i32()  # throttle_time_ms
+    err = r.i16()
+    assert err == NONE, "ListTransactions error %d" % err
+    r.compact_array(lambda r: r.compact_string())  # unknown_state_filters
+
+    def state(r):
+        s = (r.compact_string(), r.i64(), r.compact_string())
+        r.tags()
+        return s
+
+    return {t: (pid, st) for t, pid, st in r.compact_array(state)}

@@ -63,6 +63,28 @@ def test_producer_defaults_then_assign_consumer(server, request):
     assert with_group == consumed
 
 
+def test_default_producer_under_object_store_faults(faulty_server):
+    """The default (idempotent) producer while 30% of the server's object store requests fail:
+    offsets dense and in send order, each record consumed once (after a restart without faults).
+    A run may need few PUTs: topics are produced until faults were injected."""
+    srv = faulty_server
+    n = 3000
+    produced = {}
+    while srv.object_store_errors() == 0:
+        assert len(produced) < 10, "no fault was injected in 10 runs: the test proves nothing"
+        topic = topic_name("java-faults")
+        produced[topic] = observations(run(compat("produce", srv.bootstrap, topic, n, 3))[0])
+        assert produced[topic]["produced.total"] == str(n)
+    srv.stop()
+    srv.extra_env = {}
+    srv.start()
+    for topic, obs in produced.items():
+        consumed = observations(run(compat("consume-assign", srv.bootstrap, topic, n))[0])
+        assert consumed["consumed.total"] == str(n)
+        for p in range(3):
+            assert consumed["consumed.partition.%d" % p] == obs["produced.partition.%d" % p]
+
+
 def test_admin_client(server, request):
     """createTopics, listTopics, describeTopics (paged too), describeConfigs, describeCluster, listOffsets
     (earliest, latest, max timestamp, by timestamp), deleteTopics."""

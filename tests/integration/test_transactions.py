@@ -2,9 +2,11 @@
 read_committed vs read_uncommitted consumers, the last stable offset, fencing by a second
 producer with the same transactional.id, the transaction timeout, consume-transform-produce
 with send_offsets_to_transaction across a SIGKILL of the processor, and a server restart in
-the middle of a transaction.
+the middle of a transaction; transactional.id.expiration.ms. Every test runs with the embedded
+controller on SQLite and on PostgreSQL (when SIDESTREAM_TEST_POSTGRES_URL is set).
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,10 +16,37 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from conftest import poll_until
+import kafka_wire
+from conftest import STORE_KINDS, SidestreamServer, controller_store_env, poll_until
 from readback import create_topic, read_all
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@contextlib.contextmanager
+def running_server(base, store_kind, env=None):
+    """A server on `store_kind` with `env`, closed (and its database dropped) afterwards."""
+    with controller_store_env(store_kind) as store_env:
+        srv = SidestreamServer(base / "data", base / "server.log", extra_env=dict(store_env, **(env or {})))
+        try:
+            srv.start()
+            yield srv
+        finally:
+            srv.close()
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def server(tmp_path_factory, request):
+    """One server per store kind for the module's tests (distinct topic names)."""
+    with running_server(tmp_path_factory.mktemp("txn-" + request.param), request.param) as srv:
+        yield srv
+
+
+@pytest.fixture(params=STORE_KINDS)
+def fresh_server(tmp_path, request):
+    """A server of the test's own (it stops and restarts it)."""
+    with running_server(tmp_path, request.param) as srv:
+        yield srv
 
 
 def txn_producer(bootstrap, txn_id, **extra):
@@ -201,3 +230,43 @@ def test_a_transaction_survives_a_server_restart(fresh_server):
     srv.start()
     assert values(read_topic(srv.bootstrap, topic, 2, "read_committed", until_count=4)) == \
         sorted(b"pre-%03d" % i for i in range(4))
+
+
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
+def test_idle_transactional_ids_expire_and_start_afresh_but_not_an_open_transaction(tmp_path, store_kind):
+    expiry_ms = 3000
+    env = {"SIDESTREAM_CONTROLLER_TRANSACTIONAL_ID_EXPIRATION_MS": str(expiry_ms)}
+    with running_server(tmp_path, store_kind, env) as srv:
+        topic = "txn-expiry"
+        create_topic(srv.bootstrap, topic, 1)
+        # An open transaction, started first: it stays unused for longer than the idle one.
+        still_open = txn_producer(srv.bootstrap, "expiry-open", **{"transaction.timeout.ms": 120000})
+        produce_txn(still_open, topic, 1, b"open", 3)
+        done = txn_producer(srv.bootstrap, "expiry-done")
+        produce_txn(done, topic, 1, b"done", 2)
+        before_commit = time.monotonic()
+        done.commit_transaction(30)
+        with srv.connect() as c:
+            described = kafka_wire.describe_transaction(c, "expiry-done")
+            assert (described["error_code"], described["state"]) == (0, "CompleteCommit"), described
+            assert set(kafka_wire.list_transactions(c)) == {"expiry-open", "expiry-done"}
+
+        def expired():
+            with srv.connect() as c:
+                return kafka_wire.describe_transaction(c, "expiry-done")["error_code"] == \
+                    kafka_wire.TRANSACTIONAL_ID_NOT_FOUND
+
+        poll_until(expired, 30, interval=0.1, what="expiry-done to expire")
+        assert time.monotonic() - before_commit >= expiry_ms / 1000 - 0.1, "expired before its expiration"
+        with srv.connect() as c:
+            listed = kafka_wire.list_transactions(c)
+            assert "expiry-done" not in listed, listed
+            assert listed["expiry-open"][1] == "Ongoing", listed
+            # A new producer with the expired id starts afresh: a new producer id, epoch 0.
+            err, pid, epoch = kafka_wire.init_producer_id(c, "expiry-done")
+            assert (err, epoch) == (0, 0)
+            assert pid != described["producer_id"]
+        # The open transaction was kept and commits.
+        still_open.commit_transaction(30)
+        assert values(read_topic(srv.bootstrap, topic, 1, "read_committed", until_count=5)) == \
+            sorted([b"open-%03d" % i for i in range(3)] + [b"done-%03d" % i for i in range(2)])

@@ -150,7 +150,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError>;
     /// Inserts a topic and its partitions (starting at offset 0).
     fn create_topic(&self, topic: &TopicRecord) -> Result<(), StoreError>;
-    /// Removes a topic, its partitions and its extents.
+    /// Removes a topic, its partitions, its extents, its producer states, its open transactions
+    /// and its aborted transaction index.
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError>;
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
@@ -175,6 +176,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn register_agent(&self, name: &str) -> Result<u64, StoreError>;
     /// Inserts or replaces a transactional id's encoded state.
     fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError>;
+    /// Forgets transactional ids (`transactional.id.expiration.ms`), in one transaction.
+    fn delete_transactions(&self, transactional_ids: &[String]) -> Result<(), StoreError>;
     /// Aborted transactions of a partition that overlap `[from_offset, to_offset)`, by first
     /// offset, at most `limit`: `(producer id, first offset)`.
     fn aborted_txns(
@@ -187,7 +190,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Vec<(i64, i64)>, StoreError>;
     /// A producer id never handed out before.
     fn allocate_producer_id(&self) -> Result<i64, StoreError>;
-    /// Forgets producer states last seen before `before_ms`.
+    /// Forgets producer states last seen before `before_ms`, except those of a producer with a
+    /// transaction open in that partition (Kafka keeps them until the transaction ends).
     fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError>;
     /// The highest committed entry of WAL `log_id` (0 when none).
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError>;

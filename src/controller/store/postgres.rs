@@ -25,11 +25,15 @@ use crate::controller::WalMark;
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
-use super::{ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, PartitionRecord, Snapshot, StoreError, TopicRecord, TxnEffects};
+use super::{
+    ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, TopicRecord,
+    TxnEffects,
+};
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
-/// 3: agent epochs and the controller lease.
-const SCHEMA_VERSION: i32 = 3;
+/// 3: agent epochs and the controller lease. 4: transactions, open transactions per partition,
+/// the aborted transaction index (as SQLite's version 4).
+const SCHEMA_VERSION: i32 = 4;
 
 /// Migrations from version N-1 to N, each applied in its own transaction with the version bump.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -72,6 +76,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
             id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, address TEXT NOT NULL,
             epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);",
     ),
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS transactions (transactional_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS open_txns (
+            topic_id BYTEA NOT NULL, partition INTEGER NOT NULL, producer_id BIGINT NOT NULL,
+            first_offset BIGINT NOT NULL, PRIMARY KEY (topic_id, partition, producer_id));
+        CREATE TABLE IF NOT EXISTS aborted_txns (
+            topic_id BYTEA NOT NULL, partition INTEGER NOT NULL, last_offset BIGINT NOT NULL,
+            producer_id BIGINT NOT NULL, first_offset BIGINT NOT NULL,
+            PRIMARY KEY (topic_id, partition, last_offset));",
+    ),
 ];
 
 /// Key of the advisory lock held while migrating (any constant unlikely to collide).
@@ -87,9 +102,6 @@ pub struct LeaseHolder {
     /// Whether the lease is still running (by the database's clock).
     pub live: bool,
 }
-
-/// Transactions (their tables and markers) exist on the SQLite store only so far.
-const TXNS_NOT_BUILT: &str = "transactions are not built on the PostgreSQL store yet; use the embedded SQLite store";
 
 pub struct PgStore {
     url: String,
@@ -356,8 +368,23 @@ impl MetadataStore for PgStore {
                     },
                 ));
             }
-            // Transactions are not built on PostgreSQL: none is ever stored.
-            Ok(Snapshot { cluster_id, topics, partitions, producers, transactions: Vec::new(), open_txns: Vec::new() })
+            let mut transactions = Vec::new();
+            for r in c.query("SELECT transactional_id, body FROM transactions", &[]).map_err(unavailable)? {
+                transactions.push((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?));
+            }
+            let mut open_txns = Vec::new();
+            for r in c
+                .query("SELECT topic_id, partition, producer_id, first_offset FROM open_txns", &[])
+                .map_err(unavailable)?
+            {
+                open_txns.push(OpenTxnRecord {
+                    topic_id: uuid_at(&r, 0)?,
+                    partition: r.try_get(1).map_err(unavailable)?,
+                    producer_id: r.try_get(2).map_err(unavailable)?,
+                    first_offset: r.try_get(3).map_err(unavailable)?,
+                });
+            }
+            Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
         })
     }
 
@@ -396,7 +423,7 @@ impl MetadataStore for PgStore {
             let mut tx = c.transaction().map_err(unavailable)?;
             self.check_fence(&mut tx)?;
             let id = id.as_bytes().as_slice();
-            for table in ["topic_configs", "partitions", "extents", "producer_states"] {
+            for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE topic_id = $1"), &[&id]).map_err(unavailable)?;
             }
             tx.execute("DELETE FROM topics WHERE id = $1", &[&id]).map_err(unavailable)?;
@@ -433,22 +460,51 @@ impl MetadataStore for PgStore {
             self.check_fence(&mut tx)?;
             let statements = Statements::prepare(&mut tx)?;
             for (o, extents, wal, producers, txn) in commits {
-                let TxnEffects { opened, closed, aborted, transaction, group_offsets } = *txn;
-                if !(opened.is_empty() && closed.is_empty() && aborted.is_empty() && transaction.is_none() && group_offsets.is_empty()) {
-                    return Err(StoreError::Conflict(TXNS_NOT_BUILT.into()));
-                }
-                commit_in(&mut tx, &statements, o, extents, *wal, producers)?;
+                commit_in(&mut tx, &statements, o, extents, *wal, producers, txn)?;
             }
             tx.commit().map_err(unavailable)
         })
     }
 
-    fn put_transaction(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(StoreError::Conflict(TXNS_NOT_BUILT.into()))
+    fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError> {
+        self.with_writer(|c| {
+            let mut tx = c.transaction().map_err(unavailable)?;
+            self.check_fence(&mut tx)?;
+            upsert_transaction(&mut tx, transactional_id, body)?;
+            tx.commit().map_err(unavailable)
+        })
     }
 
-    fn aborted_txns(&self, _: Uuid, _: i32, _: i64, _: i64, _: u32) -> Result<Vec<(i64, i64)>, StoreError> {
-        Ok(Vec::new())
+    fn delete_transactions(&self, transactional_ids: &[String]) -> Result<(), StoreError> {
+        self.with_writer(|c| {
+            let mut tx = c.transaction().map_err(unavailable)?;
+            self.check_fence(&mut tx)?;
+            tx.execute("DELETE FROM transactions WHERE transactional_id = ANY($1)", &[&transactional_ids])
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+    }
+
+    fn aborted_txns(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.with_reader(|c| {
+            let rows = c
+                .query(
+                    "SELECT producer_id, first_offset FROM aborted_txns WHERE topic_id = $1 AND partition = $2 \
+                     AND last_offset >= $3 AND first_offset < $4 ORDER BY first_offset LIMIT $5",
+                    &[&topic_id.as_bytes().as_slice(), &partition, &from_offset, &to_offset, &i64::from(limit)],
+                )
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?)))
+                .collect()
+        })
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
@@ -490,8 +546,15 @@ impl MetadataStore for PgStore {
 
     fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError> {
         self.with_writer(|c| {
-            c.execute("DELETE FROM producer_states WHERE last_seen_ms < $1", &[&before_ms]).map_err(unavailable)?;
-            Ok(())
+            let mut tx = c.transaction().map_err(unavailable)?;
+            self.check_fence(&mut tx)?;
+            tx.execute(
+                "DELETE FROM producer_states p WHERE p.last_seen_ms < $1 AND NOT EXISTS (SELECT 1 FROM open_txns o \
+                 WHERE o.topic_id = p.topic_id AND o.partition = p.partition AND o.producer_id = p.producer_id)",
+                &[&before_ms],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
         })
     }
 
@@ -594,14 +657,7 @@ impl MetadataStore for PgStore {
         self.with_writer(|c| {
             let mut tx = c.transaction().map_err(unavailable)?;
             self.check_fence(&mut tx)?;
-            let upsert = tx
-                .prepare(
-                    "INSERT INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
-                     committed_offset = excluded.committed_offset, leader_epoch = excluded.leader_epoch, \
-                     metadata = excluded.metadata, commit_ms = excluded.commit_ms",
-                )
-                .map_err(unavailable)?;
+            let upsert = tx.prepare(GROUP_OFFSET_UPSERT).map_err(unavailable)?;
             for o in offsets {
                 tx.execute(&upsert, &[&o.group_id, &o.topic, &o.partition, &o.offset, &o.leader_epoch, &o.metadata, &o.commit_ms])
                     .map_err(unavailable)?;
@@ -631,6 +687,24 @@ impl MetadataStore for PgStore {
             tx.commit().map_err(unavailable)
         })
     }
+}
+
+/// Inserts or replaces one group offset: group, topic, partition, offset, leader epoch,
+/// metadata, commit time.
+const GROUP_OFFSET_UPSERT: &str = "INSERT INTO group_offsets \
+     (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
+     committed_offset = excluded.committed_offset, leader_epoch = excluded.leader_epoch, \
+     metadata = excluded.metadata, commit_ms = excluded.commit_ms";
+
+fn upsert_transaction(tx: &mut Transaction<'_>, transactional_id: &str, body: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO transactions (transactional_id, body) VALUES ($1, $2) \
+         ON CONFLICT (transactional_id) DO UPDATE SET body = excluded.body",
+        &[&transactional_id, &body],
+    )
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// The statements a commit runs per extent, prepared once per transaction (a group commit of
@@ -664,6 +738,7 @@ fn commit_in(
     extents: &[ExtentRecord],
     wal: Option<&WalMark>,
     producers: &[(ProducerKey, ProducerState)],
+    txn: &TxnEffects,
 ) -> Result<(), StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(unavailable)?;
     if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(unavailable)?.is_some() {
@@ -712,6 +787,40 @@ fn commit_in(
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET \
              epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
             &[pid, &topic.as_bytes().as_slice(), partition, &state.epoch, &encode_batches(&state.batches), &state.last_seen_ms],
+        )
+        .map_err(unavailable)?;
+    }
+    for o in &txn.opened {
+        tx.execute(
+            "INSERT INTO open_txns (topic_id, partition, producer_id, first_offset) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+            &[&o.topic_id.as_bytes().as_slice(), &o.partition, &o.producer_id, &o.first_offset],
+        )
+        .map_err(unavailable)?;
+    }
+    for o in &txn.closed {
+        tx.execute(
+            "DELETE FROM open_txns WHERE topic_id = $1 AND partition = $2 AND producer_id = $3",
+            &[&o.topic_id.as_bytes().as_slice(), &o.partition, &o.producer_id],
+        )
+        .map_err(unavailable)?;
+    }
+    for a in &txn.aborted {
+        tx.execute(
+            "INSERT INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (topic_id, partition, last_offset) DO UPDATE SET \
+             producer_id = excluded.producer_id, first_offset = excluded.first_offset",
+            &[&a.topic_id.as_bytes().as_slice(), &a.partition, &a.last_offset, &a.producer_id, &a.first_offset],
+        )
+        .map_err(unavailable)?;
+    }
+    if let Some((id, body)) = &txn.transaction {
+        upsert_transaction(tx, id, body)?;
+    }
+    for o in &txn.group_offsets {
+        tx.execute(
+            GROUP_OFFSET_UPSERT,
+            &[&o.group_id, &o.topic, &o.partition, &o.offset, &o.leader_epoch, &o.metadata, &o.commit_ms],
         )
         .map_err(unavailable)?;
     }

@@ -321,6 +321,18 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    fn delete_transactions(&self, transactional_ids: &[String]) -> Result<(), StoreError> {
+        let mut c = lock(&self.writer);
+        let tx = c.transaction().map_err(unavailable)?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM transactions WHERE transactional_id = ?1").map_err(unavailable)?;
+            for id in transactional_ids {
+                delete.execute([id]).map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)
+    }
+
     fn aborted_txns(
         &self,
         topic_id: Uuid,
@@ -380,7 +392,13 @@ impl MetadataStore for SqliteStore {
 
     fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError> {
         let c = lock(&self.writer);
-        c.execute("DELETE FROM producer_states WHERE last_seen_ms < ?1", [before_ms]).map_err(unavailable)?;
+        c.execute(
+            "DELETE FROM producer_states WHERE last_seen_ms < ?1 AND NOT EXISTS (SELECT 1 FROM open_txns o \
+             WHERE o.topic_id = producer_states.topic_id AND o.partition = producer_states.partition \
+             AND o.producer_id = producer_states.producer_id)",
+            [before_ms],
+        )
+        .map_err(unavailable)?;
         Ok(())
     }
 

@@ -167,10 +167,103 @@ fn contract(s: &dyn MetadataStore) {
     assert!(s.find_extents(t.id, 0, 0, 10).unwrap().is_empty());
 }
 
+/// The transactions' part of the contract: their states, open transactions and the aborted
+/// index, written with the commits (single and group) that change them, all or nothing.
+fn txn_contract(s: &dyn MetadataStore) {
+    s.load("c").unwrap();
+    let t = topic("tx", 2);
+    s.create_topic(&t).unwrap();
+    s.put_transaction("app-1", "{\"v\":1}").unwrap();
+    s.put_transaction("app-1", "{\"v\":2}").unwrap();
+    s.put_transaction("app-2", "{}").unwrap();
+    let mut txns = s.load("c").unwrap().transactions;
+    txns.sort();
+    assert_eq!(txns, vec![("app-1".into(), "{\"v\":2}".into()), ("app-2".into(), "{}".into())]);
+
+    // Producer 7 opens a transaction in partition 0 with its data at 0..3 (single commit).
+    let open = OpenTxnRecord { topic_id: t.id, partition: 0, producer_id: 7, first_offset: 0 };
+    let idle: (log::ProducerKey, ProducerState) = ((7, t.id, 0), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
+    let other: (log::ProducerKey, ProducerState) = ((8, t.id, 1), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
+    let opened = TxnEffects { opened: vec![open], ..TxnEffects::default() };
+    s.commit_object(&object("d1"), &[extent(t.id, 0, 0, 3, "d1", 0)], None, &[idle.clone(), other.clone()], &opened).unwrap();
+    assert_eq!(s.load("c").unwrap().open_txns, vec![open]);
+    // Idle for long, but its transaction is open: only the other producer expires.
+    s.expire_producers(1_000).unwrap();
+    let kept: Vec<_> = s.load("c").unwrap().producers.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kept, vec![idle.0]);
+
+    // The abort marker at offset 3, in a group commit whose other object is stale: nothing of
+    // it is written (the transaction stays open, no aborted row, no state, no group offset).
+    let offset = GroupOffsetRecord {
+        group_id: "g".into(),
+        topic: "tx".into(),
+        partition: 1,
+        offset: 4,
+        leader_epoch: -1,
+        metadata: "m".into(),
+        commit_ms: 2,
+    };
+    let ended = TxnEffects {
+        closed: vec![open],
+        aborted: vec![AbortedTxnRecord { topic_id: t.id, partition: 0, producer_id: 7, first_offset: 0, last_offset: 3 }],
+        transaction: Some(("app-1".into(), "{\"v\":3}".into())),
+        group_offsets: vec![offset.clone()],
+        ..TxnEffects::default()
+    };
+    let (m1, bad) = (object("m1"), object("bad"));
+    let marker = [extent(t.id, 0, 3, 4, "m1", 0)];
+    let stale = [extent(t.id, 1, 5, 6, "bad", 0)];
+    let none = TxnEffects::default();
+    assert!(matches!(s.commit_objects(&[(&m1, &marker, None, &[], &ended), (&bad, &stale, None, &[], &none)]), Err(StoreError::Stale(_))));
+    let snap = s.load("c").unwrap();
+    assert_eq!(snap.open_txns, vec![open]);
+    assert!(snap.transactions.contains(&("app-1".into(), "{\"v\":2}".into())));
+    assert!(s.aborted_txns(t.id, 0, 0, 100, 10).unwrap().is_empty());
+    assert!(s.load_group_offsets().unwrap().is_empty());
+    // Alone, the group commit writes all of it.
+    s.commit_objects(&[(&m1, &marker, None, &[], &ended)]).unwrap();
+    let snap = s.load("c").unwrap();
+    assert!(snap.open_txns.is_empty());
+    assert!(snap.transactions.contains(&("app-1".into(), "{\"v\":3}".into())));
+    assert_eq!(s.load_group_offsets().unwrap(), vec![offset]);
+    s.expire_producers(1_000).unwrap();
+    assert!(s.load("c").unwrap().producers.is_empty(), "closed: the idle producer expires now");
+
+    // A second abort (producer 9, 4..=6) through the single-commit path; the index answers
+    // the aborts overlapping a range, by first offset, at most `limit`.
+    let open9 = OpenTxnRecord { topic_id: t.id, partition: 0, producer_id: 9, first_offset: 4 };
+    s.commit_object(&object("d2"), &[extent(t.id, 0, 4, 6, "d2", 0)], None, &[], &TxnEffects { opened: vec![open9], ..TxnEffects::default() })
+        .unwrap();
+    let abort9 = TxnEffects {
+        closed: vec![open9],
+        aborted: vec![AbortedTxnRecord { topic_id: t.id, partition: 0, producer_id: 9, first_offset: 4, last_offset: 6 }],
+        ..TxnEffects::default()
+    };
+    s.commit_object(&object("m2"), &[extent(t.id, 0, 6, 7, "m2", 0)], None, &[], &abort9).unwrap();
+    assert_eq!(s.aborted_txns(t.id, 0, 0, 7, 10).unwrap(), vec![(7, 0), (9, 4)]);
+    assert_eq!(s.aborted_txns(t.id, 0, 0, 7, 1).unwrap(), vec![(7, 0)]);
+    assert_eq!(s.aborted_txns(t.id, 0, 3, 4, 10).unwrap(), vec![(7, 0)], "the range ends at the marker");
+    assert_eq!(s.aborted_txns(t.id, 0, 4, 5, 10).unwrap(), vec![(9, 4)]);
+    assert!(s.aborted_txns(t.id, 0, 7, 100, 10).unwrap().is_empty());
+    assert!(s.aborted_txns(t.id, 1, 0, 100, 10).unwrap().is_empty());
+
+    s.delete_transactions(&["app-1".into(), "unknown".into()]).unwrap();
+    assert_eq!(s.load("c").unwrap().transactions, vec![("app-2".into(), "{}".into())]);
+
+    // Deleting the topic trims its open transactions and its aborted index.
+    let open10 = OpenTxnRecord { topic_id: t.id, partition: 1, producer_id: 10, first_offset: 0 };
+    s.commit_object(&object("d3"), &[extent(t.id, 1, 0, 1, "d3", 0)], None, &[], &TxnEffects { opened: vec![open10], ..TxnEffects::default() })
+        .unwrap();
+    s.delete_topic(t.id).unwrap();
+    assert!(s.load("c").unwrap().open_txns.is_empty());
+    assert!(s.aborted_txns(t.id, 0, 0, 100, 10).unwrap().is_empty());
+}
+
 #[test]
 fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     contract(&SqliteStore::open(&dir.path().join("c.db")).unwrap());
+    txn_contract(&SqliteStore::open(&dir.path().join("t.db")).unwrap());
 }
 
 #[test]
@@ -180,9 +273,35 @@ fn postgres_store_keeps_the_contract() {
         return;
     };
     contract(&PgStore::open(&db.url).unwrap());
+    let txn_db = TestDb::create().unwrap();
+    txn_contract(&PgStore::open(&txn_db.url).unwrap());
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");
+}
+
+#[test]
+fn postgres_version_3_database_is_migrated_to_transactions_and_keeps_its_data() {
+    let Some(db) = TestDb::create() else {
+        eprintln!("{POSTGRES_URL_ENV} not set: PostgreSQL migration test skipped");
+        return;
+    };
+    let s = PgStore::open(&db.url).unwrap();
+    s.load("cluster-3").unwrap();
+    let t = topic("t", 1);
+    s.create_topic(&t).unwrap();
+    drop(s);
+    // What a version 3 binary left behind: no transaction tables.
+    let mut c = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
+    c.batch_execute("DROP TABLE transactions, open_txns, aborted_txns; UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        .unwrap();
+    let s = PgStore::open(&db.url).unwrap();
+    let snap = s.load("x").unwrap();
+    assert_eq!((snap.cluster_id.as_str(), snap.topics.len()), ("cluster-3", 1));
+    s.put_transaction("app", "{}").unwrap();
+    assert_eq!(s.load("x").unwrap().transactions, vec![("app".into(), "{}".into())]);
+    let version: String = c.query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[]).unwrap().get(0);
+    assert_eq!(version, "4");
 }
 
 #[test]
