@@ -97,14 +97,14 @@ def test_a_consumer_group_spans_agents_and_rebalances_when_a_member_leaves(tmp_p
         admin = KafkaAdminClient(bootstrap_servers=agents[2].bootstrap, request_timeout_ms=30000)
         try:
             def committed():
-                offs = admin.list_consumer_group_offsets(group)
+                offs = admin.list_group_offsets(group)[group]
                 return {tp.partition: m.offset for tp, m in offs.items() if tp.topic == topic}
             poll_until(lambda: committed() == {p: 300 // partitions for p in range(partitions)}, 30,
                        what="the committed offsets seen through the third agent")
-            described = admin.describe_consumer_groups([group])[0]
-            assert described.state == "Stable", described
-            assert len(described.members) == 2, described
-            assert group in [g[0] for g in admin.list_consumer_groups()]
+            described = admin.describe_groups([group])[group]
+            assert described["group_state"] == "Stable", described
+            assert len(described["members"]) == 2, described
+            assert group in [g["group_id"] for g in admin.list_groups()]
         finally:
             admin.close()
 
