@@ -267,10 +267,12 @@ pub mod serde_with {
     /// `Vec<(Uuid, String, Vec<i32>)>`: KIP-848 described assignments.
     pub mod named_uuid_parts {
         use super::*;
-        pub fn serialize<S: Serializer>(v: &[(Uuid, String, Vec<i32>)], s: S) -> Result<S::Ok, S::Error> {
+        /// (topic id, topic name, partitions).
+        type Parts = Vec<(Uuid, String, Vec<i32>)>;
+        pub fn serialize<S: Serializer>(v: &Parts, s: S) -> Result<S::Ok, S::Error> {
             s.collect_seq(v.iter().map(|(t, n, ps)| (Id(*t), n, ps)))
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Uuid, String, Vec<i32>)>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Parts, D::Error> {
             Ok(Vec::<(Id, String, Vec<i32>)>::deserialize(d)?.into_iter().map(|(t, n, ps)| (t.0, n, ps)).collect())
         }
     }

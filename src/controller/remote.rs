@@ -503,14 +503,8 @@ impl ControllerClient for Remote {
         Ok(r.await?.entry_id)
     }
     fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
-        self.0
-            .cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .stable
-            .get(&(topic_id, partition))
-            .copied()
-            .ok_or(ControllerError::UnknownTopicOrPartition)
+        let cache = self.0.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.stable.get(&(topic_id, partition)).copied().ok_or(ControllerError::UnknownTopicOrPartition)
     }
     async fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
         self.txn_call(Call::AbortedTxns { topic_id, partition, from_offset, to_offset }).await

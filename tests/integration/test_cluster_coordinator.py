@@ -13,8 +13,10 @@ one group and one transaction state:
   producer with the same transactional.id on agent C fences the first; a transaction left open by
   an agent that is then SIGKILLed is aborted by the others' timers (its records never become
   visible to read_committed, and the last stable offset moves past them);
-- a controller restart (same SQLite file) while a group consumes: the member gets a retriable
-  error, rejoins, and continues from its committed offsets: nothing lost, nothing processed twice.
+- a controller restart (same SQLite file; SIGTERM, and SIGKILL) while a group consumes: the member gets a retriable
+  error, rejoins, and continues from its committed offsets: nothing lost, nothing processed twice;
+  the same across a failover between two controller replicas on PostgreSQL (when
+  SIDESTREAM_TEST_POSTGRES_URL is set).
 """
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -23,7 +25,7 @@ import pytest
 
 from conftest import poll_until
 from readback import create_topic, read_all
-from test_cluster import ControllerProcess, make_agent
+from test_cluster import PG_URL, ControllerProcess, drop_pg_database, fresh_pg_database, make_agent
 from test_groups import CHILD, GROUP_ENV, ChildConsumer, TIMEOUT, wait_assigned
 from test_transactions import produce_txn, txn_producer, values, watermarks
 
@@ -174,7 +176,8 @@ def test_transactions_commit_abort_fence_and_time_out_through_the_remote_control
         stop_cluster(ctl, agents)
 
 
-def test_a_controller_restart_during_a_group_loses_nothing(tmp_path):
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_a_controller_restart_during_a_group_loses_nothing(tmp_path, stop):
     ctl, agents = start_cluster(tmp_path, 2)
     member = None
     try:
@@ -184,7 +187,11 @@ def test_a_controller_restart_during_a_group_loses_nothing(tmp_path):
         member = ChildConsumer("m", agents[1].bootstrap, topic, group)
         wait_processed([member], 90, "the first 90 records")
 
-        ctl.close()  # SIGTERM: groups close, the process exits
+        if stop == "sigterm":
+            ctl.close()  # waiting group calls answered NOT_COORDINATOR, the process exits
+        else:
+            ctl.proc.kill()
+            ctl.proc.wait(10)
         listening = ctl.log().count("controller service listening")
         ctl.start()
         poll_until(lambda: ctl.log().count("controller service listening") > listening, 30,
@@ -197,3 +204,40 @@ def test_a_controller_restart_during_a_group_loses_nothing(tmp_path):
         if member:
             member.kill()
         stop_cluster(ctl, agents)
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs SIDESTREAM_TEST_POSTGRES_URL (scripts/test starts PostgreSQL)")
+def test_a_group_survives_a_controller_failover(tmp_path):
+    db, store = fresh_pg_database()
+    env = dict(GROUP_ENV, SIDESTREAM_CONTROLLER_FAILOVER_MS="3000")
+    a = ControllerProcess(tmp_path, "ctl-a", store, env).start()
+    b = None
+    agents = []
+    member = None
+    try:
+        a.wait_listening()
+        poll_until(a.is_active, 30, what="ctl-a active")
+        b = ControllerProcess(tmp_path, "ctl-b", store, env).start()
+        b.wait_listening()
+        agents = [make_agent(tmp_path, i, [a.address, b.address], tmp_path / "objects", GROUP_ENV).start()
+                  for i in range(2)]
+        topic, group, partitions = "failover-group", "failover-group-g", 3
+        create_topic(agents[0].bootstrap, topic, partitions)
+        produce_values(agents[0].bootstrap, topic, partitions, 0, 60)
+        member = ChildConsumer("m", agents[1].bootstrap, topic, group)
+        wait_processed([member], 60, "the first 60 records")
+        a.proc.kill()  # SIGKILL the active controller: the standby takes over
+        a.proc.wait(10)
+        poll_until(b.is_active, 30, what="the standby to take over")
+        produce_values(agents[0].bootstrap, topic, partitions, 60, 60)
+        wait_processed([member], 120, "all 120 records after the failover")
+        poll_until(lambda: member.count("assign") >= 2, TIMEOUT, what="the member to rejoin the new active")
+    finally:
+        if member:
+            member.kill()
+        for x in agents:
+            x.close()
+        for c in (a, b):
+            if c:
+                c.close()
+        drop_pg_database(db)
