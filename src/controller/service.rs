@@ -63,6 +63,8 @@ const COMMIT_QUEUE_MAX: usize = 4096;
 const WATCH_EVENTS_MAX: usize = 1024;
 /// Concurrent calls per agent connection (JoinGroup/SyncGroup wait for the whole rebalance).
 const STREAMS_PER_CONNECTION_MAX: u32 = 10_000;
+/// How long a stopping service lets calls in flight finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Transactions remembered as handed out (beyond it, markers may be handed out twice).
 const HANDED_OUT_MAX: usize = 100_000;
 
@@ -141,7 +143,11 @@ impl RunningService {
             c.groups().shutdown();
         }
         self.shutdown.cancel();
-        let _ = self.server.await;
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+            // Watch streams never end on their own: cut what is still open (agents reconnect).
+            server.abort();
+        }
         if let Some(pg) = self.shared.pg.clone() {
             let _ = tokio::task::spawn_blocking(move || pg.release_lease()).await;
         }
