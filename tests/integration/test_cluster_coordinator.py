@@ -178,17 +178,28 @@ def test_transactions_commit_abort_fence_and_time_out_through_the_remote_control
         stop_cluster(ctl, agents)
 
 
+def keep_consuming_across(agents, topic, n, interrupt, what):
+    """A member on agents[1] processes n records, `interrupt()` happens, then n more: every record
+    processed once, and the member rejoined the coordinator (a new generation)."""
+    partitions = 3
+    create_topic(agents[0].bootstrap, topic, partitions)
+    produce_values(agents[0].bootstrap, topic, partitions, 0, n)
+    member = ChildConsumer("m", agents[1].bootstrap, topic, topic + "-group")
+    try:
+        wait_processed([member], n, "the first %d records" % n)
+        interrupt()
+        produce_values(agents[0].bootstrap, topic, partitions, n, n)
+        wait_processed([member], 2 * n, "all %d records after %s" % (2 * n, what))
+        poll_until(lambda: member.count("assign") >= 2, TIMEOUT, what="the member to rejoin after " + what)
+    finally:
+        member.kill()
+
+
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_a_controller_restart_during_a_group_loses_nothing(tmp_path, stop):
     ctl, agents = start_cluster(tmp_path, 2)
-    member = None
-    try:
-        topic, group, partitions = "restart", "restart-group", 3
-        create_topic(agents[0].bootstrap, topic, partitions)
-        produce_values(agents[0].bootstrap, topic, partitions, 0, 90)
-        member = ChildConsumer("m", agents[1].bootstrap, topic, group)
-        wait_processed([member], 90, "the first 90 records")
 
+    def restart():
         if stop == "sigterm":
             # Waiting group calls are answered NOT_COORDINATOR and open streams cut after a
             # short grace: the process exits cleanly, at once.
@@ -201,13 +212,10 @@ def test_a_controller_restart_during_a_group_loses_nothing(tmp_path, stop):
         ctl.start()
         poll_until(lambda: ctl.log().count("controller service listening") > listening, 30,
                    what="the controller to listen again")
-        produce_values(agents[0].bootstrap, topic, partitions, 90, 90)
-        wait_processed([member], 180, "all 180 records after the controller restart")
-        # The member rejoined the new controller's coordinator (a new generation).
-        poll_until(lambda: member.count("assign") >= 2, TIMEOUT, what="the member to rejoin")
+
+    try:
+        keep_consuming_across(agents, "restart-" + stop, 90, restart, "the controller restart")
     finally:
-        if member:
-            member.kill()
         stop_cluster(ctl, agents)
 
 
@@ -216,33 +224,22 @@ def test_a_group_survives_a_controller_failover(tmp_path):
     db, store = fresh_pg_database()
     env = dict(GROUP_ENV, SIDESTREAM_CONTROLLER_FAILOVER_MS="3000")
     a = ControllerProcess(tmp_path, "ctl-a", store, env).start()
-    b = None
+    b = ControllerProcess(tmp_path, "ctl-b", store, env)
     agents = []
-    member = None
-    try:
-        a.wait_listening()
-        poll_until(a.is_active, 30, what="ctl-a active")
-        b = ControllerProcess(tmp_path, "ctl-b", store, env).start()
-        b.wait_listening()
-        agents = [make_agent(tmp_path, i, [a.address, b.address], tmp_path / "objects", GROUP_ENV).start()
-                  for i in range(2)]
-        topic, group, partitions = "failover-group", "failover-group-g", 3
-        create_topic(agents[0].bootstrap, topic, partitions)
-        produce_values(agents[0].bootstrap, topic, partitions, 0, 60)
-        member = ChildConsumer("m", agents[1].bootstrap, topic, group)
-        wait_processed([member], 60, "the first 60 records")
+
+    def fail_over():
         a.proc.kill()  # SIGKILL the active controller: the standby takes over
         a.proc.wait(10)
         poll_until(b.is_active, 30, what="the standby to take over")
-        produce_values(agents[0].bootstrap, topic, partitions, 60, 60)
-        wait_processed([member], 120, "all 120 records after the failover")
-        poll_until(lambda: member.count("assign") >= 2, TIMEOUT, what="the member to rejoin the new active")
+
+    try:
+        a.wait_listening()
+        poll_until(a.is_active, 30, what="ctl-a active")
+        b.start().wait_listening()
+        agents = [make_agent(tmp_path, i, [a.address, b.address], tmp_path / "objects", GROUP_ENV).start()
+                  for i in range(2)]
+        keep_consuming_across(agents, "failover", 60, fail_over, "the failover")
     finally:
-        if member:
-            member.kill()
-        for x in agents:
-            x.close()
-        for c in (a, b):
-            if c:
-                c.close()
+        stop_cluster(b, agents)
+        a.close()
         drop_pg_database(db)
