@@ -20,6 +20,7 @@ one group and one transaction state:
 """
 
 import signal
+import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from kafka import KafkaAdminClient
@@ -28,7 +29,7 @@ import pytest
 from conftest import poll_until
 from readback import create_topic, read_all
 from test_cluster import PG_URL, ControllerProcess, drop_pg_database, fresh_pg_database, make_agent
-from test_groups import CHILD, GROUP_ENV, ChildConsumer, TIMEOUT, wait_assigned
+from test_groups import CHILD, GROUP_ENV, ChildConsumer, TIMEOUT, record_time, wait_assigned
 from test_transactions import produce_txn, txn_producer, values, watermarks
 
 # SIGUSR1 makes this child leave the group cleanly (close(): LeaveGroup), then exit.
@@ -113,10 +114,13 @@ def test_a_consumer_group_spans_agents_and_rebalances_when_a_member_leaves(tmp_p
             admin.close()
 
         # One member leaves (LeaveGroup): the other takes every partition and the new records.
+        left = time.monotonic()
         a.proc.send_signal(signal.SIGUSR1)  # close() and exit
         poll_until(lambda: a.count("closed") == 1, 30, what="member a to leave")
         poll_until(lambda: b.assignment() == set(range(partitions)), TIMEOUT,
                    what="the remaining member to take every partition")
+        record_time("remote controller: a member leaves, the member on another agent holds every partition",
+                    time.monotonic() - left)
         produce_values(agents[2].bootstrap, topic, partitions, 300, 120)
         wait_processed(members, 420, "the new records processed by the remaining member")
         assert {int(v) for (_, _, v) in b.records()} >= set(range(300, 420))
@@ -187,10 +191,13 @@ def keep_consuming_across(agents, topic, n, interrupt, what):
     member = ChildConsumer("m", agents[1].bootstrap, topic, topic + "-group")
     try:
         wait_processed([member], n, "the first %d records" % n)
+        started = time.time()
         interrupt()
         produce_values(agents[0].bootstrap, topic, partitions, n, n)
         wait_processed([member], 2 * n, "all %d records after %s" % (2 * n, what))
         poll_until(lambda: member.count("assign") >= 2, TIMEOUT, what="the member to rejoin after " + what)
+        rejoined = [e["t"] for e in member.snapshot() if e["ev"] == "assign"][1]
+        record_time("remote controller: member assigned again after %s began" % what, rejoined - started)
     finally:
         member.kill()
 
