@@ -510,6 +510,18 @@ mod tests {
             assert!(remote.transactions_to_finish().await.unwrap().is_empty());
             assert_eq!(remote.list_transactions(Vec::new(), Vec::new(), -1).await.unwrap().len(), 1);
             assert!(remote.pending_txn_offsets("g".into()).await.unwrap().is_empty());
+
+            // Markers never written (the agent died after EndTxn): once MARKER_RETRY_MS passed,
+            // one poller gets them and the next one does not (one writer at a time).
+            let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx2".into(), 60_000, (-1, -1)).await.unwrap() else {
+                panic!("not ready")
+            };
+            remote.add_partitions_to_txn("tx2".into(), producer_id, epoch, vec![("t".into(), 1)], false).await.unwrap();
+            let end = remote.end_txn("tx2".into(), producer_id, epoch, false).await.unwrap().unwrap();
+            assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "not due yet");
+            tokio::time::sleep(Duration::from_millis(crate::controller::txn::MARKER_RETRY_MS as u64 + 100)).await;
+            assert_eq!(remote.transactions_to_finish().await.unwrap(), vec![end]);
+            assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "handed out to one agent at a time");
             stop.cancel();
             svc.shutdown().await;
         }
