@@ -17,6 +17,7 @@ const METHODS: &[(&str, &str, &str, &str, bool)] = &[
     ("wal_mark", "WalMark", "WalMarkRequest", "WalMarkReply", false),
     ("init_producer_id", "InitProducerId", "Empty", "ProducerIdReply", false),
     ("collect_orphans", "CollectOrphans", "OrphansRequest", "OrphansReply", false),
+    ("coordinate", "Coordinate", "CoordinateRequest", "CoordinateReply", false),
 ];
 
 fn main() {

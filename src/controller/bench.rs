@@ -113,6 +113,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
                     extents,
                     wal_log_id: None,
                     wal_entry_id: 0,
+                    txn_end: None,
                 };
                 let t = Instant::now();
                 client.commit_object(req).await.map_err(|e| format!("commit: {e}"))?;

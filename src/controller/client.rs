@@ -1,8 +1,9 @@
 //! How an agent talks to the controller: one trait, [`ControllerClient`].
 //!
 //! [`InProcess`] is the embedded implementation: a method call on a [`Controller`] in the same
-//! process, with blocking store work moved to tokio's blocking pool. A remote (gRPC)
-//! implementation will implement the same trait; the data path does not know which it has.
+//! process, with blocking store work moved to tokio's blocking pool. [`super::remote::Remote`]
+//! implements the same trait over gRPC (and the controller service answers its group and
+//! transaction calls through an `InProcess`); the data path does not know which it has.
 
 use std::sync::Arc;
 
@@ -83,10 +84,11 @@ pub trait ControllerClient: Send + Sync + 'static {
     -> Result<Option<TxnEnd>, ControllerError>;
     /// Timed-out transactions (now aborting) and unfinished ones: markers to write.
     async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError>;
-    fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription>;
+    async fn describe_transaction(&self, transactional_id: String) -> Result<Option<TxnDescription>, ControllerError>;
     /// Partitions of `group_id` with offsets pending in an ongoing transaction (KIP-447).
-    fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition>;
-    fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription>;
+    async fn pending_txn_offsets(&self, group_id: String) -> Result<Vec<super::groups::TopicPartition>, ControllerError>;
+    async fn list_transactions(&self, states: Vec<String>, producer_ids: Vec<i64>, min_duration_ms: i64)
+    -> Result<Vec<TxnDescription>, ControllerError>;
 
     // Consumer groups (controller::groups). JoinGroup and SyncGroup may wait for the other
     // members, up to the group's rebalance timeout.
@@ -108,7 +110,7 @@ pub trait ControllerClient: Send + Sync + 'static {
     ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError>;
     async fn delete_offsets(&self, group_id: String, partitions: Vec<TopicPartition>)
     -> Result<Vec<Result<(), GroupError>>, GroupError>;
-    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Vec<GroupListing>;
+    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, GroupError>;
     async fn describe_group(&self, group_id: String) -> Result<GroupDescription, GroupError>;
     async fn delete_group(&self, group_id: String) -> Result<(), GroupError>;
     async fn consumer_group_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError>;
@@ -251,14 +253,14 @@ impl ControllerClient for InProcess {
     async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
         self.blocking(|c| c.transactions_to_finish()).await
     }
-    fn describe_transaction(&self, transactional_id: &str) -> Option<TxnDescription> {
-        self.0.describe_transaction(transactional_id)
+    async fn describe_transaction(&self, transactional_id: String) -> Result<Option<TxnDescription>, ControllerError> {
+        Ok(self.0.describe_transaction(&transactional_id))
     }
-    fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition> {
-        self.0.pending_txn_offsets(group_id)
+    async fn pending_txn_offsets(&self, group_id: String) -> Result<Vec<super::groups::TopicPartition>, ControllerError> {
+        Ok(self.0.pending_txn_offsets(&group_id))
     }
-    fn list_transactions(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnDescription> {
-        self.0.list_transactions(states, producer_ids, min_duration_ms)
+    async fn list_transactions(&self, states: Vec<String>, producer_ids: Vec<i64>, min_duration_ms: i64) -> Result<Vec<TxnDescription>, ControllerError> {
+        Ok(self.0.list_transactions(&states, &producer_ids, min_duration_ms))
     }
 
     async fn join_group(&self, req: JoinRequest) -> JoinResponse {
@@ -287,8 +289,8 @@ impl ControllerClient for InProcess {
     async fn delete_offsets(&self, group_id: String, partitions: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
         self.blocking_groups(move |g| g.delete_offsets(&group_id, &partitions)).await
     }
-    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Vec<GroupListing> {
-        self.0.groups().list_groups(&states, &types)
+    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, GroupError> {
+        Ok(self.0.groups().list_groups(&states, &types))
     }
     async fn describe_group(&self, group_id: String) -> Result<GroupDescription, GroupError> {
         self.0.groups().describe_group(&group_id)

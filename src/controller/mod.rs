@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod coordinate;
 pub mod groups;
 pub mod log;
 pub mod producers;
@@ -23,6 +24,7 @@ pub mod txn;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -47,7 +49,7 @@ pub const PARTITIONS_MAX: i32 = 100_000;
 
 /// Controller failures, sorted by what the caller does: tell the client (invalid input,
 /// unknown topic), or retry later (unavailable).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ControllerError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,

@@ -15,8 +15,11 @@
 //!   call refused as fenced (FAILED_PRECONDITION: lease expired, replaced, or a new active
 //!   controller that does not know it) re-registers for a new epoch and retries.
 //!
-//! Not built: consumer groups through a remote controller (every group call answers
-//! [`GroupError::Unavailable`] saying so).
+//! - **Groups and transactions.** Every group and transaction method is one `Coordinate` call
+//!   ([`coordinate`]) to the active controller, whose embedded coordinator answers it. The last
+//!   stable offset comes with the high watermark in snapshots and `Watch` events, so fetches
+//!   read it from the cache; the agent's own commits move it only when that is certainly right
+//!   (nothing unseen before them, no open transaction), else the next event does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,31 +41,10 @@ use super::groups::{
     SyncRequest, SyncResponse, TopicPartition, consumer,
 };
 use super::log::PartitionOffsets;
+use super::coordinate::{self, Call};
 use super::rpc::{self, GrpcClient};
 use super::txn::{TxnDescription, TxnEnd, TxnInit};
 use super::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
-
-const GROUPS_NOT_BUILT: &str =
-    "consumer groups are not served through a remote controller yet (not built); use the embedded controller";
-/// The answer to every group call; logged once per process so operators see why.
-fn groups_not_built() -> GroupError {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !LOGGED.swap(true, Ordering::Relaxed) {
-        tracing::error!("{GROUPS_NOT_BUILT}");
-    }
-    GroupError::Unavailable(GROUPS_NOT_BUILT.into())
-}
-
-const TXNS_NOT_BUILT: &str =
-    "transactions are not served through a remote controller yet (not built); use the embedded controller";
-/// The answer to every transaction call that would change state; logged once per process.
-fn txns_not_built() -> ControllerError {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !LOGGED.swap(true, Ordering::Relaxed) {
-        tracing::error!("{TXNS_NOT_BUILT}");
-    }
-    ControllerError::InvalidRequest(TXNS_NOT_BUILT.into())
-}
 
 /// Backoff between retries of a failed call.
 const RETRY_BACKOFF_MIN_MS: u64 = 20;
@@ -85,6 +68,8 @@ struct Cache {
     by_name: HashMap<String, Arc<TopicMeta>>,
     by_id: HashMap<Uuid, Arc<TopicMeta>>,
     offsets: HashMap<(Uuid, i32), PartitionOffsets>,
+    /// Last stable offsets: the largest the controller reported (it never decreases).
+    stable: HashMap<(Uuid, i32), i64>,
 }
 
 struct Inner {
@@ -257,7 +242,10 @@ impl Remote {
             cache.by_name.insert(t.name.clone(), t.clone());
             cache.by_id.insert(t.id, t);
         }
-        let old = self.0.cache.read().unwrap_or_else(|p| p.into_inner()).offsets.clone();
+        let (old, old_stable) = {
+            let c = self.0.cache.read().unwrap_or_else(|p| p.into_inner());
+            (c.offsets.clone(), c.stable.clone())
+        };
         for p in snap.partitions {
             let id = rpc::uuid(&p.topic_id)?;
             let mut o = PartitionOffsets { log_start_offset: p.log_start_offset, next_offset: p.next_offset };
@@ -265,6 +253,8 @@ impl Remote {
             if let Some(prev) = old.get(&(id, p.partition)) {
                 o.next_offset = o.next_offset.max(prev.next_offset);
             }
+            let lso = p.last_stable_offset.unwrap_or(p.next_offset).max(old_stable.get(&(id, p.partition)).copied().unwrap_or(0));
+            cache.stable.insert((id, p.partition), lso);
             cache.offsets.insert((id, p.partition), o);
         }
         *self.0.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
@@ -272,10 +262,29 @@ impl Remote {
         Ok(())
     }
 
-    fn advance(&self, topic_id: Uuid, partition: i32, next_offset: i64) {
+    /// A `Watch` event: the controller's high watermark and last stable offset.
+    fn advance(&self, p: &rpc::Partition) {
+        let Ok(id) = rpc::uuid(&p.topic_id) else { return };
         let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(o) = cache.offsets.get_mut(&(topic_id, partition)) {
-            o.next_offset = o.next_offset.max(next_offset);
+        if let Some(o) = cache.offsets.get_mut(&(id, p.partition)) {
+            o.next_offset = o.next_offset.max(p.next_offset);
+            let lso = p.last_stable_offset.unwrap_or(p.next_offset);
+            let s = cache.stable.entry((id, p.partition)).or_insert(0);
+            *s = (*s).max(lso);
+        }
+    }
+
+    /// This agent's own commit of `count` offsets at `base`. The LSO follows only when nothing
+    /// this cache has not seen lies before `base`, no transaction is open (LSO at the high
+    /// watermark) and the batch is not transactional; otherwise the controller's event moves it.
+    fn advance_own(&self, topic_id: Uuid, partition: i32, base: i64, count: i64, transactional: bool) {
+        let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = cache.offsets.get_mut(&(topic_id, partition)) else { return };
+        let old_hw = o.next_offset;
+        o.next_offset = old_hw.max(base + count);
+        let s = cache.stable.entry((topic_id, partition)).or_insert(0);
+        if !transactional && base == old_hw && *s == old_hw {
+            *s = base + count;
         }
     }
 
@@ -283,6 +292,7 @@ impl Remote {
         let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
         for p in 0..t.partitions {
             cache.offsets.entry((t.id, p)).or_insert(PartitionOffsets { log_start_offset: 0, next_offset: 0 });
+            cache.stable.entry((t.id, p)).or_insert(0);
         }
         cache.by_name.insert(t.name.clone(), t.clone());
         cache.by_id.insert(t.id, t);
@@ -336,10 +346,8 @@ impl Remote {
                             }
                         }
                         Ok(Some(event)) => {
-                            for p in event.partitions {
-                                if let Ok(id) = rpc::uuid(&p.topic_id) {
-                                    self.advance(id, p.partition, p.next_offset);
-                                }
+                            for p in &event.partitions {
+                                self.advance(p);
                             }
                             self.0.commits.send_modify(|n| *n += 1);
                         }
@@ -416,6 +424,7 @@ impl ControllerClient for Remote {
         cache.by_name.remove(&t.name);
         cache.by_id.remove(&t.id);
         cache.offsets.retain(|(id, _), _| *id != t.id);
+        cache.stable.retain(|(id, _), _| *id != t.id);
         Ok(t)
     }
     async fn commit_object(&self, req: CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
@@ -435,7 +444,8 @@ impl ControllerClient for Remote {
         let mut advanced = false;
         for (e, r) in req.extents.iter().zip(&results) {
             if let Ok(base) = r {
-                self.advance(e.topic_id, e.partition, base + e.offset_count);
+                let transactional = e.producer.is_some_and(|p| p.transactional);
+                self.advance_own(e.topic_id, e.partition, *base, e.offset_count, transactional);
                 advanced = true;
             }
         }
@@ -492,57 +502,56 @@ impl ControllerClient for Remote {
         });
         Ok(r.await?.entry_id)
     }
-    // Transactions: none can exist through a remote controller (not built), so every partition
-    // is stable at its high watermark and nothing was aborted.
     fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
-        self.offsets(topic_id, partition).map(|o| o.next_offset)
+        let cache = self.0.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.stable.get(&(topic_id, partition)).copied().ok_or(ControllerError::UnknownTopicOrPartition)
     }
-    async fn aborted_txns(&self, _: Uuid, _: i32, _: i64, _: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
-        Ok(Vec::new())
+    async fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
+        self.txn_call(Call::AbortedTxns { topic_id, partition, from_offset, to_offset }).await
     }
-    async fn init_transactional_producer(&self, _: String, _: i32, _: (i64, i16)) -> Result<TxnInit, ControllerError> {
-        Err(txns_not_built())
+    async fn init_transactional_producer(&self, transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError> {
+        self.txn_call(Call::InitTransactionalProducer { transactional_id, timeout_ms, expected }).await
     }
     async fn add_partitions_to_txn(
         &self,
-        _: String,
-        _: i64,
-        _: i16,
-        _: Vec<(String, i32)>,
-        _: bool,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<(String, i32)>,
+        verify_only: bool,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        Err(txns_not_built())
+        self.txn_call(Call::AddPartitionsToTxn { transactional_id, producer_id, epoch, partitions, verify_only }).await
     }
-    async fn add_offsets_to_txn(&self, _: String, _: i64, _: i16, _: String) -> Result<(), ControllerError> {
-        Err(txns_not_built())
+    async fn add_offsets_to_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError> {
+        self.txn_call(Call::AddOffsetsToTxn { transactional_id, producer_id, epoch, group_id }).await
     }
     async fn txn_offset_commit(
         &self,
-        _: String,
-        _: i64,
-        _: i16,
-        _: String,
-        _: Vec<super::groups::CommitOffset>,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group_id: String,
+        offsets: Vec<super::groups::CommitOffset>,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        Err(txns_not_built())
+        self.txn_call(Call::TxnOffsetCommit { transactional_id, producer_id, epoch, group_id, offsets }).await
     }
-    async fn validate_txn_offset_commit(&self, _: String, _: String, _: Option<String>, _: i32) -> Result<(), GroupError> {
-        Err(groups_not_built())
+    async fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
+        self.group_call(Call::ValidateTxnOffsetCommit { group_id, member_id, instance_id, generation }).await
     }
-    async fn end_txn(&self, _: String, _: i64, _: i16, _: bool) -> Result<Option<TxnEnd>, ControllerError> {
-        Err(txns_not_built())
+    async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
+        self.txn_call(Call::EndTxn { transactional_id, producer_id, epoch, commit }).await
     }
     async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
-        Ok(Vec::new())
+        self.txn_call(Call::TransactionsToFinish).await
     }
-    fn describe_transaction(&self, _: &str) -> Option<TxnDescription> {
-        None
+    async fn describe_transaction(&self, transactional_id: String) -> Result<Option<TxnDescription>, ControllerError> {
+        self.txn_call(Call::DescribeTransaction { transactional_id }).await
     }
-    fn pending_txn_offsets(&self, _: &str) -> Vec<super::groups::TopicPartition> {
-        Vec::new()
+    async fn pending_txn_offsets(&self, group_id: String) -> Result<Vec<super::groups::TopicPartition>, ControllerError> {
+        self.txn_call(Call::PendingTxnOffsets { group_id }).await
     }
-    fn list_transactions(&self, _: &[String], _: &[i64], _: i64) -> Vec<TxnDescription> {
-        Vec::new()
+    async fn list_transactions(&self, states: Vec<String>, producer_ids: Vec<i64>, min_duration_ms: i64) -> Result<Vec<TxnDescription>, ControllerError> {
+        self.txn_call(Call::ListTransactions { states, producer_ids, min_duration_ms }).await
     }
 
     async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
@@ -551,45 +560,49 @@ impl ControllerClient for Remote {
     }
 
     async fn join_group(&self, req: JoinRequest) -> JoinResponse {
-        JoinResponse::error(req.member_id, groups_not_built())
+        let member_id = req.member_id.clone();
+        match self.coordinate::<JoinResponse>(Call::JoinGroup(req)).await {
+            Ok(r) => r,
+            Err(e) => JoinResponse::error(member_id, group_error(e)),
+        }
     }
-    async fn sync_group(&self, _: SyncRequest) -> Result<SyncResponse, GroupError> {
-        Err(groups_not_built())
+    async fn sync_group(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
+        self.group_call(Call::SyncGroup(req)).await
     }
-    async fn heartbeat(&self, _: String, _: String, _: Option<String>, _: i32) -> Result<(), GroupError> {
-        Err(groups_not_built())
+    async fn heartbeat(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
+        self.group_call(Call::Heartbeat { group_id, member_id, instance_id, generation }).await
     }
-    async fn leave_group(&self, _: String, _: Vec<(String, Option<String>)>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        Err(groups_not_built())
+    async fn leave_group(&self, group_id: String, members: Vec<(String, Option<String>)>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.group_call(Call::LeaveGroup { group_id, members }).await
     }
-    async fn commit_offsets(&self, _: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        Err(groups_not_built())
+    async fn commit_offsets(&self, req: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.group_call(Call::CommitOffsets(req)).await
     }
     async fn fetch_offsets(
         &self,
-        _: String,
-        _: Option<Vec<TopicPartition>>,
-        _: Option<(String, i32)>,
+        group_id: String,
+        partitions: Option<Vec<TopicPartition>>,
+        member: Option<(String, i32)>,
     ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError> {
-        Err(groups_not_built())
+        self.group_call(Call::FetchOffsets { group_id, partitions, member }).await
     }
-    async fn delete_offsets(&self, _: String, _: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        Err(groups_not_built())
+    async fn delete_offsets(&self, group_id: String, partitions: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.group_call(Call::DeleteOffsets { group_id, partitions }).await
     }
-    async fn list_groups(&self, _: Vec<String>, _: Vec<String>) -> Vec<GroupListing> {
-        Vec::new()
+    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, GroupError> {
+        self.group_call(Call::ListGroups { states, types }).await
     }
-    async fn describe_group(&self, _: String) -> Result<GroupDescription, GroupError> {
-        Err(groups_not_built())
+    async fn describe_group(&self, group_id: String) -> Result<GroupDescription, GroupError> {
+        self.group_call(Call::DescribeGroup { group_id }).await
     }
-    async fn delete_group(&self, _: String) -> Result<(), GroupError> {
-        Err(groups_not_built())
+    async fn delete_group(&self, group_id: String) -> Result<(), GroupError> {
+        self.group_call(Call::DeleteGroup { group_id }).await
     }
-    async fn consumer_group_heartbeat(&self, _: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
-        Err(groups_not_built())
+    async fn consumer_group_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
+        self.group_call(Call::ConsumerGroupHeartbeat(req)).await
     }
-    async fn consumer_group_describe(&self, _: String) -> Result<consumer::GroupDescription, GroupError> {
-        Err(groups_not_built())
+    async fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
+        self.group_call(Call::ConsumerGroupDescribe { group_id }).await
     }
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         let r = self.call(|mut c, _| {
@@ -607,5 +620,58 @@ impl Remote {
             async move { c.find_extents(self.request(req)).await }
         });
         r.await?.extents.into_iter().map(rpc::extent_from).collect()
+    }
+}
+
+/// A coordinator call that did not get an answer, as the group error Kafka clients retry on
+/// (COORDINATOR_NOT_AVAILABLE: they find the coordinator again and rejoin if needed).
+fn group_error(e: ControllerError) -> GroupError {
+    match e {
+        ControllerError::Unavailable(m) => GroupError::Unavailable(m),
+        other => GroupError::InvalidRequest(other.to_string()),
+    }
+}
+
+impl Remote {
+    /// One coordinator call ([`coordinate`]), answered by the active controller's embedded
+    /// coordinator. Calls that wait for a rebalance (and heartbeats) are sent once with a
+    /// deadline of that wait; the others retry like every call, for up to `call_deadline`
+    /// (they are idempotent, or answer a repeat as Kafka's coordinator does).
+    async fn coordinate<T: DeserializeOwned>(&self, call: Call) -> Result<T, ControllerError> {
+        let msg = rpc::CoordinateRequest { version: coordinate::VERSION, body: coordinate::encode(&call)? };
+        let reply = match call.wait_ms() {
+            None => {
+                self.call(|mut c, _| {
+                    let msg = msg.clone();
+                    async move { c.coordinate(self.request(msg)).await }
+                })
+                .await?
+            }
+            Some(wait_ms) => {
+                let deadline = Duration::from_millis(u64::try_from(wait_ms + coordinate::WAIT_SLACK_MS).unwrap_or(0));
+                match tokio::time::timeout(deadline, self.client().coordinate(self.request(msg))).await {
+                    Err(_) => return Err(ControllerError::Unavailable(format!("the controller did not answer within {deadline:?}"))),
+                    Ok(Err(s)) => {
+                        let e = rpc::error_from_status(&s);
+                        if matches!(e, ControllerError::Unavailable(_)) {
+                            self.switch_after(&s);
+                        }
+                        return Err(e);
+                    }
+                    Ok(Ok(r)) => r.into_inner(),
+                }
+            }
+        };
+        coordinate::decode(&reply.body)
+    }
+
+    /// A group call: the coordinator's answer, or a retriable group error.
+    async fn group_call<T: DeserializeOwned>(&self, call: Call) -> Result<T, GroupError> {
+        self.coordinate::<Result<T, GroupError>>(call).await.map_err(group_error)?
+    }
+
+    /// A transaction call: the coordinator's answer or its error.
+    async fn txn_call<T: DeserializeOwned>(&self, call: Call) -> Result<T, ControllerError> {
+        self.coordinate::<Result<T, ControllerError>>(call).await?
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::log::PartitionOffsets;
+use super::txn::TxnEnd;
 use super::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, TopicMeta, WalMark};
 use crate::object::format::{ExtentInfo, ProducerBatch};
 
@@ -78,6 +79,10 @@ pub struct Partition {
     pub log_start_offset: i64,
     #[prost(int64, tag = "4")]
     pub next_offset: i64,
+    /// The last stable offset (read_committed's limit); absent from controllers without
+    /// remote transactions, meaning the high watermark.
+    #[prost(int64, optional, tag = "20")]
+    pub last_stable_offset: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -179,6 +184,9 @@ pub struct CommitObjectRequest {
     pub wal_log_id: Option<String>,
     #[prost(uint64, tag = "7")]
     pub wal_entry_id: u64,
+    /// A marker object: the transaction it completes.
+    #[prost(message, optional, tag = "20")]
+    pub txn_end: Option<TxnEndMessage>,
 }
 
 /// One error, for the per-extent results and for status details.
@@ -264,6 +272,64 @@ pub struct OrphansReply {
     pub doomed: Vec<bool>,
 }
 
+// ---- coordinator calls (consumer groups, transactions; see `super::coordinate`)
+
+/// One coordinator call: `body` is a JSON `coordinate::Call` of encoding `version`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CoordinateRequest {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub body: Vec<u8>,
+}
+
+/// The call's result as JSON (the method's return type, errors included).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CoordinateReply {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: Vec<u8>,
+}
+
+/// The transaction a marker object completes (`CommitRequest::txn_end`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnEndMessage {
+    #[prost(string, tag = "1")]
+    pub transactional_id: String,
+    #[prost(int64, tag = "2")]
+    pub producer_id: i64,
+    #[prost(int32, tag = "3")]
+    pub epoch: i32,
+    #[prost(bool, tag = "4")]
+    pub commit: bool,
+    /// Topic id and partition only.
+    #[prost(message, repeated, tag = "5")]
+    pub partitions: Vec<Partition>,
+}
+
+pub fn txn_end_to(e: &TxnEnd) -> TxnEndMessage {
+    TxnEndMessage {
+        transactional_id: e.transactional_id.clone(),
+        producer_id: e.producer_id,
+        epoch: e.epoch.into(),
+        commit: e.commit,
+        partitions: e
+            .partitions
+            .iter()
+            .map(|(t, p)| Partition { topic_id: t.as_bytes().to_vec(), partition: *p, ..Default::default() })
+            .collect(),
+    }
+}
+
+pub fn txn_end_from(e: TxnEndMessage) -> Result<TxnEnd, ControllerError> {
+    Ok(TxnEnd {
+        transactional_id: e.transactional_id,
+        producer_id: e.producer_id,
+        epoch: i16::try_from(e.epoch).map_err(|_| ControllerError::InvalidRequest(format!("epoch {} is out of range", e.epoch)))?,
+        commit: e.commit,
+        partitions: e.partitions.iter().map(|p| Ok((uuid(&p.topic_id)?, p.partition))).collect::<Result<_, ControllerError>>()?,
+    })
+}
+
 // ---- conversions
 
 pub fn uuid(b: &[u8]) -> Result<Uuid, ControllerError> {
@@ -279,7 +345,7 @@ pub fn topic_from(t: Topic) -> Result<TopicMeta, ControllerError> {
 }
 
 pub fn partition_to(topic_id: Uuid, partition: i32, o: PartitionOffsets) -> Partition {
-    Partition { topic_id: topic_id.as_bytes().to_vec(), partition, log_start_offset: o.log_start_offset, next_offset: o.next_offset }
+    Partition { last_stable_offset: None, topic_id: topic_id.as_bytes().to_vec(), partition, log_start_offset: o.log_start_offset, next_offset: o.next_offset }
 }
 
 pub fn create_to(r: &CreateTopic) -> CreateTopicRequest {
@@ -349,15 +415,14 @@ pub fn commit_to(r: &CommitRequest, epoch: u64) -> CommitObjectRequest {
         extents: r.extents.iter().map(extent_info_to).collect(),
         wal_log_id: r.wal.as_ref().map(|w| w.log_id.clone()),
         wal_entry_id: r.wal.as_ref().map(|w| w.entry_id).unwrap_or(0),
+        txn_end: r.txn_end.as_ref().map(txn_end_to),
     }
 }
 
 pub fn commit_from(r: CommitObjectRequest) -> Result<(CommitRequest, u64), ControllerError> {
     let extents = r.extents.iter().map(extent_info_from).collect::<Result<_, _>>()?;
     let wal = r.wal_log_id.map(|log_id| WalMark { log_id, entry_id: r.wal_entry_id });
-    // Transaction markers are written only by the embedded controller (remote transactions are
-    // not built).
-    let txn_end = None;
+    let txn_end = r.txn_end.map(txn_end_from).transpose()?;
     Ok((CommitRequest { object_key: r.object_key, object_size_bytes: r.object_size_bytes, agent: r.agent, extents, wal, txn_end }, r.epoch))
 }
 
@@ -407,11 +472,12 @@ pub fn error_to(e: &ControllerError) -> Error {
         OutOfOrderSequence(m) => (9, m.clone()),
         InvalidProducerEpoch(m) => (10, m.clone()),
         Unavailable(m) => (11, m.clone()),
-        // Transaction errors arise only in the embedded controller (remote transactions are not
-        // built): they cross the wire as invalid requests.
-        ProducerFenced(m) | InvalidProducerIdMapping(m) | InvalidTxnState(m) | InvalidTransactionTimeout(m)
-        | ConcurrentTransactions(m) => (8, m.clone()),
-        OperationNotAttempted => (8, e.to_string()),
+        ProducerFenced(m) => (12, m.clone()),
+        InvalidProducerIdMapping(m) => (13, m.clone()),
+        InvalidTxnState(m) => (14, m.clone()),
+        InvalidTransactionTimeout(m) => (15, m.clone()),
+        ConcurrentTransactions(m) => (16, m.clone()),
+        OperationNotAttempted => (17, String::new()),
     };
     Error { kind, message }
 }
@@ -430,6 +496,12 @@ pub fn error_from(e: Error) -> ControllerError {
         8 => InvalidRequest(m),
         9 => OutOfOrderSequence(m),
         10 => InvalidProducerEpoch(m),
+        12 => ProducerFenced(m),
+        13 => InvalidProducerIdMapping(m),
+        14 => InvalidTxnState(m),
+        15 => InvalidTransactionTimeout(m),
+        16 => ConcurrentTransactions(m),
+        17 => OperationNotAttempted,
         _ => Unavailable(m),
     }
 }
@@ -465,6 +537,9 @@ mod tests {
             ControllerError::TopicAlreadyExists("t".into()),
             ControllerError::OutOfOrderSequence("s".into()),
             ControllerError::Unavailable("u".into()),
+            ControllerError::ProducerFenced("f".into()),
+            ControllerError::InvalidTxnState("s".into()),
+            ControllerError::OperationNotAttempted,
         ];
         for e in errors {
             assert_eq!(error_from_status(&status_from_error(&e)), e);
@@ -487,6 +562,11 @@ mod tests {
             wal: Some(WalMark { log_id: "w".into(), entry_id: 4 }),
             txn_end: None,
         };
-        assert_eq!(commit_from(commit_to(&req, 6)).unwrap(), (req, 6));
+        assert_eq!(commit_from(commit_to(&req, 6)).unwrap(), (req.clone(), 6));
+        let markers = CommitRequest {
+            txn_end: Some(TxnEnd { transactional_id: "tx".into(), producer_id: 7, epoch: 2, commit: true, partitions: vec![(t, 3), (t, 0)] }),
+            ..req
+        };
+        assert_eq!(commit_from(commit_to(&markers, 6)).unwrap(), (markers, 6));
     }
 }

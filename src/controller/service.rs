@@ -19,9 +19,18 @@
 //!   queued while the previous transaction ran in one store transaction
 //!   ([`Controller::commit_objects`]).
 //! - **Commit notifications.** After each batch, a `Watch` event carries the new high
-//!   watermarks of the partitions it touched; agents wake long-polling fetches with it.
+//!   watermarks and last stable offsets of the partitions it touched; agents wake long-polling
+//!   fetches with it and answer read_committed fetches from it.
+//! - **Group and transaction coordinator.** The active replica's [`Controller`] owns every
+//!   consumer group and transaction; agents reach them through the `Coordinate` RPC
+//!   ([`super::coordinate`]). JoinGroup/SyncGroup calls stay open for the rebalance (HTTP/2
+//!   streams per connection are raised to [`STREAMS_PER_CONNECTION_MAX`] so waiting members do
+//!   not hold up commits). Membership is in memory: after a restart or failover members get
+//!   UNKNOWN_MEMBER_ID and rejoin; committed offsets and transactions are in the store.
+//!   `transactions_to_finish` hands each transaction's markers to one agent at a time (again
+//!   after [`MARKER_RETRY_MS`] if they are still not committed); a second write of the same
+//!   markers is refused by the controller as stale and its object left to orphan collection.
 //!
-//! Not served remotely yet (refused with a clear error by the agent's client): consumer groups.
 //! Must not touch: offset planning (in [`Controller`]), the wire format (in [`super::rpc`]).
 
 use std::collections::HashMap;
@@ -41,6 +50,9 @@ use super::rpc::{self, GrpcServer, GrpcService};
 use super::store::postgres::PgStore;
 use super::store::sqlite::SqliteStore;
 use super::store::{MetadataStore, StoreError};
+use super::client::InProcess;
+use super::coordinate;
+use super::txn::{MARKER_RETRY_MS, TxnEnd};
 use super::{CommitRequest, Controller, ControllerError, GROUP_COMMIT_OBJECTS_MAX, TopicRef};
 use crate::clock::{Clock, Entropy};
 use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
@@ -49,6 +61,12 @@ use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
 const COMMIT_QUEUE_MAX: usize = 4096;
 /// Watch events buffered per subscriber before it must resynchronise.
 const WATCH_EVENTS_MAX: usize = 1024;
+/// Concurrent calls per agent connection (JoinGroup/SyncGroup wait for the whole rebalance).
+const STREAMS_PER_CONNECTION_MAX: u32 = 10_000;
+/// How long a stopping service lets calls in flight finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Transactions remembered as handed out (beyond it, markers may be handed out twice).
+const HANDED_OUT_MAX: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -98,6 +116,8 @@ struct Shared {
     events: broadcast::Sender<rpc::WatchEvent>,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
+    /// Markers handed to an agent by `transactions_to_finish`: (id, producer id, epoch) and when.
+    handed_out: Mutex<HashMap<(String, i64, i16), Instant>>,
 }
 
 /// A running controller service.
@@ -117,8 +137,17 @@ impl RunningService {
     /// Stops serving; an active PostgreSQL replica gives its lease up so a standby takes over
     /// at once.
     pub async fn shutdown(self) {
+        // First answer waiting JoinGroup/SyncGroup calls (NOT_COORDINATOR): the server's
+        // graceful stop waits for calls in flight.
+        if let Some(c) = self.shared.controller() {
+            c.groups().shutdown();
+        }
         self.shutdown.cancel();
-        let _ = self.server.await;
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+            // Watch streams never end on their own: cut what is still open (agents reconnect).
+            server.abort();
+        }
         if let Some(pg) = self.shared.pg.clone() {
             let _ = tokio::task::spawn_blocking(move || pg.release_lease()).await;
         }
@@ -162,6 +191,7 @@ pub async fn start(
         events: broadcast::channel(WATCH_EVENTS_MAX).0,
         clock,
         entropy,
+        handed_out: Mutex::new(HashMap::new()),
     });
     if shared.pg.is_none() {
         shared.clone().activate().await?;
@@ -182,6 +212,7 @@ pub async fn start(
     let stop = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
             .add_service(service)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned()),
     );
@@ -384,7 +415,7 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
         touched.dedup();
         let partitions: Vec<rpc::Partition> = touched
             .into_iter()
-            .filter_map(|(t, p)| controller.offsets(t, p).ok().map(|o| rpc::partition_to(t, p, o)))
+            .filter_map(|(t, p)| partition_now(&controller, t, p))
             .collect();
         if !partitions.is_empty() {
             let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false });
@@ -448,9 +479,7 @@ impl GrpcService for Service {
         let mut partitions = Vec::new();
         for t in &topics {
             for p in 0..t.partitions {
-                if let Ok(o) = c.offsets(t.id, p) {
-                    partitions.push(rpc::partition_to(t.id, p, o));
-                }
+                partitions.extend(partition_now(&c, t.id, p));
             }
         }
         Ok(Response::new(rpc::SnapshotReply {
@@ -559,5 +588,52 @@ impl GrpcService for Service {
         let keys = req.into_inner().keys;
         let doomed = blocking(move || c.collect_orphans(&keys)).await?;
         Ok(Response::new(rpc::OrphansReply { doomed }))
+    }
+
+    async fn coordinate(&self, req: Request<rpc::CoordinateRequest>) -> Result<Response<rpc::CoordinateReply>, Status> {
+        let c = self.0.active()?;
+        let req = req.into_inner();
+        if req.version != coordinate::VERSION {
+            return Err(status(ControllerError::InvalidRequest(format!(
+                "coordinator call version {} is not {} (upgrade the agent or the controller)",
+                req.version,
+                coordinate::VERSION
+            ))));
+        }
+        let call: coordinate::Call = coordinate::decode(&req.body).map_err(status)?;
+        let body = coordinate::serve(&InProcess(c), call, |ends| self.0.hand_out(ends)).await.map_err(status)?;
+        Ok(Response::new(rpc::CoordinateReply { body }))
+    }
+}
+
+/// A partition's high watermark and last stable offset now, for snapshots and events (the LSO
+/// read first: both only grow, so the pair never shows an LSO above the high watermark).
+fn partition_now(c: &Controller, topic_id: Uuid, partition: i32) -> Option<rpc::Partition> {
+    let lso = c.last_stable_offset(topic_id, partition).ok();
+    let o = c.offsets(topic_id, partition).ok()?;
+    Some(rpc::Partition { last_stable_offset: lso, ..rpc::partition_to(topic_id, partition, o) })
+}
+
+impl Shared {
+    /// The markers no other agent is writing now: each (transaction, epoch) goes to one caller
+    /// per [`MARKER_RETRY_MS`].
+    fn hand_out(&self, ends: Vec<TxnEnd>) -> Vec<TxnEnd> {
+        let now = Instant::now();
+        let retry = Duration::from_millis(MARKER_RETRY_MS as u64);
+        let mut handed = self.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        handed.retain(|_, at| now.duration_since(*at) < retry);
+        ends.into_iter()
+            .filter(|e| {
+                let key = (e.transactional_id.clone(), e.producer_id, e.epoch);
+                if handed.contains_key(&key) {
+                    return false;
+                }
+                // Full: hand out without remembering (a duplicate write is harmless).
+                if handed.len() < HANDED_OUT_MAX {
+                    handed.insert(key, now);
+                }
+                true
+            })
+            .collect()
     }
 }

@@ -92,18 +92,19 @@ pub struct Transaction {
 }
 
 /// The markers a Prepare* transaction needs: one control batch per partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnEnd {
     pub transactional_id: String,
     pub producer_id: i64,
     /// The epoch written in the markers (bumped when the coordinator aborts on its own).
     pub epoch: i16,
     pub commit: bool,
+    #[serde(with = "crate::controller::coordinate::serde_with::uuid_parts")]
     pub partitions: Vec<(Uuid, i32)>,
 }
 
 /// What InitProducerId with a transactional id gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnInit {
     Ready { producer_id: i64, epoch: i16 },
     /// A previous transaction must be finished first: write these markers, then ask again.
@@ -362,7 +363,7 @@ pub fn decode(transactional_id: &str, body: &str) -> Option<Transaction> {
 }
 
 /// One transaction as DescribeTransactions and ListTransactions show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnDescription {
     pub transactional_id: String,
     pub producer_id: i64,

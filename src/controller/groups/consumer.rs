@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -31,7 +32,7 @@ use crate::clock::Entropy;
 pub const LEAVE_EPOCH: i32 = -1;
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
     pub group_id: String,
     pub member_id: String,
@@ -45,21 +46,23 @@ pub struct HeartbeatRequest {
     pub subscribed_topic_regex: Option<String>,
     pub server_assignor: Option<String>,
     /// The partitions the member owns (`None`: unchanged).
+    #[serde(with = "crate::controller::coordinate::serde_with::assignment")]
     pub owned: Option<Assignment>,
     pub api_version: i16,
     pub client: ClientInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub member_id: String,
     pub member_epoch: i32,
     pub heartbeat_interval_ms: i32,
     /// Sent when it changed or the request was a full one.
+    #[serde(with = "crate::controller::coordinate::serde_with::assignment")]
     pub assignment: Option<Assignment>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberDescription {
     pub member_id: String,
     pub instance_id: Option<String>,
@@ -69,11 +72,13 @@ pub struct MemberDescription {
     pub subscribed_topic_names: Vec<String>,
     pub subscribed_topic_regex: Option<String>,
     /// (topic id, topic name, partitions).
+    #[serde(with = "crate::controller::coordinate::serde_with::named_uuid_parts")]
     pub assignment: Vec<(Uuid, String, Vec<i32>)>,
+    #[serde(with = "crate::controller::coordinate::serde_with::named_uuid_parts")]
     pub target_assignment: Vec<(Uuid, String, Vec<i32>)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupDescription {
     pub state: String,
     pub group_epoch: i32,

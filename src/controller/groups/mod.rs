@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -39,7 +40,7 @@ use consumer::ConsumerGroup;
 pub use crate::config::GroupsConfig as GroupSettings;
 
 /// Group failures: each is exactly one Kafka error code (`protocol::error::group_code`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum GroupError {
     #[error("invalid group id")]
     InvalidGroupId,
@@ -99,13 +100,13 @@ impl From<StoreError> for GroupError {
 }
 
 /// Who sent a request (DescribeGroups reports it; member ids start with the client id).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub client_id: String,
     pub client_host: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub group_id: String,
     pub member_id: String,
@@ -114,20 +115,22 @@ pub struct JoinRequest {
     /// 0 or less: the session timeout (JoinGroup v0).
     pub rebalance_timeout_ms: i32,
     pub protocol_type: String,
+    #[serde(with = "crate::controller::coordinate::serde_with::named_bytes")]
     pub protocols: Vec<(String, Bytes)>,
     /// JoinGroup v4+: a new dynamic member first gets MEMBER_ID_REQUIRED and its id.
     pub require_known_member_id: bool,
     pub client: ClientInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinedMember {
     pub member_id: String,
     pub group_instance_id: Option<String>,
+    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
     pub metadata: Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinResponse {
     pub error: Option<GroupError>,
     pub member_id: String,
@@ -155,7 +158,7 @@ impl JoinResponse {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub group_id: String,
     pub generation_id: i32,
@@ -163,28 +166,32 @@ pub struct SyncRequest {
     pub group_instance_id: Option<String>,
     pub protocol_type: Option<String>,
     pub protocol_name: Option<String>,
+    #[serde(with = "crate::controller::coordinate::serde_with::named_bytes")]
     pub assignments: Vec<(String, Bytes)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub protocol_type: Option<String>,
     pub protocol_name: Option<String>,
+    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
     pub assignment: Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberSummary {
     pub member_id: String,
     pub group_instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
+    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
     pub metadata: Bytes,
+    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
     pub assignment: Bytes,
 }
 
 /// A classic group as DescribeGroups shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupDescription {
     pub state: String,
     pub protocol_type: String,
@@ -193,7 +200,7 @@ pub struct GroupDescription {
 }
 
 /// One ListGroups entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupListing {
     pub group_id: String,
     pub protocol_type: String,
@@ -203,7 +210,7 @@ pub struct GroupListing {
 }
 
 /// One partition's offset to commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitOffset {
     pub topic: String,
     pub partition: i32,
@@ -213,7 +220,7 @@ pub struct CommitOffset {
     pub metadata: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OffsetCommitRequest {
     pub group_id: String,
     pub generation_id_or_member_epoch: i32,
@@ -223,7 +230,7 @@ pub struct OffsetCommitRequest {
     pub offsets: Vec<CommitOffset>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
     pub offset: i64,
     pub leader_epoch: i32,

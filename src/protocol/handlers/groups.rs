@@ -176,10 +176,11 @@ pub async fn leave_group(agent: &Agent, version: i16, req: LeaveGroupRequest) ->
 pub async fn list_groups(agent: &Agent, version: i16, req: ListGroupsRequest) -> ListGroupsResponse {
     let states = if version >= 4 { req.states_filter.iter().map(|s| s.to_string()).collect() } else { Vec::new() };
     let types = if version >= 5 { req.types_filter.iter().map(|s| s.to_string()).collect() } else { Vec::new() };
-    let groups = agent
-        .controller
-        .list_groups(states, types)
-        .await
+    let listed = match agent.controller.list_groups(states, types).await {
+        Ok(listed) => listed,
+        Err(e) => return ListGroupsResponse::default().with_error_code(group_code(&e)),
+    };
+    let groups = listed
         .into_iter()
         .map(|g| {
             let mut l = ListedGroup::default().with_group_id(GroupId(str_bytes(g.group_id))).with_protocol_type(str_bytes(g.protocol_type));

@@ -250,8 +250,8 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
         Request::AddOffsetsToTxn(r) => ctx.respond(&transactions::add_offsets_to_txn(&agent, version, r).await),
         Request::EndTxn(r) => ctx.respond(&transactions::end_txn(&agent, version, r).await),
         Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, version, r).await),
-        Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, r)),
-        Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, version, r)),
+        Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, r).await),
+        Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, version, r).await),
     }
 }
 

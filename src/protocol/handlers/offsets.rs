@@ -22,6 +22,15 @@ fn code(r: &Result<(), GroupError>) -> i16 {
     r.as_ref().err().map(group_code).unwrap_or(0)
 }
 
+/// KIP-447 (`require_stable`): partitions of the group whose offsets an ongoing transaction
+/// holds. The coordinator unreachable: a retriable group error.
+async fn unstable_offsets(agent: &Agent, require_stable: bool, group_id: &str) -> Result<Vec<TopicPartition>, GroupError> {
+    if !require_stable {
+        return Ok(Vec::new());
+    }
+    agent.controller.pending_txn_offsets(group_id.to_string()).await.map_err(|e| GroupError::Unavailable(e.to_string()))
+}
+
 /// Groups consecutive (topic, partition, value) entries by topic, keeping the order.
 fn by_topic<T>(items: impl IntoIterator<Item = (TopicPartition, T)>) -> Vec<(String, Vec<(i32, T)>)> {
     let mut out: Vec<(String, Vec<(i32, T)>)> = Vec::new();
@@ -96,10 +105,10 @@ pub async fn offset_fetch(agent: &Agent, version: i16, req: OffsetFetchRequest) 
             let member = if version >= 9 { g.member_id.map(|m| (m.to_string(), g.member_epoch)) } else { None };
             let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             let fetched = agent.controller.fetch_offsets(g.group_id.0.to_string(), partitions, member).await;
-            let unstable = if req.require_stable { agent.controller.pending_txn_offsets(&g.group_id.0) } else { Vec::new() };
-            groups.push(match fetched {
+            let unstable = unstable_offsets(agent, req.require_stable, &g.group_id.0).await;
+            groups.push(match fetched.and_then(|f| Ok((f, unstable?))) {
                 Err(e) => out.with_error_code(group_code(&e)),
-                Ok(found) => out.with_topics(
+                Ok((found, unstable)) => out.with_topics(
                     by_topic(found)
                         .into_iter()
                         .map(|(t, ps)| {
@@ -129,9 +138,10 @@ pub async fn offset_fetch(agent: &Agent, version: i16, req: OffsetFetchRequest) 
     }
     let partitions = requested(req.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()));
     let asked = partitions.clone().unwrap_or_default();
-    let unstable = if version >= 7 && req.require_stable { agent.controller.pending_txn_offsets(&req.group_id.0) } else { Vec::new() };
-    match agent.controller.fetch_offsets(req.group_id.0.to_string(), partitions, None).await {
-        Ok(found) => {
+    let unstable = unstable_offsets(agent, version >= 7 && req.require_stable, &req.group_id.0).await;
+    let fetched = agent.controller.fetch_offsets(req.group_id.0.to_string(), partitions, None).await;
+    match fetched.and_then(|f| Ok((f, unstable?))) {
+        Ok((found, unstable)) => {
             let mut topics = fetch_topics(version, found, None);
             // KIP-447: offsets pending in an ongoing transaction are not stable yet.
             for t in &mut topics {

@@ -181,32 +181,31 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub fn describe_transactions(agent: &Agent, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
-    let states = req
-        .transactional_ids
-        .iter()
-        .map(|id| {
-            let base = TransactionState::default().with_transactional_id(id.clone()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
-            match agent.controller.describe_transaction(&id.0) {
-                None => base.with_error_code(ResponseError::TransactionalIdNotFound.code()).with_transaction_state(str_bytes("")),
-                Some(d) => {
-                    let mut topics: Vec<TopicData> = Vec::new();
-                    for (topic, p) in d.partitions {
-                        match topics.last_mut() {
-                            Some(t) if *t.topic.0 == *topic => t.partitions.push(p),
-                            _ => topics.push(TopicData::default().with_topic(str_bytes(topic).into()).with_partitions(vec![p])),
-                        }
+pub async fn describe_transactions(agent: &Agent, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+    let mut states = Vec::with_capacity(req.transactional_ids.len());
+    for id in &req.transactional_ids {
+        let base = TransactionState::default().with_transactional_id(id.clone()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+        let state = match agent.controller.describe_transaction(id.0.to_string()).await {
+            Err(e) => base.with_error_code(controller_code(&e)).with_transaction_state(str_bytes("")),
+            Ok(None) => base.with_error_code(ResponseError::TransactionalIdNotFound.code()).with_transaction_state(str_bytes("")),
+            Ok(Some(d)) => {
+                let mut topics: Vec<TopicData> = Vec::new();
+                for (topic, p) in d.partitions {
+                    match topics.last_mut() {
+                        Some(t) if *t.topic.0 == *topic => t.partitions.push(p),
+                        _ => topics.push(TopicData::default().with_topic(str_bytes(topic).into()).with_partitions(vec![p])),
                     }
-                    base.with_producer_id(ProducerId(d.producer_id))
-                        .with_producer_epoch(d.epoch)
-                        .with_transaction_state(str_bytes(d.status.kafka_name()))
-                        .with_transaction_timeout_ms(d.timeout_ms)
-                        .with_transaction_start_time_ms(d.started_ms)
-                        .with_topics(topics)
                 }
+                base.with_producer_id(ProducerId(d.producer_id))
+                    .with_producer_epoch(d.epoch)
+                    .with_transaction_state(str_bytes(d.status.kafka_name()))
+                    .with_transaction_timeout_ms(d.timeout_ms)
+                    .with_transaction_start_time_ms(d.started_ms)
+                    .with_topics(topics)
             }
-        })
-        .collect();
+        };
+        states.push(state);
+    }
     DescribeTransactionsResponse::default().with_transaction_states(states)
 }
 
@@ -220,7 +219,7 @@ const STATE_NAMES: &[TxnStatus] = &[
     TxnStatus::CompleteAbort,
 ];
 
-pub fn list_transactions(agent: &Agent, version: i16, req: ListTransactionsRequest) -> ListTransactionsResponse {
+pub async fn list_transactions(agent: &Agent, version: i16, req: ListTransactionsRequest) -> ListTransactionsResponse {
     let states: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();
     let unknown: Vec<_> = req
         .state_filters
@@ -235,9 +234,11 @@ pub fn list_transactions(agent: &Agent, version: i16, req: ListTransactionsReque
         // Java regular expressions are not implemented; refuse rather than guess.
         return ListTransactionsResponse::default().with_error_code(ResponseError::InvalidRequest.code());
     }
-    let listed = agent
-        .controller
-        .list_transactions(&states, &producer_ids, duration)
+    let listed = match agent.controller.list_transactions(states, producer_ids, duration).await {
+        Ok(listed) => listed,
+        Err(e) => return ListTransactionsResponse::default().with_error_code(controller_code(&e)),
+    };
+    let listed = listed
         .into_iter()
         .map(|d| {
             ListedTransaction::default()
