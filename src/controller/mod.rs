@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod extent_cache;
 pub mod groups;
 pub mod log;
 pub mod producers;
