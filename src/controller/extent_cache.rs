@@ -213,11 +213,11 @@ impl ExtentCache {
         }
         let key = (topic_id, partition);
         let mut inner = self.lock();
-        if !inner.parts.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(v) = inner.parts.entry(key) {
             if !create {
                 return;
             }
-            inner.parts.insert(key, Part::default());
+            v.insert(Part::default());
         }
         if create {
             inner.touch(key);

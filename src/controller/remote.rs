@@ -536,65 +536,37 @@ impl ControllerClient for Remote {
         from_offset: i64,
         max_bytes: u64,
     ) -> Result<Vec<ExtentRecord>, ControllerError> {
-        let hw = self.offsets(topic_id, partition).map(|o| o.next_offset);
-        if let Ok(hw) = hw
-            && let Some(found) = self.0.extents.find(topic_id, partition, from_offset, max_bytes, hw)
-        {
-            self.0.lookups_cached.inc();
-            return Ok(found);
-        }
-        self.0.lookups_remote.inc();
-        let found = self
-            .find(rpc::FindExtentsRequest {
-                topic_id: topic_id.as_bytes().to_vec(),
-                partition,
-                mode: rpc::FIND_BY_OFFSET,
-                from_offset,
-                max_bytes,
-                timestamp: 0,
-            })
-            .await?;
-        self.cache_found(topic_id, partition, &found);
-        Ok(found)
+        let req = rpc::FindExtentsRequest {
+            topic_id: topic_id.as_bytes().to_vec(),
+            partition,
+            mode: rpc::FIND_BY_OFFSET,
+            from_offset,
+            max_bytes,
+            timestamp: 0,
+        };
+        self.lookup(topic_id, req, |c, o| c.find(topic_id, partition, from_offset, max_bytes, o.next_offset), |found| found)
+            .await
     }
     async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, ControllerError> {
-        if let Ok(o) = self.offsets(topic_id, partition)
-            && let Some(found) = self.0.extents.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset)
-        {
-            self.0.lookups_cached.inc();
-            return Ok(found);
-        }
-        self.0.lookups_remote.inc();
-        let found = self
-            .find(rpc::FindExtentsRequest {
-                topic_id: topic_id.as_bytes().to_vec(),
-                partition,
-                mode: rpc::FIND_BY_TIMESTAMP,
-                timestamp,
-                ..Default::default()
-            })
-            .await?;
-        self.cache_found(topic_id, partition, &found);
-        Ok(found.into_iter().next())
+        let req = rpc::FindExtentsRequest {
+            topic_id: topic_id.as_bytes().to_vec(),
+            partition,
+            mode: rpc::FIND_BY_TIMESTAMP,
+            timestamp,
+            ..Default::default()
+        };
+        let cached = |c: &ExtentCache, o: PartitionOffsets| c.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset);
+        self.lookup(topic_id, req, cached, |found| found.into_iter().next()).await
     }
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
-        if let Ok(o) = self.offsets(topic_id, partition)
-            && let Some(found) = self.0.extents.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset)
-        {
-            self.0.lookups_cached.inc();
-            return Ok(found);
-        }
-        self.0.lookups_remote.inc();
-        let found = self
-            .find(rpc::FindExtentsRequest {
-                topic_id: topic_id.as_bytes().to_vec(),
-                partition,
-                mode: rpc::FIND_MAX_TIMESTAMP,
-                ..Default::default()
-            })
-            .await?;
-        self.cache_found(topic_id, partition, &found);
-        Ok(found.into_iter().next())
+        let req = rpc::FindExtentsRequest {
+            topic_id: topic_id.as_bytes().to_vec(),
+            partition,
+            mode: rpc::FIND_MAX_TIMESTAMP,
+            ..Default::default()
+        };
+        let cached = |c: &ExtentCache, o: PartitionOffsets| c.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset);
+        self.lookup(topic_id, req, cached, |found| found.into_iter().next()).await
     }
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
         let log_id = log_id.to_string();
@@ -716,11 +688,29 @@ impl ControllerClient for Remote {
 }
 
 impl Remote {
-    async fn find(&self, req: rpc::FindExtentsRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
+    /// One index lookup: from the cache when it can answer (`cached`, given the partition's
+    /// offsets as this agent knows them), else from the controller, whose answer is cached.
+    async fn lookup<T>(
+        &self,
+        topic_id: Uuid,
+        req: rpc::FindExtentsRequest,
+        cached: impl FnOnce(&ExtentCache, PartitionOffsets) -> Option<T>,
+        answer: impl FnOnce(Vec<ExtentRecord>) -> T,
+    ) -> Result<T, ControllerError> {
+        let partition = req.partition;
+        if let Ok(o) = self.offsets(topic_id, partition)
+            && let Some(found) = cached(&self.0.extents, o)
+        {
+            self.0.lookups_cached.inc();
+            return Ok(found);
+        }
+        self.0.lookups_remote.inc();
         let r = self.call(|mut c, _| {
             let req = req.clone();
             async move { c.find_extents(self.request(req)).await }
         });
-        r.await?.extents.into_iter().map(rpc::extent_from).collect()
+        let found = r.await?.extents.into_iter().map(rpc::extent_from).collect::<Result<Vec<_>, _>>()?;
+        self.cache_found(topic_id, partition, &found);
+        Ok(answer(found))
     }
 }
