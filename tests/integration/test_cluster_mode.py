@@ -2,7 +2,7 @@
 processes on loopback (one `sidestream controller` on SQLite, agents in remote mode sharing one
 object store, confluent-kafka and kafka-python clients).
 
-- Index cache: a second read of the same data and a tail consumer make no index lookup at the
+- Index cache: a second read of the same data, timestamp lookups and a tail consumer make no index lookup at the
   controller (the agent's `sidestream_index_lookups_total{source="controller"}` stays put); reads
   stay correct while the controller is down and after it restarts, and after the topic is
   deleted and re-created under the same name.
@@ -17,7 +17,8 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import TopicPartition as KTopicPartition
 
 from conftest import ServerStartError, poll_until
 from readback import create_topic, read_all
@@ -65,7 +66,7 @@ def test_index_cache_second_and_tail_reads_make_no_index_call_and_stay_correct(t
         create_topic(writer.bootstrap, topic, PARTITIONS)
         # 4 MB: several fetches per partition (1 MiB each at most).
         first = [b"first-%05d-" % i + b"x" * 2000 for i in range(2000)]
-        produce_all(writer.bootstrap, topic, first)
+        produce_all(writer.bootstrap, topic, first, partitions=PARTITIONS)  # every partition has data
 
         got = read_all(reader.bootstrap, topic, PARTITIONS, expected_min=len(first))
         assert values_of(got) == sorted(first)
@@ -78,7 +79,19 @@ def test_index_cache_second_and_tail_reads_make_no_index_call_and_stay_correct(t
         assert again == got
         assert lookups(reader, "controller") == remote_after_first, "a repeated read asked the controller"
         assert lookups(reader, "cache") > cached_after_first
-        print("\nINDEX CACHE: first read %d controller lookups; second read %d cache lookups, 0 controller lookups"
+        # ListOffsets by timestamp: the reader holds every partition from its start, so it answers
+        # from the cache too (the first extent for timestamp 0; none after the last record).
+        kc = KafkaConsumer(bootstrap_servers=reader.bootstrap)
+        try:
+            far = int(time.time() * 1000) + 3600_000
+            early = kc.offsets_for_times({KTopicPartition(topic, p): 0 for p in range(PARTITIONS)})
+            late = kc.offsets_for_times({KTopicPartition(topic, p): far for p in range(PARTITIONS)})
+        finally:
+            kc.close()
+        assert [v and v.offset for v in early.values()] == [0] * PARTITIONS, early
+        assert list(late.values()) == [None] * PARTITIONS, late
+        assert lookups(reader, "controller") == remote_after_first, "a timestamp lookup asked the controller"
+        print("\nINDEX CACHE: first read %d controller lookups; second read and 8 ListOffsets-by-time lookups: %d from the cache, 0 from the controller"
               % (remote_after_first, lookups(reader, "cache") - cached_after_first))
 
         # A tail consumer on the reader while the writer produces: new extents arrive with the
