@@ -7,7 +7,7 @@ use tonic_build::manual::{Builder, Method, Service};
 /// (rust name, route name, input, output, server streaming)
 const METHODS: &[(&str, &str, &str, &str, bool)] = &[
     ("register", "Register", "RegisterRequest", "RegisterReply", false),
-    ("heartbeat", "Heartbeat", "HeartbeatRequest", "Empty", false),
+    ("heartbeat", "Heartbeat", "HeartbeatRequest", "HeartbeatReply", false),
     ("snapshot", "Snapshot", "Empty", "SnapshotReply", false),
     ("watch", "Watch", "Empty", "WatchEvent", true),
     ("create_topic", "CreateTopic", "CreateTopicRequest", "Topic", false),

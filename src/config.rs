@@ -62,6 +62,16 @@ pub struct AgentConfig {
     pub max_in_flight_requests: u32,
     /// How long SIGTERM waits for in-flight data to be uploaded and committed.
     pub shutdown_timeout_ms: u64,
+    /// Agents as a shared tier behind a load balancer (remote controller only): Metadata lists
+    /// every live agent and spreads partition leadership over them. Off: the sidecar behaviour
+    /// (this agent is the broker of every partition).
+    pub cluster_mode: bool,
+    /// This agent's availability zone; clients whose `client.id` contains `sidestream_az=<zone>`
+    /// are given leaders in their zone (cluster mode).
+    pub zone: Option<String>,
+    /// Memory for the remote controller's partition index cached in the agent (committed
+    /// extents); 0 turns the cache off.
+    pub index_cache_bytes_max: u64,
 }
 
 impl Default for AgentConfig {
@@ -76,6 +86,9 @@ impl Default for AgentConfig {
             max_connections: 10_000,
             max_in_flight_requests: 1024,
             shutdown_timeout_ms: 30_000,
+            cluster_mode: false,
+            zone: None,
+            index_cache_bytes_max: 64 * 1024 * 1024,
         }
     }
 }
@@ -529,6 +542,17 @@ impl Config {
         if let Some(adv) = &self.agent.advertised {
             parse_host_port(adv).map_err(|r| err("agent.advertised", r))?;
         }
+        if let Some(zone) = &self.agent.zone
+            && (zone.is_empty() || zone.len() > 64 || !zone.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(err("agent.zone", format!("{zone:?}: 1 to 64 letters, digits, '-', '_' or '.'")));
+        }
+        if self.agent.cluster_mode && self.controller.mode != ControllerMode::Remote {
+            return Err(err(
+                "agent.cluster_mode",
+                "needs [controller] mode = \"remote\" (the live agents are known to the controller service)".into(),
+            ));
+        }
         range("controller.failover_ms", self.controller.failover_ms, 100, 600_000)?;
         range("controller.agent_lease_ms", self.controller.agent_lease_ms, 100, 600_000)?;
         range("controller.call_timeout_ms", self.controller.call_timeout_ms, 10, 600_000)?;
@@ -754,6 +778,25 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("secret\""), "the secret key is never printed");
         let bare = Config { object_store: ObjectStoreConfig { url: Some("s3://bucket".into()), ..Default::default() }, ..cfg };
         assert_eq!(bare.object_store_url().unwrap(), ObjectStoreUrl::S3 { bucket: "bucket".into(), root: String::new() });
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_remote_controller_and_zones_are_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let e = Config::load(None, env(&[("SIDESTREAM_AGENT_DATA_DIR", d), ("SIDESTREAM_AGENT_CLUSTER_MODE", "true")])).unwrap_err();
+        assert_eq!(e.key, "agent.cluster_mode");
+        let remote = [
+            ("SIDESTREAM_AGENT_DATA_DIR", d),
+            ("SIDESTREAM_AGENT_CLUSTER_MODE", "true"),
+            ("SIDESTREAM_CONTROLLER_MODE", "remote"),
+            ("SIDESTREAM_CONTROLLER_ADDRESSES", "127.0.0.1:9093"),
+        ];
+        let cfg = Config::load(None, env(&[&remote[..], &[("SIDESTREAM_AGENT_ZONE", "us-east-1a")]].concat())).unwrap();
+        assert!(cfg.agent.cluster_mode);
+        assert_eq!(cfg.agent.zone.as_deref(), Some("us-east-1a"));
+        let e = Config::load(None, env(&[&remote[..], &[("SIDESTREAM_AGENT_ZONE", "a,b")]].concat())).unwrap_err();
+        assert_eq!(e.key, "agent.zone");
     }
 
     #[test]

@@ -123,8 +123,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     )
     .await?;
     let shutdown = CancellationToken::new();
-    let (controller, groups) = open_controller(config, clock.clone(), entropy.clone(), shutdown.clone()).await?;
-
+    // Bound before the controller is reached: a remote controller is told the advertised
+    // address (connections wait in the backlog until the agent serves).
     let listener = TcpListener::bind(config.agent.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.agent.listen, source })?;
@@ -134,6 +134,14 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         // Listening on port 0 (tests): advertise the port actually bound.
         advertised_port = local_addr.port().into();
     }
+    let member = crate::controller::rpc::Member {
+        node_id: config.agent.node_id,
+        host: advertised_host.clone(),
+        port: advertised_port,
+        zone: config.agent.zone.clone(),
+        cluster_mode: config.agent.cluster_mode,
+    };
+    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone()).await?;
 
     let wal_settings = WalSettings {
         dir: config.agent.data_dir.join("wal"),
@@ -201,6 +209,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             advertised_host,
             advertised_port,
             topics: config.topics.clone(),
+            cluster_mode: config.agent.cluster_mode,
+            zone: config.agent.zone.clone(),
         },
         controller,
         store,
@@ -242,6 +252,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
 /// store) or remote (the gRPC client of `sidestream controller` replicas).
 async fn open_controller(
     config: &Config,
+    member: crate::controller::rpc::Member,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
     shutdown: CancellationToken,
@@ -253,6 +264,9 @@ async fn open_controller(
             agent: format!("agent-{}", config.agent.node_id),
             call_deadline: Duration::from_millis(config.controller.call_timeout_ms),
             connect_timeout: Duration::from_millis(config.controller.call_timeout_ms.min(2_000)),
+            member,
+            instance: entropy.uuid().simple().to_string(),
+            index_cache_bytes_max: config.agent.index_cache_bytes_max,
         };
         // Start-up waits for a controller as long as a failover may take, and then some.
         let startup = Duration::from_millis(config.controller.call_timeout_ms.max(3 * config.controller.failover_ms));

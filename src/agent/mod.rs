@@ -8,11 +8,13 @@
 //!   offsets into the batch headers.
 //! - [`txn`]: writes transaction markers as objects; the transaction timeout job.
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
+//! - [`cluster`]: which broker clients are told leads each partition (sidecar or cluster mode).
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
 
 pub mod cache;
+pub mod cluster;
 pub mod fetch;
 pub mod orphans;
 pub mod produce;
@@ -37,6 +39,9 @@ pub struct AgentSettings {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub topics: TopicsConfig,
+    /// `[agent] cluster_mode`: Metadata lists the live agents (see [`cluster`]).
+    pub cluster_mode: bool,
+    pub zone: Option<String>,
 }
 
 /// The agent's components, shared by every connection.

@@ -85,7 +85,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
         tasks.push(tokio::spawn(async move {
             let agent = format!("bench-agent-{a}");
             let epoch = client
-                .register(rpc::RegisterRequest { agent: agent.clone() })
+                .register(rpc::RegisterRequest { agent: agent.clone(), ..Default::default() })
                 .await
                 .map_err(|e| format!("register: {e}"))?
                 .into_inner()

@@ -118,6 +118,22 @@ pub trait ControllerClient: Send + Sync + 'static {
     /// Orphan collection: for each object key, true if it is not committed and now can never be
     /// (delete the object), false if it is committed (keep it).
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
+
+    /// Agents in cluster mode that are registered and heartbeating with the controller, sorted
+    /// by node id (as last heard from it); empty when the controller does not track them (the
+    /// embedded one: sidecar mode only).
+    fn live_agents(&self) -> Vec<LiveAgent> {
+        Vec::new()
+    }
+}
+
+/// A live agent as Kafka clients see it (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAgent {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub zone: Option<String>,
 }
 
 /// The embedded controller, called in-process.

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod client;
 pub mod coordinate;
+pub mod extent_cache;
 pub mod groups;
 pub mod log;
 pub mod producers;

@@ -11,6 +11,14 @@
 //!   transport failure moves to the next configured address. Calls retry with backoff for up
 //!   to `call_deadline`; the uploader retries failed commits for as long as it takes, so a
 //!   controller restart or failover delays acknowledgements but loses nothing.
+//! - **Partition index cache.** Committed extents are cached per partition
+//!   ([`ExtentCache`], bounded by `[agent] index_cache_bytes_max`); the watch stream's events
+//!   carry each commit's extents, which extend the cached partitions before their high
+//!   watermark moves, so tail reads and repeated reads make no controller call. Deleted topics
+//!   and a moved log start invalidate; a new cluster id (another store) clears it all. Lookups
+//!   are counted by where they were answered (`sidestream_index_lookups_total{source}`).
+//! - **Live agents.** The registration and every heartbeat answer list the live agents in
+//!   cluster mode; [`ControllerClient::live_agents`] serves the last list.
 //! - **Fencing.** The agent registers for an epoch and heartbeats every third of its lease. A
 //!   call refused as fenced (FAILED_PRECONDITION: lease expired, replaced, or a new active
 //!   controller that does not know it) re-registers for a new epoch and retries.
@@ -35,7 +43,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
-use super::client::ControllerClient;
+use super::client::{ControllerClient, LiveAgent};
+use super::extent_cache::ExtentCache;
+use crate::metrics::{self, Counter};
 use super::groups::{
     CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
     SyncRequest, SyncResponse, TopicPartition, consumer,
@@ -61,6 +71,12 @@ pub struct RemoteSettings {
     /// How long one call retries before answering a retriable error.
     pub call_deadline: Duration,
     pub connect_timeout: Duration,
+    /// How Kafka clients reach this agent, its zone, whether it is in cluster mode.
+    pub member: rpc::Member,
+    /// Random per process (see [`rpc::RegisterRequest::instance`]).
+    pub instance: String,
+    /// Bound of the partition index cache; 0: off.
+    pub index_cache_bytes_max: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +101,11 @@ struct Inner {
     cluster_id: Mutex<String>,
     cache: RwLock<Cache>,
     commits: watch::Sender<u64>,
+    extents: ExtentCache,
+    members: RwLock<Vec<LiveAgent>>,
+    /// Index lookups answered from `extents` / by the controller.
+    lookups_cached: Arc<Counter>,
+    lookups_remote: Arc<Counter>,
 }
 
 /// The gRPC controller client. Cheap to clone.
@@ -102,8 +123,20 @@ impl Remote {
         let first = settings.addresses.first().cloned().ok_or_else(|| {
             ControllerError::InvalidRequest("[controller] addresses is empty: remote mode needs at least one".into())
         })?;
+        let lookups = |source| {
+            metrics::counter(
+                "sidestream_index_lookups_total",
+                "Partition index lookups (fetch, timestamp) of a remote-controller agent, by where they were answered.",
+                &[("source", source)],
+            )
+        };
+        let extents = ExtentCache::new(settings.index_cache_bytes_max);
         let remote = Remote(Arc::new(Inner {
             settings,
+            extents,
+            members: RwLock::new(Vec::new()),
+            lookups_cached: lookups("cache"),
+            lookups_remote: lookups("controller"),
             current: Mutex::new(first),
             channels: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
@@ -128,6 +161,10 @@ impl Remote {
                 Err(e) => return Err(e),
             }
         }
+        let weak = Arc::downgrade(&remote.0);
+        metrics::gauges("sidestream_index_cache_bytes", "Estimated memory of the cached partition index.", move || {
+            weak.upgrade().map(|r| vec![(Vec::new(), r.extents.bytes() as i64)]).unwrap_or_default()
+        });
         tokio::spawn(remote.clone().run(shutdown));
         Ok(remote)
     }
@@ -219,15 +256,27 @@ impl Remote {
         if self.0.epoch.load(Ordering::Acquire) != seen {
             return Ok(());
         }
-        let agent = self.0.settings.agent.clone();
+        let msg = rpc::RegisterRequest {
+            agent: self.0.settings.agent.clone(),
+            member: Some(self.0.settings.member.clone()),
+            instance: self.0.settings.instance.clone(),
+        };
         let mut client = self.client();
-        let reply = client.register(self.request(rpc::RegisterRequest { agent })).await.map_err(|s| {
+        let reply = client.register(self.request(msg)).await.map_err(|s| {
             self.switch_after(&s);
             rpc::error_from_status(&s)
         })?;
         let reply = reply.into_inner();
-        *self.0.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = reply.cluster_id;
+        {
+            let mut id = self.0.cluster_id.lock().unwrap_or_else(|p| p.into_inner());
+            if !id.is_empty() && *id != reply.cluster_id {
+                // Another cluster (another store) behind the same address: nothing cached holds.
+                self.0.extents.clear();
+            }
+            *id = reply.cluster_id;
+        }
         self.0.lease_ms.store(reply.lease_ms, Ordering::Relaxed);
+        self.set_members(reply.members);
         self.0.epoch.store(reply.epoch, Ordering::Release);
         tracing::info!(epoch = reply.epoch, lease_ms = reply.lease_ms, "registered with the controller");
         Ok(())
@@ -256,7 +305,10 @@ impl Remote {
             let lso = p.last_stable_offset.unwrap_or(p.next_offset).max(old_stable.get(&(id, p.partition)).copied().unwrap_or(0));
             cache.stable.insert((id, p.partition), lso);
             cache.offsets.insert((id, p.partition), o);
+            self.0.extents.trim_below(id, p.partition, p.log_start_offset);
+            self.0.extents.check_end(id, p.partition, p.next_offset);
         }
+        self.0.extents.retain_topics(|id| cache.by_id.contains_key(&id));
         *self.0.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
         self.0.commits.send_modify(|n| *n += 1);
         Ok(())
@@ -285,6 +337,35 @@ impl Remote {
         let s = cache.stable.entry((topic_id, partition)).or_insert(0);
         if !transactional && base == old_hw && *s == old_hw {
             *s = base + count;
+        }
+    }
+
+    fn set_members(&self, members: Vec<rpc::Member>) {
+        let live = members
+            .into_iter()
+            .map(|m| LiveAgent { node_id: m.node_id, host: m.host, port: m.port, zone: m.zone })
+            .collect();
+        *self.0.members.write().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+
+    /// A commit notification's extents into the index cache (before the high watermarks move,
+    /// so a fetch woken by them finds the extents).
+    fn cache_appended(&self, extents: Vec<rpc::Extent>) {
+        let mut by_partition: HashMap<(Uuid, i32), Vec<ExtentRecord>> = HashMap::new();
+        for e in extents {
+            if let Ok(e) = rpc::extent_from(e) {
+                by_partition.entry((e.topic_id, e.partition)).or_default().push(e);
+            }
+        }
+        for ((t, p), found) in by_partition {
+            self.0.extents.insert(t, p, &found, false);
+        }
+    }
+
+    /// Puts a controller's answer into the index cache, unless its topic is gone meanwhile.
+    fn cache_found(&self, topic_id: Uuid, partition: i32, found: &[ExtentRecord]) {
+        if self.topic(TopicRef::Id(topic_id)).is_some() {
+            self.0.extents.insert(topic_id, partition, found, true);
         }
     }
 
@@ -334,8 +415,9 @@ impl Remote {
                             let agent = self.0.settings.agent.clone();
                             async move { c.heartbeat(self.request(rpc::HeartbeatRequest { agent, epoch })).await }
                         });
-                        if let Err(e) = beat.await {
-                            tracing::warn!(error = %e, "controller heartbeat failed");
+                        match beat.await {
+                            Ok(reply) => self.set_members(reply.members),
+                            Err(e) => tracing::warn!(error = %e, "controller heartbeat failed"),
                         }
                     }
                     event = stream.message() => match event {
@@ -346,7 +428,11 @@ impl Remote {
                             }
                         }
                         Ok(Some(event)) => {
+                            self.cache_appended(event.extents);
                             for p in &event.partitions {
+                                if let Ok(id) = rpc::uuid(&p.topic_id) {
+                                    self.0.extents.trim_below(id, p.partition, p.log_start_offset);
+                                }
                                 self.advance(p);
                             }
                             self.0.commits.send_modify(|n| *n += 1);
@@ -425,6 +511,8 @@ impl ControllerClient for Remote {
         cache.by_id.remove(&t.id);
         cache.offsets.retain(|(id, _), _| *id != t.id);
         cache.stable.retain(|(id, _), _| *id != t.id);
+        drop(cache);
+        self.0.extents.retain_topics(|id| id != t.id);
         Ok(t)
     }
     async fn commit_object(&self, req: CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
@@ -461,38 +549,37 @@ impl ControllerClient for Remote {
         from_offset: i64,
         max_bytes: u64,
     ) -> Result<Vec<ExtentRecord>, ControllerError> {
-        self.find(rpc::FindExtentsRequest {
+        let req = rpc::FindExtentsRequest {
             topic_id: topic_id.as_bytes().to_vec(),
             partition,
             mode: rpc::FIND_BY_OFFSET,
             from_offset,
             max_bytes,
             timestamp: 0,
-        })
-        .await
+        };
+        self.lookup(topic_id, req, |c, o| c.find(topic_id, partition, from_offset, max_bytes, o.next_offset), |found| found)
+            .await
     }
     async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, ControllerError> {
-        let found = self
-            .find(rpc::FindExtentsRequest {
-                topic_id: topic_id.as_bytes().to_vec(),
-                partition,
-                mode: rpc::FIND_BY_TIMESTAMP,
-                timestamp,
-                ..Default::default()
-            })
-            .await?;
-        Ok(found.into_iter().next())
+        let req = rpc::FindExtentsRequest {
+            topic_id: topic_id.as_bytes().to_vec(),
+            partition,
+            mode: rpc::FIND_BY_TIMESTAMP,
+            timestamp,
+            ..Default::default()
+        };
+        let cached = |c: &ExtentCache, o: PartitionOffsets| c.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset);
+        self.lookup(topic_id, req, cached, |found| found.into_iter().next()).await
     }
     async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
-        let found = self
-            .find(rpc::FindExtentsRequest {
-                topic_id: topic_id.as_bytes().to_vec(),
-                partition,
-                mode: rpc::FIND_MAX_TIMESTAMP,
-                ..Default::default()
-            })
-            .await?;
-        Ok(found.into_iter().next())
+        let req = rpc::FindExtentsRequest {
+            topic_id: topic_id.as_bytes().to_vec(),
+            partition,
+            mode: rpc::FIND_MAX_TIMESTAMP,
+            ..Default::default()
+        };
+        let cached = |c: &ExtentCache, o: PartitionOffsets| c.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset);
+        self.lookup(topic_id, req, cached, |found| found.into_iter().next()).await
     }
     async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
         let log_id = log_id.to_string();
@@ -611,15 +698,36 @@ impl ControllerClient for Remote {
         });
         Ok(r.await?.doomed)
     }
+    fn live_agents(&self) -> Vec<LiveAgent> {
+        self.0.members.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Remote {
-    async fn find(&self, req: rpc::FindExtentsRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
+    /// One index lookup: from the cache when it can answer (`cached`, given the partition's
+    /// offsets as this agent knows them), else from the controller, whose answer is cached.
+    async fn lookup<T>(
+        &self,
+        topic_id: Uuid,
+        req: rpc::FindExtentsRequest,
+        cached: impl FnOnce(&ExtentCache, PartitionOffsets) -> Option<T>,
+        answer: impl FnOnce(Vec<ExtentRecord>) -> T,
+    ) -> Result<T, ControllerError> {
+        let partition = req.partition;
+        if let Ok(o) = self.offsets(topic_id, partition)
+            && let Some(found) = cached(&self.0.extents, o)
+        {
+            self.0.lookups_cached.inc();
+            return Ok(found);
+        }
+        self.0.lookups_remote.inc();
         let r = self.call(|mut c, _| {
             let req = req.clone();
             async move { c.find_extents(self.request(req)).await }
         });
-        r.await?.extents.into_iter().map(rpc::extent_from).collect()
+        let found = r.await?.extents.into_iter().map(rpc::extent_from).collect::<Result<Vec<_>, _>>()?;
+        self.cache_found(topic_id, partition, &found);
+        Ok(answer(found))
     }
 }
 

@@ -37,6 +37,13 @@ pub struct Empty {}
 pub struct RegisterRequest {
     #[prost(string, tag = "1")]
     pub agent: String,
+    /// Who the agent is toward Kafka clients (cluster mode lists it): see [`Member`].
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<Member>,
+    /// Random per agent process: a registration under a live agent's name from another process
+    /// at another address is a duplicate node id and is refused.
+    #[prost(string, tag = "3")]
+    pub instance: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -47,6 +54,9 @@ pub struct RegisterReply {
     pub lease_ms: u64,
     #[prost(string, tag = "3")]
     pub cluster_id: String,
+    /// The live agents in cluster mode (this one included).
+    #[prost(message, repeated, tag = "4")]
+    pub members: Vec<Member>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -103,6 +113,10 @@ pub struct WatchEvent {
     pub partitions: Vec<Partition>,
     #[prost(bool, tag = "2")]
     pub resync: bool,
+    /// The extents these commits appended (agents' index caches extend with them); may be
+    /// missing for a partition (then agents ask when they need them).
+    #[prost(message, repeated, tag = "3")]
+    pub extents: Vec<Extent>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -328,6 +342,29 @@ pub fn txn_end_from(e: TxnEndMessage) -> Result<TxnEnd, ControllerError> {
         commit: e.commit,
         partitions: e.partitions.iter().map(|p| Ok((uuid(&p.topic_id)?, p.partition))).collect::<Result<_, ControllerError>>()?,
     })
+}
+
+/// An agent as Kafka clients see it: its node id and advertised listener, its zone.
+/// `cluster_mode`: listed to clients of agents in cluster mode.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Member {
+    #[prost(int32, tag = "1")]
+    pub node_id: i32,
+    #[prost(string, tag = "2")]
+    pub host: String,
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+    #[prost(string, optional, tag = "4")]
+    pub zone: Option<String>,
+    #[prost(bool, tag = "5")]
+    pub cluster_mode: bool,
+}
+
+/// The live agents in cluster mode, so every agent learns them at each heartbeat.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeartbeatReply {
+    #[prost(message, repeated, tag = "1")]
+    pub members: Vec<Member>,
 }
 
 // ---- conversions

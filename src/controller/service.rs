@@ -19,8 +19,9 @@
 //!   queued while the previous transaction ran in one store transaction
 //!   ([`Controller::commit_objects`]).
 //! - **Commit notifications.** After each batch, a `Watch` event carries the new high
-//!   watermarks and last stable offsets of the partitions it touched; agents wake long-polling
-//!   fetches with it and answer read_committed fetches from it.
+//!   watermarks and last stable offsets of the partitions it touched and the extents it
+//!   appended; agents wake long-polling fetches with it, answer read_committed fetches from it
+//!   and extend their index caches.
 //! - **Group and transaction coordinator.** The active replica's [`Controller`] owns every
 //!   consumer group and transaction; agents reach them through the `Coordinate` RPC
 //!   ([`super::coordinate`]). JoinGroup/SyncGroup calls stay open for the rebalance (HTTP/2
@@ -30,6 +31,11 @@
 //!   `transactions_to_finish` hands each transaction's markers to one agent at a time (again
 //!   after [`MARKER_RETRY_MS`] if they are still not committed); a second write of the same
 //!   markers is refused by the controller as stale and its object left to orphan collection.
+//! - **Live agents** (for agents in cluster mode) are kept in memory only: registered, with an
+//!   unexpired lease. Each heartbeat answer lists them. A restarted or newly active replica
+//!   relearns them as agents register again (their first heartbeat to it is refused as unknown).
+//!   A node id is one live agent: registering it from another process at another address while
+//!   its lease runs is refused (a restart at the same address replaces the old process).
 //!
 //! Must not touch: offset planning (in [`Controller`]), the wire format (in [`super::rpc`]).
 
@@ -98,6 +104,9 @@ pub struct ServiceSettings {
 struct AgentLease {
     epoch: u64,
     expires: Instant,
+    /// The agent process ([`rpc::RegisterRequest::instance`]) and how clients reach it.
+    instance: String,
+    member: Option<rpc::Member>,
 }
 
 type CommitReply = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
@@ -270,8 +279,22 @@ impl Shared {
         self.agents.lock().unwrap_or_else(|p| p.into_inner()).clear();
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(controller));
         // Agents watching an earlier incarnation resynchronise.
-        let _ = self.events.send(rpc::WatchEvent { partitions: Vec::new(), resync: true });
+        let _ = self.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
         Ok(())
+    }
+
+    /// The live agents in cluster mode, by node id.
+    fn members(&self) -> Vec<rpc::Member> {
+        let now = Instant::now();
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut members: Vec<rpc::Member> = agents
+            .values()
+            .filter(|l| l.expires > now)
+            .filter_map(|l| l.member.clone())
+            .filter(|m| m.cluster_mode)
+            .collect();
+        members.sort_by_key(|m| m.node_id);
+        members
     }
 
     fn check_agent(&self, agent: &str, epoch: u64) -> Result<(), Status> {
@@ -283,6 +306,23 @@ impl Shared {
             None => Err(Status::failed_precondition(format!("fenced: {agent} is not registered with this controller"))),
         }
     }
+}
+
+/// Refuses `agent` (a node id) from another process at another address while the lease of
+/// the one registered under it runs.
+fn check_duplicate(agents: &HashMap<String, AgentLease>, agent: &str, instance: &str, member: Option<&rpc::Member>) -> Result<(), Status> {
+    let Some(l) = agents.get(agent) else { return Ok(()) };
+    let now = Instant::now();
+    let address = |m: Option<&rpc::Member>| m.map(|m| (m.host.clone(), m.port));
+    if l.expires <= now || l.instance == instance || address(l.member.as_ref()) == address(member) {
+        return Ok(());
+    }
+    let (host, port) = address(l.member.as_ref()).unwrap_or_default();
+    let left_ms = (l.expires - now).as_millis();
+    Err(status(ControllerError::InvalidRequest(format!(
+        "duplicate node id: {agent} is registered by another live agent (at {host}:{port}); every agent \
+         needs its own [agent] node_id (if that agent is gone, its lease ends in {left_ms} ms)"
+    ))))
 }
 
 /// Lease duration and the renew/retry period, from `failover_ms`.
@@ -380,6 +420,12 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
             continue;
         };
         let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        // Where the touched partitions end before this batch: the extents it appends follow.
+        let ends_before: HashMap<(Uuid, i32), i64> = reqs
+            .iter()
+            .flat_map(|r| r.extents.iter().map(|e| (e.topic_id, e.partition)))
+            .filter_map(|(t, p)| controller.offsets(t, p).ok().map(|o| ((t, p), o.next_offset)))
+            .collect();
         let c = controller.clone();
         let started = std::time::Instant::now();
         let (reqs, results) = match tokio::task::spawn_blocking(move || {
@@ -418,12 +464,30 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
             .filter_map(|(t, p)| partition_now(&controller, t, p))
             .collect();
         if !partitions.is_empty() {
-            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false });
+            let extents = appended_extents(&controller, &partitions, &ends_before);
+            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false, extents });
         }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
     }
+}
+
+/// The extents a group commit appended (from the controller's memory of recent extents; a
+/// partition that got more than it remembers is left out: agents ask for those when needed).
+fn appended_extents(controller: &Controller, partitions: &[rpc::Partition], ends_before: &HashMap<(Uuid, i32), i64>) -> Vec<rpc::Extent> {
+    let mut out = Vec::new();
+    for p in partitions {
+        let Ok(topic) = rpc::uuid(&p.topic_id) else { continue };
+        let Some(&from) = ends_before.get(&(topic, p.partition)) else { continue };
+        if from >= p.next_offset {
+            continue;
+        }
+        if let Ok(Some(found)) = controller.find_recent_extents(topic, p.partition, from, u64::MAX) {
+            out.extend(found.iter().filter(|e| e.base_offset >= from).map(rpc::extent_to));
+        }
+    }
+    out
 }
 
 struct Service(Arc<Shared>);
@@ -445,24 +509,28 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<rpc::WatchEvent, Status>> + 
 impl GrpcService for Service {
     async fn register(&self, req: Request<rpc::RegisterRequest>) -> Result<Response<rpc::RegisterReply>, Status> {
         let c = self.0.active()?;
-        let agent = req.into_inner().agent;
+        let rpc::RegisterRequest { agent, member, instance } = req.into_inner();
         if agent.is_empty() {
             return Err(status(ControllerError::InvalidRequest("agent name is empty".into())));
         }
+        check_duplicate(&self.0.agents.lock().unwrap_or_else(|p| p.into_inner()), &agent, &instance, member.as_ref())?;
         let store = self.0.store.clone();
         let name = agent.clone();
         let epoch = blocking(move || Ok(store.register_agent(&name)?)).await?;
         let lease_ms = self.0.settings.agent_lease_ms;
-        self.0
-            .agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(agent.clone(), AgentLease { epoch, expires: Instant::now() + Duration::from_millis(lease_ms) });
+        {
+            // Checked again, with the insert: another process may have registered meanwhile.
+            let mut agents = self.0.agents.lock().unwrap_or_else(|p| p.into_inner());
+            check_duplicate(&agents, &agent, &instance, member.as_ref())?;
+            let lease = AgentLease { epoch, expires: Instant::now() + Duration::from_millis(lease_ms), instance, member };
+            agents.insert(agent.clone(), lease);
+        }
         tracing::info!(agent, epoch, "agent registered");
-        Ok(Response::new(rpc::RegisterReply { epoch, lease_ms, cluster_id: c.cluster_id().to_string() }))
+        let members = self.0.members();
+        Ok(Response::new(rpc::RegisterReply { epoch, lease_ms, cluster_id: c.cluster_id().to_string(), members }))
     }
 
-    async fn heartbeat(&self, req: Request<rpc::HeartbeatRequest>) -> Result<Response<rpc::Empty>, Status> {
+    async fn heartbeat(&self, req: Request<rpc::HeartbeatRequest>) -> Result<Response<rpc::HeartbeatReply>, Status> {
         self.0.active()?;
         let req = req.into_inner();
         self.0.check_agent(&req.agent, req.epoch)?;
@@ -470,7 +538,7 @@ impl GrpcService for Service {
         if let Some(l) = self.0.agents.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&req.agent) {
             l.expires = Instant::now() + lease;
         }
-        Ok(Response::new(rpc::Empty {}))
+        Ok(Response::new(rpc::HeartbeatReply { members: self.0.members() }))
     }
 
     async fn snapshot(&self, _: Request<rpc::Empty>) -> Result<Response<rpc::SnapshotReply>, Status> {
@@ -497,7 +565,7 @@ impl GrpcService for Service {
         let events = tokio_stream::wrappers::BroadcastStream::new(self.0.events.subscribe()).map(|e| match e {
             Ok(e) => Ok(e),
             // Missed events: the agent takes a fresh snapshot.
-            Err(_) => Ok(rpc::WatchEvent { partitions: Vec::new(), resync: true }),
+            Err(_) => Ok(rpc::WatchEvent { resync: true, ..Default::default() }),
         });
         Ok(Response::new(Box::pin(events)))
     }
@@ -508,7 +576,7 @@ impl GrpcService for Service {
         let validate_only = req.validate_only;
         let t = blocking(move || c.create_topic(&req)).await?;
         if !validate_only {
-            let _ = self.0.events.send(rpc::WatchEvent { partitions: Vec::new(), resync: true });
+            let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
         }
         Ok(Response::new(rpc::topic_to(&t)))
     }
@@ -524,7 +592,7 @@ impl GrpcService for Service {
             }
             (None, None) => return Err(status(ControllerError::InvalidRequest("no topic named".into()))),
         };
-        let _ = self.0.events.send(rpc::WatchEvent { partitions: Vec::new(), resync: true });
+        let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
         Ok(Response::new(rpc::topic_to(&t)))
     }
 
@@ -635,5 +703,61 @@ impl Shared {
                 true
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SeededEntropy, SystemClock};
+
+    fn member(node_id: i32, port: i32, cluster_mode: bool) -> rpc::Member {
+        rpc::Member { node_id, host: "127.0.0.1".into(), port, zone: Some("z".into()), cluster_mode }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_agents_are_listed_and_a_duplicate_node_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ServiceSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertised: "127.0.0.1:0".into(),
+            store: StoreUrl::Sqlite(dir.path().join("c.db")),
+            token: None,
+            failover_ms: 5000,
+            agent_lease_ms: 10_000,
+            topics: TopicsConfig::default(),
+            groups: GroupsConfig::default(),
+            producer_id_expiration_ms: 60_000,
+        };
+        let svc = start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.local_addr)).unwrap().connect().await.unwrap();
+        let mut c = rpc::GrpcClient::new(channel);
+        let register = |agent: &str, instance: &str, m: rpc::Member| rpc::RegisterRequest {
+            agent: agent.into(),
+            member: Some(m),
+            instance: instance.into(),
+        };
+        let r1 = c.register(register("agent-1", "p1", member(1, 9001, true))).await.unwrap().into_inner();
+        assert_eq!(r1.members, vec![member(1, 9001, true)]);
+        // A sidecar agent is live but not listed.
+        c.register(register("agent-3", "p3", member(3, 9003, false))).await.unwrap();
+        let r2 = c.register(register("agent-2", "p2", member(2, 9002, true))).await.unwrap().into_inner();
+        assert_eq!(r2.members.iter().map(|m| m.node_id).collect::<Vec<_>>(), vec![1, 2]);
+        // Node id 1 from another process at another address: refused, clearly.
+        let dup = c.register(register("agent-1", "other", member(1, 9999, true))).await.unwrap_err();
+        assert_eq!(dup.code(), tonic::Code::InvalidArgument);
+        assert!(dup.message().contains("duplicate node id"), "{}", dup.message());
+        // The same process again (fenced, re-registering), or a restart at the same address: fine.
+        let again = c.register(register("agent-1", "p1", member(1, 9001, true))).await.unwrap().into_inner();
+        assert!(again.epoch > r1.epoch);
+        let restarted = c.register(register("agent-1", "p1b", member(1, 9001, true))).await.unwrap().into_inner();
+        let beat = c
+            .heartbeat(rpc::HeartbeatRequest { agent: "agent-2".into(), epoch: r2.epoch })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(beat.members.iter().map(|m| (m.node_id, m.port)).collect::<Vec<_>>(), vec![(1, 9001), (2, 9002)]);
+        assert!(restarted.epoch > again.epoch);
+        svc.shutdown().await;
     }
 }

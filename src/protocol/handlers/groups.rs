@@ -1,4 +1,5 @@
-//! Group coordination: FindCoordinator (this agent coordinates every group and transaction),
+//! Group coordination: FindCoordinator (sidecar mode: this agent coordinates every group and
+//! transaction; cluster mode: a live agent chosen by hash of the key, in the client's zone),
 //! the classic protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and group administration
 //! (ListGroups, DescribeGroups, DeleteGroups), translated to and from the controller's group
 //! coordinator. Fields are set only in the versions that have them: the encoder refuses
@@ -20,6 +21,7 @@ use kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::agent::cluster::Brokers;
 use crate::controller::groups::{ClientInfo, GroupError, JoinRequest, SyncRequest};
 use crate::protocol::error::group_code;
 
@@ -33,8 +35,8 @@ fn key_type_ok(key_type: i8) -> bool {
     key_type == KEY_TYPE_GROUP || key_type == KEY_TYPE_TRANSACTION
 }
 
-pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let s = &agent.settings;
+pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest, client: &ClientInfo) -> FindCoordinatorResponse {
+    let brokers = Brokers::for_client(agent, &client.client_id);
     let key_type = if version >= 1 { req.key_type } else { KEY_TYPE_GROUP };
     if version < 4 {
         let r = FindCoordinatorResponse::default();
@@ -46,11 +48,12 @@ pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest
                 .with_host(str_bytes(""))
                 .with_port(-1);
         }
+        let c = brokers.coordinator(&req.key);
         return r
             .with_error_message(None)
-            .with_node_id(BrokerId(s.node_id))
-            .with_host(str_bytes(s.advertised_host.clone()))
-            .with_port(s.advertised_port);
+            .with_node_id(BrokerId(c.node_id))
+            .with_host(str_bytes(c.host.clone()))
+            .with_port(c.port);
     }
     let coordinators = req
         .coordinator_keys
@@ -58,9 +61,10 @@ pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest
         .map(|key| {
             let c = Coordinator::default().with_key(key);
             if key_type_ok(key_type) {
-                c.with_node_id(BrokerId(s.node_id))
-                    .with_host(str_bytes(s.advertised_host.clone()))
-                    .with_port(s.advertised_port)
+                let b = brokers.coordinator(&c.key);
+                c.with_node_id(BrokerId(b.node_id))
+                    .with_host(str_bytes(b.host.clone()))
+                    .with_port(b.port)
                     .with_error_message(None)
             } else {
                 c.with_node_id(BrokerId(-1))

@@ -1,4 +1,6 @@
-//! Metadata: this agent is the only broker, the controller and the leader of every partition.
+//! Metadata: in sidecar mode this agent is the only broker, the controller and the leader of
+//! every partition; in cluster mode the brokers are the live agents and leaders are spread over
+//! them (see [`crate::agent::cluster`]); this agent is named the controller either way.
 //! Unknown topics are created when the client allows it and `[topics] auto_create` is on.
 //! DescribeCluster (the AdminClient's `describeCluster`) and DescribeTopicPartitions (the
 //! AdminClient's `describeTopics`, paged by a cursor) tell the same story.
@@ -18,24 +20,26 @@ use kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::agent::cluster::Brokers;
+use crate::controller::groups::ClientInfo;
 use crate::agent::fetch::LEADER_EPOCH;
 use crate::controller::{ControllerError, CreateTopic, TopicMeta, TopicRef, validate_topic_name};
 use crate::protocol::error::controller_code;
 
-fn topic_entry(agent: &Agent, t: &TopicMeta) -> MetadataResponseTopic {
-    let me = BrokerId(agent.settings.node_id);
+fn topic_entry(brokers: &Brokers, t: &TopicMeta) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(t.name.clone()))))
         .with_topic_id(t.id)
         .with_partitions(
             (0..t.partitions)
                 .map(|p| {
+                    let leader = BrokerId(brokers.leader(t.id, p));
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
-                        .with_leader_id(me)
+                        .with_leader_id(leader)
                         .with_leader_epoch(LEADER_EPOCH)
-                        .with_replica_nodes(vec![me])
-                        .with_isr_nodes(vec![me])
+                        .with_replica_nodes(vec![leader])
+                        .with_isr_nodes(vec![leader])
                 })
                 .collect(),
         )
@@ -48,8 +52,9 @@ fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataRespons
         .with_topic_id(id)
 }
 
-pub async fn handle(agent: &Agent, version: i16, req: MetadataRequest) -> MetadataResponse {
+pub async fn handle(agent: &Agent, version: i16, req: MetadataRequest, client: &ClientInfo) -> MetadataResponse {
     let me = BrokerId(agent.settings.node_id);
+    let brokers = Brokers::for_client(agent, &client.client_id);
     let allow_auto_create = (version < 4 || req.allow_auto_topic_creation) && agent.settings.topics.auto_create;
     let requested = match req.topics {
         None => None,
@@ -57,7 +62,7 @@ pub async fn handle(agent: &Agent, version: i16, req: MetadataRequest) -> Metada
         Some(t) => Some(t),
     };
     let topics = match requested {
-        None => agent.controller.topics().iter().map(|t| topic_entry(agent, t)).collect(),
+        None => agent.controller.topics().iter().map(|t| topic_entry(&brokers, t)).collect(),
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for t in list {
@@ -65,12 +70,12 @@ pub async fn handle(agent: &Agent, version: i16, req: MetadataRequest) -> Metada
                     Some(name) => {
                         let name: &str = &name.0;
                         match agent.controller.topic(TopicRef::Name(name)) {
-                            Some(meta) => topic_entry(agent, &meta),
-                            None => lookup_or_create(agent, name, allow_auto_create).await,
+                            Some(meta) => topic_entry(&brokers, &meta),
+                            None => lookup_or_create(agent, &brokers, name, allow_auto_create).await,
                         }
                     }
                     None => match agent.controller.topic(TopicRef::Id(t.topic_id)) {
-                        Some(meta) => topic_entry(agent, &meta),
+                        Some(meta) => topic_entry(&brokers, &meta),
                         None => error_entry(None, t.topic_id, ResponseError::UnknownTopicId.code()),
                     },
                 };
@@ -80,18 +85,26 @@ pub async fn handle(agent: &Agent, version: i16, req: MetadataRequest) -> Metada
         }
     };
     MetadataResponse::default()
-        .with_brokers(vec![
-            MetadataResponseBroker::default()
-                .with_node_id(me)
-                .with_host(str_bytes(agent.settings.advertised_host.clone()))
-                .with_port(agent.settings.advertised_port),
-        ])
+        .with_brokers(
+            brokers
+                .agents
+                .iter()
+                .map(|a| {
+                    let b = MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(a.node_id))
+                        .with_host(str_bytes(a.host.clone()))
+                        .with_port(a.port);
+                    // The rack field exists from v1 on.
+                    if version >= 1 { b.with_rack(a.zone.clone().map(str_bytes)) } else { b }
+                })
+                .collect(),
+        )
         .with_cluster_id(if version >= 2 { Some(str_bytes(agent.controller.cluster_id())) } else { None })
         .with_controller_id(me)
         .with_topics(topics)
 }
 
-async fn lookup_or_create(agent: &Agent, name: &str, allow_auto_create: bool) -> MetadataResponseTopic {
+async fn lookup_or_create(agent: &Agent, brokers: &Brokers, name: &str, allow_auto_create: bool) -> MetadataResponseTopic {
     let nil = uuid::Uuid::nil();
     if let Err(e) = validate_topic_name(name) {
         return error_entry(Some(name), nil, controller_code(&e));
@@ -107,9 +120,9 @@ async fn lookup_or_create(agent: &Agent, name: &str, allow_auto_create: bool) ->
         validate_only: false,
     };
     match agent.controller.create_topic(req).await {
-        Ok(meta) => topic_entry(agent, &meta),
+        Ok(meta) => topic_entry(brokers, &meta),
         Err(ControllerError::TopicAlreadyExists(_)) => match agent.controller.topic(TopicRef::Name(name)) {
-            Some(meta) => topic_entry(agent, &meta),
+            Some(meta) => topic_entry(brokers, &meta),
             None => error_entry(Some(name), nil, ResponseError::LeaderNotAvailable.code()),
         },
         Err(e) => {
@@ -132,13 +145,20 @@ pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest) -> DescribeC
             format!("endpoint type {} is not served: sidestream has brokers only", req.endpoint_type),
         )));
     }
-    resp.with_error_message(None).with_controller_id(me).with_brokers(vec![
-        DescribeClusterBroker::default()
-            .with_broker_id(me)
-            .with_host(str_bytes(agent.settings.advertised_host.clone()))
-            .with_port(agent.settings.advertised_port)
-            .with_rack(None),
-    ])
+    let brokers = Brokers::for_client(agent, "");
+    resp.with_error_message(None).with_controller_id(me).with_brokers(
+        brokers
+            .agents
+            .iter()
+            .map(|a| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(a.node_id))
+                    .with_host(str_bytes(a.host.clone()))
+                    .with_port(a.port)
+                    .with_rack(a.zone.clone().map(str_bytes))
+            })
+            .collect(),
+    )
 }
 
 /// Kafka's `max.request.partition.size.limit` default: partitions per DescribeTopicPartitions
@@ -190,8 +210,8 @@ fn describe_page<'a>(
     (page, None)
 }
 
-pub fn describe_topic_partitions(agent: &Agent, req: DescribeTopicPartitionsRequest) -> DescribeTopicPartitionsResponse {
-    let me = BrokerId(agent.settings.node_id);
+pub fn describe_topic_partitions(agent: &Agent, req: DescribeTopicPartitionsRequest, client: &ClientInfo) -> DescribeTopicPartitionsResponse {
+    let brokers = Brokers::for_client(agent, &client.client_id);
     let listed = !req.topics.is_empty();
     let names: Vec<String> = if listed {
         req.topics.iter().map(|t| t.name.0.to_string()).collect()
@@ -234,12 +254,13 @@ pub fn describe_topic_partitions(agent: &Agent, req: DescribeTopicPartitionsRequ
                     .with_partitions(
                         (start..end)
                             .map(|p| {
+                                let leader = BrokerId(brokers.leader(id.unwrap_or_default(), p));
                                 DescribeTopicPartitionsResponsePartition::default()
                                     .with_partition_index(p)
-                                    .with_leader_id(me)
+                                    .with_leader_id(leader)
                                     .with_leader_epoch(LEADER_EPOCH)
-                                    .with_replica_nodes(vec![me])
-                                    .with_isr_nodes(vec![me])
+                                    .with_replica_nodes(vec![leader])
+                                    .with_isr_nodes(vec![leader])
                                     .with_eligible_leader_replicas(Some(Vec::new()))
                                     .with_last_known_elr(Some(Vec::new()))
                             })

@@ -217,7 +217,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
     let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
     match parsed.request {
         Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
-        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r).await),
+        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client).await),
         Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
         Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
         Request::Produce(r) => match produce::handle(&agent, version, r, turn).await {
@@ -232,8 +232,8 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, version, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
         Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
-        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r)),
-        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r)),
+        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r, &client)),
+        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r, &client)),
         Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
         Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),
         Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, r).await),
