@@ -67,6 +67,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         topics: config.topics.clone(),
         groups: config.groups.clone(),
         producer_id_expiration_ms: c.producer_id_expiration_ms,
+        transactional_id_expiration_ms: c.transactional_id_expiration_ms,
     };
     Ok(crate::controller::service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::from_os())).await?)
 }

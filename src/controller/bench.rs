@@ -47,6 +47,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),
             producer_id_expiration_ms: 86_400_000,
+            transactional_id_expiration_ms: 604_800_000,
         },
         Arc::new(SystemClock),
         Arc::new(SeededEntropy::from_os()),

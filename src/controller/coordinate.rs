@@ -374,6 +374,7 @@ mod tests {
                 topics: TopicsConfig::default(),
                 groups: GroupsConfig { initial_rebalance_delay_ms: 0, ..GroupsConfig::default() },
                 producer_id_expiration_ms: 86_400_000,
+                transactional_id_expiration_ms: 604_800_000,
             };
             let svc = service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
             let stop = CancellationToken::new();
@@ -384,6 +385,9 @@ mod tests {
                     agent: "agent-1".into(),
                     call_deadline: Duration::from_secs(5),
                     connect_timeout: Duration::from_secs(2),
+                    member: crate::controller::rpc::Member { node_id: 1, host: "127.0.0.1".into(), port: 9092, zone: None, cluster_mode: false },
+                    instance: "test-instance".into(),
+                    index_cache_bytes_max: 1 << 20,
                 },
                 Duration::from_secs(10),
                 stop.clone(),

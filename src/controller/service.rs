@@ -99,6 +99,7 @@ pub struct ServiceSettings {
     pub topics: TopicsConfig,
     pub groups: GroupsConfig,
     pub producer_id_expiration_ms: u64,
+    pub transactional_id_expiration_ms: u64,
 }
 
 struct AgentLease {
@@ -273,6 +274,7 @@ impl Shared {
                 me.clock.clone(),
                 me.entropy.clone(),
             )
+            .map(|c| c.with_transactional_id_expiration_ms(me.settings.transactional_id_expiration_ms as i64))
         })
         .await
         .map_err(|e| ServiceError::Transport(e.to_string()))??;
@@ -728,6 +730,7 @@ mod tests {
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),
             producer_id_expiration_ms: 60_000,
+            transactional_id_expiration_ms: 604_800_000,
         };
         let svc = start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.local_addr)).unwrap().connect().await.unwrap();
