@@ -49,8 +49,8 @@ class LeavingConsumer(ChildConsumer):
             test_groups.CHILD = saved
 
 
-def start_cluster(tmp_path, n_agents, agent_env=None):
-    store = "sqlite://%s" % (tmp_path / "controller.db")
+def start_cluster(tmp_path, n_agents, agent_env=None, store=None):
+    store = store or "sqlite://%s" % (tmp_path / "controller.db")
     ctl = ControllerProcess(tmp_path, "controller", store, dict(GROUP_ENV)).start()
     ctl.wait_listening()
     env = dict(GROUP_ENV)
@@ -130,8 +130,14 @@ def test_a_consumer_group_spans_agents_and_rebalances_when_a_member_leaves(tmp_p
         stop_cluster(ctl, agents)
 
 
-def test_transactions_commit_abort_fence_and_time_out_through_the_remote_controller(tmp_path):
-    ctl, agents = start_cluster(tmp_path, 3, {"SIDESTREAM_CONTROLLER_TRANSACTION_CHECK_INTERVAL_MS": "200"})
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+def test_transactions_commit_abort_fence_and_time_out_through_the_remote_controller(tmp_path, store_kind):
+    db, store = None, None
+    if store_kind == "postgres":
+        if not PG_URL:
+            pytest.skip("needs SIDESTREAM_TEST_POSTGRES_URL (scripts/test starts PostgreSQL)")
+        db, store = fresh_pg_database()
+    ctl, agents = start_cluster(tmp_path, 3, {"SIDESTREAM_CONTROLLER_TRANSACTION_CHECK_INTERVAL_MS": "200"}, store)
     try:
         a, b, c = (x.bootstrap for x in agents)
         topic = "rtxn"
@@ -180,6 +186,8 @@ def test_transactions_commit_abort_fence_and_time_out_through_the_remote_control
         assert ctl.log().count("transaction timed out") == 1, "the controller aborts it once"
     finally:
         stop_cluster(ctl, agents)
+        if db:
+            drop_pg_database(db)
 
 
 def keep_consuming_across(agents, topic, n, interrupt, what):
