@@ -9,7 +9,9 @@ object store, confluent-kafka and kafka-python clients).
 - Cluster mode: three agents list each other as brokers and spread partition leadership; a
   producer bootstrapped at one agent reaches all three; `client.id` with `sidestream_az=b`
   gets leaders in zone b only; a duplicate node id is refused; after SIGKILL of an agent its
-  lease runs out, Metadata stops listing it and producers go on without losing an ack.
+  lease runs out, Metadata stops listing it and producers go on without losing an ack. A
+  consumer group with members at two agents is coordinated by a live agent and consumes
+  everything once.
 """
 
 import threading
@@ -262,6 +264,73 @@ def test_cluster_mode_lists_live_agents_spreads_leaders_by_zone_and_forgets_dead
         assert not missing, "%d acknowledged records lost, e.g. %r" % (len(missing), missing[:3])
         assert_dense(got)
     finally:
+        for a in agents:
+            a.close()
+        ctl.close()
+
+
+def test_a_consumer_group_in_cluster_mode_is_coordinated_by_a_live_agent(tmp_path):
+    """Members bootstrapped at different agents of the tier: FindCoordinator names a live agent,
+    the group forms there (its state is in the controller), both members share the partitions,
+    every record is consumed, and the committed offsets are seen through a third agent."""
+    ctl = ControllerProcess(tmp_path, "controller", "sqlite://%s" % (tmp_path / "controller.db")).start()
+    agents, consumers = [], []
+    try:
+        ctl.wait_listening()
+        objects = tmp_path / "objects"
+        agents = [make_agent(tmp_path, i, [ctl.address], objects, CLUSTER_ENV).start() for i in range(3)]
+        expected = {i: ("127.0.0.1", a.port) for i, a in enumerate(agents)}
+        topic, group, partitions = "tier", "tier-group", 12
+        create_topic(agents[0].bootstrap, topic, partitions)
+        for a in agents:
+            poll_until(lambda: cluster_metadata(a.bootstrap, topic)[0] == expected, 30,
+                       what="agent %s to list all three agents" % a.port)
+        consumers = [Consumer({"bootstrap.servers": agents[i].bootstrap, "group.id": group,
+                               "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                               "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+                     for i in (0, 1)]
+        for c in consumers:
+            c.subscribe([topic])
+        seen = []
+
+        def poll_both():
+            for c in consumers:
+                m = c.poll(0.1)
+                if m is not None and m.error() is None:
+                    seen.append(m.value())
+
+        def both_assigned():
+            poll_both()
+            return all(c.assignment() for c in consumers)
+
+        poll_until(both_assigned, 60, interval=0, what="both members of the group assigned")
+        values = [b"tier-%05d" % i for i in range(1200)]
+        produce_all(agents[2].bootstrap, topic, values, partitions=partitions)
+
+        def consumed_all():
+            poll_both()
+            return len(seen) >= len(values)
+
+        poll_until(consumed_all, 60, interval=0, what="every record consumed by the group")
+        assert sorted(seen) == sorted(values), "lost or consumed twice"
+        for c in consumers:
+            c.commit(asynchronous=False)
+
+        admin = AdminClient({"bootstrap.servers": agents[2].bootstrap})
+        described = admin.describe_consumer_groups([group])[group].result(30)
+        assert described.coordinator.id in expected, described.coordinator
+        assert len(described.members) == 2, described.members
+        owned = sorted(tp.partition for m in described.members for tp in m.assignment.topic_partitions)
+        assert owned == list(range(partitions)), owned
+        reader = Consumer({"bootstrap.servers": agents[2].bootstrap, "group.id": group})
+        try:
+            committed = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        finally:
+            reader.close()
+        assert [tp.offset for tp in committed] == [len(values) // partitions] * partitions, committed
+    finally:
+        for c in consumers:
+            c.close()
         for a in agents:
             a.close()
         ctl.close()
