@@ -274,20 +274,10 @@ pub fn produce(spec: &ProduceSpec) -> Result<ProduceOutcome> {
         }
         let payload = payloads.next(start_wall + (intended - start).as_micros() as u64);
         let partition = (k % spec.partitions.max(1) as u64) as i32;
-        let mut record =
-            BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&spec.topic, Box::new(intended))
-                .partition(partition)
-                .payload(payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((e, _)) => bail!("produce to {} failed: {e}", spec.topic),
-            }
-        }
+        let record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&spec.topic, Box::new(intended))
+            .partition(partition)
+            .payload(payload);
+        send_when_queue_has_room(&producer, record).with_context(|| format!("produce to {}", spec.topic))?;
         if intended >= measure_from {
             sent_in_window += 1;
         }
@@ -596,19 +586,9 @@ pub fn transactions(spec: &TxnSpec) -> Result<TxnOutcome> {
         for _ in 0..spec.records_per_txn {
             let partition = (k % spec.partitions.max(1) as u64) as i32;
             k += 1;
-            let mut record = BaseRecord::<(), [u8], ()>::to(&spec.topic)
-                .partition(partition)
-                .payload(payloads.next(wall_us()));
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    Err((e, _)) => bail!("transactional produce to {} failed: {e}", spec.topic),
-                }
-            }
+            let record = BaseRecord::<(), [u8], ()>::to(&spec.topic).partition(partition).payload(payloads.next(wall_us()));
+            send_when_queue_has_room(&producer, record)
+                .with_context(|| format!("transactional produce to {}", spec.topic))?;
         }
         let committing = Instant::now();
         producer
@@ -634,4 +614,21 @@ pub fn transactions(spec: &TxnSpec) -> Result<TxnOutcome> {
         commit_us,
         txn_us,
     })
+}
+
+/// Sends `record`, waiting while librdkafka's queue is full (the load never drops a record).
+fn send_when_queue_has_room<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, (), [u8], C::DeliveryOpaque>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
 }

@@ -245,35 +245,22 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
+/// One scenario against Sidestream alone, written out under `name`.
+fn sidestream_only(common: &Common, name: &str, scenario: impl FnOnce(&mut Session) -> Result<()>) -> Result<()> {
+    let mut s = Session::new(common, &[Kind::Sidestream], name)?;
+    scenario(&mut s)?;
+    s.finish()
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Own(c) => own::run(c),
-        Cmd::Produce(a) => {
-            let mut s = Session::new(&a.common, &[Kind::Sidestream], "produce")?;
-            s.produce(&a.lists)?;
-            s.finish()
-        }
-        Cmd::E2e(a) => {
-            let mut s = Session::new(&a.common, &[Kind::Sidestream], "e2e")?;
-            s.e2e(&a.e2e)?;
-            s.finish()
-        }
-        Cmd::Catchup(a) => {
-            let mut s = Session::new(&a.common, &[Kind::Sidestream], "catchup")?;
-            s.catchup(&a.catchup)?;
-            s.finish()
-        }
-        Cmd::Elastic(a) => {
-            let mut s = Session::new(&a.common, &[Kind::Sidestream], "elastic")?;
-            s.elastic(&a.elastic)?;
-            s.finish()
-        }
-        Cmd::Txn(a) => {
-            let mut s = Session::new(&a.common, &[Kind::Sidestream], "txn")?;
-            s.txn(&a.txn)?;
-            s.finish()
-        }
+        Cmd::Produce(a) => sidestream_only(&a.common, "produce", |s| s.produce(&a.lists)),
+        Cmd::E2e(a) => sidestream_only(&a.common, "e2e", |s| s.e2e(&a.e2e)),
+        Cmd::Catchup(a) => sidestream_only(&a.common, "catchup", |s| s.catchup(&a.catchup)),
+        Cmd::Elastic(a) => sidestream_only(&a.common, "elastic", |s| s.elastic(&a.elastic)),
+        Cmd::Txn(a) => sidestream_only(&a.common, "txn", |s| s.txn(&a.txn)),
         Cmd::Compare(a) => {
             let mut s = Session::new(
                 &a.common,

@@ -119,8 +119,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Column `i` of a row.
+fn col<'a, T: postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
+    r.try_get(i).map_err(unavailable)
+}
+
+/// Every row of `sql` (no parameters), each through `f`.
+fn select_all<T>(
+    c: &mut impl postgres::GenericClient,
+    sql: &str,
+    f: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    c.query(sql, &[]).map_err(unavailable)?.iter().map(f).collect()
+}
+
 fn uuid_at(r: &Row, i: usize) -> Result<Uuid, StoreError> {
-    let b: Vec<u8> = r.try_get(i).map_err(unavailable)?;
+    let b: Vec<u8> = col(r, i)?;
     Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(format!("bad uuid: {e}")))
 }
 
@@ -131,7 +145,7 @@ fn extent_row(r: &Row) -> Result<ExtentRecord, StoreError> {
     let g = |i| r.try_get::<_, i64>(i).map_err(unavailable);
     Ok(ExtentRecord {
         topic_id: uuid_at(r, 0)?,
-        partition: r.try_get(1).map_err(unavailable)?,
+        partition: col(r, 1)?,
         base_offset: g(2)?,
         end_offset: g(3)?,
         object_key: Arc::from(r.try_get::<_, String>(4).map_err(unavailable)?),
@@ -260,10 +274,10 @@ impl PgStore {
                 .map_err(unavailable)?;
             row.map(|r| {
                 Ok(LeaseHolder {
-                    holder: r.try_get(0).map_err(unavailable)?,
-                    address: r.try_get(1).map_err(unavailable)?,
-                    epoch: r.try_get(2).map_err(unavailable)?,
-                    live: r.try_get(3).map_err(unavailable)?,
+                    holder: col(&r, 0)?,
+                    address: col(&r, 1)?,
+                    epoch: col(&r, 2)?,
+                    live: col(&r, 3)?,
                 })
             })
             .transpose()
@@ -328,62 +342,52 @@ impl MetadataStore for PgStore {
                 configs
                     .entry(uuid_at(&r, 0)?)
                     .or_default()
-                    .insert(r.try_get(1).map_err(unavailable)?, r.try_get(2).map_err(unavailable)?);
+                    .insert(col(&r, 1)?, col(&r, 2)?);
             }
             let mut topics = Vec::new();
             for r in c.query("SELECT id, name, partitions, created_ms FROM topics", &[]).map_err(unavailable)? {
                 let id = uuid_at(&r, 0)?;
                 topics.push(TopicRecord {
                     id,
-                    name: r.try_get(1).map_err(unavailable)?,
-                    partitions: r.try_get(2).map_err(unavailable)?,
+                    name: col(&r, 1)?,
+                    partitions: col(&r, 2)?,
                     configs: configs.remove(&id).unwrap_or_default(),
-                    created_ms: r.try_get(3).map_err(unavailable)?,
+                    created_ms: col(&r, 3)?,
                 });
             }
-            let mut partitions = Vec::new();
-            for r in c
-                .query("SELECT topic_id, partition, log_start_offset, next_offset FROM partitions", &[])
-                .map_err(unavailable)?
-            {
-                partitions.push(PartitionRecord {
-                    topic_id: uuid_at(&r, 0)?,
-                    partition: r.try_get(1).map_err(unavailable)?,
-                    log_start_offset: r.try_get(2).map_err(unavailable)?,
-                    next_offset: r.try_get(3).map_err(unavailable)?,
-                });
-            }
-            let mut producers = Vec::new();
-            for r in c
-                .query("SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states", &[])
-                .map_err(unavailable)?
-            {
-                let batches: String = r.try_get(4).map_err(unavailable)?;
-                producers.push((
-                    (r.try_get(0).map_err(unavailable)?, uuid_at(&r, 1)?, r.try_get(2).map_err(unavailable)?),
-                    ProducerState {
-                        epoch: r.try_get(3).map_err(unavailable)?,
-                        batches: decode_batches(&batches).unwrap_or_default(),
-                        last_seen_ms: r.try_get(5).map_err(unavailable)?,
-                    },
-                ));
-            }
-            let mut transactions = Vec::new();
-            for r in c.query("SELECT transactional_id, body FROM transactions", &[]).map_err(unavailable)? {
-                transactions.push((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?));
-            }
-            let mut open_txns = Vec::new();
-            for r in c
-                .query("SELECT topic_id, partition, producer_id, first_offset FROM open_txns", &[])
-                .map_err(unavailable)?
-            {
-                open_txns.push(OpenTxnRecord {
-                    topic_id: uuid_at(&r, 0)?,
-                    partition: r.try_get(1).map_err(unavailable)?,
-                    producer_id: r.try_get(2).map_err(unavailable)?,
-                    first_offset: r.try_get(3).map_err(unavailable)?,
-                });
-            }
+            let partitions = select_all(c, "SELECT topic_id, partition, log_start_offset, next_offset FROM partitions", |r| {
+                Ok(PartitionRecord {
+                    topic_id: uuid_at(r, 0)?,
+                    partition: col(r, 1)?,
+                    log_start_offset: col(r, 2)?,
+                    next_offset: col(r, 3)?,
+                })
+            })?;
+            let producers = select_all(
+                c,
+                "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states",
+                |r| {
+                    let batches: String = col(r, 4)?;
+                    Ok((
+                        (col(r, 0)?, uuid_at(r, 1)?, col(r, 2)?),
+                        ProducerState {
+                            epoch: col(r, 3)?,
+                            batches: decode_batches(&batches).unwrap_or_default(),
+                            last_seen_ms: col(r, 5)?,
+                        },
+                    ))
+                },
+            )?;
+            let transactions =
+                select_all(c, "SELECT transactional_id, body FROM transactions", |r| Ok((col(r, 0)?, col(r, 1)?)))?;
+            let open_txns = select_all(c, "SELECT topic_id, partition, producer_id, first_offset FROM open_txns", |r| {
+                Ok(OpenTxnRecord {
+                    topic_id: uuid_at(r, 0)?,
+                    partition: col(r, 1)?,
+                    producer_id: col(r, 2)?,
+                    first_offset: col(r, 3)?,
+                })
+            })?;
             Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
         })
     }
@@ -502,7 +506,7 @@ impl MetadataStore for PgStore {
                 )
                 .map_err(unavailable)?;
             rows.iter()
-                .map(|r| Ok((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?)))
+                .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
                 .collect()
         })
     }
@@ -540,7 +544,7 @@ impl MetadataStore for PgStore {
                     &[],
                 )
                 .map_err(unavailable)?;
-            r.try_get(0).map_err(unavailable)
+            col(&r, 0)
         })
     }
 
@@ -640,13 +644,13 @@ impl MetadataStore for PgStore {
             rows.iter()
                 .map(|r| {
                     Ok(GroupOffsetRecord {
-                        group_id: r.try_get(0).map_err(unavailable)?,
-                        topic: r.try_get(1).map_err(unavailable)?,
-                        partition: r.try_get(2).map_err(unavailable)?,
-                        offset: r.try_get(3).map_err(unavailable)?,
-                        leader_epoch: r.try_get(4).map_err(unavailable)?,
-                        metadata: r.try_get(5).map_err(unavailable)?,
-                        commit_ms: r.try_get(6).map_err(unavailable)?,
+                        group_id: col(r, 0)?,
+                        topic: col(r, 1)?,
+                        partition: col(r, 2)?,
+                        offset: col(r, 3)?,
+                        leader_epoch: col(r, 4)?,
+                        metadata: col(r, 5)?,
+                        commit_ms: col(r, 6)?,
                     })
                 })
                 .collect()
