@@ -6,7 +6,9 @@
 //! header (a field the CRC does not cover) on the way out: large batches leave as slices of the
 //! cached blocks, with only their 16 header bytes copied ([`BatchChain`]).
 //! A read_committed read stops at the last stable offset and lists the aborted transactions
-//! of the range it returns, so the consumer can drop their batches.
+//! of the range it returns, so the consumer can drop their batches; a range without
+//! transactional batches has none to drop, and asks the controller nothing (a tail consumer
+//! of a remote-controller agent makes no controller call per fetch).
 
 use uuid::Uuid;
 
@@ -67,6 +69,9 @@ impl Agent {
         let mut out = BatchChain::default();
         // The offset after the last batch returned.
         let mut out_end = offset;
+        // Whether a transactional batch (data or marker) is among them: only those can belong
+        // to an aborted transaction, and clients filter no other batch by the aborted list.
+        let mut transactional = false;
         'extents: for e in extents {
             let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
             let mut base = e.base_offset;
@@ -91,6 +96,7 @@ impl Agent {
                 }
                 out.push(&batch, batch_base, LEADER_EPOCH);
                 out_end = base;
+                transactional |= h.is_transactional();
             }
             if seen != e.length || base != e.end_offset {
                 return Err(AgentError::CorruptObject(format!(
@@ -100,7 +106,7 @@ impl Agent {
             }
         }
         read.records = out;
-        if read_committed && out_end > offset {
+        if read_committed && transactional {
             read.aborted = Some(self.controller.aborted_txns(topic_id, partition, offset, out_end).await?);
         }
         Ok(read)
