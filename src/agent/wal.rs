@@ -14,14 +14,15 @@
 //! The CRC covers the id and the payload. Ids are consecutive within a segment.
 //!
 //! Group commit: one writer thread takes every request queued while the previous write and
-//! fsync ran, writes them with one `write` and one `fsync`, hands them to the uploader in id
+//! fsync ran, writes them with one `writev` (batches are not copied on their way to the file)
+//! and one `fsync`, hands them to the uploader in id
 //! order, then answers them. No timer: an idle log costs nothing, a busy one batches itself.
 //! A segment is deleted once the controller has committed every entry in it. A failed write
 //! fails the log (every later append gets KAFKA_STORAGE_ERROR) until the agent restarts, as
 //! Kafka takes a failed log directory offline.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,26 +103,71 @@ impl Recovery {
     }
 }
 
-fn encode_payload(items: &[GroupItem]) -> Vec<u8> {
-    let len = 4 + items.iter().map(|i| 24 + i.batch.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(len);
-    out.put_u32(items.len() as u32);
-    for i in items {
-        out.put_slice(i.topic_id.as_bytes());
-        out.put_i32(i.partition);
-        out.put_u32(i.batch.len() as u32);
-        out.put_slice(&i.batch);
-    }
-    out
+/// One entry's payload, described rather than copied: the count and the per-batch headers in
+/// `meta`, the batches themselves stay where the request put them. Built (and its CRC computed)
+/// by the connection task; the writer thread only adds the 16-byte entry header and hands the
+/// pieces to one `writev`.
+struct Payload {
+    /// count u32, then per batch: topic id [16] | partition i32 | length u32.
+    meta: Vec<u8>,
+    /// Payload bytes (meta and batches).
+    len: usize,
+    /// CRC32C of the payload bytes.
+    crc: u32,
 }
 
-fn frame_entry(out: &mut Vec<u8>, id: u64, payload: &[u8]) {
-    let mut crc = crc32c::crc32c(&id.to_be_bytes());
-    crc = crc32c::crc32c_append(crc, payload);
-    out.put_u32(payload.len() as u32);
-    out.put_u32(crc);
-    out.put_u64(id);
-    out.put_slice(payload);
+const PAYLOAD_COUNT_BYTES: usize = 4;
+const PAYLOAD_BATCH_HEADER_BYTES: usize = 24;
+
+impl Payload {
+    fn new(items: &[GroupItem]) -> Self {
+        let mut meta = Vec::with_capacity(PAYLOAD_COUNT_BYTES + items.len() * PAYLOAD_BATCH_HEADER_BYTES);
+        meta.put_u32(items.len() as u32);
+        for i in items {
+            meta.put_slice(i.topic_id.as_bytes());
+            meta.put_i32(i.partition);
+            meta.put_u32(i.batch.len() as u32);
+        }
+        let mut payload = Self { meta, len: 0, crc: 0 };
+        let (mut len, mut crc) = (0, 0);
+        for piece in payload.pieces(items) {
+            len += piece.len();
+            crc = crc32c::crc32c_append(crc, piece);
+        }
+        (payload.len, payload.crc) = (len, crc);
+        payload
+    }
+
+    /// The payload's bytes in order: count and first header, first batch, second header...
+    fn pieces<'a>(&'a self, items: &'a [GroupItem]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let headers = self.meta[PAYLOAD_COUNT_BYTES..].chunks(PAYLOAD_BATCH_HEADER_BYTES);
+        let count = std::iter::once(&self.meta[..PAYLOAD_COUNT_BYTES]);
+        count.chain(headers.zip(items).flat_map(|(h, i)| [h, &i.batch[..]]))
+    }
+
+    /// The entry header: len u32 | crc32c(id, payload) u32 | id u64.
+    fn entry_header(&self, id: u64) -> [u8; ENTRY_HEADER_BYTES] {
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&id.to_be_bytes()), self.crc, self.len);
+        let mut h = [0u8; ENTRY_HEADER_BYTES];
+        h[..4].copy_from_slice(&(self.len as u32).to_be_bytes());
+        h[4..8].copy_from_slice(&crc.to_be_bytes());
+        h[8..].copy_from_slice(&id.to_be_bytes());
+        h
+    }
+}
+
+/// Writes every byte of `bufs` (`write_vectored` may write part of them, e.g. past IOV_MAX).
+fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn decode_payload(id: u64, mut p: &[u8]) -> Option<WalEntry> {
@@ -249,7 +295,7 @@ pub fn recover(dir: &Path, entropy: &dyn Entropy) -> std::io::Result<Recovery> {
 }
 
 struct WriteReq {
-    payload: Vec<u8>,
+    payload: Payload,
     items: Vec<GroupItem>,
     permit: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<(), AgentError>>,
@@ -302,8 +348,8 @@ impl Wal {
         if self.failed.load(Ordering::SeqCst) {
             return Err(AgentError::Wal("the write-ahead log failed earlier; restart the agent".into()));
         }
-        let payload = encode_payload(&items);
-        let need = ((payload.len() + ENTRY_HEADER_BYTES) as u64).min(u64::from(u32::MAX)) as u32;
+        let payload = Payload::new(&items);
+        let need = ((payload.len + ENTRY_HEADER_BYTES) as u64).min(u64::from(u32::MAX)) as u32;
         match timeout_at(deadline, self.space.acquire_many(need)).await {
             Err(_) => return Err(AgentError::Timeout),
             Ok(Err(_)) => return Err(AgentError::ShuttingDown),
@@ -412,11 +458,11 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteReq>) {
         while let Some(first) = rx.blocking_recv() {
             let mut reqs = vec![first];
-            let mut bytes = reqs[0].payload.len();
+            let mut bytes = reqs[0].payload.len;
             while bytes < GROUP_BYTES_MAX {
                 match rx.try_recv() {
                     Ok(r) => {
-                        bytes += r.payload.len();
+                        bytes += r.payload.len;
                         reqs.push(r);
                     }
                     Err(_) => break,
@@ -429,20 +475,25 @@ impl Writer {
                 continue;
             }
             let first_id = self.next_id;
-            let mut buf = Vec::with_capacity(bytes + reqs.len() * ENTRY_HEADER_BYTES);
-            for (i, r) in reqs.iter().enumerate() {
-                frame_entry(&mut buf, first_id + i as u64, &r.payload);
+            let headers: Vec<_> = reqs.iter().enumerate().map(|(i, r)| r.payload.entry_header(first_id + i as u64)).collect();
+            let mut slices: Vec<IoSlice<'_>> = Vec::new();
+            for (r, h) in reqs.iter().zip(&headers) {
+                slices.push(IoSlice::new(h));
+                slices.extend(r.payload.pieces(&r.items).map(IoSlice::new));
             }
+            let written = bytes + reqs.len() * ENTRY_HEADER_BYTES;
             let started = std::time::Instant::now();
-            match self.write(first_id, &buf) {
+            let result = self.write(first_id, written, &mut slices);
+            drop(slices);
+            match result {
                 Ok(()) => {
                     self.metrics.write_latency.record(started.elapsed());
                     self.metrics.fsyncs.inc();
                     self.metrics.entries.add(reqs.len() as u64);
-                    self.metrics.bytes.add(buf.len() as u64);
+                    self.metrics.bytes.add(written as u64);
                     let last_id = first_id + reqs.len() as u64 - 1;
                     self.next_id = last_id + 1;
-                    self.active_bytes += buf.len() as u64;
+                    self.active_bytes += written as u64;
                     self.active_last = Some(last_id);
                     if let Some(s) = self.segments.lock().unwrap_or_else(|p| p.into_inner()).last_mut() {
                         s.bytes = self.active_bytes;
@@ -465,16 +516,17 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, first_id: u64, buf: &[u8]) -> std::io::Result<()> {
+    /// Appends entries from `first_id` on (`len` bytes in `slices`), then syncs per settings.
+    fn write(&mut self, first_id: u64, len: usize, slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
         let continues = self.active_last.is_some_and(|l| l + 1 == first_id);
-        let full = self.active_bytes > 0 && self.active_bytes + buf.len() as u64 > self.settings.segment_bytes;
+        let full = self.active_bytes > 0 && self.active_bytes + len as u64 > self.settings.segment_bytes;
         if self.file.is_none() || full || (self.active_bytes > 0 && !continues) {
             self.roll(first_id)?;
         }
         let Some(file) = self.file.as_mut() else {
             return Err(std::io::Error::other("no active WAL segment"));
         };
-        file.write_all(buf)?;
+        write_all_vectored(file, slices)?;
         if self.settings.sync == WalSync::Fsync {
             file.sync_data()?;
         }
@@ -508,10 +560,18 @@ mod tests {
         GroupItem { topic_id: Uuid::from_u128(5), partition: p, batch, header }
     }
 
+    /// An entry's bytes as the writer lays them out.
+    fn entry_bytes(id: u64, items: &[GroupItem]) -> Vec<u8> {
+        let p = Payload::new(items);
+        let mut out = p.entry_header(id).to_vec();
+        p.pieces(items).for_each(|piece| out.extend_from_slice(piece));
+        out
+    }
+
     fn write_entries(dir: &Path, first_id: u64, n: u64) -> Vec<u8> {
         let mut buf = Vec::new();
         for id in first_id..first_id + n {
-            frame_entry(&mut buf, id, &encode_payload(&[item(id as i32, format!("v{id}").as_bytes())]));
+            buf.extend(entry_bytes(id, &[item(id as i32, format!("v{id}").as_bytes())]));
         }
         fs::write(segment_path(dir, first_id), &buf).unwrap();
         buf
@@ -555,7 +615,7 @@ mod tests {
             let (entries, _, _) = decode_segment(&full, 1);
             let mut pos = 0;
             entries.iter().map(|x| {
-                pos += ENTRY_HEADER_BYTES + encode_payload(&entry_items(x.clone())).len();
+                pos += entry_bytes(x.id, &entry_items(x.clone())).len();
                 pos
             }).collect()
         };
@@ -571,11 +631,27 @@ mod tests {
     #[test]
     fn payload_round_trips() {
         let items = vec![item(0, b"a"), item(3, b"bcd")];
-        let p = encode_payload(&items);
-        let e = decode_payload(9, &p).unwrap();
+        let entry = entry_bytes(9, &items);
+        let p = &entry[ENTRY_HEADER_BYTES..];
+        let e = decode_payload(9, p).unwrap();
         assert_eq!(e.batches.len(), 2);
         assert_eq!(e.batches[1].partition, 3);
         assert_eq!(e.batches[1].batch, items[1].batch);
         assert!(decode_payload(9, &p[..p.len() - 1]).is_none());
+        // The header's CRC (combined from the payload's) is the CRC of id and payload.
+        let crc = u32::from_be_bytes(entry[4..8].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c_append(crc32c::crc32c(&9u64.to_be_bytes()), p));
+        assert_eq!(u32::from_be_bytes(entry[..4].try_into().unwrap()) as usize, p.len());
+    }
+
+    #[test]
+    fn vectored_writes_finish_past_the_iovec_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        let pieces: Vec<Vec<u8>> = (0..5000u32).map(|i| i.to_be_bytes()[..(i % 4 + 1) as usize].to_vec()).collect();
+        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        write_all_vectored(&mut file, &mut slices).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), pieces.concat());
     }
 }

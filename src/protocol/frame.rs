@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -42,8 +42,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         .acquire_many_owned(want)
         .await
         .map_err(|_| FrameError::Io(std::io::Error::other("request budget closed")))?;
-    let mut buf = BytesMut::zeroed(size as usize);
-    r.read_exact(&mut buf).await?;
+    // Read straight into spare capacity: zeroing the buffer first cost a pass over every byte.
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let want = size - buf.len();
+        if r.read_buf(&mut (&mut buf).limit(want)).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     Ok(Some((buf.freeze(), permit)))
 }
 
@@ -67,5 +74,28 @@ mod tests {
         assert!(matches!(read_frame(&mut negative, 100, &budget).await, Err(FrameError::BadSize(..))));
         let mut truncated: &[u8] = &[0, 0, 0, 9, 1, 2];
         assert!(matches!(read_frame(&mut truncated, 100, &budget).await, Err(FrameError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn back_to_back_frames_split_anywhere_read_exactly() {
+        let budget = Arc::new(Semaphore::new(1000));
+        let frames: Vec<Vec<u8>> = vec![(0..8).collect(), (100..140).collect(), (7..16).collect()];
+        let mut wire = Vec::new();
+        for f in &frames {
+            wire.extend((f.len() as u32).to_be_bytes());
+            wire.extend(f);
+        }
+        // All at once (a reader offering more than one frame), then 3 bytes at a time.
+        let mut whole: &[u8] = &wire;
+        for f in &frames {
+            assert_eq!(read_frame(&mut whole, 100, &budget).await.unwrap().unwrap().0, f[..]);
+        }
+        let (mut tx, mut rx) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut tx, &wire).await });
+        for f in &frames {
+            assert_eq!(read_frame(&mut rx, 100, &budget).await.unwrap().unwrap().0, f[..]);
+        }
+        writer.await.unwrap().unwrap();
+        assert!(read_frame(&mut rx, 100, &budget).await.unwrap().is_none());
     }
 }
