@@ -128,21 +128,12 @@ impl Payload {
             meta.put_i32(i.partition);
             meta.put_u32(i.batch.len() as u32);
         }
-        let mut payload = Self { meta, len: 0, crc: 0 };
-        let (mut len, mut crc) = (0, 0);
-        for piece in payload.pieces(items) {
-            len += piece.len();
-            crc = crc32c::crc32c_append(crc, piece);
-        }
-        (payload.len, payload.crc) = (len, crc);
-        payload
+        let (len, crc) = pieces(&meta, items).fold((0, 0), |(len, crc), p| (len + p.len(), crc32c::crc32c_append(crc, p)));
+        Self { meta, len, crc }
     }
 
-    /// The payload's bytes in order: count and first header, first batch, second header...
     fn pieces<'a>(&'a self, items: &'a [GroupItem]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let headers = self.meta[PAYLOAD_COUNT_BYTES..].chunks(PAYLOAD_BATCH_HEADER_BYTES);
-        let count = std::iter::once(&self.meta[..PAYLOAD_COUNT_BYTES]);
-        count.chain(headers.zip(items).flat_map(|(h, i)| [h, &i.batch[..]]))
+        pieces(&self.meta, items)
     }
 
     /// The entry header: len u32 | crc32c(id, payload) u32 | id u64.
@@ -154,6 +145,13 @@ impl Payload {
         h[8..].copy_from_slice(&id.to_be_bytes());
         h
     }
+}
+
+/// A payload's bytes in order: the count and the first batch's header, the first batch, the
+/// second header...
+fn pieces<'a>(meta: &'a [u8], items: &'a [GroupItem]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let headers = meta[PAYLOAD_COUNT_BYTES..].chunks(PAYLOAD_BATCH_HEADER_BYTES);
+    std::iter::once(&meta[..PAYLOAD_COUNT_BYTES]).chain(headers.zip(items).flat_map(|(h, i)| [h, &i.batch[..]]))
 }
 
 /// Writes every byte of `bufs` (`write_vectored` may write part of them, e.g. past IOV_MAX).
