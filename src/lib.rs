@@ -13,13 +13,15 @@
 //! [`admin`] is the command line's Kafka client (`sidestream group describe`).
 //!
 //! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
-//! randomness that the core paths use instead of the system's.
+//! randomness that the core paths use instead of the system's; [`health`] the readiness checks
+//! behind `/readyz`.
 
 pub mod admin;
 pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod health;
 pub mod metrics;
 pub mod object;
 pub mod protocol;

@@ -162,7 +162,7 @@ pub fn render() -> String {
 /// Largest HTTP request head read.
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 
-/// Serves `GET /metrics` until `shutdown`. Minimal HTTP/1.1: one request per connection.
+/// Serves `GET /metrics`, `/healthz` and `/readyz` (see [`crate::health`]) until `shutdown`. Minimal HTTP/1.1: one request per connection.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     loop {
         let (mut socket, _) = tokio::select! {
@@ -189,13 +189,22 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
                 return;
             }
             let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
-                ("200 OK", render())
+            const TEXT: &str = "text/plain; version=0.0.4";
+            const JSON: &str = "application/json";
+            let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+                ("200 OK", TEXT, render())
+            } else if head.starts_with("GET /healthz ") {
+                ("200 OK", JSON, "{\"live\":true}".to_string())
+            } else if head.starts_with("GET /readyz ") {
+                match crate::health::readiness() {
+                    (true, body) => ("200 OK", JSON, body),
+                    (false, body) => ("503 Service Unavailable", JSON, body),
+                }
             } else {
-                ("404 Not Found", "not found\n".to_string())
+                ("404 Not Found", TEXT, "not found\n".to_string())
             };
             let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = socket.write_all(response.as_bytes()).await;

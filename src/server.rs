@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::orphans::{OrphanCollector, OrphanSettings};
+use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
 use crate::agent::txn::{MarkerWriter, TxnTimer};
 use crate::agent::cache::{CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
@@ -159,10 +159,12 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
     let key_prefix = String::new();
+    let in_flight = Arc::new(InFlightKeys::default());
     OrphanCollector {
         store: store.clone(),
         controller: controller.clone(),
         clock: clock.clone(),
+        in_flight: in_flight.clone(),
         settings: OrphanSettings {
             grace_ms: config.object_store.orphan_grace_ms,
             scan_interval: Duration::from_millis(config.object_store.orphan_scan_interval_ms),
@@ -179,6 +181,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             agent: format!("agent-{}", config.agent.node_id),
             key_prefix,
             wal_log_id: Some(recovery.log_id.clone()),
+            wal_start_mark: wal_mark,
         },
         UploadDeps {
             store: store.clone(),
@@ -186,9 +189,13 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             controller: controller.clone(),
             clock: clock.clone(),
             entropy: entropy.clone(),
+            in_flight: in_flight.clone(),
         },
     );
+    crate::health::set("serving", true, "serving");
+    crate::health::set("wal", false, "replaying the write-ahead log");
     replay_wal(&recovery, wal_mark, &uploader).await?;
+    crate::health::set("wal", true, "replayed");
     let next_id = recovery.last_id().max(wal_mark) + 1;
     let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).map_err(ServerError::Wal)?;
     let markers = Arc::new(MarkerWriter {
@@ -198,6 +205,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         entropy,
         agent: format!("agent-{}", config.agent.node_id),
         key_prefix: String::new(),
+        in_flight,
     });
     TxnTimer {
         markers: markers.clone(),
@@ -345,6 +353,7 @@ impl RunningServer {
     /// (without waiting for the flush interval), answers what was read, and returns. Returns
     /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
+        crate::health::set("serving", false, "shutting down");
         self.shutdown.cancel();
         if let Some(groups) = &self.groups {
             groups.shutdown();
@@ -361,12 +370,17 @@ impl RunningServer {
         };
         let clean = tokio::time::timeout(self.shutdown_timeout, drained).await.is_ok();
         tracing::info!(summary = %self.store_metrics.snapshot().summary(), "object store metrics");
-        if clean {
-            tracing::info!("shutdown complete: every accepted batch is committed");
+        let lost = self.agent.uploader.losses().batches();
+        if !clean {
+            tracing::error!(timeout = ?self.shutdown_timeout,
+                "shutdown timed out with uncommitted data (kept in the WAL: the next start replays it)");
+        } else if lost > 0 {
+            tracing::error!(lost_batches = lost,
+                "shutdown complete, but acknowledged batches could not be committed during this run (see the errors above)");
         } else {
-            tracing::error!(timeout = ?self.shutdown_timeout, "shutdown timed out with uncommitted data");
+            tracing::info!("shutdown complete: every accepted batch is committed");
         }
-        clean
+        clean && lost == 0
     }
 }
 

@@ -38,6 +38,8 @@ pub struct MarkerWriter {
     /// The agent's name in object keys.
     pub agent: String,
     pub key_prefix: String,
+    /// Marker objects are held here from before their PUT until their commit is answered.
+    pub in_flight: Arc<super::orphans::InFlightKeys>,
 }
 
 impl MarkerWriter {
@@ -56,6 +58,7 @@ impl MarkerWriter {
         let (body, extents) = builder.finish();
         let key = keys::new_object_key(&self.key_prefix, &self.agent, &*self.clock, &*self.entropy);
         let size = body.len() as u64;
+        let _hold = self.in_flight.hold(&key);
         self.store.put(&key, body).await?;
         let results = self
             .controller

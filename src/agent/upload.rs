@@ -8,13 +8,31 @@
 //!                         object's PUT in seal order, commits it, answers every waiter
 //! ```
 //! A group is the batches of one produce request; it never straddles two objects, so a WAL entry
-//! (one group) is committed whole, and the WAL mark sent with each commit (the highest WAL entry
-//! in the object) tells recovery exactly which entries are committed. PUTs of sealed objects run
-//! concurrently; commits happen strictly in seal order, so batches from one connection keep
-//! their order in every partition and WAL marks only grow. Memory is bounded by
-//! `buffer_bytes_max`: a group holds its bytes from a semaphore until every batch in it is
-//! answered. Object store and controller failures are retried with capped exponential backoff;
-//! producers waiting meanwhile time out on their own deadline with a retriable error.
+//! (one group) is committed whole. PUTs of sealed objects run concurrently; commits happen
+//! strictly in seal order, so batches from one connection keep their order in every partition.
+//! Memory is bounded by `buffer_bytes_max`: a group holds its bytes from a semaphore until every
+//! batch in it is answered.
+//!
+//! **The committer owns every object until it is committed.** Object store and controller
+//! failures are retried with capped exponential backoff, for as long as they last (producers
+//! waiting meanwhile time out on their own deadline with a retriable error); an object whose key
+//! was collected as an orphan meanwhile (`ControllerError::ObjectCollected`) is uploaded again
+//! under a new key and committed before anything sealed after it. Its key is held in
+//! [`InFlightKeys`] from before its PUT until its commit is answered, so this agent's orphan
+//! collector never claims it.
+//!
+//! **One contiguous committed WAL mark.** WAL entries reach the flusher in id order and objects
+//! commit in seal order, so the entries an object holds directly follow those of the objects
+//! before it. The committer keeps the mark M (every entry <= M committed) and sends with each
+//! commit the mark the commit makes true: the object's last entry when its first one is M + 1
+//! (checked on every commit), else M. The controller stores it, [`Uploader::committed_wal`]
+//! publishes it (WAL segments at or below it are deleted) and replay starts above it: no entry
+//! is released before it and every entry before it are committed.
+//!
+//! **What cannot be kept is said loudly.** A commit the controller refuses for good (not an
+//! outage, not a collected key) loses acknowledged acks=1 data: each such batch is counted
+//! (`sidestream_acknowledged_batches_lost_total`), logged as an error, turns `/readyz` false,
+//! and makes the shutdown report failure.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +46,7 @@ use uuid::Uuid;
 
 use super::AgentError;
 use super::cache::ReadCache;
+use super::orphans::{InFlightKeys, KeyHold};
 use crate::clock::{Clock, Entropy};
 use crate::controller::client::ControllerClient;
 use crate::controller::{CommitRequest, ControllerError, WalMark};
@@ -49,6 +68,8 @@ pub struct UploadSettings {
     pub key_prefix: String,
     /// The id of this agent's WAL, sent with every commit that covers WAL entries.
     pub wal_log_id: Option<String>,
+    /// The WAL mark the controller held at start: the next WAL entry submitted is this + 1.
+    pub wal_start_mark: u64,
 }
 
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -71,6 +92,39 @@ struct Group {
     permit: Arc<OwnedSemaphorePermit>,
 }
 
+/// Acknowledged data given up (commits refused for good), shared by the pipeline's handles.
+#[derive(Debug, Default)]
+pub struct Losses {
+    batches: std::sync::atomic::AtomicU64,
+}
+
+impl Losses {
+    /// Batches of acknowledged (WAL) data that could not be committed since start.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn record(&self, n: u64, key: &str, why: &ControllerError) {
+        if n == 0 {
+            return;
+        }
+        let total = self.batches.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n;
+        metrics::counter(
+            "sidestream_acknowledged_batches_lost_total",
+            "Acknowledged (acks=1) batches whose commit the controller refused for good.",
+            &[],
+        )
+        .add(n);
+        tracing::error!(key, batches = n, total, error = %why,
+            "ACKNOWLEDGED DATA LOST: the controller refused to commit acknowledged batches");
+        crate::health::set(
+            "durability",
+            false,
+            format!("{total} acknowledged batches could not be committed (last: {why}); see the log"),
+        );
+    }
+}
+
 enum Msg {
     Group(Group),
     /// Seal what is buffered now, without waiting for the flush interval.
@@ -86,6 +140,7 @@ pub struct Uploader {
     budget: Arc<Semaphore>,
     budget_bytes: u64,
     committed_wal: watch::Receiver<u64>,
+    losses: Arc<Losses>,
 }
 
 /// The components the pipeline uses.
@@ -96,6 +151,8 @@ pub struct UploadDeps {
     pub controller: Arc<dyn ControllerClient>,
     pub clock: Arc<dyn Clock>,
     pub entropy: Arc<dyn Entropy>,
+    /// Keys uploaded and not yet committed, which the orphan collector must leave alone.
+    pub in_flight: Arc<InFlightKeys>,
 }
 
 /// A batch accepted into the upload buffer, not yet committed.
@@ -117,12 +174,18 @@ impl Uploader {
     pub fn start(settings: UploadSettings, deps: UploadDeps) -> Uploader {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sealed_tx, sealed_rx) = mpsc::channel(settings.max_in_flight_objects.max(1));
-        let (committed_tx, committed_wal) = watch::channel(0);
+        let (committed_tx, committed_wal) = watch::channel(settings.wal_start_mark);
         let deps = Arc::new(deps);
         let budget_bytes = settings.buffer_bytes_max;
-        let committer = tokio::spawn(run_committer(sealed_rx, deps.clone(), settings.clone(), committed_tx));
+        let losses = Arc::new(Losses::default());
+        let committer = tokio::spawn(run_committer(sealed_rx, deps.clone(), settings.clone(), committed_tx, losses.clone()));
         tokio::spawn(run_flusher(rx, sealed_tx, settings, deps, committer));
-        Uploader { tx, budget: Arc::new(Semaphore::new(budget_bytes as usize)), budget_bytes, committed_wal }
+        Uploader { tx, budget: Arc::new(Semaphore::new(budget_bytes as usize)), budget_bytes, committed_wal, losses }
+    }
+
+    /// Acknowledged data this pipeline had to give up since start (0 while every promise holds).
+    pub fn losses(&self) -> &Losses {
+        &self.losses
     }
 
     /// Reserves `bytes` of the upload buffer, waiting for space until `deadline`.
@@ -164,7 +227,8 @@ impl Uploader {
         let _ = self.tx.send(Msg::Flush);
     }
 
-    /// The highest WAL entry id known committed (0: none yet).
+    /// The contiguous committed WAL mark: every entry at or below it is committed (starts at
+    /// the mark the controller held at start).
     pub fn committed_wal(&self) -> watch::Receiver<u64> {
         self.committed_wal.clone()
     }
@@ -183,19 +247,25 @@ struct Waiter {
     extent: usize,
     offset_delta: i64,
     reply: Reply,
+    /// Already acknowledged (a WAL entry's batch): a refusal loses acknowledged data.
+    acknowledged: bool,
     _permit: Arc<OwnedSemaphorePermit>,
 }
 
 struct Sealed {
-    key: String,
-    size_bytes: u64,
+    /// The current key (a new one after a collected key), held from before its PUT.
+    key: KeyHold,
+    /// Kept until the commit, to upload again under a new key if the first one is collected.
+    body: Bytes,
     extents: Vec<ExtentInfo>,
     waiters: Vec<Waiter>,
-    wal_entry: Option<u64>,
-    put: JoinHandle<()>,
+    /// The first and last WAL entries in the object, if it holds any.
+    wal_entries: Option<(u64, u64)>,
+    /// The PUT under way; None once it has landed.
+    put: Option<JoinHandle<()>>,
 }
 
-type Pending = (GroupItem, Reply, Arc<OwnedSemaphorePermit>);
+type Pending = (GroupItem, Reply, Arc<OwnedSemaphorePermit>, bool);
 
 /// The object being filled: batches grouped by partition, partitions in arrival order.
 #[derive(Default)]
@@ -204,15 +274,20 @@ struct OpenObject {
     index: HashMap<(Uuid, i32), usize>,
     bytes: u64,
     deadline: Option<Instant>,
-    wal_entry: Option<u64>,
+    /// The first and last WAL entries added (in id order: checked by the committer).
+    wal_entries: Option<(u64, u64)>,
 }
 
 impl OpenObject {
     fn add(&mut self, g: Group, flush_interval: Duration) {
         self.deadline.get_or_insert_with(|| Instant::now() + flush_interval);
-        if g.wal_entry.is_some() {
-            self.wal_entry = self.wal_entry.max(g.wal_entry);
+        if let Some(id) = g.wal_entry {
+            self.wal_entries = Some(match self.wal_entries {
+                None => (id, id),
+                Some((first, last)) => (first.min(id), last.max(id)),
+            });
         }
+        let acknowledged = g.wal_entry.is_some();
         for (item, reply) in g.items {
             self.bytes += item.batch.len() as u64;
             let key = (item.topic_id, item.partition);
@@ -220,7 +295,7 @@ impl OpenObject {
                 self.groups.push((key, Vec::new()));
                 self.groups.len() - 1
             });
-            self.groups[i].1.push((item, reply, g.permit.clone()));
+            self.groups[i].1.push((item, reply, g.permit.clone(), acknowledged));
         }
     }
 }
@@ -283,10 +358,15 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
         let mut builder = ObjectBuilder::with_capacity(bytes, batches);
         let mut waiters = Vec::new();
         for (_, appends) in groups {
-            for (item, reply, permit) in appends {
+            for (item, reply, permit, acknowledged) in appends {
                 match builder.add_batch(item.topic_id, item.partition, &item.batch, &item.header) {
-                    Ok(at) => waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, _permit: permit }),
+                    Ok(at) => {
+                        waiters.push(Waiter { extent: at.extent, offset_delta: at.offset_delta, reply, acknowledged, _permit: permit })
+                    }
                     Err(e) => {
+                        if acknowledged {
+                            tracing::error!(error = %e, "ACKNOWLEDGED DATA LOST: a logged batch does not fit an object");
+                        }
                         let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
                     }
                 }
@@ -301,14 +381,22 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
         tracing::error!("building an object failed");
         return;
     };
-    let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
-    let size_bytes = body.len() as u64;
-    let put = tokio::spawn(put_with_retry(deps.clone(), key.clone(), body));
-    let sealed = Sealed { key, size_bytes, extents, waiters, wal_entry: open.wal_entry, put };
+    let (key, put) = start_upload(deps, settings, &body);
+    let sealed = Sealed { key, body, extents, waiters, wal_entries: open.wal_entries, put: Some(put) };
     if let Err(mpsc::error::SendError(s)) = sealed_tx.send(sealed).await {
-        s.put.abort();
+        if let Some(put) = s.put {
+            put.abort();
+        }
         fail_all(s.waiters, AgentError::ShuttingDown);
     }
+}
+
+/// Picks a fresh key for `body`, holds it, and starts its PUT.
+fn start_upload(deps: &Arc<UploadDeps>, settings: &UploadSettings, body: &Bytes) -> (KeyHold, JoinHandle<()>) {
+    let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
+    let hold = deps.in_flight.hold(&key);
+    let put = tokio::spawn(put_with_retry(deps.clone(), key, body.clone()));
+    (hold, put)
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -326,6 +414,7 @@ async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes) {
         let started = std::time::Instant::now();
         match store.put(&key, body.clone()).await {
             Ok(()) => {
+                crate::health::set("object_store", true, "uploads succeed");
                 latency.record(started.elapsed());
                 uploads.inc();
                 bytes.add(body.len() as u64);
@@ -338,6 +427,7 @@ async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes) {
                 errors.inc();
                 let retriable = e.is_retriable();
                 tracing::warn!(key, attempt, error = %e, retriable, "object upload failed; retrying");
+                crate::health::set("object_store", false, format!("uploads fail: {e}"));
                 // Permanent errors are retried too, more slowly: an operator may fix a
                 // permission or a full disk, and the producers' own timeouts bound their wait.
                 sleep(if retriable { backoff(attempt) } else { RETRY_BACKOFF_MAX }).await;
@@ -352,35 +442,68 @@ async fn run_committer(
     deps: Arc<UploadDeps>,
     settings: UploadSettings,
     committed_wal: watch::Sender<u64>,
+    losses: Arc<Losses>,
 ) {
     let commits = metrics::counter("sidestream_commits_total", "Objects committed to the controller.", &[]);
     let latency = metrics::histogram("sidestream_commit_seconds", "Time to commit one object (retries included).", &[]);
-    while let Some(s) = sealed_rx.recv().await {
-        if s.put.await.is_err() {
-            fail_all(s.waiters, AgentError::ObjectStore(ObjectError::Transient("upload cancelled".into())));
-            continue;
-        }
-        let wal = match (&settings.wal_log_id, s.wal_entry) {
-            (Some(log_id), Some(entry_id)) => Some(WalMark { log_id: log_id.clone(), entry_id }),
-            _ => None,
+    let reuploads = metrics::counter(
+        "sidestream_objects_reuploaded_total",
+        "Objects uploaded again under a new key because their first key was collected as an orphan.",
+        &[],
+    );
+    // Every WAL entry <= mark is committed (or, loudly, given up).
+    let mut mark = settings.wal_start_mark;
+    while let Some(mut s) = sealed_rx.recv().await {
+        // The mark this commit makes true: the object's last entry if its entries directly
+        // follow the mark, else (an invariant broken: never seen) the mark as it is.
+        let (contiguous, commit_mark) = match s.wal_entries {
+            None => (true, mark),
+            Some((first, last)) if first == mark + 1 => (true, last),
+            Some((first, last)) => {
+                tracing::error!(mark, first, last, "WAL entries out of order in the upload pipeline; the WAL mark stays");
+                debug_assert!(false, "WAL entries {first}..={last} do not follow the mark {mark}");
+                (false, mark)
+            }
         };
-        let req = CommitRequest {
-            object_key: s.key.clone(),
-            object_size_bytes: s.size_bytes,
-            agent: settings.agent.clone(),
-            extents: s.extents,
-            wal,
-            txn_end: None,
+        let wal = match &settings.wal_log_id {
+            Some(log_id) if commit_mark > 0 => Some(WalMark { log_id: log_id.clone(), entry_id: commit_mark }),
+            _ => None,
         };
         let mut attempt = 0;
         let started = std::time::Instant::now();
         let results = loop {
-            match deps.controller.commit_object(req.clone()).await {
-                Ok(r) => break Ok(r),
+            if let Some(put) = s.put.take()
+                && put.await.is_err()
+            {
+                // Only a shutdown aborts a PUT: the WAL keeps the data for the next start.
+                break Err(ControllerError::Unavailable("upload cancelled".into()));
+            }
+            let req = CommitRequest {
+                object_key: s.key.key().to_string(),
+                object_size_bytes: s.body.len() as u64,
+                agent: settings.agent.clone(),
+                extents: s.extents.clone(),
+                wal: wal.clone(),
+                txn_end: None,
+            };
+            match deps.controller.commit_object(req).await {
+                Ok(r) => {
+                    crate::health::set("controller", true, "commits succeed");
+                    break Ok(r);
+                }
                 Err(ControllerError::Unavailable(e)) => {
-                    tracing::warn!(key = s.key, attempt, error = %e, "commit failed; retrying");
+                    tracing::warn!(key = s.key.key(), attempt, error = %e, "commit failed; retrying");
+                    crate::health::set("controller", false, format!("commits fail: {e}"));
                     sleep(backoff(attempt)).await;
                     attempt += 1;
+                }
+                Err(ControllerError::ObjectCollected(e)) => {
+                    // The data is still ours: upload it again and commit it, before anything
+                    // sealed later (this loop holds the order).
+                    tracing::warn!(key = s.key.key(), error = %e, "object collected before its commit; uploading it again");
+                    reuploads.inc();
+                    let (key, put) = start_upload(&deps, &settings, &s.body);
+                    (s.key, s.put) = (key, Some(put));
                 }
                 Err(e) => break Err(e),
             }
@@ -389,28 +512,55 @@ async fn run_committer(
             Ok(bases) => {
                 latency.record(started.elapsed());
                 commits.inc();
-                if let Some(entry) = s.wal_entry {
-                    committed_wal.send_if_modified(|c| {
-                        let grew = entry > *c;
-                        *c = (*c).max(entry);
-                        grew
-                    });
-                }
+                let mut lost = 0;
+                let mut lost_error = None;
                 for w in s.waiters {
                     let r = match bases.get(w.extent) {
                         Some(Ok(base)) => Ok(base + w.offset_delta),
-                        Some(Err(e)) => Err(AgentError::Controller(e.clone())),
-                        None => Err(AgentError::Controller(ControllerError::InvalidRequest("missing extent".into()))),
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err(ControllerError::InvalidRequest("missing extent".into())),
                     };
-                    let _ = w.reply.send(r);
+                    if let Err(e) = &r
+                        && w.acknowledged
+                        && !matches!(e, ControllerError::UnknownTopicOrPartition | ControllerError::UnknownTopicId)
+                    {
+                        lost += 1;
+                        lost_error = Some(e.clone());
+                    }
+                    let _ = w.reply.send(r.map_err(AgentError::Controller));
+                }
+                if let Some(e) = lost_error {
+                    losses.record(lost, s.key.key(), &e);
+                }
+                if contiguous && commit_mark > mark {
+                    advance_mark(&mut mark, commit_mark, &committed_wal);
                 }
             }
+            Err(ControllerError::Unavailable(e)) => {
+                // Shutting down with the upload cancelled: nothing is released; the WAL replays
+                // the object's entries at the next start.
+                fail_all(s.waiters, AgentError::ObjectStore(ObjectError::Transient(e)));
+            }
             Err(e) => {
-                tracing::error!(key = s.key, error = %e, "commit refused");
+                let lost = s.waiters.iter().filter(|w| w.acknowledged).count() as u64;
+                tracing::error!(key = s.key.key(), error = %e, "commit refused");
+                losses.record(lost, s.key.key(), &e);
                 fail_all(s.waiters, AgentError::Controller(e));
+                // Refused for good: holding the mark would only stop every later entry from
+                // being released. The loss is counted and reported above.
+                if contiguous && commit_mark > mark {
+                    advance_mark(&mut mark, commit_mark, &committed_wal);
+                }
             }
         }
     }
+}
+
+/// Moves the contiguous WAL mark forward (never back) and publishes it.
+fn advance_mark(mark: &mut u64, to: u64, committed_wal: &watch::Sender<u64>) {
+    assert!(to > *mark, "the WAL mark only grows: {} -> {to}", *mark);
+    *mark = to;
+    committed_wal.send_replace(to);
 }
 
 fn fail_all(waiters: Vec<Waiter>, e: AgentError) {

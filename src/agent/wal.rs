@@ -309,8 +309,9 @@ pub struct Wal {
 
 impl Wal {
     /// Starts the writer thread (appending after `recovery`'s segments, ids from `next_id`) and
-    /// the task deleting segments once `committed` passes them. `committed_mark` is the WAL mark
-    /// the controller already holds.
+    /// the task deleting segments once the uploader's contiguous committed mark passes them
+    /// (every entry at or below it committed). `committed_mark` is the WAL mark the controller
+    /// already holds.
     pub fn start(
         settings: WalSettings,
         recovery: Recovery,
@@ -330,8 +331,12 @@ impl Wal {
         let mut committed = uploader.committed_wal();
         let cleanup_space = space.clone();
         tokio::spawn(async move {
+            let mut last = committed_mark;
             while committed.changed().await.is_ok() {
                 let mark = *committed.borrow_and_update();
+                // The uploader publishes one contiguous mark that only grows.
+                assert!(mark >= last, "the committed WAL mark went back: {last} -> {mark}");
+                last = mark;
                 delete_committed(&segments, mark, &cleanup_space);
             }
         });

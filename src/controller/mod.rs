@@ -90,6 +90,10 @@ pub enum ControllerError {
     /// The metadata store failed; retrying may succeed.
     #[error("controller unavailable: {0}")]
     Unavailable(String),
+    /// The object's key was collected as an orphan (marked uncommittable): nothing was
+    /// committed. Its data is still the agent's to keep: upload it again under a new key.
+    #[error("object collected: {0}")]
+    ObjectCollected(String),
 }
 
 impl From<StoreError> for ControllerError {
@@ -225,6 +229,9 @@ impl State {
     fn apply_extent(&mut self, r: ExtentRecord) {
         if let Some(p) = self.partitions.get_mut(&(r.topic_id, r.partition)) {
             if let Some(o) = p.offsets.as_mut() {
+                // Invariant 1, checked where offsets are handed out: dense per partition.
+                assert_eq!(o.next_offset, r.base_offset, "offsets of {}-{} not dense", r.topic_id, r.partition);
+                assert!(r.end_offset > r.base_offset, "an empty extent at {}-{}", r.topic_id, r.partition);
                 o.next_offset = r.end_offset;
             }
             if p.recent.len() == RECENT_EXTENTS_MAX {
@@ -727,7 +734,7 @@ impl Controller {
         let producer_states = std::mem::take(&mut plan.producers);
         let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
         let write = || match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows, &effects) {
-            Err(StoreError::Conflict(m)) => Err(ControllerError::InvalidRequest(m)),
+            Err(StoreError::Conflict(m)) => Err(ControllerError::ObjectCollected(m)),
             Err(e) => Err(self.store_error(e)),
             Ok(()) => Ok(()),
         };

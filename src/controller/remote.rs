@@ -694,7 +694,8 @@ impl ControllerClient for Remote {
     async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         let r = self.call(|mut c, _| {
             let keys = keys.clone();
-            async move { c.collect_orphans(self.request(rpc::OrphansRequest { keys })).await }
+            let agent = self.0.settings.agent.clone();
+            async move { c.collect_orphans(self.request(rpc::OrphansRequest { keys, agent })).await }
         });
         Ok(r.await?.doomed)
     }

@@ -278,6 +278,10 @@ pub struct ProducerIdReply {
 pub struct OrphansRequest {
     #[prost(string, repeated, tag = "1")]
     pub keys: Vec<String>,
+    /// The asking agent's name (empty from agents before it was sent): keys of other agents
+    /// whose lease runs are left alone.
+    #[prost(string, tag = "2")]
+    pub agent: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -515,6 +519,7 @@ pub fn error_to(e: &ControllerError) -> Error {
         InvalidTransactionTimeout(m) => (15, m.clone()),
         ConcurrentTransactions(m) => (16, m.clone()),
         OperationNotAttempted => (17, String::new()),
+        ObjectCollected(m) => (18, m.clone()),
     };
     Error { kind, message }
 }
@@ -539,6 +544,7 @@ pub fn error_from(e: Error) -> ControllerError {
         15 => InvalidTransactionTimeout(m),
         16 => ConcurrentTransactions(m),
         17 => OperationNotAttempted,
+        18 => ObjectCollected(m),
         _ => Unavailable(m),
     }
 }

@@ -299,6 +299,13 @@ impl Shared {
         members
     }
 
+    /// The names of the agents whose lease runs.
+    fn live_agents(&self) -> std::collections::HashSet<String> {
+        let now = Instant::now();
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        agents.iter().filter(|(_, l)| l.expires > now).map(|(name, _)| name.clone()).collect()
+    }
+
     fn check_agent(&self, agent: &str, epoch: u64) -> Result<(), Status> {
         let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         match agents.get(agent) {
@@ -655,8 +662,21 @@ impl GrpcService for Service {
 
     async fn collect_orphans(&self, req: Request<rpc::OrphansRequest>) -> Result<Response<rpc::OrphansReply>, Status> {
         let c = self.0.active()?;
-        let keys = req.into_inner().keys;
-        let doomed = blocking(move || c.collect_orphans(&keys)).await?;
+        let rpc::OrphansRequest { keys, agent } = req.into_inner();
+        // Another agent may still be committing its keys (after a long outage its commit
+        // retries come later than our pass): leave them alone while its lease runs.
+        let live = self.0.live_agents();
+        let (asked, indexes): (Vec<String>, Vec<usize>) = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| crate::object::keys::parse_object_key(k).is_some_and(|p| p.agent == agent || !live.contains(p.agent)))
+            .map(|(i, k)| (k.clone(), i))
+            .unzip();
+        let answered = blocking(move || c.collect_orphans(&asked)).await?;
+        let mut doomed = vec![false; keys.len()];
+        for (i, d) in indexes.into_iter().zip(answered) {
+            doomed[i] = d;
+        }
         Ok(Response::new(rpc::OrphansReply { doomed }))
     }
 

@@ -27,6 +27,8 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::OperationNotAttempted => K::OperationNotAttempted,
         // Retriable for clients: they back off and try again.
         ControllerError::Unavailable(_) => K::RequestTimedOut,
+        // The agent uploads the data again; a client that waited that long may retry.
+        ControllerError::ObjectCollected(_) => K::RequestTimedOut,
     }
     .code()
 }

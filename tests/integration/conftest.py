@@ -270,6 +270,17 @@ class SidestreamServer:
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
 
+    def readyz(self):
+        """(HTTP status, JSON body) of the server's /readyz."""
+        import json
+        import urllib.error
+        addr = re.search(r"metrics_addr=([0-9.:]+)", self.log_text()).group(1)
+        try:
+            with urllib.request.urlopen("http://%s/readyz" % addr, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
     def object_store_errors(self):
         """Failed object store attempts (injected faults among them), from /metrics: retries
         hide them from the log."""
