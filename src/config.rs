@@ -29,13 +29,16 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address of the Prometheus endpoint (`GET /metrics`).
+    /// Address of the Prometheus endpoint (`GET /metrics`, `/healthz`, `/readyz`).
     pub listen: SocketAddr,
+    /// How often an agent checks, even when idle, that the object store and the controller
+    /// answer (a HEAD and a WAL-mark read); `/readyz` reflects the last answers.
+    pub health_probe_interval_ms: u64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9644)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9644)), health_probe_interval_ms: 5_000 }
     }
 }
 
@@ -275,6 +278,9 @@ pub struct ControllerConfig {
     /// `sidestream controller`: the address other replicas tell agents to use when this one is
     /// active (defaults to `listen`).
     pub advertised: Option<String>,
+    /// `sidestream controller`: where it serves `GET /metrics` (commit latency, consumer lag of
+    /// every group, which replica is active) and `/healthz`; unset: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Remote agents: the controller replicas, `host:port`.
     pub addresses: Vec<String>,
     /// Shared token: a controller with one refuses agents that do not present it.
@@ -301,6 +307,7 @@ impl Default for ControllerConfig {
             transactional_id_expiration_ms: 604_800_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9093)),
             advertised: None,
+            metrics_listen: None,
             addresses: Vec::new(),
             token: None,
             failover_ms: 5_000,
@@ -419,6 +426,23 @@ const NOT_BUILT_SECTIONS: &[&str] = &["listeners", "tls", "sasl", "compaction"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
 const SECTIONS: &[&str] = &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "metrics", "log"];
 
+/// `SIDESTREAM_*` variables of the project's own test and bench tools (they pass their whole
+/// environment to the servers they start): not settings, and not errors.
+const TOOL_VARIABLES: &[&str] = &[
+    "SIDESTREAM_BIN",
+    "SIDESTREAM_START_TIMEOUT",
+    "SIDESTREAM_STOP_TIMEOUT",
+    "SIDESTREAM_CRASH_KILLS",
+    "SIDESTREAM_FUZZ_SECONDS",
+    "SIDESTREAM_KAFKA_REF_DIR",
+    "SIDESTREAM_REBALANCE_TIMES",
+];
+const TOOL_PREFIXES: &[&str] = &["SIDESTREAM_TEST_", "SIDESTREAM_COMPAT_", "SIDESTREAM_BENCH_"];
+
+fn is_tool_variable(var: &str) -> bool {
+    TOOL_VARIABLES.contains(&var) || TOOL_PREFIXES.iter().any(|p| var.starts_with(p))
+}
+
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
     /// from `env`, validates and creates `data_dir`.
@@ -487,6 +511,7 @@ impl Config {
             }
         };
         range("upload.flush_interval_ms", self.upload.flush_interval_ms, 1, 60_000)?;
+        range("metrics.health_probe_interval_ms", self.metrics.health_probe_interval_ms, 100, 3_600_000)?;
         range("upload.flush_bytes", self.upload.flush_bytes, 1024, 1 << 30)?;
         range("upload.buffer_bytes_max", self.upload.buffer_bytes_max, self.upload.flush_bytes, 64 << 30)?;
         range("upload.max_in_flight_objects", self.upload.max_in_flight_objects.into(), 1, 64)?;
@@ -588,6 +613,23 @@ impl Config {
     }
 
     /// `host:port` that clients are told to connect to.
+    /// Settings that work but are probably not what was meant, as sentences for the log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let (host, _) = self.advertised();
+        if host == "0.0.0.0" || host == "::" {
+            out.push(format!(
+                "clients are told to connect to {host}, a wildcard address they cannot reach from another host: set [agent] advertised (SIDESTREAM_AGENT_ADVERTISED)"
+            ));
+        }
+        if self.agent.cluster_mode && matches!(self.object_store_url(), Ok(ObjectStoreUrl::Local(_) | ObjectStoreUrl::Memory)) {
+            out.push(
+                "cluster mode with a local object store: the other agents cannot read this agent's objects (use s3://)".into(),
+            );
+        }
+        out
+    }
+
     pub fn advertised(&self) -> (String, i32) {
         match &self.agent.advertised {
             Some(a) => parse_host_port(a).unwrap_or_else(|_| (a.clone(), 9092)),
@@ -667,7 +709,15 @@ fn apply_env(
             .filter(|s| rest.starts_with(&format!("{s}_")))
             .max_by_key(|s| s.len())
         else {
-            continue;
+            if is_tool_variable(&var) {
+                continue;
+            }
+            // A variable naming no setting stops the start-up, like an unknown key in the file.
+            let reason = match NOT_BUILT_SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) {
+                Some(s) => format!("the [{s}] section is not built yet in this version"),
+                None => format!("no setting is named so (SIDESTREAM_<SECTION>_<KEY>; sections: {})", SECTIONS.join(", ")),
+            };
+            return Err(ConfigError { source_name: format!("environment variable {var}"), key: rest, reason });
         };
         let key = &rest[section.len() + 1..];
         let bad = |reason: String| ConfigError {
@@ -711,6 +761,37 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_variable_naming_no_setting_stops_the_start_up() {
+        let e = Config::load(None, env(&[("SIDESTREAM_TLS_CERT_FILE", "/etc/cert.pem")])).unwrap_err();
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_TLS_CERT_FILE");
+        assert!(e.reason.contains("[tls] section is not built yet"), "{e}");
+        let e = Config::load(None, env(&[("SIDESTREAM_AGNET_LISTEN", "127.0.0.1:1")])).unwrap_err();
+        assert!(e.reason.contains("no setting is named so"), "{e}");
+        // An unknown key of a known section is refused by the schema, as in the file.
+        let e = Config::load(None, env(&[("SIDESTREAM_AGENT_LISTN", "127.0.0.1:1")])).unwrap_err();
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_AGENT_LISTN");
+        // The test tools' own variables pass.
+        let d = tempfile::tempdir().unwrap();
+        let d = d.path().to_str().unwrap();
+        Config::load(None, env(&[("SIDESTREAM_BIN", "x"), ("SIDESTREAM_TEST_SEED", "1"), ("SIDESTREAM_AGENT_DATA_DIR", d)]))
+            .unwrap();
+    }
+
+    #[test]
+    fn warnings_for_a_wildcard_advertised_and_a_local_store_in_cluster_mode() {
+        let mut c = Config::default();
+        assert!(c.warnings().is_empty());
+        c.agent.listen = "0.0.0.0:9092".parse().unwrap();
+        assert!(c.warnings()[0].contains("wildcard"), "{:?}", c.warnings());
+        c.agent.advertised = Some("kafka.example:9092".into());
+        c.agent.cluster_mode = true;
+        let w = c.warnings();
+        assert!(w.len() == 1 && w[0].contains("cluster mode with a local object store"), "{w:?}");
+        c.object_store.url = Some("s3://bucket/root".into());
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

@@ -21,7 +21,18 @@ struct Check {
 
 fn checks() -> &'static Mutex<BTreeMap<&'static str, Check>> {
     static CHECKS: OnceLock<Mutex<BTreeMap<&'static str, Check>>> = OnceLock::new();
-    CHECKS.get_or_init(Default::default)
+    CHECKS.get_or_init(|| {
+        // The same table on /metrics: `sidestream_ready` and one `sidestream_health_check` per
+        // check, for alerts (Prometheus does not read /readyz).
+        crate::metrics::gauges("sidestream_ready", "1 while /readyz answers 200 (every check ok), else 0.", || {
+            vec![(Vec::new(), i64::from(readiness().0))]
+        });
+        crate::metrics::gauges("sidestream_health_check", "1 while the named readiness check is ok, else 0.", || {
+            let table = checks().lock().unwrap_or_else(|p| p.into_inner());
+            table.iter().map(|(name, c)| (vec![("check", name.to_string())], i64::from(c.ok))).collect()
+        });
+        Default::default()
+    })
 }
 
 /// Sets check `name`; logs when its ok-ness changes (or when it is first set bad).
@@ -68,5 +79,8 @@ mod tests {
         assert!(!is_ok("test_b") && is_ok("test_a"));
         set("test_b", true, "back");
         assert!(is_ok("test_b"));
+        let text = crate::metrics::render();
+        assert!(text.contains("sidestream_health_check{check=\"test_a\"} 1"), "{text}");
+        assert!(text.contains("# TYPE sidestream_ready gauge"), "{text}");
     }
 }

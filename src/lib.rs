@@ -14,7 +14,8 @@
 //!
 //! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
 //! randomness that the core paths use instead of the system's; [`health`] the readiness checks
-//! behind `/readyz`.
+//! behind `/readyz`, [`probe`] the periodic checks that keep them true on an idle agent;
+//! [`sdnotify`] tells systemd when the agent is ready and when it stops.
 
 pub mod admin;
 pub mod agent;
@@ -24,5 +25,7 @@ pub mod controller;
 pub mod health;
 pub mod metrics;
 pub mod object;
+pub mod probe;
 pub mod protocol;
+pub mod sdnotify;
 pub mod server;

@@ -105,6 +105,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     init_logging(&config);
+    banner(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -113,6 +114,13 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match sidestream::server::start(&config).await {
             Ok(s) => s,
             Err(e) => {
@@ -120,9 +128,10 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = wait_for_signal().await {
-            tracing::error!(error = %e, "cannot wait for signals");
-        }
+        // The listener is open and the WAL replayed: systemd (Type=notify) may start dependents.
+        let ready = format!("READY=1\nSTATUS=serving Kafka on {}", server.local_addr);
+        signals.wait(&ready).await;
+        sidestream::sdnotify::notify("STOPPING=1\nSTATUS=committing accepted data, then exiting");
         tracing::info!("shutting down");
         if server.shutdown().await { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     })
@@ -188,6 +197,13 @@ fn controller(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let service = match sidestream::server::start_controller(&config).await {
             Ok(s) => s,
             Err(e) => {
@@ -195,24 +211,87 @@ fn controller(config_path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = wait_for_signal().await {
-            tracing::error!(error = %e, "cannot wait for signals");
-        }
+        let ready = format!("READY=1\nSTATUS=serving controller gRPC on {}", service.local_addr);
+        signals.wait(&ready).await;
+        sidestream::sdnotify::notify("STOPPING=1");
         tracing::info!("controller shutting down");
         service.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM, SIGINT and SIGHUP handlers, installed before start-up so that a signal arriving
+/// while the agent starts (or right after READY) is handled, not met by the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
     }
-    Ok(())
+
+    /// Tells systemd `ready` (sd_notify), then waits for SIGTERM or SIGINT. SIGHUP (systemd's
+    /// ExecReload) is answered in the log: nothing is reloadable in this version.
+    async fn wait(&mut self, ready: &str) {
+        sidestream::sdnotify::notify(ready);
+        sidestream::sdnotify::spawn_watchdog();
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: nothing to reload in this version (the settings are read at start)");
+                }
+            }
+        }
+    }
+}
+
+/// One line saying what this agent is about to be (version, listeners, data dir made absolute,
+/// object store, controller), then a warning per setting that is probably a mistake.
+fn banner(config: &Config) {
+    let data_dir = std::path::absolute(&config.agent.data_dir).unwrap_or_else(|_| config.agent.data_dir.clone());
+    let (host, port) = config.advertised();
+    let object_store = config.object_store.url.clone().unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
+    let controller = match config.controller.mode {
+        sidestream::config::ControllerMode::Embedded => {
+            let store = config.controller.store.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("controller.db").display()));
+            format!("embedded on {}", redact(&store))
+        }
+        sidestream::config::ControllerMode::Remote => format!("remote at {}", config.controller.addresses.join(",")),
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %config.agent.listen,
+        advertised = %format!("{host}:{port}"),
+        metrics = %config.metrics.listen,
+        data_dir = %data_dir.display(),
+        object_store = %object_store,
+        controller = %controller,
+        cluster_mode = config.agent.cluster_mode,
+        "sidestream agent starting"
+    );
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+}
+
+/// A store URL without its password (`postgres://user:secret@host/db` -> `user:***@host/db`).
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn init_logging(config: &Config) {

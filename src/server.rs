@@ -37,7 +37,7 @@ use crate::protocol::connection::{self, ConnectionLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{hint}", hint = bind_hint(source))]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("object store: {0}")]
     ObjectStore(#[from] ObjectError),
@@ -51,6 +51,17 @@ pub enum ServerError {
     Config(String),
     #[error("controller service: {0}")]
     Service(#[from] crate::controller::service::ServiceError),
+}
+
+/// What to do about a listener that could not be bound.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there, e.g. another sidestream or a Kafka broker: stop it, or choose another address with [agent] listen / [metrics] listen or their SIDESTREAM_* variables)"
+        }
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: choose a higher port)",
+        _ => "",
+    }
 }
 
 /// `sidestream controller`: the controller service alone, from `[controller]` (and the topic
@@ -69,7 +80,20 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         producer_id_expiration_ms: c.producer_id_expiration_ms,
         transactional_id_expiration_ms: c.transactional_id_expiration_ms,
     };
-    Ok(crate::controller::service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::from_os())).await?)
+    let service = crate::controller::service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::from_os())).await?;
+    if let Some(addr) = c.metrics_listen {
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let metrics_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        crate::metrics::gauges(
+            "sidestream_group_lag",
+            "Consumer lag per group and partition: high watermark minus committed offset.",
+            service.lag_source(),
+        );
+        crate::metrics::gauges("sidestream_controller_active", "1 while this controller replica is the active one.", service.active_source());
+        tokio::spawn(crate::metrics::serve(listener, service.stopped()));
+        tracing::info!(%metrics_addr, "controller metrics listening");
+    }
+    Ok(service)
 }
 
 /// A running agent (with its embedded controller).
@@ -196,6 +220,14 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     crate::health::set("wal", false, "replaying the write-ahead log");
     replay_wal(&recovery, wal_mark, &uploader).await?;
     crate::health::set("wal", true, "replayed");
+    crate::probe::Probe {
+        store: store.clone(),
+        controller: controller.clone(),
+        wal_log_id: recovery.log_id.clone(),
+        interval: Duration::from_millis(config.metrics.health_probe_interval_ms),
+    }
+    .spawn(shutdown.clone());
+    crate::probe::register_disk_gauges(config.agent.data_dir.clone());
     let next_id = recovery.last_id().max(wal_mark) + 1;
     let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).map_err(ServerError::Wal)?;
     let markers = Arc::new(MarkerWriter {

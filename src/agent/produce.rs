@@ -55,10 +55,23 @@ impl Agent {
             return Ok(Appended::Nothing);
         }
         let bytes = items.iter().map(|i| i.batch.len() as u64).sum();
+        let records: u64 = items.iter().map(|i| i.header.record_count.max(0) as u64).sum();
         let permit = self.uploader.reserve(bytes, deadline).await?;
-        if acks == -1 {
-            return Ok(Appended::Committed(self.uploader.submit(items, None, permit)?));
-        }
-        Ok(Appended::Logged(self.wal.enqueue(items, permit, deadline).await?))
+        let appended = if acks == -1 {
+            Appended::Committed(self.uploader.submit(items, None, permit)?)
+        } else {
+            Appended::Logged(self.wal.enqueue(items, permit, deadline).await?)
+        };
+        produced_records().add(records);
+        Ok(appended)
     }
+}
+
+/// `sidestream_produce_records_total`: records of the batches accepted (queued for the WAL or
+/// the upload buffer; refused batches are not counted).
+fn produced_records() -> &'static crate::metrics::Counter {
+    static RECORDS: std::sync::OnceLock<std::sync::Arc<crate::metrics::Counter>> = std::sync::OnceLock::new();
+    RECORDS.get_or_init(|| {
+        crate::metrics::counter("sidestream_produce_records_total", "Records in the batches produce requests had accepted.", &[])
+    })
 }

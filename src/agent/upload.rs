@@ -99,6 +99,16 @@ pub struct Losses {
 }
 
 impl Losses {
+    /// `sidestream_acknowledged_batches_lost_total` (registered at start, so it shows 0 rather
+    /// than nothing: an alert on it has a series to watch).
+    pub fn counter() -> Arc<metrics::Counter> {
+        metrics::counter(
+            "sidestream_acknowledged_batches_lost_total",
+            "Acknowledged (acks=1) batches whose commit the controller refused for good.",
+            &[],
+        )
+    }
+
     /// Batches of acknowledged (WAL) data that could not be committed since start.
     pub fn batches(&self) -> u64 {
         self.batches.load(std::sync::atomic::Ordering::SeqCst)
@@ -109,12 +119,7 @@ impl Losses {
             return;
         }
         let total = self.batches.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n;
-        metrics::counter(
-            "sidestream_acknowledged_batches_lost_total",
-            "Acknowledged (acks=1) batches whose commit the controller refused for good.",
-            &[],
-        )
-        .add(n);
+        Self::counter().add(n);
         tracing::error!(key, batches = n, total, error = %why,
             "ACKNOWLEDGED DATA LOST: the controller refused to commit acknowledged batches");
         crate::health::set(
@@ -178,6 +183,7 @@ impl Uploader {
         let deps = Arc::new(deps);
         let budget_bytes = settings.buffer_bytes_max;
         let losses = Arc::new(Losses::default());
+        Losses::counter();
         let committer = tokio::spawn(run_committer(sealed_rx, deps.clone(), settings.clone(), committed_tx, losses.clone()));
         tokio::spawn(run_flusher(rx, sealed_tx, settings, deps, committer));
         Uploader { tx, budget: Arc::new(Semaphore::new(budget_bytes as usize)), budget_bytes, committed_wal, losses }

@@ -144,6 +144,30 @@ impl RunningService {
         self.shared.controller().is_some()
     }
 
+    /// Consumer lag per group and partition while this replica is active (nothing on a
+    /// standby), as `sidestream_group_lag` samples.
+    pub fn lag_source(&self) -> impl Fn() -> crate::metrics::GaugeSamples + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move || {
+            let Some(c) = shared.upgrade().and_then(|s| s.controller()) else { return Vec::new() };
+            c.group_lags()
+                .into_iter()
+                .map(|(g, t, p, lag)| (vec![("group", g), ("topic", t), ("partition", p.to_string())], lag))
+                .collect()
+        }
+    }
+
+    /// 1 while this replica is active, else 0 (`sidestream_controller_active`).
+    pub fn active_source(&self) -> impl Fn() -> crate::metrics::GaugeSamples + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move || vec![(Vec::new(), i64::from(shared.upgrade().is_some_and(|s| s.controller().is_some())))]
+    }
+
+    /// Cancelled when the service stops (for helpers that serve alongside it).
+    pub fn stopped(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Stops serving; an active PostgreSQL replica gives its lease up so a standby takes over
     /// at once.
     pub async fn shutdown(self) {

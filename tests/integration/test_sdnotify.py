@@ -1,0 +1,94 @@
+"""systemd's notify protocol, with a fake NOTIFY_SOCKET: a Unix datagram socket this test reads.
+
+The agent must send READY=1 only once it serves (the Kafka listener answers ApiVersions and
+/readyz says the WAL is replayed), WATCHDOG=1 when WATCHDOG_USEC asks for it, and STOPPING=1
+when SIGTERM arrives, before it exits 0. The controller sends READY=1 once it listens.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import SidestreamServer, binary_path, free_port, poll_until
+from test_cluster import ControllerProcess
+import kafka_wire
+
+
+def notify_socket(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    return s, path
+
+
+def receive(sock, want, timeout=60):
+    """Datagrams until one containing `want` (all of them returned, in order)."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(4096).decode())
+        except socket.timeout:
+            break
+        if want in got[-1]:
+            return got
+    raise AssertionError("no %r within %ss; got %r" % (want, timeout, got))
+
+
+def test_agent_notifies_ready_after_it_serves_then_watchdog_then_stopping(tmp_path):
+    sock, path = notify_socket(tmp_path)
+    server = SidestreamServer(tmp_path / "data", tmp_path / "agent.log",
+                              {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    server.port = free_port()
+    server._spawn(binary_path())  # not start(): its readiness poll would hide the order
+    try:
+        got = receive(sock, "READY=1")
+        assert len(got) == 1 and got[0].startswith("READY=1"), got
+        # At READY the listener answers at once and the WAL is replayed.
+        with kafka_wire.Conn(server.host, server.port, timeout=5) as c:
+            err, keys = kafka_wire.api_versions(c, 0)
+            assert err == 0 and kafka_wire.API_VERSIONS in keys
+        status, body = poll_until(lambda: "metrics_addr=" in server.log_text() and server.readyz(), 10,
+                                  what="the metrics address in the log")
+        assert body["checks"]["wal"]["ok"], body
+        receive(sock, "WATCHDOG=1", timeout=10)
+        server.proc.send_signal(signal.SIGTERM)
+        receive(sock, "STOPPING=1", timeout=30)
+        assert server.proc.wait(30) == 0
+    finally:
+        server.close()
+        sock.close()
+
+
+def test_agent_without_notify_socket_starts_as_before(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    server = SidestreamServer(tmp_path / "data", tmp_path / "agent.log")
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        server.start()
+        server.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+        server.close()
+
+
+def test_controller_notifies_ready_once_listening(tmp_path):
+    sock, path = notify_socket(tmp_path)
+    controller = ControllerProcess(tmp_path, "controller", "sqlite://%s" % (tmp_path / "c.db"), {"NOTIFY_SOCKET": path})
+    try:
+        controller.start()
+        got = receive(sock, "READY=1")
+        assert "controller service listening" in controller.log(), controller.log()
+        assert got[0].startswith("READY=1"), got
+        controller.proc.send_signal(signal.SIGTERM)
+        receive(sock, "STOPPING=1", timeout=30)
+        assert controller.proc.wait(30) == 0
+    finally:
+        controller.close()
+        sock.close()
