@@ -1062,7 +1062,7 @@ mod tests {
                         };
                         match c.commit_object(&req) {
                             Ok(r) => r.iter().all(|e| e.is_ok()),
-                            Err(ControllerError::InvalidRequest(m)) => {
+                            Err(ControllerError::ObjectCollected(m)) => {
                                 assert!(m.contains("orphan"), "{m}");
                                 false
                             }
