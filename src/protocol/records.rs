@@ -308,32 +308,30 @@ fn decompress_zstd(input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), Re
     })
 }
 
-/// Reads one zigzag varint of at most 5 bytes (Kafka's ByteUtils.readVarint).
-fn read_varint(buf: &mut &[u8]) -> Option<i32> {
-    let mut raw: u32 = 0;
-    for i in 0..5 {
+/// Reads the 7-bit groups of a varint of at most `max_bytes` bytes; bits past 64 are dropped.
+fn read_unsigned(buf: &mut &[u8], max_bytes: u32) -> Option<u64> {
+    let mut raw: u64 = 0;
+    for i in 0..max_bytes {
         let (&b, rest) = buf.split_first()?;
         *buf = rest;
-        raw |= u32::from(b & 0x7f) << (7 * i);
+        raw |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            return Some(((raw >> 1) as i32) ^ -((raw & 1) as i32));
+            return Some(raw);
         }
     }
     None
 }
 
+/// Reads one zigzag varint of at most 5 bytes, kept to 32 bits (Kafka's ByteUtils.readVarint).
+fn read_varint(buf: &mut &[u8]) -> Option<i32> {
+    let raw = read_unsigned(buf, 5)? as u32;
+    Some(((raw >> 1) as i32) ^ -((raw & 1) as i32))
+}
+
 /// Reads one zigzag varlong of at most 10 bytes (Kafka's ByteUtils.readVarlong).
 fn read_varlong(buf: &mut &[u8]) -> Option<i64> {
-    let mut raw: u64 = 0;
-    for i in 0..10 {
-        let (&b, rest) = buf.split_first()?;
-        *buf = rest;
-        raw |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-        }
-    }
-    None
+    let raw = read_unsigned(buf, 10)?;
+    Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
 }
 
 /// Skips a varint-length-prefixed field (key, value, header key or value); -1 is null.
@@ -598,43 +596,44 @@ pub fn encode_batch(base_timestamp: i64, values: &[&[u8]]) -> Bytes {
 
 /// Like [`encode_batch`], for an idempotent producer: `(producer id, epoch, base sequence)`.
 pub fn encode_producer_batch(producer: Option<(i64, i16, i32)>, base_timestamp: i64, values: &[&[u8]]) -> Bytes {
-    let (producer_id, epoch, sequence) = producer.unwrap_or((-1, -1, -1));
-    fn varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let byte = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-    }
     let mut records = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let mut r = Vec::new();
         r.push(0u8); // attributes
-        varint(&mut r, 0); // timestamp delta
-        varint(&mut r, i as i64); // offset delta
-        varint(&mut r, -1); // key: null
-        varint(&mut r, v.len() as i64);
+        write_varint(&mut r, 0); // timestamp delta
+        write_varint(&mut r, i as i64); // offset delta
+        write_varint(&mut r, -1); // key: null
+        write_varint(&mut r, v.len() as i64);
         r.extend_from_slice(v);
-        varint(&mut r, 0); // headers
-        varint(&mut records, r.len() as i64);
+        write_varint(&mut r, 0); // headers
+        write_varint(&mut records, r.len() as i64);
         records.extend_from_slice(&r);
     }
-    let n = values.len() as i32;
-    let mut tail = Vec::new(); // from attributes on
-    tail.extend_from_slice(&0i16.to_be_bytes());
-    tail.extend_from_slice(&(n - 1).to_be_bytes());
+    frame_batch(0, values.len() as i32, base_timestamp, producer.unwrap_or((-1, -1, -1)), &records)
+}
+
+/// Appends a zigzag varint (or varlong).
+fn write_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// A v2 batch around an encoded records section: base offset 0, no leader epoch, CRC set.
+fn frame_batch(attributes: i16, count: i32, base_timestamp: i64, (producer_id, epoch, sequence): (i64, i16, i32), records: &[u8]) -> Bytes {
+    let mut tail = Vec::with_capacity(BATCH_HEADER_BYTES + records.len()); // from attributes on
+    tail.extend_from_slice(&attributes.to_be_bytes());
+    tail.extend_from_slice(&(count - 1).to_be_bytes());
     tail.extend_from_slice(&base_timestamp.to_be_bytes());
     tail.extend_from_slice(&base_timestamp.to_be_bytes());
     tail.extend_from_slice(&producer_id.to_be_bytes());
     tail.extend_from_slice(&epoch.to_be_bytes());
     tail.extend_from_slice(&sequence.to_be_bytes());
-    tail.extend_from_slice(&n.to_be_bytes());
-    tail.extend_from_slice(&records);
+    tail.extend_from_slice(&count.to_be_bytes());
+    tail.extend_from_slice(records);
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
     out.extend_from_slice(&0i64.to_be_bytes());
     out.extend_from_slice(&((tail.len() + 9) as i32).to_be_bytes());
@@ -698,32 +697,23 @@ mod tests {
         }
     }
 
-    fn varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
-
     /// One record: (offset delta, timestamp delta, key, value), no headers.
     fn record(offset_delta: i64, timestamp_delta: i64, key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
         let mut r = vec![0u8];
-        varint(&mut r, timestamp_delta);
-        varint(&mut r, offset_delta);
+        write_varint(&mut r, timestamp_delta);
+        write_varint(&mut r, offset_delta);
         match key {
             Some(k) => {
-                varint(&mut r, k.len() as i64);
+                write_varint(&mut r, k.len() as i64);
                 r.extend_from_slice(k);
             }
-            None => varint(&mut r, -1),
+            None => write_varint(&mut r, -1),
         }
-        varint(&mut r, value.len() as i64);
+        write_varint(&mut r, value.len() as i64);
         r.extend_from_slice(value);
-        varint(&mut r, 0);
+        write_varint(&mut r, 0);
         let mut out = Vec::new();
-        varint(&mut out, r.len() as i64);
+        write_varint(&mut out, r.len() as i64);
         out.extend_from_slice(&r);
         out
     }
@@ -734,24 +724,7 @@ mod tests {
 
     /// A v2 batch with a correct CRC around any records section.
     fn raw_batch(attributes: i16, count: i32, base_timestamp: i64, body: &[u8]) -> Bytes {
-        let mut tail = Vec::new();
-        tail.extend_from_slice(&attributes.to_be_bytes());
-        tail.extend_from_slice(&(count - 1).to_be_bytes());
-        tail.extend_from_slice(&base_timestamp.to_be_bytes());
-        tail.extend_from_slice(&base_timestamp.to_be_bytes());
-        tail.extend_from_slice(&(-1i64).to_be_bytes());
-        tail.extend_from_slice(&(-1i16).to_be_bytes());
-        tail.extend_from_slice(&(-1i32).to_be_bytes());
-        tail.extend_from_slice(&count.to_be_bytes());
-        tail.extend_from_slice(body);
-        let mut out = Vec::new();
-        out.extend_from_slice(&0i64.to_be_bytes());
-        out.extend_from_slice(&((tail.len() + 9) as i32).to_be_bytes());
-        out.extend_from_slice(&(-1i32).to_be_bytes());
-        out.push(2);
-        out.extend_from_slice(&crc32c::crc32c(&tail).to_be_bytes());
-        out.extend_from_slice(&tail);
-        Bytes::from(out)
+        frame_batch(attributes, count, base_timestamp, (-1, -1, -1), body)
     }
 
     fn check(batch: &Bytes, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
@@ -816,9 +789,9 @@ mod tests {
         // Negative header count, header count past the bytes.
         for headers in [-1i64, 100] {
             let mut r = vec![0u8, 0, 0, 1, 0];
-            varint(&mut r, headers);
+            write_varint(&mut r, headers);
             let mut body = Vec::new();
-            varint(&mut body, r.len() as i64);
+            write_varint(&mut body, r.len() as i64);
             body.extend_from_slice(&r);
             assert!(invalid(check(&raw_batch(0, 1, NOW_MS, &body), &c)), "{headers} headers");
         }
@@ -875,9 +848,12 @@ mod tests {
         assert_eq!(check(&keyless, &c), Ok(()));
     }
 
+    /// Key, value, headers, timestamp (from NOW_MS).
+    type TestRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i64);
+
     /// Batches of Kafka's format from an encoder that is not ours (the kafka-protocol crate,
     /// with Kafka's framings: xerial snappy, LZ4 frames), every codec.
-    fn encode_with_kafka_protocol(codec: i16, records: &[(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i64)]) -> Bytes {
+    fn encode_with_kafka_protocol(codec: i16, records: &[TestRecord]) -> Bytes {
         use kafka_protocol::protocol::StrBytes;
         use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
         let compression = match codec {
@@ -895,11 +871,11 @@ mod tests {
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id: 7, // an idempotent producer: sequences follow offsets
+                producer_epoch: 0,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                sequence: i as i32,
                 timestamp: NOW_MS + ts,
                 key: k.clone().map(Bytes::from),
                 value: v.clone().map(Bytes::from),
