@@ -72,6 +72,9 @@ pub struct AgentConfig {
     /// Memory for the remote controller's partition index cached in the agent (committed
     /// extents); 0 turns the cache off.
     pub index_cache_bytes_max: u64,
+    /// Most bytes a produced batch's records may decompress to while they are validated; a
+    /// batch past it gets INVALID_RECORD. Bounds the memory of a decompression bomb.
+    pub max_decompressed_batch_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -89,6 +92,8 @@ impl Default for AgentConfig {
             cluster_mode: false,
             zone: None,
             index_cache_bytes_max: 64 * 1024 * 1024,
+            // 32 times Kafka's default max.message.bytes.
+            max_decompressed_batch_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -507,6 +512,7 @@ impl Config {
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 65536)?;
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
+        range("agent.max_decompressed_batch_bytes", self.agent.max_decompressed_batch_bytes, 1024, 1 << 31)?;
         let os = &self.object_store;
         range("object_store.part_bytes", os.part_bytes, 5 << 20, 5 << 30)?;
         range("object_store.max_concurrent_requests", os.max_concurrent_requests.into(), 1, 4096)?;

@@ -38,6 +38,8 @@ pub fn agent_code(e: &AgentError) -> i16 {
         AgentError::Records(RecordsError::Corrupt(_)) => K::CorruptMessage.code(),
         AgentError::Records(RecordsError::Invalid(_)) => K::InvalidRecord.code(),
         AgentError::Records(RecordsError::UnsupportedCompression) => K::UnsupportedCompressionType.code(),
+        AgentError::Records(RecordsError::Rejected { timestamp: true, .. }) => K::InvalidTimestamp.code(),
+        AgentError::Records(RecordsError::Rejected { timestamp: false, .. }) => K::InvalidRecord.code(),
         AgentError::MessageTooLarge { .. } => K::MessageTooLarge.code(),
         AgentError::UnknownTopicOrPartition => K::UnknownTopicOrPartition.code(),
         AgentError::OffsetOutOfRange { .. } => K::OffsetOutOfRange.code(),
