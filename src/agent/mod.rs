@@ -42,6 +42,8 @@ pub struct AgentSettings {
     /// `[agent] cluster_mode`: Metadata lists the live agents (see [`cluster`]).
     pub cluster_mode: bool,
     pub zone: Option<String>,
+    /// `[agent] fetch_max_wait_ms_max`: the longest Fetch long poll.
+    pub fetch_max_wait_ms_max: u64,
 }
 
 /// The agent's components, shared by every connection.

@@ -515,6 +515,7 @@ pub fn error_to(e: &ControllerError) -> Error {
         InvalidTransactionTimeout(m) => (15, m.clone()),
         ConcurrentTransactions(m) => (16, m.clone()),
         OperationNotAttempted => (17, String::new()),
+        PolicyViolation(m) => (18, m.clone()),
     };
     Error { kind, message }
 }
@@ -539,6 +540,7 @@ pub fn error_from(e: Error) -> ControllerError {
         15 => InvalidTransactionTimeout(m),
         16 => ConcurrentTransactions(m),
         17 => OperationNotAttempted,
+        18 => PolicyViolation(m),
         _ => Unavailable(m),
     }
 }
@@ -577,6 +579,7 @@ mod tests {
             ControllerError::ProducerFenced("f".into()),
             ControllerError::InvalidTxnState("s".into()),
             ControllerError::OperationNotAttempted,
+            ControllerError::PolicyViolation("p".into()),
         ];
         for e in errors {
             assert_eq!(error_from_status(&status_from_error(&e)), e);
