@@ -258,7 +258,7 @@ def open_sessions(srv, topic, partitions, sessions):
 
 
 def test_fetch_session_memory_is_bounded_and_freed_with_connections(make_server):
-    partitions, sessions = 10_000, 1000
+    partitions, sessions = 10_000, 400
     bound = 16 << 20
     raise_nofile(sessions + 1000)
     srv = make_server({"SIDESTREAM_AGENT_FETCH_SESSIONS_BYTES_MAX": str(bound),
@@ -278,7 +278,8 @@ def test_fetch_session_memory_is_bounded_and_freed_with_connections(make_server)
           % (sessions, partitions, time.monotonic() - started, base / 2**20, peak / 2**20, bound >> 20))
     assert all(i != 0 for i in ids), "every fetch opened a session"
     assert srv.metrics().get("sidestream_fetch_sessions_evicted_total", 0) > 0
-    # Without a bound, 1,000 sessions over 10,000 partitions held 1.46 GiB (issue 16).
+    # Without a bound, 1,000 sessions over 10,000 partitions took RSS from 30 MiB to 1172 MiB
+    # (measured with the fix reverted); 400 keep the test short and far above the bound.
     assert peak - base < bound + (64 << 20), "RSS grew by %.0f MiB" % ((peak - base) / 2**20)
     # The newest session still answers incrementally; the oldest was evicted.
     newest = kafka_wire.fetch_v7_body([], session_id=ids[-1], session_epoch=1, max_wait_ms=0, min_bytes=0)
