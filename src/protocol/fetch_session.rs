@@ -259,7 +259,8 @@ impl FetchSessions {
             }
             let partitions: IndexMap<_, _> = requested.iter().map(|(k, w)| (k.clone(), (*w, Answered::NONE))).collect();
             let bytes = estimate(&partitions);
-            if !inner.make_room(0, 1, bytes, self.max_sessions, self.max_bytes) {
+            // Too big alone: answered sessionless, evicting nobody.
+            if bytes > self.max_bytes || !inner.make_room(0, 1, bytes, self.max_sessions, self.max_bytes) {
                 return Ok((Mode::Sessionless, requested));
             }
             let id = loop {
@@ -301,7 +302,7 @@ impl FetchSessions {
         session.bytes = new;
         let wanted = session.partitions.iter().map(|(k, (w, _))| (k.clone(), *w)).collect();
         inner.bytes = inner.bytes - old + new;
-        if new > old && !inner.make_room(req.session_id, 0, 0, self.max_sessions, self.max_bytes) {
+        if new > old && (new > self.max_bytes || !inner.make_room(req.session_id, 0, 0, self.max_sessions, self.max_bytes)) {
             // Grown past the bytes alone: the client starts over (sessionless, as it is too big).
             inner.remove(req.session_id);
             return Err(ResponseError::FetchSessionIdNotFound.code());
@@ -477,7 +478,8 @@ mod tests {
         // A session bigger than all the room is not opened: sessionless.
         let many: Vec<(&str, i32, i64)> = (0..400).map(|p| ("a", p, 0)).collect();
         assert_eq!(s.begin(12, &request(0, 0, &many, &[]), peer(20)).unwrap().0, Mode::Sessionless);
-        // Growing one past the room evicts the others, then the grown one itself.
+        assert_eq!(s.len(), 3, "a session too big to open evicts nobody");
+        // Growing one past the room evicts the others; past all of it, the grown one itself.
         let (mode, _) = s.begin(12, &request(ids[9], 2, &many[..300], &[]), peer(9)).unwrap();
         assert_eq!(mode, Mode::Incremental { id: ids[9], epoch: 2 });
         assert_eq!(s.len(), 1);
