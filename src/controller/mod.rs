@@ -1127,11 +1127,13 @@ mod tests {
         let c = Controller::open(store, topics, 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap();
         create(&c, "a", 4);
         let seven = CreateTopic { name: "b".into(), partitions: 7, replication_factor: -1, configs: Default::default(), validate_only: false };
+        let seven2 = seven.clone();
         assert!(matches!(c.create_topic(&seven), Err(ControllerError::PolicyViolation(_))));
         assert!(c.topic(TopicRef::Name("b")).is_none());
         create(&c, "b", 6);
         // Deleting a topic gives its partitions back.
         c.delete_topic(TopicRef::Name("a")).unwrap();
-        assert!(c.create_topic(&CreateTopic { name: "c".into(), ..seven }).is_ok());
+        assert!(c.create_topic(&CreateTopic { name: "c".into(), partitions: 4, ..seven }).is_ok());
+        assert!(matches!(c.create_topic(&CreateTopic { name: "d".into(), partitions: 1, ..seven2 }), Err(ControllerError::PolicyViolation(_))));
     }
 }
