@@ -53,8 +53,24 @@ pub struct AgentConfig {
     /// Largest request frame accepted; a larger frame closes the connection.
     pub max_request_bytes: u64,
     /// Bytes of requests read but not yet answered, over all connections (Kafka's
-    /// queued.max.request.bytes); connections stop reading while it is reached.
+    /// queued.max.request.bytes); taken as a frame's bytes arrive (1 MiB at a time), so slow
+    /// senders of huge frames hold only what they sent. Connections stop reading while it is
+    /// reached.
     pub max_in_flight_request_bytes: u64,
+    /// A frame whose first byte arrived must be read whole within this; else the connection
+    /// closes (Kafka has no such limit: a slow sender holds its buffer until it disconnects).
+    pub request_read_timeout_ms: u64,
+    /// Kafka's `connections.max.idle.ms`: a connection with no request in progress and nothing
+    /// read or written for this long is closed.
+    pub connections_max_idle_ms: u64,
+    /// Kafka's `max.connections.per.ip` (unlimited there): connections from one address beyond
+    /// this are closed at accept. Loopback counts like any address.
+    pub max_connections_per_ip: u32,
+    /// Longest Fetch long-poll honoured: a larger `max_wait_ms` gets this.
+    pub fetch_max_wait_ms_max: u64,
+    /// Memory of the fetch sessions (KIP-227) of all connections; the least recently used
+    /// sessions are evicted to stay under it.
+    pub fetch_sessions_bytes_max: u64,
     /// Connections served at once; further connections wait in the accept queue.
     pub max_connections: u32,
     /// Requests read ahead on one connection while earlier ones are still being answered. High:
@@ -86,6 +102,11 @@ impl Default for AgentConfig {
             node_id: 1,
             max_request_bytes: 100 * 1024 * 1024,
             max_in_flight_request_bytes: 512 * 1024 * 1024,
+            request_read_timeout_ms: 30_000,
+            connections_max_idle_ms: 600_000,
+            max_connections_per_ip: 1000,
+            fetch_max_wait_ms_max: 30_000,
+            fetch_sessions_bytes_max: 64 * 1024 * 1024,
             max_connections: 10_000,
             max_in_flight_requests: 1024,
             shutdown_timeout_ms: 30_000,
@@ -325,11 +346,14 @@ pub struct TopicsConfig {
     pub num_partitions: i32,
     /// Kafka's `message.max.bytes`: the default of a topic's `max.message.bytes`.
     pub max_message_bytes: i32,
+    /// Partitions of all topics together; a CreateTopics (or auto-creation) beyond it is
+    /// refused with POLICY_VIOLATION.
+    pub max_partitions_total: u64,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588 }
+        Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588, max_partitions_total: 100_000 }
     }
 }
 
@@ -510,6 +534,11 @@ impl Config {
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
         range("agent.max_in_flight_request_bytes", self.agent.max_in_flight_request_bytes, 1024, 64 << 30)?;
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
+        range("agent.request_read_timeout_ms", self.agent.request_read_timeout_ms, 10, 3_600_000)?;
+        range("agent.connections_max_idle_ms", self.agent.connections_max_idle_ms, 10, 30 * 86_400_000)?;
+        range("agent.max_connections_per_ip", self.agent.max_connections_per_ip.into(), 1, 1_000_000)?;
+        range("agent.fetch_max_wait_ms_max", self.agent.fetch_max_wait_ms_max, 0, 3_600_000)?;
+        range("agent.fetch_sessions_bytes_max", self.agent.fetch_sessions_bytes_max, 1 << 16, 1 << 40)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 65536)?;
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
         range("agent.max_decompressed_batch_bytes", self.agent.max_decompressed_batch_bytes, 1024, 1 << 31)?;
@@ -533,6 +562,7 @@ impl Config {
         }
         range("topics.num_partitions", self.topics.num_partitions.max(0) as u64, 1, 100_000)?;
         range("topics.max_message_bytes", self.topics.max_message_bytes.max(0) as u64, 1024, 1 << 30)?;
+        range("topics.max_partitions_total", self.topics.max_partitions_total, 1, 100_000_000)?;
         let g = &self.groups;
         range("groups.initial_rebalance_delay_ms", g.initial_rebalance_delay_ms, 0, 300_000)?;
         range("groups.min_session_timeout_ms", g.min_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;

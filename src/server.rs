@@ -221,6 +221,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             cluster_mode: config.agent.cluster_mode,
             zone: config.agent.zone.clone(),
             max_decompressed_batch_bytes: usize::try_from(config.agent.max_decompressed_batch_bytes).unwrap_or(usize::MAX),
+            fetch_max_wait_ms_max: config.agent.fetch_max_wait_ms_max,
         },
         controller,
         store,
@@ -230,13 +231,19 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         wal,
         hand_offs: Default::default(),
         markers,
-        fetch_sessions: Default::default(),
+        fetch_sessions: crate::protocol::fetch_session::FetchSessions::new(
+            crate::protocol::fetch_session::FETCH_SESSIONS_MAX,
+            config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
+        ),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
         max_in_flight_request_bytes: config.agent.max_in_flight_request_bytes,
         max_connections: config.agent.max_connections as usize,
+        max_connections_per_ip: config.agent.max_connections_per_ip as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
+        request_read_timeout: Duration::from_millis(config.agent.request_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.agent.connections_max_idle_ms),
     };
     let metrics_listener = TcpListener::bind(config.metrics.listen)
         .await
@@ -352,7 +359,8 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 
 impl RunningServer {
     /// Stops accepting and reading requests, uploads and commits every batch already accepted
-    /// (without waiting for the flush interval), answers what was read, and returns. Returns
+    /// (without waiting for the flush interval), answers what was read (waiting fetches are
+    /// cancelled, not awaited: idle and long-polling connections do not hold it up), and returns. Returns
     /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         crate::health::set("serving", false, "shutting down");

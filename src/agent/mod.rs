@@ -44,6 +44,8 @@ pub struct AgentSettings {
     pub zone: Option<String>,
     /// `[agent] max_decompressed_batch_bytes`: the bound of produce validation.
     pub max_decompressed_batch_bytes: usize,
+    /// `[agent] fetch_max_wait_ms_max`: the longest Fetch long poll.
+    pub fetch_max_wait_ms_max: u64,
 }
 
 /// The agent's components, shared by every connection.

@@ -16,6 +16,7 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::InvalidPartitions(_) => K::InvalidPartitions,
         ControllerError::InvalidReplicationFactor(_) => K::InvalidReplicationFactor,
         ControllerError::InvalidConfig(_) => K::InvalidConfig,
+        ControllerError::PolicyViolation(_) => K::PolicyViolation,
         ControllerError::InvalidRequest(_) => K::InvalidRequest,
         ControllerError::OutOfOrderSequence(_) => K::OutOfOrderSequenceNumber,
         ControllerError::InvalidProducerEpoch(_) => K::InvalidProducerEpoch,

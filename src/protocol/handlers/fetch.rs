@@ -4,6 +4,7 @@
 //! answers leave out partitions with nothing new. isolation_level 1 (read_committed) reads up
 //! to the last stable offset and lists the aborted transactions of what it returns.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,9 +20,6 @@ use crate::metrics::{self, Counter};
 use crate::protocol::error::agent_code;
 use crate::protocol::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
 use crate::protocol::records::BatchChain;
-
-/// Longest long-poll honoured, whatever the client asks.
-const MAX_WAIT_CAP: Duration = Duration::from_secs(300);
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
 fn requests(begun: &Begun) -> &'static Counter {
@@ -48,14 +46,17 @@ pub struct FetchAnswer {
     pub records: Vec<Option<BatchChain>>,
 }
 
-pub async fn handle(agent: &Agent, version: i16, req: FetchRequest) -> FetchAnswer {
-    let begun = agent.fetch_sessions.begin(version, &req);
+/// Answers a Fetch from the connection `peer` (which then owns the session it opens or uses).
+/// The long poll lasts at most `[agent] fetch_max_wait_ms_max`, whatever the client asks.
+pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: SocketAddr) -> FetchAnswer {
+    let begun = agent.fetch_sessions.begin(version, &req, peer);
     requests(&begun).inc();
     let (mode, wanted) = match begun {
         Ok(m) => m,
         Err(code) => return FetchAnswer { response: FetchResponse::default().with_error_code(code), records: Vec::new() },
     };
-    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let max_wait = (req.max_wait_ms.max(0) as u64).min(agent.settings.fetch_max_wait_ms_max);
+    let deadline = Instant::now() + Duration::from_millis(max_wait);
     let mut commits = agent.controller.commit_watch();
     commits.borrow_and_update();
     let partitions = loop {
