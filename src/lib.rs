@@ -12,7 +12,8 @@
 //!
 //! [`admin`] is the command line's Kafka client (`sidestream group describe`).
 //!
-//! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
+//! [`host`] takes what the agent needs of its machine first (the `data_dir` lock, open files,
+//! free space). [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
 //! randomness that the core paths use instead of the system's.
 
 pub mod admin;
@@ -20,6 +21,8 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod failures;
+pub mod host;
 pub mod metrics;
 pub mod object;
 pub mod protocol;

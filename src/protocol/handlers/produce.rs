@@ -16,6 +16,7 @@ use crate::agent::Agent;
 use crate::agent::produce::Appended;
 use crate::controller::TopicRef;
 use crate::protocol::connection::Turn;
+use crate::failures::{self, Op};
 use crate::protocol::error::agent_code;
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
@@ -103,7 +104,7 @@ async fn handle_inner(
     drop(hand_off);
     if acks == 0 {
         if let Err(e) = appended {
-            tracing::debug!(error = %e, "acks=0 produce dropped");
+            failures::record(Op::Produce, agent_code(&e), &format!("acks=0 produce dropped: {e}"));
         }
         return None;
     }
@@ -135,6 +136,7 @@ async fn handle_inner(
                 Ok(Some(base)) => r.with_base_offset(base).with_log_start_offset(log_start()),
                 Ok(None) => r.with_base_offset(-1).with_log_start_offset(log_start()),
                 Err((code, msg)) => {
+                    failures::record(Op::Produce, code, &msg);
                     let r = r.with_error_code(code).with_base_offset(-1).with_log_start_offset(-1);
                     if version >= 8 { r.with_error_message(Some(str_bytes(msg))) } else { r }
                 }
