@@ -56,6 +56,20 @@ pub enum ServerError {
     Host(#[from] crate::host::HostError),
     #[error(transparent)]
     Cache(#[from] crate::agent::cache::CacheError),
+    #[error("{source} (the filesystem of data_dir {dir} is full: {free} bytes free; free some space)")]
+    DiskFull { dir: std::path::PathBuf, free: u64, source: Box<ServerError> },
+}
+
+/// Free space under which a start-up failure is reported as a full disk.
+const DISK_FULL_BYTES: u64 = 1 << 20;
+
+/// A start-up step that failed on a full `data_dir` filesystem says so (SQLite needs a little
+/// space to open its journal; the WAL to record its id).
+fn on_full_disk(dir: &std::path::Path, e: ServerError) -> ServerError {
+    match host::available_bytes(dir) {
+        Ok(free) if free < DISK_FULL_BYTES => ServerError::DiskFull { dir: dir.to_path_buf(), free, source: Box::new(e) },
+        _ => e,
+    }
 }
 
 /// `sidestream controller`: the controller service alone, from `[controller]` (and the topic
@@ -155,7 +169,10 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         zone: config.agent.zone.clone(),
         cluster_mode: config.agent.cluster_mode,
     };
-    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone()).await?;
+    let data_dir = config.agent.data_dir.as_path();
+    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone())
+        .await
+        .map_err(|e| on_full_disk(data_dir, e))?;
 
     let wal_settings = WalSettings {
         dir: config.agent.data_dir.join("wal"),
@@ -168,7 +185,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let recovery = tokio::task::spawn_blocking(move || wal::recover(&dir, &*recovery_entropy))
         .await
         .map_err(|e| ServerError::Wal(std::io::Error::other(e.to_string())))?
-        .map_err(ServerError::Wal)?;
+        .map_err(|e| on_full_disk(data_dir, ServerError::Wal(e)))?;
     let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
     let key_prefix = String::new();

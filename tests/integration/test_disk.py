@@ -12,6 +12,7 @@ import resource
 import struct
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,14 @@ def fill(path, leave=0, chunk=1 << 20):
                     break
                 raise
     return written
+
+
+def metrics_now(srv):
+    """/metrics of the server's current run (conftest's helper reads the first run's address)."""
+    addr = re.search(r"metrics_addr=([0-9.:]+)", this_run(srv)).group(1)
+    text = urllib.request.urlopen("http://%s/metrics" % addr, timeout=10).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def this_run(srv):
@@ -184,16 +193,21 @@ def test_starts_on_an_almost_full_disk(tmp_path):
             got = read_all(srv.bootstrap, topic, 1, expected_min=2, timeout=30)
             assert [v for _, v in got[0]] == [b"fits", b"fits-too"]
             srv.stop()
-            # A reserve larger than the free space: no disk tier at all, its files are gone.
-            srv.extra_env["SIDESTREAM_CACHE_DISK_RESERVE_BYTES"] = str(48 << 20)
+            # Full to the last byte, with the tier's files on it (what once kept the agent from
+            # starting: SQLite could not open): the tier gives its space back, the agent starts.
+            fill(disk / "ballast2")
             srv.start()
             assert "too little free space: the read cache has no disk tier" in this_run(srv), this_run(srv)
             assert allocated(cache) < 1 << 20
-            srv.stop()
-            # Full to the last byte: the agent still starts and answers.
-            fill(disk / "ballast2")
-            srv.start()
             srv.assert_healthy()
+            with srv.connect() as c:
+                assert produce_one(c, topic, b"after-full", acks=-1) == 0
+            srv.stop()
+            # Full to the last byte with nothing to give back: a clear refusal.
+            fill(disk / "ballast3")
+            with pytest.raises(AssertionError):
+                srv.start(timeout=20)
+            assert "is full: 0 bytes free" in this_run(srv), this_run(srv)
             assert "panicked" not in srv.log_text()
         finally:
             srv.close()
@@ -292,9 +306,9 @@ def test_failed_reads_are_counted_and_logged_once_a_minute(tmp_path):
             for _ in range(fetches):
                 p = kafka_wire.fetch(c, topic, 0, 0, max_wait_ms=0)
                 assert p["error_code"] == KAFKA_STORAGE_ERROR, p
-        counted = srv.metrics().get('sidestream_fetch_errors_total{error="KAFKA_STORAGE_ERROR"}', 0)
+        counted = metrics_now(srv).get('sidestream_fetch_errors_total{error="KAFKA_STORAGE_ERROR"}', 0)
         assert counted >= fetches, counted
-        lines = [line for line in srv.log_text().splitlines()
+        lines = [line for line in this_run(srv).splitlines()
                  if "fetch failed" in line and "KAFKA_STORAGE_ERROR" in line]
         assert len(lines) == 1, lines
     finally:
