@@ -180,6 +180,9 @@ pub struct CacheConfig {
     /// memory beyond this rate are dropped rather than written, so a fast producer does not
     /// pay for its data twice on the local disk (WAL, then cache).
     pub disk_write_bytes_per_s: u64,
+    /// Free space of `data_dir`'s filesystem kept for the WAL and the metadata store: at
+    /// start-up the disk tier is shrunk (or left out) so that this much stays free.
+    pub disk_reserve_bytes: u64,
     /// The cached unit: a block of an object.
     pub block_bytes: u64,
     /// Blocks of the same object fetched ahead of a sequential reader.
@@ -194,6 +197,7 @@ impl Default for CacheConfig {
             memory_bytes: 256 * 1024 * 1024,
             disk_bytes: 4 * 1024 * 1024 * 1024,
             disk_write_bytes_per_s: 64 * 1024 * 1024,
+            disk_reserve_bytes: 1024 * 1024 * 1024,
             block_bytes: 1024 * 1024,
             readahead_blocks: 4,
             cold_read_concurrency: 16,
@@ -529,6 +533,7 @@ impl Config {
         if self.cache.disk_bytes != 0 {
             range("cache.disk_bytes", self.cache.disk_bytes, 4 * self.cache.block_bytes.max(1 << 20), 1 << 44)?;
         }
+        range("cache.disk_reserve_bytes", self.cache.disk_reserve_bytes, 0, 1 << 44)?;
         range("cache.readahead_blocks", self.cache.readahead_blocks.into(), 0, 1024)?;
         range("cache.cold_read_concurrency", self.cache.cold_read_concurrency.into(), 1, 4096)?;
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
@@ -610,9 +615,15 @@ impl Config {
         std::fs::create_dir_all(dir)
             .map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
         let probe = dir.join(".write-probe");
-        std::fs::write(&probe, b"ok")
-            .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(|e| err("agent.data_dir", format!("{} is not writable: {e}", dir.display())))?;
+        match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
+            Ok(()) => {}
+            // Writable but full: the agent starts (its WAL answers KAFKA_STORAGE_ERROR until
+            // space is freed, the cache leaves out its disk tier).
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => return Err(err("agent.data_dir", format!("{} is not writable: {e}", dir.display()))),
+        }
         if let StoreUrl::Sqlite(db) = &store
             && let Some(parent) = db.parent()
         {

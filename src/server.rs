@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
 use crate::agent::txn::{MarkerWriter, TxnTimer};
-use crate::agent::cache::{CacheSettings, ReadCache};
+use crate::agent::cache::{self, CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
@@ -26,6 +26,7 @@ use crate::controller::store::MetadataStore;
 use crate::controller::store::postgres::PgStore;
 use crate::controller::store::sqlite::SqliteStore;
 use crate::controller::{Controller, ControllerError};
+use crate::host::{self, DataDirLock};
 use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
 use crate::object::memory::MemoryStore;
@@ -51,6 +52,24 @@ pub enum ServerError {
     Config(String),
     #[error("controller service: {0}")]
     Service(#[from] crate::controller::service::ServiceError),
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    #[error(transparent)]
+    Cache(#[from] crate::agent::cache::CacheError),
+    #[error("{source} (the filesystem of data_dir {dir} is full: {free} bytes free; free some space)")]
+    DiskFull { dir: std::path::PathBuf, free: u64, source: Box<ServerError> },
+}
+
+/// Free space under which a start-up failure is reported as a full disk.
+const DISK_FULL_BYTES: u64 = 1 << 20;
+
+/// A start-up step that failed on a full `data_dir` filesystem says so (SQLite needs a little
+/// space to open its journal; the WAL to record its id).
+fn on_full_disk(dir: &std::path::Path, e: ServerError) -> ServerError {
+    match host::available_bytes(dir) {
+        Ok(free) if free < DISK_FULL_BYTES => ServerError::DiskFull { dir: dir.to_path_buf(), free, source: Box::new(e) },
+        _ => e,
+    }
 }
 
 /// `sidestream controller`: the controller service alone, from `[controller]` (and the topic
@@ -86,6 +105,8 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
+    /// Held until the server is dropped (after shutdown), released by the kernel if it dies.
+    _dir_lock: DataDirLock,
 }
 
 /// Components a test may hand in instead of the ones the config names.
@@ -102,6 +123,24 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
 
 /// Like [`start`], with some components handed in.
 pub async fn start_with(config: &Config, overrides: Overrides) -> Result<RunningServer, ServerError> {
+    // First: one agent per data_dir. A second one would replay this one's WAL and fence its
+    // commits; it stops here, having touched nothing.
+    let dir_lock = DataDirLock::acquire(&config.agent.data_dir)?;
+    let mut cache_settings = CacheSettings {
+        memory_bytes: config.cache.memory_bytes,
+        disk_bytes: config.cache.disk_bytes,
+        disk_write_bytes_per_s: config.cache.disk_write_bytes_per_s,
+        disk_reserve_bytes: config.cache.disk_reserve_bytes,
+        block_bytes: config.cache.block_bytes,
+        readahead_blocks: config.cache.readahead_blocks,
+        cold_read_concurrency: config.cache.cold_read_concurrency,
+        dir: config.agent.data_dir.join("cache"),
+    };
+    cache_settings.disk_bytes = cache::fit_disk_tier(&cache_settings);
+    // Before anything opens files: a short limit is a clear error here, not a failure of
+    // whatever happens to open the 1,025th file.
+    let open_files = host::ensure_open_files(config.agent.max_connections.into(), cache::disk_tier_files(&cache_settings))?;
+    tracing::info!(open_files, lock = %dir_lock.path().display(), "data_dir locked");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let entropy: Arc<dyn Entropy> = Arc::new(SeededEntropy::from_os());
     let store_metrics = Arc::new(StoreMetrics::new());
@@ -110,19 +149,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         None => open_object_store(config, store_metrics.clone()).await?,
     };
     let store = wrap_object_store(backend, config, store_metrics.clone(), entropy.clone());
-    let cache = ReadCache::open(
-        &CacheSettings {
-            memory_bytes: config.cache.memory_bytes,
-            disk_bytes: config.cache.disk_bytes,
-            disk_write_bytes_per_s: config.cache.disk_write_bytes_per_s,
-            block_bytes: config.cache.block_bytes,
-            readahead_blocks: config.cache.readahead_blocks,
-            cold_read_concurrency: config.cache.cold_read_concurrency,
-            dir: config.agent.data_dir.join("cache"),
-        },
-        store.clone(),
-    )
-    .await?;
+    let cache = ReadCache::open(&cache_settings, store.clone()).await?;
     let shutdown = CancellationToken::new();
     // Bound before the controller is reached: a remote controller is told the advertised
     // address (connections wait in the backlog until the agent serves).
@@ -142,7 +169,10 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         zone: config.agent.zone.clone(),
         cluster_mode: config.agent.cluster_mode,
     };
-    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone()).await?;
+    let data_dir = config.agent.data_dir.as_path();
+    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone())
+        .await
+        .map_err(|e| on_full_disk(data_dir, e))?;
 
     let wal_settings = WalSettings {
         dir: config.agent.data_dir.join("wal"),
@@ -155,7 +185,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let recovery = tokio::task::spawn_blocking(move || wal::recover(&dir, &*recovery_entropy))
         .await
         .map_err(|e| ServerError::Wal(std::io::Error::other(e.to_string())))?
-        .map_err(ServerError::Wal)?;
+        .map_err(|e| on_full_disk(data_dir, ServerError::Wal(e)))?;
     let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
     let key_prefix = String::new();
@@ -263,6 +293,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
+        _dir_lock: dir_lock,
     })
 }
 

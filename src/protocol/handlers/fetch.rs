@@ -17,6 +17,7 @@ use tokio::time::{Duration, Instant};
 use crate::agent::Agent;
 use crate::controller::TopicRef;
 use crate::metrics::{self, Counter};
+use crate::failures::{self, Op};
 use crate::protocol::error::agent_code;
 use crate::protocol::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
 use crate::protocol::records::BatchChain;
@@ -53,7 +54,10 @@ pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: Socket
     requests(&begun).inc();
     let (mode, wanted) = match begun {
         Ok(m) => m,
-        Err(code) => return FetchAnswer { response: FetchResponse::default().with_error_code(code), records: Vec::new() },
+        Err(code) => {
+            failures::record(Op::Fetch, code, "fetch session");
+            return FetchAnswer { response: FetchResponse::default().with_error_code(code), records: Vec::new() };
+        }
     };
     let max_wait = (req.max_wait_ms.max(0) as u64).min(agent.settings.fetch_max_wait_ms_max);
     let deadline = Instant::now() + Duration::from_millis(max_wait);
@@ -132,6 +136,7 @@ async fn read_once(
             None => {
                 any_error = true;
                 let code = if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
+                failures::record(Op::Fetch, code.code(), "unknown topic");
                 data = data.with_error_code(code.code());
             }
             Some(meta) => {
@@ -161,7 +166,9 @@ async fn read_once(
                                 .with_last_stable_offset(lso)
                                 .with_log_start_offset(o.log_start_offset);
                         }
-                        data = data.with_error_code(agent_code(&e));
+                        let code = agent_code(&e);
+                        failures::record(Op::Fetch, code, &e.to_string());
+                        data = data.with_error_code(code);
                     }
                 }
             }

@@ -21,6 +21,7 @@ use crate::controller::{ControllerError, TopicRef};
 use crate::protocol::connection::Turn;
 use crate::protocol::error::{agent_code, controller_code};
 use crate::protocol::records::{self, RecordsError};
+use crate::failures::{self, Op};
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
 const ACKS_0_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,7 +152,7 @@ async fn handle_inner(
     drop(hand_off);
     if acks == 0 {
         if let Err(e) = appended {
-            tracing::debug!(error = %e, "acks=0 produce dropped");
+            failures::record(Op::Produce, agent_code(&e), &format!("acks=0 produce dropped: {e}"));
         }
         return None;
     }
@@ -183,6 +184,7 @@ async fn handle_inner(
                 Ok(Some(base)) => r.with_base_offset(base).with_log_start_offset(log_start()),
                 Ok(None) => r.with_base_offset(-1).with_log_start_offset(log_start()),
                 Err((code, msg)) => {
+                    failures::record(Op::Produce, code, &msg);
                     let r = r.with_error_code(code).with_base_offset(-1).with_log_start_offset(-1);
                     if version >= 8 {
                         let record_errors = record_errors
