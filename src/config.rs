@@ -56,8 +56,24 @@ pub struct AgentConfig {
     /// Largest request frame accepted; a larger frame closes the connection.
     pub max_request_bytes: u64,
     /// Bytes of requests read but not yet answered, over all connections (Kafka's
-    /// queued.max.request.bytes); connections stop reading while it is reached.
+    /// queued.max.request.bytes); taken as a frame's bytes arrive (1 MiB at a time), so slow
+    /// senders of huge frames hold only what they sent. Connections stop reading while it is
+    /// reached.
     pub max_in_flight_request_bytes: u64,
+    /// A frame whose first byte arrived must be read whole within this; else the connection
+    /// closes (Kafka has no such limit: a slow sender holds its buffer until it disconnects).
+    pub request_read_timeout_ms: u64,
+    /// Kafka's `connections.max.idle.ms`: a connection with no request in progress and nothing
+    /// read or written for this long is closed.
+    pub connections_max_idle_ms: u64,
+    /// Kafka's `max.connections.per.ip` (unlimited there): connections from one address beyond
+    /// this are closed at accept. Loopback counts like any address.
+    pub max_connections_per_ip: u32,
+    /// Longest Fetch long-poll honoured: a larger `max_wait_ms` gets this.
+    pub fetch_max_wait_ms_max: u64,
+    /// Memory of the fetch sessions (KIP-227) of all connections; the least recently used
+    /// sessions are evicted to stay under it.
+    pub fetch_sessions_bytes_max: u64,
     /// Connections served at once; further connections wait in the accept queue.
     pub max_connections: u32,
     /// Requests read ahead on one connection while earlier ones are still being answered. High:
@@ -75,6 +91,9 @@ pub struct AgentConfig {
     /// Memory for the remote controller's partition index cached in the agent (committed
     /// extents); 0 turns the cache off.
     pub index_cache_bytes_max: u64,
+    /// Most bytes a produced batch's records may decompress to while they are validated; a
+    /// batch past it gets INVALID_RECORD. Bounds the memory of a decompression bomb.
+    pub max_decompressed_batch_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -86,12 +105,19 @@ impl Default for AgentConfig {
             node_id: 1,
             max_request_bytes: 100 * 1024 * 1024,
             max_in_flight_request_bytes: 512 * 1024 * 1024,
+            request_read_timeout_ms: 30_000,
+            connections_max_idle_ms: 600_000,
+            max_connections_per_ip: 1000,
+            fetch_max_wait_ms_max: 30_000,
+            fetch_sessions_bytes_max: 64 * 1024 * 1024,
             max_connections: 10_000,
             max_in_flight_requests: 1024,
             shutdown_timeout_ms: 30_000,
             cluster_mode: false,
             zone: None,
             index_cache_bytes_max: 64 * 1024 * 1024,
+            // 32 times Kafka's default max.message.bytes.
+            max_decompressed_batch_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -157,6 +183,9 @@ pub struct CacheConfig {
     /// memory beyond this rate are dropped rather than written, so a fast producer does not
     /// pay for its data twice on the local disk (WAL, then cache).
     pub disk_write_bytes_per_s: u64,
+    /// Free space of `data_dir`'s filesystem kept for the WAL and the metadata store: at
+    /// start-up the disk tier is shrunk (or left out) so that this much stays free.
+    pub disk_reserve_bytes: u64,
     /// The cached unit: a block of an object.
     pub block_bytes: u64,
     /// Blocks of the same object fetched ahead of a sequential reader.
@@ -171,6 +200,7 @@ impl Default for CacheConfig {
             memory_bytes: 256 * 1024 * 1024,
             disk_bytes: 4 * 1024 * 1024 * 1024,
             disk_write_bytes_per_s: 64 * 1024 * 1024,
+            disk_reserve_bytes: 1024 * 1024 * 1024,
             block_bytes: 1024 * 1024,
             readahead_blocks: 4,
             cold_read_concurrency: 16,
@@ -327,11 +357,14 @@ pub struct TopicsConfig {
     pub num_partitions: i32,
     /// Kafka's `message.max.bytes`: the default of a topic's `max.message.bytes`.
     pub max_message_bytes: i32,
+    /// Partitions of all topics together; a CreateTopics (or auto-creation) beyond it is
+    /// refused with POLICY_VIOLATION.
+    pub max_partitions_total: u64,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588 }
+        Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588, max_partitions_total: 100_000 }
     }
 }
 
@@ -525,13 +558,20 @@ impl Config {
         if self.cache.disk_bytes != 0 {
             range("cache.disk_bytes", self.cache.disk_bytes, 4 * self.cache.block_bytes.max(1 << 20), 1 << 44)?;
         }
+        range("cache.disk_reserve_bytes", self.cache.disk_reserve_bytes, 0, 1 << 44)?;
         range("cache.readahead_blocks", self.cache.readahead_blocks.into(), 0, 1024)?;
         range("cache.cold_read_concurrency", self.cache.cold_read_concurrency.into(), 1, 4096)?;
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
         range("agent.max_in_flight_request_bytes", self.agent.max_in_flight_request_bytes, 1024, 64 << 30)?;
         range("agent.max_connections", self.agent.max_connections.into(), 1, 1_000_000)?;
+        range("agent.request_read_timeout_ms", self.agent.request_read_timeout_ms, 10, 3_600_000)?;
+        range("agent.connections_max_idle_ms", self.agent.connections_max_idle_ms, 10, 30 * 86_400_000)?;
+        range("agent.max_connections_per_ip", self.agent.max_connections_per_ip.into(), 1, 1_000_000)?;
+        range("agent.fetch_max_wait_ms_max", self.agent.fetch_max_wait_ms_max, 0, 3_600_000)?;
+        range("agent.fetch_sessions_bytes_max", self.agent.fetch_sessions_bytes_max, 1 << 16, 1 << 40)?;
         range("agent.max_in_flight_requests", self.agent.max_in_flight_requests.into(), 1, 65536)?;
         range("agent.shutdown_timeout_ms", self.agent.shutdown_timeout_ms, 0, 3_600_000)?;
+        range("agent.max_decompressed_batch_bytes", self.agent.max_decompressed_batch_bytes, 1024, 1 << 31)?;
         let os = &self.object_store;
         range("object_store.part_bytes", os.part_bytes, 5 << 20, 5 << 30)?;
         range("object_store.max_concurrent_requests", os.max_concurrent_requests.into(), 1, 4096)?;
@@ -552,6 +592,7 @@ impl Config {
         }
         range("topics.num_partitions", self.topics.num_partitions.max(0) as u64, 1, 100_000)?;
         range("topics.max_message_bytes", self.topics.max_message_bytes.max(0) as u64, 1024, 1 << 30)?;
+        range("topics.max_partitions_total", self.topics.max_partitions_total, 1, 100_000_000)?;
         let g = &self.groups;
         range("groups.initial_rebalance_delay_ms", g.initial_rebalance_delay_ms, 0, 300_000)?;
         range("groups.min_session_timeout_ms", g.min_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;
@@ -599,9 +640,15 @@ impl Config {
         std::fs::create_dir_all(dir)
             .map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
         let probe = dir.join(".write-probe");
-        std::fs::write(&probe, b"ok")
-            .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(|e| err("agent.data_dir", format!("{} is not writable: {e}", dir.display())))?;
+        match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
+            Ok(()) => {}
+            // Writable but full: the agent starts (its WAL answers KAFKA_STORAGE_ERROR until
+            // space is freed, the cache leaves out its disk tier).
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => return Err(err("agent.data_dir", format!("{} is not writable: {e}", dir.display()))),
+        }
         if let StoreUrl::Sqlite(db) = &store
             && let Some(parent) = db.parent()
         {

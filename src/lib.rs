@@ -12,6 +12,8 @@
 //!
 //! [`admin`] is the command line's Kafka client (`sidestream group describe`).
 //!
+//! [`host`] takes what the agent needs of its machine first (the `data_dir` lock, open files,
+//! free space); [`failures`] counts and logs the partitions answered with an error.
 //! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
 //! randomness that the core paths use instead of the system's; [`health`] the readiness checks
 //! behind `/readyz`, [`probe`] the periodic checks that keep them true on an idle agent;
@@ -22,7 +24,9 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod failures;
 pub mod health;
+pub mod host;
 pub mod metrics;
 pub mod object;
 pub mod probe;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
 use crate::agent::txn::{MarkerWriter, TxnTimer};
-use crate::agent::cache::{CacheSettings, ReadCache};
+use crate::agent::cache::{self, CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
@@ -26,6 +26,7 @@ use crate::controller::store::MetadataStore;
 use crate::controller::store::postgres::PgStore;
 use crate::controller::store::sqlite::SqliteStore;
 use crate::controller::{Controller, ControllerError};
+use crate::host::{self, DataDirLock};
 use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
 use crate::object::memory::MemoryStore;
@@ -51,6 +52,24 @@ pub enum ServerError {
     Config(String),
     #[error("controller service: {0}")]
     Service(#[from] crate::controller::service::ServiceError),
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    #[error(transparent)]
+    Cache(#[from] crate::agent::cache::CacheError),
+    #[error("{source} (the filesystem of data_dir {dir} is full: {free} bytes free; free some space)")]
+    DiskFull { dir: std::path::PathBuf, free: u64, source: Box<ServerError> },
+}
+
+/// Free space under which a start-up failure is reported as a full disk.
+const DISK_FULL_BYTES: u64 = 1 << 20;
+
+/// A start-up step that failed on a full `data_dir` filesystem says so (SQLite needs a little
+/// space to open its journal; the WAL to record its id).
+fn on_full_disk(dir: &std::path::Path, e: ServerError) -> ServerError {
+    match host::available_bytes(dir) {
+        Ok(free) if free < DISK_FULL_BYTES => ServerError::DiskFull { dir: dir.to_path_buf(), free, source: Box::new(e) },
+        _ => e,
+    }
 }
 
 /// What to do about a listener that could not be bound.
@@ -110,6 +129,8 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
+    /// Held until the server is dropped (after shutdown), released by the kernel if it dies.
+    _dir_lock: DataDirLock,
 }
 
 /// Components a test may hand in instead of the ones the config names.
@@ -126,6 +147,24 @@ pub async fn start(config: &Config) -> Result<RunningServer, ServerError> {
 
 /// Like [`start`], with some components handed in.
 pub async fn start_with(config: &Config, overrides: Overrides) -> Result<RunningServer, ServerError> {
+    // First: one agent per data_dir. A second one would replay this one's WAL and fence its
+    // commits; it stops here, having touched nothing.
+    let dir_lock = DataDirLock::acquire(&config.agent.data_dir)?;
+    let mut cache_settings = CacheSettings {
+        memory_bytes: config.cache.memory_bytes,
+        disk_bytes: config.cache.disk_bytes,
+        disk_write_bytes_per_s: config.cache.disk_write_bytes_per_s,
+        disk_reserve_bytes: config.cache.disk_reserve_bytes,
+        block_bytes: config.cache.block_bytes,
+        readahead_blocks: config.cache.readahead_blocks,
+        cold_read_concurrency: config.cache.cold_read_concurrency,
+        dir: config.agent.data_dir.join("cache"),
+    };
+    cache_settings.disk_bytes = cache::fit_disk_tier(&cache_settings);
+    // Before anything opens files: a short limit is a clear error here, not a failure of
+    // whatever happens to open the 1,025th file.
+    let open_files = host::ensure_open_files(config.agent.max_connections.into(), cache::disk_tier_files(&cache_settings))?;
+    tracing::info!(open_files, lock = %dir_lock.path().display(), "data_dir locked");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let entropy: Arc<dyn Entropy> = Arc::new(SeededEntropy::from_os());
     let store_metrics = Arc::new(StoreMetrics::new());
@@ -134,19 +173,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         None => open_object_store(config, store_metrics.clone()).await?,
     };
     let store = wrap_object_store(backend, config, store_metrics.clone(), entropy.clone());
-    let cache = ReadCache::open(
-        &CacheSettings {
-            memory_bytes: config.cache.memory_bytes,
-            disk_bytes: config.cache.disk_bytes,
-            disk_write_bytes_per_s: config.cache.disk_write_bytes_per_s,
-            block_bytes: config.cache.block_bytes,
-            readahead_blocks: config.cache.readahead_blocks,
-            cold_read_concurrency: config.cache.cold_read_concurrency,
-            dir: config.agent.data_dir.join("cache"),
-        },
-        store.clone(),
-    )
-    .await?;
+    let cache = ReadCache::open(&cache_settings, store.clone()).await?;
     let shutdown = CancellationToken::new();
     // Bound before the controller is reached: a remote controller is told the advertised
     // address (connections wait in the backlog until the agent serves).
@@ -166,7 +193,10 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         zone: config.agent.zone.clone(),
         cluster_mode: config.agent.cluster_mode,
     };
-    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone()).await?;
+    let data_dir = config.agent.data_dir.as_path();
+    let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone())
+        .await
+        .map_err(|e| on_full_disk(data_dir, e))?;
 
     let wal_settings = WalSettings {
         dir: config.agent.data_dir.join("wal"),
@@ -179,7 +209,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let recovery = tokio::task::spawn_blocking(move || wal::recover(&dir, &*recovery_entropy))
         .await
         .map_err(|e| ServerError::Wal(std::io::Error::other(e.to_string())))?
-        .map_err(ServerError::Wal)?;
+        .map_err(|e| on_full_disk(data_dir, ServerError::Wal(e)))?;
     let wal_mark = controller.wal_mark(&recovery.log_id).await?;
 
     let key_prefix = String::new();
@@ -233,7 +263,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let markers = Arc::new(MarkerWriter {
         store: store.clone(),
         controller: controller.clone(),
-        clock,
+        clock: clock.clone(),
         entropy,
         agent: format!("agent-{}", config.agent.node_id),
         key_prefix: String::new(),
@@ -252,21 +282,30 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             topics: config.topics.clone(),
             cluster_mode: config.agent.cluster_mode,
             zone: config.agent.zone.clone(),
+            max_decompressed_batch_bytes: usize::try_from(config.agent.max_decompressed_batch_bytes).unwrap_or(usize::MAX),
+            fetch_max_wait_ms_max: config.agent.fetch_max_wait_ms_max,
         },
         controller,
         store,
+        clock,
         cache,
         uploader,
         wal,
         hand_offs: Default::default(),
         markers,
-        fetch_sessions: Default::default(),
+        fetch_sessions: crate::protocol::fetch_session::FetchSessions::new(
+            crate::protocol::fetch_session::FETCH_SESSIONS_MAX,
+            config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
+        ),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
         max_in_flight_request_bytes: config.agent.max_in_flight_request_bytes,
         max_connections: config.agent.max_connections as usize,
+        max_connections_per_ip: config.agent.max_connections_per_ip as usize,
         max_in_flight_requests: config.agent.max_in_flight_requests as usize,
+        request_read_timeout: Duration::from_millis(config.agent.request_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.agent.connections_max_idle_ms),
     };
     let metrics_listener = TcpListener::bind(config.metrics.listen)
         .await
@@ -286,6 +325,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
+        _dir_lock: dir_lock,
     })
 }
 
@@ -382,7 +422,8 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 
 impl RunningServer {
     /// Stops accepting and reading requests, uploads and commits every batch already accepted
-    /// (without waiting for the flush interval), answers what was read, and returns. Returns
+    /// (without waiting for the flush interval), answers what was read (waiting fetches are
+    /// cancelled, not awaited: idle and long-polling connections do not hold it up), and returns. Returns
     /// false if that did not finish within `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> bool {
         crate::health::set("serving", false, "shutting down");

@@ -11,6 +11,14 @@
 //! (at most `disk_write_bytes_per_s`; beyond that they are dropped, so a fast producer's data
 //! is not written to the local disk twice at full speed) and when the agent stops, so a
 //! restarted agent serves its recent data from local disk.
+//!
+//! The disk tier never takes the last space of `data_dir` from the WAL and the metadata store:
+//! at start-up it is sized to at most the filesystem's free space (plus what its own files
+//! already hold) minus `disk_reserve_bytes` (shrunk with a warning, or left out when less than
+//! its minimum remains), and its files are then allocated whole (`fallocate`), so it never
+//! grows afterwards and its writes never meet ENOSPC (foyer 0.22's flusher panics on a failed
+//! write: see [`ReadCache::open`]). It is split into at most [`DISK_TIER_FILES_MAX`] files (one
+//! open descriptor each).
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -23,8 +31,76 @@ use foyer::{
 };
 use tokio::sync::Semaphore;
 
+use crate::host;
 use crate::metrics::{self, Counter};
 use crate::object::{ObjectError, ObjectStore};
+
+/// The disk tier is split into at most this many files (foyer "blocks", one descriptor each).
+pub const DISK_TIER_FILES_MAX: u64 = 64;
+/// Records the disk tier's size and file size under its directory.
+const LAYOUT_FILE: &str = "layout";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache dir {dir}: {source}")]
+    Dir { dir: PathBuf, source: std::io::Error },
+    #[error("read cache: {0}")]
+    Foyer(#[source] foyer::Error),
+}
+
+/// Smallest disk tier kept: below it the tier is left out.
+fn disk_tier_min_bytes(block_bytes: u64) -> u64 {
+    4 * block_bytes.max(1 << 20)
+}
+
+/// The size of one disk tier file (foyer block): at least four cache blocks (of at least 1 MiB),
+/// and large enough that the tier needs at most [`DISK_TIER_FILES_MAX`] files.
+fn disk_tier_block_bytes(disk_bytes: u64, block_bytes: u64) -> u64 {
+    const PAGE: u64 = 4096;
+    let per_file = disk_bytes.div_ceil(DISK_TIER_FILES_MAX).div_ceil(PAGE) * PAGE;
+    per_file.max(disk_tier_min_bytes(block_bytes)).min(disk_bytes)
+}
+
+/// Files (open descriptors) the disk tier of `settings` holds.
+pub fn disk_tier_files(settings: &CacheSettings) -> u64 {
+    if settings.disk_bytes == 0 {
+        return 0;
+    }
+    settings.disk_bytes / disk_tier_block_bytes(settings.disk_bytes, settings.block_bytes)
+}
+
+/// The disk tier size that fits the filesystem: `disk_bytes`, or less (with a warning) when
+/// the free space plus what the tier's files already hold, minus `disk_reserve_bytes`, is
+/// smaller; 0 (no disk tier, with a warning) when that is under the tier's minimum. The cache is
+/// an optimisation: a full disk must not keep the agent from starting.
+pub fn fit_disk_tier(settings: &CacheSettings) -> u64 {
+    if settings.disk_bytes == 0 {
+        return 0;
+    }
+    let dir = &settings.dir;
+    let probe = if dir.exists() { dir.as_path() } else { dir.parent().unwrap_or(dir.as_path()) };
+    let (free, own) = match (host::available_bytes(probe), host::allocated_bytes(dir)) {
+        (Ok(free), Ok(own)) => (free, own),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot measure free space: the cache has no disk tier");
+            return 0;
+        }
+    };
+    let budget = (free + own).saturating_sub(settings.disk_reserve_bytes);
+    if budget >= settings.disk_bytes {
+        return settings.disk_bytes;
+    }
+    let min = disk_tier_min_bytes(settings.block_bytes);
+    if budget < min {
+        tracing::warn!(dir = %dir.display(), free_bytes = free, cache_files_bytes = own, reserve_bytes = settings.disk_reserve_bytes,
+            disk_bytes = settings.disk_bytes, "too little free space: the read cache has no disk tier");
+        return 0;
+    }
+    let shrunk = budget / min * min;
+    tracing::warn!(dir = %dir.display(), free_bytes = free, cache_files_bytes = own, reserve_bytes = settings.disk_reserve_bytes,
+        disk_bytes = settings.disk_bytes, shrunk_to_bytes = shrunk, "too little free space: the read cache's disk tier is shrunk");
+    shrunk
+}
 
 /// Settings from `[cache]`.
 #[derive(Debug, Clone)]
@@ -34,6 +110,8 @@ pub struct CacheSettings {
     pub disk_bytes: u64,
     /// Writes into the disk tier at most this fast (0: unlimited); the excess is not cached.
     pub disk_write_bytes_per_s: u64,
+    /// Free space of the filesystem left to everything else: the disk tier is shrunk to fit.
+    pub disk_reserve_bytes: u64,
     pub block_bytes: u64,
     pub readahead_blocks: u32,
     pub cold_read_concurrency: u32,
@@ -77,7 +155,22 @@ pub struct ReadCache {
 }
 
 impl ReadCache {
-    pub async fn open(settings: &CacheSettings, store: Arc<dyn ObjectStore>) -> Result<Arc<Self>, ObjectError> {
+    /// Opens the cache with the disk tier `settings` names (size it with [`fit_disk_tier`]
+    /// first). The tier's files are allocated whole; if that fails (the disk filled in between)
+    /// the cache opens without a disk tier, with a warning.
+    pub async fn open(settings: &CacheSettings, store: Arc<dyn ObjectStore>) -> Result<Arc<Self>, CacheError> {
+        let cache = match Self::build(settings, settings.disk_bytes).await {
+            Ok(cache) => cache,
+            Err(e @ CacheError::Dir { .. }) if settings.disk_bytes > 0 => {
+                tracing::warn!(error = %e, "the read cache has no disk tier");
+                Self::build(settings, 0).await?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self::with_cache(cache, settings, store))
+    }
+
+    async fn build(settings: &CacheSettings, disk_bytes: u64) -> Result<HybridCache<BlockKey, Bytes>, CacheError> {
         let builder = HybridCacheBuilder::new()
             .with_name("sidestream-blocks")
             // A graceful shutdown writes the memory tier to disk, so a restart starts warm.
@@ -85,28 +178,55 @@ impl ReadCache {
             .memory(settings.memory_bytes as usize)
             .with_weighter(|k: &BlockKey, v: &Bytes| k.object.len() + v.len() + 64)
             .storage();
-        let builder = if settings.disk_bytes > 0 {
-            std::fs::create_dir_all(&settings.dir)
-                .map_err(|e| ObjectError::Permanent(format!("cache dir {}: {e}", settings.dir.display())))?;
-            let mut throttle = Throttle::new();
-            if settings.disk_write_bytes_per_s > 0 {
-                throttle = throttle.with_write_throughput(settings.disk_write_bytes_per_s as usize);
-            }
-            let device = FsDeviceBuilder::new(&settings.dir)
-                .with_capacity(settings.disk_bytes as usize)
-                .with_throttle(throttle)
-                .build()
-                .map_err(|e| ObjectError::Permanent(format!("cache device: {e}")))?;
-            let block_size = (settings.block_bytes.max(1 << 20) * 4).min(settings.disk_bytes) as usize;
-            builder
-                .with_io_engine_config(PsyncIoEngineConfig::new())
-                .with_engine_config(BlockEngineConfig::new(device).with_block_size(block_size))
-        } else {
-            builder
-        };
-        let cache = builder.build().await.map_err(|e| ObjectError::Permanent(format!("cache: {e}")))?;
+        let dir_err = |source| CacheError::Dir { dir: settings.dir.clone(), source };
+        if disk_bytes == 0 {
+            // The files of a tier left out (no space, or disk_bytes = 0) give their space back.
+            remove_files(&settings.dir);
+            return builder.build().await.map_err(CacheError::Foyer);
+        }
+        std::fs::create_dir_all(&settings.dir).map_err(dir_err)?;
+        // Files of another layout (size or file count changed) would linger beside the new
+        // ones: the cache starts empty instead.
+        let block_size = disk_tier_block_bytes(disk_bytes, settings.block_bytes) as usize;
+        let layout_path = settings.dir.join(LAYOUT_FILE);
+        let layout = format!("{disk_bytes} {block_size}\n");
+        if std::fs::read_to_string(&layout_path).ok().as_deref() != Some(layout.as_str()) {
+            remove_files(&settings.dir);
+        }
+        let mut throttle = Throttle::new();
+        if settings.disk_write_bytes_per_s > 0 {
+            throttle = throttle.with_write_throughput(settings.disk_write_bytes_per_s as usize);
+        }
+        let device = FsDeviceBuilder::new(&settings.dir)
+            .with_capacity(disk_bytes as usize)
+            .with_throttle(throttle)
+            .build()
+            .map_err(CacheError::Foyer)?;
+        let cache = builder
+            .with_io_engine_config(PsyncIoEngineConfig::new())
+            .with_engine_config(BlockEngineConfig::new(device).with_block_size(block_size))
+            .build()
+            .await
+            .map_err(CacheError::Foyer)?;
+        // foyer creates its files sparse (set_len). A write into a hole needs new space, and a
+        // failed write kills foyer 0.22's flusher (flusher.rs: the I/O task still holds the
+        // buffer when it fails, so `rotate_buffer.take().unwrap()` panics on the next flush).
+        // Allocated whole, the files need no space after start-up.
+        if let Err(e) = preallocate_dir(&settings.dir) {
+            let _ = cache.close().await;
+            drop(cache);
+            remove_files(&settings.dir);
+            return Err(dir_err(e));
+        }
+        if let Err(e) = std::fs::write(&layout_path, layout) {
+            tracing::warn!(path = %layout_path.display(), error = %e, "cannot record the disk tier's layout");
+        }
+        Ok(cache)
+    }
+
+    fn with_cache(cache: HybridCache<BlockKey, Bytes>, settings: &CacheSettings, store: Arc<dyn ObjectStore>) -> Arc<Self> {
         let tier = |t| metrics::counter("sidestream_fetch_bytes_total", "Bytes read for fetches, by where they came from.", &[("tier", t)]);
-        Ok(Arc::new(ReadCache {
+        Arc::new(ReadCache {
             cache,
             store,
             block_bytes: settings.block_bytes.max(4096),
@@ -118,7 +238,7 @@ impl ReadCache {
                 object_store: tier("object_store"),
                 gets: metrics::counter("sidestream_cache_block_gets_total", "Ranged GETs made to fill the read cache.", &[]),
             },
-        }))
+        })
     }
 
     fn block_range(&self, block: u64, object_size: u64) -> Range<u64> {
@@ -205,6 +325,29 @@ impl ReadCache {
     }
 }
 
+/// Allocates every regular file in `dir` to its length.
+fn preallocate_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() && meta.len() > 0 {
+            let file = std::fs::OpenOptions::new().write(true).open(entry.path())?;
+            host::preallocate(&file, meta.len())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the files of a disk tier given up (their space goes back to the WAL).
+fn remove_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +358,7 @@ mod tests {
             memory_bytes: 1 << 20,
             disk_bytes,
             disk_write_bytes_per_s: 0,
+            disk_reserve_bytes: 0,
             block_bytes: 4096,
             readahead_blocks: 2,
             cold_read_concurrency: 4,

@@ -42,6 +42,10 @@ pub struct AgentSettings {
     /// `[agent] cluster_mode`: Metadata lists the live agents (see [`cluster`]).
     pub cluster_mode: bool,
     pub zone: Option<String>,
+    /// `[agent] max_decompressed_batch_bytes`: the bound of produce validation.
+    pub max_decompressed_batch_bytes: usize,
+    /// `[agent] fetch_max_wait_ms_max`: the longest Fetch long poll.
+    pub fetch_max_wait_ms_max: u64,
 }
 
 /// The agent's components, shared by every connection.
@@ -49,6 +53,8 @@ pub struct Agent {
     pub settings: AgentSettings,
     pub controller: Arc<dyn ControllerClient>,
     pub store: Arc<dyn ObjectStore>,
+    /// Record timestamps are checked against it.
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// Fetches read objects through this cache.
     pub cache: Arc<cache::ReadCache>,
     pub uploader: Uploader,

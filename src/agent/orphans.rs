@@ -325,7 +325,7 @@ mod tests {
                 max_in_flight_objects: 4,
                 agent: "agent-1".into(),
                 key_prefix: "p".into(),
-                wal_log_id: None,
+                wal_log_id: Some("race-log".into()),
                 wal_start_mark: 0,
             },
             UploadDeps {
@@ -337,9 +337,11 @@ mod tests {
                 in_flight: in_flight.clone(),
             },
         ));
+        // Every batch is a WAL entry, ids given in submission order (as the WAL writer does).
+        let wal_ids = Arc::new(std::sync::Mutex::new(0u64));
         let mut producers = Vec::new();
         for p in 0..3 {
-            let (uploader, topic_id) = (uploader.clone(), topic.id);
+            let (uploader, topic_id, wal_ids) = (uploader.clone(), topic.id, wal_ids.clone());
             producers.push(tokio::spawn(async move {
                 let mut results = Vec::new();
                 for i in 0..40 {
@@ -348,7 +350,11 @@ mod tests {
                     let deadline = Instant::now() + Duration::from_secs(30);
                     let permit = uploader.reserve(batch.len() as u64, deadline).await.unwrap();
                     let item = GroupItem { topic_id, partition: p, batch, header };
-                    let pending = uploader.submit(vec![item], None, permit).unwrap().pop().unwrap();
+                    let pending = {
+                        let mut id = wal_ids.lock().unwrap();
+                        *id += 1;
+                        uploader.submit(vec![item], Some(*id), permit).unwrap().pop().unwrap()
+                    };
                     results.push(pending.wait(deadline).await);
                 }
                 results
@@ -370,6 +376,10 @@ mod tests {
             }
         }
         uploader.close().await;
+        // The contiguous WAL mark covers every entry, in the agent and in the store.
+        assert_eq!(*uploader.committed_wal().borrow(), 120);
+        assert_eq!(c.wal_mark("race-log").await.unwrap(), 120);
+        assert_eq!(uploader.losses().batches(), 0);
         shutdown.cancel();
         background.await.unwrap();
         // Nothing uncommitted is left behind once the collector has run again.

@@ -11,8 +11,11 @@ use tokio::time::Instant;
 use super::upload::{GroupItem, PendingAppend};
 use super::wal::Logged;
 use super::{Agent, AgentError};
-use crate::controller::TopicMeta;
+use crate::controller::{ControllerError, TopicMeta};
 use crate::protocol::records;
+
+/// Kafka 4's default `message.timestamp.after.max.ms` (one hour); `before` is unbounded.
+const TIMESTAMP_AFTER_MAX_MS: i64 = 3_600_000;
 
 /// Where an accepted produce request stands.
 pub enum Appended {
@@ -26,7 +29,7 @@ pub enum Appended {
 
 impl Agent {
     /// Checks one partition's records as Kafka does (partition exists, one valid v2 batch,
-    /// `max.message.bytes`).
+    /// `max.message.bytes`, then every record: [`records::validate_records`]).
     pub fn check_batch(
         &self,
         topic: &TopicMeta,
@@ -44,7 +47,47 @@ impl Agent {
         if batch.len() as i64 > max {
             return Err(AgentError::MessageTooLarge { size: batch.len(), max });
         }
+        let checks = records::RecordChecks {
+            topic: &topic.name,
+            partition,
+            now_ms: self.clock.now_ms(),
+            timestamp_before_max_ms: topic.config_i64("message.timestamp.before.max.ms").unwrap_or(i64::MAX),
+            timestamp_after_max_ms: topic.config_i64("message.timestamp.after.max.ms").unwrap_or(TIMESTAMP_AFTER_MAX_MS),
+            compacted: topic.configs.get("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
+            max_decompressed_bytes: self.settings.max_decompressed_batch_bytes,
+        };
+        records::validate_records(&batch, &header, &checks)?;
         Ok(GroupItem { topic_id: topic.id, partition, batch, header })
+    }
+
+    /// Asks the controller whether each transactional batch belongs to an ongoing transaction
+    /// of `transactional_id` that includes its partition (KIP-890 verification; the check
+    /// `Controller::check_txn_batch` repeats at commit). `batches`: (topic name, checked batch);
+    /// one call per producer id and epoch. One result per batch, in order.
+    pub async fn verify_transactional(
+        &self,
+        transactional_id: &str,
+        batches: &[(&str, &GroupItem)],
+    ) -> Vec<Result<(), ControllerError>> {
+        let mut results = vec![Ok(()); batches.len()];
+        let mut producers: Vec<(i64, i16)> = batches.iter().map(|(_, i)| (i.header.producer_id, i.header.producer_epoch)).collect();
+        producers.sort_unstable();
+        producers.dedup();
+        for (producer_id, epoch) in producers {
+            let mine: Vec<usize> = (0..batches.len())
+                .filter(|&n| (batches[n].1.header.producer_id, batches[n].1.header.producer_epoch) == (producer_id, epoch))
+                .collect();
+            let partitions = mine.iter().map(|&n| (batches[n].0.to_string(), batches[n].1.partition)).collect();
+            match self.controller.add_partitions_to_txn(transactional_id.to_string(), producer_id, epoch, partitions, true).await {
+                Ok(answers) => {
+                    for (&n, answer) in mine.iter().zip(answers) {
+                        results[n] = answer;
+                    }
+                }
+                Err(e) => mine.iter().for_each(|&n| results[n] = Err(e.clone())),
+            }
+        }
+        results
     }
 
     /// Accepts the checked batches of one produce request, by its acks level: queues them (in

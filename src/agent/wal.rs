@@ -17,14 +17,20 @@
 //! fsync ran, writes them with one `writev` (batches are not copied on their way to the file)
 //! and one `fsync`, hands them to the uploader in id
 //! order, then answers them. No timer: an idle log costs nothing, a busy one batches itself.
-//! A segment is deleted once the controller has committed every entry in it. A failed write
-//! fails the log (every later append gets KAFKA_STORAGE_ERROR) until the agent restarts, as
-//! Kafka takes a failed log directory offline.
+//! A segment is deleted once the controller has committed every entry in it.
+//!
+//! A failed write (disk full, I/O error) takes the log offline, as Kafka takes a failed log
+//! directory offline, but not until a restart: the writer cuts the active segment back to its
+//! last good length (no torn entry stays behind, so recovery still reaches every acknowledged
+//! entry after it), appends get KAFKA_STORAGE_ERROR at once, and after a backoff (doubling from
+//! [`RETRY_FIRST`] to [`RETRY_MAX`]) the next append tries the disk again; the first that
+//! succeeds brings the log back online. `sidestream_wal_online` shows the state.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes};
@@ -43,6 +49,9 @@ const ENTRY_HEADER_BYTES: usize = 16;
 const SEGMENT_SUFFIX: &str = ".wal";
 /// Bytes written by one group commit at most (more waits for the next fsync).
 const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Backoff after the first failed write, doubled after each failed retry up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_millis(50);
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct WalSettings {
@@ -296,7 +305,46 @@ struct WriteReq {
     payload: Payload,
     items: Vec<GroupItem>,
     permit: OwnedSemaphorePermit,
+    /// The entry's log space: forgotten once written (given back when its segment is
+    /// deleted), returned if the write fails.
+    space: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<(), AgentError>>,
+}
+
+/// Whether the log takes appends: set by the writer, read by [`Wal::enqueue`].
+struct Health {
+    online: AtomicBool,
+    /// While offline: when appends may try the disk again, in ms since `base`.
+    retry_at_ms: AtomicU64,
+    base: std::time::Instant,
+}
+
+impl Health {
+    fn new() -> Arc<Self> {
+        let health = Arc::new(Health { online: AtomicBool::new(true), retry_at_ms: AtomicU64::new(0), base: std::time::Instant::now() });
+        let gauge = Arc::downgrade(&health);
+        metrics::gauges("sidestream_wal_online", "1 while the WAL takes writes, 0 while a failed write keeps it offline.", move || {
+            gauge.upgrade().map(|h| vec![(vec![], i64::from(h.online.load(Ordering::SeqCst)))]).unwrap_or_default()
+        });
+        health
+    }
+
+    /// An error while offline and the retry time has not come; Ok to try the disk.
+    fn check(&self) -> Result<(), AgentError> {
+        if self.online.load(Ordering::SeqCst) || self.now_ms() >= self.retry_at_ms.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(AgentError::Wal("the write-ahead log is offline after a failed write (disk full?); retrying".into()))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn offline_until(&self, retry: Duration) {
+        self.retry_at_ms.store(self.now_ms() + retry.as_millis() as u64, Ordering::SeqCst);
+        self.online.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Handle to the running WAL.
@@ -304,7 +352,7 @@ struct WriteReq {
 pub struct Wal {
     tx: mpsc::UnboundedSender<WriteReq>,
     space: Arc<Semaphore>,
-    failed: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 impl Wal {
@@ -324,9 +372,9 @@ impl Wal {
         space.forget_permits(on_disk.min(settings.bytes_max) as usize);
         let segments = Arc::new(Mutex::new(recovery.segments));
         delete_committed(&segments, committed_mark, &space);
-        let failed = Arc::new(AtomicBool::new(false));
+        let health = Health::new();
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer::open(settings, segments.clone(), next_id, uploader.clone(), failed.clone())?;
+        let writer = Writer::open(settings, segments.clone(), next_id, uploader.clone(), health.clone())?;
         std::thread::Builder::new().name("sidestream-wal".into()).spawn(move || writer.run(rx))?;
         let mut committed = uploader.committed_wal();
         let cleanup_space = space.clone();
@@ -340,7 +388,7 @@ impl Wal {
                 delete_committed(&segments, mark, &cleanup_space);
             }
         });
-        Ok(Wal { tx, space, failed })
+        Ok(Wal { tx, space, health })
     }
 
     /// Queues one entry (the batches of one produce request) for the writer, waiting for log
@@ -348,18 +396,16 @@ impl Wal {
     /// [`Logged`] resolves once the entry is durable (per `[wal] sync`) and handed to the
     /// uploader. `permit` is the entry's reservation of upload buffer space.
     pub async fn enqueue(&self, items: Vec<GroupItem>, permit: OwnedSemaphorePermit, deadline: Instant) -> Result<Logged, AgentError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(AgentError::Wal("the write-ahead log failed earlier; restart the agent".into()));
-        }
+        self.health.check()?;
         let payload = Payload::new(&items);
         let need = ((payload.len + ENTRY_HEADER_BYTES) as u64).min(u64::from(u32::MAX)) as u32;
-        match timeout_at(deadline, self.space.acquire_many(need)).await {
+        let space = match timeout_at(deadline, self.space.clone().acquire_many_owned(need)).await {
             Err(_) => return Err(AgentError::Timeout),
             Ok(Err(_)) => return Err(AgentError::ShuttingDown),
-            Ok(Ok(p)) => p.forget(), // given back when the segment holding the entry is deleted
-        }
+            Ok(Ok(p)) => p,
+        };
         let (reply, rx) = oneshot::channel();
-        self.tx.send(WriteReq { payload, items, permit, reply }).map_err(|_| AgentError::ShuttingDown)?;
+        self.tx.send(WriteReq { payload, items, permit, space, reply }).map_err(|_| AgentError::ShuttingDown)?;
         Ok(Logged(rx))
     }
 }
@@ -391,6 +437,7 @@ fn delete_committed(segments: &Mutex<Vec<Segment>>, mark: u64, space: &Semaphore
 }
 
 struct WalMetrics {
+    write_errors: Arc<Counter>,
     fsyncs: Arc<Counter>,
     entries: Arc<Counter>,
     bytes: Arc<Counter>,
@@ -400,6 +447,7 @@ struct WalMetrics {
 impl WalMetrics {
     fn new() -> Self {
         Self {
+            write_errors: metrics::counter("sidestream_wal_write_errors_total", "WAL group writes that failed (each took the log offline or kept it so).", &[]),
             fsyncs: metrics::counter("sidestream_wal_syncs_total", "WAL group commits (one write + fsync each).", &[]),
             entries: metrics::counter("sidestream_wal_entries_total", "WAL entries written (one per acks=0/1 produce request).", &[]),
             bytes: metrics::counter("sidestream_wal_bytes_total", "Bytes written to the WAL.", &[]),
@@ -417,7 +465,12 @@ struct Writer {
     active_last: Option<u64>,
     next_id: u64,
     uploader: Uploader,
-    failed: Arc<AtomicBool>,
+    health: Arc<Health>,
+    /// A failed write may have left bytes past `active_bytes` in the active segment: they are
+    /// cut before anything else is appended.
+    dirty: bool,
+    /// Wait before the next try after a failed one (while offline).
+    retry: Duration,
 }
 
 impl Writer {
@@ -426,9 +479,21 @@ impl Writer {
         segments: Arc<Mutex<Vec<Segment>>>,
         next_id: u64,
         uploader: Uploader,
-        failed: Arc<AtomicBool>,
+        health: Arc<Health>,
     ) -> std::io::Result<Self> {
-        let mut w = Writer { metrics: WalMetrics::new(), settings, segments, file: None, active_bytes: 0, active_last: None, next_id, uploader, failed };
+        let mut w = Writer {
+            metrics: WalMetrics::new(),
+            settings,
+            segments,
+            file: None,
+            active_bytes: 0,
+            active_last: None,
+            next_id,
+            uploader,
+            health,
+            dirty: false,
+            retry: RETRY_FIRST,
+        };
         // Keep appending to the newest segment only if ids continue it.
         let last = w.segments.lock().unwrap_or_else(|p| p.into_inner()).last().cloned();
         if let Some(s) = last {
@@ -471,9 +536,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.failed.load(Ordering::SeqCst) {
+            // Queued before the log went offline: answered without touching the disk until the
+            // retry time.
+            if let Err(e) = self.health.check() {
                 for r in reqs {
-                    let _ = r.reply.send(Err(AgentError::Wal("the write-ahead log failed earlier".into())));
+                    let _ = r.reply.send(Err(AgentError::Wal(e.to_string())));
                 }
                 continue;
             }
@@ -490,6 +557,11 @@ impl Writer {
             drop(slices);
             match result {
                 Ok(()) => {
+                    if !self.health.online.load(Ordering::SeqCst) {
+                        tracing::warn!(dir = %self.settings.dir.display(), "WAL write succeeded: the log is back online");
+                        self.health.online.store(true, Ordering::SeqCst);
+                    }
+                    self.retry = RETRY_FIRST;
                     self.metrics.write_latency.record(started.elapsed());
                     self.metrics.fsyncs.inc();
                     self.metrics.entries.add(reqs.len() as u64);
@@ -504,13 +576,28 @@ impl Writer {
                     }
                     for (i, r) in reqs.into_iter().enumerate() {
                         let id = first_id + i as u64;
+                        r.space.forget(); // given back when the segment holding the entry is deleted
                         let result = self.uploader.submit(r.items, Some(id), r.permit).map(|_| ());
                         let _ = r.reply.send(result);
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, dir = %self.settings.dir.display(), "WAL write failed; the log is offline");
-                    self.failed.store(true, Ordering::SeqCst);
+                    self.metrics.write_errors.inc();
+                    self.dirty = true;
+                    let repaired = self.repair();
+                    let was_online = self.health.online.load(Ordering::SeqCst);
+                    self.health.offline_until(self.retry);
+                    if was_online {
+                        tracing::error!(error = %e, dir = %self.settings.dir.display(), retry = ?self.retry,
+                            "WAL write failed: the log is offline (appends get KAFKA_STORAGE_ERROR) until a retried write succeeds");
+                    } else {
+                        tracing::debug!(error = %e, retry = ?self.retry, "WAL write failed again");
+                    }
+                    if let Err(re) = repaired {
+                        tracing::debug!(error = %re, "cannot cut the failed write off the WAL segment yet");
+                    }
+                    self.retry = (self.retry * 2).min(RETRY_MAX);
+                    // Dropping each request's log space gives it back: nothing was written.
                     for r in reqs {
                         let _ = r.reply.send(Err(AgentError::Wal(format!("write failed: {e}"))));
                     }
@@ -519,8 +606,30 @@ impl Writer {
         }
     }
 
+    /// Cuts what a failed write left in the active segment past its last complete entry, so
+    /// the next entry follows it directly (recovery stops at the first torn entry: anything
+    /// appended after one would be lost).
+    fn repair(&mut self) -> std::io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Some(file) = self.file.as_ref() {
+            file.set_len(self.active_bytes)?;
+            if self.settings.sync == WalSync::Fsync {
+                file.sync_all()?;
+            }
+            let len = file.metadata()?.len();
+            if len != self.active_bytes {
+                return Err(std::io::Error::other(format!("WAL segment is {len} bytes after truncation to {}", self.active_bytes)));
+            }
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Appends entries from `first_id` on (`len` bytes in `slices`), then syncs per settings.
     fn write(&mut self, first_id: u64, len: usize, slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+        self.repair()?;
         let continues = self.active_last.is_some_and(|l| l + 1 == first_id);
         let full = self.active_bytes > 0 && self.active_bytes + len as u64 > self.settings.segment_bytes;
         if self.file.is_none() || full || (self.active_bytes > 0 && !continues) {

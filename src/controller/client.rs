@@ -245,6 +245,11 @@ impl ControllerClient for InProcess {
         partitions: Vec<(String, i32)>,
         verify_only: bool,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        if verify_only {
+            // Memory only (no store write, no write lock): answered on the caller's thread, as
+            // produce verifies every transactional batch this way before acknowledging it.
+            return self.0.add_partitions_to_txn(&transactional_id, producer_id, epoch, &partitions, true);
+        }
         self.blocking(move |c| c.add_partitions_to_txn(&transactional_id, producer_id, epoch, &partitions, verify_only)).await
     }
     async fn add_offsets_to_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError> {

@@ -67,6 +67,9 @@ pub enum ControllerError {
     InvalidReplicationFactor(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// A limit of the cluster (e.g. `max_partitions_total`) refuses the request.
+    #[error("policy violation: {0}")]
+    PolicyViolation(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("out of order sequence: {0}")]
@@ -528,6 +531,14 @@ impl Controller {
         let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.read().by_name.contains_key(&req.name) {
             return Err(ControllerError::TopicAlreadyExists(req.name.clone()));
+        }
+        // Under write_lock: no other creation can pass the same check meanwhile.
+        let total: u64 = self.read().by_id.values().map(|t| t.partitions.max(0) as u64).sum();
+        if total + partitions as u64 > self.defaults.max_partitions_total {
+            return Err(ControllerError::PolicyViolation(format!(
+                "{partitions} more partitions would exceed max_partitions_total = {} ({total} exist)",
+                self.defaults.max_partitions_total
+            )));
         }
         let meta = TopicMeta { id: self.entropy.uuid(), name: req.name.clone(), partitions, configs: req.configs.clone() };
         if req.validate_only {
@@ -1062,7 +1073,7 @@ mod tests {
                         };
                         match c.commit_object(&req) {
                             Ok(r) => r.iter().all(|e| e.is_ok()),
-                            Err(ControllerError::InvalidRequest(m)) => {
+                            Err(ControllerError::ObjectCollected(m)) => {
                                 assert!(m.contains("orphan"), "{m}");
                                 false
                             }
@@ -1113,5 +1124,23 @@ mod tests {
         assert!(c.topic(TopicRef::Id(b.id)).is_none());
         assert!(matches!(c.delete_topic(TopicRef::Name("b")), Err(ControllerError::UnknownTopicOrPartition)));
         assert_eq!(kafka_cluster_id(Uuid::nil()), "AAAAAAAAAAAAAAAAAAAAAA");
+    }
+
+    #[test]
+    fn partitions_in_total_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let topics = TopicsConfig { max_partitions_total: 10, ..TopicsConfig::default() };
+        let c = Controller::open(store, topics, 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap();
+        create(&c, "a", 4);
+        let seven = CreateTopic { name: "b".into(), partitions: 7, replication_factor: -1, configs: Default::default(), validate_only: false };
+        let seven2 = seven.clone();
+        assert!(matches!(c.create_topic(&seven), Err(ControllerError::PolicyViolation(_))));
+        assert!(c.topic(TopicRef::Name("b")).is_none());
+        create(&c, "b", 6);
+        // Deleting a topic gives its partitions back.
+        c.delete_topic(TopicRef::Name("a")).unwrap();
+        assert!(c.create_topic(&CreateTopic { name: "c".into(), partitions: 4, ..seven }).is_ok());
+        assert!(matches!(c.create_topic(&CreateTopic { name: "d".into(), partitions: 1, ..seven2 }), Err(ControllerError::PolicyViolation(_))));
     }
 }

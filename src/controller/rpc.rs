@@ -520,6 +520,7 @@ pub fn error_to(e: &ControllerError) -> Error {
         ConcurrentTransactions(m) => (16, m.clone()),
         OperationNotAttempted => (17, String::new()),
         ObjectCollected(m) => (18, m.clone()),
+        PolicyViolation(m) => (19, m.clone()),
     };
     Error { kind, message }
 }
@@ -545,6 +546,7 @@ pub fn error_from(e: Error) -> ControllerError {
         16 => ConcurrentTransactions(m),
         17 => OperationNotAttempted,
         18 => ObjectCollected(m),
+        19 => PolicyViolation(m),
         _ => Unavailable(m),
     }
 }
@@ -583,6 +585,7 @@ mod tests {
             ControllerError::ProducerFenced("f".into()),
             ControllerError::InvalidTxnState("s".into()),
             ControllerError::OperationNotAttempted,
+            ControllerError::PolicyViolation("p".into()),
         ];
         for e in errors {
             assert_eq!(error_from_status(&status_from_error(&e)), e);

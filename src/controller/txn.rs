@@ -435,7 +435,9 @@ impl Controller {
         partitions: &[(String, i32)],
         verify_only: bool,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        let _w = self.lock_writes();
+        // Verification reads memory only: no write lock (produce calls it for transactional
+        // batches); an add holds it from the read to the store write.
+        let _w = (!verify_only).then(|| self.lock_writes());
         let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
         let resolved: Vec<Result<(Uuid, i32), ControllerError>> = partitions

@@ -1,4 +1,6 @@
-//! Kafka record batch v2 headers: parse, validate, patch. Never decodes or re-encodes records.
+//! Kafka record batch v2: parse and patch headers; validate a producer's batch down to every
+//! record (decompressing into a reused per-thread buffer) as Kafka's `LogValidator` does.
+//! Never re-encodes records: a batch is stored as the producer's bytes.
 //!
 //! ```text
 //! baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 | crc u32 |
@@ -65,6 +67,10 @@ pub enum RecordsError {
     /// UNSUPPORTED_COMPRESSION_TYPE: zstd before Produce v7.
     #[error("compression type not supported by this request version")]
     UnsupportedCompression,
+    /// INVALID_RECORD (compacted topic, record without key) or INVALID_TIMESTAMP (a timestamp
+    /// out of the topic's range), with Kafka's per-record errors (KIP-467).
+    #[error("{message}")]
+    Rejected { timestamp: bool, message: String, record_errors: Vec<(i32, String)> },
 }
 
 /// Reads the header of the batch at the start of `buf` without checking its CRC.
@@ -136,10 +142,290 @@ pub fn validate_produce(records: &Bytes, api_version: i16) -> Result<(Bytes, Bat
     if header.is_control() {
         return Err(RecordsError::Invalid("clients may not produce control batches"));
     }
+    if header.base_offset != 0 {
+        return Err(RecordsError::Invalid("a producer's batch must have base offset 0"));
+    }
     if header.producer_id >= 0 && header.base_sequence < 0 {
         return Err(RecordsError::Invalid("batch with a producer id has no base sequence"));
     }
     Ok((batch, header))
+}
+
+/// What a producer's records are checked against: the topic's settings that Kafka's
+/// `LogValidator` applies, the time, and the agent's bound on a batch's decompressed size.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordChecks<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The broker's time (record timestamps are checked against it).
+    pub now_ms: i64,
+    /// `message.timestamp.before.max.ms` / `message.timestamp.after.max.ms`.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    pub compacted: bool,
+    /// `[agent] max_decompressed_batch_bytes`.
+    pub max_decompressed_bytes: usize,
+}
+
+/// Kafka's NO_TIMESTAMP: a record without a timestamp is not range-checked.
+const NO_TIMESTAMP: i64 = -1;
+/// The xerial snappy-java stream header (magic, version 1, compatible version 1).
+const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_BYTES: usize = 16;
+/// A zstd window above this is refused whatever the bound (Kafka's zstd-jni default limit).
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// A thread's decompression buffer is kept for the next batch up to this capacity.
+const KEPT_BUFFER_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// Decompressed records of the batch being validated; reused by the thread's next batch.
+    static DECOMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The thread's zstd decompression context (its tables are reused across batches).
+    static ZSTD: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Checks every record of a v2 batch whose header `peek_header` read (CRC not checked here):
+/// the records section, decompressed when compressed (at most `max_decompressed_bytes`),
+/// holds exactly `record_count` well-formed records (lengths, varints, headers), offset deltas
+/// 0, 1, 2..., nothing after the last one; keys present on a compacted topic; timestamps within
+/// the topic's range. Errors are Kafka's: INVALID_RECORD for what a consumer could not read,
+/// INVALID_TIMESTAMP with per-record errors.
+pub fn validate_records(batch: &[u8], header: &BatchHeader, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
+    let body = batch.get(BATCH_HEADER_BYTES..header.size_bytes as usize).ok_or(RecordsError::Corrupt("batch shorter than its header"))?;
+    if header.compression() == 0 {
+        return walk_records(body, header, checks);
+    }
+    DECOMPRESSED.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return Err(RecordsError::Invalid("records validated reentrantly")); // never: no callbacks inside
+        };
+        buf.clear();
+        let result = decompress(header.compression(), body, &mut buf, checks.max_decompressed_bytes)
+            .and_then(|()| walk_records(&buf, header, checks));
+        if buf.capacity() > KEPT_BUFFER_BYTES {
+            *buf = Vec::new();
+        }
+        result
+    })
+}
+
+const BAD: RecordsError = RecordsError::Invalid("compressed records do not decompress");
+const TOO_LARGE: RecordsError =
+    RecordsError::Invalid("records decompress to more than the agent's max_decompressed_batch_bytes");
+
+/// Decompresses a batch's records section into `out` (empty), refusing more than `max` bytes.
+fn decompress(codec: i16, input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), RecordsError> {
+    use std::io::Read;
+    let limit = max as u64 + 1;
+    match codec {
+        1 => {
+            // Kafka reads gzip with java.util.zip.GZIPInputStream: members back to back.
+            flate2::read::MultiGzDecoder::new(input).take(limit).read_to_end(out).map_err(|_| BAD)?;
+        }
+        2 => decompress_snappy(input, out, max)?,
+        3 => {
+            // The LZ4 frame format (Kafka's KafkaLZ4BlockInputStream); nothing after the frame.
+            let mut d = lz4::Decoder::new(input).map_err(|_| BAD)?;
+            (&mut d).take(limit).read_to_end(out).map_err(|_| BAD)?;
+            if out.len() > max {
+                return Err(TOO_LARGE);
+            }
+            let (rest, finished) = d.finish();
+            if finished.is_err() || !rest.is_empty() {
+                return Err(BAD);
+            }
+        }
+        4 => decompress_zstd(input, out, max)?,
+        _ => return Err(RecordsError::Corrupt("unknown compression type")),
+    }
+    if out.len() > max { Err(TOO_LARGE) } else { Ok(()) }
+}
+
+/// Snappy as Kafka's clients write it: xerial snappy-java framing (header, then blocks of
+/// `i32 length | raw snappy`), or one raw snappy block (snappy-java falls back to that too).
+fn decompress_snappy(input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), RecordsError> {
+    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), RecordsError> {
+        let n = snap::raw::decompress_len(compressed).map_err(|_| BAD)?;
+        let at = out.len();
+        if n > max - at {
+            return Err(TOO_LARGE); // known from the block's header, before any output
+        }
+        out.resize(at + n, 0);
+        let written = snap::raw::Decoder::new().decompress(compressed, &mut out[at..]).map_err(|_| BAD)?;
+        if written != n {
+            return Err(BAD);
+        }
+        Ok(())
+    };
+    if input.len() < XERIAL_HEADER_BYTES || !input.starts_with(XERIAL_MAGIC) {
+        return block(input, out);
+    }
+    let mut rest = &input[XERIAL_HEADER_BYTES..];
+    while !rest.is_empty() {
+        let len = rest.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or(BAD)?;
+        let len = usize::try_from(len).map_err(|_| BAD)?;
+        let chunk = rest.get(4..4 + len).ok_or(BAD)?;
+        block(chunk, out)?;
+        rest = &rest[4 + len..];
+    }
+    Ok(())
+}
+
+/// zstd frames back to back (zstd-jni reads them so), the window bounded, the output bounded.
+fn decompress_zstd(input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), RecordsError> {
+    use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
+    const STEP_BYTES: usize = 128 << 10;
+    ZSTD.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return Err(BAD);
+        };
+        if slot.is_none() {
+            let mut d = DCtx::try_create().ok_or(BAD)?;
+            d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX)).map_err(|_| BAD)?;
+            *slot = Some(d);
+        }
+        let Some(d) = slot.as_mut() else { return Err(BAD) };
+        d.reset(ResetDirective::SessionOnly).map_err(|_| BAD)?;
+        let mut src = InBuffer::around(input);
+        let mut frame_done = false;
+        loop {
+            if src.pos() == input.len() && frame_done {
+                return Ok(());
+            }
+            if out.len() > max {
+                return Ok(()); // the caller refuses
+            }
+            out.reserve(STEP_BYTES.min(max + 1 - out.len()));
+            let before = (src.pos(), out.len());
+            let pos = out.len();
+            let hint = d.decompress_stream(&mut OutBuffer::around_pos(out, pos), &mut src).map_err(|_| BAD)?;
+            frame_done = hint == 0;
+            if !frame_done && (src.pos(), out.len()) == before {
+                return Err(BAD); // no progress: the input ends inside a frame
+            }
+        }
+    })
+}
+
+/// Reads the 7-bit groups of a varint of at most `max_bytes` bytes; bits past 64 are dropped.
+fn read_unsigned(buf: &mut &[u8], max_bytes: u32) -> Option<u64> {
+    let mut raw: u64 = 0;
+    for i in 0..max_bytes {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        raw |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(raw);
+        }
+    }
+    None
+}
+
+/// Reads one zigzag varint of at most 5 bytes, kept to 32 bits (Kafka's ByteUtils.readVarint).
+fn read_varint(buf: &mut &[u8]) -> Option<i32> {
+    let raw = read_unsigned(buf, 5)? as u32;
+    Some(((raw >> 1) as i32) ^ -((raw & 1) as i32))
+}
+
+/// Reads one zigzag varlong of at most 10 bytes (Kafka's ByteUtils.readVarlong).
+fn read_varlong(buf: &mut &[u8]) -> Option<i64> {
+    let raw = read_unsigned(buf, 10)?;
+    Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+}
+
+/// Skips a varint-length-prefixed field (key, value, header key or value); -1 is null.
+fn skip_field(buf: &mut &[u8], allow_null: bool) -> Option<bool> {
+    let len = read_varint(buf)?;
+    if len < 0 {
+        return allow_null.then_some(false);
+    }
+    *buf = buf.get(len as usize..)?;
+    Some(true)
+}
+
+/// One record's fields that validation needs, or None if it is malformed.
+fn parse_record(body: &[u8]) -> Option<(i64, i32, bool)> {
+    let mut b = body;
+    let (_attributes, rest) = b.split_first()?;
+    b = rest;
+    let timestamp_delta = read_varlong(&mut b)?;
+    let offset_delta = read_varint(&mut b)?;
+    let has_key = skip_field(&mut b, true)?;
+    skip_field(&mut b, true)?;
+    let headers = read_varint(&mut b)?;
+    if headers < 0 || headers as usize > b.len() {
+        return None;
+    }
+    for _ in 0..headers {
+        skip_field(&mut b, false)?;
+        skip_field(&mut b, true)?;
+    }
+    b.is_empty().then_some((timestamp_delta, offset_delta, has_key))
+}
+
+/// Walks the (uncompressed) records of a batch; see [`validate_records`].
+fn walk_records(mut records: &[u8], header: &BatchHeader, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
+    let mut key_errors = Vec::new();
+    let mut timestamp_errors = Vec::new();
+    let (low, high) = (
+        checks.now_ms.wrapping_sub(checks.timestamp_before_max_ms),
+        checks.now_ms.wrapping_add(checks.timestamp_after_max_ms),
+    );
+    for i in 0..header.record_count {
+        let len = read_varint(&mut records).ok_or(RecordsError::Invalid("record length is not a valid varint"))?;
+        let body = usize::try_from(len)
+            .ok()
+            .and_then(|n| records.get(..n))
+            .ok_or(RecordsError::Invalid("record size exceeds the batch's remaining bytes"))?;
+        records = &records[body.len()..];
+        let (timestamp_delta, offset_delta, has_key) =
+            parse_record(body).ok_or(RecordsError::Invalid("found invalid record structure"))?;
+        if offset_delta != i {
+            // Kafka rewrites such batches; stored as the producer's bytes they would lie to consumers.
+            return Err(RecordsError::Invalid("record offset deltas must be 0, 1, 2... in order"));
+        }
+        if checks.compacted && !has_key {
+            key_errors.push((i, format!("Compacted topic cannot accept message without key in topic partition {}-{}.", checks.topic, checks.partition)));
+            continue;
+        }
+        let timestamp = header.base_timestamp.wrapping_add(timestamp_delta);
+        if timestamp != NO_TIMESTAMP {
+            let diff = checks.now_ms.wrapping_sub(timestamp);
+            if diff > checks.timestamp_before_max_ms || diff.wrapping_neg() > checks.timestamp_after_max_ms {
+                timestamp_errors.push((i, format!(
+                    "Timestamp {timestamp} of message with offset {offset_delta} is out of range. The timestamp should be within [{low}, {high}]"
+                )));
+            }
+        }
+    }
+    if !records.is_empty() {
+        return Err(RecordsError::Invalid("bytes left after the batch's last record"));
+    }
+    if !timestamp_errors.is_empty() {
+        let mut record_errors = key_errors;
+        record_errors.extend(timestamp_errors);
+        record_errors.sort_by_key(|e| e.0);
+        return Err(RecordsError::Rejected {
+            timestamp: true,
+            message: "One or more records have been rejected due to invalid timestamp".into(),
+            record_errors,
+        });
+    }
+    if !key_errors.is_empty() {
+        let shown: Vec<String> =
+            key_errors.iter().take(3).map(|(i, m)| format!("RecordError(batchIndex={i}, message='{m}')")).collect();
+        return Err(RecordsError::Rejected {
+            timestamp: false,
+            message: format!(
+                "One or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: [{}]",
+                key_errors.len(),
+                shown.join(", ")
+            ),
+            record_errors: key_errors,
+        });
+    }
+    Ok(())
 }
 
 /// Whether the CRC32C of a whole batch matches its header.
@@ -310,43 +596,44 @@ pub fn encode_batch(base_timestamp: i64, values: &[&[u8]]) -> Bytes {
 
 /// Like [`encode_batch`], for an idempotent producer: `(producer id, epoch, base sequence)`.
 pub fn encode_producer_batch(producer: Option<(i64, i16, i32)>, base_timestamp: i64, values: &[&[u8]]) -> Bytes {
-    let (producer_id, epoch, sequence) = producer.unwrap_or((-1, -1, -1));
-    fn varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let byte = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-    }
     let mut records = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let mut r = Vec::new();
         r.push(0u8); // attributes
-        varint(&mut r, 0); // timestamp delta
-        varint(&mut r, i as i64); // offset delta
-        varint(&mut r, -1); // key: null
-        varint(&mut r, v.len() as i64);
+        write_varint(&mut r, 0); // timestamp delta
+        write_varint(&mut r, i as i64); // offset delta
+        write_varint(&mut r, -1); // key: null
+        write_varint(&mut r, v.len() as i64);
         r.extend_from_slice(v);
-        varint(&mut r, 0); // headers
-        varint(&mut records, r.len() as i64);
+        write_varint(&mut r, 0); // headers
+        write_varint(&mut records, r.len() as i64);
         records.extend_from_slice(&r);
     }
-    let n = values.len() as i32;
-    let mut tail = Vec::new(); // from attributes on
-    tail.extend_from_slice(&0i16.to_be_bytes());
-    tail.extend_from_slice(&(n - 1).to_be_bytes());
+    frame_batch(0, values.len() as i32, base_timestamp, producer.unwrap_or((-1, -1, -1)), &records)
+}
+
+/// Appends a zigzag varint (or varlong).
+fn write_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// A v2 batch around an encoded records section: base offset 0, no leader epoch, CRC set.
+fn frame_batch(attributes: i16, count: i32, base_timestamp: i64, (producer_id, epoch, sequence): (i64, i16, i32), records: &[u8]) -> Bytes {
+    let mut tail = Vec::with_capacity(BATCH_HEADER_BYTES + records.len()); // from attributes on
+    tail.extend_from_slice(&attributes.to_be_bytes());
+    tail.extend_from_slice(&(count - 1).to_be_bytes());
     tail.extend_from_slice(&base_timestamp.to_be_bytes());
     tail.extend_from_slice(&base_timestamp.to_be_bytes());
     tail.extend_from_slice(&producer_id.to_be_bytes());
     tail.extend_from_slice(&epoch.to_be_bytes());
     tail.extend_from_slice(&sequence.to_be_bytes());
-    tail.extend_from_slice(&n.to_be_bytes());
-    tail.extend_from_slice(&records);
+    tail.extend_from_slice(&count.to_be_bytes());
+    tail.extend_from_slice(records);
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
     out.extend_from_slice(&0i64.to_be_bytes());
     out.extend_from_slice(&((tail.len() + 9) as i32).to_be_bytes());
@@ -389,9 +676,253 @@ mod tests {
         assert_eq!(h.size_bytes as usize, b.len());
         let mut m = batch.to_vec();
         patch_header(&mut m, 42, 0);
-        let m = Bytes::from(m);
-        let (_, h2) = validate_produce(&m, 9).unwrap(); // CRC still valid after the patch
-        assert_eq!(h2.base_offset, 42);
+        assert!(crc_ok(&m)); // CRC still valid after the patch
+        assert_eq!(peek_header(&m).unwrap().unwrap().base_offset, 42);
+        // A producer's batch must come with base offset 0, as Kafka requires.
+        assert_eq!(validate_produce(&m.into(), 9), Err(RecordsError::Invalid("a producer's batch must have base offset 0")));
+        assert_eq!(validate_records(&batch, &h, &checks()), Ok(()));
+    }
+
+    const NOW_MS: i64 = 1_700_000_000_000;
+
+    fn checks() -> RecordChecks<'static> {
+        RecordChecks {
+            topic: "t",
+            partition: 0,
+            now_ms: NOW_MS,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: 3_600_000,
+            compacted: false,
+            max_decompressed_bytes: 1 << 20,
+        }
+    }
+
+    /// One record: (offset delta, timestamp delta, key, value), no headers.
+    fn record(offset_delta: i64, timestamp_delta: i64, key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8];
+        write_varint(&mut r, timestamp_delta);
+        write_varint(&mut r, offset_delta);
+        match key {
+            Some(k) => {
+                write_varint(&mut r, k.len() as i64);
+                r.extend_from_slice(k);
+            }
+            None => write_varint(&mut r, -1),
+        }
+        write_varint(&mut r, value.len() as i64);
+        r.extend_from_slice(value);
+        write_varint(&mut r, 0);
+        let mut out = Vec::new();
+        write_varint(&mut out, r.len() as i64);
+        out.extend_from_slice(&r);
+        out
+    }
+
+    fn records(n: i64) -> Vec<u8> {
+        (0..n).flat_map(|i| record(i, 0, Some(b"k"), b"value")).collect()
+    }
+
+    /// A v2 batch with a correct CRC around any records section.
+    fn raw_batch(attributes: i16, count: i32, base_timestamp: i64, body: &[u8]) -> Bytes {
+        frame_batch(attributes, count, base_timestamp, (-1, -1, -1), body)
+    }
+
+    fn check(batch: &Bytes, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
+        let (batch, header) = validate_produce(batch, 9)?;
+        validate_records(&batch, &header, checks)
+    }
+
+    fn compress(codec: i16, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match codec {
+            1 => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            2 => {
+                let mut out = XERIAL_MAGIC.to_vec();
+                out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+                for chunk in data.chunks(32 * 1024) {
+                    let block = snap::raw::Encoder::new().compress_vec(chunk).unwrap();
+                    out.extend_from_slice(&(block.len() as i32).to_be_bytes());
+                    out.extend_from_slice(&block);
+                }
+                out
+            }
+            3 => {
+                let mut e = lz4::EncoderBuilder::new().build(Vec::new()).unwrap();
+                e.write_all(data).unwrap();
+                let (out, r) = e.finish();
+                r.unwrap();
+                out
+            }
+            4 => zstd::bulk::compress(data, 3).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn invalid(e: Result<(), RecordsError>) -> bool {
+        matches!(e, Err(RecordsError::Invalid(_)))
+    }
+
+    #[test]
+    fn every_record_is_checked() {
+        let c = checks();
+        let good = records(3);
+        assert_eq!(check(&raw_batch(0, 3, NOW_MS, &good), &c), Ok(()));
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0, 1, 2]);
+        let mut long = good.clone();
+        long[0] = 100; // first record's length (zigzag 50) past what it holds
+        for (what, batch) in [
+            ("random records", raw_batch(0, 3, NOW_MS, &[0xa5; 40])),
+            ("count without records", raw_batch(0, 5, NOW_MS, &[])),
+            ("count too high", raw_batch(0, 4, NOW_MS, &good)),
+            ("trailing bytes", raw_batch(0, 3, NOW_MS, &trailing)),
+            ("record length", raw_batch(0, 3, NOW_MS, &long)),
+            ("varint too long", raw_batch(0, 1, NOW_MS, &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01])),
+            ("deltas out of order", raw_batch(0, 2, NOW_MS, &[record(1, 0, None, b"a"), record(0, 0, None, b"b")].concat())),
+        ] {
+            assert!(invalid(check(&batch, &c)), "{what}");
+        }
+        // Negative header count, header count past the bytes.
+        for headers in [-1i64, 100] {
+            let mut r = vec![0u8, 0, 0, 1, 0];
+            write_varint(&mut r, headers);
+            let mut body = Vec::new();
+            write_varint(&mut body, r.len() as i64);
+            body.extend_from_slice(&r);
+            assert!(invalid(check(&raw_batch(0, 1, NOW_MS, &body), &c)), "{headers} headers");
+        }
+    }
+
+    #[test]
+    fn compressed_records_are_checked_within_the_bound() {
+        let c = checks();
+        for codec in 1..=4 {
+            let good = records(3);
+            assert_eq!(check(&raw_batch(codec, 3, NOW_MS, &compress(codec, &good)), &c), Ok(()), "codec {codec}");
+            let whole = compress(codec, &good);
+            let mut junk = whole.clone();
+            junk.extend_from_slice(b"junk");
+            for (what, body) in [
+                ("garbage", vec![0x5a; 64]),
+                ("cut short", whole[..whole.len() / 2].to_vec()),
+                ("bytes after the stream", junk),
+                ("random records", compress(codec, &[0xa5; 40])),
+                ("empty", Vec::new()),
+            ] {
+                assert!(invalid(check(&raw_batch(codec, 3, NOW_MS, &body), &c)), "codec {codec}: {what}");
+            }
+            // One record just under the bound passes, just over is refused.
+            let fits = record(0, 0, None, &vec![0; (1 << 20) - 16]);
+            assert_eq!(check(&raw_batch(codec, 1, NOW_MS, &compress(codec, &fits)), &c), Ok(()), "codec {codec}");
+            let bomb = record(0, 0, None, &vec![0; 1 << 20]);
+            assert_eq!(check(&raw_batch(codec, 1, NOW_MS, &compress(codec, &bomb)), &c), Err(TOO_LARGE), "codec {codec}");
+        }
+        // Raw snappy without the xerial framing, as snappy-java also reads it.
+        let raw = snap::raw::Encoder::new().compress_vec(&records(2)).unwrap();
+        assert_eq!(check(&raw_batch(2, 2, NOW_MS, &raw), &c), Ok(()));
+    }
+
+    #[test]
+    fn timestamps_and_keys_get_kafkas_record_errors() {
+        let c = checks();
+        let ahead = raw_batch(0, 2, NOW_MS + 3_600_001, &records(2));
+        let Err(RecordsError::Rejected { timestamp: true, message, record_errors }) = check(&ahead, &c) else { panic!() };
+        assert_eq!(message, "One or more records have been rejected due to invalid timestamp");
+        assert_eq!(record_errors.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(record_errors[1].1.starts_with("Timestamp 1700003600001 of message with offset 1 is out of range."));
+        assert_eq!(check(&raw_batch(0, 2, NOW_MS + 3_600_000, &records(2)), &c), Ok(()));
+        assert_eq!(check(&raw_batch(0, 2, -1, &records(2)), &c), Ok(())); // no timestamp
+        assert_eq!(check(&raw_batch(0, 2, 5, &records(2)), &c), Ok(())); // before.max is unbounded
+        let early = RecordChecks { timestamp_before_max_ms: 1000, ..checks() };
+        assert!(matches!(check(&raw_batch(0, 2, NOW_MS - 1001, &records(2)), &early), Err(RecordsError::Rejected { timestamp: true, .. })));
+
+        let compacted = RecordChecks { compacted: true, ..checks() };
+        let keyless = raw_batch(0, 2, NOW_MS, &[record(0, 0, Some(b"k"), b"a"), record(1, 0, None, b"b")].concat());
+        let Err(RecordsError::Rejected { timestamp: false, message, record_errors }) = check(&keyless, &compacted) else { panic!() };
+        assert_eq!(record_errors, vec![(1, "Compacted topic cannot accept message without key in topic partition t-0.".to_string())]);
+        assert!(message.starts_with("One or more records have been rejected due to 1 record errors in total"));
+        assert_eq!(check(&keyless, &c), Ok(()));
+    }
+
+    /// Key, value, headers, timestamp (from NOW_MS).
+    type TestRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i64);
+
+    /// Batches of Kafka's format from an encoder that is not ours (the kafka-protocol crate,
+    /// with Kafka's framings: xerial snappy, LZ4 frames), every codec.
+    fn encode_with_kafka_protocol(codec: i16, records: &[TestRecord]) -> Bytes {
+        use kafka_protocol::protocol::StrBytes;
+        use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        let compression = match codec {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            _ => Compression::Zstd,
+        };
+        let records: Vec<Record> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v, h, ts))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: 7, // an idempotent producer: sequences follow offsets
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: NOW_MS + ts,
+                key: k.clone().map(Bytes::from),
+                value: v.clone().map(Bytes::from),
+                headers: h.iter().map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone().map(Bytes::from))).collect(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+        buf.freeze()
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_encoded_batch_validates(
+            codec in 0i16..=4,
+            records in proptest::collection::vec((
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+                proptest::collection::vec(("[a-z]{0,8}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20))), 0..3),
+                -100_000i64..100_000,
+            ), 1..40),
+        ) {
+            let batch = encode_with_kafka_protocol(codec, &records);
+            prop_assert_eq!(check(&batch, &checks()), Ok(()));
+            let ours: Vec<&[u8]> = records.iter().map(|r| r.1.as_deref().unwrap_or(b"")).collect();
+            prop_assert_eq!(check(&encode_batch(NOW_MS, &ours), &checks()), Ok(()));
+        }
+
+        #[test]
+        fn random_records_never_panic(
+            codec in 0i16..=4,
+            count in 0i32..5,
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            prefix in 0usize..4,
+        ) {
+            // Random bytes, and random bytes after a valid stream's start (past the codec header).
+            let start = compress(codec.max(1), &records(2));
+            let mut framed = start[..prefix.min(start.len()) * 4].to_vec();
+            framed.extend_from_slice(&body);
+            for b in [&body, &framed] {
+                let batch = raw_batch(codec, count, NOW_MS, b);
+                let header = peek_header(&batch).unwrap().unwrap();
+                let _ = validate_records(&batch, &header, &checks());
+            }
+        }
     }
 
     #[test]

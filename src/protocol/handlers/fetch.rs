@@ -4,6 +4,7 @@
 //! answers leave out partitions with nothing new. isolation_level 1 (read_committed) reads up
 //! to the last stable offset and lists the aborted transactions of what it returns.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -16,12 +17,10 @@ use tokio::time::{Duration, Instant};
 use crate::agent::Agent;
 use crate::controller::TopicRef;
 use crate::metrics::{self, Counter};
+use crate::failures::{self, Op};
 use crate::protocol::error::agent_code;
 use crate::protocol::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
 use crate::protocol::records::BatchChain;
-
-/// Longest long-poll honoured, whatever the client asks.
-const MAX_WAIT_CAP: Duration = Duration::from_secs(300);
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
 fn requests(begun: &Begun) -> &'static Counter {
@@ -48,14 +47,20 @@ pub struct FetchAnswer {
     pub records: Vec<Option<BatchChain>>,
 }
 
-pub async fn handle(agent: &Agent, version: i16, req: FetchRequest) -> FetchAnswer {
-    let begun = agent.fetch_sessions.begin(version, &req);
+/// Answers a Fetch from the connection `peer` (which then owns the session it opens or uses).
+/// The long poll lasts at most `[agent] fetch_max_wait_ms_max`, whatever the client asks.
+pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: SocketAddr) -> FetchAnswer {
+    let begun = agent.fetch_sessions.begin(version, &req, peer);
     requests(&begun).inc();
     let (mode, wanted) = match begun {
         Ok(m) => m,
-        Err(code) => return FetchAnswer { response: FetchResponse::default().with_error_code(code), records: Vec::new() },
+        Err(code) => {
+            failures::record(Op::Fetch, code, "fetch session");
+            return FetchAnswer { response: FetchResponse::default().with_error_code(code), records: Vec::new() };
+        }
     };
-    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let max_wait = (req.max_wait_ms.max(0) as u64).min(agent.settings.fetch_max_wait_ms_max);
+    let deadline = Instant::now() + Duration::from_millis(max_wait);
     let mut commits = agent.controller.commit_watch();
     commits.borrow_and_update();
     let partitions = loop {
@@ -131,6 +136,7 @@ async fn read_once(
             None => {
                 any_error = true;
                 let code = if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
+                failures::record(Op::Fetch, code.code(), "unknown topic");
                 data = data.with_error_code(code.code());
             }
             Some(meta) => {
@@ -160,7 +166,9 @@ async fn read_once(
                                 .with_last_stable_offset(lso)
                                 .with_log_start_offset(o.log_start_offset);
                         }
-                        data = data.with_error_code(agent_code(&e));
+                        let code = agent_code(&e);
+                        failures::record(Op::Fetch, code, &e.to_string());
+                        data = data.with_error_code(code);
                     }
                 }
             }

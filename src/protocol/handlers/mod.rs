@@ -225,7 +225,7 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Opt
             None => Outcome::NoResponse,
         },
         Request::Fetch(r) => {
-            let answer = fetch::handle(&agent, version, r).await;
+            let answer = fetch::handle(&agent, version, r, peer).await;
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),

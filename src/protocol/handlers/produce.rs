@@ -2,9 +2,11 @@
 //! accepted together (one WAL entry for acks=0/1, one upload group for acks=all), so a request
 //! costs one fsync or one flush interval however many partitions it has. acks=1 is answered
 //! with base offset -1 (offsets are assigned later, at commit); acks=0 gets no response.
+//! Transactional batches with acks=0/1 are verified with the transaction coordinator before
+//! they are accepted (their answer comes before the commit that would check them).
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use tokio::time::{Duration, Instant};
 
@@ -12,19 +14,59 @@ use std::sync::{Arc, OnceLock};
 
 use super::str_bytes;
 use crate::metrics::{self, Histogram};
-use crate::agent::Agent;
+use crate::agent::upload::GroupItem;
+use crate::agent::{Agent, AgentError};
 use crate::agent::produce::Appended;
-use crate::controller::TopicRef;
+use crate::controller::{ControllerError, TopicRef};
 use crate::protocol::connection::Turn;
-use crate::protocol::error::agent_code;
+use crate::protocol::error::{agent_code, controller_code};
+use crate::protocol::records::{self, RecordsError};
+use crate::failures::{self, Op};
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
 const ACKS_0_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A partition's fate: accepted (index into the request's accepted batches) or refused.
+/// A partition's fate: accepted (index into the request's accepted batches) or refused, with
+/// Kafka's per-record errors when there are some.
 enum Slot {
     Accepted(usize),
-    Failed(i16, String),
+    Failed(i16, String, Vec<(i32, String)>),
+}
+
+impl Slot {
+    fn failed(code: i16, message: String) -> Self {
+        Slot::Failed(code, message, Vec::new())
+    }
+
+    fn refused(e: AgentError) -> Self {
+        let code = agent_code(&e);
+        match e {
+            AgentError::Records(RecordsError::Rejected { message, record_errors, .. }) => Slot::Failed(code, message, record_errors),
+            e => Slot::failed(code, e.to_string()),
+        }
+    }
+}
+
+/// Whether any partition's batch has the transactional bit (Kafka then requires the request's
+/// transactional id before anything else).
+fn has_transactional_batch(req: &ProduceRequest) -> bool {
+    req.topic_data.iter().flat_map(|t| &t.partition_data).any(|p| {
+        p.records.as_ref().is_some_and(|r| matches!(records::peek_header(r), Ok(Some(h)) if h.is_transactional()))
+    })
+}
+
+/// Kafka's answer for a transactional batch that failed verification: INVALID_TXN_STATE, which
+/// Produce v11+ (KIP-890) clients get as TRANSACTION_ABORTABLE.
+fn verification_refusal(e: &ControllerError, version: i16) -> Slot {
+    match e {
+        ControllerError::InvalidTxnState(_) if version >= 11 => {
+            Slot::failed(ResponseError::TransactionAbortable.code(), "Partition was not added to the transaction".into())
+        }
+        ControllerError::InvalidTxnState(_) => {
+            Slot::failed(ResponseError::InvalidTxnState.code(), "Partition was not added to the transaction".into())
+        }
+        e => Slot::failed(controller_code(e), e.to_string()),
+    }
 }
 
 pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest, turn: Option<Turn>) -> Option<ProduceResponse> {
@@ -60,6 +102,8 @@ async fn handle_inner(
         + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
     let mut items = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
+    // Kafka: a transactional batch in a request without a transactional id fails every partition.
+    let no_txn_id = req.transactional_id.is_none() && has_transactional_batch(&req);
     for t in &req.topic_data {
         let meta = if version >= 13 {
             agent.controller.topic(TopicRef::Id(t.topic_id))
@@ -70,23 +114,28 @@ async fn handle_inner(
         let mut slots = Vec::with_capacity(t.partition_data.len());
         for p in &t.partition_data {
             let slot = if !(-1..=1).contains(&acks) {
-                Slot::Failed(ResponseError::InvalidRequiredAcks.code(), format!("acks={acks} is not 0, 1 or -1"))
+                Slot::failed(ResponseError::InvalidRequiredAcks.code(), format!("acks={acks} is not 0, 1 or -1"))
+            } else if no_txn_id {
+                Slot::failed(ResponseError::TransactionalIdAuthorizationFailed.code(), "transactional batch without a transactional id".into())
             } else {
                 match (&meta, &p.records) {
-                    (None, _) => Slot::Failed(unknown.code(), "unknown topic".into()),
-                    (Some(_), None) => Slot::Failed(ResponseError::InvalidRecord.code(), "null records".into()),
+                    (None, _) => Slot::failed(unknown.code(), "unknown topic".into()),
+                    (Some(_), None) => Slot::failed(ResponseError::InvalidRecord.code(), "null records".into()),
                     (Some(meta), Some(records)) => match agent.check_batch(meta, p.index, records, version) {
                         Ok(item) => {
                             items.push(item);
                             Slot::Accepted(items.len() - 1)
                         }
-                        Err(e) => Slot::Failed(agent_code(&e), e.to_string()),
+                        Err(e) => Slot::refused(e),
                     },
                 }
             };
             slots.push((p.index, slot));
         }
         topics.push((t.name.clone(), t.topic_id, meta, slots));
+    }
+    if acks != -1 {
+        verify_transactional(agent, version, &req, &mut items, &mut topics).await;
     }
     let accepted = items.len();
     // Queue in request order: earlier produce requests of this connection queue first.
@@ -103,7 +152,7 @@ async fn handle_inner(
     drop(hand_off);
     if acks == 0 {
         if let Err(e) = appended {
-            tracing::debug!(error = %e, "acks=0 produce dropped");
+            failures::record(Op::Produce, agent_code(&e), &format!("acks=0 produce dropped: {e}"));
         }
         return None;
     }
@@ -123,9 +172,9 @@ async fn handle_inner(
     for (name, topic_id, meta, slots) in topics {
         let mut partitions = Vec::with_capacity(slots.len());
         for (index, slot) in slots {
-            let result = match slot {
-                Slot::Accepted(i) => results.get(i).cloned().unwrap_or(Ok(None)),
-                Slot::Failed(code, msg) => Err((code, msg)),
+            let (result, record_errors) = match slot {
+                Slot::Accepted(i) => (results.get(i).cloned().unwrap_or(Ok(None)), Vec::new()),
+                Slot::Failed(code, msg, record_errors) => (Err((code, msg)), record_errors),
             };
             let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
             let log_start = || {
@@ -135,12 +184,71 @@ async fn handle_inner(
                 Ok(Some(base)) => r.with_base_offset(base).with_log_start_offset(log_start()),
                 Ok(None) => r.with_base_offset(-1).with_log_start_offset(log_start()),
                 Err((code, msg)) => {
+                    failures::record(Op::Produce, code, &msg);
                     let r = r.with_error_code(code).with_base_offset(-1).with_log_start_offset(-1);
-                    if version >= 8 { r.with_error_message(Some(str_bytes(msg))) } else { r }
+                    if version >= 8 {
+                        let record_errors = record_errors
+                            .into_iter()
+                            .map(|(i, m)| BatchIndexAndErrorMessage::default().with_batch_index(i).with_batch_index_error_message(Some(str_bytes(m))))
+                            .collect();
+                        r.with_error_message(Some(str_bytes(msg))).with_record_errors(record_errors)
+                    } else {
+                        r
+                    }
                 }
             });
         }
         responses.push(TopicProduceResponse::default().with_name(name).with_topic_id(topic_id).with_partition_responses(partitions));
     }
     Some((acks, ProduceResponse::default().with_responses(responses)))
+}
+
+/// The request's topics as the handler collects them: name, id, metadata, each partition's slot.
+type Topics = Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Option<Arc<crate::controller::TopicMeta>>, Vec<(i32, Slot)>)>;
+
+/// acks=0/1: refuses the transactional batches the coordinator does not know as part of an
+/// ongoing transaction with their partition (acks=all: the commit refuses them, and its answer
+/// is the client's), renumbering the accepted ones.
+async fn verify_transactional(agent: &Agent, version: i16, req: &ProduceRequest, items: &mut Vec<GroupItem>, topics: &mut Topics) {
+    let Some(transactional_id) = &req.transactional_id else { return };
+    let mut names = vec![""; items.len()];
+    for (_, _, meta, slots) in topics.iter() {
+        for (_, slot) in slots {
+            if let (Slot::Accepted(i), Some(m)) = (slot, meta) {
+                names[*i] = m.name.as_str();
+            }
+        }
+    }
+    let asked: Vec<usize> = (0..items.len()).filter(|&i| items[i].header.is_transactional()).collect();
+    if asked.is_empty() {
+        return;
+    }
+    let batches: Vec<(&str, &GroupItem)> = asked.iter().map(|&i| (names[i], &items[i])).collect();
+    let answers = agent.verify_transactional(transactional_id.0.as_str(), &batches).await;
+    let mut refused: Vec<Option<Slot>> = (0..items.len()).map(|_| None).collect();
+    for (&i, answer) in asked.iter().zip(answers) {
+        if let Err(e) = answer {
+            refused[i] = Some(verification_refusal(&e, version));
+        }
+    }
+    if refused.iter().all(Option::is_none) {
+        return;
+    }
+    // Keep the verified items, in order; a slot's index follows its item.
+    let keep: Vec<bool> = refused.iter().map(Option::is_none).collect();
+    let mut new_index = vec![0; items.len()];
+    let mut kept = 0;
+    for (i, &k) in keep.iter().enumerate() {
+        new_index[i] = kept;
+        kept += usize::from(k);
+    }
+    for (_, _, _, slots) in topics.iter_mut() {
+        for (_, slot) in slots.iter_mut() {
+            if let Slot::Accepted(i) = *slot {
+                *slot = refused[i].take().unwrap_or(Slot::Accepted(new_index[i]));
+            }
+        }
+    }
+    let mut keep = keep.into_iter();
+    items.retain(|_| keep.next().unwrap_or(true));
 }
