@@ -60,7 +60,11 @@ def test_sigkill_loses_no_acknowledged_record(tmp_path, acks):
             run_for = rng.uniform(0.3, 1.2)
             end = time.monotonic() + run_for
             while time.monotonic() < end:
-                p.produce(topic, value=b"r%08d" % seq, key=b"k%d" % (seq % 7), on_delivery=report)
+                try:
+                    p.produce(topic, value=b"r%08d" % seq, key=b"k%d" % (seq % 7), on_delivery=report)
+                except BufferError:  # the client's queue is full (long soaks): let it drain
+                    p.poll(0.05)
+                    continue
                 seq += 1
                 p.poll(0)
                 if seq % 50 == 0:
