@@ -73,11 +73,16 @@ def test_sigkill_loses_no_acknowledged_record(tmp_path, acks):
             p.poll(0.05)
             srv.start()
         # A last stretch after the final restart, then wait for every delivery report.
-        for _ in range(500):
-            p.produce(topic, value=b"r%08d" % seq, key=b"k%d" % (seq % 7), on_delivery=report)
+        last = seq + 500
+        while seq < last:
+            try:
+                p.produce(topic, value=b"r%08d" % seq, key=b"k%d" % (seq % 7), on_delivery=report)
+            except BufferError:
+                p.poll(0.05)
+                continue
             seq += 1
             p.poll(0)
-        remaining = p.flush(60)
+        remaining = p.flush(120)
         assert remaining == 0, "%d deliveries never reported" % remaining
         assert len(acked) > 500, "too few acknowledged records (%d) for a meaningful test" % len(acked)
 
