@@ -471,8 +471,9 @@ async fn run_committer(
                 (false, mark)
             }
         };
-        let wal = match &settings.wal_log_id {
-            Some(log_id) if commit_mark > 0 => Some(WalMark { log_id: log_id.clone(), entry_id: commit_mark }),
+        // An object without WAL entries (acks=all only) moves no mark: nothing to record.
+        let wal = match (&settings.wal_log_id, s.wal_entries) {
+            (Some(log_id), Some(_)) if commit_mark > 0 => Some(WalMark { log_id: log_id.clone(), entry_id: commit_mark }),
             _ => None,
         };
         let mut attempt = 0;

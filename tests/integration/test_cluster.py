@@ -100,6 +100,19 @@ def make_agent(tmp_path, node_id, addresses, objects, extra_env=None):
     return SidestreamServer(tmp_path / ("agent%d" % node_id), tmp_path / ("agent%d.log" % node_id), env)
 
 
+def remote_agent_on_s3(tmp_path, prefix, settings):
+    """A real S3 server (s3s-fs), a `sidestream controller` on SQLite, and one agent (not started)
+    in remote mode on both, with `settings` ({SIDESTREAM_*: value}) on top. Returns (s3,
+    controller, agent); the caller closes all three."""
+    from s3_server import S3Server
+    s3 = S3Server(tmp_path / "s3", tmp_path / "s3.log").start()
+    controller = ControllerProcess(tmp_path, "controller", "sqlite://%s" % (tmp_path / "controller.db"))
+    controller.start().wait_listening()
+    env = s3.sidestream_env(prefix)
+    env.update(settings)
+    return s3, controller, make_agent(tmp_path, 1, [controller.address], tmp_path / "unused", env)
+
+
 def fresh_pg_database():
     """A database of its own on the test server (dropped by the caller)."""
     name = "sidestream_it_%s" % uuid.uuid4().hex[:12]

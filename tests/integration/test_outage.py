@@ -27,8 +27,7 @@ from confluent_kafka import Producer
 
 from conftest import poll_until
 from readback import create_topic, read_all
-from s3_server import S3Server
-from test_cluster import ControllerProcess, make_agent
+from test_cluster import remote_agent_on_s3
 
 PARTITIONS = 3
 RATE_PER_PRODUCER = 750  # records/s
@@ -112,18 +111,13 @@ def lost_batches(agent):
 
 @pytest.mark.parametrize("outage", ["controller-paused", "object-store-down", "controller-killed"])
 def test_no_acknowledged_record_is_lost_through_an_outage_longer_than_the_orphan_grace(tmp_path, outage):
-    s3 = S3Server(tmp_path / "s3", tmp_path / "s3.log").start()
-    controller = ControllerProcess(tmp_path, "controller", "sqlite://%s" % (tmp_path / "controller.db"))
-    controller.start().wait_listening()
-    env = s3.sidestream_env("outage")
-    env.update({
+    s3, controller, agent = remote_agent_on_s3(tmp_path, "outage", {
         "SIDESTREAM_OBJECT_STORE_REQUEST_TIMEOUT_MS": "1000",
         "SIDESTREAM_OBJECT_STORE_ORPHAN_GRACE_MS": "1000",
         "SIDESTREAM_OBJECT_STORE_ORPHAN_SCAN_INTERVAL_MS": "100",
         "SIDESTREAM_CONTROLLER_CALL_TIMEOUT_MS": "1000",
         "SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS": "100",
     })
-    agent = make_agent(tmp_path, 1, [controller.address], tmp_path / "unused", env)
     producers = []
     try:
         agent.start()

@@ -11,8 +11,7 @@ time /readyz must turn 503 naming the check, then 200 again, and the log must ca
 import signal
 
 from conftest import poll_until
-from s3_server import S3Server
-from test_cluster import ControllerProcess, make_agent
+from test_cluster import remote_agent_on_s3
 
 
 def not_ready_for(agent, check):
@@ -26,17 +25,12 @@ def log_lines(agent, since, check, what):
 
 
 def test_readyz_follows_the_controller_and_the_object_store_of_an_idle_agent(tmp_path):
-    s3 = S3Server(tmp_path / "s3", tmp_path / "s3.log").start()
-    controller = ControllerProcess(tmp_path, "controller", "sqlite://%s" % (tmp_path / "controller.db"))
-    controller.start().wait_listening()
-    env = s3.sidestream_env("readyz")
-    env.update({
+    s3, controller, agent = remote_agent_on_s3(tmp_path, "readyz", {
         "SIDESTREAM_METRICS_HEALTH_PROBE_INTERVAL_MS": "200",
         "SIDESTREAM_OBJECT_STORE_REQUEST_TIMEOUT_MS": "1000",
         "SIDESTREAM_OBJECT_STORE_RETRY_DEADLINE_MS": "1000",
         "SIDESTREAM_CONTROLLER_CALL_TIMEOUT_MS": "1000",
     })
-    agent = make_agent(tmp_path, 1, [controller.address], tmp_path / "unused", env)
     try:
         agent.start()
         poll_until(lambda: "metrics_addr=" in agent.log_text() and agent.readyz()[0] == 200, 30, what="/readyz 200 at start")

@@ -8,7 +8,6 @@ when SIGTERM arrives, before it exits 0. The controller sends READY=1 once it li
 import os
 import signal
 import socket
-import subprocess
 import time
 
 from conftest import SidestreamServer, binary_path, free_port, poll_until
@@ -38,6 +37,13 @@ def receive(sock, want, timeout=60):
     raise AssertionError("no %r within %ss; got %r" % (want, timeout, got))
 
 
+def stop_expecting_stopping(proc, sock):
+    """SIGTERM: the process says STOPPING=1, then exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    receive(sock, "STOPPING=1", timeout=30)
+    assert proc.wait(30) == 0
+
+
 def test_agent_notifies_ready_after_it_serves_then_watchdog_then_stopping(tmp_path):
     sock, path = notify_socket(tmp_path)
     server = SidestreamServer(tmp_path / "data", tmp_path / "agent.log",
@@ -55,9 +61,7 @@ def test_agent_notifies_ready_after_it_serves_then_watchdog_then_stopping(tmp_pa
                                   what="the metrics address in the log")
         assert body["checks"]["wal"]["ok"], body
         receive(sock, "WATCHDOG=1", timeout=10)
-        server.proc.send_signal(signal.SIGTERM)
-        receive(sock, "STOPPING=1", timeout=30)
-        assert server.proc.wait(30) == 0
+        stop_expecting_stopping(server.proc, sock)
     finally:
         server.close()
         sock.close()
@@ -86,9 +90,7 @@ def test_controller_notifies_ready_once_listening(tmp_path):
         got = receive(sock, "READY=1")
         assert "controller service listening" in controller.log(), controller.log()
         assert got[0].startswith("READY=1"), got
-        controller.proc.send_signal(signal.SIGTERM)
-        receive(sock, "STOPPING=1", timeout=30)
-        assert controller.proc.wait(30) == 0
+        stop_expecting_stopping(controller.proc, sock)
     finally:
         controller.close()
         sock.close()
