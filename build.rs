@@ -1,6 +1,6 @@
 //! Generates the controller's gRPC service code (server trait and client) from a Rust
 //! description, with tonic's manual builder: the messages are hand-written prost structs in
-//! `src/controller/rpc.rs`, so the build needs no `protoc` and no `.proto` file.
+//! `src/api/rpc.rs`, so the build needs no `protoc` and no `.proto` file.
 
 use tonic_build::manual::{Builder, Method, Service};
 
@@ -10,14 +10,7 @@ const METHODS: &[(&str, &str, &str, &str, bool)] = &[
     ("heartbeat", "Heartbeat", "HeartbeatRequest", "HeartbeatReply", false),
     ("snapshot", "Snapshot", "Empty", "SnapshotReply", false),
     ("watch", "Watch", "Empty", "WatchEvent", true),
-    ("create_topic", "CreateTopic", "CreateTopicRequest", "Topic", false),
-    ("delete_topic", "DeleteTopic", "TopicRefRequest", "Topic", false),
-    ("commit_object", "CommitObject", "CommitObjectRequest", "CommitObjectReply", false),
-    ("find_extents", "FindExtents", "FindExtentsRequest", "Extents", false),
-    ("wal_mark", "WalMark", "WalMarkRequest", "WalMarkReply", false),
-    ("init_producer_id", "InitProducerId", "Empty", "ProducerIdReply", false),
-    ("collect_orphans", "CollectOrphans", "OrphansRequest", "OrphansReply", false),
-    ("coordinate", "Coordinate", "CoordinateRequest", "CoordinateReply", false),
+    ("call", "Call", "CallRequest", "CallReply", false),
 ];
 
 fn main() {
@@ -26,8 +19,8 @@ fn main() {
         let mut m = Method::builder()
             .name(*name)
             .route_name(*route)
-            .input_type(format!("crate::controller::rpc::{input}"))
-            .output_type(format!("crate::controller::rpc::{output}"))
+            .input_type(format!("crate::api::rpc::{input}"))
+            .output_type(format!("crate::api::rpc::{output}"))
             .codec_path("tonic_prost::ProstCodec");
         if *streaming {
             m = m.server_streaming();

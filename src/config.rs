@@ -706,7 +706,7 @@ impl Config {
                     ));
                 }
                 let root = root.trim_matches('/');
-                if !root.is_empty() && crate::object::store::check_key(root).is_err() {
+                if !root.is_empty() && !crate::format::object::valid_key(root) {
                     return Err(format!("{url:?}: the path {root:?} may only hold a-z, A-Z, 0-9, '-', '_', '.', '/'"));
                 }
                 Ok(ObjectStoreUrl::S3 { bucket: bucket.to_string(), root: root.to_string() })

@@ -8,10 +8,18 @@
 //! `/readyz` answers 200 only while every check is ok, else 503, both with a JSON body naming
 //! each check and why. Process-wide, like the metrics registry.
 //!
-//! Must not touch: anything but its own table (components call in; it calls nobody).
+//! [`serve`] is the HTTP listener (`[metrics] listen`): `/metrics` ([`crate::metrics::render`]),
+//! `/healthz` and `/readyz`.
+//!
+//! Must not touch: anything but its own table and the HTTP listener (components call in).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Check {
@@ -62,6 +70,60 @@ pub fn readiness() -> (bool, String) {
         .map(|(name, c)| (name.to_string(), serde_json::json!({ "ok": c.ok, "reason": c.reason })))
         .collect();
     (ready, serde_json::json!({ "ready": ready, "checks": detail }).to_string())
+}
+
+/// Largest HTTP request head read.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` (see [`readiness`]) until `shutdown`. Minimal HTTP/1.1: one request per connection.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = shutdown.cancelled() => return,
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match socket.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            const TEXT: &str = "text/plain; version=0.0.4";
+            const JSON: &str = "application/json";
+            let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+                ("200 OK", TEXT, crate::metrics::render())
+            } else if head.starts_with("GET /healthz ") {
+                ("200 OK", JSON, "{\"live\":true}".to_string())
+            } else if head.starts_with("GET /readyz ") {
+                match readiness() {
+                    (true, body) => ("200 OK", JSON, body),
+                    (false, body) => ("503 Service Unavailable", JSON, body),
+                }
+            } else {
+                ("404 Not Found", TEXT, "not found\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
 }
 
 #[cfg(test)]

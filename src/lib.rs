@@ -21,10 +21,13 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod controller_bench;
 pub mod failures;
+pub mod format;
 pub mod health;
 pub mod host;
 pub mod metrics;

@@ -138,7 +138,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
 }
 
 fn controller_bench(stores: Vec<String>, agents: Vec<usize>, seconds: u64, partitions: i32) -> ExitCode {
-    use sidestream::controller::bench::{BenchSettings, run};
+    use sidestream::controller_bench::{BenchSettings, run};
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -3,7 +3,8 @@
 //! Metrics are process-wide (like Prometheus client libraries): a component asks the registry
 //! for its counter once, keeps the `Arc`, and bumps it on the hot path with one atomic add.
 //! Histograms (hdrhistogram, microseconds, 3 significant digits) are rendered as Prometheus
-//! summaries with p50, p99 and p999. `GET /metrics` on `[metrics] listen` serves them all.
+//! summaries with p50, p99 and p999. [`render`] writes them all in Prometheus' text format
+//! (`GET /metrics`, served by [`crate::health::serve`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,9 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -157,60 +155,6 @@ pub fn render() -> String {
         }
     }
     out
-}
-
-/// Largest HTTP request head read.
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
-
-/// Serves `GET /metrics`, `/healthz` and `/readyz` (see [`crate::health`]) until `shutdown`. Minimal HTTP/1.1: one request per connection.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        let (mut socket, _) = tokio::select! {
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-            _ = shutdown.cancelled() => return,
-        };
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; REQUEST_BYTES_MAX];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match socket.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(k) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if !matches!(read, Ok(true)) {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            const TEXT: &str = "text/plain; version=0.0.4";
-            const JSON: &str = "application/json";
-            let (status, content_type, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
-                ("200 OK", TEXT, render())
-            } else if head.starts_with("GET /healthz ") {
-                ("200 OK", JSON, "{\"live\":true}".to_string())
-            } else if head.starts_with("GET /readyz ") {
-                match crate::health::readiness() {
-                    (true, body) => ("200 OK", JSON, body),
-                    (false, body) => ("503 Service Unavailable", JSON, body),
-                }
-            } else {
-                ("404 Not Found", TEXT, "not found\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
-    }
 }
 
 #[cfg(test)]

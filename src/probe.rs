@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::client::ControllerClient;
+use crate::agent::client::ControllerClient;
 use crate::object::ObjectStore;
 
 /// The key the object store probe asks for: a HEAD of it answers "not found" (fine) or an error.
@@ -51,7 +51,7 @@ impl Probe {
     }
 
     async fn once(&self) {
-        let (store, controller) = tokio::join!(self.store.head(PROBE_KEY), self.controller.wal_mark(&self.wal_log_id));
+        let (store, controller) = tokio::join!(self.store.head(PROBE_KEY), self.controller.wal_mark(self.wal_log_id.clone()));
         match store {
             Ok(_) => crate::health::set("object_store_reachable", true, "the probe's HEAD answered"),
             Err(e) => crate::health::set("object_store_reachable", false, format!("the probe's HEAD failed: {e}")),

@@ -20,12 +20,13 @@ use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
 use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
 use crate::config::{Config, ControllerMode, ObjectStoreUrl, StoreUrl};
-use crate::controller::client::{ControllerClient, InProcess};
-use crate::controller::remote::{Remote, RemoteSettings};
+use crate::agent::client::{ControllerClient, InProcess};
+use crate::agent::client::remote::{Remote, RemoteSettings};
 use crate::controller::store::MetadataStore;
 use crate::controller::store::postgres::PgStore;
 use crate::controller::store::sqlite::SqliteStore;
-use crate::controller::{Controller, ControllerError};
+use crate::api::ControllerError;
+use crate::controller::Controller;
 use crate::host::{self, DataDirLock};
 use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
@@ -109,7 +110,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
             service.lag_source(),
         );
         crate::metrics::gauges("sidestream_controller_active", "1 while this controller replica is the active one.", service.active_source());
-        tokio::spawn(crate::metrics::serve(listener, service.stopped()));
+        tokio::spawn(crate::health::serve(listener, service.stopped()));
         tracing::info!(%metrics_addr, "controller metrics listening");
     }
     Ok(service)
@@ -186,7 +187,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         // Listening on port 0 (tests): advertise the port actually bound.
         advertised_port = local_addr.port().into();
     }
-    let member = crate::controller::rpc::Member {
+    let member = crate::api::rpc::Member {
         node_id: config.agent.node_id,
         host: advertised_host.clone(),
         port: advertised_port,
@@ -210,7 +211,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         .await
         .map_err(|e| ServerError::Wal(std::io::Error::other(e.to_string())))?
         .map_err(|e| on_full_disk(data_dir, ServerError::Wal(e)))?;
-    let wal_mark = controller.wal_mark(&recovery.log_id).await?;
+    let wal_mark = controller.wal_mark(recovery.log_id.clone()).await?;
 
     let key_prefix = String::new();
     let in_flight = Arc::new(InFlightKeys::default());
@@ -293,8 +294,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         wal,
         hand_offs: Default::default(),
         markers,
-        fetch_sessions: crate::protocol::fetch_session::FetchSessions::new(
-            crate::protocol::fetch_session::FETCH_SESSIONS_MAX,
+        fetch_sessions: crate::agent::fetch_session::FetchSessions::new(
+            crate::agent::fetch_session::FETCH_SESSIONS_MAX,
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
         ),
     });
@@ -313,7 +314,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let metrics_addr = metrics_listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
-    tokio::spawn(crate::metrics::serve(metrics_listener, shutdown.clone()));
+    tokio::spawn(crate::health::serve(metrics_listener, shutdown.clone()));
     let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
     tracing::info!(%local_addr, %metrics_addr, "sidestream agent listening");
     Ok(RunningServer {
@@ -333,7 +334,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
 /// store) or remote (the gRPC client of `sidestream controller` replicas).
 async fn open_controller(
     config: &Config,
-    member: crate::controller::rpc::Member,
+    member: crate::api::rpc::Member,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
     shutdown: CancellationToken,

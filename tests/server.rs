@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sidestream::config::Config;
-use sidestream::protocol::records::encode_batch;
+use sidestream::format::records::encode_batch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -103,7 +103,7 @@ async fn fetch_all(s: &mut TcpStream, topic: &str) -> FetchResponse {
 }
 
 fn record_count(records: &Bytes) -> i64 {
-    sidestream::protocol::records::batches(records).map(|(_, h)| h.offset_count()).sum()
+    sidestream::format::records::batches(records).map(|(_, h)| h.offset_count()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +180,7 @@ async fn shutdown_commits_everything_accepted_and_restart_serves_it() {
     assert_eq!(p.error_code, 0);
     assert_eq!(p.high_watermark, 5);
     let records = p.records.clone().unwrap();
-    let offsets: Vec<i64> = sidestream::protocol::records::batches(&records).map(|(_, h)| h.base_offset).collect();
+    let offsets: Vec<i64> = sidestream::format::records::batches(&records).map(|(_, h)| h.base_offset).collect();
     assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
     assert!(server.shutdown().await);
 }
@@ -336,7 +336,7 @@ async fn produce_batch(s: &mut TcpStream, topic: &str, batch: Bytes, correlation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producers_are_deduplicated_checked_and_survive_restart() {
     use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
-    use sidestream::protocol::records::encode_producer_batch;
+    use sidestream::format::records::encode_producer_batch;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let server = sidestream::server::start(&cfg).await.unwrap();
@@ -492,7 +492,7 @@ async fn a_cache_much_smaller_than_the_data_returns_identical_records_and_restar
     while offset < 40 {
         let f = fetch_at(&mut s, "evict", offset, 0, 100 + offset as i32).await;
         let records = f.responses[0].partitions[0].records.clone().unwrap();
-        for (at, h) in sidestream::protocol::records::batches(&records) {
+        for (at, h) in sidestream::format::records::batches(&records) {
             got.push(records.slice(at..at + h.size_bytes as usize));
             offset = h.base_offset + 1;
         }

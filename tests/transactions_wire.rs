@@ -12,7 +12,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use sidestream::config::Config;
-use sidestream::protocol::records;
+use sidestream::format::records;
 use tokio::net::TcpStream;
 use wire::{Conn, s};
 

@@ -369,7 +369,7 @@ async fn run_load(kafka: &str, topic: &str, args: &ProduceArgs, stamp: bool) -> 
         .map(|i| (i * 31 % 251) as u8)
         .collect();
     let values: Vec<&[u8]> = vec![&value; args.records_per_batch];
-    let batch = sidestream::protocol::records::encode_batch(0, &values);
+    let batch = sidestream::format::records::encode_batch(0, &values);
     let requests: Vec<Bytes> = (0..args.partitions)
         .map(|p| {
             let req = ProduceRequest::default()
@@ -611,7 +611,7 @@ async fn consume(
             continue;
         };
         bytes += records.len() as u64;
-        for (at, h) in sidestream::protocol::records::batches(&records) {
+        for (at, h) in sidestream::format::records::batches(&records) {
             if h.base_offset + h.offset_count() > offset {
                 offset = h.base_offset + h.offset_count();
                 on_batch(i64::from_be_bytes(records[at + 27..at + 35].try_into()?));

@@ -1,15 +1,18 @@
 //! Any bytes as what a controller receives from an agent (and an agent from a controller): a
-//! coordinator call's JSON body, a CommitObject request and a Watch event, each decoded and
-//! converted into the controller's types. Errors, never a panic.
+//! call's envelope and JSON body, a reply's body, and a Watch event, each decoded and converted
+//! into the API's types. Errors, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use sidestream::controller::{coordinate, rpc};
+use sidestream::api::calls::{self, Call, Reply};
+use sidestream::api::rpc;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = coordinate::decode::<coordinate::Call>(data);
-    if let Ok(m) = rpc::CommitObjectRequest::decode(data) {
-        let _ = rpc::commit_from(m);
+    let _ = calls::decode::<Call>(data);
+    let _ = calls::decode::<Reply>(data);
+    if let Ok(m) = rpc::CallRequest::decode(data) {
+        let _ = calls::check_version(m.version);
+        let _ = calls::decode::<Call>(&m.body);
     }
     if let Ok(m) = rpc::WatchEvent::decode(data) {
         for e in m.extents {

@@ -3,7 +3,7 @@
 //! and iteration never leaves the buffer; reading a batch as a transaction marker never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sidestream::protocol::records;
+use sidestream::format::records;
 
 fuzz_target!(|data: &[u8]| {
     let checks = records::RecordChecks {

@@ -19,7 +19,7 @@
 use uuid::Uuid;
 
 use super::Agent;
-use crate::controller::client::LiveAgent;
+use crate::api::LiveAgent;
 
 /// The `client.id` marker naming the client's zone: `...sidestream_az=<zone>...`.
 const ZONE_MARKER: &str = "sidestream_az=";

@@ -13,7 +13,7 @@
 use uuid::Uuid;
 
 use super::{Agent, AgentError};
-use crate::protocol::records::{self, BatchChain};
+use crate::format::records::{self, BatchChain};
 
 /// Leader epoch written into served batches; matches the epoch Metadata reports.
 pub const LEADER_EPOCH: i32 = 0;
@@ -118,7 +118,7 @@ impl Agent {
     /// `(base offset, max timestamp)`.
     pub async fn batch_with_timestamp(
         &self,
-        e: &crate::controller::ExtentRecord,
+        e: &crate::api::ExtentRecord,
         timestamp: i64,
     ) -> Result<Option<(i64, i64)>, AgentError> {
         let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;

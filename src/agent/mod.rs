@@ -14,8 +14,10 @@
 //! the controller's), object key layout (that is `object/keys`).
 
 pub mod cache;
+pub mod client;
 pub mod cluster;
 pub mod fetch;
+pub mod fetch_session;
 pub mod orphans;
 pub mod produce;
 pub mod txn;
@@ -25,10 +27,10 @@ pub mod wal;
 use std::sync::Arc;
 
 use crate::config::TopicsConfig;
-use crate::controller::ControllerError;
-use crate::controller::client::ControllerClient;
+use crate::api::ControllerError;
+use crate::agent::client::ControllerClient;
 use crate::object::{ObjectError, ObjectStore};
-use crate::protocol::records::RecordsError;
+use crate::format::records::RecordsError;
 use upload::Uploader;
 use wal::Wal;
 
@@ -64,7 +66,7 @@ pub struct Agent {
     /// Writes transaction markers (EndTxn, fencing InitProducerId, the timeout job).
     pub markers: Arc<txn::MarkerWriter>,
     /// Fetch sessions (KIP-227) of the agent's consumers.
-    pub fetch_sessions: crate::protocol::fetch_session::FetchSessions,
+    pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the

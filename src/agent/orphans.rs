@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AgentError;
 use crate::clock::Clock;
-use crate::controller::client::ControllerClient;
+use crate::agent::client::ControllerClient;
 use crate::object::{ObjectStore, keys};
 
 /// The object keys this agent has uploaded or is uploading and still tries to commit.
@@ -184,14 +184,15 @@ mod tests {
     use crate::agent::upload::{GroupItem, UploadDeps, UploadSettings, Uploader};
     use crate::clock::{ManualClock, SeededEntropy, SystemClock};
     use crate::config::TopicsConfig;
-    use crate::controller::client::InProcess;
+    use crate::agent::client::InProcess;
     use crate::controller::store::sqlite::SqliteStore;
-    use crate::controller::{Controller, CreateTopic};
+    use crate::api::CreateTopic;
+    use crate::controller::Controller;
     use crate::object::memory::MemoryStore;
     use crate::object::store::{ObjectError, ObjectMeta};
-    use crate::protocol::records::{encode_batch, peek_header};
+    use crate::format::records::{encode_batch, peek_header};
 
-    fn controller(dir: &std::path::Path) -> Arc<InProcess> {
+    fn controller(dir: &std::path::Path) -> Arc<dyn ControllerClient> {
         let store = Arc::new(SqliteStore::open(&dir.join("c.db")).unwrap());
         let c = Controller::open(
             store,
@@ -203,7 +204,7 @@ mod tests {
         Arc::new(InProcess(Arc::new(c.unwrap())))
     }
 
-    fn collector(store: Arc<dyn ObjectStore>, controller: Arc<InProcess>, clock: Arc<dyn Clock>, grace_ms: u64) -> OrphanCollector {
+    fn collector(store: Arc<dyn ObjectStore>, controller: Arc<dyn ControllerClient>, clock: Arc<dyn Clock>, grace_ms: u64) -> OrphanCollector {
         OrphanCollector {
             store,
             controller,
@@ -378,7 +379,7 @@ mod tests {
         uploader.close().await;
         // The contiguous WAL mark covers every entry, in the agent and in the store.
         assert_eq!(*uploader.committed_wal().borrow(), 120);
-        assert_eq!(c.wal_mark("race-log").await.unwrap(), 120);
+        assert_eq!(c.wal_mark("race-log".into()).await.unwrap(), 120);
         assert_eq!(uploader.losses().batches(), 0);
         shutdown.cancel();
         background.await.unwrap();

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use super::upload::{GroupItem, PendingAppend};
 use super::wal::Logged;
 use super::{Agent, AgentError};
-use crate::controller::{ControllerError, TopicMeta};
-use crate::protocol::records;
+use crate::api::{ControllerError, TopicMeta};
+use crate::format::records;
 
 /// Kafka 4's default `message.timestamp.after.max.ms` (one hour); `before` is unbounded.
 const TIMESTAMP_AFTER_MAX_MS: i64 = 3_600_000;

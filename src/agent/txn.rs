@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::AgentError;
 use crate::clock::{Clock, Entropy};
-use crate::controller::client::ControllerClient;
-use crate::controller::txn::TxnEnd;
-use crate::controller::{CommitRequest, ControllerError};
-use crate::object::format::ObjectBuilder;
+use crate::agent::client::ControllerClient;
+use crate::api::txn::TxnEnd;
+use crate::api::{CommitRequest, ControllerError};
+use crate::format::object::ObjectBuilder;
 use crate::object::{ObjectStore, keys};
-use crate::protocol::records;
+use crate::format::records;
 
 /// Kafka's coordinator epoch in the marker value; there is one coordinator, forever.
 const COORDINATOR_EPOCH: i32 = 0;

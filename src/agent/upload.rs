@@ -48,12 +48,12 @@ use super::AgentError;
 use super::cache::ReadCache;
 use super::orphans::{InFlightKeys, KeyHold};
 use crate::clock::{Clock, Entropy};
-use crate::controller::client::ControllerClient;
-use crate::controller::{CommitRequest, ControllerError, WalMark};
+use crate::agent::client::ControllerClient;
+use crate::api::{CommitRequest, ControllerError, WalMark};
 use crate::metrics;
-use crate::object::format::{ExtentInfo, ObjectBuilder};
+use crate::format::object::{ExtentInfo, ObjectBuilder};
 use crate::object::{ObjectError, ObjectStore, keys};
-use crate::protocol::records::BatchHeader;
+use crate::format::records::BatchHeader;
 
 /// Upload settings, from `[upload]`.
 #[derive(Debug, Clone)]

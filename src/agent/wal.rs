@@ -43,7 +43,7 @@ use super::upload::{GroupItem, Uploader};
 use crate::clock::Entropy;
 use crate::config::WalSync;
 use crate::metrics::{self, Counter, Histogram};
-use crate::protocol::records;
+use crate::format::records;
 
 const ENTRY_HEADER_BYTES: usize = 16;
 const SEGMENT_SUFFIX: &str = ".wal";

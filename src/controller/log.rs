@@ -10,18 +10,10 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::ControllerError;
 use super::producers::{self, ProducerState, Verdict};
-use super::store::{ExtentRecord, OpenTxnRecord};
-use crate::object::format::{ExtentInfo, ProducerBatch};
-
-/// What the controller knows of one partition between commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionOffsets {
-    pub log_start_offset: i64,
-    /// The high watermark: the next offset to assign.
-    pub next_offset: i64,
-}
+use super::store::OpenTxnRecord;
+use crate::api::{ControllerError, ExtentRecord, PartitionOffsets};
+use crate::format::object::{ExtentInfo, ProducerBatch};
 
 /// What a commit does with one extent.
 #[derive(Debug, Clone, PartialEq, Eq)]

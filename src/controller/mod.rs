@@ -9,15 +9,10 @@
 //!
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
-pub mod bench;
-pub mod client;
-pub mod coordinate;
-pub mod extent_cache;
+pub mod calls;
 pub mod groups;
 pub mod log;
 pub mod producers;
-pub mod remote;
-pub mod rpc;
 pub mod service;
 pub mod store;
 pub mod txn;
@@ -25,19 +20,18 @@ pub mod txn;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
-use crate::object::format::ExtentInfo;
+use crate::api::txn::{TxnEnd, TxnStatus};
+use crate::api::{CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, PARTITIONS_MAX, validate_topic_name, PartitionOffsets, TopicMeta, TopicRef};
 use groups::{GroupCoordinator, GroupSettings, TopicLookup};
-use log::{CommitView, PartitionOffsets, ProducerKey};
+use log::{CommitView, ProducerKey};
 use producers::ProducerState;
-pub use store::ExtentRecord;
 use store::{AbortedTxnRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, StoreError, TopicRecord, TxnEffects};
-use txn::{Transaction, TxnEnd, TxnStatus};
+use txn::Transaction;
 
 /// Extents of each partition kept in memory, so tail reads never query the store.
 const RECENT_EXTENTS_MAX: usize = 64;
@@ -45,68 +39,11 @@ const RECENT_EXTENTS_MAX: usize = 64;
 const ABORTED_TXNS_PER_FETCH_MAX: u32 = 10_000;
 /// Extents fetched from the store per lookup.
 const STORE_LOOKUP_EXTENTS_MAX: u32 = 32;
-/// Kafka's limit on partitions per topic is practical, not protocol; ours is explicit.
-pub const PARTITIONS_MAX: i32 = 100_000;
-
-/// Controller failures, sorted by what the caller does: tell the client (invalid input,
-/// unknown topic), or retry later (unavailable).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum ControllerError {
-    #[error("unknown topic or partition")]
-    UnknownTopicOrPartition,
-    #[error("unknown topic id")]
-    UnknownTopicId,
-    // Kafka's own wording: tools print it as is (kafka-topics.sh --create).
-    #[error("Topic '{0}' already exists.")]
-    TopicAlreadyExists(String),
-    #[error("invalid topic name: {0}")]
-    InvalidTopicName(String),
-    #[error("invalid partitions: {0}")]
-    InvalidPartitions(String),
-    #[error("invalid replication factor: {0}")]
-    InvalidReplicationFactor(String),
-    #[error("invalid config: {0}")]
-    InvalidConfig(String),
-    /// A limit of the cluster (e.g. `max_partitions_total`) refuses the request.
-    #[error("policy violation: {0}")]
-    PolicyViolation(String),
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    #[error("out of order sequence: {0}")]
-    OutOfOrderSequence(String),
-    #[error("invalid producer epoch: {0}")]
-    InvalidProducerEpoch(String),
-    #[error("producer fenced: {0}")]
-    ProducerFenced(String),
-    #[error("invalid producer id mapping: {0}")]
-    InvalidProducerIdMapping(String),
-    #[error("invalid transaction state: {0}")]
-    InvalidTxnState(String),
-    #[error("invalid transaction timeout: {0}")]
-    InvalidTransactionTimeout(String),
-    /// Retriable: the previous transaction of this transactional id is being completed.
-    #[error("concurrent transactions: {0}")]
-    ConcurrentTransactions(String),
-    /// Another partition of the same request failed.
-    #[error("operation not attempted")]
-    OperationNotAttempted,
-    /// The metadata store failed; retrying may succeed.
-    #[error("controller unavailable: {0}")]
-    Unavailable(String),
-    /// The object's key was collected as an orphan (marked uncommittable): nothing was
-    /// committed. Its data is still the agent's to keep: upload it again under a new key.
-    #[error("object collected: {0}")]
-    ObjectCollected(String),
-}
-
 impl From<StoreError> for ControllerError {
     fn from(e: StoreError) -> Self {
         ControllerError::Unavailable(e.to_string())
     }
 }
-
-/// One commit's answer: each extent's base offset or error, or an error for the whole commit.
-pub type CommitResult = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
 
 /// The controller's view with the offsets and producer states that the earlier requests of a
 /// group commit will leave (planned, not yet written).
@@ -123,7 +60,7 @@ impl<V: log::CommitView> log::CommitView for Overlaid<'_, V> {
     fn producer(&self, key: &ProducerKey) -> Option<ProducerState> {
         self.producers.get(key).cloned().or_else(|| self.base.producer(key))
     }
-    fn check_txn(&self, batch: &crate::object::format::ProducerBatch, topic_id: Uuid, partition: i32) -> Result<(), ControllerError> {
+    fn check_txn(&self, batch: &crate::format::object::ProducerBatch, topic_id: Uuid, partition: i32) -> Result<(), ControllerError> {
         self.base.check_txn(batch, topic_id, partition)
     }
     fn txn_open(&self, topic_id: Uuid, partition: i32, producer_id: i64) -> bool {
@@ -133,63 +70,6 @@ impl<V: log::CommitView> log::CommitView for Overlaid<'_, V> {
 
 /// Commits per store transaction in [`Controller::commit_objects`] (group commit).
 pub const GROUP_COMMIT_OBJECTS_MAX: usize = 256;
-
-/// A topic as agents see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicMeta {
-    pub id: Uuid,
-    pub name: String,
-    pub partitions: i32,
-    pub configs: BTreeMap<String, String>,
-}
-
-impl TopicMeta {
-    pub fn config_i64(&self, key: &str) -> Option<i64> {
-        self.configs.get(key).and_then(|v| v.parse().ok())
-    }
-}
-
-/// How a client names a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicRef<'a> {
-    Name(&'a str),
-    Id(Uuid),
-}
-
-/// A CreateTopics request after the protocol layer resolved defaults it knows about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateTopic {
-    pub name: String,
-    /// -1: the configured default.
-    pub partitions: i32,
-    /// -1 or >= 1; objects in object storage need no replicas, so any positive factor is accepted.
-    pub replication_factor: i16,
-    pub configs: BTreeMap<String, String>,
-    pub validate_only: bool,
-}
-
-/// One uploaded object to commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitRequest {
-    pub object_key: String,
-    pub object_size_bytes: u64,
-    pub agent: String,
-    /// In data order; a partition appears at most once per object.
-    pub extents: Vec<ExtentInfo>,
-    /// Set when the object holds a transaction's markers (one control batch per extent): the
-    /// commit completes the transaction.
-    pub txn_end: Option<TxnEnd>,
-    /// The highest entry of the agent's WAL that this object holds; recorded in the same
-    /// transaction, so WAL replay after a crash skips exactly what is committed.
-    pub wal: Option<WalMark>,
-}
-
-/// A position in an agent's write-ahead log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalMark {
-    pub log_id: String,
-    pub entry_id: u64,
-}
 
 #[derive(Debug, Default)]
 struct PartitionState {
@@ -252,7 +132,7 @@ impl CommitView for State {
     fn producer(&self, key: &ProducerKey) -> Option<ProducerState> {
         self.producers.get(key).cloned()
     }
-    fn check_txn(&self, b: &crate::object::format::ProducerBatch, topic_id: Uuid, partition: i32) -> Result<(), ControllerError> {
+    fn check_txn(&self, b: &crate::format::object::ProducerBatch, topic_id: Uuid, partition: i32) -> Result<(), ControllerError> {
         Controller::check_txn_batch(&self.txn_of, &self.transactions, b.producer_id, b.epoch, topic_id, partition)
     }
     fn txn_open(&self, topic_id: Uuid, partition: i32, producer_id: i64) -> bool {
@@ -302,24 +182,6 @@ const TOPIC_CONFIGS: &[&str] = &[
     "segment.bytes", "segment.index.bytes", "segment.jitter.ms", "segment.ms",
     "unclean.leader.election.enable",
 ];
-
-/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-pub fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
-    let bad = |why: &str| Err(ControllerError::InvalidTopicName(format!("{name:?}: {why}")));
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' and '..' are not allowed");
-    }
-    if name.len() > 249 {
-        return bad("longer than 249 characters");
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return bad("only ASCII alphanumerics, '.', '_' and '-' are allowed");
-    }
-    Ok(())
-}
 
 fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), ControllerError> {
     for (k, v) in configs {
@@ -983,7 +845,9 @@ fn kafka_cluster_id(id: Uuid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::WalMark;
     use crate::clock::{SeededEntropy, SystemClock};
+    use crate::format::object::ExtentInfo;
     use store::sqlite::SqliteStore;
 
     fn open(path: &std::path::Path) -> Controller {

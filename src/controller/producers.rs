@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 
 use super::ControllerError;
-use crate::object::format::ProducerBatch;
+use crate::format::object::ProducerBatch;
 
 /// Batches remembered per producer and partition (Kafka's max.in.flight for idempotence).
 pub const BATCHES_KEPT: usize = 5;

@@ -22,9 +22,12 @@
 //!   watermarks and last stable offsets of the partitions it touched and the extents it
 //!   appended; agents wake long-polling fetches with it, answer read_committed fetches from it
 //!   and extend their index caches.
+//! - **Calls.** Every call of the table ([`crate::api::calls`]) arrives as one `Call` RPC and is
+//!   answered by [`calls::dispatch`], as for an embedded controller; the service adds only what
+//!   concerns several agents: a commit's fencing and group commit, orphan collection that spares
+//!   live agents' keys, and handing each transaction's markers to one agent at a time.
 //! - **Group and transaction coordinator.** The active replica's [`Controller`] owns every
-//!   consumer group and transaction; agents reach them through the `Coordinate` RPC
-//!   ([`super::coordinate`]). JoinGroup/SyncGroup calls stay open for the rebalance (HTTP/2
+//!   consumer group and transaction. JoinGroup/SyncGroup calls stay open for the rebalance (HTTP/2
 //!   streams per connection are raised to [`STREAMS_PER_CONNECTION_MAX`] so waiting members do
 //!   not hold up commits). Membership is in memory: after a restart or failover members get
 //!   UNKNOWN_MEMBER_ID and rejoin; committed offsets and transactions are in the store.
@@ -37,7 +40,7 @@
 //!   A node id is one live agent: registering it from another process at another address while
 //!   its lease runs is refused (a restart at the same address replaces the old process).
 //!
-//! Must not touch: offset planning (in [`Controller`]), the wire format (in [`super::rpc`]).
+//! Must not touch: offset planning (in [`Controller`]), the wire format (in [`crate::api::rpc`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,14 +55,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::rpc::{self, GrpcServer, GrpcService};
+use super::calls;
 use super::store::postgres::PgStore;
 use super::store::sqlite::SqliteStore;
 use super::store::{MetadataStore, StoreError};
-use super::client::InProcess;
-use super::coordinate;
-use super::txn::{MARKER_RETRY_MS, TxnEnd};
-use super::{CommitRequest, Controller, ControllerError, GROUP_COMMIT_OBJECTS_MAX, TopicRef};
+use super::txn::MARKER_RETRY_MS;
+use super::{Controller, GROUP_COMMIT_OBJECTS_MAX};
+use crate::api::calls::{self as wire, Call, Reply};
+use crate::api::rpc::{self, GrpcServer, GrpcService};
+use crate::api::txn::TxnEnd;
+use crate::api::{CommitRequest, ControllerError};
 use crate::clock::{Clock, Entropy};
 use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
 
@@ -603,120 +608,67 @@ impl GrpcService for Service {
         Ok(Response::new(Box::pin(events)))
     }
 
-    async fn create_topic(&self, req: Request<rpc::CreateTopicRequest>) -> Result<Response<rpc::Topic>, Status> {
+    async fn call(&self, req: Request<rpc::CallRequest>) -> Result<Response<rpc::CallReply>, Status> {
         let c = self.0.active()?;
-        let req = rpc::create_from(req.into_inner()).map_err(status)?;
-        let validate_only = req.validate_only;
-        let t = blocking(move || c.create_topic(&req)).await?;
-        if !validate_only {
-            let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
-        }
-        Ok(Response::new(rpc::topic_to(&t)))
-    }
-
-    async fn delete_topic(&self, req: Request<rpc::TopicRefRequest>) -> Result<Response<rpc::Topic>, Status> {
-        let c = self.0.active()?;
-        let req = req.into_inner();
-        let t = match (req.name, req.id) {
-            (Some(name), _) => blocking(move || c.delete_topic(TopicRef::Name(&name))).await?,
-            (None, Some(id)) => {
-                let id = rpc::uuid(&id).map_err(status)?;
-                blocking(move || c.delete_topic(TopicRef::Id(id))).await?
+        let rpc::CallRequest { version, agent, epoch, body } = req.into_inner();
+        wire::check_version(version).map_err(status)?;
+        let call: Call = wire::decode(&body).map_err(status)?;
+        let reply = match call {
+            Call::CommitObject { req } => {
+                self.0.check_agent(&agent, epoch)?;
+                Reply::CommitObject(self.0.group_commit(req).await?)
             }
-            (None, None) => return Err(status(ControllerError::InvalidRequest("no topic named".into()))),
-        };
-        let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
-        Ok(Response::new(rpc::topic_to(&t)))
-    }
-
-    async fn commit_object(&self, req: Request<rpc::CommitObjectRequest>) -> Result<Response<rpc::CommitObjectReply>, Status> {
-        self.0.active()?;
-        let (req, epoch) = rpc::commit_from(req.into_inner()).map_err(status)?;
-        self.0.check_agent(&req.agent, epoch)?;
-        let (tx, rx) = oneshot::channel();
-        self.0
-            .commits
-            .send((req, tx))
-            .await
-            .map_err(|_| Status::unavailable("the commit queue is closed"))?;
-        let results = rx.await.map_err(|_| Status::unavailable("the commit was dropped"))?.map_err(status)?;
-        Ok(Response::new(rpc::CommitObjectReply {
-            results: results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(base_offset) => rpc::ExtentResult { base_offset, error: None },
-                    Err(e) => rpc::ExtentResult { base_offset: -1, error: Some(rpc::error_to(&e)) },
-                })
-                .collect(),
-        }))
-    }
-
-    async fn find_extents(&self, req: Request<rpc::FindExtentsRequest>) -> Result<Response<rpc::Extents>, Status> {
-        let c = self.0.active()?;
-        let req = req.into_inner();
-        let topic = rpc::uuid(&req.topic_id).map_err(status)?;
-        let p = req.partition;
-        let found = match req.mode {
-            rpc::FIND_BY_OFFSET => {
-                if let Some(found) = c.find_recent_extents(topic, p, req.from_offset, req.max_bytes).map_err(status)? {
-                    found
-                } else {
-                    blocking(move || c.find_extents(topic, p, req.from_offset, req.max_bytes)).await?
+            // Another agent may still be committing its keys (after a long outage its commit
+            // retries come later than our pass): leave them alone while its lease runs.
+            Call::CollectOrphans { keys } => Reply::CollectOrphans(self.0.collect_orphans(&c, &agent, keys).await),
+            Call::TransactionsToFinish {} => match calls::dispatch(&c, Call::TransactionsToFinish {}).await {
+                Reply::TransactionsToFinish(ends) => Reply::TransactionsToFinish(ends.map(|ends| self.0.hand_out(ends))),
+                other => other,
+            },
+            call => {
+                let topics_change = match &call {
+                    Call::CreateTopic { req } => !req.validate_only,
+                    Call::DeleteTopic { .. } => true,
+                    _ => false,
+                };
+                let reply = calls::dispatch(&c, call).await;
+                if topics_change && matches!(reply, Reply::CreateTopic(Ok(_)) | Reply::DeleteTopic(Ok(_))) {
+                    let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
                 }
+                reply
             }
-            rpc::FIND_BY_TIMESTAMP => blocking(move || c.extent_for_timestamp(topic, p, req.timestamp)).await?.into_iter().collect(),
-            rpc::FIND_MAX_TIMESTAMP => blocking(move || c.extent_with_max_timestamp(topic, p)).await?.into_iter().collect(),
-            other => return Err(status(ControllerError::InvalidRequest(format!("unknown find mode {other}")))),
         };
-        Ok(Response::new(rpc::Extents { extents: found.iter().map(rpc::extent_to).collect() }))
+        let body = wire::encode(&reply).map_err(status)?;
+        Ok(Response::new(rpc::CallReply { version: wire::WIRE_VERSION, body }))
+    }
+}
+
+impl Shared {
+    /// One object's commit, through the group-commit task.
+    async fn group_commit(&self, req: CommitRequest) -> Result<CommitReply, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commits.send((req, tx)).await.map_err(|_| Status::unavailable("the commit queue is closed"))?;
+        rx.await.map_err(|_| Status::unavailable("the commit was dropped"))
     }
 
-    async fn wal_mark(&self, req: Request<rpc::WalMarkRequest>) -> Result<Response<rpc::WalMarkReply>, Status> {
-        let c = self.0.active()?;
-        let log_id = req.into_inner().log_id;
-        let entry_id = blocking(move || c.wal_mark(&log_id)).await?;
-        Ok(Response::new(rpc::WalMarkReply { entry_id }))
-    }
-
-    async fn init_producer_id(&self, _: Request<rpc::Empty>) -> Result<Response<rpc::ProducerIdReply>, Status> {
-        let c = self.0.active()?;
-        let (producer_id, epoch) = blocking(move || c.init_producer_id()).await?;
-        Ok(Response::new(rpc::ProducerIdReply { producer_id, epoch: epoch.into() }))
-    }
-
-    async fn collect_orphans(&self, req: Request<rpc::OrphansRequest>) -> Result<Response<rpc::OrphansReply>, Status> {
-        let c = self.0.active()?;
-        let rpc::OrphansRequest { keys, agent } = req.into_inner();
-        // Another agent may still be committing its keys (after a long outage its commit
-        // retries come later than our pass): leave them alone while its lease runs.
-        let live = self.0.live_agents();
+    /// Orphan collection for `agent`: keys of other agents whose lease runs are kept.
+    async fn collect_orphans(&self, c: &Arc<Controller>, agent: &str, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
+        let live = self.live_agents();
         let (asked, indexes): (Vec<String>, Vec<usize>) = keys
             .iter()
             .enumerate()
             .filter(|(_, k)| crate::object::keys::parse_object_key(k).is_some_and(|p| p.agent == agent || !live.contains(p.agent)))
             .map(|(i, k)| (k.clone(), i))
             .unzip();
-        let answered = blocking(move || c.collect_orphans(&asked)).await?;
+        let answered = match calls::dispatch(c, Call::CollectOrphans { keys: asked }).await {
+            Reply::CollectOrphans(r) => r?,
+            other => return Err(ControllerError::InvalidRequest(format!("unexpected reply {}", other.name()))),
+        };
         let mut doomed = vec![false; keys.len()];
         for (i, d) in indexes.into_iter().zip(answered) {
             doomed[i] = d;
         }
-        Ok(Response::new(rpc::OrphansReply { doomed }))
-    }
-
-    async fn coordinate(&self, req: Request<rpc::CoordinateRequest>) -> Result<Response<rpc::CoordinateReply>, Status> {
-        let c = self.0.active()?;
-        let req = req.into_inner();
-        if req.version != coordinate::VERSION {
-            return Err(status(ControllerError::InvalidRequest(format!(
-                "coordinator call version {} is not {} (upgrade the agent or the controller)",
-                req.version,
-                coordinate::VERSION
-            ))));
-        }
-        let call: coordinate::Call = coordinate::decode(&req.body).map_err(status)?;
-        let body = coordinate::serve(&InProcess(c), call, |ends| self.0.hand_out(ends)).await.map_err(status)?;
-        Ok(Response::new(rpc::CoordinateReply { body }))
+        Ok(doomed)
     }
 }
 

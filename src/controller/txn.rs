@@ -24,8 +24,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::groups::CommitOffset;
-use super::{Controller, ControllerError};
+use super::Controller;
+use crate::api::ControllerError;
+use crate::api::groups::CommitOffset;
+use crate::api::txn::{TxnDescription, TxnEnd, TxnInit, TxnStatus};
 
 /// Kafka's transaction.max.timeout.ms default: longer timeouts are refused.
 pub const TRANSACTION_TIMEOUT_MS_MAX: i32 = 900_000;
@@ -38,39 +40,6 @@ pub const TRANSACTIONS_MAX: usize = 100_000;
 pub const DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS: i64 = 604_800_000;
 /// Transactional ids forgotten per store transaction by the expiry sweep.
 const EXPIRED_IDS_PER_SWEEP_MAX: usize = 1_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
-pub enum TxnStatus {
-    Empty,
-    Ongoing,
-    PrepareCommit,
-    PrepareAbort,
-    CompleteCommit,
-    CompleteAbort,
-}
-
-impl TxnStatus {
-    /// Kafka's state names (DescribeTransactions, ListTransactions filters).
-    pub fn kafka_name(self) -> &'static str {
-        match self {
-            TxnStatus::Empty => "Empty",
-            TxnStatus::Ongoing => "Ongoing",
-            TxnStatus::PrepareCommit => "PrepareCommit",
-            TxnStatus::PrepareAbort => "PrepareAbort",
-            TxnStatus::CompleteCommit => "CompleteCommit",
-            TxnStatus::CompleteAbort => "CompleteAbort",
-        }
-    }
-
-    fn preparing(self) -> bool {
-        matches!(self, TxnStatus::PrepareCommit | TxnStatus::PrepareAbort)
-    }
-
-    /// No transaction in progress: the only states in which a transactional id may expire.
-    fn idle(self) -> bool {
-        matches!(self, TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort)
-    }
-}
 
 /// One transactional id's coordinator state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,26 +58,6 @@ pub struct Transaction {
     /// When the ongoing transaction started (its timeout counts from here).
     pub started_ms: i64,
     pub updated_ms: i64,
-}
-
-/// The markers a Prepare* transaction needs: one control batch per partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxnEnd {
-    pub transactional_id: String,
-    pub producer_id: i64,
-    /// The epoch written in the markers (bumped when the coordinator aborts on its own).
-    pub epoch: i16,
-    pub commit: bool,
-    #[serde(with = "crate::controller::coordinate::serde_with::uuid_parts")]
-    pub partitions: Vec<(Uuid, i32)>,
-}
-
-/// What InitProducerId with a transactional id gets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TxnInit {
-    Ready { producer_id: i64, epoch: i16 },
-    /// A previous transaction must be finished first: write these markers, then ask again.
-    Finish(TxnEnd),
 }
 
 impl Transaction {
@@ -362,19 +311,6 @@ pub fn decode(transactional_id: &str, body: &str) -> Option<Transaction> {
     })
 }
 
-/// One transaction as DescribeTransactions and ListTransactions show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxnDescription {
-    pub transactional_id: String,
-    pub producer_id: i64,
-    pub epoch: i16,
-    pub status: TxnStatus,
-    pub timeout_ms: i32,
-    pub started_ms: i64,
-    /// Topic names and partitions.
-    pub partitions: Vec<(String, i32)>,
-}
-
 fn check_transactional_id(id: &str) -> Result<(), ControllerError> {
     if id.is_empty() {
         return Err(ControllerError::InvalidRequest("empty transactional id".into()));
@@ -605,7 +541,7 @@ impl Controller {
     }
 
     /// Partitions of `group_id` whose offsets an ongoing (or committing) transaction holds.
-    pub fn pending_txn_offsets(&self, group_id: &str) -> Vec<super::groups::TopicPartition> {
+    pub fn pending_txn_offsets(&self, group_id: &str) -> Vec<crate::api::groups::TopicPartition> {
         self.read()
             .transactions
             .values()
@@ -779,10 +715,10 @@ mod tests {
         use super::super::*;
         use crate::clock::{ManualClock, SeededEntropy};
         use crate::config::TopicsConfig;
-        use crate::controller::groups::TopicPartition;
+        use crate::api::groups::TopicPartition;
         use crate::controller::store::sqlite::SqliteStore;
         use crate::controller::{CommitRequest, CreateTopic};
-        use crate::object::format::{ExtentInfo, ProducerBatch};
+        use crate::format::object::{ExtentInfo, ProducerBatch};
 
         fn open(path: &std::path::Path, clock: Arc<ManualClock>) -> Controller {
             let store = Arc::new(SqliteStore::open(path).unwrap());

@@ -1,6 +1,6 @@
-//! Objects: the format of what the agent uploads, where it is stored, and under which key.
+//! Objects: where what the agent uploads is stored, and under which key (its layout is
+//! [`crate::format::object`]).
 //!
-//! - [`format`]: one object = many partitions' record batches + an index + a checksummed footer.
 //! - [`store`]: the small [`store::ObjectStore`] trait every backend implements
 //!   ([`s3`] for S3 and compatible services, [`local`] directory, [`memory`] for tests).
 //! - Wrappers around any store: [`retry`] (backoff with jitter, under a deadline) and
@@ -11,7 +11,6 @@
 //! This module knows nothing about Kafka requests, offsets or the controller: it stores bytes.
 
 pub mod faulty;
-pub mod format;
 pub mod keys;
 pub mod local;
 pub mod memory;

@@ -75,10 +75,5 @@ pub trait ObjectStore: Send + Sync + 'static {
 
 /// Rejects keys that could escape a directory-backed store or are not portable to S3.
 pub fn check_key(key: &str) -> Result<(), ObjectError> {
-    let ok = !key.is_empty()
-        && key.len() <= 1024
-        && !key.starts_with('/')
-        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
-    if ok { Ok(()) } else { Err(ObjectError::Permanent(format!("invalid object key {key:?}"))) }
+    if crate::format::object::valid_key(key) { Ok(()) } else { Err(ObjectError::Permanent(format!("invalid object key {key:?}"))) }
 }

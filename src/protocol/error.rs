@@ -3,9 +3,9 @@
 use kafka_protocol::error::ResponseError as K;
 
 use crate::agent::AgentError;
-use crate::controller::ControllerError;
-use crate::controller::groups::GroupError;
-use crate::protocol::records::RecordsError;
+use crate::api::ControllerError;
+use crate::api::groups::GroupError;
+use crate::format::records::RecordsError;
 
 pub fn controller_code(e: &ControllerError) -> i16 {
     match e {

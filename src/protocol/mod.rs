@@ -6,14 +6,10 @@
 //! - [`handlers`]: header decoding, the API version table, one `match` on the API key, and one
 //!   file per API family.
 //! - [`error`]: the one place where internal errors become Kafka error codes.
-//! - [`fetch_session`]: KIP-227 fetch sessions (what each consumer's incremental fetches omit).
-//! - [`records`]: record batch v2 headers (validate, patch); never decodes records.
 //!
 //! Must not touch: storage, offsets, object layout. Handlers translate; the agent decides.
 
 pub mod connection;
 pub mod error;
-pub mod fetch_session;
 pub mod frame;
 pub mod handlers;
-pub mod records;

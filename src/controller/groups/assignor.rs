@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use uuid::Uuid;
 
-/// Partitions by topic id.
-pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
+use crate::api::groups::Assignment;
 
 pub const UNIFORM: &str = "uniform";
 pub const RANGE: &str = "range";

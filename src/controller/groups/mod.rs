@@ -25,12 +25,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::TopicMeta;
+use crate::api::TopicMeta;
+use crate::api::groups::{
+    ClientInfo, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse,
+    JoinedMember, MemberSummary, OffsetCommitRequest, SyncRequest, SyncResponse, TopicPartition,
+};
 use super::store::{GroupOffsetRecord, MetadataStore, StoreError};
 use crate::clock::{Clock, Entropy};
 use classic::{ClassicGroup, ClassicState, Reply};
@@ -39,207 +42,11 @@ use consumer::ConsumerGroup;
 /// Limits and timings of the coordinator: the `[groups]` section of proxy.toml.
 pub use crate::config::GroupsConfig as GroupSettings;
 
-/// Group failures: each is exactly one Kafka error code (`protocol::error::group_code`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum GroupError {
-    #[error("invalid group id")]
-    InvalidGroupId,
-    #[error("session timeout outside the broker's limits")]
-    InvalidSessionTimeout,
-    #[error("unknown member id")]
-    UnknownMemberId,
-    #[error("member id required: rejoin with the member id in this response")]
-    MemberIdRequired,
-    #[error("illegal generation")]
-    IllegalGeneration,
-    #[error("rebalance in progress")]
-    RebalanceInProgress,
-    #[error("the static member's instance id is used by a newer member")]
-    FencedInstanceId,
-    #[error("inconsistent group protocol")]
-    InconsistentGroupProtocol,
-    #[error("group is full")]
-    GroupMaxSizeReached,
-    #[error("group id not found")]
-    GroupIdNotFound,
-    #[error("group is not empty")]
-    NonEmptyGroup,
-    #[error("the group is subscribed to the topic")]
-    GroupSubscribedToTopic,
-    #[error("unknown topic or partition")]
-    UnknownTopicOrPartition,
-    #[error("offset metadata too large")]
-    OffsetMetadataTooLarge,
-    #[error("stale member epoch")]
-    StaleMemberEpoch,
-    #[error("fenced member epoch")]
-    FencedMemberEpoch,
-    #[error("unsupported assignor {0}")]
-    UnsupportedAssignor(String),
-    #[error("instance id is still used by another member")]
-    UnreleasedInstanceId,
-    #[error("unsupported version: {0}")]
-    UnsupportedVersion(String),
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// The coordinator holds `max_groups` groups; retriable.
-    #[error("too many groups")]
-    TooManyGroups,
-    /// The coordinator is shutting down: the client finds it again (after the restart).
-    #[error("this coordinator is shutting down")]
-    NotCoordinator,
-    /// The metadata store failed or the group went away mid-request; retriable.
-    #[error("coordinator unavailable: {0}")]
-    Unavailable(String),
-}
-
 impl From<StoreError> for GroupError {
     fn from(e: StoreError) -> Self {
         GroupError::Unavailable(e.to_string())
     }
 }
-
-/// Who sent a request (DescribeGroups reports it; member ids start with the client id).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientInfo {
-    pub client_id: String,
-    pub client_host: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinRequest {
-    pub group_id: String,
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub session_timeout_ms: i32,
-    /// 0 or less: the session timeout (JoinGroup v0).
-    pub rebalance_timeout_ms: i32,
-    pub protocol_type: String,
-    #[serde(with = "crate::controller::coordinate::serde_with::named_bytes")]
-    pub protocols: Vec<(String, Bytes)>,
-    /// JoinGroup v4+: a new dynamic member first gets MEMBER_ID_REQUIRED and its id.
-    pub require_known_member_id: bool,
-    pub client: ClientInfo,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinedMember {
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
-    pub metadata: Bytes,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinResponse {
-    pub error: Option<GroupError>,
-    pub member_id: String,
-    pub generation_id: i32,
-    pub protocol_type: Option<String>,
-    pub protocol_name: Option<String>,
-    pub leader: String,
-    pub skip_assignment: bool,
-    /// Only the leader gets the members.
-    pub members: Vec<JoinedMember>,
-}
-
-impl JoinResponse {
-    pub fn error(member_id: String, e: GroupError) -> Self {
-        Self {
-            error: Some(e),
-            member_id,
-            generation_id: -1,
-            protocol_type: None,
-            protocol_name: None,
-            leader: String::new(),
-            skip_assignment: false,
-            members: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SyncRequest {
-    pub group_id: String,
-    pub generation_id: i32,
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub protocol_type: Option<String>,
-    pub protocol_name: Option<String>,
-    #[serde(with = "crate::controller::coordinate::serde_with::named_bytes")]
-    pub assignments: Vec<(String, Bytes)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncResponse {
-    pub protocol_type: Option<String>,
-    pub protocol_name: Option<String>,
-    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
-    pub assignment: Bytes,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberSummary {
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
-    pub metadata: Bytes,
-    #[serde(with = "crate::controller::coordinate::serde_with::hex_bytes")]
-    pub assignment: Bytes,
-}
-
-/// A classic group as DescribeGroups shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupDescription {
-    pub state: String,
-    pub protocol_type: String,
-    pub protocol_data: String,
-    pub members: Vec<MemberSummary>,
-}
-
-/// One ListGroups entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupListing {
-    pub group_id: String,
-    pub protocol_type: String,
-    pub state: String,
-    /// "classic" or "consumer".
-    pub group_type: String,
-}
-
-/// One partition's offset to commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitOffset {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub leader_epoch: i32,
-    /// Null metadata is stored as "", as in Kafka.
-    pub metadata: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OffsetCommitRequest {
-    pub group_id: String,
-    pub generation_id_or_member_epoch: i32,
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub api_version: i16,
-    pub offsets: Vec<CommitOffset>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    pub leader_epoch: i32,
-    pub metadata: String,
-    pub commit_ms: i64,
-}
-
-/// A (topic name, partition) pair.
-pub type TopicPartition = (String, i32);
 
 /// Topics as the coordinator needs them (existence checks, KIP-848 assignment).
 pub trait TopicLookup: Send + Sync + 'static {
@@ -750,7 +557,7 @@ impl GroupCoordinator {
     }
 
     /// KIP-848 ConsumerGroupHeartbeat.
-    pub fn consumer_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
+    pub fn consumer_heartbeat(&self, req: crate::api::groups::consumer::HeartbeatRequest) -> Result<crate::api::groups::consumer::HeartbeatResponse, GroupError> {
         Self::check_group_id(&req.group_id)?;
         let mut groups = self.groups();
         let group_id = req.group_id.clone();
@@ -768,7 +575,7 @@ impl GroupCoordinator {
     }
 
     /// KIP-848 ConsumerGroupDescribe; `GroupIdNotFound` for unknown or classic groups.
-    pub fn consumer_describe(&self, group_id: &str) -> Result<consumer::GroupDescription, GroupError> {
+    pub fn consumer_describe(&self, group_id: &str) -> Result<crate::api::groups::consumer::GroupDescription, GroupError> {
         Self::check_group_id(group_id)?;
         let groups = self.groups();
         match groups.get(group_id) {

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::*;
+use crate::api::groups::CommitOffset;
 use crate::clock::{ManualClock, SeededEntropy};
 use crate::controller::store::sqlite::SqliteStore;
 
@@ -310,8 +311,8 @@ async fn a_group_with_members_is_not_deleted_and_protects_subscribed_offsets() {
     assert_eq!(d.members[0].group_instance_id.as_deref(), Some("i"));
 }
 
-fn hb(member: &str, epoch: i32, owned: Option<&[i32]>) -> consumer::HeartbeatRequest {
-    consumer::HeartbeatRequest {
+fn hb(member: &str, epoch: i32, owned: Option<&[i32]>) -> crate::api::groups::consumer::HeartbeatRequest {
+    crate::api::groups::consumer::HeartbeatRequest {
         group_id: "k".into(),
         member_id: member.into(),
         member_epoch: epoch,
@@ -323,7 +324,7 @@ fn hb(member: &str, epoch: i32, owned: Option<&[i32]>) -> consumer::HeartbeatReq
     }
 }
 
-fn parts(r: &consumer::HeartbeatResponse) -> Option<Vec<i32>> {
+fn parts(r: &crate::api::groups::consumer::HeartbeatResponse) -> Option<Vec<i32>> {
     r.assignment.as_ref().map(|a| a.values().flat_map(|ps| ps.iter().copied()).collect())
 }
 
@@ -376,7 +377,7 @@ async fn kip848_members_reconcile_without_sharing_a_partition() {
     for _ in 0..50 {
         tokio::time::advance(Duration::from_secs(1)).await;
         settle().await;
-        let epoch = last.as_ref().map_or(2, |r: &consumer::HeartbeatResponse| r.member_epoch);
+        let epoch = last.as_ref().map_or(2, |r: &crate::api::groups::consumer::HeartbeatResponse| r.member_epoch);
         let r = c.consumer_heartbeat(hb("a", epoch, None)).unwrap();
         if r.assignment.is_some() {
             last = Some(r);
@@ -424,7 +425,7 @@ fn a_version_1_store_is_migrated_and_keeps_its_data() {
 async fn kip848_static_member_leaves_for_a_restart_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let c = coordinator(&dir.path().join("c.db"));
-    let with_instance = |mut r: consumer::HeartbeatRequest| {
+    let with_instance = |mut r: crate::api::groups::consumer::HeartbeatRequest| {
         r.instance_id = Some("inst".into());
         r
     };

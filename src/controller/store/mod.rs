@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::log::ProducerKey;
+use crate::api::{ExtentRecord, WalMark};
 use super::producers::ProducerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,7 @@ pub enum StoreError {
 
 /// One object's commit: the object, its planned extents, its WAL mark, the producer states.
 pub type ObjectCommit<'a> =
-    (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a super::WalMark>, &'a [(ProducerKey, ProducerState)], &'a TxnEffects);
+    (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a WalMark>, &'a [(ProducerKey, ProducerState)], &'a TxnEffects);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -60,23 +61,6 @@ pub struct PartitionRecord {
     pub partition: i32,
     pub log_start_offset: i64,
     pub next_offset: i64,
-}
-
-/// A partition's contiguous byte range in one object, with the offsets assigned to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtentRecord {
-    pub topic_id: Uuid,
-    pub partition: i32,
-    pub base_offset: i64,
-    /// Exclusive.
-    pub end_offset: i64,
-    pub object_key: std::sync::Arc<str>,
-    pub position: u64,
-    pub length: u64,
-    pub batch_count: u32,
-    pub max_timestamp: i64,
-    /// Size of the whole object (the read cache's last block ends there).
-    pub object_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +149,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         object: &ObjectRecord,
         extents: &[ExtentRecord],
-        wal: Option<&super::WalMark>,
+        wal: Option<&WalMark>,
         producers: &[(ProducerKey, ProducerState)],
         txn: &TxnEffects,
     ) -> Result<(), StoreError>;

@@ -21,12 +21,12 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row, Transaction};
 use uuid::Uuid;
 
-use crate::controller::WalMark;
+use crate::api::{ExtentRecord, WalMark};
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
 use super::{
-    ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, TopicRecord,
+    GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, TopicRecord,
     TxnEffects,
 };
 

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use crate::controller::WalMark;
+use crate::api::{ExtentRecord, WalMark};
 use crate::controller::log::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
 use super::{
-    ExtentRecord, GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError,
+    GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError,
     TopicRecord, TxnEffects,
 };
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::*;
-use crate::controller::WalMark;
+use crate::api::WalMark;
 use crate::controller::log;
 
 pub const POSTGRES_URL_ENV: &str = "SIDESTREAM_TEST_POSTGRES_URL";

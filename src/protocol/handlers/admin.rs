@@ -9,7 +9,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, Delete
 
 use super::str_bytes;
 use crate::agent::Agent;
-use crate::controller::{ControllerError, CreateTopic, TopicRef};
+use crate::api::{ControllerError, CreateTopic, TopicKey};
 use crate::protocol::error::controller_code;
 
 /// Kafka's ConfigEntry source for configs set on the topic.
@@ -97,9 +97,9 @@ pub async fn delete_topics(agent: &Agent, version: i16, req: DeleteTopicsRequest
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let result = match &name {
-            Some(n) => agent.controller.delete_topic(TopicRef::Name(n)).await,
+            Some(n) => agent.controller.delete_topic(TopicKey::Name(n.to_string())).await,
             None if id.is_nil() => Err(ControllerError::InvalidRequest("neither topic name nor id".into())),
-            None => agent.controller.delete_topic(TopicRef::Id(id)).await,
+            None => agent.controller.delete_topic(TopicKey::Id(id)).await,
         };
         let mut r = DeletableTopicResult::default().with_name(name.clone().map(|n| TopicName(str_bytes(n))));
         match result {

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::str_bytes;
 use crate::agent::Agent;
-use crate::controller::{TopicMeta, TopicRef};
+use crate::api::{TopicMeta, TopicRef};
 
 /// Kafka's ConfigResource.Type of a topic.
 const RESOURCE_TOPIC: i8 = 2;

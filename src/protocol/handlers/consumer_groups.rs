@@ -13,8 +13,8 @@ use kafka_protocol::messages::{
 use super::groups::GROUP_AUTHORIZED_OPERATIONS;
 use super::str_bytes;
 use crate::agent::Agent;
-use crate::controller::groups::consumer::HeartbeatRequest;
-use crate::controller::groups::{ClientInfo, GroupError};
+use crate::api::groups::consumer::HeartbeatRequest;
+use crate::api::groups::{ClientInfo, GroupError};
 use crate::protocol::error::group_code;
 
 /// ConsumerGroupDescribe v1 member type of members using this protocol.

@@ -1,6 +1,6 @@
 //! Fetch: many partitions per request, long-polling on commit notifications until `min_bytes`
 //! are available or `max_wait_ms` passes, in or out of a fetch session (KIP-227, see
-//! [`crate::protocol::fetch_session`]): incremental fetches name only what changed, and their
+//! [`crate::agent::fetch_session`]): incremental fetches name only what changed, and their
 //! answers leave out partitions with nothing new. isolation_level 1 (read_committed) reads up
 //! to the last stable offset and lists the aborted transactions of what it returns.
 
@@ -15,12 +15,12 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::time::{Duration, Instant};
 
 use crate::agent::Agent;
-use crate::controller::TopicRef;
+use crate::api::TopicRef;
 use crate::metrics::{self, Counter};
 use crate::failures::{self, Op};
 use crate::protocol::error::agent_code;
-use crate::protocol::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
-use crate::protocol::records::BatchChain;
+use crate::agent::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
+use crate::format::records::BatchChain;
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
 fn requests(begun: &Begun) -> &'static Counter {
@@ -331,7 +331,7 @@ impl ChunkWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::records::encode_batch;
+    use crate::format::records::encode_batch;
     use kafka_protocol::messages::fetch_response::AbortedTransaction;
     use kafka_protocol::messages::{ProducerId, TopicName};
     use kafka_protocol::protocol::StrBytes;

@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
-use crate::controller::groups::{ClientInfo, GroupError, JoinRequest, SyncRequest};
+use crate::api::groups::{ClientInfo, GroupError, JoinRequest, SyncRequest};
 use crate::protocol::error::group_code;
 
 /// FindCoordinator key types this agent coordinates: groups (0) and transactions (1).

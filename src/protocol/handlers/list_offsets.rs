@@ -8,7 +8,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use crate::agent::fetch::LEADER_EPOCH;
 use crate::agent::{Agent, AgentError};
-use crate::controller::{ControllerError, TopicRef};
+use crate::api::{ControllerError, TopicRef};
 use crate::protocol::error::agent_code;
 
 const LATEST: i64 = -1;

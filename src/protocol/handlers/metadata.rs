@@ -21,9 +21,9 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
-use crate::controller::groups::ClientInfo;
+use crate::api::groups::ClientInfo;
 use crate::agent::fetch::LEADER_EPOCH;
-use crate::controller::{ControllerError, CreateTopic, TopicMeta, TopicRef, validate_topic_name};
+use crate::api::{ControllerError, CreateTopic, TopicMeta, TopicRef, validate_topic_name};
 use crate::protocol::error::controller_code;
 
 fn topic_entry(brokers: &Brokers, t: &TopicMeta) -> MetadataResponseTopic {

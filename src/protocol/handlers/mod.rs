@@ -34,7 +34,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
-use crate::controller::groups::ClientInfo;
+use crate::api::groups::ClientInfo;
 use crate::protocol::connection::Turn;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises

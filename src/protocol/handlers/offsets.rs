@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::agent::Agent;
-use crate::controller::groups::{self, CommitOffset, CommittedOffset, GroupError, TopicPartition};
+use crate::api::groups::{self, CommitOffset, CommittedOffset, GroupError, TopicPartition};
 use crate::protocol::error::group_code;
 
 fn code(r: &Result<(), GroupError>) -> i16 {

@@ -17,10 +17,10 @@ use crate::metrics::{self, Histogram};
 use crate::agent::upload::GroupItem;
 use crate::agent::{Agent, AgentError};
 use crate::agent::produce::Appended;
-use crate::controller::{ControllerError, TopicRef};
+use crate::api::{ControllerError, TopicRef};
 use crate::protocol::connection::Turn;
 use crate::protocol::error::{agent_code, controller_code};
-use crate::protocol::records::{self, RecordsError};
+use crate::format::records::{self, RecordsError};
 use crate::failures::{self, Op};
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
@@ -204,7 +204,7 @@ async fn handle_inner(
 }
 
 /// The request's topics as the handler collects them: name, id, metadata, each partition's slot.
-type Topics = Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Option<Arc<crate::controller::TopicMeta>>, Vec<(i32, Slot)>)>;
+type Topics = Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Option<Arc<crate::api::TopicMeta>>, Vec<(i32, Slot)>)>;
 
 /// acks=0/1: refuses the transactional batches the coordinator does not know as part of an
 /// ongoing transaction with their partition (acks=all: the commit refuses them, and its answer

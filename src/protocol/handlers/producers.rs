@@ -7,7 +7,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use crate::agent::Agent;
-use crate::controller::txn::TxnInit;
+use crate::api::txn::TxnInit;
 use crate::protocol::error::controller_code;
 
 /// Previous transactions finished before the client is told to retry

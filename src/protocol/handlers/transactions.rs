@@ -22,9 +22,9 @@ use kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::agent::Agent;
-use crate::controller::ControllerError;
-use crate::controller::groups::CommitOffset;
-use crate::controller::txn::TxnStatus;
+use crate::api::ControllerError;
+use crate::api::groups::CommitOffset;
+use crate::api::txn::TxnStatus;
 use crate::protocol::error::{agent_code, controller_code, group_code};
 
 /// PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH for a client too old to know it (KIP-588).

@@ -23,8 +23,8 @@
 //!   call refused as fenced (FAILED_PRECONDITION: lease expired, replaced, or a new active
 //!   controller that does not know it) re-registers for a new epoch and retries.
 //!
-//! - **Groups and transactions.** Every group and transaction method is one `Coordinate` call
-//!   ([`coordinate`]) to the active controller, whose embedded coordinator answers it. The last
+//! - **Calls.** Every call of the table ([`crate::api::calls`]) is one `Call` RPC to the active
+//!   controller, which answers it as the embedded controller would. The last
 //!   stable offset comes with the high watermark in snapshots and `Watch` events, so fetches
 //!   read it from the cache; the agent's own commits move it only when that is certainly right
 //!   (nothing unseen before them, no open transaction), else the next event does.
@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,18 +42,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
-use super::client::{ControllerClient, LiveAgent};
+use super::ControllerClient;
 use super::extent_cache::ExtentCache;
+use crate::api::calls::{self, Call, Reply};
+use crate::api::rpc::{self, GrpcClient};
+use crate::api::{ControllerError, ExtentRecord, LiveAgent, PartitionOffsets, TopicMeta, TopicRef};
 use crate::metrics::{self, Counter};
-use super::groups::{
-    CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
-    SyncRequest, SyncResponse, TopicPartition, consumer,
-};
-use super::log::PartitionOffsets;
-use super::coordinate::{self, Call};
-use super::rpc::{self, GrpcClient};
-use super::txn::{TxnDescription, TxnEnd, TxnInit};
-use super::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, TopicMeta, TopicRef};
 
 /// Backoff between retries of a failed call.
 const RETRY_BACKOFF_MIN_MS: u64 = 20;
@@ -213,7 +206,7 @@ impl Remote {
     }
 
     /// One call with retries: `f(client, epoch)`. Fenced answers re-register first.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ControllerError>
+    async fn rpc_call<T, F, Fut>(&self, f: F) -> Result<T, ControllerError>
     where
         F: Fn(GrpcClient<Channel>, u64) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -284,7 +277,7 @@ impl Remote {
 
     /// Replaces the cache with a fresh snapshot.
     async fn refresh(&self) -> Result<(), ControllerError> {
-        let snap = self.call(|mut c, _| async move { c.snapshot(self.request(rpc::Empty {})).await }).await?;
+        let snap = self.rpc_call(|mut c, _| async move { c.snapshot(self.request(rpc::Empty {})).await }).await?;
         let mut cache = Cache::default();
         for t in snap.topics {
             let t = Arc::new(rpc::topic_from(t)?);
@@ -411,7 +404,7 @@ impl Remote {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = heartbeat.tick() => {
-                        let beat = self.call(|mut c, epoch| {
+                        let beat = self.rpc_call(|mut c, epoch| {
                             let agent = self.0.settings.agent.clone();
                             async move { c.heartbeat(self.request(rpc::HeartbeatRequest { agent, epoch })).await }
                         });
@@ -483,304 +476,127 @@ impl ControllerClient for Remote {
     fn commit_watch(&self) -> watch::Receiver<u64> {
         self.0.commits.subscribe()
     }
-
-    async fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError> {
-        let msg = rpc::create_to(&req);
-        let t = self.call(|mut c, _| {
-            let msg = msg.clone();
-            async move { c.create_topic(self.request(msg)).await }
-        });
-        let t = Arc::new(rpc::topic_from(t.await?)?);
-        if !req.validate_only {
-            self.insert_topic(t.clone());
-        }
-        Ok(t)
-    }
-    async fn delete_topic(&self, r: TopicRef<'_>) -> Result<Arc<TopicMeta>, ControllerError> {
-        let msg = match r {
-            TopicRef::Name(n) => rpc::TopicRefRequest { name: Some(n.to_string()), id: None },
-            TopicRef::Id(id) => rpc::TopicRefRequest { name: None, id: Some(id.as_bytes().to_vec()) },
-        };
-        let t = self.call(|mut c, _| {
-            let msg = msg.clone();
-            async move { c.delete_topic(self.request(msg)).await }
-        });
-        let t = Arc::new(rpc::topic_from(t.await?)?);
-        let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
-        cache.by_name.remove(&t.name);
-        cache.by_id.remove(&t.id);
-        cache.offsets.retain(|(id, _), _| *id != t.id);
-        cache.stable.retain(|(id, _), _| *id != t.id);
-        drop(cache);
-        self.0.extents.retain_topics(|id| id != t.id);
-        Ok(t)
-    }
-    async fn commit_object(&self, req: CommitRequest) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
-        let reply = self.call(|mut c, epoch| {
-            let msg = rpc::commit_to(&req, epoch);
-            async move { c.commit_object(self.request(msg)).await }
-        });
-        let results: Vec<Result<i64, ControllerError>> = reply
-            .await?
-            .results
-            .into_iter()
-            .map(|r| match r.error {
-                None => Ok(r.base_offset),
-                Some(e) => Err(rpc::error_from(e)),
-            })
-            .collect();
-        let mut advanced = false;
-        for (e, r) in req.extents.iter().zip(&results) {
-            if let Ok(base) = r {
-                let transactional = e.producer.is_some_and(|p| p.transactional);
-                self.advance_own(e.topic_id, e.partition, *base, e.offset_count, transactional);
-                advanced = true;
-            }
-        }
-        if advanced {
-            self.0.commits.send_modify(|n| *n += 1);
-        }
-        Ok(results)
-    }
-    async fn find_extents(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        from_offset: i64,
-        max_bytes: u64,
-    ) -> Result<Vec<ExtentRecord>, ControllerError> {
-        let req = rpc::FindExtentsRequest {
-            topic_id: topic_id.as_bytes().to_vec(),
-            partition,
-            mode: rpc::FIND_BY_OFFSET,
-            from_offset,
-            max_bytes,
-            timestamp: 0,
-        };
-        self.lookup(topic_id, req, |c, o| c.find(topic_id, partition, from_offset, max_bytes, o.next_offset), |found| found)
-            .await
-    }
-    async fn extent_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, ControllerError> {
-        let req = rpc::FindExtentsRequest {
-            topic_id: topic_id.as_bytes().to_vec(),
-            partition,
-            mode: rpc::FIND_BY_TIMESTAMP,
-            timestamp,
-            ..Default::default()
-        };
-        let cached = |c: &ExtentCache, o: PartitionOffsets| c.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset);
-        self.lookup(topic_id, req, cached, |found| found.into_iter().next()).await
-    }
-    async fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, ControllerError> {
-        let req = rpc::FindExtentsRequest {
-            topic_id: topic_id.as_bytes().to_vec(),
-            partition,
-            mode: rpc::FIND_MAX_TIMESTAMP,
-            ..Default::default()
-        };
-        let cached = |c: &ExtentCache, o: PartitionOffsets| c.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset);
-        self.lookup(topic_id, req, cached, |found| found.into_iter().next()).await
-    }
-    async fn wal_mark(&self, log_id: &str) -> Result<u64, ControllerError> {
-        let log_id = log_id.to_string();
-        let r = self.call(|mut c, _| {
-            let log_id = log_id.clone();
-            async move { c.wal_mark(self.request(rpc::WalMarkRequest { log_id })).await }
-        });
-        Ok(r.await?.entry_id)
-    }
     fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
         let cache = self.0.cache.read().unwrap_or_else(|p| p.into_inner());
         cache.stable.get(&(topic_id, partition)).copied().ok_or(ControllerError::UnknownTopicOrPartition)
     }
-    async fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
-        self.txn_call(Call::AbortedTxns { topic_id, partition, from_offset, to_offset }).await
-    }
-    async fn init_transactional_producer(&self, transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError> {
-        self.txn_call(Call::InitTransactionalProducer { transactional_id, timeout_ms, expected }).await
-    }
-    async fn add_partitions_to_txn(
-        &self,
-        transactional_id: String,
-        producer_id: i64,
-        epoch: i16,
-        partitions: Vec<(String, i32)>,
-        verify_only: bool,
-    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        self.txn_call(Call::AddPartitionsToTxn { transactional_id, producer_id, epoch, partitions, verify_only }).await
-    }
-    async fn add_offsets_to_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError> {
-        self.txn_call(Call::AddOffsetsToTxn { transactional_id, producer_id, epoch, group_id }).await
-    }
-    async fn txn_offset_commit(
-        &self,
-        transactional_id: String,
-        producer_id: i64,
-        epoch: i16,
-        group_id: String,
-        offsets: Vec<super::groups::CommitOffset>,
-    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        self.txn_call(Call::TxnOffsetCommit { transactional_id, producer_id, epoch, group_id, offsets }).await
-    }
-    async fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
-        self.group_call(Call::ValidateTxnOffsetCommit { group_id, member_id, instance_id, generation }).await
-    }
-    async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
-        self.txn_call(Call::EndTxn { transactional_id, producer_id, epoch, commit }).await
-    }
-    async fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
-        self.txn_call(Call::TransactionsToFinish).await
-    }
-    async fn describe_transaction(&self, transactional_id: String) -> Result<Option<TxnDescription>, ControllerError> {
-        self.txn_call(Call::DescribeTransaction { transactional_id }).await
-    }
-    async fn pending_txn_offsets(&self, group_id: String) -> Result<Vec<super::groups::TopicPartition>, ControllerError> {
-        self.txn_call(Call::PendingTxnOffsets { group_id }).await
-    }
-    async fn list_transactions(&self, states: Vec<String>, producer_ids: Vec<i64>, min_duration_ms: i64) -> Result<Vec<TxnDescription>, ControllerError> {
-        self.txn_call(Call::ListTransactions { states, producer_ids, min_duration_ms }).await
-    }
-
-    async fn init_producer_id(&self) -> Result<(i64, i16), ControllerError> {
-        let r = self.call(|mut c, _| async move { c.init_producer_id(self.request(rpc::Empty {})).await }).await?;
-        Ok((r.producer_id, r.epoch as i16))
-    }
-
-    async fn join_group(&self, req: JoinRequest) -> JoinResponse {
-        let member_id = req.member_id.clone();
-        match self.coordinate::<JoinResponse>(Call::JoinGroup(req)).await {
-            Ok(r) => r,
-            Err(e) => JoinResponse::error(member_id, group_error(e)),
-        }
-    }
-    async fn sync_group(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
-        self.group_call(Call::SyncGroup(req)).await
-    }
-    async fn heartbeat(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
-        self.group_call(Call::Heartbeat { group_id, member_id, instance_id, generation }).await
-    }
-    async fn leave_group(&self, group_id: String, members: Vec<(String, Option<String>)>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        self.group_call(Call::LeaveGroup { group_id, members }).await
-    }
-    async fn commit_offsets(&self, req: OffsetCommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        self.group_call(Call::CommitOffsets(req)).await
-    }
-    async fn fetch_offsets(
-        &self,
-        group_id: String,
-        partitions: Option<Vec<TopicPartition>>,
-        member: Option<(String, i32)>,
-    ) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, GroupError> {
-        self.group_call(Call::FetchOffsets { group_id, partitions, member }).await
-    }
-    async fn delete_offsets(&self, group_id: String, partitions: Vec<TopicPartition>) -> Result<Vec<Result<(), GroupError>>, GroupError> {
-        self.group_call(Call::DeleteOffsets { group_id, partitions }).await
-    }
-    async fn list_groups(&self, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, GroupError> {
-        self.group_call(Call::ListGroups { states, types }).await
-    }
-    async fn describe_group(&self, group_id: String) -> Result<GroupDescription, GroupError> {
-        self.group_call(Call::DescribeGroup { group_id }).await
-    }
-    async fn delete_group(&self, group_id: String) -> Result<(), GroupError> {
-        self.group_call(Call::DeleteGroup { group_id }).await
-    }
-    async fn consumer_group_heartbeat(&self, req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError> {
-        self.group_call(Call::ConsumerGroupHeartbeat(req)).await
-    }
-    async fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
-        self.group_call(Call::ConsumerGroupDescribe { group_id }).await
-    }
-    async fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
-        let r = self.call(|mut c, _| {
-            let keys = keys.clone();
-            let agent = self.0.settings.agent.clone();
-            async move { c.collect_orphans(self.request(rpc::OrphansRequest { keys, agent })).await }
-        });
-        Ok(r.await?.doomed)
-    }
     fn live_agents(&self) -> Vec<LiveAgent> {
         self.0.members.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
 
-impl Remote {
-    /// One index lookup: from the cache when it can answer (`cached`, given the partition's
-    /// offsets as this agent knows them), else from the controller, whose answer is cached.
-    async fn lookup<T>(
-        &self,
-        topic_id: Uuid,
-        req: rpc::FindExtentsRequest,
-        cached: impl FnOnce(&ExtentCache, PartitionOffsets) -> Option<T>,
-        answer: impl FnOnce(Vec<ExtentRecord>) -> T,
-    ) -> Result<T, ControllerError> {
-        let partition = req.partition;
-        if let Ok(o) = self.offsets(topic_id, partition)
-            && let Some(found) = cached(&self.0.extents, o)
-        {
-            self.0.lookups_cached.inc();
-            return Ok(found);
-        }
-        self.0.lookups_remote.inc();
-        let r = self.call(|mut c, _| {
-            let req = req.clone();
-            async move { c.find_extents(self.request(req)).await }
-        });
-        let found = r.await?.extents.into_iter().map(rpc::extent_from).collect::<Result<Vec<_>, _>>()?;
-        self.cache_found(topic_id, partition, &found);
-        Ok(answer(found))
-    }
-}
-
-/// A coordinator call that did not get an answer, as the group error Kafka clients retry on
-/// (COORDINATOR_NOT_AVAILABLE: they find the coordinator again and rejoin if needed).
-fn group_error(e: ControllerError) -> GroupError {
-    match e {
-        ControllerError::Unavailable(m) => GroupError::Unavailable(m),
-        other => GroupError::InvalidRequest(other.to_string()),
-    }
-}
-
-impl Remote {
-    /// One coordinator call ([`coordinate`]), answered by the active controller's embedded
-    /// coordinator. Calls that wait for a rebalance (and heartbeats) are sent once with a
-    /// deadline of that wait; the others retry like every call, for up to `call_deadline`
-    /// (they are idempotent, or answer a repeat as Kafka's coordinator does).
-    async fn coordinate<T: DeserializeOwned>(&self, call: Call) -> Result<T, ControllerError> {
-        let msg = rpc::CoordinateRequest { version: coordinate::VERSION, body: coordinate::encode(&call)? };
-        let reply = match call.wait_ms() {
-            None => {
-                self.call(|mut c, _| {
-                    let msg = msg.clone();
-                    async move { c.coordinate(self.request(msg)).await }
-                })
-                .await?
+    async fn call(&self, call: Call) -> Reply {
+        let lookup = matches!(call, Call::FindExtents { .. } | Call::ExtentForTimestamp { .. } | Call::ExtentWithMaxTimestamp { .. });
+        if lookup {
+            if let Some(reply) = self.from_index_cache(&call) {
+                self.0.lookups_cached.inc();
+                return reply;
             }
-            Some(wait_ms) => {
-                let deadline = Duration::from_millis(u64::try_from(wait_ms + coordinate::WAIT_SLACK_MS).unwrap_or(0));
-                match tokio::time::timeout(deadline, self.client().coordinate(self.request(msg))).await {
-                    Err(_) => return Err(ControllerError::Unavailable(format!("the controller did not answer within {deadline:?}"))),
-                    Ok(Err(s)) => {
-                        let e = rpc::error_from_status(&s);
-                        if matches!(e, ControllerError::Unavailable(_)) {
-                            self.switch_after(&s);
-                        }
-                        return Err(e);
+            self.0.lookups_remote.inc();
+        }
+        match self.send(&call).await {
+            Ok(reply) => {
+                self.learn(&call, &reply);
+                reply
+            }
+            Err(e) => call.failed(e),
+        }
+    }
+}
+
+impl Remote {
+    /// An index lookup the cache can answer (given the partition's offsets as this agent knows
+    /// them): what the controller would have answered.
+    fn from_index_cache(&self, call: &Call) -> Option<Reply> {
+        let c = &self.0.extents;
+        match *call {
+            Call::FindExtents { topic_id, partition, from_offset, max_bytes } => {
+                let o = self.offsets(topic_id, partition).ok()?;
+                c.find(topic_id, partition, from_offset, max_bytes, o.next_offset).map(|found| Reply::FindExtents(Ok(found)))
+            }
+            Call::ExtentForTimestamp { topic_id, partition, timestamp } => {
+                let o = self.offsets(topic_id, partition).ok()?;
+                c.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset).map(|e| Reply::ExtentForTimestamp(Ok(e)))
+            }
+            Call::ExtentWithMaxTimestamp { topic_id, partition } => {
+                let o = self.offsets(topic_id, partition).ok()?;
+                c.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset).map(|e| Reply::ExtentWithMaxTimestamp(Ok(e)))
+            }
+            _ => None,
+        }
+    }
+
+    /// What this agent's caches learn from a reply: its own topic changes and commits (so it
+    /// reads its own writes) and the extents the controller found.
+    fn learn(&self, call: &Call, reply: &Reply) {
+        match (call, reply) {
+            (Call::CreateTopic { req }, Reply::CreateTopic(Ok(t))) if !req.validate_only => self.insert_topic(t.clone()),
+            (Call::DeleteTopic { .. }, Reply::DeleteTopic(Ok(t))) => {
+                let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
+                cache.by_name.remove(&t.name);
+                cache.by_id.remove(&t.id);
+                cache.offsets.retain(|(id, _), _| *id != t.id);
+                cache.stable.retain(|(id, _), _| *id != t.id);
+                drop(cache);
+                self.0.extents.retain_topics(|id| id != t.id);
+            }
+            (Call::CommitObject { req }, Reply::CommitObject(Ok(results))) => {
+                let mut advanced = false;
+                for (e, r) in req.extents.iter().zip(results) {
+                    if let Ok(base) = r {
+                        let transactional = e.producer.is_some_and(|p| p.transactional);
+                        self.advance_own(e.topic_id, e.partition, *base, e.offset_count, transactional);
+                        advanced = true;
                     }
-                    Ok(Ok(r)) => r.into_inner(),
+                }
+                if advanced {
+                    self.0.commits.send_modify(|n| *n += 1);
                 }
             }
-        };
-        coordinate::decode(&reply.body)
+            (Call::FindExtents { topic_id, partition, .. }, Reply::FindExtents(Ok(found))) => self.cache_found(*topic_id, *partition, found),
+            (Call::ExtentForTimestamp { topic_id, partition, .. }, Reply::ExtentForTimestamp(Ok(found)))
+            | (Call::ExtentWithMaxTimestamp { topic_id, partition }, Reply::ExtentWithMaxTimestamp(Ok(found))) => {
+                self.cache_found(*topic_id, *partition, found.as_slice())
+            }
+            _ => {}
+        }
     }
 
-    /// A group call: the coordinator's answer, or a retriable group error.
-    async fn group_call<T: DeserializeOwned>(&self, call: Call) -> Result<T, GroupError> {
-        self.coordinate::<Result<T, GroupError>>(call).await.map_err(group_error)?
-    }
-
-    /// A transaction call: the coordinator's answer or its error.
-    async fn txn_call<T: DeserializeOwned>(&self, call: Call) -> Result<T, ControllerError> {
-        self.coordinate::<Result<T, ControllerError>>(call).await?
+    /// One call to the active controller. Calls that wait for a rebalance (and heartbeats) are
+    /// sent once with a deadline of that wait; the others retry like every call, for up to
+    /// `call_deadline`, also when the controller answers "unavailable" (they are idempotent,
+    /// or answer a repeat as Kafka's coordinator does).
+    async fn send(&self, call: &Call) -> Result<Reply, ControllerError> {
+        let body = calls::encode(call)?;
+        let envelope = |epoch| rpc::CallRequest { version: calls::WIRE_VERSION, agent: self.0.settings.agent.clone(), epoch, body: body.clone() };
+        if let Some(wait_ms) = call.wait_ms() {
+            let deadline = Duration::from_millis(u64::try_from(wait_ms + calls::WAIT_SLACK_MS).unwrap_or(0));
+            let epoch = self.0.epoch.load(Ordering::Acquire);
+            let reply = match tokio::time::timeout(deadline, self.client().call(self.request(envelope(epoch)))).await {
+                Err(_) => return Err(ControllerError::Unavailable(format!("the controller did not answer within {deadline:?}"))),
+                Ok(Err(s)) => {
+                    let e = rpc::error_from_status(&s);
+                    if matches!(e, ControllerError::Unavailable(_)) {
+                        self.switch_after(&s);
+                    }
+                    return Err(e);
+                }
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            return calls::decode(&reply.body);
+        }
+        let deadline = Instant::now() + self.0.settings.call_deadline;
+        let mut backoff = RETRY_BACKOFF_MIN_MS;
+        loop {
+            let reply = self.rpc_call(|mut c, epoch| {
+                let msg = envelope(epoch);
+                async move { c.call(self.request(msg)).await }
+            });
+            let reply: Reply = calls::decode(&reply.await?.body)?;
+            if !reply.retriable() || Instant::now() >= deadline {
+                return Ok(reply);
+            }
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+        }
     }
 }

@@ -12,7 +12,17 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
-use crate::protocol::records::BatchHeader;
+use crate::format::records::BatchHeader;
+
+/// Object keys every store accepts: 1 to 1024 characters of `[A-Za-z0-9/_.-]`, relative,
+/// with no empty, `.` or `..` segment (so a key is also a safe relative path on disk).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 1024
+        && !key.starts_with('/')
+        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+}
 
 pub const MAGIC: [u8; 4] = *b"SSO1";
 pub const FORMAT_VERSION: u16 = 1;
@@ -38,7 +48,7 @@ pub struct IndexEntry {
 }
 
 /// The idempotence fields of a batch written by an idempotent producer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProducerBatch {
     pub producer_id: i64,
     pub epoch: i16,
@@ -66,7 +76,7 @@ impl ProducerBatch {
 /// A partition's contiguous run of batches in one object: what the controller indexes.
 /// A batch of an idempotent producer is always an extent of its own, so the controller can
 /// check its sequence and drop it alone if it is a duplicate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExtentInfo {
     pub topic_id: Uuid,
     pub partition: i32,
@@ -297,7 +307,7 @@ pub fn read_index(object: &[u8]) -> Result<Vec<IndexEntry>, FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::records::{encode_batch, peek_header};
+    use crate::format::records::{encode_batch, peek_header};
     use proptest::prelude::*;
 
     fn build(parts: &[(Uuid, i32, Vec<Bytes>)]) -> (Bytes, Vec<ExtentInfo>) {

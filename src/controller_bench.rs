@@ -1,5 +1,5 @@
 //! `sidestream controller-bench`: commit latency and throughput of the controller service,
-//! driven through its gRPC API exactly as agents drive it (register, then CommitObject), with
+//! driven through its gRPC API exactly as agents drive it (register, then `commit_object` calls), with
 //! N simulated agents against one in-process service on loopback, over SQLite or PostgreSQL.
 //!
 //! Each simulated agent commits one object at a time (closed loop), each object holding one
@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Endpoint;
 
-use super::rpc::{self, GrpcClient};
-use super::service::{ServiceSettings, start};
+use crate::api::calls::{self, Call, Reply};
+use crate::api::rpc::{self, GrpcClient};
+use crate::api::{CommitRequest, CreateTopic};
+use crate::controller::service::{ServiceSettings, start};
+use crate::format::object::ExtentInfo;
 use crate::clock::{SeededEntropy, SystemClock};
 use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
 
@@ -59,14 +62,16 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
     // A PostgreSQL replica becomes active once it holds the lease.
     let deadline = Instant::now() + Duration::from_secs(30);
     let topic = loop {
-        let req = rpc::CreateTopicRequest {
+        let req = CreateTopic {
             name: format!("bench-{}", uuid::Uuid::new_v4().simple()),
             partitions: s.partitions,
             replication_factor: 1,
-            ..Default::default()
+            configs: Default::default(),
+            validate_only: false,
         };
-        match GrpcClient::new(channel.clone()).create_topic(req).await {
-            Ok(t) => break t.into_inner(),
+        match send(&mut GrpcClient::new(channel.clone()), Call::CreateTopic { req }, "", 0).await {
+            Ok(Reply::CreateTopic(Ok(t))) => break t,
+            Ok(other) => return Err(format!("create topic: {other:?}")),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "controller not active yet");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -81,7 +86,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
         let mut client = GrpcClient::new(
             Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?.connect_lazy(),
         );
-        let topic_id = topic.id.clone();
+        let topic_id = topic.id;
         let partitions = s.partitions;
         tasks.push(tokio::spawn(async move {
             let agent = format!("bench-agent-{a}");
@@ -95,29 +100,30 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
             let mut n = 0u64;
             while Instant::now() < end_at {
                 let extents = (0..partitions)
-                    .map(|p| rpc::Extent {
-                        topic_id: topic_id.clone(),
+                    .map(|p| ExtentInfo {
+                        topic_id,
                         partition: p,
                         position: p as u64 * 1000,
                         length: 1000,
                         batch_count: 1,
                         offset_count: 10,
                         max_timestamp: 1,
-                        ..Default::default()
+                        producer: None,
                     })
                     .collect();
-                let req = rpc::CommitObjectRequest {
+                let req = CommitRequest {
                     object_key: format!("00/{agent}/{n:010}.sso"),
                     object_size_bytes: partitions as u64 * 1000,
                     agent: agent.clone(),
-                    epoch,
                     extents,
-                    wal_log_id: None,
-                    wal_entry_id: 0,
+                    wal: None,
                     txn_end: None,
                 };
                 let t = Instant::now();
-                client.commit_object(req).await.map_err(|e| format!("commit: {e}"))?;
+                match send(&mut client, Call::CommitObject { req }, &agent, epoch).await? {
+                    Reply::CommitObject(Ok(_)) => {}
+                    other => return Err(format!("commit: {other:?}")),
+                }
                 h.record(t.elapsed().as_micros().max(1) as u64).map_err(|e| e.to_string())?;
                 n += 1;
             }
@@ -138,4 +144,12 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
         p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
         max_ms: all.max() as f64 / 1000.0,
     })
+}
+
+/// One call as an agent sends it (see `agent::client::remote`), without retries.
+async fn send(client: &mut GrpcClient<tonic::transport::Channel>, call: Call, agent: &str, epoch: u64) -> Result<Reply, String> {
+    let body = calls::encode(&call).map_err(|e| e.to_string())?;
+    let msg = rpc::CallRequest { version: calls::WIRE_VERSION, agent: agent.to_string(), epoch, body };
+    let reply = client.call(msg).await.map_err(|e| e.to_string())?.into_inner();
+    calls::decode(&reply.body).map_err(|e| e.to_string())
 }

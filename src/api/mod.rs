@@ -1,0 +1,208 @@
+//! The controller's API: every call an agent makes to the controller, its arguments, its
+//! replies and its errors, defined once and shared by both sides.
+//!
+//! - [`calls`]: the table of calls. From it come the [`calls::Call`] and [`calls::Reply`]
+//!   enums, the typed methods the agent calls (`client.create_topic(..)`), the controller's
+//!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
+//! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
+//! - this file: topics, commits, extents, and [`ControllerError`].
+//!
+//! The agent (its Kafka handlers and its client of the controller) and the controller both
+//! import this module; it imports only [`crate::format`]. Must not touch: logic of either side.
+
+pub mod calls;
+pub mod groups;
+pub mod rpc;
+pub mod serde_with;
+pub mod txn;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::format::object::ExtentInfo;
+use txn::TxnEnd;
+
+/// Controller failures, sorted by what the caller does: tell the client (invalid input,
+/// unknown topic), or retry later (unavailable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ControllerError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("unknown topic id")]
+    UnknownTopicId,
+    // Kafka's own wording: tools print it as is (kafka-topics.sh --create).
+    #[error("Topic '{0}' already exists.")]
+    TopicAlreadyExists(String),
+    #[error("invalid topic name: {0}")]
+    InvalidTopicName(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// A limit of the cluster (e.g. `max_partitions_total`) refuses the request.
+    #[error("policy violation: {0}")]
+    PolicyViolation(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
+    #[error("invalid producer id mapping: {0}")]
+    InvalidProducerIdMapping(String),
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    #[error("invalid transaction timeout: {0}")]
+    InvalidTransactionTimeout(String),
+    /// Retriable: the previous transaction of this transactional id is being completed.
+    #[error("concurrent transactions: {0}")]
+    ConcurrentTransactions(String),
+    /// Another partition of the same request failed.
+    #[error("operation not attempted")]
+    OperationNotAttempted,
+    /// The metadata store failed; retrying may succeed.
+    #[error("controller unavailable: {0}")]
+    Unavailable(String),
+    /// The object's key was collected as an orphan (marked uncommittable): nothing was
+    /// committed. Its data is still the agent's to keep: upload it again under a new key.
+    #[error("object collected: {0}")]
+    ObjectCollected(String),
+}
+
+/// One commit's answer: each extent's base offset or error, or an error for the whole commit.
+pub type CommitResult = Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+
+/// A topic as agents see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    pub fn config_i64(&self, key: &str) -> Option<i64> {
+        self.configs.get(key).and_then(|v| v.parse().ok())
+    }
+}
+
+/// How a client names a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRef<'a> {
+    Name(&'a str),
+    Id(Uuid),
+}
+
+/// A topic named by a client, owned: a call's argument ([`TopicRef`] borrows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicKey {
+    Name(String),
+    Id(Uuid),
+}
+
+impl TopicKey {
+    pub fn as_ref(&self) -> TopicRef<'_> {
+        match self {
+            TopicKey::Name(n) => TopicRef::Name(n),
+            TopicKey::Id(id) => TopicRef::Id(*id),
+        }
+    }
+}
+
+/// A CreateTopics request after the protocol layer resolved defaults it knows about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopic {
+    pub name: String,
+    /// -1: the configured default.
+    pub partitions: i32,
+    /// -1 or >= 1; objects in object storage need no replicas, so any positive factor is accepted.
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+    pub validate_only: bool,
+}
+
+/// One uploaded object to commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRequest {
+    pub object_key: String,
+    pub object_size_bytes: u64,
+    pub agent: String,
+    /// In data order; a partition appears at most once per object.
+    pub extents: Vec<ExtentInfo>,
+    /// Set when the object holds a transaction's markers (one control batch per extent): the
+    /// commit completes the transaction.
+    pub txn_end: Option<TxnEnd>,
+    /// The highest entry of the agent's WAL that this object holds; recorded in the same
+    /// transaction, so WAL replay after a crash skips exactly what is committed.
+    pub wal: Option<WalMark>,
+}
+
+/// A position in an agent's write-ahead log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalMark {
+    pub log_id: String,
+    pub entry_id: u64,
+}
+
+/// Kafka's limit on partitions per topic is practical, not protocol; ours is explicit.
+pub const PARTITIONS_MAX: i32 = 100_000;
+
+/// What the controller knows of one partition between commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsets {
+    pub log_start_offset: i64,
+    /// The high watermark: the next offset to assign.
+    pub next_offset: i64,
+}
+
+/// A partition's contiguous byte range in one object, with the offsets assigned to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentRecord {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub base_offset: i64,
+    /// Exclusive.
+    pub end_offset: i64,
+    pub object_key: std::sync::Arc<str>,
+    pub position: u64,
+    pub length: u64,
+    pub batch_count: u32,
+    pub max_timestamp: i64,
+    /// Size of the whole object (the read cache's last block ends there).
+    pub object_size: u64,
+}
+
+/// A live agent as Kafka clients see it (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAgent {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub zone: Option<String>,
+}
+
+/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
+    let bad = |why: &str| Err(ControllerError::InvalidTopicName(format!("{name:?}: {why}")));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return bad("only ASCII alphanumerics, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The transaction calls' arguments and replies (the coordinator is `controller::txn`).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum TxnStatus {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnStatus {
+    /// Kafka's state names (DescribeTransactions, ListTransactions filters).
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            TxnStatus::Empty => "Empty",
+            TxnStatus::Ongoing => "Ongoing",
+            TxnStatus::PrepareCommit => "PrepareCommit",
+            TxnStatus::PrepareAbort => "PrepareAbort",
+            TxnStatus::CompleteCommit => "CompleteCommit",
+            TxnStatus::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    pub fn preparing(self) -> bool {
+        matches!(self, TxnStatus::PrepareCommit | TxnStatus::PrepareAbort)
+    }
+
+    /// No transaction in progress: the only states in which a transactional id may expire.
+    pub fn idle(self) -> bool {
+        matches!(self, TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort)
+    }
+}
+
+/// The markers a Prepare* transaction needs: one control batch per partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnEnd {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    /// The epoch written in the markers (bumped when the coordinator aborts on its own).
+    pub epoch: i16,
+    pub commit: bool,
+    #[serde(with = "crate::api::serde_with::uuid_parts")]
+    pub partitions: Vec<(Uuid, i32)>,
+}
+
+/// What InitProducerId with a transactional id gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnInit {
+    Ready { producer_id: i64, epoch: i16 },
+    /// A previous transaction must be finished first: write these markers, then ask again.
+    Finish(TxnEnd),
+}
+
+/// One transaction as DescribeTransactions and ListTransactions show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnDescription {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub status: TxnStatus,
+    pub timeout_ms: i32,
+    pub started_ms: i64,
+    /// Topic names and partitions.
+    pub partitions: Vec<(String, i32)>,
+}
