@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
-use crate::agent::txn::{MarkerWriter, TxnTimer};
+use crate::agent::txn::TxnTimer;
 use crate::agent::cache::{self, CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
@@ -261,17 +261,9 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     crate::probe::register_disk_gauges(config.agent.data_dir.clone());
     let next_id = recovery.last_id().max(wal_mark) + 1;
     let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).map_err(ServerError::Wal)?;
-    let markers = Arc::new(MarkerWriter {
-        store: store.clone(),
-        controller: controller.clone(),
-        clock: clock.clone(),
-        entropy,
-        agent: format!("agent-{}", config.agent.node_id),
-        key_prefix: String::new(),
-        in_flight,
-    });
     TxnTimer {
-        markers: markers.clone(),
+        controller: controller.clone(),
+        uploader: uploader.clone(),
         interval: Duration::from_millis(config.controller.transaction_check_interval_ms),
     }
     .spawn(shutdown.clone());
@@ -293,7 +285,6 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         uploader,
         wal,
         hand_offs: Default::default(),
-        markers,
         fetch_sessions: crate::agent::fetch_session::FetchSessions::new(
             crate::agent::fetch_session::FETCH_SESSIONS_MAX,
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,

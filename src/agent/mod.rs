@@ -6,7 +6,8 @@
 //!   the controller (which assigns offsets) and answers the producers.
 //! - [`fetch`]: finds the object ranges holding an offset, reads them, patches the assigned
 //!   offsets into the batch headers.
-//! - [`txn`]: writes transaction markers as objects; the transaction timeout job.
+//! - [`txn`]: EndTxn and transactional InitProducerId (markers through the uploader); the
+//!   transaction timeout job.
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
 //! - [`cluster`]: which broker clients are told leads each partition (sidecar or cluster mode).
 //!
@@ -63,8 +64,6 @@ pub struct Agent {
     pub wal: Wal,
     /// Produce requests not yet handed to the uploader; shutdown waits for them.
     pub hand_offs: HandOffs,
-    /// Writes transaction markers (EndTxn, fencing InitProducerId, the timeout job).
-    pub markers: Arc<txn::MarkerWriter>,
     /// Fetch sessions (KIP-227) of the agent's consumers.
     pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
 }
@@ -100,6 +99,50 @@ impl HandOffs {
 impl Drop for HandOffGuard {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A produce request's place in its connection's order. [`Turn::wait`] returns once the
+/// previous produce request of the connection has queued its batches (or finished); dropping
+/// the turn lets the next one go.
+pub struct Turn {
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Counted from the moment the request is read, so shutdown waits for it.
+    pub hand_off: Option<HandOffGuard>,
+}
+
+impl Turn {
+    /// The turn of a connection's next produce request, after `last` (which it replaces).
+    pub fn next(last: &mut Option<tokio::sync::oneshot::Receiver<()>>, hand_off: HandOffGuard) -> Turn {
+        let (done, next) = tokio::sync::oneshot::channel();
+        Turn { previous: last.replace(next), done: Some(done), hand_off: Some(hand_off) }
+    }
+
+    pub async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // An error means the previous handler is gone, which also ends its turn.
+            let _ = previous.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else { return };
+        match self.previous.take() {
+            None => {
+                let _ = done.send(());
+            }
+            // Dropped before its turn came (e.g. an undecodable request): the next one still
+            // waits for the previous one.
+            Some(previous) => {
+                tokio::spawn(async move {
+                    let _ = previous.await;
+                    let _ = done.send(());
+                });
+            }
+        }
     }
 }
 

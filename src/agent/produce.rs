@@ -1,5 +1,7 @@
-//! Produce: the checks a Kafka broker makes on a partition's records before it stores them,
-//! then the path each acks level takes (DESIGN.md, "Durability promises"):
+//! Produce: the checks a Kafka broker makes on a partition's records before it stores them
+//! ([`Agent::check_batch`]), then the use case itself ([`Agent::produce`]): transactional
+//! batches verified, the request's batches queued in its connection's order, and the wait each
+//! acks level promises (docs/design.md, "Durability promises"):
 //!
 //! - acks=all: the upload buffer only; answered when the object is committed, with offsets.
 //! - acks=0/1: the WAL first (fsync'd, then handed to the upload buffer by the WAL writer);
@@ -10,7 +12,7 @@ use tokio::time::Instant;
 
 use super::upload::{GroupItem, PendingAppend};
 use super::wal::Logged;
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, HandOffGuard, Turn};
 use crate::api::{ControllerError, TopicMeta};
 use crate::format::records;
 
@@ -27,7 +29,78 @@ pub enum Appended {
     Nothing,
 }
 
+/// One batch of a produce request, checked ([`Agent::check_batch`]), with its topic's name.
+pub struct ProduceBatch {
+    pub topic: String,
+    pub item: GroupItem,
+}
+
+/// Why a checked batch was not stored.
+#[derive(Debug, Clone)]
+pub enum ProduceRefusal {
+    /// A transactional batch (acks=0/1) the coordinator does not know as part of an ongoing
+    /// transaction with its partition (KIP-890 verification).
+    NotInTransaction(ControllerError),
+    Failed(AgentError),
+}
+
+/// What became of each batch, in request order: its base offset (acks=all), `None` (acks=0/1:
+/// durable in the WAL, offset assigned at commit), or why it was refused.
+pub type Produced = Vec<Result<Option<i64>, ProduceRefusal>>;
+
 impl Agent {
+    /// The produce use case for one request's checked batches: verifies the transactional
+    /// ones (acks=0/1; for acks=all the commit checks them, and its answer is the client's),
+    /// waits for the request's `turn` (earlier produce requests of its connection queue first),
+    /// appends, and waits as `acks` says: acks=0/1 until the WAL entry is durable and handed to
+    /// the uploader, acks=all until each batch is committed or `deadline` passes.
+    pub async fn produce(
+        &self,
+        batches: Vec<ProduceBatch>,
+        transactional_id: Option<&str>,
+        acks: i16,
+        deadline: Instant,
+        mut turn: Option<Turn>,
+        hand_off: HandOffGuard,
+    ) -> Produced {
+        let mut results: Produced = vec![Ok(None); batches.len()];
+        if acks != -1
+            && let Some(id) = transactional_id
+        {
+            let asked: Vec<usize> = (0..batches.len()).filter(|&i| batches[i].item.header.is_transactional()).collect();
+            let to_verify: Vec<(&str, &GroupItem)> = asked.iter().map(|&i| (batches[i].topic.as_str(), &batches[i].item)).collect();
+            let answers = self.verify_transactional(id, &to_verify).await;
+            for (&i, answer) in asked.iter().zip(answers) {
+                if let Err(e) = answer {
+                    results[i] = Err(ProduceRefusal::NotInTransaction(e));
+                }
+            }
+        }
+        let accepted: Vec<usize> = (0..batches.len()).filter(|&i| results[i].is_ok()).collect();
+        let mut batches: Vec<Option<ProduceBatch>> = batches.into_iter().map(Some).collect();
+        let items: Vec<GroupItem> = accepted.iter().filter_map(|&i| batches[i].take()).map(|b| b.item).collect();
+        if let Some(turn) = turn.as_mut() {
+            turn.wait().await;
+        }
+        let appended = self.append(items, acks, deadline).await;
+        drop(turn);
+        let appended = match appended {
+            Ok(Appended::Logged(logged)) => logged.wait().await.map(|()| Appended::Nothing),
+            other => other,
+        };
+        drop(hand_off);
+        match appended {
+            Ok(Appended::Nothing) | Ok(Appended::Logged(_)) => {}
+            Ok(Appended::Committed(pending)) => {
+                for (&i, p) in accepted.iter().zip(pending) {
+                    results[i] = p.wait(deadline).await.map(Some).map_err(ProduceRefusal::Failed);
+                }
+            }
+            Err(e) => accepted.iter().for_each(|&i| results[i] = Err(ProduceRefusal::Failed(e.clone()))),
+        }
+        results
+    }
+
     /// Checks one partition's records as Kafka does (partition exists, one valid v2 batch,
     /// `max.message.bytes`, then every record: [`records::validate_records`]).
     pub fn check_batch(
@@ -64,7 +137,7 @@ impl Agent {
     /// of `transactional_id` that includes its partition (KIP-890 verification; the check
     /// `Controller::check_txn_batch` repeats at commit). `batches`: (topic name, checked batch);
     /// one call per producer id and epoch. One result per batch, in order.
-    pub async fn verify_transactional(
+    async fn verify_transactional(
         &self,
         transactional_id: &str,
         batches: &[(&str, &GroupItem)],
@@ -93,7 +166,7 @@ impl Agent {
     /// Accepts the checked batches of one produce request, by its acks level: queues them (in
     /// call order) for the uploader or the WAL, waiting only for buffer or log space (until
     /// `deadline`). What to wait for next is in the returned [`Appended`].
-    pub async fn append(&self, items: Vec<GroupItem>, acks: i16, deadline: Instant) -> Result<Appended, AgentError> {
+    async fn append(&self, items: Vec<GroupItem>, acks: i16, deadline: Instant) -> Result<Appended, AgentError> {
         if items.is_empty() {
             return Ok(Appended::Nothing);
         }

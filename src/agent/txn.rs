@@ -1,91 +1,91 @@
-//! Transaction markers: the agent's half of the transaction coordinator.
+//! Transactions: the agent's half of the transaction coordinator.
 //!
 //! The controller decides a transaction's outcome (`controller::txn`); the agent writes it into
 //! the log: one small object holding one control batch (commit or abort marker) per partition
-//! of the transaction, committed through the normal commit path with `txn_end` set. The commit
-//! gives each marker an offset after the transaction's data (the producer's data is committed
-//! before it sends EndTxn, and data arriving once the transaction is no longer ongoing is
-//! refused) and completes the transaction in the same store transaction.
+//! of the transaction, sealed by the uploader after everything this agent accepted before it and
+//! committed through the same commit path as data, with `txn_end` set
+//! ([`super::upload::Uploader::write_markers`]). The commit gives each marker an offset after the
+//! transaction's data and completes the transaction in the same store transaction.
 //!
-//! [`TxnTimer`] is the background job that aborts transactions older than their timeout and
-//! finishes any whose markers were not committed (an agent crash, a failed PUT).
+//! - [`Agent::end_txn`]: EndTxn, the coordinator's decision then its markers.
+//! - [`Agent::init_transactional_producer`]: InitProducerId with a transactional id; a
+//!   transaction the previous producer left open is finished first, as Kafka's coordinator does.
+//! - [`TxnTimer`]: the background job that aborts transactions older than their timeout and
+//!   finishes any whose markers were not committed (an agent crash, a failed PUT).
 //!
 //! Must not touch: Kafka request/response types, the store's SQL.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::AgentError;
-use crate::clock::{Clock, Entropy};
+use super::upload::Uploader;
+use super::{Agent, AgentError};
 use crate::agent::client::ControllerClient;
-use crate::api::txn::TxnEnd;
-use crate::api::{CommitRequest, ControllerError};
-use crate::format::object::ObjectBuilder;
-use crate::object::{ObjectStore, keys};
-use crate::format::records;
+use crate::api::ControllerError;
+use crate::api::txn::TxnInit;
 
-/// Kafka's coordinator epoch in the marker value; there is one coordinator, forever.
-const COORDINATOR_EPOCH: i32 = 0;
+/// How long EndTxn (or InitProducerId finishing a previous transaction) waits for the markers'
+/// commit; past it the client is told to retry (the markers still commit).
+const MARKERS_WAIT: Duration = Duration::from_secs(30);
+/// Previous transactions finished before InitProducerId tells the client to retry
+/// (CONCURRENT_TRANSACTIONS): one abort, one more for a concurrent retry.
+const FINISH_ATTEMPTS_MAX: usize = 3;
 
-/// Writes transaction markers as objects.
-pub struct MarkerWriter {
-    pub store: Arc<dyn ObjectStore>,
-    pub controller: Arc<dyn ControllerClient>,
-    pub clock: Arc<dyn Clock>,
-    pub entropy: Arc<dyn Entropy>,
-    /// The agent's name in object keys.
-    pub agent: String,
-    pub key_prefix: String,
-    /// Marker objects are held here from before their PUT until their commit is answered.
-    pub in_flight: Arc<super::orphans::InFlightKeys>,
+/// Why a transaction call failed.
+#[derive(Debug, Clone)]
+pub enum TxnError {
+    /// The coordinator refused it.
+    Coordinator(ControllerError),
+    /// The coordinator decided; its markers are not committed yet (the timer finishes them).
+    Markers(AgentError),
+    /// InitProducerId: the previous transaction is still being finished.
+    StillFinishing,
 }
 
-impl MarkerWriter {
-    /// Writes and commits the markers of `end`, completing the transaction. Safe to repeat:
-    /// markers of a transaction already completed are refused by the controller
-    /// (INVALID_TXN_STATE) and their object is left to the orphan collector.
-    pub async fn write(&self, end: &TxnEnd) -> Result<(), AgentError> {
-        let now = self.clock.now_ms();
-        let mut builder = ObjectBuilder::new();
-        for (topic_id, partition) in &end.partitions {
-            let (batch, header) = records::control_batch(end.producer_id, end.epoch, end.commit, now, COORDINATOR_EPOCH);
-            builder
-                .add_batch(*topic_id, *partition, &batch, &header)
-                .map_err(|e| AgentError::CorruptObject(e.to_string()))?;
-        }
-        let (body, extents) = builder.finish();
-        let key = keys::new_object_key(&self.key_prefix, &self.agent, &*self.clock, &*self.entropy);
-        let size = body.len() as u64;
-        let _hold = self.in_flight.hold(&key);
-        self.store.put(&key, body).await?;
-        let results = self
-            .controller
-            .commit_object(CommitRequest {
-                object_key: key,
-                object_size_bytes: size,
-                agent: self.agent.clone(),
-                extents,
-                wal: None,
-                txn_end: Some(end.clone()),
-            })
-            .await?;
-        // A deleted topic's marker fails alone; the transaction is complete all the same.
-        for r in results {
-            match r {
-                Ok(_) | Err(ControllerError::UnknownTopicOrPartition) => {}
-                Err(e) => return Err(e.into()),
+impl Agent {
+    /// EndTxn: the coordinator moves the transaction to Prepare*, then its markers are written
+    /// and committed. A repeated EndTxn whose outcome is already complete is Ok.
+    pub async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<(), TxnError> {
+        let end = self.controller.end_txn(transactional_id, producer_id, epoch, commit).await.map_err(TxnError::Coordinator)?;
+        let Some(end) = end else { return Ok(()) };
+        self.uploader.write_markers(&end, Instant::now() + MARKERS_WAIT).await.map_err(|e| {
+            // The transaction stays Prepare*: the timer finishes it; the client retries.
+            tracing::warn!(transactional_id = %end.transactional_id, error = %e, "EndTxn: cannot write markers");
+            TxnError::Markers(e)
+        })
+    }
+
+    /// InitProducerId with a transactional id: the producer id and epoch, after finishing (its
+    /// markers written) a transaction the previous producer of the id left open.
+    pub async fn init_transactional_producer(
+        &self,
+        transactional_id: String,
+        timeout_ms: i32,
+        expected: (i64, i16),
+    ) -> Result<(i64, i16), TxnError> {
+        for _ in 0..FINISH_ATTEMPTS_MAX {
+            let answer = self.controller.init_transactional_producer(transactional_id.clone(), timeout_ms, expected).await;
+            match answer.map_err(TxnError::Coordinator)? {
+                TxnInit::Ready { producer_id, epoch } => return Ok((producer_id, epoch)),
+                TxnInit::Finish(end) => {
+                    if let Err(e) = self.uploader.write_markers(&end, Instant::now() + MARKERS_WAIT).await {
+                        tracing::warn!(transactional_id = %end.transactional_id, error = %e, "InitProducerId: cannot finish the previous transaction");
+                        break;
+                    }
+                }
             }
         }
-        tracing::debug!(transactional_id = %end.transactional_id, commit = end.commit, partitions = end.partitions.len(), "transaction markers committed");
-        Ok(())
+        Err(TxnError::StillFinishing)
     }
 }
 
 /// The background job finishing transactions: timeouts and unfinished markers.
 pub struct TxnTimer {
-    pub markers: Arc<MarkerWriter>,
+    pub controller: Arc<dyn ControllerClient>,
+    pub uploader: Uploader,
     pub interval: Duration,
 }
 
@@ -106,7 +106,7 @@ impl TxnTimer {
 
     /// One pass: asks the controller what to finish and writes those markers.
     pub async fn run_once(&self) {
-        let ends = match self.markers.controller.transactions_to_finish().await {
+        let ends = match self.controller.transactions_to_finish().await {
             Ok(ends) => ends,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list transactions to finish");
@@ -114,7 +114,7 @@ impl TxnTimer {
             }
         };
         for end in ends {
-            if let Err(e) = self.markers.write(&end).await {
+            if let Err(e) = self.uploader.write_markers(&end, Instant::now() + MARKERS_WAIT).await {
                 tracing::warn!(transactional_id = %end.transactional_id, error = %e, "cannot write transaction markers; will retry");
             }
         }

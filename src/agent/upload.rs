@@ -13,6 +13,11 @@
 //! Memory is bounded by `buffer_bytes_max`: a group holds its bytes from a semaphore until every
 //! batch in it is answered.
 //!
+//! **Transaction markers take the same path.** [`Uploader::write_markers`] seals what is
+//! buffered, then the markers (one control batch per partition) as an object of their own,
+//! committed with `txn_end` in seal order: after every batch this agent accepted before them,
+//! acks=1 batches of the same transaction included, which the controller then finds committed.
+//!
 //! **The committer owns every object until it is committed.** Object store and controller
 //! failures are retried with capped exponential backoff, for as long as they last (producers
 //! waiting meanwhile time out on their own deadline with a retriable error); an object whose key
@@ -49,11 +54,12 @@ use super::cache::ReadCache;
 use super::orphans::{InFlightKeys, KeyHold};
 use crate::clock::{Clock, Entropy};
 use crate::agent::client::ControllerClient;
+use crate::api::txn::TxnEnd;
 use crate::api::{CommitRequest, ControllerError, WalMark};
 use crate::metrics;
 use crate::format::object::{ExtentInfo, ObjectBuilder};
 use crate::object::{ObjectError, ObjectStore, keys};
-use crate::format::records::BatchHeader;
+use crate::format::records::{self, BatchHeader};
 
 /// Upload settings, from `[upload]`.
 #[derive(Debug, Clone)]
@@ -136,7 +142,13 @@ enum Msg {
     Flush,
     /// Seal what is buffered now and stop; answered when everything is committed.
     Close(oneshot::Sender<()>),
+    /// A transaction's markers: sealed as an object of their own after what is buffered now,
+    /// so they are committed after every batch this agent accepted before them.
+    Markers(TxnEnd, oneshot::Sender<Result<(), AgentError>>),
 }
+
+/// Kafka's coordinator epoch in the marker value; there is one coordinator, forever.
+const COORDINATOR_EPOCH: i32 = 0;
 
 /// Handle to the upload pipeline.
 #[derive(Clone)]
@@ -228,6 +240,20 @@ impl Uploader {
         Ok(pending)
     }
 
+    /// Writes the markers of `end` (one control batch per partition) as an object of their own,
+    /// committed with `txn_end` after everything accepted before, and waits for that commit
+    /// (until `deadline`; the commit still happens later if it passes). Safe to repeat: markers
+    /// of a transaction already completed are refused by the controller (INVALID_TXN_STATE).
+    pub async fn write_markers(&self, end: &TxnEnd, deadline: Instant) -> Result<(), AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Markers(end.clone(), tx)).map_err(|_| AgentError::ShuttingDown)?;
+        match timeout_at(deadline, rx).await {
+            Err(_) => Err(AgentError::Timeout),
+            Ok(Err(_)) => Err(AgentError::ShuttingDown),
+            Ok(Ok(r)) => r,
+        }
+    }
+
     /// Seals the buffered batches into an object now (recovery does not wait for the timer).
     pub fn flush(&self) {
         let _ = self.tx.send(Msg::Flush);
@@ -269,6 +295,8 @@ struct Sealed {
     wal_entries: Option<(u64, u64)>,
     /// The PUT under way; None once it has landed.
     put: Option<JoinHandle<()>>,
+    /// A marker object: the transaction it completes, and who waits for that.
+    markers: Option<(TxnEnd, oneshot::Sender<Result<(), AgentError>>)>,
 }
 
 type Pending = (GroupItem, Reply, Arc<OwnedSemaphorePermit>, bool);
@@ -333,14 +361,22 @@ async fn run_flusher(
                 }
             }
             Some(Msg::Flush) => seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await,
+            Some(Msg::Markers(end, reply)) => {
+                seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                seal_markers(end, reply, &sealed_tx, &settings, &deps).await;
+            }
             Some(Msg::Close(done)) => break Some(done),
             None => break None,
         }
     };
     rx.close();
     while let Ok(msg) = rx.try_recv() {
-        if let Msg::Group(g) = msg {
-            open.add(g, settings.flush_interval);
+        match msg {
+            Msg::Group(g) => open.add(g, settings.flush_interval),
+            Msg::Markers(_, reply) => {
+                let _ = reply.send(Err(AgentError::ShuttingDown));
+            }
+            Msg::Flush | Msg::Close(_) => {}
         }
     }
     seal(open, &sealed_tx, &settings, &deps).await;
@@ -388,10 +424,41 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
         return;
     };
     let (key, put) = start_upload(deps, settings, &body);
-    let sealed = Sealed { key, body, extents, waiters, wal_entries: open.wal_entries, put: Some(put) };
+    let sealed = Sealed { key, body, extents, waiters, wal_entries: open.wal_entries, put: Some(put), markers: None };
+    queue_sealed(sealed, sealed_tx).await;
+}
+
+/// Builds a transaction's marker object, starts its PUT, queues it for commit.
+async fn seal_markers(
+    end: TxnEnd,
+    reply: oneshot::Sender<Result<(), AgentError>>,
+    sealed_tx: &mpsc::Sender<Sealed>,
+    settings: &UploadSettings,
+    deps: &Arc<UploadDeps>,
+) {
+    let now = deps.clock.now_ms();
+    let mut builder = ObjectBuilder::new();
+    for (topic_id, partition) in &end.partitions {
+        let (batch, header) = records::control_batch(end.producer_id, end.epoch, end.commit, now, COORDINATOR_EPOCH);
+        if let Err(e) = builder.add_batch(*topic_id, *partition, &batch, &header) {
+            let _ = reply.send(Err(AgentError::CorruptObject(e.to_string())));
+            return;
+        }
+    }
+    let (body, extents) = builder.finish();
+    let (key, put) = start_upload(deps, settings, &body);
+    let sealed = Sealed { key, body, extents, waiters: Vec::new(), wal_entries: None, put: Some(put), markers: Some((end, reply)) };
+    queue_sealed(sealed, sealed_tx).await;
+}
+
+/// Hands a sealed object to the committer (waits if too many are in flight).
+async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Sealed>) {
     if let Err(mpsc::error::SendError(s)) = sealed_tx.send(sealed).await {
         if let Some(put) = s.put {
             put.abort();
+        }
+        if let Some((_, reply)) = s.markers {
+            let _ = reply.send(Err(AgentError::ShuttingDown));
         }
         fail_all(s.waiters, AgentError::ShuttingDown);
     }
@@ -491,7 +558,7 @@ async fn run_committer(
                 agent: settings.agent.clone(),
                 extents: s.extents.clone(),
                 wal: wal.clone(),
-                txn_end: None,
+                txn_end: s.markers.as_ref().map(|(end, _)| end.clone()),
             };
             match deps.controller.commit_object(req).await {
                 Ok(r) => {
@@ -515,6 +582,25 @@ async fn run_committer(
                 Err(e) => break Err(e),
             }
         };
+        if let Some((end, reply)) = s.markers.take() {
+            let answer = match results {
+                Ok(bases) => {
+                    latency.record(started.elapsed());
+                    commits.inc();
+                    tracing::debug!(transactional_id = %end.transactional_id, commit = end.commit, partitions = end.partitions.len(), "transaction markers committed");
+                    // A deleted topic's marker fails alone; the transaction is complete all the same.
+                    match bases.into_iter().find_map(|r| r.err().filter(|e| !matches!(e, ControllerError::UnknownTopicOrPartition))) {
+                        None => Ok(()),
+                        Some(e) => Err(AgentError::Controller(e)),
+                    }
+                }
+                Err(ControllerError::Unavailable(e)) => Err(AgentError::ObjectStore(ObjectError::Transient(e))),
+                // Markers of a transaction already complete (a repeat): not data, nothing lost.
+                Err(e) => Err(AgentError::Controller(e)),
+            };
+            let _ = reply.send(answer);
+            continue;
+        }
         match results {
             Ok(bases) => {
                 latency.record(started.elapsed());

@@ -270,9 +270,67 @@ pub fn check_version(version: u32) -> Result<(), ControllerError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use bytes::Bytes;
 
     use super::*;
+    use crate::api::groups::{ClientInfo, JoinedMember};
+
+    #[test]
+    fn calls_and_replies_round_trip_with_bytes_ids_and_errors() {
+        let join = Call::JoinGroup { req: JoinRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            group_instance_id: Some("i".into()),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 60_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(&[0, 1, 0xfe, 0xff]))],
+            require_known_member_id: true,
+            client: ClientInfo { client_id: "c".into(), client_host: "/127.0.0.1".into() },
+        } };
+        assert_eq!(join.wait_ms(), Some(60_000));
+        let back: Call = decode(&encode(&join).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{join:?}"));
+
+        let reply = JoinResponse {
+            error: Some(GroupError::Unavailable("x".into())),
+            member_id: "m".into(),
+            generation_id: 3,
+            protocol_type: None,
+            protocol_name: Some("range".into()),
+            leader: "m".into(),
+            skip_assignment: false,
+            members: vec![JoinedMember { member_id: "m".into(), group_instance_id: None, metadata: Bytes::from_static(b"\x00meta") }],
+        };
+        assert_eq!(decode::<JoinResponse>(&encode(&reply).unwrap()).unwrap(), reply);
+
+        let t = Uuid::new_v4();
+        let end = TxnEnd { transactional_id: "tx".into(), producer_id: 7, epoch: 2, commit: false, partitions: vec![(t, 3)] };
+        let r: Result<TxnInit, ControllerError> = Ok(TxnInit::Finish(end));
+        assert_eq!(decode::<Result<TxnInit, ControllerError>>(&encode(&r).unwrap()).unwrap(), r);
+        let errs: Result<Vec<Result<(), ControllerError>>, ControllerError> =
+            Ok(vec![Ok(()), Err(ControllerError::ProducerFenced("f".into())), Err(ControllerError::OperationNotAttempted)]);
+        assert_eq!(decode::<Result<Vec<Result<(), ControllerError>>, ControllerError>>(&encode(&errs).unwrap()).unwrap(), errs);
+
+        let hb = consumer::HeartbeatResponse {
+            member_id: "m".into(),
+            member_epoch: 4,
+            heartbeat_interval_ms: 5000,
+            assignment: Some(BTreeMap::from([(t, BTreeSet::from([0, 2]))])),
+        };
+        assert_eq!(decode::<consumer::HeartbeatResponse>(&encode(&hb).unwrap()).unwrap(), hb);
+    }
+
+    #[test]
+    fn bad_bodies_are_invalid_requests_not_panics() {
+        for body in [&b"{"[..], b"{\"call\":\"no_such_call\"}", b"{\"call\":\"join_group\",\"protocols\":[[\"r\",\"zz\"]]}", b""] {
+            assert!(matches!(decode::<Call>(body), Err(ControllerError::InvalidRequest(_))), "{body:?}");
+        }
+        let big = vec![b' '; BODY_BYTES_MAX + 1];
+        assert!(matches!(decode::<Call>(&big), Err(ControllerError::InvalidRequest(_))));
+    }
 
     #[test]
     fn every_call_and_reply_round_trips() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::producers::{self, ProducerState, Verdict};
+use super::producers::{self, ProducerKey, ProducerState, Verdict};
 use super::store::OpenTxnRecord;
 use crate::api::{ControllerError, ExtentRecord, PartitionOffsets};
 use crate::format::object::{ExtentInfo, ProducerBatch};
@@ -23,9 +23,6 @@ pub enum Planned {
     /// A retried batch of an idempotent producer, already stored at this base offset.
     Duplicate(i64),
 }
-
-/// A producer's state in one partition, as the commit leaves it.
-pub type ProducerKey = (i64, Uuid, i32);
 
 /// What a plan needs to know of the controller's state.
 pub trait CommitView {

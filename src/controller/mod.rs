@@ -4,8 +4,11 @@
 //! Offsets are assigned here, at commit, in one store transaction per object ([`log`]), so a
 //! partition has one total order however many agents write to it. The hot view (topics, high
 //! watermarks, the most recent extents of each partition) lives in memory; every change is
-//! written to the [`store`] first. Agents reach the controller only through the
-//! [`client::ControllerClient`] trait.
+//! written to the [`store`] first. Agents reach the controller only through the calls of
+//! [`crate::api::calls`], answered by [`calls::dispatch`] (in-process, or behind the gRPC
+//! [`service`]).
+//!
+//! Everything in this folder runs in the controller process (or the agent's, embedded).
 //!
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
@@ -28,8 +31,8 @@ use crate::config::TopicsConfig;
 use crate::api::txn::{TxnEnd, TxnStatus};
 use crate::api::{CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, PARTITIONS_MAX, validate_topic_name, PartitionOffsets, TopicMeta, TopicRef};
 use groups::{GroupCoordinator, GroupSettings, TopicLookup};
-use log::{CommitView, ProducerKey};
-use producers::ProducerState;
+use log::CommitView;
+use producers::{ProducerKey, ProducerState};
 use store::{AbortedTxnRecord, GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, StoreError, TopicRecord, TxnEffects};
 use txn::Transaction;
 

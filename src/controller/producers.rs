@@ -8,8 +8,13 @@
 
 use std::collections::VecDeque;
 
+use uuid::Uuid;
+
 use super::ControllerError;
 use crate::format::object::ProducerBatch;
+
+/// An idempotent producer in one partition: (producer id, topic id, partition).
+pub type ProducerKey = (i64, Uuid, i32);
 
 /// Batches remembered per producer and partition (Kafka's max.in.flight for idempotence).
 pub const BATCHES_KEPT: usize = 5;

@@ -2,7 +2,7 @@
 //!
 //! A connection has a reader (frames -> one spawned handler task each, queued in request order)
 //! and a writer (awaits the queued tasks in order and writes their answers), so requests are
-//! pipelined while answers keep Kafka's ordering. Produce requests also take a [`Turn`]: each
+//! pipelined while answers keep Kafka's ordering. Produce requests also take a [`Turn`](crate::agent::Turn): each
 //! hands its batches to the WAL or upload buffer only after the previous produce request of the
 //! connection did, so offsets follow the order requests were sent, as in Kafka (the waits for
 //! fsync or commit still overlap). The queue bounds the requests in flight per connection; a
@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use super::frame::{FrameError, FrameLimits, read_frame};
 use super::handlers::{self, Outcome};
-use crate::agent::{Agent, HandOffGuard};
+use crate::agent::{Agent, Turn};
 use crate::metrics::{self, Counter};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
@@ -69,44 +69,6 @@ async fn write_chunks(wr: &mut (impl AsyncWrite + Unpin), out: &mut Vec<Bytes>) 
     }
     out.clear();
     Ok(())
-}
-
-/// A produce request's place in its connection's order. [`Turn::wait`] returns once the
-/// previous produce request of the connection has queued its batches (or finished); dropping
-/// the turn lets the next one go.
-pub struct Turn {
-    previous: Option<oneshot::Receiver<()>>,
-    done: Option<oneshot::Sender<()>>,
-    /// Counted from the moment the request is read, so shutdown waits for it.
-    pub hand_off: Option<HandOffGuard>,
-}
-
-impl Turn {
-    pub async fn wait(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            // An error means the previous handler is gone, which also ends its turn.
-            let _ = previous.await;
-        }
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let Some(done) = self.done.take() else { return };
-        match self.previous.take() {
-            None => {
-                let _ = done.send(());
-            }
-            // Dropped before its turn came (e.g. an undecodable request): the next one still
-            // waits for the previous one.
-            Some(previous) => {
-                tokio::spawn(async move {
-                    let _ = previous.await;
-                    let _ = done.send(());
-                });
-            }
-        }
-    }
 }
 
 /// Limits of the front door, from `[agent]`.
@@ -415,8 +377,7 @@ async fn connection(
             Ok(Some((frame, permit))) => {
                 activity.touch();
                 let turn = (frame[..2] == PRODUCE_KEY).then(|| {
-                    let (done, next) = oneshot::channel();
-                    Turn { previous: last_produce.replace(next), done: Some(done), hand_off: Some(agent.hand_offs.enter()) }
+                    Turn::next(&mut last_produce, agent.hand_offs.enter())
                 });
                 let cancellable = frame[..2] == FETCH_KEY;
                 let agent = agent.clone();

@@ -600,3 +600,192 @@ impl Remote {
         }
     }
 }
+
+/// A real `sidestream controller` service (SQLite in a temp dir) and a [`Remote`] agent
+/// client: topics, commits, groups and transactions through gRPC give the embedded answers.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::clock::{SeededEntropy, SystemClock};
+    use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
+    use super::{Remote, RemoteSettings};
+    use crate::agent::client::ControllerClient;
+    use crate::api::groups::{ClientInfo, CommitOffset, GroupError, JoinRequest, OffsetCommitRequest, SyncRequest};
+    use crate::api::txn::{TxnInit, TxnStatus};
+    use crate::api::{CommitRequest, ControllerError, CreateTopic};
+    use crate::controller::service::{self, ServiceSettings};
+    use crate::format::object::{ExtentInfo, ProducerBatch};
+
+    async fn start() -> (tempfile::TempDir, service::RunningService, Arc<dyn ControllerClient>, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ServiceSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertised: String::new(),
+            store: StoreUrl::Sqlite(dir.path().join("controller.db")),
+            token: None,
+            failover_ms: 5000,
+            agent_lease_ms: 10_000,
+            topics: TopicsConfig::default(),
+            groups: GroupsConfig { initial_rebalance_delay_ms: 0, ..GroupsConfig::default() },
+            producer_id_expiration_ms: 86_400_000,
+            transactional_id_expiration_ms: 604_800_000,
+        };
+        let svc = service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
+        let stop = CancellationToken::new();
+        let remote = Remote::connect(
+            RemoteSettings {
+                addresses: vec![svc.local_addr.to_string()],
+                token: None,
+                agent: "agent-1".into(),
+                call_deadline: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+                member: crate::api::rpc::Member { node_id: 1, host: "127.0.0.1".into(), port: 9092, zone: None, cluster_mode: false },
+                instance: "test-instance".into(),
+                index_cache_bytes_max: 1 << 20,
+            },
+            Duration::from_secs(10),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        (dir, svc, Arc::new(remote), stop)
+    }
+
+    async fn until<F: Fn() -> bool>(what: &str, f: F) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_and_a_transaction_through_grpc() {
+        let (_dir, svc, remote, stop) = start().await;
+        let topic = remote
+            .create_topic(CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: Default::default(), validate_only: false })
+            .await
+            .unwrap();
+
+        // A one-member classic group: join, sync, heartbeat, commit, fetch, list, leave.
+        let join = JoinRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            group_instance_id: None,
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"\x00meta"))],
+            require_known_member_id: false,
+            client: ClientInfo { client_id: "c".into(), client_host: "/127.0.0.1".into() },
+        };
+        let joined = remote.join_group(join).await;
+        assert_eq!(joined.error, None, "{joined:?}");
+        assert_eq!(joined.leader, joined.member_id);
+        assert_eq!(joined.members[0].metadata, Bytes::from_static(b"\x00meta"));
+        let (member, generation) = (joined.member_id.clone(), joined.generation_id);
+        let synced = remote
+            .sync_group(SyncRequest {
+                group_id: "g".into(),
+                generation_id: generation,
+                member_id: member.clone(),
+                group_instance_id: None,
+                protocol_type: Some("consumer".into()),
+                protocol_name: Some("range".into()),
+                assignments: vec![(member.clone(), Bytes::from_static(b"\xffassigned"))],
+            })
+            .await
+            .unwrap();
+        assert_eq!(synced.assignment, Bytes::from_static(b"\xffassigned"));
+        remote.heartbeat("g".into(), member.clone(), None, generation).await.unwrap();
+        assert_eq!(remote.heartbeat("g".into(), member.clone(), None, generation + 1).await, Err(GroupError::IllegalGeneration));
+        let offsets = vec![CommitOffset { topic: "t".into(), partition: 1, offset: 42, leader_epoch: -1, metadata: "m".into() }];
+        let committed = remote
+            .commit_offsets(OffsetCommitRequest {
+                group_id: "g".into(),
+                generation_id_or_member_epoch: generation,
+                member_id: member.clone(),
+                group_instance_id: None,
+                api_version: 8,
+                offsets,
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed, vec![Ok(())]);
+        let fetched = remote.fetch_offsets("g".into(), None, None).await.unwrap();
+        assert_eq!(fetched.len(), 1);
+        assert_eq!((fetched[0].0.clone(), fetched[0].1.as_ref().map(|c| c.offset)), (("t".into(), 1), Some(42)));
+        let listed = remote.list_groups(Vec::new(), Vec::new()).await.unwrap();
+        assert_eq!(listed.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), vec!["g"]);
+        assert_eq!(remote.describe_group("g".into()).await.unwrap().members.len(), 1);
+        assert_eq!(remote.leave_group("g".into(), vec![(member.clone(), None)]).await.unwrap(), vec![Ok(())]);
+        assert_eq!(remote.heartbeat("g".into(), member, None, generation).await, Err(GroupError::UnknownMemberId));
+
+        // A transaction: its open data holds the LSO back until the markers are committed.
+        let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx".into(), 60_000, (-1, -1)).await.unwrap() else {
+            panic!("not ready")
+        };
+        let added = remote.add_partitions_to_txn("tx".into(), producer_id, epoch, vec![("t".into(), 0)], false).await.unwrap();
+        assert_eq!(added, vec![Ok(())]);
+        let extent = |n: i64, producer: Option<ProducerBatch>| ExtentInfo {
+            topic_id: topic.id,
+            partition: 0,
+            position: 0,
+            length: 10,
+            batch_count: 1,
+            offset_count: n,
+            max_timestamp: 0,
+            producer,
+        };
+        let commit = |key: &str, extents, txn_end| CommitRequest {
+            object_key: key.into(),
+            object_size_bytes: 100,
+            agent: "agent-1".into(),
+            extents,
+            wal: None,
+            txn_end,
+        };
+        remote.commit_object(commit("plain", vec![extent(2, None)], None)).await.unwrap();
+        assert_eq!(remote.last_stable_offset(topic.id, 0), Ok(2), "own commit, nothing open: LSO follows");
+        let batch = ProducerBatch { producer_id, epoch, first_sequence: 0, last_sequence: 2, transactional: true };
+        assert_eq!(remote.commit_object(commit("data", vec![extent(3, Some(batch))], None)).await.unwrap(), vec![Ok(2)]);
+        remote.commit_object(commit("after", vec![extent(1, None)], None)).await.unwrap();
+        assert_eq!(remote.offsets(topic.id, 0).unwrap().next_offset, 6);
+        let described = remote.describe_transaction("tx".into()).await.unwrap().unwrap();
+        assert_eq!((described.status, described.partitions), (TxnStatus::Ongoing, vec![("t".into(), 0)]));
+        assert_eq!(remote.last_stable_offset(topic.id, 0), Ok(2), "the open transaction holds the LSO");
+        // A zombie epoch is fenced with the right error across the wire.
+        assert!(matches!(remote.end_txn("tx".into(), producer_id, epoch - 1, true).await, Err(ControllerError::ProducerFenced(_))));
+        let end = remote.end_txn("tx".into(), producer_id, epoch, true).await.unwrap().unwrap();
+        let markers = vec![extent(1, None)];
+        assert_eq!(remote.commit_object(commit("markers", markers.clone(), Some(end.clone()))).await.unwrap(), vec![Ok(6)]);
+        // The same markers again: refused as stale, harmless.
+        let again = remote.commit_object(commit("markers-again", markers, Some(end))).await;
+        assert!(matches!(again, Err(ControllerError::InvalidTxnState(_))), "{again:?}");
+        until("the LSO to pass the markers", || remote.last_stable_offset(topic.id, 0) == Ok(7)).await;
+        assert_eq!(remote.describe_transaction("tx".into()).await.unwrap().unwrap().status, TxnStatus::CompleteCommit);
+        assert_eq!(remote.aborted_txns(topic.id, 0, 0, 10).await.unwrap(), Vec::new());
+        assert!(remote.transactions_to_finish().await.unwrap().is_empty());
+        assert_eq!(remote.list_transactions(Vec::new(), Vec::new(), -1).await.unwrap().len(), 1);
+        assert!(remote.pending_txn_offsets("g".into()).await.unwrap().is_empty());
+
+        // Markers never written (the agent died after EndTxn): once MARKER_RETRY_MS passed,
+        // one poller gets them and the next one does not (one writer at a time).
+        let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx2".into(), 60_000, (-1, -1)).await.unwrap() else {
+            panic!("not ready")
+        };
+        remote.add_partitions_to_txn("tx2".into(), producer_id, epoch, vec![("t".into(), 1)], false).await.unwrap();
+        let end = remote.end_txn("tx2".into(), producer_id, epoch, false).await.unwrap().unwrap();
+        assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "not due yet");
+        tokio::time::sleep(Duration::from_millis(crate::controller::txn::MARKER_RETRY_MS as u64 + 100)).await;
+        assert_eq!(remote.transactions_to_finish().await.unwrap(), vec![end]);
+        assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "handed out to one agent at a time");
+        stop.cancel();
+        svc.shutdown().await;
+    }
+}

@@ -16,9 +16,8 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::log::ProducerKey;
+use super::producers::{ProducerKey, ProducerState};
 use crate::api::{ExtentRecord, WalMark};
-use super::producers::ProducerState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

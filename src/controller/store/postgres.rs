@@ -22,7 +22,7 @@ use postgres::{Client, NoTls, Row, Transaction};
 use uuid::Uuid;
 
 use crate::api::{ExtentRecord, WalMark};
-use crate::controller::log::ProducerKey;
+use crate::controller::producers::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
 use super::{

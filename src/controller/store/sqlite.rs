@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::api::{ExtentRecord, WalMark};
-use crate::controller::log::ProducerKey;
+use crate::controller::producers::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
 use super::{

@@ -12,7 +12,6 @@ use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::*;
 use crate::api::WalMark;
-use crate::controller::log;
 
 pub const POSTGRES_URL_ENV: &str = "SIDESTREAM_TEST_POSTGRES_URL";
 
@@ -86,7 +85,7 @@ fn contract(s: &dyn MetadataStore) {
     // Commits advance partitions only from the offset they were planned from.
     let e1 = [extent(t.id, 0, 0, 5, "o1", 0), extent(t.id, 1, 0, 2, "o1", 100)];
     let wal = WalMark { log_id: "w".into(), entry_id: 7 };
-    let producer: (log::ProducerKey, ProducerState) =
+    let producer: (crate::controller::producers::ProducerKey, ProducerState) =
         ((42, t.id, 0), ProducerState { epoch: 3, batches: VecDeque::new(), last_seen_ms: 77 });
     s.commit_object(&object("o1"), &e1, Some(&wal), std::slice::from_ref(&producer), &TxnEffects::default()).unwrap();
     assert!(matches!(
@@ -182,8 +181,8 @@ fn txn_contract(s: &dyn MetadataStore) {
 
     // Producer 7 opens a transaction in partition 0 with its data at 0..3 (single commit).
     let open = OpenTxnRecord { topic_id: t.id, partition: 0, producer_id: 7, first_offset: 0 };
-    let idle: (log::ProducerKey, ProducerState) = ((7, t.id, 0), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
-    let other: (log::ProducerKey, ProducerState) = ((8, t.id, 1), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
+    let idle: (crate::controller::producers::ProducerKey, ProducerState) = ((7, t.id, 0), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
+    let other: (crate::controller::producers::ProducerKey, ProducerState) = ((8, t.id, 1), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
     let opened = TxnEffects { opened: vec![open], ..TxnEffects::default() };
     s.commit_object(&object("d1"), &[extent(t.id, 0, 0, 3, "d1", 0)], None, &[idle.clone(), other.clone()], &opened).unwrap();
     assert_eq!(s.load("c").unwrap().open_txns, vec![open]);

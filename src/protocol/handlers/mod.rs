@@ -35,7 +35,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
 use crate::api::groups::ClientInfo;
-use crate::protocol::connection::Turn;
+use crate::agent::Turn;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
 /// exactly this table.

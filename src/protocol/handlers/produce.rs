@@ -14,11 +14,10 @@ use std::sync::{Arc, OnceLock};
 
 use super::str_bytes;
 use crate::metrics::{self, Histogram};
-use crate::agent::upload::GroupItem;
+use crate::agent::produce::{ProduceBatch, ProduceRefusal};
 use crate::agent::{Agent, AgentError};
-use crate::agent::produce::Appended;
 use crate::api::{ControllerError, TopicRef};
-use crate::protocol::connection::Turn;
+use crate::agent::Turn;
 use crate::protocol::error::{agent_code, controller_code};
 use crate::format::records::{self, RecordsError};
 use crate::failures::{self, Op};
@@ -123,7 +122,7 @@ async fn handle_inner(
                     (Some(_), None) => Slot::failed(ResponseError::InvalidRecord.code(), "null records".into()),
                     (Some(meta), Some(records)) => match agent.check_batch(meta, p.index, records, version) {
                         Ok(item) => {
-                            items.push(item);
+                            items.push(ProduceBatch { topic: meta.name.clone(), item });
                             Slot::Accepted(items.len() - 1)
                         }
                         Err(e) => Slot::refused(e),
@@ -134,47 +133,40 @@ async fn handle_inner(
         }
         topics.push((t.name.clone(), t.topic_id, meta, slots));
     }
-    if acks != -1 {
-        verify_transactional(agent, version, &req, &mut items, &mut topics).await;
-    }
-    let accepted = items.len();
-    // Queue in request order: earlier produce requests of this connection queue first.
-    if let Some(turn) = turn.as_mut() {
-        turn.wait().await;
-    }
-    let appended = agent.append(items, acks, deadline).await;
-    drop(turn);
-    // acks=0/1: wait until the WAL entry is durable and handed to the uploader.
-    let appended = match appended {
-        Ok(Appended::Logged(logged)) => logged.wait().await.map(|()| Appended::Nothing),
-        other => other,
-    };
-    drop(hand_off);
+    let produced = agent.produce(items, req.transactional_id.as_ref().map(|t| t.0.as_str()), acks, deadline, turn, hand_off).await;
     if acks == 0 {
-        if let Err(e) = appended {
-            failures::record(Op::Produce, agent_code(&e), &format!("acks=0 produce dropped: {e}"));
+        // The refusals of one acks=0 request share their cause: recorded once.
+        if let Some(Err(ProduceRefusal::Failed(e))) = produced.iter().find(|r| matches!(r, Err(ProduceRefusal::Failed(_)))) {
+            failures::record(Op::Produce, agent_code(e), &format!("acks=0 produce dropped: {e}"));
         }
         return None;
     }
     // Each accepted batch's result: Some(base offset) when known, None for acks=1.
-    let results: Vec<Result<Option<i64>, (i16, String)>> = match appended {
-        Ok(Appended::Nothing) | Ok(Appended::Logged(_)) => Vec::new(),
-        Ok(Appended::Committed(pending)) => {
-            let mut out = Vec::with_capacity(pending.len());
-            for p in pending {
-                out.push(p.wait(deadline).await.map(Some).map_err(|e| (agent_code(&e), e.to_string())));
-            }
-            out
-        }
-        Err(e) => vec![Err((agent_code(&e), e.to_string())); accepted],
-    };
+    let mut results: Vec<Option<Result<Option<i64>, Slot>>> = produced
+        .into_iter()
+        .map(|r| {
+            Some(r.map_err(|refusal| match refusal {
+                ProduceRefusal::NotInTransaction(e) => verification_refusal(&e, version),
+                ProduceRefusal::Failed(e) => Slot::failed(agent_code(&e), e.to_string()),
+            }))
+        })
+        .collect();
     let mut responses = Vec::with_capacity(topics.len());
     for (name, topic_id, meta, slots) in topics {
         let mut partitions = Vec::with_capacity(slots.len());
         for (index, slot) in slots {
+            let slot = match slot {
+                Slot::Accepted(i) => match results[i].take() {
+                    Some(Ok(base)) => Ok(base),
+                    Some(Err(refused)) => Err(refused),
+                    None => Ok(None),
+                },
+                failed => Err(failed),
+            };
             let (result, record_errors) = match slot {
-                Slot::Accepted(i) => (results.get(i).cloned().unwrap_or(Ok(None)), Vec::new()),
-                Slot::Failed(code, msg, record_errors) => (Err((code, msg)), record_errors),
+                Ok(base) => (Ok(base), Vec::new()),
+                Err(Slot::Failed(code, msg, record_errors)) => (Err((code, msg)), record_errors),
+                Err(Slot::Accepted(_)) => unreachable!("an accepted slot is never a refusal"),
             };
             let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
             let log_start = || {
@@ -201,54 +193,4 @@ async fn handle_inner(
         responses.push(TopicProduceResponse::default().with_name(name).with_topic_id(topic_id).with_partition_responses(partitions));
     }
     Some((acks, ProduceResponse::default().with_responses(responses)))
-}
-
-/// The request's topics as the handler collects them: name, id, metadata, each partition's slot.
-type Topics = Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Option<Arc<crate::api::TopicMeta>>, Vec<(i32, Slot)>)>;
-
-/// acks=0/1: refuses the transactional batches the coordinator does not know as part of an
-/// ongoing transaction with their partition (acks=all: the commit refuses them, and its answer
-/// is the client's), renumbering the accepted ones.
-async fn verify_transactional(agent: &Agent, version: i16, req: &ProduceRequest, items: &mut Vec<GroupItem>, topics: &mut Topics) {
-    let Some(transactional_id) = &req.transactional_id else { return };
-    let mut names = vec![""; items.len()];
-    for (_, _, meta, slots) in topics.iter() {
-        for (_, slot) in slots {
-            if let (Slot::Accepted(i), Some(m)) = (slot, meta) {
-                names[*i] = m.name.as_str();
-            }
-        }
-    }
-    let asked: Vec<usize> = (0..items.len()).filter(|&i| items[i].header.is_transactional()).collect();
-    if asked.is_empty() {
-        return;
-    }
-    let batches: Vec<(&str, &GroupItem)> = asked.iter().map(|&i| (names[i], &items[i])).collect();
-    let answers = agent.verify_transactional(transactional_id.0.as_str(), &batches).await;
-    let mut refused: Vec<Option<Slot>> = (0..items.len()).map(|_| None).collect();
-    for (&i, answer) in asked.iter().zip(answers) {
-        if let Err(e) = answer {
-            refused[i] = Some(verification_refusal(&e, version));
-        }
-    }
-    if refused.iter().all(Option::is_none) {
-        return;
-    }
-    // Keep the verified items, in order; a slot's index follows its item.
-    let keep: Vec<bool> = refused.iter().map(Option::is_none).collect();
-    let mut new_index = vec![0; items.len()];
-    let mut kept = 0;
-    for (i, &k) in keep.iter().enumerate() {
-        new_index[i] = kept;
-        kept += usize::from(k);
-    }
-    for (_, _, _, slots) in topics.iter_mut() {
-        for (_, slot) in slots.iter_mut() {
-            if let Slot::Accepted(i) = *slot {
-                *slot = refused[i].take().unwrap_or(Slot::Accepted(new_index[i]));
-            }
-        }
-    }
-    let mut keep = keep.into_iter();
-    items.retain(|_| keep.next().unwrap_or(true));
 }

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::agent::txn::TxnError;
 use crate::api::ControllerError;
 use crate::api::groups::CommitOffset;
 use crate::api::txn::TxnStatus;
@@ -110,24 +111,15 @@ pub async fn add_offsets_to_txn(agent: &Agent, version: i16, req: AddOffsetsToTx
 
 pub async fn end_txn(agent: &Agent, version: i16, req: EndTxnRequest) -> EndTxnResponse {
     let resp = EndTxnResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
-    let end = agent
-        .controller
-        .end_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.committed)
-        .await;
-    let code = match end {
-        Ok(None) => 0,
-        Ok(Some(end)) => match agent.markers.write(&end).await {
-            Ok(()) => 0,
-            Err(e) => {
-                // The transaction stays Prepare*: the timer finishes it; the client retries.
-                tracing::warn!(transactional_id = %end.transactional_id, error = %e, "EndTxn: cannot write markers");
-                match agent_code(&e) {
-                    c if c == ResponseError::InvalidTxnState.code() => c,
-                    _ => ResponseError::ConcurrentTransactions.code(),
-                }
-            }
+    let ended = agent.end_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.committed).await;
+    let code = match ended {
+        Ok(()) => 0,
+        Err(TxnError::Coordinator(e)) => fenced_code(&e, version >= 2),
+        Err(TxnError::Markers(e)) => match agent_code(&e) {
+            c if c == ResponseError::InvalidTxnState.code() => c,
+            _ => ResponseError::ConcurrentTransactions.code(),
         },
-        Err(e) => fenced_code(&e, version >= 2),
+        Err(TxnError::StillFinishing) => ResponseError::ConcurrentTransactions.code(),
     };
     resp.with_error_code(code)
 }
