@@ -1,5 +1,5 @@
 //! Produce: the checks a Kafka broker makes on a partition's records before it stores them,
-//! then the path each acks level takes (DESIGN.md, "Durability promises"):
+//! then the path each acks level takes (docs/design.md, "Durability promises"):
 //!
 //! - acks=all: the upload buffer only; answered when the object is committed, with offsets.
 //! - acks=0/1: the WAL first (fsync'd, then handed to the upload buffer by the WAL writer);
