@@ -454,7 +454,7 @@ pub enum StoreUrl {
     Postgres(String),
 }
 
-/// Sections DESIGN.md names that this version does not implement yet.
+/// Sections of the design (docs/design.md) that this version does not implement yet.
 const NOT_BUILT_SECTIONS: &[&str] = &["listeners", "tls", "sasl", "compaction"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
 const SECTIONS: &[&str] = &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "metrics", "log"];
