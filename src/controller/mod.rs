@@ -99,9 +99,11 @@ pub enum ControllerError {
     ObjectCollected(String),
 }
 
+/// Every store failure answers "unavailable" (retriable for the client; fenced and stale views
+/// are noted by [`Controller::store_error`] first), with the whole chain of causes in its text.
 impl From<StoreError> for ControllerError {
     fn from(e: StoreError) -> Self {
-        ControllerError::Unavailable(e.to_string())
+        ControllerError::Unavailable(e.unavailable_text())
     }
 }
 

@@ -93,9 +93,10 @@ pub enum GroupError {
     Unavailable(String),
 }
 
+/// As the controller's: unavailable, with the whole chain of causes in the text.
 impl From<StoreError> for GroupError {
     fn from(e: StoreError) -> Self {
-        GroupError::Unavailable(e.to_string())
+        GroupError::Unavailable(e.unavailable_text())
     }
 }
 
