@@ -297,6 +297,15 @@ pub struct ControllerConfig {
     /// `sqlite:///path/to/file.db` or `postgres://user@host:port/db`; defaults to
     /// `sqlite://<data_dir>/controller.db`.
     pub store: Option<String>,
+    /// Reader connections of the metadata store at most (index lookups; writes have one
+    /// connection of their own, and PostgreSQL's lease another).
+    pub store_read_connections: u32,
+    /// PostgreSQL: how long opening a connection to the store may take.
+    pub store_connect_timeout_ms: u64,
+    /// How long one store statement may run or wait for a lock before it fails (retriable):
+    /// PostgreSQL's `statement_timeout` and `idle_in_transaction_session_timeout`, SQLite's
+    /// `busy_timeout`.
+    pub store_statement_timeout_ms: u64,
     /// Kafka's producer.id.expiration.ms: an idempotent producer idle this long is forgotten
     /// (not while it has a transaction open in the partition).
     pub producer_id_expiration_ms: u64,
@@ -333,6 +342,9 @@ impl Default for ControllerConfig {
         Self {
             mode: ControllerMode::Embedded,
             store: None,
+            store_read_connections: 2,
+            store_connect_timeout_ms: 5_000,
+            store_statement_timeout_ms: 10_000,
             producer_id_expiration_ms: 86_400_000,
             transactional_id_expiration_ms: 604_800_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9093)),
@@ -553,6 +565,9 @@ impl Config {
         range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;
         range("controller.transactional_id_expiration_ms", self.controller.transactional_id_expiration_ms, 1000, 1 << 40)?;
         range("controller.transaction_check_interval_ms", self.controller.transaction_check_interval_ms, 10, 3_600_000)?;
+        range("controller.store_read_connections", self.controller.store_read_connections.into(), 1, 32)?;
+        range("controller.store_connect_timeout_ms", self.controller.store_connect_timeout_ms, 100, 600_000)?;
+        range("controller.store_statement_timeout_ms", self.controller.store_statement_timeout_ms, 100, 3_600_000)?;
         range("cache.memory_bytes", self.cache.memory_bytes, 1 << 20, 1 << 40)?;
         range("cache.block_bytes", self.cache.block_bytes, 4096, 64 << 20)?;
         if self.cache.disk_bytes != 0 {
@@ -839,6 +854,18 @@ mod tests {
         assert!(w.len() == 1 && w[0].contains("cluster mode with a local object store"), "{w:?}");
         c.object_store.url = Some("s3://bucket/root".into());
         assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn store_settings_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let load = |key: &str, v: &str| Config::load(None, env(&[("SIDESTREAM_AGENT_DATA_DIR", d), (key, v)]));
+        let cfg = load("SIDESTREAM_CONTROLLER_STORE_STATEMENT_TIMEOUT_MS", "2500").unwrap();
+        assert_eq!(cfg.controller.store_statement_timeout_ms, 2500);
+        let e = load("SIDESTREAM_CONTROLLER_STORE_READ_CONNECTIONS", "0").unwrap_err().to_string();
+        assert!(e.contains("controller.store_read_connections"), "{e}");
+        assert!(load("SIDESTREAM_CONTROLLER_STORE_CONNECT_TIMEOUT_MS", "1").is_err());
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
             listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
             advertised: "127.0.0.1:0".into(),
             store: s.store.clone(),
+            store_settings: crate::controller::store::StoreSettings::default(),
             token: None,
             failover_ms: 5_000,
             agent_lease_ms: 60_000,

@@ -19,14 +19,12 @@ use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
 use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
-use crate::config::{Config, ControllerMode, ObjectStoreUrl, StoreUrl};
-use crate::agent::client::{ControllerClient, InProcess};
 use crate::agent::client::remote::{Remote, RemoteSettings};
-use crate::controller::store::MetadataStore;
-use crate::controller::store::postgres::PgStore;
-use crate::controller::store::sqlite::SqliteStore;
+use crate::agent::client::{ControllerClient, InProcess};
 use crate::api::ControllerError;
+use crate::config::{Config, ControllerMode, ObjectStoreUrl};
 use crate::controller::Controller;
+use crate::controller::store::StoreSettings;
 use crate::host::{self, DataDirLock};
 use crate::object::faulty::FaultyStore;
 use crate::object::local::LocalStore;
@@ -92,6 +90,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         listen: c.listen,
         advertised: c.advertised.clone().unwrap_or_else(|| c.listen.to_string()),
         store: config.store_url().map_err(ServerError::Config)?,
+        store_settings: StoreSettings::from(c),
         token: c.token.as_ref().map(|t| t.0.clone()),
         failover_ms: c.failover_ms,
         agent_lease_ms: c.agent_lease_ms,
@@ -347,16 +346,14 @@ async fn open_controller(
         return Ok((Arc::new(remote), None));
     }
     let store_url = config.store_url().map_err(ServerError::Config)?;
+    let store_settings = StoreSettings::from(&config.controller);
     let (topics, groups_config) = (config.topics.clone(), config.groups.clone());
     let expiry_ms = config.controller.producer_id_expiration_ms as i64;
     let txn_id_expiry_ms = config.controller.transactional_id_expiration_ms as i64;
     // Blocking: opening the store and loading its snapshot (PostgreSQL's client must not run
     // on the async workers).
     let controller = tokio::task::spawn_blocking(move || -> Result<Controller, ServerError> {
-        let metadata: Arc<dyn MetadataStore> = match store_url {
-            StoreUrl::Sqlite(db) => Arc::new(SqliteStore::open(&db)?),
-            StoreUrl::Postgres(url) => Arc::new(PgStore::open(&url)?),
-        };
+        let (metadata, _) = crate::controller::store::open(&store_url, &store_settings)?;
         Ok(Controller::open_with_groups(metadata, topics, expiry_ms, groups_config, clock, entropy)?
             .with_transactional_id_expiration_ms(txn_id_expiry_ms))
     })

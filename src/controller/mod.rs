@@ -44,7 +44,7 @@ const ABORTED_TXNS_PER_FETCH_MAX: u32 = 10_000;
 const STORE_LOOKUP_EXTENTS_MAX: u32 = 32;
 impl From<StoreError> for ControllerError {
     fn from(e: StoreError) -> Self {
-        ControllerError::Unavailable(e.to_string())
+        ControllerError::Unavailable(e.unavailable_text())
     }
 }
 

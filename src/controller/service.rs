@@ -57,8 +57,7 @@ use uuid::Uuid;
 
 use super::calls;
 use super::store::postgres::PgStore;
-use super::store::sqlite::SqliteStore;
-use super::store::{MetadataStore, StoreError};
+use super::store::{MetadataStore, StoreError, StoreSettings};
 use super::txn::MARKER_RETRY_MS;
 use super::{Controller, GROUP_COMMIT_OBJECTS_MAX};
 use crate::api::calls::{self as wire, Call, Reply};
@@ -98,6 +97,8 @@ pub struct ServiceSettings {
     /// The address agents are told to use when this replica is active (defaults to `listen`).
     pub advertised: String,
     pub store: StoreUrl,
+    /// Connections and timeouts of the store.
+    pub store_settings: StoreSettings,
     pub token: Option<String>,
     pub failover_ms: u64,
     pub agent_lease_ms: u64,
@@ -202,18 +203,10 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
 ) -> Result<RunningService, ServiceError> {
-    let url = settings.store.clone();
-    let (store, pg): (Arc<dyn MetadataStore>, Option<Arc<PgStore>>) = tokio::task::spawn_blocking(move || match url {
-        StoreUrl::Sqlite(path) => SqliteStore::open(&path).map(|s| (Arc::new(s) as Arc<dyn MetadataStore>, None)),
-        StoreUrl::Postgres(url) => {
-            PgStore::open(&url).map(|s| {
-                let s = Arc::new(s);
-                (s.clone() as Arc<dyn MetadataStore>, Some(s))
-            })
-        }
-    })
-    .await
-    .map_err(|e| ServiceError::Transport(e.to_string()))??;
+    let (url, store_settings) = (settings.store.clone(), settings.store_settings);
+    let (store, pg) = tokio::task::spawn_blocking(move || super::store::open(&url, &store_settings))
+        .await
+        .map_err(|e| ServiceError::Transport(e.to_string()))??;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServiceError::Bind { addr: settings.listen, source })?;
@@ -720,6 +713,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertised: "127.0.0.1:0".into(),
             store: StoreUrl::Sqlite(dir.path().join("c.db")),
+            store_settings: StoreSettings::default(),
             token: None,
             failover_ms: 5000,
             agent_lease_ms: 10_000,

@@ -44,7 +44,7 @@ pub use crate::config::GroupsConfig as GroupSettings;
 
 impl From<StoreError> for GroupError {
     fn from(e: StoreError) -> Self {
-        GroupError::Unavailable(e.to_string())
+        GroupError::Unavailable(e.unavailable_text())
     }
 }
 

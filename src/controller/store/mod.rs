@@ -6,30 +6,68 @@
 //! replicas, one active at a time through a lease in the database). Both run the same contract
 //! tests (`tests.rs`). Every method is blocking and is called off the async runtime's worker
 //! threads.
+//!
+//! Both stores write through one writer thread fed by a bounded queue and read through a small
+//! pool of connections ([`conn`]), with the timeouts of [`StoreSettings`]. Their errors are
+//! sorted by what the caller must do ([`StoreError`]) and keep the database's error as source.
 
+mod conn;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::producers::{ProducerKey, ProducerState};
 use crate::api::{ExtentRecord, WalMark};
 
+/// A store error's cause: the database client's own error, kept whole.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Store failures, sorted by what the caller must do. `Retry`, `Invalid`, `Corrupt` and
+/// `Internal` keep the database client's error as their [`std::error::Error::source`]; their
+/// text carries that source's chain too, so a log line of the error alone says what happened.
+/// `Conflict`, `Fenced` and `Stale` are the store's own refusals (its rules, not a failure), with
+/// no cause beyond their text.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Transient, worth retrying: the connection broke or could not be opened, a statement or a
+    /// lock wait ran past its timeout, the database is busy, locked, shutting down or out of
+    /// connections, a serialization failure or deadlock. The transaction was rolled back.
+    #[error("metadata store unavailable (retriable): {}", chain(.source.as_ref()))]
+    Retry {
+        #[source]
+        source: BoxError,
+    },
     /// A uniqueness constraint refused the write (e.g. a topic name taken).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// Worth retrying: busy, locked, I/O.
-    #[error("metadata store unavailable: {0}")]
-    Unavailable(String),
+    /// The store refused the data handed in (a value out of range, a constraint other than
+    /// uniqueness): the same call fails the same way.
+    #[error("metadata store refused the data: {}", chain(.source.as_ref()))]
+    Invalid {
+        #[source]
+        source: BoxError,
+    },
     /// The stored data makes no sense (schema from the future, bad bytes).
-    #[error("metadata store corrupt: {0}")]
-    Corrupt(String),
+    #[error("metadata store corrupt: {what}{}", suffix(.source))]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A bug or a broken invariant: SQL the database does not accept, a column of another type,
+    /// the writer thread gone.
+    #[error("metadata store internal error: {what}{}", suffix(.source))]
+    Internal {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// This controller no longer holds the controller lease: another replica took over. The
     /// write was refused; the caller must stop writing (and reload if it becomes active again).
     #[error("fenced: {0}")]
@@ -41,9 +79,119 @@ pub enum StoreError {
     Stale(String),
 }
 
+impl StoreError {
+    pub fn retry(source: impl Into<BoxError>) -> Self {
+        StoreError::Retry { source: source.into() }
+    }
+
+    pub fn corrupt(what: impl Into<String>, source: Option<BoxError>) -> Self {
+        StoreError::Corrupt { what: what.into(), source }
+    }
+
+    pub fn internal(what: impl Into<String>, source: Option<BoxError>) -> Self {
+        StoreError::Internal { what: what.into(), source }
+    }
+
+    /// Whether the same call may succeed later (the controller answers "unavailable").
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StoreError::Retry { .. })
+    }
+
+    /// The error's text and every source's below it, each once.
+    pub fn report(&self) -> String {
+        chain(self)
+    }
+
+    /// What an "unavailable" answer crossing the wire as a string (`ControllerError`,
+    /// `GroupError`) carries: [`StoreError::report`], marked "internal" when retrying the same
+    /// call cannot help (the operator must look).
+    pub fn unavailable_text(&self) -> String {
+        match self {
+            StoreError::Invalid { .. } | StoreError::Corrupt { .. } | StoreError::Internal { .. } => {
+                format!("internal: {}", self.report())
+            }
+            StoreError::Retry { .. } | StoreError::Conflict(_) | StoreError::Fenced(_) | StoreError::Stale(_) => self.report(),
+        }
+    }
+}
+
+/// `e`'s text followed by each source's, skipping a source whose text is already there (some
+/// errors print their cause themselves).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let t = cause.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+fn suffix(source: &Option<BoxError>) -> String {
+    source.as_ref().map(|e| format!(": {}", chain(e.as_ref()))).unwrap_or_default()
+}
+
+/// How a store uses its database, as data (`[controller] store_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Reader connections at most (index lookups: extents, WAL marks, aborted transactions).
+    pub read_connections: usize,
+    /// PostgreSQL: how long opening a connection may take.
+    pub connect_timeout_ms: u64,
+    /// PostgreSQL: `statement_timeout` and `idle_in_transaction_session_timeout` of every
+    /// connection; SQLite: `busy_timeout`.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self::from(&crate::config::ControllerConfig::default())
+    }
+}
+
+impl From<&crate::config::ControllerConfig> for StoreSettings {
+    fn from(c: &crate::config::ControllerConfig) -> Self {
+        Self {
+            read_connections: c.store_read_connections as usize,
+            connect_timeout_ms: c.store_connect_timeout_ms,
+            statement_timeout_ms: c.store_statement_timeout_ms,
+        }
+    }
+}
+
 /// One object's commit: the object, its planned extents, its WAL mark, the producer states.
 pub type ObjectCommit<'a> =
     (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a WalMark>, &'a [(ProducerKey, ProducerState)], &'a TxnEffects);
+
+/// A store opened by [`open`], and the same store as a PostgreSQL one (for its lease) if it is.
+pub type Opened = (Arc<dyn MetadataStore>, Option<Arc<postgres::PgStore>>);
+
+/// Opens the store `url` names.
+pub fn open(url: &crate::config::StoreUrl, settings: &StoreSettings) -> Result<Opened, StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => Ok((Arc::new(sqlite::SqliteStore::open_with(path, settings)?), None)),
+        crate::config::StoreUrl::Postgres(url) => {
+            let store = Arc::new(postgres::PgStore::open_with(url, settings)?);
+            Ok((store.clone(), Some(store)))
+        }
+    }
+}
+
+/// An [`ObjectCommit`] owned, to hand to a store's writer thread.
+type OwnedCommit = (ObjectRecord, Vec<ExtentRecord>, Option<WalMark>, Vec<(ProducerKey, ProducerState)>, TxnEffects);
+
+fn owned_commits(commits: &[ObjectCommit<'_>]) -> Vec<OwnedCommit> {
+    commits
+        .iter()
+        .map(|(o, extents, wal, producers, txn)| {
+            ((*o).clone(), extents.to_vec(), wal.cloned(), producers.to_vec(), (*txn).clone())
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {

@@ -5,17 +5,28 @@
 //! race), the transactions, and the controller lease that lets exactly one replica write.
 //!
 //! Fencing: a store opened by a replica that holds the lease ([`PgStore::acquire_lease`]) checks,
-//! inside every writing transaction, that its lease epoch is still the current one (`FOR SHARE`,
-//! so a takeover waits for commits in flight and every commit after it fails with
-//! [`StoreError::Fenced`]). Independently, a commit advances a partition only from the offset it
-//! planned from (`next_offset = base_offset`), so two writers can never assign an offset twice.
+//! at the end of every writing transaction, that its lease epoch is still the current one (`FOR
+//! SHARE` until the commit, so a takeover waits for commits in flight and every commit after it
+//! fails with [`StoreError::Fenced`]). The check comes last so that a write waiting for a lock
+//! does not hold the lease row meanwhile. Independently, a commit advances a partition only from
+//! the offset it planned from (`next_offset = base_offset`), so two writers can never assign an
+//! offset twice.
 //!
-//! Blocking: every call runs on the calling thread (the `postgres` crate drives tokio-postgres on
-//! its own small runtime); call it off the async runtime's worker threads, like the SQLite store.
+//! Connections ([`super::conn`]): every write goes through one writer thread and its connection,
+//! behind a bounded queue; reads through a small pool (`store_read_connections`); the lease has
+//! a connection of its own, so a slow write never delays a renewal. Each connection opens within
+//! `store_connect_timeout_ms`, runs with `statement_timeout` (and
+//! `idle_in_transaction_session_timeout`) = `store_statement_timeout_ms`, has TCP keepalives so a
+//! vanished server is noticed, and is reopened on its next use after it broke. Errors are sorted
+//! by SQLSTATE ([`classify`]).
+//!
+//! Blocking: the `postgres` crate drives tokio-postgres on its own small runtime; call the store
+//! off the async runtime's worker threads, like the SQLite store.
 //! Must not touch: controller logic (planning, caching); it stores what it is given.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row, Transaction};
@@ -25,9 +36,10 @@ use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
+use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, TopicRecord,
-    TxnEffects,
+    GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, StoreSettings,
+    TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
@@ -104,24 +116,103 @@ pub struct LeaseHolder {
 }
 
 pub struct PgStore {
-    url: String,
-    writer: Mutex<Option<Client>>,
-    reader: Mutex<Option<Client>>,
-    /// (holder, epoch) checked by every writing transaction once this replica holds the lease.
-    fence: Mutex<Option<(String, i64)>>,
+    writer: Writer<Client>,
+    readers: ReadPool<Client>,
+    /// The lease's own connection: renewing never waits behind a write.
+    lease: Mutex<Slot<Client>>,
+    fence: Fence,
 }
 
-fn unavailable(e: postgres::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// (holder, epoch) checked by every writing transaction once this replica holds the lease.
+type Fence = Arc<Mutex<Option<(String, i64)>>>;
+
+/// Sorts a PostgreSQL error by what the caller must do (see [`StoreError`]), by its SQLSTATE
+/// when the server sent one.
+fn classify(e: postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return match code {
+            // serialization_failure, deadlock_detected, query_canceled (statement_timeout),
+            // lock_not_available (lock_timeout), read_only_sql_transaction (a standby after a
+            // database failover), idle_in_transaction_session_timeout, admin_shutdown,
+            // crash_shutdown, cannot_connect_now, idle_session_timeout
+            "40001" | "40P01" | "57014" | "55P03" | "25006" | "25P03" | "57P01" | "57P02" | "57P03" | "57P05" => {
+                StoreError::retry(e)
+            }
+            // connection_exception, insufficient_resources (too many connections, disk full)
+            _ if code.starts_with("08") || code.starts_with("53") => StoreError::retry(e),
+            "23505" => StoreError::Conflict(super::chain(&e)),
+            // data_exception, integrity_constraint_violation
+            _ if code.starts_with("22") || code.starts_with("23") => StoreError::Invalid { source: e.into() },
+            "XX001" | "XX002" => StoreError::corrupt("the database reports damaged data", Some(e.into())),
+            _ => StoreError::internal("PostgreSQL", Some(e.into())),
+        };
+    }
+    // Without a SQLSTATE: the connection broke, could not be opened, or a connect timed out
+    // (tokio-postgres's error kinds are private: its text tells the timeout and a column that
+    // does not decode).
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    let text = e.to_string();
+    if io || e.is_closed() || text == "timeout waiting for server" {
+        StoreError::retry(e)
+    } else if text.starts_with("error deserializing column") {
+        StoreError::corrupt("a stored value cannot be read", Some(e.into()))
+    } else {
+        StoreError::internal("PostgreSQL", Some(e.into()))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How every connection of a store is opened: the URL's settings with the store's timeouts.
+fn connector(url: &str, settings: &StoreSettings) -> Result<Open<Client>, StoreError> {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| StoreError::Invalid { source: e.into() })?;
+    let statement_timeout_ms = settings.statement_timeout_ms;
+    let timeout = Duration::from_millis(statement_timeout_ms);
+    // A server that vanished (no RST) is noticed by keepalives, within about a timeout.
+    config
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .keepalives(true)
+        .keepalives_idle(timeout.max(Duration::from_secs(1)))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3)
+        .tcp_user_timeout(timeout);
+    Ok(Arc::new(move || {
+        let mut c = config.connect(NoTls).map_err(classify)?;
+        c.batch_execute(&format!(
+            "SET statement_timeout = {statement_timeout_ms}; SET idle_in_transaction_session_timeout = {statement_timeout_ms}"
+        ))
+        .map_err(classify)?;
+        Ok(c)
+    }))
+}
+
+/// Commits `tx` if this replica's lease (if it took one) is still the current one, else fails
+/// with [`StoreError::Fenced`] and the transaction rolls back. The share lock on the lease row is
+/// held from the check to the commit, so a takeover (which updates the row) is ordered after
+/// every commit that passed the check. Checked last, by the database's clock at that moment.
+fn commit_fenced(mut tx: Transaction<'_>, fence: &Fence) -> Result<(), StoreError> {
+    let current = lock(fence).clone();
+    if let Some((holder, epoch)) = current {
+        let row = tx
+            .query_opt(
+                "SELECT 1 FROM controller_lease WHERE id = 1 AND holder = $1 AND epoch = $2 \
+                 AND expires_at > clock_timestamp() FOR SHARE",
+                &[&holder, &epoch],
+            )
+            .map_err(classify)?;
+        if row.is_none() {
+            return Err(StoreError::Fenced(format!("controller lease epoch {epoch} of {holder} is no longer current")));
+        }
+    }
+    tx.commit().map_err(classify)
+}
+
 /// Column `i` of a row.
 fn col<'a, T: postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
-    r.try_get(i).map_err(unavailable)
+    r.try_get(i).map_err(classify)
 }
 
 /// Every row of `sql` (no parameters), each through `f`.
@@ -130,25 +221,25 @@ fn select_all<T>(
     sql: &str,
     f: impl Fn(&Row) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
-    c.query(sql, &[]).map_err(unavailable)?.iter().map(f).collect()
+    c.query(sql, &[]).map_err(classify)?.iter().map(f).collect()
 }
 
 fn uuid_at(r: &Row, i: usize) -> Result<Uuid, StoreError> {
     let b: Vec<u8> = col(r, i)?;
-    Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(format!("bad uuid: {e}")))
+    Uuid::from_slice(&b).map_err(|e| StoreError::corrupt("bad uuid", Some(e.into())))
 }
 
 const EXTENT_SELECT: &str = "SELECT e.topic_id, e.partition, e.base_offset, e.end_offset, e.object_key, e.position, \
      e.length, e.batch_count, e.max_timestamp, o.size_bytes FROM extents e JOIN objects o ON o.key = e.object_key";
 
 fn extent_row(r: &Row) -> Result<ExtentRecord, StoreError> {
-    let g = |i| r.try_get::<_, i64>(i).map_err(unavailable);
+    let g = |i| r.try_get::<_, i64>(i).map_err(classify);
     Ok(ExtentRecord {
         topic_id: uuid_at(r, 0)?,
         partition: col(r, 1)?,
         base_offset: g(2)?,
         end_offset: g(3)?,
-        object_key: Arc::from(r.try_get::<_, String>(4).map_err(unavailable)?),
+        object_key: Arc::from(r.try_get::<_, String>(4).map_err(classify)?),
         position: g(5)? as u64,
         length: g(6)? as u64,
         batch_count: g(7)? as u32,
@@ -158,58 +249,38 @@ fn extent_row(r: &Row) -> Result<ExtentRecord, StoreError> {
 }
 
 impl PgStore {
-    /// Connects to `url` and brings the schema to this binary's version.
+    /// Connects to `url` with the default [`StoreSettings`] and brings the schema to this
+    /// binary's version.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let store = Self { url: url.to_string(), writer: Mutex::new(None), reader: Mutex::new(None), fence: Mutex::new(None) };
-        store.with_writer(migrate)?;
+        Self::open_with(url, &StoreSettings::default())
+    }
+
+    pub fn open_with(url: &str, settings: &StoreSettings) -> Result<Self, StoreError> {
+        let open = connector(url, settings)?;
+        let writer = Writer::start("pg-writer", Slot::new(open.clone(), Client::is_closed), STORE_WRITE_QUEUE_MAX)?;
+        let store = Self {
+            writer,
+            readers: ReadPool::new(open.clone(), Client::is_closed, settings.read_connections),
+            lease: Mutex::new(Slot::new(open, Client::is_closed)),
+            fence: Arc::default(),
+        };
+        store.writer.call(migrate)?;
         Ok(store)
     }
 
-    fn connect(&self) -> Result<Client, StoreError> {
-        Client::connect(&self.url, NoTls).map_err(unavailable)
-    }
-
-    fn with<T>(
+    /// Runs `f` on the writer connection (see [`Writer::call`]), with the fence for
+    /// [`commit_fenced`].
+    fn write<T: Send + 'static>(
         &self,
-        slot: &Mutex<Option<Client>>,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Client, &Fence) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut guard = lock(slot);
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.connect()?);
-        }
-        let Some(client) = guard.as_mut() else { return Err(StoreError::Unavailable("no connection".into())) };
-        let out = f(client);
-        if out.is_err() && client.is_closed() {
-            *guard = None;
-        }
-        out
+        let fence = self.fence.clone();
+        self.writer.call(move |c| f(c, &fence))
     }
 
-    fn with_writer<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.with(&self.writer, f)
-    }
-
-    fn with_reader<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.with(&self.reader, f)
-    }
-
-    /// Fails with [`StoreError::Fenced`] unless this replica's lease is still the current one.
-    /// Holds a share lock on the lease row until the transaction ends, so a takeover (which
-    /// updates the row) is ordered after every commit that passed this check.
-    fn check_fence(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
-        let fence = lock(&self.fence).clone();
-        let Some((holder, epoch)) = fence else { return Ok(()) };
-        let row = tx
-            .query_opt(
-                "SELECT 1 FROM controller_lease WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now() FOR SHARE",
-                &[&holder, &epoch],
-            )
-            .map_err(unavailable)?;
-        match row {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Fenced(format!("controller lease epoch {epoch} of {holder} is no longer current"))),
-        }
+    /// Runs `f` on the lease's connection.
+    fn with_lease<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        lock(&self.lease).with(f)
     }
 
     /// Takes the controller lease if it is free, expired, or already ours; returns the new
@@ -217,7 +288,7 @@ impl PgStore {
     /// From then on, every write of this store checks the lease.
     pub fn acquire_lease(&self, holder: &str, address: &str, ttl_ms: u64) -> Result<Option<i64>, StoreError> {
         let ttl = ttl_ms as f64 / 1000.0;
-        let epoch = self.with_writer(|c| {
+        let epoch = self.with_lease(|c| {
             let row = c
                 .query_opt(
                     "INSERT INTO controller_lease (id, holder, address, epoch, expires_at) \
@@ -228,8 +299,8 @@ impl PgStore {
                      RETURNING epoch",
                     &[&holder, &address, &ttl],
                 )
-                .map_err(unavailable)?;
-            row.map(|r| r.try_get::<_, i64>(0).map_err(unavailable)).transpose()
+                .map_err(classify)?;
+            row.map(|r| r.try_get::<_, i64>(0).map_err(classify)).transpose()
         })?;
         if let Some(e) = epoch {
             *lock(&self.fence) = Some((holder.to_string(), e));
@@ -238,17 +309,18 @@ impl PgStore {
     }
 
     /// Extends our lease; false if it was lost (taken over), in which case this store refuses
-    /// every further write.
+    /// every further write. Runs on the lease's own connection: a write in flight (even one
+    /// waiting for a lock) does not delay it.
     pub fn renew_lease(&self, ttl_ms: u64) -> Result<bool, StoreError> {
         let Some((holder, epoch)) = lock(&self.fence).clone() else { return Ok(false) };
         let ttl = ttl_ms as f64 / 1000.0;
-        let n = self.with_writer(|c| {
+        let n = self.with_lease(|c| {
             c.execute(
                 "UPDATE controller_lease SET expires_at = now() + make_interval(secs => $3) \
                  WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now()",
                 &[&holder, &epoch, &ttl],
             )
-            .map_err(unavailable)
+            .map_err(classify)
         })?;
         Ok(n == 1)
     }
@@ -256,22 +328,22 @@ impl PgStore {
     /// Gives the lease up (clean shutdown), so a standby takes over at once.
     pub fn release_lease(&self) -> Result<(), StoreError> {
         let Some((holder, epoch)) = lock(&self.fence).take() else { return Ok(()) };
-        self.with_writer(|c| {
+        self.with_lease(|c| {
             c.execute(
                 "UPDATE controller_lease SET expires_at = now() - interval '1 second' WHERE id = 1 AND holder = $1 AND epoch = $2",
                 &[&holder, &epoch],
             )
-            .map_err(unavailable)
+            .map_err(classify)
         })?;
         Ok(())
     }
 
     /// The current lease, if any was ever taken.
     pub fn lease_holder(&self) -> Result<Option<LeaseHolder>, StoreError> {
-        self.with_reader(|c| {
+        self.with_lease(|c| {
             let row = c
                 .query_opt("SELECT holder, address, epoch, expires_at > now() FROM controller_lease WHERE id = 1", &[])
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             row.map(|r| {
                 Ok(LeaseHolder {
                     holder: col(&r, 0)?,
@@ -287,65 +359,68 @@ impl PgStore {
 
 impl Drop for PgStore {
     /// A `postgres::Client` blocks on its own runtime when dropped, which panics on an async
-    /// worker thread: the connections are closed on a plain thread instead.
+    /// worker thread: the reader and lease connections are closed on a plain thread instead (the
+    /// writer's closes on the writer thread, once the queued writes are done).
     fn drop(&mut self) {
-        let writer = self.writer.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        let reader = self.reader.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if writer.is_some() || reader.is_some() {
-            let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop((writer, reader)));
+        let readers = self.readers.take_idle();
+        let lease = self.lease.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if !readers.is_empty() || lease.is_some() {
+            let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop((readers, lease)));
         }
     }
 }
 
 fn migrate(c: &mut Client) -> Result<(), StoreError> {
-    let mut tx = c.transaction().map_err(unavailable)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).map_err(unavailable)?;
+    let mut tx = c.transaction().map_err(classify)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).map_err(classify)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     let version: i32 = tx
         .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
-        .map_err(unavailable)?
-        .map(|r| r.try_get::<_, String>(0).map_err(unavailable))
+        .map_err(classify)?
+        .map(|r| r.try_get::<_, String>(0).map_err(classify))
         .transpose()?
-        .map(|v| v.parse().map_err(|_| StoreError::Corrupt(format!("schema_version {v:?} is not a number"))))
+        .map(|v| v.parse().map_err(|e: std::num::ParseIntError| StoreError::corrupt(format!("schema_version {v:?}"), Some(e.into()))))
         .transpose()?
         .unwrap_or(0);
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}"
-        )));
+        return Err(StoreError::corrupt(
+            format!("the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}"),
+            None,
+        ));
     }
     for (to, sql) in MIGRATIONS {
         if version < *to {
-            tx.batch_execute(sql).map_err(unavailable)?;
+            tx.batch_execute(sql).map_err(classify)?;
         }
     }
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = $1",
         &[&SCHEMA_VERSION.to_string()],
     )
-    .map_err(unavailable)?;
-    tx.commit().map_err(unavailable)
+    .map_err(classify)?;
+    tx.commit().map_err(classify)
 }
 
 impl MetadataStore for PgStore {
     fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError> {
-        self.with_writer(|c| {
+        let new_cluster_id = new_cluster_id.to_string();
+        self.write(move |c, _| {
             c.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', $1) ON CONFLICT DO NOTHING", &[&new_cluster_id])
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             let cluster_id: String = c
                 .query_one("SELECT value FROM meta WHERE key = 'cluster_id'", &[])
                 .and_then(|r| r.try_get(0))
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             let mut configs: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
-            for r in c.query("SELECT topic_id, key, value FROM topic_configs", &[]).map_err(unavailable)? {
+            for r in c.query("SELECT topic_id, key, value FROM topic_configs", &[]).map_err(classify)? {
                 configs
                     .entry(uuid_at(&r, 0)?)
                     .or_default()
                     .insert(col(&r, 1)?, col(&r, 2)?);
             }
             let mut topics = Vec::new();
-            for r in c.query("SELECT id, name, partitions, created_ms FROM topics", &[]).map_err(unavailable)? {
+            for r in c.query("SELECT id, name, partitions, created_ms FROM topics", &[]).map_err(classify)? {
                 let id = uuid_at(&r, 0)?;
                 topics.push(TopicRecord {
                     id,
@@ -393,9 +468,9 @@ impl MetadataStore for PgStore {
     }
 
     fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        let t = t.clone();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             let id = t.id.as_bytes().as_slice();
             let inserted = tx.execute(
                 "INSERT INTO topics (id, name, partitions, created_ms) VALUES ($1, $2, $3, $4)",
@@ -406,43 +481,42 @@ impl MetadataStore for PgStore {
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                     return Err(StoreError::Conflict(format!("topic {} exists", t.name)));
                 }
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(classify(e)),
             }
             for (k, v) in &t.configs {
                 tx.execute("INSERT INTO topic_configs (topic_id, key, value) VALUES ($1, $2, $3)", &[&id, k, v])
-                    .map_err(unavailable)?;
+                    .map_err(classify)?;
             }
             tx.execute(
                 "INSERT INTO partitions (topic_id, partition, log_start_offset, next_offset) \
                  SELECT $1, p, 0, 0 FROM generate_series(0, $2 - 1) AS p",
                 &[&id, &t.partitions],
             )
-            .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            .map_err(classify)?;
+            commit_fenced(tx, fence)
         })
     }
 
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             let id = id.as_bytes().as_slice();
             for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = $1"), &[&id]).map_err(unavailable)?;
+                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = $1"), &[&id]).map_err(classify)?;
             }
-            tx.execute("DELETE FROM topics WHERE id = $1", &[&id]).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            tx.execute("DELETE FROM topics WHERE id = $1", &[&id]).map_err(classify)?;
+            commit_fenced(tx, fence)
         })
     }
 
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError> {
-        self.with_reader(|c| {
-            if c.query_opt("SELECT 1 FROM objects WHERE key = $1", &[&object_key]).map_err(unavailable)?.is_none() {
+        self.readers.with(|c| {
+            if c.query_opt("SELECT 1 FROM objects WHERE key = $1", &[&object_key]).map_err(classify)?.is_none() {
                 return Ok(None);
             }
             let rows = c
                 .query(&format!("{EXTENT_SELECT} WHERE e.object_key = $1 ORDER BY e.position"), &[&object_key])
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             Ok(Some(rows.iter().map(extent_row).collect::<Result<_, _>>()?))
         })
     }
@@ -459,33 +533,33 @@ impl MetadataStore for PgStore {
     }
 
     fn commit_objects(&self, commits: &[super::ObjectCommit<'_>]) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        let commits = owned_commits(commits);
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             let statements = Statements::prepare(&mut tx)?;
-            for (o, extents, wal, producers, txn) in commits {
-                commit_in(&mut tx, &statements, o, extents, *wal, producers, txn)?;
+            for (o, extents, wal, producers, txn) in &commits {
+                commit_in(&mut tx, &statements, o, extents, wal.as_ref(), producers, txn)?;
             }
-            tx.commit().map_err(unavailable)
+            commit_fenced(tx, fence)
         })
     }
 
     fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
-            upsert_transaction(&mut tx, transactional_id, body)?;
-            tx.commit().map_err(unavailable)
+        let (transactional_id, body) = (transactional_id.to_string(), body.to_string());
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            upsert_transaction(&mut tx, &transactional_id, &body)?;
+            commit_fenced(tx, fence)
         })
     }
 
     fn delete_transactions(&self, transactional_ids: &[String]) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        let transactional_ids = transactional_ids.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             tx.execute("DELETE FROM transactions WHERE transactional_id = ANY($1)", &[&transactional_ids])
-                .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+                .map_err(classify)?;
+            commit_fenced(tx, fence)
         })
     }
 
@@ -497,14 +571,14 @@ impl MetadataStore for PgStore {
         to_offset: i64,
         limit: u32,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        self.with_reader(|c| {
+        self.readers.with(|c| {
             let rows = c
                 .query(
                     "SELECT producer_id, first_offset FROM aborted_txns WHERE topic_id = $1 AND partition = $2 \
                      AND last_offset >= $3 AND first_offset < $4 ORDER BY first_offset LIMIT $5",
                     &[&topic_id.as_bytes().as_slice(), &partition, &from_offset, &to_offset, &i64::from(limit)],
                 )
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             rows.iter()
                 .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
                 .collect()
@@ -512,82 +586,82 @@ impl MetadataStore for PgStore {
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        let keys = keys.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             let mut doomed = Vec::with_capacity(keys.len());
-            for key in keys {
+            for key in &keys {
                 // Locks the key against a concurrent commit of it (which inserts into objects
                 // after checking orphans): whichever transaction comes second sees the first.
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[key]).map_err(unavailable)?;
-                let committed = tx.query_opt("SELECT 1 FROM objects WHERE key = $1", &[key]).map_err(unavailable)?.is_some();
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[key]).map_err(classify)?;
+                let committed = tx.query_opt("SELECT 1 FROM objects WHERE key = $1", &[key]).map_err(classify)?.is_some();
                 if !committed {
                     tx.execute(
                         "INSERT INTO orphans (key, doomed_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                         &[key, &now_ms],
                     )
-                    .map_err(unavailable)?;
+                    .map_err(classify)?;
                 }
                 doomed.push(!committed);
             }
-            tx.commit().map_err(unavailable)?;
+            commit_fenced(tx, fence)?;
             Ok(doomed)
         })
     }
 
     fn allocate_producer_id(&self) -> Result<i64, StoreError> {
-        self.with_writer(|c| {
+        self.write(move |c, _| {
             let r = c
                 .query_one(
                     "INSERT INTO meta (key, value) VALUES ('next_producer_id', '1') ON CONFLICT (key) \
                      DO UPDATE SET value = (meta.value::BIGINT + 1)::TEXT RETURNING value::BIGINT - 1",
                     &[],
                 )
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             col(&r, 0)
         })
     }
 
     fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             tx.execute(
                 "DELETE FROM producer_states p WHERE p.last_seen_ms < $1 AND NOT EXISTS (SELECT 1 FROM open_txns o \
                  WHERE o.topic_id = p.topic_id AND o.partition = p.partition AND o.producer_id = p.producer_id)",
                 &[&before_ms],
             )
-            .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            .map_err(classify)?;
+            commit_fenced(tx, fence)
         })
     }
 
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError> {
-        self.with_reader(|c| {
+        self.readers.with(|c| {
             let mark = c
                 .query_opt("SELECT entry_id FROM wal_marks WHERE log_id = $1", &[&log_id])
-                .map_err(unavailable)?
-                .map(|r| r.try_get::<_, i64>(0).map_err(unavailable))
+                .map_err(classify)?
+                .map(|r| r.try_get::<_, i64>(0).map_err(classify))
                 .transpose()?;
             Ok(mark.unwrap_or(0).max(0) as u64)
         })
     }
 
     fn register_agent(&self, name: &str) -> Result<u64, StoreError> {
-        self.with_writer(|c| {
+        let name = name.to_string();
+        self.write(move |c, _| {
             let r = c
                 .query_one(
                     "INSERT INTO agents (name, epoch) VALUES ($1, 1) ON CONFLICT (name) \
                      DO UPDATE SET epoch = agents.epoch + 1 RETURNING epoch",
                     &[&name],
                 )
-                .map_err(unavailable)?;
-            Ok(r.try_get::<_, i64>(0).map_err(unavailable)? as u64)
+                .map_err(classify)?;
+            Ok(r.try_get::<_, i64>(0).map_err(classify)? as u64)
         })
     }
 
     fn find_extents(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: u32) -> Result<Vec<ExtentRecord>, StoreError> {
-        self.with_reader(|c| {
+        self.readers.with(|c| {
             let rows = c
                 .query(
                     &format!(
@@ -596,13 +670,13 @@ impl MetadataStore for PgStore {
                     ),
                     &[&topic_id.as_bytes().as_slice(), &partition, &from_offset, &i64::from(limit)],
                 )
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             rows.iter().map(extent_row).collect()
         })
     }
 
     fn first_extent_at_or_after(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, StoreError> {
-        self.with_reader(|c| {
+        self.readers.with(|c| {
             c.query_opt(
                 &format!(
                     "{EXTENT_SELECT} WHERE e.topic_id = $1 AND e.partition = $2 AND e.max_timestamp >= $3 \
@@ -610,7 +684,7 @@ impl MetadataStore for PgStore {
                 ),
                 &[&topic_id.as_bytes().as_slice(), &partition, &timestamp],
             )
-            .map_err(unavailable)?
+            .map_err(classify)?
             .as_ref()
             .map(extent_row)
             .transpose()
@@ -618,7 +692,7 @@ impl MetadataStore for PgStore {
     }
 
     fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError> {
-        self.with_reader(|c| {
+        self.readers.with(|c| {
             c.query_opt(
                 &format!(
                     "{EXTENT_SELECT} WHERE e.topic_id = $1 AND e.partition = $2 \
@@ -626,7 +700,7 @@ impl MetadataStore for PgStore {
                 ),
                 &[&topic_id.as_bytes().as_slice(), &partition],
             )
-            .map_err(unavailable)?
+            .map_err(classify)?
             .as_ref()
             .map(extent_row)
             .transpose()
@@ -634,13 +708,13 @@ impl MetadataStore for PgStore {
     }
 
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
-        self.with_reader(|c| {
+        self.readers.with(|c| {
             let rows = c
                 .query(
                     "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
                     &[],
                 )
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             rows.iter()
                 .map(|r| {
                     Ok(GroupOffsetRecord {
@@ -658,37 +732,37 @@ impl MetadataStore for PgStore {
     }
 
     fn commit_group_offsets(&self, offsets: &[GroupOffsetRecord]) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
-            let upsert = tx.prepare(GROUP_OFFSET_UPSERT).map_err(unavailable)?;
-            for o in offsets {
+        let offsets = offsets.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            let upsert = tx.prepare(GROUP_OFFSET_UPSERT).map_err(classify)?;
+            for o in &offsets {
                 tx.execute(&upsert, &[&o.group_id, &o.topic, &o.partition, &o.offset, &o.leader_epoch, &o.metadata, &o.commit_ms])
-                    .map_err(unavailable)?;
+                    .map_err(classify)?;
             }
-            tx.commit().map_err(unavailable)
+            commit_fenced(tx, fence)
         })
     }
 
     fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError> {
-        self.with_writer(|c| {
-            let mut tx = c.transaction().map_err(unavailable)?;
-            self.check_fence(&mut tx)?;
+        let (group_id, partitions) = (group_id.to_string(), partitions.map(<[_]>::to_vec));
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
             match partitions {
                 None => {
-                    tx.execute("DELETE FROM group_offsets WHERE group_id = $1", &[&group_id]).map_err(unavailable)?;
+                    tx.execute("DELETE FROM group_offsets WHERE group_id = $1", &[&group_id]).map_err(classify)?;
                 }
                 Some(ps) => {
-                    for (t, p) in ps {
+                    for (t, p) in &ps {
                         tx.execute(
                             "DELETE FROM group_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3",
                             &[&group_id, t, p],
                         )
-                        .map_err(unavailable)?;
+                        .map_err(classify)?;
                     }
                 }
             }
-            tx.commit().map_err(unavailable)
+            commit_fenced(tx, fence)
         })
     }
 }
@@ -707,7 +781,7 @@ fn upsert_transaction(tx: &mut Transaction<'_>, transactional_id: &str, body: &s
          ON CONFLICT (transactional_id) DO UPDATE SET body = excluded.body",
         &[&transactional_id, &body],
     )
-    .map_err(unavailable)?;
+    .map_err(classify)?;
     Ok(())
 }
 
@@ -726,10 +800,10 @@ impl Statements {
                     "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
                      batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
-                .map_err(unavailable)?,
+                .map_err(classify)?,
             advance: tx
                 .prepare("UPDATE partitions SET next_offset = $4 WHERE topic_id = $1 AND partition = $2 AND next_offset = $3")
-                .map_err(unavailable)?,
+                .map_err(classify)?,
         })
     }
 }
@@ -744,8 +818,8 @@ fn commit_in(
     producers: &[(ProducerKey, ProducerState)],
     txn: &TxnEffects,
 ) -> Result<(), StoreError> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(unavailable)?;
-    if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(unavailable)?.is_some() {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(classify)?;
+    if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(classify)?.is_some() {
         return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
     }
     let inserted = tx.execute(
@@ -757,12 +831,12 @@ fn commit_in(
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(classify(e)),
     }
     let Statements { insert, advance } = statements;
     for e in extents {
         let id = e.topic_id.as_bytes().as_slice();
-        let moved = tx.execute(advance, &[&id, &e.partition, &e.base_offset, &e.end_offset]).map_err(unavailable)?;
+        let moved = tx.execute(advance, &[&id, &e.partition, &e.base_offset, &e.end_offset]).map_err(classify)?;
         if moved != 1 {
             return Err(StoreError::Stale(format!(
                 "partition {}-{} is no longer at offset {}: another writer committed",
@@ -783,7 +857,7 @@ fn commit_in(
                 &e.max_timestamp,
             ],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for ((pid, topic, partition), state) in producers {
         tx.execute(
@@ -792,7 +866,7 @@ fn commit_in(
              epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
             &[pid, &topic.as_bytes().as_slice(), partition, &state.epoch, &encode_batches(&state.batches), &state.last_seen_ms],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for o in &txn.opened {
         tx.execute(
@@ -800,14 +874,14 @@ fn commit_in(
              ON CONFLICT DO NOTHING",
             &[&o.topic_id.as_bytes().as_slice(), &o.partition, &o.producer_id, &o.first_offset],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for o in &txn.closed {
         tx.execute(
             "DELETE FROM open_txns WHERE topic_id = $1 AND partition = $2 AND producer_id = $3",
             &[&o.topic_id.as_bytes().as_slice(), &o.partition, &o.producer_id],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for a in &txn.aborted {
         tx.execute(
@@ -816,7 +890,7 @@ fn commit_in(
              producer_id = excluded.producer_id, first_offset = excluded.first_offset",
             &[&a.topic_id.as_bytes().as_slice(), &a.partition, &a.last_offset, &a.producer_id, &a.first_offset],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     if let Some((id, body)) = &txn.transaction {
         upsert_transaction(tx, id, body)?;
@@ -826,7 +900,7 @@ fn commit_in(
             GROUP_OFFSET_UPSERT,
             &[&o.group_id, &o.topic, &o.partition, &o.offset, &o.leader_epoch, &o.metadata, &o.commit_ms],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     if let Some(w) = wal {
         tx.execute(
@@ -834,7 +908,7 @@ fn commit_in(
              ON CONFLICT (log_id) DO UPDATE SET entry_id = greatest(wal_marks.entry_id, excluded.entry_id)",
             &[&w.log_id, &(w.entry_id as i64)],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     Ok(())
 }

@@ -1,10 +1,14 @@
 //! The embedded metadata store: one SQLite file, WAL journal, `synchronous=FULL` (a commit that
-//! returned is on disk). One writer connection and one reader connection, so index lookups do
-//! not wait behind a commit's fsync.
+//! returned is on disk). Every write goes through the writer thread and its connection
+//! ([`super::conn::Writer`], a bounded queue); index lookups go through a small pool of reader
+//! connections, so they do not wait behind a commit's fsync (WAL readers see the last commit).
+//! A connection waits for a lock up to `busy_timeout` (the store's statement timeout), then the
+//! call fails as retriable.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
@@ -13,9 +17,10 @@ use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
 
+use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
     GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError,
-    TopicRecord, TxnEffects,
+    StoreSettings, TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
@@ -75,16 +80,38 @@ const MIGRATIONS: &[(i32, &str)] = &[
 ];
 
 pub struct SqliteStore {
-    writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    writer: Writer<Connection>,
+    readers: ReadPool<Connection>,
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Sorts an SQLite error by what the caller must do (see [`StoreError`]).
+fn classify(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as Code;
+    use rusqlite::Error as E;
+    match &e {
+        E::SqliteFailure(f, _) => match f.code {
+            Code::DatabaseBusy
+            | Code::DatabaseLocked
+            | Code::SystemIoFailure
+            | Code::DiskFull
+            | Code::CannotOpen
+            | Code::OutOfMemory
+            | Code::FileLockingProtocolFailed
+            | Code::SchemaChanged => StoreError::retry(e),
+            Code::ConstraintViolation
+                if matches!(f.extended_code, rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) =>
+            {
+                StoreError::Conflict(super::chain(&e))
+            }
+            Code::ConstraintViolation | Code::TooBig | Code::ParameterOutOfRange => StoreError::Invalid { source: e.into() },
+            Code::DatabaseCorrupt | Code::NotADatabase => StoreError::corrupt("the SQLite file is damaged", Some(e.into())),
+            _ => StoreError::internal("SQLite", Some(e.into())),
+        },
+        E::FromSqlConversionFailure(..) | E::IntegralValueOutOfRange(..) | E::InvalidColumnType(..) | E::Utf8Error(..) => {
+            StoreError::corrupt("a stored value cannot be read", Some(e.into()))
+        }
+        _ => StoreError::internal("SQLite", Some(e.into())),
+    }
 }
 
 /// Every row of `sql` (no parameters), mapped by `row`.
@@ -93,9 +120,9 @@ fn select_all<T>(
     sql: &str,
     row: impl FnMut(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
 ) -> Result<Vec<T>, StoreError> {
-    let mut stmt = c.prepare(sql).map_err(unavailable)?;
-    let rows = stmt.query_map([], row).map_err(unavailable)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    let mut stmt = c.prepare(sql).map_err(classify)?;
+    let rows = stmt.query_map([], row).map_err(classify)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(classify)
 }
 
 fn uuid_from(blob: Vec<u8>) -> Result<Uuid, rusqlite::Error> {
@@ -103,32 +130,46 @@ fn uuid_from(blob: Vec<u8>) -> Result<Uuid, rusqlite::Error> {
 }
 
 impl SqliteStore {
+    /// Opens (creating or migrating) the file with the default [`StoreSettings`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open = || -> rusqlite::Result<Connection> {
-            let c = Connection::open(path)?;
-            c.busy_timeout(std::time::Duration::from_secs(10))?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
-            c.pragma_update(None, "synchronous", "FULL")?;
-            Ok(c)
-        };
-        let writer = open().map_err(unavailable)?;
-        let version: i32 = writer.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(unavailable)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "{} has schema version {version}, newer than this binary's {SCHEMA_VERSION}",
-                path.display()
-            )));
-        }
-        writer.execute_batch(SCHEMA).map_err(unavailable)?;
-        for (to, sql) in MIGRATIONS {
-            if version < *to {
-                writer.execute_batch(sql).map_err(unavailable)?;
-            }
-        }
-        writer.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(unavailable)?;
-        let reader = open().map_err(unavailable)?;
-        Ok(Self { writer: Mutex::new(writer), reader: Mutex::new(reader) })
+        Self::open_with(path, &StoreSettings::default())
     }
+
+    pub fn open_with(path: &Path, settings: &StoreSettings) -> Result<Self, StoreError> {
+        let file = path.to_path_buf();
+        let busy = Duration::from_millis(settings.statement_timeout_ms);
+        let open: Open<Connection> = Arc::new(move || connect(&file, busy).map_err(classify));
+        let writer = Writer::start("sqlite-writer", Slot::new(open.clone(), |_| false), STORE_WRITE_QUEUE_MAX)?;
+        let file = path.to_path_buf();
+        writer.call(move |c| migrate(c, &file))?;
+        Ok(Self { writer, readers: ReadPool::new(open, |_| false, settings.read_connections) })
+    }
+}
+
+fn connect(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(busy)?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    Ok(c)
+}
+
+/// Brings the file's schema to this binary's version (`user_version`).
+fn migrate(c: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(classify)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::corrupt(
+            format!("{} has schema version {version}, newer than this binary's {SCHEMA_VERSION}", path.display()),
+            None,
+        ));
+    }
+    c.execute_batch(SCHEMA).map_err(classify)?;
+    for (to, sql) in MIGRATIONS {
+        if version < *to {
+            c.execute_batch(sql).map_err(classify)?;
+        }
+    }
+    c.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(classify)
 }
 
 const EXTENT_COLUMNS: &str =
@@ -155,130 +196,136 @@ fn extent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExtentRecord> {
 
 impl MetadataStore for SqliteStore {
     fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError> {
-        let c = lock(&self.writer);
-        c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('cluster_id', ?1)", [new_cluster_id])
-            .map_err(unavailable)?;
-        let cluster_id: String = c
-            .query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0))
-            .map_err(unavailable)?;
-        let mut configs: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
-        let mut stmt = c.prepare("SELECT topic_id, key, value FROM topic_configs").map_err(unavailable)?;
-        let rows = stmt
-            .query_map([], |r| Ok((uuid_from(r.get(0)?)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
-            .map_err(unavailable)?;
-        for row in rows {
-            let (id, k, v) = row.map_err(unavailable)?;
-            configs.entry(id).or_default().insert(k, v);
-        }
-        let mut stmt = c.prepare("SELECT id, name, partitions, created_ms FROM topics").map_err(unavailable)?;
-        let topics = stmt
-            .query_map([], |r| {
-                Ok(TopicRecord {
-                    id: uuid_from(r.get(0)?)?,
-                    name: r.get(1)?,
-                    partitions: r.get(2)?,
-                    configs: BTreeMap::new(),
-                    created_ms: r.get(3)?,
+        let new_cluster_id = new_cluster_id.to_string();
+        self.writer.call(move |c| {
+            c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('cluster_id', ?1)", [&new_cluster_id])
+                .map_err(classify)?;
+            let cluster_id: String = c
+                .query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0))
+                .map_err(classify)?;
+            let mut configs: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
+            let mut stmt = c.prepare("SELECT topic_id, key, value FROM topic_configs").map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| Ok((uuid_from(r.get(0)?)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+                .map_err(classify)?;
+            for row in rows {
+                let (id, k, v) = row.map_err(classify)?;
+                configs.entry(id).or_default().insert(k, v);
+            }
+            let mut stmt = c.prepare("SELECT id, name, partitions, created_ms FROM topics").map_err(classify)?;
+            let topics = stmt
+                .query_map([], |r| {
+                    Ok(TopicRecord {
+                        id: uuid_from(r.get(0)?)?,
+                        name: r.get(1)?,
+                        partitions: r.get(2)?,
+                        configs: BTreeMap::new(),
+                        created_ms: r.get(3)?,
+                    })
                 })
-            })
-            .map_err(unavailable)?
-            .map(|t| {
-                t.map(|mut t| {
-                    t.configs = configs.remove(&t.id).unwrap_or_default();
-                    t
+                .map_err(classify)?
+                .map(|t| {
+                    t.map(|mut t| {
+                        t.configs = configs.remove(&t.id).unwrap_or_default();
+                        t
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
-        let partitions = select_all(&c, "SELECT topic_id, partition, log_start_offset, next_offset FROM partitions", |r| {
-            Ok(PartitionRecord {
-                topic_id: uuid_from(r.get(0)?)?,
-                partition: r.get(1)?,
-                log_start_offset: r.get(2)?,
-                next_offset: r.get(3)?,
-            })
-        })?;
-        let producers = select_all(
-            &c,
-            "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states",
-            |r| {
-                let batches: String = r.get(4)?;
-                Ok((
-                    (r.get::<_, i64>(0)?, uuid_from(r.get(1)?)?, r.get::<_, i32>(2)?),
-                    ProducerState { epoch: r.get(3)?, batches: decode_batches(&batches).unwrap_or_default(), last_seen_ms: r.get(5)? },
-                ))
-            },
-        )?;
-        let transactions = select_all(&c, "SELECT transactional_id, body FROM transactions", |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let open_txns = select_all(&c, "SELECT topic_id, partition, producer_id, first_offset FROM open_txns", |r| {
-            Ok(OpenTxnRecord {
-                topic_id: uuid_from(r.get(0)?)?,
-                partition: r.get(1)?,
-                producer_id: r.get(2)?,
-                first_offset: r.get(3)?,
-            })
-        })?;
-        Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(classify)?;
+            let partitions = select_all(c, "SELECT topic_id, partition, log_start_offset, next_offset FROM partitions", |r| {
+                Ok(PartitionRecord {
+                    topic_id: uuid_from(r.get(0)?)?,
+                    partition: r.get(1)?,
+                    log_start_offset: r.get(2)?,
+                    next_offset: r.get(3)?,
+                })
+            })?;
+            let producers = select_all(
+                c,
+                "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states",
+                |r| {
+                    let batches: String = r.get(4)?;
+                    Ok((
+                        (r.get::<_, i64>(0)?, uuid_from(r.get(1)?)?, r.get::<_, i32>(2)?),
+                        ProducerState { epoch: r.get(3)?, batches: decode_batches(&batches).unwrap_or_default(), last_seen_ms: r.get(5)? },
+                    ))
+                },
+            )?;
+            let transactions = select_all(c, "SELECT transactional_id, body FROM transactions", |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let open_txns = select_all(c, "SELECT topic_id, partition, producer_id, first_offset FROM open_txns", |r| {
+                Ok(OpenTxnRecord {
+                    topic_id: uuid_from(r.get(0)?)?,
+                    partition: r.get(1)?,
+                    producer_id: r.get(2)?,
+                    first_offset: r.get(3)?,
+                })
+            })?;
+            Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
+        })
     }
 
     fn create_topic(&self, t: &TopicRecord) -> Result<(), StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        let inserted = tx.execute(
-            "INSERT INTO topics (id, name, partitions, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![t.id.as_bytes().as_slice(), t.name, t.partitions, t.created_ms],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                return Err(StoreError::Conflict(msg.unwrap_or_else(|| format!("topic {} exists", t.name))));
+        let t = t.clone();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            let inserted = tx.execute(
+                "INSERT INTO topics (id, name, partitions, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![t.id.as_bytes().as_slice(), t.name, t.partitions, t.created_ms],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(StoreError::Conflict(msg.unwrap_or_else(|| format!("topic {} exists", t.name))));
+                }
+                Err(e) => return Err(classify(e)),
             }
-            Err(e) => return Err(unavailable(e)),
-        }
-        for (k, v) in &t.configs {
-            tx.execute(
-                "INSERT INTO topic_configs (topic_id, key, value) VALUES (?1, ?2, ?3)",
-                params![t.id.as_bytes().as_slice(), k, v],
-            )
-            .map_err(unavailable)?;
-        }
-        for p in 0..t.partitions {
-            tx.execute(
-                "INSERT INTO partitions (topic_id, partition, log_start_offset, next_offset) VALUES (?1, ?2, 0, 0)",
-                params![t.id.as_bytes().as_slice(), p],
-            )
-            .map_err(unavailable)?;
-        }
-        tx.commit().map_err(unavailable)
+            for (k, v) in &t.configs {
+                tx.execute(
+                    "INSERT INTO topic_configs (topic_id, key, value) VALUES (?1, ?2, ?3)",
+                    params![t.id.as_bytes().as_slice(), k, v],
+                )
+                .map_err(classify)?;
+            }
+            for p in 0..t.partitions {
+                tx.execute(
+                    "INSERT INTO partitions (topic_id, partition, log_start_offset, next_offset) VALUES (?1, ?2, 0, 0)",
+                    params![t.id.as_bytes().as_slice(), p],
+                )
+                .map_err(classify)?;
+            }
+            tx.commit().map_err(classify)
+        })
     }
 
     fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
-            tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
-                .map_err(unavailable)?;
-        }
-        tx.execute("DELETE FROM topics WHERE id = ?1", [id.as_bytes().as_slice()]).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
+                    .map_err(classify)?;
+            }
+            tx.execute("DELETE FROM topics WHERE id = ?1", [id.as_bytes().as_slice()]).map_err(classify)?;
+            tx.commit().map_err(classify)
+        })
     }
 
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError> {
-        let c = lock(&self.reader);
-        let exists: Option<i64> = c
-            .query_row("SELECT 1 FROM objects WHERE key = ?1", [object_key], |r| r.get(0))
-            .optional()
-            .map_err(unavailable)?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let mut stmt = c
-            .prepare_cached(&format!("{EXTENT_SELECT} WHERE extents.object_key = ?1 ORDER BY extents.position"))
-            .map_err(unavailable)?;
-        let rows = stmt.query_map([object_key], extent_row).map_err(unavailable)?;
-        Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?))
+        self.readers.with(|c| {
+            let exists: Option<i64> = c
+                .query_row("SELECT 1 FROM objects WHERE key = ?1", [object_key], |r| r.get(0))
+                .optional()
+                .map_err(classify)?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+            let mut stmt = c
+                .prepare_cached(&format!("{EXTENT_SELECT} WHERE extents.object_key = ?1 ORDER BY extents.position"))
+                .map_err(classify)?;
+            let rows = stmt.query_map([object_key], extent_row).map_err(classify)?;
+            Ok(Some(rows.collect::<Result<Vec<_>, _>>().map_err(classify)?))
+        })
     }
 
     fn commit_object(
@@ -293,44 +340,52 @@ impl MetadataStore for SqliteStore {
     }
 
     fn commit_objects(&self, commits: &[ObjectCommit<'_>]) -> Result<(), StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        for (o, extents, wal, producers, txn) in commits {
-            commit_in(&tx, o, extents, *wal, producers, txn)?;
-        }
-        tx.commit().map_err(unavailable)
+        let commits = owned_commits(commits);
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            for (o, extents, wal, producers, txn) in &commits {
+                commit_in(&tx, o, extents, wal.as_ref(), producers, txn)?;
+            }
+            tx.commit().map_err(classify)
+        })
     }
 
     fn register_agent(&self, name: &str) -> Result<u64, StoreError> {
-        let c = lock(&self.writer);
-        let epoch: i64 = c
-            .query_row(
-                "INSERT INTO agents (name, epoch) VALUES (?1, 1) \
-                 ON CONFLICT (name) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
-                [name],
-                |r| r.get(0),
-            )
-            .map_err(unavailable)?;
-        Ok(epoch as u64)
+        let name = name.to_string();
+        self.writer.call(move |c| {
+            let epoch: i64 = c
+                .query_row(
+                    "INSERT INTO agents (name, epoch) VALUES (?1, 1) \
+                     ON CONFLICT (name) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .map_err(classify)?;
+            Ok(epoch as u64)
+        })
     }
 
     fn put_transaction(&self, transactional_id: &str, body: &str) -> Result<(), StoreError> {
-        let c = lock(&self.writer);
-        c.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![transactional_id, body])
-            .map_err(unavailable)?;
-        Ok(())
+        let (transactional_id, body) = (transactional_id.to_string(), body.to_string());
+        self.writer.call(move |c| {
+            c.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![transactional_id, body])
+                .map_err(classify)?;
+            Ok(())
+        })
     }
 
     fn delete_transactions(&self, transactional_ids: &[String]) -> Result<(), StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        {
-            let mut delete = tx.prepare_cached("DELETE FROM transactions WHERE transactional_id = ?1").map_err(unavailable)?;
-            for id in transactional_ids {
-                delete.execute([id]).map_err(unavailable)?;
+        let transactional_ids = transactional_ids.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM transactions WHERE transactional_id = ?1").map_err(classify)?;
+                for id in &transactional_ids {
+                    delete.execute([id]).map_err(classify)?;
+                }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(classify)
+        })
     }
 
     fn aborted_txns(
@@ -341,176 +396,190 @@ impl MetadataStore for SqliteStore {
         to_offset: i64,
         limit: u32,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        let c = lock(&self.reader);
-        let mut stmt = c
-            .prepare_cached(
-                "SELECT producer_id, first_offset FROM aborted_txns WHERE topic_id = ?1 AND partition = ?2 \
-                 AND last_offset >= ?3 AND first_offset < ?4 ORDER BY first_offset LIMIT ?5",
-            )
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, to_offset, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(unavailable)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT producer_id, first_offset FROM aborted_txns WHERE topic_id = ?1 AND partition = ?2 \
+                     AND last_offset >= ?3 AND first_offset < ?4 ORDER BY first_offset LIMIT ?5",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, to_offset, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
     }
 
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        let mut doomed = Vec::with_capacity(keys.len());
-        {
-            let mut committed = tx.prepare_cached("SELECT 1 FROM objects WHERE key = ?1").map_err(unavailable)?;
-            let mut doom = tx
-                .prepare_cached("INSERT OR IGNORE INTO orphans (key, doomed_ms) VALUES (?1, ?2)")
-                .map_err(unavailable)?;
-            for key in keys {
-                let is_committed = committed.exists([key]).map_err(unavailable)?;
-                if !is_committed {
-                    doom.execute(params![key, now_ms]).map_err(unavailable)?;
+        let keys = keys.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            let mut doomed = Vec::with_capacity(keys.len());
+            {
+                let mut committed = tx.prepare_cached("SELECT 1 FROM objects WHERE key = ?1").map_err(classify)?;
+                let mut doom = tx
+                    .prepare_cached("INSERT OR IGNORE INTO orphans (key, doomed_ms) VALUES (?1, ?2)")
+                    .map_err(classify)?;
+                for key in &keys {
+                    let is_committed = committed.exists([key]).map_err(classify)?;
+                    if !is_committed {
+                        doom.execute(params![key, now_ms]).map_err(classify)?;
+                    }
+                    doomed.push(!is_committed);
                 }
-                doomed.push(!is_committed);
             }
-        }
-        tx.commit().map_err(unavailable)?;
-        Ok(doomed)
+            tx.commit().map_err(classify)?;
+            Ok(doomed)
+        })
     }
 
     fn allocate_producer_id(&self) -> Result<i64, StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_producer_id', '0')", []).map_err(unavailable)?;
-        let id: i64 = tx
-            .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_producer_id'", [], |r| r.get(0))
-            .map_err(unavailable)?;
-        tx.execute("UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'next_producer_id'", [id + 1])
-            .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-        Ok(id)
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_producer_id', '0')", []).map_err(classify)?;
+            let id: i64 = tx
+                .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_producer_id'", [], |r| r.get(0))
+                .map_err(classify)?;
+            tx.execute("UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'next_producer_id'", [id + 1])
+                .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(id)
+        })
     }
 
     fn expire_producers(&self, before_ms: i64) -> Result<(), StoreError> {
-        let c = lock(&self.writer);
-        c.execute(
-            "DELETE FROM producer_states WHERE last_seen_ms < ?1 AND NOT EXISTS (SELECT 1 FROM open_txns o \
-             WHERE o.topic_id = producer_states.topic_id AND o.partition = producer_states.partition \
-             AND o.producer_id = producer_states.producer_id)",
-            [before_ms],
-        )
-        .map_err(unavailable)?;
-        Ok(())
+        self.writer.call(move |c| {
+            c.execute(
+                "DELETE FROM producer_states WHERE last_seen_ms < ?1 AND NOT EXISTS (SELECT 1 FROM open_txns o \
+                 WHERE o.topic_id = producer_states.topic_id AND o.partition = producer_states.partition \
+                 AND o.producer_id = producer_states.producer_id)",
+                [before_ms],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
     }
 
     fn wal_mark(&self, log_id: &str) -> Result<u64, StoreError> {
-        let c = lock(&self.reader);
-        let mark: Option<i64> = c
-            .query_row("SELECT entry_id FROM wal_marks WHERE log_id = ?1", [log_id], |r| r.get(0))
-            .optional()
-            .map_err(unavailable)?;
-        Ok(mark.unwrap_or(0).max(0) as u64)
+        self.readers.with(|c| {
+            let mark: Option<i64> = c
+                .query_row("SELECT entry_id FROM wal_marks WHERE log_id = ?1", [log_id], |r| r.get(0))
+                .optional()
+                .map_err(classify)?;
+            Ok(mark.unwrap_or(0).max(0) as u64)
+        })
     }
 
     fn find_extents(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: u32) -> Result<Vec<ExtentRecord>, StoreError> {
-        let c = lock(&self.reader);
-        let mut stmt = c
-            .prepare_cached(&format!(
-                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 AND extents.end_offset > ?3 \
-                 ORDER BY extents.base_offset LIMIT ?4"
-            ))
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, limit], extent_row)
-            .map_err(unavailable)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 AND extents.end_offset > ?3 \
+                     ORDER BY extents.base_offset LIMIT ?4"
+                ))
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![topic_id.as_bytes().as_slice(), partition, from_offset, limit], extent_row)
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
     }
 
     fn first_extent_at_or_after(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, StoreError> {
-        let c = lock(&self.reader);
-        let mut stmt = c
-            .prepare_cached(&format!(
-                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
-                 AND extents.max_timestamp >= ?3 ORDER BY extents.base_offset LIMIT 1"
-            ))
-            .map_err(unavailable)?;
-        stmt.query_row(params![topic_id.as_bytes().as_slice(), partition, timestamp], extent_row)
-            .optional()
-            .map_err(unavailable)
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
+                     AND extents.max_timestamp >= ?3 ORDER BY extents.base_offset LIMIT 1"
+                ))
+                .map_err(classify)?;
+            stmt.query_row(params![topic_id.as_bytes().as_slice(), partition, timestamp], extent_row)
+                .optional()
+                .map_err(classify)
+        })
     }
 
     fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError> {
-        let c = lock(&self.reader);
-        let mut stmt = c
-            .prepare_cached(&format!(
-                "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
-                 ORDER BY extents.max_timestamp DESC, extents.base_offset ASC LIMIT 1"
-            ))
-            .map_err(unavailable)?;
-        stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)
-            .optional()
-            .map_err(unavailable)
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "{EXTENT_SELECT} WHERE extents.topic_id = ?1 AND extents.partition = ?2 \
+                     ORDER BY extents.max_timestamp DESC, extents.base_offset ASC LIMIT 1"
+                ))
+                .map_err(classify)?;
+            stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)
+                .optional()
+                .map_err(classify)
+        })
     }
 
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
-        let c = lock(&self.reader);
-        let mut stmt = c
-            .prepare(
-                "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
-            )
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(GroupOffsetRecord {
-                    group_id: r.get(0)?,
-                    topic: r.get(1)?,
-                    partition: r.get(2)?,
-                    offset: r.get(3)?,
-                    leader_epoch: r.get(4)?,
-                    metadata: r.get(5)?,
-                    commit_ms: r.get(6)?,
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(GroupOffsetRecord {
+                        group_id: r.get(0)?,
+                        topic: r.get(1)?,
+                        partition: r.get(2)?,
+                        offset: r.get(3)?,
+                        leader_epoch: r.get(4)?,
+                        metadata: r.get(5)?,
+                        commit_ms: r.get(6)?,
+                    })
                 })
-            })
-            .map_err(unavailable)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
     }
 
     fn commit_group_offsets(&self, offsets: &[GroupOffsetRecord]) -> Result<(), StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO group_offsets \
-                     (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(unavailable)?;
-            for o in offsets {
-                upsert
-                    .execute(params![o.group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata, o.commit_ms])
-                    .map_err(unavailable)?;
+        let offsets = offsets.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO group_offsets \
+                         (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(classify)?;
+                for o in &offsets {
+                    upsert
+                        .execute(params![o.group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata, o.commit_ms])
+                        .map_err(classify)?;
+                }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(classify)
+        })
     }
 
     fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError> {
-        let mut c = lock(&self.writer);
-        let tx = c.transaction().map_err(unavailable)?;
-        match partitions {
-            None => {
-                tx.execute("DELETE FROM group_offsets WHERE group_id = ?1", [group_id]).map_err(unavailable)?;
-            }
-            Some(ps) => {
-                let mut delete = tx
-                    .prepare_cached("DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3")
-                    .map_err(unavailable)?;
-                for (t, p) in ps {
-                    delete.execute(params![group_id, t, p]).map_err(unavailable)?;
+        let (group_id, partitions) = (group_id.to_string(), partitions.map(<[_]>::to_vec));
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            match partitions {
+                None => {
+                    tx.execute("DELETE FROM group_offsets WHERE group_id = ?1", [&group_id]).map_err(classify)?;
+                }
+                Some(ps) => {
+                    let mut delete = tx
+                        .prepare_cached("DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3")
+                        .map_err(classify)?;
+                    for (t, p) in &ps {
+                        delete.execute(params![group_id, t, p]).map_err(classify)?;
+                    }
                 }
             }
-        }
-        tx.commit().map_err(unavailable)
+            tx.commit().map_err(classify)
+        })
     }
 }
 
@@ -526,7 +595,7 @@ fn commit_in(
     let doomed: Option<i64> = tx
         .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
         .optional()
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     if doomed.is_some() {
         return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
     }
@@ -538,22 +607,22 @@ fn commit_in(
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
             return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(classify(e)),
     }
     {
         let mut insert = tx
             .prepare_cached(&format!(
                 "INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
             ))
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         let mut advance = tx
             .prepare_cached(
                 "UPDATE partitions SET next_offset = ?4 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?3",
             )
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         for e in extents {
             let id = e.topic_id.as_bytes().as_slice();
-            let moved = advance.execute(params![id, e.partition, e.base_offset, e.end_offset]).map_err(unavailable)?;
+            let moved = advance.execute(params![id, e.partition, e.base_offset, e.end_offset]).map_err(classify)?;
             if moved != 1 {
                 return Err(StoreError::Stale(format!(
                     "partition {}-{} is no longer at offset {}: another writer committed",
@@ -572,7 +641,7 @@ fn commit_in(
                     i64::from(e.batch_count),
                     e.max_timestamp
                 ])
-                .map_err(unavailable)?;
+                .map_err(classify)?;
         }
     }
     for ((pid, topic, partition), state) in producers {
@@ -582,21 +651,21 @@ fn commit_in(
              epoch = excluded.epoch, batches = excluded.batches, last_seen_ms = excluded.last_seen_ms",
             params![pid, topic.as_bytes().as_slice(), partition, state.epoch, encode_batches(&state.batches), state.last_seen_ms],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for o in &txn.opened {
         tx.execute(
             "INSERT OR IGNORE INTO open_txns (topic_id, partition, producer_id, first_offset) VALUES (?1, ?2, ?3, ?4)",
             params![o.topic_id.as_bytes().as_slice(), o.partition, o.producer_id, o.first_offset],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for o in &txn.closed {
         tx.execute(
             "DELETE FROM open_txns WHERE topic_id = ?1 AND partition = ?2 AND producer_id = ?3",
             params![o.topic_id.as_bytes().as_slice(), o.partition, o.producer_id],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     for a in &txn.aborted {
         tx.execute(
@@ -604,11 +673,11 @@ fn commit_in(
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![a.topic_id.as_bytes().as_slice(), a.partition, a.last_offset, a.producer_id, a.first_offset],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     if let Some((id, body)) = &txn.transaction {
         tx.execute("INSERT OR REPLACE INTO transactions (transactional_id, body) VALUES (?1, ?2)", params![id, body])
-            .map_err(unavailable)?;
+            .map_err(classify)?;
     }
     for o in &txn.group_offsets {
         tx.execute(
@@ -617,7 +686,7 @@ fn commit_in(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![o.group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata, o.commit_ms],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     if let Some(w) = wal {
         tx.execute(
@@ -625,7 +694,7 @@ fn commit_in(
              ON CONFLICT (log_id) DO UPDATE SET entry_id = max(entry_id, excluded.entry_id)",
             params![w.log_id, w.entry_id as i64],
         )
-        .map_err(unavailable)?;
+        .map_err(classify)?;
     }
     Ok(())
 }

@@ -340,3 +340,118 @@ fn postgres_lease_has_one_holder_and_fences_the_previous_one() {
     b.release_lease().unwrap();
     assert!(!b.lease_holder().unwrap().unwrap().live);
 }
+
+/// Another connection holding partition `p` of topic `t` locked (`FOR UPDATE`) until the
+/// returned sender is dropped or sent to; then it commits and closes.
+fn hold_partition_lock(url: &str, t: Uuid, p: i32) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked) = std::sync::mpsc::channel::<()>();
+    let url = url.to_string();
+    let holder = std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        tx.query("SELECT 1 FROM partitions WHERE topic_id = $1 AND partition = $2 FOR UPDATE", &[&t.as_bytes().as_slice(), &p])
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = released.recv_timeout(Duration::from_secs(5));
+        tx.commit().unwrap();
+    });
+    locked.recv().unwrap();
+    (release, holder)
+}
+
+#[test]
+fn postgres_statement_past_the_timeout_fails_retriable_with_its_source() {
+    let Some(db) = TestDb::create() else {
+        eprintln!("{POSTGRES_URL_ENV} not set: PostgreSQL statement timeout test skipped");
+        return;
+    };
+    let settings = StoreSettings { statement_timeout_ms: 300, ..StoreSettings::default() };
+    let s = PgStore::open_with(&db.url, &settings).unwrap();
+    s.load("c").unwrap();
+    let t = topic("t", 1);
+    s.create_topic(&t).unwrap();
+    // The commit's partition is locked by another connection for up to 5 s.
+    let (release, holder) = hold_partition_lock(&db.url, t.id, 0);
+    let started = Instant::now();
+    let e = s.commit_object(&object("o1"), &[extent(t.id, 0, 0, 1, "o1", 0)], None, &[], &TxnEffects::default()).unwrap_err();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "the write waited {waited:?}, past its statement timeout");
+    assert!(matches!(e, StoreError::Retry { .. }) && e.is_retriable(), "{e:?}");
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<::postgres::Error>());
+    assert_eq!(source.and_then(|s| s.code()), Some(&::postgres::error::SqlState::QUERY_CANCELED), "the database's error is the source");
+    let text = crate::controller::ControllerError::from(e).to_string();
+    assert!(text.contains("statement timeout"), "the answer carries the cause: {text}");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    // Nothing was written, and the writer's connection goes on.
+    assert_eq!(s.committed_extents("o1").unwrap(), None);
+    s.commit_object(&object("o1"), &[extent(t.id, 0, 0, 1, "o1", 0)], None, &[], &TxnEffects::default()).unwrap();
+}
+
+#[test]
+fn postgres_lease_renews_while_a_write_waits_for_a_lock() {
+    let Some(db) = TestDb::create() else {
+        eprintln!("{POSTGRES_URL_ENV} not set: PostgreSQL lease renewal test skipped");
+        return;
+    };
+    let s = Arc::new(PgStore::open(&db.url).unwrap());
+    s.load("c").unwrap();
+    let t = topic("t", 1);
+    let ttl_ms = 400;
+    s.acquire_lease("a", "127.0.0.1:1", ttl_ms).unwrap().expect("a free lease is taken");
+    s.create_topic(&t).unwrap();
+    let (release, holder) = hold_partition_lock(&db.url, t.id, 0);
+    let w = s.clone();
+    let write = std::thread::spawn(move || {
+        w.commit_object(&object("o1"), &[extent(t.id, 0, 0, 1, "o1", 0)], None, &[], &TxnEffects::default())
+    });
+    // The write waits for the lock for three leases' time; the lease is renewed all along.
+    let until = Instant::now() + Duration::from_millis(3 * ttl_ms);
+    while Instant::now() < until {
+        let started = Instant::now();
+        assert!(s.renew_lease(ttl_ms).unwrap(), "the lease was lost while a write waited");
+        assert!(started.elapsed() < Duration::from_millis(ttl_ms / 2), "a renewal waited {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(ttl_ms / 4));
+    }
+    assert!(!write.is_finished(), "the write still waits for the lock");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    write.join().unwrap().expect("the write commits once the lock is free: the lease is still ours");
+    assert!(s.committed_extents("o1").unwrap().is_some());
+}
+
+#[test]
+fn sqlite_write_past_the_busy_timeout_fails_retriable_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let settings = StoreSettings { statement_timeout_ms: 200, ..StoreSettings::default() };
+    let s = SqliteStore::open_with(&path, &settings).unwrap();
+    s.load("c").unwrap();
+    // Another connection holds the write lock.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let e = s.create_topic(&topic("t", 1)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(e, StoreError::Retry { .. }), "{e:?}");
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<rusqlite::Error>());
+    assert_eq!(source.and_then(|s| s.sqlite_error_code()), Some(rusqlite::ErrorCode::DatabaseBusy), "SQLite's error is the source");
+    assert!(e.report().contains("locked"), "{}", e.report());
+    other.execute_batch("COMMIT").unwrap();
+    s.create_topic(&topic("t", 1)).unwrap();
+    // Reads go on meanwhile, through the reader pool.
+    assert_eq!(s.wal_mark("w").unwrap(), 0);
+}
+
+#[test]
+fn store_errors_are_sorted_and_answer_with_their_causes() {
+    let retry = StoreError::retry(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer"));
+    assert!(retry.is_retriable());
+    let text = crate::controller::ControllerError::from(retry).to_string();
+    assert!(text.contains("reset by peer") && !text.contains("internal"), "{text}");
+    let bug = StoreError::internal("PostgreSQL", Some("syntax error at or near \"SELEC\"".into()));
+    assert!(!bug.is_retriable());
+    let text = crate::controller::groups::GroupError::from(bug).to_string();
+    assert!(text.contains("internal") && text.contains("syntax error"), "{text}");
+}
