@@ -284,6 +284,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         uploader,
         wal,
         hand_offs: Default::default(),
+        txn_unflushed: Default::default(),
         fetch_sessions: crate::agent::fetch_session::FetchSessions::new(
             crate::agent::fetch_session::FETCH_SESSIONS_MAX,
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
@@ -305,8 +306,10 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         .local_addr()
         .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
     tokio::spawn(crate::health::serve(metrics_listener, shutdown.clone()));
-    let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
+    // Logged before the first connection can be answered: whoever waits for the Kafka port finds
+    // the metrics address in the log once it is up.
     tracing::info!(%local_addr, %metrics_addr, "sidestream agent listening");
+    let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
     Ok(RunningServer {
         local_addr,
         metrics_addr,

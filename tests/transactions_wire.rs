@@ -175,3 +175,49 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
     assert!(f.responses[0].partitions[0].aborted_transactions.is_none());
     server.shutdown().await;
 }
+
+/// acks=1 transactional data still in the upload buffer when EndTxn arrives: the markers are
+/// sealed after it and committed after it (one path for data and markers), so the data is
+/// committed inside the transaction and read_committed sees it; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_1_data_before_end_txn_is_committed_before_its_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SIDESTREAM_AGENT_LISTEN", "127.0.0.1:0"),
+        ("SIDESTREAM_AGENT_DATA_DIR", dir.path().to_str().unwrap()),
+        ("SIDESTREAM_METRICS_LISTEN", "127.0.0.1:0"),
+        // Long enough that the data is still buffered when EndTxn comes.
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "2000"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let server = sidestream::server::start(&Config::load(None, env).unwrap()).await.unwrap();
+    let mut c = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        create_topics_request::CreatableTopic::default().with_name(TopicName(s("t"))).with_num_partitions(1).with_replication_factor(1),
+    ]);
+    assert_eq!(c.call(7, &create).await.topics[0].error_code, 0);
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(s("app"))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let r = c.call(4, &init).await;
+    assert_eq!(r.error_code, 0);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+    let r = c.call(3, &add_v3("app", pid, epoch, "t", vec![0])).await;
+    assert_eq!(r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 0);
+    let p = c.call(9, &produce("t", 0, txn_batch(pid, epoch, 0, 3), "app").with_acks(1)).await;
+    assert_eq!((p.responses[0].partition_responses[0].error_code, p.responses[0].partition_responses[0].base_offset), (0, -1));
+    assert_eq!(c.call(3, &end("app", pid, epoch, true)).await.error_code, 0);
+    // EndTxn answered once the markers were committed: the data is before them.
+    let f = c.call(12, &fetch("t", 1)).await;
+    let part = &f.responses[0].partitions[0];
+    assert_eq!((part.error_code, part.high_watermark, part.last_stable_offset), (0, 4, 4));
+    let records = part.records.as_ref().expect("the committed transaction");
+    let batches: Vec<_> = records::batches(records).collect();
+    assert_eq!(batches.len(), 2, "the data batch, then the marker");
+    assert!(!batches[0].1.is_control() && batches[0].1.producer_id == pid);
+    assert_eq!(records::marker_kind(&records[batches[1].0..]), Some(true));
+    assert_eq!(server.agent.uploader.losses().batches(), 0, "no acknowledged batch lost");
+    server.shutdown().await;
+}

@@ -64,6 +64,8 @@ pub struct Agent {
     pub wal: Wal,
     /// Produce requests not yet handed to the uploader; shutdown waits for them.
     pub hand_offs: HandOffs,
+    /// Producers whose EndTxn must first wait for their acks=0/1 batches' commit.
+    pub txn_unflushed: txn::UnflushedProducers,
     /// Fetch sessions (KIP-227) of the agent's consumers.
     pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
 }

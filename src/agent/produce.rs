@@ -79,6 +79,11 @@ impl Agent {
         let accepted: Vec<usize> = (0..batches.len()).filter(|&i| results[i].is_ok()).collect();
         let mut batches: Vec<Option<ProduceBatch>> = batches.into_iter().map(Some).collect();
         let items: Vec<GroupItem> = accepted.iter().filter_map(|&i| batches[i].take()).map(|b| b.item).collect();
+        if acks != -1 {
+            for item in items.iter().filter(|i| i.header.is_transactional()) {
+                self.txn_unflushed.insert(item.header.producer_id);
+            }
+        }
         if let Some(turn) = turn.as_mut() {
             turn.wait().await;
         }

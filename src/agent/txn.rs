@@ -34,6 +34,36 @@ const MARKERS_WAIT: Duration = Duration::from_secs(30);
 /// (CONCURRENT_TRANSACTIONS): one abort, one more for a concurrent retry.
 const FINISH_ATTEMPTS_MAX: usize = 3;
 
+/// Producers (ids) with transactional batches accepted with acks=0/1, whose commit may still
+/// be under way: their EndTxn first waits for the uploader ([`Uploader::barrier`]), so those
+/// batches are committed while the transaction is still ongoing. Bounded: past
+/// [`UNFLUSHED_PRODUCERS_MAX`] every EndTxn waits.
+#[derive(Debug, Default)]
+pub struct UnflushedProducers {
+    ids: std::sync::Mutex<std::collections::HashSet<i64>>,
+    overflowed: std::sync::atomic::AtomicBool,
+}
+
+/// Producer ids remembered by [`UnflushedProducers`].
+const UNFLUSHED_PRODUCERS_MAX: usize = 65_536;
+
+impl UnflushedProducers {
+    pub fn insert(&self, producer_id: i64) {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.len() < UNFLUSHED_PRODUCERS_MAX {
+            ids.insert(producer_id);
+        } else if !ids.contains(&producer_id) {
+            self.overflowed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `producer_id` may have such batches (and forgets it).
+    fn take(&self, producer_id: i64) -> bool {
+        let removed = self.ids.lock().unwrap_or_else(|p| p.into_inner()).remove(&producer_id);
+        removed || self.overflowed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Why a transaction call failed.
 #[derive(Debug, Clone)]
 pub enum TxnError {
@@ -46,9 +76,14 @@ pub enum TxnError {
 }
 
 impl Agent {
-    /// EndTxn: the coordinator moves the transaction to Prepare*, then its markers are written
-    /// and committed. A repeated EndTxn whose outcome is already complete is Ok.
+    /// EndTxn: this agent's acks=0/1 batches of the producer committed first, then the
+    /// coordinator moves the transaction to Prepare*, then its markers are written and committed. A repeated EndTxn whose outcome is already complete is Ok.
     pub async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<(), TxnError> {
+        // The producer's acks=0/1 batches of this transaction may still be on their way to a
+        // commit: once the transaction is no longer ongoing, the controller would refuse them.
+        if self.txn_unflushed.take(producer_id) {
+            self.uploader.barrier(Instant::now() + MARKERS_WAIT).await.map_err(TxnError::Markers)?;
+        }
         let end = self.controller.end_txn(transactional_id, producer_id, epoch, commit).await.map_err(TxnError::Coordinator)?;
         let Some(end) = end else { return Ok(()) };
         self.uploader.write_markers(&end, Instant::now() + MARKERS_WAIT).await.map_err(|e| {

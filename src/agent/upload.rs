@@ -142,6 +142,8 @@ enum Msg {
     Flush,
     /// Seal what is buffered now and stop; answered when everything is committed.
     Close(oneshot::Sender<()>),
+    /// Seal what is buffered now; answered once every object sealed so far is committed.
+    Barrier(oneshot::Sender<()>),
     /// A transaction's markers: sealed as an object of their own after what is buffered now,
     /// so they are committed after every batch this agent accepted before them.
     Markers(TxnEnd, oneshot::Sender<Result<(), AgentError>>),
@@ -254,6 +256,18 @@ impl Uploader {
         }
     }
 
+    /// Seals the buffered batches and waits (until `deadline`) until every object sealed so
+    /// far is committed or given up: what this agent accepted before is in the log after it.
+    pub async fn barrier(&self, deadline: Instant) -> Result<(), AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Barrier(tx)).map_err(|_| AgentError::ShuttingDown)?;
+        match timeout_at(deadline, rx).await {
+            Err(_) => Err(AgentError::Timeout),
+            Ok(Err(_)) => Err(AgentError::ShuttingDown),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
     /// Seals the buffered batches into an object now (recovery does not wait for the timer).
     pub fn flush(&self) {
         let _ = self.tx.send(Msg::Flush);
@@ -282,6 +296,13 @@ struct Waiter {
     /// Already acknowledged (a WAL entry's batch): a refusal loses acknowledged data.
     acknowledged: bool,
     _permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// What the committer takes, in seal order.
+enum Queued {
+    Object(Sealed),
+    /// Answered when every object queued before it is committed (or given up).
+    Barrier(oneshot::Sender<()>),
 }
 
 struct Sealed {
@@ -336,7 +357,7 @@ impl OpenObject {
 
 async fn run_flusher(
     mut rx: mpsc::UnboundedReceiver<Msg>,
-    sealed_tx: mpsc::Sender<Sealed>,
+    sealed_tx: mpsc::Sender<Queued>,
     settings: UploadSettings,
     deps: Arc<UploadDeps>,
     committer: JoinHandle<()>,
@@ -361,6 +382,10 @@ async fn run_flusher(
                 }
             }
             Some(Msg::Flush) => seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await,
+            Some(Msg::Barrier(done)) => {
+                seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                let _ = sealed_tx.send(Queued::Barrier(done)).await;
+            }
             Some(Msg::Markers(end, reply)) => {
                 seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
                 seal_markers(end, reply, &sealed_tx, &settings, &deps).await;
@@ -376,7 +401,7 @@ async fn run_flusher(
             Msg::Markers(_, reply) => {
                 let _ = reply.send(Err(AgentError::ShuttingDown));
             }
-            Msg::Flush | Msg::Close(_) => {}
+            Msg::Flush | Msg::Close(_) | Msg::Barrier(_) => {}
         }
     }
     seal(open, &sealed_tx, &settings, &deps).await;
@@ -388,7 +413,7 @@ async fn run_flusher(
 }
 
 /// Builds the object, starts its PUT, queues it for commit (waits if too many are in flight).
-async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &UploadSettings, deps: &Arc<UploadDeps>) {
+async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Queued>, settings: &UploadSettings, deps: &Arc<UploadDeps>) {
     if open.groups.is_empty() {
         return;
     }
@@ -432,7 +457,7 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Sealed>, settings: &Upl
 async fn seal_markers(
     end: TxnEnd,
     reply: oneshot::Sender<Result<(), AgentError>>,
-    sealed_tx: &mpsc::Sender<Sealed>,
+    sealed_tx: &mpsc::Sender<Queued>,
     settings: &UploadSettings,
     deps: &Arc<UploadDeps>,
 ) {
@@ -452,8 +477,8 @@ async fn seal_markers(
 }
 
 /// Hands a sealed object to the committer (waits if too many are in flight).
-async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Sealed>) {
-    if let Err(mpsc::error::SendError(s)) = sealed_tx.send(sealed).await {
+async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Queued>) {
+    if let Err(mpsc::error::SendError(Queued::Object(s))) = sealed_tx.send(Queued::Object(sealed)).await {
         if let Some(put) = s.put {
             put.abort();
         }
@@ -511,7 +536,7 @@ async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes) {
 }
 
 async fn run_committer(
-    mut sealed_rx: mpsc::Receiver<Sealed>,
+    mut sealed_rx: mpsc::Receiver<Queued>,
     deps: Arc<UploadDeps>,
     settings: UploadSettings,
     committed_wal: watch::Sender<u64>,
@@ -526,7 +551,14 @@ async fn run_committer(
     );
     // Every WAL entry <= mark is committed (or, loudly, given up).
     let mut mark = settings.wal_start_mark;
-    while let Some(mut s) = sealed_rx.recv().await {
+    while let Some(queued) = sealed_rx.recv().await {
+        let mut s = match queued {
+            Queued::Object(s) => s,
+            Queued::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         // The mark this commit makes true: the object's last entry if its entries directly
         // follow the mark, else (an invariant broken: never seen) the mark as it is.
         let (contiguous, commit_mark) = match s.wal_entries {

@@ -627,6 +627,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertised: String::new(),
             store: StoreUrl::Sqlite(dir.path().join("controller.db")),
+            store_settings: crate::controller::store::StoreSettings::default(),
             token: None,
             failover_ms: 5000,
             agent_lease_ms: 10_000,

@@ -452,6 +452,6 @@ fn store_errors_are_sorted_and_answer_with_their_causes() {
     assert!(text.contains("reset by peer") && !text.contains("internal"), "{text}");
     let bug = StoreError::internal("PostgreSQL", Some("syntax error at or near \"SELEC\"".into()));
     assert!(!bug.is_retriable());
-    let text = crate::controller::groups::GroupError::from(bug).to_string();
+    let text = crate::api::groups::GroupError::from(bug).to_string();
     assert!(text.contains("internal") && text.contains("syntax error"), "{text}");
 }
