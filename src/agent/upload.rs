@@ -300,7 +300,7 @@ struct Waiter {
 
 /// What the committer takes, in seal order.
 enum Queued {
-    Object(Sealed),
+    Object(Box<Sealed>),
     /// Answered when every object queued before it is committed (or given up).
     Barrier(oneshot::Sender<()>),
 }
@@ -478,7 +478,7 @@ async fn seal_markers(
 
 /// Hands a sealed object to the committer (waits if too many are in flight).
 async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Queued>) {
-    if let Err(mpsc::error::SendError(Queued::Object(s))) = sealed_tx.send(Queued::Object(sealed)).await {
+    if let Err(mpsc::error::SendError(Queued::Object(s))) = sealed_tx.send(Queued::Object(Box::new(sealed))).await {
         if let Some(put) = s.put {
             put.abort();
         }
@@ -553,7 +553,7 @@ async fn run_committer(
     let mut mark = settings.wal_start_mark;
     while let Some(queued) = sealed_rx.recv().await {
         let mut s = match queued {
-            Queued::Object(s) => s,
+            Queued::Object(s) => *s,
             Queued::Barrier(done) => {
                 let _ = done.send(());
                 continue;

@@ -487,7 +487,7 @@ impl ControllerClient for Remote {
     async fn call(&self, call: Call) -> Reply {
         let lookup = matches!(call, Call::FindExtents { .. } | Call::ExtentForTimestamp { .. } | Call::ExtentWithMaxTimestamp { .. });
         if lookup {
-            if let Some(reply) = self.from_index_cache(&call) {
+            if let Some(reply) = self.answer_from_index_cache(&call) {
                 self.0.lookups_cached.inc();
                 return reply;
             }
@@ -506,7 +506,7 @@ impl ControllerClient for Remote {
 impl Remote {
     /// An index lookup the cache can answer (given the partition's offsets as this agent knows
     /// them): what the controller would have answered.
-    fn from_index_cache(&self, call: &Call) -> Option<Reply> {
+    fn answer_from_index_cache(&self, call: &Call) -> Option<Reply> {
         let c = &self.0.extents;
         match *call {
             Call::FindExtents { topic_id, partition, from_offset, max_bytes } => {
