@@ -13,8 +13,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, DescribeGroupsRequest, GroupId, ListOffsetsRequest,
-    OffsetFetchRequest, RequestHeader, ResponseHeader, TopicName,
+    ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, DescribeGroupsRequest, GroupId, ListOffsetsRequest, OffsetFetchRequest,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -133,7 +133,10 @@ async fn describe(bootstrap: &str, group: &str) -> Result<GroupReport, AdminErro
             if let Ok(a) = ConsumerProtocolAssignment::decode(&mut b, version.clamp(0, 3)) {
                 for tp in a.assigned_partitions {
                     for p in tp.partitions {
-                        owners.insert((tp.topic.0.to_string(), p), (m.member_id.to_string(), m.client_id.to_string(), m.client_host.to_string()));
+                        owners.insert(
+                            (tp.topic.0.to_string(), p),
+                            (m.member_id.to_string(), m.client_id.to_string(), m.client_host.to_string()),
+                        );
                     }
                 }
             }
@@ -187,7 +190,9 @@ async fn describe(bootstrap: &str, group: &str) -> Result<GroupReport, AdminErro
                 .iter()
                 .map(|(t, ps)| {
                     ListOffsetsTopic::default().with_name(TopicName(StrBytes::from_string(t.clone()))).with_partitions(
-                        ps.iter().map(|p| ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(LATEST_TIMESTAMP)).collect(),
+                        ps.iter()
+                            .map(|p| ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(LATEST_TIMESTAMP))
+                            .collect(),
                     )
                 })
                 .collect(),
@@ -221,11 +226,9 @@ async fn describe(bootstrap: &str, group: &str) -> Result<GroupReport, AdminErro
 /// The report as kafka-consumer-groups.sh --describe prints it.
 pub fn render(r: &GroupReport) -> String {
     let dash = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-    let mut lines = vec![
-        format!("Group {} ({} protocol): {}, {} member(s)", r.group, r.group_type, r.state, r.members),
-        String::new(),
-    ];
-    let mut table = vec![["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "MEMBER-ID", "HOST", "CLIENT-ID"].map(String::from)];
+    let mut lines = vec![format!("Group {} ({} protocol): {}, {} member(s)", r.group, r.group_type, r.state, r.members), String::new()];
+    let mut table =
+        vec![["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "MEMBER-ID", "HOST", "CLIENT-ID"].map(String::from)];
     for row in &r.rows {
         let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
         table.push([

@@ -455,7 +455,10 @@ pub enum ObjectStoreUrl {
     Local(PathBuf),
     Memory,
     /// `s3://bucket/root`: the bucket, and the path every key lives under (may be empty).
-    S3 { bucket: String, root: String },
+    S3 {
+        bucket: String,
+        root: String,
+    },
 }
 
 /// Where the controller's metadata lives, parsed from `[controller] store`.
@@ -491,10 +494,7 @@ fn is_tool_variable(var: &str) -> bool {
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
     /// from `env`, validates and creates `data_dir`.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let file_name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
         let mut table: toml::Table = match path {
             None => toml::Table::new(),
@@ -543,17 +543,9 @@ impl Config {
     }
 
     fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, reason: String| ConfigError {
-            source_name: source_name.to_string(),
-            key: key.to_string(),
-            reason,
-        };
+        let err = |key: &str, reason: String| ConfigError { source_name: source_name.to_string(), key: key.to_string(), reason };
         let range = |key: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                Err(err(key, format!("{v} is outside {lo}..={hi}")))
-            } else {
-                Ok(())
-            }
+            if v < lo || v > hi { Err(err(key, format!("{v} is outside {lo}..={hi}"))) } else { Ok(()) }
         };
         range("upload.flush_interval_ms", self.upload.flush_interval_ms, 1, 60_000)?;
         range("metrics.health_probe_interval_ms", self.metrics.health_probe_interval_ms, 100, 3_600_000)?;
@@ -616,7 +608,12 @@ impl Config {
         range("groups.max_members_per_group", g.max_members_per_group as u64, 1, 100_000)?;
         range("groups.max_offset_metadata_bytes", g.max_offset_metadata_bytes as u64, 0, 1 << 20)?;
         range("groups.consumer_session_timeout_ms", g.consumer_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;
-        range("groups.consumer_heartbeat_interval_ms", g.consumer_heartbeat_interval_ms.max(0) as u64, 1, g.consumer_session_timeout_ms.max(1) as u64)?;
+        range(
+            "groups.consumer_heartbeat_interval_ms",
+            g.consumer_heartbeat_interval_ms.max(0) as u64,
+            1,
+            g.consumer_session_timeout_ms.max(1) as u64,
+        )?;
         if self.agent.node_id < 0 {
             return Err(err("agent.node_id", "must not be negative".into()));
         }
@@ -652,8 +649,7 @@ impl Config {
         }
         let store = self.store_url().map_err(|r| err("controller.store", r))?;
         let dir = &self.agent.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
         let probe = dir.join(".write-probe");
         match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
             Ok(()) => {}
@@ -667,9 +663,7 @@ impl Config {
         if let StoreUrl::Sqlite(db) = &store
             && let Some(parent) = db.parent()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                err("controller.store", format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent).map_err(|e| err("controller.store", format!("cannot create {}: {e}", parent.display())))?;
         }
         Ok(())
     }
@@ -685,9 +679,7 @@ impl Config {
             ));
         }
         if self.agent.cluster_mode && matches!(self.object_store_url(), Ok(ObjectStoreUrl::Local(_) | ObjectStoreUrl::Memory)) {
-            out.push(
-                "cluster mode with a local object store: the other agents cannot read this agent's objects (use s3://)".into(),
-            );
+            out.push("cluster mode with a local object store: the other agents cannot read this agent's objects (use s3://)".into());
         }
         out
     }
@@ -716,9 +708,7 @@ impl Config {
                 let bucket_ok = (3..=63).contains(&bucket.len())
                     && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
                 if !bucket_ok {
-                    return Err(format!(
-                        "{url:?}: bucket {bucket:?} is not a valid bucket name (3-63 of a-z, 0-9, '-', '.')"
-                    ));
+                    return Err(format!("{url:?}: bucket {bucket:?} is not a valid bucket name (3-63 of a-z, 0-9, '-', '.')"));
                 }
                 let root = root.trim_matches('/');
                 if !root.is_empty() && !crate::format::object::valid_key(root) {
@@ -757,20 +747,13 @@ fn parse_host_port(s: &str) -> Result<(String, i32), String> {
 /// Applies `SIDESTREAM_<SECTION>_<KEY>` variables to `table`. A value is parsed as the type the
 /// key has in the defaults (integer, boolean), and kept as a string otherwise. Returns the dotted
 /// keys it set with the variable that set them, so errors can name the variable.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<(String, String)>, ConfigError> {
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<(String, String)>, ConfigError> {
     let defaults = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
     let mut set = Vec::new();
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
         let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS
-            .iter()
-            .filter(|s| rest.starts_with(&format!("{s}_")))
-            .max_by_key(|s| s.len())
-        else {
+        let Some(section) = SECTIONS.iter().filter(|s| rest.starts_with(&format!("{s}_"))).max_by_key(|s| s.len()) else {
             if is_tool_variable(&var) {
                 continue;
             }
@@ -782,30 +765,23 @@ fn apply_env(
             return Err(ConfigError { source_name: format!("environment variable {var}"), key: rest, reason });
         };
         let key = &rest[section.len() + 1..];
-        let bad = |reason: String| ConfigError {
-            source_name: format!("environment variable {var}"),
-            key: format!("{section}.{key}"),
-            reason,
-        };
+        let bad =
+            |reason: String| ConfigError { source_name: format!("environment variable {var}"), key: format!("{section}.{key}"), reason };
         let value = match defaults.get(section).and_then(|s| s.get(key)) {
-            Some(toml::Value::Integer(_)) => toml::Value::Integer(
-                raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not an integer")))?,
-            ),
-            Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
-                raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not true or false")))?,
-            ),
-            // Lists (e.g. controller.addresses): comma-separated.
-            Some(toml::Value::Array(_)) => toml::Value::Array(
-                raw.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| toml::Value::String(a.into())).collect(),
-            ),
-            Some(toml::Value::Float(_)) => {
-                toml::Value::Float(raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not a number")))?)
+            Some(toml::Value::Integer(_)) => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not an integer")))?)
             }
+            Some(toml::Value::Boolean(_)) => {
+                toml::Value::Boolean(raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not true or false")))?)
+            }
+            // Lists (e.g. controller.addresses): comma-separated.
+            Some(toml::Value::Array(_)) => {
+                toml::Value::Array(raw.split(',').map(str::trim).filter(|a| !a.is_empty()).map(|a| toml::Value::String(a.into())).collect())
+            }
+            Some(toml::Value::Float(_)) => toml::Value::Float(raw.trim().parse().map_err(|_| bad(format!("{raw:?} is not a number")))?),
             _ => toml::Value::String(raw.clone()),
         };
-        let section_table = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let section_table = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
         match section_table {
             toml::Value::Table(t) => {
                 t.insert(key.to_string(), value);
@@ -838,8 +814,7 @@ mod tests {
         // The test tools' own variables pass.
         let d = tempfile::tempdir().unwrap();
         let d = d.path().to_str().unwrap();
-        Config::load(None, env(&[("SIDESTREAM_BIN", "x"), ("SIDESTREAM_TEST_SEED", "1"), ("SIDESTREAM_AGENT_DATA_DIR", d)]))
-            .unwrap();
+        Config::load(None, env(&[("SIDESTREAM_BIN", "x"), ("SIDESTREAM_TEST_SEED", "1"), ("SIDESTREAM_AGENT_DATA_DIR", d)])).unwrap();
     }
 
     #[test]
@@ -924,10 +899,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(
-            cfg.object_store_url().unwrap(),
-            ObjectStoreUrl::S3 { bucket: "my-bucket".into(), root: "kafka/prod".into() }
-        );
+        assert_eq!(cfg.object_store_url().unwrap(), ObjectStoreUrl::S3 { bucket: "my-bucket".into(), root: "kafka/prod".into() });
         assert!(cfg.object_store.path_style);
         assert_eq!(cfg.object_store.orphan_grace_ms, 1000);
         assert!(!format!("{cfg:?}").contains("secret\""), "the secret key is never printed");
@@ -973,26 +945,17 @@ mod tests {
         assert_eq!(e.key, "upload.flush_bytes");
         assert_eq!(e.source_name, "environment variable SIDESTREAM_UPLOAD_FLUSH_BYTES");
 
-        let e = Config::load(None, env(&[("SIDESTREAM_AGENT_LISTEN", "nope"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]))
-            .unwrap_err();
+        let e = Config::load(None, env(&[("SIDESTREAM_AGENT_LISTEN", "nope"), ("SIDESTREAM_AGENT_DATA_DIR", &d)])).unwrap_err();
         assert_eq!(e.source_name, "environment variable SIDESTREAM_AGENT_LISTEN");
 
         let e = Config::load(None, env(&[("SIDESTREAM_AGENT_DATA_DIR", "/proc/nope/data")])).unwrap_err();
         assert_eq!(e.key, "agent.data_dir");
 
-        let e = Config::load(
-            None,
-            env(&[("SIDESTREAM_OBJECT_STORE_URL", "s3://B_ad/p"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]),
-        )
-        .unwrap_err();
+        let e = Config::load(None, env(&[("SIDESTREAM_OBJECT_STORE_URL", "s3://B_ad/p"), ("SIDESTREAM_AGENT_DATA_DIR", &d)])).unwrap_err();
         assert_eq!(e.key, "object_store.url");
         assert!(e.reason.contains("not a valid bucket name"), "{e}");
 
-        let e = Config::load(
-            None,
-            env(&[("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", "k"), ("SIDESTREAM_AGENT_DATA_DIR", &d)]),
-        )
-        .unwrap_err();
+        let e = Config::load(None, env(&[("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", "k"), ("SIDESTREAM_AGENT_DATA_DIR", &d)])).unwrap_err();
         assert_eq!(e.key, "object_store.access_key_id");
 
         std::fs::write(&path, "[agent\n").unwrap();

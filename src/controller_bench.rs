@@ -15,10 +15,10 @@ use tonic::transport::Endpoint;
 use crate::api::calls::{self, Call, Reply};
 use crate::api::rpc::{self, GrpcClient};
 use crate::api::{CommitRequest, CreateTopic};
-use crate::controller::service::{ServiceSettings, start};
-use crate::format::object::ExtentInfo;
 use crate::clock::{SeededEntropy, SystemClock};
 use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
+use crate::controller::service::{ServiceSettings, start};
+use crate::format::object::ExtentInfo;
 
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -84,9 +84,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
     let end_at = start_at + s.duration;
     let mut tasks = Vec::new();
     for a in 0..s.agents {
-        let mut client = GrpcClient::new(
-            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?.connect_lazy(),
-        );
+        let mut client = GrpcClient::new(Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?.connect_lazy());
         let topic_id = topic.id;
         let partitions = s.partitions;
         tasks.push(tokio::spawn(async move {

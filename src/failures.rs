@@ -99,8 +99,16 @@ fn log() -> &'static RateLimitedLog {
 pub fn record(op: Op, code: i16, detail: &str) {
     let name = error_name(code);
     let counter = match op {
-        Op::Produce => metrics::counter("sidestream_produce_errors_total", "Produce partitions answered with an error, by Kafka error name.", &[("error", &name)]),
-        Op::Fetch => metrics::counter("sidestream_fetch_errors_total", "Fetch partitions answered with an error, by Kafka error name.", &[("error", &name)]),
+        Op::Produce => metrics::counter(
+            "sidestream_produce_errors_total",
+            "Produce partitions answered with an error, by Kafka error name.",
+            &[("error", &name)],
+        ),
+        Op::Fetch => metrics::counter(
+            "sidestream_fetch_errors_total",
+            "Fetch partitions answered with an error, by Kafka error name.",
+            &[("error", &name)],
+        ),
     };
     counter.inc();
     let cause = format!("{}/{name}", op.name());

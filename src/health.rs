@@ -65,10 +65,8 @@ pub fn is_ok(name: &str) -> bool {
 pub fn readiness() -> (bool, String) {
     let table = checks().lock().unwrap_or_else(|p| p.into_inner());
     let ready = table.values().all(|c| c.ok);
-    let detail: serde_json::Map<String, serde_json::Value> = table
-        .iter()
-        .map(|(name, c)| (name.to_string(), serde_json::json!({ "ok": c.ok, "reason": c.reason })))
-        .collect();
+    let detail: serde_json::Map<String, serde_json::Value> =
+        table.iter().map(|(name, c)| (name.to_string(), serde_json::json!({ "ok": c.ok, "reason": c.reason }))).collect();
     (ready, serde_json::json!({ "ready": ready, "checks": detail }).to_string())
 }
 

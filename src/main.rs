@@ -159,17 +159,11 @@ fn controller_bench(stores: Vec<String>, agents: Vec<usize>, seconds: u64, parti
         };
         let kind = url.split(':').next().unwrap_or("?");
         for &n in &agents {
-            let settings = BenchSettings {
-                store: store.clone(),
-                agents: n,
-                duration: std::time::Duration::from_secs(seconds),
-                partitions,
-            };
+            let settings = BenchSettings { store: store.clone(), agents: n, duration: std::time::Duration::from_secs(seconds), partitions };
             match runtime.block_on(run(&settings)) {
-                Ok(r) => println!(
-                    "{kind}\t{n}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}",
-                    r.commits, r.commits_per_sec, r.p50_ms, r.p99_ms, r.max_ms
-                ),
+                Ok(r) => {
+                    println!("{kind}\t{n}\t{}\t{:.0}\t{:.2}\t{:.2}\t{:.2}", r.commits, r.commits_per_sec, r.p50_ms, r.p99_ms, r.max_ms)
+                }
                 Err(e) => {
                     eprintln!("sidestream controller-bench: {kind} with {n} agents: {e}");
                     return ExitCode::FAILURE;
@@ -231,7 +225,11 @@ struct Signals {
 impl Signals {
     fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
     /// Tells systemd `ready` (sd_notify), then waits for SIGTERM or SIGINT. SIGHUP (systemd's

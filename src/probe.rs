@@ -73,11 +73,9 @@ pub fn register_disk_gauges(dir: PathBuf) {
         "Bytes available to the agent on the filesystem of its data dir.",
         move || fs_space(&free_dir).map(|(free, _)| vec![(Vec::new(), free)]).unwrap_or_default(),
     );
-    crate::metrics::gauges(
-        "sidestream_data_dir_size_bytes",
-        "Size in bytes of the filesystem of the agent's data dir.",
-        move || fs_space(&size_dir).map(|(_, size)| vec![(Vec::new(), size)]).unwrap_or_default(),
-    );
+    crate::metrics::gauges("sidestream_data_dir_size_bytes", "Size in bytes of the filesystem of the agent's data dir.", move || {
+        fs_space(&size_dir).map(|(_, size)| vec![(Vec::new(), size)]).unwrap_or_default()
+    });
 }
 
 /// (available bytes, total bytes) of the filesystem holding `dir`.

@@ -12,16 +12,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::cache::{self, CacheSettings, ReadCache};
+use crate::agent::client::remote::{Remote, RemoteSettings};
+use crate::agent::client::{ControllerClient, InProcess};
 use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
 use crate::agent::txn::TxnTimer;
-use crate::agent::cache::{self, CacheSettings, ReadCache};
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
 use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
-use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
-use crate::agent::client::remote::{Remote, RemoteSettings};
-use crate::agent::client::{ControllerClient, InProcess};
 use crate::api::ControllerError;
+use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
 use crate::config::{Config, ControllerMode, ObjectStoreUrl};
 use crate::controller::Controller;
 use crate::controller::store::StoreSettings;
@@ -108,7 +108,11 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
             "Consumer lag per group and partition: high watermark minus committed offset.",
             service.lag_source(),
         );
-        crate::metrics::gauges("sidestream_controller_active", "1 while this controller replica is the active one.", service.active_source());
+        crate::metrics::gauges(
+            "sidestream_controller_active",
+            "1 while this controller replica is the active one.",
+            service.active_source(),
+        );
         tokio::spawn(crate::health::serve(listener, service.stopped()));
         tracing::info!(%metrics_addr, "controller metrics listening");
     }
@@ -302,9 +306,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let metrics_listener = TcpListener::bind(config.metrics.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.metrics.listen, source })?;
     tokio::spawn(crate::health::serve(metrics_listener, shutdown.clone()));
     // Logged before the first connection can be answered: whoever waits for the Kafka port finds
     // the metrics address in the log once it is up.
@@ -440,8 +442,10 @@ impl RunningServer {
             tracing::error!(timeout = ?self.shutdown_timeout,
                 "shutdown timed out with uncommitted data (kept in the WAL: the next start replays it)");
         } else if lost > 0 {
-            tracing::error!(lost_batches = lost,
-                "shutdown complete, but acknowledged batches could not be committed during this run (see the errors above)");
+            tracing::error!(
+                lost_batches = lost,
+                "shutdown complete, but acknowledged batches could not be committed during this run (see the errors above)"
+            );
         } else {
             tracing::info!("shutdown complete: every accepted batch is committed");
         }
@@ -496,7 +500,6 @@ fn wrap_object_store(
     entropy: Arc<dyn Entropy>,
 ) -> Arc<dyn ObjectStore> {
     let metered: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(backend, metrics));
-    let policy =
-        RetryPolicy { deadline: Duration::from_millis(config.object_store.retry_deadline_ms), ..RetryPolicy::default() };
+    let policy = RetryPolicy { deadline: Duration::from_millis(config.object_store.retry_deadline_ms), ..RetryPolicy::default() };
     Arc::new(RetryingStore::new(metered, policy, entropy))
 }

@@ -48,7 +48,10 @@ async fn shutdown_answers_waiting_joins() {
     let mut a = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
     let joined = a.call(3, &join_v3("sd", "")).await;
     assert_eq!((joined.error_code, joined.generation_id), (0, 1));
-    let sync = SyncGroupRequest::default().with_group_id(GroupId(s("sd"))).with_generation_id(1).with_member_id(joined.member_id.clone());
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("sd")))
+        .with_generation_id(1)
+        .with_member_id(joined.member_id.clone());
     assert_eq!(a.call(3, &sync).await.error_code, 0);
     // B's join waits for A to rejoin (up to the 60 s rebalance timeout).
     let addr = server.local_addr;
@@ -56,7 +59,10 @@ async fn shutdown_answers_waiting_joins() {
         let mut b = Conn(TcpStream::connect(addr).await.unwrap(), 0);
         b.call(3, &join_v3("sd", "")).await
     });
-    let hb = HeartbeatRequest::default().with_group_id(GroupId(s("sd"))).with_generation_id(1).with_member_id(joined.member_id.clone());
+    let hb = HeartbeatRequest::default()
+        .with_group_id(GroupId(s("sd")))
+        .with_generation_id(1)
+        .with_member_id(joined.member_id.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while a.call(3, &hb).await.error_code != 27 {
         assert!(tokio::time::Instant::now() < deadline, "no rebalance started");
@@ -78,7 +84,10 @@ async fn every_version_of_every_group_api_answers() {
         .call(
             7,
             &CreateTopicsRequest::default().with_topics(vec![
-                create_topics_request::CreatableTopic::default().with_name(topic.clone()).with_num_partitions(2).with_replication_factor(1),
+                create_topics_request::CreatableTopic::default()
+                    .with_name(topic.clone())
+                    .with_num_partitions(2)
+                    .with_replication_factor(1),
             ]),
         )
         .await;
@@ -136,7 +145,9 @@ async fn every_version_of_every_group_api_answers() {
             .with_group_id(group.clone())
             .with_generation_id(1)
             .with_member_id(member.clone())
-            .with_assignments(vec![SyncGroupRequestAssignment::default().with_member_id(member.clone()).with_assignment(Bytes::from_static(b"a"))]);
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default().with_member_id(member.clone()).with_assignment(Bytes::from_static(b"a")),
+            ]);
         if sv >= 3 {
             sync = sync.with_group_instance_id(instance.clone());
         }
@@ -160,8 +171,11 @@ async fn every_version_of_every_group_api_answers() {
             .with_generation_id_or_member_epoch(1)
             .with_member_id(member.clone())
             .with_topics(vec![OffsetCommitRequestTopic::default().with_name(topic.clone()).with_partitions(vec![
-                OffsetCommitRequestPartition::default().with_partition_index(1).with_committed_offset(42).with_committed_metadata(Some(s("md"))),
-            ])]);
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(42)
+                        .with_committed_metadata(Some(s("md"))),
+                ])]);
         if cv >= 7 {
             commit = commit.with_group_instance_id(instance.clone());
         }
@@ -170,9 +184,11 @@ async fn every_version_of_every_group_api_answers() {
 
         let fv = v.clamp(1, 9);
         let (offset, metadata) = if fv >= 8 {
-            let r = OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default().with_group_id(group.clone()).with_topics(
-                Some(vec![OffsetFetchRequestTopics::default().with_name(topic.clone()).with_partition_indexes(vec![1])]),
-            )]);
+            let r = OffsetFetchRequest::default().with_groups(vec![
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(group.clone())
+                    .with_topics(Some(vec![OffsetFetchRequestTopics::default().with_name(topic.clone()).with_partition_indexes(vec![1])])),
+            ]);
             let p = c.call(fv, &r).await.groups[0].topics[0].partitions[0].clone();
             (p.committed_offset, p.metadata)
         } else {

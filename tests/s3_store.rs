@@ -36,8 +36,7 @@ fn binary() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("S3S_FS_BIN") {
         return Some(PathBuf::from(p));
     }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.exists()));
+    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.exists()));
     on_path.or_else(|| {
         let p = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/s3s-fs");
         p.exists().then_some(p)

@@ -38,11 +38,15 @@ fn txn_batch(producer_id: i64, epoch: i16, sequence: i32, n: usize) -> Bytes {
 }
 
 fn produce(topic: &str, partition: i32, batch: Bytes, transactional_id: &str) -> ProduceRequest {
-    ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_transactional_id(Some(TransactionalId(s(transactional_id)))).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(s(topic)))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
-    ])
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_transactional_id(Some(TransactionalId(s(transactional_id))))
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(s(topic)))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
+        ])
 }
 
 fn add_v3(id: &str, pid: i64, epoch: i16, topic: &str, partitions: Vec<i32>) -> AddPartitionsToTxnRequest {
@@ -62,11 +66,15 @@ fn end(id: &str, pid: i64, epoch: i16, committed: bool) -> EndTxnRequest {
 }
 
 fn fetch(topic: &str, isolation: i8) -> FetchRequest {
-    FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_isolation_level(isolation).with_topics(vec![
-        FetchTopic::default()
-            .with_topic(TopicName(s(topic)))
-            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1 << 20)]),
-    ])
+    FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(isolation)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(s(topic)))
+                .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1 << 20)]),
+        ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,20 +93,29 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
         .call(
             7,
             &CreateTopicsRequest::default().with_topics(vec![
-                create_topics_request::CreatableTopic::default().with_name(TopicName(s("t"))).with_num_partitions(2).with_replication_factor(1),
+                create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_num_partitions(2)
+                    .with_replication_factor(1),
             ]),
         )
         .await;
     assert_eq!(created.topics[0].error_code, 0);
 
     // Unknown transactional ids.
-    assert_eq!(c.call(3, &add_v3("nobody", 1, 0, "t", vec![0])).await.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, INVALID_MAPPING);
+    assert_eq!(
+        c.call(3, &add_v3("nobody", 1, 0, "t", vec![0])).await.results_by_topic_v3_and_below[0].results_by_partition[0]
+            .partition_error_code,
+        INVALID_MAPPING
+    );
     for v in 0..=4 {
         assert_eq!(c.call(v, &end("nobody", 1, 0, true)).await.error_code, INVALID_MAPPING, "EndTxn v{v}");
     }
     let described = c.call(0, &DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("nobody"))])).await;
     assert_eq!(described.transaction_states[0].error_code, NOT_FOUND);
-    let bad_timeout = InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(s("x")))).with_transaction_timeout_ms(0);
+    let bad_timeout = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(s("x"))))
+        .with_transaction_timeout_ms(0);
     assert_eq!(c.call(4, &bad_timeout).await.error_code, 50); // INVALID_TRANSACTION_TIMEOUT
 
     let init = InitProducerIdRequest::default()
@@ -118,8 +135,16 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
     let codes: Vec<i16> = r.results_by_topic_v3_and_below[0].results_by_partition.iter().map(|p| p.partition_error_code).collect();
     assert_eq!(codes, vec![NOT_ATTEMPTED, UNKNOWN_PARTITION]);
     // A stale epoch: PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH before v2 (KIP-588).
-    assert_eq!(c.call(1, &add_v3("app", pid, epoch - 1, "t", vec![0])).await.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, INVALID_EPOCH);
-    assert_eq!(c.call(2, &add_v3("app", pid, epoch - 1, "t", vec![0])).await.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, FENCED);
+    assert_eq!(
+        c.call(1, &add_v3("app", pid, epoch - 1, "t", vec![0])).await.results_by_topic_v3_and_below[0].results_by_partition[0]
+            .partition_error_code,
+        INVALID_EPOCH
+    );
+    assert_eq!(
+        c.call(2, &add_v3("app", pid, epoch - 1, "t", vec![0])).await.results_by_topic_v3_and_below[0].results_by_partition[0]
+            .partition_error_code,
+        FENCED
+    );
     for v in 0..=3 {
         let r = c.call(v, &add_v3("app", pid, epoch, "t", vec![0, 1])).await;
         assert!(r.results_by_topic_v3_and_below[0].results_by_partition.iter().all(|p| p.partition_error_code == 0), "v{v}");
@@ -147,7 +172,9 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
     let part = &f.responses[0].partitions[0];
     assert_eq!((part.high_watermark, part.last_stable_offset), (3, 0));
     assert!(part.records.as_ref().is_none_or(|r| r.is_empty()));
-    let listed = c.call(1, &ListTransactionsRequest::default().with_state_filters(vec![s("Ongoing"), s("Bogus")]).with_duration_filter(-1)).await;
+    let listed = c
+        .call(1, &ListTransactionsRequest::default().with_state_filters(vec![s("Ongoing"), s("Bogus")]).with_duration_filter(-1))
+        .await;
     assert_eq!(listed.transaction_states.len(), 1);
     assert_eq!(listed.unknown_state_filters, vec![s("Bogus")]);
     let d = c.call(0, &DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("app"))])).await;
@@ -193,7 +220,10 @@ async fn acks_1_data_before_end_txn_is_committed_before_its_markers() {
     let server = sidestream::server::start(&Config::load(None, env).unwrap()).await.unwrap();
     let mut c = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
     let create = CreateTopicsRequest::default().with_topics(vec![
-        create_topics_request::CreatableTopic::default().with_name(TopicName(s("t"))).with_num_partitions(1).with_replication_factor(1),
+        create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(s("t")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
     ]);
     assert_eq!(c.call(7, &create).await.topics[0].error_code, 0);
     let init = InitProducerIdRequest::default()

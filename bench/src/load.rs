@@ -22,9 +22,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
@@ -90,8 +88,7 @@ impl ProducerContext for Ctx {
         match result {
             Ok(_) => {
                 self.ok_total.fetch_add(1, Ordering::Relaxed);
-                let from = self.origin
-                    + Duration::from_micros(self.measure_from_us.load(Ordering::Relaxed));
+                let from = self.origin + Duration::from_micros(self.measure_from_us.load(Ordering::Relaxed));
                 if *intended >= from {
                     self.ok_window.fetch_add(1, Ordering::Relaxed);
                     let us = intended.elapsed().as_micros() as u64;
@@ -206,17 +203,12 @@ impl Payloads {
 }
 
 pub fn wall_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("client.id", "sidestream-bench")
-        .set("log_level", "3");
+    c.set("bootstrap.servers", bootstrap).set("client.id", "sidestream-bench").set("log_level", "3");
     c
 }
 
@@ -252,10 +244,7 @@ pub fn produce(spec: &ProduceSpec) -> Result<ProduceOutcome> {
     let start = Instant::now();
     let start_wall = wall_us();
     let measure_from = start + spec.warmup;
-    producer.context().measure_from_us.store(
-        (measure_from - origin).as_micros() as u64,
-        Ordering::Relaxed,
-    );
+    producer.context().measure_from_us.store((measure_from - origin).as_micros() as u64, Ordering::Relaxed);
     let end = start + spec.duration;
     let interval = (spec.rate > 0).then(|| Duration::from_secs_f64(1.0 / spec.rate as f64));
     let mut k: u64 = 0;
@@ -289,11 +278,7 @@ pub fn produce(spec: &ProduceSpec) -> Result<ProduceOutcome> {
         .context("delivery reports did not all arrive within 90 s")?;
     let ctx = producer.context();
     let records = ctx.ok_window.load(Ordering::Relaxed);
-    let latency_us = ctx
-        .hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-        .clone();
+    let latency_us = ctx.hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
     let first_error = ctx.first_error.lock().ok().and_then(|f| f.clone());
     let _ = sent_in_window;
     Ok(ProduceOutcome {
@@ -367,42 +352,22 @@ pub fn consume(spec: &ConsumeSpec) -> Result<ConsumeOutcome> {
             None => {}
         }
     }
-    Ok(ConsumeOutcome {
-        records,
-        bytes,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        e2e_us,
-    })
+    Ok(ConsumeOutcome { records, bytes, elapsed_s: started.elapsed().as_secs_f64(), e2e_us })
 }
 
 /// Creates a topic and waits until its metadata shows every partition.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
-    let opts =
-        AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(120))));
-    let create = |n: i32| {
-        rt.block_on(admin.create_topics(
-            &[NewTopic::new(topic, n, TopicReplication::Fixed(1))],
-            &opts,
-        ))
-    };
+    let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(120))));
+    let create = |n: i32| rt.block_on(admin.create_topics(&[NewTopic::new(topic, n, TopicReplication::Fixed(1))], &opts));
     let mut results = create(partitions)?;
     // Kafka 4.4's controller refuses 10,000 partitions in one request (POLICY_VIOLATION): create
     // half, then add the rest with CreatePartitions.
-    if partitions > 5000
-        && matches!(
-            results.first(),
-            Some(Err((_, RDKafkaErrorCode::PolicyViolation)))
-        )
-    {
+    if partitions > 5000 && matches!(results.first(), Some(Err((_, RDKafkaErrorCode::PolicyViolation)))) {
         results = create(5000)?;
         check_created(results)?;
-        let more = rt.block_on(
-            admin.create_partitions(&[NewPartitions::new(topic, partitions as usize)], &opts),
-        )?;
+        let more = rt.block_on(admin.create_partitions(&[NewPartitions::new(topic, partitions as usize)], &opts))?;
         for r in more {
             if let Err((name, code)) = r {
                 bail!("create partitions of {name}: {code}");
@@ -422,17 +387,12 @@ pub fn wait_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
     loop {
         let md = probe.fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10)));
         if let Ok(md) = md
-            && md
-                .topics()
-                .first()
-                .is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
+            && md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
         {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "topic {topic} not visible on {bootstrap} with {partitions} partitions within 120 s"
-            );
+            bail!("topic {topic} not visible on {bootstrap} with {partitions} partitions within 120 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -454,9 +414,7 @@ pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Option<
     let c: BaseConsumer = client_config(bootstrap).create().ok()?;
     let mut sum = 0;
     for p in 0..partitions {
-        let (_, high) = c
-            .fetch_watermarks(topic, p, Timeout::After(Duration::from_secs(2)))
-            .ok()?;
+        let (_, high) = c.fetch_watermarks(topic, p, Timeout::After(Duration::from_secs(2))).ok()?;
         sum += high;
     }
     Some(sum)
@@ -475,11 +433,7 @@ impl ProducerContext for AckCtx {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let counter = if result.is_ok() {
-            &self.ok
-        } else {
-            &self.failed
-        };
+        let counter = if result.is_ok() { &self.ok } else { &self.failed };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -498,18 +452,9 @@ pub fn first_ack(bootstrap: &str, topic: &str, deadline: Instant) -> Result<Inst
         .create_with_context(AckCtx::default())?;
     loop {
         let failed = producer.context().failed.load(Ordering::Relaxed);
-        if producer
-            .send(
-                BaseRecord::<(), [u8], ()>::to(topic)
-                    .partition(0)
-                    .payload(&b"elastic"[..]),
-            )
-            .is_ok()
-        {
+        if producer.send(BaseRecord::<(), [u8], ()>::to(topic).partition(0).payload(&b"elastic"[..])).is_ok() {
             let t = Instant::now();
-            while t.elapsed() < Duration::from_millis(1500)
-                && producer.context().failed.load(Ordering::Relaxed) == failed
-            {
+            while t.elapsed() < Duration::from_millis(1500) && producer.context().failed.load(Ordering::Relaxed) == failed {
                 producer.poll(Duration::from_millis(2));
                 if producer.context().ok.load(Ordering::Relaxed) > 0 {
                     return Ok(Instant::now());
@@ -557,10 +502,7 @@ pub struct TxnOutcome {
 /// on, one transactional id). A failed commit ends the run with its error.
 pub fn transactions(spec: &TxnSpec) -> Result<TxnOutcome> {
     let producer: ThreadedProducer<DefaultProducerContext> = client_config(&spec.bootstrap)
-        .set(
-            "transactional.id",
-            format!("sidestream-bench-{}-{}", std::process::id(), wall_us()),
-        )
+        .set("transactional.id", format!("sidestream-bench-{}-{}", std::process::id(), wall_us()))
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -569,9 +511,7 @@ pub fn transactions(spec: &TxnSpec) -> Result<TxnOutcome> {
         .set("queue.buffering.max.messages", "2000000")
         .create()
         .context("cannot create the librdkafka transactional producer")?;
-    producer
-        .init_transactions(Duration::from_secs(60))
-        .context("init_transactions")?;
+    producer.init_transactions(Duration::from_secs(60)).context("init_transactions")?;
     let mut payloads = Payloads::new(spec.record_bytes);
     let (mut commit_us, mut txn_us) = (histogram(), histogram());
     let start = Instant::now();
@@ -587,13 +527,10 @@ pub fn transactions(spec: &TxnSpec) -> Result<TxnOutcome> {
             let partition = (k % spec.partitions.max(1) as u64) as i32;
             k += 1;
             let record = BaseRecord::<(), [u8], ()>::to(&spec.topic).partition(partition).payload(payloads.next(wall_us()));
-            send_when_queue_has_room(&producer, record)
-                .with_context(|| format!("transactional produce to {}", spec.topic))?;
+            send_when_queue_has_room(&producer, record).with_context(|| format!("transactional produce to {}", spec.topic))?;
         }
         let committing = Instant::now();
-        producer
-            .commit_transaction(Duration::from_secs(60))
-            .context("commit_transaction")?;
+        producer.commit_transaction(Duration::from_secs(60)).context("commit_transaction")?;
         let done = Instant::now();
         committed_total += spec.records_per_txn;
         if began >= measure_from {

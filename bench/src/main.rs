@@ -31,10 +31,7 @@ use s3count::S3;
 use target::{Controller, Kind, Placement, Programs, Remote, Target, parse_kind};
 
 #[derive(Parser)]
-#[command(
-    name = "sidestream-bench",
-    about = "Sidestream benchmarks and the peer comparison (librdkafka load)"
-)]
+#[command(name = "sidestream-bench", about = "Sidestream benchmarks and the peer comparison (librdkafka load)")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -143,11 +140,7 @@ struct E2eParams {
     /// Records/s of the e2e producer.
     #[arg(id = "e2e_rate", long = "e2e-rate", default_value_t = 5000)]
     rate: u64,
-    #[arg(
-        id = "e2e_record_bytes",
-        long = "e2e-record-bytes",
-        default_value_t = 1024
-    )]
+    #[arg(id = "e2e_record_bytes", long = "e2e-record-bytes", default_value_t = 1024)]
     record_bytes: usize,
 }
 
@@ -190,18 +183,9 @@ struct ElasticArgs {
 #[derive(Args, Clone, Debug)]
 struct TxnParams {
     /// Records per transaction (one case each).
-    #[arg(
-        id = "txn_records",
-        long = "txn-records",
-        value_delimiter = ',',
-        default_value = "100,1000"
-    )]
+    #[arg(id = "txn_records", long = "txn-records", value_delimiter = ',', default_value = "100,1000")]
     records: Vec<u64>,
-    #[arg(
-        id = "txn_record_bytes",
-        long = "txn-record-bytes",
-        default_value_t = 1024
-    )]
+    #[arg(id = "txn_record_bytes", long = "txn-record-bytes", default_value_t = 1024)]
     record_bytes: usize,
     /// Partitions of the topic; a transaction's records are spread over all of them.
     #[arg(id = "txn_partitions", long = "txn-partitions", default_value_t = 1)]
@@ -221,11 +205,7 @@ struct CompareArgs {
     #[command(flatten)]
     common: Common,
     /// Scenarios to run: produce, e2e, catchup, elastic, txn.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "produce,e2e,catchup,elastic,txn"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "produce,e2e,catchup,elastic,txn")]
     scenarios: Vec<String>,
     #[command(flatten)]
     lists: ProduceLists,
@@ -240,9 +220,7 @@ struct CompareArgs {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// One scenario against Sidestream alone, written out under `name`.
@@ -262,11 +240,7 @@ fn main() -> Result<()> {
         Cmd::Elastic(a) => sidestream_only(&a.common, "elastic", |s| s.elastic(&a.elastic)),
         Cmd::Txn(a) => sidestream_only(&a.common, "txn", |s| s.txn(&a.txn)),
         Cmd::Compare(a) => {
-            let mut s = Session::new(
-                &a.common,
-                &[Kind::Sidestream, Kind::Kafka, Kind::Tansu],
-                "compare",
-            )?;
+            let mut s = Session::new(&a.common, &[Kind::Sidestream, Kind::Kafka, Kind::Tansu], "compare")?;
             for scenario in &a.scenarios {
                 match scenario.as_str() {
                     "produce" => s.produce(&a.lists)?,
@@ -299,22 +273,10 @@ fn main() -> Result<()> {
             };
             s.produce(&lists)?;
             // e2e: the same agent, then a controller and two agents (same and other agent).
-            s.e2e(&E2eParams {
-                acks: "1".into(),
-                rate: 2000,
-                record_bytes: 1024,
-            })?;
-            s.txn(&TxnParams {
-                records: vec![100],
-                record_bytes: 1024,
-                partitions: 1,
-            })?;
-            let failed: Vec<String> = s
-                .runs
-                .iter()
-                .filter(|r| r.figures.is_empty())
-                .map(|r| format!("{} {}", r.scenario, r.case))
-                .collect();
+            s.e2e(&E2eParams { acks: "1".into(), rate: 2000, record_bytes: 1024 })?;
+            s.txn(&TxnParams { records: vec![100], record_bytes: 1024, partitions: 1 })?;
+            let failed: Vec<String> =
+                s.runs.iter().filter(|r| r.figures.is_empty()).map(|r| format!("{} {}", r.scenario, r.case)).collect();
             s.finish()?;
             if !failed.is_empty() {
                 bail!("quick: runs without results: {}", failed.join(", "));
@@ -349,12 +311,7 @@ fn s3s_fs_bin(explicit: &Option<String>) -> String {
         return b;
     }
     let home = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs");
-    if std::process::Command::new("s3s-fs")
-        .arg("--version")
-        .output()
-        .is_ok()
-        || !home.exists()
-    {
+    if std::process::Command::new("s3s-fs").arg("--version").output().is_ok() || !home.exists() {
         "s3s-fs".into()
     } else {
         home.display().to_string()
@@ -381,10 +338,10 @@ impl Cluster {
 
     /// How an agent ended, if one did during a run.
     fn exited(&mut self) -> Option<String> {
-        self.agents.iter_mut().enumerate().find_map(|(i, t)| {
-            t.exited()
-                .map(|how| format!("agent {} {how}; log: {}", i + 1, t.log_tail()))
-        })
+        self.agents
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, t)| t.exited().map(|how| format!("agent {} {how}; log: {}", i + 1, t.log_tail())))
     }
 }
 
@@ -406,30 +363,16 @@ impl Case {
             self.record_bytes,
             self.partitions,
             self.compression,
-            if self.rate == 0 {
-                "max".to_string()
-            } else {
-                format!("{}/s", self.rate)
-            }
+            if self.rate == 0 { "max".to_string() } else { format!("{}/s", self.rate) }
         )
     }
 }
 
 impl Session {
     fn new(common: &Common, default_targets: &[Kind], scenario: &str) -> Result<Session> {
-        let targets = common
-            .targets
-            .clone()
-            .unwrap_or_else(|| default_targets.to_vec());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let s3 = if targets.iter().any(|k| k.uses_s3()) {
-            Some(S3::start(&s3s_fs_bin(&common.s3s_fs_bin), &rt)?)
-        } else {
-            None
-        };
+        let targets = common.targets.clone().unwrap_or_else(|| default_targets.to_vec());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let s3 = if targets.iter().any(|k| k.uses_s3()) { Some(S3::start(&s3s_fs_bin(&common.s3s_fs_bin), &rt)?) } else { None };
         // Absolute paths: Tansu runs in its data dir.
         let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
         let programs = Programs {
@@ -448,7 +391,10 @@ impl Session {
             common.duration_s
         )];
         if targets.iter().any(|k| k.uses_s3()) {
-            notes.push("Object store: s3s-fs 0.14.1 on tmpfs behind the bench's counting proxy (PUT/GET counts are HTTP requests seen there).".into());
+            notes.push(
+                "Object store: s3s-fs 0.14.1 on tmpfs behind the bench's counting proxy (PUT/GET counts are HTTP requests seen there)."
+                    .into(),
+            );
         }
         Ok(Session {
             common: common.clone(),
@@ -466,23 +412,12 @@ impl Session {
     }
 
     fn finish(self) -> Result<()> {
-        let targets: BTreeMap<String, String> = self
-            .targets
-            .iter()
-            .map(|k| (k.name().to_string(), k.describe().to_string()))
-            .collect();
+        let targets: BTreeMap<String, String> = self.targets.iter().map(|k| (k.name().to_string(), k.describe().to_string())).collect();
         let mut notes = self.notes.clone();
         for (k, why) in &self.broken {
             notes.push(format!("{} did not run: {why}", k.name()));
         }
-        report::write(
-            &self.common.out,
-            &self.name,
-            &self.started,
-            &self.runs,
-            &notes,
-            &targets,
-        )
+        report::write(&self.common.out, &self.name, &self.started, &self.runs, &notes, &targets)
     }
 
     fn placement(&mut self, kind: Kind) -> Result<Placement> {
@@ -505,32 +440,18 @@ impl Session {
     /// 1..=agents), every agent ready.
     fn start_cluster(&mut self, agents: u32) -> Result<Cluster> {
         let mut first = self.placement(Kind::Sidestream)?;
-        let controller =
-            match Controller::start(&self.programs, first.data_dir.with_extension("controller")) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.remove_placement(&first);
-                    return Err(e);
-                }
-            };
-        first.remote = Some(Remote {
-            controller: controller.address.clone(),
-            node_id: 1,
-        });
-        let mut cluster = Cluster {
-            controller,
-            agents: Vec::new(),
-            first: first.clone(),
+        let controller = match Controller::start(&self.programs, first.data_dir.with_extension("controller")) {
+            Ok(c) => c,
+            Err(e) => {
+                self.remove_placement(&first);
+                return Err(e);
+            }
         };
+        first.remote = Some(Remote { controller: controller.address.clone(), node_id: 1 });
+        let mut cluster = Cluster { controller, agents: Vec::new(), first: first.clone() };
         for node_id in 1..=agents {
-            let at = if node_id == 1 {
-                Ok(first.clone())
-            } else {
-                first.peer(node_id)
-            };
-            match at.and_then(|at| {
-                Target::start(Kind::Sidestream, &self.programs, self.s3.as_ref(), &at)
-            }) {
+            let at = if node_id == 1 { Ok(first.clone()) } else { first.peer(node_id) };
+            match at.and_then(|at| Target::start(Kind::Sidestream, &self.programs, self.s3.as_ref(), &at)) {
                 Ok(t) => cluster.agents.push(t),
                 Err(e) => {
                     self.remove_cluster(cluster);
@@ -593,11 +514,7 @@ impl Session {
             compression: c.compression.clone(),
             rate: c.rate,
             duration: Duration::from_secs(self.common.duration_s),
-            warmup: Duration::from_secs(
-                self.common
-                    .warmup_s
-                    .min(self.common.duration_s.saturating_sub(1)),
-            ),
+            warmup: Duration::from_secs(self.common.warmup_s.min(self.common.duration_s.saturating_sub(1))),
             queue_kbytes: 32768,
             max_records: None,
         }
@@ -612,11 +529,7 @@ impl Session {
         f: &dyn Fn(&mut Session, Kind) -> Result<Vec<Run>>,
     ) {
         for kind in self.targets.clone() {
-            eprintln!(
-                "== {scenario} [{case}] on {} (load {:.1})",
-                kind.name(),
-                report::load_avg()
-            );
+            eprintln!("== {scenario} [{case}] on {} (load {:.1})", kind.name(), report::load_avg());
             if let Some(why) = self.broken.get(&kind) {
                 eprintln!("   skipped: {why}");
                 continue;
@@ -634,21 +547,10 @@ impl Session {
                 Err(e) => {
                     let why = format!("{e:#}");
                     eprintln!("   FAILED: {why}");
-                    if why.contains("cannot start")
-                        || why.contains("before it was ready")
-                        || why.contains("not ready on")
-                    {
+                    if why.contains("cannot start") || why.contains("before it was ready") || why.contains("not ready on") {
                         self.broken.insert(kind, why.clone());
                     }
-                    let mut r = Run::new(
-                        scenario,
-                        case,
-                        kind.name(),
-                        &params,
-                        BTreeMap::new(),
-                        vec![format!("failed: {why}")],
-                        Vec::new(),
-                    );
+                    let mut r = Run::new(scenario, case, kind.name(), &params, BTreeMap::new(), vec![format!("failed: {why}")], Vec::new());
                     r.load_before = load_before;
                     r.load_after = report::load_avg();
                     self.runs.push(r);
@@ -675,24 +577,13 @@ impl Session {
         }
         figures.insert("peak RSS MiB".into(), rss as f64 / 1048576.0);
         if kind.uses_s3() {
-            let puts_per_gb = if written_gb > 0.0 {
-                s3.puts() as f64 / written_gb
-            } else {
-                0.0
-            };
+            let puts_per_gb = if written_gb > 0.0 { s3.puts() as f64 / written_gb } else { 0.0 };
             figures.insert("PUTs per GB".into(), puts_per_gb);
-            let gets_per_gb = if read_gb > 0.0 {
-                s3.gets() as f64 / read_gb
-            } else {
-                0.0
-            };
+            let gets_per_gb = if read_gb > 0.0 { s3.gets() as f64 / read_gb } else { 0.0 };
             if read_gb > 0.0 {
                 figures.insert("GETs per GB".into(), gets_per_gb);
             }
-            figures.insert(
-                "$ per month (model)".into(),
-                COST.object_storage(puts_per_gb, gets_per_gb),
-            );
+            figures.insert("$ per month (model)".into(), COST.object_storage(puts_per_gb, gets_per_gb));
         } else {
             figures.insert("$ per month (model)".into(), COST.kafka());
         }
@@ -705,13 +596,7 @@ impl Session {
                 for &record_bytes in &lists.record_bytes {
                     for &partitions in &lists.partitions {
                         for compression in &lists.compression {
-                            cases.push(Case {
-                                acks: acks.clone(),
-                                record_bytes,
-                                partitions,
-                                compression: compression.clone(),
-                                rate,
-                            });
+                            cases.push(Case { acks: acks.clone(), record_bytes, partitions, compression: compression.clone(), rate });
                         }
                     }
                 }
@@ -723,14 +608,7 @@ impl Session {
                 ("record_bytes", c.record_bytes.to_string()),
                 ("partitions", c.partitions.to_string()),
                 ("compression", c.compression.clone()),
-                (
-                    "rate",
-                    if c.rate == 0 {
-                        "max".into()
-                    } else {
-                        c.rate.to_string()
-                    },
-                ),
+                ("rate", if c.rate == 0 { "max".into() } else { c.rate.to_string() }),
                 ("queue_kbytes", lists.queue_kb.to_string()),
                 ("duration_s", self.common.duration_s.to_string()),
                 ("warmup_s", self.common.warmup_s.to_string()),
@@ -751,11 +629,7 @@ impl Session {
                     // Let acks=1 data reach the object store before counting its requests.
                     std::thread::sleep(Duration::from_millis(1500));
                     if let Some(how) = t.exited() {
-                        bail!(
-                            "the {} broker {how} during the run; log: {}",
-                            kind.name(),
-                            t.log_tail()
-                        );
+                        bail!("the {} broker {how} during the run; log: {}", kind.name(), t.log_tail());
                     }
                     let (cpu1, rss) = t.usage();
                     let wire = s.s3_counts().minus(&s30);
@@ -765,27 +639,12 @@ impl Session {
                     throughput_figures(&mut figures, &out);
                     report::latency_figures(&mut figures, "", &out.latency_us);
                     let written_gb = out.acked_total as f64 * case.record_bytes as f64 / 1e9;
-                    s.resource_figures(
-                        kind,
-                        &mut figures,
-                        (cpu1 - cpu0, rss),
-                        written_gb,
-                        &s3,
-                        0.0,
-                    );
+                    s.resource_figures(kind, &mut figures, (cpu1 - cpu0, rss), written_gb, &s3, 0.0);
                     wal_figures(&mut figures, &m0, &t.metrics());
                     if let Some(e) = out.first_error {
                         notes.push(format!("{} delivery errors, first: {e}", out.errors));
                     }
-                    Ok(vec![Run::new(
-                        "produce",
-                        &case.label(),
-                        kind.name(),
-                        &params,
-                        figures,
-                        notes,
-                        report::cdf_points(&out.latency_us),
-                    )])
+                    Ok(vec![Run::new("produce", &case.label(), kind.name(), &params, figures, notes, report::cdf_points(&out.latency_us))])
                 })();
                 s.cleanup(t);
                 result
@@ -795,13 +654,7 @@ impl Session {
     }
 
     fn e2e(&mut self, p: &E2eParams) -> Result<()> {
-        let case = Case {
-            acks: p.acks.clone(),
-            record_bytes: p.record_bytes,
-            partitions: 1,
-            compression: "none".into(),
-            rate: p.rate,
-        };
+        let case = Case { acks: p.acks.clone(), record_bytes: p.record_bytes, partitions: 1, compression: "none".into(), rate: p.rate };
         let label = format!("{} same agent", case.label());
         let mut params = named([
             ("acks", case.acks.clone()),
@@ -826,11 +679,7 @@ impl Session {
                 let tail = Tail::start(&t.bootstrap, ignore_before_us);
                 let out = load::produce(&spec)?;
                 if let Some(how) = t.exited() {
-                    bail!(
-                        "the {} broker {how} during the run; log: {}",
-                        kind.name(),
-                        t.log_tail()
-                    );
+                    bail!("the {} broker {how} during the run; log: {}", kind.name(), t.log_tail());
                 }
                 let read = Tail::finish(vec![tail], out.acked_total)?.remove(0);
                 let (cpu1, rss) = t.usage();
@@ -839,23 +688,8 @@ impl Session {
                 let s3 = server_counts(&t, own0, &wire, &mut notes);
                 let mut figures = e2e_figures(&out, &read, &mut notes);
                 let written_gb = out.acked_total as f64 * c2.record_bytes as f64 / 1e9;
-                s.resource_figures(
-                    kind,
-                    &mut figures,
-                    (cpu1 - cpu0, rss),
-                    written_gb,
-                    &s3,
-                    read.bytes as f64 / 1e9,
-                );
-                Ok(vec![Run::new(
-                    "e2e",
-                    &l2,
-                    kind.name(),
-                    &p2,
-                    figures,
-                    notes,
-                    report::cdf_points(&read.e2e_us),
-                )])
+                s.resource_figures(kind, &mut figures, (cpu1 - cpu0, rss), written_gb, &s3, read.bytes as f64 / 1e9);
+                Ok(vec![Run::new("e2e", &l2, kind.name(), &p2, figures, notes, report::cdf_points(&read.e2e_us))])
             })();
             s.cleanup(t);
             result
@@ -922,13 +756,7 @@ impl Session {
     }
 
     fn catchup(&mut self, p: &CatchupParams) -> Result<()> {
-        let case = Case {
-            acks: "1".into(),
-            record_bytes: 1024,
-            partitions: 1,
-            compression: "none".into(),
-            rate: p.rate,
-        };
+        let case = Case { acks: "1".into(), record_bytes: 1024, partitions: 1, compression: "none".into(), rate: p.rate };
         let label = format!("acks=1 1024B {}/s, history {} MB", p.rate, p.history_mb);
         let params = named([
             ("acks", "1".to_string()),
@@ -1018,7 +846,15 @@ impl Session {
                             notes.push("page cache not dropped (no permission): Kafka's history may be read from memory".into());
                         }
                     }
-                    runs.push(Run::new("catchup", &format!("{l2}: producer {phase}"), kind.name(), &params, figures, notes, report::cdf_points(&out.latency_us)));
+                    runs.push(Run::new(
+                        "catchup",
+                        &format!("{l2}: producer {phase}"),
+                        kind.name(),
+                        &params,
+                        figures,
+                        notes,
+                        report::cdf_points(&out.latency_us),
+                    ));
                 }
                 Ok(runs)
             })();
@@ -1029,17 +865,8 @@ impl Session {
     }
 
     fn elastic(&mut self, p: &ElasticParams) -> Result<()> {
-        let case = Case {
-            acks: "1".into(),
-            record_bytes: 1024,
-            partitions: 1,
-            compression: "none".into(),
-            rate: p.rate,
-        };
-        let label = format!(
-            "acks=1 1024B {}/s for {} s then SIGKILL",
-            p.rate, self.common.duration_s
-        );
+        let case = Case { acks: "1".into(), record_bytes: 1024, partitions: 1, compression: "none".into(), rate: p.rate };
+        let label = format!("acks=1 1024B {}/s for {} s then SIGKILL", p.rate, self.common.duration_s);
         let params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
@@ -1059,11 +886,7 @@ impl Session {
             let warm = (|| {
                 load::create_topic(&t.bootstrap, "elastic", 1)?;
                 load::create_topic(&t.bootstrap, "killed", 1)?;
-                load::first_ack(
-                    &t.bootstrap,
-                    "elastic",
-                    Instant::now() + Duration::from_secs(60),
-                )
+                load::first_ack(&t.bootstrap, "elastic", Instant::now() + Duration::from_secs(60))
             })();
             if let Err(e) = warm {
                 s.cleanup(t);
@@ -1131,10 +954,7 @@ impl Session {
         // then a second agent (empty data dir) from spawn to its first acknowledged produce.
         let fill_s = self.common.duration_s.clamp(1, 5);
         let joins = p.joins.max(1);
-        let join_label = format!(
-            "new agent joins (remote controller, 1 agent, topic with {fill_s} s of acks=1 1024B at {}/s)",
-            p.rate
-        );
+        let join_label = format!("new agent joins (remote controller, 1 agent, topic with {fill_s} s of acks=1 1024B at {}/s)", p.rate);
         let join_params = named([
             ("acks", "1".to_string()),
             ("record_bytes", "1024".into()),
@@ -1155,14 +975,9 @@ impl Session {
                 let filled = load::produce(&spec)?;
                 // Until the data is committed (visible to every agent).
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while load::high_watermarks(&a, "elastic", 1)
-                    .is_none_or(|hw| hw < filled.acked_total as i64)
-                {
+                while load::high_watermarks(&a, "elastic", 1).is_none_or(|hw| hw < filled.acked_total as i64) {
                     if Instant::now() > deadline {
-                        bail!(
-                            "the {} filled records were not committed within 60 s",
-                            filled.acked_total
-                        );
+                        bail!("the {} filled records were not committed within 60 s", filled.acked_total);
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -1180,14 +995,11 @@ impl Session {
                     let measured = (|| {
                         t.wait_ready(Duration::from_secs(180))?;
                         let listening = t0.elapsed().as_secs_f64();
-                        let first =
-                            load::first_ack(&bootstrap, "elastic", t0 + Duration::from_secs(180))?;
+                        let first = load::first_ack(&bootstrap, "elastic", t0 + Duration::from_secs(180))?;
                         let deadline = Instant::now() + Duration::from_secs(60);
                         let history = loop {
                             // At least the filled records (earlier joins added one each).
-                            if load::high_watermarks(&bootstrap, "elastic", 1)
-                                .is_some_and(|hw| hw >= filled.acked_total as i64)
-                            {
+                            if load::high_watermarks(&bootstrap, "elastic", 1).is_some_and(|hw| hw >= filled.acked_total as i64) {
                                 break t0.elapsed().as_secs_f64();
                             }
                             if Instant::now() > deadline {
@@ -1223,21 +1035,9 @@ impl Session {
                      slowest first ack; per join (listening, first ack, history visible) s: {}. CPU s and \
                      peak RSS: the largest of the new agents'",
                     samples.len(),
-                    samples
-                        .iter()
-                        .map(|s| format!("({:.2}, {:.2}, {:.2})", s[0], s[1], s[2]))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    samples.iter().map(|s| format!("({:.2}, {:.2}, {:.2})", s[0], s[1], s[2])).collect::<Vec<_>>().join(", ")
                 ));
-                Ok(vec![Run::new(
-                    "elastic",
-                    &jl,
-                    kind.name(),
-                    &jp,
-                    figures,
-                    notes,
-                    Vec::new(),
-                )])
+                Ok(vec![Run::new("elastic", &jl, kind.name(), &jp, figures, notes, Vec::new())])
             })();
             s.remove_cluster(cl);
             result
@@ -1261,8 +1061,7 @@ impl Session {
                 ("duration_s", self.common.duration_s.to_string()),
                 ("warmup_s", self.common.warmup_s.to_string()),
             ]);
-            let (l2, p2, record_bytes, partitions) =
-                (label.clone(), params.clone(), p.record_bytes, p.partitions);
+            let (l2, p2, record_bytes, partitions) = (label.clone(), params.clone(), p.record_bytes, p.partitions);
             self.each_target("txn", &label, params, &move |s, kind| {
                 let mut t = s.start(kind)?;
                 let result = (|| {
@@ -1300,22 +1099,12 @@ impl Session {
                     let hw = load::high_watermarks(&t.bootstrap, "bench", partitions);
                     match hw {
                         Some(hw) if hw >= out.committed_total as i64 => {}
-                        other => notes.push(format!(
-                            "high watermark {other:?} below the {} records of committed transactions",
-                            out.committed_total
-                        )),
+                        other => notes
+                            .push(format!("high watermark {other:?} below the {} records of committed transactions", out.committed_total)),
                     }
                     let written_gb = out.committed_total as f64 * record_bytes as f64 / 1e9;
                     s.resource_figures(kind, &mut figures, (cpu1 - cpu0, rss), written_gb, &s3, 0.0);
-                    Ok(vec![Run::new(
-                        "txn",
-                        &l2,
-                        kind.name(),
-                        &p2,
-                        figures,
-                        notes,
-                        report::cdf_points(&out.commit_us),
-                    )])
+                    Ok(vec![Run::new("txn", &l2, kind.name(), &p2, figures, notes, report::cdf_points(&out.commit_us))])
                 })();
                 s.cleanup(t);
                 result
@@ -1327,20 +1116,12 @@ impl Session {
 
 /// Sidestream: the object-store requests its own /metrics counted (what the issue asks for),
 /// checked against the proxy's count; other targets: the proxy's count.
-fn server_counts(
-    t: &Target,
-    before: Option<s3count::Counts>,
-    wire: &s3count::Counts,
-    notes: &mut Vec<String>,
-) -> s3count::Counts {
+fn server_counts(t: &Target, before: Option<s3count::Counts>, wire: &s3count::Counts, notes: &mut Vec<String>) -> s3count::Counts {
     let (Some(before), Some(after)) = (before, t.store_requests()) else {
         return wire.clone();
     };
     let own = after.minus(&before);
-    let (a, b) = (
-        (own.puts() + own.gets()) as f64,
-        (wire.puts() + wire.gets()) as f64,
-    );
+    let (a, b) = ((own.puts() + own.gets()) as f64, (wire.puts() + wire.gets()) as f64);
     if (a - b).abs() > 0.05 * a.max(b) + 2.0 {
         notes.push(format!(
             "object-store requests: /metrics {} PUTs {} GETs, wire {} PUTs {} GETs",
@@ -1354,23 +1135,12 @@ fn server_counts(
 }
 
 /// Sidestream's WAL group commits during a run (acks=1 answers wait for them).
-fn wal_figures(
-    figures: &mut BTreeMap<String, f64>,
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
-) {
-    let delta =
-        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+fn wal_figures(figures: &mut BTreeMap<String, f64>, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let syncs = delta("sidestream_wal_syncs_total");
     if syncs > 0.0 {
-        figures.insert(
-            "WAL entries per sync".into(),
-            delta("sidestream_wal_entries_total") / syncs,
-        );
-        figures.insert(
-            "WAL MB per sync".into(),
-            delta("sidestream_wal_bytes_total") / syncs / 1e6,
-        );
+        figures.insert("WAL entries per sync".into(), delta("sidestream_wal_entries_total") / syncs);
+        figures.insert("WAL MB per sync".into(), delta("sidestream_wal_bytes_total") / syncs / 1e6);
         if let Some(p99) = after.get("sidestream_wal_sync_seconds:p0.99") {
             figures.insert("WAL sync p99 ms".into(), p99 * 1000.0);
         }
@@ -1406,45 +1176,24 @@ impl Tail {
     /// behind shows as latency, not as missing data; then stops them.
     fn finish(tails: Vec<Tail>, acked: u64) -> Result<Vec<load::ConsumeOutcome>> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tails
-            .iter()
-            .any(|t| t.progress.load(Ordering::Relaxed) < acked)
-            && Instant::now() < deadline
-        {
+        while tails.iter().any(|t| t.progress.load(Ordering::Relaxed) < acked) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(200));
         for t in &tails {
             t.stop.store(true, Ordering::Relaxed);
         }
-        tails
-            .into_iter()
-            .map(|t| {
-                t.thread
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?
-            })
-            .collect()
+        tails.into_iter().map(|t| t.thread.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?).collect()
     }
 }
 
 /// The e2e figures of one tail consumer: its latency first, then the producer's p99.
-fn e2e_figures(
-    out: &load::ProduceOutcome,
-    read: &load::ConsumeOutcome,
-    notes: &mut Vec<String>,
-) -> BTreeMap<String, f64> {
+fn e2e_figures(out: &load::ProduceOutcome, read: &load::ConsumeOutcome, notes: &mut Vec<String>) -> BTreeMap<String, f64> {
     let mut figures = BTreeMap::new();
     throughput_figures(&mut figures, out);
     report::latency_figures(&mut figures, "", &read.e2e_us);
-    figures.insert(
-        "e2e p99 ms".into(),
-        read.e2e_us.value_at_quantile(0.99) as f64 / 1000.0,
-    );
-    figures.insert(
-        "produce p99 ms".into(),
-        out.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-    );
+    figures.insert("e2e p99 ms".into(), read.e2e_us.value_at_quantile(0.99) as f64 / 1000.0);
+    figures.insert("produce p99 ms".into(), out.latency_us.value_at_quantile(0.99) as f64 / 1000.0);
     figures.insert("records consumed".into(), read.records as f64);
     if read.records < out.acked_total {
         notes.push(format!(
@@ -1499,14 +1248,7 @@ mod tests {
             &["b", "elastic"],
             &["b", "txn"],
             &["b", "quick"],
-            &[
-                "b",
-                "compare",
-                "--txn-records",
-                "10,20",
-                "--record-bytes",
-                "100",
-            ],
+            &["b", "compare", "--txn-records", "10,20", "--record-bytes", "100"],
         ] {
             if let Err(e) = Cli::try_parse_from(args) {
                 panic!("{args:?}: {e}");

@@ -23,8 +23,7 @@ use hdrhistogram::Histogram;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,10 +97,7 @@ pub struct ProduceArgs {
 
 /// Runs one own-client scenario on its own runtime.
 pub fn run(command: Command) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
         Command::Produce(args) => rt.block_on(produce(args)),
         Command::E2e(args) => rt.block_on(e2e(args)),
@@ -119,33 +115,20 @@ struct Server {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Server {
     async fn start(bin: &PathBuf, env: &[(String, String)]) -> Result<Server> {
-        let data_dir = std::env::temp_dir().join(format!(
-            "sidestream-bench-{}-{}",
-            std::process::id(),
-            free_port()?
-        ));
+        let data_dir = std::env::temp_dir().join(format!("sidestream-bench-{}-{}", std::process::id(), free_port()?));
         Self::start_in(bin, env, data_dir).await
     }
 
-    async fn start_in(
-        bin: &PathBuf,
-        env: &[(String, String)],
-        data_dir: PathBuf,
-    ) -> Result<Server> {
+    async fn start_in(bin: &PathBuf, env: &[(String, String)], data_dir: PathBuf) -> Result<Server> {
         let kafka = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         std::fs::create_dir_all(&data_dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("server.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log"))?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("serve")
             .env("SIDESTREAM_AGENT_LISTEN", &kafka)
@@ -158,29 +141,13 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id().context("server exited at once")?;
-        let server = Server {
-            child,
-            pid,
-            kafka,
-            metrics,
-            data_dir,
-        };
+        let server = Server { child, pid, kafka, metrics, data_dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut s) = TcpStream::connect(&server.kafka).await
-                && roundtrip(
-                    &mut s,
-                    ApiKey::ApiVersions,
-                    3,
-                    0,
-                    &ApiVersionsRequest::default(),
-                )
-                .await
-                .is_ok()
+                && roundtrip(&mut s, ApiKey::ApiVersions, 3, 0, &ApiVersionsRequest::default()).await.is_ok()
             {
                 return Ok(server);
             }
@@ -199,8 +166,7 @@ impl Server {
         let f: Vec<&str> = after.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let cpu = (ticks(11) + ticks(12)) / 100.0;
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         let hwm = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -214,15 +180,10 @@ impl Server {
         let Ok(mut s) = TcpStream::connect(&self.metrics).await else {
             return out;
         };
-        let _ = s
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .await;
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").await;
         let mut text = String::new();
         let _ = s.read_to_string(&mut text).await;
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("HTTP") && l.contains(' '))
-        {
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("HTTP") && l.contains(' ')) {
             let (name, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
             let base = name.split('{').next().unwrap_or(name).to_string();
             let base = match name.split_once("quantile=\"") {
@@ -250,12 +211,7 @@ impl Server {
     }
 }
 
-fn encode_request<R: Encodable>(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &R,
-) -> Result<Bytes> {
+fn encode_request<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Result<Bytes> {
     let mut b = BytesMut::new();
     b.put_i32(0);
     RequestHeader::default()
@@ -277,15 +233,8 @@ async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-async fn roundtrip<R: Encodable>(
-    s: &mut TcpStream,
-    key: ApiKey,
-    version: i16,
-    cid: i32,
-    body: &R,
-) -> Result<Bytes> {
-    s.write_all(&encode_request(key, version, cid, body)?)
-        .await?;
+async fn roundtrip<R: Encodable>(s: &mut TcpStream, key: ApiKey, version: i16, cid: i32, body: &R) -> Result<Bytes> {
+    s.write_all(&encode_request(key, version, cid, body)?).await?;
     let mut b = read_frame(s).await?;
     ResponseHeader::decode(&mut b, key.response_header_version(version))?;
     Ok(b)
@@ -308,17 +257,12 @@ fn parse_acks(acks: &str) -> Result<i16> {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn server_env(args: &ProduceArgs) -> Vec<(String, String)> {
     let mut env = vec![
-        (
-            "SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(),
-            args.flush_interval_ms.to_string(),
-        ),
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS".to_string(), args.flush_interval_ms.to_string()),
         ("SIDESTREAM_WAL_SYNC".to_string(), args.wal_sync.clone()),
     ];
     if let Some(url) = &args.object_store_url {
@@ -330,14 +274,12 @@ fn server_env(args: &ProduceArgs) -> Vec<(String, String)> {
 
 async fn create_topic(kafka: &str, topic: &str, partitions: i32) -> Result<()> {
     let mut admin = TcpStream::connect(kafka).await?;
-    let create = CreateTopicsRequest::default()
-        .with_timeout_ms(10_000)
-        .with_topics(vec![
-            CreatableTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_num_partitions(partitions)
-                .with_replication_factor(1),
-        ]);
+    let create = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1),
+    ]);
     roundtrip(&mut admin, ApiKey::CreateTopics, 5, 1, &create).await?;
     Ok(())
 }
@@ -345,10 +287,7 @@ async fn create_topic(kafka: &str, topic: &str, partitions: i32) -> Result<()> {
 /// Microseconds since the bench started: the timestamp written into batches for e2e latency.
 fn now_us() -> i64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_micros() as i64
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as i64
 }
 
 /// What one produce run measured.
@@ -365,25 +304,16 @@ async fn run_load(kafka: &str, topic: &str, args: &ProduceArgs, stamp: bool) -> 
     let acks = parse_acks(&args.acks)?;
     // One pre-encoded request per partition; the correlation id (and with `stamp` the batch
     // timestamps and CRC) are patched per send.
-    let value: Vec<u8> = (0..args.record_bytes)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
+    let value: Vec<u8> = (0..args.record_bytes).map(|i| (i * 31 % 251) as u8).collect();
     let values: Vec<&[u8]> = vec![&value; args.records_per_batch];
     let batch = sidestream::format::records::encode_batch(0, &values);
     let requests: Vec<Bytes> = (0..args.partitions)
         .map(|p| {
-            let req = ProduceRequest::default()
-                .with_acks(acks)
-                .with_timeout_ms(30_000)
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(p)
-                                .with_records(Some(batch.clone())),
-                        ]),
-                ]);
+            let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![PartitionProduceData::default().with_index(p).with_records(Some(batch.clone()))]),
+            ]);
             encode_request(ApiKey::Produce, PRODUCE_VERSION, 0, &req)
         })
         .collect::<Result<_>>()?;
@@ -391,43 +321,23 @@ async fn run_load(kafka: &str, topic: &str, args: &ProduceArgs, stamp: bool) -> 
         .windows(batch.len())
         .rposition(|w| w == &batch[..])
         .ok_or_else(|| anyhow::anyhow!("batch not found in its request"))?;
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        600_000_000,
-        3,
-    )?));
-    let totals = Arc::new(Totals {
-        records: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
+    let totals = Arc::new(Totals { records: AtomicU64::new(0), errors: AtomicU64::new(0) });
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration_s);
     // With --rate: connection c sends its k-th request at start + (k * connections + c) * interval.
-    let interval = (args.rate > 0)
-        .then(|| Duration::from_secs_f64(args.records_per_batch as f64 / args.rate as f64));
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.records_per_batch as f64 / args.rate as f64));
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         let addr = kafka.to_string();
-        let (requests, hist, totals, args) =
-            (requests.clone(), hist.clone(), totals.clone(), args.clone());
-        let plan = LoadPlan {
-            c,
-            start,
-            deadline,
-            interval,
-            stamp_at: stamp.then_some((batch_at, batch.len())),
-        };
-        tasks.push(tokio::spawn(async move {
-            load_connection(addr, requests, args, plan, hist, totals).await
-        }));
+        let (requests, hist, totals, args) = (requests.clone(), hist.clone(), totals.clone(), args.clone());
+        let plan = LoadPlan { c, start, deadline, interval, stamp_at: stamp.then_some((batch_at, batch.len())) };
+        tasks.push(tokio::spawn(async move { load_connection(addr, requests, args, plan, hist, totals).await }));
     }
     for t in tasks {
         t.await??;
     }
-    let latency_us = hist
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock"))?
-        .clone();
+    let latency_us = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?.clone();
     Ok(LoadResult {
         records: totals.records.load(Ordering::Relaxed),
         errors: totals.errors.load(Ordering::Relaxed),
@@ -452,10 +362,7 @@ fn report(name: &str, params: &str, rows: &[(&str, String)]) {
     let json = format!(
         "{{\"scenario\":\"{name}\",\"params\":\"{}\",{}}}\n",
         params.replace('"', "'"),
-        rows.iter()
-            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-            .collect::<Vec<_>>()
-            .join(",")
+        rows.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect::<Vec<_>>().join(",")
     );
     let dir = PathBuf::from("bench/results");
     if std::fs::create_dir_all(&dir).is_ok()
@@ -474,8 +381,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let elapsed = load.elapsed_s;
     let (cpu1, peak_rss) = server.usage();
     let metrics1 = server.metrics().await;
-    let delta =
-        |k: &str| metrics1.get(k).copied().unwrap_or(0.0) - metrics0.get(k).copied().unwrap_or(0.0);
+    let delta = |k: &str| metrics1.get(k).copied().unwrap_or(0.0) - metrics0.get(k).copied().unwrap_or(0.0);
     let bytes = load.records as f64 * args.record_bytes as f64;
     let h = &load.latency_us;
     let puts = delta("sidestream_objects_uploaded_total");
@@ -492,62 +398,18 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         ("max ms", format!("{:.2}", h.max() as f64 / 1000.0)),
         ("errors", load.errors.to_string()),
         ("server CPU s", format!("{:.2}", cpu1 - cpu0)),
-        (
-            "server CPU %",
-            format!("{:.0}", (cpu1 - cpu0) / elapsed * 100.0),
-        ),
-        (
-            "server peak RSS MiB",
-            format!("{:.0}", peak_rss as f64 / 1048576.0),
-        ),
+        ("server CPU %", format!("{:.0}", (cpu1 - cpu0) / elapsed * 100.0)),
+        ("server peak RSS MiB", format!("{:.0}", peak_rss as f64 / 1048576.0)),
         ("PUTs", format!("{puts:.0}")),
-        (
-            "PUTs per GB",
-            format!(
-                "{:.1}",
-                if uploaded > 0.0 {
-                    puts / (uploaded / 1e9)
-                } else {
-                    0.0
-                }
-            ),
-        ),
-        (
-            "avg object MiB",
-            format!(
-                "{:.2}",
-                if puts > 0.0 {
-                    uploaded / puts / 1048576.0
-                } else {
-                    0.0
-                }
-            ),
-        ),
-        (
-            "server produce p50 ms",
-            server_ms("sidestream_produce_seconds:p0.5"),
-        ),
-        (
-            "server produce p99 ms",
-            server_ms("sidestream_produce_seconds:p0.99"),
-        ),
-        (
-            "server PUT p99 ms",
-            server_ms("sidestream_object_upload_seconds:p0.99"),
-        ),
-        (
-            "server commit p99 ms",
-            server_ms("sidestream_commit_seconds:p0.99"),
-        ),
-        (
-            "WAL sync p99 ms",
-            server_ms("sidestream_wal_sync_seconds:p0.99"),
-        ),
+        ("PUTs per GB", format!("{:.1}", if uploaded > 0.0 { puts / (uploaded / 1e9) } else { 0.0 })),
+        ("avg object MiB", format!("{:.2}", if puts > 0.0 { uploaded / puts / 1048576.0 } else { 0.0 })),
+        ("server produce p50 ms", server_ms("sidestream_produce_seconds:p0.5")),
+        ("server produce p99 ms", server_ms("sidestream_produce_seconds:p0.99")),
+        ("server PUT p99 ms", server_ms("sidestream_object_upload_seconds:p0.99")),
+        ("server commit p99 ms", server_ms("sidestream_commit_seconds:p0.99")),
+        ("WAL sync p99 ms", server_ms("sidestream_wal_sync_seconds:p0.99")),
         ("WAL syncs/s", format!("{:.0}", syncs / elapsed)),
-        (
-            "WAL entries per sync",
-            format!("{:.1}", if syncs > 0.0 { entries / syncs } else { 0.0 }),
-        ),
+        ("WAL entries per sync", format!("{:.1}", if syncs > 0.0 { entries / syncs } else { 0.0 })),
     ];
     let name = args.name.clone().unwrap_or_else(|| {
         format!(
@@ -556,11 +418,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             args.record_bytes,
             args.records_per_batch,
             args.partitions,
-            if args.rate > 0 {
-                format!("rate{}", args.rate)
-            } else {
-                "max".into()
-            }
+            if args.rate > 0 { format!("rate{}", args.rate) } else { "max".into() }
         )
     });
     report(&name, &format!("{args:?}"), &rows);
@@ -585,29 +443,15 @@ async fn consume(
     let mut bytes = 0u64;
     let mut cid = 0;
     while !stop.load(Ordering::Relaxed) && until_offset.is_none_or(|end| offset < end) {
-        let req = FetchRequest::default()
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(64 << 20)
-            .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_string(topic.clone())))
-                    .with_partitions(vec![
-                        FetchPartition::default()
-                            .with_partition(0)
-                            .with_fetch_offset(offset)
-                            .with_partition_max_bytes(16 << 20),
-                    ]),
-            ]);
+        let req = FetchRequest::default().with_max_wait_ms(max_wait_ms).with_min_bytes(1).with_max_bytes(64 << 20).with_topics(vec![
+            FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.clone()))).with_partitions(vec![
+                FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(16 << 20),
+            ]),
+        ]);
         cid += 1;
         let mut b = roundtrip(&mut s, ApiKey::Fetch, 12, cid, &req).await?;
         let f = FetchResponse::decode(&mut b, 12)?;
-        let Some(records) = f
-            .responses
-            .first()
-            .and_then(|t| t.partitions.first())
-            .and_then(|p| p.records.clone())
-        else {
+        let Some(records) = f.responses.first().and_then(|t| t.partitions.first()).and_then(|p| p.records.clone()) else {
             continue;
         };
         bytes += records.len() as u64;
@@ -625,39 +469,21 @@ async fn e2e(args: ProduceArgs) -> Result<()> {
     let server = Server::start(&args.bin, &server_env(&args)).await?;
     create_topic(&server.kafka, TOPIC, 1).await?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let e2e = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        600_000_000,
-        3,
-    )?));
+    let e2e = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
     let (h, st) = (e2e.clone(), stop.clone());
-    let consumer = tokio::spawn(consume(
-        server.kafka.clone(),
-        TOPIC.into(),
-        0,
-        500,
-        None,
-        st,
-        move |sent_us| {
-            if let Ok(mut h) = h.lock() {
-                let _ = h.record((now_us() - sent_us).max(1) as u64);
-            }
-        },
-    ));
+    let consumer = tokio::spawn(consume(server.kafka.clone(), TOPIC.into(), 0, 500, None, st, move |sent_us| {
+        if let Ok(mut h) = h.lock() {
+            let _ = h.record((now_us() - sent_us).max(1) as u64);
+        }
+    }));
     let mut one_partition = args.clone();
     one_partition.partitions = 1;
     let load = run_load(&server.kafka, TOPIC, &one_partition, true).await?;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(5), consumer).await;
-    let h = e2e
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock"))?
-        .clone();
+    let h = e2e.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?.clone();
     let rows = [
-        (
-            "records/s",
-            format!("{:.0}", load.records as f64 / load.elapsed_s),
-        ),
+        ("records/s", format!("{:.0}", load.records as f64 / load.elapsed_s)),
         ("produce errors", load.errors.to_string()),
         ("produce p50 ms", ms(&load.latency_us, 0.5)),
         ("produce p99 ms", ms(&load.latency_us, 0.99)),
@@ -667,10 +493,7 @@ async fn e2e(args: ProduceArgs) -> Result<()> {
         ("e2e p999 ms", ms(&h, 0.999)),
         ("e2e max ms", format!("{:.2}", h.max() as f64 / 1000.0)),
     ];
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("e2e-acks{}-rate{}", args.acks, args.rate));
+    let name = args.name.clone().unwrap_or_else(|| format!("e2e-acks{}-rate{}", args.acks, args.rate));
     report(&name, &format!("{args:?}"), &rows);
     server.stop().await;
     Ok(())
@@ -696,52 +519,23 @@ async fn catchup(args: CatchupArgs) -> Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let end = history.records as i64;
     let started = Instant::now();
-    let reader = tokio::spawn(consume(
-        server.kafka.clone(),
-        "history".into(),
-        0,
-        0,
-        Some(end),
-        stop.clone(),
-        |_| {},
-    ));
+    let reader = tokio::spawn(consume(server.kafka.clone(), "history".into(), 0, 0, Some(end), stop.clone(), |_| {}));
     let with = run_load(&server.kafka, TOPIC, p, false).await?;
     let read = reader.await??;
     let read_s = started.elapsed().as_secs_f64();
     let metrics = server.metrics().await;
-    let gets = metrics
-        .get("sidestream_cache_block_gets_total")
-        .copied()
-        .unwrap_or(0.0);
+    let gets = metrics.get("sidestream_cache_block_gets_total").copied().unwrap_or(0.0);
     let rows = [
-        (
-            "history MB",
-            format!(
-                "{:.0}",
-                history.records as f64 * p.record_bytes as f64 / 1e6
-            ),
-        ),
-        (
-            "catch-up MB/s",
-            format!("{:.1}", read as f64 / read_s / 1e6),
-        ),
-        (
-            "GETs per GB read",
-            format!("{:.1}", gets / (read as f64 / 1e9)),
-        ),
-        (
-            "producer records/s",
-            format!("{:.0}", with.records as f64 / with.elapsed_s),
-        ),
+        ("history MB", format!("{:.0}", history.records as f64 * p.record_bytes as f64 / 1e6)),
+        ("catch-up MB/s", format!("{:.1}", read as f64 / read_s / 1e6)),
+        ("GETs per GB read", format!("{:.1}", gets / (read as f64 / 1e9))),
+        ("producer records/s", format!("{:.0}", with.records as f64 / with.elapsed_s)),
         ("producer p50 ms alone", ms(&alone.latency_us, 0.5)),
         ("producer p99 ms alone", ms(&alone.latency_us, 0.99)),
         ("producer p50 ms with catch-up", ms(&with.latency_us, 0.5)),
         ("producer p99 ms with catch-up", ms(&with.latency_us, 0.99)),
     ];
-    let name = p
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("catchup-acks{}-rate{}", p.acks, p.rate));
+    let name = p.name.clone().unwrap_or_else(|| format!("catchup-acks{}-rate{}", p.acks, p.rate));
     report(&name, &format!("{args:?}"), &rows);
     server.stop().await;
     Ok(())
@@ -765,13 +559,7 @@ async fn load_connection(
     hist: Arc<Mutex<Histogram<u64>>>,
     totals: Arc<Totals>,
 ) -> Result<()> {
-    let LoadPlan {
-        c,
-        start,
-        deadline,
-        interval,
-        stamp_at,
-    } = plan;
+    let LoadPlan { c, start, deadline, interval, stamp_at } = plan;
     let s = TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
     let (mut rd, mut wr) = s.into_split();
@@ -785,15 +573,9 @@ async fn load_connection(
             let mut b = read_frame(&mut rd).await?;
             let latency = sent.elapsed();
             reader_window.add_permits(1);
-            ResponseHeader::decode(
-                &mut b,
-                ApiKey::Produce.response_header_version(PRODUCE_VERSION),
-            )?;
+            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(PRODUCE_VERSION))?;
             let r = ProduceResponse::decode(&mut b, PRODUCE_VERSION)?;
-            let ok = r
-                .responses
-                .iter()
-                .all(|t| t.partition_responses.iter().all(|p| p.error_code == 0));
+            let ok = r.responses.iter().all(|t| t.partition_responses.iter().all(|p| p.error_code == 0));
             if ok {
                 totals.records.fetch_add(per_batch, Ordering::Relaxed);
                 local.record((latency.as_micros() as u64).max(1))?;
@@ -801,9 +583,7 @@ async fn load_connection(
                 totals.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        hist.lock()
-            .map_err(|_| anyhow::anyhow!("histogram lock"))?
-            .add(&local)?;
+        hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?.add(&local)?;
         anyhow::Ok(())
     });
     let mut k: u64 = 0;
@@ -833,11 +613,7 @@ async fn load_connection(
             frame[at + 17..at + 21].copy_from_slice(&crc.to_be_bytes());
         }
         // Open-loop latency: from when the request should have been sent.
-        let sent_at = if interval.is_some() {
-            intended
-        } else {
-            Instant::now()
-        };
+        let sent_at = if interval.is_some() { intended } else { Instant::now() };
         wr.write_all(&frame).await?;
         sent_tx.send(sent_at)?;
         k += 1;

@@ -82,16 +82,7 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 /// Figures whose ratios are printed.
-const RATIO_COLUMNS: &[&str] = &[
-    "MB/s",
-    "records/s",
-    "p50 ms",
-    "p99 ms",
-    "p999 ms",
-    "CPU s per GB",
-    "peak RSS MiB",
-    "$ per month (model)",
-];
+const RATIO_COLUMNS: &[&str] = &["MB/s", "records/s", "p50 ms", "p99 ms", "p999 ms", "CPU s per GB", "peak RSS MiB", "$ per month (model)"];
 
 pub fn load_avg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -140,10 +131,7 @@ pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_default();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kb = meminfo
@@ -153,14 +141,9 @@ pub fn machine() -> Machine {
         .unwrap_or(0.0);
     Machine {
         cpu,
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         memory_gib: (kb / 1048576.0 * 10.0).round() / 10.0,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
     }
 }
 
@@ -221,10 +204,7 @@ impl CostAssumptions {
         let cross = 2.0 * self.cross_zone_per_gb_each_way;
         let away = (self.zones - 1.0) / self.zones;
         // Producer to a leader in another zone, two follower copies, consumer from another zone.
-        let transfer = written
-            * (away * cross
-                + (self.kafka_replicas - 1.0) * cross
-                + self.reads_per_byte * away * cross);
+        let transfer = written * (away * cross + (self.kafka_replicas - 1.0) * cross + self.reads_per_byte * away * cross);
         transfer + self.retained_gb() * self.kafka_replicas * self.block_gb_month / self.block_fill
     }
 
@@ -329,13 +309,7 @@ pub fn utc_now() -> String {
 }
 
 /// The Markdown for a set of runs (tables per scenario, ratios, notes, cost assumptions).
-pub fn markdown(
-    name: &str,
-    started: &str,
-    runs: &[Run],
-    notes: &[String],
-    targets: &BTreeMap<String, String>,
-) -> String {
+pub fn markdown(name: &str, started: &str, runs: &[Run], notes: &[String], targets: &BTreeMap<String, String>) -> String {
     let m = machine();
     let mut s = String::new();
     let _ = writeln!(s, "# {name}\n");
@@ -358,11 +332,8 @@ pub fn markdown(
     for scenario in scenarios {
         let rows: Vec<&Run> = runs.iter().filter(|r| r.scenario == scenario).collect();
         let extra: Vec<String> = {
-            let mut e: Vec<String> = rows
-                .iter()
-                .flat_map(|r| r.figures.keys().cloned())
-                .filter(|k| !COLUMNS.contains(&k.as_str()))
-                .collect();
+            let mut e: Vec<String> =
+                rows.iter().flat_map(|r| r.figures.keys().cloned()).filter(|k| !COLUMNS.contains(&k.as_str())).collect();
             e.sort();
             e.dedup();
             e
@@ -377,48 +348,22 @@ pub fn markdown(
         let _ = writeln!(s, "| case | target | {} | load |", cols.join(" | "));
         let _ = writeln!(s, "|---|---|{}---|", "---|".repeat(cols.len()));
         for r in &rows {
-            let cells: Vec<String> = cols
-                .iter()
-                .map(|c| r.figures.get(c).map_or("-".into(), |v| fmt(*v)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {:.1}/{:.1} |",
-                r.case,
-                r.target,
-                cells.join(" | "),
-                r.load_before,
-                r.load_after
-            );
+            let cells: Vec<String> = cols.iter().map(|c| r.figures.get(c).map_or("-".into(), |v| fmt(*v))).collect();
+            let _ = writeln!(s, "| {} | {} | {} | {:.1}/{:.1} |", r.case, r.target, cells.join(" | "), r.load_before, r.load_after);
         }
-        let rs: Vec<Ratio> = ratios(runs)
-            .into_iter()
-            .filter(|r| r.scenario == scenario)
-            .collect();
+        let rs: Vec<Ratio> = ratios(runs).into_iter().filter(|r| r.scenario == scenario).collect();
         if !rs.is_empty() {
             let rcols: Vec<&str> = RATIO_COLUMNS
                 .iter()
                 .copied()
-                .chain([
-                    "e2e p99 ms",
-                    "txn p99 ms",
-                    "producer p99 ms with catch-up",
-                    "start to first ack s",
-                    "restart to committed s",
-                ])
+                .chain(["e2e p99 ms", "txn p99 ms", "producer p99 ms with catch-up", "start to first ack s", "restart to committed s"])
                 .filter(|c| rs.iter().any(|r| r.figures.contains_key(*c)))
                 .collect();
-            let _ = writeln!(
-                s,
-                "\nRatios (Sidestream / peer; above 1 means Sidestream's figure is larger):\n"
-            );
+            let _ = writeln!(s, "\nRatios (Sidestream / peer; above 1 means Sidestream's figure is larger):\n");
             let _ = writeln!(s, "| case | pair | {} |", rcols.join(" | "));
             let _ = writeln!(s, "|---|---|{}", "---|".repeat(rcols.len()));
             for r in rs {
-                let cells: Vec<String> = rcols
-                    .iter()
-                    .map(|c| r.figures.get(*c).map_or("-".into(), |v| format!("{v:.2}x")))
-                    .collect();
+                let cells: Vec<String> = rcols.iter().map(|c| r.figures.get(*c).map_or("-".into(), |v| format!("{v:.2}x"))).collect();
                 let _ = writeln!(s, "| {} | {} | {} |", r.case, r.pair, cells.join(" | "));
             }
         }
@@ -431,11 +376,7 @@ pub fn markdown(
     let all_notes: Vec<String> = notes
         .iter()
         .cloned()
-        .chain(runs.iter().flat_map(|r| {
-            r.notes
-                .iter()
-                .map(move |n| format!("{} {} ({}): {n}", r.scenario, r.case, r.target))
-        }))
+        .chain(runs.iter().flat_map(|r| r.notes.iter().map(move |n| format!("{} {} ({}): {n}", r.scenario, r.case, r.target))))
         .collect();
     if !all_notes.is_empty() {
         let _ = writeln!(s, "## Notes\n");
@@ -449,14 +390,7 @@ pub fn markdown(
 }
 
 /// Writes bench/results/<name>.md, .json and one CDF SVG per scenario; prints the Markdown.
-pub fn write(
-    dir: &Path,
-    name: &str,
-    started: &str,
-    runs: &[Run],
-    notes: &[String],
-    targets: &BTreeMap<String, String>,
-) -> Result<()> {
+pub fn write(dir: &Path, name: &str, started: &str, runs: &[Run], notes: &[String], targets: &BTreeMap<String, String>) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let md = markdown(name, started, runs, notes, targets);
     println!("{md}");
@@ -472,17 +406,11 @@ pub fn write(
         cost_assumptions: COST,
         notes,
     };
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(&doc)? + "\n",
-    )?;
+    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&doc)? + "\n")?;
     let mut scenarios: Vec<&str> = runs.iter().map(|r| r.scenario.as_str()).collect();
     scenarios.dedup();
     for scenario in scenarios {
-        let rows: Vec<&Run> = runs
-            .iter()
-            .filter(|r| r.scenario == scenario && !r.cdf.is_empty())
-            .collect();
+        let rows: Vec<&Run> = runs.iter().filter(|r| r.scenario == scenario && !r.cdf.is_empty()).collect();
         if !rows.is_empty() {
             let path = dir.join(format!("{name}-{scenario}.svg"));
             if let Err(e) = plot(&path, &format!("{name}: {scenario} latency CDF"), &rows) {
@@ -497,18 +425,8 @@ pub fn write(
 fn plot(path: &PathBuf, title: &str, runs: &[&Run]) -> Result<()> {
     use plotters::prelude::*;
     let nines = |q: f64| -(1.0 - q.min(0.9999)).log10();
-    let lo = runs
-        .iter()
-        .flat_map(|r| r.cdf.iter().map(|p| p.0))
-        .fold(f64::INFINITY, f64::min)
-        .max(0.01)
-        / 1.5;
-    let hi = runs
-        .iter()
-        .flat_map(|r| r.cdf.iter().map(|p| p.0))
-        .fold(0.0, f64::max)
-        .max(lo * 10.0)
-        * 1.5;
+    let lo = runs.iter().flat_map(|r| r.cdf.iter().map(|p| p.0)).fold(f64::INFINITY, f64::min).max(0.01) / 1.5;
+    let hi = runs.iter().flat_map(|r| r.cdf.iter().map(|p| p.0)).fold(0.0, f64::max).max(lo * 10.0) * 1.5;
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -525,26 +443,17 @@ fn plot(path: &PathBuf, title: &str, runs: &[&Run]) -> Result<()> {
         .y_labels(9)
         .y_label_formatter(&|v| format!("{:.2}%", 100.0 * (1.0 - 10f64.powf(-v))))
         .x_label_formatter(&|v| {
-            if *v >= 1.0 {
-                format!("{v:.0}")
-            } else {
-                format!("{v:.2}")
-            }
+            if *v >= 1.0 { format!("{v:.0}") } else { format!("{v:.2}") }
         })
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for (i, r) in runs.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(
-                r.cdf.iter().map(|&(ms, q)| (ms.max(lo), nines(q))),
-                color.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(r.cdf.iter().map(|&(ms, q)| (ms.max(lo), nines(q))), color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(format!("{} {}", r.target, r.case))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
@@ -565,19 +474,12 @@ mod tests {
     fn cost_model_adds_up() {
         // 25,920 GB written a month, 6,048 GB retained.
         let storage_only = COST.object_storage(0.0, 0.0);
-        assert!(
-            (storage_only - 6048.0 * 0.023).abs() < 0.01,
-            "{storage_only}"
-        );
+        assert!((storage_only - 6048.0 * 0.023).abs() < 0.01, "{storage_only}");
         // 120 PUTs per GB: 3,110,400 PUTs at $0.005 per 1000.
         assert!((COST.object_storage(120.0, 0.0) - storage_only - 15.552).abs() < 0.01);
         // Kafka: transfer 25,920 x (2/3 x 0.02 + 2 x 0.02 + 2/3 x 0.02) + 6,048 x 3 x 0.08 / 0.5.
         let kafka = 25920.0 * (0.02 * 2.0 / 3.0 * 2.0 + 0.04) + 6048.0 * 3.0 * 0.16;
-        assert!(
-            (COST.kafka() - kafka).abs() < 0.01,
-            "{} vs {kafka}",
-            COST.kafka()
-        );
+        assert!((COST.kafka() - kafka).abs() < 0.01, "{} vs {kafka}", COST.kafka());
     }
 
     #[test]

@@ -46,32 +46,17 @@ impl Counts {
     }
     /// PUT-class requests (billed at the PUT price).
     pub fn puts(&self) -> u64 {
-        [
-            "PutObject",
-            "UploadPart",
-            "CreateMultipartUpload",
-            "CompleteMultipartUpload",
-            "ListObjects",
-            "ListObjectsV2",
-        ]
-        .iter()
-        .map(|k| self.get(k))
-        .sum()
-    }
-    /// GET-class requests (billed at the GET price).
-    pub fn gets(&self) -> u64 {
-        ["GetObject", "HeadObject"]
+        ["PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload", "ListObjects", "ListObjectsV2"]
             .iter()
             .map(|k| self.get(k))
             .sum()
     }
+    /// GET-class requests (billed at the GET price).
+    pub fn gets(&self) -> u64 {
+        ["GetObject", "HeadObject"].iter().map(|k| self.get(k)).sum()
+    }
     pub fn minus(&self, before: &Counts) -> Counts {
-        Counts(
-            self.0
-                .iter()
-                .map(|(k, v)| (*k, v - before.get(k)))
-                .collect(),
-        )
+        Counts(self.0.iter().map(|(k, v)| (*k, v - before.get(k))).collect())
     }
 }
 
@@ -86,34 +71,19 @@ pub struct S3 {
 
 impl S3 {
     pub fn start(bin: &str, rt: &tokio::runtime::Runtime) -> Result<S3> {
-        let root = PathBuf::from(if std::path::Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
-        } else {
-            "/tmp"
-        })
-        .join(format!("sidestream-bench-s3-{}", std::process::id()));
+        let root = PathBuf::from(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
+            .join(format!("sidestream-bench-s3-{}", std::process::id()));
         std::fs::create_dir_all(&root)?;
         let port = crate::target::free_port()?;
         let log = std::fs::File::create(root.with_extension("log"))?;
         let child = Command::new(bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                ACCESS_KEY,
-                "--secret-key",
-                SECRET_KEY,
-            ])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&root)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| {
-                format!("cannot start {bin} (scripts/test installs s3s-fs; or pass --s3s-fs-bin)")
-            })?;
+            .with_context(|| format!("cannot start {bin} (scripts/test installs s3s-fs; or pass --s3s-fs-bin)"))?;
         let upstream = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&upstream).is_err() {
@@ -136,12 +106,7 @@ impl S3 {
                 });
             }
         });
-        Ok(S3 {
-            child,
-            root,
-            endpoint,
-            counts,
-        })
+        Ok(S3 { child, root, endpoint, counts })
     }
 
     /// A new empty bucket (s3s-fs: a directory under its root).
@@ -168,11 +133,7 @@ impl Drop for S3 {
     }
 }
 
-async fn proxy(
-    client: TcpStream,
-    server: TcpStream,
-    counts: Arc<Mutex<Counts>>,
-) -> std::io::Result<()> {
+async fn proxy(client: TcpStream, server: TcpStream, counts: Arc<Mutex<Counts>>) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (crd, mut cwr) = client.into_split();
@@ -188,11 +149,7 @@ async fn proxy(
 /// Billing name of one request (path-style: /bucket/key?query).
 fn classify(method: &str, target: &str) -> &'static str {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let has = |k: &str| {
-        query
-            .split('&')
-            .any(|kv| kv == k || kv.starts_with(&format!("{k}=")))
-    };
+    let has = |k: &str| query.split('&').any(|kv| kv == k || kv.starts_with(&format!("{k}=")));
     let object = path.trim_start_matches('/').contains('/');
     match method {
         "PUT" if has("uploadId") => "UploadPart",
@@ -254,15 +211,7 @@ async fn forward_requests(
                 line.clear();
                 rd.read_until(b'\n', &mut line).await?;
                 wr.write_all(&line).await?;
-                let size = u64::from_str_radix(
-                    String::from_utf8_lossy(&line)
-                        .trim()
-                        .split(';')
-                        .next()
-                        .unwrap_or("0"),
-                    16,
-                )
-                .unwrap_or(0);
+                let size = u64::from_str_radix(String::from_utf8_lossy(&line).trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
                 if size == 0 {
                     // Trailers, then the empty line.
                     loop {
@@ -295,29 +244,14 @@ mod tests {
     #[test]
     fn requests_are_sorted_by_what_is_billed() {
         assert_eq!(classify("PUT", "/b/k/x.sso"), "PutObject");
-        assert_eq!(
-            classify("PUT", "/b/k?partNumber=2&uploadId=abc"),
-            "UploadPart"
-        );
+        assert_eq!(classify("PUT", "/b/k?partNumber=2&uploadId=abc"), "UploadPart");
         assert_eq!(classify("POST", "/b/k?uploads"), "CreateMultipartUpload");
-        assert_eq!(
-            classify("POST", "/b/k?uploadId=abc"),
-            "CompleteMultipartUpload"
-        );
+        assert_eq!(classify("POST", "/b/k?uploadId=abc"), "CompleteMultipartUpload");
         assert_eq!(classify("GET", "/b?list-type=2&prefix=x"), "ListObjects");
         assert_eq!(classify("GET", "/b/k/x.sso"), "GetObject");
         assert_eq!(classify("HEAD", "/b/k"), "HeadObject");
         assert_eq!(classify("DELETE", "/b/k"), "DeleteObject");
-        let c = Counts(
-            [
-                ("PutObject", 3),
-                ("UploadPart", 2),
-                ("GetObject", 5),
-                ("DeleteObject", 7),
-            ]
-            .into_iter()
-            .collect(),
-        );
+        let c = Counts([("PutObject", 3), ("UploadPart", 2), ("GetObject", 5), ("DeleteObject", 7)].into_iter().collect());
         assert_eq!((c.puts(), c.gets()), (5, 5));
     }
 }

@@ -39,12 +39,8 @@ impl Kind {
 
     pub fn describe(self) -> &'static str {
         match self {
-            Kind::Sidestream => {
-                "Sidestream (embedded controller, WAL on local disk, objects on s3s-fs)"
-            }
-            Kind::Kafka => {
-                "Apache Kafka 4.4.0 (one KRaft broker+controller, log on local disk, -Xmx1g)"
-            }
+            Kind::Sidestream => "Sidestream (embedded controller, WAL on local disk, objects on s3s-fs)",
+            Kind::Kafka => "Apache Kafka 4.4.0 (one KRaft broker+controller, log on local disk, -Xmx1g)",
             Kind::Tansu => "Tansu 0.6.0 (S3 storage engine on s3s-fs)",
         }
     }
@@ -59,9 +55,7 @@ pub fn parse_kind(s: &str) -> Result<Kind, String> {
         "sidestream" => Ok(Kind::Sidestream),
         "kafka" => Ok(Kind::Kafka),
         "tansu" => Ok(Kind::Tansu),
-        other => Err(format!(
-            "unknown target {other:?}: sidestream, kafka or tansu"
-        )),
+        other => Err(format!("unknown target {other:?}: sidestream, kafka or tansu")),
     }
 }
 
@@ -75,9 +69,7 @@ pub struct Programs {
 }
 
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// One running broker.
@@ -124,54 +116,30 @@ impl Placement {
             (true, None) => bail!("{} needs the S3 server", kind.name()),
             _ => None,
         };
-        Ok(Placement {
-            data_dir,
-            bucket,
-            port: free_port()?,
-            remote: None,
-        })
+        Ok(Placement { data_dir, bucket, port: free_port()?, remote: None })
     }
 
     /// Another agent of the same cluster: its own data dir and port, the same bucket.
     pub fn peer(&self, node_id: u32) -> Result<Placement> {
-        let Some(remote) = &self.remote else {
-            bail!("only an agent of a cluster has peers")
-        };
-        let name = self
-            .data_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let data_dir = self
-            .data_dir
-            .with_file_name(format!("{name}-agent{node_id}"));
+        let Some(remote) = &self.remote else { bail!("only an agent of a cluster has peers") };
+        let name = self.data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let data_dir = self.data_dir.with_file_name(format!("{name}-agent{node_id}"));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir)?;
         Ok(Placement {
             data_dir,
             bucket: self.bucket.clone(),
             port: free_port()?,
-            remote: Some(Remote {
-                controller: remote.controller.clone(),
-                node_id,
-            }),
+            remote: Some(Remote { controller: remote.controller.clone(), node_id }),
         })
     }
 }
 
 impl Target {
     /// Starts the broker (does not wait: see [`Target::wait_ready`]).
-    pub fn spawn(
-        kind: Kind,
-        programs: &Programs,
-        s3: Option<&S3>,
-        at: &Placement,
-    ) -> Result<Target> {
+    pub fn spawn(kind: Kind, programs: &Programs, s3: Option<&S3>, at: &Placement) -> Result<Target> {
         let bootstrap = format!("127.0.0.1:{}", at.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(at.data_dir.join("broker.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(at.data_dir.join("broker.log"))?;
         let mut metrics = None;
         let mut cmd = match kind {
             Kind::Sidestream => {
@@ -183,15 +151,12 @@ impl Target {
                     .env("SIDESTREAM_METRICS_LISTEN", &m)
                     .env("SIDESTREAM_LOG_LEVEL", "warn");
                 if let (Some(s3), Some(bucket)) = (s3, &at.bucket) {
-                    c.env(
-                        "SIDESTREAM_OBJECT_STORE_URL",
-                        format!("s3://{bucket}/bench"),
-                    )
-                    .env("SIDESTREAM_OBJECT_STORE_ENDPOINT", &s3.endpoint)
-                    .env("SIDESTREAM_OBJECT_STORE_REGION", "us-east-1")
-                    .env("SIDESTREAM_OBJECT_STORE_PATH_STYLE", "true")
-                    .env("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", ACCESS_KEY)
-                    .env("SIDESTREAM_OBJECT_STORE_SECRET_ACCESS_KEY", SECRET_KEY);
+                    c.env("SIDESTREAM_OBJECT_STORE_URL", format!("s3://{bucket}/bench"))
+                        .env("SIDESTREAM_OBJECT_STORE_ENDPOINT", &s3.endpoint)
+                        .env("SIDESTREAM_OBJECT_STORE_REGION", "us-east-1")
+                        .env("SIDESTREAM_OBJECT_STORE_PATH_STYLE", "true")
+                        .env("SIDESTREAM_OBJECT_STORE_ACCESS_KEY_ID", ACCESS_KEY)
+                        .env("SIDESTREAM_OBJECT_STORE_SECRET_ACCESS_KEY", SECRET_KEY);
                 }
                 if let Some(r) = &at.remote {
                     c.env("SIDESTREAM_CONTROLLER_MODE", "remote")
@@ -207,42 +172,27 @@ impl Target {
             }
             Kind::Kafka => {
                 let mut c = Command::new(&programs.kafka_script);
-                c.arg("serve")
-                    .env("SIDESTREAM_AGENT_LISTEN", &bootstrap)
-                    .env("SIDESTREAM_AGENT_DATA_DIR", &at.data_dir);
+                c.arg("serve").env("SIDESTREAM_AGENT_LISTEN", &bootstrap).env("SIDESTREAM_AGENT_DATA_DIR", &at.data_dir);
                 c
             }
             Kind::Tansu => {
-                let (Some(s3), Some(bucket)) = (s3, &at.bucket) else {
-                    bail!("tansu needs the S3 server")
-                };
+                let (Some(s3), Some(bucket)) = (s3, &at.bucket) else { bail!("tansu needs the S3 server") };
                 let url = format!("tcp://{bootstrap}");
                 let mut c = Command::new(&programs.tansu_bin);
-                c.args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", &format!("s3://{bucket}/")])
-                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-                .env("AWS_DEFAULT_REGION", "us-east-1")
-                .env("AWS_ENDPOINT", &s3.endpoint)
-                .env("AWS_ALLOW_HTTP", "true")
-                .env("RUST_LOG", "warn")
-                .current_dir(&at.data_dir);
+                c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .args(["--storage-engine", &format!("s3://{bucket}/")])
+                    .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                    .env("AWS_DEFAULT_REGION", "us-east-1")
+                    .env("AWS_ENDPOINT", &s3.endpoint)
+                    .env("AWS_ALLOW_HTTP", "true")
+                    .env("RUST_LOG", "warn")
+                    .current_dir(&at.data_dir);
                 c
             }
         };
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the {} broker", kind.name()))?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("cannot start the {} broker", kind.name()))?;
         Ok(Target {
             kind,
             group: Group(child),
@@ -255,12 +205,7 @@ impl Target {
         })
     }
 
-    pub fn start(
-        kind: Kind,
-        programs: &Programs,
-        s3: Option<&S3>,
-        at: &Placement,
-    ) -> Result<Target> {
+    pub fn start(kind: Kind, programs: &Programs, s3: Option<&S3>, at: &Placement) -> Result<Target> {
         let mut t = Target::spawn(kind, programs, s3, at)?;
         t.wait_ready(Duration::from_secs(180))?;
         Ok(t)
@@ -274,19 +219,10 @@ impl Target {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.group.0.try_wait() {
-                bail!(
-                    "{} exited ({status}) before it was ready; log: {}",
-                    self.kind.name(),
-                    self.log_tail()
-                );
+                bail!("{} exited ({status}) before it was ready; log: {}", self.kind.name(), self.log_tail());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{} not ready on {} within {limit:?}; log: {}",
-                    self.kind.name(),
-                    self.bootstrap,
-                    self.log_tail()
-                );
+                bail!("{} not ready on {} within {limit:?}; log: {}", self.kind.name(), self.bootstrap, self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -304,12 +240,7 @@ impl Target {
     }
 
     pub fn placement(&self) -> Placement {
-        Placement {
-            data_dir: self.data_dir.clone(),
-            bucket: self.bucket.clone(),
-            port: self.port,
-            remote: self.remote.clone(),
-        }
+        Placement { data_dir: self.data_dir.clone(), bucket: self.bucket.clone(), port: self.port, remote: self.remote.clone() }
     }
 
     /// (CPU seconds, peak RSS bytes) summed over the broker's process tree.
@@ -352,12 +283,7 @@ impl Target {
         let m = self.metrics();
         let mut c = crate::s3count::Counts::default();
         for name in crate::s3count::REQUEST_NAMES {
-            let v = m
-                .get(&format!(
-                    "sidestream_object_store_http_requests_total{{request=\"{name}\"}}"
-                ))
-                .copied()
-                .unwrap_or(0.0);
+            let v = m.get(&format!("sidestream_object_store_http_requests_total{{request=\"{name}\"}}")).copied().unwrap_or(0.0);
             c.0.insert(name, v as u64);
         }
         Some(c)
@@ -460,17 +386,11 @@ impl Controller {
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir)?;
         let address = format!("127.0.0.1:{}", free_port()?);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("controller.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("controller.log"))?;
         let child = Command::new(&programs.sidestream_bin)
             .arg("controller")
             .env("SIDESTREAM_CONTROLLER_LISTEN", &address)
-            .env(
-                "SIDESTREAM_CONTROLLER_STORE",
-                format!("sqlite://{}", data_dir.join("controller.db").display()),
-            )
+            .env("SIDESTREAM_CONTROLLER_STORE", format!("sqlite://{}", data_dir.join("controller.db").display()))
             .env("SIDESTREAM_CONTROLLER_TOKEN", CLUSTER_TOKEN)
             .env("SIDESTREAM_AGENT_DATA_DIR", &data_dir)
             .env("SIDESTREAM_LOG_LEVEL", "warn")
@@ -480,25 +400,14 @@ impl Controller {
             .process_group(0)
             .spawn()
             .context("cannot start the sidestream controller")?;
-        let mut c = Controller {
-            group: Group(child),
-            address,
-            data_dir,
-        };
+        let mut c = Controller { group: Group(child), address, data_dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&c.address).is_err() {
             if let Some(how) = c.group.exited() {
-                bail!(
-                    "the sidestream controller {how} before it was ready; log: {}",
-                    c.log_tail()
-                );
+                bail!("the sidestream controller {how} before it was ready; log: {}", c.log_tail());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "the sidestream controller was not ready on {} within 60 s; log: {}",
-                    c.address,
-                    c.log_tail()
-                );
+                bail!("the sidestream controller was not ready on {} within 60 s; log: {}", c.address, c.log_tail());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -506,8 +415,7 @@ impl Controller {
     }
 
     pub fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.data_dir.join("controller.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.data_dir.join("controller.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
@@ -532,13 +440,8 @@ fn tree(pid: u32) -> Vec<u32> {
         let p = out[i];
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for t in tasks.flatten() {
-                let children =
-                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
+                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
             }
         }
         i += 1;
@@ -553,9 +456,7 @@ fn api_versions_ok(addr: &str) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     // size 14 | api key 18 | version 0 | correlation id 1 | client id "benc"
-    let req = [
-        0, 0, 0, 14, 0, 18, 0, 0, 0, 0, 0, 1, 0, 4, b'b', b'e', b'n', b'c',
-    ];
+    let req = [0, 0, 0, 14, 0, 18, 0, 0, 0, 0, 0, 1, 0, 4, b'b', b'e', b'n', b'c'];
     if s.write_all(&req).is_err() {
         return false;
     }

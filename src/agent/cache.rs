@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCacheProperties, Location, PsyncIoEngineConfig, Source, Throttle,
+    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCacheProperties, Location,
+    PsyncIoEngineConfig, Source, Throttle,
 };
 use tokio::sync::Semaphore;
 
@@ -400,11 +400,7 @@ mod tests {
     /// tier at 50 objects/s (each evicted block is offered to the disk tier).
     async fn disk_bytes_written(disk_write_bytes_per_s: u64, objects: u32) -> usize {
         let dir = tempfile::tempdir().unwrap();
-        let settings = CacheSettings {
-            block_bytes: 64 * 1024,
-            disk_write_bytes_per_s,
-            ..settings(dir.path(), 256 << 20)
-        };
+        let settings = CacheSettings { block_bytes: 64 * 1024, disk_write_bytes_per_s, ..settings(dir.path(), 256 << 20) };
         let cache = ReadCache::open(&settings, Arc::new(MemoryStore::new())).await.unwrap();
         let body: Bytes = vec![7u8; 1 << 20].into();
         for i in 0..objects {

@@ -61,12 +61,7 @@ impl Brokers {
     /// What `client_id` is told by `agent`.
     pub fn for_client(agent: &Agent, client_id: &str) -> Self {
         let s = &agent.settings;
-        let me = LiveAgent {
-            node_id: s.node_id,
-            host: s.advertised_host.clone(),
-            port: s.advertised_port,
-            zone: s.zone.clone(),
-        };
+        let me = LiveAgent { node_id: s.node_id, host: s.advertised_host.clone(), port: s.advertised_port, zone: s.zone.clone() };
         let live = if s.cluster_mode { agent.controller.live_agents() } else { Vec::new() };
         Self::new(me, live, client_zone(client_id))
     }

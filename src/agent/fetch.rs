@@ -56,11 +56,7 @@ impl Agent {
             aborted: read_committed.then(Vec::new),
         };
         if offset < offsets.log_start_offset || offset > offsets.next_offset {
-            return Err(AgentError::OffsetOutOfRange {
-                offset,
-                log_start: offsets.log_start_offset,
-                high_watermark: offsets.next_offset,
-            });
+            return Err(AgentError::OffsetOutOfRange { offset, log_start: offsets.log_start_offset, high_watermark: offsets.next_offset });
         }
         if offset >= limit || (max_bytes == 0 && !allow_oversize) {
             return Ok(read);
@@ -116,11 +112,7 @@ impl Agent {
 impl Agent {
     /// Within extent `e`, the first batch whose max timestamp is >= `timestamp`:
     /// `(base offset, max timestamp)`.
-    pub async fn batch_with_timestamp(
-        &self,
-        e: &crate::api::ExtentRecord,
-        timestamp: i64,
-    ) -> Result<Option<(i64, i64)>, AgentError> {
+    pub async fn batch_with_timestamp(&self, e: &crate::api::ExtentRecord, timestamp: i64) -> Result<Option<(i64, i64)>, AgentError> {
         let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
         let mut base = e.base_offset;
         for (_, h) in records::batches(&data) {

@@ -189,10 +189,10 @@ pub fn requested(version: i16, req: &FetchRequest) -> Vec<(PartitionKey, Wanted)
         // the whole request buffer alive as long as a session holds it.
         let topic = TopicName(StrBytes::from_string(t.topic.0.to_string()));
         for p in &t.partitions {
-            out.push((key(version, &topic, t.topic_id, p.partition), Wanted {
-                fetch_offset: p.fetch_offset,
-                partition_max_bytes: p.partition_max_bytes,
-            }));
+            out.push((
+                key(version, &topic, t.topic_id, p.partition),
+                Wanted { fetch_offset: p.fetch_offset, partition_max_bytes: p.partition_max_bytes },
+            ));
         }
     }
     out
@@ -380,10 +380,7 @@ mod tests {
                 None => topics.push(FetchTopic::default().with_topic(name(t)).with_partitions(vec![part])),
             }
         }
-        let forgotten = forget
-            .iter()
-            .map(|(t, p)| ForgottenTopic::default().with_topic(name(t)).with_partitions(vec![*p]))
-            .collect();
+        let forgotten = forget.iter().map(|(t, p)| ForgottenTopic::default().with_topic(name(t)).with_partitions(vec![*p])).collect();
         FetchRequest::default()
             .with_session_id(id)
             .with_session_epoch(epoch)
@@ -462,7 +459,16 @@ mod tests {
     #[test]
     fn sessions_stay_under_their_bytes_and_die_with_their_connection() {
         let parts: Vec<(&str, i32, i64)> = (0..100).map(|p| ("a", p, 0)).collect();
-        let one = estimate(&(0..100).map(|p| (PartitionKey { topic: name("a"), topic_id: Uuid::nil(), partition: p }, (Wanted { fetch_offset: 0, partition_max_bytes: 0 }, Answered::NONE))).collect());
+        let one = estimate(
+            &(0..100)
+                .map(|p| {
+                    (
+                        PartitionKey { topic: name("a"), topic_id: Uuid::nil(), partition: p },
+                        (Wanted { fetch_offset: 0, partition_max_bytes: 0 }, Answered::NONE),
+                    )
+                })
+                .collect(),
+        );
         // Room for three sessions of 100 partitions.
         let s = FetchSessions::new(1000, 3 * one + one / 2);
         let mut ids = Vec::new();

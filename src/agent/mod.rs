@@ -27,11 +27,11 @@ pub mod wal;
 
 use std::sync::Arc;
 
-use crate::config::TopicsConfig;
-use crate::api::ControllerError;
 use crate::agent::client::ControllerClient;
-use crate::object::{ObjectError, ObjectStore};
+use crate::api::ControllerError;
+use crate::config::TopicsConfig;
 use crate::format::records::RecordsError;
+use crate::object::{ObjectError, ObjectStore};
 use upload::Uploader;
 use wal::Wal;
 

@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::AgentError;
-use crate::clock::Clock;
 use crate::agent::client::ControllerClient;
+use crate::clock::Clock;
 use crate::object::{ObjectStore, keys};
 
 /// The object keys this agent has uploaded or is uploading and still tries to commit.
@@ -122,8 +122,7 @@ impl OrphanCollector {
                 let candidates: Vec<String> = page
                     .iter()
                     .filter(|m| {
-                        keys::parse_object_key(&m.key)
-                            .is_some_and(|k| now_ms.saturating_sub(k.created_ms) >= self.settings.grace_ms as i64)
+                        keys::parse_object_key(&m.key).is_some_and(|k| now_ms.saturating_sub(k.created_ms) >= self.settings.grace_ms as i64)
                             && !self.in_flight.contains(&m.key)
                     })
                     .map(|m| m.key.clone())
@@ -181,30 +180,29 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::agent::client::InProcess;
     use crate::agent::upload::{GroupItem, UploadDeps, UploadSettings, Uploader};
+    use crate::api::CreateTopic;
     use crate::clock::{ManualClock, SeededEntropy, SystemClock};
     use crate::config::TopicsConfig;
-    use crate::agent::client::InProcess;
-    use crate::controller::store::sqlite::SqliteStore;
-    use crate::api::CreateTopic;
     use crate::controller::Controller;
+    use crate::controller::store::sqlite::SqliteStore;
+    use crate::format::records::{encode_batch, peek_header};
     use crate::object::memory::MemoryStore;
     use crate::object::store::{ObjectError, ObjectMeta};
-    use crate::format::records::{encode_batch, peek_header};
 
     fn controller(dir: &std::path::Path) -> Arc<dyn ControllerClient> {
         let store = Arc::new(SqliteStore::open(&dir.join("c.db")).unwrap());
-        let c = Controller::open(
-            store,
-            TopicsConfig::default(),
-            86_400_000,
-            Arc::new(SystemClock),
-            Arc::new(SeededEntropy::new(5)),
-        );
+        let c = Controller::open(store, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(5)));
         Arc::new(InProcess(Arc::new(c.unwrap())))
     }
 
-    fn collector(store: Arc<dyn ObjectStore>, controller: Arc<dyn ControllerClient>, clock: Arc<dyn Clock>, grace_ms: u64) -> OrphanCollector {
+    fn collector(
+        store: Arc<dyn ObjectStore>,
+        controller: Arc<dyn ControllerClient>,
+        clock: Arc<dyn Clock>,
+        grace_ms: u64,
+    ) -> OrphanCollector {
         OrphanCollector {
             store,
             controller,
@@ -309,11 +307,7 @@ mod tests {
         if shared_keys {
             job.in_flight = in_flight.clone();
         }
-        let hooked = Arc::new(CollectBetweenPutAndCommit {
-            inner: memory.clone(),
-            collector: OnceLock::new(),
-            puts: AtomicU64::new(0),
-        });
+        let hooked = Arc::new(CollectBetweenPutAndCommit { inner: memory.clone(), collector: OnceLock::new(), puts: AtomicU64::new(0) });
         let _ = hooked.collector.set(job.clone());
         // And a collector looping on its own as fast as it can, racing everything.
         let shutdown = CancellationToken::new();

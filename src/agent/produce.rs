@@ -108,20 +108,12 @@ impl Agent {
 
     /// Checks one partition's records as Kafka does (partition exists, one valid v2 batch,
     /// `max.message.bytes`, then every record: [`records::validate_records`]).
-    pub fn check_batch(
-        &self,
-        topic: &TopicMeta,
-        partition: i32,
-        records: &Bytes,
-        api_version: i16,
-    ) -> Result<GroupItem, AgentError> {
+    pub fn check_batch(&self, topic: &TopicMeta, partition: i32, records: &Bytes, api_version: i16) -> Result<GroupItem, AgentError> {
         if partition < 0 || partition >= topic.partitions {
             return Err(AgentError::UnknownTopicOrPartition);
         }
         let (batch, header) = records::validate_produce(records, api_version)?;
-        let max = topic
-            .config_i64("max.message.bytes")
-            .unwrap_or(i64::from(self.settings.topics.max_message_bytes));
+        let max = topic.config_i64("max.message.bytes").unwrap_or(i64::from(self.settings.topics.max_message_bytes));
         if batch.len() as i64 > max {
             return Err(AgentError::MessageTooLarge { size: batch.len(), max });
         }
@@ -142,11 +134,7 @@ impl Agent {
     /// of `transactional_id` that includes its partition (KIP-890 verification; the check
     /// `Controller::check_txn_batch` repeats at commit). `batches`: (topic name, checked batch);
     /// one call per producer id and epoch. One result per batch, in order.
-    async fn verify_transactional(
-        &self,
-        transactional_id: &str,
-        batches: &[(&str, &GroupItem)],
-    ) -> Vec<Result<(), ControllerError>> {
+    async fn verify_transactional(&self, transactional_id: &str, batches: &[(&str, &GroupItem)]) -> Vec<Result<(), ControllerError>> {
         let mut results = vec![Ok(()); batches.len()];
         let mut producers: Vec<(i64, i16)> = batches.iter().map(|(_, i)| (i.header.producer_id, i.header.producer_epoch)).collect();
         producers.sort_unstable();

@@ -52,14 +52,14 @@ use uuid::Uuid;
 use super::AgentError;
 use super::cache::ReadCache;
 use super::orphans::{InFlightKeys, KeyHold};
-use crate::clock::{Clock, Entropy};
 use crate::agent::client::ControllerClient;
 use crate::api::txn::TxnEnd;
 use crate::api::{CommitRequest, ControllerError, WalMark};
-use crate::metrics;
+use crate::clock::{Clock, Entropy};
 use crate::format::object::{ExtentInfo, ObjectBuilder};
-use crate::object::{ObjectError, ObjectStore, keys};
 use crate::format::records::{self, BatchHeader};
+use crate::metrics;
+use crate::object::{ObjectError, ObjectStore, keys};
 
 /// Upload settings, from `[upload]`.
 #[derive(Debug, Clone)]
@@ -128,11 +128,7 @@ impl Losses {
         Self::counter().add(n);
         tracing::error!(key, batches = n, total, error = %why,
             "ACKNOWLEDGED DATA LOST: the controller refused to commit acknowledged batches");
-        crate::health::set(
-            "durability",
-            false,
-            format!("{total} acknowledged batches could not be committed (last: {why}); see the log"),
-        );
+        crate::health::set("durability", false, format!("{total} acknowledged batches could not be committed (last: {why}); see the log"));
     }
 }
 

@@ -30,8 +30,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -42,8 +42,8 @@ use super::AgentError;
 use super::upload::{GroupItem, Uploader};
 use crate::clock::Entropy;
 use crate::config::WalSync;
-use crate::metrics::{self, Counter, Histogram};
 use crate::format::records;
+use crate::metrics::{self, Counter, Histogram};
 
 const ENTRY_HEADER_BYTES: usize = 16;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -101,14 +101,11 @@ impl Recovery {
 
     /// Entries with id > `after`, segment by segment (one segment in memory at a time).
     pub fn entries_after(&self, after: u64) -> impl Iterator<Item = std::io::Result<Vec<WalEntry>>> + '_ {
-        self.segments
-            .iter()
-            .filter(move |s| s.last_id.is_some_and(|l| l > after))
-            .map(move |s| {
-                let data = fs::read(&s.path)?;
-                let (entries, _, _) = decode_segment(&data, s.first_id);
-                Ok(entries.into_iter().filter(|e| e.id > after).collect())
-            })
+        self.segments.iter().filter(move |s| s.last_id.is_some_and(|l| l > after)).map(move |s| {
+            let data = fs::read(&s.path)?;
+            let (entries, _, _) = decode_segment(&data, s.first_id);
+            Ok(entries.into_iter().filter(|e| e.id > after).collect())
+        })
     }
 }
 
@@ -360,13 +357,7 @@ impl Wal {
     /// the task deleting segments once the uploader's contiguous committed mark passes them
     /// (every entry at or below it committed). `committed_mark` is the WAL mark the controller
     /// already holds.
-    pub fn start(
-        settings: WalSettings,
-        recovery: Recovery,
-        next_id: u64,
-        committed_mark: u64,
-        uploader: Uploader,
-    ) -> std::io::Result<Wal> {
+    pub fn start(settings: WalSettings, recovery: Recovery, next_id: u64, committed_mark: u64, uploader: Uploader) -> std::io::Result<Wal> {
         let space = Arc::new(Semaphore::new(settings.bytes_max.min(Semaphore::MAX_PERMITS as u64) as usize));
         let on_disk: u64 = recovery.segments.iter().map(|s| s.bytes).sum();
         space.forget_permits(on_disk.min(settings.bytes_max) as usize);
@@ -447,7 +438,11 @@ struct WalMetrics {
 impl WalMetrics {
     fn new() -> Self {
         Self {
-            write_errors: metrics::counter("sidestream_wal_write_errors_total", "WAL group writes that failed (each took the log offline or kept it so).", &[]),
+            write_errors: metrics::counter(
+                "sidestream_wal_write_errors_total",
+                "WAL group writes that failed (each took the log offline or kept it so).",
+                &[],
+            ),
             fsyncs: metrics::counter("sidestream_wal_syncs_total", "WAL group commits (one write + fsync each).", &[]),
             entries: metrics::counter("sidestream_wal_entries_total", "WAL entries written (one per acks=0/1 produce request).", &[]),
             bytes: metrics::counter("sidestream_wal_bytes_total", "Bytes written to the WAL.", &[]),
@@ -726,17 +721,23 @@ mod tests {
         let ends: Vec<usize> = {
             let (entries, _, _) = decode_segment(&full, 1);
             let mut pos = 0;
-            entries.iter().map(|x| {
-                pos += entry_bytes(x.id, &entry_items(x.clone())).len();
-                pos
-            }).collect()
+            entries
+                .iter()
+                .map(|x| {
+                    pos += entry_bytes(x.id, &entry_items(x.clone())).len();
+                    pos
+                })
+                .collect()
         };
         for cut in 0..full.len() {
             fs::write(segment_path(dir.path(), 1), &full[..cut]).unwrap();
             let r = recover(dir.path(), &e).unwrap();
             let complete = ends.iter().filter(|end| **end <= cut).count() as u64;
             assert_eq!(r.last_id(), complete, "cut at {cut}");
-            assert_eq!(fs::metadata(segment_path(dir.path(), 1)).unwrap().len() as usize, ends.iter().copied().filter(|end| *end <= cut).max().unwrap_or(0));
+            assert_eq!(
+                fs::metadata(segment_path(dir.path(), 1)).unwrap().len() as usize,
+                ends.iter().copied().filter(|end| *end <= cut).max().unwrap_or(0)
+            );
         }
     }
 

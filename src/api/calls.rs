@@ -37,8 +37,8 @@ pub mod prelude {
     pub use uuid::Uuid;
 
     pub use crate::api::groups::{
-        CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse,
-        OffsetCommitRequest, SyncRequest, SyncResponse, TopicPartition, consumer,
+        CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
+        SyncRequest, SyncResponse, TopicPartition, consumer,
     };
     pub use crate::api::txn::{TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, TopicKey, TopicMeta};
@@ -279,17 +279,19 @@ mod tests {
 
     #[test]
     fn calls_and_replies_round_trip_with_bytes_ids_and_errors() {
-        let join = Call::JoinGroup { req: JoinRequest {
-            group_id: "g".into(),
-            member_id: String::new(),
-            group_instance_id: Some("i".into()),
-            session_timeout_ms: 10_000,
-            rebalance_timeout_ms: 60_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Bytes::from_static(&[0, 1, 0xfe, 0xff]))],
-            require_known_member_id: true,
-            client: ClientInfo { client_id: "c".into(), client_host: "/127.0.0.1".into() },
-        } };
+        let join = Call::JoinGroup {
+            req: JoinRequest {
+                group_id: "g".into(),
+                member_id: String::new(),
+                group_instance_id: Some("i".into()),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 60_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::from_static(&[0, 1, 0xfe, 0xff]))],
+                require_known_member_id: true,
+                client: ClientInfo { client_id: "c".into(), client_host: "/127.0.0.1".into() },
+            },
+        };
         assert_eq!(join.wait_ms(), Some(60_000));
         let back: Call = decode(&encode(&join).unwrap()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{join:?}"));
@@ -337,7 +339,13 @@ mod tests {
         let id = Uuid::from_u128(7);
         let calls = vec![
             Call::CreateTopic {
-                req: CreateTopic { name: "t".into(), partitions: 3, replication_factor: -1, configs: BTreeMap::new(), validate_only: false },
+                req: CreateTopic {
+                    name: "t".into(),
+                    partitions: 3,
+                    replication_factor: -1,
+                    configs: BTreeMap::new(),
+                    validate_only: false,
+                },
             },
             Call::DeleteTopic { topic: TopicKey::Id(id) },
             Call::FindExtents { topic_id: id, partition: 1, from_offset: 5, max_bytes: 1 << 20 },
@@ -381,7 +389,11 @@ mod tests {
         let mut n = 0;
         for line in golden.lines().filter(|l| !l.trim().is_empty()) {
             let call: Call = decode(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert_eq!(serde_json::from_slice::<serde_json::Value>(&encode(&call).unwrap()).unwrap(), serde_json::from_str::<serde_json::Value>(line).unwrap(), "{line}");
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&encode(&call).unwrap()).unwrap(),
+                serde_json::from_str::<serde_json::Value>(line).unwrap(),
+                "{line}"
+            );
             n += 1;
         }
         assert!(n >= 10, "{n} golden calls");

@@ -212,58 +212,58 @@ pub mod consumer {
 
     use super::{Assignment, ClientInfo};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct HeartbeatRequest {
-    pub group_id: String,
-    pub member_id: String,
-    pub member_epoch: i32,
-    pub instance_id: Option<String>,
-    pub rack_id: Option<String>,
-    /// -1: unchanged.
-    pub rebalance_timeout_ms: i32,
-    /// `None`: unchanged.
-    pub subscribed_topic_names: Option<Vec<String>>,
-    pub subscribed_topic_regex: Option<String>,
-    pub server_assignor: Option<String>,
-    /// The partitions the member owns (`None`: unchanged).
-    #[serde(with = "crate::api::serde_with::assignment")]
-    pub owned: Option<Assignment>,
-    pub api_version: i16,
-    pub client: ClientInfo,
-}
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct HeartbeatRequest {
+        pub group_id: String,
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub instance_id: Option<String>,
+        pub rack_id: Option<String>,
+        /// -1: unchanged.
+        pub rebalance_timeout_ms: i32,
+        /// `None`: unchanged.
+        pub subscribed_topic_names: Option<Vec<String>>,
+        pub subscribed_topic_regex: Option<String>,
+        pub server_assignor: Option<String>,
+        /// The partitions the member owns (`None`: unchanged).
+        #[serde(with = "crate::api::serde_with::assignment")]
+        pub owned: Option<Assignment>,
+        pub api_version: i16,
+        pub client: ClientInfo,
+    }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatResponse {
-    pub member_id: String,
-    pub member_epoch: i32,
-    pub heartbeat_interval_ms: i32,
-    /// Sent when it changed or the request was a full one.
-    #[serde(with = "crate::api::serde_with::assignment")]
-    pub assignment: Option<Assignment>,
-}
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HeartbeatResponse {
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub heartbeat_interval_ms: i32,
+        /// Sent when it changed or the request was a full one.
+        #[serde(with = "crate::api::serde_with::assignment")]
+        pub assignment: Option<Assignment>,
+    }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberDescription {
-    pub member_id: String,
-    pub instance_id: Option<String>,
-    pub rack_id: Option<String>,
-    pub member_epoch: i32,
-    pub client: ClientInfo,
-    pub subscribed_topic_names: Vec<String>,
-    pub subscribed_topic_regex: Option<String>,
-    /// (topic id, topic name, partitions).
-    #[serde(with = "crate::api::serde_with::named_uuid_parts")]
-    pub assignment: Vec<(Uuid, String, Vec<i32>)>,
-    #[serde(with = "crate::api::serde_with::named_uuid_parts")]
-    pub target_assignment: Vec<(Uuid, String, Vec<i32>)>,
-}
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MemberDescription {
+        pub member_id: String,
+        pub instance_id: Option<String>,
+        pub rack_id: Option<String>,
+        pub member_epoch: i32,
+        pub client: ClientInfo,
+        pub subscribed_topic_names: Vec<String>,
+        pub subscribed_topic_regex: Option<String>,
+        /// (topic id, topic name, partitions).
+        #[serde(with = "crate::api::serde_with::named_uuid_parts")]
+        pub assignment: Vec<(Uuid, String, Vec<i32>)>,
+        #[serde(with = "crate::api::serde_with::named_uuid_parts")]
+        pub target_assignment: Vec<(Uuid, String, Vec<i32>)>,
+    }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupDescription {
-    pub state: String,
-    pub group_epoch: i32,
-    pub assignment_epoch: i32,
-    pub assignor_name: String,
-    pub members: Vec<MemberDescription>,
-}
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GroupDescription {
+        pub state: String,
+        pub group_epoch: i32,
+        pub assignment_epoch: i32,
+        pub assignor_name: String,
+        pub members: Vec<MemberDescription>,
+    }
 }

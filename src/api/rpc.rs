@@ -223,7 +223,13 @@ pub fn topic_from(t: Topic) -> Result<TopicMeta, ControllerError> {
 }
 
 pub fn partition_to(topic_id: Uuid, partition: i32, o: PartitionOffsets) -> Partition {
-    Partition { last_stable_offset: None, topic_id: topic_id.as_bytes().to_vec(), partition, log_start_offset: o.log_start_offset, next_offset: o.next_offset }
+    Partition {
+        last_stable_offset: None,
+        topic_id: topic_id.as_bytes().to_vec(),
+        partition,
+        log_start_offset: o.log_start_offset,
+        next_offset: o.next_offset,
+    }
 }
 
 pub fn extent_to(e: &ExtentRecord) -> Extent {

@@ -30,7 +30,11 @@ impl<'de> Deserialize<'de> for Hex {
             return Err(D::Error::custom("odd hex length"));
         }
         let digit = |c: u8| (c as char).to_digit(16).map(|v| v as u8).ok_or_else(|| D::Error::custom("bad hex digit"));
-        s.as_bytes().chunks(2).map(|p| -> Result<u8, D::Error> { Ok((digit(p[0])? << 4) | digit(p[1])?) }).collect::<Result<Vec<u8>, _>>().map(|v| Hex(v.into()))
+        s.as_bytes()
+            .chunks(2)
+            .map(|p| -> Result<u8, D::Error> { Ok((digit(p[0])? << 4) | digit(p[1])?) })
+            .collect::<Result<Vec<u8>, _>>()
+            .map(|v| Hex(v.into()))
     }
 }
 

@@ -51,7 +51,10 @@ pub struct TxnEnd {
 /// What InitProducerId with a transactional id gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnInit {
-    Ready { producer_id: i64, epoch: i16 },
+    Ready {
+        producer_id: i64,
+        epoch: i16,
+    },
     /// A previous transaction must be finished first: write these markers, then ask again.
     Finish(TxnEnd),
 }

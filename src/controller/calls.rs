@@ -80,9 +80,9 @@ fn answer_from_memory(c: &Controller, call: &Call) -> Option<Reply> {
         }
         // Memory only (no store write, no write lock): produce verifies every transactional
         // batch this way before acknowledging it.
-        Call::AddPartitionsToTxn { transactional_id, producer_id, epoch, partitions, verify_only: true } => Some(
-            Reply::AddPartitionsToTxn(c.add_partitions_to_txn(transactional_id, *producer_id, *epoch, partitions, true)),
-        ),
+        Call::AddPartitionsToTxn { transactional_id, producer_id, epoch, partitions, verify_only: true } => {
+            Some(Reply::AddPartitionsToTxn(c.add_partitions_to_txn(transactional_id, *producer_id, *epoch, partitions, true)))
+        }
         _ => None,
     }
 }
@@ -119,7 +119,12 @@ impl Answer for Controller {
     fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
         Controller::aborted_txns(self, topic_id, partition, from_offset, to_offset)
     }
-    fn init_transactional_producer(&self, transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError> {
+    fn init_transactional_producer(
+        &self,
+        transactional_id: String,
+        timeout_ms: i32,
+        expected: (i64, i16),
+    ) -> Result<TxnInit, ControllerError> {
         Controller::init_transactional_producer(self, &transactional_id, timeout_ms, expected)
     }
     fn add_partitions_to_txn(
@@ -145,7 +150,13 @@ impl Answer for Controller {
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
         Controller::txn_offset_commit(self, &transactional_id, producer_id, epoch, &group_id, offsets)
     }
-    fn validate_txn_offset_commit(&self, group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError> {
+    fn validate_txn_offset_commit(
+        &self,
+        group_id: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         self.groups().validate_txn_offset_commit(&group_id, &member_id, instance_id.as_deref(), generation)
     }
     fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
@@ -160,7 +171,12 @@ impl Answer for Controller {
     fn pending_txn_offsets(&self, group_id: String) -> Result<Vec<TopicPartition>, ControllerError> {
         Ok(Controller::pending_txn_offsets(self, &group_id))
     }
-    fn list_transactions(&self, states: Vec<String>, producer_ids: Vec<i64>, min_duration_ms: i64) -> Result<Vec<TxnDescription>, ControllerError> {
+    fn list_transactions(
+        &self,
+        states: Vec<String>,
+        producer_ids: Vec<i64>,
+        min_duration_ms: i64,
+    ) -> Result<Vec<TxnDescription>, ControllerError> {
         Ok(Controller::list_transactions(self, &states, &producer_ids, min_duration_ms))
     }
 

@@ -106,7 +106,12 @@ pub fn plan_commit(object_key: &Arc<str>, object_size: u64, extents: &[ExtentInf
                 }
                 let already = |o: &OpenTxnRecord| (o.topic_id, o.partition, o.producer_id) == (e.topic_id, e.partition, p.producer_id);
                 if p.transactional && !view.txn_open(e.topic_id, e.partition, p.producer_id) && !opened.iter().any(already) {
-                    opened.push(OpenTxnRecord { topic_id: e.topic_id, partition: e.partition, producer_id: p.producer_id, first_offset: base });
+                    opened.push(OpenTxnRecord {
+                        topic_id: e.topic_id,
+                        partition: e.partition,
+                        producer_id: p.producer_id,
+                        first_offset: base,
+                    });
                 }
             }
             let end = base + e.offset_count;
@@ -152,7 +157,16 @@ mod tests {
     }
 
     fn ext(t: u128, p: i32, n: i64) -> ExtentInfo {
-        ExtentInfo { topic_id: Uuid::from_u128(t), partition: p, position: 0, length: 10, batch_count: 1, offset_count: n, max_timestamp: 0, producer: None }
+        ExtentInfo {
+            topic_id: Uuid::from_u128(t),
+            partition: p,
+            position: 0,
+            length: 10,
+            batch_count: 1,
+            offset_count: n,
+            max_timestamp: 0,
+            producer: None,
+        }
     }
 
     fn batch(producer_id: i64, first: i32, last: i32, transactional: bool) -> Option<ProducerBatch> {

@@ -26,10 +26,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::api::txn::{TxnEnd, TxnStatus};
+use crate::api::{
+    CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, PARTITIONS_MAX, PartitionOffsets, TopicMeta, TopicRef,
+    validate_topic_name,
+};
 use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
-use crate::api::txn::{TxnEnd, TxnStatus};
-use crate::api::{CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, PARTITIONS_MAX, validate_topic_name, PartitionOffsets, TopicMeta, TopicRef};
 use groups::{GroupCoordinator, GroupSettings, TopicLookup};
 use log::CommitView;
 use producers::{ProducerKey, ProducerState};
@@ -173,16 +176,40 @@ pub struct Controller {
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
 const TOPIC_CONFIGS: &[&str] = &[
-    "cleanup.policy", "compression.type", "compression.gzip.level", "compression.lz4.level",
-    "compression.zstd.level", "delete.retention.ms", "file.delete.delay.ms", "flush.messages",
-    "flush.ms", "follower.replication.throttled.replicas", "index.interval.bytes",
-    "leader.replication.throttled.replicas", "local.retention.bytes", "local.retention.ms",
-    "max.compaction.lag.ms", "max.message.bytes", "message.downconversion.enable",
-    "message.timestamp.after.max.ms", "message.timestamp.before.max.ms",
-    "message.timestamp.difference.max.ms", "message.timestamp.type", "min.cleanable.dirty.ratio",
-    "min.compaction.lag.ms", "min.insync.replicas", "preallocate", "remote.storage.enable",
-    "remote.log.copy.disable", "remote.log.delete.on.disable", "retention.bytes", "retention.ms",
-    "segment.bytes", "segment.index.bytes", "segment.jitter.ms", "segment.ms",
+    "cleanup.policy",
+    "compression.type",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.zstd.level",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "follower.replication.throttled.replicas",
+    "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.downconversion.enable",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms",
+    "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "preallocate",
+    "remote.storage.enable",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "segment.ms",
     "unclean.leader.election.enable",
 ];
 
@@ -200,9 +227,7 @@ fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), Controller
                 int(v)?;
             }
             "message.timestamp.type" if v == "LogAppendTime" => {
-                return Err(ControllerError::InvalidConfig(
-                    "message.timestamp.type=LogAppendTime is not supported yet".into(),
-                ));
+                return Err(ControllerError::InvalidConfig("message.timestamp.type=LogAppendTime is not supported yet".into()));
             }
             "message.timestamp.type" if v != "CreateTime" => {
                 return Err(ControllerError::InvalidConfig(format!("{k}={v}: expected CreateTime")));
@@ -271,13 +296,8 @@ impl Controller {
         state.producers = snapshot.producers.into_iter().collect();
         state.retain_producers(expired_before);
         let state = Arc::new(RwLock::new(state));
-        let groups = GroupCoordinator::open(
-            store.clone(),
-            Arc::new(TopicView(state.clone())),
-            clock.clone(),
-            entropy.clone(),
-            group_settings,
-        )?;
+        let groups =
+            GroupCoordinator::open(store.clone(), Arc::new(TopicView(state.clone())), clock.clone(), entropy.clone(), group_settings)?;
         Ok(Self {
             producer_expiry_ms,
             txn_id_expiry_ms: txn::DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS,
@@ -601,12 +621,8 @@ impl Controller {
             Some(end) => Some(self.plan_markers(end, &records, now_ms, &mut plan.producers, &mut effects)?),
             None => None,
         };
-        let object = ObjectRecord {
-            key: req.object_key.clone(),
-            size_bytes: req.object_size_bytes,
-            agent: req.agent.clone(),
-            committed_ms: now_ms,
-        };
+        let object =
+            ObjectRecord { key: req.object_key.clone(), size_bytes: req.object_size_bytes, agent: req.agent.clone(), committed_ms: now_ms };
         let producer_states = std::mem::take(&mut plan.producers);
         let producer_rows: Vec<_> = producer_states.iter().map(|(k, v)| (*k, v.clone())).collect();
         let write = || match self.store.commit_object(&object, &records, req.wal.as_ref(), &producer_rows, &effects) {
@@ -722,7 +738,13 @@ impl Controller {
 
     /// Blocking. Aborted transactions overlapping `[from_offset, to_offset)`: (producer id,
     /// first offset), what a read_committed Fetch returns.
-    pub fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
+    pub fn aborted_txns(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+    ) -> Result<Vec<(i64, i64)>, ControllerError> {
         Ok(self.store.aborted_txns(topic_id, partition, from_offset, to_offset, ABORTED_TXNS_PER_FETCH_MAX)?)
     }
 
@@ -855,8 +877,7 @@ mod tests {
 
     fn open(path: &std::path::Path) -> Controller {
         let store = Arc::new(SqliteStore::open(path).unwrap());
-        Controller::open(store, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3)))
-            .unwrap()
+        Controller::open(store, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap()
     }
 
     fn create(c: &Controller, name: &str, partitions: i32) -> Arc<TopicMeta> {
@@ -871,7 +892,16 @@ mod tests {
     }
 
     fn extent(t: Uuid, p: i32, position: u64, n: i64) -> ExtentInfo {
-        ExtentInfo { topic_id: t, partition: p, position, length: 100, batch_count: 1, offset_count: n, max_timestamp: position as i64, producer: None }
+        ExtentInfo {
+            topic_id: t,
+            partition: p,
+            position,
+            length: 100,
+            batch_count: 1,
+            offset_count: n,
+            max_timestamp: position as i64,
+            producer: None,
+        }
     }
 
     #[test]
@@ -1000,7 +1030,8 @@ mod tests {
         let topics = TopicsConfig { max_partitions_total: 10, ..TopicsConfig::default() };
         let c = Controller::open(store, topics, 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap();
         create(&c, "a", 4);
-        let seven = CreateTopic { name: "b".into(), partitions: 7, replication_factor: -1, configs: Default::default(), validate_only: false };
+        let seven =
+            CreateTopic { name: "b".into(), partitions: 7, replication_factor: -1, configs: Default::default(), validate_only: false };
         let seven2 = seven.clone();
         assert!(matches!(c.create_topic(&seven), Err(ControllerError::PolicyViolation(_))));
         assert!(c.topic(TopicRef::Name("b")).is_none());
@@ -1008,6 +1039,9 @@ mod tests {
         // Deleting a topic gives its partitions back.
         c.delete_topic(TopicRef::Name("a")).unwrap();
         assert!(c.create_topic(&CreateTopic { name: "c".into(), partitions: 4, ..seven }).is_ok());
-        assert!(matches!(c.create_topic(&CreateTopic { name: "d".into(), partitions: 1, ..seven2 }), Err(ControllerError::PolicyViolation(_))));
+        assert!(matches!(
+            c.create_topic(&CreateTopic { name: "d".into(), partitions: 1, ..seven2 }),
+            Err(ControllerError::PolicyViolation(_))
+        ));
     }
 }

@@ -66,15 +66,14 @@ pub fn check(state: Option<&ProducerState>, batch: &ProducerBatch) -> Result<Ver
             )))
         };
     }
-    if let Some(b) =
-        state.batches.iter().find(|b| b.first_sequence == batch.first_sequence && b.last_sequence == batch.last_sequence)
-    {
+    if let Some(b) = state.batches.iter().find(|b| b.first_sequence == batch.first_sequence && b.last_sequence == batch.last_sequence) {
         return Ok(Verdict::Duplicate(b.base_offset));
     }
     match state.batches.back() {
-        Some(last) if batch.first_sequence != next_sequence(last.last_sequence) => Err(ControllerError::OutOfOrderSequence(
-            format!("producer {}: sequence {} after {}", batch.producer_id, batch.first_sequence, last.last_sequence),
-        )),
+        Some(last) if batch.first_sequence != next_sequence(last.last_sequence) => Err(ControllerError::OutOfOrderSequence(format!(
+            "producer {}: sequence {} after {}",
+            batch.producer_id, batch.first_sequence, last.last_sequence
+        ))),
         _ => Ok(Verdict::Append),
     }
 }
@@ -88,13 +87,19 @@ pub fn record(state: &mut ProducerState, batch: &ProducerBatch, base_offset: i64
     if state.batches.len() == BATCHES_KEPT {
         state.batches.pop_front();
     }
-    state.batches.push_back(SeqBatch { first_sequence: batch.first_sequence, last_sequence: batch.last_sequence, base_offset });
+    state
+        .batches
+        .push_back(SeqBatch { first_sequence: batch.first_sequence, last_sequence: batch.last_sequence, base_offset });
     state.last_seen_ms = now_ms;
 }
 
 /// `first:last:base` triples, comma separated: how the store keeps the batches.
 pub fn encode_batches(batches: &VecDeque<SeqBatch>) -> String {
-    batches.iter().map(|b| format!("{}:{}:{}", b.first_sequence, b.last_sequence, b.base_offset)).collect::<Vec<_>>().join(",")
+    batches
+        .iter()
+        .map(|b| format!("{}:{}:{}", b.first_sequence, b.last_sequence, b.base_offset))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn decode_batches(s: &str) -> Option<VecDeque<SeqBatch>> {

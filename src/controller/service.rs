@@ -198,11 +198,7 @@ impl RunningService {
 }
 
 /// Opens the store, binds `listen` and serves until [`RunningService::shutdown`].
-pub async fn start(
-    settings: ServiceSettings,
-    clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
-) -> Result<RunningService, ServiceError> {
+pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Result<RunningService, ServiceError> {
     let (url, store_settings) = (settings.store.clone(), settings.store_settings);
     let (store, pg) = tokio::task::spawn_blocking(move || super::store::open(&url, &store_settings))
         .await
@@ -311,12 +307,8 @@ impl Shared {
     fn members(&self) -> Vec<rpc::Member> {
         let now = Instant::now();
         let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        let mut members: Vec<rpc::Member> = agents
-            .values()
-            .filter(|l| l.expires > now)
-            .filter_map(|l| l.member.clone())
-            .filter(|m| m.cluster_mode)
-            .collect();
+        let mut members: Vec<rpc::Member> =
+            agents.values().filter(|l| l.expires > now).filter_map(|l| l.member.clone()).filter(|m| m.cluster_mode).collect();
         members.sort_by_key(|m| m.node_id);
         members
     }
@@ -473,14 +465,9 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
                 continue;
             }
         };
-        crate::metrics::histogram(
-            "sidestream_controller_commit_batch_seconds",
-            "Store transaction time of one group commit.",
-            &[],
-        )
-        .record(started.elapsed());
-        crate::metrics::counter("sidestream_controller_commits_total", "Objects committed (or replayed).", &[])
-            .add(reqs.len() as u64);
+        crate::metrics::histogram("sidestream_controller_commit_batch_seconds", "Store transaction time of one group commit.", &[])
+            .record(started.elapsed());
+        crate::metrics::counter("sidestream_controller_commits_total", "Objects committed (or replayed).", &[]).add(reqs.len() as u64);
         crate::metrics::counter("sidestream_controller_commit_batches_total", "Group commits (store transactions).", &[]).inc();
         let mut touched: Vec<(Uuid, i32)> = Vec::new();
         for (req, result) in reqs.iter().zip(&results) {
@@ -490,10 +477,7 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
         }
         touched.sort();
         touched.dedup();
-        let partitions: Vec<rpc::Partition> = touched
-            .into_iter()
-            .filter_map(|(t, p)| partition_now(&controller, t, p))
-            .collect();
+        let partitions: Vec<rpc::Partition> = touched.into_iter().filter_map(|(t, p)| partition_now(&controller, t, p)).collect();
         if !partitions.is_empty() {
             let extents = appended_extents(&controller, &partitions, &ends_before);
             let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false, extents });
@@ -744,11 +728,7 @@ mod tests {
         let again = c.register(register("agent-1", "p1", member(1, 9001, true))).await.unwrap().into_inner();
         assert!(again.epoch > r1.epoch);
         let restarted = c.register(register("agent-1", "p1b", member(1, 9001, true))).await.unwrap().into_inner();
-        let beat = c
-            .heartbeat(rpc::HeartbeatRequest { agent: "agent-2".into(), epoch: r2.epoch })
-            .await
-            .unwrap()
-            .into_inner();
+        let beat = c.heartbeat(rpc::HeartbeatRequest { agent: "agent-2".into(), epoch: r2.epoch }).await.unwrap().into_inner();
         assert_eq!(beat.members.iter().map(|m| (m.node_id, m.port)).collect::<Vec<_>>(), vec![(1, 9001), (2, 9002)]);
         assert!(restarted.epoch > again.epoch);
         svc.shutdown().await;

@@ -220,7 +220,11 @@ pub fn end(t: &mut Transaction, producer_id: i64, epoch: i16, commit: bool, now_
 
 /// The coordinator's own abort of a transaction older than its timeout (pure): bumps the
 /// epoch so the producer is fenced, as Kafka does.
-pub fn expire(t: &mut Transaction, now_ms: i64, new_producer_id: impl FnOnce() -> Result<i64, ControllerError>) -> Result<Option<TxnEnd>, ControllerError> {
+pub fn expire(
+    t: &mut Transaction,
+    now_ms: i64,
+    new_producer_id: impl FnOnce() -> Result<i64, ControllerError>,
+) -> Result<Option<TxnEnd>, ControllerError> {
     if t.status != TxnStatus::Ongoing || now_ms - t.started_ms <= i64::from(t.timeout_ms) {
         return Ok(None);
     }
@@ -301,7 +305,13 @@ pub fn decode(transactional_id: &str, body: &str) -> Option<Transaction> {
             .map(|(g, os)| {
                 let os = os
                     .into_iter()
-                    .map(|(topic, partition, offset, leader_epoch, metadata)| CommitOffset { topic, partition, offset, leader_epoch, metadata })
+                    .map(|(topic, partition, offset, leader_epoch, metadata)| CommitOffset {
+                        topic,
+                        partition,
+                        offset,
+                        leader_epoch,
+                        metadata,
+                    })
                     .collect();
                 (g, os)
             })
@@ -326,7 +336,8 @@ impl Controller {
     /// The transaction of an id a producer names; INVALID_PRODUCER_ID_MAPPING when unknown.
     fn known_transaction(&self, id: &str) -> Result<Transaction, ControllerError> {
         check_transactional_id(id)?;
-        self.transaction(id).ok_or_else(|| ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {id}")))
+        self.transaction(id)
+            .ok_or_else(|| ControllerError::InvalidProducerIdMapping(format!("unknown transactional id {id}")))
     }
 
     /// Writes a transaction's new state to the store, then to memory (caller holds write_lock).
@@ -397,10 +408,7 @@ impl Controller {
                 .collect());
         }
         if resolved.iter().any(|r| r.is_err()) {
-            return Ok(resolved
-                .into_iter()
-                .map(|r| r.and(Err(ControllerError::OperationNotAttempted)))
-                .collect());
+            return Ok(resolved.into_iter().map(|r| r.and(Err(ControllerError::OperationNotAttempted))).collect());
         }
         let before = t.clone();
         t.begin(self.clock.now_ms())?;
@@ -566,11 +574,7 @@ impl Controller {
             status: t.status,
             timeout_ms: t.timeout_ms,
             started_ms: if t.status == TxnStatus::Empty { -1 } else { t.started_ms },
-            partitions: t
-                .partitions
-                .iter()
-                .filter_map(|(id, p)| Some((s.by_id.get(id)?.name.clone(), *p)))
-                .collect(),
+            partitions: t.partitions.iter().filter_map(|(id, p)| Some((s.by_id.get(id)?.name.clone(), *p))).collect(),
         }
     }
 
@@ -601,14 +605,13 @@ impl Controller {
         topic_id: Uuid,
         partition: i32,
     ) -> Result<(), ControllerError> {
-        let t = txn_of.get(&producer_id).and_then(|id| transactions.get(id)).filter(|t| t.producer_id == producer_id).ok_or_else(|| {
-            ControllerError::InvalidProducerIdMapping(format!("producer {producer_id} has no transactional id"))
-        })?;
+        let t = txn_of
+            .get(&producer_id)
+            .and_then(|id| transactions.get(id))
+            .filter(|t| t.producer_id == producer_id)
+            .ok_or_else(|| ControllerError::InvalidProducerIdMapping(format!("producer {producer_id} has no transactional id")))?;
         if epoch < t.epoch {
-            return Err(ControllerError::InvalidProducerEpoch(format!(
-                "producer {producer_id} epoch {epoch} is older than {}",
-                t.epoch
-            )));
+            return Err(ControllerError::InvalidProducerEpoch(format!("producer {producer_id} epoch {epoch} is older than {}", t.epoch)));
         }
         if epoch != t.epoch || t.status != TxnStatus::Ongoing || !t.partitions.contains(&(topic_id, partition)) {
             return Err(ControllerError::InvalidTxnState(format!(
@@ -675,7 +678,10 @@ mod tests {
         let (mut t, _) = init(None, "tx", 60_000, (-1, -1), 0, pids()).unwrap();
         assert!(matches!(end(&mut t, 101, 0, true, 1), Err(ControllerError::InvalidTxnState(_))));
         ongoing(&mut t, 1);
-        t.groups.insert("g".into(), vec![CommitOffset { topic: "t".into(), partition: 0, offset: 7, leader_epoch: -1, metadata: String::new() }]);
+        t.groups.insert(
+            "g".into(),
+            vec![CommitOffset { topic: "t".into(), partition: 0, offset: 7, leader_epoch: -1, metadata: String::new() }],
+        );
         assert!(matches!(end(&mut t, 101, 1, true, 2), Err(ControllerError::ProducerFenced(_))));
         assert!(matches!(end(&mut t, 99, 0, true, 2), Err(ControllerError::InvalidProducerIdMapping(_))));
         let m = end(&mut t, 101, 0, true, 2).unwrap().unwrap();
@@ -713,9 +719,9 @@ mod tests {
         use std::sync::Arc;
 
         use super::super::*;
+        use crate::api::groups::TopicPartition;
         use crate::clock::{ManualClock, SeededEntropy};
         use crate::config::TopicsConfig;
-        use crate::api::groups::TopicPartition;
         use crate::controller::store::sqlite::SqliteStore;
         use crate::controller::{CommitRequest, CreateTopic};
         use crate::format::object::{ExtentInfo, ProducerBatch};
@@ -727,7 +733,13 @@ mod tests {
 
         /// Commits one object holding one batch per (partition, records); `txn`: the producer's
         /// (id, epoch, first sequence) for transactional batches.
-        fn commit(c: &Controller, key: &str, topic: Uuid, batches: &[(i32, i64)], txn: Option<(i64, i16, i32)>) -> Vec<Result<i64, ControllerError>> {
+        fn commit(
+            c: &Controller,
+            key: &str,
+            topic: Uuid,
+            batches: &[(i32, i64)],
+            txn: Option<(i64, i16, i32)>,
+        ) -> Vec<Result<i64, ControllerError>> {
             let extents = batches
                 .iter()
                 .map(|(p, n)| ExtentInfo {
@@ -747,8 +759,15 @@ mod tests {
                     }),
                 })
                 .collect();
-            c.commit_object(&CommitRequest { object_key: key.into(), object_size_bytes: 100, agent: "a".into(), extents, wal: None, txn_end: None })
-                .unwrap()
+            c.commit_object(&CommitRequest {
+                object_key: key.into(),
+                object_size_bytes: 100,
+                agent: "a".into(),
+                extents,
+                wal: None,
+                txn_end: None,
+            })
+            .unwrap()
         }
 
         /// What the agent does with a TxnEnd: one marker extent per partition.
@@ -756,7 +775,16 @@ mod tests {
             let extents = end
                 .partitions
                 .iter()
-                .map(|(t, p)| ExtentInfo { topic_id: *t, partition: *p, position: 0, length: 10, batch_count: 1, offset_count: 1, max_timestamp: 0, producer: None })
+                .map(|(t, p)| ExtentInfo {
+                    topic_id: *t,
+                    partition: *p,
+                    position: 0,
+                    length: 10,
+                    batch_count: 1,
+                    offset_count: 1,
+                    max_timestamp: 0,
+                    producer: None,
+                })
                 .collect();
             c.commit_object(&CommitRequest {
                 object_key: key.into(),
@@ -782,12 +810,21 @@ mod tests {
             let db = dir.path().join("c.db");
             let store = SqliteStore::open(&db).unwrap();
             store.load("cluster-2").unwrap();
-            let rec = GroupOffsetRecord { group_id: "g".into(), topic: "t".into(), partition: 0, offset: 5, leader_epoch: -1, metadata: String::new(), commit_ms: 1 };
+            let rec = GroupOffsetRecord {
+                group_id: "g".into(),
+                topic: "t".into(),
+                partition: 0,
+                offset: 5,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_ms: 1,
+            };
             store.commit_group_offsets(std::slice::from_ref(&rec)).unwrap();
             drop(store);
             // What a version 2 binary left behind: no transaction tables.
             let c = rusqlite::Connection::open(&db).unwrap();
-            c.execute_batch("DROP TABLE transactions; DROP TABLE open_txns; DROP TABLE aborted_txns; PRAGMA user_version = 2;").unwrap();
+            c.execute_batch("DROP TABLE transactions; DROP TABLE open_txns; DROP TABLE aborted_txns; PRAGMA user_version = 2;")
+                .unwrap();
             drop(c);
             let clock = Arc::new(ManualClock::new(1));
             let c = open(&db, clock);
@@ -805,7 +842,13 @@ mod tests {
             let clock = Arc::new(ManualClock::new(1_000_000));
             let c = open(&db, clock.clone());
             let t = c
-                .create_topic(&CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                .create_topic(&CreateTopic {
+                    name: "t".into(),
+                    partitions: 2,
+                    replication_factor: -1,
+                    configs: BTreeMap::new(),
+                    validate_only: false,
+                })
                 .unwrap();
             let (pid, epoch) = ready(c.init_transactional_producer("app", 10_000, (-1, -1)).unwrap());
             // Not added yet: refused.
@@ -892,7 +935,13 @@ mod tests {
             };
             let c = reopen();
             let t = c
-                .create_topic(&CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs: BTreeMap::new(), validate_only: false })
+                .create_topic(&CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: -1,
+                    configs: BTreeMap::new(),
+                    validate_only: false,
+                })
                 .unwrap();
             let (idle_pid, _) = ready(c.init_transactional_producer("idle", 60_000, (-1, -1)).unwrap());
             let (pid, epoch) = ready(c.init_transactional_producer("busy", TRANSACTION_TIMEOUT_MS_MAX, (-1, -1)).unwrap());
@@ -909,7 +958,14 @@ mod tests {
                 max_timestamp: 0,
                 producer: Some(ProducerBatch { producer_id: 900, epoch: 0, first_sequence: 0, last_sequence: 0, transactional: false }),
             };
-            let req = CommitRequest { object_key: "p1".into(), object_size_bytes: 10, agent: "a".into(), extents: vec![plain], wal: None, txn_end: None };
+            let req = CommitRequest {
+                object_key: "p1".into(),
+                object_size_bytes: 10,
+                agent: "a".into(),
+                extents: vec![plain],
+                wal: None,
+                txn_end: None,
+            };
             c.commit_object(&req).unwrap()[0].clone().unwrap();
             let producers = |c: &Controller| {
                 let mut v: Vec<i64> = c.read().producers.keys().map(|(p, _, _)| *p).collect();

@@ -147,13 +147,7 @@ impl ObjectBuilder {
     }
 
     /// Appends one batch of `(topic_id, partition)`; returns where it landed.
-    pub fn add_batch(
-        &mut self,
-        topic_id: Uuid,
-        partition: i32,
-        batch: &[u8],
-        header: &BatchHeader,
-    ) -> Result<Placement, FormatError> {
+    pub fn add_batch(&mut self, topic_id: Uuid, partition: i32, batch: &[u8], header: &BatchHeader) -> Result<Placement, FormatError> {
         if self.data.len() as u64 + batch.len() as u64 > OBJECT_BYTES_MAX {
             return Err(FormatError::TooLarge);
         }
@@ -184,14 +178,14 @@ impl ObjectBuilder {
             }
             _ => {
                 self.extents.push(ExtentInfo {
-                topic_id,
-                partition,
-                position,
-                length: batch.len() as u64,
-                batch_count: 1,
-                offset_count: header.offset_count(),
-                max_timestamp: header.max_timestamp,
-                producer,
+                    topic_id,
+                    partition,
+                    position,
+                    length: batch.len() as u64,
+                    batch_count: 1,
+                    offset_count: header.offset_count(),
+                    max_timestamp: header.max_timestamp,
+                    producer,
                 });
                 Ok(Placement { extent: extent_count, offset_delta: 0, position })
             }
@@ -245,12 +239,7 @@ pub fn parse_footer(tail: &[u8], object_len: u64) -> Result<Footer, FormatError>
         return Err(FormatError::TooShort(tail.len()));
     }
     let mut b = &tail[tail.len() - FOOTER_BYTES..];
-    let footer = Footer {
-        index_offset: b.get_u64(),
-        index_len: b.get_u32(),
-        version: b.get_u16(),
-        index_crc: b.get_u32(),
-    };
+    let footer = Footer { index_offset: b.get_u64(), index_len: b.get_u32(), version: b.get_u16(), index_crc: b.get_u32() };
     if b != MAGIC {
         return Err(FormatError::BadMagic);
     }

@@ -114,8 +114,8 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<BatchHeader>, RecordsError> {
 /// CRC32C correct, offsets consistent, not a control batch. Returns the batch (trailing partial
 /// bytes dropped, as Kafka ignores them) and its header.
 pub fn validate_produce(records: &Bytes, api_version: i16) -> Result<(Bytes, BatchHeader), RecordsError> {
-    let header = peek_header(records)?
-        .ok_or(RecordsError::Invalid("produce requests must have at least one record batch per partition"))?;
+    let header =
+        peek_header(records)?.ok_or(RecordsError::Invalid("produce requests must have at least one record batch per partition"))?;
     let size = header.size_bytes as usize;
     let rest = &records[size..];
     match peek_header(rest) {
@@ -192,7 +192,9 @@ thread_local! {
 /// the topic's range. Errors are Kafka's: INVALID_RECORD for what a consumer could not read,
 /// INVALID_TIMESTAMP with per-record errors.
 pub fn validate_records(batch: &[u8], header: &BatchHeader, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
-    let body = batch.get(BATCH_HEADER_BYTES..header.size_bytes as usize).ok_or(RecordsError::Corrupt("batch shorter than its header"))?;
+    let body = batch
+        .get(BATCH_HEADER_BYTES..header.size_bytes as usize)
+        .ok_or(RecordsError::Corrupt("batch shorter than its header"))?;
     if header.compression() == 0 {
         return walk_records(body, header, checks);
     }
@@ -211,8 +213,7 @@ pub fn validate_records(batch: &[u8], header: &BatchHeader, checks: &RecordCheck
 }
 
 const BAD: RecordsError = RecordsError::Invalid("compressed records do not decompress");
-const TOO_LARGE: RecordsError =
-    RecordsError::Invalid("records decompress to more than the agent's max_decompressed_batch_bytes");
+const TOO_LARGE: RecordsError = RecordsError::Invalid("records decompress to more than the agent's max_decompressed_batch_bytes");
 
 /// Decompresses a batch's records section into `out` (empty), refusing more than `max` bytes.
 fn decompress(codec: i16, input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), RecordsError> {
@@ -368,10 +369,8 @@ fn parse_record(body: &[u8]) -> Option<(i64, i32, bool)> {
 fn walk_records(mut records: &[u8], header: &BatchHeader, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
     let mut key_errors = Vec::new();
     let mut timestamp_errors = Vec::new();
-    let (low, high) = (
-        checks.now_ms.wrapping_sub(checks.timestamp_before_max_ms),
-        checks.now_ms.wrapping_add(checks.timestamp_after_max_ms),
-    );
+    let (low, high) =
+        (checks.now_ms.wrapping_sub(checks.timestamp_before_max_ms), checks.now_ms.wrapping_add(checks.timestamp_after_max_ms));
     for i in 0..header.record_count {
         let len = read_varint(&mut records).ok_or(RecordsError::Invalid("record length is not a valid varint"))?;
         let body = usize::try_from(len)
@@ -379,14 +378,16 @@ fn walk_records(mut records: &[u8], header: &BatchHeader, checks: &RecordChecks<
             .and_then(|n| records.get(..n))
             .ok_or(RecordsError::Invalid("record size exceeds the batch's remaining bytes"))?;
         records = &records[body.len()..];
-        let (timestamp_delta, offset_delta, has_key) =
-            parse_record(body).ok_or(RecordsError::Invalid("found invalid record structure"))?;
+        let (timestamp_delta, offset_delta, has_key) = parse_record(body).ok_or(RecordsError::Invalid("found invalid record structure"))?;
         if offset_delta != i {
             // Kafka rewrites such batches; stored as the producer's bytes they would lie to consumers.
             return Err(RecordsError::Invalid("record offset deltas must be 0, 1, 2... in order"));
         }
         if checks.compacted && !has_key {
-            key_errors.push((i, format!("Compacted topic cannot accept message without key in topic partition {}-{}.", checks.topic, checks.partition)));
+            key_errors.push((
+                i,
+                format!("Compacted topic cannot accept message without key in topic partition {}-{}.", checks.topic, checks.partition),
+            ));
             continue;
         }
         let timestamp = header.base_timestamp.wrapping_add(timestamp_delta);
@@ -413,8 +414,7 @@ fn walk_records(mut records: &[u8], header: &BatchHeader, checks: &RecordChecks<
         });
     }
     if !key_errors.is_empty() {
-        let shown: Vec<String> =
-            key_errors.iter().take(3).map(|(i, m)| format!("RecordError(batchIndex={i}, message='{m}')")).collect();
+        let shown: Vec<String> = key_errors.iter().take(3).map(|(i, m)| format!("RecordError(batchIndex={i}, message='{m}')")).collect();
         return Err(RecordsError::Rejected {
             timestamp: false,
             message: format!(
@@ -451,7 +451,13 @@ const CONTROL_TYPE_COMMIT: i16 = 1;
 /// A transaction marker: a control batch of one record whose key is (version 0, type abort 0 or
 /// commit 1) and whose value is Kafka's EndTxnMarker (version 0, coordinator epoch), with the
 /// producer's id and epoch, base sequence -1, base offset 0 (assigned at commit), CRC set.
-pub fn control_batch(producer_id: i64, producer_epoch: i16, commit: bool, timestamp_ms: i64, coordinator_epoch: i32) -> (Bytes, BatchHeader) {
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    timestamp_ms: i64,
+    coordinator_epoch: i32,
+) -> (Bytes, BatchHeader) {
     let kind = if commit { CONTROL_TYPE_COMMIT } else { CONTROL_TYPE_ABORT };
     let mut record = Vec::with_capacity(16);
     record.push(0); // record attributes

@@ -75,19 +75,13 @@ fn io_error(path: &Path, e: std::io::Error) -> ObjectError {
     use std::io::ErrorKind::*;
     match e.kind() {
         NotFound => ObjectError::NotFound(path.display().to_string()),
-        PermissionDenied | InvalidInput | InvalidData => {
-            ObjectError::Permanent(format!("{}: {e}", path.display()))
-        }
+        PermissionDenied | InvalidInput | InvalidData => ObjectError::Permanent(format!("{}: {e}", path.display())),
         _ => ObjectError::Transient(format!("{}: {e}", path.display())),
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ObjectError> + Send + 'static,
-) -> Result<T, ObjectError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ObjectError::Transient(format!("blocking task failed: {e}")))?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ObjectError> + Send + 'static) -> Result<T, ObjectError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ObjectError::Transient(format!("blocking task failed: {e}")))?
 }
 
 #[async_trait]
@@ -106,10 +100,7 @@ impl ObjectStore for LocalStore {
             let mut f = File::open(&path).map_err(|e| io_error(&path, e))?;
             let size = f.metadata().map_err(|e| io_error(&path, e))?.len();
             if range.start > range.end || range.end > size {
-                return Err(ObjectError::NotFound(format!(
-                    "{} range {range:?} beyond {size} bytes",
-                    path.display()
-                )));
+                return Err(ObjectError::NotFound(format!("{} range {range:?} beyond {size} bytes", path.display())));
             }
             let mut buf = vec![0u8; (range.end - range.start) as usize];
             f.seek(SeekFrom::Start(range.start)).map_err(|e| io_error(&path, e))?;

@@ -320,12 +320,7 @@ impl ObjectStore for MeteredStore {
         self.timed(OpKind::List, 0, |_| 0, self.inner.list(prefix)).await
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, ObjectError> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<ObjectMeta>, ObjectError> {
         self.timed(OpKind::List, 0, |_| 0, self.inner.list_page(prefix, start_after, limit)).await
     }
 }

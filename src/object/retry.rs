@@ -75,10 +75,7 @@ impl RetryingStore {
                 Ok(Err(e)) if !e.is_retriable() => return Err(e),
                 Ok(Err(e)) => e,
                 Err(_) => {
-                    return Err(ObjectError::Transient(format!(
-                        "{what} {key}: no answer within the {:?} deadline",
-                        self.policy.deadline
-                    )));
+                    return Err(ObjectError::Transient(format!("{what} {key}: no answer within the {:?} deadline", self.policy.deadline)));
                 }
             };
             let wait = self.policy.backoff(attempt, &*self.entropy);
@@ -125,12 +122,7 @@ impl ObjectStore for RetryingStore {
         self.retry("list", prefix, || self.inner.list(prefix)).await
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, ObjectError> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<ObjectMeta>, ObjectError> {
         self.retry("list", prefix, || self.inner.list_page(prefix, start_after, limit)).await
     }
 }

@@ -89,9 +89,7 @@ impl S3Store {
     /// Builds the client. Sends no request: a wrong endpoint or credential shows at first use.
     pub async fn connect(settings: S3Settings, metrics: Arc<StoreMetrics>) -> Result<Self, ObjectError> {
         let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
         if let Some(region) = &settings.region {
@@ -103,9 +101,7 @@ impl S3Store {
             }
             (None, None) => {}
             _ => {
-                return Err(ObjectError::Permanent(
-                    "set both access_key_id and secret_access_key, or neither".into(),
-                ));
+                return Err(ObjectError::Permanent("set both access_key_id and secret_access_key, or neither".into()));
             }
         }
         let shared = loader.load().await;
@@ -147,12 +143,7 @@ impl S3Store {
 
     /// Waits for a request slot and counts the request.
     async fn slot(&self, name: &'static str) -> Result<OwnedSemaphorePermit, ObjectError> {
-        let permit = self
-            .requests
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ObjectError::Transient("object store is closing".into()))?;
+        let permit = self.requests.clone().acquire_owned().await.map_err(|_| ObjectError::Transient("object store is closing".into()))?;
         self.metrics.record_request(name);
         Ok(permit)
     }
@@ -192,8 +183,7 @@ impl S3Store {
             // Best effort: a failed upload's parts are billed until aborted (or a bucket
             // lifecycle rule removes them).
             if let Ok(_slot) = self.slot("AbortMultipartUpload").await {
-                let abort =
-                    self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(&upload_id).send();
+                let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(&upload_id).send();
                 if let Err(e) = abort.await {
                     tracing::warn!(key = full, error = %DisplayErrorContext(&e), "abort of a failed multipart upload failed");
                 }
@@ -202,13 +192,7 @@ impl S3Store {
         result
     }
 
-    async fn upload_parts_and_complete(
-        &self,
-        full: &str,
-        upload_id: &str,
-        body: Bytes,
-        only_if_absent: bool,
-    ) -> Result<bool, ObjectError> {
+    async fn upload_parts_and_complete(&self, full: &str, upload_id: &str, body: Bytes, only_if_absent: bool) -> Result<bool, ObjectError> {
         let len = body.len() as u64;
         let part_bytes = self.part_bytes.max(len.div_ceil(PARTS_MAX));
         let mut tasks = JoinSet::new();
@@ -228,13 +212,9 @@ impl S3Store {
             let sign_payload = self.sign_payload;
             tasks.spawn(async move {
                 let _slot = slot;
-                let sent =
-                    if sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
+                let sent = if sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
                 let out = sent.map_err(|e| classify("UploadPart", &full, e))?;
-                let etag = out
-                    .e_tag()
-                    .ok_or_else(|| ObjectError::Transient(format!("UploadPart {full}: no ETag")))?
-                    .to_string();
+                let etag = out.e_tag().ok_or_else(|| ObjectError::Transient(format!("UploadPart {full}: no ETag")))?.to_string();
                 Ok::<_, ObjectError>(CompletedPart::builder().part_number(part_number).e_tag(etag).build())
             });
         }
@@ -299,10 +279,7 @@ impl S3Store {
             .into_bytes();
         if body.len() as u64 != want {
             // S3 answers a range that ends beyond the object with what exists.
-            return Err(ObjectError::NotFound(format!(
-                "{full} range {range:?}: got {} bytes, expected {want}",
-                body.len()
-            )));
+            return Err(ObjectError::NotFound(format!("{full} range {range:?}: got {} bytes, expected {want}", body.len())));
         }
         Ok(body)
     }
@@ -438,19 +415,12 @@ impl ObjectStore for S3Store {
                 return Ok(out);
             }
             if out.len() > LIST_KEYS_MAX {
-                return Err(ObjectError::Permanent(format!(
-                    "listing {prefix:?}: more than {LIST_KEYS_MAX} keys; walk it with list_page"
-                )));
+                return Err(ObjectError::Permanent(format!("listing {prefix:?}: more than {LIST_KEYS_MAX} keys; walk it with list_page")));
             }
         }
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, ObjectError> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<ObjectMeta>, ObjectError> {
         let full_prefix = keys::rooted(&self.root, prefix);
         let _slot = self.slot("ListObjectsV2").await?;
         let mut req = self

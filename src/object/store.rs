@@ -61,12 +61,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Up to `limit` objects whose key starts with `prefix` and sorts after `start_after`, in
     /// key order: one page of a listing (background jobs walk large stores with it). Backends
     /// that can list a page without listing everything (S3) override the default.
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, ObjectError> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<ObjectMeta>, ObjectError> {
         let mut all = self.list(prefix).await?;
         all.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(all.into_iter().filter(|m| start_after.is_none_or(|s| m.key.as_str() > s)).take(limit).collect())

@@ -101,9 +101,8 @@ enum Closed {
 fn closed(reason: Closed) -> &'static Counter {
     static BY_REASON: OnceLock<[Arc<Counter>; 6]> = OnceLock::new();
     let c = BY_REASON.get_or_init(|| {
-        ["client", "per_ip_limit", "idle", "read_timeout", "bad_request", "shutdown"].map(|r| {
-            metrics::counter("sidestream_connections_closed_total", "Connections closed, by reason.", &[("reason", r)])
-        })
+        ["client", "per_ip_limit", "idle", "read_timeout", "bad_request", "shutdown"]
+            .map(|r| metrics::counter("sidestream_connections_closed_total", "Connections closed, by reason.", &[("reason", r)]))
     });
     &c[reason as usize]
 }
@@ -218,9 +217,7 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionL
     let per_ip = Arc::new(PerIp::default());
     let open = Arc::new(AtomicUsize::new(0));
     let gauge = open.clone();
-    metrics::gauges("sidestream_connections", "Client connections open.", move || {
-        vec![(Vec::new(), gauge.load(Ordering::Relaxed) as i64)]
-    });
+    metrics::gauges("sidestream_connections", "Client connections open.", move || vec![(Vec::new(), gauge.load(Ordering::Relaxed) as i64)]);
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -376,9 +373,7 @@ async fn connection(
         match frame {
             Ok(Some((frame, permit))) => {
                 activity.touch();
-                let turn = (frame[..2] == PRODUCE_KEY).then(|| {
-                    Turn::next(&mut last_produce, agent.hand_offs.enter())
-                });
+                let turn = (frame[..2] == PRODUCE_KEY).then(|| Turn::next(&mut last_produce, agent.hand_offs.enter()));
                 let cancellable = frame[..2] == FETCH_KEY;
                 let agent = agent.clone();
                 activity.in_flight.fetch_add(1, Ordering::AcqRel);

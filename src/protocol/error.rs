@@ -48,9 +48,7 @@ pub fn agent_code(e: &AgentError) -> i16 {
         // Retriable: the client refreshes metadata and retries, on this agent once restarted.
         AgentError::ShuttingDown => K::NotLeaderOrFollower.code(),
         AgentError::Controller(c) => controller_code(c),
-        AgentError::ObjectStore(_) | AgentError::CorruptObject(_) | AgentError::Wal(_) => {
-            K::KafkaStorageError.code()
-        }
+        AgentError::ObjectStore(_) | AgentError::CorruptObject(_) | AgentError::Wal(_) => K::KafkaStorageError.code(),
     }
 }
 

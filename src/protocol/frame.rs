@@ -104,9 +104,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             buf.reserve(more);
         }
         let want = allowed - buf.len();
-        let n = tokio::time::timeout_at(deadline, r.read_buf(&mut (&mut buf).limit(want)))
-            .await
-            .map_err(|_| timed_out())??;
+        let n = tokio::time::timeout_at(deadline, r.read_buf(&mut (&mut buf).limit(want))).await.map_err(|_| timed_out())??;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }

@@ -42,4 +42,3 @@ impl Conn {
         R::Response::decode(&mut buf, version).unwrap()
     }
 }
-

@@ -129,8 +129,7 @@ impl ExtentCache {
     /// Extents starting with the one holding `from_offset` until `max_bytes` are covered (at
     /// least one), as the controller's FindExtents answers; `None` when the cache cannot tell
     /// (ask the controller). `high_watermark`: the agent's view of the partition's end.
-    pub fn find(&self, topic_id: Uuid, partition: i32, from_offset: i64, max_bytes: u64, high_watermark: i64)
-    -> Option<Vec<ExtentRecord>> {
+    pub fn find(&self, topic_id: Uuid, partition: i32, from_offset: i64, max_bytes: u64, high_watermark: i64) -> Option<Vec<ExtentRecord>> {
         let mut inner = self.lock();
         let part = inner.parts.get(&(topic_id, partition))?;
         let mut out = Vec::new();
@@ -153,8 +152,14 @@ impl ExtentCache {
 
     /// The first extent holding a timestamp >= `timestamp` (`Some(None)`: none below the high
     /// watermark); `None` when the cache does not hold the log from its start.
-    pub fn for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64, log_start: i64, high_watermark: i64)
-    -> Option<Option<ExtentRecord>> {
+    pub fn for_timestamp(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        timestamp: i64,
+        log_start: i64,
+        high_watermark: i64,
+    ) -> Option<Option<ExtentRecord>> {
         if high_watermark <= log_start {
             return Some(None);
         }
@@ -179,8 +184,7 @@ impl ExtentCache {
 
     /// The extent with the largest timestamp (the first of equals), if the whole log from
     /// `log_start` to `high_watermark` is cached.
-    pub fn with_max_timestamp(&self, topic_id: Uuid, partition: i32, log_start: i64, high_watermark: i64)
-    -> Option<Option<ExtentRecord>> {
+    pub fn with_max_timestamp(&self, topic_id: Uuid, partition: i32, log_start: i64, high_watermark: i64) -> Option<Option<ExtentRecord>> {
         if high_watermark <= log_start {
             return Some(None);
         }

@@ -113,9 +113,11 @@ impl Remote {
         startup_deadline: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self, ControllerError> {
-        let first = settings.addresses.first().cloned().ok_or_else(|| {
-            ControllerError::InvalidRequest("[controller] addresses is empty: remote mode needs at least one".into())
-        })?;
+        let first = settings
+            .addresses
+            .first()
+            .cloned()
+            .ok_or_else(|| ControllerError::InvalidRequest("[controller] addresses is empty: remote mode needs at least one".into()))?;
         let lookups = |source| {
             metrics::counter(
                 "sidestream_index_lookups_total",
@@ -334,10 +336,7 @@ impl Remote {
     }
 
     fn set_members(&self, members: Vec<rpc::Member>) {
-        let live = members
-            .into_iter()
-            .map(|m| LiveAgent { node_id: m.node_id, host: m.host, port: m.port, zone: m.zone })
-            .collect();
+        let live = members.into_iter().map(|m| LiveAgent { node_id: m.node_id, host: m.host, port: m.port, zone: m.zone }).collect();
         *self.0.members.write().unwrap_or_else(|p| p.into_inner()) = live;
     }
 
@@ -515,11 +514,13 @@ impl Remote {
             }
             Call::ExtentForTimestamp { topic_id, partition, timestamp } => {
                 let o = self.offsets(topic_id, partition).ok()?;
-                c.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset).map(|e| Reply::ExtentForTimestamp(Ok(e)))
+                c.for_timestamp(topic_id, partition, timestamp, o.log_start_offset, o.next_offset)
+                    .map(|e| Reply::ExtentForTimestamp(Ok(e)))
             }
             Call::ExtentWithMaxTimestamp { topic_id, partition } => {
                 let o = self.offsets(topic_id, partition).ok()?;
-                c.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset).map(|e| Reply::ExtentWithMaxTimestamp(Ok(e)))
+                c.with_max_timestamp(topic_id, partition, o.log_start_offset, o.next_offset)
+                    .map(|e| Reply::ExtentWithMaxTimestamp(Ok(e)))
             }
             _ => None,
         }
@@ -552,7 +553,9 @@ impl Remote {
                     self.0.commits.send_modify(|n| *n += 1);
                 }
             }
-            (Call::FindExtents { topic_id, partition, .. }, Reply::FindExtents(Ok(found))) => self.cache_found(*topic_id, *partition, found),
+            (Call::FindExtents { topic_id, partition, .. }, Reply::FindExtents(Ok(found))) => {
+                self.cache_found(*topic_id, *partition, found)
+            }
             (Call::ExtentForTimestamp { topic_id, partition, .. }, Reply::ExtentForTimestamp(Ok(found)))
             | (Call::ExtentWithMaxTimestamp { topic_id, partition }, Reply::ExtentWithMaxTimestamp(Ok(found))) => {
                 self.cache_found(*topic_id, *partition, found.as_slice())
@@ -567,7 +570,8 @@ impl Remote {
     /// or answer a repeat as Kafka's coordinator does).
     async fn send(&self, call: &Call) -> Result<Reply, ControllerError> {
         let body = calls::encode(call)?;
-        let envelope = |epoch| rpc::CallRequest { version: calls::WIRE_VERSION, agent: self.0.settings.agent.clone(), epoch, body: body.clone() };
+        let envelope =
+            |epoch| rpc::CallRequest { version: calls::WIRE_VERSION, agent: self.0.settings.agent.clone(), epoch, body: body.clone() };
         if let Some(wait_ms) = call.wait_ms() {
             let deadline = Duration::from_millis(u64::try_from(wait_ms + calls::WAIT_SLACK_MS).unwrap_or(0));
             let epoch = self.0.epoch.load(Ordering::Acquire);
@@ -611,13 +615,13 @@ mod tests {
     use bytes::Bytes;
     use tokio_util::sync::CancellationToken;
 
-    use crate::clock::{SeededEntropy, SystemClock};
-    use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
     use super::{Remote, RemoteSettings};
     use crate::agent::client::ControllerClient;
     use crate::api::groups::{ClientInfo, CommitOffset, GroupError, JoinRequest, OffsetCommitRequest, SyncRequest};
     use crate::api::txn::{TxnInit, TxnStatus};
     use crate::api::{CommitRequest, ControllerError, CreateTopic};
+    use crate::clock::{SeededEntropy, SystemClock};
+    use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
     use crate::controller::service::{self, ServiceSettings};
     use crate::format::object::{ExtentInfo, ProducerBatch};
 
@@ -669,7 +673,13 @@ mod tests {
     async fn a_group_and_a_transaction_through_grpc() {
         let (_dir, svc, remote, stop) = start().await;
         let topic = remote
-            .create_topic(CreateTopic { name: "t".into(), partitions: 2, replication_factor: -1, configs: Default::default(), validate_only: false })
+            .create_topic(CreateTopic {
+                name: "t".into(),
+                partitions: 2,
+                replication_factor: -1,
+                configs: Default::default(),
+                validate_only: false,
+            })
             .await
             .unwrap();
 
@@ -777,7 +787,8 @@ mod tests {
 
         // Markers never written (the agent died after EndTxn): once MARKER_RETRY_MS passed,
         // one poller gets them and the next one does not (one writer at a time).
-        let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx2".into(), 60_000, (-1, -1)).await.unwrap() else {
+        let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx2".into(), 60_000, (-1, -1)).await.unwrap()
+        else {
             panic!("not ready")
         };
         remote.add_partitions_to_txn("tx2".into(), producer_id, epoch, vec![("t".into(), 1)], false).await.unwrap();

@@ -127,7 +127,9 @@ pub fn assign(assignor: &str, members: &[MemberSpec<'_>], topics: &TopicSpecs) -
     todo.sort_by_key(|(n, t, p, _)| (*n, *t, *p));
     for (_, t, p, candidates) in todo {
         let Some(min) = candidates.iter().map(|m| load(&counts, m.member_id)).min() else { continue };
-        let owner = candidates.iter().find(|m| m.current.get(&t).is_some_and(|ps| ps.contains(&p)) && load(&counts, m.member_id) <= min);
+        let owner = candidates
+            .iter()
+            .find(|m| m.current.get(&t).is_some_and(|ps| ps.contains(&p)) && load(&counts, m.member_id) <= min);
         let chosen = owner.or_else(|| candidates.iter().find(|m| load(&counts, m.member_id) == min));
         if let Some(m) = chosen {
             put(&mut out, m.member_id, (t, p));

@@ -23,10 +23,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{
-    ClientInfo, GroupError, GroupSettings, JoinRequest, JoinResponse, JoinedMember, MemberSummary, SyncRequest,
-    SyncResponse,
-};
+use super::{ClientInfo, GroupError, GroupSettings, JoinRequest, JoinResponse, JoinedMember, MemberSummary, SyncRequest, SyncResponse};
 
 /// Kafka's classic group states (the names ListGroups and DescribeGroups report).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,9 +242,7 @@ impl ClassicGroup {
             ClassicState::Stable if unchanged && self.leader.as_deref() != Some(id.as_str()) => {
                 Reply::Now(self.current_join_response(&id, false))
             }
-            ClassicState::CompletingRebalance | ClassicState::Stable => {
-                self.update_member_and_rebalance(now, settings, id, req)
-            }
+            ClassicState::CompletingRebalance | ClassicState::Stable => self.update_member_and_rebalance(now, settings, id, req),
         }
     }
 
@@ -356,9 +351,7 @@ impl ClassicGroup {
             self.leader = Some(new_id.clone());
         }
         match self.state {
-            ClassicState::Stable if self.select_protocol() == self.protocol_name => {
-                Reply::Now(self.current_join_response(&new_id, true))
-            }
+            ClassicState::Stable if self.select_protocol() == self.protocol_name => Reply::Now(self.current_join_response(&new_id, true)),
             ClassicState::Stable => self.rejoin_replaced(now, new_id, true),
             ClassicState::CompletingRebalance => self.rejoin_replaced(now, new_id, true),
             ClassicState::PreparingRebalance | ClassicState::Empty => self.rejoin_replaced(now, new_id, false),
@@ -575,7 +568,13 @@ impl ClassicGroup {
     }
 
     /// Kafka's `validateOffsetCommit` for classic groups. Refreshes the member's session.
-    pub fn validate_offset_commit(&mut self, now: Instant, member_id: &str, instance_id: Option<&str>, generation: i32) -> Result<(), GroupError> {
+    pub fn validate_offset_commit(
+        &mut self,
+        now: Instant,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         if generation < 0 && self.state == ClassicState::Empty {
             return Ok(());
         }
@@ -624,7 +623,11 @@ impl ClassicGroup {
 
     /// The earliest deadline [`ClassicGroup::on_time`] must see.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let members = self.members.values().filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none()).map(|m| m.session_deadline);
+        let members = self
+            .members
+            .values()
+            .filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none())
+            .map(|m| m.session_deadline);
         let join = if self.state == ClassicState::PreparingRebalance { self.join_deadline } else { None };
         members.chain(self.pending.values().copied()).chain(join).min()
     }

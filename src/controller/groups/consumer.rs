@@ -192,8 +192,7 @@ impl ConsumerGroup {
             }
             return Ok(HeartbeatResponse { member_id: id, member_epoch: req.member_epoch, heartbeat_interval_ms: 0, assignment: None });
         }
-        let full = req.member_epoch == 0
-            || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.owned.is_some());
+        let full = req.member_epoch == 0 || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.owned.is_some());
         let mut bump = false;
         let member_id = if req.member_epoch == 0 {
             let (id, new) = self.join(now, session, entropy, &req, settings)?;
@@ -325,8 +324,7 @@ impl ConsumerGroup {
     /// topic's partitions changed, and recomputes the target assignment for a new epoch.
     fn refresh_target(&mut self, topics: &dyn TopicLookup, changed: bool) {
         let subscribed = self.subscribed_topics();
-        let specs: TopicSpecs =
-            subscribed.iter().filter_map(|n| topics.by_name(n).map(|t| (n.clone(), (t.id, t.partitions)))).collect();
+        let specs: TopicSpecs = subscribed.iter().filter_map(|n| topics.by_name(n).map(|t| (n.clone(), (t.id, t.partitions)))).collect();
         if changed || specs != self.topics {
             self.topics = specs;
             self.group_epoch = self.group_epoch.saturating_add(1);
@@ -346,11 +344,8 @@ impl ConsumerGroup {
             .copied()
             .max_by_key(|a| (votes.get(a).copied().unwrap_or(0), std::cmp::Reverse(ASSIGNORS.iter().position(|x| x == a))))
             .unwrap_or(assignor::UNIFORM);
-        let specs: Vec<MemberSpec<'_>> = self
-            .members
-            .values()
-            .map(|m| MemberSpec { member_id: &m.id, topics: &m.topics, current: &m.assigned })
-            .collect();
+        let specs: Vec<MemberSpec<'_>> =
+            self.members.values().map(|m| MemberSpec { member_id: &m.id, topics: &m.topics, current: &m.assigned }).collect();
         self.target = assignor::assign(chosen, &specs, &self.topics);
         self.assignor = chosen.to_string();
         self.assignment_epoch = self.group_epoch;

@@ -29,12 +29,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::store::{GroupOffsetRecord, MetadataStore, StoreError};
 use crate::api::TopicMeta;
 use crate::api::groups::{
-    ClientInfo, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse,
-    JoinedMember, MemberSummary, OffsetCommitRequest, SyncRequest, SyncResponse, TopicPartition,
+    ClientInfo, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, JoinedMember, MemberSummary,
+    OffsetCommitRequest, SyncRequest, SyncResponse, TopicPartition,
 };
-use super::store::{GroupOffsetRecord, MetadataStore, StoreError};
 use crate::clock::{Clock, Entropy};
 use classic::{ClassicGroup, ClassicState, Reply};
 use consumer::ConsumerGroup;
@@ -278,9 +278,9 @@ impl GroupCoordinator {
         };
         match reply {
             Reply::Now(r) => r,
-            Reply::Wait(rx) => rx
-                .await
-                .unwrap_or_else(|_| JoinResponse::error(String::new(), GroupError::Unavailable("group removed".into()))),
+            Reply::Wait(rx) => {
+                rx.await.unwrap_or_else(|_| JoinResponse::error(String::new(), GroupError::Unavailable("group removed".into())))
+            }
         }
     }
 
@@ -347,12 +347,9 @@ impl GroupCoordinator {
                 None if req.api_version >= 9 => return Err(GroupError::GroupIdNotFound),
                 None => return Err(GroupError::IllegalGeneration),
                 Some(e) => match &mut e.kind {
-                    Kind::Classic(g) => g.validate_offset_commit(
-                        now,
-                        &req.member_id,
-                        req.group_instance_id.as_deref(),
-                        req.generation_id_or_member_epoch,
-                    )?,
+                    Kind::Classic(g) => {
+                        g.validate_offset_commit(now, &req.member_id, req.group_instance_id.as_deref(), req.generation_id_or_member_epoch)?
+                    }
                     Kind::Consumer(g) => g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, req.api_version)?,
                 },
             }
@@ -397,7 +394,13 @@ impl GroupCoordinator {
     /// TxnOffsetCommit's member check (KIP-447): a request naming a generation or member must
     /// come from a current member, as for OffsetCommit; one naming neither (clients before
     /// TxnOffsetCommit v3) is not checked, as in Kafka.
-    pub fn validate_txn_offset_commit(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> Result<(), GroupError> {
+    pub fn validate_txn_offset_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         Self::check_group_id(group_id)?;
         if generation < 0 && member_id.is_empty() && instance_id.is_none() {
             return Ok(());
@@ -469,8 +472,7 @@ impl GroupCoordinator {
             .iter()
             .map(|(t, _)| if subscribed.contains(t) { Err(GroupError::GroupSubscribedToTopic) } else { Ok(()) })
             .collect();
-        let delete: Vec<TopicPartition> =
-            partitions.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(p, _)| p.clone()).collect();
+        let delete: Vec<TopicPartition> = partitions.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(p, _)| p.clone()).collect();
         if !delete.is_empty() {
             self.store.delete_group_offsets(group_id, Some(&delete))?;
             let mut groups = self.groups();
@@ -557,7 +559,10 @@ impl GroupCoordinator {
     }
 
     /// KIP-848 ConsumerGroupHeartbeat.
-    pub fn consumer_heartbeat(&self, req: crate::api::groups::consumer::HeartbeatRequest) -> Result<crate::api::groups::consumer::HeartbeatResponse, GroupError> {
+    pub fn consumer_heartbeat(
+        &self,
+        req: crate::api::groups::consumer::HeartbeatRequest,
+    ) -> Result<crate::api::groups::consumer::HeartbeatResponse, GroupError> {
         Self::check_group_id(&req.group_id)?;
         let mut groups = self.groups();
         let group_id = req.group_id.clone();

@@ -217,8 +217,10 @@ async fn a_static_member_comes_back_without_a_rebalance_and_fences_its_old_id() 
     assert_eq!(c.heartbeat("g", &s1.member_id, Some("inst-1"), 1), Err(GroupError::FencedInstanceId));
     assert_eq!(c.heartbeat("g", &s2.member_id, Some("inst-2"), 1), Ok(()));
     // The admin client removes a static member by instance id alone.
-    assert_eq!(c.leave("g", &[(String::new(), Some("inst-2".into())), (String::new(), Some("nope".into()))]),
-        Ok(vec![Ok(()), Err(GroupError::UnknownMemberId)]));
+    assert_eq!(
+        c.leave("g", &[(String::new(), Some("inst-2".into())), (String::new(), Some("nope".into()))]),
+        Ok(vec![Ok(()), Err(GroupError::UnknownMemberId)])
+    );
     assert_eq!(state(&c), "PreparingRebalance");
 }
 
@@ -250,7 +252,12 @@ async fn offsets_are_checked_persisted_and_deleted() {
         .unwrap();
     assert_eq!(
         results,
-        vec![Ok(()), Err(GroupError::UnknownTopicOrPartition), Err(GroupError::UnknownTopicOrPartition), Err(GroupError::OffsetMetadataTooLarge)]
+        vec![
+            Ok(()),
+            Err(GroupError::UnknownTopicOrPartition),
+            Err(GroupError::UnknownTopicOrPartition),
+            Err(GroupError::OffsetMetadataTooLarge)
+        ]
     );
     c.commit_offsets(&req(-1, 8, vec![off("u", 1, 9, "")])).unwrap();
     let listed = c.list_groups(&["empty".into()], &["classic".into()]);
@@ -262,7 +269,10 @@ async fn offsets_are_checked_persisted_and_deleted() {
     let c = coordinator(&db);
     let all = c.fetch_offsets("simple", None, None).unwrap();
     assert_eq!(all.len(), 2);
-    assert_eq!(all[0], (("t".to_string(), 0), Some(CommittedOffset { offset: 7, leader_epoch: 3, metadata: "hé".into(), commit_ms: 1_000 })));
+    assert_eq!(
+        all[0],
+        (("t".to_string(), 0), Some(CommittedOffset { offset: 7, leader_epoch: 3, metadata: "hé".into(), commit_ms: 1_000 }))
+    );
     let asked = c.fetch_offsets("simple", Some(&[("u".into(), 1), ("u".into(), 0)]), None).unwrap();
     assert_eq!(asked[0].1.as_ref().map(|o| o.offset), Some(9));
     assert_eq!(asked[1].1, None);
@@ -302,10 +312,7 @@ async fn a_group_with_members_is_not_deleted_and_protects_subscribed_offsets() {
     };
     assert_eq!(c.commit_offsets(&commit), Ok(vec![Ok(()), Ok(())]));
     assert_eq!(c.delete_group("g"), Err(GroupError::NonEmptyGroup));
-    assert_eq!(
-        c.delete_offsets("g", &[("t".into(), 0), ("u".into(), 0)]),
-        Ok(vec![Err(GroupError::GroupSubscribedToTopic), Ok(())])
-    );
+    assert_eq!(c.delete_offsets("g", &[("t".into(), 0), ("u".into(), 0)]), Ok(vec![Err(GroupError::GroupSubscribedToTopic), Ok(())]));
     let d = c.describe_group("g").unwrap();
     assert_eq!((d.state.as_str(), d.protocol_data.as_str(), d.members.len()), ("Stable", "range", 1));
     assert_eq!(d.members[0].group_instance_id.as_deref(), Some("i"));

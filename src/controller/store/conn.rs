@@ -92,17 +92,16 @@ impl<C: Send + 'static> Writer<C> {
 
     /// Runs `f` on the writer connection, after the writes queued before it; waits for room in
     /// the queue, then for the answer.
-    pub fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut C) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    pub fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut C) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel(1);
         let job: Job<C> = Box::new(move |slot| {
             let _ = reply.send(slot.with(f));
         });
         self.jobs.send(job).map_err(|_| StoreError::internal("the store's writer thread stopped", None))?;
         self.queued.fetch_add(1, Ordering::Relaxed);
-        answer.recv().unwrap_or_else(|_| Err(StoreError::internal("the store's writer thread dropped a write (it panicked)", None)))
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::internal("the store's writer thread dropped a write (it panicked)", None)))
     }
 
     /// Writes waiting in the queue.

@@ -164,8 +164,7 @@ impl From<&crate::config::ControllerConfig> for StoreSettings {
 }
 
 /// One object's commit: the object, its planned extents, its WAL mark, the producer states.
-pub type ObjectCommit<'a> =
-    (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a WalMark>, &'a [(ProducerKey, ProducerState)], &'a TxnEffects);
+pub type ObjectCommit<'a> = (&'a ObjectRecord, &'a [ExtentRecord], Option<&'a WalMark>, &'a [(ProducerKey, ProducerState)], &'a TxnEffects);
 
 /// A store opened by [`open`], and the same store as a PostgreSQL one (for its lease) if it is.
 pub type Opened = (Arc<dyn MetadataStore>, Option<Arc<postgres::PgStore>>);
@@ -187,9 +186,7 @@ type OwnedCommit = (ObjectRecord, Vec<ExtentRecord>, Option<WalMark>, Vec<(Produ
 fn owned_commits(commits: &[ObjectCommit<'_>]) -> Vec<OwnedCommit> {
     commits
         .iter()
-        .map(|(o, extents, wal, producers, txn)| {
-            ((*o).clone(), extents.to_vec(), wal.cloned(), producers.to_vec(), (*txn).clone())
-        })
+        .map(|(o, extents, wal, producers, txn)| ((*o).clone(), extents.to_vec(), wal.cloned(), producers.to_vec(), (*txn).clone()))
         .collect()
 }
 
@@ -332,20 +329,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// object is either committed or deleted, never both, however the two race.
     fn doom_uncommitted(&self, keys: &[String], now_ms: i64) -> Result<Vec<bool>, StoreError>;
     /// Up to `limit` extents of a partition with `end_offset > from_offset`, by offset.
-    fn find_extents(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        from_offset: i64,
-        limit: u32,
-    ) -> Result<Vec<ExtentRecord>, StoreError>;
+    fn find_extents(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: u32) -> Result<Vec<ExtentRecord>, StoreError>;
     /// The first extent (by offset) holding a batch with `max_timestamp >= timestamp`.
-    fn first_extent_at_or_after(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        timestamp: i64,
-    ) -> Result<Option<ExtentRecord>, StoreError>;
+    fn first_extent_at_or_after(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, StoreError>;
     /// The extent holding the partition's largest timestamp (earliest such, by offset).
     fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError>;
     /// Every committed group offset (loaded once, at start-up).

@@ -38,8 +38,8 @@ use crate::controller::producers::{ProducerState, decode_batches, encode_batches
 
 use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, StoreSettings,
-    TopicRecord, TxnEffects, owned_commits,
+    GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, StoreSettings, TopicRecord,
+    TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
@@ -136,9 +136,7 @@ fn classify(e: postgres::Error) -> StoreError {
             // lock_not_available (lock_timeout), read_only_sql_transaction (a standby after a
             // database failover), idle_in_transaction_session_timeout, admin_shutdown,
             // crash_shutdown, cannot_connect_now, idle_session_timeout
-            "40001" | "40P01" | "57014" | "55P03" | "25006" | "25P03" | "57P01" | "57P02" | "57P03" | "57P05" => {
-                StoreError::retry(e)
-            }
+            "40001" | "40P01" | "57014" | "55P03" | "25006" | "25P03" | "57P01" | "57P02" | "57P03" | "57P05" => StoreError::retry(e),
             // connection_exception, insufficient_resources (too many connections, disk full)
             _ if code.starts_with("08") || code.starts_with("53") => StoreError::retry(e),
             "23505" => StoreError::Conflict(super::chain(&e)),
@@ -216,11 +214,7 @@ fn col<'a, T: postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, S
 }
 
 /// Every row of `sql` (no parameters), each through `f`.
-fn select_all<T>(
-    c: &mut impl postgres::GenericClient,
-    sql: &str,
-    f: impl Fn(&Row) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
+fn select_all<T>(c: &mut impl postgres::GenericClient, sql: &str, f: impl Fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
     c.query(sql, &[]).map_err(classify)?.iter().map(f).collect()
 }
 
@@ -344,15 +338,8 @@ impl PgStore {
             let row = c
                 .query_opt("SELECT holder, address, epoch, expires_at > now() FROM controller_lease WHERE id = 1", &[])
                 .map_err(classify)?;
-            row.map(|r| {
-                Ok(LeaseHolder {
-                    holder: col(&r, 0)?,
-                    address: col(&r, 1)?,
-                    epoch: col(&r, 2)?,
-                    live: col(&r, 3)?,
-                })
-            })
-            .transpose()
+            row.map(|r| Ok(LeaseHolder { holder: col(&r, 0)?, address: col(&r, 1)?, epoch: col(&r, 2)?, live: col(&r, 3)? }))
+                .transpose()
         })
     }
 }
@@ -373,14 +360,16 @@ impl Drop for PgStore {
 fn migrate(c: &mut Client) -> Result<(), StoreError> {
     let mut tx = c.transaction().map_err(classify)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).map_err(classify)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        .map_err(classify)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").map_err(classify)?;
     let version: i32 = tx
         .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
         .map_err(classify)?
         .map(|r| r.try_get::<_, String>(0).map_err(classify))
         .transpose()?
-        .map(|v| v.parse().map_err(|e: std::num::ParseIntError| StoreError::corrupt(format!("schema_version {v:?}"), Some(e.into()))))
+        .map(|v| {
+            v.parse()
+                .map_err(|e: std::num::ParseIntError| StoreError::corrupt(format!("schema_version {v:?}"), Some(e.into())))
+        })
         .transpose()?
         .unwrap_or(0);
     if version > SCHEMA_VERSION {
@@ -408,16 +397,11 @@ impl MetadataStore for PgStore {
         self.write(move |c, _| {
             c.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', $1) ON CONFLICT DO NOTHING", &[&new_cluster_id])
                 .map_err(classify)?;
-            let cluster_id: String = c
-                .query_one("SELECT value FROM meta WHERE key = 'cluster_id'", &[])
-                .and_then(|r| r.try_get(0))
-                .map_err(classify)?;
+            let cluster_id: String =
+                c.query_one("SELECT value FROM meta WHERE key = 'cluster_id'", &[]).and_then(|r| r.try_get(0)).map_err(classify)?;
             let mut configs: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
             for r in c.query("SELECT topic_id, key, value FROM topic_configs", &[]).map_err(classify)? {
-                configs
-                    .entry(uuid_at(&r, 0)?)
-                    .or_default()
-                    .insert(col(&r, 1)?, col(&r, 2)?);
+                configs.entry(uuid_at(&r, 0)?).or_default().insert(col(&r, 1)?, col(&r, 2)?);
             }
             let mut topics = Vec::new();
             for r in c.query("SELECT id, name, partitions, created_ms FROM topics", &[]).map_err(classify)? {
@@ -438,10 +422,8 @@ impl MetadataStore for PgStore {
                     next_offset: col(r, 3)?,
                 })
             })?;
-            let producers = select_all(
-                c,
-                "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states",
-                |r| {
+            let producers =
+                select_all(c, "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states", |r| {
                     let batches: String = col(r, 4)?;
                     Ok((
                         (col(r, 0)?, uuid_at(r, 1)?, col(r, 2)?),
@@ -451,17 +433,10 @@ impl MetadataStore for PgStore {
                             last_seen_ms: col(r, 5)?,
                         },
                     ))
-                },
-            )?;
-            let transactions =
-                select_all(c, "SELECT transactional_id, body FROM transactions", |r| Ok((col(r, 0)?, col(r, 1)?)))?;
+                })?;
+            let transactions = select_all(c, "SELECT transactional_id, body FROM transactions", |r| Ok((col(r, 0)?, col(r, 1)?)))?;
             let open_txns = select_all(c, "SELECT topic_id, partition, producer_id, first_offset FROM open_txns", |r| {
-                Ok(OpenTxnRecord {
-                    topic_id: uuid_at(r, 0)?,
-                    partition: col(r, 1)?,
-                    producer_id: col(r, 2)?,
-                    first_offset: col(r, 3)?,
-                })
+                Ok(OpenTxnRecord { topic_id: uuid_at(r, 0)?, partition: col(r, 1)?, producer_id: col(r, 2)?, first_offset: col(r, 3)? })
             })?;
             Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
         })
@@ -557,8 +532,7 @@ impl MetadataStore for PgStore {
         let transactional_ids = transactional_ids.to_vec();
         self.write(move |c, fence| {
             let mut tx = c.transaction().map_err(classify)?;
-            tx.execute("DELETE FROM transactions WHERE transactional_id = ANY($1)", &[&transactional_ids])
-                .map_err(classify)?;
+            tx.execute("DELETE FROM transactions WHERE transactional_id = ANY($1)", &[&transactional_ids]).map_err(classify)?;
             commit_fenced(tx, fence)
         })
     }
@@ -579,9 +553,7 @@ impl MetadataStore for PgStore {
                     &[&topic_id.as_bytes().as_slice(), &partition, &from_offset, &to_offset, &i64::from(limit)],
                 )
                 .map_err(classify)?;
-            rows.iter()
-                .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
-                .collect()
+            rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
         })
     }
 
@@ -596,11 +568,8 @@ impl MetadataStore for PgStore {
                 tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[key]).map_err(classify)?;
                 let committed = tx.query_opt("SELECT 1 FROM objects WHERE key = $1", &[key]).map_err(classify)?.is_some();
                 if !committed {
-                    tx.execute(
-                        "INSERT INTO orphans (key, doomed_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                        &[key, &now_ms],
-                    )
-                    .map_err(classify)?;
+                    tx.execute("INSERT INTO orphans (key, doomed_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[key, &now_ms])
+                        .map_err(classify)?;
                 }
                 doomed.push(!committed);
             }
@@ -710,10 +679,7 @@ impl MetadataStore for PgStore {
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
         self.readers.with(|c| {
             let rows = c
-                .query(
-                    "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
-                    &[],
-                )
+                .query("SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets", &[])
                 .map_err(classify)?;
             rows.iter()
                 .map(|r| {
@@ -754,11 +720,8 @@ impl MetadataStore for PgStore {
                 }
                 Some(ps) => {
                     for (t, p) in &ps {
-                        tx.execute(
-                            "DELETE FROM group_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3",
-                            &[&group_id, t, p],
-                        )
-                        .map_err(classify)?;
+                        tx.execute("DELETE FROM group_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3", &[&group_id, t, p])
+                            .map_err(classify)?;
                     }
                 }
             }
@@ -896,11 +859,8 @@ fn commit_in(
         upsert_transaction(tx, id, body)?;
     }
     for o in &txn.group_offsets {
-        tx.execute(
-            GROUP_OFFSET_UPSERT,
-            &[&o.group_id, &o.topic, &o.partition, &o.offset, &o.leader_epoch, &o.metadata, &o.commit_ms],
-        )
-        .map_err(classify)?;
+        tx.execute(GROUP_OFFSET_UPSERT, &[&o.group_id, &o.topic, &o.partition, &o.offset, &o.leader_epoch, &o.metadata, &o.commit_ms])
+            .map_err(classify)?;
     }
     if let Some(w) = wal {
         tx.execute(

@@ -19,8 +19,8 @@ use crate::controller::producers::{ProducerState, decode_batches, encode_batches
 
 use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError,
-    StoreSettings, TopicRecord, TxnEffects, owned_commits,
+    GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, StoreSettings,
+    TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
@@ -86,8 +86,8 @@ pub struct SqliteStore {
 
 /// Sorts an SQLite error by what the caller must do (see [`StoreError`]).
 fn classify(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode as Code;
     use rusqlite::Error as E;
+    use rusqlite::ErrorCode as Code;
     match &e {
         E::SqliteFailure(f, _) => match f.code {
             Code::DatabaseBusy
@@ -172,8 +172,7 @@ fn migrate(c: &mut Connection, path: &Path) -> Result<(), StoreError> {
     c.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(classify)
 }
 
-const EXTENT_COLUMNS: &str =
-    "topic_id, partition, base_offset, end_offset, object_key, position, length, batch_count, max_timestamp";
+const EXTENT_COLUMNS: &str = "topic_id, partition, base_offset, end_offset, object_key, position, length, batch_count, max_timestamp";
 /// Extents with their object's size.
 const EXTENT_SELECT: &str = "SELECT extents.topic_id, extents.partition, extents.base_offset, extents.end_offset, \
      extents.object_key, extents.position, extents.length, extents.batch_count, extents.max_timestamp, \
@@ -200,9 +199,7 @@ impl MetadataStore for SqliteStore {
         self.writer.call(move |c| {
             c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('cluster_id', ?1)", [&new_cluster_id])
                 .map_err(classify)?;
-            let cluster_id: String = c
-                .query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0))
-                .map_err(classify)?;
+            let cluster_id: String = c.query_row("SELECT value FROM meta WHERE key = 'cluster_id'", [], |r| r.get(0)).map_err(classify)?;
             let mut configs: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
             let mut stmt = c.prepare("SELECT topic_id, key, value FROM topic_configs").map_err(classify)?;
             let rows = stmt
@@ -240,27 +237,18 @@ impl MetadataStore for SqliteStore {
                     next_offset: r.get(3)?,
                 })
             })?;
-            let producers = select_all(
-                c,
-                "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states",
-                |r| {
+            let producers =
+                select_all(c, "SELECT producer_id, topic_id, partition, epoch, batches, last_seen_ms FROM producer_states", |r| {
                     let batches: String = r.get(4)?;
                     Ok((
                         (r.get::<_, i64>(0)?, uuid_from(r.get(1)?)?, r.get::<_, i32>(2)?),
                         ProducerState { epoch: r.get(3)?, batches: decode_batches(&batches).unwrap_or_default(), last_seen_ms: r.get(5)? },
                     ))
-                },
-            )?;
-            let transactions = select_all(c, "SELECT transactional_id, body FROM transactions", |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
+                })?;
+            let transactions =
+                select_all(c, "SELECT transactional_id, body FROM transactions", |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let open_txns = select_all(c, "SELECT topic_id, partition, producer_id, first_offset FROM open_txns", |r| {
-                Ok(OpenTxnRecord {
-                    topic_id: uuid_from(r.get(0)?)?,
-                    partition: r.get(1)?,
-                    producer_id: r.get(2)?,
-                    first_offset: r.get(3)?,
-                })
+                Ok(OpenTxnRecord { topic_id: uuid_from(r.get(0)?)?, partition: r.get(1)?, producer_id: r.get(2)?, first_offset: r.get(3)? })
             })?;
             Ok(Snapshot { cluster_id, topics, partitions, producers, transactions, open_txns })
         })
@@ -303,8 +291,7 @@ impl MetadataStore for SqliteStore {
         self.writer.call(move |c| {
             let tx = c.transaction().map_err(classify)?;
             for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()])
-                    .map_err(classify)?;
+                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()]).map_err(classify)?;
             }
             tx.execute("DELETE FROM topics WHERE id = ?1", [id.as_bytes().as_slice()]).map_err(classify)?;
             tx.commit().map_err(classify)
@@ -313,10 +300,8 @@ impl MetadataStore for SqliteStore {
 
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError> {
         self.readers.with(|c| {
-            let exists: Option<i64> = c
-                .query_row("SELECT 1 FROM objects WHERE key = ?1", [object_key], |r| r.get(0))
-                .optional()
-                .map_err(classify)?;
+            let exists: Option<i64> =
+                c.query_row("SELECT 1 FROM objects WHERE key = ?1", [object_key], |r| r.get(0)).optional().map_err(classify)?;
             if exists.is_none() {
                 return Ok(None);
             }
@@ -419,9 +404,7 @@ impl MetadataStore for SqliteStore {
             let mut doomed = Vec::with_capacity(keys.len());
             {
                 let mut committed = tx.prepare_cached("SELECT 1 FROM objects WHERE key = ?1").map_err(classify)?;
-                let mut doom = tx
-                    .prepare_cached("INSERT OR IGNORE INTO orphans (key, doomed_ms) VALUES (?1, ?2)")
-                    .map_err(classify)?;
+                let mut doom = tx.prepare_cached("INSERT OR IGNORE INTO orphans (key, doomed_ms) VALUES (?1, ?2)").map_err(classify)?;
                 for key in &keys {
                     let is_committed = committed.exists([key]).map_err(classify)?;
                     if !is_committed {
@@ -442,8 +425,7 @@ impl MetadataStore for SqliteStore {
             let id: i64 = tx
                 .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_producer_id'", [], |r| r.get(0))
                 .map_err(classify)?;
-            tx.execute("UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'next_producer_id'", [id + 1])
-                .map_err(classify)?;
+            tx.execute("UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'next_producer_id'", [id + 1]).map_err(classify)?;
             tx.commit().map_err(classify)?;
             Ok(id)
         })
@@ -509,18 +491,14 @@ impl MetadataStore for SqliteStore {
                      ORDER BY extents.max_timestamp DESC, extents.base_offset ASC LIMIT 1"
                 ))
                 .map_err(classify)?;
-            stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row)
-                .optional()
-                .map_err(classify)
+            stmt.query_row(params![topic_id.as_bytes().as_slice(), partition], extent_row).optional().map_err(classify)
         })
     }
 
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
         self.readers.with(|c| {
             let mut stmt = c
-                .prepare(
-                    "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
-                )
+                .prepare("SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets")
                 .map_err(classify)?;
             let rows = stmt
                 .query_map([], |r| {
@@ -592,10 +570,7 @@ fn commit_in(
     producers: &[(ProducerKey, ProducerState)],
     txn: &TxnEffects,
 ) -> Result<(), StoreError> {
-    let doomed: Option<i64> = tx
-        .query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0))
-        .optional()
-        .map_err(classify)?;
+    let doomed: Option<i64> = tx.query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0)).optional().map_err(classify)?;
     if doomed.is_some() {
         return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
     }
@@ -611,14 +586,10 @@ fn commit_in(
     }
     {
         let mut insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            ))
+            .prepare_cached(&format!("INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))
             .map_err(classify)?;
         let mut advance = tx
-            .prepare_cached(
-                "UPDATE partitions SET next_offset = ?4 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?3",
-            )
+            .prepare_cached("UPDATE partitions SET next_offset = ?4 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?3")
             .map_err(classify)?;
         for e in extents {
             let id = e.topic_id.as_bytes().as_slice();
@@ -698,4 +669,3 @@ fn commit_in(
     }
     Ok(())
 }
-

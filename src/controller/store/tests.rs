@@ -92,7 +92,10 @@ fn contract(s: &dyn MetadataStore) {
         s.commit_object(&object("o2"), &[extent(t.id, 0, 3, 6, "o2", 0)], None, &[], &TxnEffects::default()),
         Err(StoreError::Stale(_))
     ));
-    assert!(matches!(s.commit_object(&object("o1"), &[extent(t.id, 0, 5, 6, "o1", 0)], None, &[], &TxnEffects::default()), Err(StoreError::Stale(_))));
+    assert!(matches!(
+        s.commit_object(&object("o1"), &[extent(t.id, 0, 5, 6, "o1", 0)], None, &[], &TxnEffects::default()),
+        Err(StoreError::Stale(_))
+    ));
     assert_eq!(s.committed_extents("o2").unwrap(), None, "a refused commit writes nothing");
     assert_eq!(s.committed_extents("o1").unwrap().unwrap(), e1.to_vec());
     assert_eq!(s.wal_mark("w").unwrap(), 7);
@@ -103,13 +106,17 @@ fn contract(s: &dyn MetadataStore) {
     let e3 = [extent(t.id, 0, 5, 8, "o3", 0)];
     let e4 = [extent(t.id, 0, 8, 9, "o4", 0)];
     let low = WalMark { log_id: "w".into(), entry_id: 3 };
-    s.commit_objects(&[(&o3, &e3, Some(&low), &[], &TxnEffects::default()), (&o4, &e4, None, &[], &TxnEffects::default())]).unwrap();
+    s.commit_objects(&[(&o3, &e3, Some(&low), &[], &TxnEffects::default()), (&o4, &e4, None, &[], &TxnEffects::default())])
+        .unwrap();
     assert_eq!(s.wal_mark("w").unwrap(), 7, "the WAL mark never goes back");
     let o5 = object("o5");
     let o6 = object("o6");
     let e5 = [extent(t.id, 1, 2, 4, "o5", 0)];
     let e6_stale = [extent(t.id, 0, 0, 1, "o6", 0)];
-    assert!(matches!(s.commit_objects(&[(&o5, &e5, None, &[], &TxnEffects::default()), (&o6, &e6_stale, None, &[], &TxnEffects::default())]), Err(StoreError::Stale(_))));
+    assert!(matches!(
+        s.commit_objects(&[(&o5, &e5, None, &[], &TxnEffects::default()), (&o6, &e6_stale, None, &[], &TxnEffects::default())]),
+        Err(StoreError::Stale(_))
+    ));
     assert_eq!(s.committed_extents("o5").unwrap(), None, "a failed group commit writes none of it");
 
     let found = s.find_extents(t.id, 0, 6, 10).unwrap();
@@ -121,7 +128,10 @@ fn contract(s: &dyn MetadataStore) {
 
     // Orphans: a doomed key can never be committed; a committed one is never doomed.
     assert_eq!(s.doom_uncommitted(&["o1".into(), "o7".into()], 100).unwrap(), vec![false, true]);
-    assert!(matches!(s.commit_object(&object("o7"), &[extent(t.id, 1, 2, 3, "o7", 0)], None, &[], &TxnEffects::default()), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.commit_object(&object("o7"), &[extent(t.id, 1, 2, 3, "o7", 0)], None, &[], &TxnEffects::default()),
+        Err(StoreError::Conflict(_))
+    ));
 
     let snap = s.load("x").unwrap();
     assert_eq!(snap.topics, vec![t.clone()]);
@@ -181,10 +191,13 @@ fn txn_contract(s: &dyn MetadataStore) {
 
     // Producer 7 opens a transaction in partition 0 with its data at 0..3 (single commit).
     let open = OpenTxnRecord { topic_id: t.id, partition: 0, producer_id: 7, first_offset: 0 };
-    let idle: (crate::controller::producers::ProducerKey, ProducerState) = ((7, t.id, 0), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
-    let other: (crate::controller::producers::ProducerKey, ProducerState) = ((8, t.id, 1), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
+    let idle: (crate::controller::producers::ProducerKey, ProducerState) =
+        ((7, t.id, 0), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
+    let other: (crate::controller::producers::ProducerKey, ProducerState) =
+        ((8, t.id, 1), ProducerState { epoch: 0, batches: VecDeque::new(), last_seen_ms: 10 });
     let opened = TxnEffects { opened: vec![open], ..TxnEffects::default() };
-    s.commit_object(&object("d1"), &[extent(t.id, 0, 0, 3, "d1", 0)], None, &[idle.clone(), other.clone()], &opened).unwrap();
+    s.commit_object(&object("d1"), &[extent(t.id, 0, 0, 3, "d1", 0)], None, &[idle.clone(), other.clone()], &opened)
+        .unwrap();
     assert_eq!(s.load("c").unwrap().open_txns, vec![open]);
     // Idle for long, but its transaction is open: only the other producer expires.
     s.expire_producers(1_000).unwrap();
@@ -231,8 +244,14 @@ fn txn_contract(s: &dyn MetadataStore) {
     // A second abort (producer 9, 4..=6) through the single-commit path; the index answers
     // the aborts overlapping a range, by first offset, at most `limit`.
     let open9 = OpenTxnRecord { topic_id: t.id, partition: 0, producer_id: 9, first_offset: 4 };
-    s.commit_object(&object("d2"), &[extent(t.id, 0, 4, 6, "d2", 0)], None, &[], &TxnEffects { opened: vec![open9], ..TxnEffects::default() })
-        .unwrap();
+    s.commit_object(
+        &object("d2"),
+        &[extent(t.id, 0, 4, 6, "d2", 0)],
+        None,
+        &[],
+        &TxnEffects { opened: vec![open9], ..TxnEffects::default() },
+    )
+    .unwrap();
     let abort9 = TxnEffects {
         closed: vec![open9],
         aborted: vec![AbortedTxnRecord { topic_id: t.id, partition: 0, producer_id: 9, first_offset: 4, last_offset: 6 }],
@@ -251,8 +270,14 @@ fn txn_contract(s: &dyn MetadataStore) {
 
     // Deleting the topic trims its open transactions and its aborted index.
     let open10 = OpenTxnRecord { topic_id: t.id, partition: 1, producer_id: 10, first_offset: 0 };
-    s.commit_object(&object("d3"), &[extent(t.id, 1, 0, 1, "d3", 0)], None, &[], &TxnEffects { opened: vec![open10], ..TxnEffects::default() })
-        .unwrap();
+    s.commit_object(
+        &object("d3"),
+        &[extent(t.id, 1, 0, 1, "d3", 0)],
+        None,
+        &[],
+        &TxnEffects { opened: vec![open10], ..TxnEffects::default() },
+    )
+    .unwrap();
     s.delete_topic(t.id).unwrap();
     assert!(s.load("c").unwrap().open_txns.is_empty());
     assert!(s.aborted_txns(t.id, 0, 0, 100, 10).unwrap().is_empty());
@@ -403,9 +428,8 @@ fn postgres_lease_renews_while_a_write_waits_for_a_lock() {
     s.create_topic(&t).unwrap();
     let (release, holder) = hold_partition_lock(&db.url, t.id, 0);
     let w = s.clone();
-    let write = std::thread::spawn(move || {
-        w.commit_object(&object("o1"), &[extent(t.id, 0, 0, 1, "o1", 0)], None, &[], &TxnEffects::default())
-    });
+    let write =
+        std::thread::spawn(move || w.commit_object(&object("o1"), &[extent(t.id, 0, 0, 1, "o1", 0)], None, &[], &TxnEffects::default()));
     // The write waits for the lock for three leases' time; the lease is renewed all along.
     let until = Instant::now() + Duration::from_millis(3 * ttl_ms);
     while Instant::now() < until {

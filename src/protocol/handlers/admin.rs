@@ -58,20 +58,17 @@ pub async fn create_topics(agent: &Agent, version: i16, req: CreateTopicsRequest
         match outcome {
             Ok(meta) => {
                 if version >= 5 {
-                    result = result
-                        .with_num_partitions(meta.partitions)
-                        .with_replication_factor(1)
-                        .with_configs(Some(
-                            meta.configs
-                                .iter()
-                                .map(|(k, v)| {
-                                    CreatableTopicConfigs::default()
-                                        .with_name(str_bytes(k.clone()))
-                                        .with_value(Some(str_bytes(v.clone())))
-                                        .with_config_source(CONFIG_SOURCE_TOPIC)
-                                })
-                                .collect(),
-                        ));
+                    result = result.with_num_partitions(meta.partitions).with_replication_factor(1).with_configs(Some(
+                        meta.configs
+                            .iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfigs::default()
+                                    .with_name(str_bytes(k.clone()))
+                                    .with_value(Some(str_bytes(v.clone())))
+                                    .with_config_source(CONFIG_SOURCE_TOPIC)
+                            })
+                            .collect(),
+                    ));
                 }
                 if version >= 7 {
                     result = result.with_topic_id(meta.id);

@@ -20,8 +20,6 @@ pub fn handle(_version: i16) -> ApiVersionsResponse {
 /// A client asked for an ApiVersions version newer than ours: answer in v0 with the table so
 /// it can pick a version (KIP-511).
 pub fn unsupported_version(correlation_id: i32) -> Outcome {
-    let body = ApiVersionsResponse::default()
-        .with_error_code(ResponseError::UnsupportedVersion.code())
-        .with_api_keys(table());
+    let body = ApiVersionsResponse::default().with_error_code(ResponseError::UnsupportedVersion.code()).with_api_keys(table());
     encode_frame(0, correlation_id, 0, &body).map(Outcome::Respond).unwrap_or_else(Outcome::Close)
 }

@@ -92,13 +92,12 @@ pub fn describe_configs(agent: &Agent, version: i16, req: DescribeConfigsRequest
         .into_iter()
         .map(|r| {
             let name = r.resource_name.to_string();
-            let result = DescribeConfigsResult::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name.clone());
+            let result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
             if r.resource_type != RESOURCE_TOPIC {
-                return result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(Some(str_bytes(
-                    format!("resource type {} is not served by sidestream (only topics, type 2)", r.resource_type),
-                )));
+                return result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(Some(str_bytes(format!(
+                    "resource type {} is not served by sidestream (only topics, type 2)",
+                    r.resource_type
+                ))));
             }
             let Some(topic) = agent.controller.topic(TopicRef::Name(&name)) else {
                 return result
@@ -111,10 +110,12 @@ pub fn describe_configs(agent: &Agent, version: i16, req: DescribeConfigsRequest
                 .filter(|(k, ..)| wanted(k))
                 .map(|(k, v, source, ty)| {
                     let synonyms = if req.include_synonyms {
-                        vec![DescribeConfigsSynonym::default()
-                            .with_name(str_bytes(k.clone()))
-                            .with_value(Some(str_bytes(v.clone())))
-                            .with_source(source)]
+                        vec![
+                            DescribeConfigsSynonym::default()
+                                .with_name(str_bytes(k.clone()))
+                                .with_value(Some(str_bytes(v.clone())))
+                                .with_source(source),
+                        ]
                     } else {
                         Vec::new()
                     };

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use kafka_protocol::messages::consumer_group_describe_response::{self as describe, DescribedGroup, Member};
 use kafka_protocol::messages::consumer_group_heartbeat_response::{self as heartbeat, Assignment};
 use kafka_protocol::messages::{
-    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
-    ConsumerGroupHeartbeatResponse, TopicName,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, TopicName,
 };
 
 use super::groups::GROUP_AUTHORIZED_OPERATIONS;
@@ -20,7 +19,12 @@ use crate::protocol::error::group_code;
 /// ConsumerGroupDescribe v1 member type of members using this protocol.
 const MEMBER_TYPE_CONSUMER: i8 = 1;
 
-pub async fn heartbeat(agent: &Agent, version: i16, req: ConsumerGroupHeartbeatRequest, client: &ClientInfo) -> ConsumerGroupHeartbeatResponse {
+pub async fn heartbeat(
+    agent: &Agent,
+    version: i16,
+    req: ConsumerGroupHeartbeatRequest,
+    client: &ClientInfo,
+) -> ConsumerGroupHeartbeatResponse {
     let owned = req.topic_partitions.map(|tps| {
         let mut a: BTreeMap<uuid::Uuid, std::collections::BTreeSet<i32>> = BTreeMap::new();
         for tp in tps {
@@ -37,7 +41,11 @@ pub async fn heartbeat(agent: &Agent, version: i16, req: ConsumerGroupHeartbeatR
         rebalance_timeout_ms: req.rebalance_timeout_ms,
         subscribed_topic_names: req.subscribed_topic_names.map(|ns| ns.into_iter().map(|n| n.0.to_string()).collect()),
         // librdkafka sends an empty regex when it subscribes by names.
-        subscribed_topic_regex: if version >= 1 { req.subscribed_topic_regex.map(|s| s.to_string()).filter(|s| !s.is_empty()) } else { None },
+        subscribed_topic_regex: if version >= 1 {
+            req.subscribed_topic_regex.map(|s| s.to_string()).filter(|s| !s.is_empty())
+        } else {
+            None
+        },
         server_assignor: req.server_assignor.map(|s| s.to_string()),
         owned,
         api_version: version,
@@ -65,7 +73,9 @@ pub async fn heartbeat(agent: &Agent, version: i16, req: ConsumerGroupHeartbeatR
 }
 
 fn error_response(e: &GroupError) -> ConsumerGroupHeartbeatResponse {
-    ConsumerGroupHeartbeatResponse::default().with_error_code(group_code(e)).with_error_message(Some(str_bytes(e.to_string())))
+    ConsumerGroupHeartbeatResponse::default()
+        .with_error_code(group_code(e))
+        .with_error_message(Some(str_bytes(e.to_string())))
 }
 
 pub async fn describe(agent: &Agent, version: i16, req: ConsumerGroupDescribeRequest) -> ConsumerGroupDescribeResponse {
@@ -84,7 +94,10 @@ pub async fn describe(agent: &Agent, version: i16, req: ConsumerGroupDescribeReq
                     describe::Assignment::default().with_topic_partitions(
                         a.into_iter()
                             .map(|(t, n, ps)| {
-                                describe::TopicPartitions::default().with_topic_id(t).with_topic_name(TopicName(str_bytes(n))).with_partitions(ps)
+                                describe::TopicPartitions::default()
+                                    .with_topic_id(t)
+                                    .with_topic_name(TopicName(str_bytes(n)))
+                                    .with_partitions(ps)
                             })
                             .collect(),
                     )

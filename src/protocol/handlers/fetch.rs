@@ -15,20 +15,19 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::time::{Duration, Instant};
 
 use crate::agent::Agent;
-use crate::api::TopicRef;
-use crate::metrics::{self, Counter};
-use crate::failures::{self, Op};
-use crate::protocol::error::agent_code;
 use crate::agent::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
+use crate::api::TopicRef;
+use crate::failures::{self, Op};
 use crate::format::records::BatchChain;
+use crate::metrics::{self, Counter};
+use crate::protocol::error::agent_code;
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
 fn requests(begun: &Begun) -> &'static Counter {
     static BY_MODE: OnceLock<[Arc<Counter>; 4]> = OnceLock::new();
     let c = BY_MODE.get_or_init(|| {
-        ["none", "full", "incremental", "error"].map(|m| {
-            metrics::counter("sidestream_fetch_requests_total", "Fetch requests, by fetch session mode.", &[("session", m)])
-        })
+        ["none", "full", "incremental", "error"]
+            .map(|m| metrics::counter("sidestream_fetch_requests_total", "Fetch requests, by fetch session mode.", &[("session", m)]))
     });
     &c[match begun {
         Ok((Mode::Sessionless, _)) => 0,
@@ -100,9 +99,9 @@ pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: Socket
         chains.push(records);
         match topics.last_mut() {
             Some(t) if t.topic == key.topic && t.topic_id == key.topic_id => t.partitions.push(data),
-            _ => topics.push(
-                FetchableTopicResponse::default().with_topic(key.topic).with_topic_id(key.topic_id).with_partitions(vec![data]),
-            ),
+            _ => {
+                topics.push(FetchableTopicResponse::default().with_topic(key.topic).with_topic_id(key.topic_id).with_partitions(vec![data]))
+            }
         }
     }
     FetchAnswer { response: FetchResponse::default().with_session_id(mode.session_id()).with_responses(topics), records: chains }
@@ -147,7 +146,9 @@ async fn read_once(
                         total += read.records.len() as u64;
                         let aborted = read.aborted.map(|a| {
                             a.into_iter()
-                                .map(|(pid, first)| AbortedTransaction::default().with_producer_id(ProducerId(pid)).with_first_offset(first))
+                                .map(|(pid, first)| {
+                                    AbortedTransaction::default().with_producer_id(ProducerId(pid)).with_first_offset(first)
+                                })
                                 .collect()
                         });
                         data = data
@@ -300,7 +301,11 @@ impl ChunkWriter {
     }
 
     fn string(&mut self, s: &[u8]) {
-        if self.flexible { self.varint(s.len() as u32 + 1) } else { self.buf.put_i16(s.len() as i16) }
+        if self.flexible {
+            self.varint(s.len() as u32 + 1)
+        } else {
+            self.buf.put_i16(s.len() as i16)
+        }
         self.buf.put_slice(s);
     }
 

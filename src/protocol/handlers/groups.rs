@@ -13,10 +13,9 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest,
-    SyncGroupResponse,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
 };
 
 use super::str_bytes;
@@ -49,11 +48,7 @@ pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest
                 .with_port(-1);
         }
         let c = brokers.coordinator(&req.key);
-        return r
-            .with_error_message(None)
-            .with_node_id(BrokerId(c.node_id))
-            .with_host(str_bytes(c.host.clone()))
-            .with_port(c.port);
+        return r.with_error_message(None).with_node_id(BrokerId(c.node_id)).with_host(str_bytes(c.host.clone())).with_port(c.port);
     }
     let coordinators = req
         .coordinator_keys
@@ -62,10 +57,7 @@ pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest
             let c = Coordinator::default().with_key(key);
             if key_type_ok(key_type) {
                 let b = brokers.coordinator(&c.key);
-                c.with_node_id(BrokerId(b.node_id))
-                    .with_host(str_bytes(b.host.clone()))
-                    .with_port(b.port)
-                    .with_error_message(None)
+                c.with_node_id(BrokerId(b.node_id)).with_host(str_bytes(b.host.clone())).with_port(b.port).with_error_message(None)
             } else {
                 c.with_node_id(BrokerId(-1))
                     .with_port(-1)
@@ -142,26 +134,25 @@ pub async fn sync_group(agent: &Agent, version: i16, req: SyncGroupRequest) -> S
 pub async fn heartbeat(agent: &Agent, req: HeartbeatRequest) -> HeartbeatResponse {
     let r = agent
         .controller
-        .heartbeat(
-            req.group_id.0.to_string(),
-            req.member_id.to_string(),
-            req.group_instance_id.map(|s| s.to_string()),
-            req.generation_id,
-        )
+        .heartbeat(req.group_id.0.to_string(), req.member_id.to_string(), req.group_instance_id.map(|s| s.to_string()), req.generation_id)
         .await;
     HeartbeatResponse::default().with_error_code(r.err().as_ref().map(group_code).unwrap_or(0))
 }
 
 pub async fn leave_group(agent: &Agent, version: i16, req: LeaveGroupRequest) -> LeaveGroupResponse {
     let members: Vec<(String, Option<String>)> = if version >= 3 {
-        req.members.iter().map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string()))).collect()
+        req.members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string())))
+            .collect()
     } else {
         vec![(req.member_id.to_string(), None)]
     };
     match agent.controller.leave_group(req.group_id.0.to_string(), members.clone()).await {
         Err(e) => LeaveGroupResponse::default().with_error_code(group_code(&e)),
-        Ok(results) if version < 3 => LeaveGroupResponse::default()
-            .with_error_code(results.first().and_then(|r| r.as_ref().err()).map(group_code).unwrap_or(0)),
+        Ok(results) if version < 3 => {
+            LeaveGroupResponse::default().with_error_code(results.first().and_then(|r| r.as_ref().err()).map(group_code).unwrap_or(0))
+        }
         Ok(results) => LeaveGroupResponse::default().with_members(
             members
                 .into_iter()

@@ -69,8 +69,6 @@ async fn lookup(
             None => Ok(None),
             Some(e) => agent.batch_with_timestamp(&e, ts).await,
         },
-        _ => Err(AgentError::Controller(ControllerError::InvalidRequest(format!(
-            "unknown special timestamp {timestamp}"
-        )))),
+        _ => Err(AgentError::Controller(ControllerError::InvalidRequest(format!("unknown special timestamp {timestamp}")))),
     }
 }

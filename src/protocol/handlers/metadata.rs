@@ -8,21 +8,21 @@
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_topic_partitions_response::{
     Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
 };
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest,
-    DescribeTopicPartitionsResponse, MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    MetadataRequest, MetadataResponse, TopicName,
 };
 
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
-use crate::api::groups::ClientInfo;
 use crate::agent::fetch::LEADER_EPOCH;
+use crate::api::groups::ClientInfo;
 use crate::api::{ControllerError, CreateTopic, TopicMeta, TopicRef, validate_topic_name};
 use crate::protocol::error::controller_code;
 
@@ -141,9 +141,10 @@ pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest) -> DescribeC
         .with_endpoint_type(req.endpoint_type)
         .with_cluster_id(str_bytes(agent.controller.cluster_id()));
     if req.endpoint_type != ENDPOINT_TYPE_BROKERS {
-        return resp.with_error_code(ResponseError::UnsupportedEndpointType.code()).with_error_message(Some(str_bytes(
-            format!("endpoint type {} is not served: sidestream has brokers only", req.endpoint_type),
-        )));
+        return resp.with_error_code(ResponseError::UnsupportedEndpointType.code()).with_error_message(Some(str_bytes(format!(
+            "endpoint type {} is not served: sidestream has brokers only",
+            req.endpoint_type
+        ))));
     }
     let brokers = Brokers::for_client(agent, "");
     resp.with_error_message(None).with_controller_id(me).with_brokers(
@@ -210,7 +211,11 @@ fn describe_page<'a>(
     (page, None)
 }
 
-pub fn describe_topic_partitions(agent: &Agent, req: DescribeTopicPartitionsRequest, client: &ClientInfo) -> DescribeTopicPartitionsResponse {
+pub fn describe_topic_partitions(
+    agent: &Agent,
+    req: DescribeTopicPartitionsRequest,
+    client: &ClientInfo,
+) -> DescribeTopicPartitionsResponse {
     let brokers = Brokers::for_client(agent, &client.client_id);
     let listed = !req.topics.is_empty();
     let names: Vec<String> = if listed {
@@ -269,9 +274,9 @@ pub fn describe_topic_partitions(agent: &Agent, req: DescribeTopicPartitionsRequ
             }
         })
         .collect();
-    DescribeTopicPartitionsResponse::default().with_topics(topics).with_next_cursor(
-        next.map(|(t, p)| Cursor::default().with_topic_name(TopicName(str_bytes(t))).with_partition_index(p)),
-    )
+    DescribeTopicPartitionsResponse::default()
+        .with_topics(topics)
+        .with_next_cursor(next.map(|(t, p)| Cursor::default().with_topic_name(TopicName(str_bytes(t))).with_partition_index(p)))
 }
 
 #[cfg(test)]

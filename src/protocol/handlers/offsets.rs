@@ -9,8 +9,8 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, TopicName,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
+    TopicName,
 };
 
 use super::str_bytes;
@@ -28,7 +28,11 @@ async fn unstable_offsets(agent: &Agent, require_stable: bool, group_id: &str) -
     if !require_stable {
         return Ok(Vec::new());
     }
-    agent.controller.pending_txn_offsets(group_id.to_string()).await.map_err(|e| GroupError::Unavailable(e.to_string()))
+    agent
+        .controller
+        .pending_txn_offsets(group_id.to_string())
+        .await
+        .map_err(|e| GroupError::Unavailable(e.to_string()))
 }
 
 /// Groups consecutive (topic, partition, value) entries by topic, keeping the order.
@@ -99,9 +103,7 @@ pub async fn offset_fetch(agent: &Agent, version: i16, req: OffsetFetchRequest) 
     if version >= 8 {
         let mut groups = Vec::with_capacity(req.groups.len());
         for g in req.groups {
-            let partitions = requested(
-                g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()),
-            );
+            let partitions = requested(g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()));
             let member = if version >= 9 { g.member_id.map(|m| (m.to_string(), g.member_epoch)) } else { None };
             let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             let fetched = agent.controller.fetch_offsets(g.group_id.0.to_string(), partitions, member).await;

@@ -13,14 +13,14 @@ use tokio::time::{Duration, Instant};
 use std::sync::{Arc, OnceLock};
 
 use super::str_bytes;
-use crate::metrics::{self, Histogram};
+use crate::agent::Turn;
 use crate::agent::produce::{ProduceBatch, ProduceRefusal};
 use crate::agent::{Agent, AgentError};
 use crate::api::{ControllerError, TopicRef};
-use crate::agent::Turn;
-use crate::protocol::error::{agent_code, controller_code};
-use crate::format::records::{self, RecordsError};
 use crate::failures::{self, Op};
+use crate::format::records::{self, RecordsError};
+use crate::metrics::{self, Histogram};
+use crate::protocol::error::{agent_code, controller_code};
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
 const ACKS_0_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,9 +49,10 @@ impl Slot {
 /// Whether any partition's batch has the transactional bit (Kafka then requires the request's
 /// transactional id before anything else).
 fn has_transactional_batch(req: &ProduceRequest) -> bool {
-    req.topic_data.iter().flat_map(|t| &t.partition_data).any(|p| {
-        p.records.as_ref().is_some_and(|r| matches!(records::peek_header(r), Ok(Some(h)) if h.is_transactional()))
-    })
+    req.topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .any(|p| p.records.as_ref().is_some_and(|r| matches!(records::peek_header(r), Ok(Some(h)) if h.is_transactional())))
 }
 
 /// Kafka's answer for a transactional batch that failed verification: INVALID_TXN_STATE, which
@@ -86,19 +87,13 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest, turn: Opti
     response.map(|(_, r)| r)
 }
 
-async fn handle_inner(
-    agent: &Agent,
-    version: i16,
-    req: ProduceRequest,
-    mut turn: Option<Turn>,
-) -> Option<(i16, ProduceResponse)> {
+async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest, mut turn: Option<Turn>) -> Option<(i16, ProduceResponse)> {
     let acks = req.acks;
     let hand_off = match turn.as_mut().and_then(|t| t.hand_off.take()) {
         Some(guard) => guard,
         None => agent.hand_offs.enter(),
     };
-    let deadline = Instant::now()
-        + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
+    let deadline = Instant::now() + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
     let mut items = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     // Kafka: a transactional batch in a request without a transactional id fails every partition.
@@ -115,7 +110,10 @@ async fn handle_inner(
             let slot = if !(-1..=1).contains(&acks) {
                 Slot::failed(ResponseError::InvalidRequiredAcks.code(), format!("acks={acks} is not 0, 1 or -1"))
             } else if no_txn_id {
-                Slot::failed(ResponseError::TransactionalIdAuthorizationFailed.code(), "transactional batch without a transactional id".into())
+                Slot::failed(
+                    ResponseError::TransactionalIdAuthorizationFailed.code(),
+                    "transactional batch without a transactional id".into(),
+                )
             } else {
                 match (&meta, &p.records) {
                     (None, _) => Slot::failed(unknown.code(), "unknown topic".into()),
@@ -169,9 +167,7 @@ async fn handle_inner(
                 Err(Slot::Accepted(_)) => unreachable!("an accepted slot is never a refusal"),
             };
             let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
-            let log_start = || {
-                meta.as_ref().and_then(|m| agent.controller.offsets(m.id, index).ok()).map_or(0, |o| o.log_start_offset)
-            };
+            let log_start = || meta.as_ref().and_then(|m| agent.controller.offsets(m.id, index).ok()).map_or(0, |o| o.log_start_offset);
             partitions.push(match result {
                 Ok(Some(base)) => r.with_base_offset(base).with_log_start_offset(log_start()),
                 Ok(None) => r.with_base_offset(-1).with_log_start_offset(log_start()),
@@ -181,7 +177,9 @@ async fn handle_inner(
                     if version >= 8 {
                         let record_errors = record_errors
                             .into_iter()
-                            .map(|(i, m)| BatchIndexAndErrorMessage::default().with_batch_index(i).with_batch_index_error_message(Some(str_bytes(m))))
+                            .map(|(i, m)| {
+                                BatchIndexAndErrorMessage::default().with_batch_index(i).with_batch_index_error_message(Some(str_bytes(m)))
+                            })
                             .collect();
                         r.with_error_message(Some(str_bytes(msg))).with_record_errors(record_errors)
                     } else {

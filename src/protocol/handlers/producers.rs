@@ -24,7 +24,8 @@ pub async fn init_producer_id(agent: &Agent, version: i16, req: InitProducerIdRe
         Err(TxnError::Coordinator(e)) => {
             let code = controller_code(&e);
             // KIP-588: PRODUCER_FENCED from v4 on.
-            let code = if version < 4 && code == ResponseError::ProducerFenced.code() { ResponseError::InvalidProducerEpoch.code() } else { code };
+            let code =
+                if version < 4 && code == ResponseError::ProducerFenced.code() { ResponseError::InvalidProducerEpoch.code() } else { code };
             refused.with_error_code(code)
         }
         Err(TxnError::Markers(_) | TxnError::StillFinishing) => refused.with_error_code(ResponseError::ConcurrentTransactions.code()),

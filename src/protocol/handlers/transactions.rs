@@ -7,17 +7,17 @@
 //! PRODUCER_FENCED answer INVALID_PRODUCER_EPOCH instead.
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
-use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use kafka_protocol::messages::list_transactions_response::TransactionState as ListedTransaction;
 use kafka_protocol::messages::txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic};
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
-    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, ListTransactionsRequest,
-    ListTransactionsResponse, ProducerId, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, DescribeTransactionsRequest,
+    DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
 use super::str_bytes;
@@ -56,8 +56,7 @@ async fn add_partitions(
     topics: &[AddPartitionsToTxnTopic],
     knows_fenced: bool,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
-    let wanted: Vec<(String, i32)> =
-        topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p))).collect();
+    let wanted: Vec<(String, i32)> = topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p))).collect();
     let n = wanted.len();
     let added = agent.controller.add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only).await;
     let results = item_codes(added, n, knows_fenced);
@@ -149,7 +148,10 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
         Err(e) => vec![group_code(&e); n],
         Ok(()) => {
             let id = txn_id(&req.transactional_id);
-            let stored = agent.controller.txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets).await;
+            let stored = agent
+                .controller
+                .txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets)
+                .await;
             item_codes(stored, n, version >= 3)
         }
     };
@@ -176,7 +178,10 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
 pub async fn describe_transactions(agent: &Agent, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
     let mut states = Vec::with_capacity(req.transactional_ids.len());
     for id in &req.transactional_ids {
-        let base = TransactionState::default().with_transactional_id(id.clone()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+        let base = TransactionState::default()
+            .with_transactional_id(id.clone())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
         let state = match agent.controller.describe_transaction(id.0.to_string()).await {
             Err(e) => base.with_error_code(controller_code(&e)).with_transaction_state(str_bytes("")),
             Ok(None) => base.with_error_code(ResponseError::TransactionalIdNotFound.code()).with_transaction_state(str_bytes("")),
@@ -213,12 +218,7 @@ const STATE_NAMES: &[TxnStatus] = &[
 
 pub async fn list_transactions(agent: &Agent, version: i16, req: ListTransactionsRequest) -> ListTransactionsResponse {
     let states: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();
-    let unknown: Vec<_> = req
-        .state_filters
-        .iter()
-        .filter(|s| !STATE_NAMES.iter().any(|n| n.kafka_name() == s.as_str()))
-        .cloned()
-        .collect();
+    let unknown: Vec<_> = req.state_filters.iter().filter(|s| !STATE_NAMES.iter().any(|n| n.kafka_name() == s.as_str())).cloned().collect();
     let producer_ids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
     let duration = if version >= 1 { req.duration_filter } else { -1 };
     let pattern = if version >= 2 { req.transactional_id_pattern.as_ref().map(|p| p.to_string()) } else { None };
