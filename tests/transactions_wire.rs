@@ -77,18 +77,33 @@ fn fetch(topic: &str, isolation: i8) -> FetchRequest {
         ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
-    let dir = tempfile::tempdir().unwrap();
+/// InitProducerId for the transactional id "app" (a new producer).
+fn init_app() -> InitProducerIdRequest {
+    InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(s("app"))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1)
+}
+
+/// A server on a temp dir (flushing every `flush_interval_ms`) and a connection to it.
+async fn start(dir: &std::path::Path, flush_interval_ms: &str) -> (sidestream::server::RunningServer, Conn) {
     let env = [
         ("SIDESTREAM_AGENT_LISTEN", "127.0.0.1:0"),
-        ("SIDESTREAM_AGENT_DATA_DIR", dir.path().to_str().unwrap()),
+        ("SIDESTREAM_AGENT_DATA_DIR", dir.to_str().unwrap()),
         ("SIDESTREAM_METRICS_LISTEN", "127.0.0.1:0"),
-        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "10"),
+        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", flush_interval_ms),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     let server = sidestream::server::start(&Config::load(None, env).unwrap()).await.unwrap();
-    let mut c = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
+    let c = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
+    (server, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = start(dir.path(), "10").await;
     let created = c
         .call(
             7,
@@ -118,12 +133,7 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
         .with_transaction_timeout_ms(0);
     assert_eq!(c.call(4, &bad_timeout).await.error_code, 50); // INVALID_TRANSACTION_TIMEOUT
 
-    let init = InitProducerIdRequest::default()
-        .with_transactional_id(Some(TransactionalId(s("app"))))
-        .with_transaction_timeout_ms(60_000)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    let r = c.call(4, &init).await;
+    let r = c.call(4, &init_app()).await;
     assert_eq!(r.error_code, 0);
     let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
 
@@ -209,16 +219,8 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_1_data_before_end_txn_is_committed_before_its_markers() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("SIDESTREAM_AGENT_LISTEN", "127.0.0.1:0"),
-        ("SIDESTREAM_AGENT_DATA_DIR", dir.path().to_str().unwrap()),
-        ("SIDESTREAM_METRICS_LISTEN", "127.0.0.1:0"),
-        // Long enough that the data is still buffered when EndTxn comes.
-        ("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "2000"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()));
-    let server = sidestream::server::start(&Config::load(None, env).unwrap()).await.unwrap();
-    let mut c = Conn(TcpStream::connect(server.local_addr).await.unwrap(), 0);
+    // Long enough that the data is still buffered when EndTxn comes.
+    let (server, mut c) = start(dir.path(), "2000").await;
     let create = CreateTopicsRequest::default().with_topics(vec![
         create_topics_request::CreatableTopic::default()
             .with_name(TopicName(s("t")))
@@ -226,12 +228,7 @@ async fn acks_1_data_before_end_txn_is_committed_before_its_markers() {
             .with_replication_factor(1),
     ]);
     assert_eq!(c.call(7, &create).await.topics[0].error_code, 0);
-    let init = InitProducerIdRequest::default()
-        .with_transactional_id(Some(TransactionalId(s("app"))))
-        .with_transaction_timeout_ms(60_000)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    let r = c.call(4, &init).await;
+    let r = c.call(4, &init_app()).await;
     assert_eq!(r.error_code, 0);
     let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
     let r = c.call(3, &add_v3("app", pid, epoch, "t", vec![0])).await;
