@@ -81,8 +81,12 @@ impl Agent {
     pub async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<(), TxnError> {
         // The producer's acks=0/1 batches of this transaction may still be on their way to a
         // commit: once the transaction is no longer ongoing, the controller would refuse them.
-        if self.txn_unflushed.take(producer_id) {
-            self.uploader.barrier(Instant::now() + MARKERS_WAIT).await.map_err(TxnError::Markers)?;
+        if self.txn_unflushed.take(producer_id)
+            && let Err(e) = self.uploader.barrier(Instant::now() + MARKERS_WAIT).await
+        {
+            // Still on their way: the client's retry of EndTxn waits for them again.
+            self.txn_unflushed.insert(producer_id);
+            return Err(TxnError::Markers(e));
         }
         let end = self.controller.end_txn(transactional_id, producer_id, epoch, commit).await.map_err(TxnError::Coordinator)?;
         let Some(end) = end else { return Ok(()) };
