@@ -29,9 +29,9 @@ pub enum Appended {
     Nothing,
 }
 
-/// One batch of a produce request, checked ([`Agent::check_batch`]), with its topic's name.
+/// One batch of a produce request, checked ([`Agent::check_batch`]), with its topic.
 pub struct ProduceBatch {
-    pub topic: String,
+    pub topic: std::sync::Arc<TopicMeta>,
     pub item: GroupItem,
 }
 
@@ -68,7 +68,7 @@ impl Agent {
             && let Some(id) = transactional_id
         {
             let asked: Vec<usize> = (0..batches.len()).filter(|&i| batches[i].item.header.is_transactional()).collect();
-            let to_verify: Vec<(&str, &GroupItem)> = asked.iter().map(|&i| (batches[i].topic.as_str(), &batches[i].item)).collect();
+            let to_verify: Vec<(&str, &GroupItem)> = asked.iter().map(|&i| (batches[i].topic.name.as_str(), &batches[i].item)).collect();
             let answers = self.verify_transactional(id, &to_verify).await;
             for (&i, answer) in asked.iter().zip(answers) {
                 if let Err(e) = answer {

@@ -759,15 +759,12 @@ mod tests {
                     }),
                 })
                 .collect();
-            c.commit_object(&CommitRequest {
-                object_key: key.into(),
-                object_size_bytes: 100,
-                agent: "a".into(),
-                extents,
-                wal: None,
-                txn_end: None,
-            })
-            .unwrap()
+            c.commit_object(&object(key, extents, None)).unwrap()
+        }
+
+        /// One object of agent "a" holding `extents`.
+        fn object(key: &str, extents: Vec<ExtentInfo>, txn_end: Option<TxnEnd>) -> CommitRequest {
+            CommitRequest { object_key: key.into(), object_size_bytes: 100, agent: "a".into(), extents, wal: None, txn_end }
         }
 
         /// What the agent does with a TxnEnd: one marker extent per partition.
@@ -786,14 +783,7 @@ mod tests {
                     producer: None,
                 })
                 .collect();
-            c.commit_object(&CommitRequest {
-                object_key: key.into(),
-                object_size_bytes: 100,
-                agent: "a".into(),
-                extents,
-                wal: None,
-                txn_end: Some(end.clone()),
-            })
+            c.commit_object(&object(key, extents, Some(end.clone())))
         }
 
         fn ready(r: TxnInit) -> (i64, i16) {

@@ -57,15 +57,13 @@ fn has_transactional_batch(req: &ProduceRequest) -> bool {
 
 /// Kafka's answer for a transactional batch that failed verification: INVALID_TXN_STATE, which
 /// Produce v11+ (KIP-890) clients get as TRANSACTION_ABORTABLE.
-fn verification_refusal(e: &ControllerError, version: i16) -> Slot {
+fn verification_refusal(e: &ControllerError, version: i16) -> (i16, String) {
     match e {
         ControllerError::InvalidTxnState(_) if version >= 11 => {
-            Slot::failed(ResponseError::TransactionAbortable.code(), "Partition was not added to the transaction".into())
+            (ResponseError::TransactionAbortable.code(), "Partition was not added to the transaction".into())
         }
-        ControllerError::InvalidTxnState(_) => {
-            Slot::failed(ResponseError::InvalidTxnState.code(), "Partition was not added to the transaction".into())
-        }
-        e => Slot::failed(controller_code(e), e.to_string()),
+        ControllerError::InvalidTxnState(_) => (ResponseError::InvalidTxnState.code(), "Partition was not added to the transaction".into()),
+        e => (controller_code(e), e.to_string()),
     }
 }
 
@@ -120,7 +118,7 @@ async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest, mut turn
                     (Some(_), None) => Slot::failed(ResponseError::InvalidRecord.code(), "null records".into()),
                     (Some(meta), Some(records)) => match agent.check_batch(meta, p.index, records, version) {
                         Ok(item) => {
-                            items.push(ProduceBatch { topic: meta.name.clone(), item });
+                            items.push(ProduceBatch { topic: meta.clone(), item });
                             Slot::Accepted(items.len() - 1)
                         }
                         Err(e) => Slot::refused(e),
@@ -140,31 +138,18 @@ async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest, mut turn
         return None;
     }
     // Each accepted batch's result: Some(base offset) when known, None for acks=1.
-    let mut results: Vec<Option<Result<Option<i64>, Slot>>> = produced
-        .into_iter()
-        .map(|r| {
-            Some(r.map_err(|refusal| match refusal {
-                ProduceRefusal::NotInTransaction(e) => verification_refusal(&e, version),
-                ProduceRefusal::Failed(e) => Slot::failed(agent_code(&e), e.to_string()),
-            }))
-        })
-        .collect();
+    let mut produced: Vec<Option<_>> = produced.into_iter().map(Some).collect();
     let mut responses = Vec::with_capacity(topics.len());
     for (name, topic_id, meta, slots) in topics {
         let mut partitions = Vec::with_capacity(slots.len());
         for (index, slot) in slots {
-            let slot = match slot {
-                Slot::Accepted(i) => match results[i].take() {
-                    Some(Ok(base)) => Ok(base),
-                    Some(Err(refused)) => Err(refused),
-                    None => Ok(None),
-                },
-                failed => Err(failed),
-            };
             let (result, record_errors) = match slot {
-                Ok(base) => (Ok(base), Vec::new()),
-                Err(Slot::Failed(code, msg, record_errors)) => (Err((code, msg)), record_errors),
-                Err(Slot::Accepted(_)) => unreachable!("an accepted slot is never a refusal"),
+                Slot::Accepted(i) => match produced[i].take().unwrap_or(Ok(None)) {
+                    Ok(base) => (Ok(base), Vec::new()),
+                    Err(ProduceRefusal::NotInTransaction(e)) => (Err(verification_refusal(&e, version)), Vec::new()),
+                    Err(ProduceRefusal::Failed(e)) => (Err((agent_code(&e), e.to_string())), Vec::new()),
+                },
+                Slot::Failed(code, msg, record_errors) => (Err((code, msg)), record_errors),
             };
             let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
             let log_start = || meta.as_ref().and_then(|m| agent.controller.offsets(m.id, index).ok()).map_or(0, |o| o.log_start_offset);
