@@ -22,6 +22,7 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub topics: TopicsConfig,
     pub groups: GroupsConfig,
+    pub compaction: CompactionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -190,6 +191,9 @@ pub struct CacheConfig {
     pub block_bytes: u64,
     /// Blocks of the same object fetched ahead of a sequential reader.
     pub readahead_blocks: u32,
+    /// Bytes fetched ahead (in the same GET) in a per-partition object, written by object
+    /// compaction: all of it is the reader's partition.
+    pub partition_readahead_bytes: u64,
     /// Object store GETs of cold blocks at once (uploads do not share this budget).
     pub cold_read_concurrency: u32,
 }
@@ -203,6 +207,7 @@ impl Default for CacheConfig {
             disk_reserve_bytes: 1024 * 1024 * 1024,
             block_bytes: 1024 * 1024,
             readahead_blocks: 4,
+            partition_readahead_bytes: 64 * 1024 * 1024,
             cold_read_concurrency: 16,
         }
     }
@@ -377,6 +382,36 @@ pub struct TopicsConfig {
 impl Default for TopicsConfig {
     fn default() -> Self {
         Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588, max_partitions_total: 100_000 }
+    }
+}
+
+/// Object compaction: small objects of many partitions rewritten into per-partition objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Whether this process runs the object compaction job.
+    pub enabled: bool,
+    /// How often the job looks for work (Kafka's `log.cleaner.backoff.ms`).
+    pub check_interval_ms: u64,
+    /// Size of the per-partition objects it writes, at most; objects under half of it are
+    /// rewritten. It also bounds the job's memory: about twice this.
+    pub target_bytes: u64,
+    /// Object store requests (GETs and PUTs) per second the job makes at most.
+    pub max_requests_per_s: u32,
+    /// Uploaded objects younger than this are left alone (their agent may still be answering
+    /// a retried commit of theirs).
+    pub min_age_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            check_interval_ms: 15_000,
+            target_bytes: 64 * 1024 * 1024,
+            max_requests_per_s: 100,
+            min_age_ms: 60_000,
+        }
     }
 }
 
@@ -567,6 +602,11 @@ impl Config {
         }
         range("cache.disk_reserve_bytes", self.cache.disk_reserve_bytes, 0, 1 << 44)?;
         range("cache.readahead_blocks", self.cache.readahead_blocks.into(), 0, 1024)?;
+        range("cache.partition_readahead_bytes", self.cache.partition_readahead_bytes, 0, 1 << 30)?;
+        range("compaction.check_interval_ms", self.compaction.check_interval_ms, 10, 86_400_000)?;
+        range("compaction.target_bytes", self.compaction.target_bytes, 1 << 20, 4 << 30)?;
+        range("compaction.max_requests_per_s", self.compaction.max_requests_per_s.into(), 1, 100_000)?;
+        range("compaction.min_age_ms", self.compaction.min_age_ms, 0, 30 * 86_400_000)?;
         range("cache.cold_read_concurrency", self.cache.cold_read_concurrency.into(), 1, 4096)?;
         range("agent.max_request_bytes", self.agent.max_request_bytes, 1024, 1 << 30)?;
         range("agent.max_in_flight_request_bytes", self.agent.max_in_flight_request_bytes, 1024, 64 << 30)?;

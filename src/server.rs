@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::cache::{self, CacheSettings, ReadCache};
 use crate::agent::client::remote::{Remote, RemoteSettings};
 use crate::agent::client::{ControllerClient, InProcess};
+use crate::agent::compaction::{CompactionSettings, ObjectCompactor};
 use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
 use crate::agent::txn::TxnTimer;
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
@@ -161,6 +162,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         disk_reserve_bytes: config.cache.disk_reserve_bytes,
         block_bytes: config.cache.block_bytes,
         readahead_blocks: config.cache.readahead_blocks,
+        partition_readahead_bytes: config.cache.partition_readahead_bytes,
         cold_read_concurrency: config.cache.cold_read_concurrency,
         dir: config.agent.data_dir.join("cache"),
     };
@@ -230,13 +232,26 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         },
     }
     .spawn(shutdown.clone());
+    let agent_name = format!("agent-{}", config.agent.node_id);
+    if config.compaction.enabled {
+        let settings = CompactionSettings {
+            check_interval: Duration::from_millis(config.compaction.check_interval_ms),
+            target_bytes: config.compaction.target_bytes,
+            max_requests_per_s: config.compaction.max_requests_per_s,
+            min_age_ms: config.compaction.min_age_ms,
+            key_prefix: key_prefix.clone(),
+            agent: agent_name.clone(),
+        };
+        Arc::new(ObjectCompactor::new(store.clone(), controller.clone(), clock.clone(), entropy.clone(), in_flight.clone(), settings))
+            .spawn(shutdown.clone());
+    }
     let uploader = Uploader::start(
         UploadSettings {
             flush_interval: Duration::from_millis(config.upload.flush_interval_ms),
             flush_bytes: config.upload.flush_bytes,
             buffer_bytes_max: config.upload.buffer_bytes_max,
             max_in_flight_objects: config.upload.max_in_flight_objects as usize,
-            agent: format!("agent-{}", config.agent.node_id),
+            agent: agent_name,
             key_prefix,
             wal_log_id: Some(recovery.log_id.clone()),
             wal_start_mark: wal_mark,

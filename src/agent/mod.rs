@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod client;
 pub mod cluster;
+pub mod compaction;
 pub mod fetch;
 pub mod fetch_session;
 pub mod orphans;

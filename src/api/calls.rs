@@ -41,7 +41,9 @@ pub mod prelude {
         SyncRequest, SyncResponse, TopicPartition, consumer,
     };
     pub use crate::api::txn::{TxnDescription, TxnEnd, TxnInit};
-    pub use crate::api::{CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, TopicKey, TopicMeta};
+    pub use crate::api::{
+        CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, ReplaceExtents, TopicKey, TopicMeta,
+    };
 }
 
 /// The table of calls: expands `$m! { ... }` with one entry per call,
@@ -61,6 +63,9 @@ macro_rules! for_each_call {
             [blocking] WalMark wal_mark(log_id: String) -> Result<u64, ControllerError>;
             [blocking] InitProducerId init_producer_id() -> Result<(i64, i16), ControllerError>;
             [blocking] CollectOrphans collect_orphans(keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
+            // Object compaction (agent::compaction).
+            [blocking] CompactionCandidates compaction_candidates(req: CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError>;
+            [blocking] ReplaceExtents replace_extents(req: ReplaceExtents) -> Result<(), ControllerError>;
             // Transactions (controller::txn).
             [blocking] AbortedTxns aborted_txns(topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError>;
             [blocking] InitTransactionalProducer init_transactional_producer(transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError>;

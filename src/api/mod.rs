@@ -73,6 +73,10 @@ pub enum ControllerError {
     /// committed. Its data is still the agent's to keep: upload it again under a new key.
     #[error("object collected: {0}")]
     ObjectCollected(String),
+    /// Compaction's swap found the extents it replaces changed meanwhile (retention, another
+    /// compaction): nothing was written. Sent only in answer to `replace_extents`.
+    #[error("extents changed: {0}")]
+    ExtentsChanged(String),
 }
 
 /// One commit's answer: each extent's base offset or error, or an error for the whole commit.
@@ -178,6 +182,39 @@ pub struct ExtentRecord {
     pub max_timestamp: i64,
     /// Size of the whole object (the read cache's last block ends there).
     pub object_size: u64,
+}
+
+/// Compaction's swap of one partition's index rows: `old` extents (as the job read them) are
+/// replaced by `new` ones in the object `object_key`, which cover exactly the same offsets.
+/// Offsets never change; only where the batches live (and, for log compaction, which records
+/// remain in them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaceExtents {
+    pub object_key: String,
+    pub object_size_bytes: u64,
+    pub agent: String,
+    pub topic_id: Uuid,
+    pub partition: i32,
+    /// By base offset.
+    pub old: Vec<ExtentRecord>,
+    /// By base offset, all in `object_key`.
+    pub new: Vec<ExtentRecord>,
+}
+
+/// Which objects' extents compaction looks at ([`crate::api::calls`] `compaction_candidates`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidatesRequest {
+    /// Objects smaller than this.
+    pub small_bytes: u64,
+    /// Objects committed before this time (ms since the epoch).
+    pub committed_before_ms: i64,
+    /// false: uploaded objects (many partitions each), the oldest `limit` objects, every extent
+    /// of each, by commit time then position. true: per-partition objects (compaction's
+    /// output, [`crate::format::object::PARTITION_OBJECT_SUFFIX`]), by partition then offset,
+    /// from the partition after `after`, at most `limit` extents.
+    pub partition_objects: bool,
+    pub after: Option<(Uuid, i32)>,
+    pub limit: u32,
 }
 
 /// A live agent as Kafka clients see it (cluster mode).

@@ -106,6 +106,10 @@ pub struct SnapshotReply {
     pub topics: Vec<Topic>,
     #[prost(message, repeated, tag = "3")]
     pub partitions: Vec<Partition>,
+    /// The controller's count of compaction swaps (from a random start): an agent that saw
+    /// another value may have missed a swap and drops its cached extents.
+    #[prost(uint64, tag = "4")]
+    pub extents_replaced: u64,
 }
 
 /// Sent after commits and topic changes. `resync`: the agent missed events (or topics
@@ -120,6 +124,10 @@ pub struct WatchEvent {
     /// missing for a partition (then agents ask when they need them).
     #[prost(message, repeated, tag = "3")]
     pub extents: Vec<Extent>,
+    /// Compaction swaps: the new extents of a partition, which replace every cached extent of
+    /// the offsets they cover (the old ones point at objects that will be deleted).
+    #[prost(message, repeated, tag = "4")]
+    pub replaced: Vec<Extent>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -116,6 +116,14 @@ impl Answer for Controller {
         Controller::collect_orphans(self, &keys)
     }
 
+    fn compaction_candidates(&self, req: CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
+        Controller::compaction_candidates(self, &req)
+    }
+
+    fn replace_extents(&self, req: ReplaceExtents) -> Result<(), ControllerError> {
+        Controller::replace_extents(self, &req)
+    }
+
     fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
         Controller::aborted_txns(self, topic_id, partition, from_offset, to_offset)
     }

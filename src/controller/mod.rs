@@ -172,6 +172,10 @@ pub struct Controller {
     /// Set when the store refused a write because this view is stale or this controller lost
     /// its lease: the owner must stop using this instance (and reopen one if still active).
     stale: std::sync::atomic::AtomicBool,
+    /// Changes with every compaction swap ([`Controller::replace_extents`]); starts at a random
+    /// value, so two instances (a failover) almost never show the same one. Agents that cache
+    /// extents and may have missed a swap drop their cache when it differs from what they saw.
+    extents_replaced: std::sync::atomic::AtomicU64,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -307,10 +311,11 @@ impl Controller {
             write_lock: Mutex::new(()),
             commits: watch::channel(0).0,
             clock,
-            entropy,
+            entropy: entropy.clone(),
             defaults,
             cluster_id: snapshot.cluster_id,
             stale: Default::default(),
+            extents_replaced: entropy.next_u64().into(),
         })
     }
 
@@ -778,6 +783,57 @@ impl Controller {
         Ok(self.store.doom_uncommitted(keys, self.clock.now_ms())?)
     }
 
+    /// Blocking. Extents compaction may rewrite (see [`MetadataStore::compaction_candidates`]).
+    pub fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
+        Ok(self.store.compaction_candidates(req)?)
+    }
+
+    /// See [`Controller::extents_replaced`]'s field: changes with every compaction swap.
+    pub fn extents_replaced(&self) -> u64 {
+        self.extents_replaced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Blocking. Compaction's swap: `req.old` (extents of one partition, exactly as stored)
+    /// replaced by `req.new` (in the new object `req.object_key`), covering exactly the same
+    /// offsets, in one store transaction that also lists the objects left unreferenced as
+    /// garbage. Refused with nothing written if the old extents changed meanwhile
+    /// ([`ControllerError::ExtentsChanged`]: retention, DeleteRecords or another compaction got
+    /// there first) or the new key was collected as an orphan. Offsets never change.
+    pub fn replace_extents(&self, req: &crate::api::ReplaceExtents) -> Result<(), ControllerError> {
+        check_replacement(req)?;
+        if self.is_stale() {
+            return Err(ControllerError::Unavailable("controller view is stale".into()));
+        }
+        let _w = self.lock_writes();
+        let offsets = self.offsets(req.topic_id, req.partition)?;
+        let (first, last) = (req.old[0].base_offset, req.old[req.old.len() - 1].end_offset);
+        if first < offsets.log_start_offset || last > offsets.next_offset {
+            return Err(ControllerError::ExtentsChanged(format!(
+                "{}-{} [{first}, {last}) is outside the log [{}, {})",
+                req.topic_id, req.partition, offsets.log_start_offset, offsets.next_offset
+            )));
+        }
+        let object = ObjectRecord {
+            key: req.object_key.clone(),
+            size_bytes: req.object_size_bytes,
+            agent: req.agent.clone(),
+            committed_ms: self.clock.now_ms(),
+        };
+        match self.store.replace_extents(&object, &req.old, &req.new) {
+            Ok(()) => {}
+            Err(StoreError::Stale(m)) => return Err(ControllerError::ExtentsChanged(m)),
+            Err(StoreError::Conflict(m)) => return Err(ControllerError::ObjectCollected(m)),
+            Err(e) => return Err(self.store_error(e)),
+        }
+        let mut s = self.write();
+        if let Some(p) = s.partitions.get_mut(&(req.topic_id, req.partition)) {
+            replace_recent(&mut p.recent, &req.new);
+        }
+        drop(s);
+        self.extents_replaced.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Extents of a partition starting with the one holding `from_offset`, until `max_bytes`
     /// are covered (at least one), from memory. `Ok(None)`: not in memory, ask
     /// [`Controller::find_extents`].
@@ -838,6 +894,68 @@ impl TopicLookup for TopicView {
     fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).by_id.get(&id).cloned()
     }
+}
+
+/// A swap's shape, before anything is written: one partition; old and new sorted, each
+/// non-empty and not overlapping; the new ones all in the new object, inside it; and both
+/// covering exactly the same offsets (compaction never moves, adds or drops an offset).
+fn check_replacement(req: &crate::api::ReplaceExtents) -> Result<(), ControllerError> {
+    let bad = |why: String| Err(ControllerError::InvalidRequest(format!("replace_extents of {}: {why}", req.object_key)));
+    if req.old.is_empty() || req.new.is_empty() {
+        return bad("nothing to replace".into());
+    }
+    let runs = |extents: &[ExtentRecord]| -> Result<Vec<(i64, i64)>, String> {
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for e in extents {
+            if e.topic_id != req.topic_id || e.partition != req.partition {
+                return Err(format!("an extent of {}-{} among those of {}-{}", e.topic_id, e.partition, req.topic_id, req.partition));
+            }
+            if e.end_offset <= e.base_offset || e.length == 0 {
+                return Err(format!("an empty extent at {}", e.base_offset));
+            }
+            match runs.last_mut() {
+                Some((_, end)) if *end == e.base_offset => *end = e.end_offset,
+                Some((_, end)) if *end > e.base_offset => return Err(format!("extents overlap or are out of order at {}", e.base_offset)),
+                _ => runs.push((e.base_offset, e.end_offset)),
+            }
+        }
+        Ok(runs)
+    };
+    let (old, new) = match (runs(&req.old), runs(&req.new)) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(why), _) | (_, Err(why)) => return bad(why),
+    };
+    if old != new {
+        return bad(format!("the new extents cover {new:?}, the old ones {old:?}"));
+    }
+    if let Some(e) = req.new.iter().find(|e| {
+        *e.object_key != *req.object_key || e.object_size != req.object_size_bytes || e.position + e.length > req.object_size_bytes
+    }) {
+        return bad(format!("new extent at {} is not inside the new object", e.base_offset));
+    }
+    Ok(())
+}
+
+/// A partition's recent extents after a swap for `new`: the ones the new extents cover give
+/// way to them (the new ones ending after the oldest recent one come in), so the recent
+/// extents stay a contiguous run to the high watermark; nothing changes if none is covered.
+fn replace_recent(recent: &mut VecDeque<ExtentRecord>, new: &[ExtentRecord]) {
+    let Some(front) = recent.front().map(|e| e.base_offset) else { return };
+    let covered = |e: &ExtentRecord| new.iter().any(|n| n.base_offset < e.end_offset && e.base_offset < n.end_offset);
+    if !recent.iter().any(covered) {
+        return;
+    }
+    let mut out: Vec<ExtentRecord> = recent
+        .iter()
+        .filter(|e| !covered(e))
+        .cloned()
+        .chain(new.iter().filter(|n| n.end_offset > front).cloned())
+        .collect();
+    out.sort_by_key(|e| e.base_offset);
+    let skip = out.len().saturating_sub(RECENT_EXTENTS_MAX);
+    let out: VecDeque<ExtentRecord> = out.into_iter().skip(skip).collect();
+    debug_assert!(out.iter().zip(out.iter().skip(1)).all(|(a, b)| a.end_offset == b.base_offset), "recent extents not contiguous");
+    *recent = out;
 }
 
 /// Extents in order until they cover `max_bytes` (always at least one).

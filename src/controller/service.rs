@@ -21,7 +21,8 @@
 //! - **Commit notifications.** After each batch, a `Watch` event carries the new high
 //!   watermarks and last stable offsets of the partitions it touched and the extents it
 //!   appended; agents wake long-polling fetches with it, answer read_committed fetches from it
-//!   and extend their index caches.
+//!   and extend their index caches. A compaction swap sends the new extents (`replaced`), which
+//!   take the place of the cached ones they cover.
 //! - **Calls.** Every call of the table ([`crate::api::calls`]) arrives as one `Call` RPC and is
 //!   answered by [`calls::dispatch`], as for an embedded controller; the service adds only what
 //!   concerns several agents: a commit's fencing and group commit, orphan collection that spares
@@ -480,7 +481,7 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
         let partitions: Vec<rpc::Partition> = touched.into_iter().filter_map(|(t, p)| partition_now(&controller, t, p)).collect();
         if !partitions.is_empty() {
             let extents = appended_extents(&controller, &partitions, &ends_before);
-            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false, extents });
+            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false, extents, replaced: Vec::new() });
         }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
@@ -569,6 +570,7 @@ impl GrpcService for Service {
             cluster_id: c.cluster_id().to_string(),
             topics: topics.iter().map(|t| rpc::topic_to(t)).collect(),
             partitions,
+            extents_replaced: c.extents_replaced(),
         }))
     }
 
@@ -598,6 +600,15 @@ impl GrpcService for Service {
             // Another agent may still be committing its keys (after a long outage its commit
             // retries come later than our pass): leave them alone while its lease runs.
             Call::CollectOrphans { keys } => Reply::CollectOrphans(self.0.collect_orphans(&c, &agent, keys).await),
+            // Agents' index caches follow a swap before the old objects can be deleted.
+            Call::ReplaceExtents { req } => {
+                let replaced: Vec<rpc::Extent> = req.new.iter().map(rpc::extent_to).collect();
+                let reply = calls::dispatch(&c, Call::ReplaceExtents { req }).await;
+                if matches!(reply, Reply::ReplaceExtents(Ok(()))) {
+                    let _ = self.0.events.send(rpc::WatchEvent { replaced, ..Default::default() });
+                }
+                reply
+            }
             Call::TransactionsToFinish {} => match calls::dispatch(&c, Call::TransactionsToFinish {}).await {
                 Reply::TransactionsToFinish(ends) => Reply::TransactionsToFinish(ends.map(|ends| self.0.hand_out(ends))),
                 other => other,

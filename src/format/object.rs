@@ -24,6 +24,16 @@ pub fn valid_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
 }
 
+/// How the key of a per-partition object (object compaction's output: one partition's batches,
+/// in offset order) ends; uploaded objects hold many partitions. Readers read such objects
+/// ahead in large spans, and compaction tells the two kinds apart by it.
+pub const PARTITION_OBJECT_SUFFIX: &str = ".p.sso";
+
+/// Whether `key` names a per-partition object ([`PARTITION_OBJECT_SUFFIX`]).
+pub fn is_partition_object(key: &str) -> bool {
+    key.ends_with(PARTITION_OBJECT_SUFFIX)
+}
+
 pub const MAGIC: [u8; 4] = *b"SSO1";
 pub const FORMAT_VERSION: u16 = 1;
 pub const FOOTER_BYTES: usize = 8 + 4 + 2 + 4 + 4;

@@ -1,9 +1,11 @@
-//! The one place that names objects: `<prefix>/<2 hex chars of a hash>/<agent>/<ulid>.sso`.
+//! The one place that names objects: `<prefix>/<2 hex chars of a hash>/<agent>/<ulid>.sso`
+//! (uploads) or `.../<ulid>.p.sso` (per-partition objects written by object compaction).
 //!
 //! The hashed first component spreads load across S3 prefixes (S3 scales request rates per
 //! prefix); the ULID sorts by creation time within an agent's folder.
 
 use crate::clock::{Clock, Entropy};
+pub use crate::format::object::PARTITION_OBJECT_SUFFIX;
 
 pub const OBJECT_SUFFIX: &str = ".sso";
 
@@ -23,14 +25,20 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// A fresh key for an object written by `agent`.
 pub fn new_object_key(prefix: &str, agent: &str, clock: &dyn Clock, entropy: &dyn Entropy) -> String {
+    object_key(prefix, agent, clock, entropy, OBJECT_SUFFIX)
+}
+
+/// Like [`new_object_key`], for a per-partition object (compaction's output): the file name
+/// ends with [`PARTITION_OBJECT_SUFFIX`].
+pub fn new_partition_object_key(prefix: &str, agent: &str, clock: &dyn Clock, entropy: &dyn Entropy) -> String {
+    object_key(prefix, agent, clock, entropy, PARTITION_OBJECT_SUFFIX)
+}
+
+fn object_key(prefix: &str, agent: &str, clock: &dyn Clock, entropy: &dyn Entropy, suffix: &str) -> String {
     let id = ulid(clock.now_ms(), entropy);
     let spread = fnv1a(id.as_bytes()) as u8;
     let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        format!("{spread:02x}/{agent}/{id}{OBJECT_SUFFIX}")
-    } else {
-        format!("{prefix}/{spread:02x}/{agent}/{id}{OBJECT_SUFFIX}")
-    }
+    if prefix.is_empty() { format!("{spread:02x}/{agent}/{id}{suffix}") } else { format!("{prefix}/{spread:02x}/{agent}/{id}{suffix}") }
 }
 
 /// What an object key says about its object.
@@ -48,7 +56,7 @@ pub fn parse_object_key(key: &str) -> Option<ObjectKeyParts<'_>> {
     let file = parts.next()?;
     let agent = parts.next()?;
     let spread = parts.next()?;
-    let id = file.strip_suffix(OBJECT_SUFFIX)?;
+    let id = file.strip_suffix(PARTITION_OBJECT_SUFFIX).or_else(|| file.strip_suffix(OBJECT_SUFFIX))?;
     if id.len() != 26 || agent.is_empty() || spread.len() != 2 || !spread.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -112,6 +120,10 @@ mod tests {
         assert_eq!(parse_object_key(&key), Some(ObjectKeyParts { agent: "agent-7", created_ms: 1_700_000_000_123 }));
         let bare = new_object_key("", "a", &clock, &e);
         assert_eq!(parse_object_key(&bare).map(|p| p.created_ms), Some(1_700_000_000_123));
+        let compacted = new_partition_object_key("p", "agent-7", &clock, &e);
+        assert!(compacted.ends_with(".p.sso") && crate::format::object::is_partition_object(&compacted), "{compacted}");
+        assert_eq!(parse_object_key(&compacted), Some(ObjectKeyParts { agent: "agent-7", created_ms: 1_700_000_000_123 }));
+        assert!(!crate::format::object::is_partition_object(&key));
         // A wrong spread prefix, a temp file, a foreign object: not ours.
         let wrong = format!("zz{}", &bare[2..]);
         assert_eq!(parse_object_key(&wrong), None);

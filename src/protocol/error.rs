@@ -30,6 +30,7 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::Unavailable(_) => K::RequestTimedOut,
         // The agent uploads the data again; a client that waited that long may retry.
         ControllerError::ObjectCollected(_) => K::RequestTimedOut,
+        ControllerError::ExtentsChanged(_) => K::RequestTimedOut,
     }
     .code()
 }

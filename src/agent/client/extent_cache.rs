@@ -1,11 +1,11 @@
 //! The agent's cache of a remote controller's partition index: committed extents per partition
 //! ([`ExtentCache`]), so tail reads and repeated reads make no controller call.
 //!
-//! - **Why it can be a cache.** A committed extent never changes: a partition only grows at its
+//! - **Why it can be a cache.** A committed extent's offsets never change: a partition only grows at its
 //!   end (offsets are assigned once, densely), and loses extents only at its beginning (the log
 //!   start moving up). So an extent learned once stays true until its topic is deleted (a topic
 //!   re-created under the same name has a new id, so it never meets the old entries) or the log
-//!   start passes it ([`ExtentCache::trim_below`]).
+//!   start passes it ([`ExtentCache::trim_below`]), or compaction moves it (see below).
 //! - **Answering.** A lookup from an offset is answered here only when the cached extents are
 //!   contiguous from the one holding the offset until the asked bytes are covered or the high
 //!   watermark the agent knows is reached: then the controller would have answered the same.
@@ -14,6 +14,11 @@
 //! - **Staying fresh.** The controller's commit notifications carry the extents of every commit;
 //!   they are appended to the partitions already cached (before the high watermark moves), so a
 //!   tail consumer finds new data here.
+//! - **Compaction.** A swap moves extents to another object without changing their offsets;
+//!   its notification replaces the cached extents it covers ([`ExtentCache::replace`]), a
+//!   lookup answered before it is not inserted after it ([`ExtentCache::insert_found`]), and
+//!   an agent that may have missed one clears the cache (the remote client compares the
+//!   controller's count of swaps in each snapshot).
 //! - **Bounded** by `bytes_max` (an estimate of each entry's memory): the least recently looked-up
 //!   partition loses its oldest extents first.
 //!
@@ -68,6 +73,9 @@ struct Inner {
     lru: BTreeMap<u64, Key>,
     tick: u64,
     bytes: usize,
+    /// Bumped by every swap ([`ExtentCache::replace`]) and [`ExtentCache::clear`]: a lookup
+    /// answered before one must not be inserted after it ([`ExtentCache::insert_found`]).
+    generation: u64,
 }
 
 impl Inner {
@@ -278,7 +286,52 @@ impl ExtentCache {
     }
 
     pub fn clear(&self) {
-        *self.lock() = Inner::default();
+        let mut inner = self.lock();
+        let generation = inner.generation + 1;
+        *inner = Inner { generation, ..Inner::default() };
+    }
+
+    /// Changes with every swap and clear: taken before asking the controller, handed to
+    /// [`ExtentCache::insert_found`] with its answer.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// A controller's answer to a lookup asked at `generation`: inserted as by
+    /// [`ExtentCache::insert`] (creating the partition's entry) unless a swap or a clear came
+    /// in between (the answer may then hold extents the swap replaced).
+    pub fn insert_found(&self, generation: u64, topic_id: Uuid, partition: i32, extents: &[ExtentRecord]) {
+        if self.lock().generation == generation {
+            self.insert(topic_id, partition, extents, true);
+        }
+    }
+
+    /// A compaction swap: the cached extents of the partition that `new` covers are replaced by
+    /// `new` (same offsets, another object). Only a partition already cached takes them.
+    pub fn replace(&self, topic_id: Uuid, partition: i32, new: &[ExtentRecord]) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let Some(part) = inner.parts.get_mut(&(topic_id, partition)) else { return };
+        let covered: Vec<i64> = part
+            .extents
+            .values()
+            .filter(|e| new.iter().any(|n| n.base_offset < e.end_offset && e.base_offset < n.end_offset))
+            .map(|e| e.base_offset)
+            .collect();
+        let mut delta: isize = 0;
+        for base in covered {
+            if let Some(e) = part.extents.remove(&base) {
+                delta -= entry_bytes(&e) as isize;
+            }
+        }
+        for n in new.iter().filter(|n| n.topic_id == topic_id && n.partition == partition && n.end_offset > n.base_offset) {
+            delta += entry_bytes(n) as isize;
+            part.extents.insert(n.base_offset, n.clone());
+        }
+        part.bytes = part.bytes.saturating_add_signed(delta);
+        inner.bytes = inner.bytes.saturating_add_signed(delta);
+        let bytes_max = self.bytes_max;
+        inner.evict(bytes_max);
     }
 
     /// Estimated bytes held.

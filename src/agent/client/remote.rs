@@ -95,6 +95,8 @@ struct Inner {
     cache: RwLock<Cache>,
     commits: watch::Sender<u64>,
     extents: ExtentCache,
+    /// The controller's count of compaction swaps in the last snapshot (None: none taken yet).
+    extents_replaced: Mutex<Option<u64>>,
     members: RwLock<Vec<LiveAgent>>,
     /// Index lookups answered from `extents` / by the controller.
     lookups_cached: Arc<Counter>,
@@ -129,6 +131,7 @@ impl Remote {
         let remote = Remote(Arc::new(Inner {
             settings,
             extents,
+            extents_replaced: Mutex::new(None),
             members: RwLock::new(Vec::new()),
             lookups_cached: lookups("cache"),
             lookups_remote: lookups("controller"),
@@ -304,6 +307,15 @@ impl Remote {
             self.0.extents.check_end(id, p.partition, p.next_offset);
         }
         self.0.extents.retain_topics(|id| cache.by_id.contains_key(&id));
+        {
+            // Swaps since the last snapshot may have been missed (lagged or reconnected): the
+            // cached extents may point at replaced objects, soon deleted.
+            let mut seen = self.0.extents_replaced.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.is_some_and(|n| n != snap.extents_replaced) {
+                self.0.extents.clear();
+            }
+            *seen = Some(snap.extents_replaced);
+        }
         *self.0.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
         self.0.commits.send_modify(|n| *n += 1);
         Ok(())
@@ -354,10 +366,24 @@ impl Remote {
         }
     }
 
-    /// Puts a controller's answer into the index cache, unless its topic is gone meanwhile.
-    fn cache_found(&self, topic_id: Uuid, partition: i32, found: &[ExtentRecord]) {
+    /// A compaction swap's new extents into the index cache, in place of those they cover.
+    fn cache_replaced(&self, extents: Vec<rpc::Extent>) {
+        let mut by_partition: HashMap<(Uuid, i32), Vec<ExtentRecord>> = HashMap::new();
+        for e in extents {
+            if let Ok(e) = rpc::extent_from(e) {
+                by_partition.entry((e.topic_id, e.partition)).or_default().push(e);
+            }
+        }
+        for ((t, p), new) in by_partition {
+            self.0.extents.replace(t, p, &new);
+        }
+    }
+
+    /// Puts a controller's answer (to a lookup asked at cache `generation`) into the index
+    /// cache, unless its topic is gone or a swap came meanwhile.
+    fn cache_found(&self, generation: u64, topic_id: Uuid, partition: i32, found: &[ExtentRecord]) {
         if self.topic(TopicRef::Id(topic_id)).is_some() {
-            self.0.extents.insert(topic_id, partition, found, true);
+            self.0.extents.insert_found(generation, topic_id, partition, found);
         }
     }
 
@@ -420,6 +446,7 @@ impl Remote {
                             }
                         }
                         Ok(Some(event)) => {
+                            self.cache_replaced(event.replaced);
                             self.cache_appended(event.extents);
                             for p in &event.partitions {
                                 if let Ok(id) = rpc::uuid(&p.topic_id) {
@@ -492,9 +519,10 @@ impl ControllerClient for Remote {
             }
             self.0.lookups_remote.inc();
         }
+        let generation = self.0.extents.generation();
         match self.send(&call).await {
             Ok(reply) => {
-                self.learn(&call, &reply);
+                self.learn(&call, &reply, generation);
                 reply
             }
             Err(e) => call.failed(e),
@@ -528,7 +556,7 @@ impl Remote {
 
     /// What this agent's caches learn from a reply: its own topic changes and commits (so it
     /// reads its own writes) and the extents the controller found.
-    fn learn(&self, call: &Call, reply: &Reply) {
+    fn learn(&self, call: &Call, reply: &Reply, generation: u64) {
         match (call, reply) {
             (Call::CreateTopic { req }, Reply::CreateTopic(Ok(t))) if !req.validate_only => self.insert_topic(t.clone()),
             (Call::DeleteTopic { .. }, Reply::DeleteTopic(Ok(t))) => {
@@ -554,12 +582,13 @@ impl Remote {
                 }
             }
             (Call::FindExtents { topic_id, partition, .. }, Reply::FindExtents(Ok(found))) => {
-                self.cache_found(*topic_id, *partition, found)
+                self.cache_found(generation, *topic_id, *partition, found)
             }
             (Call::ExtentForTimestamp { topic_id, partition, .. }, Reply::ExtentForTimestamp(Ok(found)))
             | (Call::ExtentWithMaxTimestamp { topic_id, partition }, Reply::ExtentWithMaxTimestamp(Ok(found))) => {
-                self.cache_found(*topic_id, *partition, found.as_slice())
+                self.cache_found(generation, *topic_id, *partition, found.as_slice())
             }
+            (Call::ReplaceExtents { req }, Reply::ReplaceExtents(Ok(()))) => self.0.extents.replace(req.topic_id, req.partition, &req.new),
             _ => {}
         }
     }

@@ -340,4 +340,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn commit_group_offsets(&self, offsets: &[GroupOffsetRecord]) -> Result<(), StoreError>;
     /// Deletes a group's offsets of `partitions` (topic name, partition), or all of them.
     fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError>;
+    /// Extents compaction may rewrite (see [`crate::api::CandidatesRequest`]): of objects
+    /// smaller than `small_bytes` committed before `committed_before_ms`; uploaded objects
+    /// (`partition_objects` false: the oldest `limit` of them, every extent of each, by commit
+    /// time, key, position) or per-partition ones (true: by partition after `after`, then
+    /// offset, at most `limit` extents).
+    fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, StoreError>;
+    /// Compaction's swap, in one transaction: deletes the `old` extents (`Stale`, and nothing
+    /// written, unless each still exists exactly as given), records `object` (`Conflict` if its
+    /// key was doomed as an orphan, `Stale` if it is already recorded) with the `new` extents,
+    /// and puts every object of `old` that no extent references any more into `garbage`
+    /// (since `object.committed_ms`), for the garbage collector. Never touches offsets.
+    fn replace_extents(&self, object: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError>;
 }

@@ -44,8 +44,9 @@ use super::{
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
 /// 3: agent epochs and the controller lease. 4: transactions, open transactions per partition,
-/// the aborted transaction index (as SQLite's version 4).
-const SCHEMA_VERSION: i32 = 4;
+/// the aborted transaction index (as SQLite's version 4). 5: objects no extent references
+/// (`garbage`, for the garbage collector).
+const SCHEMA_VERSION: i32 = 5;
 
 /// Migrations from version N-1 to N, each applied in its own transaction with the version bump.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -99,6 +100,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
             producer_id BIGINT NOT NULL, first_offset BIGINT NOT NULL,
             PRIMARY KEY (topic_id, partition, last_offset));",
     ),
+    (5, "CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms BIGINT NOT NULL);"),
 ];
 
 /// Key of the advisory lock held while migrating (any constant unlikely to collide).
@@ -710,6 +712,44 @@ impl MetadataStore for PgStore {
         })
     }
 
+    fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, StoreError> {
+        let suffix = format!("%{}", crate::format::object::PARTITION_OBJECT_SUFFIX);
+        let small = req.small_bytes.min(i64::MAX as u64) as i64;
+        let limit = i64::from(req.limit);
+        self.readers.with(|c| {
+            let rows = if req.partition_objects {
+                let (after_topic, after_partition) = req.after.unwrap_or((Uuid::nil(), -1));
+                c.query(
+                    &format!(
+                        "{EXTENT_SELECT} WHERE o.key LIKE $1 AND o.size_bytes < $2 AND o.committed_ms < $3 \
+                         AND (e.topic_id, e.partition) > ($4, $5) ORDER BY e.topic_id, e.partition, e.base_offset LIMIT $6"
+                    ),
+                    &[&suffix, &small, &req.committed_before_ms, &after_topic.as_bytes().as_slice(), &after_partition, &limit],
+                )
+            } else {
+                c.query(
+                    "SELECT e.topic_id, e.partition, e.base_offset, e.end_offset, e.object_key, e.position, \
+                     e.length, e.batch_count, e.max_timestamp, o.size_bytes FROM extents e JOIN (SELECT key, size_bytes, \
+                     committed_ms FROM objects WHERE key NOT LIKE $1 AND size_bytes < $2 AND committed_ms < $3 \
+                     AND EXISTS (SELECT 1 FROM extents x WHERE x.object_key = objects.key) \
+                     ORDER BY committed_ms, key LIMIT $4) o ON o.key = e.object_key ORDER BY o.committed_ms, o.key, e.position",
+                    &[&suffix, &small, &req.committed_before_ms, &limit],
+                )
+            }
+            .map_err(classify)?;
+            rows.iter().map(extent_row).collect()
+        })
+    }
+
+    fn replace_extents(&self, object: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError> {
+        let (object, old, new) = (object.clone(), old.to_vec(), new.to_vec());
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            replace_in(&mut tx, &object, &old, &new)?;
+            commit_fenced(tx, fence)
+        })
+    }
+
     fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError> {
         let (group_id, partitions) = (group_id.to_string(), partitions.map(<[_]>::to_vec));
         self.write(move |c, fence| {
@@ -737,6 +777,90 @@ const GROUP_OFFSET_UPSERT: &str = "INSERT INTO group_offsets \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
      committed_offset = excluded.committed_offset, leader_epoch = excluded.leader_epoch, \
      metadata = excluded.metadata, commit_ms = excluded.commit_ms";
+
+/// Compaction's swap inside an open transaction (see [`MetadataStore::replace_extents`]).
+fn replace_in(tx: &mut Transaction<'_>, o: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError> {
+    let delete = tx
+        .prepare(
+            "DELETE FROM extents WHERE topic_id = $1 AND partition = $2 AND base_offset = $3 AND end_offset = $4 \
+             AND object_key = $5 AND position = $6 AND length = $7",
+        )
+        .map_err(classify)?;
+    for e in old {
+        let deleted = tx
+            .execute(
+                &delete,
+                &[
+                    &e.topic_id.as_bytes().as_slice(),
+                    &e.partition,
+                    &e.base_offset,
+                    &e.end_offset,
+                    &&*e.object_key,
+                    &(e.position as i64),
+                    &(e.length as i64),
+                ],
+            )
+            .map_err(classify)?;
+        if deleted != 1 {
+            return Err(StoreError::Stale(format!(
+                "extent {}-{} at {} in {} is gone or changed",
+                e.topic_id, e.partition, e.base_offset, e.object_key
+            )));
+        }
+    }
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(classify)?;
+    if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(classify)?.is_some() {
+        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+    }
+    let inserted = tx.execute(
+        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES ($1, $2, $3, $4)",
+        &[&o.key, &(o.size_bytes as i64), &o.agent, &o.committed_ms],
+    );
+    match inserted {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
+        }
+        Err(e) => return Err(classify(e)),
+    }
+    let insert = tx
+        .prepare(
+            "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
+             batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .map_err(classify)?;
+    for e in new {
+        tx.execute(
+            &insert,
+            &[
+                &e.topic_id.as_bytes().as_slice(),
+                &e.partition,
+                &e.base_offset,
+                &e.end_offset,
+                &&*e.object_key,
+                &(e.position as i64),
+                &(e.length as i64),
+                &i64::from(e.batch_count),
+                &e.max_timestamp,
+            ],
+        )
+        .map_err(classify)?;
+    }
+    // The garbage collector's contract: an object no extent references any more is listed in
+    // the transaction that made it so.
+    let mut keys: Vec<&str> = old.iter().map(|e| &*e.object_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        tx.execute(
+            "INSERT INTO garbage (key, since_ms) SELECT $1, $2 \
+             WHERE NOT EXISTS (SELECT 1 FROM extents WHERE object_key = $1) ON CONFLICT DO NOTHING",
+            &[&key, &o.committed_ms],
+        )
+        .map_err(classify)?;
+    }
+    Ok(())
+}
 
 fn upsert_transaction(tx: &mut Transaction<'_>, transactional_id: &str, body: &str) -> Result<(), StoreError> {
     tx.execute(

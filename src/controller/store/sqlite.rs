@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS producer_states (
     epoch INTEGER NOT NULL, batches TEXT NOT NULL, last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (producer_id, topic_id, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);
 ";
 
 /// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
@@ -539,6 +540,60 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, StoreError> {
+        let suffix = format!("%{}", crate::format::object::PARTITION_OBJECT_SUFFIX);
+        self.readers.with(|c| {
+            if req.partition_objects {
+                let (after_topic, after_partition) = req.after.unwrap_or((Uuid::nil(), -1));
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "{EXTENT_SELECT} WHERE objects.key LIKE ?1 AND objects.size_bytes < ?2 AND objects.committed_ms < ?3 \
+                         AND (extents.topic_id, extents.partition) > (?4, ?5) \
+                         ORDER BY extents.topic_id, extents.partition, extents.base_offset LIMIT ?6"
+                    ))
+                    .map_err(classify)?;
+                let rows = stmt
+                    .query_map(
+                        params![
+                            suffix,
+                            req.small_bytes.min(i64::MAX as u64) as i64,
+                            req.committed_before_ms,
+                            after_topic.as_bytes().as_slice(),
+                            after_partition,
+                            req.limit
+                        ],
+                        extent_row,
+                    )
+                    .map_err(classify)?;
+                return rows.collect::<Result<Vec<_>, _>>().map_err(classify);
+            }
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT extents.topic_id, extents.partition, extents.base_offset, extents.end_offset, \
+                     extents.object_key, extents.position, extents.length, extents.batch_count, extents.max_timestamp, \
+                     o.size_bytes FROM extents JOIN (SELECT key, size_bytes, committed_ms FROM objects \
+                     WHERE key NOT LIKE ?1 AND size_bytes < ?2 AND committed_ms < ?3 \
+                     AND EXISTS (SELECT 1 FROM extents e WHERE e.object_key = objects.key) \
+                     ORDER BY committed_ms, key LIMIT ?4) o ON o.key = extents.object_key \
+                     ORDER BY o.committed_ms, o.key, extents.position",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map(params![suffix, req.small_bytes.min(i64::MAX as u64) as i64, req.committed_before_ms, req.limit], extent_row)
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+    }
+
+    fn replace_extents(&self, object: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError> {
+        let (object, old, new) = (object.clone(), old.to_vec(), new.to_vec());
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            replace_in(&tx, &object, &old, &new)?;
+            tx.commit().map_err(classify)
+        })
+    }
+
     fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError> {
         let (group_id, partitions) = (group_id.to_string(), partitions.map(<[_]>::to_vec));
         self.writer.call(move |c| {
@@ -559,6 +614,86 @@ impl MetadataStore for SqliteStore {
             tx.commit().map_err(classify)
         })
     }
+}
+
+/// Compaction's swap inside an open transaction (see [`MetadataStore::replace_extents`]).
+fn replace_in(tx: &rusqlite::Transaction<'_>, o: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError> {
+    {
+        let mut delete = tx
+            .prepare_cached(
+                "DELETE FROM extents WHERE topic_id = ?1 AND partition = ?2 AND base_offset = ?3 AND end_offset = ?4 \
+                 AND object_key = ?5 AND position = ?6 AND length = ?7",
+            )
+            .map_err(classify)?;
+        for e in old {
+            let deleted = delete
+                .execute(params![
+                    e.topic_id.as_bytes().as_slice(),
+                    e.partition,
+                    e.base_offset,
+                    e.end_offset,
+                    &*e.object_key,
+                    e.position as i64,
+                    e.length as i64
+                ])
+                .map_err(classify)?;
+            if deleted != 1 {
+                return Err(StoreError::Stale(format!(
+                    "extent {}-{} at {} in {} is gone or changed",
+                    e.topic_id, e.partition, e.base_offset, e.object_key
+                )));
+            }
+        }
+    }
+    let doomed: Option<i64> = tx.query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0)).optional().map_err(classify)?;
+    if doomed.is_some() {
+        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+    }
+    match tx.execute(
+        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
+    ) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
+        }
+        Err(e) => return Err(classify(e)),
+    }
+    {
+        let mut insert = tx
+            .prepare_cached(&format!("INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))
+            .map_err(classify)?;
+        for e in new {
+            insert
+                .execute(params![
+                    e.topic_id.as_bytes().as_slice(),
+                    e.partition,
+                    e.base_offset,
+                    e.end_offset,
+                    &*e.object_key,
+                    e.position as i64,
+                    e.length as i64,
+                    i64::from(e.batch_count),
+                    e.max_timestamp
+                ])
+                .map_err(classify)?;
+        }
+        // The garbage collector's contract: an object no extent references any more is listed
+        // in the transaction that made it so.
+        let mut garbage = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO garbage (key, since_ms) SELECT ?1, ?2 \
+                 WHERE NOT EXISTS (SELECT 1 FROM extents WHERE object_key = ?1)",
+            )
+            .map_err(classify)?;
+        let mut keys: Vec<&str> = old.iter().map(|e| &*e.object_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            garbage.execute(params![key, o.committed_ms]).map_err(classify)?;
+        }
+    }
+    Ok(())
 }
 
 /// One object's commit inside an open transaction (see [`MetadataStore::commit_object`]).

@@ -283,11 +283,91 @@ fn txn_contract(s: &dyn MetadataStore) {
     assert!(s.aborted_txns(t.id, 0, 0, 100, 10).unwrap().is_empty());
 }
 
+/// Compaction's part: which extents are candidates, and the swap (all or nothing, never
+/// touching offsets, listing objects left unreferenced as garbage). Returns the keys the
+/// garbage table must hold afterwards.
+fn compaction_contract(s: &dyn MetadataStore) -> Vec<String> {
+    s.load("cluster-c").unwrap();
+    let t = topic("t", 2);
+    s.create_topic(&t).unwrap();
+    let upload = |key: &str, ms| ObjectRecord { key: key.into(), size_bytes: 1000, agent: "a".into(), committed_ms: ms };
+    let (o1, o2) = ("00/a/o1.sso", "00/a/o2.sso");
+    let e1 = [extent(t.id, 0, 0, 5, o1, 0), extent(t.id, 1, 0, 2, o1, 100)];
+    let e2 = [extent(t.id, 0, 5, 8, o2, 0), extent(t.id, 1, 2, 4, o2, 100)];
+    s.commit_object(&upload(o1, 10), &e1, None, &[], &TxnEffects::default()).unwrap();
+    s.commit_object(&upload(o2, 20), &e2, None, &[], &TxnEffects::default()).unwrap();
+
+    let uploads = |small_bytes, before, limit| {
+        let req = crate::api::CandidatesRequest { small_bytes, committed_before_ms: before, partition_objects: false, after: None, limit };
+        s.compaction_candidates(&req).unwrap()
+    };
+    assert_eq!(uploads(2000, 15, 10), e1.to_vec(), "only objects committed before the cut-off");
+    assert_eq!(uploads(2000, 100, 1), e1.to_vec(), "whole objects, oldest first");
+    assert_eq!(uploads(2000, 100, 2), [e1.to_vec(), e2.to_vec()].concat());
+    assert!(uploads(1000, 100, 10).is_empty(), "only objects smaller than small_bytes");
+
+    // Partition 0's two extents into one per-partition object, as one extent.
+    let x = "00/a/x.p.sso";
+    let merged = |key: &str, p, base, end| ExtentRecord {
+        object_key: Arc::from(key),
+        position: 0,
+        length: 200,
+        batch_count: 2,
+        object_size: 300,
+        ..extent(t.id, p, base, end, key, 0)
+    };
+    let swap = |key: &str, old: &[ExtentRecord], new: &[ExtentRecord]| {
+        s.replace_extents(&ObjectRecord { key: key.into(), size_bytes: 300, agent: "a".into(), committed_ms: 30 }, old, new)
+    };
+    let old0 = [e1[0].clone(), e2[0].clone()];
+    swap(x, &old0, &[merged(x, 0, 0, 8)]).unwrap();
+    assert_eq!(s.find_extents(t.id, 0, 0, 10).unwrap(), vec![merged(x, 0, 0, 8)]);
+    assert_eq!(s.committed_extents(x).unwrap().unwrap(), vec![merged(x, 0, 0, 8)]);
+    // The same swap again (a lost race): refused, nothing written.
+    let y = "00/a/y.p.sso";
+    assert!(matches!(swap(y, &old0, &[merged(y, 0, 0, 8)]), Err(StoreError::Stale(_))));
+    assert_eq!(s.committed_extents(y).unwrap(), None);
+    // One old extent still there, one changed: nothing written, the one there stays.
+    let old1 = [e1[1].clone(), ExtentRecord { length: 99, ..e2[1].clone() }];
+    assert!(matches!(swap(y, &old1, &[merged(y, 1, 0, 4)]), Err(StoreError::Stale(_))));
+    assert_eq!(s.find_extents(t.id, 1, 0, 10).unwrap(), vec![e1[1].clone(), e2[1].clone()]);
+    // A key doomed as an orphan can never be swapped in.
+    let z = "00/a/z.p.sso";
+    assert_eq!(s.doom_uncommitted(&[z.to_string()], 40).unwrap(), vec![true]);
+    let old1 = [e1[1].clone(), e2[1].clone()];
+    assert!(matches!(swap(z, &old1, &[merged(z, 1, 0, 4)]), Err(StoreError::Conflict(_))));
+    assert_eq!(s.find_extents(t.id, 1, 0, 10).unwrap(), old1.to_vec());
+    // Candidates among per-partition objects: by partition, from the one after `after`.
+    let parts = |after| {
+        let req =
+            crate::api::CandidatesRequest { small_bytes: 1000, committed_before_ms: i64::MAX, partition_objects: true, after, limit: 10 };
+        s.compaction_candidates(&req).unwrap()
+    };
+    assert_eq!(parts(None), vec![merged(x, 0, 0, 8)]);
+    assert!(parts(Some((t.id, 0))).is_empty());
+    assert!(uploads(2000, 100, 10).iter().all(|e| e.partition == 1), "partition 0 is no longer in uploads");
+    swap(y, &old1, &[merged(y, 1, 0, 4)]).unwrap();
+    assert_eq!(parts(None), vec![merged(x, 0, 0, 8), merged(y, 1, 0, 4)]);
+    assert!(uploads(2000, 100, 10).is_empty(), "uploads no extent references are no candidates");
+    // Offsets never moved.
+    let snap = s.load("x").unwrap();
+    let mut ends: Vec<_> = snap.partitions.iter().map(|p| (p.partition, p.log_start_offset, p.next_offset)).collect();
+    ends.sort();
+    assert_eq!(ends, vec![(0, 0, 8), (1, 0, 4)]);
+    vec![o1.to_string(), o2.to_string()]
+}
+
 #[test]
 fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     contract(&SqliteStore::open(&dir.path().join("c.db")).unwrap());
     txn_contract(&SqliteStore::open(&dir.path().join("t.db")).unwrap());
+    let path = dir.path().join("k.db");
+    let garbage = compaction_contract(&SqliteStore::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = c.prepare("SELECT key FROM garbage ORDER BY key").unwrap();
+    let listed: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(listed, garbage);
 }
 
 #[test]
@@ -299,6 +379,11 @@ fn postgres_store_keeps_the_contract() {
     contract(&PgStore::open(&db.url).unwrap());
     let txn_db = TestDb::create().unwrap();
     txn_contract(&PgStore::open(&txn_db.url).unwrap());
+    let compaction_db = TestDb::create().unwrap();
+    let garbage = compaction_contract(&PgStore::open(&compaction_db.url).unwrap());
+    let mut c = ::postgres::Client::connect(&compaction_db.url, ::postgres::NoTls).unwrap();
+    let listed: Vec<String> = c.query("SELECT key FROM garbage ORDER BY key", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(listed, garbage);
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");
@@ -325,7 +410,7 @@ fn postgres_version_3_database_is_migrated_to_transactions_and_keeps_its_data() 
     s.put_transaction("app", "{}").unwrap();
     assert_eq!(s.load("x").unwrap().transactions, vec![("app".into(), "{}".into())]);
     let version: String = c.query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[]).unwrap().get(0);
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
 }
 
 #[test]
