@@ -268,7 +268,8 @@ impl ReadCache {
         // A per-partition object is the reader's partition alone: read far ahead (about 20
         // GETs per GB for a catch-up reader instead of a few hundred).
         let blocks = object_size.div_ceil(self.block_bytes);
-        let ahead = if is_partition_object(key) {
+        let partition = is_partition_object(key);
+        let ahead = if partition {
             self.partition_readahead_blocks.max(u64::from(self.readahead_blocks))
         } else {
             u64::from(self.readahead_blocks)
@@ -283,7 +284,12 @@ impl ReadCache {
             .get_or_fetch(&BlockKey { object: key.to_string(), block }, move || async move {
                 let _permit = cold.acquire_owned().await.map_err(|e| ObjectError::Transient(e.to_string()))?;
                 gets.inc();
-                let span = store.get_range(&object, range.clone()).await?;
+                // A per-partition object's long span in one request: GETs are what it costs.
+                let span = if partition {
+                    store.get_range_once(&object, range.clone()).await?
+                } else {
+                    store.get_range(&object, range.clone()).await?
+                };
                 // Blocks read cold (catch-up consumers) stay in memory only: spilling them to
                 // the disk tier would compete with the WAL's fsyncs for the disk and evict the
                 // written-through tail blocks, which are the ones worth keeping.

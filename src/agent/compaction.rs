@@ -207,7 +207,7 @@ impl ObjectCompactor {
             return Ok(Vec::new());
         };
         self.budget.take().await;
-        let span = self.store.get_range(key, start..end).await?;
+        let span = self.store.get_range_once(key, start..end).await?;
         if span.len() as u64 != end - start {
             return Err(AgentError::CorruptObject(format!("{key}: {} bytes read of {start}..{end}", span.len())));
         }

@@ -104,6 +104,10 @@ impl ObjectStore for FaultyStore {
         self.before("get_range").await?;
         self.inner.get_range(key, range).await
     }
+    async fn get_range_once(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        self.before("get_range").await?;
+        self.inner.get_range_once(key, range).await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
         self.before("get").await?;
         self.inner.get(key).await

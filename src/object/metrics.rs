@@ -304,6 +304,10 @@ impl ObjectStore for MeteredStore {
         self.timed(OpKind::GetRange, 0, |b: &Bytes| b.len() as u64, self.inner.get_range(key, range)).await
     }
 
+    async fn get_range_once(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        self.timed(OpKind::GetRange, 0, |b: &Bytes| b.len() as u64, self.inner.get_range_once(key, range)).await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
         self.timed(OpKind::Get, 0, |b: &Bytes| b.len() as u64, self.inner.get(key)).await
     }

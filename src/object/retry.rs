@@ -106,6 +106,10 @@ impl ObjectStore for RetryingStore {
         self.retry("get_range", key, || self.inner.get_range(key, range.clone())).await
     }
 
+    async fn get_range_once(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        self.retry("get_range", key, || self.inner.get_range_once(key, range.clone())).await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
         self.retry("get", key, || self.inner.get(key)).await
     }

@@ -338,6 +338,14 @@ impl ObjectStore for S3Store {
         self.put_any(key, body, true).await
     }
 
+    async fn get_range_once(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        if range.is_empty() {
+            return self.get_range(key, range).await;
+        }
+        let full = self.full_key(key)?;
+        self.get_one(&full, Some(range)).await
+    }
+
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
         let full = self.full_key(key)?;
         if range.start > range.end {

@@ -50,6 +50,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     /// Bytes `range` of the object (the range must lie within it).
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError>;
+    /// Like [`ObjectStore::get_range`], in one request however long the range (backends that
+    /// split long reads into parallel requests, S3, override it): for readers that pay per
+    /// request more than they wait (a catch-up read of a per-partition object).
+    async fn get_range_once(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        self.get_range(key, range).await
+    }
     /// The whole object.
     async fn get(&self, key: &str) -> Result<Bytes, ObjectError>;
     /// The object's size, or None if it does not exist.
