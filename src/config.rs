@@ -507,7 +507,8 @@ pub enum StoreUrl {
 /// Sections of the design (docs/design.md) that this version does not implement yet.
 const NOT_BUILT_SECTIONS: &[&str] = &["listeners", "tls", "sasl"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
-const SECTIONS: &[&str] = &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "compaction", "metrics", "log"];
+const SECTIONS: &[&str] =
+    &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "compaction", "metrics", "log"];
 
 /// `SIDESTREAM_*` variables of the project's own test and bench tools (they pass their whole
 /// environment to the servers they start): not settings, and not errors.

@@ -648,7 +648,7 @@ mod tests {
     use crate::agent::client::ControllerClient;
     use crate::api::groups::{ClientInfo, CommitOffset, GroupError, JoinRequest, OffsetCommitRequest, SyncRequest};
     use crate::api::txn::{TxnInit, TxnStatus};
-    use crate::api::{CommitRequest, ControllerError, CreateTopic};
+    use crate::api::{CommitRequest, ControllerError, CreateTopic, ExtentRecord, ReplaceExtents};
     use crate::clock::{SeededEntropy, SystemClock};
     use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
     use crate::controller::service::{self, ServiceSettings};
@@ -671,23 +671,91 @@ mod tests {
         };
         let svc = service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let stop = CancellationToken::new();
+        let remote = connect(&svc, 1, stop.clone()).await;
+        (dir, svc, remote, stop)
+    }
+
+    /// Agent `agent-<node_id>` of the service.
+    async fn connect(svc: &service::RunningService, node_id: i32, stop: CancellationToken) -> Arc<dyn ControllerClient> {
         let remote = Remote::connect(
             RemoteSettings {
                 addresses: vec![svc.local_addr.to_string()],
                 token: None,
-                agent: "agent-1".into(),
+                agent: format!("agent-{node_id}"),
                 call_deadline: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
-                member: crate::api::rpc::Member { node_id: 1, host: "127.0.0.1".into(), port: 9092, zone: None, cluster_mode: false },
-                instance: "test-instance".into(),
+                member: crate::api::rpc::Member { node_id, host: "127.0.0.1".into(), port: 9092, zone: None, cluster_mode: false },
+                instance: format!("test-instance-{node_id}"),
                 index_cache_bytes_max: 1 << 20,
             },
             Duration::from_secs(10),
-            stop.clone(),
+            stop,
         )
         .await
         .unwrap();
-        (dir, svc, Arc::new(remote), stop)
+        Arc::new(remote)
+    }
+
+    /// A compaction swap made through one agent reaches the other's index cache: its lookups
+    /// answer the new extents, never the replaced ones (whose objects will be deleted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_swap_reaches_the_other_agents_index_cache() {
+        let (_dir, svc, remote, stop) = start().await;
+        let other = connect(&svc, 2, stop.clone()).await;
+        let req =
+            CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs: Default::default(), validate_only: false };
+        let topic = remote.create_topic(req).await.unwrap().id;
+        for key in ["00/agent-1/a.sso", "00/agent-1/b.sso"] {
+            let info = ExtentInfo {
+                topic_id: topic,
+                partition: 0,
+                position: 0,
+                length: 50,
+                batch_count: 1,
+                offset_count: 2,
+                max_timestamp: 1,
+                producer: None,
+            };
+            let req = CommitRequest {
+                object_key: key.into(),
+                object_size_bytes: 50,
+                agent: "agent-1".into(),
+                extents: vec![info],
+                wal: None,
+                txn_end: None,
+            };
+            remote.commit_object(req).await.unwrap();
+        }
+        until("the other agent's high watermark", || other.offsets(topic, 0).map(|o| o.next_offset) == Ok(4)).await;
+        let old = other.find_extents(topic, 0, 0, u64::MAX).await.unwrap();
+        assert_eq!(old.len(), 2);
+        let new = ExtentRecord {
+            object_key: Arc::from("00/agent-1/x.p.sso"),
+            end_offset: 4,
+            length: 100,
+            batch_count: 2,
+            object_size: 100,
+            ..old[0].clone()
+        };
+        let swap = ReplaceExtents {
+            object_key: "00/agent-1/x.p.sso".into(),
+            object_size_bytes: 100,
+            agent: "agent-1".into(),
+            topic_id: topic,
+            partition: 0,
+            old,
+            new: vec![new.clone()],
+        };
+        remote.replace_extents(swap).await.unwrap();
+        assert_eq!(remote.find_extents(topic, 0, 0, u64::MAX).await.unwrap(), vec![new.clone()]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while other.find_extents(topic, 0, 0, u64::MAX).await.unwrap() != vec![new.clone()] {
+            assert!(tokio::time::Instant::now() < deadline, "the swap never reached the other agent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(other.find_extents(topic, 0, 1, 10).await.unwrap(), vec![new]);
+        stop.cancel();
+        svc.shutdown().await;
     }
 
     async fn until<F: Fn() -> bool>(what: &str, f: F) {
