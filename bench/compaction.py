@@ -4,8 +4,10 @@ For each partition count, on s3s-fs (real S3 requests, counted by the agent's ob
 metrics as HTTP requests):
 
 1. `sidestream serve` with compaction off; --gib GiB produced with confluent-kafka (acks=all,
-   --value-bytes records) spread evenly over the partitions: 8 MiB objects holding every
-   partition (default `[upload]`).
+   --value-bytes records) spread evenly over the partitions (or, with --skew S, a fraction S of
+   them to partition 0 and the rest evenly: partition 0 then has enough data to measure GETs
+   per GB while its objects still hold a little of every partition): 8 MiB objects (default
+   `[upload]`).
 2. Restart with a cold read cache (its directory removed): partition 0 read from the beginning
    to its end by one consumer; GETs and bytes read from S3 counted.
 3. Restart with compaction on (checked every second, no minimum age); wait until a pass finds
@@ -49,7 +51,7 @@ def metric(srv, name):
     return sum(v for k, v in srv.metrics().items() if k.split("{")[0] == name)
 
 
-def produce(bootstrap, topic, partitions, gib, value_bytes):
+def produce(bootstrap, topic, partitions, gib, value_bytes, skew):
     from confluent_kafka import Producer
 
     n = int(gib * GIB) // value_bytes
@@ -66,7 +68,11 @@ def produce(bootstrap, topic, partitions, gib, value_bytes):
     for i in range(n):
         while True:
             try:
-                producer.produce(topic, value=value, partition=i % partitions, on_delivery=cb)
+                # With --skew S, a fraction S of the records go to partition 0, the others
+                # round-robin over all partitions: partition 0 grows large while every
+                # uploaded object still holds a little of each partition.
+                p = 0 if skew and (i * skew) % 1 + skew >= 1 else i % partitions
+                producer.produce(topic, value=value, partition=p, on_delivery=cb)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -98,7 +104,7 @@ def read_partition(bootstrap, topic, end_offset):
     return got, nbytes, time.monotonic() - started
 
 
-def run(partitions, gib, value_bytes):
+def run(partitions, gib, value_bytes, skew):
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -145,7 +151,7 @@ def run(partitions, gib, value_bytes):
             admin = AdminClient({"bootstrap.servers": srv.bootstrap})
             admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(60)
             started = time.monotonic()
-            produced = produce(srv.bootstrap, topic, partitions, gib, value_bytes)
+            produced = produce(srv.bootstrap, topic, partitions, gib, value_bytes, skew)
             produce_s = time.monotonic() - started
             from confluent_kafka import Consumer
             c = Consumer({"bootstrap.servers": srv.bootstrap, "group.id": "x"})
@@ -175,6 +181,7 @@ def run(partitions, gib, value_bytes):
             after = cold_read("after", topic, end)
             return {
                 "partitions": partitions,
+                "skew": skew,
                 "produced_gib": round(produced * value_bytes / GIB, 3),
                 "produce_s": round(produce_s, 1),
                 "uploaded_objects": uploads,
@@ -197,6 +204,9 @@ def run(partitions, gib, value_bytes):
             for srv in servers:
                 srv.close()
             s3.kill()
+            if os.environ.get("COMPACTION_BENCH_LOGS"):
+                for log in tmp.glob("*.log"):
+                    shutil.copy(log, Path(os.environ["COMPACTION_BENCH_LOGS"]) / ("%d-%s" % (partitions, log.name)))
 
 
 def main():
@@ -204,9 +214,10 @@ def main():
     ap.add_argument("--partitions", type=int, nargs="+", default=[1, 100, 1000])
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--value-bytes", type=int, default=4096)
+    ap.add_argument("--skew", type=float, default=0.0, help="fraction of the records written to partition 0")
     args = ap.parse_args()
     for p in args.partitions:
-        print(json.dumps(run(p, args.gib, args.value_bytes)), flush=True)
+        print(json.dumps(run(p, args.gib, args.value_bytes, args.skew)), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@
 //!    are written, in offset order, into objects of that partition alone.
 //! 2. **Merge.** A partition's per-partition objects smaller than half the target that follow
 //!    each other in offsets are merged, up to `target_bytes`, once the merge is worth it: at
-//!    least half the target, or at least four times the largest of them (each byte is rewritten
-//!    a few times at most, whatever the partition count).
+//!    least half the target, or at least four times the largest of them, or four of them or
+//!    more with none over half the result (a byte is rewritten only when its object at least
+//!    doubles: a few times at most, whatever the partition count).
 //!
 //! Each new object is uploaded, then swapped in with one controller call
 //! (`ControllerClient::replace_extents`): in one store transaction the old extents (checked to
@@ -52,6 +53,8 @@ use crate::object::{ObjectStore, keys};
 const SPLIT_OBJECTS_MAX: u32 = 1024;
 /// Extents of per-partition objects asked for per merge pass.
 const MERGE_EXTENTS_MAX: u32 = 10_000;
+/// A run of this many small objects is merged once none of them is more than half of it.
+const MERGE_FAN_IN: usize = 4;
 /// Adjacent extents of a new object are recorded as one up to this size (a fetch reads an
 /// extent whole).
 pub const EXTENT_BYTES_MAX: u64 = 1 << 20;
@@ -329,7 +332,8 @@ impl ObjectCompactor {
         let sizes: Vec<u64> = run.iter().map(|o| o.iter().map(|e| e.length).sum()).collect();
         let bytes: u64 = sizes.iter().sum();
         let largest = sizes.iter().copied().max().unwrap_or(0);
-        if run.len() < 2 || (bytes < self.small_bytes() && bytes < 4 * largest) {
+        let worth = bytes >= self.small_bytes() || bytes >= 4 * largest || (run.len() >= MERGE_FAN_IN && largest <= bytes / 2);
+        if run.len() < 2 || !worth {
             return Ok(());
         }
         let mut pieces = Vec::new();
@@ -482,7 +486,7 @@ mod tests {
                 for p in 0..PARTITIONS {
                     let values: Vec<Vec<u8>> = (0..3).map(|i| format!("o{n}-p{p}-r{i}-{}", "x".repeat(300)).into_bytes()).collect();
                     let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-                    let producer = (n < 40 && n % 3 == 0).then_some((9, 0, n as i32));
+                    let producer = (n < 40 && n.is_multiple_of(3)).then_some((9, 0, n as i32));
                     let batch = encode_producer_batch(producer, n as i64, &refs);
                     b.add_batch(topic, p, &batch, &peek_header(&batch).unwrap().unwrap()).unwrap();
                 }

@@ -103,6 +103,15 @@ struct Inner {
     lookups_remote: Arc<Counter>,
 }
 
+/// A notification's extents, by partition (those that do not decode are left out).
+fn by_partition(extents: Vec<rpc::Extent>) -> HashMap<(Uuid, i32), Vec<ExtentRecord>> {
+    let mut out: HashMap<(Uuid, i32), Vec<ExtentRecord>> = HashMap::new();
+    for e in extents.into_iter().filter_map(|e| rpc::extent_from(e).ok()) {
+        out.entry((e.topic_id, e.partition)).or_default().push(e);
+    }
+    out
+}
+
 /// The gRPC controller client. Cheap to clone.
 #[derive(Clone)]
 pub struct Remote(Arc<Inner>);
@@ -355,26 +364,14 @@ impl Remote {
     /// A commit notification's extents into the index cache (before the high watermarks move,
     /// so a fetch woken by them finds the extents).
     fn cache_appended(&self, extents: Vec<rpc::Extent>) {
-        let mut by_partition: HashMap<(Uuid, i32), Vec<ExtentRecord>> = HashMap::new();
-        for e in extents {
-            if let Ok(e) = rpc::extent_from(e) {
-                by_partition.entry((e.topic_id, e.partition)).or_default().push(e);
-            }
-        }
-        for ((t, p), found) in by_partition {
+        for ((t, p), found) in by_partition(extents) {
             self.0.extents.insert(t, p, &found, false);
         }
     }
 
     /// A compaction swap's new extents into the index cache, in place of those they cover.
     fn cache_replaced(&self, extents: Vec<rpc::Extent>) {
-        let mut by_partition: HashMap<(Uuid, i32), Vec<ExtentRecord>> = HashMap::new();
-        for e in extents {
-            if let Ok(e) = rpc::extent_from(e) {
-                by_partition.entry((e.topic_id, e.partition)).or_default().push(e);
-            }
-        }
-        for ((t, p), new) in by_partition {
+        for ((t, p), new) in by_partition(extents) {
             self.0.extents.replace(t, p, &new);
         }
     }

@@ -778,6 +778,48 @@ const GROUP_OFFSET_UPSERT: &str = "INSERT INTO group_offsets \
      committed_offset = excluded.committed_offset, leader_epoch = excluded.leader_epoch, \
      metadata = excluded.metadata, commit_ms = excluded.commit_ms";
 
+const EXTENT_INSERT: &str = "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
+     batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// One extent row, through the prepared [`EXTENT_INSERT`].
+fn insert_extent(tx: &mut Transaction<'_>, insert: &postgres::Statement, e: &ExtentRecord) -> Result<(), StoreError> {
+    tx.execute(
+        insert,
+        &[
+            &e.topic_id.as_bytes().as_slice(),
+            &e.partition,
+            &e.base_offset,
+            &e.end_offset,
+            &&*e.object_key,
+            &(e.position as i64),
+            &(e.length as i64),
+            &i64::from(e.batch_count),
+            &e.max_timestamp,
+        ],
+    )
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Records a committed object (a commit's or a swap's), under the key's advisory lock (against
+/// a concurrent orphan collection of it): `Conflict` if its key was doomed as an orphan,
+/// `Stale` if it is already recorded.
+fn record_object(tx: &mut Transaction<'_>, o: &ObjectRecord) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(classify)?;
+    if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(classify)?.is_some() {
+        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+    }
+    let inserted = tx.execute(
+        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES ($1, $2, $3, $4)",
+        &[&o.key, &(o.size_bytes as i64), &o.agent, &o.committed_ms],
+    );
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Stale(format!("object {} is already committed", o.key))),
+        Err(e) => Err(classify(e)),
+    }
+}
+
 /// Compaction's swap inside an open transaction (see [`MetadataStore::replace_extents`]).
 fn replace_in(tx: &mut Transaction<'_>, o: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError> {
     let delete = tx
@@ -808,43 +850,10 @@ fn replace_in(tx: &mut Transaction<'_>, o: &ObjectRecord, old: &[ExtentRecord], 
             )));
         }
     }
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(classify)?;
-    if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(classify)?.is_some() {
-        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
-    }
-    let inserted = tx.execute(
-        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES ($1, $2, $3, $4)",
-        &[&o.key, &(o.size_bytes as i64), &o.agent, &o.committed_ms],
-    );
-    match inserted {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
-        }
-        Err(e) => return Err(classify(e)),
-    }
-    let insert = tx
-        .prepare(
-            "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
-             batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .map_err(classify)?;
+    record_object(tx, o)?;
+    let insert = tx.prepare(EXTENT_INSERT).map_err(classify)?;
     for e in new {
-        tx.execute(
-            &insert,
-            &[
-                &e.topic_id.as_bytes().as_slice(),
-                &e.partition,
-                &e.base_offset,
-                &e.end_offset,
-                &&*e.object_key,
-                &(e.position as i64),
-                &(e.length as i64),
-                &i64::from(e.batch_count),
-                &e.max_timestamp,
-            ],
-        )
-        .map_err(classify)?;
+        insert_extent(tx, &insert, e)?;
     }
     // The garbage collector's contract: an object no extent references any more is listed in
     // the transaction that made it so.
@@ -882,12 +891,7 @@ struct Statements {
 impl Statements {
     fn prepare(tx: &mut Transaction<'_>) -> Result<Self, StoreError> {
         Ok(Self {
-            insert: tx
-                .prepare(
-                    "INSERT INTO extents (topic_id, partition, base_offset, end_offset, object_key, position, length, \
-                     batch_count, max_timestamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .map_err(classify)?,
+            insert: tx.prepare(EXTENT_INSERT).map_err(classify)?,
             advance: tx
                 .prepare("UPDATE partitions SET next_offset = $4 WHERE topic_id = $1 AND partition = $2 AND next_offset = $3")
                 .map_err(classify)?,
@@ -905,21 +909,7 @@ fn commit_in(
     producers: &[(ProducerKey, ProducerState)],
     txn: &TxnEffects,
 ) -> Result<(), StoreError> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&o.key]).map_err(classify)?;
-    if tx.query_opt("SELECT 1 FROM orphans WHERE key = $1", &[&o.key]).map_err(classify)?.is_some() {
-        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
-    }
-    let inserted = tx.execute(
-        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES ($1, $2, $3, $4)",
-        &[&o.key, &(o.size_bytes as i64), &o.agent, &o.committed_ms],
-    );
-    match inserted {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
-        }
-        Err(e) => return Err(classify(e)),
-    }
+    record_object(tx, o)?;
     let Statements { insert, advance } = statements;
     for e in extents {
         let id = e.topic_id.as_bytes().as_slice();
@@ -930,21 +920,7 @@ fn commit_in(
                 e.topic_id, e.partition, e.base_offset
             )));
         }
-        tx.execute(
-            insert,
-            &[
-                &id,
-                &e.partition,
-                &e.base_offset,
-                &e.end_offset,
-                &&*e.object_key,
-                &(e.position as i64),
-                &(e.length as i64),
-                &i64::from(e.batch_count),
-                &e.max_timestamp,
-            ],
-        )
-        .map_err(classify)?;
+        insert_extent(tx, insert, e)?;
     }
     for ((pid, topic, partition), state) in producers {
         tx.execute(

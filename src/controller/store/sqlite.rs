@@ -616,6 +616,43 @@ impl MetadataStore for SqliteStore {
     }
 }
 
+/// Records a committed object (a commit's or a swap's): `Conflict` if its key was doomed as an
+/// orphan, `Stale` if it is already recorded.
+fn record_object(tx: &rusqlite::Transaction<'_>, o: &ObjectRecord) -> Result<(), StoreError> {
+    let doomed: Option<i64> = tx.query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0)).optional().map_err(classify)?;
+    if doomed.is_some() {
+        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
+    }
+    match tx.execute(
+        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
+    ) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(StoreError::Stale(format!("object {} is already committed", o.key)))
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// One extent row, through the prepared `INSERT INTO extents ({EXTENT_COLUMNS})`.
+fn insert_extent(insert: &mut rusqlite::CachedStatement<'_>, e: &ExtentRecord) -> Result<(), StoreError> {
+    insert
+        .execute(params![
+            e.topic_id.as_bytes().as_slice(),
+            e.partition,
+            e.base_offset,
+            e.end_offset,
+            &*e.object_key,
+            e.position as i64,
+            e.length as i64,
+            i64::from(e.batch_count),
+            e.max_timestamp
+        ])
+        .map_err(classify)?;
+    Ok(())
+}
+
 /// Compaction's swap inside an open transaction (see [`MetadataStore::replace_extents`]).
 fn replace_in(tx: &rusqlite::Transaction<'_>, o: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError> {
     {
@@ -645,38 +682,13 @@ fn replace_in(tx: &rusqlite::Transaction<'_>, o: &ObjectRecord, old: &[ExtentRec
             }
         }
     }
-    let doomed: Option<i64> = tx.query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0)).optional().map_err(classify)?;
-    if doomed.is_some() {
-        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
-    }
-    match tx.execute(
-        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
-    ) {
-        Ok(_) => {}
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
-        }
-        Err(e) => return Err(classify(e)),
-    }
+    record_object(tx, o)?;
     {
         let mut insert = tx
             .prepare_cached(&format!("INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))
             .map_err(classify)?;
         for e in new {
-            insert
-                .execute(params![
-                    e.topic_id.as_bytes().as_slice(),
-                    e.partition,
-                    e.base_offset,
-                    e.end_offset,
-                    &*e.object_key,
-                    e.position as i64,
-                    e.length as i64,
-                    i64::from(e.batch_count),
-                    e.max_timestamp
-                ])
-                .map_err(classify)?;
+            insert_extent(&mut insert, e)?;
         }
         // The garbage collector's contract: an object no extent references any more is listed
         // in the transaction that made it so.
@@ -705,20 +717,7 @@ fn commit_in(
     producers: &[(ProducerKey, ProducerState)],
     txn: &TxnEffects,
 ) -> Result<(), StoreError> {
-    let doomed: Option<i64> = tx.query_row("SELECT 1 FROM orphans WHERE key = ?1", [&o.key], |r| r.get(0)).optional().map_err(classify)?;
-    if doomed.is_some() {
-        return Err(StoreError::Conflict(format!("object {} was collected as an orphan", o.key)));
-    }
-    match tx.execute(
-        "INSERT INTO objects (key, size_bytes, agent, committed_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![o.key, o.size_bytes as i64, o.agent, o.committed_ms],
-    ) {
-        Ok(_) => {}
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(StoreError::Stale(format!("object {} is already committed", o.key)));
-        }
-        Err(e) => return Err(classify(e)),
-    }
+    record_object(tx, o)?;
     {
         let mut insert = tx
             .prepare_cached(&format!("INSERT INTO extents ({EXTENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))
@@ -735,19 +734,7 @@ fn commit_in(
                     e.topic_id, e.partition, e.base_offset
                 )));
             }
-            insert
-                .execute(params![
-                    id,
-                    e.partition,
-                    e.base_offset,
-                    e.end_offset,
-                    &*e.object_key,
-                    e.position as i64,
-                    e.length as i64,
-                    i64::from(e.batch_count),
-                    e.max_timestamp
-                ])
-                .map_err(classify)?;
+            insert_extent(&mut insert, e)?;
         }
     }
     for ((pid, topic, partition), state) in producers {
