@@ -394,7 +394,7 @@ pub struct CompactionConfig {
     /// How often the job looks for work (Kafka's `log.cleaner.backoff.ms`).
     pub check_interval_ms: u64,
     /// Size of the per-partition objects it writes, at most; objects under half of it are
-    /// rewritten. It also bounds the job's memory: about twice this.
+    /// rewritten. It also bounds the job's memory: about three times this.
     pub target_bytes: u64,
     /// Object store requests (GETs and PUTs) per second the job makes at most.
     pub max_requests_per_s: u32,

@@ -6,8 +6,8 @@
 //! Every `check_interval`, [`ObjectCompactor::run_once`] does two things:
 //!
 //! 1. **Split.** The oldest uploaded objects (older than `min_age_ms`, smaller than half the
-//!    target) are read whole, up to `target_bytes` of them, and each partition's extents in them
-//!    are written, in offset order, into objects of that partition alone.
+//!    target) are read whole, up to twice `target_bytes` of them, and each partition's extents
+//!    in them are written, in offset order, into objects of that partition alone.
 //! 2. **Merge.** A partition's per-partition objects smaller than half the target that follow
 //!    each other in offsets are merged, up to `target_bytes`, once the merge is worth it: at
 //!    least half the target, or at least four times the largest of them, or four of them or
@@ -42,17 +42,25 @@ use uuid::Uuid;
 use super::AgentError;
 use super::orphans::InFlightKeys;
 use crate::agent::client::ControllerClient;
-use crate::api::{CandidatesRequest, ControllerError, ExtentRecord, ReplaceExtents};
+use crate::api::{CandidatesRequest, ControllerError, ExtentRecord, ReplaceExtents, TopicMeta};
 use crate::clock::{Clock, Entropy};
 use crate::format::object::ObjectBuilder;
 use crate::format::records;
 use crate::metrics::{self, Counter};
 use crate::object::{ObjectStore, keys};
 
-/// Uploaded objects asked for per split.
-const SPLIT_OBJECTS_MAX: u32 = 1024;
+/// Uploaded objects asked for per split (at most `target_bytes` of them are read): bounds the
+/// answer (every extent of each, up to one per partition) well under the call's size limit.
+const SPLIT_OBJECTS_MAX: u32 = 64;
 /// Extents of per-partition objects asked for per merge pass.
 const MERGE_EXTENTS_MAX: u32 = 10_000;
+/// A split reads this many times `target_bytes` of uploaded objects: a partition with most of
+/// the data fills whole objects (the rest of its share, a smaller one, is merged later).
+const SPLIT_WINDOW_TARGETS: u64 = 2;
+/// Bytes of one partition log compaction reads per pass at most (from the log start).
+const CLEAN_BYTES_MAX: u64 = 256 << 20;
+/// A compressed batch's records decompress to at most this many bytes.
+const DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
 /// A run of this many small objects is merged once none of them is more than half of it.
 const MERGE_FAN_IN: usize = 4;
 /// Adjacent extents of a new object are recorded as one up to this size (a fetch reads an
@@ -82,6 +90,8 @@ pub struct Stats {
     pub extents_replaced: u64,
     /// Swaps refused because the extents changed meanwhile (their objects become orphans).
     pub lost_races: u64,
+    /// Partitions log compaction cleaned.
+    pub partitions_cleaned: u64,
 }
 
 /// At most one request per `interval`, in order of asking.
@@ -125,11 +135,47 @@ pub struct ObjectCompactor {
     budget: RequestBudget,
     /// The partition the last merge pass stopped after (None: start from the first).
     cursor: Mutex<Option<(Uuid, i32)>>,
+    /// Log compaction: where each partition was cleaned up to (forgotten at a restart: the
+    /// first pass then cleans again, changing nothing already clean).
+    cleaned: Mutex<HashMap<(Uuid, i32), Cleaned>>,
     counters: Counters,
+}
+
+/// Where log compaction left a partition.
+#[derive(Debug, Clone, Copy)]
+struct Cleaned {
+    /// Cleaned up to this offset (exclusive).
+    to: i64,
+    /// The timestamp of the oldest tombstone kept (it goes once past `delete.retention.ms`).
+    oldest_tombstone_ms: Option<i64>,
 }
 
 /// An extent as read, with its bytes.
 type Piece = (ExtentRecord, Bytes);
+
+/// Calls `f` with each batch of an extent's bytes (its absolute base offset, its bytes, its
+/// header), after the checks a fetch makes (CRC, and the batches add up to the extent).
+fn for_each_batch(
+    e: &ExtentRecord,
+    data: &[u8],
+    mut f: impl FnMut(i64, &[u8], &records::BatchHeader) -> Result<(), records::RecordsError>,
+) -> Result<(), AgentError> {
+    let corrupt = |why: &str| AgentError::CorruptObject(format!("{why} in the extent of {} at {}", e.object_key, e.position));
+    let (mut base, mut seen) = (e.base_offset, 0usize);
+    for (at, h) in records::batches(data) {
+        let batch = &data[at..at + h.size_bytes as usize];
+        if !records::crc_ok(batch) {
+            return Err(corrupt("batch CRC mismatch"));
+        }
+        f(base, batch, &h)?;
+        seen += batch.len();
+        base += h.offset_count();
+    }
+    if seen != data.len() || base != e.end_offset {
+        return Err(corrupt("batches that do not match the index"));
+    }
+    Ok(())
+}
 
 impl ObjectCompactor {
     pub fn new(
@@ -150,6 +196,7 @@ impl ObjectCompactor {
             in_flight,
             settings,
             cursor: Mutex::new(None),
+            cleaned: Mutex::new(HashMap::new()),
             counters: Counters {
                 bytes_read: counter("sidestream_compaction_read_bytes_total", "Bytes object compaction read."),
                 bytes_written: counter("sidestream_compaction_written_bytes_total", "Bytes object compaction wrote."),
@@ -162,11 +209,13 @@ impl ObjectCompactor {
         }
     }
 
-    /// One pass: a split of the oldest uploaded objects, then the merges due.
+    /// One pass: a split of the oldest uploaded objects, the merges due, then log compaction of
+    /// the compacted topics' partitions that are dirty enough.
     pub async fn run_once(&self) -> Result<Stats, AgentError> {
         let mut stats = Stats::default();
         self.split(&mut stats).await?;
         self.merge(&mut stats).await?;
+        self.clean(&mut stats).await?;
         Ok(stats)
     }
 
@@ -188,7 +237,7 @@ impl ObjectCompactor {
                 };
                 busy = false;
                 match pass {
-                    Ok(stats) if stats.objects_written > 0 => {
+                    Ok(stats) if stats.objects_written > 0 || stats.partitions_cleaned > 0 => {
                         tracing::info!(?stats, "object compaction pass");
                         busy = true;
                     }
@@ -249,7 +298,7 @@ impl ObjectCompactor {
         let mut window = 0u64;
         for (key, extents) in objects {
             let size = extents[0].object_size;
-            if window > 0 && window + size > self.settings.target_bytes {
+            if window > 0 && window + size > SPLIT_WINDOW_TARGETS * self.settings.target_bytes {
                 break;
             }
             window += size;
@@ -341,12 +390,175 @@ impl ObjectCompactor {
             let key = object[0].object_key.clone();
             pieces.extend(self.read(&key, object, stats).await?);
         }
-        self.rewrite(topic_id, partition, pieces, stats).await
+        self.rewrite(topic_id, partition, pieces, stats).await?;
+        Ok(())
     }
 
-    /// Writes `pieces` (extents of one partition, by offset) into a new per-partition object and
-    /// swaps it in. A lost race (the extents changed meanwhile) is counted, not an error.
-    async fn rewrite(&self, topic_id: Uuid, partition: i32, pieces: Vec<Piece>, stats: &mut Stats) -> Result<(), AgentError> {
+    /// Log compaction of every partition of the topics with `cleanup.policy` `compact` (or
+    /// `compact,delete`). See [`ObjectCompactor::clean_partition`].
+    async fn clean(&self, stats: &mut Stats) -> Result<(), AgentError> {
+        for topic in self.controller.topics() {
+            let compacted = topic.configs.get("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
+            if !compacted {
+                continue;
+            }
+            for partition in 0..topic.partitions {
+                self.clean_partition(&topic, partition, stats).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Log compaction of one partition, as Kafka's cleaner does it, from the log start up to the
+    /// first extent that is not cleanable yet (above the last stable offset, or holding a record
+    /// younger than `min.compaction.lag.ms`), at most [`CLEAN_BYTES_MAX`], once the part not
+    /// cleaned since the last pass is at least `min.cleanable.dirty.ratio` of it (or a kept
+    /// tombstone is now past `delete.retention.ms`):
+    ///
+    /// - a record is dropped when a later record of the range has the same key (latest value per
+    ///   key); a tombstone (null value) that is the latest of its key is dropped too once it is
+    ///   older than `delete.retention.ms`;
+    /// - only records of non-transactional batches are dropped or count as "later": batches of
+    ///   transactions (their data, committed or aborted, and their markers) are kept as they are,
+    ///   so no record is ever dropped for the sake of one a consumer may not see;
+    /// - offsets never change: a cleaned batch keeps its offsets and its producer's fields and
+    ///   only loses records (gaps, as in Kafka), an emptied one stays as an empty batch; each
+    ///   extent keeps its offsets, so a swap (in offset order, stopping at the first lost race)
+    ///   never exposes a tombstone's removal before the removal of what it deleted.
+    async fn clean_partition(&self, topic: &TopicMeta, partition: i32, stats: &mut Stats) -> Result<(), AgentError> {
+        let now = self.clock.now_ms();
+        let Ok(o) = self.controller.offsets(topic.id, partition) else { return Ok(()) };
+        let lso = self.controller.last_stable_offset(topic.id, partition).unwrap_or(o.next_offset).min(o.next_offset);
+        let config = |k: &str, default: i64| topic.config_i64(k).unwrap_or(default);
+        let lag_ms = config("min.compaction.lag.ms", 0);
+        let horizon = now.saturating_sub(config("delete.retention.ms", 86_400_000));
+        let ratio: f64 = topic.configs.get("min.cleanable.dirty.ratio").and_then(|v| v.parse().ok()).unwrap_or(0.5);
+        let mut extents: Vec<ExtentRecord> = Vec::new();
+        let (mut at, mut total) = (o.log_start_offset, 0u64);
+        'find: while at < lso {
+            let found = self.controller.find_extents(topic.id, partition, at, 16 << 20).await?;
+            if found.is_empty() {
+                break;
+            }
+            for e in found {
+                let young = e.max_timestamp > now.saturating_sub(lag_ms);
+                if e.base_offset > at || e.end_offset > lso || young || (total > 0 && total + e.length > CLEAN_BYTES_MAX) {
+                    break 'find;
+                }
+                total += e.length;
+                at = e.end_offset;
+                extents.push(e);
+            }
+        }
+        let cleaned = self.cleaned.lock().unwrap_or_else(|p| p.into_inner()).get(&(topic.id, partition)).copied();
+        let dirty: u64 = extents.iter().filter(|e| cleaned.is_none_or(|c| e.base_offset >= c.to)).map(|e| e.length).sum();
+        // Kept tombstones past delete.retention.ms are a reason to clean again (KIP-534).
+        let tombstones_due = cleaned.and_then(|c| c.oldest_tombstone_ms).is_some_and(|t| t < horizon);
+        if !tombstones_due && (dirty == 0 || (dirty as f64) < ratio * total as f64) {
+            return Ok(());
+        }
+        // Read the range, by object.
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut run: Vec<ExtentRecord> = Vec::new();
+        for e in extents {
+            if run.last().is_some_and(|r| r.object_key != e.object_key) {
+                let key = run[0].object_key.clone();
+                pieces.extend(self.read(&key, std::mem::take(&mut run), stats).await?);
+            }
+            run.push(e);
+        }
+        if let Some(first) = run.first() {
+            let key = first.object_key.clone();
+            pieces.extend(self.read(&key, run, stats).await?);
+        }
+        let end = pieces.last().map(|(e, _)| e.end_offset).unwrap_or(at);
+        // Each key's latest offset among the records that may be dropped or drop others.
+        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+        for (e, data) in &pieces {
+            for_each_batch(e, data, |base, batch, h| {
+                if h.is_control() || h.is_transactional() {
+                    return Ok(());
+                }
+                let section = records::records_section(batch, h, DECOMPRESSED_BYTES_MAX)?;
+                for r in records::record_views(&section, h.record_count)? {
+                    if let Some(k) = r.key {
+                        latest.insert(k.to_vec(), base + i64::from(r.offset_delta));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        // The batches without the records that lost.
+        let mut cleaned: Vec<(Piece, bool)> = Vec::with_capacity(pieces.len());
+        let mut oldest_tombstone_ms: Option<i64> = None;
+        for (e, data) in pieces {
+            let mut out = bytes::BytesMut::with_capacity(data.len());
+            let mut changed = false;
+            for_each_batch(&e, &data, |base, batch, h| {
+                if h.is_control() || h.is_transactional() {
+                    out.extend_from_slice(batch);
+                    return Ok(());
+                }
+                let section = records::records_section(batch, h, DECOMPRESSED_BYTES_MAX)?;
+                let views = records::record_views(&section, h.record_count)?;
+                let kept: Vec<&[u8]> = views
+                    .iter()
+                    .filter(|r| match r.key {
+                        None => true,
+                        Some(k) => {
+                            let offset = base + i64::from(r.offset_delta);
+                            let timestamp = h.base_timestamp.saturating_add(r.timestamp_delta);
+                            let keep = latest.get(k) == Some(&offset) && !(r.tombstone && timestamp < horizon);
+                            if keep && r.tombstone {
+                                oldest_tombstone_ms = Some(oldest_tombstone_ms.map_or(timestamp, |t: i64| t.min(timestamp)));
+                            }
+                            keep
+                        }
+                    })
+                    .map(|r| r.raw)
+                    .collect();
+                if kept.len() == views.len() {
+                    out.extend_from_slice(batch);
+                } else {
+                    out.extend_from_slice(&records::rebuild_batch(batch, &kept));
+                    changed = true;
+                }
+                Ok(())
+            })?;
+            cleaned.push(((e, out.freeze()), changed));
+        }
+        // New objects in offset order, only where something changed; stop at a lost race.
+        let mut chunk: Vec<Piece> = Vec::new();
+        let (mut bytes, mut chunk_changed) = (0u64, false);
+        let mut all_swapped = true;
+        for ((e, data), changed) in cleaned {
+            if !chunk.is_empty() && bytes + data.len() as u64 > self.settings.target_bytes {
+                if chunk_changed && !self.rewrite(topic.id, partition, std::mem::take(&mut chunk), stats).await? {
+                    all_swapped = false;
+                    break;
+                }
+                chunk.clear();
+                (bytes, chunk_changed) = (0, false);
+            }
+            bytes += data.len() as u64;
+            chunk_changed |= changed;
+            chunk.push((e, data));
+        }
+        if all_swapped && chunk_changed && !chunk.is_empty() {
+            all_swapped = self.rewrite(topic.id, partition, chunk, stats).await?;
+        }
+        if all_swapped {
+            stats.partitions_cleaned += 1;
+            let done = Cleaned { to: end, oldest_tombstone_ms };
+            self.cleaned.lock().unwrap_or_else(|p| p.into_inner()).insert((topic.id, partition), done);
+        }
+        Ok(())
+    }
+
+    /// Writes `pieces` (extents of one partition, by offset, each with its batches: as read, or
+    /// as log compaction left them) into a new per-partition object and swaps it in: true once
+    /// swapped. A lost race (the extents changed meanwhile) is counted, not an error.
+    async fn rewrite(&self, topic_id: Uuid, partition: i32, pieces: Vec<Piece>, stats: &mut Stats) -> Result<bool, AgentError> {
         let key = keys::new_partition_object_key(&self.settings.key_prefix, &self.settings.agent, &*self.clock, &*self.entropy);
         let total: u64 = pieces.iter().map(|(e, _)| e.length).sum();
         let batches: u32 = pieces.iter().map(|(e, _)| e.batch_count).sum();
@@ -369,10 +581,10 @@ impl ObjectCompactor {
                 next += h.offset_count();
             }
             let Some(position) = position else { return Err(corrupt("no batch")) };
-            if seen != e.length || next != e.end_offset {
+            if seen != data.len() as u64 || next != e.end_offset {
                 return Err(corrupt("batches that do not match the index"));
             }
-            let moved = ExtentRecord { object_key: object_key.clone(), position, object_size: 0, ..e.clone() };
+            let moved = ExtentRecord { object_key: object_key.clone(), position, length: seen, object_size: 0, ..e.clone() };
             match new.last_mut() {
                 Some(prev)
                     if prev.end_offset == moved.base_offset
@@ -411,15 +623,18 @@ impl ObjectCompactor {
             new,
         };
         match self.controller.replace_extents(req).await {
-            Ok(()) => stats.extents_replaced += replaced,
+            Ok(()) => {
+                stats.extents_replaced += replaced;
+                Ok(true)
+            }
             Err(ControllerError::ExtentsChanged(why) | ControllerError::ObjectCollected(why)) => {
                 stats.lost_races += 1;
                 self.counters.lost_races.inc();
                 tracing::info!(key, %why, "compaction swap refused (the extents changed meanwhile); the new object is an orphan");
+                Ok(false)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 

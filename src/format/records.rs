@@ -365,6 +365,81 @@ fn parse_record(body: &[u8]) -> Option<(i64, i32, bool)> {
     b.is_empty().then_some((timestamp_delta, offset_delta, has_key))
 }
 
+/// One record of a batch, as log compaction sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's bytes, its length prefix included: copied as they are into a cleaned batch.
+    pub raw: &'a [u8],
+    pub offset_delta: i32,
+    pub timestamp_delta: i64,
+    /// None: a null key.
+    pub key: Option<&'a [u8]>,
+    /// A null value (a delete marker for its key).
+    pub tombstone: bool,
+}
+
+/// A batch's records section, decompressed if it is compressed (at most `max` bytes).
+pub fn records_section(batch: &[u8], header: &BatchHeader, max: usize) -> Result<Vec<u8>, RecordsError> {
+    let body = batch
+        .get(BATCH_HEADER_BYTES..header.size_bytes as usize)
+        .ok_or(RecordsError::Corrupt("batch shorter than its header"))?;
+    if header.compression() == 0 {
+        return Ok(body.to_vec());
+    }
+    let mut out = Vec::new();
+    decompress(header.compression(), body, &mut out, max)?;
+    Ok(out)
+}
+
+/// The `count` records of a (decompressed) records section.
+pub fn record_views(mut section: &[u8], count: i32) -> Result<Vec<RecordView<'_>>, RecordsError> {
+    const BAD_RECORD: RecordsError = RecordsError::Invalid("found invalid record structure");
+    let mut out = Vec::with_capacity(count.clamp(0, 1 << 16) as usize);
+    for _ in 0..count {
+        let start = section;
+        let len = read_varint(&mut section).ok_or(BAD_RECORD)?;
+        let mut b = usize::try_from(len).ok().and_then(|n| section.get(..n)).ok_or(BAD_RECORD)?;
+        section = &section[b.len()..];
+        let raw = &start[..start.len() - section.len()];
+        let (_attributes, rest) = b.split_first().ok_or(BAD_RECORD)?;
+        b = rest;
+        let timestamp_delta = read_varlong(&mut b).ok_or(BAD_RECORD)?;
+        let offset_delta = read_varint(&mut b).ok_or(BAD_RECORD)?;
+        let key_len = read_varint(&mut b).ok_or(BAD_RECORD)?;
+        let key = match usize::try_from(key_len) {
+            Ok(n) => {
+                let k = b.get(..n).ok_or(BAD_RECORD)?;
+                b = &b[n..];
+                Some(k)
+            }
+            Err(_) => None,
+        };
+        let tombstone = !skip_field(&mut b, true).ok_or(BAD_RECORD)?;
+        out.push(RecordView { raw, offset_delta, timestamp_delta, key, tombstone });
+    }
+    Ok(out)
+}
+
+/// `batch` keeping only the records `kept` (each a [`RecordView::raw`] of it, in order):
+/// uncompressed, every other header field as it was (the offsets it spans, its timestamps, its
+/// producer's id, epoch and sequence), CRC computed anew. With no record kept, the batch stays
+/// as an empty one: its offsets and its producer's state are still accounted for.
+pub fn rebuild_batch(batch: &[u8], kept: &[&[u8]]) -> Bytes {
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + kept.iter().map(|r| r.len()).sum::<usize>());
+    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+    for r in kept {
+        out.extend_from_slice(r);
+    }
+    let length = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    let attributes = i16::from_be_bytes([out[ATTRIBUTES_OFFSET], out[ATTRIBUTES_OFFSET + 1]]) & !0x07;
+    out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    out[BATCH_HEADER_BYTES - 4..BATCH_HEADER_BYTES].copy_from_slice(&(kept.len() as i32).to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(out)
+}
+
 /// Walks the (uncompressed) records of a batch; see [`validate_records`].
 fn walk_records(mut records: &[u8], header: &BatchHeader, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
     let mut key_errors = Vec::new();

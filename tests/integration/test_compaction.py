@@ -95,3 +95,89 @@ def test_a_consumer_reading_while_compaction_runs_sees_every_record_once_unchang
         check(read_all(srv.bootstrap, topic, PARTITIONS, total), sent)
     finally:
         srv.close()
+
+
+def read_compacted(bootstrap, topic, timeout=60):
+    """Every record of partition 0 of a compacted topic: [(offset, key, value)] (gaps allowed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "compacted", "enable.auto.commit": False,
+                  "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, 0, 0)])
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == -191:  # end of partition
+                    return out
+                raise AssertionError("consumer error: %s" % m.error())
+            out.append((m.offset(), m.key(), m.value()))
+    finally:
+        c.close()
+    raise AssertionError("no end of partition within %ss" % timeout)
+
+
+def test_log_compaction_keeps_the_latest_value_per_key_and_drops_old_tombstones(tmp_path):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    env = dict(compaction_env(10_000), SIDESTREAM_COMPACTION_CHECK_INTERVAL_MS="200")
+    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log", extra_env=env).start()
+    try:
+        topic = "changelog"
+        admin = AdminClient({"bootstrap.servers": srv.bootstrap})
+        configs = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "3000"}
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config=configs)])[topic].result(30)
+        producer = Producer({"bootstrap.servers": srv.bootstrap, "acks": "all", "linger.ms": 5})
+        # A record without a key is refused on a compacted topic, as Kafka does.
+        errors = []
+        producer.produce(topic, value=b"no key", on_delivery=lambda err, _m: errors.append(err))
+        producer.flush(30)
+        assert errors and errors[0] is not None and errors[0].name() == "INVALID_RECORD", errors
+        latest = {}
+        for i in range(10_000):
+            key = b"key-%03d" % (i % 100)
+            producer.produce(topic, key=key, value=b"value-%05d" % i)
+            latest[key] = b"value-%05d" % i
+            if i % 1000 == 999:
+                producer.flush(30)
+        deleted = [b"key-%03d" % k for k in range(10)]
+        for key in deleted:
+            producer.produce(topic, key=key, value=None)
+        assert producer.flush(30) == 0
+        end = 10_000 + len(deleted)
+
+        def expected(with_tombstones):
+            want = {k: v for k, v in latest.items() if k not in deleted}
+            if with_tombstones:
+                want.update({k: None for k in deleted})
+            return want
+
+        def state():
+            records = read_compacted(srv.bootstrap, topic)
+            offsets = [o for o, _, _ in records]
+            assert offsets == sorted(set(offsets)), "offsets out of order or repeated"
+            return records
+
+        # Cleaned: one record per key, the latest (tombstones still there)...
+        poll_until(lambda: {k: v for _, k, v in state()} == expected(True) and len(state()) == 100, 60, interval=0.5,
+                   what="the latest value per key")
+        records = state()
+        assert len(records) == 100, len(records)
+        assert records[-1][0] == end - 1, "the last record keeps its offset"
+        # ...and after delete.retention.ms the tombstones are gone too.
+        poll_until(lambda: len(state()) == 90, 60, interval=0.5, what="tombstones to expire")
+        assert {k: v for _, k, v in state()} == expected(False)
+        # Offsets never moved: each kept record is at the offset it was written at, and the log
+        # still ends where it did.
+        for offset, key, value in state():
+            assert value == b"value-%05d" % offset, (offset, key, value)
+        from confluent_kafka import Consumer, TopicPartition
+        c = Consumer({"bootstrap.servers": srv.bootstrap, "group.id": "w"})
+        assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, end)
+        c.close()
+    finally:
+        srv.close()
