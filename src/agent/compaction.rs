@@ -7,7 +7,9 @@
 //!
 //! 1. **Split.** The oldest uploaded objects (older than `min_age_ms`, smaller than half the
 //!    target) are read whole, up to twice `target_bytes` of them, and each partition's extents
-//!    in them are written, in offset order, into objects of that partition alone.
+//!    in them are written, in offset order, into objects of that partition alone (a partition
+//!    that filled an object leaves a small remainder for the next window, when more uploads
+//!    wait: it starts a full object there).
 //! 2. **Merge.** A partition's per-partition objects smaller than half the target that follow
 //!    each other in offsets are merged, up to `target_bytes`, once the merge is worth it: at
 //!    least half the target, or at least four times the largest of them, or four of them or
@@ -296,9 +298,12 @@ impl ObjectCompactor {
         }
         let mut by_partition: BTreeMap<(Uuid, i32), Vec<Piece>> = BTreeMap::new();
         let mut window = 0u64;
+        // Whether more uploads wait beyond this window.
+        let mut more = false;
         for (key, extents) in objects {
             let size = extents[0].object_size;
             if window > 0 && window + size > SPLIT_WINDOW_TARGETS * self.settings.target_bytes {
+                more = true;
                 break;
             }
             window += size;
@@ -310,15 +315,20 @@ impl ObjectCompactor {
             pieces.sort_by_key(|(e, _)| e.base_offset);
             let mut batch: Vec<Piece> = Vec::new();
             let mut bytes = 0u64;
+            let mut full = 0;
             for piece in pieces {
                 if !batch.is_empty() && bytes + piece.0.length > self.settings.target_bytes {
                     self.rewrite(topic_id, partition, std::mem::take(&mut batch), stats).await?;
                     bytes = 0;
+                    full += 1;
                 }
                 bytes += piece.0.length;
                 batch.push(piece);
             }
-            if !batch.is_empty() {
+            // A large partition's small remainder waits in its uploads for the next window,
+            // where it starts a full object instead of staying a small one between full ones.
+            let held = more && full > 0 && bytes < self.small_bytes();
+            if !batch.is_empty() && !held {
                 self.rewrite(topic_id, partition, batch, stats).await?;
             }
         }

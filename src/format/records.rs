@@ -729,6 +729,56 @@ fn frame_batch(attributes: i16, count: i32, base_timestamp: i64, (producer_id, e
 mod tests {
     use super::*;
 
+    /// A batch of keyed records (None: a tombstone) with offset deltas 0, 1, 2...
+    fn keyed_batch(records: &[(&[u8], Option<&[u8]>)]) -> Bytes {
+        let mut section = Vec::new();
+        for (i, (key, value)) in records.iter().enumerate() {
+            let mut r = vec![0u8];
+            write_varint(&mut r, 0);
+            write_varint(&mut r, i as i64);
+            write_varint(&mut r, key.len() as i64);
+            r.extend_from_slice(key);
+            match value {
+                Some(v) => {
+                    write_varint(&mut r, v.len() as i64);
+                    r.extend_from_slice(v);
+                }
+                None => write_varint(&mut r, -1),
+            }
+            write_varint(&mut r, 0);
+            write_varint(&mut section, r.len() as i64);
+            section.extend_from_slice(&r);
+        }
+        frame_batch(0, records.len() as i32, 1000, (7, 1, 40), &section)
+    }
+
+    #[test]
+    fn a_cleaned_batch_keeps_its_offsets_producer_and_a_valid_crc() {
+        let batch = keyed_batch(&[(b"a", Some(b"1")), (b"b", Some(b"2")), (b"a", None), (b"c", Some(b"3"))]);
+        let h = peek_header(&batch).unwrap().unwrap();
+        let section = records_section(&batch, &h, 1 << 20).unwrap();
+        let views = record_views(&section, h.record_count).unwrap();
+        assert_eq!(
+            views.iter().map(|r| (r.key.unwrap(), r.offset_delta, r.tombstone)).collect::<Vec<_>>(),
+            vec![(&b"a"[..], 0, false), (&b"b"[..], 1, false), (&b"a"[..], 2, true), (&b"c"[..], 3, false)]
+        );
+        // Keep b and the tombstone of a: offsets 1 and 2 of 0..=3.
+        let cleaned = rebuild_batch(&batch, &[views[1].raw, views[2].raw]);
+        assert!(crc_ok(&cleaned));
+        let c = peek_header(&cleaned).unwrap().unwrap();
+        assert_eq!((c.record_count, c.last_offset_delta, c.offset_count()), (2, 3, 4), "offsets spanned are kept");
+        assert_eq!((c.producer_id, c.producer_epoch, c.base_sequence, c.base_timestamp), (7, 1, 40, 1000));
+        assert_eq!(c.size_bytes as usize, cleaned.len());
+        let section = records_section(&cleaned, &c, 1 << 20).unwrap();
+        let kept = record_views(&section, c.record_count).unwrap();
+        assert_eq!(kept.iter().map(|r| r.offset_delta).collect::<Vec<_>>(), vec![1, 2]);
+        // Nothing kept: an empty batch, still spanning its four offsets.
+        let empty = rebuild_batch(&batch, &[]);
+        let e = peek_header(&empty).unwrap().unwrap();
+        assert!(crc_ok(&empty));
+        assert_eq!((e.record_count, e.offset_count(), empty.len()), (0, 4, BATCH_HEADER_BYTES));
+    }
+
     #[test]
     fn transaction_markers_are_valid_control_batches() {
         for commit in [true, false] {
