@@ -776,7 +776,8 @@ mod tests {
             })
         };
         let mut total = Stats::default();
-        for round in 0..30 {
+        let mut idle = 0;
+        for round in 0..40 {
             let stats = job.run_once().await.unwrap();
             total.objects_written += stats.objects_written;
             total.extents_replaced += stats.extents_replaced;
@@ -785,9 +786,13 @@ mod tests {
             if round < 5 {
                 upload(100 + round).await;
             }
-            if round >= 5 && stats.objects_written == 0 {
+            // Done once two passes in a row find nothing (uploads committed in the same
+            // millisecond as a pass wait for the next one).
+            idle = if stats.objects_written == 0 { idle + 1 } else { 0 };
+            if round >= 5 && idle >= 2 {
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         stop.store(true, Ordering::Relaxed);
         assert!(reader.await.unwrap() > 0);
