@@ -115,6 +115,25 @@ impl Answer for Controller {
     fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         Controller::collect_orphans(self, &keys)
     }
+    fn delete_records(&self, partitions: Vec<(Uuid, i32, i64)>) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+        Controller::delete_records(self, &partitions)
+    }
+
+    fn acquire_job_lease(&self, job: String, holder: String) -> Result<Option<JobLease>, ControllerError> {
+        Controller::acquire_job_lease(self, &job, &holder)
+    }
+    fn enforce_retention(&self, lease: JobLease) -> Result<RetentionReport, ControllerError> {
+        Controller::enforce_retention(self, &lease)
+    }
+    fn garbage_objects(&self, lease: JobLease, min_age_ms: i64, limit: u32) -> Result<Vec<String>, ControllerError> {
+        Controller::garbage_objects(self, &lease, min_age_ms, limit)
+    }
+    fn forget_objects(&self, lease: JobLease, keys: Vec<String>) -> Result<(), ControllerError> {
+        Controller::forget_objects(self, &lease, &keys)
+    }
+    fn storage_stats(&self) -> Result<StorageStats, ControllerError> {
+        Controller::storage_stats(self)
+    }
 
     fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {
         Controller::aborted_txns(self, topic_id, partition, from_offset, to_offset)

@@ -16,6 +16,7 @@ pub mod calls;
 pub mod groups;
 pub mod log;
 pub mod producers;
+pub mod retention;
 pub mod service;
 pub mod store;
 pub mod txn;
@@ -172,6 +173,10 @@ pub struct Controller {
     /// Set when the store refused a write because this view is stale or this controller lost
     /// its lease: the owner must stop using this instance (and reopen one if still active).
     stale: std::sync::atomic::AtomicBool,
+    /// Which agent runs which background job ([`retention::JobLeases`]).
+    leases: Mutex<retention::JobLeases>,
+    /// The last storage figures ([`Controller::storage_stats`]).
+    storage: Mutex<Option<crate::api::jobs::StorageStats>>,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -298,7 +303,10 @@ impl Controller {
         let state = Arc::new(RwLock::new(state));
         let groups =
             GroupCoordinator::open(store.clone(), Arc::new(TopicView(state.clone())), clock.clone(), entropy.clone(), group_settings)?;
+        let now = clock.now_ms();
         Ok(Self {
+            leases: Mutex::new(retention::JobLeases::new(retention::DEFAULT_JOB_LEASE_MS, now, now.max(0) as u64)),
+            storage: Mutex::new(None),
             producer_expiry_ms,
             txn_id_expiry_ms: txn::DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS,
             store,
@@ -317,6 +325,15 @@ impl Controller {
     /// Sets Kafka's transactional.id.expiration.ms (`[controller] transactional_id_expiration_ms`).
     pub fn with_transactional_id_expiration_ms(mut self, ms: i64) -> Self {
         self.txn_id_expiry_ms = ms;
+        self
+    }
+
+    /// Sets `[controller] job_lease_ms`. `took_over`: this controller replaces another one that
+    /// may have granted leases, so it grants none for one lease length.
+    pub fn with_job_leases(self, ttl_ms: i64, took_over: bool) -> Self {
+        let now = self.clock.now_ms();
+        let from = if took_over { now.saturating_add(ttl_ms) } else { now };
+        *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = retention::JobLeases::new(ttl_ms, from, now.max(0) as u64);
         self
     }
 
@@ -464,7 +481,8 @@ impl Controller {
             TopicRef::Name(_) => ControllerError::UnknownTopicOrPartition,
             TopicRef::Id(_) => ControllerError::UnknownTopicId,
         })?;
-        self.store.delete_topic(meta.id)?;
+        self.store.delete_topic(meta.id, &meta.name, self.clock.now_ms())?;
+        self.groups.forget_topic(&meta.name);
         let mut s = self.write();
         s.by_name.remove(&meta.name);
         s.by_id.remove(&meta.id);

@@ -296,6 +296,7 @@ impl Remote {
             // Never move a high watermark back (an older answer racing a newer event).
             if let Some(prev) = old.get(&(id, p.partition)) {
                 o.next_offset = o.next_offset.max(prev.next_offset);
+                o.log_start_offset = o.log_start_offset.max(prev.log_start_offset);
             }
             let lso = p.last_stable_offset.unwrap_or(p.next_offset).max(old_stable.get(&(id, p.partition)).copied().unwrap_or(0));
             cache.stable.insert((id, p.partition), lso);
@@ -315,6 +316,8 @@ impl Remote {
         let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = cache.offsets.get_mut(&(id, p.partition)) {
             o.next_offset = o.next_offset.max(p.next_offset);
+            // Retention and DeleteRecords move it; it never moves back either.
+            o.log_start_offset = o.log_start_offset.max(p.log_start_offset);
             let lso = p.last_stable_offset.unwrap_or(p.next_offset);
             let s = cache.stable.entry((id, p.partition)).or_insert(0);
             *s = (*s).max(lso);
@@ -639,6 +642,7 @@ mod tests {
             groups: GroupsConfig { initial_rebalance_delay_ms: 0, ..GroupsConfig::default() },
             producer_id_expiration_ms: 86_400_000,
             transactional_id_expiration_ms: 604_800_000,
+            job_lease_ms: 30_000,
         };
         let svc = service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let stop = CancellationToken::new();
