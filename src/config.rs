@@ -368,6 +368,10 @@ pub struct ControllerConfig {
     /// agent; the agent renews it while it runs. A controller that just took over grants no job
     /// for this long, so a job leased from its predecessor has ended first.
     pub job_lease_ms: u64,
+    /// An object is committed within this long after its key was made, or never: an older key
+    /// is refused and its agent uploads the data again under a new key. The controller
+    /// remembers collected and deleted keys this long (so its books stay bounded).
+    pub object_commit_window_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -390,6 +394,7 @@ impl Default for ControllerConfig {
             call_timeout_ms: 10_000,
             transaction_check_interval_ms: 1_000,
             job_lease_ms: 30_000,
+            object_commit_window_ms: 86_400_000,
         }
     }
 }
@@ -660,6 +665,7 @@ impl Config {
         range("retention.object_gc_interval_ms", r.object_gc_interval_ms, 10, 86_400_000)?;
         range("retention.object_deletes_per_s", r.object_deletes_per_s.into(), 1, 100_000)?;
         range("controller.job_lease_ms", self.controller.job_lease_ms, 100, 600_000)?;
+        range("controller.object_commit_window_ms", self.controller.object_commit_window_ms, 60_000, 30 * 86_400_000)?;
         range("groups.offsets_retention_ms", self.groups.offsets_retention_ms, 1_000, 1 << 45)?;
         let g = &self.groups;
         range("groups.initial_rebalance_delay_ms", g.initial_rebalance_delay_ms, 0, 300_000)?;

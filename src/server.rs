@@ -100,6 +100,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         producer_id_expiration_ms: c.producer_id_expiration_ms,
         transactional_id_expiration_ms: c.transactional_id_expiration_ms,
         job_lease_ms: c.job_lease_ms,
+        object_commit_window_ms: c.object_commit_window_ms,
     };
     let service = crate::controller::service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::from_os())).await?;
     if let Some(addr) = c.metrics_listen {
@@ -380,13 +381,15 @@ async fn open_controller(
     let expiry_ms = config.controller.producer_id_expiration_ms as i64;
     let txn_id_expiry_ms = config.controller.transactional_id_expiration_ms as i64;
     let job_lease_ms = config.controller.job_lease_ms as i64;
+    let commit_window_ms = config.controller.object_commit_window_ms as i64;
     // Blocking: opening the store and loading its snapshot (PostgreSQL's client must not run
     // on the async workers).
     let controller = tokio::task::spawn_blocking(move || -> Result<Controller, ServerError> {
         let (metadata, _) = crate::controller::store::open(&store_url, &store_settings)?;
         Ok(Controller::open_with_groups(metadata, topics, expiry_ms, groups_config, clock, entropy)?
             .with_transactional_id_expiration_ms(txn_id_expiry_ms)
-            .with_job_leases(job_lease_ms, false))
+            .with_job_leases(job_lease_ms, false)
+            .with_commit_window_ms(commit_window_ms))
     })
     .await
     .map_err(|e| ServerError::Config(e.to_string()))??;

@@ -177,6 +177,9 @@ pub struct Controller {
     leases: Mutex<retention::JobLeases>,
     /// The last storage figures ([`Controller::storage_stats`]).
     storage: Mutex<Option<crate::api::jobs::StorageStats>>,
+    /// `[controller] object_commit_window_ms`: keys older than this are never committed, and
+    /// orphan marks are kept this long.
+    commit_window_ms: i64,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -307,6 +310,7 @@ impl Controller {
         Ok(Self {
             leases: Mutex::new(retention::JobLeases::new(retention::DEFAULT_JOB_LEASE_MS, now, now.max(0) as u64)),
             storage: Mutex::new(None),
+            commit_window_ms: store::DEFAULT_COMMIT_WINDOW_MS,
             producer_expiry_ms,
             txn_id_expiry_ms: txn::DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS,
             store,
@@ -334,6 +338,13 @@ impl Controller {
         let now = self.clock.now_ms();
         let from = if took_over { now.saturating_add(ttl_ms) } else { now };
         *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = retention::JobLeases::new(ttl_ms, from, now.max(0) as u64);
+        self
+    }
+
+    /// Sets `[controller] object_commit_window_ms`.
+    pub fn with_commit_window_ms(mut self, ms: i64) -> Self {
+        assert!(ms > 0, "commit window of {ms} ms");
+        self.commit_window_ms = ms;
         self
     }
 
@@ -530,6 +541,10 @@ impl Controller {
             }
             match self.store.committed_extents(&req.object_key) {
                 Ok(Some(_)) => continue,
+                Ok(None) if key_too_old(&req.object_key, now_ms, self.commit_window_ms) => {
+                    out[i] = Some(Err(too_old(&req.object_key)));
+                    continue;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     out[i] = Some(Err(self.store_error(e)));
@@ -632,6 +647,9 @@ impl Controller {
         }
         let key: Arc<str> = Arc::from(req.object_key.as_str());
         let now_ms = self.clock.now_ms();
+        if key_too_old(&req.object_key, now_ms, self.commit_window_ms) {
+            return Err(too_old(&req.object_key));
+        }
         let mut plan = log::plan_commit(&key, req.object_size_bytes, &req.extents, now_ms, &*self.read());
         let records = plan.appended();
         let mut effects = TxnEffects { opened: std::mem::take(&mut plan.opened), ..TxnEffects::default() };
@@ -858,6 +876,18 @@ impl TopicLookup for TopicView {
     }
 }
 
+/// Whether a key not committed yet was made before the commit window (`window_ms` back from
+/// `now_ms`): its orphan mark (doomed as an orphan, or deleted as garbage after its commit) may
+/// be gone, so it is never committed; the agent uploads its data again under a new key. Keys of
+/// another syntax (tests) are not checked.
+fn key_too_old(key: &str, now_ms: i64, window_ms: i64) -> bool {
+    crate::object::keys::parse_object_key(key).is_some_and(|k| k.created_ms < now_ms.saturating_sub(window_ms))
+}
+
+fn too_old(key: &str) -> ControllerError {
+    ControllerError::ObjectCollected(format!("object {key} was made before the commit window and never committed: upload it again"))
+}
+
 /// Extents in order until they cover `max_bytes` (always at least one).
 fn take_bytes(iter: impl Iterator<Item = ExtentRecord>, max_bytes: u64) -> Vec<ExtentRecord> {
     let mut out = Vec::new();
@@ -1015,6 +1045,35 @@ mod tests {
         }
         let total: i64 = (0..4).map(|p| c.offsets(t.id, p).unwrap().next_offset).sum();
         assert_eq!(total, committed.iter().filter(|c| **c).count() as i64);
+    }
+
+    /// A key made longer ago than orphan marks are kept is never committed (its mark may be
+    /// gone); a replay of a key committed back then is still answered.
+    #[test]
+    fn keys_older_than_a_day_are_not_committed_but_their_replays_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let clock = Arc::new(crate::clock::ManualClock::new(10 * store::DEFAULT_COMMIT_WINDOW_MS as u64));
+        let entropy = SeededEntropy::new(4);
+        let c = Controller::open(store, TopicsConfig::default(), 86_400_000, clock.clone(), Arc::new(SeededEntropy::new(3))).unwrap();
+        let t = create(&c, "t", 1);
+        let old = crate::object::keys::new_object_key("", "a", &*clock, &entropy);
+        let committed = crate::object::keys::new_object_key("", "a", &*clock, &entropy);
+        let req = |key: &str| CommitRequest {
+            object_key: key.into(),
+            object_size_bytes: 100,
+            agent: "a".into(),
+            extents: vec![extent(t.id, 0, 0, 1)],
+            wal: None,
+            txn_end: None,
+        };
+        assert_eq!(c.commit_object(&req(&committed)).unwrap(), vec![Ok(0)]);
+        clock.advance_ms(store::DEFAULT_COMMIT_WINDOW_MS as u64 + 1);
+        assert!(matches!(c.commit_object(&req(&old)), Err(ControllerError::ObjectCollected(_))));
+        assert!(matches!(c.commit_objects(&[req(&old)])[0], Err(ControllerError::ObjectCollected(_))));
+        assert_eq!(c.commit_object(&req(&committed)).unwrap(), vec![Ok(0)]);
+        let fresh = crate::object::keys::new_object_key("", "a", &*clock, &entropy);
+        assert_eq!(c.commit_object(&req(&fresh)).unwrap(), vec![Ok(1)]);
     }
 
     #[test]

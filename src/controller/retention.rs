@@ -281,9 +281,16 @@ impl Controller {
         if keys.len() > GARBAGE_KEYS_PER_CALL_MAX as usize {
             return Err(ControllerError::InvalidRequest(format!("more than {GARBAGE_KEYS_PER_CALL_MAX} keys")));
         }
+        let now = self.clock.now_ms();
+        let window_start = now.saturating_sub(self.commit_window_ms);
+        // A key made before the commit window needs no mark: it is refused by its age.
+        let keys: Vec<(String, bool)> = keys
+            .iter()
+            .map(|k| (k.clone(), crate::object::keys::parse_object_key(k).is_none_or(|p| p.created_ms >= window_start)))
+            .collect();
         let _w = self.lock_writes();
         self.check_lease(lease)?;
-        self.store.forget_objects(keys, self.clock.now_ms()).map_err(|e| self.store_error(e))
+        self.store.forget_objects(&keys, now, window_start).map_err(|e| self.store_error(e))
     }
 
     /// Blocking. What the object store holds, from the store's books (and kept for

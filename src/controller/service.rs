@@ -109,6 +109,8 @@ pub struct ServiceSettings {
     /// `[controller] job_lease_ms`: background jobs' leases (none granted for this long after
     /// this replica becomes active).
     pub job_lease_ms: u64,
+    /// `[controller] object_commit_window_ms`.
+    pub object_commit_window_ms: u64,
 }
 
 struct AgentLease {
@@ -304,6 +306,7 @@ impl Shared {
             .map(|c| {
                 c.with_transactional_id_expiration_ms(me.settings.transactional_id_expiration_ms as i64)
                     .with_job_leases(me.settings.job_lease_ms as i64, true)
+                    .with_commit_window_ms(me.settings.object_commit_window_ms as i64)
             })
         })
         .await
@@ -734,6 +737,7 @@ mod tests {
             producer_id_expiration_ms: 60_000,
             transactional_id_expiration_ms: 604_800_000,
             job_lease_ms: 30_000,
+            object_commit_window_ms: 86_400_000,
         };
         let svc = start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.local_addr)).unwrap().connect().await.unwrap();

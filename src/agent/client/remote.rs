@@ -643,6 +643,7 @@ mod tests {
             producer_id_expiration_ms: 86_400_000,
             transactional_id_expiration_ms: 604_800_000,
             job_lease_ms: 30_000,
+            object_commit_window_ms: 86_400_000,
         };
         let svc = service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let stop = CancellationToken::new();

@@ -190,11 +190,10 @@ fn owned_commits(commits: &[ObjectCommit<'_>]) -> Vec<OwnedCommit> {
         .collect()
 }
 
-/// How long an orphan mark (a key doomed by the orphan collector, or a garbage object deleted)
-/// is kept: a commit of the key replayed later than this is not refused. Commits are replayed
-/// only by an agent that has not had its answer yet, and an agent cut off from the controller
-/// for longer than its lease is fenced; a day is far beyond both.
-pub const ORPHAN_MARK_KEEP_MS: i64 = 86_400_000;
+/// The default `[controller] object_commit_window_ms`: an object key is committed within this
+/// long after it was made, or never (the controller refuses older keys, and keeps orphan marks
+/// only this long).
+pub const DEFAULT_COMMIT_WINDOW_MS: i64 = 86_400_000;
 
 /// A partition's log start moved forward (retention, DeleteRecords).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,9 +323,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// before `before_ms`, oldest first: the ones the collector may delete now.
     fn garbage(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
     /// The collector deleted these garbage objects from the object store: their rows go, and
-    /// each key keeps an orphan mark so that a late replay of its commit is refused (marks
-    /// older than [`ORPHAN_MARK_KEEP_MS`] are dropped). Keys that are not garbage are left alone.
-    fn forget_objects(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError>;
+    /// each key whose flag says so keeps an orphan mark (at `now_ms`), so that a late replay of
+    /// its commit is refused. Marks made before `marks_before_ms` are dropped. Keys that are not
+    /// garbage are left alone.
+    fn forget_objects(&self, keys: &[(String, bool)], now_ms: i64, marks_before_ms: i64) -> Result<(), StoreError>;
     /// Bytes and extents the index holds per partition (retention.bytes, metrics).
     fn partition_sizes(&self) -> Result<Vec<PartitionSize>, StoreError>;
     /// Objects the store knows of (committed and not yet deleted), and how many are garbage.

@@ -557,13 +557,16 @@ impl MetadataStore for PgStore {
         })
     }
 
-    fn forget_objects(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+    fn forget_objects(&self, keys: &[(String, bool)], now_ms: i64, marks_before_ms: i64) -> Result<(), StoreError> {
         let keys = keys.to_vec();
         self.write(move |c, fence| {
             let mut tx = c.transaction().map_err(classify)?;
-            for key in &keys {
-                if tx.execute("DELETE FROM garbage WHERE key = $1", &[key]).map_err(classify)? == 1 {
-                    tx.execute("DELETE FROM objects WHERE key = $1", &[key]).map_err(classify)?;
+            for (key, keep_mark) in &keys {
+                if tx.execute("DELETE FROM garbage WHERE key = $1", &[key]).map_err(classify)? != 1 {
+                    continue;
+                }
+                tx.execute("DELETE FROM objects WHERE key = $1", &[key]).map_err(classify)?;
+                if *keep_mark {
                     tx.execute(
                         "INSERT INTO orphans (key, doomed_ms) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET doomed_ms = $2",
                         &[key, &now_ms],
@@ -571,8 +574,7 @@ impl MetadataStore for PgStore {
                     .map_err(classify)?;
                 }
             }
-            tx.execute("DELETE FROM orphans WHERE doomed_ms < $1", &[&now_ms.saturating_sub(super::ORPHAN_MARK_KEEP_MS)])
-                .map_err(classify)?;
+            tx.execute("DELETE FROM orphans WHERE doomed_ms < $1", &[&marks_before_ms]).map_err(classify)?;
             commit_fenced(tx, fence)
         })
     }

@@ -359,7 +359,7 @@ impl MetadataStore for SqliteStore {
         })
     }
 
-    fn forget_objects(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+    fn forget_objects(&self, keys: &[(String, bool)], now_ms: i64, marks_before_ms: i64) -> Result<(), StoreError> {
         let keys = keys.to_vec();
         self.writer.call(move |c| {
             let tx = c.transaction().map_err(classify)?;
@@ -369,15 +369,16 @@ impl MetadataStore for SqliteStore {
                 let mut mark = tx
                     .prepare_cached("INSERT INTO orphans (key, doomed_ms) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doomed_ms = ?2")
                     .map_err(classify)?;
-                for key in &keys {
+                for (key, keep_mark) in &keys {
                     if unmark.execute([key]).map_err(classify)? == 1 {
                         forget.execute([key]).map_err(classify)?;
-                        mark.execute(params![key, now_ms]).map_err(classify)?;
+                        if *keep_mark {
+                            mark.execute(params![key, now_ms]).map_err(classify)?;
+                        }
                     }
                 }
             }
-            tx.execute("DELETE FROM orphans WHERE doomed_ms < ?1", [now_ms.saturating_sub(super::ORPHAN_MARK_KEEP_MS)])
-                .map_err(classify)?;
+            tx.execute("DELETE FROM orphans WHERE doomed_ms < ?1", [marks_before_ms]).map_err(classify)?;
             tx.commit().map_err(classify)
         })
     }

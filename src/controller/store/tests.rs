@@ -320,7 +320,7 @@ fn retention_contract(s: &dyn MetadataStore) {
     assert_eq!(s.garbage(300, 10).unwrap(), vec!["o1".to_string()]);
     assert_eq!(s.stored_objects().unwrap(), StoredObjects { objects: 2, bytes: 2000, garbage_objects: 1, garbage_bytes: 1000 });
     // Forgetting skips what is not garbage; a forgotten key is never committed again.
-    s.forget_objects(&["o1".into(), "o2".into()], 400).unwrap();
+    s.forget_objects(&[("o1".into(), true), ("o2".into(), true)], 400, 0).unwrap();
     assert!(s.garbage(i64::MAX, 10).unwrap().is_empty());
     assert_eq!(s.stored_objects().unwrap(), StoredObjects { objects: 1, bytes: 1000, garbage_objects: 0, garbage_bytes: 0 });
     let again = s.commit_object(&object("o1"), &[extent(t.id, 1, 2, 3, "o1", 0)], None, &[], &TxnEffects::default());
@@ -339,9 +339,10 @@ fn retention_contract(s: &dyn MetadataStore) {
     s.delete_topic(t.id, "r", 500).unwrap();
     assert_eq!(s.garbage(500, 10).unwrap(), vec!["o2".to_string()]);
     assert!(s.load_group_offsets().unwrap().is_empty());
-    // Orphan marks older than a day go with the next forget.
-    s.forget_objects(&["o2".into()], 500 + ORPHAN_MARK_KEEP_MS + 1).unwrap();
+    // Without a mark, a forgotten key is forgotten for good; old marks go with the next forget.
+    s.forget_objects(&[("o2".into(), false)], 600, 401).unwrap();
     s.commit_object(&object("o1"), &[], None, &[], &TxnEffects::default()).unwrap();
+    s.commit_object(&object("o2"), &[], None, &[], &TxnEffects::default()).unwrap();
 }
 
 #[test]
