@@ -20,7 +20,8 @@ use crate::api::ControllerError;
 use crate::api::jobs::{JobLease, LogStart, RetentionReport, StorageStats};
 use uuid::Uuid;
 
-/// Extents retention reads from the store per page.
+/// Extents retention reads from the store per page: a short first page, then long ones.
+const RETENTION_FIRST_PAGE_EXTENTS: u32 = 8;
 const RETENTION_PAGE_EXTENTS: u32 = 1_000;
 /// Extents one retention pass removes from one partition at most (the next pass goes on).
 const RETENTION_PASS_EXTENTS_MAX: usize = 100_000;
@@ -238,8 +239,10 @@ impl Controller {
                 let Ok(o) = self.offsets(t.id, partition) else { continue };
                 let mut bytes = sizes.get(&(t.id, partition)).copied().unwrap_or(0);
                 let (mut from, mut start, mut seen) = (o.log_start_offset, None, 0usize);
+                // Most passes remove nothing: a short first page tells, then full pages.
+                let mut page_extents = RETENTION_FIRST_PAGE_EXTENTS;
                 loop {
-                    let page = self.store.find_extents(t.id, partition, from, RETENTION_PAGE_EXTENTS)?;
+                    let page = self.store.find_extents(t.id, partition, from, page_extents)?;
                     let (moved, left, stopped) = retention_start(&page, cutoff_ms, bytes_max, bytes);
                     if let Some(s) = moved {
                         start = Some(s);
@@ -247,9 +250,10 @@ impl Controller {
                     }
                     bytes = left;
                     seen += page.len();
-                    if stopped || page.len() < RETENTION_PAGE_EXTENTS as usize || seen >= RETENTION_PASS_EXTENTS_MAX {
+                    if stopped || page.len() < page_extents as usize || seen >= RETENTION_PASS_EXTENTS_MAX {
                         break;
                     }
+                    page_extents = RETENTION_PAGE_EXTENTS;
                 }
                 if let Some(s) = start.filter(|s| *s > o.log_start_offset) {
                     moves.push(LogStartMove { topic_id: t.id, partition, log_start_offset: s });
@@ -385,6 +389,51 @@ mod tests {
         assert_eq!(retention_start(&extents, None, Some(150), 400), (Some(20), 200, true));
         assert_eq!(retention_start(&extents, None, Some(400), 400), (None, 400, true));
         assert_eq!(retention_start(&extents, None, Some(0), 400), (Some(40), 0, false));
+    }
+
+    /// Retention walks past its short first page: 20 extents of 10 bytes, 50 bytes kept.
+    #[test]
+    fn a_pass_removes_extents_across_pages_and_keeps_retention_bytes() {
+        use crate::api::{CommitRequest, CreateTopic};
+        use crate::clock::{SeededEntropy, SystemClock};
+        use crate::controller::store::sqlite::SqliteStore;
+        use crate::format::object::ExtentInfo;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let c = Controller::open(store, Default::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(2))).unwrap();
+        let configs = [("retention.bytes".to_string(), "50".to_string())].into_iter().collect();
+        let t = c
+            .create_topic(&CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs, validate_only: false })
+            .unwrap();
+        for i in 0..20 {
+            let extent = ExtentInfo {
+                topic_id: t.id,
+                partition: 0,
+                position: 0,
+                length: 10,
+                batch_count: 1,
+                offset_count: 3,
+                max_timestamp: i64::MAX,
+                producer: None,
+            };
+            let req = CommitRequest {
+                object_key: format!("o{i}"),
+                object_size_bytes: 10,
+                agent: "a".into(),
+                extents: vec![extent],
+                wal: None,
+                txn_end: None,
+            };
+            c.commit_object(&req).unwrap();
+        }
+        let lease = c.acquire_job_lease("retention", "me").unwrap().unwrap();
+        let report = c.enforce_retention(&lease).unwrap();
+        assert_eq!(report.moved, vec![LogStart { topic_id: t.id, partition: 0, log_start_offset: 45 }]);
+        assert_eq!(c.find_extents(t.id, 0, 0, u64::MAX).unwrap().len(), 5);
+        assert_eq!(c.garbage_objects(&lease, 0, 100).unwrap().len(), 15);
+        assert!(c.enforce_retention(&lease).unwrap().moved.is_empty(), "a second pass has nothing to do");
+        assert!(matches!(c.enforce_retention(&JobLease { token: lease.token + 1, ..lease }), Err(ControllerError::LeaseNotHeld(_))));
     }
 
     #[test]
