@@ -22,9 +22,38 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub topics: TopicsConfig,
     pub groups: GroupsConfig,
+    pub retention: RetentionConfig,
     pub compaction: CompactionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// The retention job and the object collector (both run in one agent at a time, leased from
+/// the controller).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Kafka's `log.retention.check.interval.ms`: how often log start offsets are moved by
+    /// `retention.ms` and `retention.bytes`, and committed group offsets expire.
+    pub check_interval_ms: u64,
+    /// Kafka's `file.delete.delay.ms`: an object no index row references is deleted from the
+    /// object store this long after it lost its last reference, so reads in flight finish.
+    pub object_delete_delay_ms: u64,
+    /// How often the object collector looks for objects to delete.
+    pub object_gc_interval_ms: u64,
+    /// Object-store DELETE requests the collector makes per second at most.
+    pub object_deletes_per_s: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_ms: 300_000,
+            object_delete_delay_ms: 60_000,
+            object_gc_interval_ms: 30_000,
+            object_deletes_per_s: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -340,6 +369,14 @@ pub struct ControllerConfig {
     /// Kafka's transaction.abort.timed.out.transaction.cleanup.interval.ms: how often
     /// transactions older than their timeout are aborted (and unfinished ones finished).
     pub transaction_check_interval_ms: u64,
+    /// How long a background job (retention, object collection, compaction) is leased to one
+    /// agent; the agent renews it while it runs. A controller that just took over grants no job
+    /// for this long, so a job leased from its predecessor has ended first.
+    pub job_lease_ms: u64,
+    /// An object is committed within this long after its key was made, or never: an older key
+    /// is refused and its agent uploads the data again under a new key. The controller
+    /// remembers collected and deleted keys this long (so its books stay bounded).
+    pub object_commit_window_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -361,6 +398,8 @@ impl Default for ControllerConfig {
             agent_lease_ms: 10_000,
             call_timeout_ms: 10_000,
             transaction_check_interval_ms: 1_000,
+            job_lease_ms: 30_000,
+            object_commit_window_ms: 86_400_000,
         }
     }
 }
@@ -377,11 +416,23 @@ pub struct TopicsConfig {
     /// Partitions of all topics together; a CreateTopics (or auto-creation) beyond it is
     /// refused with POLICY_VIOLATION.
     pub max_partitions_total: u64,
+    /// Kafka's `log.retention.ms`: the default of a topic's `retention.ms` (-1: forever).
+    pub retention_ms: i64,
+    /// Kafka's `log.retention.bytes`: the default of a topic's `retention.bytes` per
+    /// partition (-1: no limit).
+    pub retention_bytes: i64,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { auto_create: true, num_partitions: 1, max_message_bytes: 1_048_588, max_partitions_total: 100_000 }
+        Self {
+            auto_create: true,
+            num_partitions: 1,
+            max_message_bytes: 1_048_588,
+            max_partitions_total: 100_000,
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
+        }
     }
 }
 
@@ -434,6 +485,9 @@ pub struct GroupsConfig {
     /// KIP-848: `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`.
     pub consumer_session_timeout_ms: i32,
     pub consumer_heartbeat_interval_ms: i32,
+    /// Kafka's `offsets.retention.minutes`, in ms: a group's committed offsets expire this long
+    /// after the group became empty (or, for a group that never had members, after their commit).
+    pub offsets_retention_ms: u64,
 }
 
 impl Default for GroupsConfig {
@@ -447,6 +501,7 @@ impl Default for GroupsConfig {
             max_offset_metadata_bytes: 4_096,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
+            offsets_retention_ms: 604_800_000,
         }
     }
 }
@@ -508,7 +563,7 @@ pub enum StoreUrl {
 const NOT_BUILT_SECTIONS: &[&str] = &["listeners", "tls", "sasl"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
 const SECTIONS: &[&str] =
-    &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "compaction", "metrics", "log"];
+    &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "retention", "compaction", "metrics", "log"];
 
 /// `SIDESTREAM_*` variables of the project's own test and bench tools (they pass their whole
 /// environment to the servers they start): not settings, and not errors.
@@ -641,6 +696,17 @@ impl Config {
         range("topics.num_partitions", self.topics.num_partitions.max(0) as u64, 1, 100_000)?;
         range("topics.max_message_bytes", self.topics.max_message_bytes.max(0) as u64, 1024, 1 << 30)?;
         range("topics.max_partitions_total", self.topics.max_partitions_total, 1, 100_000_000)?;
+        if self.topics.retention_ms < -1 || self.topics.retention_bytes < -1 {
+            return Err(err("topics.retention_ms", "retention_ms and retention_bytes must be -1 (no limit) or positive".into()));
+        }
+        let r = &self.retention;
+        range("retention.check_interval_ms", r.check_interval_ms, 10, 86_400_000)?;
+        range("retention.object_delete_delay_ms", r.object_delete_delay_ms, 0, 86_400_000)?;
+        range("retention.object_gc_interval_ms", r.object_gc_interval_ms, 10, 86_400_000)?;
+        range("retention.object_deletes_per_s", r.object_deletes_per_s.into(), 1, 100_000)?;
+        range("controller.job_lease_ms", self.controller.job_lease_ms, 100, 600_000)?;
+        range("controller.object_commit_window_ms", self.controller.object_commit_window_ms, 60_000, 30 * 86_400_000)?;
+        range("groups.offsets_retention_ms", self.groups.offsets_retention_ms, 1_000, 1 << 45)?;
         let g = &self.groups;
         range("groups.initial_rebalance_delay_ms", g.initial_rebalance_delay_ms, 0, 300_000)?;
         range("groups.min_session_timeout_ms", g.min_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;

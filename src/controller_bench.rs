@@ -52,6 +52,8 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
             groups: GroupsConfig::default(),
             producer_id_expiration_ms: 86_400_000,
             transactional_id_expiration_ms: 604_800_000,
+            job_lease_ms: 30_000,
+            object_commit_window_ms: 86_400_000,
         },
         Arc::new(SystemClock),
         Arc::new(SeededEntropy::from_os()),

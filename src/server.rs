@@ -16,6 +16,7 @@ use crate::agent::cache::{self, CacheSettings, ReadCache};
 use crate::agent::client::remote::{Remote, RemoteSettings};
 use crate::agent::client::{ControllerClient, InProcess};
 use crate::agent::compaction::{CompactionSettings, ObjectCompactor};
+use crate::agent::jobs::{JobRunner, ObjectCollector, RetentionJob};
 use crate::agent::orphans::{InFlightKeys, OrphanCollector, OrphanSettings};
 use crate::agent::txn::TxnTimer;
 use crate::agent::upload::{UploadDeps, UploadSettings, Uploader};
@@ -99,6 +100,8 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         groups: config.groups.clone(),
         producer_id_expiration_ms: c.producer_id_expiration_ms,
         transactional_id_expiration_ms: c.transactional_id_expiration_ms,
+        job_lease_ms: c.job_lease_ms,
+        object_commit_window_ms: c.object_commit_window_ms,
     };
     let service = crate::controller::service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::from_os())).await?;
     if let Some(addr) = c.metrics_listen {
@@ -109,6 +112,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
             "Consumer lag per group and partition: high watermark minus committed offset.",
             service.lag_source(),
         );
+        crate::controller::retention::register_storage_gauges(service.storage_source());
         crate::metrics::gauges(
             "sidestream_controller_active",
             "1 while this controller replica is the active one.",
@@ -232,6 +236,27 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         },
     }
     .spawn(shutdown.clone());
+    // Background jobs: every agent offers to run them; the controller leases each to one.
+    let holder = format!("agent-{}/{}", config.agent.node_id, entropy.uuid().simple());
+    JobRunner {
+        job: RetentionJob { controller: controller.clone() },
+        controller: controller.clone(),
+        holder: holder.clone(),
+        interval: Duration::from_millis(config.retention.check_interval_ms),
+    }
+    .spawn(shutdown.clone());
+    JobRunner {
+        job: ObjectCollector {
+            controller: controller.clone(),
+            store: store.clone(),
+            delete_delay_ms: config.retention.object_delete_delay_ms,
+            deletes_per_s: config.retention.object_deletes_per_s,
+        },
+        controller: controller.clone(),
+        holder: holder.clone(),
+        interval: Duration::from_millis(config.retention.object_gc_interval_ms),
+    }
+    .spawn(shutdown.clone());
     let agent_name = format!("agent-{}", config.agent.node_id);
     if config.compaction.enabled {
         let settings = CompactionSettings {
@@ -242,8 +267,15 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             key_prefix: key_prefix.clone(),
             agent: agent_name.clone(),
         };
-        Arc::new(ObjectCompactor::new(store.clone(), controller.clone(), clock.clone(), entropy.clone(), in_flight.clone(), settings))
-            .spawn(shutdown.clone());
+        let compactor =
+            ObjectCompactor::new(store.clone(), controller.clone(), clock.clone(), entropy.clone(), in_flight.clone(), settings);
+        JobRunner {
+            job: Arc::new(compactor),
+            controller: controller.clone(),
+            holder,
+            interval: Duration::from_millis(config.compaction.check_interval_ms),
+        }
+        .spawn(shutdown.clone());
     }
     let uploader = Uploader::start(
         UploadSettings {
@@ -370,18 +402,24 @@ async fn open_controller(
     let (topics, groups_config) = (config.topics.clone(), config.groups.clone());
     let expiry_ms = config.controller.producer_id_expiration_ms as i64;
     let txn_id_expiry_ms = config.controller.transactional_id_expiration_ms as i64;
+    let job_lease_ms = config.controller.job_lease_ms as i64;
+    let commit_window_ms = config.controller.object_commit_window_ms as i64;
     // Blocking: opening the store and loading its snapshot (PostgreSQL's client must not run
     // on the async workers).
     let controller = tokio::task::spawn_blocking(move || -> Result<Controller, ServerError> {
         let (metadata, _) = crate::controller::store::open(&store_url, &store_settings)?;
         Ok(Controller::open_with_groups(metadata, topics, expiry_ms, groups_config, clock, entropy)?
-            .with_transactional_id_expiration_ms(txn_id_expiry_ms))
+            .with_transactional_id_expiration_ms(txn_id_expiry_ms)
+            .with_job_leases(job_lease_ms, false)
+            .with_commit_window_ms(commit_window_ms))
     })
     .await
     .map_err(|e| ServerError::Config(e.to_string()))??;
     let controller = Arc::new(controller);
     let groups = controller.groups().clone();
-    // The embedded controller exports consumer lag (a remote controller will export its own).
+    // The embedded controller exports consumer lag and storage (a remote controller exports its own).
+    let storage_source = Arc::downgrade(&controller);
+    crate::controller::retention::register_storage_gauges(Arc::new(move || storage_source.upgrade()?.last_storage_stats()));
     let lag_source = Arc::downgrade(&controller);
     crate::metrics::gauges(
         "sidestream_group_lag",

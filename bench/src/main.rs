@@ -583,7 +583,12 @@ impl Session {
             if read_gb > 0.0 {
                 figures.insert("GETs per GB".into(), gets_per_gb);
             }
-            figures.insert("$ per month (model)".into(), COST.object_storage(puts_per_gb, gets_per_gb));
+            // Bytes the bucket was made to store per byte written (object framing, compression),
+            // measured on the wire; 1 when the run wrote nothing measurable.
+            let put_bytes = s3.get(s3count::PUT_BYTES) as f64;
+            let stored_per_written = if written_gb > 0.0 && put_bytes > 0.0 { put_bytes / (written_gb * 1e9) } else { 1.0 };
+            figures.insert("stored bytes per byte written".into(), stored_per_written);
+            figures.insert("$ per month (model)".into(), COST.object_storage(puts_per_gb, gets_per_gb, stored_per_written));
         } else {
             figures.insert("$ per month (model)".into(), COST.kafka());
         }
@@ -1120,7 +1125,9 @@ fn server_counts(t: &Target, before: Option<s3count::Counts>, wire: &s3count::Co
     let (Some(before), Some(after)) = (before, t.store_requests()) else {
         return wire.clone();
     };
-    let own = after.minus(&before);
+    let mut own = after.minus(&before);
+    // /metrics counts requests, not bodies: the stored bytes come from the wire.
+    own.0.insert(s3count::PUT_BYTES, wire.get(s3count::PUT_BYTES));
     let (a, b) = ((own.puts() + own.gets()) as f64, (wire.puts() + wire.gets()) as f64);
     if (a - b).abs() > 0.05 * a.max(b) + 2.0 {
         notes.push(format!(

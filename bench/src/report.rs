@@ -190,12 +190,14 @@ impl CostAssumptions {
         self.write_mb_per_s / 1000.0 * 86400.0 * self.retention_days
     }
 
-    /// Monthly cost of an object-storage broker from its measured requests per GB.
-    pub fn object_storage(&self, puts_per_gb: f64, gets_per_gb_read: f64) -> f64 {
+    /// Monthly cost of an object-storage broker from its measured requests per GB and the
+    /// bytes it stores per byte written (retention is enforced: what a partition holds is its
+    /// retention window of writes, in the broker's stored form).
+    pub fn object_storage(&self, puts_per_gb: f64, gets_per_gb_read: f64, stored_per_written: f64) -> f64 {
         let written = self.gb_month();
         written * puts_per_gb * self.s3_put_per_1000 / 1000.0
             + written * self.reads_per_byte * gets_per_gb_read * self.s3_get_per_1000 / 1000.0
-            + self.retained_gb() * self.s3_gb_month
+            + self.retained_gb() * stored_per_written * self.s3_gb_month
     }
 
     /// Monthly cost of Kafka with 3 replicas on block storage across zones.
@@ -211,8 +213,9 @@ impl CostAssumptions {
     pub fn markdown(&self) -> String {
         format!(
             "Cost model (per month; prices of AWS us-east-1 list prices): workload {}. Object storage: PUT-class \
-             ${}/1000, GET-class ${}/1000, ${}/GB-month, one copy, no cross-zone traffic (clients talk to a local \
-             agent, S3 is regional). Kafka: {} replicas on block storage at ${}/GB-month filled to {:.0}%, \
+             ${}/1000, GET-class ${}/1000, ${}/GB-month, one copy of the retention window's writes in the run's measured \
+             stored bytes per byte written (PUT bodies on the wire; retention is enforced), no cross-zone traffic \
+             (clients talk to a local agent, S3 is regional). Kafka: {} replicas on block storage at ${}/GB-month filled to {:.0}%, \
              cross-zone ${}/GB each way ({} zones: producers and consumers reach a leader in another zone {:.0}% of \
              the time, followers copy every byte across zones); Kafka's figure is the model alone (it makes no \
              object-store requests). Requests per GB are the run's own, at its write rate (below flush_bytes \
@@ -473,10 +476,12 @@ mod tests {
     #[test]
     fn cost_model_adds_up() {
         // 25,920 GB written a month, 6,048 GB retained.
-        let storage_only = COST.object_storage(0.0, 0.0);
+        let storage_only = COST.object_storage(0.0, 0.0, 1.0);
         assert!((storage_only - 6048.0 * 0.023).abs() < 0.01, "{storage_only}");
+        // Compressed to half: half the storage.
+        assert!((COST.object_storage(0.0, 0.0, 0.5) - storage_only / 2.0).abs() < 0.01);
         // 120 PUTs per GB: 3,110,400 PUTs at $0.005 per 1000.
-        assert!((COST.object_storage(120.0, 0.0) - storage_only - 15.552).abs() < 0.01);
+        assert!((COST.object_storage(120.0, 0.0, 1.0) - storage_only - 15.552).abs() < 0.01);
         // Kafka: transfer 25,920 x (2/3 x 0.02 + 2 x 0.02 + 2/3 x 0.02) + 6,048 x 3 x 0.08 / 0.5.
         let kafka = 25920.0 * (0.02 * 2.0 / 3.0 * 2.0 + 0.04) + 6048.0 * 3.0 * 0.16;
         assert!((COST.kafka() - kafka).abs() < 0.01, "{} vs {kafka}", COST.kafka());

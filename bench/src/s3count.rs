@@ -40,6 +40,9 @@ pub const REQUEST_NAMES: &[&str] = &[
 #[derive(Clone, Debug, Default)]
 pub struct Counts(pub BTreeMap<&'static str, u64>);
 
+/// Not a request: the bytes of PutObject and UploadPart bodies, in [`Counts`].
+pub const PUT_BYTES: &str = "PutBytes";
+
 impl Counts {
     pub fn get(&self, k: &str) -> u64 {
         self.0.get(k).copied().unwrap_or(0)
@@ -202,6 +205,10 @@ async fn forward_requests(
             let name = classify(method, target);
             if let Ok(mut c) = counts.lock() {
                 *c.0.entry(name).or_insert(0) += 1;
+                // What the bucket is made to store (chunked bodies are not counted).
+                if matches!(name, "PutObject" | "UploadPart") {
+                    *c.0.entry(PUT_BYTES).or_insert(0) += length;
+                }
             }
         }
         wr.write_all(&head).await?;

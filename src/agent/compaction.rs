@@ -36,14 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::AgentError;
 use super::orphans::InFlightKeys;
 use crate::agent::client::ControllerClient;
+use crate::api::jobs::{JOB_COMPACTION, JobLease};
 use crate::api::{CandidatesRequest, ControllerError, ExtentRecord, ReplaceExtents, TopicMeta};
 use crate::clock::{Clock, Entropy};
 use crate::format::object::ObjectBuilder;
@@ -141,6 +140,9 @@ pub struct ObjectCompactor {
     /// first pass then cleans again, changing nothing already clean).
     cleaned: Mutex<HashMap<(Uuid, i32), Cleaned>>,
     counters: Counters,
+    /// The job lease the running pass holds ([`super::jobs::JobRunner`]); every swap hands it
+    /// back, so a pass whose lease lapsed changes nothing.
+    lease: Mutex<Option<JobLease>>,
 }
 
 /// Where log compaction left a partition.
@@ -199,6 +201,7 @@ impl ObjectCompactor {
             settings,
             cursor: Mutex::new(None),
             cleaned: Mutex::new(HashMap::new()),
+            lease: Mutex::new(None),
             counters: Counters {
                 bytes_read: counter("sidestream_compaction_read_bytes_total", "Bytes object compaction read."),
                 bytes_written: counter("sidestream_compaction_written_bytes_total", "Bytes object compaction wrote."),
@@ -211,6 +214,11 @@ impl ObjectCompactor {
         }
     }
 
+    /// Sets the job lease the next passes hand back with their swaps.
+    pub fn set_lease(&self, lease: JobLease) {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    }
+
     /// One pass: a split of the oldest uploaded objects, the merges due, then log compaction of
     /// the compacted topics' partitions that are dirty enough.
     pub async fn run_once(&self) -> Result<Stats, AgentError> {
@@ -219,35 +227,6 @@ impl ObjectCompactor {
         self.merge(&mut stats).await?;
         self.clean(&mut stats).await?;
         Ok(stats)
-    }
-
-    /// Runs a pass every `check_interval` (at once again after a pass that wrote something)
-    /// until `shutdown`.
-    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut busy = false;
-            loop {
-                if !busy {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(self.settings.check_interval) => {}
-                    }
-                }
-                let pass = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    pass = self.run_once() => pass,
-                };
-                busy = false;
-                match pass {
-                    Ok(stats) if stats.objects_written > 0 || stats.partitions_cleaned > 0 => {
-                        tracing::info!(?stats, "object compaction pass");
-                        busy = true;
-                    }
-                    Ok(stats) => tracing::debug!(?stats, "object compaction pass: nothing to do"),
-                    Err(e) => tracing::warn!(error = %e, "object compaction pass failed; next one in the next interval"),
-                }
-            }
-        })
     }
 
     fn small_bytes(&self) -> u64 {
@@ -632,7 +611,11 @@ impl ObjectCompactor {
             old,
             new,
         };
-        match self.controller.replace_extents(req).await {
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(lease) = lease else {
+            return Err(ControllerError::LeaseNotHeld("compaction runs only under its job lease".into()).into());
+        };
+        match self.controller.replace_extents(lease, req).await {
             Ok(()) => {
                 stats.extents_replaced += replaced;
                 Ok(true)
@@ -645,6 +628,22 @@ impl ObjectCompactor {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The compactor as a leased job: one agent compacts at a time.
+impl super::jobs::Job for Arc<ObjectCompactor> {
+    fn name(&self) -> &'static str {
+        JOB_COMPACTION
+    }
+
+    async fn run_once(&self, lease: &JobLease) -> Result<String, AgentError> {
+        self.set_lease(lease.clone());
+        let stats = ObjectCompactor::run_once(self).await?;
+        if stats.objects_written > 0 || stats.partitions_cleaned > 0 {
+            tracing::info!(?stats, "object compaction pass");
+        }
+        Ok(format!("object compaction pass: {stats:?}"))
     }
 }
 
@@ -757,6 +756,7 @@ mod tests {
             Arc::new(InFlightKeys::default()),
             settings,
         );
+        job.set_lease(controller.acquire_job_lease(JOB_COMPACTION.into(), "test".into()).await.unwrap().unwrap());
         // A reader reads every partition over and over while compaction runs: each read must
         // be a prefix-equal copy of the bytes before (later uploads only append).
         let stop = Arc::new(AtomicBool::new(false));
@@ -846,13 +846,17 @@ mod tests {
             old: old.clone(),
             new: vec![moved(key)],
         };
-        controller.replace_extents(swap("00/a/x.p.sso")).await.unwrap();
-        assert!(matches!(controller.replace_extents(swap("00/a/y.p.sso")).await, Err(ControllerError::ExtentsChanged(_))));
+        let lease = controller.acquire_job_lease(JOB_COMPACTION.into(), "test".into()).await.unwrap().unwrap();
+        // Without the job's lease nothing is swapped.
+        let stale = JobLease { token: lease.token + 1, ..lease.clone() };
+        assert!(matches!(controller.replace_extents(stale, swap("00/a/w.p.sso")).await, Err(ControllerError::LeaseNotHeld(_))));
+        controller.replace_extents(lease.clone(), swap("00/a/x.p.sso")).await.unwrap();
+        assert!(matches!(controller.replace_extents(lease.clone(), swap("00/a/y.p.sso")).await, Err(ControllerError::ExtentsChanged(_))));
         assert_eq!(controller.find_extents(topic, 0, 0, u64::MAX).await.unwrap(), vec![moved("00/a/x.p.sso")]);
         // A swap must cover exactly the offsets it replaces.
         let mut short = swap("00/a/z.p.sso");
         short.old = vec![moved("00/a/x.p.sso")];
         short.new[0].end_offset -= 1;
-        assert!(matches!(controller.replace_extents(short).await, Err(ControllerError::InvalidRequest(_))));
+        assert!(matches!(controller.replace_extents(lease, short).await, Err(ControllerError::InvalidRequest(_))));
     }
 }

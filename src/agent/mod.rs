@@ -9,6 +9,7 @@
 //! - [`txn`]: EndTxn and transactional InitProducerId (markers through the uploader); the
 //!   transaction timeout job.
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
+//! - [`jobs`]: background jobs leased from the controller: retention, the object collector.
 //! - [`cluster`]: which broker clients are told leads each partition (sidecar or cluster mode).
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod compaction;
 pub mod fetch;
 pub mod fetch_session;
+pub mod jobs;
 pub mod orphans;
 pub mod produce;
 pub mod txn;

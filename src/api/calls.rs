@@ -40,6 +40,7 @@ pub mod prelude {
         CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
         SyncRequest, SyncResponse, TopicPartition, consumer,
     };
+    pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
     pub use crate::api::txn::{TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
         CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, ReplaceExtents, TopicKey, TopicMeta,
@@ -65,7 +66,14 @@ macro_rules! for_each_call {
             [blocking] CollectOrphans collect_orphans(keys: Vec<String>) -> Result<Vec<bool>, ControllerError>;
             // Object compaction (agent::compaction).
             [blocking] CompactionCandidates compaction_candidates(req: CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError>;
-            [blocking] ReplaceExtents replace_extents(req: ReplaceExtents) -> Result<(), ControllerError>;
+            [blocking] ReplaceExtents replace_extents(lease: JobLease, req: ReplaceExtents) -> Result<(), ControllerError>;
+            [blocking] DeleteRecords delete_records(partitions: Vec<(Uuid, i32, i64)>) -> Result<Vec<Result<i64, ControllerError>>, ControllerError>;
+            // Background jobs (controller::retention): leases, retention, object collection.
+            [now] AcquireJobLease acquire_job_lease(job: String, holder: String) -> Result<Option<JobLease>, ControllerError>;
+            [blocking] EnforceRetention enforce_retention(lease: JobLease) -> Result<RetentionReport, ControllerError>;
+            [blocking] GarbageObjects garbage_objects(lease: JobLease, min_age_ms: i64, limit: u32) -> Result<Vec<String>, ControllerError>;
+            [blocking] ForgetObjects forget_objects(lease: JobLease, keys: Vec<String>) -> Result<(), ControllerError>;
+            [blocking] StorageStats storage_stats() -> Result<StorageStats, ControllerError>;
             // Transactions (controller::txn).
             [blocking] AbortedTxns aborted_txns(topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError>;
             [blocking] InitTransactionalProducer init_transactional_producer(transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError>;

@@ -12,6 +12,7 @@
 
 pub mod calls;
 pub mod groups;
+pub mod jobs;
 pub mod rpc;
 pub mod serde_with;
 pub mod txn;
@@ -77,6 +78,13 @@ pub enum ControllerError {
     /// compaction): nothing was written. Sent only in answer to `replace_extents`.
     #[error("extents changed: {0}")]
     ExtentsChanged(String),
+    /// DeleteRecords beyond the high watermark (or a negative offset other than -1).
+    #[error("offset out of range: {0}")]
+    OffsetOutOfRange(String),
+    /// A background job's call made without the job's lease (it expired, or another agent
+    /// holds it now): nothing was changed; the job stops until it holds the lease again.
+    #[error("job lease not held: {0}")]
+    LeaseNotHeld(String),
 }
 
 /// One commit's answer: each extent's base offset or error, or an error for the whole commit.

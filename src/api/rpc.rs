@@ -306,6 +306,8 @@ mod tests {
             ControllerError::OperationNotAttempted,
             ControllerError::PolicyViolation("p".into()),
             ControllerError::ObjectCollected("k".into()),
+            ControllerError::OffsetOutOfRange("o".into()),
+            ControllerError::LeaseNotHeld("l".into()),
         ];
         for e in errors {
             assert_eq!(error_from_status(&status_from_error(&e)), e);

@@ -115,13 +115,32 @@ impl Answer for Controller {
     fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         Controller::collect_orphans(self, &keys)
     }
+    fn delete_records(&self, partitions: Vec<(Uuid, i32, i64)>) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
+        Controller::delete_records(self, &partitions)
+    }
+
+    fn acquire_job_lease(&self, job: String, holder: String) -> Result<Option<JobLease>, ControllerError> {
+        Controller::acquire_job_lease(self, &job, &holder)
+    }
+    fn enforce_retention(&self, lease: JobLease) -> Result<RetentionReport, ControllerError> {
+        Controller::enforce_retention(self, &lease)
+    }
+    fn garbage_objects(&self, lease: JobLease, min_age_ms: i64, limit: u32) -> Result<Vec<String>, ControllerError> {
+        Controller::garbage_objects(self, &lease, min_age_ms, limit)
+    }
+    fn forget_objects(&self, lease: JobLease, keys: Vec<String>) -> Result<(), ControllerError> {
+        Controller::forget_objects(self, &lease, &keys)
+    }
+    fn storage_stats(&self) -> Result<StorageStats, ControllerError> {
+        Controller::storage_stats(self)
+    }
 
     fn compaction_candidates(&self, req: CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
         Controller::compaction_candidates(self, &req)
     }
 
-    fn replace_extents(&self, req: ReplaceExtents) -> Result<(), ControllerError> {
-        Controller::replace_extents(self, &req)
+    fn replace_extents(&self, lease: JobLease, req: ReplaceExtents) -> Result<(), ControllerError> {
+        Controller::replace_extents(self, &lease, &req)
     }
 
     fn aborted_txns(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError> {

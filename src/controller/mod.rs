@@ -16,6 +16,7 @@ pub mod calls;
 pub mod groups;
 pub mod log;
 pub mod producers;
+pub mod retention;
 pub mod service;
 pub mod store;
 pub mod txn;
@@ -176,6 +177,13 @@ pub struct Controller {
     /// value, so two instances (a failover) almost never show the same one. Agents that cache
     /// extents and may have missed a swap drop their cache when it differs from what they saw.
     extents_replaced: std::sync::atomic::AtomicU64,
+    /// Which agent runs which background job ([`retention::JobLeases`]).
+    leases: Mutex<retention::JobLeases>,
+    /// The last storage figures ([`Controller::storage_stats`]).
+    storage: Mutex<Option<crate::api::jobs::StorageStats>>,
+    /// `[controller] object_commit_window_ms`: keys older than this are never committed, and
+    /// orphan marks are kept this long.
+    commit_window_ms: i64,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -302,7 +310,11 @@ impl Controller {
         let state = Arc::new(RwLock::new(state));
         let groups =
             GroupCoordinator::open(store.clone(), Arc::new(TopicView(state.clone())), clock.clone(), entropy.clone(), group_settings)?;
+        let now = clock.now_ms();
         Ok(Self {
+            leases: Mutex::new(retention::JobLeases::new(retention::DEFAULT_JOB_LEASE_MS, now, now.max(0) as u64)),
+            storage: Mutex::new(None),
+            commit_window_ms: store::DEFAULT_COMMIT_WINDOW_MS,
             producer_expiry_ms,
             txn_id_expiry_ms: txn::DEFAULT_TRANSACTIONAL_ID_EXPIRATION_MS,
             store,
@@ -322,6 +334,22 @@ impl Controller {
     /// Sets Kafka's transactional.id.expiration.ms (`[controller] transactional_id_expiration_ms`).
     pub fn with_transactional_id_expiration_ms(mut self, ms: i64) -> Self {
         self.txn_id_expiry_ms = ms;
+        self
+    }
+
+    /// Sets `[controller] job_lease_ms`. `took_over`: this controller replaces another one that
+    /// may have granted leases, so it grants none for one lease length.
+    pub fn with_job_leases(self, ttl_ms: i64, took_over: bool) -> Self {
+        let now = self.clock.now_ms();
+        let from = if took_over { now.saturating_add(ttl_ms) } else { now };
+        *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = retention::JobLeases::new(ttl_ms, from, now.max(0) as u64);
+        self
+    }
+
+    /// Sets `[controller] object_commit_window_ms`.
+    pub fn with_commit_window_ms(mut self, ms: i64) -> Self {
+        assert!(ms > 0, "commit window of {ms} ms");
+        self.commit_window_ms = ms;
         self
     }
 
@@ -469,7 +497,8 @@ impl Controller {
             TopicRef::Name(_) => ControllerError::UnknownTopicOrPartition,
             TopicRef::Id(_) => ControllerError::UnknownTopicId,
         })?;
-        self.store.delete_topic(meta.id)?;
+        self.store.delete_topic(meta.id, &meta.name, self.clock.now_ms())?;
+        self.groups.forget_topic(&meta.name);
         let mut s = self.write();
         s.by_name.remove(&meta.name);
         s.by_id.remove(&meta.id);
@@ -517,6 +546,10 @@ impl Controller {
             }
             match self.store.committed_extents(&req.object_key) {
                 Ok(Some(_)) => continue,
+                Ok(None) if key_too_old(&req.object_key, now_ms, self.commit_window_ms) => {
+                    out[i] = Some(Err(too_old(&req.object_key)));
+                    continue;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     out[i] = Some(Err(self.store_error(e)));
@@ -619,6 +652,9 @@ impl Controller {
         }
         let key: Arc<str> = Arc::from(req.object_key.as_str());
         let now_ms = self.clock.now_ms();
+        if key_too_old(&req.object_key, now_ms, self.commit_window_ms) {
+            return Err(too_old(&req.object_key));
+        }
         let mut plan = log::plan_commit(&key, req.object_size_bytes, &req.extents, now_ms, &*self.read());
         let records = plan.appended();
         let mut effects = TxnEffects { opened: std::mem::take(&mut plan.opened), ..TxnEffects::default() };
@@ -799,12 +835,14 @@ impl Controller {
     /// garbage. Refused with nothing written if the old extents changed meanwhile
     /// ([`ControllerError::ExtentsChanged`]: retention, DeleteRecords or another compaction got
     /// there first) or the new key was collected as an orphan. Offsets never change.
-    pub fn replace_extents(&self, req: &crate::api::ReplaceExtents) -> Result<(), ControllerError> {
+    pub fn replace_extents(&self, lease: &crate::api::jobs::JobLease, req: &crate::api::ReplaceExtents) -> Result<(), ControllerError> {
         check_replacement(req)?;
         if self.is_stale() {
             return Err(ControllerError::Unavailable("controller view is stale".into()));
         }
         let _w = self.lock_writes();
+        // Under the write lock: a lease that ran out changes nothing.
+        self.check_lease(lease)?;
         let offsets = self.offsets(req.topic_id, req.partition)?;
         let (first, last) = (req.old[0].base_offset, req.old[req.old.len() - 1].end_offset);
         if first < offsets.log_start_offset || last > offsets.next_offset {
@@ -956,6 +994,18 @@ fn replace_recent(recent: &mut VecDeque<ExtentRecord>, new: &[ExtentRecord]) {
     let out: VecDeque<ExtentRecord> = out.into_iter().skip(skip).collect();
     debug_assert!(out.iter().zip(out.iter().skip(1)).all(|(a, b)| a.end_offset == b.base_offset), "recent extents not contiguous");
     *recent = out;
+}
+
+/// Whether a key not committed yet was made before the commit window (`window_ms` back from
+/// `now_ms`): its orphan mark (doomed as an orphan, or deleted as garbage after its commit) may
+/// be gone, so it is never committed; the agent uploads its data again under a new key. Keys of
+/// another syntax (tests) are not checked.
+fn key_too_old(key: &str, now_ms: i64, window_ms: i64) -> bool {
+    crate::object::keys::parse_object_key(key).is_some_and(|k| k.created_ms < now_ms.saturating_sub(window_ms))
+}
+
+fn too_old(key: &str) -> ControllerError {
+    ControllerError::ObjectCollected(format!("object {key} was made before the commit window and never committed: upload it again"))
 }
 
 /// Extents in order until they cover `max_bytes` (always at least one).
@@ -1115,6 +1165,35 @@ mod tests {
         }
         let total: i64 = (0..4).map(|p| c.offsets(t.id, p).unwrap().next_offset).sum();
         assert_eq!(total, committed.iter().filter(|c| **c).count() as i64);
+    }
+
+    /// A key made longer ago than orphan marks are kept is never committed (its mark may be
+    /// gone); a replay of a key committed back then is still answered.
+    #[test]
+    fn keys_older_than_a_day_are_not_committed_but_their_replays_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let clock = Arc::new(crate::clock::ManualClock::new(10 * store::DEFAULT_COMMIT_WINDOW_MS as u64));
+        let entropy = SeededEntropy::new(4);
+        let c = Controller::open(store, TopicsConfig::default(), 86_400_000, clock.clone(), Arc::new(SeededEntropy::new(3))).unwrap();
+        let t = create(&c, "t", 1);
+        let old = crate::object::keys::new_object_key("", "a", &*clock, &entropy);
+        let committed = crate::object::keys::new_object_key("", "a", &*clock, &entropy);
+        let req = |key: &str| CommitRequest {
+            object_key: key.into(),
+            object_size_bytes: 100,
+            agent: "a".into(),
+            extents: vec![extent(t.id, 0, 0, 1)],
+            wal: None,
+            txn_end: None,
+        };
+        assert_eq!(c.commit_object(&req(&committed)).unwrap(), vec![Ok(0)]);
+        clock.advance_ms(store::DEFAULT_COMMIT_WINDOW_MS as u64 + 1);
+        assert!(matches!(c.commit_object(&req(&old)), Err(ControllerError::ObjectCollected(_))));
+        assert!(matches!(c.commit_objects(&[req(&old)])[0], Err(ControllerError::ObjectCollected(_))));
+        assert_eq!(c.commit_object(&req(&committed)).unwrap(), vec![Ok(0)]);
+        let fresh = crate::object::keys::new_object_key("", "a", &*clock, &entropy);
+        assert_eq!(c.commit_object(&req(&fresh)).unwrap(), vec![Ok(1)]);
     }
 
     #[test]

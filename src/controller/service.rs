@@ -107,6 +107,11 @@ pub struct ServiceSettings {
     pub groups: GroupsConfig,
     pub producer_id_expiration_ms: u64,
     pub transactional_id_expiration_ms: u64,
+    /// `[controller] job_lease_ms`: background jobs' leases (none granted for this long after
+    /// this replica becomes active).
+    pub job_lease_ms: u64,
+    /// `[controller] object_commit_window_ms`.
+    pub object_commit_window_ms: u64,
 }
 
 struct AgentLease {
@@ -162,6 +167,12 @@ impl RunningService {
                 .map(|(g, t, p, lag)| (vec![("group", g), ("topic", t), ("partition", p.to_string())], lag))
                 .collect()
         }
+    }
+
+    /// The active controller's last storage figures (nothing on a standby).
+    pub fn storage_source(&self) -> Arc<dyn Fn() -> Option<crate::api::jobs::StorageStats> + Send + Sync> {
+        let shared = Arc::downgrade(&self.shared);
+        Arc::new(move || shared.upgrade()?.controller()?.last_storage_stats())
     }
 
     /// 1 while this replica is active, else 0 (`sidestream_controller_active`).
@@ -293,7 +304,11 @@ impl Shared {
                 me.clock.clone(),
                 me.entropy.clone(),
             )
-            .map(|c| c.with_transactional_id_expiration_ms(me.settings.transactional_id_expiration_ms as i64))
+            .map(|c| {
+                c.with_transactional_id_expiration_ms(me.settings.transactional_id_expiration_ms as i64)
+                    .with_job_leases(me.settings.job_lease_ms as i64, true)
+                    .with_commit_window_ms(me.settings.object_commit_window_ms as i64)
+            })
         })
         .await
         .map_err(|e| ServiceError::Transport(e.to_string()))??;
@@ -601,9 +616,9 @@ impl GrpcService for Service {
             // retries come later than our pass): leave them alone while its lease runs.
             Call::CollectOrphans { keys } => Reply::CollectOrphans(self.0.collect_orphans(&c, &agent, keys).await),
             // Agents' index caches follow a swap before the old objects can be deleted.
-            Call::ReplaceExtents { req } => {
+            Call::ReplaceExtents { lease, req } => {
                 let replaced: Vec<rpc::Extent> = req.new.iter().map(rpc::extent_to).collect();
-                let reply = calls::dispatch(&c, Call::ReplaceExtents { req }).await;
+                let reply = calls::dispatch(&c, Call::ReplaceExtents { lease, req }).await;
                 if matches!(reply, Reply::ReplaceExtents(Ok(()))) {
                     let _ = self.0.events.send(rpc::WatchEvent { replaced, ..Default::default() });
                 }
@@ -614,6 +629,10 @@ impl GrpcService for Service {
                 other => other,
             },
             call => {
+                let call_partitions = match &call {
+                    Call::DeleteRecords { partitions } => Some(partitions.iter().map(|(t, p, _)| (*t, *p)).collect::<Vec<_>>()),
+                    _ => None,
+                };
                 let topics_change = match &call {
                     Call::CreateTopic { req } => !req.validate_only,
                     Call::DeleteTopic { .. } => true,
@@ -622,6 +641,18 @@ impl GrpcService for Service {
                 let reply = calls::dispatch(&c, call).await;
                 if topics_change && matches!(reply, Reply::CreateTopic(Ok(_)) | Reply::DeleteTopic(Ok(_))) {
                     let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
+                }
+                // Log starts that moved reach every agent (their offsets and index caches).
+                let moved: Vec<(Uuid, i32)> = match (&reply, &call_partitions) {
+                    (Reply::EnforceRetention(Ok(r)), _) => r.moved.iter().map(|m| (m.topic_id, m.partition)).collect(),
+                    (Reply::DeleteRecords(Ok(results)), Some(asked)) => {
+                        asked.iter().zip(results).filter(|(_, r)| r.is_ok()).map(|(p, _)| *p).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if !moved.is_empty() {
+                    let partitions = moved.iter().filter_map(|(t, p)| partition_now(&c, *t, *p)).collect();
+                    let _ = self.0.events.send(rpc::WatchEvent { partitions, ..Default::default() });
                 }
                 reply
             }
@@ -716,6 +747,8 @@ mod tests {
             groups: GroupsConfig::default(),
             producer_id_expiration_ms: 60_000,
             transactional_id_expiration_ms: 604_800_000,
+            job_lease_ms: 30_000,
+            object_commit_window_ms: 86_400_000,
         };
         let svc = start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.local_addr)).unwrap().connect().await.unwrap();

@@ -31,6 +31,9 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         // The agent uploads the data again; a client that waited that long may retry.
         ControllerError::ObjectCollected(_) => K::RequestTimedOut,
         ControllerError::ExtentsChanged(_) => K::RequestTimedOut,
+        ControllerError::OffsetOutOfRange(_) => K::OffsetOutOfRange,
+        // Only background jobs make leased calls; no client sees this.
+        ControllerError::LeaseNotHeld(_) => K::UnknownServerError,
     }
     .code()
 }

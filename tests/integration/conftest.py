@@ -337,6 +337,19 @@ def fresh_server(tmp_path):
         srv.close()
 
 
+@pytest.fixture
+def s3(tmp_path):
+    """A real S3-compatible server of the test's own (s3s-fs on loopback, see s3_server.py)."""
+    from s3_server import S3Server
+
+    srv = S3Server(tmp_path / "s3", tmp_path / "s3s-fs.log")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.kill()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

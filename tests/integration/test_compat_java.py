@@ -87,7 +87,7 @@ def test_default_producer_under_object_store_faults(faulty_server):
 
 def test_admin_client(server, request):
     """createTopics, listTopics, describeTopics (paged too), describeConfigs, describeCluster, listOffsets
-    (earliest, latest, max timestamp, by timestamp), deleteTopics."""
+    (earliest, latest, max timestamp, by timestamp), deleteRecords, deleteTopics."""
     obs = record(request, observations(run(compat("admin", server.bootstrap, topic_name("java-admin")))[0]))
     assert obs == {
         "create": "ok",
@@ -105,6 +105,9 @@ def test_admin_client(server, request):
         "offsets.latest": "5",
         "offsets.maxTimestamp": "4 ts+4000",
         "offsets.forTimestamp.after": "-1",
+        "deleteRecords.lowWatermark": "2",
+        "offsets.earliest.afterDelete": "2",
+        "deleteRecords.beyond": "OffsetOutOfRangeException",
         "delete": "ok",
         "list.after.delete.contains": "false",
     }
@@ -198,6 +201,30 @@ def test_get_offset_shell_and_producer_performance(server, request):
     assert offsets(-2) == {0: 0, 1: 0, 2: 0}
     max_ts = offsets(-3)
     assert all(0 <= max_ts[p] < latest[p] or latest[p] == 0 for p in latest), (max_ts, latest)
+
+
+def test_delete_records_command(server, request, tmp_path):
+    """kafka-delete-records.sh moves log starts (one partition to an offset, another to the high
+    watermark with -1); kafka-get-offsets.sh --time -2 then reports them."""
+    topic = topic_name("cli-delete-records")
+    bs = ["--bootstrap-server", server.bootstrap]
+    run(tool("TopicCommand", *bs, "--create", "--topic", topic, "--partitions", 2))
+    run(tool("ProducerPerformance", "--topic", topic, "--num-records", 2000, "--record-size", 100,
+             "--throughput", -1, "--command-property", "bootstrap.servers=" + server.bootstrap))
+    spec = tmp_path / "delete.json"
+    spec.write_text('{"version": 1, "partitions": [{"topic": "%s", "partition": 0, "offset": 7},'
+                    ' {"topic": "%s", "partition": 1, "offset": -1}]}' % (topic, topic))
+    out, _ = run(tool("DeleteRecordsCommand", *bs, "--offset-json-file", spec))
+    record(request, {"output": " ".join(out.split())})
+    assert re.search(r"partition: %s-0\s+low_watermark: 7" % re.escape(topic), out), out
+
+    def offsets(time_spec):
+        out, _ = run(tool("GetOffsetShell", *bs, "--topic", topic, "--time", time_spec))
+        return {int(line.rsplit(":", 2)[1]): int(line.rsplit(":", 2)[2]) for line in out.strip().splitlines()}
+
+    latest, earliest = offsets(-1), offsets(-2)
+    assert earliest == {0: 7, 1: latest[1]}, (earliest, latest)
+    assert re.search(r"partition: %s-1\s+low_watermark: %d" % (re.escape(topic), latest[1]), out), out
 
 
 def test_consumer_group_command_and_consumer_performance(server, request):

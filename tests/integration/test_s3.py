@@ -22,7 +22,7 @@ import uuid
 import pytest
 
 from conftest import SidestreamServer, poll_until
-from s3_server import S3Server, s3s_fs_binary
+from s3_server import s3s_fs_binary
 
 TIMEOUT = 120.0
 PREFIX = "cluster-a"
@@ -30,16 +30,6 @@ PREFIX = "cluster-a"
 pytestmark = pytest.mark.skipif(
     s3s_fs_binary() is None and not os.environ.get("CI"),
     reason="s3s-fs is not installed (scripts/test installs it)")
-
-
-@pytest.fixture
-def s3(tmp_path):
-    srv = S3Server(tmp_path / "s3", tmp_path / "s3s-fs.log")
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.kill()
 
 
 def agent(tmp_path, s3, **extra):

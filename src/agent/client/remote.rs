@@ -308,6 +308,7 @@ impl Remote {
             // Never move a high watermark back (an older answer racing a newer event).
             if let Some(prev) = old.get(&(id, p.partition)) {
                 o.next_offset = o.next_offset.max(prev.next_offset);
+                o.log_start_offset = o.log_start_offset.max(prev.log_start_offset);
             }
             let lso = p.last_stable_offset.unwrap_or(p.next_offset).max(old_stable.get(&(id, p.partition)).copied().unwrap_or(0));
             cache.stable.insert((id, p.partition), lso);
@@ -336,6 +337,8 @@ impl Remote {
         let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = cache.offsets.get_mut(&(id, p.partition)) {
             o.next_offset = o.next_offset.max(p.next_offset);
+            // Retention and DeleteRecords move it; it never moves back either.
+            o.log_start_offset = o.log_start_offset.max(p.log_start_offset);
             let lso = p.last_stable_offset.unwrap_or(p.next_offset);
             let s = cache.stable.entry((id, p.partition)).or_insert(0);
             *s = (*s).max(lso);
@@ -585,7 +588,9 @@ impl Remote {
             | (Call::ExtentWithMaxTimestamp { topic_id, partition }, Reply::ExtentWithMaxTimestamp(Ok(found))) => {
                 self.cache_found(generation, *topic_id, *partition, found.as_slice())
             }
-            (Call::ReplaceExtents { req }, Reply::ReplaceExtents(Ok(()))) => self.0.extents.replace(req.topic_id, req.partition, &req.new),
+            (Call::ReplaceExtents { req, .. }, Reply::ReplaceExtents(Ok(()))) => {
+                self.0.extents.replace(req.topic_id, req.partition, &req.new)
+            }
             _ => {}
         }
     }
@@ -665,6 +670,9 @@ mod tests {
             groups: GroupsConfig { initial_rebalance_delay_ms: 0, ..GroupsConfig::default() },
             producer_id_expiration_ms: 86_400_000,
             transactional_id_expiration_ms: 604_800_000,
+            // Short: a controller grants no job for one lease length after it becomes active.
+            job_lease_ms: 200,
+            object_commit_window_ms: 86_400_000,
         };
         let svc = service::start(settings, Arc::new(SystemClock), Arc::new(SeededEntropy::new(1))).await.unwrap();
         let stop = CancellationToken::new();
@@ -743,7 +751,16 @@ mod tests {
             old,
             new: vec![new.clone()],
         };
-        remote.replace_extents(swap).await.unwrap();
+        // The service grants no job lease for one lease length after it became active.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let lease = loop {
+            if let Some(l) = remote.acquire_job_lease(crate::api::jobs::JOB_COMPACTION.into(), "test".into()).await.unwrap() {
+                break l;
+            }
+            assert!(std::time::Instant::now() < deadline, "no compaction lease within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        remote.replace_extents(lease, swap).await.unwrap();
         assert_eq!(remote.find_extents(topic, 0, 0, u64::MAX).await.unwrap(), vec![new.clone()]);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while other.find_extents(topic, 0, 0, u64::MAX).await.unwrap() != vec![new.clone()] {

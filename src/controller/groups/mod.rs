@@ -64,11 +64,15 @@ struct Entry {
     offsets: BTreeMap<TopicPartition, CommittedOffset>,
     notify: Arc<Notify>,
     timer_running: bool,
+    /// When offset expiry first saw the group without members (since then, as far as this
+    /// coordinator knows): its offsets expire `offsets_retention_ms` after this or after their
+    /// commit, whichever is later. Cleared when a member joins.
+    empty_since_ms: Option<i64>,
 }
 
 impl Entry {
     fn new(kind: Kind) -> Self {
-        Self { kind, offsets: BTreeMap::new(), notify: Arc::new(Notify::new()), timer_running: false }
+        Self { kind, offsets: BTreeMap::new(), notify: Arc::new(Notify::new()), timer_running: false, empty_since_ms: None }
     }
 
     fn has_members(&self) -> bool {
@@ -217,6 +221,7 @@ impl GroupCoordinator {
             groups.insert(group_id.to_string(), Entry::new(kind));
         }
         let e = groups.get_mut(group_id).ok_or_else(|| GroupError::Unavailable("group vanished".into()))?;
+        e.empty_since_ms = None;
         // An empty group changes protocol freely (its offsets stay).
         match (&e.kind, classic) {
             (Kind::Consumer(g), true) if g.is_empty() => e.kind = Kind::Classic(ClassicGroup::new()),
@@ -504,6 +509,61 @@ impl GroupCoordinator {
             e.offsets.clear();
         }
         Ok(())
+    }
+
+    /// The topic `name` was deleted: every group forgets its offsets (the store dropped them in
+    /// the topic's deletion).
+    pub fn forget_topic(&self, name: &str) {
+        let _w = lock(&self.offsets_write);
+        let mut groups = self.groups();
+        for e in groups.values_mut() {
+            e.offsets.retain(|(t, _), _| t != name);
+        }
+        groups.retain(|_, e| !e.is_dead());
+    }
+
+    /// Blocking. Kafka's `offsets.retention.minutes`: drops the committed offsets of groups
+    /// without members that are older than `offsets_retention_ms`, counted from their commit or
+    /// from when the group was first seen empty, whichever is later (so a restart only ever
+    /// keeps offsets longer). Returns how many expired.
+    pub fn expire_offsets(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let retention_ms = i64::try_from(self.settings.offsets_retention_ms).unwrap_or(i64::MAX);
+        let _w = lock(&self.offsets_write);
+        let expired: Vec<(String, Vec<TopicPartition>)> = {
+            let mut groups = self.groups();
+            groups
+                .iter_mut()
+                .filter_map(|(id, e)| {
+                    if e.has_members() {
+                        e.empty_since_ms = None;
+                        return None;
+                    }
+                    let since = *e.empty_since_ms.get_or_insert(now_ms);
+                    let old: Vec<TopicPartition> = e
+                        .offsets
+                        .iter()
+                        .filter(|(_, o)| o.commit_ms.max(since).saturating_add(retention_ms) <= now_ms)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    (!old.is_empty()).then(|| (id.clone(), old))
+                })
+                .collect()
+        };
+        let mut count = 0u64;
+        for (group_id, partitions) in expired {
+            self.store.delete_group_offsets(&group_id, Some(&partitions))?;
+            let mut groups = self.groups();
+            if let Some(e) = groups.get_mut(&group_id) {
+                for p in &partitions {
+                    e.offsets.remove(p);
+                }
+                if e.is_dead() {
+                    groups.remove(&group_id);
+                }
+            }
+            count += partitions.len() as u64;
+        }
+        Ok(count)
     }
 
     /// ListGroups, filtered by state and type names (case-insensitive; empty: all).

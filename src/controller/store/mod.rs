@@ -190,6 +190,38 @@ fn owned_commits(commits: &[ObjectCommit<'_>]) -> Vec<OwnedCommit> {
         .collect()
 }
 
+/// The default `[controller] object_commit_window_ms`: an object key is committed within this
+/// long after it was made, or never (the controller refuses older keys, and keeps orphan marks
+/// only this long).
+pub const DEFAULT_COMMIT_WINDOW_MS: i64 = 86_400_000;
+
+/// A partition's log start moved forward (retention, DeleteRecords).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStartMove {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub log_start_offset: i64,
+}
+
+/// What the index holds of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSize {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub bytes: u64,
+    pub extents: u64,
+}
+
+/// Objects in the store's books: every committed object not yet deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredObjects {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Of those, the ones no extent references (waiting for the collector).
+    pub garbage_objects: u64,
+    pub garbage_bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
     pub id: Uuid,
@@ -278,9 +310,27 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError>;
     /// Inserts a topic and its partitions (starting at offset 0).
     fn create_topic(&self, topic: &TopicRecord) -> Result<(), StoreError>;
-    /// Removes a topic, its partitions, its extents, its producer states, its open transactions
-    /// and its aborted transaction index.
-    fn delete_topic(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Removes a topic, its partitions, its extents, its producer states, its open transactions,
+    /// its aborted transaction index and the group offsets committed on its name; its objects
+    /// that no other extent references become garbage (at `now_ms`). One transaction.
+    fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Retention and DeleteRecords, in one transaction: moves each partition's log start
+    /// forward to its move's (never back), deletes its extents that end at or below it and its
+    /// aborted transactions that end below it, and makes garbage (at `now_ms`) every object no
+    /// extent references afterwards.
+    fn advance_log_starts(&self, moves: &[LogStartMove], now_ms: i64) -> Result<(), StoreError>;
+    /// Up to `limit` garbage objects (no extent references them) that became garbage at or
+    /// before `before_ms`, oldest first: the ones the collector may delete now.
+    fn garbage(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// The collector deleted these garbage objects from the object store: their rows go, and
+    /// each key whose flag says so keeps an orphan mark (at `now_ms`), so that a late replay of
+    /// its commit is refused. Marks made before `marks_before_ms` are dropped. Keys that are not
+    /// garbage are left alone.
+    fn forget_objects(&self, keys: &[(String, bool)], now_ms: i64, marks_before_ms: i64) -> Result<(), StoreError>;
+    /// Bytes and extents the index holds per partition (retention.bytes, metrics).
+    fn partition_sizes(&self) -> Result<Vec<PartitionSize>, StoreError>;
+    /// Objects the store knows of (committed and not yet deleted), and how many are garbage.
+    fn stored_objects(&self) -> Result<StoredObjects, StoreError>;
     /// The extents recorded by the commit of `object_key`, if it was committed.
     fn committed_extents(&self, object_key: &str) -> Result<Option<Vec<ExtentRecord>>, StoreError>;
     /// In one transaction: records the object and its extents, moves each extent's partition

@@ -38,14 +38,14 @@ use crate::controller::producers::{ProducerState, decode_batches, encode_batches
 
 use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, StoreSettings, TopicRecord,
-    TxnEffects, owned_commits,
+    GroupOffsetRecord, LogStartMove, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, PartitionSize, Snapshot, StoreError,
+    StoreSettings, StoredObjects, TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
 /// 3: agent epochs and the controller lease. 4: transactions, open transactions per partition,
-/// the aborted transaction index (as SQLite's version 4). 5: objects no extent references
-/// (`garbage`, for the garbage collector).
+/// the aborted transaction index (as SQLite's version 4). 5: garbage objects, orphan marks by
+/// time (as SQLite's version 5).
 const SCHEMA_VERSION: i32 = 5;
 
 /// Migrations from version N-1 to N, each applied in its own transaction with the version bump.
@@ -100,7 +100,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
             producer_id BIGINT NOT NULL, first_offset BIGINT NOT NULL,
             PRIMARY KEY (topic_id, partition, last_offset));",
     ),
-    (5, "CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms BIGINT NOT NULL);"),
+    (
+        5,
+        "CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms BIGINT NOT NULL);
+        CREATE INDEX IF NOT EXISTS garbage_by_time ON garbage (since_ms);
+        CREATE INDEX IF NOT EXISTS orphans_by_time ON orphans (doomed_ms);",
+    ),
 ];
 
 /// Key of the advisory lock held while migrating (any constant unlikely to collide).
@@ -213,6 +218,20 @@ fn commit_fenced(mut tx: Transaction<'_>, fence: &Fence) -> Result<(), StoreErro
 /// Column `i` of a row.
 fn col<'a, T: postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
     r.try_get(i).map_err(classify)
+}
+
+/// Makes garbage of those of `keys` that no extent references any more (inside the
+/// transaction that removed their extents), as of `now_ms`.
+fn release_objects(tx: &mut Transaction<'_>, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+    for key in keys {
+        tx.execute(
+            "INSERT INTO garbage (key, since_ms) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM objects WHERE key = $1) \
+             AND NOT EXISTS (SELECT 1 FROM extents WHERE object_key = $1) ON CONFLICT DO NOTHING",
+            &[key, &now_ms],
+        )
+        .map_err(classify)?;
+    }
+    Ok(())
 }
 
 /// Every row of `sql` (no parameters), each through `f`.
@@ -474,15 +493,117 @@ impl MetadataStore for PgStore {
         })
     }
 
-    fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
+    fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError> {
+        let name = name.to_string();
         self.write(move |c, fence| {
             let mut tx = c.transaction().map_err(classify)?;
             let id = id.as_bytes().as_slice();
+            let keys: Vec<String> = tx
+                .query("SELECT DISTINCT object_key FROM extents WHERE topic_id = $1", &[&id])
+                .map_err(classify)?
+                .iter()
+                .map(|r| col(r, 0))
+                .collect::<Result<_, _>>()?;
             for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE topic_id = $1"), &[&id]).map_err(classify)?;
             }
             tx.execute("DELETE FROM topics WHERE id = $1", &[&id]).map_err(classify)?;
+            tx.execute("DELETE FROM group_offsets WHERE topic = $1", &[&name]).map_err(classify)?;
+            release_objects(&mut tx, &keys, now_ms)?;
             commit_fenced(tx, fence)
+        })
+    }
+
+    fn advance_log_starts(&self, moves: &[LogStartMove], now_ms: i64) -> Result<(), StoreError> {
+        let moves = moves.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            let mut keys: Vec<String> = Vec::new();
+            for m in &moves {
+                let id = m.topic_id.as_bytes().as_slice();
+                let args: [&(dyn postgres::types::ToSql + Sync); 3] = [&id, &m.partition, &m.log_start_offset];
+                let moved = tx
+                    .execute(
+                        "UPDATE partitions SET log_start_offset = $3 WHERE topic_id = $1 AND partition = $2 AND log_start_offset < $3",
+                        &args,
+                    )
+                    .map_err(classify)?;
+                if moved == 0 {
+                    continue;
+                }
+                for r in tx
+                    .query("DELETE FROM extents WHERE topic_id = $1 AND partition = $2 AND end_offset <= $3 RETURNING object_key", &args)
+                    .map_err(classify)?
+                {
+                    keys.push(col(&r, 0)?);
+                }
+                tx.execute("DELETE FROM aborted_txns WHERE topic_id = $1 AND partition = $2 AND last_offset < $3", &args)
+                    .map_err(classify)?;
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            release_objects(&mut tx, &keys, now_ms)?;
+            commit_fenced(tx, fence)
+        })
+    }
+
+    fn garbage(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.readers.with(|c| {
+            c.query("SELECT key FROM garbage WHERE since_ms <= $1 ORDER BY since_ms, key LIMIT $2", &[&before_ms, &i64::from(limit)])
+                .map_err(classify)?
+                .iter()
+                .map(|r| col(r, 0))
+                .collect()
+        })
+    }
+
+    fn forget_objects(&self, keys: &[(String, bool)], now_ms: i64, marks_before_ms: i64) -> Result<(), StoreError> {
+        let keys = keys.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            for (key, keep_mark) in &keys {
+                if tx.execute("DELETE FROM garbage WHERE key = $1", &[key]).map_err(classify)? != 1 {
+                    continue;
+                }
+                tx.execute("DELETE FROM objects WHERE key = $1", &[key]).map_err(classify)?;
+                if *keep_mark {
+                    tx.execute(
+                        "INSERT INTO orphans (key, doomed_ms) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET doomed_ms = $2",
+                        &[key, &now_ms],
+                    )
+                    .map_err(classify)?;
+                }
+            }
+            tx.execute("DELETE FROM orphans WHERE doomed_ms < $1", &[&marks_before_ms]).map_err(classify)?;
+            commit_fenced(tx, fence)
+        })
+    }
+
+    fn partition_sizes(&self) -> Result<Vec<PartitionSize>, StoreError> {
+        self.readers.with(|c| {
+            select_all(c, "SELECT topic_id, partition, SUM(length)::BIGINT, COUNT(*) FROM extents GROUP BY topic_id, partition", |r| {
+                Ok(PartitionSize {
+                    topic_id: uuid_at(r, 0)?,
+                    partition: col(r, 1)?,
+                    bytes: col::<i64>(r, 2)?.max(0) as u64,
+                    extents: col::<i64>(r, 3)?.max(0) as u64,
+                })
+            })
+        })
+    }
+
+    fn stored_objects(&self) -> Result<StoredObjects, StoreError> {
+        self.readers.with(|c| {
+            let r = c
+                .query_one(
+                    "SELECT COUNT(*), COALESCE(SUM(o.size_bytes), 0)::BIGINT, COUNT(g.key), \
+                     COALESCE(SUM(CASE WHEN g.key IS NULL THEN 0 ELSE o.size_bytes END), 0)::BIGINT \
+                     FROM objects o LEFT JOIN garbage g ON g.key = o.key",
+                    &[],
+                )
+                .map_err(classify)?;
+            let n = |i: usize| col::<i64>(&r, i).map(|v| v.max(0) as u64);
+            Ok(StoredObjects { objects: n(0)?, bytes: n(1)?, garbage_objects: n(2)?, garbage_bytes: n(3)? })
         })
     }
 
@@ -857,18 +978,10 @@ fn replace_in(tx: &mut Transaction<'_>, o: &ObjectRecord, old: &[ExtentRecord], 
     }
     // The garbage collector's contract: an object no extent references any more is listed in
     // the transaction that made it so.
-    let mut keys: Vec<&str> = old.iter().map(|e| &*e.object_key).collect();
+    let mut keys: Vec<String> = old.iter().map(|e| e.object_key.to_string()).collect();
     keys.sort_unstable();
     keys.dedup();
-    for key in keys {
-        tx.execute(
-            "INSERT INTO garbage (key, since_ms) SELECT $1, $2 \
-             WHERE NOT EXISTS (SELECT 1 FROM extents WHERE object_key = $1) ON CONFLICT DO NOTHING",
-            &[&key, &o.committed_ms],
-        )
-        .map_err(classify)?;
-    }
-    Ok(())
+    release_objects(tx, &keys, o.committed_ms)
 }
 
 fn upsert_transaction(tx: &mut Transaction<'_>, transactional_id: &str, body: &str) -> Result<(), StoreError> {

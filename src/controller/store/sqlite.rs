@@ -19,14 +19,14 @@ use crate::controller::producers::{ProducerState, decode_batches, encode_batches
 
 use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, Snapshot, StoreError, StoreSettings,
-    TopicRecord, TxnEffects, owned_commits,
+    GroupOffsetRecord, LogStartMove, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, PartitionSize, Snapshot,
+    StoreError, StoreSettings, StoredObjects, TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
 /// epochs. Version 4: transactions, open transactions per partition, the aborted transaction
-/// index.
-const SCHEMA_VERSION: i32 = 4;
+/// index. Version 5: garbage objects (no extent references them), orphan marks by time.
+const SCHEMA_VERSION: i32 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,7 +53,6 @@ CREATE TABLE IF NOT EXISTS producer_states (
     epoch INTEGER NOT NULL, batches TEXT NOT NULL, last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (producer_id, topic_id, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, doomed_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);
 ";
 
 /// Migrations from version N-1 to N, applied in order to older files (`user_version`). Each is
@@ -77,6 +76,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
             topic_id BLOB NOT NULL, partition INTEGER NOT NULL, last_offset INTEGER NOT NULL,
             producer_id INTEGER NOT NULL, first_offset INTEGER NOT NULL,
             PRIMARY KEY (topic_id, partition, last_offset)) WITHOUT ROWID;",
+    ),
+    (
+        5,
+        "CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);
+        CREATE INDEX IF NOT EXISTS garbage_by_time ON garbage (since_ms);
+        CREATE INDEX IF NOT EXISTS orphans_by_time ON orphans (doomed_ms);",
     ),
 ];
 
@@ -288,14 +293,122 @@ impl MetadataStore for SqliteStore {
         })
     }
 
-    fn delete_topic(&self, id: Uuid) -> Result<(), StoreError> {
+    fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError> {
+        let name = name.to_string();
         self.writer.call(move |c| {
             let tx = c.transaction().map_err(classify)?;
+            let id = id.as_bytes().as_slice();
+            let keys = {
+                let mut stmt = tx.prepare("SELECT DISTINCT object_key FROM extents WHERE topic_id = ?1").map_err(classify)?;
+                let rows = stmt.query_map([id], |r| r.get::<_, String>(0)).map_err(classify)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(classify)?
+            };
             for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id.as_bytes().as_slice()]).map_err(classify)?;
+                tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id]).map_err(classify)?;
             }
-            tx.execute("DELETE FROM topics WHERE id = ?1", [id.as_bytes().as_slice()]).map_err(classify)?;
+            tx.execute("DELETE FROM topics WHERE id = ?1", [id]).map_err(classify)?;
+            tx.execute("DELETE FROM group_offsets WHERE topic = ?1", [&name]).map_err(classify)?;
+            release_objects(&tx, &keys, now_ms)?;
             tx.commit().map_err(classify)
+        })
+    }
+
+    fn advance_log_starts(&self, moves: &[LogStartMove], now_ms: i64) -> Result<(), StoreError> {
+        let moves = moves.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            let mut keys = Vec::new();
+            {
+                let mut advance = tx
+                    .prepare_cached(
+                        "UPDATE partitions SET log_start_offset = ?3 WHERE topic_id = ?1 AND partition = ?2 AND log_start_offset < ?3",
+                    )
+                    .map_err(classify)?;
+                let mut drop_extents = tx
+                    .prepare_cached("DELETE FROM extents WHERE topic_id = ?1 AND partition = ?2 AND end_offset <= ?3 RETURNING object_key")
+                    .map_err(classify)?;
+                let mut drop_aborted = tx
+                    .prepare_cached("DELETE FROM aborted_txns WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3")
+                    .map_err(classify)?;
+                for m in &moves {
+                    let args = params![m.topic_id.as_bytes().as_slice(), m.partition, m.log_start_offset];
+                    if advance.execute(args).map_err(classify)? == 0 {
+                        continue;
+                    }
+                    let rows = drop_extents.query_map(args, |r| r.get::<_, String>(0)).map_err(classify)?;
+                    for k in rows {
+                        keys.push(k.map_err(classify)?);
+                    }
+                    drop_aborted.execute(args).map_err(classify)?;
+                }
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            release_objects(&tx, &keys, now_ms)?;
+            tx.commit().map_err(classify)
+        })
+    }
+
+    fn garbage(&self, before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT key FROM garbage WHERE since_ms <= ?1 ORDER BY since_ms, key LIMIT ?2")
+                .map_err(classify)?;
+            let rows = stmt.query_map(params![before_ms, i64::from(limit)], |r| r.get::<_, String>(0)).map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+    }
+
+    fn forget_objects(&self, keys: &[(String, bool)], now_ms: i64, marks_before_ms: i64) -> Result<(), StoreError> {
+        let keys = keys.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut unmark = tx.prepare_cached("DELETE FROM garbage WHERE key = ?1").map_err(classify)?;
+                let mut forget = tx.prepare_cached("DELETE FROM objects WHERE key = ?1").map_err(classify)?;
+                let mut mark = tx
+                    .prepare_cached("INSERT INTO orphans (key, doomed_ms) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doomed_ms = ?2")
+                    .map_err(classify)?;
+                for (key, keep_mark) in &keys {
+                    if unmark.execute([key]).map_err(classify)? == 1 {
+                        forget.execute([key]).map_err(classify)?;
+                        if *keep_mark {
+                            mark.execute(params![key, now_ms]).map_err(classify)?;
+                        }
+                    }
+                }
+            }
+            tx.execute("DELETE FROM orphans WHERE doomed_ms < ?1", [marks_before_ms]).map_err(classify)?;
+            tx.commit().map_err(classify)
+        })
+    }
+
+    fn partition_sizes(&self) -> Result<Vec<PartitionSize>, StoreError> {
+        self.readers.with(|c| {
+            select_all(c, "SELECT topic_id, partition, SUM(length), COUNT(*) FROM extents GROUP BY topic_id, partition", |r| {
+                Ok(PartitionSize {
+                    topic_id: uuid_from(r.get(0)?)?,
+                    partition: r.get(1)?,
+                    bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                    extents: r.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })
+        })
+    }
+
+    fn stored_objects(&self) -> Result<StoredObjects, StoreError> {
+        self.readers.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0), COUNT(garbage.key), \
+                 COALESCE(SUM(CASE WHEN garbage.key IS NULL THEN 0 ELSE size_bytes END), 0) \
+                 FROM objects LEFT JOIN garbage ON garbage.key = objects.key",
+                [],
+                |r| {
+                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                    Ok(StoredObjects { objects: n(0)?, bytes: n(1)?, garbage_objects: n(2)?, garbage_bytes: n(3)? })
+                },
+            )
+            .map_err(classify)
         })
     }
 
@@ -690,20 +803,26 @@ fn replace_in(tx: &rusqlite::Transaction<'_>, o: &ObjectRecord, old: &[ExtentRec
         for e in new {
             insert_extent(&mut insert, e)?;
         }
-        // The garbage collector's contract: an object no extent references any more is listed
-        // in the transaction that made it so.
-        let mut garbage = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO garbage (key, since_ms) SELECT ?1, ?2 \
-                 WHERE NOT EXISTS (SELECT 1 FROM extents WHERE object_key = ?1)",
-            )
-            .map_err(classify)?;
-        let mut keys: Vec<&str> = old.iter().map(|e| &*e.object_key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in keys {
-            garbage.execute(params![key, o.committed_ms]).map_err(classify)?;
-        }
+    }
+    // The garbage collector's contract: an object no extent references any more is listed in
+    // the transaction that made it so.
+    let mut keys: Vec<String> = old.iter().map(|e| e.object_key.to_string()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    release_objects(tx, &keys, o.committed_ms)
+}
+
+/// Makes garbage of those of `keys` that no extent references any more (inside the
+/// transaction that removed their extents), as of `now_ms`.
+fn release_objects(tx: &rusqlite::Transaction<'_>, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+    let mut release = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO garbage (key, since_ms) SELECT ?1, ?2 \
+             WHERE EXISTS (SELECT 1 FROM objects WHERE key = ?1) AND NOT EXISTS (SELECT 1 FROM extents WHERE object_key = ?1)",
+        )
+        .map_err(classify)?;
+    for key in keys {
+        release.execute(params![key, now_ms]).map_err(classify)?;
     }
     Ok(())
 }

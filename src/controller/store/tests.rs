@@ -171,7 +171,7 @@ fn contract(s: &dyn MetadataStore) {
     s.delete_group_offsets("g", None).unwrap();
     assert!(s.load_group_offsets().unwrap().is_empty());
 
-    s.delete_topic(t.id).unwrap();
+    s.delete_topic(t.id, "t", 10).unwrap();
     assert!(s.load("x").unwrap().topics.is_empty());
     assert!(s.find_extents(t.id, 0, 0, 10).unwrap().is_empty());
 }
@@ -278,7 +278,7 @@ fn txn_contract(s: &dyn MetadataStore) {
         &TxnEffects { opened: vec![open10], ..TxnEffects::default() },
     )
     .unwrap();
-    s.delete_topic(t.id).unwrap();
+    s.delete_topic(t.id, "tx", 10).unwrap();
     assert!(s.load("c").unwrap().open_txns.is_empty());
     assert!(s.aborted_txns(t.id, 0, 0, 100, 10).unwrap().is_empty());
 }
@@ -357,6 +357,68 @@ fn compaction_contract(s: &dyn MetadataStore) -> Vec<String> {
     vec![o1.to_string(), o2.to_string()]
 }
 
+/// Retention's part: log starts move forward only, take the extents wholly below them, and an
+/// object becomes garbage exactly when its last extent goes; forgotten garbage cannot be
+/// committed again; a deleted topic's objects and group offsets go with it.
+fn retention_contract(s: &dyn MetadataStore) {
+    s.load("c").unwrap();
+    let t = topic("r", 2);
+    s.create_topic(&t).unwrap();
+    let mv = |p: i32, to: i64| LogStartMove { topic_id: t.id, partition: p, log_start_offset: to };
+    // o1 holds p0 [0, 5) and p1 [0, 2); o2 holds p0 [5, 8).
+    s.commit_object(&object("o1"), &[extent(t.id, 0, 0, 5, "o1", 0), extent(t.id, 1, 0, 2, "o1", 100)], None, &[], &TxnEffects::default())
+        .unwrap();
+    s.commit_object(&object("o2"), &[extent(t.id, 0, 5, 8, "o2", 0)], None, &[], &TxnEffects::default()).unwrap();
+    let sizes = |s: &dyn MetadataStore| {
+        let mut v: Vec<(i32, u64)> = s.partition_sizes().unwrap().iter().map(|p| (p.partition, p.extents)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sizes(s), vec![(0, 2), (1, 1)]);
+    // Inside p0's second extent: the first goes, o1 is still referenced by p1.
+    s.advance_log_starts(&[mv(0, 6)], 100).unwrap();
+    assert_eq!(s.find_extents(t.id, 0, 0, 10).unwrap().iter().map(|e| e.base_offset).collect::<Vec<_>>(), vec![5]);
+    assert!(s.garbage(i64::MAX, 10).unwrap().is_empty());
+    // Never back; inside p1's extent removes nothing.
+    s.advance_log_starts(&[mv(0, 1), mv(1, 1)], 200).unwrap();
+    let starts: Vec<i64> = {
+        let mut p = s.load("c").unwrap().partitions;
+        p.sort_by_key(|p| p.partition);
+        p.iter().map(|p| p.log_start_offset).collect()
+    };
+    assert_eq!(starts, vec![6, 1]);
+    assert!(s.garbage(i64::MAX, 10).unwrap().is_empty());
+    s.advance_log_starts(&[mv(1, 2)], 300).unwrap();
+    assert_eq!(sizes(s), vec![(0, 1)]);
+    assert_eq!(s.garbage(299, 10).unwrap(), Vec::<String>::new());
+    assert_eq!(s.garbage(300, 10).unwrap(), vec!["o1".to_string()]);
+    assert_eq!(s.stored_objects().unwrap(), StoredObjects { objects: 2, bytes: 2000, garbage_objects: 1, garbage_bytes: 1000 });
+    // Forgetting skips what is not garbage; a forgotten key is never committed again.
+    s.forget_objects(&[("o1".into(), true), ("o2".into(), true)], 400, 0).unwrap();
+    assert!(s.garbage(i64::MAX, 10).unwrap().is_empty());
+    assert_eq!(s.stored_objects().unwrap(), StoredObjects { objects: 1, bytes: 1000, garbage_objects: 0, garbage_bytes: 0 });
+    let again = s.commit_object(&object("o1"), &[extent(t.id, 1, 2, 3, "o1", 0)], None, &[], &TxnEffects::default());
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    // Deleting the topic makes garbage of its objects and drops its group offsets.
+    let off = GroupOffsetRecord {
+        group_id: "g".into(),
+        topic: "r".into(),
+        partition: 0,
+        offset: 1,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_ms: 1,
+    };
+    s.commit_group_offsets(&[off]).unwrap();
+    s.delete_topic(t.id, "r", 500).unwrap();
+    assert_eq!(s.garbage(500, 10).unwrap(), vec!["o2".to_string()]);
+    assert!(s.load_group_offsets().unwrap().is_empty());
+    // Without a mark, a forgotten key is forgotten for good; old marks go with the next forget.
+    s.forget_objects(&[("o2".into(), false)], 600, 401).unwrap();
+    s.commit_object(&object("o1"), &[], None, &[], &TxnEffects::default()).unwrap();
+    s.commit_object(&object("o2"), &[], None, &[], &TxnEffects::default()).unwrap();
+}
+
 #[test]
 fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,6 +430,7 @@ fn sqlite_store_keeps_the_contract() {
     let mut stmt = c.prepare("SELECT key FROM garbage ORDER BY key").unwrap();
     let listed: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(listed, garbage);
+    retention_contract(&SqliteStore::open(&dir.path().join("r.db")).unwrap());
 }
 
 #[test]
@@ -384,6 +447,8 @@ fn postgres_store_keeps_the_contract() {
     let mut c = ::postgres::Client::connect(&compaction_db.url, ::postgres::NoTls).unwrap();
     let listed: Vec<String> = c.query("SELECT key FROM garbage ORDER BY key", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(listed, garbage);
+    let retention_db = TestDb::create().unwrap();
+    retention_contract(&PgStore::open(&retention_db.url).unwrap());
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");

@@ -399,6 +399,18 @@ public class Compat {
             obs("offsets.maxTimestamp", max.offset() + " ts+" + (max.timestamp() - base));
             obs("offsets.forTimestamp.after", admin.listOffsets(Map.of(tp0, OffsetSpec.forTimestamp(base + 60_000))).all().get().get(tp0).offset());
 
+            // deleteRecords: the log start moves to 2 (inside the records produced one by one),
+            // earliest follows; beyond the high watermark is refused.
+            DeletedRecords deleted = admin.deleteRecords(Map.of(tp0, RecordsToDelete.beforeOffset(2))).lowWatermarks().get(tp0).get();
+            obs("deleteRecords.lowWatermark", deleted.lowWatermark());
+            obs("offsets.earliest.afterDelete", admin.listOffsets(Map.of(tp0, OffsetSpec.earliest())).all().get().get(tp0).offset());
+            try {
+                admin.deleteRecords(Map.of(tp0, RecordsToDelete.beforeOffset(99))).all().get();
+                fail("deleteRecords beyond the high watermark succeeded");
+            } catch (ExecutionException e) {
+                obs("deleteRecords.beyond", e.getCause().getClass().getSimpleName());
+            }
+
             admin.deleteTopics(List.of(topic)).all().get();
             obs("delete", "ok");
             long deadline = System.nanoTime() + DEADLINE.toNanos();
