@@ -14,7 +14,7 @@ import pytest
 
 import kafka_wire
 from compat import java_cmd, observations, record, run
-from conftest import free_port, poll_until
+from conftest import SidestreamServer, free_port, poll_until
 
 TOOLS = "org.apache.kafka.tools."
 FIND_COORDINATOR = 10
@@ -328,6 +328,21 @@ def test_streams_word_count_exactly_once_v2(server, request, tmp_path):
     obs = record(request, observations(run(compat("wordcount", server.bootstrap, topic_name("streams-eos"), tmp_path,
                                                   "exactly_once_v2"))[0]))
     assert obs == {"wordcount.words": "8", "wordcount.kafka": "3"}
+
+
+def test_streams_restores_its_state_store_from_a_compacted_changelog(request, tmp_path):
+    """Kafka Streams after log compaction: 300 updates of 5 word counts; the app stops, the
+    server compacts the changelog (cleanup.policy=compact, which Streams sets) down to the latest
+    count per word; the app starts again with an empty state directory, restores its store from
+    the changelog and counts on from there."""
+    env = {"SIDESTREAM_COMPACTION_CHECK_INTERVAL_MS": "200", "SIDESTREAM_COMPACTION_MIN_AGE_MS": "0"}
+    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log", extra_env=env).start()
+    try:
+        obs = record(request, observations(run(compat("wordcount-restore", srv.bootstrap, topic_name("restore"),
+                                                      tmp_path / "state"))[0]))
+    finally:
+        srv.close()
+    assert obs == {"changelog.cleanup.policy": "compact", "changelog.compacted": "true", "restored.w0": "61"}
 
 
 # ------------------------------------------------------------------------- transactions

@@ -33,6 +33,7 @@ public class Compat {
             case "consume-assign" -> consumeAssign(bootstrap, topic, Integer.parseInt(args[3]), args.length > 4 ? args[4] : null);
             case "admin" -> admin(bootstrap, topic);
             case "wordcount" -> wordCount(bootstrap, topic, args[3], args.length > 4 ? args[4] : StreamsConfig.AT_LEAST_ONCE);
+            case "wordcount-restore" -> wordCountRestore(bootstrap, topic, args[3]);
             case "transactions" -> transactions(bootstrap, topic);
             case "consume-group" -> consumeGroup(bootstrap, topic, Integer.parseInt(args[3]), args[4], args[5]);
             default -> fail("unknown scenario " + scenario);
@@ -231,6 +232,119 @@ public class Compat {
         }
         obs("wordcount.words", counts.size());
         obs("wordcount.kafka", counts.get("kafka"));
+    }
+
+    /** Counts words of `in` into `out` until the counts read from `out` are `expected`. */
+    static void countUntil(String bootstrap, String appId, String in, String out, String stateDir, Map<String, Long> expected) throws Exception {
+        Properties sp = new Properties();
+        sp.put(StreamsConfig.APPLICATION_ID_CONFIG, appId);
+        sp.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        sp.put(StreamsConfig.STATE_DIR_CONFIG, stateDir);
+        sp.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        sp.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        sp.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        sp.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
+        // The changelog (a compacted internal topic) is cleaned as soon as anything is dirty.
+        sp.put(StreamsConfig.topicPrefix("min.cleanable.dirty.ratio"), "0.01");
+        sp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        StreamsBuilder builder = new StreamsBuilder();
+        builder.<String, String>stream(in).groupBy((k, w) -> w).count().toStream().to(out, Produced.with(Serdes.String(), Serdes.Long()));
+        Map<String, Long> counts = new TreeMap<>();
+        try (KafkaStreams streams = new KafkaStreams(builder.build(), sp)) {
+            streams.start();
+            Properties cp = new Properties();
+            cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+            cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
+            try (KafkaConsumer<String, Long> consumer = new KafkaConsumer<>(cp)) {
+                List<TopicPartition> tps = List.of(new TopicPartition(out, 0));
+                consumer.assign(tps);
+                consumer.seekToBeginning(tps);
+                long deadline = System.nanoTime() + DEADLINE.toNanos();
+                while (!counts.equals(expected)) {
+                    check(System.nanoTime() < deadline, "counts " + counts + ", expected " + expected + " (streams state " + streams.state() + ")");
+                    for (ConsumerRecord<String, Long> r : consumer.poll(Duration.ofMillis(500))) {
+                        counts.put(r.key(), r.value());
+                    }
+                }
+            }
+        }
+    }
+
+    /** Every record of partition 0 of `topic`, from its log start to its end: (key, value as a long). */
+    static List<Map.Entry<String, Long>> readLongs(String bootstrap, String topic) {
+        Properties p = new Properties();
+        p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        List<Map.Entry<String, Long>> out = new ArrayList<>();
+        try (KafkaConsumer<String, byte[]> consumer = new KafkaConsumer<>(p)) {
+            TopicPartition tp = new TopicPartition(topic, 0);
+            consumer.assign(List.of(tp));
+            consumer.seekToBeginning(List.of(tp));
+            long end = consumer.endOffsets(List.of(tp)).get(tp);
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            while (consumer.position(tp) < end) {
+                check(System.nanoTime() < deadline, "reading " + topic + " stopped at " + consumer.position(tp) + " of " + end);
+                for (ConsumerRecord<String, byte[]> r : consumer.poll(Duration.ofMillis(200))) {
+                    out.add(Map.entry(r.key(), r.value() == null ? -1L : java.nio.ByteBuffer.wrap(r.value()).getLong()));
+                }
+            }
+        }
+        return out;
+    }
+
+    /**
+     * Kafka Streams restores its state store from its changelog after compaction: 300 updates of
+     * 5 counts, the app stopped, the changelog compacted by the server (far fewer records, the
+     * latest count of each word), then the app started again with an empty state directory:
+     * one more word counts on from the restored value.
+     */
+    static void wordCountRestore(String bootstrap, String topic, String stateDir) throws Exception {
+        String in = topic + "-in", out = topic + "-out", appId = "restore-" + topic;
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        Properties pp = new Properties();
+        pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic(in, 1, (short) 1), new NewTopic(out, 1, (short) 1))).all().get();
+            Map<String, Long> expected = new TreeMap<>();
+            try (KafkaProducer<String, String> producer = new KafkaProducer<>(pp)) {
+                for (int i = 0; i < 300; i++) {
+                    String w = "w" + (i % 5);
+                    producer.send(new ProducerRecord<>(in, null, w));
+                    expected.merge(w, 1L, Long::sum);
+                }
+                producer.flush();
+            }
+            countUntil(bootstrap, appId, in, out, stateDir + "/first", expected);
+            String changelog = admin.listTopics().names().get().stream()
+                .filter(t -> t.startsWith(appId) && t.endsWith("-changelog")).findFirst().orElse(null);
+            check(changelog != null, "no changelog topic of " + appId);
+            ConfigResource res = new ConfigResource(ConfigResource.Type.TOPIC, changelog);
+            obs("changelog.cleanup.policy", admin.describeConfigs(List.of(res)).all().get().get(res).get("cleanup.policy").value());
+            // The server compacts the changelog: at most one record per word and a few not yet cleanable.
+            long deadline = System.nanoTime() + DEADLINE.toNanos();
+            List<Map.Entry<String, Long>> records = readLongs(bootstrap, changelog);
+            while (records.size() > 50) {
+                check(System.nanoTime() < deadline, "the changelog still holds " + records.size() + " records");
+                Thread.sleep(200);
+                records = readLongs(bootstrap, changelog);
+            }
+            Map<String, Long> latest = new TreeMap<>();
+            for (Map.Entry<String, Long> r : records) latest.put(r.getKey(), r.getValue());
+            check(latest.equals(expected), "compacted changelog " + latest + ", expected " + expected);
+            obs("changelog.compacted", true);
+            // Restarted with nothing local: the store comes back from the changelog.
+            try (KafkaProducer<String, String> producer = new KafkaProducer<>(pp)) {
+                producer.send(new ProducerRecord<>(in, null, "w0")).get();
+            }
+            expected.merge("w0", 1L, Long::sum);
+            countUntil(bootstrap, appId, in, out, stateDir + "/second", expected);
+            obs("restored.w0", expected.get("w0"));
+        }
     }
 
     static KafkaProducer<String, String> txnProducer(String bootstrap, String txnId) {
