@@ -1,24 +1,45 @@
 //! Object compaction: uploaded objects (each holds a little of many partitions) are rewritten
 //! into per-partition objects of up to `[compaction] target_bytes`, so that a catch-up read of
 //! one partition makes a few large GETs (the read cache reads per-partition objects far ahead)
-//! instead of one per uploaded object.
+//! instead of one per uploaded object; partitions with too little data for objects of their
+//! own wait in partition-sorted objects, so the job costs a few PUTs per GiB more than the
+//! uploads did, not one per partition.
 //!
 //! Every `check_interval`, [`ObjectCompactor::run_once`] does two things:
 //!
 //! 1. **Split.** The oldest uploaded objects (older than `min_age_ms`, smaller than half the
-//!    target) are read whole, up to twice `target_bytes` of them, and each partition's extents
-//!    in them are written, in offset order, into objects of that partition alone (a partition
-//!    that filled an object leaves a small remainder for the next window, when more uploads
-//!    wait: it starts a full object there).
+//!    target) are read whole, up to twice `target_bytes` of them. A partition with at least
+//!    an eighth of the target in them (`share_bytes_min`: 8 MiB by default, the size of an
+//!    upload) has its extents written, in offset order, into objects of that partition alone
+//!    (a partition that filled an object leaves a small remainder for the next window, when
+//!    more uploads wait: it starts a full object there). Every other partition's extents go
+//!    into one partition-sorted object (`.s.sso`; more if they exceed the target), in which
+//!    each partition's batches are adjacent and in offset order: a reader of one partition
+//!    reads one span of it, and one swap moves all its partitions at once.
 //! 2. **Merge.** A partition's per-partition objects smaller than half the target that follow
 //!    each other in offsets are merged, up to `target_bytes`, once the merge is worth it: at
 //!    least half the target, or at least four times the largest of them, or four of them or
 //!    more with none over half the result (a byte is rewritten only when its object at least
-//!    doubles: a few times at most, whatever the partition count).
+//!    doubles: a few times at most, whatever the partition count). A partition's pieces of
+//!    partition-sorted objects (one ranged GET each) join such runs, and a run holding them
+//!    is written into a per-partition object once it holds `share_bytes_min` of them (with
+//!    no per-partition object over half the run) or half the target: a partition leaves the
+//!    sorted objects in objects of at least an upload's size.
+//!
+//! What it costs: at 1,000 evenly loaded partitions a split window of 128 MiB writes 2
+//! sorted objects instead of 1,000 per-partition ones; a partition is extracted once it has
+//! 8 MiB in sorted objects, so each byte is written about as often as before, in objects of
+//! 8 MiB and more (a few hundred PUTs per GiB in all instead of thousands). A sorted object
+//! stays until its last partition is extracted or retention removes it, so a partition that
+//! never reaches `share_bytes_min` is read from sorted objects (one small ranged GET per
+//! sorted object, 64 MiB of uploads each: still far fewer than from the uploads), and its
+//! bytes keep the whole sorted object alive: at most what not compacting would have kept.
+//! Sorted objects whose live extents fell under half their size are not re-split (not done:
+//! a re-split would rewrite mostly the slow partitions' bytes again to save storage only).
 //!
 //! Each new object is uploaded, then swapped in with one controller call
-//! (`ControllerClient::replace_extents`): in one store transaction the old extents (checked to
-//! be exactly as read) give way to new ones covering the same offsets, and objects no extent
+//! (`ControllerClient::replace_extents`): in one store transaction the old extents (of every
+//! partition the object holds, checked to be exactly as read) give way to new ones covering the same offsets, and objects no extent
 //! references any more are listed for the garbage collector, which deletes them after
 //! `[retention] object_delete_delay_ms`, so a read that found the old extents still finds
 //! their bytes. Batches are copied byte for byte (CRCs checked on the way), offsets never
@@ -64,6 +85,11 @@ const CLEAN_BYTES_MAX: u64 = 256 << 20;
 const DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
 /// A run of this many small objects is merged once none of them is more than half of it.
 const MERGE_FAN_IN: usize = 4;
+/// A partition gets objects of its own once it has at least `target_bytes` divided by this
+/// (8 MiB of the default 64 MiB) in a split window, or in a run of partition-sorted objects:
+/// the size of an upload, so an object of one partition never costs more PUTs per byte than
+/// the uploads did. Below it, a partition's pieces go into partition-sorted objects.
+const SHARE_DIVISOR: u64 = 8;
 /// Adjacent extents of a new object are recorded as one up to this size (a fetch reads an
 /// extent whole).
 pub const EXTENT_BYTES_MAX: u64 = 1 << 20;
@@ -87,6 +113,8 @@ pub struct Stats {
     pub bytes_read: u64,
     pub objects_written: u64,
     pub bytes_written: u64,
+    /// Of `objects_written`, the partition-sorted ones.
+    pub sorted_objects_written: u64,
     /// Old extents swapped for new ones.
     pub extents_replaced: u64,
     /// Swaps refused because the extents changed meanwhile (their objects become orphans).
@@ -157,6 +185,16 @@ struct Cleaned {
 /// An extent as read, with its bytes.
 type Piece = (ExtentRecord, Bytes);
 
+/// Which kind of object compaction writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjectKind {
+    /// One partition's batches in offset order ([`keys::PARTITION_OBJECT_SUFFIX`]).
+    Partition,
+    /// Several partitions', each one's adjacent and in offset order
+    /// ([`keys::SORTED_OBJECT_SUFFIX`]).
+    Sorted,
+}
+
 /// Calls `f` with each batch of an extent's bytes (its absolute base offset, its bytes, its
 /// header), after the checks a fetch makes (CRC, and the batches add up to the extent).
 fn for_each_batch(
@@ -205,7 +243,10 @@ impl ObjectCompactor {
             counters: Counters {
                 bytes_read: counter("sidestream_compaction_read_bytes_total", "Bytes object compaction read."),
                 bytes_written: counter("sidestream_compaction_written_bytes_total", "Bytes object compaction wrote."),
-                objects_written: counter("sidestream_compaction_objects_total", "Per-partition objects object compaction wrote."),
+                objects_written: counter(
+                    "sidestream_compaction_objects_total",
+                    "Objects object compaction wrote (per-partition and partition-sorted).",
+                ),
                 lost_races: counter(
                     "sidestream_compaction_lost_races_total",
                     "Compaction swaps refused because the extents changed meanwhile.",
@@ -233,6 +274,12 @@ impl ObjectCompactor {
         self.settings.target_bytes / 2
     }
 
+    /// A partition with fewer bytes than this in a split window goes into partition-sorted
+    /// objects, and leaves them once a run of them holds this many (see [`SHARE_DIVISOR`]).
+    fn share_bytes_min(&self) -> u64 {
+        (self.settings.target_bytes / SHARE_DIVISOR).max(1)
+    }
+
     /// Reads the byte span of `extents` (all of one object) in one GET: each extent's bytes.
     async fn read(&self, key: &str, extents: Vec<ExtentRecord>, stats: &mut Stats) -> Result<Vec<Piece>, AgentError> {
         let (Some(start), Some(end)) = (extents.iter().map(|e| e.position).min(), extents.iter().map(|e| e.position + e.length).max())
@@ -257,7 +304,9 @@ impl ObjectCompactor {
             .collect())
     }
 
-    /// Split: the oldest uploaded objects, up to `target_bytes`, into per-partition objects.
+    /// Split: the oldest uploaded objects, up to `SPLIT_WINDOW_TARGETS * target_bytes`, into
+    /// per-partition objects (partitions with at least [`Self::share_bytes_min`] of the window)
+    /// and partition-sorted objects of at most `target_bytes` (all the others).
     async fn split(&self, stats: &mut Stats) -> Result<(), AgentError> {
         let req = CandidatesRequest {
             small_bytes: self.small_bytes(),
@@ -290,8 +339,22 @@ impl ObjectCompactor {
                 by_partition.entry((piece.0.topic_id, piece.0.partition)).or_default().push(piece);
             }
         }
+        // Small shares, by partition then offset, for the next partition-sorted object.
+        let mut sorted: Vec<Piece> = Vec::new();
+        let mut sorted_bytes = 0u64;
         for ((topic_id, partition), mut pieces) in by_partition {
             pieces.sort_by_key(|(e, _)| e.base_offset);
+            let share: u64 = pieces.iter().map(|(e, _)| e.length).sum();
+            if share < self.share_bytes_min() {
+                // A share is smaller than an object: never cut between two sorted objects.
+                if sorted_bytes > 0 && sorted_bytes + share > self.settings.target_bytes {
+                    self.write_object(ObjectKind::Sorted, std::mem::take(&mut sorted), stats).await?;
+                    sorted_bytes = 0;
+                }
+                sorted_bytes += share;
+                sorted.extend(pieces);
+                continue;
+            }
             let mut batch: Vec<Piece> = Vec::new();
             let mut bytes = 0u64;
             let mut full = 0;
@@ -311,10 +374,14 @@ impl ObjectCompactor {
                 self.rewrite(topic_id, partition, batch, stats).await?;
             }
         }
+        if !sorted.is_empty() {
+            self.write_object(ObjectKind::Sorted, sorted, stats).await?;
+        }
         Ok(())
     }
 
-    /// Merge: runs of small per-partition objects that follow each other, where worth it.
+    /// Merge: runs of small per-partition objects and of a partition's pieces of
+    /// partition-sorted objects that follow each other, where worth it.
     async fn merge(&self, stats: &mut Stats) -> Result<(), AgentError> {
         let after = *self.cursor.lock().unwrap_or_else(|p| p.into_inner());
         let req = CandidatesRequest {
@@ -365,13 +432,39 @@ impl ObjectCompactor {
         Ok(())
     }
 
-    /// Merges a run of objects (each: its extents) if it is worth it.
+    /// Merges a run of objects (each: its extents, of one partition) if it is worth it.
+    ///
+    /// A run of per-partition objects only: at least half the target, or at least four times
+    /// its largest object, or [`MERGE_FAN_IN`] objects or more with none over half of it. A run
+    /// holding pieces of partition-sorted objects: at least half the target, or at least
+    /// [`Self::share_bytes_min`] of them with no per-partition object over half the run (its
+    /// leading per-partition objects are left out until that holds), so a partition leaves
+    /// its sorted objects in objects of at least that size, and a large object is not
+    /// rewritten to add a little to it.
     async fn merge_run(&self, topic_id: Uuid, partition: i32, run: Vec<Vec<ExtentRecord>>, stats: &mut Stats) -> Result<(), AgentError> {
-        let sizes: Vec<u64> = run.iter().map(|o| o.iter().map(|e| e.length).sum()).collect();
-        let bytes: u64 = sizes.iter().sum();
-        let largest = sizes.iter().copied().max().unwrap_or(0);
-        let worth = bytes >= self.small_bytes() || bytes >= 4 * largest || (run.len() >= MERGE_FAN_IN && largest <= bytes / 2);
-        if run.len() < 2 || !worth {
+        let mut run = std::collections::VecDeque::from(run);
+        let size = |o: &Vec<ExtentRecord>| -> u64 { o.iter().map(|e| e.length).sum() };
+        let is_sorted = |o: &Vec<ExtentRecord>| crate::format::object::is_sorted_object(&o[0].object_key);
+        loop {
+            let bytes: u64 = run.iter().map(size).sum();
+            let largest = run.iter().map(size).max().unwrap_or(0);
+            let sorted_bytes: u64 = run.iter().filter(|o| is_sorted(o)).map(size).sum();
+            let largest_partition_object = run.iter().filter(|o| !is_sorted(o)).map(size).max().unwrap_or(0);
+            let worth = if sorted_bytes == 0 {
+                run.len() >= 2
+                    && (bytes >= self.small_bytes() || bytes >= 4 * largest || (run.len() >= MERGE_FAN_IN && largest <= bytes / 2))
+            } else {
+                bytes >= self.small_bytes() || (sorted_bytes >= self.share_bytes_min() && largest_partition_object <= bytes / 2)
+            };
+            if worth {
+                break;
+            }
+            // Leading per-partition objects too large to join: the sorted pieces after them
+            // may still be worth extracting on their own.
+            if sorted_bytes >= self.share_bytes_min() && run.front().is_some_and(|o| !is_sorted(o)) {
+                run.pop_front();
+                continue;
+            }
             return Ok(());
         }
         let mut pieces = Vec::new();
@@ -548,7 +641,28 @@ impl ObjectCompactor {
     /// as log compaction left them) into a new per-partition object and swaps it in: true once
     /// swapped. A lost race (the extents changed meanwhile) is counted, not an error.
     async fn rewrite(&self, topic_id: Uuid, partition: i32, pieces: Vec<Piece>, stats: &mut Stats) -> Result<bool, AgentError> {
-        let key = keys::new_partition_object_key(&self.settings.key_prefix, &self.settings.agent, &*self.clock, &*self.entropy);
+        assert!(pieces.iter().all(|(e, _)| (e.topic_id, e.partition) == (topic_id, partition)), "a piece of another partition");
+        self.write_object(ObjectKind::Partition, pieces, stats).await
+    }
+
+    /// Writes `pieces` (extents by partition then offset, each with its batches) into a new
+    /// object of `kind`, in that order (so each partition's batches are adjacent), and swaps it
+    /// in for all of them in one controller call: true once swapped. A lost race (some extent
+    /// changed meanwhile) is counted, not an error, and swaps nothing.
+    async fn write_object(&self, kind: ObjectKind, pieces: Vec<Piece>, stats: &mut Stats) -> Result<bool, AgentError> {
+        assert!(!pieces.is_empty(), "an object of nothing");
+        assert!(
+            pieces
+                .windows(2)
+                .all(|w| (w[0].0.topic_id, w[0].0.partition, w[0].0.end_offset) <= (w[1].0.topic_id, w[1].0.partition, w[1].0.base_offset)),
+            "pieces not in partition and offset order"
+        );
+        let (prefix, agent) = (&self.settings.key_prefix, &self.settings.agent);
+        let key = match kind {
+            ObjectKind::Partition => keys::new_partition_object_key(prefix, agent, &*self.clock, &*self.entropy),
+            ObjectKind::Sorted => keys::new_sorted_object_key(prefix, agent, &*self.clock, &*self.entropy),
+        };
+        let (topic_id, partition) = (pieces[0].0.topic_id, pieces[0].0.partition);
         let total: u64 = pieces.iter().map(|(e, _)| e.length).sum();
         let batches: u32 = pieces.iter().map(|(e, _)| e.batch_count).sum();
         let mut builder = ObjectBuilder::with_capacity(total as usize, batches as usize);
@@ -564,7 +678,7 @@ impl ObjectCompactor {
                 if !records::crc_ok(batch) {
                     return Err(corrupt("batch CRC mismatch"));
                 }
-                let placed = builder.add_batch(topic_id, partition, batch, &h).map_err(|f| corrupt(&f.to_string()))?;
+                let placed = builder.add_batch(e.topic_id, e.partition, batch, &h).map_err(|f| corrupt(&f.to_string()))?;
                 position.get_or_insert(placed.position);
                 seen += batch.len() as u64;
                 next += h.offset_count();
@@ -576,7 +690,8 @@ impl ObjectCompactor {
             let moved = ExtentRecord { object_key: object_key.clone(), position, length: seen, object_size: 0, ..e.clone() };
             match new.last_mut() {
                 Some(prev)
-                    if prev.end_offset == moved.base_offset
+                    if (prev.topic_id, prev.partition) == (moved.topic_id, moved.partition)
+                        && prev.end_offset == moved.base_offset
                         && prev.position + prev.length == moved.position
                         && prev.length + moved.length <= EXTENT_BYTES_MAX =>
                 {
@@ -597,6 +712,9 @@ impl ObjectCompactor {
         self.budget.take().await;
         self.store.put(&key, body).await?;
         stats.objects_written += 1;
+        if kind == ObjectKind::Sorted {
+            stats.sorted_objects_written += 1;
+        }
         stats.bytes_written += size;
         self.counters.objects_written.inc();
         self.counters.bytes_written.add(size);
@@ -682,64 +800,21 @@ mod tests {
         (bytes, bases)
     }
 
-    /// Uploads of many partitions become per-partition objects, then merge; every partition
-    /// reads byte for byte the same, from the same offsets, before, during and after, while a
-    /// reader reads continuously and producers keep committing.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn compaction_keeps_every_byte_and_offset_while_readers_read() {
+    /// A controller with one topic "t" of `partitions` partitions, and an empty object store.
+    async fn setup(partitions: i32) -> (tempfile::TempDir, Arc<dyn ControllerClient>, Arc<dyn ObjectStore>, Uuid) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
         let c = Controller::open(db, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(7))).unwrap();
         let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(c)));
         let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-        let req = CreateTopic {
-            name: "t".into(),
-            partitions: PARTITIONS,
-            replication_factor: -1,
-            configs: Default::default(),
-            validate_only: false,
-        };
+        let req = CreateTopic { name: "t".into(), partitions, replication_factor: -1, configs: Default::default(), validate_only: false };
         let topic = controller.create_topic(req).await.unwrap().id;
-        let committed = AtomicU64::new(0);
-        // One upload: a batch (idempotent producer batches too: extents of their own) of each
-        // partition; every record says where it belongs.
-        let upload = |n: u64| {
-            let (controller, store) = (controller.clone(), store.clone());
-            async move {
-                let mut b = ObjectBuilder::new();
-                for p in 0..PARTITIONS {
-                    let values: Vec<Vec<u8>> = (0..3).map(|i| format!("o{n}-p{p}-r{i}-{}", "x".repeat(300)).into_bytes()).collect();
-                    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-                    let producer = (n < 40 && n.is_multiple_of(3)).then_some((9, 0, n as i32));
-                    let batch = encode_producer_batch(producer, n as i64, &refs);
-                    b.add_batch(topic, p, &batch, &peek_header(&batch).unwrap().unwrap()).unwrap();
-                }
-                let (body, extents) = b.finish();
-                let key = format!("00/a/{n:026}.sso");
-                store.put(&key, body.clone()).await.unwrap();
-                let req = CommitRequest {
-                    object_key: key,
-                    object_size_bytes: body.len() as u64,
-                    agent: "a".into(),
-                    extents,
-                    txn_end: None,
-                    wal: None,
-                };
-                assert!(controller.commit_object(req).await.unwrap().iter().all(|r| r.is_ok()));
-            }
-        };
-        for n in 0..40 {
-            upload(n).await;
-            committed.fetch_add(1, Ordering::Relaxed);
-        }
-        let before: Vec<_> = {
-            let mut v = Vec::new();
-            for p in 0..PARTITIONS {
-                v.push(read_all(&controller, &store, topic, p).await.0);
-            }
-            v
-        };
+        (dir, controller, store, topic)
+    }
 
+    /// The compaction job (64 KiB target: a share of at least 8 KiB gets objects of its own),
+    /// holding the job lease.
+    async fn job(controller: &Arc<dyn ControllerClient>, store: &Arc<dyn ObjectStore>) -> ObjectCompactor {
         let settings = CompactionSettings {
             check_interval: Duration::from_millis(10),
             target_bytes: 64 << 10,
@@ -757,6 +832,70 @@ mod tests {
             settings,
         );
         job.set_lease(controller.acquire_job_lease(JOB_COMPACTION.into(), "test".into()).await.unwrap().unwrap());
+        job
+    }
+
+    /// Commits an uploaded object `key` holding `batches` (partition, batch), in that order.
+    async fn commit_upload(
+        controller: &Arc<dyn ControllerClient>,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        topic: Uuid,
+        batches: Vec<(i32, Bytes)>,
+    ) {
+        let mut b = ObjectBuilder::new();
+        for (p, batch) in batches {
+            b.add_batch(topic, p, &batch, &peek_header(&batch).unwrap().unwrap()).unwrap();
+        }
+        let (body, extents) = b.finish();
+        store.put(key, body.clone()).await.unwrap();
+        let req = CommitRequest {
+            object_key: key.into(),
+            object_size_bytes: body.len() as u64,
+            agent: "a".into(),
+            extents,
+            txn_end: None,
+            wal: None,
+        };
+        assert!(controller.commit_object(req).await.unwrap().iter().all(|r| r.is_ok()));
+    }
+
+    /// Uploads of many partitions become per-partition objects, then merge; every partition
+    /// reads byte for byte the same, from the same offsets, before, during and after, while a
+    /// reader reads continuously and producers keep committing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn compaction_keeps_every_byte_and_offset_while_readers_read() {
+        let (_dir, controller, store, topic) = setup(PARTITIONS).await;
+        let committed = AtomicU64::new(0);
+        // One upload: a batch (idempotent producer batches too: extents of their own) of each
+        // partition; every record says where it belongs.
+        let upload = |n: u64| {
+            let (controller, store) = (controller.clone(), store.clone());
+            async move {
+                let batches = (0..PARTITIONS)
+                    .map(|p| {
+                        let values: Vec<Vec<u8>> = (0..3).map(|i| format!("o{n}-p{p}-r{i}-{}", "x".repeat(300)).into_bytes()).collect();
+                        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+                        let producer = (n < 40 && n.is_multiple_of(3)).then_some((9, 0, n as i32));
+                        (p, encode_producer_batch(producer, n as i64, &refs))
+                    })
+                    .collect();
+                commit_upload(&controller, &store, &format!("00/a/{n:026}.sso"), topic, batches).await;
+            }
+        };
+        for n in 0..40 {
+            upload(n).await;
+            committed.fetch_add(1, Ordering::Relaxed);
+        }
+        let before: Vec<_> = {
+            let mut v = Vec::new();
+            for p in 0..PARTITIONS {
+                v.push(read_all(&controller, &store, topic, p).await.0);
+            }
+            v
+        };
+
+        let job = job(&controller, &store).await;
         // A reader reads every partition over and over while compaction runs: each read must
         // be a prefix-equal copy of the bytes before (later uploads only append).
         let stop = Arc::new(AtomicBool::new(false));
@@ -804,8 +943,15 @@ mod tests {
             assert_eq!(&bytes[..before[p as usize].len()], &before[p as usize][..]);
             assert_eq!(controller.offsets(topic, p).unwrap().next_offset, 45 * 3, "offsets never move");
             let extents = controller.find_extents(topic, p, 0, u64::MAX).await.unwrap();
-            // Compacted: per-partition objects, few and large extents.
-            assert!(extents.iter().all(|e| crate::format::object::is_partition_object(&e.object_key)), "{extents:?}");
+            // Compacted, into few and large extents: the first 40 uploads (a large share of
+            // each split window) into per-partition objects; those that came one a pass
+            // meanwhile (too small a share) into partition-sorted objects, where they stay
+            // until the partition has enough of them.
+            let (first, later): (Vec<_>, Vec<_>) = extents.iter().partition(|e| e.end_offset <= 40 * 3);
+            assert!(first.iter().all(|e| crate::format::object::is_partition_object(&e.object_key)), "{extents:?}");
+            let compacted =
+                |e: &&ExtentRecord| crate::format::object::is_partition_object(&e.object_key) || e.object_key.ends_with(".s.sso");
+            assert!(later.iter().all(compacted), "{extents:?}");
             assert!(bases.len() < 10, "partition {p}: {} extents", bases.len());
         }
     }
@@ -813,28 +959,8 @@ mod tests {
     /// A swap that lost a race (the extents moved meanwhile) writes nothing and is counted.
     #[tokio::test]
     async fn a_lost_race_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
-        let c = Controller::open(db, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(7))).unwrap();
-        let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(c)));
-        let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-        let req =
-            CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs: Default::default(), validate_only: false };
-        let topic = controller.create_topic(req).await.unwrap().id;
-        let batch = crate::format::records::encode_batch(1, &[b"a", b"b"]);
-        let mut b = ObjectBuilder::new();
-        b.add_batch(topic, 0, &batch, &peek_header(&batch).unwrap().unwrap()).unwrap();
-        let (body, extents) = b.finish();
-        store.put("00/a/o.sso", body.clone()).await.unwrap();
-        let req = CommitRequest {
-            object_key: "00/a/o.sso".into(),
-            object_size_bytes: body.len() as u64,
-            agent: "a".into(),
-            extents,
-            txn_end: None,
-            wal: None,
-        };
-        controller.commit_object(req).await.unwrap();
+        let (_dir, controller, store, topic) = setup(1).await;
+        commit_upload(&controller, &store, "00/a/o.sso", topic, vec![(0, crate::format::records::encode_batch(1, &[b"a", b"b"]))]).await;
         let old = controller.find_extents(topic, 0, 0, u64::MAX).await.unwrap();
         let moved = |key: &str| ExtentRecord { object_key: Arc::from(key), position: 0, object_size: old[0].length, ..old[0].clone() };
         let swap = |key: &str| ReplaceExtents {
@@ -858,5 +984,161 @@ mod tests {
         short.old = vec![moved("00/a/x.p.sso")];
         short.new[0].end_offset -= 1;
         assert!(matches!(controller.replace_extents(lease, short).await, Err(ControllerError::InvalidRequest(_))));
+    }
+
+    /// Partitions of the partition-sorted test: partition 0 has a large share of every
+    /// upload, the others a small one.
+    const MANY: i32 = 40;
+
+    /// Upload `n` of the partition-sorted test: about 10 KB of partition 0 (when `big`) and a
+    /// batch of about 180 bytes of each other partition; every record says where it belongs.
+    fn many_batches(n: u64, big: bool) -> Vec<(i32, Bytes)> {
+        (0..MANY)
+            .map(|p| {
+                let (count, size) = if p == 0 && big { (10, 1000) } else { (1, 100) };
+                let values: Vec<Vec<u8>> = (0..count).map(|i| format!("o{n}-p{p}-r{i}-{}", "y".repeat(size)).into_bytes()).collect();
+                let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+                (p, crate::format::records::encode_batch(n as i64, &refs))
+            })
+            .collect()
+    }
+
+    /// The keys in the store ending with `suffix`.
+    async fn keys_ending(store: &Arc<dyn ObjectStore>, suffix: &str) -> Vec<String> {
+        store.list("").await.unwrap().into_iter().map(|m| m.key).filter(|k| k.ends_with(suffix)).collect()
+    }
+
+    /// Runs passes until two in a row write nothing; the passes' stats added up.
+    async fn settle(job: &ObjectCompactor) -> Stats {
+        let (mut total, mut idle) = (Stats::default(), 0);
+        for _ in 0..100 {
+            let stats = job.run_once().await.unwrap();
+            total.objects_written += stats.objects_written;
+            total.sorted_objects_written += stats.sorted_objects_written;
+            total.extents_replaced += stats.extents_replaced;
+            total.lost_races += stats.lost_races;
+            idle = if stats.objects_written == 0 { idle + 1 } else { 0 };
+            if idle >= 2 {
+                return total;
+            }
+        }
+        panic!("compaction did not settle: {total:?}");
+    }
+
+    /// Many partitions with small shares of a split window share one partition-sorted object
+    /// (not an object each), each one's batches adjacent and in offset order, while a
+    /// partition with a large share gets per-partition objects directly; readers read every
+    /// byte at its offset through them; once a partition has enough bytes in sorted objects,
+    /// the merge moves them into a per-partition object.
+    #[tokio::test]
+    async fn small_shares_go_into_one_sorted_object_until_a_partition_has_enough() {
+        let (_dir, controller, store, topic) = setup(MANY).await;
+        let job = job(&controller, &store).await;
+        assert_eq!(job.share_bytes_min(), 8 << 10);
+        // About 17 KB each: six uploads fit a split window (128 KiB), in which partition 0 has
+        // about 60 KB and every other partition about 1.1 KB.
+        for n in 0..6 {
+            commit_upload(&controller, &store, &format!("00/a/{n:026}.sso"), topic, many_batches(n, true)).await;
+        }
+        let read_every = || async {
+            let mut v = Vec::new();
+            for p in 0..MANY {
+                v.push(read_all(&controller, &store, topic, p).await.0);
+            }
+            v
+        };
+        let before = read_every().await;
+        let in_objects = |p: i32, suffix: &'static str| {
+            let controller = controller.clone();
+            async move { controller.find_extents(topic, p, 0, u64::MAX).await.unwrap().iter().all(|e| e.object_key.ends_with(suffix)) }
+        };
+
+        let stats = job.run_once().await.unwrap();
+        assert_eq!(stats.sorted_objects_written, 1, "{stats:?}");
+        assert_eq!(stats.lost_races, 0);
+        let sorted = keys_ending(&store, ".s.sso").await;
+        assert_eq!(sorted.len(), 1, "{sorted:?}");
+        assert!(store.head(&sorted[0]).await.unwrap().unwrap() <= 64 << 10);
+        // Only partition 0 has objects of its own.
+        let partition_objects = keys_ending(&store, ".p.sso").await;
+        assert!(!partition_objects.is_empty() && partition_objects.len() <= 2, "{partition_objects:?}");
+        assert!(in_objects(0, ".p.sso").await);
+        for p in 1..MANY {
+            assert!(in_objects(p, ".s.sso").await, "partition {p}");
+            // Its batches are adjacent in the sorted object, in offset order.
+            let extents = controller.find_extents(topic, p, 0, u64::MAX).await.unwrap();
+            assert!(extents.windows(2).all(|w| w[0].position + w[0].length == w[1].position && w[0].end_offset == w[1].base_offset));
+        }
+        assert_eq!(read_every().await, before, "every byte at its offset (read_all checks offsets are dense)");
+
+        // More uploads, partition 0 small now too: every partition reaches 8 KiB in sorted
+        // objects (about 180 bytes an upload) and is moved into a per-partition object.
+        for n in 6..70 {
+            commit_upload(&controller, &store, &format!("00/a/{n:026}.sso"), topic, many_batches(n, false)).await;
+        }
+        let before = read_every().await;
+        let stats = settle(&job).await;
+        assert_eq!(stats.lost_races, 0);
+        assert!(stats.sorted_objects_written >= 1, "{stats:?}");
+        assert_eq!(read_every().await, before);
+        for p in 1..MANY {
+            let extents = controller.find_extents(topic, p, 0, u64::MAX).await.unwrap();
+            let extracted: u64 =
+                extents.iter().filter(|e| crate::format::object::is_partition_object(&e.object_key)).map(|e| e.length).sum();
+            assert!(extracted >= job.share_bytes_min(), "partition {p}: {extracted} bytes in per-partition objects: {extents:?}");
+            assert!(extents.iter().all(|e| keys::parse_object_key(&e.object_key).is_some_and(|k| k.agent == "agent-1")), "all compacted");
+        }
+        for p in 0..MANY {
+            assert_eq!(controller.offsets(topic, p).unwrap().next_offset, if p == 0 { 6 * 10 + 64 } else { 70 }, "offsets never move");
+        }
+        // One object per partition (its extraction) and a few sorted ones, where an object per
+        // partition per split window would be four times as many.
+        assert!(stats.objects_written < 2 * MANY as u64, "{stats:?}");
+    }
+
+    /// A partition-sorted object's swap replaces the extents of all its partitions in one
+    /// call, or (one of them changed meanwhile) nothing at all.
+    #[tokio::test]
+    async fn a_sorted_swap_moves_all_its_partitions_or_none() {
+        let (_dir, controller, store, topic) = setup(2).await;
+        let batch = |v: &[u8]| crate::format::records::encode_batch(1, &[v, v]);
+        commit_upload(&controller, &store, "00/a/o.sso", topic, vec![(0, batch(b"a")), (1, batch(b"b"))]).await;
+        let mut old: Vec<ExtentRecord> = controller.find_extents(topic, 0, 0, u64::MAX).await.unwrap();
+        old.extend(controller.find_extents(topic, 1, 0, u64::MAX).await.unwrap());
+        let size = old.iter().map(|e| e.length).sum::<u64>();
+        let mut at = 0;
+        let new: Vec<ExtentRecord> = old
+            .iter()
+            .map(|e| {
+                at += e.length;
+                ExtentRecord { object_key: Arc::from("00/a/x.s.sso"), position: at - e.length, object_size: size, ..e.clone() }
+            })
+            .collect();
+        let swap = |key: &str, old: Vec<ExtentRecord>| ReplaceExtents {
+            object_key: key.into(),
+            object_size_bytes: size,
+            agent: "a".into(),
+            topic_id: topic,
+            partition: 0,
+            old,
+            new: new.iter().map(|e| ExtentRecord { object_key: Arc::from(key), ..e.clone() }).collect(),
+        };
+        let lease = controller.acquire_job_lease(JOB_COMPACTION.into(), "test".into()).await.unwrap().unwrap();
+        // Partition 1's extent changed meanwhile: partition 0's stays too.
+        let mut changed = old.clone();
+        changed[1].length += 1;
+        assert!(matches!(
+            controller.replace_extents(lease.clone(), swap("00/a/y.s.sso", changed)).await,
+            Err(ControllerError::ExtentsChanged(_))
+        ));
+        assert_eq!(controller.find_extents(topic, 0, 0, u64::MAX).await.unwrap(), vec![old[0].clone()]);
+        // Partitions out of order: refused.
+        let mut reversed = swap("00/a/z.s.sso", old.clone());
+        reversed.old.reverse();
+        assert!(matches!(controller.replace_extents(lease.clone(), reversed).await, Err(ControllerError::InvalidRequest(_))));
+        controller.replace_extents(lease, swap("00/a/x.s.sso", old.clone())).await.unwrap();
+        for (p, e) in new.iter().enumerate() {
+            assert_eq!(controller.find_extents(topic, p as i32, 0, u64::MAX).await.unwrap(), vec![e.clone()]);
+        }
     }
 }

@@ -192,20 +192,24 @@ pub struct ExtentRecord {
     pub object_size: u64,
 }
 
-/// Compaction's swap of one partition's index rows: `old` extents (as the job read them) are
-/// replaced by `new` ones in the object `object_key`, which cover exactly the same offsets.
+/// Compaction's swap of index rows: `old` extents (as the job read them) are replaced by `new`
+/// ones in the object `object_key`, which cover exactly the same offsets of each partition.
 /// Offsets never change; only where the batches live (and, for log compaction, which records
-/// remain in them).
+/// remain in them). A per-partition object's swap holds one partition; a partition-sorted
+/// object's ([`crate::format::object::SORTED_OBJECT_SUFFIX`]) holds every partition in it, all
+/// swapped in one transaction (a controller of an older release refuses such a swap as
+/// invalid, writing nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplaceExtents {
     pub object_key: String,
     pub object_size_bytes: u64,
     pub agent: String,
+    /// The first partition of the extents (by topic id, then partition).
     pub topic_id: Uuid,
     pub partition: i32,
-    /// By base offset.
+    /// By topic id, partition, then base offset.
     pub old: Vec<ExtentRecord>,
-    /// By base offset, all in `object_key`.
+    /// By topic id, partition, then base offset, all in `object_key`.
     pub new: Vec<ExtentRecord>,
 }
 
@@ -216,10 +220,13 @@ pub struct CandidatesRequest {
     pub small_bytes: u64,
     /// Objects committed before this time (ms since the epoch).
     pub committed_before_ms: i64,
-    /// false: uploaded objects (many partitions each), the oldest `limit` objects, every extent
-    /// of each, by commit time then position. true: per-partition objects (compaction's
-    /// output, [`crate::format::object::PARTITION_OBJECT_SUFFIX`]), by partition then offset,
-    /// from the partition after `after`, at most `limit` extents.
+    /// false: uploaded objects (many partitions each; neither kind of compaction's output),
+    /// the oldest `limit` objects smaller than `small_bytes`, every extent of each, by commit
+    /// time then position. true: compaction's output, by partition then offset, from the
+    /// partition after `after`, at most `limit` extents: those of per-partition objects
+    /// ([`crate::format::object::PARTITION_OBJECT_SUFFIX`]) smaller than `small_bytes`, and
+    /// those of partition-sorted objects
+    /// ([`crate::format::object::SORTED_OBJECT_SUFFIX`]) of any size.
     pub partition_objects: bool,
     pub after: Option<(Uuid, i32)>,
     pub limit: u32,

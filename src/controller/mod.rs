@@ -829,10 +829,11 @@ impl Controller {
         self.extents_replaced.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Blocking. Compaction's swap: `req.old` (extents of one partition, exactly as stored)
-    /// replaced by `req.new` (in the new object `req.object_key`), covering exactly the same
-    /// offsets, in one store transaction that also lists the objects left unreferenced as
-    /// garbage. Refused with nothing written if the old extents changed meanwhile
+    /// Blocking. Compaction's swap: `req.old` (extents of one partition, or of several for a
+    /// partition-sorted object, exactly as stored) replaced by `req.new` (in the new object
+    /// `req.object_key`), covering exactly the same offsets of each partition, in one store
+    /// transaction that also lists the objects left unreferenced as garbage. Refused with
+    /// nothing written if the old extents of any partition changed meanwhile
     /// ([`ControllerError::ExtentsChanged`]: retention, DeleteRecords or another compaction got
     /// there first) or the new key was collected as an orphan. Offsets never change.
     pub fn replace_extents(&self, lease: &crate::api::jobs::JobLease, req: &crate::api::ReplaceExtents) -> Result<(), ControllerError> {
@@ -843,13 +844,16 @@ impl Controller {
         let _w = self.lock_writes();
         // Under the write lock: a lease that ran out changes nothing.
         self.check_lease(lease)?;
-        let offsets = self.offsets(req.topic_id, req.partition)?;
-        let (first, last) = (req.old[0].base_offset, req.old[req.old.len() - 1].end_offset);
-        if first < offsets.log_start_offset || last > offsets.next_offset {
-            return Err(ControllerError::ExtentsChanged(format!(
-                "{}-{} [{first}, {last}) is outside the log [{}, {})",
-                req.topic_id, req.partition, offsets.log_start_offset, offsets.next_offset
-            )));
+        for old in req.old.chunk_by(|a, b| (a.topic_id, a.partition) == (b.topic_id, b.partition)) {
+            let (topic_id, partition) = (old[0].topic_id, old[0].partition);
+            let offsets = self.offsets(topic_id, partition)?;
+            let (first, last) = (old[0].base_offset, old[old.len() - 1].end_offset);
+            if first < offsets.log_start_offset || last > offsets.next_offset {
+                return Err(ControllerError::ExtentsChanged(format!(
+                    "{topic_id}-{partition} [{first}, {last}) is outside the log [{}, {})",
+                    offsets.log_start_offset, offsets.next_offset
+                )));
+            }
         }
         let object = ObjectRecord {
             key: req.object_key.clone(),
@@ -864,8 +868,10 @@ impl Controller {
             Err(e) => return Err(self.store_error(e)),
         }
         let mut s = self.write();
-        if let Some(p) = s.partitions.get_mut(&(req.topic_id, req.partition)) {
-            replace_recent(&mut p.recent, &req.new);
+        for new in req.new.chunk_by(|a, b| (a.topic_id, a.partition) == (b.topic_id, b.partition)) {
+            if let Some(p) = s.partitions.get_mut(&(new[0].topic_id, new[0].partition)) {
+                replace_recent(&mut p.recent, new);
+            }
         }
         drop(s);
         self.extents_replaced.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -934,27 +940,36 @@ impl TopicLookup for TopicView {
     }
 }
 
-/// A swap's shape, before anything is written: one partition; old and new sorted, each
-/// non-empty and not overlapping; the new ones all in the new object, inside it; and both
-/// covering exactly the same offsets (compaction never moves, adds or drops an offset).
+/// A swap's shape, before anything is written: `req.topic_id`/`req.partition` the first
+/// partition; old and new sorted by partition then offset, each non-empty and not overlapping;
+/// the new ones all in the new object, inside it; and both covering exactly the same offsets of
+/// the same partitions (compaction never moves, adds or drops an offset).
 fn check_replacement(req: &crate::api::ReplaceExtents) -> Result<(), ControllerError> {
     let bad = |why: String| Err(ControllerError::InvalidRequest(format!("replace_extents of {}: {why}", req.object_key)));
     if req.old.is_empty() || req.new.is_empty() {
         return bad("nothing to replace".into());
     }
-    let runs = |extents: &[ExtentRecord]| -> Result<Vec<(i64, i64)>, String> {
-        let mut runs: Vec<(i64, i64)> = Vec::new();
+    // Each partition's offset runs: (topic, partition, base, end), in order.
+    type Run = (Uuid, i32, i64, i64);
+    let runs = |extents: &[ExtentRecord]| -> Result<Vec<Run>, String> {
+        let mut runs: Vec<Run> = Vec::new();
+        if (extents[0].topic_id, extents[0].partition) != (req.topic_id, req.partition) {
+            let e = &extents[0];
+            return Err(format!("the first extent is of {}-{}, not {}-{}", e.topic_id, e.partition, req.topic_id, req.partition));
+        }
         for e in extents {
-            if e.topic_id != req.topic_id || e.partition != req.partition {
-                return Err(format!("an extent of {}-{} among those of {}-{}", e.topic_id, e.partition, req.topic_id, req.partition));
-            }
             if e.end_offset <= e.base_offset || e.length == 0 {
                 return Err(format!("an empty extent at {}", e.base_offset));
             }
             match runs.last_mut() {
-                Some((_, end)) if *end == e.base_offset => *end = e.end_offset,
-                Some((_, end)) if *end > e.base_offset => return Err(format!("extents overlap or are out of order at {}", e.base_offset)),
-                _ => runs.push((e.base_offset, e.end_offset)),
+                Some((t, p, _, end)) if (*t, *p) == (e.topic_id, e.partition) && *end == e.base_offset => *end = e.end_offset,
+                Some((t, p, _, end)) if (*t, *p) == (e.topic_id, e.partition) && *end > e.base_offset => {
+                    return Err(format!("extents overlap or are out of order at {}", e.base_offset));
+                }
+                Some((t, p, _, _)) if (*t, *p) > (e.topic_id, e.partition) => {
+                    return Err(format!("partitions out of order at {}-{}", e.topic_id, e.partition));
+                }
+                _ => runs.push((e.topic_id, e.partition, e.base_offset, e.end_offset)),
             }
         }
         Ok(runs)

@@ -34,6 +34,17 @@ pub fn is_partition_object(key: &str) -> bool {
     key.ends_with(PARTITION_OBJECT_SUFFIX)
 }
 
+/// How the key of a partition-sorted object ends (object compaction's output for partitions
+/// with a small share of a split window: many partitions, each one's batches adjacent and in
+/// offset order, so a reader of one partition reads one span of it). Neither an upload to
+/// split again nor the read-far-ahead object of one partition.
+pub const SORTED_OBJECT_SUFFIX: &str = ".s.sso";
+
+/// Whether `key` names a partition-sorted object ([`SORTED_OBJECT_SUFFIX`]).
+pub fn is_sorted_object(key: &str) -> bool {
+    key.ends_with(SORTED_OBJECT_SUFFIX)
+}
+
 pub const MAGIC: [u8; 4] = *b"SSO1";
 pub const FORMAT_VERSION: u16 = 1;
 pub const FOOTER_BYTES: usize = 8 + 4 + 2 + 4 + 4;

@@ -1,11 +1,12 @@
 //! The one place that names objects: `<prefix>/<2 hex chars of a hash>/<agent>/<ulid>.sso`
-//! (uploads) or `.../<ulid>.p.sso` (per-partition objects written by object compaction).
+//! (uploads), `.../<ulid>.p.sso` (per-partition objects written by object compaction) or
+//! `.../<ulid>.s.sso` (partition-sorted objects written by object compaction).
 //!
 //! The hashed first component spreads load across S3 prefixes (S3 scales request rates per
 //! prefix); the ULID sorts by creation time within an agent's folder.
 
 use crate::clock::{Clock, Entropy};
-pub use crate::format::object::PARTITION_OBJECT_SUFFIX;
+pub use crate::format::object::{PARTITION_OBJECT_SUFFIX, SORTED_OBJECT_SUFFIX};
 
 pub const OBJECT_SUFFIX: &str = ".sso";
 
@@ -34,6 +35,12 @@ pub fn new_partition_object_key(prefix: &str, agent: &str, clock: &dyn Clock, en
     object_key(prefix, agent, clock, entropy, PARTITION_OBJECT_SUFFIX)
 }
 
+/// Like [`new_object_key`], for a partition-sorted object (compaction's output for partitions
+/// with small shares): the file name ends with [`SORTED_OBJECT_SUFFIX`].
+pub fn new_sorted_object_key(prefix: &str, agent: &str, clock: &dyn Clock, entropy: &dyn Entropy) -> String {
+    object_key(prefix, agent, clock, entropy, SORTED_OBJECT_SUFFIX)
+}
+
 fn object_key(prefix: &str, agent: &str, clock: &dyn Clock, entropy: &dyn Entropy, suffix: &str) -> String {
     let id = ulid(clock.now_ms(), entropy);
     let spread = fnv1a(id.as_bytes()) as u8;
@@ -56,7 +63,10 @@ pub fn parse_object_key(key: &str) -> Option<ObjectKeyParts<'_>> {
     let file = parts.next()?;
     let agent = parts.next()?;
     let spread = parts.next()?;
-    let id = file.strip_suffix(PARTITION_OBJECT_SUFFIX).or_else(|| file.strip_suffix(OBJECT_SUFFIX))?;
+    let id = file
+        .strip_suffix(PARTITION_OBJECT_SUFFIX)
+        .or_else(|| file.strip_suffix(SORTED_OBJECT_SUFFIX))
+        .or_else(|| file.strip_suffix(OBJECT_SUFFIX))?;
     if id.len() != 26 || agent.is_empty() || spread.len() != 2 || !spread.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -124,6 +134,10 @@ mod tests {
         assert!(compacted.ends_with(".p.sso") && crate::format::object::is_partition_object(&compacted), "{compacted}");
         assert_eq!(parse_object_key(&compacted), Some(ObjectKeyParts { agent: "agent-7", created_ms: 1_700_000_000_123 }));
         assert!(!crate::format::object::is_partition_object(&key));
+        let sorted = new_sorted_object_key("p", "agent-7", &clock, &e);
+        assert!(sorted.ends_with(".s.sso") && crate::format::object::is_sorted_object(&sorted), "{sorted}");
+        assert!(!crate::format::object::is_partition_object(&sorted) && !crate::format::object::is_sorted_object(&compacted));
+        assert_eq!(parse_object_key(&sorted), Some(ObjectKeyParts { agent: "agent-7", created_ms: 1_700_000_000_123 }));
         // A wrong spread prefix, a temp file, a foreign object: not ours.
         let wrong = format!("zz{}", &bare[2..]);
         assert_eq!(parse_object_key(&wrong), None);

@@ -315,7 +315,11 @@ impl ExtentCache {
         let covered: Vec<i64> = part
             .extents
             .values()
-            .filter(|e| new.iter().any(|n| n.base_offset < e.end_offset && e.base_offset < n.end_offset))
+            .filter(|e| {
+                new.iter().any(|n| {
+                    (n.topic_id, n.partition) == (topic_id, partition) && n.base_offset < e.end_offset && e.base_offset < n.end_offset
+                })
+            })
             .map(|e| e.base_offset)
             .collect();
         let mut delta: isize = 0;

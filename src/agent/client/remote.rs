@@ -588,8 +588,11 @@ impl Remote {
             | (Call::ExtentWithMaxTimestamp { topic_id, partition }, Reply::ExtentWithMaxTimestamp(Ok(found))) => {
                 self.cache_found(generation, *topic_id, *partition, found.as_slice())
             }
+            // One partition's extents, or each partition's of a partition-sorted object.
             (Call::ReplaceExtents { req, .. }, Reply::ReplaceExtents(Ok(()))) => {
-                self.0.extents.replace(req.topic_id, req.partition, &req.new)
+                for new in req.new.chunk_by(|a, b| (a.topic_id, a.partition) == (b.topic_id, b.partition)) {
+                    self.0.extents.replace(new[0].topic_id, new[0].partition, new);
+                }
             }
             _ => {}
         }

@@ -391,9 +391,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Deletes a group's offsets of `partitions` (topic name, partition), or all of them.
     fn delete_group_offsets(&self, group_id: &str, partitions: Option<&[(String, i32)]>) -> Result<(), StoreError>;
     /// Extents compaction may rewrite (see [`crate::api::CandidatesRequest`]): of objects
-    /// smaller than `small_bytes` committed before `committed_before_ms`; uploaded objects
+    /// committed before `committed_before_ms`; uploaded objects smaller than `small_bytes`
     /// (`partition_objects` false: the oldest `limit` of them, every extent of each, by commit
-    /// time, key, position) or per-partition ones (true: by partition after `after`, then
+    /// time, key, position) or compaction's output (true: per-partition objects smaller than
+    /// `small_bytes` and partition-sorted objects of any size, by partition after `after`, then
     /// offset, at most `limit` extents).
     fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, StoreError>;
     /// Compaction's swap, in one transaction: deletes the `old` extents (`Stale`, and nothing

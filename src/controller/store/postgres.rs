@@ -835,6 +835,7 @@ impl MetadataStore for PgStore {
 
     fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, StoreError> {
         let suffix = format!("%{}", crate::format::object::PARTITION_OBJECT_SUFFIX);
+        let sorted = format!("%{}", crate::format::object::SORTED_OBJECT_SUFFIX);
         let small = req.small_bytes.min(i64::MAX as u64) as i64;
         let limit = i64::from(req.limit);
         self.readers.with(|c| {
@@ -842,19 +843,19 @@ impl MetadataStore for PgStore {
                 let (after_topic, after_partition) = req.after.unwrap_or((Uuid::nil(), -1));
                 c.query(
                     &format!(
-                        "{EXTENT_SELECT} WHERE o.key LIKE $1 AND o.size_bytes < $2 AND o.committed_ms < $3 \
+                        "{EXTENT_SELECT} WHERE ((o.key LIKE $1 AND o.size_bytes < $2) OR o.key LIKE $7) AND o.committed_ms < $3 \
                          AND (e.topic_id, e.partition) > ($4, $5) ORDER BY e.topic_id, e.partition, e.base_offset LIMIT $6"
                     ),
-                    &[&suffix, &small, &req.committed_before_ms, &after_topic.as_bytes().as_slice(), &after_partition, &limit],
+                    &[&suffix, &small, &req.committed_before_ms, &after_topic.as_bytes().as_slice(), &after_partition, &limit, &sorted],
                 )
             } else {
                 c.query(
                     "SELECT e.topic_id, e.partition, e.base_offset, e.end_offset, e.object_key, e.position, \
                      e.length, e.batch_count, e.max_timestamp, o.size_bytes FROM extents e JOIN (SELECT key, size_bytes, \
-                     committed_ms FROM objects WHERE key NOT LIKE $1 AND size_bytes < $2 AND committed_ms < $3 \
-                     AND EXISTS (SELECT 1 FROM extents x WHERE x.object_key = objects.key) \
+                     committed_ms FROM objects WHERE key NOT LIKE $1 AND key NOT LIKE $5 AND size_bytes < $2 \
+                     AND committed_ms < $3 AND EXISTS (SELECT 1 FROM extents x WHERE x.object_key = objects.key) \
                      ORDER BY committed_ms, key LIMIT $4) o ON o.key = e.object_key ORDER BY o.committed_ms, o.key, e.position",
-                    &[&suffix, &small, &req.committed_before_ms, &limit],
+                    &[&suffix, &small, &req.committed_before_ms, &limit, &sorted],
                 )
             }
             .map_err(classify)?;

@@ -655,13 +655,14 @@ impl MetadataStore for SqliteStore {
 
     fn compaction_candidates(&self, req: &crate::api::CandidatesRequest) -> Result<Vec<ExtentRecord>, StoreError> {
         let suffix = format!("%{}", crate::format::object::PARTITION_OBJECT_SUFFIX);
+        let sorted = format!("%{}", crate::format::object::SORTED_OBJECT_SUFFIX);
         self.readers.with(|c| {
             if req.partition_objects {
                 let (after_topic, after_partition) = req.after.unwrap_or((Uuid::nil(), -1));
                 let mut stmt = c
                     .prepare_cached(&format!(
-                        "{EXTENT_SELECT} WHERE objects.key LIKE ?1 AND objects.size_bytes < ?2 AND objects.committed_ms < ?3 \
-                         AND (extents.topic_id, extents.partition) > (?4, ?5) \
+                        "{EXTENT_SELECT} WHERE ((objects.key LIKE ?1 AND objects.size_bytes < ?2) OR objects.key LIKE ?7) \
+                         AND objects.committed_ms < ?3 AND (extents.topic_id, extents.partition) > (?4, ?5) \
                          ORDER BY extents.topic_id, extents.partition, extents.base_offset LIMIT ?6"
                     ))
                     .map_err(classify)?;
@@ -673,7 +674,8 @@ impl MetadataStore for SqliteStore {
                             req.committed_before_ms,
                             after_topic.as_bytes().as_slice(),
                             after_partition,
-                            req.limit
+                            req.limit,
+                            sorted
                         ],
                         extent_row,
                     )
@@ -685,14 +687,17 @@ impl MetadataStore for SqliteStore {
                     "SELECT extents.topic_id, extents.partition, extents.base_offset, extents.end_offset, \
                      extents.object_key, extents.position, extents.length, extents.batch_count, extents.max_timestamp, \
                      o.size_bytes FROM extents JOIN (SELECT key, size_bytes, committed_ms FROM objects \
-                     WHERE key NOT LIKE ?1 AND size_bytes < ?2 AND committed_ms < ?3 \
+                     WHERE key NOT LIKE ?1 AND key NOT LIKE ?5 AND size_bytes < ?2 AND committed_ms < ?3 \
                      AND EXISTS (SELECT 1 FROM extents e WHERE e.object_key = objects.key) \
                      ORDER BY committed_ms, key LIMIT ?4) o ON o.key = extents.object_key \
                      ORDER BY o.committed_ms, o.key, extents.position",
                 )
                 .map_err(classify)?;
             let rows = stmt
-                .query_map(params![suffix, req.small_bytes.min(i64::MAX as u64) as i64, req.committed_before_ms, req.limit], extent_row)
+                .query_map(
+                    params![suffix, req.small_bytes.min(i64::MAX as u64) as i64, req.committed_before_ms, req.limit, sorted],
+                    extent_row,
+                )
                 .map_err(classify)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(classify)
         })

@@ -349,12 +349,39 @@ fn compaction_contract(s: &dyn MetadataStore) -> Vec<String> {
     swap(y, &old1, &[merged(y, 1, 0, 4)]).unwrap();
     assert_eq!(parts(None), vec![merged(x, 0, 0, 8), merged(y, 1, 0, 4)]);
     assert!(uploads(2000, 100, 10).is_empty(), "uploads no extent references are no candidates");
+
+    // A partition-sorted object: one swap moves the extents of both partitions of an upload.
+    let o3 = "00/a/o3.sso";
+    let e3 = [extent(t.id, 0, 8, 10, o3, 0), extent(t.id, 1, 4, 6, o3, 100)];
+    s.commit_object(&upload(o3, 50), &e3, None, &[], &TxnEffects::default()).unwrap();
+    let moved =
+        |e: &ExtentRecord, key: &str, position| ExtentRecord { object_key: Arc::from(key), position, object_size: 1500, ..e.clone() };
+    let sorted_swap = |key: &str, old: &[ExtentRecord]| {
+        let object = ObjectRecord { key: key.into(), size_bytes: 1500, agent: "a".into(), committed_ms: 60 };
+        s.replace_extents(&object, old, &[moved(&e3[0], key, 0), moved(&e3[1], key, 100)])
+    };
+    // One partition's extent changed meanwhile: neither partition's moves.
+    let w = "00/a/w.s.sso";
+    assert!(matches!(sorted_swap(w, &[e3[0].clone(), ExtentRecord { length: 99, ..e3[1].clone() }]), Err(StoreError::Stale(_))));
+    assert_eq!(s.find_extents(t.id, 0, 8, 10).unwrap(), vec![e3[0].clone()]);
+    assert_eq!(s.committed_extents(w).unwrap(), None);
+    assert_eq!(uploads(2000, 100, 10), e3.to_vec());
+    let sorted = "00/a/s.s.sso";
+    sorted_swap(sorted, &e3).unwrap();
+    assert_eq!(s.find_extents(t.id, 1, 4, 10).unwrap(), vec![moved(&e3[1], sorted, 100)]);
+    // Merge candidates hold every extent of sorted objects, of any size (1,500 bytes, over
+    // small_bytes here), by partition then offset; split candidates none of them, though they
+    // are smaller than the split's small_bytes.
+    let (s0, s1) = (moved(&e3[0], sorted, 0), moved(&e3[1], sorted, 100));
+    assert_eq!(parts(None), vec![merged(x, 0, 0, 8), s0, merged(y, 1, 0, 4), s1.clone()]);
+    assert_eq!(parts(Some((t.id, 0))), vec![merged(y, 1, 0, 4), s1]);
+    assert!(uploads(2000, 100, 10).is_empty(), "sorted objects are no split candidates");
     // Offsets never moved.
     let snap = s.load("x").unwrap();
     let mut ends: Vec<_> = snap.partitions.iter().map(|p| (p.partition, p.log_start_offset, p.next_offset)).collect();
     ends.sort();
-    assert_eq!(ends, vec![(0, 0, 8), (1, 0, 4)]);
-    vec![o1.to_string(), o2.to_string()]
+    assert_eq!(ends, vec![(0, 0, 10), (1, 0, 6)]);
+    vec![o1.to_string(), o2.to_string(), o3.to_string()]
 }
 
 /// Retention's part: log starts move forward only, take the extents wholly below them, and an
