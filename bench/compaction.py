@@ -143,7 +143,8 @@ def run(partitions, gib, value_bytes, skew):
             keys = s3.objects("bench/")
             sizes = [(s3.bucket_dir / k).stat().st_size for k in keys]
             compacted = [s for k, s in zip(keys, sizes) if k.endswith(".p.sso")]
-            return len(sizes), len(compacted), compacted
+            sorted_objects = sum(1 for k in keys if k.endswith(".s.sso"))
+            return len(sizes), len(compacted), compacted, sorted_objects
 
         try:
             topic = "bench-%d" % partitions
@@ -176,7 +177,7 @@ def run(partitions, gib, value_bytes, skew):
             lost = metric(srv, "sidestream_compaction_lost_races_total")
             srv.stop()
             cm = summary(srv)
-            total, compacted, sizes = objects()
+            total, compacted, sizes, sorted_objects = objects()
 
             after = cold_read("after", topic, end)
             return {
@@ -194,6 +195,7 @@ def run(partitions, gib, value_bytes, skew):
                     "puts": int(cm["write_requests"]),
                     "lost_races": int(lost),
                     "per_partition_objects_in_bucket": compacted,
+                    "sorted_objects_in_bucket": sorted_objects,
                     "objects_in_bucket": total,
                     "per_partition_object_mib_median": round(statistics.median(sizes) / (1 << 20), 2) if sizes else 0,
                     "per_partition_object_mib_max": round(max(sizes) / (1 << 20), 2) if sizes else 0,

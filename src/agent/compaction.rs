@@ -34,18 +34,20 @@
 //! never reaches `share_bytes_min` is read from sorted objects (one small ranged GET per
 //! sorted object, 64 MiB of uploads each: still far fewer than from the uploads), and its
 //! bytes keep the whole sorted object alive: at most what not compacting would have kept.
-//! Sorted objects whose live extents fell under half their size are not re-split (not done:
-//! a re-split would rewrite mostly the slow partitions' bytes again to save storage only).
+//! Sorted objects whose live extents fell under half their size are not re-split (not built:
+//! it would save storage only, by rewriting the slow partitions' bytes once more; retention
+//! bounds what a sorted object keeps).
 //!
 //! Each new object is uploaded, then swapped in with one controller call
 //! (`ControllerClient::replace_extents`): in one store transaction the old extents (of every
-//! partition the object holds, checked to be exactly as read) give way to new ones covering the same offsets, and objects no extent
-//! references any more are listed for the garbage collector, which deletes them after
-//! `[retention] object_delete_delay_ms`, so a read that found the old extents still finds
-//! their bytes. Batches are copied byte for byte (CRCs checked on the way), offsets never
-//! change, so a reader never sees a gap, a duplicate or a changed byte. A swap refused because
-//! the extents changed meanwhile (retention, another compaction) writes nothing: its object is
-//! an orphan, collected like any other (`orphans.rs`); this job never deletes anything.
+//! partition the object holds, checked to be exactly as read) give way to new ones covering
+//! the same offsets, and objects no extent references any more are listed for the garbage
+//! collector, which deletes them after `[retention] object_delete_delay_ms`, so a read that
+//! found the old extents still finds their bytes. Batches are copied byte for byte (CRCs
+//! checked on the way), offsets never change, so a reader never sees a gap, a duplicate or a
+//! changed byte. A swap refused because the extents changed meanwhile (retention, another
+//! compaction) writes nothing, for none of its partitions: its object is an orphan, collected
+//! like any other (`orphans.rs`); this job never deletes anything.
 //!
 //! The job makes at most `max_requests_per_s` object store requests, one at a time, and never
 //! touches the upload path: producers do not wait for it.

@@ -1,6 +1,8 @@
 """Object compaction with a real client: a consumer reading the whole topic over and over while
 the compaction job rewrites its objects sees every record exactly once, at its offset, with
-the bytes it was produced with; afterwards the data lives in per-partition objects."""
+the bytes it was produced with; afterwards the data lives in per-partition objects (a few
+partitions, each a large share of every upload) or in partition-sorted ones (many partitions,
+each too small a share for objects of its own)."""
 
 import threading
 import time
@@ -29,23 +31,41 @@ def written(srv):
 
 
 def check(got, sent):
-    for p in range(PARTITIONS):
+    for p in sorted(sent):
         offsets = [o for o, _ in got[p]]
         assert offsets == list(range(len(sent[p]))), "partition %d: offsets not 0..%d (gap or duplicate)" % (p, len(sent[p]))
         assert [v for _, v in got[p]] == sent[p], "partition %d: records changed" % p
 
 
 def test_a_consumer_reading_while_compaction_runs_sees_every_record_once_unchanged(tmp_path):
+    # 4 partitions: about 1.4 MiB each, a quarter of any split window (an eighth of the 1 MiB
+    # target is enough for objects of their own).
+    objects = compact_while_reading(tmp_path, PARTITIONS)
+    assert len(list(objects.rglob("*.p.sso"))) >= PARTITIONS, list(objects.rglob("*.sso"))
+
+
+def test_many_small_partitions_share_partition_sorted_objects(tmp_path):
+    # 60 partitions: about 97 KiB each, under an eighth of the 1 MiB target in any split window
+    # (and in all): every record ends in partition-sorted objects, fewer than the partitions.
+    objects = compact_while_reading(tmp_path, 60)
+    assert not list(objects.rglob("*.p.sso")), list(objects.rglob("*.p.sso"))
+    assert 1 <= len(list(objects.rglob("*.s.sso"))) < 60, list(objects.rglob("*.sso"))
+
+
+def compact_while_reading(tmp_path, partitions):
+    """Produces ROUNDS x PER_ROUND records over `partitions`, then reads the topic over and over
+    while compaction runs, until it settles; checks every record, also after a restart (cold
+    cache). Returns the objects directory."""
     # A slow request budget stretches the job over many reads.
     srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log", extra_env=compaction_env(15)).start()
     try:
         topic = "compacting"
-        create_topic(srv.bootstrap, topic, PARTITIONS)
+        create_topic(srv.bootstrap, topic, partitions)
         producer = Producer({"bootstrap.servers": srv.bootstrap, "acks": "all", "linger.ms": 5})
-        sent = {p: [] for p in range(PARTITIONS)}
+        sent = {p: [] for p in range(partitions)}
         for r in range(ROUNDS):
             for i in range(PER_ROUND):
-                p = i % PARTITIONS
+                p = i % partitions
                 value = b"%d-%03d-%04d-" % (p, r, i) + bytes([(r * 7 + i) % 251]) * 700
                 sent[p].append(value)
                 producer.produce(topic, value=value, partition=p)
@@ -60,7 +80,7 @@ def test_a_consumer_reading_while_compaction_runs_sees_every_record_once_unchang
             try:
                 while not stop.is_set():
                     before = written(srv)
-                    check(read_all(srv.bootstrap, topic, PARTITIONS, total), sent)
+                    check(read_all(srv.bootstrap, topic, partitions, total), sent)
                     reads[0] += 1
                     if written(srv) != before:
                         overlapping[0] += 1
@@ -85,14 +105,13 @@ def test_a_consumer_reading_while_compaction_runs_sees_every_record_once_unchang
             t.join(120)
         assert not failures, failures[0]
         assert overlapping[0] >= 1, "no read overlapped the compaction (%d reads)" % reads[0]
-        check(read_all(srv.bootstrap, topic, PARTITIONS, total), sent)
+        check(read_all(srv.bootstrap, topic, partitions, total), sent)
 
-        # The data now lives in per-partition objects; a restarted agent (cold cache) reads it.
-        objects = list((tmp_path / "data" / "objects").rglob("*.p.sso"))
-        assert len(objects) >= PARTITIONS, objects
+        # The data now lives in compaction's objects; a restarted agent (cold cache) reads it.
         srv.stop()
         srv.start()
-        check(read_all(srv.bootstrap, topic, PARTITIONS, total), sent)
+        check(read_all(srv.bootstrap, topic, partitions, total), sent)
+        return tmp_path / "data" / "objects"
     finally:
         srv.close()
 

@@ -307,7 +307,8 @@ impl ExtentCache {
     }
 
     /// A compaction swap: the cached extents of the partition that `new` covers are replaced by
-    /// `new` (same offsets, another object). Only a partition already cached takes them.
+    /// `new` (same offsets, another object; extents of other partitions in it are ignored).
+    /// Only a partition already cached takes them.
     pub fn replace(&self, topic_id: Uuid, partition: i32, new: &[ExtentRecord]) {
         let mut inner = self.lock();
         inner.generation += 1;
