@@ -32,6 +32,7 @@ use foyer::{
 };
 use tokio::sync::Semaphore;
 
+use super::cost::TopicCost;
 use crate::format::object::is_partition_object;
 use crate::host;
 use crate::metrics::{self, Counter};
@@ -262,7 +263,8 @@ impl ReadCache {
         }
     }
 
-    async fn block(&self, key: &str, block: u64, object_size: u64) -> Result<Bytes, ObjectError> {
+    /// A miss's GET is counted for `cost`'s topic.
+    async fn block(&self, key: &str, block: u64, object_size: u64, cost: &Arc<TopicCost>) -> Result<Bytes, ObjectError> {
         // A miss reads this block and the next `readahead_blocks` of the object in one ranged
         // GET (sequential readers make a fifth of the GETs), and caches each of them.
         // A per-partition object is the reader's partition alone: read far ahead (about 20
@@ -277,6 +279,7 @@ impl ReadCache {
         let span_end = blocks.min(block + 1 + ahead);
         let range = self.block_range(block, object_size).start..self.block_range(span_end - 1, object_size).end;
         let (store, cold, gets, cache) = (self.store.clone(), self.cold.clone(), self.served.gets.clone(), self.cache.clone());
+        let cost = cost.clone();
         let block_bytes = self.block_bytes;
         let object = key.to_string();
         let entry = self
@@ -290,6 +293,7 @@ impl ReadCache {
                 } else {
                     store.get_range(&object, range.clone()).await?
                 };
+                cost.get(span.len() as u64);
                 // Blocks read cold (catch-up consumers) stay in memory only: spilling them to
                 // the disk tier would compete with the WAL's fsyncs for the disk and evict the
                 // written-through tail blocks, which are the ones worth keeping.
@@ -315,21 +319,22 @@ impl ReadCache {
         Ok(bytes)
     }
 
-    /// Bytes `range` of an object of `object_size` bytes, block by block through the cache.
-    pub async fn read(&self, key: &str, range: Range<u64>, object_size: u64) -> Result<Bytes, ObjectError> {
+    /// Bytes `range` of an object of `object_size` bytes, block by block through the cache;
+    /// the GETs of misses are counted for `cost`'s topic (the one the caller reads).
+    pub async fn read(&self, key: &str, range: Range<u64>, object_size: u64, cost: &Arc<TopicCost>) -> Result<Bytes, ObjectError> {
         if range.start >= range.end || range.end > object_size {
             return Err(ObjectError::NotFound(format!("{key} range {range:?} beyond {object_size} bytes")));
         }
         let first = range.start / self.block_bytes;
         let last = (range.end - 1) / self.block_bytes;
         let read = if first == last {
-            let b = self.block(key, first, object_size).await?;
+            let b = self.block(key, first, object_size, cost).await?;
             let base = first * self.block_bytes;
             b.slice((range.start - base) as usize..(range.end - base) as usize)
         } else {
             let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
             for block in first..=last {
-                let b = self.block(key, block, object_size).await?;
+                let b = self.block(key, block, object_size, cost).await?;
                 let r = self.block_range(block, object_size);
                 let from = range.start.max(r.start) - r.start;
                 let to = range.end.min(r.end) - r.start;
@@ -371,6 +376,7 @@ fn remove_files(dir: &std::path::Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::cost;
     use crate::object::memory::MemoryStore;
 
     fn settings(dir: &std::path::Path, disk_bytes: u64) -> CacheSettings {
@@ -394,33 +400,38 @@ mod tests {
         let body: Bytes = (0..20_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
         store.put("a", body.clone()).await.unwrap();
         let cache = ReadCache::open(&settings(dir.path(), 0), store.clone()).await.unwrap();
+        let cost = cost::by_name("cache-test");
         let gets = || cache.served.gets.get();
         let before = gets();
-        assert_eq!(cache.read("a", 100..9000, 20_000).await.unwrap(), body.slice(100..9000));
-        assert_eq!(cache.read("a", 19_990..20_000, 20_000).await.unwrap(), body.slice(19_990..20_000));
+        let (topic_gets, all_gets) = (cost.get_requests.get(), before);
+        assert_eq!(cache.read("a", 100..9000, 20_000, &cost).await.unwrap(), body.slice(100..9000));
+        assert_eq!(cache.read("a", 19_990..20_000, 20_000, &cost).await.unwrap(), body.slice(19_990..20_000));
         assert!(gets() > before);
-        assert!(cache.read("a", 0..20_001, 20_000).await.is_err());
+        assert!(cache.read("a", 0..20_001, 20_000, &cost).await.is_err());
 
         store.put("b", body.clone()).await.unwrap();
         cache.insert_object("b", &body);
         let before = gets();
-        assert_eq!(cache.read("b", 5000..15_000, 20_000).await.unwrap(), body.slice(5000..15_000));
+        assert_eq!(cache.read("b", 5000..15_000, 20_000, &cost).await.unwrap(), body.slice(5000..15_000));
         assert_eq!(gets(), before, "a written-through object is served from memory");
 
         // Read-ahead: one GET brings this block and the next two (readahead_blocks = 2).
         store.put("c", body.clone()).await.unwrap();
         let before = gets();
-        assert_eq!(cache.read("c", 0..100, 20_000).await.unwrap(), body.slice(0..100));
-        assert_eq!(cache.read("c", 4096..12_288, 20_000).await.unwrap(), body.slice(4096..12_288));
+        assert_eq!(cache.read("c", 0..100, 20_000, &cost).await.unwrap(), body.slice(0..100));
+        assert_eq!(cache.read("c", 4096..12_288, 20_000, &cost).await.unwrap(), body.slice(4096..12_288));
         assert_eq!(gets(), before + 1, "blocks 1 and 2 came with block 0");
-        assert_eq!(cache.read("c", 12_288..20_000, 20_000).await.unwrap(), body.slice(12_288..20_000));
+        assert_eq!(cache.read("c", 12_288..20_000, 20_000, &cost).await.unwrap(), body.slice(12_288..20_000));
         assert_eq!(gets(), before + 2);
 
         // A per-partition object is read 16 KiB ahead: blocks 0 to 4 in one GET.
         store.put("d.p.sso", body.clone()).await.unwrap();
         let before = gets();
-        assert_eq!(cache.read("d.p.sso", 0..20_000, 20_000).await.unwrap(), body);
+        assert_eq!(cache.read("d.p.sso", 0..20_000, 20_000, &cost).await.unwrap(), body);
         assert_eq!(gets(), before + 1);
+        // Every GET is counted for the topic read, with its bytes.
+        assert_eq!(cost.get_requests.get() - topic_gets, gets() - all_gets);
+        assert!(cost.get_bytes.get() >= 20_000 + 16_384, "{}", cost.get_bytes.get());
     }
 
     /// Bytes the disk tier wrote after `objects` objects of 1 MiB went through a 1 MiB memory

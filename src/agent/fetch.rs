@@ -12,7 +12,7 @@
 
 use uuid::Uuid;
 
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, cost};
 use crate::format::records::{self, BatchChain};
 
 /// Leader epoch written into served batches; matches the epoch Metadata reports.
@@ -62,6 +62,7 @@ impl Agent {
             return Ok(read);
         }
         let extents = self.controller.find_extents(topic_id, partition, offset, max_bytes.max(1)).await?;
+        let cost = cost::by_id(&*self.controller, topic_id);
         let mut out = BatchChain::default();
         // The offset after the last batch returned.
         let mut out_end = offset;
@@ -69,7 +70,7 @@ impl Agent {
         // to an aborted transaction, and clients filter no other batch by the aborted list.
         let mut transactional = false;
         'extents: for e in extents {
-            let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
+            let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size, &cost).await?;
             let mut base = e.base_offset;
             let mut seen = 0u64;
             for (at, h) in records::batches(&data) {
@@ -113,7 +114,8 @@ impl Agent {
     /// Within extent `e`, the first batch whose max timestamp is >= `timestamp`:
     /// `(base offset, max timestamp)`.
     pub async fn batch_with_timestamp(&self, e: &crate::api::ExtentRecord, timestamp: i64) -> Result<Option<(i64, i64)>, AgentError> {
-        let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size).await?;
+        let cost = cost::by_id(&*self.controller, e.topic_id);
+        let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size, &cost).await?;
         let mut base = e.base_offset;
         for (_, h) in records::batches(&data) {
             if h.max_timestamp >= timestamp {

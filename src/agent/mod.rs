@@ -8,6 +8,7 @@
 //!   offsets into the batch headers.
 //! - [`txn`]: EndTxn and transactional InitProducerId (markers through the uploader); the
 //!   transaction timeout job.
+//! - [`cost`]: object-store requests and bytes by topic, on `/metrics`.
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
 //! - [`jobs`]: background jobs leased from the controller: retention, the object collector.
 //! - [`cluster`]: which broker clients are told leads each partition (sidecar or cluster mode).
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod client;
 pub mod cluster;
 pub mod compaction;
+pub mod cost;
 pub mod fetch;
 pub mod fetch_session;
 pub mod jobs;

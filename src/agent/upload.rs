@@ -51,6 +51,7 @@ use uuid::Uuid;
 
 use super::AgentError;
 use super::cache::ReadCache;
+use super::cost;
 use super::orphans::{InFlightKeys, KeyHold};
 use crate::agent::client::ControllerClient;
 use crate::api::txn::TxnEnd;
@@ -444,7 +445,7 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Queued>, settings: &Upl
         tracing::error!("building an object failed");
         return;
     };
-    let (key, put) = start_upload(deps, settings, &body);
+    let (key, put) = start_upload(deps, settings, &body, &extents);
     let sealed = Sealed { key, body, extents, waiters, wal_entries: open.wal_entries, put: Some(put), markers: None };
     queue_sealed(sealed, sealed_tx).await;
 }
@@ -467,7 +468,7 @@ async fn seal_markers(
         }
     }
     let (body, extents) = builder.finish();
-    let (key, put) = start_upload(deps, settings, &body);
+    let (key, put) = start_upload(deps, settings, &body, &extents);
     let sealed = Sealed { key, body, extents, waiters: Vec::new(), wal_entries: None, put: Some(put), markers: Some((end, reply)) };
     queue_sealed(sealed, sealed_tx).await;
 }
@@ -485,11 +486,15 @@ async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Queued>) {
     }
 }
 
-/// Picks a fresh key for `body`, holds it, and starts its PUT.
-fn start_upload(deps: &Arc<UploadDeps>, settings: &UploadSettings, body: &Bytes) -> (KeyHold, JoinHandle<()>) {
+/// Picks a fresh key for `body` (holding `extents`), holds it, and starts its PUT.
+fn start_upload(deps: &Arc<UploadDeps>, settings: &UploadSettings, body: &Bytes, extents: &[ExtentInfo]) -> (KeyHold, JoinHandle<()>) {
     let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
     let hold = deps.in_flight.hold(&key);
-    let put = tokio::spawn(put_with_retry(deps.clone(), key, body.clone()));
+    let mut bytes_by_topic: HashMap<Uuid, u64> = HashMap::new();
+    for e in extents {
+        *bytes_by_topic.entry(e.topic_id).or_default() += e.length;
+    }
+    let put = tokio::spawn(put_with_retry(deps.clone(), key, body.clone(), bytes_by_topic));
     (hold, put)
 }
 
@@ -497,7 +502,8 @@ fn backoff(attempt: u32) -> Duration {
     RETRY_BACKOFF_MIN.saturating_mul(1 << attempt.min(10)).min(RETRY_BACKOFF_MAX)
 }
 
-async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes) {
+/// `bytes_by_topic`: each topic's bytes in `body` (every attempt is counted for each).
+async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes, bytes_by_topic: HashMap<Uuid, u64>) {
     let store = &deps.store;
     let uploads = metrics::counter("sidestream_objects_uploaded_total", "Objects uploaded by this agent.", &[]);
     let bytes = metrics::counter("sidestream_object_bytes_uploaded_total", "Bytes of objects uploaded.", &[]);
@@ -506,6 +512,7 @@ async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes) {
     let mut attempt = 0;
     loop {
         let started = std::time::Instant::now();
+        cost::count_put(&*deps.controller, &bytes_by_topic);
         match store.put(&key, body.clone()).await {
             Ok(()) => {
                 crate::health::set("object_store", true, "uploads succeed");
@@ -604,7 +611,7 @@ async fn run_committer(
                     // sealed later (this loop holds the order).
                     tracing::warn!(key = s.key.key(), error = %e, "object collected before its commit; uploading it again");
                     reuploads.inc();
-                    let (key, put) = start_upload(&deps, &settings, &s.body);
+                    let (key, put) = start_upload(&deps, &settings, &s.body, &s.extents);
                     (s.key, s.put) = (key, Some(put));
                 }
                 Err(e) => break Err(e),

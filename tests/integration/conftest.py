@@ -263,9 +263,13 @@ class SidestreamServer:
 
         poll_until(ready, timeout, what="topic %s to be ready" % topic)
 
+    def metrics_addr(self):
+        """The /metrics address of the running process (the last start's, in the log)."""
+        return re.findall(r"metrics_addr=([0-9.:]+)", self.log_text())[-1]
+
     def metrics(self):
         """The server's /metrics as {'name{labels}': value} (the address is in its start-up log)."""
-        addr = re.search(r"metrics_addr=([0-9.:]+)", self.log_text()).group(1)
+        addr = self.metrics_addr()
         text = urllib.request.urlopen("http://%s/metrics" % addr, timeout=10).read().decode()
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
@@ -274,7 +278,7 @@ class SidestreamServer:
         """(HTTP status, JSON body) of the server's /readyz."""
         import json
         import urllib.error
-        addr = re.search(r"metrics_addr=([0-9.:]+)", self.log_text()).group(1)
+        addr = self.metrics_addr()
         try:
             with urllib.request.urlopen("http://%s/readyz" % addr, timeout=10) as r:
                 return r.status, json.loads(r.read())

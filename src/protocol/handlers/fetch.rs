@@ -125,7 +125,9 @@ async fn read_once(
         } else {
             agent.controller.topic(TopicRef::Name(&key.topic.0))
         };
-        let mut records = None;
+        // An error's records are empty, not null, as Kafka answers them: librdkafka refuses a
+        // null record set ("invalid MessageSetSize -1") and never sees the error.
+        let mut records = Some(BatchChain::default());
         let mut data = PartitionData::default()
             .with_partition_index(key.partition)
             .with_high_watermark(-1)
