@@ -63,6 +63,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::AgentError;
+use super::cost;
 use super::orphans::InFlightKeys;
 use crate::agent::client::ControllerClient;
 use crate::api::jobs::{JOB_COMPACTION, JobLease};
@@ -289,6 +290,7 @@ impl ObjectCompactor {
             return Ok(Vec::new());
         };
         self.budget.take().await;
+        cost::count_get(&*self.controller, &cost::bytes_by_topic(extents.iter().map(|e| (e.topic_id, e.length))));
         let span = self.store.get_range_once(key, start..end).await?;
         if span.len() as u64 != end - start {
             return Err(AgentError::CorruptObject(format!("{key}: {} bytes read of {start}..{end}", span.len())));
@@ -712,6 +714,7 @@ impl ObjectCompactor {
         }
         let _hold = self.in_flight.hold(&key);
         self.budget.take().await;
+        cost::count_put(&*self.controller, &cost::bytes_by_topic(new.iter().map(|e| (e.topic_id, e.length))));
         self.store.put(&key, body).await?;
         stats.objects_written += 1;
         if kind == ObjectKind::Sorted {

@@ -8,8 +8,8 @@
 //! object holds, and its bytes are split exactly between them, so that per topic "requests per
 //! GB" is what that topic's traffic makes: an uploaded object holds a little of many topics,
 //! and a topic's share of the upload requests is one request per object it is in. A GET (a read
-//! cache miss of a fetch, a read of the compaction job) is counted for the topic it was made
-//! for. Deleting objects is not counted by topic: an object is deleted when nothing references
+//! cache miss of a fetch) is counted for the topic it was made for; a GET of the compaction
+//! job, like a PUT, once for each topic whose data it read. Deleting objects is not counted by topic: an object is deleted when nothing references
 //! it any more, and the store no longer knows whose data it held.
 //!
 //! The label set is bounded: the first [`TOPIC_SERIES_MAX`] topics seen get their own series,
@@ -97,12 +97,28 @@ pub fn by_id(controller: &dyn ControllerClient, topic_id: Uuid) -> Arc<TopicCost
     }
 }
 
+/// Each topic's bytes among `extents` (topic id, bytes).
+pub fn bytes_by_topic(extents: impl IntoIterator<Item = (Uuid, u64)>) -> HashMap<Uuid, u64> {
+    let mut by_topic: HashMap<Uuid, u64> = HashMap::new();
+    for (topic_id, bytes) in extents {
+        *by_topic.entry(topic_id).or_default() += bytes;
+    }
+    by_topic
+}
+
 /// Counts one PUT of an object holding `bytes_by_topic` (each topic's bytes in it).
 pub fn count_put(controller: &dyn ControllerClient, bytes_by_topic: &HashMap<Uuid, u64>) {
     for (topic_id, bytes) in bytes_by_topic {
         let cost = by_id(controller, *topic_id);
         cost.put_requests.inc();
         cost.put_bytes.add(*bytes);
+    }
+}
+
+/// Counts one GET of a span holding `bytes_by_topic` (each topic's bytes in it).
+pub fn count_get(controller: &dyn ControllerClient, bytes_by_topic: &HashMap<Uuid, u64>) {
+    for (topic_id, bytes) in bytes_by_topic {
+        by_id(controller, *topic_id).get(*bytes);
     }
 }
 

@@ -490,10 +490,7 @@ async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Queued>) {
 fn start_upload(deps: &Arc<UploadDeps>, settings: &UploadSettings, body: &Bytes, extents: &[ExtentInfo]) -> (KeyHold, JoinHandle<()>) {
     let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
     let hold = deps.in_flight.hold(&key);
-    let mut bytes_by_topic: HashMap<Uuid, u64> = HashMap::new();
-    for e in extents {
-        *bytes_by_topic.entry(e.topic_id).or_default() += e.length;
-    }
+    let bytes_by_topic = cost::bytes_by_topic(extents.iter().map(|e| (e.topic_id, e.length)));
     let put = tokio::spawn(put_with_retry(deps.clone(), key, body.clone(), bytes_by_topic));
     (hold, put)
 }

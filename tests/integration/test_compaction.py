@@ -105,6 +105,11 @@ def compact_while_reading(tmp_path, partitions):
             t.join(120)
         assert not failures, failures[0]
         assert overlapping[0] >= 1, "no read overlapped the compaction (%d reads)" % reads[0]
+        # The topic's PUTs on /metrics: its uploads and the job's objects (one topic: all of them).
+        m = srv.metrics()
+        puts = m['sidestream_object_store_topic_requests_total{request="put",topic="%s"}' % topic]
+        assert puts == m["sidestream_objects_uploaded_total"] + written(srv), (puts, written(srv))
+        assert m['sidestream_object_store_topic_requests_total{request="get",topic="%s"}' % topic] > 0
         check(read_all(srv.bootstrap, topic, partitions, total), sent)
 
         # The data now lives in compaction's objects; a restarted agent (cold cache) reads it.
