@@ -109,9 +109,9 @@ impl Drop for HandOffGuard {
     }
 }
 
-/// A produce request's place in its connection's order. [`Turn::wait`] returns once the
-/// previous produce request of the connection has queued its batches (or finished); dropping
-/// the turn lets the next one go.
+/// A request's place in its connection's order. [`Turn::wait`] returns once the previous
+/// request of the same chain (produce requests: queued its batches; offset commits: answered)
+/// is done; dropping the turn lets the next one go.
 pub struct Turn {
     previous: Option<tokio::sync::oneshot::Receiver<()>>,
     done: Option<tokio::sync::oneshot::Sender<()>>,
@@ -120,10 +120,11 @@ pub struct Turn {
 }
 
 impl Turn {
-    /// The turn of a connection's next produce request, after `last` (which it replaces).
-    pub fn next(last: &mut Option<tokio::sync::oneshot::Receiver<()>>, hand_off: HandOffGuard) -> Turn {
+    /// The turn of a connection's next request of a chain, after `last` (which it replaces);
+    /// `hand_off` for produce requests.
+    pub fn next(last: &mut Option<tokio::sync::oneshot::Receiver<()>>, hand_off: Option<HandOffGuard>) -> Turn {
         let (done, next) = tokio::sync::oneshot::channel();
-        Turn { previous: last.replace(next), done: Some(done), hand_off: Some(hand_off) }
+        Turn { previous: last.replace(next), done: Some(done), hand_off }
     }
 
     pub async fn wait(&mut self) {

@@ -5,7 +5,9 @@
 //! pipelined while answers keep Kafka's ordering. Produce requests also take a [`Turn`](crate::agent::Turn): each
 //! hands its batches to the WAL or upload buffer only after the previous produce request of the
 //! connection did, so offsets follow the order requests were sent, as in Kafka (the waits for
-//! fsync or commit still overlap). The queue bounds the requests in flight per connection; a
+//! fsync or commit still overlap). Requests that change committed offsets (OffsetCommit,
+//! TxnOffsetCommit, OffsetDelete) take a turn of their own, held until they are answered: a
+//! client's pipelined commits take effect in the order it sent them. The queue bounds the requests in flight per connection; a
 //! semaphore bounds connections, a count per client address bounds each address's share of them
 //! (`max_connections_per_ip`; beyond it a connection is closed at accept).
 //!
@@ -40,6 +42,9 @@ use crate::metrics::{self, Counter};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 const FETCH_KEY: [u8; 2] = 1i16.to_be_bytes();
+/// Requests that change a group's committed offsets (OffsetCommit, TxnOffsetCommit,
+/// OffsetDelete): one takes effect only after the connection's previous one did.
+const ORDERED_KEYS: [[u8; 2]; 3] = [8i16.to_be_bytes(), 28i16.to_be_bytes(), 47i16.to_be_bytes()];
 /// Ready answers are written once this many bytes of them wait, even if more are ready.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Slices per writev call (Linux allows 1024).
@@ -365,6 +370,7 @@ async fn connection(
         budget_bytes: budget_bytes(&limits),
     };
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
+    let mut last_ordered: Option<oneshot::Receiver<()>> = None;
     let reason = loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd, frame_limits, &budget, activity.idle(limits.idle_timeout)) => f,
@@ -373,7 +379,14 @@ async fn connection(
         match frame {
             Ok(Some((frame, permit))) => {
                 activity.touch();
-                let turn = (frame[..2] == PRODUCE_KEY).then(|| Turn::next(&mut last_produce, agent.hand_offs.enter()));
+                let key = [frame[0], frame[1]];
+                let turn = if key == PRODUCE_KEY {
+                    Some(Turn::next(&mut last_produce, Some(agent.hand_offs.enter())))
+                } else if ORDERED_KEYS.contains(&key) {
+                    Some(Turn::next(&mut last_ordered, None))
+                } else {
+                    None
+                };
                 let cancellable = frame[..2] == FETCH_KEY;
                 let agent = agent.clone();
                 activity.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -117,6 +117,43 @@ def test_pipelined_produce_requests_keep_their_order(server, version):
     assert values == [b"r%d-%d" % (i, j) for i in range(total) for j in range(2)], values
 
 
+def offset_commit_v2_body(group, topic, partition, offset):
+    """OffsetCommit v2 of a group without members (generation -1, as assign()-based clients)."""
+    return (kw.string(group) + kw.i32(-1) + kw.string("") + kw.i64(-1)
+            + kw.array([topic], lambda t: kw.string(t) + kw.array([(partition, offset)],
+                       lambda p: kw.i32(p[0]) + kw.i64(p[1]) + kw.string(""))))
+
+
+def committed_offset_v1(c, group, topic, partition):
+    body = kw.string(group) + kw.array([topic], lambda t: kw.string(t) + kw.array([partition], kw.i32))
+    r = c.request(OFFSET_FETCH, 1, body)
+    assert r.i32() == 1 and r.string() == topic and r.i32() == 1 and r.i32() == partition
+    offset, _metadata, error = r.i64(), r.string(), r.i16()
+    assert error == 0, error
+    return offset
+
+
+OFFSET_COMMIT, OFFSET_FETCH = 8, 9
+
+
+def test_pipelined_offset_commits_take_effect_in_order(server):
+    """Kafka handles one request per connection at a time: of pipelined OffsetCommits (librdkafka
+    sends its asynchronous commits so, on one connection), the last one sent is the one that
+    stays, or a restarted consumer reads again what it had processed."""
+    topic = new_topic(server)
+    group = "pipelined-" + topic
+    n, rounds = 50, 5  # a race shows up in some rounds only
+    with server.connect() as c:
+        for rnd in range(rounds):
+            cids = [c.send(OFFSET_COMMIT, 2, offset_commit_v2_body(group, topic, 0, rnd * n + i + 1)) for i in range(n)]
+            for cid in cids:
+                r = c.read_response(cid, False)
+                assert r.i32() == 1 and r.string() == topic and r.i32() == 1 and r.i32() == 0
+                assert r.i16() == 0, "OffsetCommit failed"
+            got = committed_offset_v1(c, group, topic, 0)
+            assert got == (rnd + 1) * n, "round %d: committed offset %d, the last commit sent was %d" % (rnd, got, (rnd + 1) * n)
+
+
 # --------------------------------------------------------------------------------------------
 # Framing and headers: the connection is closed without a response.
 

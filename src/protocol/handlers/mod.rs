@@ -207,12 +207,18 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
 }
 
 /// Handles one request frame (without its length prefix) from a client at `peer`. `turn`
-/// orders the produce requests of one connection (see [`Turn`]).
-pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, turn: Option<Turn>) -> Outcome {
+/// orders the produce requests of one connection, and its offset commits (see [`Turn`]).
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn: Option<Turn>) -> Outcome {
     let parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
+    // Any turn but a produce request's is held until the answer is ready (dropped on return).
+    if !matches!(parsed.request, Request::Produce(_))
+        && let Some(turn) = turn.as_mut()
+    {
+        turn.wait().await;
+    }
     // Kafka reports the client host as "/<ip>".
     let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.ip()) };
     let version = parsed.version;
