@@ -85,3 +85,31 @@ def test_consume_from_offset_and_count(server):
     assert out.splitlines() == ["%d k%d v%d" % (i, i, i) for i in range(30, 35)]
     out = kcat(server, "-C", "-t", topic, "-o", "-3", "-e", "-f", "%o %s\n")
     assert out.splitlines() == ["%d v%d" % (i, i) for i in range(47, 50)]
+
+
+def test_a_consumer_past_the_log_end_resets_to_earliest(server):
+    """A fetch past the log end gets OFFSET_OUT_OF_RANGE with empty records (as Kafka sends them:
+    librdkafka cannot parse a null record set and never sees the error), and the consumer
+    resets as auto.offset.reset says: earliest reads the three records."""
+    topic = "kcat-past-end-%d" % os.getpid()
+    with server.connect() as c:
+        assert kw.create_topics(c, [(topic, 1, 1)])[topic][0] == kw.NONE
+    kcat(server, "-P", "-t", topic, "-p", "0", input_text="a\nb\nc\n")
+    out = kcat(server, "-C", "-t", topic, "-p", "0", "-o", "1000", "-X", "auto.offset.reset=earliest",
+               "-c", "3", "-f", "%o:%s\n", timeout=30)
+    assert out.splitlines() == ["0:a", "1:b", "2:c"], out
+
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "past-end", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 1000)])
+        got = []
+        for m in iter(lambda: consumer.poll(30), None):
+            assert m.error() is None, m.error()
+            got.append((m.offset(), m.value()))
+            if len(got) == 3:
+                break
+        assert got == [(0, b"a"), (1, b"b"), (2, b"c")], got
+    finally:
+        consumer.close()
