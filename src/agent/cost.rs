@@ -9,8 +9,9 @@
 //! GB" is what that topic's traffic makes: an uploaded object holds a little of many topics,
 //! and a topic's share of the upload requests is one request per object it is in. A GET (a read
 //! cache miss of a fetch) is counted for the topic it was made for; a GET of the compaction
-//! job, like a PUT, once for each topic whose data it read. Deleting objects is not counted by topic: an object is deleted when nothing references
-//! it any more, and the store no longer knows whose data it held.
+//! job, like a PUT, once for each topic whose data it read. Deleting objects is not counted by
+//! topic: an object is deleted when nothing references it any more, and the store no longer
+//! knows whose data it held.
 //!
 //! The label set is bounded: the first [`TOPIC_SERIES_MAX`] topics seen get their own series,
 //! the rest are counted under [`OTHER_TOPICS`] (as `sidestream_stored_topic_bytes`). A deleted
