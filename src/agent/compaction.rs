@@ -655,12 +655,14 @@ impl ObjectCompactor {
     /// changed meanwhile) is counted, not an error, and swaps nothing.
     async fn write_object(&self, kind: ObjectKind, pieces: Vec<Piece>, stats: &mut Stats) -> Result<bool, AgentError> {
         assert!(!pieces.is_empty(), "an object of nothing");
-        assert!(
-            pieces
-                .windows(2)
-                .all(|w| (w[0].0.topic_id, w[0].0.partition, w[0].0.end_offset) <= (w[1].0.topic_id, w[1].0.partition, w[1].0.base_offset)),
-            "pieces not in partition and offset order"
-        );
+        // The pieces come from the store's index: overlapping extents there (a damaged store)
+        // fail this pass with an error rather than stop the job with a panic.
+        let ordered = pieces
+            .windows(2)
+            .all(|w| (w[0].0.topic_id, w[0].0.partition, w[0].0.end_offset) <= (w[1].0.topic_id, w[1].0.partition, w[1].0.base_offset));
+        if !ordered {
+            return Err(AgentError::CorruptObject("index extents out of partition and offset order (overlapping?)".into()));
+        }
         let (prefix, agent) = (&self.settings.key_prefix, &self.settings.agent);
         let key = match kind {
             ObjectKind::Partition => keys::new_partition_object_key(prefix, agent, &*self.clock, &*self.entropy),

@@ -18,7 +18,7 @@
 //! topic's series stay (counters only grow) until the process restarts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use uuid::Uuid;
 
@@ -64,15 +64,19 @@ impl TopicCost {
     }
 }
 
-/// Topic names to their counters, at most `max` of them (then [`OTHER_TOPICS`]).
+/// Topic names to their counters, at most `max` of them (then [`OTHER_TOPICS`]). Looked up on
+/// every fetch of a partition: a read lock, the write lock only for a topic not seen yet.
 struct Topics {
-    by_name: Mutex<HashMap<String, Arc<TopicCost>>>,
+    by_name: RwLock<HashMap<String, Arc<TopicCost>>>,
     max: usize,
 }
 
 impl Topics {
     fn get(&self, topic: &str) -> Arc<TopicCost> {
-        let mut topics = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cost) = self.by_name.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
+            return cost.clone();
+        }
+        let mut topics = self.by_name.write().unwrap_or_else(|p| p.into_inner());
         if let Some(cost) = topics.get(topic) {
             return cost.clone();
         }
@@ -87,7 +91,7 @@ impl Topics {
 /// [`TOPIC_SERIES_MAX`] topics have theirs).
 pub fn by_name(topic: &str) -> Arc<TopicCost> {
     static TOPICS: OnceLock<Topics> = OnceLock::new();
-    TOPICS.get_or_init(|| Topics { by_name: Mutex::default(), max: TOPIC_SERIES_MAX }).get(topic)
+    TOPICS.get_or_init(|| Topics { by_name: RwLock::default(), max: TOPIC_SERIES_MAX }).get(topic)
 }
 
 /// The counters of the topic with id `topic_id` (a deleted or unknown one: [`OTHER_TOPICS`]).
@@ -129,7 +133,7 @@ mod tests {
 
     #[test]
     fn topics_beyond_the_bound_share_one_series() {
-        let topics = Topics { by_name: Mutex::default(), max: 3 };
+        let topics = Topics { by_name: RwLock::default(), max: 3 };
         let mine = topics.get("cost-test-a");
         mine.get(10);
         assert!(Arc::ptr_eq(&mine, &topics.get("cost-test-a")));
@@ -138,7 +142,7 @@ mod tests {
         let late = topics.get("cost-test-late");
         assert!(Arc::ptr_eq(&late, &topics.get(OTHER_TOPICS)));
         assert!(Arc::ptr_eq(&late, &topics.get("cost-test-later")));
-        assert_eq!(topics.by_name.lock().unwrap().len(), 4);
+        assert_eq!(topics.by_name.read().unwrap().len(), 4);
         let text = metrics::render();
         assert!(text.contains("sidestream_object_store_topic_requests_total{request=\"get\",topic=\"cost-test-a\"} 1"), "{text}");
         assert!(text.contains("sidestream_object_store_topic_bytes_total{request=\"get\",topic=\"cost-test-a\"} 10"), "{text}");
