@@ -830,10 +830,18 @@ mod tests {
             key_prefix: String::new(),
             agent: "agent-1".into(),
         };
+        /// A second ahead of the controller's clock: with `min_age_ms` 0, an upload committed in
+        /// the millisecond of a pass is a candidate too (the query asks for strictly older).
+        struct Ahead;
+        impl Clock for Ahead {
+            fn now_ms(&self) -> i64 {
+                SystemClock.now_ms() + 1000
+            }
+        }
         let job = ObjectCompactor::new(
             store.clone(),
             controller.clone(),
-            Arc::new(SystemClock),
+            Arc::new(Ahead),
             Arc::new(SeededEntropy::new(8)),
             Arc::new(InFlightKeys::default()),
             settings,
