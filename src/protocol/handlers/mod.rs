@@ -18,8 +18,8 @@ mod offsets;
 mod produce;
 mod producers;
 mod transactions;
+mod users;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -29,13 +29,16 @@ use kafka_protocol::messages::{
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeTopicPartitionsRequest, DescribeTransactionsRequest,
     EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
     ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest, TxnOffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
+    TxnOffsetCommitRequest,
 };
+use kafka_protocol::messages::{AlterUserScramCredentialsRequest, DescribeUserScramCredentialsRequest};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
 use crate::agent::Turn;
 use crate::api::groups::ClientInfo;
+use crate::protocol::listener::Peer;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
 /// exactly this table.
@@ -71,6 +74,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -87,6 +94,8 @@ pub enum Outcome {
     NoResponse,
     /// The request cannot be answered; close the connection (after earlier answers).
     Close(String),
+    /// Send this answer, then close the connection (a failed SASL authentication).
+    RespondAndClose(Vec<Bytes>, String),
 }
 
 /// A decoded request of an implemented API.
@@ -123,6 +132,10 @@ pub enum Request {
     TxnOffsetCommit(TxnOffsetCommitRequest),
     DescribeTransactions(DescribeTransactionsRequest),
     ListTransactions(ListTransactionsRequest),
+    SaslHandshake(SaslHandshakeRequest),
+    SaslAuthenticate(SaslAuthenticateRequest),
+    DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
+    AlterUserScramCredentials(AlterUserScramCredentialsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -200,15 +213,21 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::TxnOffsetCommit => decode!(TxnOffsetCommit, TxnOffsetCommitRequest),
         ApiKey::DescribeTransactions => decode!(DescribeTransactions, DescribeTransactionsRequest),
         ApiKey::ListTransactions => decode!(ListTransactions, ListTransactionsRequest),
+        ApiKey::SaslHandshake => decode!(SaslHandshake, SaslHandshakeRequest),
+        ApiKey::SaslAuthenticate => decode!(SaslAuthenticate, SaslAuthenticateRequest),
+        ApiKey::DescribeUserScramCredentials => decode!(DescribeUserScramCredentials, DescribeUserScramCredentialsRequest),
+        ApiKey::AlterUserScramCredentials => decode!(AlterUserScramCredentials, AlterUserScramCredentialsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
     Ok(Parsed { key, version, correlation_id: header.correlation_id, client_id, request })
 }
 
-/// Handles one request frame (without its length prefix) from a client at `peer`. `turn`
-/// orders the produce requests of one connection, and its offset commits (see [`Turn`]).
-pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn: Option<Turn>) -> Outcome {
+/// Handles one request frame (without its length prefix) from `peer`. `turn` orders the
+/// produce requests of one connection, and its offset commits (see [`Turn`]). SaslHandshake
+/// and SaslAuthenticate of a SASL listener are the connection's ([`super::sasl`]); here they
+/// get ILLEGAL_SASL_STATE, as on a listener without SASL in Kafka.
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Option<Turn>) -> Outcome {
     let parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
@@ -220,12 +239,13 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
         turn.wait().await;
     }
     // Kafka reports the client host as "/<ip>".
-    let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.ip()) };
+    let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.addr.ip()) };
+    let listener = &peer.endpoint.address;
     let version = parsed.version;
     let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
     match parsed.request {
         Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
-        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client).await),
+        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client, listener).await),
         Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
         Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
         Request::DeleteRecords(r) => ctx.respond(&delete_records::handle(&agent, r).await),
@@ -234,15 +254,15 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
             None => Outcome::NoResponse,
         },
         Request::Fetch(r) => {
-            let answer = fetch::handle(&agent, version, r, peer).await;
+            let answer = fetch::handle(&agent, version, r, peer.addr).await;
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, version, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
-        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
-        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r, &client)),
-        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r, &client)),
+        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r, listener)),
+        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r, &client, listener)),
+        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r, &client, listener)),
         Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
         Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),
         Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, r).await),
@@ -261,7 +281,16 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
         Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, version, r).await),
         Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, r).await),
         Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, version, r).await),
+        Request::SaslHandshake(_) => ctx.respond(&super::sasl::handshake_refused()),
+        Request::SaslAuthenticate(_) => ctx.respond(&super::sasl::authenticate_refused()),
+        Request::DescribeUserScramCredentials(r) => ctx.respond(&users::describe(&agent, r).await),
+        Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, r).await),
     }
+}
+
+/// A response to one request: the frame, or why it cannot be encoded.
+pub(crate) fn encode_response<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Outcome {
+    Ctx { key, version, correlation_id }.respond(body)
 }
 
 struct Ctx {
