@@ -43,3 +43,4 @@ pub mod probe;
 pub mod protocol;
 pub mod sdnotify;
 pub mod server;
+pub mod users_cli;

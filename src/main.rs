@@ -48,6 +48,32 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// SASL users (SCRAM credentials), written straight to the controller's store that
+    /// `--config` names: how the first user is made before any client can log in.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        /// The proxy.toml of the agent or controller (its `[controller] store`).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Adds or replaces a user's credentials; the password is read from stdin (one line).
+    Add {
+        name: String,
+        /// SCRAM-SHA-256 and/or SCRAM-SHA-512 (repeatable; default both).
+        #[arg(long)]
+        mechanism: Vec<String>,
+        #[arg(long, default_value_t = sidestream::api::scram::ITERATIONS_DEFAULT)]
+        iterations: u32,
+    },
+    /// Deletes a user's credentials (all mechanisms).
+    Delete { name: String },
+    /// Lists the users and their mechanisms.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -71,7 +97,41 @@ fn main() -> ExitCode {
             group_describe(&group, &bootstrap_server, timeout_ms)
         }
         Command::Controller { config } => controller(config),
+        Command::User { command, config } => user(command, config),
         Command::ControllerBench { store, agents, seconds, partitions } => controller_bench(store, agents, seconds, partitions),
+    }
+}
+
+fn user(command: UserCommand, config_path: Option<PathBuf>) -> ExitCode {
+    use sidestream::users_cli as users;
+    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidestream user: bad configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        UserCommand::Add { name, mechanism, iterations } => {
+            let mut password = String::new();
+            match std::io::stdin().read_line(&mut password) {
+                Ok(_) => users::add(&config, &name, password.trim_end_matches(['\n', '\r']), &mechanism, iterations),
+                Err(e) => Err(format!("cannot read the password from stdin: {e}")),
+            }
+        }
+        UserCommand::Delete { name } => users::delete(&config, &name),
+        UserCommand::List => users::list(&config).map(|lines| {
+            for l in lines {
+                println!("{l}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sidestream user: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -103,10 +103,12 @@ class ServerStartError(AssertionError):
 
 
 class SidestreamServer:
-    def __init__(self, data_dir, log_path, extra_env=None):
+    def __init__(self, data_dir, log_path, extra_env=None, config=None):
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.extra_env = dict(extra_env or {})
+        # proxy.toml text (`serve --config`), for what variables cannot say ([[listeners]]).
+        self.config = config
         self.host = "127.0.0.1"
         self.port = None
         self.proc = None
@@ -163,8 +165,13 @@ class SidestreamServer:
         log.write(("\n===== start #%d: %s serve (listen %s, data_dir %s) =====\n"
                    % (self.starts, binary, self.bootstrap, self.data_dir)).encode())
         log.flush()
+        args = [str(binary), "serve"]
+        if self.config is not None:
+            path = self.data_dir.parent / "proxy.toml"
+            path.write_text(self.config)
+            args += ["--config", str(path)]
         try:
-            self.proc = subprocess.Popen([str(binary), "serve"], env=env, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, cwd=str(self.data_dir))
         finally:
             log.close()

@@ -789,3 +789,28 @@ def list_transactions(conn):
         return s
 
     return {t: (pid, st) for t, pid, st in r.compact_array(state)}
+
+
+# --------------------------------------------------------------------------------------------
+# SASL (v1 of both: the tokens travel in SaslAuthenticate requests).
+
+SASL_HANDSHAKE = 17
+SASL_AUTHENTICATE = 36
+
+
+def sasl_handshake(conn, mechanism):
+    """SaslHandshake v1; returns the error code."""
+    r = conn.request(SASL_HANDSHAKE, 1, string(mechanism))
+    err = r.i16()
+    r.array(lambda r: r.string())
+    return err
+
+
+def sasl_authenticate(conn, token):
+    """SaslAuthenticate v1; returns (error code, error message or "")."""
+    r = conn.request(SASL_AUTHENTICATE, 1, nbytes(token))
+    err = r.i16()
+    message = r.string() or ""
+    r.nbytes()
+    r.i64()
+    return err, message
