@@ -342,8 +342,8 @@ pub enum Next {
     Close(String),
 }
 
-/// Answers a SaslHandshake (`key` 17) or SaslAuthenticate (36) request of version `version`
-/// with `body` decoded; `raw` is set when a v0 handshake makes the next tokens bare frames.
+/// Answers a SaslHandshake or SaslAuthenticate request: the response to send, and what the
+/// connection does next.
 pub async fn answer(sasl: &mut Sasl, controller: &dyn ControllerClient, request: SaslRequest) -> (Option<AnyResponse>, Next) {
     match request {
         SaslRequest::Handshake { mechanism } => match sasl.handshake(&mechanism) {

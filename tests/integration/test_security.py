@@ -367,3 +367,19 @@ def test_the_first_user_is_made_with_sidestream_user(secure, certs):
         assert kafka_wire.sasl_authenticate(c, b"\0carol\0carol-secret")[0] == SASL_AUTHENTICATION_FAILED
     p = subprocess.run(cli + ["delete", "carol"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode != 0 and "no user" in p.stderr
+
+
+def test_kafka_configs_sh_manages_scram_users(secure, certs):
+    """kafka-configs.sh --entity-type users (Kafka 4.4), as an operator runs it."""
+    srv, ports = secure
+    bs = ["--bootstrap-server", srv.bootstrap]
+    run(java_cmd("org.apache.kafka.tools.ConfigCommand", *bs, "--alter", "--entity-type", "users", "--entity-name", "dave",
+                 "--add-config", "SCRAM-SHA-512=[iterations=4096,password=dave-secret]"))
+    # (--describe of users also asks for client quotas: tests/integration/test_quotas.py.)
+    conf = client_conf(ports, certs, "SASL_SSL", "SCRAM-SHA-512", user="dave", password="dave-secret")
+    assert produce_consume(conf, topic_name("dave"), n=3) == [b"v0", b"v1", b"v2"]
+    run(java_cmd("org.apache.kafka.tools.ConfigCommand", *bs, "--alter", "--entity-type", "users", "--entity-name", "dave",
+                 "--delete-config", "SCRAM-SHA-512"))
+    with kafka_wire.Conn("127.0.0.1", ports["SASL_PLAINTEXT"], timeout=10) as c:
+        assert kafka_wire.sasl_handshake(c, "PLAIN") == 0
+        assert kafka_wire.sasl_authenticate(c, b"\0dave\0dave-secret")[0] == SASL_AUTHENTICATION_FAILED
