@@ -321,6 +321,13 @@ def test_certificates_are_reloaded_on_sighup_without_dropping_connections(tmp_pa
         p.produce(topic, value=b"2")
         assert p.flush(30) == 0
         assert srv.metrics()['sidestream_tls_reloads_total{outcome="ok"}'] >= 1
+        # Without SIGHUP: the files' modification time changing is enough.
+        third_cert, third_key = make_cert(d, "ca", "third", "/CN=third.localhost", "IP:127.0.0.1")
+        (d / "server.key").write_bytes(third_key.read_bytes())
+        (d / "server.pem").write_bytes(third_cert.read_bytes())
+        poll_until(lambda: "third.localhost" in served_certificate(ports["SSL"]), 30, what="the file change to be seen")
+        p.produce(topic, value=b"3")
+        assert p.flush(30) == 0
     finally:
         srv.close()
 
