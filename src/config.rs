@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::tls::{self, TlsFiles};
+
 /// Every section of `proxy.toml`. Unknown keys are errors, so a typo never goes unnoticed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -358,6 +360,14 @@ pub struct ControllerConfig {
     pub addresses: Vec<String>,
     /// Shared token: a controller with one refuses agents that do not present it.
     pub token: Option<Secret>,
+    /// PEM certificate chain. `sidestream controller`: serve gRPC over TLS with it. Remote
+    /// agents: the client certificate presented to controllers that require one (mTLS).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s). Remote agents: connect over TLS and verify the controller's
+    /// certificate with it. `sidestream controller`: require client certificates it signed.
+    pub tls_ca_file: Option<PathBuf>,
     /// PostgreSQL replicas: a standby takes over within this long after the active one died.
     pub failover_ms: u64,
     /// An agent that has not heartbeaten for this long is fenced (its commits are refused until
@@ -394,6 +404,9 @@ impl Default for ControllerConfig {
             metrics_listen: None,
             addresses: Vec::new(),
             token: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             failover_ms: 5_000,
             agent_lease_ms: 10_000,
             call_timeout_ms: 10_000,
@@ -582,10 +595,25 @@ fn is_tool_variable(var: &str) -> bool {
     TOOL_VARIABLES.contains(&var) || TOOL_PREFIXES.iter().any(|p| var.starts_with(p))
 }
 
+/// The command a configuration is for: `[controller]`'s TLS keys mean different things to each,
+/// and some rules hold for one only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `sidestream serve`: an agent (with an embedded or a remote controller).
+    Agent,
+    /// `sidestream controller`: a controller replica serving agents.
+    Controller,
+}
+
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
-    /// from `env`, validates and creates `data_dir`.
+    /// from `env`, validates for an agent and creates `data_dir`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        Self::load_for(Role::Agent, path, env)
+    }
+
+    /// [`Config::load`], validated for `role`.
+    pub fn load_for(role: Role, path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let file_name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
         let mut table: toml::Table = match path {
             None => toml::Table::new(),
@@ -624,7 +652,7 @@ impl Config {
             }
             ConfigError { source_name, key, reason }
         })?;
-        config.validate(&file_name).map_err(|mut e| {
+        config.validate(&file_name, role).map_err(|mut e| {
             if let Some((_, var)) = env_keys.iter().find(|(k, _)| *k == e.key) {
                 e.source_name = format!("environment variable {var}");
             }
@@ -633,7 +661,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+    fn validate(&self, source_name: &str, role: Role) -> Result<(), ConfigError> {
         let err = |key: &str, reason: String| ConfigError { source_name: source_name.to_string(), key: key.to_string(), reason };
         let range = |key: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi { Err(err(key, format!("{v} is outside {lo}..={hi}"))) } else { Ok(()) }
@@ -750,6 +778,7 @@ impl Config {
         if let Some(adv) = &self.controller.advertised {
             parse_host_port(adv).map_err(|r| err("controller.advertised", r))?;
         }
+        self.validate_link(role).map_err(|(key, reason)| err(&key, reason))?;
         self.object_store_url().map_err(|r| err("object_store.url", r))?;
         if !(0.0..=1.0).contains(&self.object_store.fault_error_rate) {
             return Err(err("object_store.fault_error_rate", "must be between 0.0 and 1.0".into()));
@@ -771,6 +800,41 @@ impl Config {
             && let Some(parent) = db.parent()
         {
             std::fs::create_dir_all(parent).map_err(|e| err("controller.store", format!("cannot create {}: {e}", parent.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The PEM files of `[controller] tls_*`, read and checked.
+    pub fn controller_tls(&self) -> Result<TlsFiles, tls::PemError> {
+        let c = &self.controller;
+        TlsFiles::load(c.tls_cert_file.as_deref(), c.tls_key_file.as_deref(), c.tls_ca_file.as_deref())
+    }
+
+    /// The link between agents and controllers: its PEM files, and what `role` needs of them.
+    /// Errors are (key, reason).
+    fn validate_link(&self, role: Role) -> Result<(), (String, String)> {
+        let c = &self.controller;
+        let tls = self.controller_tls().map_err(|e| (format!("controller.{}", e.key), e.to_string()))?;
+        match role {
+            Role::Agent if c.mode == ControllerMode::Remote => {
+                if tls.has_identity() && !tls.has_ca() {
+                    let reason = "an agent presents its certificate (mTLS) only over TLS, which needs tls_ca_file (the CA that verifies the controller)";
+                    return Err(("controller.tls_cert_file".into(), reason.into()));
+                }
+                if tls.has_ca() {
+                    for a in &c.addresses {
+                        let (host, _) = parse_host_port(a).map_err(|r| ("controller.addresses".to_string(), r))?;
+                        tls::check_server_name(&host).map_err(|r| ("controller.addresses".to_string(), r))?;
+                    }
+                }
+            }
+            Role::Agent => {}
+            Role::Controller => {
+                if tls.has_ca() && !tls.has_identity() {
+                    let reason = "requiring client certificates (mTLS) needs TLS: set tls_cert_file and tls_key_file too";
+                    return Err(("controller.tls_ca_file".into(), reason.into()));
+                }
+            }
         }
         Ok(())
     }
@@ -1031,6 +1095,52 @@ mod tests {
         assert_eq!(cfg.agent.zone.as_deref(), Some("us-east-1a"));
         let e = Config::load(None, env(&[&remote[..], &[("SIDESTREAM_AGENT_ZONE", "a,b")]].concat())).unwrap_err();
         assert_eq!(e.key, "agent.zone");
+    }
+
+    #[test]
+    fn tls_files_are_checked_for_what_each_role_does_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let tls = dir.path().join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        if crate::api::tls::testing::openssl_files(&tls).is_none() {
+            eprintln!("openssl not available: skipped");
+            return;
+        }
+        let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
+        let (server, server_key, client, client_key, ca) =
+            (file("server.pem"), file("server.key"), file("client.pem"), file("client.key"), file("ca.pem"));
+        let load = |role, vars: &[(&str, &str)]| Config::load_for(role, None, env(&[&[("SIDESTREAM_AGENT_DATA_DIR", d)], vars].concat()));
+        fn identity<'a>(cert: &'a str, key: &'a str) -> [(&'static str, &'a str); 2] {
+            [("SIDESTREAM_CONTROLLER_TLS_CERT_FILE", cert), ("SIDESTREAM_CONTROLLER_TLS_KEY_FILE", key)]
+        }
+        let with_ca = [("SIDESTREAM_CONTROLLER_TLS_CA_FILE", ca.as_str())];
+        let remote = [("SIDESTREAM_CONTROLLER_MODE", "remote"), ("SIDESTREAM_CONTROLLER_ADDRESSES", "127.0.0.1:9093")];
+
+        // A controller over TLS with mTLS; an agent with its CA and client certificate.
+        let cfg = load(Role::Controller, &[&identity(&server, &server_key)[..], &with_ca].concat()).unwrap();
+        assert_eq!(cfg.controller.tls_cert_file.as_deref(), Some(tls.join("server.pem").as_path()));
+        assert!(cfg.controller_tls().unwrap().server().is_some());
+        let cfg = load(Role::Agent, &[&remote[..], &identity(&client, &client_key), &with_ca].concat()).unwrap();
+        assert!(cfg.controller_tls().unwrap().client().is_some());
+
+        // A file that is not there: the variable, the key and the file.
+        let e = load(Role::Controller, &identity("/nonexistent/c.pem", &server_key)).unwrap_err();
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_CONTROLLER_TLS_CERT_FILE");
+        assert_eq!(e.key, "controller.tls_cert_file");
+        assert!(e.reason.contains("/nonexistent/c.pem") && e.reason.contains("cannot read"), "{e}");
+        let e = load(Role::Controller, &identity(&server, &client_key)).unwrap_err();
+        assert_eq!(e.key, "controller.tls_key_file");
+        // A client certificate without a CA (the agent would not use TLS); a controller's CA
+        // without its own certificate (it would not serve TLS).
+        let e = load(Role::Agent, &[&remote[..], &identity(&client, &client_key)].concat()).unwrap_err();
+        assert!(e.key == "controller.tls_cert_file" && e.reason.contains("tls_ca_file"), "{e}");
+        let e = load(Role::Controller, &with_ca).unwrap_err();
+        assert!(e.key == "controller.tls_ca_file" && e.reason.contains("tls_cert_file"), "{e}");
+        // Over TLS, every address's host must be a name or an IP a certificate can carry.
+        let bad_host = [("SIDESTREAM_CONTROLLER_MODE", "remote"), ("SIDESTREAM_CONTROLLER_ADDRESSES", "bad host:9093")];
+        let e = load(Role::Agent, &[&bad_host[..], &with_ca].concat()).unwrap_err();
+        assert_eq!(e.key, "controller.addresses");
     }
 
     #[test]

@@ -41,6 +41,10 @@
 //!   A node id is one live agent: registering it from another process at another address while
 //!   its lease runs is refused (a restart at the same address replaces the old process).
 //!
+//! - **The link.** With `[controller] tls_cert_file`/`tls_key_file` the service speaks gRPC
+//!   over TLS, and with `tls_ca_file` it requires client certificates that CA signed (mTLS;
+//!   [`crate::api::tls`]). With a token, every call must carry it.
+//!
 //! Must not touch: offset planning (in [`Controller`]), the wire format (in [`crate::api::rpc`]).
 
 use std::collections::HashMap;
@@ -63,6 +67,7 @@ use super::txn::MARKER_RETRY_MS;
 use super::{Controller, GROUP_COMMIT_OBJECTS_MAX};
 use crate::api::calls::{self as wire, Call, Reply};
 use crate::api::rpc::{self, GrpcServer, GrpcService};
+use crate::api::tls::TlsFiles;
 use crate::api::txn::TxnEnd;
 use crate::api::{CommitRequest, ControllerError};
 use crate::clock::{Clock, Entropy};
@@ -89,6 +94,8 @@ pub enum ServiceError {
     Controller(#[from] ControllerError),
     #[error("gRPC server: {0}")]
     Transport(String),
+    #[error("TLS ([controller] tls_cert_file, tls_key_file, tls_ca_file): {0}")]
+    Tls(String),
 }
 
 /// What the service needs, as data.
@@ -101,6 +108,8 @@ pub struct ServiceSettings {
     /// Connections and timeouts of the store.
     pub store_settings: StoreSettings,
     pub token: Option<String>,
+    /// With an identity: serve over TLS; with a CA too: require client certificates.
+    pub tls: TlsFiles,
     pub failover_ms: u64,
     pub agent_lease_ms: u64,
     pub topics: TopicsConfig,
@@ -211,6 +220,15 @@ impl RunningService {
 
 /// Opens the store, binds `listen` and serves until [`RunningService::shutdown`].
 pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Result<RunningService, ServiceError> {
+    // TLS first: a certificate the server cannot use stops the start before anything runs.
+    let mut builder = tonic::transport::Server::builder();
+    let tls = match settings.tls.server() {
+        Some(config) => {
+            builder = builder.tls_config(config).map_err(|e| ServiceError::Tls(rpc::error_chain(&e)))?;
+            if settings.tls.has_ca() { "mutual" } else { "on" }
+        }
+        None => "off",
+    };
     let (url, store_settings) = (settings.store.clone(), settings.store_settings);
     let (store, pg) = tokio::task::spawn_blocking(move || super::store::open(&url, &store_settings))
         .await
@@ -251,12 +269,12 @@ pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Ar
     });
     let stop = shutdown.clone();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
             .add_service(service)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned()),
     );
-    tracing::info!(%local_addr, "controller service listening");
+    tracing::info!(%local_addr, tls, token = shared.settings.token.is_some(), "controller service listening");
     Ok(RunningService { local_addr, shared, shutdown, server })
 }
 
@@ -741,6 +759,7 @@ mod tests {
             store: StoreUrl::Sqlite(dir.path().join("c.db")),
             store_settings: StoreSettings::default(),
             token: None,
+            tls: TlsFiles::default(),
             failover_ms: 5000,
             agent_lease_ms: 10_000,
             topics: TopicsConfig::default(),
