@@ -43,7 +43,9 @@
 //!
 //! - **The link.** With `[controller] tls_cert_file`/`tls_key_file` the service speaks gRPC
 //!   over TLS, and with `tls_ca_file` it requires client certificates that CA signed (mTLS;
-//!   [`crate::api::tls`]). With a token, every call must carry it.
+//!   [`crate::api::tls`]). With a token, every call must carry it; it is compared in constant
+//!   time, and refusals are counted (`sidestream_controller_auth_failures_total`) and logged at
+//!   most once a minute per peer address, never with what was presented.
 //!
 //! Must not touch: offset planning (in [`Controller`]), the wire format (in [`crate::api::rpc`]).
 
@@ -72,6 +74,7 @@ use crate::api::txn::TxnEnd;
 use crate::api::{CommitRequest, ControllerError};
 use crate::clock::{Clock, Entropy};
 use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
+use crate::failures::{LOG_INTERVAL, RateLimitedLog};
 
 /// Commits waiting for the group-commit task; callers wait when it is full.
 const COMMIT_QUEUE_MAX: usize = 4096;
@@ -259,12 +262,12 @@ pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Ar
     if shared.pg.is_some() {
         tokio::spawn(run_lease(shared.clone(), shutdown.clone()));
     }
-    let token = shared.settings.token.clone();
+    let tokens = Arc::new(TokenCheck::new(shared.settings.token.clone()));
     let service = GrpcServer::new(Service(shared.clone()))
         .max_decoding_message_size(rpc::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(rpc::MESSAGE_BYTES_MAX);
     let service = tonic::service::interceptor::InterceptedService::new(service, move |req: Request<()>| {
-        check_token(token.as_deref(), &req)?;
+        tokens.check(&req)?;
         Ok(req)
     });
     let stop = shutdown.clone();
@@ -278,12 +281,55 @@ pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Ar
     Ok(RunningService { local_addr, shared, shutdown, server })
 }
 
-fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status> {
-    let Some(want) = token else { return Ok(()) };
-    match req.metadata().get(rpc::TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(got) if got == want => Ok(()),
-        _ => Err(Status::unauthenticated("missing or wrong controller token")),
+/// The token every call must carry (when one is set), and what is done about calls without it.
+struct TokenCheck {
+    token: Option<String>,
+    /// One line per peer address per [`LOG_INTERVAL`].
+    log: RateLimitedLog,
+    failures: Arc<crate::metrics::Counter>,
+}
+
+impl TokenCheck {
+    fn new(token: Option<String>) -> Self {
+        let failures = crate::metrics::counter(
+            "sidestream_controller_auth_failures_total",
+            "Calls refused for a missing or wrong [controller] token.",
+            &[],
+        );
+        TokenCheck { token, log: RateLimitedLog::new(LOG_INTERVAL), failures }
     }
+
+    fn check(&self, req: &Request<()>) -> Result<(), Status> {
+        let Some(want) = &self.token else { return Ok(()) };
+        let got = req.metadata().get(rpc::TOKEN_HEADER).map(|v| v.as_bytes());
+        if got.is_some_and(|got| same_secret(want.as_bytes(), got)) {
+            return Ok(());
+        }
+        self.failures.inc();
+        let peer = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        if let Some(suppressed) = self.log.allow(&peer, std::time::Instant::now()) {
+            let reason = if got.is_some() { "wrong token" } else { "no token" };
+            tracing::warn!(
+                peer,
+                reason,
+                suppressed,
+                "refused a call with a missing or wrong controller token (logged once a minute per peer address)"
+            );
+        }
+        Err(Status::unauthenticated("missing or wrong controller token"))
+    }
+}
+
+/// Whether `got` equals `want`, in a time that depends on `want`'s length only: how much of a
+/// guess is right does not show in how long the answer takes.
+fn same_secret(want: &[u8], got: &[u8]) -> bool {
+    let mut diff = u8::from(want.len() != got.len());
+    for (i, w) in want.iter().enumerate() {
+        // Past `got`'s end, compare with 0 (the lengths already differ): the loop always runs
+        // over all of `want`.
+        diff = std::hint::black_box(diff | (w ^ got.get(i).copied().unwrap_or(0)));
+    }
+    diff == 0
 }
 
 impl Shared {
@@ -745,6 +791,35 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::clock::{SeededEntropy, SystemClock};
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(same_secret(b"change-me", b"change-me"));
+        assert!(same_secret(b"", b""));
+        for wrong in [&b"change-mE"[..], b"change-m", b"change-me!", b"", b"Change-me"] {
+            assert!(!same_secret(b"change-me", wrong), "{:?}", String::from_utf8_lossy(wrong));
+        }
+        assert!(!same_secret(b"", b"x"));
+    }
+
+    #[test]
+    fn token_refusals_are_counted() {
+        let check = TokenCheck::new(Some("s3cret".into()));
+        let with = |token: Option<&str>| {
+            let mut req = Request::new(());
+            if let Some(t) = token {
+                req.metadata_mut().insert(rpc::TOKEN_HEADER, t.parse().unwrap());
+            }
+            req
+        };
+        let before = check.failures.get();
+        check.check(&with(Some("s3cret"))).unwrap();
+        assert_eq!(check.check(&with(Some("guess"))).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(check.check(&with(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        // The counter is shared with other tests of this process: it grew by at least these two.
+        assert!(check.failures.get() >= before + 2);
+        TokenCheck::new(None).check(&with(None)).unwrap();
+    }
 
     fn member(node_id: i32, port: i32, cluster_mode: bool) -> rpc::Member {
         rpc::Member { node_id, host: "127.0.0.1".into(), port, zone: Some("z".into()), cluster_mode }
