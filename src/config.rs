@@ -810,10 +810,13 @@ impl Config {
         TlsFiles::load(c.tls_cert_file.as_deref(), c.tls_key_file.as_deref(), c.tls_ca_file.as_deref())
     }
 
-    /// The link between agents and controllers: its PEM files, and what `role` needs of them.
-    /// Errors are (key, reason).
+    /// The link between agents and controllers: its PEM files, and what `role` needs of them
+    /// and of the token. Errors are (key, reason).
     fn validate_link(&self, role: Role) -> Result<(), (String, String)> {
         let c = &self.controller;
+        if c.token.as_ref().is_some_and(|t| t.0.is_empty()) {
+            return Err(("controller.token".into(), "is empty: set a secret, or remove the key".into()));
+        }
         let tls = self.controller_tls().map_err(|e| (format!("controller.{}", e.key), e.to_string()))?;
         match role {
             Role::Agent if c.mode == ControllerMode::Remote => {
@@ -833,6 +836,13 @@ impl Config {
                 if tls.has_ca() && !tls.has_identity() {
                     let reason = "requiring client certificates (mTLS) needs TLS: set tls_cert_file and tls_key_file too";
                     return Err(("controller.tls_ca_file".into(), reason.into()));
+                }
+                if !c.listen.ip().is_loopback() && c.token.is_none() && !tls.has_identity() {
+                    let reason = format!(
+                        "{} is not a loopback address and the controller has neither TLS nor a token, so any host could act as an agent: set [controller] tls_cert_file and tls_key_file (TLS), or token, or both; or listen on a loopback address",
+                        c.listen
+                    );
+                    return Err(("controller.listen".into(), reason));
                 }
             }
         }
@@ -1098,6 +1108,28 @@ mod tests {
     }
 
     #[test]
+    fn a_controller_beyond_loopback_needs_tls_or_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let load = |role, vars: &[(&str, &str)]| Config::load_for(role, None, env(&[&[("SIDESTREAM_AGENT_DATA_DIR", d)], vars].concat()));
+        load(Role::Controller, &[]).unwrap();
+        load(Role::Controller, &[("SIDESTREAM_CONTROLLER_LISTEN", "[::1]:9093")]).unwrap();
+        for listen in ["0.0.0.0:9093", "[::]:9093", "10.1.2.3:9093"] {
+            let e = load(Role::Controller, &[("SIDESTREAM_CONTROLLER_LISTEN", listen)]).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.source_name.as_str()),
+                ("controller.listen", "environment variable SIDESTREAM_CONTROLLER_LISTEN")
+            );
+            assert!(e.reason.contains("tls_cert_file and tls_key_file") && e.reason.contains("token"), "{e}");
+        }
+        load(Role::Controller, &[("SIDESTREAM_CONTROLLER_LISTEN", "0.0.0.0:9093"), ("SIDESTREAM_CONTROLLER_TOKEN", "t")]).unwrap();
+        // The rule is the controller's: an agent does not listen on [controller] listen.
+        load(Role::Agent, &[("SIDESTREAM_CONTROLLER_LISTEN", "0.0.0.0:9093")]).unwrap();
+        let e = load(Role::Agent, &[("SIDESTREAM_CONTROLLER_TOKEN", "")]).unwrap_err();
+        assert_eq!(e.key, "controller.token");
+    }
+
+    #[test]
     fn tls_files_are_checked_for_what_each_role_does_with_them() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
@@ -1117,8 +1149,9 @@ mod tests {
         let with_ca = [("SIDESTREAM_CONTROLLER_TLS_CA_FILE", ca.as_str())];
         let remote = [("SIDESTREAM_CONTROLLER_MODE", "remote"), ("SIDESTREAM_CONTROLLER_ADDRESSES", "127.0.0.1:9093")];
 
-        // A controller over TLS with mTLS; an agent with its CA and client certificate.
-        let cfg = load(Role::Controller, &[&identity(&server, &server_key)[..], &with_ca].concat()).unwrap();
+        // A controller over TLS beyond loopback, with mTLS; an agent with its CA and client certificate.
+        let open = [("SIDESTREAM_CONTROLLER_LISTEN", "0.0.0.0:9093")];
+        let cfg = load(Role::Controller, &[&open[..], &identity(&server, &server_key), &with_ca].concat()).unwrap();
         assert_eq!(cfg.controller.tls_cert_file.as_deref(), Some(tls.join("server.pem").as_path()));
         assert!(cfg.controller_tls().unwrap().server().is_some());
         let cfg = load(Role::Agent, &[&remote[..], &identity(&client, &client_key), &with_ca].concat()).unwrap();
