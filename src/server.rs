@@ -97,6 +97,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         store: config.store_url().map_err(ServerError::Config)?,
         store_settings: StoreSettings::from(c),
         token: c.token.as_ref().map(|t| t.0.clone()),
+        tls: config.controller_tls().map_err(|e| ServerError::Config(format!("[controller] {}: {e}", e.key)))?,
         failover_ms: c.failover_ms,
         agent_lease_ms: c.agent_lease_ms,
         topics: config.topics.clone(),
@@ -447,6 +448,7 @@ async fn open_controller(
         let settings = RemoteSettings {
             addresses: config.controller.addresses.clone(),
             token: config.controller.token.as_ref().map(|t| t.0.clone()),
+            tls: config.controller_tls().map_err(|e| ServerError::Config(format!("[controller] {}: {e}", e.key)))?,
             agent: format!("agent-{}", config.agent.node_id),
             call_deadline: Duration::from_millis(config.controller.call_timeout_ms),
             connect_timeout: Duration::from_millis(config.controller.call_timeout_ms.min(2_000)),

@@ -5,6 +5,7 @@
 //!   enums, the typed methods the agent calls (`client.create_topic(..)`), the controller's
 //!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
 //! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
+//! - [`rpc`]: the gRPC wire; [`tls`]: its TLS (the PEM files, checked, as tonic's settings).
 //! - this file: topics, commits, extents, and [`ControllerError`].
 //!
 //! The agent (its Kafka handlers and its client of the controller) and the controller both
@@ -16,6 +17,7 @@ pub mod jobs;
 pub mod rpc;
 pub mod scram;
 pub mod serde_with;
+pub mod tls;
 pub mod txn;
 
 use std::collections::BTreeMap;

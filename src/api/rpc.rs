@@ -296,12 +296,30 @@ pub fn status_from_error(e: &ControllerError) -> tonic::Status {
     tonic::Status::with_details(code, e.to_string(), details.into())
 }
 
-/// Back from a status; one without our details is a transport or server failure (retriable).
+/// Back from a status; one without our details is a transport or server failure (retriable),
+/// named with its causes ("transport error" alone says little).
 pub fn error_from_status(s: &tonic::Status) -> ControllerError {
     match serde_json::from_slice::<ControllerError>(s.details()) {
         Ok(e) => e,
-        Err(_) => ControllerError::Unavailable(format!("controller: {}: {}", s.code(), s.message())),
+        Err(_) => {
+            let causes = std::error::Error::source(s).map(|e| format!(" ({})", error_chain(e))).unwrap_or_default();
+            ControllerError::Unavailable(format!("controller: {}: {}{causes}", s.code(), s.message()))
+        }
     }
+}
+
+/// An error and its sources as one line, each said once (layers often repeat their source).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
