@@ -5,11 +5,13 @@
 //!   enums, the typed methods the agent calls (`client.create_topic(..)`), the controller's
 //!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
 //! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
+//! - [`acl`]: ACL bindings, filters and the controller's set of them (Kafka's model).
 //! - this file: topics, commits, extents, and [`ControllerError`].
 //!
 //! The agent (its Kafka handlers and its client of the controller) and the controller both
 //! import this module; it imports only [`crate::format`]. Must not touch: logic of either side.
 
+pub mod acl;
 pub mod calls;
 pub mod groups;
 pub mod jobs;
