@@ -75,6 +75,8 @@ pub struct Agent {
     pub txn_unflushed: txn::UnflushedProducers,
     /// Fetch sessions (KIP-227) of the agent's consumers.
     pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
+    /// Decides every request from the controller's ACLs (`[acl]`).
+    pub authorizer: acl::Authorizer,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the
