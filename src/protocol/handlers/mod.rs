@@ -5,6 +5,7 @@
 //! API but ApiVersions, or a header or body that does not decode closes the connection;
 //! ApiVersions with a too-new version gets a v0 answer with UNSUPPORTED_VERSION and the table.
 
+mod acls;
 mod admin;
 mod api_versions;
 mod configs;
@@ -25,11 +26,12 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest,
-    ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeTopicPartitionsRequest, DescribeTransactionsRequest,
-    EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest, TxnOffsetCommitRequest,
+    ConsumerGroupHeartbeatRequest, CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeAclsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeTopicPartitionsRequest, DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -71,6 +73,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -123,6 +128,9 @@ pub enum Request {
     TxnOffsetCommit(TxnOffsetCommitRequest),
     DescribeTransactions(DescribeTransactionsRequest),
     ListTransactions(ListTransactionsRequest),
+    DescribeAcls(DescribeAclsRequest),
+    CreateAcls(CreateAclsRequest),
+    DeleteAcls(DeleteAclsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -200,6 +208,9 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::TxnOffsetCommit => decode!(TxnOffsetCommit, TxnOffsetCommitRequest),
         ApiKey::DescribeTransactions => decode!(DescribeTransactions, DescribeTransactionsRequest),
         ApiKey::ListTransactions => decode!(ListTransactions, ListTransactionsRequest),
+        ApiKey::DescribeAcls => decode!(DescribeAcls, DescribeAclsRequest),
+        ApiKey::CreateAcls => decode!(CreateAcls, CreateAclsRequest),
+        ApiKey::DeleteAcls => decode!(DeleteAcls, DeleteAclsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -223,6 +234,8 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
     let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.ip()) };
     let version = parsed.version;
     let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
+    let who = crate::agent::acl::Requester { principal: "User:ANONYMOUS", host: peer.ip() };
+    let access = acls::Access::new(&agent.authorizer, who, parsed.key);
     match parsed.request {
         Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
         Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client).await),
@@ -261,6 +274,9 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
         Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, version, r).await),
         Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, r).await),
         Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, version, r).await),
+        Request::DescribeAcls(r) => ctx.respond(&acls::describe_acls(&agent, &access, r).await),
+        Request::CreateAcls(r) => ctx.respond(&acls::create_acls(&agent, &access, r).await),
+        Request::DeleteAcls(r) => ctx.respond(&acls::delete_acls(&agent, &access, r).await),
     }
 }
 
