@@ -26,6 +26,109 @@ pub struct Config {
     pub compaction: CompactionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// Kafka listeners besides `[agent] listen` (the PLAINTEXT one), each with its protocol.
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub sasl: SaslConfig,
+    pub acl: AclConfig,
+}
+
+/// Kafka's `security.protocol` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityProtocol {
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    #[serde(rename = "SSL")]
+    Ssl,
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+            Self::SaslPlaintext => "SASL_PLAINTEXT",
+            Self::SaslSsl => "SASL_SSL",
+        }
+    }
+}
+
+/// One `[[listeners]]` entry: a Kafka listener with its own address and protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Kafka's listener name (`EXTERNAL`): letters, digits and `_`.
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: SecurityProtocol,
+    /// `host:port` that clients of this listener are told; defaults to `address`.
+    #[serde(default)]
+    pub advertised: Option<String>,
+}
+
+/// Whether a TLS listener asks for client certificates (Kafka's `ssl.client.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Requested,
+    Required,
+}
+
+/// The certificate of the SSL and SASL_SSL listeners; reloaded on SIGHUP and when the files
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to.
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// SASL on the SASL_PLAINTEXT and SASL_SSL listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaslConfig {
+    /// Kafka's `sasl.enabled.mechanisms`: any of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN.
+    pub mechanisms: Vec<String>,
+    /// Kafka's `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long at most;
+    /// the client re-authenticates on the open connection or it is closed. 0: no limit.
+    pub connections_max_reauth_ms: u64,
+}
+
+impl Default for SaslConfig {
+    fn default() -> Self {
+        Self { mechanisms: vec!["SCRAM-SHA-512".into(), "SCRAM-SHA-256".into(), "PLAIN".into()], connections_max_reauth_ms: 0 }
+    }
+}
+
+/// The authorizer (Kafka's `StandardAuthorizer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// Every request is checked against the ACLs when on.
+    pub enabled: bool,
+    /// Kafka's `super.users`: principals (`User:admin`) allowed everything.
+    pub super_users: Vec<String>,
+    /// Kafka's `allow.everyone.if.no.acl.found`: a resource no ACL names is open to all.
+    pub allow_if_no_acl: bool,
 }
 
 /// The retention job and the object collector (both run in one agent at a time, leased from
@@ -75,8 +178,10 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// Address of the Kafka listener.
-    pub listen: SocketAddr,
+    /// Address of the PLAINTEXT Kafka listener; `""` turns it off (then `[[listeners]]` needs
+    /// one entry at least).
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
     /// `host:port` that clients are told to connect to; defaults to `listen`.
     pub advertised: Option<String>,
     /// Root of all local state (metadata store, local objects).
@@ -129,7 +234,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             advertised: None,
             data_dir: PathBuf::from("./sidestream-data"),
             node_id: 1,
@@ -559,11 +664,28 @@ pub enum StoreUrl {
     Postgres(String),
 }
 
-/// Sections of the design (docs/design.md) that this version does not implement yet.
-const NOT_BUILT_SECTIONS: &[&str] = &["listeners", "tls", "sasl"];
+/// The listener name of `[agent] listen`.
+pub const PLAINTEXT_LISTENER: &str = "PLAINTEXT";
+/// The SASL mechanisms built.
+pub const SASL_MECHANISMS: &[&str] = &["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
 const ENV_PREFIX: &str = "SIDESTREAM_";
-const SECTIONS: &[&str] =
-    &["agent", "upload", "wal", "cache", "object_store", "controller", "topics", "groups", "retention", "compaction", "metrics", "log"];
+const SECTIONS: &[&str] = &[
+    "agent",
+    "upload",
+    "wal",
+    "cache",
+    "object_store",
+    "controller",
+    "topics",
+    "groups",
+    "retention",
+    "compaction",
+    "metrics",
+    "log",
+    "tls",
+    "sasl",
+    "acl",
+];
 
 /// `SIDESTREAM_*` variables of the project's own test and bench tools (they pass their whole
 /// environment to the servers they start): not settings, and not errors.
@@ -618,10 +740,7 @@ impl Config {
                 .find(|(k, _)| *k == key)
                 .map(|(_, var)| format!("environment variable {var}"))
                 .unwrap_or_else(|| file_name.clone());
-            let mut reason = e.into_inner().message().to_string();
-            if let Some(section) = NOT_BUILT_SECTIONS.iter().find(|s| key == **s) {
-                reason = format!("the [{section}] section is not built yet in this version");
-            }
+            let reason = e.into_inner().message().to_string();
             ConfigError { source_name, key, reason }
         })?;
         config.validate(&file_name).map_err(|mut e| {
@@ -750,6 +869,7 @@ impl Config {
         if let Some(adv) = &self.controller.advertised {
             parse_host_port(adv).map_err(|r| err("controller.advertised", r))?;
         }
+        self.validate_security(source_name)?;
         self.object_store_url().map_err(|r| err("object_store.url", r))?;
         if !(0.0..=1.0).contains(&self.object_store.fault_error_rate) {
             return Err(err("object_store.fault_error_rate", "must be between 0.0 and 1.0".into()));
@@ -775,7 +895,66 @@ impl Config {
         Ok(())
     }
 
-    /// `host:port` that clients are told to connect to.
+    /// `[[listeners]]`, `[tls]`, `[sasl]`, `[acl]`.
+    fn validate_security(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| ConfigError { source_name: source_name.to_string(), key: key.to_string(), reason };
+        if self.agent.listen.is_none() && self.listeners.is_empty() {
+            return Err(err("agent.listen", "is off (\"\") and [[listeners]] names no other listener: nothing would serve".into()));
+        }
+        let mut names = vec![PLAINTEXT_LISTENER];
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            if l.name.is_empty() || l.name.len() > 64 || !l.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(err(&format!("{key}.name"), format!("{:?}: 1 to 64 letters, digits or '_'", l.name)));
+            }
+            if names.contains(&l.name.as_str()) {
+                return Err(err(&format!("{key}.name"), format!("{:?} is taken (PLAINTEXT is [agent] listen's)", l.name)));
+            }
+            names.push(&l.name);
+            if self.agent.listen.is_some_and(|a| a == l.address) || self.listeners[..i].iter().any(|o| o.address == l.address) {
+                return Err(err(&format!("{key}.address"), format!("{} is another listener's address too", l.address)));
+            }
+            if let Some(adv) = &l.advertised {
+                parse_host_port(adv).map_err(|r| err(&format!("{key}.advertised"), r))?;
+            }
+            if l.protocol.tls() && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+                return Err(err(
+                    "tls.cert_file",
+                    format!("listener {} is {}: set [tls] cert_file and key_file", l.name, l.protocol.name()),
+                ));
+            }
+        }
+        if self.tls.client_auth != ClientAuth::None && self.tls.client_ca_file.is_none() {
+            return Err(err("tls.client_ca_file", "client_auth asks for client certificates: set the CA that verifies them".into()));
+        }
+        for (key, file) in
+            [("tls.cert_file", &self.tls.cert_file), ("tls.key_file", &self.tls.key_file), ("tls.client_ca_file", &self.tls.client_ca_file)]
+        {
+            if let Some(f) = file
+                && let Err(e) = std::fs::metadata(f)
+            {
+                return Err(err(key, format!("cannot read {}: {e}", f.display())));
+            }
+        }
+        if self.listeners.iter().any(|l| l.protocol.sasl()) && self.sasl.mechanisms.is_empty() {
+            return Err(err("sasl.mechanisms", "a SASL listener needs one mechanism at least".into()));
+        }
+        for m in &self.sasl.mechanisms {
+            if !SASL_MECHANISMS.contains(&m.as_str()) {
+                return Err(err("sasl.mechanisms", format!("{m:?} is not one of {}", SASL_MECHANISMS.join(", "))));
+            }
+        }
+        if self.sasl.connections_max_reauth_ms != 0 && self.sasl.connections_max_reauth_ms < 1000 {
+            return Err(err("sasl.connections_max_reauth_ms", "0 (no limit) or 1000 and more".into()));
+        }
+        for p in &self.acl.super_users {
+            if !p.contains(':') {
+                return Err(err("acl.super_users", format!("{p:?} is not a principal (User:name)")));
+            }
+        }
+        Ok(())
+    }
+
     /// Settings that work but are probably not what was meant, as sentences for the log.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -791,10 +970,19 @@ impl Config {
         out
     }
 
+    /// What clients of the PLAINTEXT listener are told (of the first listener when it is off):
+    /// the node's address as the controller registers it.
     pub fn advertised(&self) -> (String, i32) {
-        match &self.agent.advertised {
+        let (advertised, address) = match self.agent.listen {
+            Some(listen) => (&self.agent.advertised, listen),
+            None => match self.listeners.first() {
+                Some(l) => (&l.advertised, l.address),
+                None => (&self.agent.advertised, SocketAddr::from(([127, 0, 0, 1], 9092))),
+            },
+        };
+        match advertised {
             Some(a) => parse_host_port(a).unwrap_or_else(|_| (a.clone(), 9092)),
-            None => (self.agent.listen.ip().to_string(), self.agent.listen.port().into()),
+            None => (address.ip().to_string(), address.port().into()),
         }
     }
 
@@ -842,7 +1030,31 @@ impl Config {
     }
 }
 
-fn parse_host_port(s: &str) -> Result<(String, i32), String> {
+/// An address that may be turned off: `""` in the file is `None`.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an address (ip:port), nor \"\" (off)")))
+    }
+}
+
+pub(crate) fn parse_host_port(s: &str) -> Result<(String, i32), String> {
     let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
     let port: u16 = port.parse().map_err(|_| format!("{s:?} has no valid port"))?;
     if host.is_empty() {
@@ -865,10 +1077,7 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
                 continue;
             }
             // A variable naming no setting stops the start-up, like an unknown key in the file.
-            let reason = match NOT_BUILT_SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) {
-                Some(s) => format!("the [{s}] section is not built yet in this version"),
-                None => format!("no setting is named so (SIDESTREAM_<SECTION>_<KEY>; sections: {})", SECTIONS.join(", ")),
-            };
+            let reason = format!("no setting is named so (SIDESTREAM_<SECTION>_<KEY>; sections: {})", SECTIONS.join(", "));
             return Err(ConfigError { source_name: format!("environment variable {var}"), key: rest, reason });
         };
         let key = &rest[section.len() + 1..];
@@ -910,9 +1119,9 @@ mod tests {
 
     #[test]
     fn a_variable_naming_no_setting_stops_the_start_up() {
-        let e = Config::load(None, env(&[("SIDESTREAM_TLS_CERT_FILE", "/etc/cert.pem")])).unwrap_err();
-        assert_eq!(e.source_name, "environment variable SIDESTREAM_TLS_CERT_FILE");
-        assert!(e.reason.contains("[tls] section is not built yet"), "{e}");
+        let e = Config::load(None, env(&[("SIDESTREAM_TSL_CERT_FILE", "/etc/cert.pem")])).unwrap_err();
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_TSL_CERT_FILE");
+        assert!(e.reason.contains("no setting is named so"), "{e}");
         let e = Config::load(None, env(&[("SIDESTREAM_AGNET_LISTEN", "127.0.0.1:1")])).unwrap_err();
         assert!(e.reason.contains("no setting is named so"), "{e}");
         // An unknown key of a known section is refused by the schema, as in the file.
@@ -928,7 +1137,7 @@ mod tests {
     fn warnings_for_a_wildcard_advertised_and_a_local_store_in_cluster_mode() {
         let mut c = Config::default();
         assert!(c.warnings().is_empty());
-        c.agent.listen = "0.0.0.0:9092".parse().unwrap();
+        c.agent.listen = Some("0.0.0.0:9092".parse().unwrap());
         assert!(c.warnings()[0].contains("wildcard"), "{:?}", c.warnings());
         c.agent.advertised = Some("kafka.example:9092".into());
         c.agent.cluster_mode = true;
@@ -981,7 +1190,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(cfg.agent.listen, "127.0.0.1:19092".parse().unwrap());
+        assert_eq!(cfg.agent.listen, Some("127.0.0.1:19092".parse().unwrap()));
         assert_eq!(cfg.upload.flush_interval_ms, 20);
         assert_eq!(cfg.object_store_url().unwrap(), ObjectStoreUrl::Memory);
         assert!(!cfg.topics.auto_create);
@@ -1071,7 +1280,34 @@ mod tests {
 
         std::fs::write(&path, "[tls]\ncert = \"x\"\n").unwrap();
         let e = Config::load(Some(&path), env(&[])).unwrap_err();
-        assert!(e.reason.contains("not built yet"), "{e}");
+        assert!(e.reason.contains("unknown field `cert`"), "{e}");
+
+        // A TLS listener needs a certificate; SASL listeners a mechanism; names are unique.
+        std::fs::write(
+            &path,
+            format!("[agent]\ndata_dir = {d:?}\n[[listeners]]\nname = \"EXT\"\naddress = \"127.0.0.1:0\"\nprotocol = \"SSL\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert_eq!(e.key, "tls.cert_file");
+        std::fs::write(
+            &path,
+            format!(
+                "[agent]\ndata_dir = {d:?}\n[[listeners]]\nname = \"PLAINTEXT\"\naddress = \"127.0.0.1:1\"\nprotocol = \"SASL_PLAINTEXT\"\n"
+            ),
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert_eq!(e.key, "listeners[0].name");
+        std::fs::write(&path, format!("[agent]\ndata_dir = {d:?}\nlisten = \"\"\n[sasl]\nmechanisms = [\"GSSAPI\"]\n")).unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert_eq!(e.key, "agent.listen");
+        std::fs::write(&path, format!("[agent]\ndata_dir = {d:?}\n[sasl]\nmechanisms = [\"GSSAPI\"]\n")).unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert_eq!(e.key, "sasl.mechanisms");
+        std::fs::write(&path, format!("[agent]\ndata_dir = {d:?}\nlisten = \"\"\n[[listeners]]\nname = \"EXT\"\naddress = \"127.0.0.1:0\"\nprotocol = \"SASL_PLAINTEXT\"\n")).unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!((c.agent.listen, c.listeners[0].protocol), (None, SecurityProtocol::SaslPlaintext));
 
         let e = Config::load(None, env(&[("SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS", "0")])).unwrap_err();
         assert_eq!(e.key, "upload.flush_interval_ms");

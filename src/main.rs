@@ -130,7 +130,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         };
         // The listener is open and the WAL replayed: systemd (Type=notify) may start dependents.
         let ready = format!("READY=1\nSTATUS=serving Kafka on {}", server.local_addr);
-        signals.wait(&ready).await;
+        signals.wait(&ready, || server.reload()).await;
         sidestream::sdnotify::notify("STOPPING=1\nSTATUS=committing accepted data, then exiting");
         tracing::info!("shutting down");
         if server.shutdown().await { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -206,7 +206,9 @@ fn controller(config_path: Option<PathBuf>) -> ExitCode {
             }
         };
         let ready = format!("READY=1\nSTATUS=serving controller gRPC on {}", service.local_addr);
-        signals.wait(&ready).await;
+        signals
+            .wait(&ready, || tracing::info!("SIGHUP: nothing to reload in the controller (its settings are read at start)"))
+            .await;
         sidestream::sdnotify::notify("STOPPING=1");
         tracing::info!("controller shutting down");
         service.shutdown().await;
@@ -233,8 +235,8 @@ impl Signals {
     }
 
     /// Tells systemd `ready` (sd_notify), then waits for SIGTERM or SIGINT. SIGHUP (systemd's
-    /// ExecReload) is answered in the log: nothing is reloadable in this version.
-    async fn wait(&mut self, ready: &str) {
+    /// ExecReload) runs `reload`.
+    async fn wait(&mut self, ready: &str, reload: impl Fn()) {
         sidestream::sdnotify::notify(ready);
         sidestream::sdnotify::spawn_watchdog();
         loop {
@@ -242,7 +244,9 @@ impl Signals {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: nothing to reload in this version (the settings are read at start)");
+                    sidestream::sdnotify::notify("RELOADING=1");
+                    reload();
+                    sidestream::sdnotify::notify("READY=1");
                 }
             }
         }
@@ -264,7 +268,8 @@ fn banner(config: &Config) {
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        listen = %config.agent.listen,
+        listen = %config.agent.listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        listeners = %config.listeners.iter().map(|l| format!("{}={}:{}", l.name, l.protocol.name(), l.address)).collect::<Vec<_>>().join(","),
         advertised = %format!("{host}:{port}"),
         metrics = %config.metrics.listen,
         data_dir = %data_dir.display(),

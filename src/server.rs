@@ -24,7 +24,7 @@ use crate::agent::wal::{self, Recovery, Wal, WalSettings};
 use crate::agent::{Agent, AgentSettings};
 use crate::api::ControllerError;
 use crate::clock::{Clock, Entropy, SeededEntropy, SystemClock};
-use crate::config::{Config, ControllerMode, ObjectStoreUrl};
+use crate::config::{Config, ControllerMode, ObjectStoreUrl, PLAINTEXT_LISTENER, SecurityProtocol};
 use crate::controller::Controller;
 use crate::controller::store::StoreSettings;
 use crate::host::{self, DataDirLock};
@@ -35,7 +35,10 @@ use crate::object::metrics::{MeteredStore, StoreMetrics};
 use crate::object::retry::{RetryPolicy, RetryingStore};
 use crate::object::s3::{S3Settings, S3Store};
 use crate::object::{ObjectError, ObjectStore};
-use crate::protocol::connection::{self, ConnectionLimits};
+use crate::protocol::connection::{self, ConnectionLimits, Security};
+use crate::protocol::listener::{Endpoint, Listener};
+use crate::protocol::sasl::SaslSettings;
+use crate::protocol::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -126,7 +129,10 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
 
 /// A running agent (with its embedded controller).
 pub struct RunningServer {
+    /// The first listener's address (`[agent] listen` when it is on).
     pub local_addr: SocketAddr,
+    /// The TLS certificates of the SSL listeners, reloaded by [`RunningServer::reload`].
+    tls: Option<Arc<Tls>>,
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
     pub agent: Arc<Agent>,
@@ -186,22 +192,34 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let cache = ReadCache::open(&cache_settings, store.clone()).await?;
     let shutdown = CancellationToken::new();
     // Bound before the controller is reached: a remote controller is told the advertised
-    // address (connections wait in the backlog until the agent serves).
-    let listener = TcpListener::bind(config.agent.listen)
-        .await
-        .map_err(|source| ServerError::Bind { addr: config.agent.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.agent.listen, source })?;
-    let (advertised_host, mut advertised_port) = config.advertised();
-    if config.agent.advertised.is_none() {
-        // Listening on port 0 (tests): advertise the port actually bound.
-        advertised_port = local_addr.port().into();
+    // addresses (connections wait in the backlog until the agent serves).
+    let listeners = bind_listeners(config).await?;
+    let local_addr = listeners[0]
+        .socket
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr: listeners_first_addr(config), source })?;
+    let security = Security {
+        tls: open_tls(config)?,
+        sasl: Arc::new(SaslSettings { mechanisms: config.sasl.mechanisms.clone(), reauth_ms: config.sasl.connections_max_reauth_ms }),
+    };
+    if let Some(tls) = &security.tls {
+        tls.clone().watch(shutdown.clone());
     }
+    let first = &listeners[0].endpoint.address;
     let member = crate::api::rpc::Member {
         node_id: config.agent.node_id,
-        host: advertised_host.clone(),
-        port: advertised_port,
+        host: first.host.clone(),
+        port: first.port,
         zone: config.agent.zone.clone(),
         cluster_mode: config.agent.cluster_mode,
+        listeners: listeners
+            .iter()
+            .map(|l| crate::api::rpc::NamedAddress {
+                name: l.endpoint.address.name.clone(),
+                host: l.endpoint.address.host.clone(),
+                port: l.endpoint.address.port,
+            })
+            .collect(),
     };
     let data_dir = config.agent.data_dir.as_path();
     let (controller, groups) = open_controller(config, member, clock.clone(), entropy.clone(), shutdown.clone())
@@ -317,13 +335,16 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         interval: Duration::from_millis(config.controller.transaction_check_interval_ms),
     }
     .spawn(shutdown.clone());
+    let acl_settings = crate::agent::acl::AclSettings {
+        enabled: config.acl.enabled,
+        super_users: config.acl.super_users.clone(),
+        allow_if_no_acl: config.acl.allow_if_no_acl,
+    };
     let acl_source = controller.clone();
-    let authorizer = crate::agent::acl::Authorizer::new(&crate::agent::acl::AclSettings::default(), move || acl_source.acls());
+    let authorizer = crate::agent::acl::Authorizer::new(&acl_settings, move || acl_source.acls());
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,
-            advertised_host,
-            advertised_port,
             topics: config.topics.clone(),
             cluster_mode: config.agent.cluster_mode,
             zone: config.agent.zone.clone(),
@@ -360,11 +381,17 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     tokio::spawn(crate::health::serve(metrics_listener, shutdown.clone()));
     // Logged before the first connection can be answered: whoever waits for the Kafka port finds
     // the metrics address in the log once it is up.
-    tracing::info!(%local_addr, %metrics_addr, "sidestream agent listening");
-    let accept = tokio::spawn(connection::serve(listener, agent.clone(), limits, shutdown.clone()));
+    let named: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("{}={}", l.endpoint.address.name, l.socket.local_addr().map(|a| a.to_string()).unwrap_or_default()))
+        .collect();
+    tracing::info!(%local_addr, %metrics_addr, listeners = %named.join(","), "sidestream agent listening");
+    let tls = security.tls.clone();
+    let accept = tokio::spawn(connection::serve(listeners, agent.clone(), limits, security, shutdown.clone()));
     Ok(RunningServer {
         local_addr,
         metrics_addr,
+        tls,
         agent,
         groups,
         store_metrics,
@@ -373,6 +400,46 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
         _dir_lock: dir_lock,
     })
+}
+
+/// Binds `[agent] listen` (PLAINTEXT, when on) and every `[[listeners]]` entry, in that order.
+/// A listener without `advertised` advertises its bound address (its port when it is 0).
+async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, ServerError> {
+    let mut wanted: Vec<(String, SocketAddr, SecurityProtocol, Option<String>)> = Vec::new();
+    if let Some(listen) = config.agent.listen {
+        wanted.push((PLAINTEXT_LISTENER.to_string(), listen, SecurityProtocol::Plaintext, config.agent.advertised.clone()));
+    }
+    for l in &config.listeners {
+        wanted.push((l.name.clone(), l.address, l.protocol, l.advertised.clone()));
+    }
+    let mut out = Vec::new();
+    for (name, addr, protocol, advertised) in wanted {
+        let socket = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let bound = socket.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        let (host, port) = match advertised.as_deref().map(crate::config::parse_host_port) {
+            Some(Ok(hp)) => hp,
+            _ => (bound.ip().to_string(), bound.port().into()),
+        };
+        let address = crate::api::ListenerAddress { name, host, port };
+        out.push(Listener { socket, endpoint: Arc::new(Endpoint { protocol, address }) });
+    }
+    Ok(out)
+}
+
+fn listeners_first_addr(config: &Config) -> SocketAddr {
+    config
+        .agent
+        .listen
+        .or(config.listeners.first().map(|l| l.address))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The TLS configuration, when a listener needs it; a bad certificate stops the start-up.
+fn open_tls(config: &Config) -> Result<Option<Arc<Tls>>, ServerError> {
+    if !config.listeners.iter().any(|l| l.protocol.tls()) {
+        return Ok(None);
+    }
+    Tls::new(&config.tls).map(Some).map_err(|e| ServerError::Config(e.to_string()))
 }
 
 /// The controller `[controller] mode` names: embedded (in this process, over the configured
@@ -471,6 +538,16 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 }
 
 impl RunningServer {
+    /// SIGHUP: reloads what can be reloaded (the TLS certificates).
+    pub fn reload(&self) {
+        match &self.tls {
+            Some(tls) => {
+                let _ = tls.reload();
+            }
+            None => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
+        }
+    }
+
     /// Stops accepting and reading requests, uploads and commits every batch already accepted
     /// (without waiting for the flush interval), answers what was read (waiting fetches are
     /// cancelled, not awaited: idle and long-polling connections do not hold it up), and returns. Returns

@@ -19,7 +19,7 @@
 use uuid::Uuid;
 
 use super::Agent;
-use crate::api::LiveAgent;
+use crate::api::{ListenerAddress, LiveAgent};
 
 /// The `client.id` marker naming the client's zone: `...sidestream_az=<zone>...`.
 const ZONE_MARKER: &str = "sidestream_az=";
@@ -58,11 +58,25 @@ pub struct Brokers {
 }
 
 impl Brokers {
-    /// What `client_id` is told by `agent`.
-    pub fn for_client(agent: &Agent, client_id: &str) -> Self {
+    /// What `client_id`, connected to the listener `listener`, is told by `agent`: every agent
+    /// with its address on that listener (agents without one are left out, as in Kafka).
+    pub fn for_client(agent: &Agent, listener: &ListenerAddress, client_id: &str) -> Self {
         let s = &agent.settings;
-        let me = LiveAgent { node_id: s.node_id, host: s.advertised_host.clone(), port: s.advertised_port, zone: s.zone.clone() };
+        let me = LiveAgent {
+            node_id: s.node_id,
+            host: listener.host.clone(),
+            port: listener.port,
+            zone: s.zone.clone(),
+            listeners: Vec::new(),
+        };
         let live = if s.cluster_mode { agent.controller.live_agents() } else { Vec::new() };
+        let live = live
+            .into_iter()
+            .filter_map(|a| {
+                let (host, port) = a.address(&listener.name)?;
+                Some(LiveAgent { host: host.to_string(), port, listeners: Vec::new(), ..a })
+            })
+            .collect();
         Self::new(me, live, client_zone(client_id))
     }
 
@@ -111,7 +125,7 @@ mod tests {
     use super::*;
 
     fn agent(node_id: i32, zone: &str) -> LiveAgent {
-        LiveAgent { node_id, host: "h".into(), port: 9000 + node_id, zone: Some(zone.into()) }
+        LiveAgent { node_id, host: "h".into(), port: 9000 + node_id, zone: Some(zone.into()), listeners: Vec::new() }
     }
 
     #[test]

@@ -46,8 +46,6 @@ use wal::Wal;
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
     pub node_id: i32,
-    pub advertised_host: String,
-    pub advertised_port: i32,
     pub topics: TopicsConfig,
     /// `[agent] cluster_mode`: Metadata lists the live agents (see [`cluster`]).
     pub cluster_mode: bool,

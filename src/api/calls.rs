@@ -42,6 +42,7 @@ pub mod prelude {
         SyncRequest, SyncResponse, TopicPartition, consumer,
     };
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
+    pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
     pub use crate::api::txn::{TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
         CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, ReplaceExtents, TopicKey, TopicMeta,
@@ -105,6 +106,10 @@ macro_rules! for_each_call {
             [blocking] DeleteGroup delete_group(group_id: String) -> Result<(), GroupError>;
             [now] ConsumerGroupHeartbeat consumer_group_heartbeat(req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError>;
             [now] ConsumerGroupDescribe consumer_group_describe(group_id: String) -> Result<consumer::GroupDescription, GroupError>;
+            // Users (controller::users): SCRAM credentials.
+            [blocking] ScramCredential scram_credential(user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError>;
+            [blocking] AlterScramCredentials alter_scram_credentials(alterations: Vec<ScramAlteration>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            [blocking] DescribeScramCredentials describe_scram_credentials(users: Option<Vec<String>>) -> Result<Vec<ScramUser>, ControllerError>;
         }
     };
 }

@@ -16,6 +16,7 @@ pub mod calls;
 pub mod groups;
 pub mod jobs;
 pub mod rpc;
+pub mod scram;
 pub mod serde_with;
 pub mod txn;
 
@@ -87,6 +88,17 @@ pub enum ControllerError {
     /// holds it now): nothing was changed; the job stops until it holds the lease again.
     #[error("job lease not held: {0}")]
     LeaseNotHeld(String),
+    /// A credential, ACL or quota that does not exist (deleting it).
+    #[error("{0}")]
+    ResourceNotFound(String),
+    /// A credential the broker does not accept (iterations out of bounds, empty name).
+    #[error("{0}")]
+    UnacceptableCredential(String),
+    /// The same resource twice in one request.
+    #[error("{0}")]
+    DuplicateResource(String),
+    #[error("{0}")]
+    UnsupportedSaslMechanism(String),
 }
 
 /// One commit's answer: each extent's base offset or error, or an error for the whole commit.
@@ -238,9 +250,31 @@ pub struct CandidatesRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveAgent {
     pub node_id: i32,
+    /// The address of its first listener (what agents of older versions register alone).
     pub host: String,
     pub port: i32,
     pub zone: Option<String>,
+    /// Every listener's advertised address, by Kafka listener name.
+    pub listeners: Vec<ListenerAddress>,
+}
+
+impl LiveAgent {
+    /// Its address for clients of `listener`; `None` if it has no listener of that name (Kafka
+    /// leaves such brokers out). An agent that registered no names has only its first address.
+    pub fn address(&self, listener: &str) -> Option<(&str, i32)> {
+        if self.listeners.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.listeners.iter().find(|l| l.name == listener).map(|l| (l.host.as_str(), l.port))
+    }
+}
+
+/// A listener's advertised address, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerAddress {
+    pub name: String,
+    pub host: String,
+    pub port: i32,
 }
 
 /// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.

@@ -214,6 +214,20 @@ pub struct Member {
     pub zone: Option<String>,
     #[prost(bool, tag = "5")]
     pub cluster_mode: bool,
+    /// Every listener's advertised address (empty from agents of older versions).
+    #[prost(message, repeated, tag = "6")]
+    pub listeners: Vec<NamedAddress>,
+}
+
+/// A Kafka listener's name and advertised address.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct NamedAddress {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub host: String,
+    #[prost(int32, tag = "3")]
+    pub port: i32,
 }
 
 /// The live agents in cluster mode, so every agent learns them at each heartbeat.

@@ -263,4 +263,14 @@ impl Answer for Controller {
     fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
         self.groups().consumer_describe(&group_id)
     }
+
+    fn scram_credential(&self, user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError> {
+        Controller::scram_credential(self, &user, mechanism)
+    }
+    fn alter_scram_credentials(&self, alterations: Vec<ScramAlteration>) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        Controller::alter_scram_credentials(self, &alterations)
+    }
+    fn describe_scram_credentials(&self, users: Option<Vec<String>>) -> Result<Vec<ScramUser>, ControllerError> {
+        Controller::describe_scram_credentials(self, users.as_deref())
+    }
 }

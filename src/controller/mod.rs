@@ -21,6 +21,7 @@ pub mod retention;
 pub mod service;
 pub mod store;
 pub mod txn;
+pub mod users;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};

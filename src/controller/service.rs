@@ -737,7 +737,7 @@ mod tests {
     use crate::clock::{SeededEntropy, SystemClock};
 
     fn member(node_id: i32, port: i32, cluster_mode: bool) -> rpc::Member {
-        rpc::Member { node_id, host: "127.0.0.1".into(), port, zone: Some("z".into()), cluster_mode }
+        rpc::Member { node_id, host: "127.0.0.1".into(), port, zone: Some("z".into()), cluster_mode, listeners: Vec::new() }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

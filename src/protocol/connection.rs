@@ -1,4 +1,9 @@
-//! The accept loop and one connection.
+//! The accept loops (one per listener) and one connection.
+//!
+//! A connection on an SSL or SASL_SSL listener first completes its TLS handshake (within
+//! `request_read_timeout_ms`; plaintext bytes fail it and close that connection only). On a
+//! SASL listener it then authenticates ([`super::sasl`]) before any other request is read. Its
+//! [`Peer`] (address, listener, principal) goes with every request to the handlers.
 //!
 //! A connection has a reader (frames -> one spawned handler task each, queued in request order)
 //! and a writer (awaits the queued tasks in order and writes their answers), so requests are
@@ -27,8 +32,8 @@ use std::time::Duration;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -37,11 +42,17 @@ use tokio_util::task::TaskTracker;
 
 use super::frame::{FrameError, FrameLimits, read_frame};
 use super::handlers::{self, Outcome};
+use super::listener::{ANONYMOUS, Endpoint, Listener, Peer};
+use super::sasl::{self, Next, Sasl, SaslRequest, SaslSettings};
+use super::tls::{self, Tls};
 use crate::agent::{Agent, Turn};
 use crate::metrics::{self, Counter};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 const FETCH_KEY: [u8; 2] = 1i16.to_be_bytes();
+const API_VERSIONS_KEY: [u8; 2] = 18i16.to_be_bytes();
+const SASL_HANDSHAKE_KEY: [u8; 2] = 17i16.to_be_bytes();
+const SASL_AUTHENTICATE_KEY: [u8; 2] = 36i16.to_be_bytes();
 /// Requests that change a group's committed offsets (OffsetCommit, TxnOffsetCommit,
 /// OffsetDelete): one takes effect only after the connection's previous one did.
 const ORDERED_KEYS: [[u8; 2]; 3] = [8i16.to_be_bytes(), 28i16.to_be_bytes(), 47i16.to_be_bytes()];
@@ -101,12 +112,16 @@ enum Closed {
     /// Bad frame size, or a request the handlers refused to answer.
     BadRequest,
     Shutdown,
+    /// The TLS handshake failed or took too long.
+    TlsHandshake,
+    /// SASL authentication failed, a request came before it, or the session expired.
+    Authentication,
 }
 
 fn closed(reason: Closed) -> &'static Counter {
-    static BY_REASON: OnceLock<[Arc<Counter>; 6]> = OnceLock::new();
+    static BY_REASON: OnceLock<[Arc<Counter>; 8]> = OnceLock::new();
     let c = BY_REASON.get_or_init(|| {
-        ["client", "per_ip_limit", "idle", "read_timeout", "bad_request", "shutdown"]
+        ["client", "per_ip_limit", "idle", "read_timeout", "bad_request", "shutdown", "tls_handshake", "authentication"]
             .map(|r| metrics::counter("sidestream_connections_closed_total", "Connections closed, by reason.", &[("reason", r)]))
     });
     &c[reason as usize]
@@ -215,41 +230,76 @@ fn budget_bytes(limits: &ConnectionLimits) -> usize {
     limits.max_in_flight_request_bytes.min(Semaphore::MAX_PERMITS as u64) as usize
 }
 
-/// Accepts connections until `shutdown`, then waits for every connection to finish.
-pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionLimits, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let request_budget = Arc::new(Semaphore::new(budget_bytes(&limits)));
-    let per_ip = Arc::new(PerIp::default());
+/// What secures the listeners: TLS (when a listener needs it) and SASL's settings.
+pub struct Security {
+    pub tls: Option<Arc<Tls>>,
+    pub sasl: Arc<SaslSettings>,
+}
+
+/// What every connection of every listener shares.
+struct Front {
+    agent: Arc<Agent>,
+    limits: ConnectionLimits,
+    security: Security,
+    slots: Arc<Semaphore>,
+    request_budget: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    open: Arc<AtomicUsize>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Accepts connections on every listener until `shutdown`, then waits for every connection to
+/// finish. The limits (`max_connections`, per address, request bytes) are shared by all.
+pub async fn serve(listeners: Vec<Listener>, agent: Arc<Agent>, limits: ConnectionLimits, security: Security, shutdown: CancellationToken) {
     let open = Arc::new(AtomicUsize::new(0));
     let gauge = open.clone();
     metrics::gauges("sidestream_connections", "Client connections open.", move || vec![(Vec::new(), gauge.load(Ordering::Relaxed) as i64)]);
-    let tracker = TaskTracker::new();
+    let front = Arc::new(Front {
+        agent,
+        limits,
+        security,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        request_budget: Arc::new(Semaphore::new(budget_bytes(&limits))),
+        per_ip: Arc::new(PerIp::default()),
+        open,
+        tracker: TaskTracker::new(),
+        shutdown,
+    });
+    let loops: Vec<JoinHandle<()>> = listeners.into_iter().map(|l| tokio::spawn(accept_loop(front.clone(), l))).collect();
+    for l in loops {
+        let _ = l.await;
+    }
+    front.tracker.close();
+    front.tracker.wait().await;
+}
+
+async fn accept_loop(front: Arc<Front>, listener: Listener) {
+    let shutdown = &front.shutdown;
     loop {
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = front.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.cancelled() => break,
         };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = listener.socket.accept() => a,
             _ = shutdown.cancelled() => break,
         };
         match accepted {
             Ok((socket, peer)) => {
-                let Some(ip_slot) = per_ip.enter(peer.ip(), limits.max_connections_per_ip) else {
+                let Some(ip_slot) = front.per_ip.enter(peer.ip(), front.limits.max_connections_per_ip) else {
                     closed(Closed::PerIpLimit).inc();
                     tracing::debug!(%peer, "closing connection: max_connections_per_ip");
                     drop(socket);
                     continue;
                 };
-                let agent = agent.clone();
-                let shutdown = shutdown.clone();
-                let budget = request_budget.clone();
-                let open = open.clone();
-                open.fetch_add(1, Ordering::Relaxed);
-                tracker.spawn(async move {
-                    let reason = connection(socket, peer, agent, limits, budget, shutdown).await;
+                let endpoint = listener.endpoint.clone();
+                let front2 = front.clone();
+                front.open.fetch_add(1, Ordering::Relaxed);
+                front.tracker.spawn(async move {
+                    let reason = start(socket, peer, endpoint, &front2).await;
                     closed(reason).inc();
-                    open.fetch_sub(1, Ordering::Relaxed);
+                    front2.open.fetch_sub(1, Ordering::Relaxed);
                     drop((ip_slot, permit));
                 });
             }
@@ -260,22 +310,202 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, limits: ConnectionL
             }
         }
     }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
 }
 
-/// Serves one connection until it closes; returns why it closed.
-async fn connection(
-    socket: TcpStream,
-    peer: SocketAddr,
+/// TLS and SASL as the listener asks, then the connection itself.
+async fn start(socket: TcpStream, addr: SocketAddr, endpoint: Arc<Endpoint>, front: &Front) -> Closed {
+    let _ = socket.set_nodelay(true);
+    if !endpoint.protocol.tls() {
+        let (rd, wr) = socket.into_split();
+        return authenticated(rd, wr, addr, endpoint, ANONYMOUS.to_string(), front).await;
+    }
+    let Some(tls) = &front.security.tls else {
+        // Validated at start-up: a TLS listener has a certificate.
+        return Closed::TlsHandshake;
+    };
+    let handshake = tokio::time::timeout(front.limits.request_read_timeout, tls.acceptor().accept(socket));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                return Closed::TlsHandshake;
+            }
+            Err(_) => return Closed::TlsHandshake,
+        },
+        _ = front.shutdown.cancelled() => return Closed::Shutdown,
+    };
+    let subject = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::subject_name(c));
+    let principal = subject.map(|s| format!("User:{s}")).unwrap_or_else(|| ANONYMOUS.to_string());
+    let (rd, wr) = tokio::io::split(stream);
+    authenticated(rd, wr, addr, endpoint, principal, front).await
+}
+
+/// SASL first on a SASL listener, then the connection.
+async fn authenticated<R, W>(mut rd: R, mut wr: W, addr: SocketAddr, endpoint: Arc<Endpoint>, principal: String, front: &Front) -> Closed
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut principal = principal;
+    let mut session = None;
+    if endpoint.protocol.sasl() {
+        let mut sasl = Sasl::new(front.security.sasl.clone());
+        let anonymous = Arc::new(Peer::anonymous(addr, endpoint.clone()));
+        if let Err(reason) = authenticate(&mut rd, &mut wr, &mut sasl, &anonymous, front).await {
+            return reason;
+        }
+        principal = sasl.principal().unwrap_or(ANONYMOUS).to_string();
+        session = Some(Arc::new(tokio::sync::Mutex::new(sasl)));
+    }
+    let peer = Arc::new(Peer { addr, endpoint, principal });
+    connection(rd, wr, peer, session, front.agent.clone(), front.limits, front.request_budget.clone(), front.shutdown.clone()).await
+}
+
+/// The SASL exchange before any other request: ApiVersions, SaslHandshake, SaslAuthenticate
+/// (or bare tokens after a v0 handshake), one at a time, each within `request_read_timeout_ms`.
+async fn authenticate<R, W>(rd: &mut R, wr: &mut W, sasl: &mut Sasl, anonymous: &Arc<Peer>, front: &Front) -> Result<(), Closed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limits = FrameLimits {
+        max_bytes: (sasl::TOKEN_BYTES_MAX as u64).min(front.limits.max_request_bytes),
+        read_timeout: front.limits.request_read_timeout,
+        budget_bytes: budget_bytes(&front.limits),
+    };
+    let addr = anonymous.addr;
+    let mut raw = false;
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(rd, limits, &front.request_budget, tokio::time::sleep(front.limits.request_read_timeout)) => f,
+            _ = front.shutdown.cancelled() => return Err(Closed::Shutdown),
+        };
+        let frame = match frame {
+            Ok(Some((frame, _permit))) => frame,
+            Ok(None) => return Err(Closed::Client),
+            Err(FrameError::Idle | FrameError::ReadTimeout(_)) => return Err(Closed::ReadTimeout),
+            Err(FrameError::BadSize(..)) => return Err(Closed::BadRequest),
+            Err(FrameError::Io(_)) => return Err(Closed::Client),
+        };
+        let timeout = front.limits.request_read_timeout;
+        if raw {
+            // After a v0 handshake: the token is the whole frame, and so is the answer.
+            return match sasl::answer_raw(sasl, front.agent.controller.as_ref(), &frame).await {
+                Ok((bytes, done)) => {
+                    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+                    out.extend_from_slice(&bytes);
+                    write_within(wr, vec![Bytes::from(out)], timeout).await.ok_or(Closed::Client)?;
+                    if done.is_some() {
+                        Ok(())
+                    } else {
+                        continue;
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(%addr, reason = why, "closing connection: SASL authentication failed");
+                    Err(Closed::Authentication)
+                }
+            };
+        }
+        let key = [frame[0], frame.get(1).copied().unwrap_or(0)];
+        if key == API_VERSIONS_KEY {
+            match handlers::handle(front.agent.clone(), frame, anonymous.clone(), None).await {
+                Outcome::Respond(out) => write_within(wr, out, timeout).await.ok_or(Closed::Client)?,
+                _ => return Err(Closed::BadRequest),
+            };
+            continue;
+        }
+        if key != SASL_HANDSHAKE_KEY && key != SASL_AUTHENTICATE_KEY {
+            tracing::debug!(%addr, "closing connection: a request before SASL authentication");
+            return Err(Closed::Authentication);
+        }
+        let parsed = match handlers::parse(frame) {
+            Ok(p) => p,
+            Err(_) => return Err(Closed::BadRequest),
+        };
+        let (version, correlation_id) = (parsed.version, parsed.correlation_id);
+        let request = match parsed.request {
+            handlers::Request::SaslHandshake(r) => {
+                raw = version == 0;
+                SaslRequest::Handshake { mechanism: r.mechanism.to_string() }
+            }
+            handlers::Request::SaslAuthenticate(r) => SaslRequest::Authenticate { token: r.auth_bytes, version },
+            _ => return Err(Closed::BadRequest),
+        };
+        let (response, next) = sasl::answer(sasl, front.agent.controller.as_ref(), request).await;
+        if let Some(response) = response {
+            let outcome = match &response {
+                sasl::AnyResponse::Handshake(r) => handlers::encode_response(response.key(), version, correlation_id, r),
+                sasl::AnyResponse::Authenticate(r) => handlers::encode_response(response.key(), version, correlation_id, r),
+            };
+            match outcome {
+                Outcome::Respond(out) => write_within(wr, out, timeout).await.ok_or(Closed::Client)?,
+                _ => return Err(Closed::BadRequest),
+            };
+        }
+        match next {
+            Next::Continue => {}
+            Next::Authenticated(_) => return Ok(()),
+            Next::Close(why) => {
+                tracing::debug!(%addr, reason = why, "closing connection: SASL authentication failed");
+                return Err(Closed::Authentication);
+            }
+        }
+    }
+}
+
+/// Writes `out` within `timeout`; `None` if that failed.
+async fn write_within(wr: &mut (impl AsyncWrite + Unpin), mut out: Vec<Bytes>, timeout: Duration) -> Option<()> {
+    tokio::time::timeout(timeout, write_chunks(wr, &mut out)).await.ok().and_then(Result::ok)
+}
+
+/// A SaslHandshake or SaslAuthenticate on an authenticated connection: a re-authentication
+/// (KIP-368). It must keep the principal; a failure closes the connection.
+async fn reauthenticate(agent: Arc<Agent>, session: Arc<tokio::sync::Mutex<Sasl>>, frame: Bytes) -> Outcome {
+    let parsed = match handlers::parse(frame) {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
+    let (version, correlation_id) = (parsed.version, parsed.correlation_id);
+    let request = match parsed.request {
+        // v0 (bare tokens) cannot re-authenticate.
+        handlers::Request::SaslHandshake(r) if version >= 1 => SaslRequest::Handshake { mechanism: r.mechanism.to_string() },
+        handlers::Request::SaslAuthenticate(r) => SaslRequest::Authenticate { token: r.auth_bytes, version },
+        _ => return Outcome::Close("SaslHandshake v0 on an authenticated connection".into()),
+    };
+    let mut sasl = session.lock().await;
+    let (response, next) = sasl::answer(&mut sasl, agent.controller.as_ref(), request).await;
+    let outcome = match &response {
+        Some(r @ sasl::AnyResponse::Handshake(body)) => handlers::encode_response(r.key(), version, correlation_id, body),
+        Some(r @ sasl::AnyResponse::Authenticate(body)) => handlers::encode_response(r.key(), version, correlation_id, body),
+        None => Outcome::NoResponse,
+    };
+    match (next, outcome) {
+        (Next::Close(why), Outcome::Respond(frame)) => Outcome::RespondAndClose(frame, why),
+        (Next::Close(why), _) => Outcome::Close(why),
+        (_, outcome) => outcome,
+    }
+}
+
+/// Serves one (authenticated) connection until it closes; returns why it closed. `session`:
+/// its SASL state, for re-authentication.
+#[allow(clippy::too_many_arguments)]
+async fn connection<R, W>(
+    mut rd: R,
+    wr: W,
+    peer: Arc<Peer>,
+    session: Option<Arc<tokio::sync::Mutex<Sasl>>>,
     agent: Arc<Agent>,
     limits: ConnectionLimits,
     budget: Arc<Semaphore>,
     shutdown: CancellationToken,
-) -> Closed {
-    let _ = socket.set_nodelay(true);
-    let (mut rd, wr) = socket.into_split();
+) -> Closed
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
     let (tx, mut rx) = mpsc::channel::<Queued>(limits.max_in_flight_requests.max(1));
     // Cancelled by the writer when it stops (closed connection, fatal request) or by shutdown.
     let stop = shutdown.child_token();
@@ -326,8 +556,15 @@ async fn connection(
                 }
                 Outcome::NoResponse => {}
                 Outcome::Close(reason) => {
-                    tracing::debug!(%peer, reason, "closing connection");
+                    tracing::debug!(peer = %addr, reason, "closing connection");
                     closed_by = Some(Closed::BadRequest);
+                    break;
+                }
+                Outcome::RespondAndClose(frame, reason) => {
+                    tracing::debug!(peer = %addr, reason, "closing connection after the answer");
+                    out.extend(frame);
+                    let _ = tokio::time::timeout(idle_timeout, write_chunks(&mut wr, &mut out)).await;
+                    closed_by = Some(Closed::Authentication);
                     break;
                 }
             }
@@ -369,6 +606,7 @@ async fn connection(
         read_timeout: limits.request_read_timeout,
         budget_bytes: budget_bytes(&limits),
     };
+    let reauth_due = session.is_some();
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
     let mut last_ordered: Option<oneshot::Receiver<()>> = None;
     let reason = loop {
@@ -380,6 +618,18 @@ async fn connection(
             Ok(Some((frame, permit))) => {
                 activity.touch();
                 let key = [frame[0], frame[1]];
+                let sasl_request = key == SASL_HANDSHAKE_KEY || key == SASL_AUTHENTICATE_KEY;
+                // KIP-368: past the session's end only a re-authentication (or ApiVersions) is
+                // taken; anything else closes the connection.
+                if let Some(s) = &session
+                    && reauth_due
+                    && !sasl_request
+                    && key != API_VERSIONS_KEY
+                    && s.lock().await.expired(std::time::Instant::now())
+                {
+                    tracing::debug!(peer = %addr, "closing connection: SASL session expired without re-authentication");
+                    break Closed::Authentication;
+                }
                 let turn = if key == PRODUCE_KEY {
                     Some(Turn::next(&mut last_produce, Some(agent.hand_offs.enter())))
                 } else if ORDERED_KEYS.contains(&key) {
@@ -389,9 +639,14 @@ async fn connection(
                 };
                 let cancellable = frame[..2] == FETCH_KEY;
                 let agent = agent.clone();
+                let peer = peer.clone();
+                let session = if sasl_request { session.clone() } else { None };
                 activity.in_flight.fetch_add(1, Ordering::AcqRel);
                 let task = tokio::spawn(async move {
-                    let outcome = handlers::handle(agent, frame, peer, turn).await;
+                    let outcome = match session {
+                        Some(session) => reauthenticate(agent, session, frame).await,
+                        None => handlers::handle(agent, frame, peer, turn).await,
+                    };
                     drop(permit);
                     outcome
                 });
@@ -401,7 +656,7 @@ async fn connection(
             }
             Ok(None) => break Closed::Client,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "closing connection");
+                tracing::debug!(peer = %addr, error = %e, "closing connection");
                 break match e {
                     FrameError::Idle => Closed::Idle,
                     FrameError::ReadTimeout(_) => Closed::ReadTimeout,
@@ -416,6 +671,6 @@ async fn connection(
     let closed_by = writer.await.unwrap_or(None);
     // Sessions this connection opened (or used last) end with it; a task cancelled above can
     // no longer open one.
-    agent.fetch_sessions.close_owner(peer);
+    agent.fetch_sessions.close_owner(addr);
     closed_by.unwrap_or(reason)
 }

@@ -32,6 +32,10 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::ObjectCollected(_) => K::RequestTimedOut,
         ControllerError::ExtentsChanged(_) => K::RequestTimedOut,
         ControllerError::OffsetOutOfRange(_) => K::OffsetOutOfRange,
+        ControllerError::ResourceNotFound(_) => K::ResourceNotFound,
+        ControllerError::UnacceptableCredential(_) => K::UnacceptableCredential,
+        ControllerError::DuplicateResource(_) => K::DuplicateResource,
+        ControllerError::UnsupportedSaslMechanism(_) => K::UnsupportedSaslMechanism,
         // Only background jobs make leased calls; no client sees this.
         ControllerError::LeaseNotHeld(_) => K::UnknownServerError,
     }

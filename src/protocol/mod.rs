@@ -13,3 +13,6 @@ pub mod connection;
 pub mod error;
 pub mod frame;
 pub mod handlers;
+pub mod listener;
+pub mod sasl;
+pub mod tls;

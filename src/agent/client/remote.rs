@@ -51,7 +51,7 @@ use super::extent_cache::ExtentCache;
 use crate::api::acl::AclSet;
 use crate::api::calls::{self, Call, Reply};
 use crate::api::rpc::{self, GrpcClient};
-use crate::api::{ControllerError, ExtentRecord, LiveAgent, PartitionOffsets, TopicMeta, TopicRef};
+use crate::api::{ControllerError, ExtentRecord, ListenerAddress, LiveAgent, PartitionOffsets, TopicMeta, TopicRef};
 use crate::metrics::{self, Counter};
 
 /// Backoff between retries of a failed call.
@@ -400,7 +400,16 @@ impl Remote {
     }
 
     fn set_members(&self, members: Vec<rpc::Member>) {
-        let live = members.into_iter().map(|m| LiveAgent { node_id: m.node_id, host: m.host, port: m.port, zone: m.zone }).collect();
+        let live = members
+            .into_iter()
+            .map(|m| LiveAgent {
+                node_id: m.node_id,
+                host: m.host,
+                port: m.port,
+                zone: m.zone,
+                listeners: m.listeners.into_iter().map(|l| ListenerAddress { name: l.name, host: l.host, port: l.port }).collect(),
+            })
+            .collect();
         *self.0.members.write().unwrap_or_else(|p| p.into_inner()) = live;
     }
 
@@ -751,7 +760,14 @@ mod tests {
                 agent: format!("agent-{node_id}"),
                 call_deadline: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
-                member: crate::api::rpc::Member { node_id, host: "127.0.0.1".into(), port: 9092, zone: None, cluster_mode: false },
+                member: crate::api::rpc::Member {
+                    node_id,
+                    host: "127.0.0.1".into(),
+                    port: 9092,
+                    zone: None,
+                    cluster_mode: false,
+                    listeners: Vec::new(),
+                },
                 instance: format!("test-instance-{node_id}"),
                 index_cache_bytes_max: 1 << 20,
             },

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::producers::{ProducerKey, ProducerState};
 use crate::api::acl::{AclBinding, AclOperation, AclPermission, PatternType, ResourceType};
+use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 
 /// A store error's cause: the database client's own error, kept whole.
@@ -436,4 +437,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// and puts every object of `old` that no extent references any more into `garbage`
     /// (since `object.committed_ms`), for the garbage collector. Never touches offsets.
     fn replace_extents(&self, object: &ObjectRecord, old: &[ExtentRecord], new: &[ExtentRecord]) -> Result<(), StoreError>;
+
+    /// SCRAM credentials: of `user`, or of every user; sorted by user and mechanism.
+    fn scram_credentials(&self, user: Option<&str>) -> Result<Vec<(String, ScramCredential)>, StoreError>;
+    /// Upserts and deletes SCRAM credentials in one transaction.
+    fn alter_scram_credentials(
+        &self,
+        upserts: &[(String, ScramCredential)],
+        deletes: &[(String, ScramMechanism)],
+    ) -> Result<(), StoreError>;
 }

@@ -33,6 +33,7 @@ use postgres::{Client, NoTls, Row, Transaction};
 use uuid::Uuid;
 
 use crate::api::acl::AclBinding;
+use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
@@ -46,8 +47,8 @@ use super::{
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
 /// 3: agent epochs and the controller lease. 4: transactions, open transactions per partition,
 /// the aborted transaction index (as SQLite's version 4). 5: garbage objects, orphan marks by
-/// time (as SQLite's version 5).
-const SCHEMA_VERSION: i32 = 5;
+/// time (as SQLite's version 5). 6: SCRAM credentials, ACLs, client quotas (as SQLite's version 6).
+const SCHEMA_VERSION: i32 = 6;
 
 /// Migrations from version N-1 to N, each applied in its own transaction with the version bump.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -106,6 +107,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms BIGINT NOT NULL);
         CREATE INDEX IF NOT EXISTS garbage_by_time ON garbage (since_ms);
         CREATE INDEX IF NOT EXISTS orphans_by_time ON orphans (doomed_ms);",
+    ),
+    (
+        6,
+        "CREATE TABLE IF NOT EXISTS scram_credentials (
+            username TEXT NOT NULL, mechanism TEXT NOT NULL, salt BYTEA NOT NULL, stored_key BYTEA NOT NULL,
+            server_key BYTEA NOT NULL, iterations INTEGER NOT NULL, PRIMARY KEY (username, mechanism));
+        CREATE TABLE IF NOT EXISTS acls (
+            resource_type SMALLINT NOT NULL, resource_name TEXT NOT NULL, pattern_type SMALLINT NOT NULL,
+            principal TEXT NOT NULL, host TEXT NOT NULL, operation SMALLINT NOT NULL, permission SMALLINT NOT NULL,
+            PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host, operation, permission));
+        CREATE TABLE IF NOT EXISTS client_quotas (
+            entity TEXT NOT NULL, quota_key TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (entity, quota_key));",
     ),
 ];
 
@@ -832,6 +846,63 @@ impl MetadataStore for PgStore {
             for b in &delete {
                 let (rt, pt, op, perm) = acl_codes(b);
                 tx.execute(&remove, &[&rt, &b.resource_name, &pt, &b.principal, &b.host, &op, &perm]).map_err(classify)?;
+            }
+            commit_fenced(tx, fence)
+        })
+    }
+
+    fn scram_credentials(&self, user: Option<&str>) -> Result<Vec<(String, ScramCredential)>, StoreError> {
+        let user = user.map(str::to_string);
+        self.readers.with(|c| {
+            let rows = c
+                .query(
+                    "SELECT username, mechanism, salt, stored_key, server_key, iterations FROM scram_credentials \
+                     WHERE $1::TEXT IS NULL OR username = $1 ORDER BY username, mechanism",
+                    &[&user],
+                )
+                .map_err(classify)?;
+            rows.iter()
+                .map(|r| {
+                    let mechanism: String = col(r, 1)?;
+                    let mechanism = ScramMechanism::from_name(&mechanism)
+                        .ok_or_else(|| StoreError::corrupt(format!("scram_credentials: mechanism {mechanism:?}"), None))?;
+                    let iterations: i32 = col(r, 5)?;
+                    Ok((
+                        col(r, 0)?,
+                        ScramCredential {
+                            mechanism,
+                            salt: col(r, 2)?,
+                            stored_key: col(r, 3)?,
+                            server_key: col(r, 4)?,
+                            iterations: iterations as u32,
+                        },
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn alter_scram_credentials(
+        &self,
+        upserts: &[(String, ScramCredential)],
+        deletes: &[(String, ScramMechanism)],
+    ) -> Result<(), StoreError> {
+        let (upserts, deletes) = (upserts.to_vec(), deletes.to_vec());
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            for (user, m) in &deletes {
+                tx.execute("DELETE FROM scram_credentials WHERE username = $1 AND mechanism = $2", &[user, &m.name()])
+                    .map_err(classify)?;
+            }
+            for (user, c) in &upserts {
+                tx.execute(
+                    "INSERT INTO scram_credentials (username, mechanism, salt, stored_key, server_key, iterations) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (username, mechanism) DO UPDATE SET \
+                     salt = EXCLUDED.salt, stored_key = EXCLUDED.stored_key, server_key = EXCLUDED.server_key, \
+                     iterations = EXCLUDED.iterations",
+                    &[user, &c.mechanism.name(), &c.salt, &c.stored_key, &c.server_key, &(c.iterations as i32)],
+                )
+                .map_err(classify)?;
             }
             commit_fenced(tx, fence)
         })

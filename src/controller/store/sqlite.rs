@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::api::acl::AclBinding;
+use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
 use crate::controller::producers::{ProducerState, decode_batches, encode_batches};
@@ -26,8 +27,9 @@ use super::{
 
 /// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
 /// epochs. Version 4: transactions, open transactions per partition, the aborted transaction
-/// index. Version 5: garbage objects (no extent references them), orphan marks by time.
-const SCHEMA_VERSION: i32 = 5;
+/// index. Version 5: garbage objects (no extent references them), orphan marks by time. Version 6: SCRAM
+/// credentials, ACLs, client quotas (the security tables).
+const SCHEMA_VERSION: i32 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,6 +85,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "CREATE TABLE IF NOT EXISTS garbage (key TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);
         CREATE INDEX IF NOT EXISTS garbage_by_time ON garbage (since_ms);
         CREATE INDEX IF NOT EXISTS orphans_by_time ON orphans (doomed_ms);",
+    ),
+    (
+        6,
+        "CREATE TABLE IF NOT EXISTS scram_credentials (
+            username TEXT NOT NULL, mechanism TEXT NOT NULL, salt BLOB NOT NULL, stored_key BLOB NOT NULL,
+            server_key BLOB NOT NULL, iterations INTEGER NOT NULL, PRIMARY KEY (username, mechanism)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS acls (
+            resource_type INTEGER NOT NULL, resource_name TEXT NOT NULL, pattern_type INTEGER NOT NULL,
+            principal TEXT NOT NULL, host TEXT NOT NULL, operation INTEGER NOT NULL, permission INTEGER NOT NULL,
+            PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host, operation, permission)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS client_quotas (
+            entity TEXT NOT NULL, quota_key TEXT NOT NULL, value REAL NOT NULL,
+            PRIMARY KEY (entity, quota_key)) WITHOUT ROWID;",
     ),
 ];
 
@@ -651,6 +666,61 @@ impl MetadataStore for SqliteStore {
                 for b in &delete {
                     let (rt, pt, op, perm) = acl_codes(b);
                     remove.execute(params![rt, b.resource_name, pt, b.principal, b.host, op, perm]).map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
+    fn scram_credentials(&self, user: Option<&str>) -> Result<Vec<(String, ScramCredential)>, StoreError> {
+        let user = user.map(str::to_string);
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT username, mechanism, salt, stored_key, server_key, iterations FROM scram_credentials \
+                     WHERE ?1 IS NULL OR username = ?1 ORDER BY username, mechanism",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([&user], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get::<_, i64>(5)?))
+                })
+                .map_err(classify)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (user, mechanism, salt, stored_key, server_key, iterations) = row.map_err(classify)?;
+                let mechanism = ScramMechanism::from_name(&mechanism)
+                    .ok_or_else(|| StoreError::corrupt(format!("scram_credentials: mechanism {mechanism:?}"), None))?;
+                out.push((user, ScramCredential { mechanism, salt, stored_key, server_key, iterations: iterations as u32 }));
+            }
+            Ok(out)
+        })
+    }
+
+    fn alter_scram_credentials(
+        &self,
+        upserts: &[(String, ScramCredential)],
+        deletes: &[(String, ScramMechanism)],
+    ) -> Result<(), StoreError> {
+        let (upserts, deletes) = (upserts.to_vec(), deletes.to_vec());
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM scram_credentials WHERE username = ?1 AND mechanism = ?2").map_err(classify)?;
+                for (user, m) in &deletes {
+                    delete.execute(params![user, m.name()]).map_err(classify)?;
+                }
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO scram_credentials (username, mechanism, salt, stored_key, server_key, iterations) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(classify)?;
+                for (user, c) in &upserts {
+                    upsert
+                        .execute(params![user, c.mechanism.name(), c.salt, c.stored_key, c.server_key, i64::from(c.iterations)])
+                        .map_err(classify)?;
                 }
             }
             tx.commit().map_err(classify)

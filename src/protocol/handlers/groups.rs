@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
+use crate::api::ListenerAddress;
 use crate::api::groups::{ClientInfo, GroupError, JoinRequest, SyncRequest};
 use crate::protocol::error::group_code;
 
@@ -34,8 +35,14 @@ fn key_type_ok(key_type: i8) -> bool {
     key_type == KEY_TYPE_GROUP || key_type == KEY_TYPE_TRANSACTION
 }
 
-pub fn find_coordinator(agent: &Agent, version: i16, req: FindCoordinatorRequest, client: &ClientInfo) -> FindCoordinatorResponse {
-    let brokers = Brokers::for_client(agent, &client.client_id);
+pub fn find_coordinator(
+    agent: &Agent,
+    version: i16,
+    req: FindCoordinatorRequest,
+    client: &ClientInfo,
+    listener: &ListenerAddress,
+) -> FindCoordinatorResponse {
+    let brokers = Brokers::for_client(agent, listener, &client.client_id);
     let key_type = if version >= 1 { req.key_type } else { KEY_TYPE_GROUP };
     if version < 4 {
         let r = FindCoordinatorResponse::default();

@@ -23,7 +23,7 @@ use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
 use crate::agent::fetch::LEADER_EPOCH;
 use crate::api::groups::ClientInfo;
-use crate::api::{ControllerError, CreateTopic, TopicMeta, TopicRef, validate_topic_name};
+use crate::api::{ControllerError, CreateTopic, ListenerAddress, TopicMeta, TopicRef, validate_topic_name};
 use crate::protocol::error::controller_code;
 
 fn topic_entry(brokers: &Brokers, t: &TopicMeta) -> MetadataResponseTopic {
@@ -52,9 +52,15 @@ fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataRespons
         .with_topic_id(id)
 }
 
-pub async fn handle(agent: &Agent, version: i16, req: MetadataRequest, client: &ClientInfo) -> MetadataResponse {
+pub async fn handle(
+    agent: &Agent,
+    version: i16,
+    req: MetadataRequest,
+    client: &ClientInfo,
+    listener: &ListenerAddress,
+) -> MetadataResponse {
     let me = BrokerId(agent.settings.node_id);
-    let brokers = Brokers::for_client(agent, &client.client_id);
+    let brokers = Brokers::for_client(agent, listener, &client.client_id);
     let allow_auto_create = (version < 4 || req.allow_auto_topic_creation) && agent.settings.topics.auto_create;
     let requested = match req.topics {
         None => None,
@@ -135,7 +141,7 @@ async fn lookup_or_create(agent: &Agent, brokers: &Brokers, name: &str, allow_au
 /// DescribeCluster's endpoint type for brokers (2 asks for the KRaft controllers).
 const ENDPOINT_TYPE_BROKERS: i8 = 1;
 
-pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest, listener: &ListenerAddress) -> DescribeClusterResponse {
     let me = BrokerId(agent.settings.node_id);
     let resp = DescribeClusterResponse::default()
         .with_endpoint_type(req.endpoint_type)
@@ -146,7 +152,7 @@ pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest) -> DescribeC
             req.endpoint_type
         ))));
     }
-    let brokers = Brokers::for_client(agent, "");
+    let brokers = Brokers::for_client(agent, listener, "");
     resp.with_error_message(None).with_controller_id(me).with_brokers(
         brokers
             .agents
@@ -215,8 +221,9 @@ pub fn describe_topic_partitions(
     agent: &Agent,
     req: DescribeTopicPartitionsRequest,
     client: &ClientInfo,
+    listener: &ListenerAddress,
 ) -> DescribeTopicPartitionsResponse {
-    let brokers = Brokers::for_client(agent, &client.client_id);
+    let brokers = Brokers::for_client(agent, listener, &client.client_id);
     let listed = !req.topics.is_empty();
     let names: Vec<String> = if listed {
         req.topics.iter().map(|t| t.name.0.to_string()).collect()

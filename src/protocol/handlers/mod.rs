@@ -19,25 +19,29 @@ mod offsets;
 mod produce;
 mod producers;
 mod transactions;
+mod users;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest,
-    ConsumerGroupHeartbeatRequest, CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
-    DeleteTopicsRequest, DescribeAclsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeTopicPartitionsRequest, DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest, TxnOffsetCommitRequest,
+    ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeTopicPartitionsRequest, DescribeTransactionsRequest,
+    EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
+    TxnOffsetCommitRequest,
+};
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsRequest, CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest, DescribeUserScramCredentialsRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
 use crate::agent::Turn;
 use crate::api::groups::ClientInfo;
+use crate::protocol::listener::Peer;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
 /// exactly this table.
@@ -76,6 +80,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -92,6 +100,8 @@ pub enum Outcome {
     NoResponse,
     /// The request cannot be answered; close the connection (after earlier answers).
     Close(String),
+    /// Send this answer, then close the connection (a failed SASL authentication).
+    RespondAndClose(Vec<Bytes>, String),
 }
 
 /// A decoded request of an implemented API.
@@ -131,6 +141,10 @@ pub enum Request {
     DescribeAcls(DescribeAclsRequest),
     CreateAcls(CreateAclsRequest),
     DeleteAcls(DeleteAclsRequest),
+    SaslHandshake(SaslHandshakeRequest),
+    SaslAuthenticate(SaslAuthenticateRequest),
+    DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
+    AlterUserScramCredentials(AlterUserScramCredentialsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -211,15 +225,21 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DescribeAcls => decode!(DescribeAcls, DescribeAclsRequest),
         ApiKey::CreateAcls => decode!(CreateAcls, CreateAclsRequest),
         ApiKey::DeleteAcls => decode!(DeleteAcls, DeleteAclsRequest),
+        ApiKey::SaslHandshake => decode!(SaslHandshake, SaslHandshakeRequest),
+        ApiKey::SaslAuthenticate => decode!(SaslAuthenticate, SaslAuthenticateRequest),
+        ApiKey::DescribeUserScramCredentials => decode!(DescribeUserScramCredentials, DescribeUserScramCredentialsRequest),
+        ApiKey::AlterUserScramCredentials => decode!(AlterUserScramCredentials, AlterUserScramCredentialsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
     Ok(Parsed { key, version, correlation_id: header.correlation_id, client_id, request })
 }
 
-/// Handles one request frame (without its length prefix) from a client at `peer`. `turn`
-/// orders the produce requests of one connection, and its offset commits (see [`Turn`]).
-pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn: Option<Turn>) -> Outcome {
+/// Handles one request frame (without its length prefix) from `peer`. `turn` orders the
+/// produce requests of one connection, and its offset commits (see [`Turn`]). SaslHandshake
+/// and SaslAuthenticate of a SASL listener are the connection's ([`super::sasl`]); here they
+/// get ILLEGAL_SASL_STATE, as on a listener without SASL in Kafka.
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Option<Turn>) -> Outcome {
     let parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
@@ -231,14 +251,15 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
         turn.wait().await;
     }
     // Kafka reports the client host as "/<ip>".
-    let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.ip()) };
+    let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.addr.ip()) };
+    let listener = &peer.endpoint.address;
     let version = parsed.version;
     let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
-    let who = crate::agent::acl::Requester { principal: "User:ANONYMOUS", host: peer.ip() };
+    let who = crate::agent::acl::Requester { principal: &peer.principal, host: peer.addr.ip() };
     let access = acls::Access::new(&agent.authorizer, who, parsed.key);
     match parsed.request {
         Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
-        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client).await),
+        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client, listener).await),
         Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
         Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
         Request::DeleteRecords(r) => ctx.respond(&delete_records::handle(&agent, r).await),
@@ -247,15 +268,15 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
             None => Outcome::NoResponse,
         },
         Request::Fetch(r) => {
-            let answer = fetch::handle(&agent, version, r, peer).await;
+            let answer = fetch::handle(&agent, version, r, peer.addr).await;
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
         Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
         Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, version, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
-        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r)),
-        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r, &client)),
-        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r, &client)),
+        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r, listener)),
+        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r, &client, listener)),
+        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r, &client, listener)),
         Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
         Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),
         Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, r).await),
@@ -277,7 +298,16 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: SocketAddr, mut turn:
         Request::DescribeAcls(r) => ctx.respond(&acls::describe_acls(&agent, &access, r).await),
         Request::CreateAcls(r) => ctx.respond(&acls::create_acls(&agent, &access, r).await),
         Request::DeleteAcls(r) => ctx.respond(&acls::delete_acls(&agent, &access, r).await),
+        Request::SaslHandshake(_) => ctx.respond(&super::sasl::handshake_refused()),
+        Request::SaslAuthenticate(_) => ctx.respond(&super::sasl::authenticate_refused()),
+        Request::DescribeUserScramCredentials(r) => ctx.respond(&users::describe(&agent, r).await),
+        Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, r).await),
     }
+}
+
+/// A response to one request: the frame, or why it cannot be encoded.
+pub(crate) fn encode_response<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Outcome {
+    Ctx { key, version, correlation_id }.respond(body)
 }
 
 struct Ctx {
