@@ -103,10 +103,13 @@ class ServerStartError(AssertionError):
 
 
 class SidestreamServer:
-    def __init__(self, data_dir, log_path, extra_env=None):
+    def __init__(self, data_dir, log_path, extra_env=None, config=None):
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.extra_env = dict(extra_env or {})
+        # A configuration file (`serve --config`), for what the environment cannot set
+        # ([[listeners]]); the environment still wins over it.
+        self.config = config
         self.host = "127.0.0.1"
         self.port = None
         self.proc = None
@@ -164,7 +167,8 @@ class SidestreamServer:
                    % (self.starts, binary, self.bootstrap, self.data_dir)).encode())
         log.flush()
         try:
-            self.proc = subprocess.Popen([str(binary), "serve"], env=env, stdin=subprocess.DEVNULL,
+            args = [str(binary), "serve"] + (["--config", str(self.config)] if self.config else [])
+            self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, cwd=str(self.data_dir))
         finally:
             log.close()

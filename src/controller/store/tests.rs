@@ -486,7 +486,7 @@ fn acl_contract(s: &dyn MetadataStore) {
         operation: AclOperation::Alter,
         ..read.clone()
     };
-    s.alter_acls(&[cluster.clone()], &[read_denied.clone(), deny.clone(), read_denied]).unwrap();
+    s.alter_acls(std::slice::from_ref(&cluster), &[read_denied.clone(), deny.clone(), read_denied]).unwrap();
     let mut stored = s.acls().unwrap();
     stored.sort();
     let mut expect = vec![read, cluster];

@@ -7,7 +7,7 @@
 //! controller, which validates each binding (INVALID_REQUEST for that one); a code Kafka calls
 //! UNKNOWN (or one this build does not know) in a binding or a filter is INVALID_REQUEST.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_acls_request::AclCreation;
@@ -64,6 +64,12 @@ impl<'a> Access<'a> {
     /// Records a denial decided from quiet checks (alternatives that all failed).
     pub fn denied(&self, op: AclOperation, rt: ResourceType, name: &str) {
         self.authorizer.denied(self.who, &format!("{:?}", self.api), op, rt, name)
+    }
+
+    /// The names of `names` on which `op` is refused (each a checked, recorded denial): Kafka's
+    /// per-topic checks of a request's topics.
+    pub fn refused<'n>(&self, op: AclOperation, rt: ResourceType, names: impl IntoIterator<Item = &'n str>) -> HashSet<&'n str> {
+        names.into_iter().filter(|n| !self.check(op, rt, n)).collect()
     }
 
     /// `op` on the cluster resource.
