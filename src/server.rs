@@ -336,6 +336,13 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         interval: Duration::from_millis(config.controller.transaction_check_interval_ms),
     }
     .spawn(shutdown.clone());
+    let acl_settings = crate::agent::acl::AclSettings {
+        enabled: config.acl.enabled,
+        super_users: config.acl.super_users.clone(),
+        allow_if_no_acl: config.acl.allow_if_no_acl,
+    };
+    let acl_source = controller.clone();
+    let authorizer = crate::agent::acl::Authorizer::new(&acl_settings, move || acl_source.acls());
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,
@@ -357,6 +364,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             crate::agent::fetch_session::FETCH_SESSIONS_MAX,
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
         ),
+        authorizer,
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,

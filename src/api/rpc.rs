@@ -110,10 +110,14 @@ pub struct SnapshotReply {
     /// another value may have missed a swap and drops its cached extents.
     #[prost(uint64, tag = "4")]
     pub extents_replaced: u64,
+    /// The version of the controller's ACLs (`all_acls` call): an agent holding another version
+    /// loads them again. Absent from controllers without ACLs.
+    #[prost(uint64, optional, tag = "5")]
+    pub acls_version: Option<u64>,
 }
 
-/// Sent after commits and topic changes. `resync`: the agent missed events (or topics
-/// changed) and must take a fresh snapshot.
+/// Sent after commits, topic changes and ACL changes. `resync`: the agent missed events (or
+/// topics changed) and must take a fresh snapshot.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WatchEvent {
     #[prost(message, repeated, tag = "1")]
@@ -128,6 +132,9 @@ pub struct WatchEvent {
     /// the offsets they cover (the old ones point at objects that will be deleted).
     #[prost(message, repeated, tag = "4")]
     pub replaced: Vec<Extent>,
+    /// The ACLs changed: their new version (agents load them with the `all_acls` call).
+    #[prost(uint64, optional, tag = "5")]
+    pub acls_version: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -23,6 +23,9 @@
 //!   appended; agents wake long-polling fetches with it, answer read_committed fetches from it
 //!   and extend their index caches. A compaction swap sends the new extents (`replaced`), which
 //!   take the place of the cached ones they cover.
+//! - **ACLs.** Snapshots carry the version of the controller's ACLs, and an event carries the
+//!   new one after each CreateAcls/DeleteAcls: agents load the set again (`all_acls` call) when it
+//!   differs from theirs, so a change reaches every agent within one event's delivery.
 //! - **Calls.** Every call of the table ([`crate::api::calls`]) arrives as one `Call` RPC and is
 //!   answered by [`calls::dispatch`], as for an embedded controller; the service adds only what
 //!   concerns several agents: a commit's fencing and group commit, orphan collection that spares
@@ -560,7 +563,7 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
         let partitions: Vec<rpc::Partition> = touched.into_iter().filter_map(|(t, p)| partition_now(&controller, t, p)).collect();
         if !partitions.is_empty() {
             let extents = appended_extents(&controller, &partitions, &ends_before);
-            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false, extents, replaced: Vec::new() });
+            let _ = shared.events.send(rpc::WatchEvent { partitions, extents, ..Default::default() });
         }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
@@ -650,6 +653,7 @@ impl GrpcService for Service {
             topics: topics.iter().map(|t| rpc::topic_to(t)).collect(),
             partitions,
             extents_replaced: c.extents_replaced(),
+            acls_version: Some(c.acls().version),
         }))
     }
 
@@ -705,6 +709,10 @@ impl GrpcService for Service {
                 let reply = calls::dispatch(&c, call).await;
                 if topics_change && matches!(reply, Reply::CreateTopic(Ok(_)) | Reply::DeleteTopic(Ok(_))) {
                     let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
+                }
+                // Every agent loads the ACLs again (they compare versions: an unchanged set costs nothing).
+                if matches!(reply, Reply::CreateAcls(Ok(_)) | Reply::DeleteAcls(Ok(_))) {
+                    let _ = self.0.events.send(rpc::WatchEvent { acls_version: Some(c.acls().version), ..Default::default() });
                 }
                 // Log starts that moved reach every agent (their offsets and index caches).
                 let moved: Vec<(Uuid, i32)> = match (&reply, &call_partitions) {

@@ -22,6 +22,10 @@
 //!   watermark moves, so tail reads and repeated reads make no controller call. Deleted topics
 //!   and a moved log start invalidate; a new cluster id (another store) clears it all. Lookups
 //!   are counted by where they were answered (`sidestream_index_lookups_total{source}`).
+//! - **ACLs.** The controller's ACLs are held whole ([`ControllerClient::acls`]); snapshots and
+//!   `Watch` events announce their version, and the set is loaded again (`all_acls` call) when the
+//!   announced version differs from the one held (a failed load is retried at the next
+//!   heartbeat). The agent's own CreateAcls/DeleteAcls load it before answering.
 //! - **Live agents.** The registration and every heartbeat answer list the live agents in
 //!   cluster mode; [`ControllerClient::live_agents`] serves the last list.
 //! - **Fencing.** The agent registers for an epoch and heartbeats every third of its lease. A
@@ -49,6 +53,7 @@ use uuid::Uuid;
 
 use super::ControllerClient;
 use super::extent_cache::ExtentCache;
+use crate::api::acl::AclSet;
 use crate::api::calls::{self, Call, Reply};
 use crate::api::rpc::{self, GrpcClient};
 use crate::api::tls::{self, TlsFiles};
@@ -112,6 +117,10 @@ struct Inner {
     /// The controller's count of compaction swaps in the last snapshot (None: none taken yet).
     extents_replaced: Mutex<Option<u64>>,
     members: RwLock<Vec<LiveAgent>>,
+    /// The controller's ACLs as last loaded, and the latest version it announced (snapshot or
+    /// event): when the two differ the set is loaded again.
+    acls: RwLock<Arc<AclSet>>,
+    acls_announced: Mutex<Option<u64>>,
     /// Index lookups answered from `extents` / by the controller.
     lookups_cached: Arc<Counter>,
     lookups_remote: Arc<Counter>,
@@ -158,6 +167,8 @@ impl Remote {
             extents,
             extents_replaced: Mutex::new(None),
             members: RwLock::new(Vec::new()),
+            acls: RwLock::new(Arc::new(AclSet::default())),
+            acls_announced: Mutex::new(None),
             lookups_cached: lookups("cache"),
             lookups_remote: lookups("controller"),
             current: Mutex::new(first),
@@ -394,6 +405,35 @@ impl Remote {
         }
         *self.0.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
         self.0.commits.send_modify(|n| *n += 1);
+        if let Some(version) = snap.acls_version {
+            self.announce_acls(version);
+            self.sync_acls().await?;
+        }
+        Ok(())
+    }
+
+    /// The controller announced ACLs of `version`.
+    fn announce_acls(&self, version: u64) {
+        *self.0.acls_announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+    }
+
+    /// Loads the ACLs if the controller announced a version other than the one held.
+    async fn sync_acls(&self) -> Result<(), ControllerError> {
+        let announced = *self.0.acls_announced.lock().unwrap_or_else(|p| p.into_inner());
+        if announced.is_none_or(|v| v == self.acls().version) {
+            return Ok(());
+        }
+        self.load_acls().await
+    }
+
+    /// Loads the controller's ACLs (after a change this agent made, or one it was told of).
+    async fn load_acls(&self) -> Result<(), ControllerError> {
+        let set = match self.send(&Call::AllAcls {}).await? {
+            Reply::AllAcls(r) => r?,
+            other => return Err(ControllerError::InvalidRequest(format!("the controller answered {} to all_acls", other.name()))),
+        };
+        tracing::debug!(version = set.version, count = set.bindings.len(), "ACLs loaded from the controller");
+        *self.0.acls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(())
     }
 
@@ -515,12 +555,22 @@ impl Remote {
                             Ok(reply) => self.set_members(reply.members),
                             Err(e) => tracing::warn!(error = %e, "controller heartbeat failed"),
                         }
+                        // An ACL load that failed after an event is retried here.
+                        if let Err(e) = self.sync_acls().await {
+                            tracing::warn!(error = %e, "loading the ACLs from the controller failed");
+                        }
                     }
                     event = stream.message() => match event {
                         Ok(Some(event)) if event.resync => {
                             if let Err(e) = self.refresh().await {
                                 tracing::warn!(error = %e, "controller snapshot failed");
                                 break;
+                            }
+                        }
+                        Ok(Some(event)) if event.acls_version.is_some() => {
+                            self.announce_acls(event.acls_version.unwrap_or_default());
+                            if let Err(e) = self.sync_acls().await {
+                                tracing::warn!(error = %e, "loading the ACLs from the controller failed");
                             }
                         }
                         Ok(Some(event)) => {
@@ -587,6 +637,9 @@ impl ControllerClient for Remote {
     fn live_agents(&self) -> Vec<LiveAgent> {
         self.0.members.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+    fn acls(&self) -> Arc<AclSet> {
+        self.0.acls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 
     async fn call(&self, call: Call) -> Reply {
         let lookup = matches!(call, Call::FindExtents { .. } | Call::ExtentForTimestamp { .. } | Call::ExtentWithMaxTimestamp { .. });
@@ -601,6 +654,12 @@ impl ControllerClient for Remote {
         match self.send(&call).await {
             Ok(reply) => {
                 self.learn(&call, &reply, generation);
+                // This agent's own ACL change holds from its answer on (reads its own writes).
+                if matches!(reply, Reply::CreateAcls(Ok(_)) | Reply::DeleteAcls(Ok(_)))
+                    && let Err(e) = self.load_acls().await
+                {
+                    tracing::warn!(error = %e, "loading the ACLs from the controller failed");
+                }
                 reply
             }
             Err(e) => call.failed(e),
@@ -916,6 +975,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(other.find_extents(topic, 0, 1, 10).await.unwrap(), vec![new]);
+        stop.cancel();
+        svc.shutdown().await;
+    }
+
+    /// An ACL change made through one agent holds there at once and reaches the other agent
+    /// within a second or two (the `Watch` event announces the new version).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acl_changes_reach_every_agent() {
+        use crate::api::acl::{AclBinding, AclFilter, AclOperation, AclPermission, PatternType, ResourceType};
+        let (_dir, svc, remote, stop) = start().await;
+        let other = connect(&svc, 2, stop.clone()).await;
+        assert!(remote.acls().bindings.is_empty() && other.acls().bindings.is_empty());
+        let read = AclBinding {
+            resource_type: ResourceType::Topic,
+            resource_name: "t".into(),
+            pattern_type: PatternType::Literal,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: AclOperation::Read,
+            permission: AclPermission::Allow,
+        };
+        assert_eq!(remote.create_acls(vec![read.clone()]).await.unwrap(), vec![Ok(())]);
+        assert_eq!(remote.acls().bindings, vec![read.clone()], "the agent's own change, at once");
+        let t0 = std::time::Instant::now();
+        until("the other agent's ACLs", || other.acls().bindings == vec![read.clone()]).await;
+        assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+        assert_eq!(other.describe_acls(AclFilter::any()).await.unwrap(), vec![read.clone()]);
+
+        let deleted = other.delete_acls(vec![AclFilter { principal: Some("User:alice".into()), ..AclFilter::any() }]).await.unwrap();
+        assert_eq!(deleted, vec![Ok(vec![read])]);
+        assert!(other.acls().bindings.is_empty());
+        until("the first agent's ACLs", || remote.acls().bindings.is_empty()).await;
         stop.cancel();
         svc.shutdown().await;
     }
