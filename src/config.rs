@@ -979,6 +979,11 @@ impl Config {
         for p in &self.acl.super_users {
             if !p.contains(':') {
                 return Err(err("acl.super_users", format!("{p:?} is not a principal (User:name)")));
+            }
+        }
+        Ok(())
+    }
+
     /// The PEM files of `[controller] tls_*`, read and checked.
     pub fn controller_tls(&self) -> Result<TlsFiles, tls::PemError> {
         let c = &self.controller;
@@ -1024,7 +1029,6 @@ impl Config {
         Ok(())
     }
 
-    /// `host:port` that clients are told to connect to.
     /// Settings that work but are probably not what was meant, as sentences for the log.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
