@@ -15,7 +15,6 @@ README's Security section.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 from conftest import SidestreamServer, free_port  # noqa: E402
+from test_security import make_ca, make_cert  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -42,15 +42,9 @@ def peak_rss_mb(pid):
 
 
 def certificates(d):
-    def ssl(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", "/CN=bench-ca", "-keyout", "ca.key", "-out", "ca.pem")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", "server.key", "-out", "server.csr")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "san.ext", "-out", "server.pem")
+    """A CA and a server certificate for 127.0.0.1, made as the security tests make theirs."""
+    make_ca(d, "ca")
+    make_cert(d, "ca", "server", "/CN=localhost", "IP:127.0.0.1")
 
 
 def config(d, ports):
