@@ -5,6 +5,7 @@
 //!   enums, the typed methods the agent calls (`client.create_topic(..)`), the controller's
 //!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
 //! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
+//! - [`quota`]: client quotas (entities, keys, the set agents enforce, describe filters).
 //! - this file: topics, commits, extents, and [`ControllerError`].
 //!
 //! The agent (its Kafka handlers and its client of the controller) and the controller both
@@ -13,6 +14,7 @@
 pub mod calls;
 pub mod groups;
 pub mod jobs;
+pub mod quota;
 pub mod rpc;
 pub mod scram;
 pub mod serde_with;

@@ -110,6 +110,10 @@ pub struct SnapshotReply {
     /// another value may have missed a swap and drops its cached extents.
     #[prost(uint64, tag = "4")]
     pub extents_replaced: u64,
+    /// The version of the controller's client quotas (`all_client_quotas` call): an agent
+    /// holding another version loads them again. Absent from controllers without quotas.
+    #[prost(uint64, optional, tag = "6")]
+    pub quotas_version: Option<u64>,
 }
 
 /// Sent after commits and topic changes. `resync`: the agent missed events (or topics
@@ -128,6 +132,10 @@ pub struct WatchEvent {
     /// the offsets they cover (the old ones point at objects that will be deleted).
     #[prost(message, repeated, tag = "4")]
     pub replaced: Vec<Extent>,
+    /// The client quotas changed: their new version (agents load them with the
+    /// `all_client_quotas` call).
+    #[prost(uint64, optional, tag = "6")]
+    pub quotas_version: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -40,6 +40,9 @@
 //!   relearns them as agents register again (their first heartbeat to it is refused as unknown).
 //!   A node id is one live agent: registering it from another process at another address while
 //!   its lease runs is refused (a restart at the same address replaces the old process).
+//! - **Client quotas.** Snapshots carry the version of the controller's client quotas, and an
+//!   event carries the new one after each AlterClientQuotas: agents load the set again
+//!   (`all_client_quotas` call) when it differs from theirs.
 //!
 //! Must not touch: offset planning (in [`Controller`]), the wire format (in [`crate::api::rpc`]).
 
@@ -496,7 +499,7 @@ async fn run_group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<(CommitReq
         let partitions: Vec<rpc::Partition> = touched.into_iter().filter_map(|(t, p)| partition_now(&controller, t, p)).collect();
         if !partitions.is_empty() {
             let extents = appended_extents(&controller, &partitions, &ends_before);
-            let _ = shared.events.send(rpc::WatchEvent { partitions, resync: false, extents, replaced: Vec::new() });
+            let _ = shared.events.send(rpc::WatchEvent { partitions, extents, ..Default::default() });
         }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
@@ -586,6 +589,7 @@ impl GrpcService for Service {
             topics: topics.iter().map(|t| rpc::topic_to(t)).collect(),
             partitions,
             extents_replaced: c.extents_replaced(),
+            quotas_version: Some(c.client_quotas().version),
         }))
     }
 
@@ -628,6 +632,15 @@ impl GrpcService for Service {
                 Reply::TransactionsToFinish(ends) => Reply::TransactionsToFinish(ends.map(|ends| self.0.hand_out(ends))),
                 other => other,
             },
+            // Every agent loads the quotas again (an unchanged version costs nothing).
+            Call::AlterClientQuotas { alterations, validate_only } => {
+                let reply = calls::dispatch(&c, Call::AlterClientQuotas { alterations, validate_only }).await;
+                if !validate_only && matches!(reply, Reply::AlterClientQuotas(Ok(_))) {
+                    let version = Some(c.client_quotas().version);
+                    let _ = self.0.events.send(rpc::WatchEvent { quotas_version: version, ..Default::default() });
+                }
+                reply
+            }
             call => {
                 let call_partitions = match &call {
                     Call::DeleteRecords { partitions } => Some(partitions.iter().map(|(t, p, _)| (*t, *p)).collect::<Vec<_>>()),
