@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::tls::{self, TlsFiles};
+
 /// Every section of `proxy.toml`. Unknown keys are errors, so a typo never goes unnoticed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +465,14 @@ pub struct ControllerConfig {
     pub addresses: Vec<String>,
     /// Shared token: a controller with one refuses agents that do not present it.
     pub token: Option<Secret>,
+    /// PEM certificate chain. `sidestream controller`: serve gRPC over TLS with it. Remote
+    /// agents: the client certificate presented to controllers that require one (mTLS).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s). Remote agents: connect over TLS and verify the controller's
+    /// certificate with it. `sidestream controller`: require client certificates it signed.
+    pub tls_ca_file: Option<PathBuf>,
     /// PostgreSQL replicas: a standby takes over within this long after the active one died.
     pub failover_ms: u64,
     /// An agent that has not heartbeaten for this long is fenced (its commits are refused until
@@ -499,6 +509,9 @@ impl Default for ControllerConfig {
             metrics_listen: None,
             addresses: Vec::new(),
             token: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             failover_ms: 5_000,
             agent_lease_ms: 10_000,
             call_timeout_ms: 10_000,
@@ -704,10 +717,25 @@ fn is_tool_variable(var: &str) -> bool {
     TOOL_VARIABLES.contains(&var) || TOOL_PREFIXES.iter().any(|p| var.starts_with(p))
 }
 
+/// The command a configuration is for: `[controller]`'s TLS keys mean different things to each,
+/// and some rules hold for one only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `sidestream serve`: an agent (with an embedded or a remote controller).
+    Agent,
+    /// `sidestream controller`: a controller replica serving agents.
+    Controller,
+}
+
 impl Config {
     /// Loads `path` (or the built-in defaults when `None`), applies the `SIDESTREAM_*` variables
-    /// from `env`, validates and creates `data_dir`.
+    /// from `env`, validates for an agent and creates `data_dir`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        Self::load_for(Role::Agent, path, env)
+    }
+
+    /// [`Config::load`], validated for `role`.
+    pub fn load_for(role: Role, path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let file_name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
         let mut table: toml::Table = match path {
             None => toml::Table::new(),
@@ -743,7 +771,7 @@ impl Config {
             let reason = e.into_inner().message().to_string();
             ConfigError { source_name, key, reason }
         })?;
-        config.validate(&file_name).map_err(|mut e| {
+        config.validate(&file_name, role).map_err(|mut e| {
             if let Some((_, var)) = env_keys.iter().find(|(k, _)| *k == e.key) {
                 e.source_name = format!("environment variable {var}");
             }
@@ -752,7 +780,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+    fn validate(&self, source_name: &str, role: Role) -> Result<(), ConfigError> {
         let err = |key: &str, reason: String| ConfigError { source_name: source_name.to_string(), key: key.to_string(), reason };
         let range = |key: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi { Err(err(key, format!("{v} is outside {lo}..={hi}"))) } else { Ok(()) }
@@ -870,6 +898,7 @@ impl Config {
             parse_host_port(adv).map_err(|r| err("controller.advertised", r))?;
         }
         self.validate_security(source_name)?;
+        self.validate_link(role).map_err(|(key, reason)| err(&key, reason))?;
         self.object_store_url().map_err(|r| err("object_store.url", r))?;
         if !(0.0..=1.0).contains(&self.object_store.fault_error_rate) {
             return Err(err("object_store.fault_error_rate", "must be between 0.0 and 1.0".into()));
@@ -950,6 +979,51 @@ impl Config {
         for p in &self.acl.super_users {
             if !p.contains(':') {
                 return Err(err("acl.super_users", format!("{p:?} is not a principal (User:name)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The PEM files of `[controller] tls_*`, read and checked.
+    pub fn controller_tls(&self) -> Result<TlsFiles, tls::PemError> {
+        let c = &self.controller;
+        TlsFiles::load(c.tls_cert_file.as_deref(), c.tls_key_file.as_deref(), c.tls_ca_file.as_deref())
+    }
+
+    /// The link between agents and controllers: its PEM files, and what `role` needs of them
+    /// and of the token. Errors are (key, reason).
+    fn validate_link(&self, role: Role) -> Result<(), (String, String)> {
+        let c = &self.controller;
+        if c.token.as_ref().is_some_and(|t| t.0.is_empty()) {
+            return Err(("controller.token".into(), "is empty: set a secret, or remove the key".into()));
+        }
+        let tls = self.controller_tls().map_err(|e| (format!("controller.{}", e.key), e.to_string()))?;
+        match role {
+            Role::Agent if c.mode == ControllerMode::Remote => {
+                if tls.has_identity() && !tls.has_ca() {
+                    let reason = "an agent presents its certificate (mTLS) only over TLS, which needs tls_ca_file (the CA that verifies the controller)";
+                    return Err(("controller.tls_cert_file".into(), reason.into()));
+                }
+                if tls.has_ca() {
+                    for a in &c.addresses {
+                        let (host, _) = parse_host_port(a).map_err(|r| ("controller.addresses".to_string(), r))?;
+                        tls::check_server_name(&host).map_err(|r| ("controller.addresses".to_string(), r))?;
+                    }
+                }
+            }
+            Role::Agent => {}
+            Role::Controller => {
+                if tls.has_ca() && !tls.has_identity() {
+                    let reason = "requiring client certificates (mTLS) needs TLS: set tls_cert_file and tls_key_file too";
+                    return Err(("controller.tls_ca_file".into(), reason.into()));
+                }
+                if !c.listen.ip().is_loopback() && c.token.is_none() && !tls.has_identity() {
+                    let reason = format!(
+                        "{} is not a loopback address and the controller has neither TLS nor a token, so any host could act as an agent: set [controller] tls_cert_file and tls_key_file (TLS), or token, or both; or listen on a loopback address",
+                        c.listen
+                    );
+                    return Err(("controller.listen".into(), reason));
+                }
             }
         }
         Ok(())
@@ -1240,6 +1314,75 @@ mod tests {
         assert_eq!(cfg.agent.zone.as_deref(), Some("us-east-1a"));
         let e = Config::load(None, env(&[&remote[..], &[("SIDESTREAM_AGENT_ZONE", "a,b")]].concat())).unwrap_err();
         assert_eq!(e.key, "agent.zone");
+    }
+
+    #[test]
+    fn a_controller_beyond_loopback_needs_tls_or_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let load = |role, vars: &[(&str, &str)]| Config::load_for(role, None, env(&[&[("SIDESTREAM_AGENT_DATA_DIR", d)], vars].concat()));
+        load(Role::Controller, &[]).unwrap();
+        load(Role::Controller, &[("SIDESTREAM_CONTROLLER_LISTEN", "[::1]:9093")]).unwrap();
+        for listen in ["0.0.0.0:9093", "[::]:9093", "10.1.2.3:9093"] {
+            let e = load(Role::Controller, &[("SIDESTREAM_CONTROLLER_LISTEN", listen)]).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.source_name.as_str()),
+                ("controller.listen", "environment variable SIDESTREAM_CONTROLLER_LISTEN")
+            );
+            assert!(e.reason.contains("tls_cert_file and tls_key_file") && e.reason.contains("token"), "{e}");
+        }
+        load(Role::Controller, &[("SIDESTREAM_CONTROLLER_LISTEN", "0.0.0.0:9093"), ("SIDESTREAM_CONTROLLER_TOKEN", "t")]).unwrap();
+        // The rule is the controller's: an agent does not listen on [controller] listen.
+        load(Role::Agent, &[("SIDESTREAM_CONTROLLER_LISTEN", "0.0.0.0:9093")]).unwrap();
+        let e = load(Role::Agent, &[("SIDESTREAM_CONTROLLER_TOKEN", "")]).unwrap_err();
+        assert_eq!(e.key, "controller.token");
+    }
+
+    #[test]
+    fn tls_files_are_checked_for_what_each_role_does_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let tls = dir.path().join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        if crate::api::tls::testing::openssl_files(&tls).is_none() {
+            eprintln!("openssl not available: skipped");
+            return;
+        }
+        let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
+        let (server, server_key, client, client_key, ca) =
+            (file("server.pem"), file("server.key"), file("client.pem"), file("client.key"), file("ca.pem"));
+        let load = |role, vars: &[(&str, &str)]| Config::load_for(role, None, env(&[&[("SIDESTREAM_AGENT_DATA_DIR", d)], vars].concat()));
+        fn identity<'a>(cert: &'a str, key: &'a str) -> [(&'static str, &'a str); 2] {
+            [("SIDESTREAM_CONTROLLER_TLS_CERT_FILE", cert), ("SIDESTREAM_CONTROLLER_TLS_KEY_FILE", key)]
+        }
+        let with_ca = [("SIDESTREAM_CONTROLLER_TLS_CA_FILE", ca.as_str())];
+        let remote = [("SIDESTREAM_CONTROLLER_MODE", "remote"), ("SIDESTREAM_CONTROLLER_ADDRESSES", "127.0.0.1:9093")];
+
+        // A controller over TLS beyond loopback, with mTLS; an agent with its CA and client certificate.
+        let open = [("SIDESTREAM_CONTROLLER_LISTEN", "0.0.0.0:9093")];
+        let cfg = load(Role::Controller, &[&open[..], &identity(&server, &server_key), &with_ca].concat()).unwrap();
+        assert_eq!(cfg.controller.tls_cert_file.as_deref(), Some(tls.join("server.pem").as_path()));
+        assert!(cfg.controller_tls().unwrap().server().is_some());
+        let cfg = load(Role::Agent, &[&remote[..], &identity(&client, &client_key), &with_ca].concat()).unwrap();
+        assert!(cfg.controller_tls().unwrap().client().is_some());
+
+        // A file that is not there: the variable, the key and the file.
+        let e = load(Role::Controller, &identity("/nonexistent/c.pem", &server_key)).unwrap_err();
+        assert_eq!(e.source_name, "environment variable SIDESTREAM_CONTROLLER_TLS_CERT_FILE");
+        assert_eq!(e.key, "controller.tls_cert_file");
+        assert!(e.reason.contains("/nonexistent/c.pem") && e.reason.contains("cannot read"), "{e}");
+        let e = load(Role::Controller, &identity(&server, &client_key)).unwrap_err();
+        assert_eq!(e.key, "controller.tls_key_file");
+        // A client certificate without a CA (the agent would not use TLS); a controller's CA
+        // without its own certificate (it would not serve TLS).
+        let e = load(Role::Agent, &[&remote[..], &identity(&client, &client_key)].concat()).unwrap_err();
+        assert!(e.key == "controller.tls_cert_file" && e.reason.contains("tls_ca_file"), "{e}");
+        let e = load(Role::Controller, &with_ca).unwrap_err();
+        assert!(e.key == "controller.tls_ca_file" && e.reason.contains("tls_cert_file"), "{e}");
+        // Over TLS, every address's host must be a name or an IP a certificate can carry.
+        let bad_host = [("SIDESTREAM_CONTROLLER_MODE", "remote"), ("SIDESTREAM_CONTROLLER_ADDRESSES", "bad host:9093")];
+        let e = load(Role::Agent, &[&bad_host[..], &with_ca].concat()).unwrap_err();
+        assert_eq!(e.key, "controller.addresses");
     }
 
     #[test]

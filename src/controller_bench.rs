@@ -46,6 +46,7 @@ pub async fn run(s: &BenchSettings) -> Result<BenchReport, String> {
             store: s.store.clone(),
             store_settings: crate::controller::store::StoreSettings::default(),
             token: None,
+            tls: Default::default(),
             failover_ms: 5_000,
             agent_lease_ms: 60_000,
             topics: TopicsConfig::default(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sidestream::config::{Config, LogFormat};
+use sidestream::config::{Config, LogFormat, Role};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -235,7 +235,7 @@ fn controller_bench(stores: Vec<String>, agents: Vec<usize>, seconds: u64, parti
 }
 
 fn controller(config_path: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+    let config = match Config::load_for(Role::Controller, config_path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sidestream controller: bad configuration: {e}");
@@ -324,7 +324,15 @@ fn banner(config: &Config) {
             let store = config.controller.store.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("controller.db").display()));
             format!("embedded on {}", redact(&store))
         }
-        sidestream::config::ControllerMode::Remote => format!("remote at {}", config.controller.addresses.join(",")),
+        sidestream::config::ControllerMode::Remote => {
+            let c = &config.controller;
+            let link = match (&c.tls_ca_file, &c.tls_cert_file) {
+                (None, _) => "plaintext",
+                (Some(_), None) => "TLS",
+                (Some(_), Some(_)) => "mTLS",
+            };
+            format!("remote at {} ({link})", c.addresses.join(","))
+        }
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -97,6 +97,7 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         store: config.store_url().map_err(ServerError::Config)?,
         store_settings: StoreSettings::from(c),
         token: c.token.as_ref().map(|t| t.0.clone()),
+        tls: config.controller_tls().map_err(|e| ServerError::Config(format!("[controller] {}: {e}", e.key)))?,
         failover_ms: c.failover_ms,
         agent_lease_ms: c.agent_lease_ms,
         topics: config.topics.clone(),
@@ -335,6 +336,13 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         interval: Duration::from_millis(config.controller.transaction_check_interval_ms),
     }
     .spawn(shutdown.clone());
+    let acl_settings = crate::agent::acl::AclSettings {
+        enabled: config.acl.enabled,
+        super_users: config.acl.super_users.clone(),
+        allow_if_no_acl: config.acl.allow_if_no_acl,
+    };
+    let acl_source = controller.clone();
+    let authorizer = crate::agent::acl::Authorizer::new(&acl_settings, move || acl_source.acls());
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,
@@ -360,6 +368,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             crate::agent::fetch_session::FETCH_SESSIONS_MAX,
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
         ),
+        authorizer,
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,
@@ -451,6 +460,7 @@ async fn open_controller(
         let settings = RemoteSettings {
             addresses: config.controller.addresses.clone(),
             token: config.controller.token.as_ref().map(|t| t.0.clone()),
+            tls: config.controller_tls().map_err(|e| ServerError::Config(format!("[controller] {}: {e}", e.key)))?,
             agent: format!("agent-{}", config.agent.node_id),
             call_deadline: Duration::from_millis(config.controller.call_timeout_ms),
             connect_timeout: Duration::from_millis(config.controller.call_timeout_ms.min(2_000)),

@@ -14,10 +14,12 @@
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
 //! - [`jobs`]: background jobs leased from the controller: retention, the object collector.
 //! - [`cluster`]: which broker clients are told leads each partition (sidecar or cluster mode).
+//! - [`acl`]: the authorizer: Kafka's ACL rules over the controller's ACLs.
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
 
+pub mod acl;
 pub mod cache;
 pub mod client;
 pub mod cluster;
@@ -76,6 +78,8 @@ pub struct Agent {
     pub txn_unflushed: txn::UnflushedProducers,
     /// Fetch sessions (KIP-227) of the agent's consumers.
     pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
+    /// Decides every request from the controller's ACLs (`[acl]`).
+    pub authorizer: acl::Authorizer,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the

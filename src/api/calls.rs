@@ -36,6 +36,7 @@ pub mod prelude {
 
     pub use uuid::Uuid;
 
+    pub use crate::api::acl::{AclBinding, AclFilter, AclSet};
     pub use crate::api::groups::{
         CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
         SyncRequest, SyncResponse, TopicPartition, consumer,
@@ -88,6 +89,11 @@ macro_rules! for_each_call {
             [now] DescribeTransaction describe_transaction(transactional_id: String) -> Result<Option<TxnDescription>, ControllerError>;
             [now] PendingTxnOffsets pending_txn_offsets(group_id: String) -> Result<Vec<TopicPartition>, ControllerError>;
             [now] ListTransactions list_transactions(states: Vec<String>, producer_ids: Vec<i64>, min_duration_ms: i64) -> Result<Vec<TxnDescription>, ControllerError>;
+            // ACLs (controller::acls): the set agents authorize from, and the ACL APIs.
+            [now] AllAcls all_acls() -> Result<AclSet, ControllerError>;
+            [now] DescribeAcls describe_acls(filter: AclFilter) -> Result<Vec<AclBinding>, ControllerError>;
+            [blocking] CreateAcls create_acls(bindings: Vec<AclBinding>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            [blocking] DeleteAcls delete_acls(filters: Vec<AclFilter>) -> Result<Vec<Result<Vec<AclBinding>, ControllerError>>, ControllerError>;
             // Consumer groups (controller::groups).
             [wait] JoinGroup join_group(req: JoinRequest) -> JoinResponse;
             [wait] SyncGroup sync_group(req: SyncRequest) -> Result<SyncResponse, GroupError>;

@@ -5,12 +5,15 @@
 //!   enums, the typed methods the agent calls (`client.create_topic(..)`), the controller's
 //!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
 //! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
+//! - [`acl`]: ACL bindings, filters and the controller's set of them (Kafka's model).
 //! - [`quota`]: client quotas (entities, keys, the set agents enforce, describe filters).
+//! - [`rpc`]: the gRPC wire; [`tls`]: its TLS (the PEM files, checked, as tonic's settings).
 //! - this file: topics, commits, extents, and [`ControllerError`].
 //!
 //! The agent (its Kafka handlers and its client of the controller) and the controller both
 //! import this module; it imports only [`crate::format`]. Must not touch: logic of either side.
 
+pub mod acl;
 pub mod calls;
 pub mod groups;
 pub mod jobs;
@@ -18,6 +21,7 @@ pub mod quota;
 pub mod rpc;
 pub mod scram;
 pub mod serde_with;
+pub mod tls;
 pub mod txn;
 
 use std::collections::BTreeMap;

@@ -110,14 +110,18 @@ pub struct SnapshotReply {
     /// another value may have missed a swap and drops its cached extents.
     #[prost(uint64, tag = "4")]
     pub extents_replaced: u64,
+    /// The version of the controller's ACLs (`all_acls` call): an agent holding another version
+    /// loads them again. Absent from controllers without ACLs.
+    #[prost(uint64, optional, tag = "5")]
+    pub acls_version: Option<u64>,
     /// The version of the controller's client quotas (`all_client_quotas` call): an agent
     /// holding another version loads them again. Absent from controllers without quotas.
     #[prost(uint64, optional, tag = "6")]
     pub quotas_version: Option<u64>,
 }
 
-/// Sent after commits and topic changes. `resync`: the agent missed events (or topics
-/// changed) and must take a fresh snapshot.
+/// Sent after commits, topic changes and ACL changes. `resync`: the agent missed events (or
+/// topics changed) and must take a fresh snapshot.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WatchEvent {
     #[prost(message, repeated, tag = "1")]
@@ -132,6 +136,9 @@ pub struct WatchEvent {
     /// the offsets they cover (the old ones point at objects that will be deleted).
     #[prost(message, repeated, tag = "4")]
     pub replaced: Vec<Extent>,
+    /// The ACLs changed: their new version (agents load them with the `all_acls` call).
+    #[prost(uint64, optional, tag = "5")]
+    pub acls_version: Option<u64>,
     /// The client quotas changed: their new version (agents load them with the
     /// `all_client_quotas` call).
     #[prost(uint64, optional, tag = "6")]
@@ -304,12 +311,30 @@ pub fn status_from_error(e: &ControllerError) -> tonic::Status {
     tonic::Status::with_details(code, e.to_string(), details.into())
 }
 
-/// Back from a status; one without our details is a transport or server failure (retriable).
+/// Back from a status; one without our details is a transport or server failure (retriable),
+/// named with its causes ("transport error" alone says little).
 pub fn error_from_status(s: &tonic::Status) -> ControllerError {
     match serde_json::from_slice::<ControllerError>(s.details()) {
         Ok(e) => e,
-        Err(_) => ControllerError::Unavailable(format!("controller: {}: {}", s.code(), s.message())),
+        Err(_) => {
+            let causes = std::error::Error::source(s).map(|e| format!(" ({})", error_chain(e))).unwrap_or_default();
+            ControllerError::Unavailable(format!("controller: {}: {}{causes}", s.code(), s.message()))
+        }
     }
+}
+
+/// An error and its sources as one line, each said once (layers often repeat their source).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

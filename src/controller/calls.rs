@@ -207,6 +207,19 @@ impl Answer for Controller {
         Ok(Controller::list_transactions(self, &states, &producer_ids, min_duration_ms))
     }
 
+    fn all_acls(&self) -> Result<AclSet, ControllerError> {
+        Ok(AclSet::clone(&Controller::acls(self)))
+    }
+    fn describe_acls(&self, filter: AclFilter) -> Result<Vec<AclBinding>, ControllerError> {
+        Ok(Controller::describe_acls(self, &filter))
+    }
+    fn create_acls(&self, bindings: Vec<AclBinding>) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        Controller::create_acls(self, &bindings)
+    }
+    fn delete_acls(&self, filters: Vec<AclFilter>) -> Result<Vec<Result<Vec<AclBinding>, ControllerError>>, ControllerError> {
+        Controller::delete_acls(self, &filters)
+    }
+
     fn join_group(&self, req: JoinRequest) -> Waiting<JoinResponse> {
         let groups = self.groups().clone();
         Box::pin(async move { groups.join(req).await })

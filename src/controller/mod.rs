@@ -12,6 +12,7 @@
 //!
 //! Must not touch: Kafka wire types, object bytes (it records byte ranges, never reads them).
 
+pub mod acls;
 pub mod calls;
 pub mod groups;
 pub mod log;
@@ -188,6 +189,10 @@ pub struct Controller {
     /// `[controller] object_commit_window_ms`: keys older than this are never committed, and
     /// orphan marks are kept this long.
     commit_window_ms: i64,
+    /// Every ACL, replaced whole on each change ([`acls`]); its version starts at a random value.
+    acls: RwLock<Arc<crate::api::acl::AclSet>>,
+    /// Serializes ACL changes (store, then memory), apart from the commits' `write_lock`.
+    acl_write: Mutex<()>,
 }
 
 /// Kafka's topic configuration names; anything else is INVALID_CONFIG, as in Kafka.
@@ -315,8 +320,13 @@ impl Controller {
         let quotas = quotas::Quotas::load(store.as_ref())?;
         let groups =
             GroupCoordinator::open(store.clone(), Arc::new(TopicView(state.clone())), clock.clone(), entropy.clone(), group_settings)?;
+        let mut bindings = store.acls()?;
+        bindings.sort();
+        let acls = crate::api::acl::AclSet { version: entropy.next_u64(), bindings };
         let now = clock.now_ms();
         Ok(Self {
+            acls: RwLock::new(Arc::new(acls)),
+            acl_write: Mutex::new(()),
             leases: Mutex::new(retention::JobLeases::new(retention::DEFAULT_JOB_LEASE_MS, now, now.max(0) as u64)),
             storage: Mutex::new(None),
             commit_window_ms: store::DEFAULT_COMMIT_WINDOW_MS,

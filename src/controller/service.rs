@@ -23,6 +23,9 @@
 //!   appended; agents wake long-polling fetches with it, answer read_committed fetches from it
 //!   and extend their index caches. A compaction swap sends the new extents (`replaced`), which
 //!   take the place of the cached ones they cover.
+//! - **ACLs.** Snapshots carry the version of the controller's ACLs, and an event carries the
+//!   new one after each CreateAcls/DeleteAcls: agents load the set again (`all_acls` call) when it
+//!   differs from theirs, so a change reaches every agent within one event's delivery.
 //! - **Calls.** Every call of the table ([`crate::api::calls`]) arrives as one `Call` RPC and is
 //!   answered by [`calls::dispatch`], as for an embedded controller; the service adds only what
 //!   concerns several agents: a commit's fencing and group commit, orphan collection that spares
@@ -43,6 +46,12 @@
 //! - **Client quotas.** Snapshots carry the version of the controller's client quotas, and an
 //!   event carries the new one after each AlterClientQuotas: agents load the set again
 //!   (`all_client_quotas` call) when it differs from theirs.
+//!
+//! - **The link.** With `[controller] tls_cert_file`/`tls_key_file` the service speaks gRPC
+//!   over TLS, and with `tls_ca_file` it requires client certificates that CA signed (mTLS;
+//!   [`crate::api::tls`]). With a token, every call must carry it; it is compared in constant
+//!   time, and refusals are counted (`sidestream_controller_auth_failures_total`) and logged at
+//!   most once a minute per peer address, never with what was presented.
 //!
 //! Must not touch: offset planning (in [`Controller`]), the wire format (in [`crate::api::rpc`]).
 
@@ -66,10 +75,12 @@ use super::txn::MARKER_RETRY_MS;
 use super::{Controller, GROUP_COMMIT_OBJECTS_MAX};
 use crate::api::calls::{self as wire, Call, Reply};
 use crate::api::rpc::{self, GrpcServer, GrpcService};
+use crate::api::tls::TlsFiles;
 use crate::api::txn::TxnEnd;
 use crate::api::{CommitRequest, ControllerError};
 use crate::clock::{Clock, Entropy};
 use crate::config::{GroupsConfig, StoreUrl, TopicsConfig};
+use crate::failures::{LOG_INTERVAL, RateLimitedLog};
 
 /// Commits waiting for the group-commit task; callers wait when it is full.
 const COMMIT_QUEUE_MAX: usize = 4096;
@@ -92,6 +103,8 @@ pub enum ServiceError {
     Controller(#[from] ControllerError),
     #[error("gRPC server: {0}")]
     Transport(String),
+    #[error("TLS ([controller] tls_cert_file, tls_key_file, tls_ca_file): {0}")]
+    Tls(String),
 }
 
 /// What the service needs, as data.
@@ -104,6 +117,8 @@ pub struct ServiceSettings {
     /// Connections and timeouts of the store.
     pub store_settings: StoreSettings,
     pub token: Option<String>,
+    /// With an identity: serve over TLS; with a CA too: require client certificates.
+    pub tls: TlsFiles,
     pub failover_ms: u64,
     pub agent_lease_ms: u64,
     pub topics: TopicsConfig,
@@ -214,6 +229,15 @@ impl RunningService {
 
 /// Opens the store, binds `listen` and serves until [`RunningService::shutdown`].
 pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Result<RunningService, ServiceError> {
+    // TLS first: a certificate the server cannot use stops the start before anything runs.
+    let mut builder = tonic::transport::Server::builder();
+    let tls = match settings.tls.server() {
+        Some(config) => {
+            builder = builder.tls_config(config).map_err(|e| ServiceError::Tls(rpc::error_chain(&e)))?;
+            if settings.tls.has_ca() { "mutual" } else { "on" }
+        }
+        None => "off",
+    };
     let (url, store_settings) = (settings.store.clone(), settings.store_settings);
     let (store, pg) = tokio::task::spawn_blocking(move || super::store::open(&url, &store_settings))
         .await
@@ -244,31 +268,74 @@ pub async fn start(settings: ServiceSettings, clock: Arc<dyn Clock>, entropy: Ar
     if shared.pg.is_some() {
         tokio::spawn(run_lease(shared.clone(), shutdown.clone()));
     }
-    let token = shared.settings.token.clone();
+    let tokens = Arc::new(TokenCheck::new(shared.settings.token.clone()));
     let service = GrpcServer::new(Service(shared.clone()))
         .max_decoding_message_size(rpc::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(rpc::MESSAGE_BYTES_MAX);
     let service = tonic::service::interceptor::InterceptedService::new(service, move |req: Request<()>| {
-        check_token(token.as_deref(), &req)?;
+        tokens.check(&req)?;
         Ok(req)
     });
     let stop = shutdown.clone();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
             .add_service(service)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop.cancelled_owned()),
     );
-    tracing::info!(%local_addr, "controller service listening");
+    tracing::info!(%local_addr, tls, token = shared.settings.token.is_some(), "controller service listening");
     Ok(RunningService { local_addr, shared, shutdown, server })
 }
 
-fn check_token(token: Option<&str>, req: &Request<()>) -> Result<(), Status> {
-    let Some(want) = token else { return Ok(()) };
-    match req.metadata().get(rpc::TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(got) if got == want => Ok(()),
-        _ => Err(Status::unauthenticated("missing or wrong controller token")),
+/// The token every call must carry (when one is set), and what is done about calls without it.
+struct TokenCheck {
+    token: Option<String>,
+    /// One line per peer address per [`LOG_INTERVAL`].
+    log: RateLimitedLog,
+    failures: Arc<crate::metrics::Counter>,
+}
+
+impl TokenCheck {
+    fn new(token: Option<String>) -> Self {
+        let failures = crate::metrics::counter(
+            "sidestream_controller_auth_failures_total",
+            "Calls refused for a missing or wrong [controller] token.",
+            &[],
+        );
+        TokenCheck { token, log: RateLimitedLog::new(LOG_INTERVAL), failures }
     }
+
+    fn check(&self, req: &Request<()>) -> Result<(), Status> {
+        let Some(want) = &self.token else { return Ok(()) };
+        let got = req.metadata().get(rpc::TOKEN_HEADER).map(|v| v.as_bytes());
+        if got.is_some_and(|got| same_secret(want.as_bytes(), got)) {
+            return Ok(());
+        }
+        self.failures.inc();
+        let peer = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        if let Some(suppressed) = self.log.allow(&peer, std::time::Instant::now()) {
+            let reason = if got.is_some() { "wrong token" } else { "no token" };
+            tracing::warn!(
+                peer,
+                reason,
+                suppressed,
+                "refused a call with a missing or wrong controller token (logged once a minute per peer address)"
+            );
+        }
+        Err(Status::unauthenticated("missing or wrong controller token"))
+    }
+}
+
+/// Whether `got` equals `want`, in a time that depends on `want`'s length only: how much of a
+/// guess is right does not show in how long the answer takes.
+fn same_secret(want: &[u8], got: &[u8]) -> bool {
+    let mut diff = u8::from(want.len() != got.len());
+    for (i, w) in want.iter().enumerate() {
+        // Past `got`'s end, compare with 0 (the lengths already differ): the loop always runs
+        // over all of `want`.
+        diff = std::hint::black_box(diff | (w ^ got.get(i).copied().unwrap_or(0)));
+    }
+    diff == 0
 }
 
 impl Shared {
@@ -589,6 +656,7 @@ impl GrpcService for Service {
             topics: topics.iter().map(|t| rpc::topic_to(t)).collect(),
             partitions,
             extents_replaced: c.extents_replaced(),
+            acls_version: Some(c.acls().version),
             quotas_version: Some(c.client_quotas().version),
         }))
     }
@@ -654,6 +722,10 @@ impl GrpcService for Service {
                 let reply = calls::dispatch(&c, call).await;
                 if topics_change && matches!(reply, Reply::CreateTopic(Ok(_)) | Reply::DeleteTopic(Ok(_))) {
                     let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
+                }
+                // Every agent loads the ACLs again (they compare versions: an unchanged set costs nothing).
+                if matches!(reply, Reply::CreateAcls(Ok(_)) | Reply::DeleteAcls(Ok(_))) {
+                    let _ = self.0.events.send(rpc::WatchEvent { acls_version: Some(c.acls().version), ..Default::default() });
                 }
                 // Log starts that moved reach every agent (their offsets and index caches).
                 let moved: Vec<(Uuid, i32)> = match (&reply, &call_partitions) {
@@ -741,6 +813,35 @@ mod tests {
     use super::*;
     use crate::clock::{SeededEntropy, SystemClock};
 
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(same_secret(b"change-me", b"change-me"));
+        assert!(same_secret(b"", b""));
+        for wrong in [&b"change-mE"[..], b"change-m", b"change-me!", b"", b"Change-me"] {
+            assert!(!same_secret(b"change-me", wrong), "{:?}", String::from_utf8_lossy(wrong));
+        }
+        assert!(!same_secret(b"", b"x"));
+    }
+
+    #[test]
+    fn token_refusals_are_counted() {
+        let check = TokenCheck::new(Some("s3cret".into()));
+        let with = |token: Option<&str>| {
+            let mut req = Request::new(());
+            if let Some(t) = token {
+                req.metadata_mut().insert(rpc::TOKEN_HEADER, t.parse().unwrap());
+            }
+            req
+        };
+        let before = check.failures.get();
+        check.check(&with(Some("s3cret"))).unwrap();
+        assert_eq!(check.check(&with(Some("guess"))).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(check.check(&with(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        // The counter is shared with other tests of this process: it grew by at least these two.
+        assert!(check.failures.get() >= before + 2);
+        TokenCheck::new(None).check(&with(None)).unwrap();
+    }
+
     fn member(node_id: i32, port: i32, cluster_mode: bool) -> rpc::Member {
         rpc::Member { node_id, host: "127.0.0.1".into(), port, zone: Some("z".into()), cluster_mode, listeners: Vec::new() }
     }
@@ -754,6 +855,7 @@ mod tests {
             store: StoreUrl::Sqlite(dir.path().join("c.db")),
             store_settings: StoreSettings::default(),
             token: None,
+            tls: TlsFiles::default(),
             failover_ms: 5000,
             agent_lease_ms: 10_000,
             topics: TopicsConfig::default(),

@@ -1,7 +1,10 @@
 //! The Kafka wire: everything between a TCP socket and the agent.
 //!
 //! - [`frame`]: length-prefixed frames, bounded before anything is allocated.
-//! - [`connection`]: the accept loop and one pipelined connection (requests read ahead, answers
+//! - [`listener`]: a listener's protocol and advertised address; a connection's [`listener::Peer`]
+//!   (address, listener, principal).
+//! - [`tls`], [`sasl`]: what secures a connection before its first request is served.
+//! - [`connection`]: the accept loops and one pipelined connection (requests read ahead, answers
 //!   written in request order).
 //! - [`handlers`]: header decoding, the API version table, one `match` on the API key, and one
 //!   file per API family.

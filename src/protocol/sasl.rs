@@ -318,6 +318,14 @@ fn server_nonce() -> String {
     B64.encode(bytes)
 }
 
+/// Every token parser on `token` (the fuzz target `auth_tokens`): each refuses or accepts.
+pub fn parse_any_token(token: &[u8]) {
+    let _ = ClientFirst::parse(token);
+    let _ = parse_plain(token);
+    let credential = ScramCredential::from_salted_password(ScramMechanism::Sha256, b"salt".to_vec(), &[0u8; 32], 4096);
+    let _ = scram_final(token, "n,,", "nonce", "n=user,r=nonce", &credential);
+}
+
 // ---- Kafka messages
 
 /// SaslHandshake on a listener without SASL (Kafka: ILLEGAL_SASL_STATE).
@@ -342,8 +350,8 @@ pub enum Next {
     Close(String),
 }
 
-/// Answers a SaslHandshake (`key` 17) or SaslAuthenticate (36) request of version `version`
-/// with `body` decoded; `raw` is set when a v0 handshake makes the next tokens bare frames.
+/// Answers a SaslHandshake or SaslAuthenticate request: the response to send, and what the
+/// connection does next.
 pub async fn answer(sasl: &mut Sasl, controller: &dyn ControllerClient, request: SaslRequest) -> (Option<AnyResponse>, Next) {
     match request {
         SaslRequest::Handshake { mechanism } => match sasl.handshake(&mechanism) {
@@ -518,6 +526,26 @@ mod tests {
         assert!(parse_plain(b"\0alice").is_err());
         assert!(parse_plain(b"\0alice\0pw\0x").is_err());
         assert!(parse_plain(b"\0\0pw").is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Arbitrary tokens never panic a parser; they are refused or parsed.
+        #[test]
+        fn arbitrary_tokens_never_panic(token in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = ClientFirst::parse(&token);
+            let _ = parse_plain(&token);
+            let cred = credential(ScramMechanism::Sha256);
+            let _ = scram_final(&token, "n,,", "abc", "n=a,r=abc", &cred);
+        }
+
+        /// SCRAM-shaped tokens with arbitrary attribute values never panic either.
+        #[test]
+        fn scram_shaped_tokens_never_panic(user in "[a-z=,]{0,8}", nonce in "[ -~]{0,12}", proof in "[A-Za-z0-9+/=]{0,90}") {
+            let _ = ClientFirst::parse(format!("n,,n={user},r={nonce}").as_bytes());
+            let cred = credential(ScramMechanism::Sha512);
+            let _ = scram_final(format!("c=biws,r={nonce},p={proof}").as_bytes(), "n,,", &nonce, "x", &cred);
+        }
     }
 
     #[test]

@@ -107,7 +107,8 @@ class SidestreamServer:
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.extra_env = dict(extra_env or {})
-        # proxy.toml text (`serve --config`), for what variables cannot say ([[listeners]]).
+        # proxy.toml (`serve --config`), for what variables cannot say ([[listeners]]): its text,
+        # or a Path to a file. The environment still wins over it.
         self.config = config
         self.host = "127.0.0.1"
         self.port = None
@@ -166,7 +167,9 @@ class SidestreamServer:
                    % (self.starts, binary, self.bootstrap, self.data_dir)).encode())
         log.flush()
         args = [str(binary), "serve"]
-        if self.config is not None:
+        if isinstance(self.config, Path):
+            args += ["--config", str(self.config)]
+        elif self.config is not None:
             path = self.data_dir.parent / "proxy.toml"
             path.write_text(self.config)
             args += ["--config", str(path)]

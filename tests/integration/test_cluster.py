@@ -32,7 +32,8 @@ TOKEN = "cluster-test-token"
 
 
 class ControllerProcess:
-    """`sidestream controller` on a free port, log captured, killed at the end."""
+    """`sidestream controller` on a free port, log captured, killed at the end. `extra_env`
+    overrides the environment; a value None removes the variable (e.g. the token)."""
 
     def __init__(self, tmp_path, name, store, extra_env=None):
         self.name = name
@@ -57,7 +58,11 @@ class ControllerProcess:
             "SIDESTREAM_AGENT_DATA_DIR": str(self.data_dir),
             "RUST_BACKTRACE": "1",
         })
-        env.update(self.extra_env)
+        for k, v in self.extra_env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(binary_path()), "controller"], env=env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=str(self.data_dir))

@@ -27,6 +27,7 @@ RATE = 200_000
 # rate; measured over a window and a half sample it gets the rate.
 MEASURE_S = 10.5
 INVALID_REQUEST = 42
+CLUSTER_AUTHORIZATION_FAILED = 31
 THROTTLING_QUOTA_EXCEEDED = 89
 MATCH_EXACT, MATCH_DEFAULT, MATCH_ANY = 0, 1, 2
 
@@ -307,3 +308,48 @@ def test_controller_mutation_rate_refuses_topic_changes_over_it(server):
     # Other clients are not limited.
     assert create("someone-else", server, "mut-d-" + suffix, 20, 7) == (0, 0)
     assert throttle_total(server, "controller_mutation") > 0
+
+
+def test_quota_apis_need_the_cluster_and_user_quotas_follow_the_sasl_principal(tmp_path_factory):
+    """With ACLs on: a SASL user without DESCRIBE_CONFIGS / ALTER_CONFIGS on the cluster gets
+    CLUSTER_AUTHORIZATION_FAILED from the quota APIs (the anonymous super user does not), and a
+    quota set for that user (`--entity-type users`) throttles its requests, refused ones too."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+    from conftest import free_port
+    base = tmp_path_factory.mktemp("quota-acls")
+    sasl_port = free_port()
+    config = ('[[listeners]]\nname = "SASL"\naddress = "127.0.0.1:%d"\nprotocol = "SASL_PLAINTEXT"\n\n'
+              '[acl]\nenabled = true\nsuper_users = ["User:ANONYMOUS"]\n' % sasl_port)
+    srv = SidestreamServer(base / "data", base / "server.log", config=config)
+    try:
+        srv.start()
+        a = AdminClient({"bootstrap.servers": srv.bootstrap})
+        upsert = UserScramCredentialUpsertion("quser", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"quser-pw")
+        for f in a.alter_user_scram_credentials([upsert]).values():
+            f.result(30)
+        set_quota(srv, [("user", "quser")], {"request_percentage": 0.001})
+        user = KafkaAdminClient(bootstrap_servers="127.0.0.1:%d" % sasl_port, security_protocol="SASL_PLAINTEXT",
+                                sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="quser",
+                                sasl_plain_password="quser-pw", client_id="any-client")
+        try:
+            [(code, _)] = alter(user, [("user", "quser")], {"request_percentage": 100})
+            assert code == CLUSTER_AUTHORIZATION_FAILED
+            throttles = []
+            for _ in range(20):
+                r = send(user, DescribeClientQuotasRequest(components=[], strict=False))
+                assert r.error_code == CLUSTER_AUTHORIZATION_FAILED and r.entries is None, r
+                throttles.append(r.throttle_time_ms)
+                if r.throttle_time_ms:
+                    break
+            assert 0 < throttles[-1] <= 1000, throttles
+        finally:
+            user.close()
+        # The quota is untouched, as the (super user) administrator sees it.
+        adm = admin(srv)
+        try:
+            err, found = describe(adm, [("user", MATCH_EXACT, "quser")], strict=True)
+            assert err == 0 and found == {(("user", "quser"),): {"request_percentage": 0.001}}
+        finally:
+            adm.close()
+    finally:
+        srv.close()

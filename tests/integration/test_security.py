@@ -321,6 +321,13 @@ def test_certificates_are_reloaded_on_sighup_without_dropping_connections(tmp_pa
         p.produce(topic, value=b"2")
         assert p.flush(30) == 0
         assert srv.metrics()['sidestream_tls_reloads_total{outcome="ok"}'] >= 1
+        # Without SIGHUP: the files' modification time changing is enough.
+        third_cert, third_key = make_cert(d, "ca", "third", "/CN=third.localhost", "IP:127.0.0.1")
+        (d / "server.key").write_bytes(third_key.read_bytes())
+        (d / "server.pem").write_bytes(third_cert.read_bytes())
+        poll_until(lambda: "third.localhost" in served_certificate(ports["SSL"]), 30, what="the file change to be seen")
+        p.produce(topic, value=b"3")
+        assert p.flush(30) == 0
     finally:
         srv.close()
 
@@ -367,3 +374,19 @@ def test_the_first_user_is_made_with_sidestream_user(secure, certs):
         assert kafka_wire.sasl_authenticate(c, b"\0carol\0carol-secret")[0] == SASL_AUTHENTICATION_FAILED
     p = subprocess.run(cli + ["delete", "carol"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode != 0 and "no user" in p.stderr
+
+
+def test_kafka_configs_sh_manages_scram_users(secure, certs):
+    """kafka-configs.sh --entity-type users (Kafka 4.4), as an operator runs it."""
+    srv, ports = secure
+    bs = ["--bootstrap-server", srv.bootstrap]
+    run(java_cmd("org.apache.kafka.tools.ConfigCommand", *bs, "--alter", "--entity-type", "users", "--entity-name", "dave",
+                 "--add-config", "SCRAM-SHA-512=[iterations=4096,password=dave-secret]"))
+    # (--describe of users also asks for client quotas: tests/integration/test_quotas.py.)
+    conf = client_conf(ports, certs, "SASL_SSL", "SCRAM-SHA-512", user="dave", password="dave-secret")
+    assert produce_consume(conf, topic_name("dave"), n=3) == [b"v0", b"v1", b"v2"]
+    run(java_cmd("org.apache.kafka.tools.ConfigCommand", *bs, "--alter", "--entity-type", "users", "--entity-name", "dave",
+                 "--delete-config", "SCRAM-SHA-512"))
+    with kafka_wire.Conn("127.0.0.1", ports["SASL_PLAINTEXT"], timeout=10) as c:
+        assert kafka_wire.sasl_handshake(c, "PLAIN") == 0
+        assert kafka_wire.sasl_authenticate(c, b"\0dave\0dave-secret")[0] == SASL_AUTHENTICATION_FAILED

@@ -2,7 +2,7 @@
 //! method per call of the table ([`crate::api::calls`]) on `dyn ControllerClient`.
 //!
 //! The trait has two parts: the cached views every produce and fetch reads (topics, high
-//! watermarks, the commit watch: synchronous, never a round trip), and [`ControllerClient::call`],
+//! watermarks, the commit watch, the ACLs: synchronous, never a round trip), and [`ControllerClient::call`],
 //! which carries one [`Call`] to the controller and brings its [`Reply`] back. The typed methods
 //! (`client.create_topic(req).await`) are generated from the table and wrap `call`.
 //!
@@ -44,6 +44,8 @@ pub trait ControllerClient: Send + Sync + 'static {
     fn live_agents(&self) -> Vec<LiveAgent> {
         Vec::new()
     }
+    /// Every ACL, as last loaded from the controller (cheap; read on every authorized request).
+    fn acls(&self) -> Arc<AclSet>;
 
     /// One call to the controller and its reply (a failure to reach it is the reply's error).
     async fn call(&self, call: Call) -> Reply;
@@ -99,6 +101,9 @@ impl ControllerClient for InProcess {
     }
     fn last_stable_offset(&self, topic_id: Uuid, partition: i32) -> Result<i64, ControllerError> {
         self.0.last_stable_offset(topic_id, partition)
+    }
+    fn acls(&self) -> Arc<AclSet> {
+        self.0.acls()
     }
     async fn call(&self, call: Call) -> Reply {
         crate::controller::calls::dispatch(&self.0, call).await

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::producers::{ProducerKey, ProducerState};
+use crate::api::acl::{AclBinding, AclOperation, AclPermission, PatternType, ResourceType};
 use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 
@@ -306,6 +307,33 @@ pub struct TxnEffects {
     pub group_offsets: Vec<GroupOffsetRecord>,
 }
 
+/// An `acls` row (Kafka's codes) back into a binding; a code this build does not know is corrupt
+/// data (only validated bindings are ever written).
+fn acl_from_row(
+    resource_type: i64,
+    resource_name: String,
+    pattern_type: i64,
+    principal: String,
+    host: String,
+    operation: i64,
+    permission: i64,
+) -> Result<AclBinding, StoreError> {
+    let code = |what: &str, v: i64| i8::try_from(v).map_err(|_| StoreError::corrupt(format!("acls: {what} code {v} out of range"), None));
+    let unknown = |what: &str, v: i64| StoreError::corrupt(format!("acls: unknown {what} code {v}"), None);
+    let binding = AclBinding {
+        resource_type: ResourceType::from_code(code("resource type", resource_type)?)
+            .ok_or_else(|| unknown("resource type", resource_type))?,
+        resource_name,
+        pattern_type: PatternType::from_code(code("pattern type", pattern_type)?).ok_or_else(|| unknown("pattern type", pattern_type))?,
+        principal,
+        host,
+        operation: AclOperation::from_code(code("operation", operation)?).ok_or_else(|| unknown("operation", operation))?,
+        permission: AclPermission::from_code(code("permission", permission)?).ok_or_else(|| unknown("permission", permission))?,
+    };
+    binding.validate().map_err(|e| StoreError::corrupt(format!("acls: stored binding {binding}: {e}"), None))?;
+    Ok(binding)
+}
+
 pub trait MetadataStore: Send + Sync + 'static {
     /// Loads the snapshot; on a fresh store, records `new_cluster_id` first.
     fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError>;
@@ -385,6 +413,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn first_extent_at_or_after(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, StoreError>;
     /// The extent holding the partition's largest timestamp (earliest such, by offset).
     fn extent_with_max_timestamp(&self, topic_id: Uuid, partition: i32) -> Result<Option<ExtentRecord>, StoreError>;
+    /// Every ACL binding (loaded once, at start-up).
+    fn acls(&self) -> Result<Vec<AclBinding>, StoreError>;
+    /// In one transaction: inserts the bindings of `create` (one already stored stays as it is)
+    /// and deletes those of `delete`.
+    fn alter_acls(&self, create: &[AclBinding], delete: &[AclBinding]) -> Result<(), StoreError>;
     /// Every committed group offset (loaded once, at start-up).
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError>;
     /// In one transaction: inserts or replaces each offset.

@@ -32,6 +32,7 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row, Transaction};
 use uuid::Uuid;
 
+use crate::api::acl::AclBinding;
 use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
@@ -813,6 +814,43 @@ impl MetadataStore for PgStore {
         })
     }
 
+    fn acls(&self) -> Result<Vec<AclBinding>, StoreError> {
+        self.readers.with(|c| {
+            select_all(c, "SELECT resource_type, resource_name, pattern_type, principal, host, operation, permission FROM acls", |r| {
+                let code = |i| col::<i16>(r, i).map(i64::from);
+                super::acl_from_row(code(0)?, col(r, 1)?, code(2)?, col(r, 3)?, col(r, 4)?, code(5)?, code(6)?)
+            })
+        })
+    }
+
+    fn alter_acls(&self, create: &[AclBinding], delete: &[AclBinding]) -> Result<(), StoreError> {
+        let (create, delete) = (create.to_vec(), delete.to_vec());
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO acls (resource_type, resource_name, pattern_type, principal, host, operation, permission) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .map_err(classify)?;
+            for b in &create {
+                let (rt, pt, op, perm) = acl_codes(b);
+                tx.execute(&insert, &[&rt, &b.resource_name, &pt, &b.principal, &b.host, &op, &perm]).map_err(classify)?;
+            }
+            let remove = tx
+                .prepare(
+                    "DELETE FROM acls WHERE resource_type = $1 AND resource_name = $2 AND pattern_type = $3 \
+                     AND principal = $4 AND host = $5 AND operation = $6 AND permission = $7",
+                )
+                .map_err(classify)?;
+            for b in &delete {
+                let (rt, pt, op, perm) = acl_codes(b);
+                tx.execute(&remove, &[&rt, &b.resource_name, &pt, &b.principal, &b.host, &op, &perm]).map_err(classify)?;
+            }
+            commit_fenced(tx, fence)
+        })
+    }
+
     fn scram_credentials(&self, user: Option<&str>) -> Result<Vec<(String, ScramCredential)>, StoreError> {
         let user = user.map(str::to_string);
         self.readers.with(|c| {
@@ -987,6 +1025,12 @@ impl MetadataStore for PgStore {
             commit_fenced(tx, fence)
         })
     }
+}
+
+/// An ACL binding's codes as stored (SMALLINT): resource type, pattern type, operation,
+/// permission.
+fn acl_codes(b: &AclBinding) -> (i16, i16, i16, i16) {
+    (b.resource_type.code().into(), b.pattern_type.code().into(), b.operation.code().into(), b.permission.code().into())
 }
 
 /// Inserts or replaces one group offset: group, topic, partition, offset, leader epoch,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use crate::api::acl::AclBinding;
 use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
@@ -624,6 +625,53 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn acls(&self) -> Result<Vec<AclBinding>, StoreError> {
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT resource_type, resource_name, pattern_type, principal, host, operation, permission FROM acls")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+                .map_err(classify)?;
+            rows.map(|r| {
+                let (rt, name, pt, principal, host, op, perm) = r.map_err(classify)?;
+                super::acl_from_row(rt, name, pt, principal, host, op, perm)
+            })
+            .collect()
+        })
+    }
+
+    fn alter_acls(&self, create: &[AclBinding], delete: &[AclBinding]) -> Result<(), StoreError> {
+        let (create, delete) = (create.to_vec(), delete.to_vec());
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO acls \
+                         (resource_type, resource_name, pattern_type, principal, host, operation, permission) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(classify)?;
+                for b in &create {
+                    let (rt, pt, op, perm) = acl_codes(b);
+                    insert.execute(params![rt, b.resource_name, pt, b.principal, b.host, op, perm]).map_err(classify)?;
+                }
+                let mut remove = tx
+                    .prepare_cached(
+                        "DELETE FROM acls WHERE resource_type = ?1 AND resource_name = ?2 AND pattern_type = ?3 \
+                         AND principal = ?4 AND host = ?5 AND operation = ?6 AND permission = ?7",
+                    )
+                    .map_err(classify)?;
+                for b in &delete {
+                    let (rt, pt, op, perm) = acl_codes(b);
+                    remove.execute(params![rt, b.resource_name, pt, b.principal, b.host, op, perm]).map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
     fn scram_credentials(&self, user: Option<&str>) -> Result<Vec<(String, ScramCredential)>, StoreError> {
         let user = user.map(str::to_string);
         self.readers.with(|c| {
@@ -832,6 +880,11 @@ impl MetadataStore for SqliteStore {
             tx.commit().map_err(classify)
         })
     }
+}
+
+/// An ACL binding's codes as stored: resource type, pattern type, operation, permission.
+fn acl_codes(b: &AclBinding) -> (i8, i8, i8, i8) {
+    (b.resource_type.code(), b.pattern_type.code(), b.operation.code(), b.permission.code())
 }
 
 /// Records a committed object (a commit's or a swap's): `Conflict` if its key was doomed as an

@@ -446,6 +446,54 @@ fn retention_contract(s: &dyn MetadataStore) {
     s.commit_object(&object("o2"), &[], None, &[], &TxnEffects::default()).unwrap();
 }
 
+/// ACLs: inserted once however often they are created, deleted exactly, in one transaction.
+fn acl_contract(s: &dyn MetadataStore) {
+    use crate::api::acl::{AclBinding, AclOperation, AclPermission, PatternType, ResourceType};
+    s.load("cluster-1").unwrap();
+    assert!(s.acls().unwrap().is_empty());
+    let read = AclBinding {
+        resource_type: ResourceType::Topic,
+        resource_name: "orders".into(),
+        pattern_type: PatternType::Literal,
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation: AclOperation::Read,
+        permission: AclPermission::Allow,
+    };
+    let deny = AclBinding {
+        resource_type: ResourceType::TransactionalId,
+        resource_name: "tx-".into(),
+        pattern_type: PatternType::Prefixed,
+        principal: "User:*".into(),
+        host: "10.0.0.1".into(),
+        operation: AclOperation::TwoPhaseCommit,
+        permission: AclPermission::Deny,
+    };
+    // Differs from `read` in the permission only: another row.
+    let read_denied = AclBinding { permission: AclPermission::Deny, ..read.clone() };
+    s.alter_acls(&[read.clone(), deny.clone(), read.clone()], &[]).unwrap();
+    s.alter_acls(&[read.clone(), read_denied.clone()], &[]).unwrap();
+    let mut stored = s.acls().unwrap();
+    stored.sort();
+    let mut expect = vec![read.clone(), deny.clone(), read_denied.clone()];
+    expect.sort();
+    assert_eq!(stored, expect, "every field round-trips, a repeated creation is one row");
+    // Create and delete in one call; deleting what is not there is no error.
+    let cluster = AclBinding {
+        resource_type: ResourceType::Cluster,
+        resource_name: "kafka-cluster".into(),
+        pattern_type: PatternType::Literal,
+        operation: AclOperation::Alter,
+        ..read.clone()
+    };
+    s.alter_acls(std::slice::from_ref(&cluster), &[read_denied.clone(), deny.clone(), read_denied]).unwrap();
+    let mut stored = s.acls().unwrap();
+    stored.sort();
+    let mut expect = vec![read, cluster];
+    expect.sort();
+    assert_eq!(stored, expect);
+}
+
 #[test]
 fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -458,6 +506,7 @@ fn sqlite_store_keeps_the_contract() {
     let listed: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(listed, garbage);
     retention_contract(&SqliteStore::open(&dir.path().join("r.db")).unwrap());
+    acl_contract(&SqliteStore::open(&dir.path().join("a.db")).unwrap());
 }
 
 #[test]
@@ -476,6 +525,8 @@ fn postgres_store_keeps_the_contract() {
     assert_eq!(listed, garbage);
     let retention_db = TestDb::create().unwrap();
     retention_contract(&PgStore::open(&retention_db.url).unwrap());
+    let acl_db = TestDb::create().unwrap();
+    acl_contract(&PgStore::open(&acl_db.url).unwrap());
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");
@@ -502,7 +553,7 @@ fn postgres_version_3_database_is_migrated_to_transactions_and_keeps_its_data() 
     s.put_transaction("app", "{}").unwrap();
     assert_eq!(s.load("x").unwrap().transactions, vec![("app".into(), "{}".into())]);
     let version: String = c.query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[]).unwrap().get(0);
-    assert_eq!(version, "5");
+    assert_eq!(version, "6");
 }
 
 #[test]

@@ -1,4 +1,8 @@
 //! Topic administration: CreateTopics and DeleteTopics, forwarded to the controller.
+//!
+//! ACLs (Kafka's KRaft controller's rules): CreateTopics needs CREATE on the cluster or on the
+//! topic, and answers a topic's configs only with DESCRIBE_CONFIGS on it; DeleteTopics needs
+//! DELETE on the cluster or on the topic.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -7,15 +11,18 @@ use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, Cr
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
-use crate::api::{ControllerError, CreateTopic, TopicKey};
+use crate::api::acl::{AclOperation, CLUSTER_NAME, ResourceType};
+use crate::api::{ControllerError, CreateTopic, TopicKey, TopicRef};
 use crate::protocol::error::controller_code;
 
 /// Kafka's ConfigEntry source for configs set on the topic.
 const CONFIG_SOURCE_TOPIC: i8 = 1;
 
-pub async fn create_topics(agent: &Agent, version: i16, req: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn create_topics(agent: &Agent, access: &Access<'_>, version: i16, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let cluster_create = access.allows(AclOperation::Create, ResourceType::Cluster, CLUSTER_NAME);
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> =
         req.topics.iter().filter(|t| !seen.insert(t.name.0.to_string())).map(|t| t.name.0.to_string()).collect();
@@ -25,6 +32,13 @@ pub async fn create_topics(agent: &Agent, version: i16, req: CreateTopicsRequest
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
         let outcome = if duplicates.contains(&name) {
             Err(ControllerError::InvalidRequest(format!("topic {name} appears more than once in the request")))
+        } else if !cluster_create && !access.check(AclOperation::Create, ResourceType::Topic, &name) {
+            results.push(
+                result
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes("Authorization failed."))),
+            );
+            continue;
         } else {
             let partitions = if t.assignments.is_empty() {
                 Ok(t.num_partitions)
@@ -57,7 +71,14 @@ pub async fn create_topics(agent: &Agent, version: i16, req: CreateTopicsRequest
         };
         match outcome {
             Ok(meta) => {
-                if version >= 5 {
+                // Configs are answered to a client that may describe them.
+                let describable = access.allows(AclOperation::DescribeConfigs, ResourceType::Topic, &name);
+                if version >= 5 && !describable {
+                    result = result
+                        .with_num_partitions(meta.partitions)
+                        .with_replication_factor(1)
+                        .with_topic_config_error_code(ResponseError::TopicAuthorizationFailed.code());
+                } else if version >= 5 {
                     result = result.with_num_partitions(meta.partitions).with_replication_factor(1).with_configs(Some(
                         meta.configs
                             .iter()
@@ -84,7 +105,12 @@ pub async fn create_topics(agent: &Agent, version: i16, req: CreateTopicsRequest
     CreateTopicsResponse::default().with_topics(results)
 }
 
-pub async fn delete_topics(agent: &Agent, version: i16, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics(agent: &Agent, access: &Access<'_>, version: i16, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let cluster_delete = access.allows(AclOperation::Delete, ResourceType::Cluster, CLUSTER_NAME);
+    // Kafka's rules: DELETE on the topic (or the cluster); by name, a topic the client may not
+    // describe is TOPIC_AUTHORIZATION_FAILED whether or not it exists; by id, the name is
+    // answered only to a client that may describe it.
+    let may = |op, name: &str| cluster_delete || access.allows(op, ResourceType::Topic, name);
     // v0-5 name topics in `topic_names`; v6 in `topics`, by name or by id.
     let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
         req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()
@@ -93,10 +119,33 @@ pub async fn delete_topics(agent: &Agent, version: i16, req: DeleteTopicsRequest
     };
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
+        // `shown`: the name answered; `real`: the topic's, for the denial's log line.
+        let refused = |shown: Option<&str>, real: &str| {
+            access.denied(AclOperation::Delete, ResourceType::Topic, real);
+            let r = DeletableTopicResult::default()
+                .with_name(shown.map(|n| TopicName(str_bytes(n))))
+                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            if version >= 6 { r.with_topic_id(id) } else { r }
+        };
         let result = match &name {
+            Some(n) if !may(AclOperation::Describe, n) => {
+                responses.push(refused(Some(n), n));
+                continue;
+            }
+            Some(n) if agent.controller.topic(TopicRef::Name(n)).is_some() && !may(AclOperation::Delete, n) => {
+                responses.push(refused(Some(n), n));
+                continue;
+            }
             Some(n) => agent.controller.delete_topic(TopicKey::Name(n.to_string())).await,
             None if id.is_nil() => Err(ControllerError::InvalidRequest("neither topic name nor id".into())),
-            None => agent.controller.delete_topic(TopicKey::Id(id)).await,
+            None => match agent.controller.topic(TopicRef::Id(id)) {
+                Some(meta) if !may(AclOperation::Delete, &meta.name) => {
+                    let shown = may(AclOperation::Describe, &meta.name).then_some(meta.name.as_str());
+                    responses.push(refused(shown, &meta.name));
+                    continue;
+                }
+                _ => agent.controller.delete_topic(TopicKey::Id(id)).await,
+            },
         };
         let mut r = DeletableTopicResult::default().with_name(name.clone().map(|n| TopicName(str_bytes(n))));
         match result {

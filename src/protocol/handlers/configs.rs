@@ -1,7 +1,8 @@
 //! DescribeConfigs for topics: the configs set on the topic (source DYNAMIC_TOPIC_CONFIG) and
 //! Kafka's defaults for the rest (source DEFAULT_CONFIG), so `kafka-topics --describe`, the
 //! AdminClient and kadm see what a Kafka broker shows. Broker and other resource types are not
-//! served: they get INVALID_REQUEST with a message saying so.
+//! served: they get INVALID_REQUEST with a message saying so. A topic needs DESCRIBE_CONFIGS
+//! (TOPIC_AUTHORIZATION_FAILED, before it is looked up).
 //!
 //! Must not touch: the controller's validation of config names (it owns which names exist).
 
@@ -9,8 +10,10 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::{TopicMeta, TopicRef};
 
 /// Kafka's ConfigResource.Type of a topic.
@@ -86,7 +89,7 @@ fn topic_configs(topic: &TopicMeta, max_message_bytes: i32) -> Vec<(String, Stri
     out
 }
 
-pub fn describe_configs(agent: &Agent, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let results = req
         .resources
         .into_iter()
@@ -98,6 +101,11 @@ pub fn describe_configs(agent: &Agent, version: i16, req: DescribeConfigsRequest
                     "resource type {} is not served by sidestream (only topics, type 2)",
                     r.resource_type
                 ))));
+            }
+            if !access.check(AclOperation::DescribeConfigs, ResourceType::Topic, &name) {
+                return result
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes(format!("DESCRIBE_CONFIGS on topic {name} is not allowed"))));
             }
             let Some(topic) = agent.controller.topic(TopicRef::Name(&name)) else {
                 return result

@@ -1,7 +1,14 @@
 //! KIP-848 consumer groups: ConsumerGroupHeartbeat (join, reconcile towards the server-side
 //! assignment, leave) and ConsumerGroupDescribe, translated to the controller's coordinator.
+//!
+//! ACLs (Kafka's): the heartbeat needs READ on the group and DESCRIBE on every subscribed topic
+//! named (TOPIC_AUTHORIZATION_FAILED); a regex subscription's topics are not filtered by ACLs
+//! here (a member may be assigned a topic it cannot read: its fetches are refused). Describe
+//! needs DESCRIBE on the group, and hides a group assigned topics the client may not describe.
 
 use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError;
 
 use kafka_protocol::messages::consumer_group_describe_response::{self as describe, DescribedGroup, Member};
 use kafka_protocol::messages::consumer_group_heartbeat_response::{self as heartbeat, Assignment};
@@ -9,9 +16,10 @@ use kafka_protocol::messages::{
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, TopicName,
 };
 
-use super::groups::GROUP_AUTHORIZED_OPERATIONS;
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::groups::consumer::HeartbeatRequest;
 use crate::api::groups::{ClientInfo, GroupError};
 use crate::protocol::error::group_code;
@@ -21,10 +29,26 @@ const MEMBER_TYPE_CONSUMER: i8 = 1;
 
 pub async fn heartbeat(
     agent: &Agent,
+    access: &Access<'_>,
     version: i16,
     req: ConsumerGroupHeartbeatRequest,
     client: &ClientInfo,
 ) -> ConsumerGroupHeartbeatResponse {
+    if !access.check(AclOperation::Read, ResourceType::Group, &req.group_id.0) {
+        return refusal(ResponseError::GroupAuthorizationFailed.code(), format!("READ on group {} is not allowed", req.group_id.0));
+    }
+    // Subscribed topics must all be describable (a client is not told of topics it may not see).
+    let hidden: Vec<&str> = req
+        .subscribed_topic_names
+        .iter()
+        .flatten()
+        .map(|n| &*n.0)
+        .filter(|n| !access.check(AclOperation::Describe, ResourceType::Topic, n))
+        .collect();
+    if !hidden.is_empty() {
+        let message = format!("DESCRIBE on topics {} is not allowed", hidden.join(", "));
+        return refusal(ResponseError::TopicAuthorizationFailed.code(), message);
+    }
     let owned = req.topic_partitions.map(|tps| {
         let mut a: BTreeMap<uuid::Uuid, std::collections::BTreeSet<i32>> = BTreeMap::new();
         for tp in tps {
@@ -73,21 +97,43 @@ pub async fn heartbeat(
 }
 
 fn error_response(e: &GroupError) -> ConsumerGroupHeartbeatResponse {
-    ConsumerGroupHeartbeatResponse::default()
-        .with_error_code(group_code(e))
-        .with_error_message(Some(str_bytes(e.to_string())))
+    refusal(group_code(e), e.to_string())
 }
 
-pub async fn describe(agent: &Agent, version: i16, req: ConsumerGroupDescribeRequest) -> ConsumerGroupDescribeResponse {
+fn refusal(code: i16, message: String) -> ConsumerGroupHeartbeatResponse {
+    ConsumerGroupHeartbeatResponse::default().with_error_code(code).with_error_message(Some(str_bytes(message)))
+}
+
+pub async fn describe(
+    agent: &Agent,
+    access: &Access<'_>,
+    version: i16,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
     let mut groups = Vec::with_capacity(req.group_ids.len());
     for id in req.group_ids {
         let mut d = DescribedGroup::default().with_group_id(id.clone());
+        if !access.check(AclOperation::Describe, ResourceType::Group, &id.0) {
+            groups.push(d.with_error_code(ResponseError::GroupAuthorizationFailed.code()));
+            continue;
+        }
         if req.include_authorized_operations {
-            d = d.with_authorized_operations(GROUP_AUTHORIZED_OPERATIONS);
+            d = d.with_authorized_operations(access.authorized_operations(ResourceType::Group, &id.0));
         }
         match agent.controller.consumer_group_describe(id.0.to_string()).await {
             Err(e) => {
                 d = d.with_error_code(group_code(&e)).with_error_message(Some(str_bytes(format!("group {}: {e}", id.0))));
+            }
+            // Kafka: a group whose members hold topics the client may not describe is not shown.
+            Ok(g)
+                if g.members
+                    .iter()
+                    .flat_map(|m| m.assignment.iter().chain(&m.target_assignment))
+                    .any(|(_, topic, _)| !access.allows(AclOperation::Describe, ResourceType::Topic, topic)) =>
+            {
+                d = d
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes("The group has described topic(s) that the client is not authorized to describe.")));
             }
             Ok(g) => {
                 let tps = |a: Vec<(uuid::Uuid, String, Vec<i32>)>| {

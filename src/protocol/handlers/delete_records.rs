@@ -1,32 +1,40 @@
 //! DeleteRecords: moves partitions' log start offsets forward (`kafka-delete-records.sh`,
 //! AdminClient `deleteRecords`). Offset -1 means the high watermark; an offset below the log
 //! start changes nothing; one beyond the high watermark is OFFSET_OUT_OF_RANGE. Every
-//! partition of the request goes to the controller in one call (one store transaction).
+//! partition of the request goes to the controller in one call (one store transaction). Each
+//! topic needs DELETE (TOPIC_AUTHORIZATION_FAILED on its partitions).
 
 use kafka_protocol::messages::DeleteRecordsRequest;
 use kafka_protocol::messages::DeleteRecordsResponse;
 use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 
+use kafka_protocol::error::ResponseError;
+
+use super::acls::Access;
 use crate::agent::Agent;
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::{ControllerError, TopicRef};
 use crate::protocol::error::controller_code;
 
-pub async fn handle(agent: &Agent, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    // Each partition's answer, in request order; known partitions are asked in one call.
-    let mut answers: Vec<Vec<Result<i64, ControllerError>>> = Vec::with_capacity(req.topics.len());
+pub async fn handle(agent: &Agent, access: &Access<'_>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    // Each partition's answer (low watermark or error code), in request order; known partitions
+    // are asked in one call.
+    let mut answers: Vec<Vec<Result<i64, i16>>> = Vec::with_capacity(req.topics.len());
     let mut asked = Vec::new();
     let mut slots = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
+        let allowed = access.check(AclOperation::Delete, ResourceType::Topic, &t.name.0);
         let meta = agent.controller.topic(TopicRef::Name(&t.name.0));
         let mut topic = Vec::with_capacity(t.partitions.len());
         for (pi, p) in t.partitions.iter().enumerate() {
             match &meta {
+                _ if !allowed => topic.push(Err(ResponseError::TopicAuthorizationFailed.code())),
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     asked.push((m.id, p.partition_index, p.offset));
                     slots.push((ti, pi));
-                    topic.push(Err(ControllerError::OperationNotAttempted));
+                    topic.push(Err(controller_code(&ControllerError::OperationNotAttempted)));
                 }
-                _ => topic.push(Err(ControllerError::UnknownTopicOrPartition)),
+                _ => topic.push(Err(controller_code(&ControllerError::UnknownTopicOrPartition))),
             }
         }
         answers.push(topic);
@@ -37,7 +45,7 @@ pub async fn handle(agent: &Agent, req: DeleteRecordsRequest) -> DeleteRecordsRe
             Err(e) => slots.iter().map(|_| Err(e.clone())).collect(),
         };
         for ((ti, pi), r) in slots.into_iter().zip(results) {
-            answers[ti][pi] = r;
+            answers[ti][pi] = r.map_err(|e| controller_code(&e));
         }
     }
     let topics = req
@@ -53,7 +61,7 @@ pub async fn handle(agent: &Agent, req: DeleteRecordsRequest) -> DeleteRecordsRe
                     let r = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
                     match a {
                         Ok(low) => r.with_low_watermark(low),
-                        Err(e) => r.with_low_watermark(-1).with_error_code(controller_code(&e)),
+                        Err(code) => r.with_low_watermark(-1).with_error_code(code),
                     }
                 })
                 .collect();

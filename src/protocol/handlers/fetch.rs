@@ -2,8 +2,10 @@
 //! are available or `max_wait_ms` passes, in or out of a fetch session (KIP-227, see
 //! [`crate::agent::fetch_session`]): incremental fetches name only what changed, and their
 //! answers leave out partitions with nothing new. isolation_level 1 (read_committed) reads up
-//! to the last stable offset and lists the aborted transactions of what it returns.
+//! to the last stable offset and lists the aborted transactions of what it returns. Each topic
+//! needs READ (TOPIC_AUTHORIZATION_FAILED on its partitions), as in Kafka.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -14,9 +16,11 @@ use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopi
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::time::{Duration, Instant};
 
+use super::acls::Access;
 use crate::agent::Agent;
 use crate::agent::fetch_session::{self, Answered, Begun, Mode, PartitionKey, Wanted};
 use crate::api::TopicRef;
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::failures::{self, Op};
 use crate::format::records::BatchChain;
 use crate::metrics::{self, Counter};
@@ -48,7 +52,7 @@ pub struct FetchAnswer {
 
 /// Answers a Fetch from the connection `peer` (which then owns the session it opens or uses).
 /// The long poll lasts at most `[agent] fetch_max_wait_ms_max`, whatever the client asks.
-pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: SocketAddr) -> FetchAnswer {
+pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: FetchRequest, peer: SocketAddr) -> FetchAnswer {
     let begun = agent.fetch_sessions.begin(version, &req, peer);
     requests(&begun).inc();
     let (mode, wanted) = match begun {
@@ -58,12 +62,29 @@ pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: Socket
             return FetchAnswer { response: FetchResponse::default().with_error_code(code), records: Vec::new() };
         }
     };
+    // READ on each topic, decided once for the whole long poll (by name: an unknown topic id has
+    // none and gets UNKNOWN_TOPIC_ID).
+    let mut denied = HashSet::new();
+    let mut checked = HashSet::new();
+    for (key, _) in &wanted {
+        let name = if version >= 13 {
+            agent.controller.topic(TopicRef::Id(key.topic_id)).map(|m| m.name.clone())
+        } else {
+            Some(key.topic.0.to_string())
+        };
+        if let Some(name) = name
+            && checked.insert(name.clone())
+            && !access.check(AclOperation::Read, ResourceType::Topic, &name)
+        {
+            denied.insert(name);
+        }
+    }
     let max_wait = (req.max_wait_ms.max(0) as u64).min(agent.settings.fetch_max_wait_ms_max);
     let deadline = Instant::now() + Duration::from_millis(max_wait);
     let mut commits = agent.controller.commit_watch();
     commits.borrow_and_update();
     let partitions = loop {
-        let (partitions, bytes, any_error) = read_once(agent, version, &req, &wanted).await;
+        let (partitions, bytes, any_error) = read_once(agent, version, &req, &wanted, &denied).await;
         if bytes >= i64::from(req.min_bytes) || any_error || Instant::now() >= deadline {
             break partitions;
         }
@@ -71,7 +92,7 @@ pub async fn handle(agent: &Agent, version: i16, req: FetchRequest, peer: Socket
             changed = commits.changed() => if changed.is_err() { break partitions },
             _ = tokio::time::sleep_until(deadline) => {
                 // One last look, so data committed just before the deadline is not missed.
-                break read_once(agent, version, &req, &wanted).await.0;
+                break read_once(agent, version, &req, &wanted, &denied).await.0;
             }
         }
     };
@@ -114,6 +135,7 @@ async fn read_once(
     version: i16,
     req: &FetchRequest,
     wanted: &[(PartitionKey, Wanted)],
+    denied: &HashSet<String>,
 ) -> (Vec<(PartitionKey, PartitionData, Option<BatchChain>)>, i64, bool) {
     let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as u64;
     let mut total = 0u64;
@@ -133,7 +155,14 @@ async fn read_once(
             .with_high_watermark(-1)
             .with_last_stable_offset(-1)
             .with_log_start_offset(-1);
+        let name = if version >= 13 { meta.as_ref().map(|m| m.name.as_str()) } else { Some(&*key.topic.0) };
         match &meta {
+            _ if name.is_some_and(|n| denied.contains(n)) => {
+                any_error = true;
+                let code = ResponseError::TopicAuthorizationFailed.code();
+                failures::record(Op::Fetch, code, "READ on the topic is not allowed");
+                data = data.with_error_code(code);
+            }
             None => {
                 any_error = true;
                 let code = if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };

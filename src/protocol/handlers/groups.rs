@@ -4,6 +4,11 @@
 //! (ListGroups, DescribeGroups, DeleteGroups), translated to and from the controller's group
 //! coordinator. Fields are set only in the versions that have them: the encoder refuses
 //! anything else.
+//!
+//! ACLs (Kafka's): FindCoordinator needs DESCRIBE on the group or transactional id; JoinGroup,
+//! SyncGroup, Heartbeat and LeaveGroup READ on the group; DescribeGroups DESCRIBE, DeleteGroups
+//! DELETE on each group (GROUP_AUTHORIZATION_FAILED); ListGroups lists every group with DESCRIBE
+//! on the cluster, else the groups the client may describe.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -18,25 +23,44 @@ use kafka_protocol::messages::{
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
 };
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
 use crate::api::ListenerAddress;
+use crate::api::acl::{AclOperation, CLUSTER_NAME, ResourceType};
 use crate::api::groups::{ClientInfo, GroupError, JoinRequest, SyncRequest};
 use crate::protocol::error::group_code;
 
 /// FindCoordinator key types this agent coordinates: groups (0) and transactions (1).
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
-/// Kafka's AclOperation bits a group allows (READ, DELETE, DESCRIBE): no ACLs here yet.
-pub(super) const GROUP_AUTHORIZED_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 fn key_type_ok(key_type: i8) -> bool {
     key_type == KEY_TYPE_GROUP || key_type == KEY_TYPE_TRANSACTION
 }
 
+/// DESCRIBE on the group or transactional id a FindCoordinator key names, else Kafka's error.
+fn key_refused(access: &Access<'_>, key_type: i8, key: &str) -> Option<i16> {
+    match key_type {
+        KEY_TYPE_GROUP if !access.check(AclOperation::Describe, ResourceType::Group, key) => {
+            Some(ResponseError::GroupAuthorizationFailed.code())
+        }
+        KEY_TYPE_TRANSACTION if !access.check(AclOperation::Describe, ResourceType::TransactionalId, key) => {
+            Some(ResponseError::TransactionalIdAuthorizationFailed.code())
+        }
+        _ => None,
+    }
+}
+
+/// READ on the group (Join, Sync, Heartbeat, Leave), else GROUP_AUTHORIZATION_FAILED's code.
+fn read_refused(access: &Access<'_>, group_id: &str) -> Option<i16> {
+    (!access.check(AclOperation::Read, ResourceType::Group, group_id)).then_some(ResponseError::GroupAuthorizationFailed.code())
+}
+
 pub fn find_coordinator(
     agent: &Agent,
+    access: &Access<'_>,
     version: i16,
     req: FindCoordinatorRequest,
     client: &ClientInfo,
@@ -54,6 +78,14 @@ pub fn find_coordinator(
                 .with_host(str_bytes(""))
                 .with_port(-1);
         }
+        if let Some(code) = key_refused(access, key_type, &req.key) {
+            return r
+                .with_error_code(code)
+                .with_error_message(if version >= 1 { Some(str_bytes(format!("DESCRIBE on {} is not allowed", req.key))) } else { None })
+                .with_node_id(BrokerId(-1))
+                .with_host(str_bytes(""))
+                .with_port(-1);
+        }
         let c = brokers.coordinator(&req.key);
         return r.with_error_message(None).with_node_id(BrokerId(c.node_id)).with_host(str_bytes(c.host.clone())).with_port(c.port);
     }
@@ -62,7 +94,10 @@ pub fn find_coordinator(
         .into_iter()
         .map(|key| {
             let c = Coordinator::default().with_key(key);
-            if key_type_ok(key_type) {
+            if let Some(code) = key_type_ok(key_type).then(|| key_refused(access, key_type, &c.key)).flatten() {
+                let message = format!("DESCRIBE on {} is not allowed", c.key);
+                c.with_node_id(BrokerId(-1)).with_port(-1).with_error_code(code).with_error_message(Some(str_bytes(message)))
+            } else if key_type_ok(key_type) {
                 let b = brokers.coordinator(&c.key);
                 c.with_node_id(BrokerId(b.node_id)).with_host(str_bytes(b.host.clone())).with_port(b.port).with_error_message(None)
             } else {
@@ -80,7 +115,15 @@ fn code(e: &Option<GroupError>) -> i16 {
     e.as_ref().map(group_code).unwrap_or(0)
 }
 
-pub async fn join_group(agent: &Agent, version: i16, req: JoinGroupRequest, client: &ClientInfo) -> JoinGroupResponse {
+pub async fn join_group(agent: &Agent, access: &Access<'_>, version: i16, req: JoinGroupRequest, client: &ClientInfo) -> JoinGroupResponse {
+    if let Some(code) = read_refused(access, &req.group_id.0) {
+        return JoinGroupResponse::default()
+            .with_error_code(code)
+            .with_generation_id(-1)
+            .with_protocol_name(if version >= 7 { None } else { Some(str_bytes("")) })
+            .with_leader(str_bytes(""))
+            .with_member_id(str_bytes(""));
+    }
     let r = JoinRequest {
         group_id: req.group_id.0.to_string(),
         member_id: req.member_id.to_string(),
@@ -116,7 +159,10 @@ pub async fn join_group(agent: &Agent, version: i16, req: JoinGroupRequest, clie
         .with_members(members)
 }
 
-pub async fn sync_group(agent: &Agent, version: i16, req: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync_group(agent: &Agent, access: &Access<'_>, version: i16, req: SyncGroupRequest) -> SyncGroupResponse {
+    if let Some(code) = read_refused(access, &req.group_id.0) {
+        return SyncGroupResponse::default().with_error_code(code);
+    }
     let r = SyncRequest {
         group_id: req.group_id.0.to_string(),
         generation_id: req.generation_id,
@@ -138,7 +184,10 @@ pub async fn sync_group(agent: &Agent, version: i16, req: SyncGroupRequest) -> S
     }
 }
 
-pub async fn heartbeat(agent: &Agent, req: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(agent: &Agent, access: &Access<'_>, req: HeartbeatRequest) -> HeartbeatResponse {
+    if let Some(code) = read_refused(access, &req.group_id.0) {
+        return HeartbeatResponse::default().with_error_code(code);
+    }
     let r = agent
         .controller
         .heartbeat(req.group_id.0.to_string(), req.member_id.to_string(), req.group_instance_id.map(|s| s.to_string()), req.generation_id)
@@ -146,7 +195,10 @@ pub async fn heartbeat(agent: &Agent, req: HeartbeatRequest) -> HeartbeatRespons
     HeartbeatResponse::default().with_error_code(r.err().as_ref().map(group_code).unwrap_or(0))
 }
 
-pub async fn leave_group(agent: &Agent, version: i16, req: LeaveGroupRequest) -> LeaveGroupResponse {
+pub async fn leave_group(agent: &Agent, access: &Access<'_>, version: i16, req: LeaveGroupRequest) -> LeaveGroupResponse {
+    if let Some(code) = read_refused(access, &req.group_id.0) {
+        return LeaveGroupResponse::default().with_error_code(code);
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
             .iter()
@@ -175,7 +227,9 @@ pub async fn leave_group(agent: &Agent, version: i16, req: LeaveGroupRequest) ->
     }
 }
 
-pub async fn list_groups(agent: &Agent, version: i16, req: ListGroupsRequest) -> ListGroupsResponse {
+pub async fn list_groups(agent: &Agent, access: &Access<'_>, version: i16, req: ListGroupsRequest) -> ListGroupsResponse {
+    // DESCRIBE on the cluster lists every group; else the groups the client may describe.
+    let all = access.allows(AclOperation::Describe, ResourceType::Cluster, CLUSTER_NAME);
     let states = if version >= 4 { req.states_filter.iter().map(|s| s.to_string()).collect() } else { Vec::new() };
     let types = if version >= 5 { req.types_filter.iter().map(|s| s.to_string()).collect() } else { Vec::new() };
     let listed = match agent.controller.list_groups(states, types).await {
@@ -184,6 +238,7 @@ pub async fn list_groups(agent: &Agent, version: i16, req: ListGroupsRequest) ->
     };
     let groups = listed
         .into_iter()
+        .filter(|g| all || access.allows(AclOperation::Describe, ResourceType::Group, &g.group_id))
         .map(|g| {
             let mut l = ListedGroup::default().with_group_id(GroupId(str_bytes(g.group_id))).with_protocol_type(str_bytes(g.protocol_type));
             if version >= 4 {
@@ -198,12 +253,20 @@ pub async fn list_groups(agent: &Agent, version: i16, req: ListGroupsRequest) ->
     ListGroupsResponse::default().with_groups(groups)
 }
 
-pub async fn describe_groups(agent: &Agent, version: i16, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub async fn describe_groups(agent: &Agent, access: &Access<'_>, version: i16, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let mut out = Vec::with_capacity(req.groups.len());
     for id in req.groups {
         let mut d = DescribedGroup::default().with_group_id(id.clone());
+        if !access.check(AclOperation::Describe, ResourceType::Group, &id.0) {
+            d = d.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            if version >= 6 {
+                d = d.with_error_message(Some(str_bytes(format!("DESCRIBE on group {} is not allowed", id.0))));
+            }
+            out.push(d);
+            continue;
+        }
         if version >= 3 && req.include_authorized_operations {
-            d = d.with_authorized_operations(GROUP_AUTHORIZED_OPERATIONS);
+            d = d.with_authorized_operations(access.authorized_operations(ResourceType::Group, &id.0));
         }
         match agent.controller.describe_group(id.0.to_string()).await {
             Ok(g) => {
@@ -240,9 +303,13 @@ pub async fn describe_groups(agent: &Agent, version: i16, req: DescribeGroupsReq
     DescribeGroupsResponse::default().with_groups(out)
 }
 
-pub async fn delete_groups(agent: &Agent, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete_groups(agent: &Agent, access: &Access<'_>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(req.groups_names.len());
     for id in req.groups_names {
+        if !access.check(AclOperation::Delete, ResourceType::Group, &id.0) {
+            results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(ResponseError::GroupAuthorizationFailed.code()));
+            continue;
+        }
         let r = agent.controller.delete_group(id.0.to_string()).await;
         results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(r.err().as_ref().map(group_code).unwrap_or(0)));
     }

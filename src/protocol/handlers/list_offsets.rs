@@ -1,13 +1,18 @@
 //! ListOffsets: earliest (-2, and -4 earliest-local), latest (-1), max timestamp (-3), and
 //! offsets by timestamp. Lookups by timestamp resolve to a record batch: the answer is the
 //! base offset of the first batch whose max timestamp is at or after the target. Latest with
-//! isolation_level 1 (read_committed) is the last stable offset.
+//! isolation_level 1 (read_committed) is the last stable offset. Each topic needs DESCRIBE
+//! (TOPIC_AUTHORIZATION_FAILED on its partitions).
 
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use kafka_protocol::error::ResponseError;
+
+use super::acls::Access;
 use crate::agent::fetch::LEADER_EPOCH;
 use crate::agent::{Agent, AgentError};
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::{ControllerError, TopicRef};
 use crate::protocol::error::agent_code;
 
@@ -18,13 +23,19 @@ const EARLIEST_LOCAL: i64 = -4;
 const EARLIEST_PENDING_UPLOAD: i64 = -5;
 const LATEST_TIERED: i64 = -6;
 
-pub async fn handle(agent: &Agent, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
-        let meta = agent.controller.topic(TopicRef::Name(&t.name.0));
+        let allowed = access.check(AclOperation::Describe, ResourceType::Topic, &t.name.0);
+        let meta = if allowed { agent.controller.topic(TopicRef::Name(&t.name.0)) } else { None };
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
             let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            if !allowed {
+                let code = ResponseError::TopicAuthorizationFailed.code();
+                partitions.push(r.with_error_code(code).with_offset(-1).with_timestamp(-1).with_leader_epoch(-1));
+                continue;
+            }
             let found = match &meta {
                 None => Err(AgentError::UnknownTopicOrPartition),
                 Some(meta) => lookup(agent, meta.id, p.partition_index, meta.partitions, p.timestamp, req.isolation_level == 1).await,

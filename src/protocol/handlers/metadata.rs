@@ -4,6 +4,12 @@
 //! Unknown topics are created when the client allows it and `[topics] auto_create` is on.
 //! DescribeCluster (the AdminClient's `describeCluster`) and DescribeTopicPartitions (the
 //! AdminClient's `describeTopics`, paged by a cursor) tell the same story.
+//!
+//! ACLs (Kafka's rules): a topic named by the client needs DESCRIBE (else
+//! TOPIC_AUTHORIZATION_FAILED, before it is looked up: its existence is not disclosed); a
+//! listing of all topics leaves out the ones it may not describe; auto-creation needs CREATE on
+//! the cluster or the topic. Authorized-operations fields carry the client's operations when
+//! asked (the cluster's only with DESCRIBE on it, else 0).
 
 use std::sync::Arc;
 
@@ -18,10 +24,12 @@ use kafka_protocol::messages::{
     MetadataRequest, MetadataResponse, TopicName,
 };
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
 use crate::agent::fetch::LEADER_EPOCH;
+use crate::api::acl::{AclOperation, CLUSTER_NAME, ResourceType};
 use crate::api::groups::ClientInfo;
 use crate::api::{ControllerError, CreateTopic, ListenerAddress, TopicMeta, TopicRef, validate_topic_name};
 use crate::protocol::error::controller_code;
@@ -54,6 +62,7 @@ fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataRespons
 
 pub async fn handle(
     agent: &Agent,
+    access: &Access<'_>,
     version: i16,
     req: MetadataRequest,
     client: &ClientInfo,
@@ -67,20 +76,36 @@ pub async fn handle(
         Some(t) if t.is_empty() && version == 0 => None, // v0: empty means all
         Some(t) => Some(t),
     };
-    let topics = match requested {
-        None => agent.controller.topics().iter().map(|t| topic_entry(&brokers, t)).collect(),
+    let describe = |name: &str| access.check(AclOperation::Describe, ResourceType::Topic, name);
+    let denied = |name: Option<&str>, id| error_entry(name, id, ResponseError::TopicAuthorizationFailed.code());
+    let mut topics: Vec<MetadataResponseTopic> = match requested {
+        // All topics: those the client may not describe are left out, silently (as Kafka).
+        None => agent
+            .controller
+            .topics()
+            .iter()
+            .filter(|t| access.allows(AclOperation::Describe, ResourceType::Topic, &t.name))
+            .map(|t| topic_entry(&brokers, t))
+            .collect(),
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for t in list {
                 let entry = match t.name {
                     Some(name) => {
                         let name: &str = &name.0;
-                        match agent.controller.topic(TopicRef::Name(name)) {
-                            Some(meta) => topic_entry(&brokers, &meta),
-                            None => lookup_or_create(agent, &brokers, name, allow_auto_create).await,
+                        // Checked before the lookup: whether it exists is not disclosed.
+                        if !describe(name) {
+                            denied(Some(name), uuid::Uuid::nil())
+                        } else {
+                            match agent.controller.topic(TopicRef::Name(name)) {
+                                Some(meta) => topic_entry(&brokers, &meta),
+                                None => lookup_or_create(agent, access, &brokers, name, allow_auto_create).await,
+                            }
                         }
                     }
                     None => match agent.controller.topic(TopicRef::Id(t.topic_id)) {
+                        // Topic ids are not secret: the id is answered, the name is not.
+                        Some(meta) if !describe(&meta.name) => denied(None, t.topic_id),
                         Some(meta) => topic_entry(&brokers, &meta),
                         None => error_entry(None, t.topic_id, ResponseError::UnknownTopicId.code()),
                     },
@@ -90,7 +115,21 @@ pub async fn handle(
             out
         }
     };
+    if version >= 8 && req.include_topic_authorized_operations {
+        for t in topics.iter_mut().filter(|t| t.error_code != ResponseError::TopicAuthorizationFailed.code()) {
+            if let Some(name) = &t.name {
+                t.topic_authorized_operations = access.authorized_operations(ResourceType::Topic, &name.0);
+            }
+        }
+    }
+    // The cluster's operations, v8-10 (later versions ask DescribeCluster).
+    let cluster_operations = if (8..=10).contains(&version) && req.include_cluster_authorized_operations {
+        cluster_authorized_operations(access)
+    } else {
+        i32::MIN
+    };
     MetadataResponse::default()
+        .with_cluster_authorized_operations(cluster_operations)
         .with_brokers(
             brokers
                 .agents
@@ -110,8 +149,27 @@ pub async fn handle(
         .with_topics(topics)
 }
 
-async fn lookup_or_create(agent: &Agent, brokers: &Brokers, name: &str, allow_auto_create: bool) -> MetadataResponseTopic {
+/// Kafka's authorized-operations field of the cluster: its operations the client may do if it
+/// may DESCRIBE it, else none.
+fn cluster_authorized_operations(access: &Access<'_>) -> i32 {
+    if access.check_cluster(AclOperation::Describe) { access.authorized_operations(ResourceType::Cluster, CLUSTER_NAME) } else { 0 }
+}
+
+async fn lookup_or_create(
+    agent: &Agent,
+    access: &Access<'_>,
+    brokers: &Brokers,
+    name: &str,
+    allow_auto_create: bool,
+) -> MetadataResponseTopic {
     let nil = uuid::Uuid::nil();
+    // Auto-creation needs CREATE on the cluster or on the topic.
+    if allow_auto_create
+        && !access.allows(AclOperation::Create, ResourceType::Cluster, CLUSTER_NAME)
+        && !access.check(AclOperation::Create, ResourceType::Topic, name)
+    {
+        return error_entry(Some(name), nil, ResponseError::TopicAuthorizationFailed.code());
+    }
     if let Err(e) = validate_topic_name(name) {
         return error_entry(Some(name), nil, controller_code(&e));
     }
@@ -141,7 +199,12 @@ async fn lookup_or_create(agent: &Agent, brokers: &Brokers, name: &str, allow_au
 /// DescribeCluster's endpoint type for brokers (2 asks for the KRaft controllers).
 const ENDPOINT_TYPE_BROKERS: i8 = 1;
 
-pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest, listener: &ListenerAddress) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    agent: &Agent,
+    access: &Access<'_>,
+    req: DescribeClusterRequest,
+    listener: &ListenerAddress,
+) -> DescribeClusterResponse {
     let me = BrokerId(agent.settings.node_id);
     let resp = DescribeClusterResponse::default()
         .with_endpoint_type(req.endpoint_type)
@@ -153,7 +216,8 @@ pub fn describe_cluster(agent: &Agent, req: DescribeClusterRequest, listener: &L
         ))));
     }
     let brokers = Brokers::for_client(agent, listener, "");
-    resp.with_error_message(None).with_controller_id(me).with_brokers(
+    let operations = if req.include_cluster_authorized_operations { cluster_authorized_operations(access) } else { i32::MIN };
+    resp.with_error_message(None).with_controller_id(me).with_cluster_authorized_operations(operations).with_brokers(
         brokers
             .agents
             .iter()
@@ -219,6 +283,7 @@ fn describe_page<'a>(
 
 pub fn describe_topic_partitions(
     agent: &Agent,
+    access: &Access<'_>,
     req: DescribeTopicPartitionsRequest,
     client: &ClientInfo,
     listener: &ListenerAddress,
@@ -249,10 +314,22 @@ pub fn describe_topic_partitions(
             .collect();
         return DescribeTopicPartitionsResponse::default().with_topics(topics);
     }
+    // DESCRIBE on each topic: a named one refused is answered TOPIC_AUTHORIZATION_FAILED (whether it
+    // exists is not disclosed), the others of a listing are left out.
+    let (names, refused): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| {
+        if listed {
+            access.check(AclOperation::Describe, ResourceType::Topic, n)
+        } else {
+            access.allows(AclOperation::Describe, ResourceType::Topic, n)
+        }
+    });
     let metas: Vec<Option<Arc<TopicMeta>>> = names.iter().map(|n| agent.controller.topic(TopicRef::Name(n))).collect();
     let input = names.iter().zip(&metas).map(|(n, m)| (n.as_str(), m.as_ref().map(|m| m.partitions))).collect();
     let (page, next) = describe_page(input, cursor.as_ref().map(|(t, p)| (t.as_str(), *p)), req.response_partition_limit, listed);
-    let topics = page
+    let mut refused: Vec<&String> = refused.iter().filter(|n| cursor.as_ref().is_none_or(|(c, _)| n.as_str() >= c.as_str())).collect();
+    refused.sort();
+    refused.dedup();
+    let mut topics: Vec<DescribeTopicPartitionsResponseTopic> = page
         .into_iter()
         .map(|entry| match entry {
             PageEntry::Unknown(name) => DescribeTopicPartitionsResponseTopic::default()
@@ -281,6 +358,16 @@ pub fn describe_topic_partitions(
             }
         })
         .collect();
+    topics.extend(refused.into_iter().map(|name| {
+        DescribeTopicPartitionsResponseTopic::default()
+            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            .with_name(Some(TopicName(str_bytes(name.clone()))))
+    }));
+    for t in &mut topics {
+        if let Some(name) = &t.name {
+            t.topic_authorized_operations = access.authorized_operations(ResourceType::Topic, &name.0);
+        }
+    }
     DescribeTopicPartitionsResponse::default()
         .with_topics(topics)
         .with_next_cursor(next.map(|(t, p)| Cursor::default().with_topic_name(TopicName(str_bytes(t))).with_partition_index(p)))

@@ -5,6 +5,7 @@
 //! API but ApiVersions, or a header or body that does not decode closes the connection;
 //! ApiVersions with a too-new version gets a v0 answer with UNSUPPORTED_VERSION and the table.
 
+mod acls;
 mod admin;
 mod api_versions;
 mod configs;
@@ -33,7 +34,9 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
     TxnOffsetCommitRequest,
 };
-use kafka_protocol::messages::{AlterUserScramCredentialsRequest, DescribeUserScramCredentialsRequest};
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsRequest, CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest, DescribeUserScramCredentialsRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::agent::Agent;
@@ -77,6 +80,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
@@ -140,6 +146,9 @@ pub enum Request {
     TxnOffsetCommit(TxnOffsetCommitRequest),
     DescribeTransactions(DescribeTransactionsRequest),
     ListTransactions(ListTransactionsRequest),
+    DescribeAcls(DescribeAclsRequest),
+    CreateAcls(CreateAclsRequest),
+    DeleteAcls(DeleteAclsRequest),
     SaslHandshake(SaslHandshakeRequest),
     SaslAuthenticate(SaslAuthenticateRequest),
     DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
@@ -223,6 +232,9 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::TxnOffsetCommit => decode!(TxnOffsetCommit, TxnOffsetCommitRequest),
         ApiKey::DescribeTransactions => decode!(DescribeTransactions, DescribeTransactionsRequest),
         ApiKey::ListTransactions => decode!(ListTransactions, ListTransactionsRequest),
+        ApiKey::DescribeAcls => decode!(DescribeAcls, DescribeAclsRequest),
+        ApiKey::CreateAcls => decode!(CreateAcls, CreateAclsRequest),
+        ApiKey::DeleteAcls => decode!(DeleteAcls, DeleteAclsRequest),
         ApiKey::SaslHandshake => decode!(SaslHandshake, SaslHandshakeRequest),
         ApiKey::SaslAuthenticate => decode!(SaslAuthenticate, SaslAuthenticateRequest),
         ApiKey::DescribeUserScramCredentials => decode!(DescribeUserScramCredentials, DescribeUserScramCredentialsRequest),
@@ -267,50 +279,55 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
     let listener = &peer.endpoint.address;
     let version = parsed.version;
     let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id, meter: Some(meter) };
+    let who = crate::agent::acl::Requester { principal: &peer.principal, host: peer.addr.ip() };
+    let access = acls::Access::new(&agent.authorizer, who, parsed.key);
     match parsed.request {
         Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
-        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, version, r, &client, listener).await),
-        Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, version, r).await),
-        Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, version, r).await),
-        Request::DeleteRecords(r) => ctx.respond(&delete_records::handle(&agent, r).await),
-        Request::Produce(r) => match produce::handle(&agent, version, r, turn).await {
+        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, &access, version, r, &client, listener).await),
+        Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, &access, version, r).await),
+        Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, &access, version, r).await),
+        Request::DeleteRecords(r) => ctx.respond(&delete_records::handle(&agent, &access, r).await),
+        Request::Produce(r) => match produce::handle(&agent, &access, version, r, turn).await {
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
         },
         Request::Fetch(r) => {
-            let answer = fetch::handle(&agent, version, r, peer.addr).await;
+            let answer = fetch::handle(&agent, &access, version, r, peer.addr).await;
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
-        Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, version, r).await),
-        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, version, r).await),
-        Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, version, r)),
-        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, r, listener)),
-        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, r, &client, listener)),
-        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, version, r, &client, listener)),
-        Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, version, r, &client).await),
-        Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, version, r).await),
-        Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, r).await),
-        Request::LeaveGroup(r) => ctx.respond(&groups::leave_group(&agent, version, r).await),
-        Request::OffsetCommit(r) => ctx.respond(&offsets::offset_commit(&agent, version, r).await),
-        Request::OffsetFetch(r) => ctx.respond(&offsets::offset_fetch(&agent, version, r).await),
-        Request::OffsetDelete(r) => ctx.respond(&offsets::offset_delete(&agent, r).await),
-        Request::ListGroups(r) => ctx.respond(&groups::list_groups(&agent, version, r).await),
-        Request::DescribeGroups(r) => ctx.respond(&groups::describe_groups(&agent, version, r).await),
-        Request::DeleteGroups(r) => ctx.respond(&groups::delete_groups(&agent, r).await),
-        Request::ConsumerGroupHeartbeat(r) => ctx.respond(&consumer_groups::heartbeat(&agent, version, r, &client).await),
-        Request::ConsumerGroupDescribe(r) => ctx.respond(&consumer_groups::describe(&agent, version, r).await),
-        Request::AddPartitionsToTxn(r) => ctx.respond(&transactions::add_partitions_to_txn(&agent, version, r).await),
-        Request::AddOffsetsToTxn(r) => ctx.respond(&transactions::add_offsets_to_txn(&agent, version, r).await),
-        Request::EndTxn(r) => ctx.respond(&transactions::end_txn(&agent, version, r).await),
-        Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, version, r).await),
-        Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, r).await),
-        Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, version, r).await),
+        Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, &access, version, r).await),
+        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, &access, version, r).await),
+        Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, &access, version, r)),
+        Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, &access, r, listener)),
+        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, &access, r, &client, listener)),
+        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, &access, version, r, &client, listener)),
+        Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, &access, version, r, &client).await),
+        Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, &access, version, r).await),
+        Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, &access, r).await),
+        Request::LeaveGroup(r) => ctx.respond(&groups::leave_group(&agent, &access, version, r).await),
+        Request::OffsetCommit(r) => ctx.respond(&offsets::offset_commit(&agent, &access, version, r).await),
+        Request::OffsetFetch(r) => ctx.respond(&offsets::offset_fetch(&agent, &access, version, r).await),
+        Request::OffsetDelete(r) => ctx.respond(&offsets::offset_delete(&agent, &access, r).await),
+        Request::ListGroups(r) => ctx.respond(&groups::list_groups(&agent, &access, version, r).await),
+        Request::DescribeGroups(r) => ctx.respond(&groups::describe_groups(&agent, &access, version, r).await),
+        Request::DeleteGroups(r) => ctx.respond(&groups::delete_groups(&agent, &access, r).await),
+        Request::ConsumerGroupHeartbeat(r) => ctx.respond(&consumer_groups::heartbeat(&agent, &access, version, r, &client).await),
+        Request::ConsumerGroupDescribe(r) => ctx.respond(&consumer_groups::describe(&agent, &access, version, r).await),
+        Request::AddPartitionsToTxn(r) => ctx.respond(&transactions::add_partitions_to_txn(&agent, &access, version, r).await),
+        Request::AddOffsetsToTxn(r) => ctx.respond(&transactions::add_offsets_to_txn(&agent, &access, version, r).await),
+        Request::EndTxn(r) => ctx.respond(&transactions::end_txn(&agent, &access, version, r).await),
+        Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, &access, version, r).await),
+        Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, &access, r).await),
+        Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, &access, version, r).await),
+        Request::DescribeAcls(r) => ctx.respond(&acls::describe_acls(&agent, &access, r).await),
+        Request::CreateAcls(r) => ctx.respond(&acls::create_acls(&agent, &access, r).await),
+        Request::DeleteAcls(r) => ctx.respond(&acls::delete_acls(&agent, &access, r).await),
         Request::SaslHandshake(_) => ctx.respond(&super::sasl::handshake_refused()),
         Request::SaslAuthenticate(_) => ctx.respond(&super::sasl::authenticate_refused()),
-        Request::DescribeUserScramCredentials(r) => ctx.respond(&users::describe(&agent, r).await),
-        Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, r).await),
-        Request::DescribeClientQuotas(r) => ctx.respond(&quotas::describe(&agent, r).await),
-        Request::AlterClientQuotas(r) => ctx.respond(&quotas::alter(&agent, r).await),
+        Request::DescribeUserScramCredentials(r) => ctx.respond(&users::describe(&agent, &access, r).await),
+        Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, &access, r).await),
+        Request::DescribeClientQuotas(r) => ctx.respond(&quotas::describe(&agent, &access, r).await),
+        Request::AlterClientQuotas(r) => ctx.respond(&quotas::alter(&agent, &access, r).await),
     }
 }
 

@@ -4,6 +4,10 @@
 //! with base offset -1 (offsets are assigned later, at commit); acks=0 gets no response.
 //! Transactional batches with acks=0/1 are verified with the transaction coordinator before
 //! they are accepted (their answer comes before the commit that would check them).
+//!
+//! ACLs (Kafka's order): transactional batches need WRITE on the transactional id
+//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED on every partition), each topic WRITE
+//! (TOPIC_AUTHORIZATION_FAILED on its partitions, before it is looked up).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse};
@@ -12,10 +16,12 @@ use tokio::time::{Duration, Instant};
 
 use std::sync::{Arc, OnceLock};
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Turn;
 use crate::agent::produce::{ProduceBatch, ProduceRefusal};
 use crate::agent::{Agent, AgentError};
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::{ControllerError, TopicRef};
 use crate::failures::{self, Op};
 use crate::format::records::{self, RecordsError};
@@ -67,9 +73,9 @@ fn verification_refusal(e: &ControllerError, version: i16) -> (i16, String) {
     }
 }
 
-pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest, turn: Option<Turn>) -> Option<ProduceResponse> {
+pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: ProduceRequest, turn: Option<Turn>) -> Option<ProduceResponse> {
     let started = std::time::Instant::now();
-    let response = handle_inner(agent, version, req, turn).await;
+    let response = handle_inner(agent, access, version, req, turn).await;
     if let Some((acks, _)) = &response {
         static LATENCY: OnceLock<[Arc<Histogram>; 2]> = OnceLock::new();
         let [acks_1, acks_all] = LATENCY.get_or_init(|| {
@@ -85,7 +91,13 @@ pub async fn handle(agent: &Agent, version: i16, req: ProduceRequest, turn: Opti
     response.map(|(_, r)| r)
 }
 
-async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest, mut turn: Option<Turn>) -> Option<(i16, ProduceResponse)> {
+async fn handle_inner(
+    agent: &Agent,
+    access: &Access<'_>,
+    version: i16,
+    req: ProduceRequest,
+    mut turn: Option<Turn>,
+) -> Option<(i16, ProduceResponse)> {
     let acks = req.acks;
     let hand_off = match turn.as_mut().and_then(|t| t.hand_off.take()) {
         Some(guard) => guard,
@@ -94,8 +106,19 @@ async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest, mut turn
     let deadline = Instant::now() + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
     let mut items = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
-    // Kafka: a transactional batch in a request without a transactional id fails every partition.
-    let no_txn_id = req.transactional_id.is_none() && has_transactional_batch(&req);
+    // Kafka: transactional batches need the request's transactional id and WRITE on it, else
+    // every partition fails.
+    let txn_refused = if has_transactional_batch(&req) {
+        match &req.transactional_id {
+            None => Some("transactional batch without a transactional id".to_string()),
+            Some(id) if !access.check(AclOperation::Write, ResourceType::TransactionalId, &id.0) => {
+                Some(format!("WRITE on transactional id {} is not allowed", id.0))
+            }
+            Some(_) => None,
+        }
+    } else {
+        None
+    };
     for t in &req.topic_data {
         let meta = if version >= 13 {
             agent.controller.topic(TopicRef::Id(t.topic_id))
@@ -103,14 +126,19 @@ async fn handle_inner(agent: &Agent, version: i16, req: ProduceRequest, mut turn
             agent.controller.topic(TopicRef::Name(&t.name.0))
         };
         let unknown = if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
+        // WRITE on the topic, by name (an unknown topic id has none: UNKNOWN_TOPIC_ID).
+        let name = if version >= 13 { meta.as_ref().map(|m| m.name.as_str()) } else { Some(&*t.name.0) };
+        let denied = txn_refused.is_none() && name.is_some_and(|n| !access.check(AclOperation::Write, ResourceType::Topic, n));
         let mut slots = Vec::with_capacity(t.partition_data.len());
         for p in &t.partition_data {
             let slot = if !(-1..=1).contains(&acks) {
                 Slot::failed(ResponseError::InvalidRequiredAcks.code(), format!("acks={acks} is not 0, 1 or -1"))
-            } else if no_txn_id {
+            } else if let Some(why) = &txn_refused {
+                Slot::failed(ResponseError::TransactionalIdAuthorizationFailed.code(), why.clone())
+            } else if denied {
                 Slot::failed(
-                    ResponseError::TransactionalIdAuthorizationFailed.code(),
-                    "transactional batch without a transactional id".into(),
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    format!("WRITE on topic {} is not allowed", name.unwrap_or("")),
                 )
             } else {
                 match (&meta, &p.records) {

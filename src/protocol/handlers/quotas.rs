@@ -1,6 +1,7 @@
 //! Client quotas on the wire: DescribeClientQuotas (API 48) and AlterClientQuotas (API 49), as
 //! `kafka-configs.sh --entity-type users|clients` and AdminClient's `describeClientQuotas` /
-//! `alterClientQuotas` use them; and [`Meter`], the request's side of quota enforcement.
+//! `alterClientQuotas` use them (DESCRIBE_CONFIGS, ALTER_CONFIGS on the cluster, as in Kafka);
+//! and [`Meter`], the request's side of quota enforcement.
 //!
 //! A [`Meter`] goes with every request. Once the request is parsed it knows which quotas apply
 //! (none: it does nothing). It records what the request used, as Kafka's `KafkaApis` does:
@@ -36,10 +37,12 @@ use kafka_protocol::messages::{
 use kafka_protocol::messages::{alter_client_quotas_response, describe_client_quotas_response};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
+use super::acls::Access;
 use super::{Outcome, Parsed, Request, str_bytes};
 use crate::agent::Agent;
 use crate::agent::fetch_session::Mode;
 use crate::agent::quota::{self, Busy, Kind, Limits};
+use crate::api::acl::AclOperation;
 use crate::api::quota::{EntityPart, FilterComponent, Match, QuotaAlteration, QuotaFilter, QuotaOp};
 use crate::api::{ControllerError, TopicRef};
 use crate::protocol::error::controller_code;
@@ -74,8 +77,14 @@ fn filter_of(req: &DescribeClientQuotasRequest) -> Result<QuotaFilter, Controlle
     Ok(QuotaFilter { components, strict: req.strict })
 }
 
-pub async fn describe(agent: &Agent, req: DescribeClientQuotasRequest) -> DescribeClientQuotasResponse {
+pub async fn describe(agent: &Agent, access: &Access<'_>, req: DescribeClientQuotasRequest) -> DescribeClientQuotasResponse {
     use describe_client_quotas_response::{EntityData, EntryData, ValueData};
+    if !access.check_cluster(AclOperation::DescribeConfigs) {
+        return DescribeClientQuotasResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(str_bytes("DESCRIBE_CONFIGS on the cluster is not allowed")))
+            .with_entries(None);
+    }
     let found = match filter_of(&req) {
         Ok(filter) => agent.controller.describe_client_quotas(filter).await,
         Err(e) => Err(e),
@@ -108,12 +117,17 @@ pub async fn describe(agent: &Agent, req: DescribeClientQuotasRequest) -> Descri
     }
 }
 
-pub async fn alter(agent: &Agent, req: AlterClientQuotasRequest) -> AlterClientQuotasResponse {
+pub async fn alter(agent: &Agent, access: &Access<'_>, req: AlterClientQuotasRequest) -> AlterClientQuotasResponse {
     use alter_client_quotas_response::{EntityData, EntryData};
     // One result per entry, in request order; entries that fail here are not sent on.
     let mut results: Vec<Option<Result<(), ControllerError>>> = Vec::with_capacity(req.entries.len());
     let mut sent: Vec<(usize, QuotaAlteration)> = Vec::new();
+    let allowed = access.check_cluster(AclOperation::AlterConfigs);
     for (i, entry) in req.entries.iter().enumerate() {
+        if !allowed {
+            results.push(None);
+            continue;
+        }
         if i >= ENTRIES_PER_REQUEST_MAX {
             results.push(Some(Err(ControllerError::InvalidRequest(format!("more than {ENTRIES_PER_REQUEST_MAX} entities")))));
             continue;
@@ -156,6 +170,9 @@ pub async fn alter(agent: &Agent, req: AlterClientQuotasRequest) -> AlterClientQ
                 .collect();
             let out = EntryData::default().with_entity(entity);
             match result {
+                _ if !allowed => out
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes("ALTER_CONFIGS on the cluster is not allowed"))),
                 Some(Err(e)) => {
                     let (code, message) = failure(&e);
                     out.with_error_code(code).with_error_message(message)

@@ -5,6 +5,14 @@
 //!
 //! Kafka's KIP-588 rule for old clients: coordinator APIs below the version that knows
 //! PRODUCER_FENCED answer INVALID_PRODUCER_EPOCH instead.
+//!
+//! ACLs (Kafka's): WRITE on the transactional id for AddPartitionsToTxn v0-3 (and WRITE on each
+//! topic), AddOffsetsToTxn (and READ on the group), EndTxn and TxnOffsetCommit (and READ on the
+//! group and each topic); CLUSTER_ACTION on the cluster for the brokers' AddPartitionsToTxn v4+;
+//! DESCRIBE on the transactional id for DescribeTransactions (partitions of topics the client
+//! may not describe left out) and ListTransactions (others left out).
+
+use std::collections::HashSet;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
@@ -20,10 +28,12 @@ use kafka_protocol::messages::{
     TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::txn::TxnError;
 use crate::api::ControllerError;
+use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::groups::CommitOffset;
 use crate::api::txn::TxnStatus;
 use crate::protocol::error::{agent_code, controller_code, group_code};
@@ -47,8 +57,11 @@ fn txn_id(id: &TransactionalId) -> String {
     id.0.to_string()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn add_partitions(
     agent: &Agent,
+    access: &Access<'_>,
+    client_form: bool,
     transactional_id: &TransactionalId,
     producer_id: i64,
     epoch: i16,
@@ -58,8 +71,30 @@ async fn add_partitions(
 ) -> Vec<AddPartitionsToTxnTopicResult> {
     let wanted: Vec<(String, i32)> = topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p))).collect();
     let n = wanted.len();
-    let added = agent.controller.add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only).await;
-    let results = item_codes(added, n, knows_fenced);
+    // The client form (v0-3) needs WRITE on the transactional id, then on every topic: a topic
+    // refused fails the whole request (the others OPERATION_NOT_ATTEMPTED), as in Kafka.
+    let refused: Vec<bool> = if client_form && !access.check(AclOperation::Write, ResourceType::TransactionalId, &transactional_id.0) {
+        Vec::new()
+    } else if client_form {
+        topics.iter().map(|t| !access.check(AclOperation::Write, ResourceType::Topic, &t.name.0)).collect()
+    } else {
+        vec![false; topics.len()]
+    };
+    let results = if refused.is_empty() {
+        vec![ResponseError::TransactionalIdAuthorizationFailed.code(); n]
+    } else if refused.iter().any(|r| *r) {
+        topics
+            .iter()
+            .zip(&refused)
+            .flat_map(|(t, r)| {
+                let code = if *r { ResponseError::TopicAuthorizationFailed } else { ResponseError::OperationNotAttempted };
+                t.partitions.iter().map(move |_| code.code())
+            })
+            .collect()
+    } else {
+        let added = agent.controller.add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only).await;
+        item_codes(added, n, knows_fenced)
+    };
     let mut codes = results.into_iter();
     topics
         .iter()
@@ -78,10 +113,17 @@ async fn add_partitions(
         .collect()
 }
 
-pub async fn add_partitions_to_txn(agent: &Agent, version: i16, req: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
+pub async fn add_partitions_to_txn(
+    agent: &Agent,
+    access: &Access<'_>,
+    version: i16,
+    req: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
     if version <= 3 {
         let results = add_partitions(
             agent,
+            access,
+            true,
             &req.v3_and_below_transactional_id,
             req.v3_and_below_producer_id.0,
             req.v3_and_below_producer_epoch,
@@ -92,15 +134,27 @@ pub async fn add_partitions_to_txn(agent: &Agent, version: i16, req: AddPartitio
         .await;
         return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
     }
+    // The batched form (v4+) is for brokers: CLUSTER_ACTION on the cluster.
+    if !access.check_cluster(AclOperation::ClusterAction) {
+        return AddPartitionsToTxnResponse::default().with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let mut out = Vec::with_capacity(req.transactions.len());
     for t in &req.transactions {
-        let results = add_partitions(agent, &t.transactional_id, t.producer_id.0, t.producer_epoch, t.verify_only, &t.topics, true).await;
+        let results =
+            add_partitions(agent, access, false, &t.transactional_id, t.producer_id.0, t.producer_epoch, t.verify_only, &t.topics, true)
+                .await;
         out.push(AddPartitionsToTxnResult::default().with_transactional_id(t.transactional_id.clone()).with_topic_results(results));
     }
     AddPartitionsToTxnResponse::default().with_results_by_transaction(out)
 }
 
-pub async fn add_offsets_to_txn(agent: &Agent, version: i16, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+pub async fn add_offsets_to_txn(agent: &Agent, access: &Access<'_>, version: i16, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+    if !access.check(AclOperation::Write, ResourceType::TransactionalId, &req.transactional_id.0) {
+        return AddOffsetsToTxnResponse::default().with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    if !access.check(AclOperation::Read, ResourceType::Group, &req.group_id.0) {
+        return AddOffsetsToTxnResponse::default().with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let r = agent
         .controller
         .add_offsets_to_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.group_id.0.to_string())
@@ -108,8 +162,11 @@ pub async fn add_offsets_to_txn(agent: &Agent, version: i16, req: AddOffsetsToTx
     AddOffsetsToTxnResponse::default().with_error_code(r.err().map_or(0, |e| fenced_code(&e, version >= 2)))
 }
 
-pub async fn end_txn(agent: &Agent, version: i16, req: EndTxnRequest) -> EndTxnResponse {
+pub async fn end_txn(agent: &Agent, access: &Access<'_>, version: i16, req: EndTxnRequest) -> EndTxnResponse {
     let resp = EndTxnResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    if !access.check(AclOperation::Write, ResourceType::TransactionalId, &req.transactional_id.0) {
+        return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
     let ended = agent.end_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.committed).await;
     let code = match ended {
         Ok(()) => 0,
@@ -123,10 +180,25 @@ pub async fn end_txn(agent: &Agent, version: i16, req: EndTxnRequest) -> EndTxnR
     resp.with_error_code(code)
 }
 
-pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+pub async fn txn_offset_commit(agent: &Agent, access: &Access<'_>, version: i16, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+    // WRITE on the transactional id, READ on the group (each fails every partition), READ on
+    // each topic (its partitions TOPIC_AUTHORIZATION_FAILED, the others still committed).
+    let all_refused = if !access.check(AclOperation::Write, ResourceType::TransactionalId, &req.transactional_id.0) {
+        Some(ResponseError::TransactionalIdAuthorizationFailed.code())
+    } else if !access.check(AclOperation::Read, ResourceType::Group, &req.group_id.0) {
+        Some(ResponseError::GroupAuthorizationFailed.code())
+    } else {
+        None
+    };
+    let refused: HashSet<&str> = if all_refused.is_some() {
+        HashSet::new()
+    } else {
+        access.refused(AclOperation::Read, ResourceType::Topic, req.topics.iter().map(|t| &*t.name.0))
+    };
     let offsets: Vec<CommitOffset> = req
         .topics
         .iter()
+        .filter(|t| all_refused.is_none() && !refused.contains(&*t.name.0))
         .flat_map(|t| {
             t.partitions.iter().map(|p| CommitOffset {
                 topic: t.name.0.to_string(),
@@ -143,8 +215,13 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
     } else {
         (String::new(), None, -1)
     };
-    let checked = agent.controller.validate_txn_offset_commit(req.group_id.0.to_string(), member.0, member.1, member.2).await;
+    let checked = if n == 0 {
+        Ok(())
+    } else {
+        agent.controller.validate_txn_offset_commit(req.group_id.0.to_string(), member.0, member.1, member.2).await
+    };
     let codes: Vec<i16> = match checked {
+        _ if n == 0 => Vec::new(),
         Err(e) => vec![group_code(&e); n],
         Ok(()) => {
             let id = txn_id(&req.transactional_id);
@@ -160,13 +237,13 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
         .topics
         .iter()
         .map(|t| {
+            let decided = all_refused.or(refused.contains(&*t.name.0).then_some(ResponseError::TopicAuthorizationFailed.code()));
             let partitions = t
                 .partitions
                 .iter()
                 .map(|p| {
-                    TxnOffsetCommitResponsePartition::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(codes.next().unwrap_or(0))
+                    let code = decided.unwrap_or_else(|| codes.next().unwrap_or(0));
+                    TxnOffsetCommitResponsePartition::default().with_partition_index(p.partition_index).with_error_code(code)
                 })
                 .collect();
             TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
@@ -175,19 +252,27 @@ pub async fn txn_offset_commit(agent: &Agent, version: i16, req: TxnOffsetCommit
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub async fn describe_transactions(agent: &Agent, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+pub async fn describe_transactions(agent: &Agent, access: &Access<'_>, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
     let mut states = Vec::with_capacity(req.transactional_ids.len());
     for id in &req.transactional_ids {
         let base = TransactionState::default()
             .with_transactional_id(id.clone())
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
+        if !access.check(AclOperation::Describe, ResourceType::TransactionalId, &id.0) {
+            states.push(
+                base.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                    .with_transaction_state(str_bytes("")),
+            );
+            continue;
+        }
         let state = match agent.controller.describe_transaction(id.0.to_string()).await {
             Err(e) => base.with_error_code(controller_code(&e)).with_transaction_state(str_bytes("")),
             Ok(None) => base.with_error_code(ResponseError::TransactionalIdNotFound.code()).with_transaction_state(str_bytes("")),
             Ok(Some(d)) => {
                 let mut topics: Vec<TopicData> = Vec::new();
-                for (topic, p) in d.partitions {
+                // Only the partitions of topics the client may describe (Kafka's rule).
+                for (topic, p) in d.partitions.into_iter().filter(|(t, _)| access.allows(AclOperation::Describe, ResourceType::Topic, t)) {
                     match topics.last_mut() {
                         Some(t) if *t.topic.0 == *topic => t.partitions.push(p),
                         _ => topics.push(TopicData::default().with_topic(str_bytes(topic).into()).with_partitions(vec![p])),
@@ -216,7 +301,7 @@ const STATE_NAMES: &[TxnStatus] = &[
     TxnStatus::CompleteAbort,
 ];
 
-pub async fn list_transactions(agent: &Agent, version: i16, req: ListTransactionsRequest) -> ListTransactionsResponse {
+pub async fn list_transactions(agent: &Agent, access: &Access<'_>, version: i16, req: ListTransactionsRequest) -> ListTransactionsResponse {
     let states: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();
     let unknown: Vec<_> = req.state_filters.iter().filter(|s| !STATE_NAMES.iter().any(|n| n.kafka_name() == s.as_str())).cloned().collect();
     let producer_ids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
@@ -232,6 +317,7 @@ pub async fn list_transactions(agent: &Agent, version: i16, req: ListTransaction
     };
     let listed = listed
         .into_iter()
+        .filter(|d| access.allows(AclOperation::Describe, ResourceType::TransactionalId, &d.transactional_id))
         .map(|d| {
             ListedTransaction::default()
                 .with_transactional_id(str_bytes(d.transactional_id).into())

@@ -1,9 +1,12 @@
 //! DescribeUserScramCredentials (API 50) and AlterUserScramCredentials (API 51): the users SASL
 //! logs in, managed as `kafka-configs.sh --entity-type users` and AdminClient's
 //! `alterUserScramCredentials` do it. The client sends the salt and the salted password; the
-//! controller keeps only the keys derived from them.
+//! controller keeps only the keys derived from them. Describing needs DESCRIBE on the cluster,
+//! altering ALTER on it (CLUSTER_AUTHORIZATION_FAILED), as in Kafka.
 
 use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError;
 
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::describe_user_scram_credentials_response::{CredentialInfo, DescribeUserScramCredentialsResult};
@@ -13,9 +16,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::api::ControllerError;
+use crate::api::acl::AclOperation;
 use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism};
 use crate::protocol::error::controller_code;
 
@@ -26,9 +31,18 @@ fn failure(e: &ControllerError) -> (i16, Option<StrBytes>) {
     (controller_code(e), Some(str_bytes(e.to_string())))
 }
 
-pub async fn describe(agent: &Agent, req: DescribeUserScramCredentialsRequest) -> DescribeUserScramCredentialsResponse {
+pub async fn describe(
+    agent: &Agent,
+    access: &Access<'_>,
+    req: DescribeUserScramCredentialsRequest,
+) -> DescribeUserScramCredentialsResponse {
     let names: Option<Vec<String>> = req.users.map(|u| u.into_iter().map(|n| n.name.to_string()).collect());
     let resp = DescribeUserScramCredentialsResponse::default();
+    if !access.check_cluster(AclOperation::Describe) {
+        return resp
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(str_bytes("DESCRIBE on the cluster is not allowed")));
+    }
     if names.as_ref().is_some_and(|n| n.len() > USERS_PER_REQUEST_MAX) {
         let e = ControllerError::InvalidRequest(format!("more than {USERS_PER_REQUEST_MAX} users"));
         let (code, message) = failure(&e);
@@ -80,7 +94,26 @@ pub async fn describe(agent: &Agent, req: DescribeUserScramCredentialsRequest) -
     }
 }
 
-pub async fn alter(agent: &Agent, req: AlterUserScramCredentialsRequest) -> AlterUserScramCredentialsResponse {
+pub async fn alter(agent: &Agent, access: &Access<'_>, req: AlterUserScramCredentialsRequest) -> AlterUserScramCredentialsResponse {
+    if !access.check_cluster(AclOperation::Alter) {
+        let mut users: Vec<String> = Vec::new();
+        for u in req.deletions.iter().map(|d| &d.name).chain(req.upsertions.iter().map(|u| &u.name)) {
+            if !users.iter().any(|x| **x == **u) {
+                users.push(u.to_string());
+            }
+        }
+        return AlterUserScramCredentialsResponse::default().with_results(
+            users
+                .into_iter()
+                .map(|u| {
+                    AlterUserScramCredentialsResult::default()
+                        .with_user(str_bytes(u))
+                        .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+                        .with_error_message(Some(str_bytes("ALTER on the cluster is not allowed")))
+                })
+                .collect(),
+        );
+    }
     // One result per user, in the order users first appear; its error is the user's first.
     let mut order: Vec<String> = Vec::new();
     let mut errors: BTreeMap<String, ControllerError> = BTreeMap::new();
