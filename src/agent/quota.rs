@@ -46,6 +46,11 @@ pub const SAMPLE_MS: i64 = 1000;
 pub const ENTITIES_MAX: usize = 10_000;
 /// The longest throttle for request time (Kafka: one sample's time).
 pub const REQUEST_THROTTLE_MS_MAX: u64 = SAMPLE_MS as u64;
+/// The longest a connection is muted at a time (a whole window). A throttle time may be longer
+/// (Kafka does not bound those of bytes and mutations); a request still over its quota after
+/// this is held or refused again, so the bound weakens nothing, it only keeps a connection from
+/// going deaf for hours after one huge request.
+pub const MUTE_MS_MAX: u64 = SAMPLES as u64 * SAMPLE_MS as u64;
 
 /// What a quota limits, and the key that sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -534,8 +534,9 @@ impl<'a> Meter<'a> {
         if ms == 0 {
             return if frame.is_empty() { Outcome::NoResponse } else { Outcome::Respond(frame) };
         }
-        quota::throttled(kind, ms);
-        Outcome::Throttled(frame, Duration::from_millis(ms))
+        let mute_ms = ms.min(quota::MUTE_MS_MAX);
+        quota::throttled(kind, mute_ms);
+        Outcome::Throttled(frame, Duration::from_millis(mute_ms))
     }
 
     /// KIP-219: a Fetch over its quota gets an empty answer with the throttle time. Its fetch
