@@ -1,4 +1,4 @@
-//! Metrics: counters and latency histograms, and the Prometheus text endpoint that shows them.
+//! Metrics: counters (of events, or of time in seconds) and latency histograms, and the Prometheus text endpoint that shows them.
 //!
 //! Metrics are process-wide (like Prometheus client libraries): a component asks the registry
 //! for its counter once, keeps the `Arc`, and bumps it on the hot path with one atomic add.
@@ -52,6 +52,8 @@ impl Histogram {
 enum Metric {
     Counter(Arc<Counter>),
     Histogram(Arc<Histogram>),
+    /// A counter of microseconds, shown in seconds ([`seconds_counter`]).
+    Seconds(Arc<Counter>),
 }
 
 /// Metric name + sorted labels.
@@ -87,7 +89,8 @@ pub fn counter(name: &'static str, help: &'static str, labels: &[(&'static str, 
     let mut m = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
     match m.entry(key(name, labels)).or_insert_with(|| Metric::Counter(Arc::default())) {
         Metric::Counter(c) => c.clone(),
-        Metric::Histogram(_) => Arc::default(), // a name used as both kinds: keep it invisible
+        // A name used as two kinds: keep the second invisible.
+        Metric::Histogram(_) | Metric::Seconds(_) => Arc::default(),
     }
 }
 
@@ -98,7 +101,19 @@ pub fn histogram(name: &'static str, help: &'static str, labels: &[(&'static str
     let mut m = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
     match m.entry(key(name, labels)).or_insert_with(|| Metric::Histogram(Arc::new(Histogram::new()))) {
         Metric::Histogram(h) => h.clone(),
-        Metric::Counter(_) => Arc::new(Histogram::new()),
+        Metric::Counter(_) | Metric::Seconds(_) => Arc::new(Histogram::new()),
+    }
+}
+
+/// The counter `name{labels}` of a duration: add microseconds, it shows seconds (a name ending
+/// in `_seconds_total`).
+pub fn seconds_counter(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Arc<Counter> {
+    let r = registry();
+    r.help.lock().unwrap_or_else(|p| p.into_inner()).insert(name, help);
+    let mut m = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    match m.entry(key(name, labels)).or_insert_with(|| Metric::Seconds(Arc::default())) {
+        Metric::Seconds(c) => c.clone(),
+        Metric::Counter(_) | Metric::Histogram(_) => Arc::default(),
     }
 }
 
@@ -125,7 +140,7 @@ pub fn render() -> String {
     let mut last = "";
     for ((name, labels), m) in metrics.iter() {
         if *name != last {
-            let kind = if matches!(m, Metric::Counter(_)) { "counter" } else { "summary" };
+            let kind = if matches!(m, Metric::Histogram(_)) { "summary" } else { "counter" };
             let _ = writeln!(out, "# HELP {name} {}", help.get(name).unwrap_or(&""));
             let _ = writeln!(out, "# TYPE {name} {kind}");
             last = name;
@@ -133,6 +148,9 @@ pub fn render() -> String {
         match m {
             Metric::Counter(c) => {
                 let _ = writeln!(out, "{name}{} {}", label_text(labels, None), c.get());
+            }
+            Metric::Seconds(c) => {
+                let _ = writeln!(out, "{name}{} {}", label_text(labels, None), c.get() as f64 / 1e6);
             }
             Metric::Histogram(h) => {
                 let (count, sum_us, p50, p99, p999) = h.snapshot();
@@ -171,6 +189,9 @@ mod tests {
         assert!(text.contains("test_things_total{kind=\"a\"} 4"), "{text}");
         assert!(text.contains("# TYPE test_latency_seconds summary"));
         assert!(text.contains("test_latency_seconds_count 1"));
+        seconds_counter("test_waited_seconds_total", "Waits.", &[]).add(1_500_000);
+        let text = render();
+        assert!(text.contains("# TYPE test_waited_seconds_total counter\ntest_waited_seconds_total 1.5"), "{text}");
         gauges("test_lag", "Lag.", || vec![(vec![("group", "g\"1".to_string())], 7)]);
         let text = render();
         assert!(text.contains("# TYPE test_lag gauge\ntest_lag{group=\"g\\\"1\"} 7"), "{text}");

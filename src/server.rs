@@ -352,6 +352,10 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             max_decompressed_batch_bytes: usize::try_from(config.agent.max_decompressed_batch_bytes).unwrap_or(usize::MAX),
             fetch_max_wait_ms_max: config.agent.fetch_max_wait_ms_max,
         },
+        quotas: {
+            let source = controller.clone();
+            crate::agent::quota::Quotas::new(Box::new(move || source.client_quotas()), clock.clone(), crate::agent::quota::ENTITIES_MAX)
+        },
         controller,
         store,
         clock,

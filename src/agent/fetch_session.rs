@@ -217,6 +217,11 @@ impl FetchSessions {
         self.lock().bytes
     }
 
+    /// Closes session `id` (one just opened by a fetch answered without it).
+    pub fn close(&self, id: i32) {
+        self.lock().remove(id);
+    }
+
     /// Closes every session `owner` (a connection) used last.
     pub fn close_owner(&self, owner: SocketAddr) {
         let mut inner = self.lock();

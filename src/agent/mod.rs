@@ -8,6 +8,8 @@
 //!   offsets into the batch headers.
 //! - [`txn`]: EndTxn and transactional InitProducerId (markers through the uploader); the
 //!   transaction timeout job.
+//! - [`quota`]: client quotas (produce and fetch bytes, request time, partition mutations):
+//!   whose rate is over which quota, and for how long to throttle.
 //! - [`cost`]: object-store requests and bytes by topic, on `/metrics`.
 //! - [`orphans`]: the background job deleting objects that were uploaded but never committed.
 //! - [`jobs`]: background jobs leased from the controller: retention, the object collector.
@@ -28,6 +30,7 @@ pub mod fetch_session;
 pub mod jobs;
 pub mod orphans;
 pub mod produce;
+pub mod quota;
 pub mod txn;
 pub mod upload;
 pub mod wal;
@@ -63,6 +66,8 @@ pub struct Agent {
     pub store: Arc<dyn ObjectStore>,
     /// Record timestamps are checked against it.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Client quota enforcement: who is over which quota ([`quota`]).
+    pub quotas: quota::Quotas,
     /// Fetches read objects through this cache.
     pub cache: Arc<cache::ReadCache>,
     pub uploader: Uploader,

@@ -42,6 +42,7 @@ pub mod prelude {
         SyncRequest, SyncResponse, TopicPartition, consumer,
     };
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
+    pub use crate::api::quota::{QuotaAlteration, QuotaEntry, QuotaFilter, QuotaSet};
     pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
     pub use crate::api::txn::{TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
@@ -110,6 +111,10 @@ macro_rules! for_each_call {
             [blocking] ScramCredential scram_credential(user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError>;
             [blocking] AlterScramCredentials alter_scram_credentials(alterations: Vec<ScramAlteration>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
             [blocking] DescribeScramCredentials describe_scram_credentials(users: Option<Vec<String>>) -> Result<Vec<ScramUser>, ControllerError>;
+            // Client quotas (controller::quotas): the set agents enforce, and the quota APIs.
+            [now] AllClientQuotas all_client_quotas() -> Result<QuotaSet, ControllerError>;
+            [now] DescribeClientQuotas describe_client_quotas(filter: QuotaFilter) -> Result<Vec<QuotaEntry>, ControllerError>;
+            [blocking] AlterClientQuotas alter_client_quotas(alterations: Vec<QuotaAlteration>, validate_only: bool) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
         }
     };
 }

@@ -6,6 +6,7 @@
 //!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
 //! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
 //! - [`acl`]: ACL bindings, filters and the controller's set of them (Kafka's model).
+//! - [`quota`]: client quotas (entities, keys, the set agents enforce, describe filters).
 //! - [`rpc`]: the gRPC wire; [`tls`]: its TLS (the PEM files, checked, as tonic's settings).
 //! - this file: topics, commits, extents, and [`ControllerError`].
 //!
@@ -16,6 +17,7 @@ pub mod acl;
 pub mod calls;
 pub mod groups;
 pub mod jobs;
+pub mod quota;
 pub mod rpc;
 pub mod scram;
 pub mod serde_with;

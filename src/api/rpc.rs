@@ -114,6 +114,10 @@ pub struct SnapshotReply {
     /// loads them again. Absent from controllers without ACLs.
     #[prost(uint64, optional, tag = "5")]
     pub acls_version: Option<u64>,
+    /// The version of the controller's client quotas (`all_client_quotas` call): an agent
+    /// holding another version loads them again. Absent from controllers without quotas.
+    #[prost(uint64, optional, tag = "6")]
+    pub quotas_version: Option<u64>,
 }
 
 /// Sent after commits, topic changes and ACL changes. `resync`: the agent missed events (or
@@ -135,6 +139,10 @@ pub struct WatchEvent {
     /// The ACLs changed: their new version (agents load them with the `all_acls` call).
     #[prost(uint64, optional, tag = "5")]
     pub acls_version: Option<u64>,
+    /// The client quotas changed: their new version (agents load them with the
+    /// `all_client_quotas` call).
+    #[prost(uint64, optional, tag = "6")]
+    pub quotas_version: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -273,4 +273,18 @@ impl Answer for Controller {
     fn describe_scram_credentials(&self, users: Option<Vec<String>>) -> Result<Vec<ScramUser>, ControllerError> {
         Controller::describe_scram_credentials(self, users.as_deref())
     }
+
+    fn all_client_quotas(&self) -> Result<QuotaSet, ControllerError> {
+        Ok(QuotaSet::clone(&Controller::client_quotas(self)))
+    }
+    fn describe_client_quotas(&self, filter: QuotaFilter) -> Result<Vec<QuotaEntry>, ControllerError> {
+        Controller::describe_client_quotas(self, &filter)
+    }
+    fn alter_client_quotas(
+        &self,
+        alterations: Vec<QuotaAlteration>,
+        validate_only: bool,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        Controller::alter_client_quotas(self, &alterations, validate_only)
+    }
 }

@@ -17,6 +17,7 @@ pub mod calls;
 pub mod groups;
 pub mod log;
 pub mod producers;
+pub mod quotas;
 pub mod retention;
 pub mod service;
 pub mod store;
@@ -181,6 +182,8 @@ pub struct Controller {
     extents_replaced: std::sync::atomic::AtomicU64,
     /// Which agent runs which background job ([`retention::JobLeases`]).
     leases: Mutex<retention::JobLeases>,
+    /// Client quotas ([`quotas`]), a versioned set agents load whole.
+    quotas: quotas::Quotas,
     /// The last storage figures ([`Controller::storage_stats`]).
     storage: Mutex<Option<crate::api::jobs::StorageStats>>,
     /// `[controller] object_commit_window_ms`: keys older than this are never committed, and
@@ -314,6 +317,7 @@ impl Controller {
         state.producers = snapshot.producers.into_iter().collect();
         state.retain_producers(expired_before);
         let state = Arc::new(RwLock::new(state));
+        let quotas = quotas::Quotas::load(store.as_ref())?;
         let groups =
             GroupCoordinator::open(store.clone(), Arc::new(TopicView(state.clone())), clock.clone(), entropy.clone(), group_settings)?;
         let mut bindings = store.acls()?;
@@ -339,6 +343,7 @@ impl Controller {
             cluster_id: snapshot.cluster_id,
             stale: Default::default(),
             extents_replaced: entropy.next_u64().into(),
+            quotas: quotas.at_version(entropy.next_u64()),
         })
     }
 

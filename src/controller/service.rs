@@ -43,6 +43,9 @@
 //!   relearns them as agents register again (their first heartbeat to it is refused as unknown).
 //!   A node id is one live agent: registering it from another process at another address while
 //!   its lease runs is refused (a restart at the same address replaces the old process).
+//! - **Client quotas.** Snapshots carry the version of the controller's client quotas, and an
+//!   event carries the new one after each AlterClientQuotas: agents load the set again
+//!   (`all_client_quotas` call) when it differs from theirs.
 //!
 //! - **The link.** With `[controller] tls_cert_file`/`tls_key_file` the service speaks gRPC
 //!   over TLS, and with `tls_ca_file` it requires client certificates that CA signed (mTLS;
@@ -654,6 +657,7 @@ impl GrpcService for Service {
             partitions,
             extents_replaced: c.extents_replaced(),
             acls_version: Some(c.acls().version),
+            quotas_version: Some(c.client_quotas().version),
         }))
     }
 
@@ -696,6 +700,15 @@ impl GrpcService for Service {
                 Reply::TransactionsToFinish(ends) => Reply::TransactionsToFinish(ends.map(|ends| self.0.hand_out(ends))),
                 other => other,
             },
+            // Every agent loads the quotas again (an unchanged version costs nothing).
+            Call::AlterClientQuotas { alterations, validate_only } => {
+                let reply = calls::dispatch(&c, Call::AlterClientQuotas { alterations, validate_only }).await;
+                if !validate_only && matches!(reply, Reply::AlterClientQuotas(Ok(_))) {
+                    let version = Some(c.client_quotas().version);
+                    let _ = self.0.events.send(rpc::WatchEvent { quotas_version: version, ..Default::default() });
+                }
+                reply
+            }
             call => {
                 let call_partitions = match &call {
                     Call::DeleteRecords { partitions } => Some(partitions.iter().map(|(t, p, _)| (*t, *p)).collect::<Vec<_>>()),

@@ -16,6 +16,11 @@
 //! semaphore bounds connections, a count per client address bounds each address's share of them
 //! (`max_connections_per_ip`; beyond it a connection is closed at accept).
 //!
+//! Client quotas mute a connection as Kafka mutes its channel: after a throttled answer is
+//! written, no request is taken for its throttle time; a Produce request is charged as it is
+//! read, and one over its quota waits there until the rate is back within it and then holds
+//! the connection until its own throttled answer is out ([`Mute`]).
+//!
 //! A connection closes when its client closes it, when a frame is not read whole within
 //! `request_read_timeout_ms`, or when it is idle (no request in progress, nothing read or written)
 //! for `connections_max_idle_ms`. Once the reader stops (any of these, or shutdown), waiting Fetch
@@ -34,7 +39,7 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -211,6 +216,73 @@ struct Queued {
     task: JoinHandle<Outcome>,
     /// A Fetch: dropped (aborted) when the connection is gone, instead of awaited.
     cancellable: bool,
+    /// A Produce request throttled as it was read: the connection takes no other request until
+    /// its answer is written (see [`Mute`]).
+    held: bool,
+}
+
+/// Kafka's channel muting for client quotas: once a throttled answer is written, the
+/// connection takes no further request for its throttle time. A Produce request throttled as
+/// it was read ([`handlers::produce_read`]) also holds the connection from then until its
+/// answer is written, so requests pipelined behind it wait too.
+struct Mute(watch::Sender<MuteState>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct MuteState {
+    /// Throttled requests read whose answers are not written yet.
+    held: usize,
+    /// No request is taken before this.
+    until: Option<Instant>,
+}
+
+impl Mute {
+    fn new() -> Self {
+        Self(watch::channel(MuteState::default()).0)
+    }
+
+    fn hold(&self) {
+        self.0.send_modify(|s| s.held += 1);
+    }
+
+    /// An answer was written: a request it held lets go, and a throttle time starts now.
+    fn written(&self, held: bool, throttle: Duration) {
+        let until = Instant::now() + throttle;
+        self.0.send_modify(|s| {
+            if held {
+                s.held = s.held.saturating_sub(1);
+            }
+            if !throttle.is_zero() {
+                s.until = Some(s.until.map_or(until, |u| u.max(until)));
+            }
+        });
+    }
+
+    /// Returns once the connection may take a request.
+    async fn wait(&self) {
+        let open = |s: &MuteState| s.held == 0 && s.until.is_none_or(|u| u <= Instant::now());
+        if open(&self.0.borrow()) {
+            return;
+        }
+        let mut rx = self.0.subscribe();
+        loop {
+            let s = *rx.borrow_and_update();
+            if open(&s) {
+                return;
+            }
+            let changed = rx.changed();
+            match s.until {
+                Some(u) if s.held == 0 => tokio::select! {
+                    _ = tokio::time::sleep_until(u) => {}
+                    r = changed => if r.is_err() { return },
+                },
+                _ => {
+                    if changed.await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Queued {
@@ -410,8 +482,8 @@ where
         }
         let key = [frame[0], frame.get(1).copied().unwrap_or(0)];
         if key == API_VERSIONS_KEY {
-            match handlers::handle(front.agent.clone(), frame, anonymous.clone(), None).await {
-                Outcome::Respond(out) => write_within(wr, out, timeout).await.ok_or(Closed::Client)?,
+            match handlers::handle(front.agent.clone(), frame, anonymous.clone(), None, 0).await {
+                Outcome::Respond(out) | Outcome::Throttled(out, _) => write_within(wr, out, timeout).await.ok_or(Closed::Client)?,
                 _ => return Err(Closed::BadRequest),
             };
             continue;
@@ -512,6 +584,8 @@ where
     // Cancelled when the reader stops: waiting fetches are then cancelled, not awaited.
     let gone = CancellationToken::new();
     let activity = Arc::new(Activity::new());
+    let mute = Arc::new(Mute::new());
+    let writer_mute = mute.clone();
     let writer_stop = stop.clone();
     let writer_gone = gone.clone();
     let writer_activity = activity.clone();
@@ -526,6 +600,8 @@ where
         let mut cancelled = Vec::new();
         // Requests answered but not yet written: in progress until written.
         let mut unwritten = 0;
+        // Their throttles, which start once they are written: (held the connection, time).
+        let mut throttles: Vec<(bool, Duration)> = Vec::new();
         let idle_timeout = limits.idle_timeout;
         loop {
             let mut queued = match next.take() {
@@ -549,10 +625,18 @@ where
             };
             unwritten += 1;
             let outcome = result.unwrap_or_else(|e| Outcome::Close(format!("handler failed: {e}")));
+            if queued.held && !matches!(outcome, Outcome::Throttled(..)) {
+                throttles.push((true, Duration::ZERO));
+            }
             match outcome {
                 Outcome::Respond(frame) => {
                     out_bytes += frame.iter().map(Bytes::len).sum::<usize>();
                     out.extend(frame);
+                }
+                Outcome::Throttled(frame, throttle) => {
+                    out_bytes += frame.iter().map(Bytes::len).sum::<usize>();
+                    out.extend(frame);
+                    throttles.push((queued.held, throttle));
                 }
                 Outcome::NoResponse => {}
                 Outcome::Close(reason) => {
@@ -583,6 +667,9 @@ where
                     }
                 }
                 out_bytes = 0;
+                for (held, throttle) in throttles.drain(..) {
+                    writer_mute.written(held, throttle);
+                }
                 writer_activity.touch();
                 writer_activity.in_flight.fetch_sub(std::mem::take(&mut unwritten), Ordering::AcqRel);
             }
@@ -630,6 +717,23 @@ where
                     tracing::debug!(peer = %addr, "closing connection: SASL session expired without re-authentication");
                     break Closed::Authentication;
                 }
+                // Client quotas: a throttled answer keeps the next request waiting.
+                tokio::select! {
+                    () = mute.wait() => {}
+                    _ = stop.cancelled() => break if shutdown.is_cancelled() { Closed::Shutdown } else { Closed::Client },
+                }
+                let produce_throttle_ms = if key == PRODUCE_KEY {
+                    tokio::select! {
+                        ms = handlers::produce_read(&agent, &peer.principal, &frame) => ms,
+                        _ = stop.cancelled() => break if shutdown.is_cancelled() { Closed::Shutdown } else { Closed::Client },
+                    }
+                } else {
+                    0
+                };
+                let held = produce_throttle_ms > 0;
+                if held {
+                    mute.hold();
+                }
                 let turn = if key == PRODUCE_KEY {
                     Some(Turn::next(&mut last_produce, Some(agent.hand_offs.enter())))
                 } else if ORDERED_KEYS.contains(&key) {
@@ -645,12 +749,12 @@ where
                 let task = tokio::spawn(async move {
                     let outcome = match session {
                         Some(session) => reauthenticate(agent, session, frame).await,
-                        None => handlers::handle(agent, frame, peer, turn).await,
+                        None => handlers::handle(agent, frame, peer, turn, produce_throttle_ms).await,
                     };
                     drop(permit);
                     outcome
                 });
-                if tx.send(Queued { task, cancellable }).await.is_err() {
+                if tx.send(Queued { task, cancellable, held }).await.is_err() {
                     break Closed::Client;
                 }
             }

@@ -49,6 +49,10 @@ pub trait ControllerClient: Send + Sync + 'static {
 
     /// One call to the controller and its reply (a failure to reach it is the reply's error).
     async fn call(&self, call: Call) -> Reply;
+
+    /// Every client quota, as last loaded from the controller (cheap: read on every request
+    /// while any quota is set).
+    fn client_quotas(&self) -> Arc<QuotaSet>;
 }
 
 macro_rules! typed_calls {
@@ -103,5 +107,8 @@ impl ControllerClient for InProcess {
     }
     async fn call(&self, call: Call) -> Reply {
         crate::controller::calls::dispatch(&self.0, call).await
+    }
+    fn client_quotas(&self) -> Arc<QuotaSet> {
+        self.0.client_quotas()
     }
 }

@@ -31,6 +31,10 @@
 //! - **Fencing.** The agent registers for an epoch and heartbeats every third of its lease. A
 //!   call refused as fenced (FAILED_PRECONDITION: lease expired, replaced, or a new active
 //!   controller that does not know it) re-registers for a new epoch and retries.
+//! - **Client quotas.** The controller's quotas are held whole ([`ControllerClient::client_quotas`]);
+//!   snapshots and `Watch` events announce their version, and the set is loaded again
+//!   (`all_client_quotas` call) when the announced version differs from the one held (a failed
+//!   load is retried at the next heartbeat).
 //!
 //! - **Calls.** Every call of the table ([`crate::api::calls`]) is one `Call` RPC to the active
 //!   controller, which answers it as the embedded controller would. The last
@@ -55,6 +59,7 @@ use super::ControllerClient;
 use super::extent_cache::ExtentCache;
 use crate::api::acl::AclSet;
 use crate::api::calls::{self, Call, Reply};
+use crate::api::quota::QuotaSet;
 use crate::api::rpc::{self, GrpcClient};
 use crate::api::tls::{self, TlsFiles};
 use crate::api::{ControllerError, ExtentRecord, ListenerAddress, LiveAgent, PartitionOffsets, TopicMeta, TopicRef};
@@ -124,6 +129,10 @@ struct Inner {
     /// Index lookups answered from `extents` / by the controller.
     lookups_cached: Arc<Counter>,
     lookups_remote: Arc<Counter>,
+    /// The controller's client quotas as last loaded, and the latest version it announced
+    /// (snapshot or event): when the two differ the set is loaded again.
+    quotas: RwLock<Arc<QuotaSet>>,
+    quotas_announced: Mutex<Option<u64>>,
 }
 
 /// A notification's extents, by partition (those that do not decode are left out).
@@ -179,6 +188,8 @@ impl Remote {
             cluster_id: Mutex::new(String::new()),
             cache: RwLock::new(Cache::default()),
             commits: watch::channel(0).0,
+            quotas: RwLock::new(Arc::new(QuotaSet::default())),
+            quotas_announced: Mutex::new(None),
         }));
         let deadline = Instant::now() + startup_deadline;
         // Addresses whose TLS handshake failed: a configuration error, not an outage, once every
@@ -403,6 +414,10 @@ impl Remote {
             }
             *seen = Some(snap.extents_replaced);
         }
+        if let Some(version) = snap.quotas_version {
+            self.announce_quotas(version);
+            self.sync_quotas().await?;
+        }
         *self.0.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
         self.0.commits.send_modify(|n| *n += 1);
         if let Some(version) = snap.acls_version {
@@ -547,6 +562,10 @@ impl Remote {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = heartbeat.tick() => {
+                        // A quota load that failed after an event is retried here.
+                        if let Err(e) = self.sync_quotas().await {
+                            tracing::warn!(error = %e, "loading the client quotas from the controller failed");
+                        }
                         let beat = self.rpc_call(|mut c, epoch| {
                             let agent = self.0.settings.agent.clone();
                             async move { c.heartbeat(self.request(rpc::HeartbeatRequest { agent, epoch })).await }
@@ -583,6 +602,12 @@ impl Remote {
                                 self.advance(p);
                             }
                             self.0.commits.send_modify(|n| *n += 1);
+                            if let Some(version) = event.quotas_version {
+                                self.announce_quotas(version);
+                                if let Err(e) = self.sync_quotas().await {
+                                    tracing::warn!(error = %e, "loading the client quotas from the controller failed");
+                                }
+                            }
                         }
                         Ok(None) | Err(_) => {
                             tracing::warn!("controller commit stream ended; reconnecting");
@@ -593,6 +618,28 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// The controller announced client quotas of `version`.
+    fn announce_quotas(&self, version: u64) {
+        *self.0.quotas_announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+    }
+
+    /// Loads the client quotas if the controller announced a version other than the one held.
+    async fn sync_quotas(&self) -> Result<(), ControllerError> {
+        let announced = *self.0.quotas_announced.lock().unwrap_or_else(|p| p.into_inner());
+        if announced.is_none_or(|v| v == self.client_quotas().version) {
+            return Ok(());
+        }
+        let set = match self.send(&Call::AllClientQuotas {}).await? {
+            Reply::AllClientQuotas(r) => r?,
+            other => {
+                return Err(ControllerError::InvalidRequest(format!("the controller answered {} to all_client_quotas", other.name())));
+            }
+        };
+        tracing::debug!(version = set.version, entities = set.entries.len(), "client quotas loaded from the controller");
+        *self.0.quotas.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        Ok(())
     }
 
     fn heartbeat_period(&self) -> Duration {
@@ -664,6 +711,10 @@ impl ControllerClient for Remote {
             }
             Err(e) => call.failed(e),
         }
+    }
+
+    fn client_quotas(&self) -> Arc<QuotaSet> {
+        self.0.quotas.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -1147,6 +1198,35 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(crate::controller::txn::MARKER_RETRY_MS as u64 + 100)).await;
         assert_eq!(remote.transactions_to_finish().await.unwrap(), vec![end]);
         assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "handed out to one agent at a time");
+        stop.cancel();
+        svc.shutdown().await;
+    }
+
+    /// A quota change made through one agent reaches every agent (its own one too) within a
+    /// second or two: the `Watch` event announces the new version; a later snapshot carries it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quota_changes_reach_every_agent() {
+        use crate::api::quota::{EntityPart, QuotaAlteration, QuotaKey, QuotaOp};
+        let (_dir, svc, remote, stop) = start().await;
+        let other = connect(&svc, 2, stop.clone()).await;
+        assert!(remote.client_quotas().entries.is_empty() && other.client_quotas().entries.is_empty());
+        let alter = |value| QuotaAlteration {
+            entity: vec![EntityPart { entity_type: "user".into(), name: Some("alice".into()) }],
+            ops: vec![QuotaOp { key: "producer_byte_rate".into(), value }],
+        };
+        assert_eq!(remote.alter_client_quotas(vec![alter(Some(1024.0))], false).await.unwrap(), vec![Ok(())]);
+        let t0 = std::time::Instant::now();
+        let rate = |c: &Arc<dyn ControllerClient>| c.client_quotas().entries.first().map(|e| e.values[&QuotaKey::ProducerByteRate]);
+        until("both agents' quotas", || rate(&remote) == Some(1024.0) && rate(&other) == Some(1024.0)).await;
+        assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+        // validate_only changes nothing anywhere.
+        assert_eq!(other.alter_client_quotas(vec![alter(Some(1.0))], true).await.unwrap(), vec![Ok(())]);
+        assert_eq!(other.alter_client_quotas(vec![alter(None)], false).await.unwrap(), vec![Ok(())]);
+        until("the quota's removal", || remote.client_quotas().entries.is_empty() && other.client_quotas().entries.is_empty()).await;
+        // An agent connecting later gets them with its snapshot.
+        assert_eq!(remote.alter_client_quotas(vec![alter(Some(7.0))], false).await.unwrap(), vec![Ok(())]);
+        let late = connect(&svc, 3, stop.clone()).await;
+        assert_eq!(rate(&late), Some(7.0));
         stop.cancel();
         svc.shutdown().await;
     }

@@ -446,4 +446,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         upserts: &[(String, ScramCredential)],
         deletes: &[(String, ScramMechanism)],
     ) -> Result<(), StoreError>;
+
+    /// Client quotas: every (entity key, quota key, value), sorted by entity and key. The
+    /// store keeps the controller's strings (`api::quota`) as they are.
+    fn client_quotas(&self) -> Result<Vec<(String, String, f64)>, StoreError>;
+    /// Sets (`Some`) and removes (`None`) client quotas, all in one transaction.
+    fn alter_client_quotas(&self, changes: &[(String, String, Option<f64>)]) -> Result<(), StoreError>;
 }

@@ -908,6 +908,32 @@ impl MetadataStore for PgStore {
         })
     }
 
+    fn client_quotas(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
+        self.readers.with(|c| {
+            let rows = c.query("SELECT entity, quota_key, value FROM client_quotas ORDER BY entity, quota_key", &[]).map_err(classify)?;
+            rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?))).collect()
+        })
+    }
+
+    fn alter_client_quotas(&self, changes: &[(String, String, Option<f64>)]) -> Result<(), StoreError> {
+        let changes = changes.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            for (entity, key, value) in &changes {
+                match value {
+                    Some(v) => tx.execute(
+                        "INSERT INTO client_quotas (entity, quota_key, value) VALUES ($1, $2, $3) \
+                         ON CONFLICT (entity, quota_key) DO UPDATE SET value = EXCLUDED.value",
+                        &[entity, key, v],
+                    ),
+                    None => tx.execute("DELETE FROM client_quotas WHERE entity = $1 AND quota_key = $2", &[entity, key]),
+                }
+                .map_err(classify)?;
+            }
+            commit_fenced(tx, fence)
+        })
+    }
+
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
         self.readers.with(|c| {
             let rows = c

@@ -727,6 +727,36 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn client_quotas(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
+        self.readers.with(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT entity, quota_key, value FROM client_quotas ORDER BY entity, quota_key")
+                .map_err(classify)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+    }
+
+    fn alter_client_quotas(&self, changes: &[(String, String, Option<f64>)]) -> Result<(), StoreError> {
+        let changes = changes.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut set = tx
+                    .prepare_cached("INSERT OR REPLACE INTO client_quotas (entity, quota_key, value) VALUES (?1, ?2, ?3)")
+                    .map_err(classify)?;
+                let mut remove = tx.prepare_cached("DELETE FROM client_quotas WHERE entity = ?1 AND quota_key = ?2").map_err(classify)?;
+                for (entity, key, value) in &changes {
+                    match value {
+                        Some(v) => set.execute(params![entity, key, v]).map_err(classify)?,
+                        None => remove.execute(params![entity, key]).map_err(classify)?,
+                    };
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
     fn load_group_offsets(&self) -> Result<Vec<GroupOffsetRecord>, StoreError> {
         self.readers.with(|c| {
             let mut stmt = c

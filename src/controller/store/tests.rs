@@ -707,3 +707,43 @@ fn store_errors_are_sorted_and_answer_with_their_causes() {
     let text = crate::api::groups::GroupError::from(bug).to_string();
     assert!(text.contains("internal") && text.contains("syntax error"), "{text}");
 }
+
+/// Client quotas: set, replaced, removed (a missing one too), all in one transaction per call.
+fn quota_contract(s: &dyn MetadataStore) {
+    assert!(s.client_quotas().unwrap().is_empty());
+    let set = |e: &str, k: &str, v: Option<f64>| (e.to_string(), k.to_string(), v);
+    s.alter_client_quotas(&[
+        set("user/alice", "producer_byte_rate", Some(1024.0)),
+        set("user/alice", "request_percentage", Some(12.5)),
+        set("client-id/<default>", "consumer_byte_rate", Some(2048.0)),
+    ])
+    .unwrap();
+    s.alter_client_quotas(&[
+        set("user/alice", "producer_byte_rate", Some(4096.0)),
+        set("user/alice", "request_percentage", None),
+        set("user/nobody", "request_percentage", None),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.client_quotas().unwrap(),
+        vec![
+            ("client-id/<default>".to_string(), "consumer_byte_rate".to_string(), 2048.0),
+            ("user/alice".to_string(), "producer_byte_rate".to_string(), 4096.0),
+        ]
+    );
+}
+
+#[test]
+fn sqlite_store_keeps_client_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    quota_contract(&SqliteStore::open(&dir.path().join("q.db")).unwrap());
+}
+
+#[test]
+fn postgres_store_keeps_client_quotas() {
+    let Some(db) = TestDb::create() else {
+        eprintln!("{POSTGRES_URL_ENV} not set: PostgreSQL client quota contract skipped");
+        return;
+    };
+    quota_contract(&PgStore::open(&db.url).unwrap());
+}

@@ -18,6 +18,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producers;
+mod quotas;
 mod transactions;
 mod users;
 
@@ -42,6 +43,8 @@ use crate::agent::Agent;
 use crate::agent::Turn;
 use crate::api::groups::ClientInfo;
 use crate::protocol::listener::Peer;
+use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
+pub use quotas::produce_read;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
 /// exactly this table.
@@ -84,6 +87,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -102,6 +107,9 @@ pub enum Outcome {
     Close(String),
     /// Send this answer, then close the connection (a failed SASL authentication).
     RespondAndClose(Vec<Bytes>, String),
+    /// Send this answer (none: acks=0), then read no request of this connection for this long:
+    /// a client over a quota (Kafka mutes its channel for the throttle time).
+    Throttled(Vec<Bytes>, std::time::Duration),
 }
 
 /// A decoded request of an implemented API.
@@ -145,6 +153,8 @@ pub enum Request {
     SaslAuthenticate(SaslAuthenticateRequest),
     DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
     AlterUserScramCredentials(AlterUserScramCredentialsRequest),
+    DescribeClientQuotas(DescribeClientQuotasRequest),
+    AlterClientQuotas(AlterClientQuotasRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -229,6 +239,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::SaslAuthenticate => decode!(SaslAuthenticate, SaslAuthenticateRequest),
         ApiKey::DescribeUserScramCredentials => decode!(DescribeUserScramCredentials, DescribeUserScramCredentialsRequest),
         ApiKey::AlterUserScramCredentials => decode!(AlterUserScramCredentials, AlterUserScramCredentialsRequest),
+        ApiKey::DescribeClientQuotas => decode!(DescribeClientQuotas, DescribeClientQuotasRequest),
+        ApiKey::AlterClientQuotas => decode!(AlterClientQuotas, AlterClientQuotasRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -238,9 +250,18 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
 /// Handles one request frame (without its length prefix) from `peer`. `turn` orders the
 /// produce requests of one connection, and its offset commits (see [`Turn`]). SaslHandshake
 /// and SaslAuthenticate of a SASL listener are the connection's ([`super::sasl`]); here they
-/// get ILLEGAL_SASL_STATE, as on a listener without SASL in Kafka.
-pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Option<Turn>) -> Outcome {
-    let parsed = match parse(frame) {
+/// get ILLEGAL_SASL_STATE, as on a listener without SASL in Kafka. Client quotas are
+/// enforced on the way ([`quotas::Meter`]): an answer may come throttled;
+/// `produce_throttle_ms` is what [`produce_read`] decided as the request was read.
+pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, turn: Option<Turn>, produce_throttle_ms: u64) -> Outcome {
+    let meter = quotas::Meter::new(&agent, &peer.principal, produce_throttle_ms);
+    let outcome = meter.busy.time(answer(agent.clone(), frame, peer.clone(), turn, &meter)).await;
+    meter.finish(outcome)
+}
+
+/// [`handle`]'s work, with `meter` told what the request is and what it used.
+async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Option<Turn>, meter: &quotas::Meter<'_>) -> Outcome {
+    let mut parsed = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
@@ -250,11 +271,14 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: 
     {
         turn.wait().await;
     }
+    if let Some(outcome) = meter.start(&mut parsed, peer.addr) {
+        return outcome;
+    }
     // Kafka reports the client host as "/<ip>".
     let client = ClientInfo { client_id: parsed.client_id, client_host: format!("/{}", peer.addr.ip()) };
     let listener = &peer.endpoint.address;
     let version = parsed.version;
-    let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id };
+    let ctx = Ctx { key: parsed.key, version, correlation_id: parsed.correlation_id, meter: Some(meter) };
     let who = crate::agent::acl::Requester { principal: &peer.principal, host: peer.addr.ip() };
     let access = acls::Access::new(&agent.authorizer, who, parsed.key);
     match parsed.request {
@@ -302,26 +326,49 @@ pub async fn handle(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: 
         Request::SaslAuthenticate(_) => ctx.respond(&super::sasl::authenticate_refused()),
         Request::DescribeUserScramCredentials(r) => ctx.respond(&users::describe(&agent, &access, r).await),
         Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, &access, r).await),
+        Request::DescribeClientQuotas(r) => ctx.respond(&quotas::describe(&agent, &access, r).await),
+        Request::AlterClientQuotas(r) => ctx.respond(&quotas::alter(&agent, &access, r).await),
     }
 }
 
 /// A response to one request: the frame, or why it cannot be encoded.
-pub(crate) fn encode_response<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Outcome {
-    Ctx { key, version, correlation_id }.respond(body)
+pub(crate) fn encode_response<R: quotas::Throttle>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Outcome {
+    Ctx { key, version, correlation_id, meter: None }.respond(body)
 }
 
-struct Ctx {
+struct Ctx<'a> {
     key: ApiKey,
     version: i16,
     correlation_id: i32,
+    /// The request's quota accounting (none for answers outside a request's handler).
+    meter: Option<&'a quotas::Meter<'a>>,
 }
 
-impl Ctx {
-    fn respond<R: Encodable>(&self, body: &R) -> Outcome {
-        self.outcome(encode_frame(self.key.response_header_version(self.version), self.correlation_id, self.version, body))
+impl Ctx<'_> {
+    /// The response, with the request's throttle time in it if it is over a quota.
+    fn respond<R: quotas::Throttle>(&self, body: &R) -> Outcome {
+        let header_version = self.key.response_header_version(self.version);
+        let ms = self.meter.map_or(0, |m| m.throttle_ms());
+        let throttled = if ms > 0 { body.with_throttle(ms.min(i32::MAX as u64) as i32) } else { None };
+        let frame = match &throttled {
+            Some(body) => encode_frame(header_version, self.correlation_id, self.version, body),
+            None => encode_frame(header_version, self.correlation_id, self.version, body),
+        };
+        self.encoded(frame)
     }
 
+    /// A response frame the handler encoded itself (Fetch's, from the cache's buffers).
     fn outcome(&self, frame: Result<Vec<Bytes>, String>) -> Outcome {
+        let frame = frame.map(|mut f| {
+            if let Some(m) = self.meter {
+                m.fetch_frame(&mut f, self.version, self.correlation_id);
+            }
+            f
+        });
+        self.encoded(frame)
+    }
+
+    fn encoded(&self, frame: Result<Vec<Bytes>, String>) -> Outcome {
         match frame {
             Ok(frame) => Outcome::Respond(frame),
             Err(e) => {
