@@ -2,9 +2,11 @@
 latency and peak memory, per listener kind, with one agent serving them all.
 
 One `sidestream serve` (local object store, acks=1 so the WAL, not the object store, is the
-path measured) with a PLAINTEXT, an SSL and a SASL_SSL (SCRAM-SHA-512) listener. For each mode a confluent-kafka producer
-sends --mb MB of --value-bytes records as fast as it can; the agent's CPU time (utime + stime
-from /proc) is read before and after.
+path measured) with a PLAINTEXT, an SSL and a SASL_SSL (SCRAM-SHA-512) listener; then a second
+agent, the same but with the authorizer on (`[acl] enabled = true`), where the SASL_SSL user is
+no super user and writes by a prefixed ACL, so every produce request is checked. For each mode a
+confluent-kafka producer sends --mb MB of --value-bytes records as fast as it can; the agent's
+CPU time (utime + stime from /proc) is read before and after.
 
     SIDESTREAM_BIN=target/release/sidestream .venv/bin/python bench/security.py --mb 512
 
@@ -47,7 +49,7 @@ def certificates(d):
     make_cert(d, "ca", "server", "/CN=localhost", "IP:127.0.0.1")
 
 
-def config(d, ports):
+def config(d, ports, acl=False):
     text = textwrap.dedent("""
         [[listeners]]
         name = "SECURE"
@@ -63,6 +65,13 @@ def config(d, ports):
         cert_file = "{d}/server.pem"
         key_file = "{d}/server.key"
         """).format(d=d, **ports)
+    if acl:
+        # The plaintext listener's ANONYMOUS sets the bench up; the producer "bench" is checked.
+        text += textwrap.dedent("""
+            [acl]
+            enabled = true
+            super_users = ["User:ANONYMOUS"]
+            """)
     return text
 
 
@@ -120,6 +129,25 @@ def add_user(bootstrap):
         f.result(timeout=30)
 
 
+def allow_bench_to_write(bootstrap):
+    """User:bench may create, write and describe the topics named sec-*: an ordinary
+    principal whose every produce request goes through the authorizer."""
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
+                                       ResourcePatternType, ResourceType)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    bindings = [AclBinding(ResourceType.TOPIC, "sec-", ResourcePatternType.PREFIXED, "User:bench", "*",
+                           op, AclPermissionType.ALLOW)
+                for op in (AclOperation.CREATE, AclOperation.WRITE, AclOperation.DESCRIBE)]
+    for f in admin.create_acls(bindings).values():
+        f.result(timeout=30)
+
+
+def sasl_ssl(d, port):
+    return {"ssl.ca.location": str(d / "ca.pem"), "bootstrap.servers": "127.0.0.1:%d" % port,
+            "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "bench", "sasl.password": "bench-secret"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=512)
@@ -137,10 +165,16 @@ def main():
             run_mode(srv, "plaintext", {"bootstrap.servers": srv.bootstrap}, args.mb, args.value_bytes)
             run_mode(srv, "ssl", dict(tls, **{"bootstrap.servers": "127.0.0.1:%d" % ports["ssl"],
                                               "security.protocol": "SSL"}), args.mb, args.value_bytes)
-            run_mode(srv, "sasl_ssl_scram512", dict(tls, **{
-                "bootstrap.servers": "127.0.0.1:%d" % ports["sasl"], "security.protocol": "SASL_SSL",
-                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "bench", "sasl.password": "bench-secret"}),
-                args.mb, args.value_bytes)
+            run_mode(srv, "sasl_ssl_scram512", sasl_ssl(d, ports["sasl"]), args.mb, args.value_bytes)
+        finally:
+            srv.close()
+        ports = {"ssl": free_port(), "sasl": free_port()}
+        srv = SidestreamServer(d / "data-acl", d / "server-acl.log", config=config(d, ports, acl=True))
+        srv.start()
+        try:
+            add_user(srv.bootstrap)
+            allow_bench_to_write(srv.bootstrap)
+            run_mode(srv, "sasl_ssl_scram512_acl", sasl_ssl(d, ports["sasl"]), args.mb, args.value_bytes)
         finally:
             srv.close()
 
