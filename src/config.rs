@@ -1044,6 +1044,15 @@ impl Config {
         out
     }
 
+    /// Where the log lives: `[object_store] url`, else the local directory's `file://` URL
+    /// (absolute). The banner prints it; DescribeLogDirs names it as the one log dir.
+    pub fn log_dir(&self) -> String {
+        self.object_store.url.clone().unwrap_or_else(|| {
+            let data_dir = std::path::absolute(&self.agent.data_dir).unwrap_or_else(|_| self.agent.data_dir.clone());
+            format!("file://{}", data_dir.join("objects").display())
+        })
+    }
+
     /// What clients of the PLAINTEXT listener are told (of the first listener when it is off):
     /// the node's address as the controller registers it.
     pub fn advertised(&self) -> (String, i32) {

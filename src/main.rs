@@ -318,7 +318,7 @@ impl Signals {
 fn banner(config: &Config) {
     let data_dir = std::path::absolute(&config.agent.data_dir).unwrap_or_else(|_| config.agent.data_dir.clone());
     let (host, port) = config.advertised();
-    let object_store = config.object_store.url.clone().unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
+    let object_store = config.log_dir();
     let controller = match config.controller.mode {
         sidestream::config::ControllerMode::Embedded => {
             let store = config.controller.store.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("controller.db").display()));

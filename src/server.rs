@@ -351,6 +351,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             zone: config.agent.zone.clone(),
             max_decompressed_batch_bytes: usize::try_from(config.agent.max_decompressed_batch_bytes).unwrap_or(usize::MAX),
             fetch_max_wait_ms_max: config.agent.fetch_max_wait_ms_max,
+            log_dir: config.log_dir(),
         },
         quotas: {
             let source = controller.clone();

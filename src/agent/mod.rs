@@ -57,6 +57,8 @@ pub struct AgentSettings {
     pub max_decompressed_batch_bytes: usize,
     /// `[agent] fetch_max_wait_ms_max`: the longest Fetch long poll.
     pub fetch_max_wait_ms_max: u64,
+    /// The object store's URL: the one "log dir" DescribeLogDirs reports.
+    pub log_dir: String,
 }
 
 /// The agent's components, shared by every connection.

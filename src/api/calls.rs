@@ -44,7 +44,7 @@ pub mod prelude {
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
     pub use crate::api::quota::{QuotaAlteration, QuotaEntry, QuotaFilter, QuotaSet};
     pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
-    pub use crate::api::txn::{TxnDescription, TxnEnd, TxnInit};
+    pub use crate::api::txn::{ProducerDescription, TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
         CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, ReplaceExtents, TopicKey, TopicMeta,
     };
@@ -77,6 +77,9 @@ macro_rules! for_each_call {
             [blocking] GarbageObjects garbage_objects(lease: JobLease, min_age_ms: i64, limit: u32) -> Result<Vec<String>, ControllerError>;
             [blocking] ForgetObjects forget_objects(lease: JobLease, keys: Vec<String>) -> Result<(), ControllerError>;
             [blocking] StorageStats storage_stats() -> Result<StorageStats, ControllerError>;
+            // Replicas and producers as the admin tools see them (DescribeLogDirs, DescribeProducers).
+            [blocking] PartitionSizes partition_sizes() -> Result<Vec<(Uuid, i32, u64)>, ControllerError>;
+            [now] DescribeProducers describe_producers(partitions: Vec<(Uuid, i32)>) -> Result<Vec<Result<Vec<ProducerDescription>, ControllerError>>, ControllerError>;
             // Transactions (controller::txn).
             [blocking] AbortedTxns aborted_txns(topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError>;
             [blocking] InitTransactionalProducer init_transactional_producer(transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError>;

@@ -1,4 +1,5 @@
-//! The transaction calls' arguments and replies (the coordinator is `controller::txn`).
+//! The transaction calls' arguments and replies (the coordinator is `controller::txn`), and
+//! what DescribeProducers shows of the producers the controller tracks.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -70,4 +71,18 @@ pub struct TxnDescription {
     pub started_ms: i64,
     /// Topic names and partitions.
     pub partitions: Vec<(String, i32)>,
+}
+
+/// One producer in one partition as DescribeProducers shows it: what the controller keeps for
+/// its sequence check (`controller::producers`) and its open transaction there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerDescription {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The last sequence of its last batch in the partition (-1: none kept).
+    pub last_sequence: i32,
+    /// When the controller last committed a batch of it (ms since the epoch).
+    pub last_timestamp_ms: i64,
+    /// The first offset of its open transaction in the partition, else -1.
+    pub current_txn_start_offset: i64,
 }

@@ -135,6 +135,17 @@ impl Answer for Controller {
         Controller::storage_stats(self)
     }
 
+    fn partition_sizes(&self) -> Result<Vec<(Uuid, i32, u64)>, ControllerError> {
+        Controller::partition_sizes(self)
+    }
+
+    fn describe_producers(
+        &self,
+        partitions: Vec<(Uuid, i32)>,
+    ) -> Result<Vec<Result<Vec<ProducerDescription>, ControllerError>>, ControllerError> {
+        Ok(Controller::describe_producers(self, &partitions))
+    }
+
     fn compaction_candidates(&self, req: CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError> {
         Controller::compaction_candidates(self, &req)
     }

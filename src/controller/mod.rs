@@ -24,13 +24,13 @@ pub mod store;
 pub mod txn;
 pub mod users;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::api::txn::{TxnEnd, TxnStatus};
+use crate::api::txn::{ProducerDescription, TxnEnd, TxnStatus};
 use crate::api::{
     CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, PARTITIONS_MAX, PartitionOffsets, TopicMeta, TopicRef,
     validate_topic_name,
@@ -793,6 +793,39 @@ impl Controller {
         Ok(p.open_txns.values().min().copied().unwrap_or(hw).min(hw))
     }
 
+    /// DescribeProducers: the producers the controller keeps in each partition (those not
+    /// expired), by producer id; an unknown partition is UnknownTopicOrPartition.
+    pub fn describe_producers(&self, partitions: &[(Uuid, i32)]) -> Vec<Result<Vec<ProducerDescription>, ControllerError>> {
+        let s = self.read();
+        let mut found: HashMap<(Uuid, i32), Vec<ProducerDescription>> = HashMap::new();
+        let wanted: HashSet<(Uuid, i32)> = partitions.iter().copied().collect();
+        for ((pid, topic_id, partition), state) in &s.producers {
+            let key = (*topic_id, *partition);
+            if !wanted.contains(&key) {
+                continue;
+            }
+            let open = s.partitions.get(&key).and_then(|p| p.open_txns.get(pid)).copied();
+            found.entry(key).or_default().push(ProducerDescription {
+                producer_id: *pid,
+                epoch: state.epoch,
+                last_sequence: state.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp_ms: state.last_seen_ms,
+                current_txn_start_offset: open.unwrap_or(-1),
+            });
+        }
+        partitions
+            .iter()
+            .map(|key| {
+                if s.partitions.get(key).is_none_or(|p| p.offsets.is_none()) {
+                    return Err(ControllerError::UnknownTopicOrPartition);
+                }
+                let mut producers = found.get(key).cloned().unwrap_or_default();
+                producers.sort_by_key(|p| p.producer_id);
+                Ok(producers)
+            })
+            .collect()
+    }
+
     /// Blocking. Aborted transactions overlapping `[from_offset, to_offset)`: (producer id,
     /// first offset), what a read_committed Fetch returns.
     pub fn aborted_txns(
@@ -1071,7 +1104,7 @@ mod tests {
     use super::*;
     use crate::api::WalMark;
     use crate::clock::{SeededEntropy, SystemClock};
-    use crate::format::object::ExtentInfo;
+    use crate::format::object::{ExtentInfo, ProducerBatch};
     use store::sqlite::SqliteStore;
 
     fn open(path: &std::path::Path) -> Controller {
@@ -1145,6 +1178,40 @@ mod tests {
         assert_eq!(c.topic(TopicRef::Name("t")).unwrap().id, t.id);
         assert_eq!(c.extent_for_timestamp(t.id, 1, 50).unwrap().unwrap().base_offset, 0);
         assert_eq!(c.commit_object(&req2).unwrap(), vec![Ok(5)]);
+    }
+
+    #[test]
+    fn describe_producers_and_partition_sizes_show_what_commits_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("c.db"));
+        let t = create(&c, "t", 2);
+        let batch =
+            |first, last| ProducerBatch { producer_id: 42, epoch: 3, first_sequence: first, last_sequence: last, transactional: false };
+        let mut e0 = extent(t.id, 0, 0, 5);
+        e0.producer = Some(batch(0, 4));
+        let req = CommitRequest {
+            object_key: "o1".into(),
+            object_size_bytes: 200,
+            agent: "a".into(),
+            extents: vec![e0.clone(), extent(t.id, 1, 100, 2)],
+            wal: None,
+            txn_end: None,
+        };
+        c.commit_object(&req).unwrap();
+        e0.producer = Some(batch(5, 6));
+        c.commit_object(&CommitRequest { object_key: "o2".into(), extents: vec![e0], ..req.clone() }).unwrap();
+
+        let got = c.describe_producers(&[(t.id, 0), (t.id, 1), (t.id, 2)]);
+        let p0 = got[0].as_ref().unwrap();
+        assert_eq!(p0.len(), 1);
+        assert_eq!((p0[0].producer_id, p0[0].epoch, p0[0].last_sequence, p0[0].current_txn_start_offset), (42, 3, 6, -1));
+        assert!(p0[0].last_timestamp_ms > 0);
+        assert_eq!(got[1].as_ref().unwrap(), &Vec::new());
+        assert!(matches!(got[2], Err(ControllerError::UnknownTopicOrPartition)));
+
+        let mut sizes = c.partition_sizes().unwrap();
+        sizes.sort();
+        assert_eq!(sizes, vec![(t.id, 0, 200), (t.id, 1, 100)]);
     }
 
     #[test]

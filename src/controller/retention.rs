@@ -297,6 +297,12 @@ impl Controller {
         self.store.forget_objects(&keys, now, window_start).map_err(|e| self.store_error(e))
     }
 
+    /// Blocking. The bytes the index holds per partition (topic id, partition, bytes), of
+    /// partitions that hold any: what DescribeLogDirs reports as each partition's size.
+    pub fn partition_sizes(&self) -> Result<Vec<(Uuid, i32, u64)>, ControllerError> {
+        Ok(self.store.partition_sizes()?.into_iter().map(|p| (p.topic_id, p.partition, p.bytes)).collect())
+    }
+
     /// Blocking. What the object store holds, from the store's books (and kept for
     /// [`Controller::last_storage_stats`]).
     pub fn storage_stats(&self) -> Result<StorageStats, ControllerError> {

@@ -19,6 +19,7 @@ mod offsets;
 mod produce;
 mod producers;
 mod quotas;
+mod replicas;
 mod transactions;
 mod users;
 
@@ -44,6 +45,10 @@ use crate::agent::Turn;
 use crate::api::groups::ClientInfo;
 use crate::protocol::listener::Peer;
 use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, DescribeLogDirsRequest, DescribeProducersRequest, ElectLeadersRequest,
+    ListPartitionReassignmentsRequest, OffsetForLeaderEpochRequest,
+};
 pub use quotas::produce_read;
 
 /// Every API this agent answers, with the versions it implements. ApiVersions advertises
@@ -89,6 +94,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterUserScramCredentials, 0, 0),
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::AlterClientQuotas, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -155,6 +166,12 @@ pub enum Request {
     AlterUserScramCredentials(AlterUserScramCredentialsRequest),
     DescribeClientQuotas(DescribeClientQuotasRequest),
     AlterClientQuotas(AlterClientQuotasRequest),
+    DescribeLogDirs(DescribeLogDirsRequest),
+    ElectLeaders(ElectLeadersRequest),
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
+    ListPartitionReassignments(ListPartitionReassignmentsRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
+    DescribeProducers(DescribeProducersRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -241,6 +258,12 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::AlterUserScramCredentials => decode!(AlterUserScramCredentials, AlterUserScramCredentialsRequest),
         ApiKey::DescribeClientQuotas => decode!(DescribeClientQuotas, DescribeClientQuotasRequest),
         ApiKey::AlterClientQuotas => decode!(AlterClientQuotas, AlterClientQuotasRequest),
+        ApiKey::DescribeLogDirs => decode!(DescribeLogDirs, DescribeLogDirsRequest),
+        ApiKey::ElectLeaders => decode!(ElectLeaders, ElectLeadersRequest),
+        ApiKey::AlterPartitionReassignments => decode!(AlterPartitionReassignments, AlterPartitionReassignmentsRequest),
+        ApiKey::ListPartitionReassignments => decode!(ListPartitionReassignments, ListPartitionReassignmentsRequest),
+        ApiKey::OffsetForLeaderEpoch => decode!(OffsetForLeaderEpoch, OffsetForLeaderEpochRequest),
+        ApiKey::DescribeProducers => decode!(DescribeProducers, DescribeProducersRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -328,6 +351,14 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, &access, r).await),
         Request::DescribeClientQuotas(r) => ctx.respond(&quotas::describe(&agent, &access, r).await),
         Request::AlterClientQuotas(r) => ctx.respond(&quotas::alter(&agent, &access, r).await),
+        Request::DescribeLogDirs(r) => ctx.respond(&replicas::describe_log_dirs(&agent, &access, r, &client.client_id, listener).await),
+        Request::ElectLeaders(r) => ctx.respond(&replicas::elect_leaders(&agent, &access, version, r)),
+        Request::AlterPartitionReassignments(r) => {
+            ctx.respond(&replicas::alter_partition_reassignments(&agent, &access, r, &client.client_id, listener))
+        }
+        Request::ListPartitionReassignments(r) => ctx.respond(&replicas::list_partition_reassignments(&access, r)),
+        Request::OffsetForLeaderEpoch(r) => ctx.respond(&replicas::offset_for_leader_epoch(&agent, &access, r)),
+        Request::DescribeProducers(r) => ctx.respond(&producers::describe_producers(&agent, &access, r).await),
     }
 }
 

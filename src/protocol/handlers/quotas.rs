@@ -34,6 +34,10 @@ use kafka_protocol::messages::{
     ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse,
     ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse, TopicName, TxnOffsetCommitResponse,
 };
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsResponse, DescribeLogDirsResponse, DescribeProducersResponse, ElectLeadersResponse,
+    ListPartitionReassignmentsResponse, OffsetForLeaderEpochResponse,
+};
 use kafka_protocol::messages::{alter_client_quotas_response, describe_client_quotas_response};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -203,6 +207,12 @@ macro_rules! throttle_time_ms {
 
 throttle_time_ms!(
     AddOffsetsToTxnResponse,
+    AlterPartitionReassignmentsResponse,
+    DescribeLogDirsResponse,
+    DescribeProducersResponse,
+    ElectLeadersResponse,
+    ListPartitionReassignmentsResponse,
+    OffsetForLeaderEpochResponse,
     AddPartitionsToTxnResponse,
     AlterClientQuotasResponse,
     AlterUserScramCredentialsResponse,
