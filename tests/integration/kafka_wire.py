@@ -814,3 +814,30 @@ def sasl_authenticate(conn, token):
     r.nbytes()
     r.i64()
     return err, message
+
+
+# --------------------------------------------------------------------------------------------
+# CreatePartitions v1 (the last version without tagged fields).
+
+CREATE_PARTITIONS = 37
+INVALID_REPLICA_ASSIGNMENT = 39
+INVALID_REQUEST = 42
+POLICY_VIOLATION = 44
+TOPIC_AUTHORIZATION_FAILED = 29
+THROTTLING_QUOTA_EXCEEDED = 89
+
+
+def create_partitions(conn, topics, validate_only=False, timeout_ms=30000):
+    """topics: list of (name, count, assignments), assignments None or a list of broker id lists.
+    Returns a list of (name, error_code, error_message) in answer order."""
+    def topic(t):
+        name, count, assignments = t
+        body = string(name) + i32(count)
+        if assignments is None:
+            return body + i32(-1)
+        return body + array(assignments, lambda a: array(a, i32))
+
+    body = array(topics, topic) + i32(timeout_ms) + i8(1 if validate_only else 0)
+    r = conn.request(CREATE_PARTITIONS, 1, body, flexible_header=False)
+    r.i32()  # throttle_time_ms
+    return r.array(lambda r: (r.string(), r.i16(), r.string()))
