@@ -46,7 +46,8 @@ pub mod prelude {
     pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
     pub use crate::api::txn::{ProducerDescription, TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
-        CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, ReplaceExtents, TopicKey, TopicMeta,
+        CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreatePartitions, CreateTopic, ExtentRecord, ReplaceExtents,
+        TopicKey, TopicMeta,
     };
 }
 
@@ -60,6 +61,7 @@ macro_rules! for_each_call {
             // Topics, commits and the partition index.
             [blocking] CreateTopic create_topic(req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError>;
             [blocking] DeleteTopic delete_topic(topic: TopicKey) -> Result<Arc<TopicMeta>, ControllerError>;
+            [blocking] CreatePartitions create_partitions(req: CreatePartitions) -> Result<Arc<TopicMeta>, ControllerError>;
             [blocking] CommitObject commit_object(req: CommitRequest) -> CommitResult;
             [blocking] FindExtents find_extents(topic_id: Uuid, partition: i32, from_offset: i64, max_bytes: u64) -> Result<Vec<ExtentRecord>, ControllerError>;
             [blocking] ExtentForTimestamp extent_for_timestamp(topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<ExtentRecord>, ControllerError>;

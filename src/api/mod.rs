@@ -45,14 +45,18 @@ pub enum ControllerError {
     TopicAlreadyExists(String),
     #[error("invalid topic name: {0}")]
     InvalidTopicName(String),
-    #[error("invalid partitions: {0}")]
+    /// Kafka's words stand alone (kafka-topics.sh --alter prints them as they are).
+    #[error("{0}")]
     InvalidPartitions(String),
     #[error("invalid replication factor: {0}")]
     InvalidReplicationFactor(String),
+    /// A manual replica assignment Kafka would refuse (CreatePartitions), in Kafka's words.
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     /// A limit of the cluster (e.g. `max_partitions_total`) refuses the request.
-    #[error("policy violation: {0}")]
+    #[error("{0}")]
     PolicyViolation(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -156,6 +160,21 @@ pub struct CreateTopic {
     /// -1 or >= 1; objects in object storage need no replicas, so any positive factor is accepted.
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    pub validate_only: bool,
+}
+
+/// A CreatePartitions request for one topic (Kafka's `CreatePartitionsTopic`), after the
+/// protocol layer's checks (duplicates, ACLs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatePartitions {
+    pub name: String,
+    /// The topic's new partition count (not the number added).
+    pub count: i32,
+    /// Manual replica assignment: one broker id list per new partition. Checked as Kafka checks
+    /// it, then ignored (every agent serves every partition).
+    pub assignments: Option<Vec<Vec<i32>>>,
+    /// The node ids clients are shown (Kafka's registered brokers), which an assignment may name.
+    pub brokers: Vec<i32>,
     pub validate_only: bool,
 }
 

@@ -94,6 +94,9 @@ impl Answer for Controller {
     fn delete_topic(&self, topic: TopicKey) -> Result<Arc<TopicMeta>, ControllerError> {
         Controller::delete_topic(self, topic.as_ref())
     }
+    fn create_partitions(&self, req: CreatePartitions) -> Result<Arc<TopicMeta>, ControllerError> {
+        Controller::create_partitions(self, &req)
+    }
     fn commit_object(&self, req: CommitRequest) -> CommitResult {
         Controller::commit_object(self, &req)
     }

@@ -16,6 +16,7 @@ pub mod acls;
 pub mod calls;
 pub mod groups;
 pub mod log;
+pub mod partitions;
 pub mod producers;
 pub mod quotas;
 pub mod retention;
@@ -32,8 +33,8 @@ use uuid::Uuid;
 
 use crate::api::txn::{ProducerDescription, TxnEnd, TxnStatus};
 use crate::api::{
-    CommitRequest, CommitResult, ControllerError, CreateTopic, ExtentRecord, PARTITIONS_MAX, PartitionOffsets, TopicMeta, TopicRef,
-    validate_topic_name,
+    CommitRequest, CommitResult, ControllerError, CreatePartitions, CreateTopic, ExtentRecord, PARTITIONS_MAX, PartitionOffsets, TopicMeta,
+    TopicRef, validate_topic_name,
 };
 use crate::clock::{Clock, Entropy};
 use crate::config::TopicsConfig;
@@ -504,6 +505,47 @@ impl Controller {
             );
         }
         Ok(meta)
+    }
+
+    /// Blocking. CreatePartitions: grows a topic to `req.count` partitions (Kafka's checks in
+    /// [`partitions::added`], then this cluster's limits), the new ones empty. Returns the topic
+    /// as it is (or, `validate_only`, would be) afterwards.
+    pub fn create_partitions(&self, req: &CreatePartitions) -> Result<Arc<TopicMeta>, ControllerError> {
+        let _w = self.lock_writes();
+        let meta = self.topic(TopicRef::Name(&req.name)).ok_or(ControllerError::UnknownTopicOrPartition)?;
+        let added = partitions::added(&meta.name, meta.partitions, req)?;
+        if req.count > PARTITIONS_MAX {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "number of partitions must be between 1 and {PARTITIONS_MAX}, got {}",
+                req.count
+            )));
+        }
+        // Under write_lock: no creation or growth can pass the same check meanwhile.
+        let total: u64 = self.read().by_id.values().map(|t| t.partitions.max(0) as u64).sum();
+        if total + added as u64 > self.defaults.max_partitions_total {
+            return Err(ControllerError::PolicyViolation(format!(
+                "{added} more partitions would exceed max_partitions_total = {} ({total} exist)",
+                self.defaults.max_partitions_total
+            )));
+        }
+        let grown = Arc::new(TopicMeta { partitions: req.count, ..(*meta).clone() });
+        if req.validate_only {
+            return Ok(grown);
+        }
+        self.store.add_partitions(meta.id, meta.partitions, req.count).map_err(|e| self.store_error(e))?;
+        let mut s = self.write();
+        for p in meta.partitions..req.count {
+            let fresh = PartitionState {
+                offsets: Some(PartitionOffsets { log_start_offset: 0, next_offset: 0 }),
+                recent: VecDeque::new(),
+                open_txns: BTreeMap::new(),
+            };
+            // A partition count only grows: the new partitions are new to memory too.
+            assert!(s.partitions.insert((meta.id, p), fresh).is_none(), "partition {}-{p} existed before it was added", meta.name);
+        }
+        s.by_name.insert(grown.name.clone(), grown.clone());
+        s.by_id.insert(grown.id, grown.clone());
+        Ok(grown)
     }
 
     /// Blocking. Returns the deleted topic.
@@ -1316,6 +1358,119 @@ mod tests {
         assert!(c.topic(TopicRef::Id(b.id)).is_none());
         assert!(matches!(c.delete_topic(TopicRef::Name("b")), Err(ControllerError::UnknownTopicOrPartition)));
         assert_eq!(kafka_cluster_id(Uuid::nil()), "AAAAAAAAAAAAAAAAAAAAAA");
+    }
+
+    fn grow(name: &str, count: i32, validate_only: bool) -> CreatePartitions {
+        CreatePartitions { name: name.into(), count, assignments: None, brokers: vec![1], validate_only }
+    }
+
+    /// New partitions start empty, take commits, and are still there after a restart; the old
+    /// ones keep their offsets; validate_only and refused requests change nothing.
+    #[test]
+    fn topics_grow_with_empty_partitions_that_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let c = open(&path);
+        let t = create(&c, "t", 2);
+        let commit = |c: &Controller, key: &str, p: i32| {
+            let req = CommitRequest {
+                object_key: key.into(),
+                object_size_bytes: 100,
+                agent: "a".into(),
+                extents: vec![extent(t.id, p, 0, 3)],
+                wal: None,
+                txn_end: None,
+            };
+            c.commit_object(&req).unwrap()
+        };
+        commit(&c, "o1", 1);
+        assert_eq!(c.create_partitions(&grow("t", 5, true)).unwrap().partitions, 5);
+        assert_eq!(c.topic(TopicRef::Name("t")).unwrap().partitions, 2, "validate_only changes nothing");
+        assert!(c.offsets(t.id, 2).is_err());
+        assert!(matches!(c.create_partitions(&grow("nope", 5, false)), Err(ControllerError::UnknownTopicOrPartition)));
+        let e = c.create_partitions(&grow("t", 1, false)).unwrap_err();
+        assert_eq!(e, ControllerError::InvalidPartitions("The topic t currently has 2 partition(s); 1 would not be an increase.".into()));
+        let grown = c.create_partitions(&grow("t", 5, false)).unwrap();
+        assert_eq!((grown.id, grown.partitions, &grown.configs), (t.id, 5, &t.configs));
+        assert_eq!(*c.topic(TopicRef::Id(t.id)).unwrap(), *grown);
+        assert_eq!(c.offsets(t.id, 1).unwrap().next_offset, 3);
+        assert_eq!(c.offsets(t.id, 4).unwrap(), PartitionOffsets { log_start_offset: 0, next_offset: 0 });
+        assert_eq!(commit(&c, "o2", 4), vec![Ok(0)]);
+        assert_eq!(c.create_partitions(&grow("t", 5, false)).unwrap_err().to_string(), "Topic already has 5 partition(s).");
+        drop(c);
+        let c = open(&path);
+        assert_eq!(c.topic(TopicRef::Name("t")).unwrap().partitions, 5);
+        assert_eq!(c.offsets(t.id, 4).unwrap().next_offset, 3);
+        assert_eq!(c.offsets(t.id, 3).unwrap().next_offset, 0);
+        c.delete_topic(TopicRef::Name("t")).unwrap();
+        assert!(c.offsets(t.id, 4).is_err());
+    }
+
+    #[test]
+    fn added_partitions_count_against_the_cluster_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let topics = TopicsConfig { max_partitions_total: 10, ..TopicsConfig::default() };
+        let c = Controller::open(store, topics, 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(3))).unwrap();
+        create(&c, "a", 4);
+        create(&c, "b", 2);
+        for validate_only in [true, false] {
+            let e = c.create_partitions(&grow("a", 9, validate_only)).unwrap_err();
+            assert_eq!(e, ControllerError::PolicyViolation("5 more partitions would exceed max_partitions_total = 10 (6 exist)".into()));
+        }
+        assert_eq!(c.create_partitions(&grow("a", 8, false)).unwrap().partitions, 8);
+        assert!(matches!(c.create_partitions(&grow("b", 3, false)), Err(ControllerError::PolicyViolation(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("c.db"));
+        create(&c, "a", 1);
+        let e = c.create_partitions(&grow("a", PARTITIONS_MAX + 1, false)).unwrap_err();
+        assert_eq!(e.to_string(), "Excessively large number of additional partitions per request.");
+        for n in [10_001, 20_001, 30_001, 40_001, 50_001, 60_001, 70_001, 80_001, 90_001, 100_000] {
+            c.create_partitions(&grow("a", n, false)).unwrap();
+        }
+        assert!(matches!(c.create_partitions(&grow("a", PARTITIONS_MAX + 1, false)), Err(ControllerError::InvalidPartitions(_))));
+    }
+
+    /// KIP-848: the group coordinator sees the topic grow, bumps the group epoch and hands the
+    /// new partitions out on the members' next heartbeats (Kafka's metadata image change).
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_group_is_assigned_the_new_partitions_on_its_next_heartbeats() {
+        use crate::api::groups::consumer::HeartbeatRequest;
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("c.db"));
+        let t = create(&c, "t", 2);
+        let hb = |member: &str, epoch: i32, owned: &[i32]| HeartbeatRequest {
+            group_id: "g".into(),
+            member_id: member.into(),
+            member_epoch: epoch,
+            rebalance_timeout_ms: if epoch == 0 { 30_000 } else { -1 },
+            subscribed_topic_names: (epoch == 0).then(|| vec!["t".to_string()]),
+            owned: Some([(t.id, owned.iter().copied().collect())].into_iter().collect()),
+            api_version: 1,
+            ..Default::default()
+        };
+        let owned = |r: &crate::api::groups::consumer::HeartbeatResponse| -> Vec<i32> {
+            r.assignment.as_ref().map(|a| a.values().flat_map(|ps| ps.iter().copied()).collect()).unwrap_or_default()
+        };
+        let groups = c.groups().clone();
+        let a = groups.consumer_heartbeat(hb("a", 0, &[])).unwrap();
+        let b = groups.consumer_heartbeat(hb("b", 0, &[])).unwrap();
+        let a = groups.consumer_heartbeat(hb("a", a.member_epoch, &owned(&a))).unwrap();
+        let a = groups.consumer_heartbeat(hb("a", a.member_epoch, &owned(&a))).unwrap();
+        let b = groups.consumer_heartbeat(hb("b", b.member_epoch, &[])).unwrap();
+        assert_eq!((owned(&a).len(), owned(&b).len()), (1, 1));
+        let epoch = groups.consumer_describe("g").unwrap().group_epoch;
+
+        c.create_partitions(&grow("t", 6, false)).unwrap();
+        let a = groups.consumer_heartbeat(hb("a", a.member_epoch, &owned(&a))).unwrap();
+        let b = groups.consumer_heartbeat(hb("b", b.member_epoch, &owned(&b))).unwrap();
+        let d = groups.consumer_describe("g").unwrap();
+        assert_eq!(d.group_epoch, epoch + 1, "one bump for the growth");
+        assert_eq!((a.member_epoch, b.member_epoch), (d.assignment_epoch, d.assignment_epoch));
+        let (mut all, a, b) = ([owned(&a), owned(&b)].concat(), owned(&a), owned(&b));
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5], "{a:?} {b:?}");
+        assert_eq!((a.len(), b.len()), (3, 3));
     }
 
     #[test]

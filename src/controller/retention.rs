@@ -398,9 +398,11 @@ mod tests {
     }
 
     /// Retention walks past its short first page: 20 extents of 10 bytes, 50 bytes kept.
+    /// On a partition added by CreatePartitions: a pass covers the topic's partitions as they
+    /// are now.
     #[test]
     fn a_pass_removes_extents_across_pages_and_keeps_retention_bytes() {
-        use crate::api::{CommitRequest, CreateTopic};
+        use crate::api::{CommitRequest, CreatePartitions, CreateTopic};
         use crate::clock::{SeededEntropy, SystemClock};
         use crate::controller::store::sqlite::SqliteStore;
         use crate::format::object::ExtentInfo;
@@ -412,10 +414,12 @@ mod tests {
         let t = c
             .create_topic(&CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs, validate_only: false })
             .unwrap();
+        let grow = CreatePartitions { name: "t".into(), count: 2, assignments: None, brokers: vec![1], validate_only: false };
+        c.create_partitions(&grow).unwrap();
         for i in 0..20 {
             let extent = ExtentInfo {
                 topic_id: t.id,
-                partition: 0,
+                partition: 1,
                 position: 0,
                 length: 10,
                 batch_count: 1,
@@ -435,8 +439,8 @@ mod tests {
         }
         let lease = c.acquire_job_lease("retention", "me").unwrap().unwrap();
         let report = c.enforce_retention(&lease).unwrap();
-        assert_eq!(report.moved, vec![LogStart { topic_id: t.id, partition: 0, log_start_offset: 45 }]);
-        assert_eq!(c.find_extents(t.id, 0, 0, u64::MAX).unwrap().len(), 5);
+        assert_eq!(report.moved, vec![LogStart { topic_id: t.id, partition: 1, log_start_offset: 45 }]);
+        assert_eq!(c.find_extents(t.id, 1, 0, u64::MAX).unwrap().len(), 5);
         assert_eq!(c.garbage_objects(&lease, 0, 100).unwrap().len(), 15);
         assert!(c.enforce_retention(&lease).unwrap().moved.is_empty(), "a second pass has nothing to do");
         assert!(matches!(c.enforce_retention(&JobLease { token: lease.token + 1, ..lease }), Err(ControllerError::LeaseNotHeld(_))));

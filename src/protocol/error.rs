@@ -15,6 +15,7 @@ pub fn controller_code(e: &ControllerError) -> i16 {
         ControllerError::InvalidTopicName(_) => K::InvalidTopicException,
         ControllerError::InvalidPartitions(_) => K::InvalidPartitions,
         ControllerError::InvalidReplicationFactor(_) => K::InvalidReplicationFactor,
+        ControllerError::InvalidReplicaAssignment(_) => K::InvalidReplicaAssignment,
         ControllerError::InvalidConfig(_) => K::InvalidConfig,
         ControllerError::PolicyViolation(_) => K::PolicyViolation,
         ControllerError::InvalidRequest(_) => K::InvalidRequest,

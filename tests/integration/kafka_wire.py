@@ -241,7 +241,8 @@ class ConnectionClosed(Exception):
 class Conn:
     """One TCP connection speaking length-prefixed Kafka frames, with a deadline on every read."""
 
-    def __init__(self, host, port, timeout=10.0):
+    def __init__(self, host, port, timeout=10.0, client_id="sidestream-tests"):
+        self.client_id = client_id
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
@@ -326,7 +327,7 @@ class Conn:
     def send(self, api_key, api_version, body, flexible=False, correlation_id=None):
         cid = self.next_correlation_id if correlation_id is None else correlation_id
         self.next_correlation_id = cid + 1
-        hdr = (request_header_v2 if flexible else request_header_v1)(api_key, api_version, cid)
+        hdr = (request_header_v2 if flexible else request_header_v1)(api_key, api_version, cid, self.client_id)
         self.send_raw(frame(hdr + body))
         return cid
 
@@ -342,7 +343,7 @@ class Conn:
 
 # First flexible version of each API (request header v2 / response header v1 from there on).
 FIRST_FLEXIBLE = {PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 6, METADATA: 9, API_VERSIONS: 3,
-                  CREATE_TOPICS: 5, DELETE_TOPICS: 4}
+                  CREATE_TOPICS: 5, DELETE_TOPICS: 4, 37: 2}
 
 
 def is_flexible(api_key, api_version):
@@ -814,3 +815,38 @@ def sasl_authenticate(conn, token):
     r.nbytes()
     r.i64()
     return err, message
+
+
+# --------------------------------------------------------------------------------------------
+# CreatePartitions v1 (the last version without tagged fields) and v3 (flexible).
+
+CREATE_PARTITIONS = 37
+INVALID_REPLICA_ASSIGNMENT = 39
+INVALID_REQUEST = 42
+POLICY_VIOLATION = 44
+TOPIC_AUTHORIZATION_FAILED = 29
+THROTTLING_QUOTA_EXCEEDED = 89
+
+
+def create_partitions(conn, topics, validate_only=False, timeout_ms=30000, version=1):
+    """topics: list of (name, count, assignments), assignments None or a list of broker id lists.
+    Returns (throttle_time_ms, [(name, error_code, error_message)] in answer order)."""
+    flexible = version >= 2
+    arr, st = (compact_array, compact_string) if flexible else (array, string)
+    tags = NO_TAGS if flexible else b""
+
+    def topic(t):
+        name, count, assignments = t
+        body = st(name) + i32(count)
+        if assignments is None:
+            return body + (uvarint(0) if flexible else i32(-1)) + tags
+        return body + arr(assignments, lambda a: arr(a, i32) + tags) + tags
+
+    body = arr(topics, topic) + i32(timeout_ms) + i8(1 if validate_only else 0) + tags
+    r = conn.request(CREATE_PARTITIONS, version, body)
+    throttle = r.i32()
+    if flexible:
+        results = r.compact_array(lambda r: (r.compact_string(), r.i16(), r.compact_string(), r.tags())[:3])
+    else:
+        results = r.array(lambda r: (r.string(), r.i16(), r.string()))
+    return throttle, results

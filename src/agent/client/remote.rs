@@ -517,8 +517,13 @@ impl Remote {
         }
     }
 
+    /// A topic this agent created or grew. A topic's partitions never go: a copy with fewer
+    /// than the cached one (an answer overtaken by a snapshot) changes nothing.
     fn insert_topic(&self, t: Arc<TopicMeta>) {
         let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.by_id.get(&t.id).is_some_and(|known| known.partitions >= t.partitions) {
+            return;
+        }
         for p in 0..t.partitions {
             cache.offsets.entry((t.id, p)).or_insert(PartitionOffsets { log_start_offset: 0, next_offset: 0 });
             cache.stable.entry((t.id, p)).or_insert(0);
@@ -747,6 +752,7 @@ impl Remote {
     fn learn(&self, call: &Call, reply: &Reply, generation: u64) {
         match (call, reply) {
             (Call::CreateTopic { req }, Reply::CreateTopic(Ok(t))) if !req.validate_only => self.insert_topic(t.clone()),
+            (Call::CreatePartitions { req }, Reply::CreatePartitions(Ok(t))) if !req.validate_only => self.insert_topic(t.clone()),
             (Call::DeleteTopic { .. }, Reply::DeleteTopic(Ok(t))) => {
                 let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
                 cache.by_name.remove(&t.name);

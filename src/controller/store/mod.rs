@@ -339,6 +339,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn load(&self, new_cluster_id: &str) -> Result<Snapshot, StoreError>;
     /// Inserts a topic and its partitions (starting at offset 0).
     fn create_topic(&self, topic: &TopicRecord) -> Result<(), StoreError>;
+    /// Grows topic `topic_id` from `from` partitions to `to` (the new ones start at offset 0),
+    /// in one transaction; `Stale`, and nothing written, unless it has exactly `from` now.
+    fn add_partitions(&self, topic_id: Uuid, from: i32, to: i32) -> Result<(), StoreError>;
     /// Removes a topic, its partitions, its extents, its producer states, its open transactions,
     /// its aborted transaction index and the group offsets committed on its name; its objects
     /// that no other extent references become garbage (at `now_ms`). One transaction.

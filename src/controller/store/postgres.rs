@@ -508,6 +508,26 @@ impl MetadataStore for PgStore {
         })
     }
 
+    fn add_partitions(&self, topic_id: Uuid, from: i32, to: i32) -> Result<(), StoreError> {
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            let id = topic_id.as_bytes().as_slice();
+            let moved = tx
+                .execute("UPDATE topics SET partitions = $3 WHERE id = $1 AND partitions = $2", &[&id, &from, &to])
+                .map_err(classify)?;
+            if moved == 0 {
+                return Err(StoreError::Stale(format!("topic {topic_id} does not have {from} partitions")));
+            }
+            tx.execute(
+                "INSERT INTO partitions (topic_id, partition, log_start_offset, next_offset) \
+                 SELECT $1, p, 0, 0 FROM generate_series($2::INTEGER, $3 - 1) AS p",
+                &[&id, &from, &to],
+            )
+            .map_err(classify)?;
+            commit_fenced(tx, fence)
+        })
+    }
+
     fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError> {
         let name = name.to_string();
         self.write(move |c, fence| {

@@ -309,6 +309,28 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn add_partitions(&self, topic_id: Uuid, from: i32, to: i32) -> Result<(), StoreError> {
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            let id = topic_id.as_bytes().as_slice();
+            let moved = tx
+                .execute("UPDATE topics SET partitions = ?3 WHERE id = ?1 AND partitions = ?2", params![id, from, to])
+                .map_err(classify)?;
+            if moved == 0 {
+                return Err(StoreError::Stale(format!("topic {topic_id} does not have {from} partitions")));
+            }
+            {
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO partitions (topic_id, partition, log_start_offset, next_offset) VALUES (?1, ?2, 0, 0)")
+                    .map_err(classify)?;
+                for p in from..to {
+                    insert.execute(params![id, p]).map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
     fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError> {
         let name = name.to_string();
         self.writer.call(move |c| {

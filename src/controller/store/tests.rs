@@ -446,6 +446,30 @@ fn retention_contract(s: &dyn MetadataStore) {
     s.commit_object(&object("o2"), &[], None, &[], &TxnEffects::default()).unwrap();
 }
 
+/// CreatePartitions: a topic grows only from the count it has, its old partitions keep their
+/// offsets, the new ones start empty and take commits, and they go with the topic.
+fn partitions_contract(s: &dyn MetadataStore) {
+    s.load("cluster-1").unwrap();
+    let t = topic("t", 2);
+    s.create_topic(&t).unwrap();
+    s.commit_object(&object("o1"), &[extent(t.id, 1, 0, 4, "o1", 0)], None, &[], &TxnEffects::default()).unwrap();
+    s.add_partitions(t.id, 2, 5).unwrap();
+    assert!(matches!(s.add_partitions(t.id, 2, 6), Err(StoreError::Stale(_))), "planned from an old count");
+    assert!(matches!(s.add_partitions(Uuid::new_v4(), 0, 1), Err(StoreError::Stale(_))), "an unknown topic");
+    let partitions = |s: &dyn MetadataStore| {
+        let mut v: Vec<_> = s.load("x").unwrap().partitions.iter().map(|p| (p.partition, p.log_start_offset, p.next_offset)).collect();
+        v.sort();
+        v
+    };
+    let snap = s.load("x").unwrap();
+    assert_eq!(snap.topics, vec![TopicRecord { partitions: 5, ..t.clone() }]);
+    assert_eq!(partitions(s), vec![(0, 0, 0), (1, 0, 4), (2, 0, 0), (3, 0, 0), (4, 0, 0)]);
+    s.commit_object(&object("o2"), &[extent(t.id, 4, 0, 3, "o2", 0)], None, &[], &TxnEffects::default()).unwrap();
+    assert_eq!(s.find_extents(t.id, 4, 0, 10).unwrap(), vec![extent(t.id, 4, 0, 3, "o2", 0)]);
+    s.delete_topic(t.id, "t", 10).unwrap();
+    assert!(partitions(s).is_empty());
+}
+
 /// ACLs: inserted once however often they are created, deleted exactly, in one transaction.
 fn acl_contract(s: &dyn MetadataStore) {
     use crate::api::acl::{AclBinding, AclOperation, AclPermission, PatternType, ResourceType};
@@ -507,6 +531,7 @@ fn sqlite_store_keeps_the_contract() {
     assert_eq!(listed, garbage);
     retention_contract(&SqliteStore::open(&dir.path().join("r.db")).unwrap());
     acl_contract(&SqliteStore::open(&dir.path().join("a.db")).unwrap());
+    partitions_contract(&SqliteStore::open(&dir.path().join("p.db")).unwrap());
 }
 
 #[test]
@@ -527,6 +552,8 @@ fn postgres_store_keeps_the_contract() {
     retention_contract(&PgStore::open(&retention_db.url).unwrap());
     let acl_db = TestDb::create().unwrap();
     acl_contract(&PgStore::open(&acl_db.url).unwrap());
+    let partitions_db = TestDb::create().unwrap();
+    partitions_contract(&PgStore::open(&partitions_db.url).unwrap());
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");

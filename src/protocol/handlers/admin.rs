@@ -1,21 +1,28 @@
-//! Topic administration: CreateTopics and DeleteTopics, forwarded to the controller.
+//! Topic administration: CreateTopics, DeleteTopics and CreatePartitions, forwarded to the
+//! controller.
 //!
 //! ACLs (Kafka's KRaft controller's rules): CreateTopics needs CREATE on the cluster or on the
 //! topic, and answers a topic's configs only with DESCRIBE_CONFIGS on it; DeleteTopics needs
-//! DELETE on the cluster or on the topic.
+//! DELETE on the cluster or on the topic; CreatePartitions needs ALTER on the topic.
 
 use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, TopicName,
+};
 
 use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::agent::cluster::Brokers;
 use crate::api::acl::{AclOperation, CLUSTER_NAME, ResourceType};
-use crate::api::{ControllerError, CreateTopic, TopicKey, TopicRef};
+use crate::api::groups::ClientInfo;
+use crate::api::{ControllerError, CreatePartitions, CreateTopic, ListenerAddress, TopicKey, TopicRef};
 use crate::protocol::error::controller_code;
 
 /// Kafka's ConfigEntry source for configs set on the topic.
@@ -171,4 +178,53 @@ pub async fn delete_topics(agent: &Agent, access: &Access<'_>, version: i16, req
         responses.push(r);
     }
     DeleteTopicsResponse::default().with_responses(responses)
+}
+
+/// CreatePartitions, as Kafka's `ControllerApis` answers it: a topic named more than once is
+/// answered once, INVALID_REQUEST; one the client may not ALTER, TOPIC_AUTHORIZATION_FAILED;
+/// the others go to the controller one by one, in request order. A manual assignment may name
+/// the brokers this client is shown.
+pub async fn create_partitions(
+    agent: &Agent,
+    access: &Access<'_>,
+    req: CreatePartitionsRequest,
+    client: &ClientInfo,
+    listener: &ListenerAddress,
+) -> CreatePartitionsResponse {
+    let result = |name: &TopicName| CreatePartitionsTopicResult::default().with_name(name.clone());
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<&str> = req.topics.iter().map(|t| t.name.0.as_str()).filter(|n| !seen.insert(*n)).collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    let mut answered = HashSet::new();
+    for t in req.topics.iter().filter(|t| duplicates.contains(t.name.0.as_str())) {
+        if answered.insert(t.name.0.as_str()) {
+            results.push(
+                result(&t.name)
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes("Duplicate topic name."))),
+            );
+        }
+    }
+    let unique = || req.topics.iter().filter(|t| !duplicates.contains(t.name.0.as_str()));
+    let refused = access.refused(AclOperation::Alter, ResourceType::Topic, unique().map(|t| t.name.0.as_str()));
+    for t in unique().filter(|t| refused.contains(t.name.0.as_str())) {
+        results.push(result(&t.name).with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+    }
+    let brokers: Vec<i32> = Brokers::for_client(agent, listener, &client.client_id).agents.iter().map(|a| a.node_id).collect();
+    for t in unique().filter(|t| !refused.contains(t.name.0.as_str())) {
+        let grow = CreatePartitions {
+            name: t.name.0.to_string(),
+            count: t.count,
+            assignments: t.assignments.as_ref().map(|a| a.iter().map(|r| r.broker_ids.iter().map(|b| b.0).collect()).collect()),
+            brokers: brokers.clone(),
+            validate_only: req.validate_only,
+        };
+        results.push(match agent.controller.create_partitions(grow).await {
+            Ok(_) => result(&t.name),
+            // Kafka answers an unknown topic without a message.
+            Err(ControllerError::UnknownTopicOrPartition) => result(&t.name).with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+            Err(e) => result(&t.name).with_error_code(controller_code(&e)).with_error_message(Some(str_bytes(e.to_string()))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
 }

@@ -28,12 +28,12 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest,
-    ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeTopicPartitionsRequest, DescribeTransactionsRequest,
-    EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
-    TxnOffsetCommitRequest,
+    ConsumerGroupHeartbeatRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeTopicPartitionsRequest,
+    DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest, SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest, DescribeUserScramCredentialsRequest,
@@ -61,6 +61,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
@@ -130,6 +131,7 @@ pub enum Request {
     Metadata(MetadataRequest),
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
+    CreatePartitions(CreatePartitionsRequest),
     DeleteRecords(DeleteRecordsRequest),
     Produce(ProduceRequest),
     Fetch(FetchRequest),
@@ -222,6 +224,7 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::Metadata => decode!(Metadata, MetadataRequest),
         ApiKey::CreateTopics => decode!(CreateTopics, CreateTopicsRequest),
         ApiKey::DeleteTopics => decode!(DeleteTopics, DeleteTopicsRequest),
+        ApiKey::CreatePartitions => decode!(CreatePartitions, CreatePartitionsRequest),
         ApiKey::DeleteRecords => decode!(DeleteRecords, DeleteRecordsRequest),
         ApiKey::Produce => decode!(Produce, ProduceRequest),
         ApiKey::Fetch => decode!(Fetch, FetchRequest),
@@ -309,6 +312,7 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, &access, version, r, &client, listener).await),
         Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, &access, version, r).await),
         Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, &access, version, r).await),
+        Request::CreatePartitions(r) => ctx.respond(&admin::create_partitions(&agent, &access, r, &client, listener).await),
         Request::DeleteRecords(r) => ctx.respond(&delete_records::handle(&agent, &access, r).await),
         Request::Produce(r) => match produce::handle(&agent, &access, version, r, turn).await {
             Some(resp) => ctx.respond(&resp),

@@ -5,15 +5,16 @@
 //!
 //! A [`Meter`] goes with every request. Once the request is parsed it knows which quotas apply
 //! (none: it does nothing). It records what the request used, as Kafka's `KafkaApis` does:
-//! Produce its request bytes, Fetch its response bytes, CreateTopics/DeleteTopics the
-//! partitions they created or deleted, every request its handler's time; and it decides the
+//! Produce its request bytes, Fetch its response bytes, CreateTopics/DeleteTopics/
+//! CreatePartitions the partitions they created, deleted or added, every request its handler's
+//! time; and it decides the
 //! throttle time (the largest of them), which goes into the response's `throttle_time_ms` and
 //! keeps the connection from reading another request for that long after the answer is sent
 //! ([`Outcome::Throttled`]). Before the handler runs: a Fetch already over its quota is answered
 //! at once with nothing and its throttle time (KIP-219), and asks for at most what the quota's
-//! window allows; CreateTopics v6+ and DeleteTopics v5+ of a principal already over its
-//! `controller_mutation_rate` are refused with THROTTLING_QUOTA_EXCEEDED (KIP-599; older
-//! versions are accepted, then throttled).
+//! window allows; CreateTopics v6+, DeleteTopics v5+ and CreatePartitions v3+ of a principal
+//! already over its `controller_mutation_rate` are refused with THROTTLING_QUOTA_EXCEEDED
+//! (KIP-599; older versions are accepted, then throttled).
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
@@ -21,18 +22,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, AlterClientQuotasRequest, AlterClientQuotasResponse,
     AlterUserScramCredentialsResponse, ApiKey, ApiVersionsResponse, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse,
-    CreateAclsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteAclsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeAclsResponse, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
-    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse, DescribeTopicPartitionsResponse,
-    DescribeTransactionsResponse, DescribeUserScramCredentialsResponse, EndTxnResponse, FetchRequest, FetchResponse,
-    FindCoordinatorResponse, HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
-    ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse,
-    ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse, TopicName, TxnOffsetCommitResponse,
+    CreateAclsResponse, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteAclsResponse,
+    DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeAclsResponse,
+    DescribeClientQuotasRequest, DescribeClientQuotasResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
+    DescribeTopicPartitionsResponse, DescribeTransactionsResponse, DescribeUserScramCredentialsResponse, EndTxnResponse, FetchRequest,
+    FetchResponse, FindCoordinatorResponse, HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse, TopicName,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsResponse, DescribeLogDirsResponse, DescribeProducersResponse, ElectLeadersResponse,
@@ -220,6 +223,7 @@ throttle_time_ms!(
     ConsumerGroupDescribeResponse,
     ConsumerGroupHeartbeatResponse,
     CreateAclsResponse,
+    CreatePartitionsResponse,
     CreateTopicsResponse,
     DeleteAclsResponse,
     DeleteGroupsResponse,
@@ -264,20 +268,32 @@ impl Throttle for SaslAuthenticateResponse {
     }
 }
 
-/// A topic CreateTopics or DeleteTopics names, by name or (DeleteTopics v6) by id.
+/// A topic CreateTopics, DeleteTopics or CreatePartitions names, by name or (DeleteTopics v6)
+/// by id.
 #[derive(Debug, Clone)]
 enum Target {
     Name(String),
     Id(uuid::Uuid),
 }
 
-/// What a topic mutation found before it ran, to count the partitions it created or deleted.
+/// Which topic mutation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mutation {
+    Create,
+    Delete,
+    Grow,
+}
+
+/// What a topic mutation found before it ran, to count the partitions it created, deleted or
+/// added.
 #[derive(Debug)]
 struct Mutations {
-    /// Topics that did not exist (CreateTopics), or that did, with their partitions (DeleteTopics).
+    /// Topics that did not exist (CreateTopics), or that did, with their partitions
+    /// (DeleteTopics, CreatePartitions).
     before: Vec<(Target, i32)>,
-    create: bool,
-    /// CreateTopics v6+, DeleteTopics v5+: over the quota is refused, not throttled.
+    kind: Mutation,
+    /// CreateTopics v6+, DeleteTopics v5+, CreatePartitions v3+: over the quota is refused, not
+    /// throttled.
     strict: bool,
 }
 
@@ -404,7 +420,7 @@ impl<'a> Meter<'a> {
                     .filter(|n| controller.topic(TopicRef::Name(n)).is_none())
                     .map(|n| (Target::Name(n), 0))
                     .collect();
-                started.expect(Mutations { before, create: true, strict });
+                started.expect(Mutations { before, kind: Mutation::Create, strict });
                 None
             }
             Request::DeleteTopics(r) => {
@@ -422,7 +438,22 @@ impl<'a> Meter<'a> {
                     r.topic_names.iter().map(|n| Target::Name(n.0.to_string())).collect()
                 };
                 let before = targets.into_iter().filter_map(|t| self.partitions(&t).map(|p| (t, p))).collect();
-                started.expect(Mutations { before, create: false, strict });
+                started.expect(Mutations { before, kind: Mutation::Delete, strict });
+                None
+            }
+            Request::CreatePartitions(r) if !r.validate_only => {
+                let limit = started.limits.get(Kind::ControllerMutation)?;
+                let strict = parsed.version >= 3;
+                if let Some(ms) = self.mutation_refused(limit, strict) {
+                    return Some(refuse_create_partitions(r, parsed.version, parsed.correlation_id, ms));
+                }
+                let before = r
+                    .topics
+                    .iter()
+                    .map(|t| Target::Name(t.name.0.to_string()))
+                    .filter_map(|t| self.partitions(&t).map(|p| (t, p)))
+                    .collect();
+                started.expect(Mutations { before, kind: Mutation::Grow, strict });
                 None
             }
             _ => None,
@@ -507,9 +538,10 @@ impl<'a> Meter<'a> {
             let permits: i32 = m
                 .before
                 .iter()
-                .map(|(t, before)| match (m.create, self.partitions(t)) {
-                    (true, Some(now)) => now,
-                    (false, None) => *before,
+                .map(|(t, before)| match (m.kind, self.partitions(t)) {
+                    (Mutation::Create, Some(now)) => now,
+                    (Mutation::Delete, None) => *before,
+                    (Mutation::Grow, Some(now)) => (now - *before).max(0),
                     _ => 0,
                 })
                 .sum();
@@ -595,6 +627,22 @@ fn refuse_create(req: &CreateTopicsRequest, version: i16, correlation_id: i32, m
         .collect();
     let resp = CreateTopicsResponse::default().with_throttle_time_ms(clamp_ms(ms)).with_topics(topics);
     super::encode_response(ApiKey::CreateTopics, version, correlation_id, &resp)
+}
+
+fn refuse_create_partitions(req: &CreatePartitionsRequest, version: i16, correlation_id: i32, ms: u64) -> Outcome {
+    let code = ResponseError::ThrottlingQuotaExceeded.code();
+    let results = req
+        .topics
+        .iter()
+        .map(|t| {
+            CreatePartitionsTopicResult::default()
+                .with_name(t.name.clone())
+                .with_error_code(code)
+                .with_error_message(Some(str_bytes(THROTTLED)))
+        })
+        .collect();
+    let resp = CreatePartitionsResponse::default().with_throttle_time_ms(clamp_ms(ms)).with_results(results);
+    super::encode_response(ApiKey::CreatePartitions, version, correlation_id, &resp)
 }
 
 fn refuse_delete(req: &DeleteTopicsRequest, version: i16, correlation_id: i32, ms: u64) -> Outcome {
