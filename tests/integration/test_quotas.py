@@ -52,9 +52,18 @@ def admin(server, client_id="quota-tests"):
     return KafkaAdminClient(bootstrap_servers=server.bootstrap, client_id=client_id)
 
 
-def send(adm, request):
-    """One request through kafka-python's admin client (its encoding, its version choice)."""
-    return adm._manager.run(adm._manager.send, request)
+def send(adm, request, deadline_s=30):
+    """One request through kafka-python's admin client (its encoding, its version choice).
+    A client throttled by its last answer has no ready node until the throttle time passes
+    (kafka-python honours throttle_time_ms): the request waits for it, up to a deadline."""
+    from kafka.errors import NodeNotReadyError
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return adm._manager.run(adm._manager.send, request)
+        except NodeNotReadyError:
+            assert time.monotonic() < deadline, "no ready node for %.0fs" % deadline_s
+            time.sleep(0.05)
 
 
 def alter(adm, entity, ops, validate_only=False, **version):
