@@ -89,6 +89,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterUserScramCredentials, 0, 0),
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::AlterClientQuotas, 0, 1),
+    // Configs (configs.rs).
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -155,6 +158,8 @@ pub enum Request {
     AlterUserScramCredentials(AlterUserScramCredentialsRequest),
     DescribeClientQuotas(DescribeClientQuotasRequest),
     AlterClientQuotas(AlterClientQuotasRequest),
+    AlterConfigs(kafka_protocol::messages::AlterConfigsRequest),
+    IncrementalAlterConfigs(kafka_protocol::messages::IncrementalAlterConfigsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -241,6 +246,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::AlterUserScramCredentials => decode!(AlterUserScramCredentials, AlterUserScramCredentialsRequest),
         ApiKey::DescribeClientQuotas => decode!(DescribeClientQuotas, DescribeClientQuotasRequest),
         ApiKey::AlterClientQuotas => decode!(AlterClientQuotas, AlterClientQuotasRequest),
+        ApiKey::AlterConfigs => decode!(AlterConfigs, kafka_protocol::messages::AlterConfigsRequest),
+        ApiKey::IncrementalAlterConfigs => decode!(IncrementalAlterConfigs, kafka_protocol::messages::IncrementalAlterConfigsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -328,6 +335,8 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::AlterUserScramCredentials(r) => ctx.respond(&users::alter(&agent, &access, r).await),
         Request::DescribeClientQuotas(r) => ctx.respond(&quotas::describe(&agent, &access, r).await),
         Request::AlterClientQuotas(r) => ctx.respond(&quotas::alter(&agent, &access, r).await),
+        Request::AlterConfigs(r) => ctx.respond(&configs::alter_configs(&agent, &access, r).await),
+        Request::IncrementalAlterConfigs(r) => ctx.respond(&configs::incremental_alter_configs(&agent, &access, r).await),
     }
 }
 
