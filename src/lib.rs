@@ -23,7 +23,7 @@
 //! [`config`] is the `proxy.toml` schema; [`clock`] holds the injectable sources of time and
 //! randomness that the core paths use instead of the system's; [`metrics`] the counters and
 //! histograms; [`health`] the readiness checks behind `/readyz` and the HTTP listener,
-//! [`probe`] the periodic checks that keep them true on an idle agent; [`sdnotify`] tells
+//! [`log_level`] the log filter that can change while the agent runs, [`probe`] the periodic checks that keep them true on an idle agent; [`sdnotify`] tells
 //! systemd when the agent is ready and when it stops.
 
 pub mod admin;
@@ -37,6 +37,7 @@ pub mod failures;
 pub mod format;
 pub mod health;
 pub mod host;
+pub mod log_level;
 pub mod metrics;
 pub mod object;
 pub mod probe;

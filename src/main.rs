@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sidestream::config::{Config, LogFormat, Role};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "sidestream", version, about = "Kafka-compatible agent that keeps its data in object storage")]
@@ -366,15 +365,5 @@ fn redact(url: &str) -> String {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    sidestream::log_level::init(&config.log.level, config.log.format == LogFormat::Json);
 }

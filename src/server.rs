@@ -370,6 +370,18 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,
         ),
         authorizer,
+        broker_configs: {
+            let bound: Vec<_> = listeners
+                .iter()
+                .map(|l| crate::agent::broker_config::BoundListener {
+                    name: l.endpoint.address.name.clone(),
+                    protocol: l.endpoint.protocol,
+                    bound: l.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    advertised: format!("{}:{}", l.endpoint.address.host, l.endpoint.address.port),
+                })
+                .collect();
+            crate::agent::broker_config::BrokerConfigs::new(config, &bound)
+        },
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,

@@ -15,11 +15,14 @@
 //! - [`jobs`]: background jobs leased from the controller: retention, the object collector.
 //! - [`cluster`]: which broker clients are told leads each partition (sidecar or cluster mode).
 //! - [`acl`]: the authorizer: Kafka's ACL rules over the controller's ACLs.
+//! - [`broker_config`]: the broker's own configs under Kafka's names; the log filter is the one
+//!   that changes at run time.
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
 
 pub mod acl;
+pub mod broker_config;
 pub mod cache;
 pub mod client;
 pub mod cluster;
@@ -82,6 +85,8 @@ pub struct Agent {
     pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
     /// Decides every request from the controller's ACLs (`[acl]`).
     pub authorizer: acl::Authorizer,
+    /// The broker's configs (DescribeConfigs, AlterConfigs of the BROKER resources).
+    pub broker_configs: broker_config::BrokerConfigs,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the

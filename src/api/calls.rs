@@ -37,6 +37,7 @@ pub mod prelude {
     pub use uuid::Uuid;
 
     pub use crate::api::acl::{AclBinding, AclFilter, AclSet};
+    pub use crate::api::configs::TopicConfigChange;
     pub use crate::api::groups::{
         CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
         SyncRequest, SyncResponse, TopicPartition, consumer,
@@ -72,6 +73,8 @@ macro_rules! for_each_call {
             // Object compaction (agent::compaction).
             [blocking] CompactionCandidates compaction_candidates(req: CandidatesRequest) -> Result<Vec<ExtentRecord>, ControllerError>;
             [blocking] ReplaceExtents replace_extents(lease: JobLease, req: ReplaceExtents) -> Result<(), ControllerError>;
+            // Topic configs (controller::configs): AlterConfigs, IncrementalAlterConfigs.
+            [blocking] AlterTopicConfigs alter_topic_configs(changes: Vec<TopicConfigChange>, validate_only: bool) -> Result<Vec<Result<Arc<TopicMeta>, ControllerError>>, ControllerError>;
             [blocking] DeleteRecords delete_records(partitions: Vec<(Uuid, i32, i64)>) -> Result<Vec<Result<i64, ControllerError>>, ControllerError>;
             // Background jobs (controller::retention): leases, retention, object collection.
             [now] AcquireJobLease acquire_job_lease(job: String, holder: String) -> Result<Option<JobLease>, ControllerError>;

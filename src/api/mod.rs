@@ -6,6 +6,7 @@
 //!   dispatch (`controller::calls`), and the wire form (JSON in a versioned envelope).
 //! - [`groups`], [`txn`]: the arguments and replies of the group and transaction calls.
 //! - [`acl`]: ACL bindings, filters and the controller's set of them (Kafka's model).
+//! - [`configs`]: topic configs (Kafka's names, types, defaults, checks) and their changes.
 //! - [`quota`]: client quotas (entities, keys, the set agents enforce, describe filters).
 //! - [`rpc`]: the gRPC wire; [`tls`]: its TLS (the PEM files, checked, as tonic's settings).
 //! - this file: topics, commits, extents, and [`ControllerError`].
@@ -15,6 +16,7 @@
 
 pub mod acl;
 pub mod calls;
+pub mod configs;
 pub mod groups;
 pub mod jobs;
 pub mod quota;

@@ -118,6 +118,13 @@ impl Answer for Controller {
     fn collect_orphans(&self, keys: Vec<String>) -> Result<Vec<bool>, ControllerError> {
         Controller::collect_orphans(self, &keys)
     }
+    fn alter_topic_configs(
+        &self,
+        changes: Vec<TopicConfigChange>,
+        validate_only: bool,
+    ) -> Result<Vec<Result<Arc<TopicMeta>, ControllerError>>, ControllerError> {
+        Controller::alter_topic_configs(self, &changes, validate_only)
+    }
     fn delete_records(&self, partitions: Vec<(Uuid, i32, i64)>) -> Result<Vec<Result<i64, ControllerError>>, ControllerError> {
         Controller::delete_records(self, &partitions)
     }

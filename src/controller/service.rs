@@ -709,6 +709,14 @@ impl GrpcService for Service {
                 }
                 reply
             }
+            // Agents refresh their topic metadata: the configs changed.
+            Call::AlterTopicConfigs { changes, validate_only } => {
+                let reply = calls::dispatch(&c, Call::AlterTopicConfigs { changes, validate_only }).await;
+                if !validate_only && matches!(&reply, Reply::AlterTopicConfigs(Ok(r)) if r.iter().any(Result::is_ok)) {
+                    let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
+                }
+                reply
+            }
             call => {
                 let call_partitions = match &call {
                     Call::DeleteRecords { partitions } => Some(partitions.iter().map(|(t, p, _)| (*t, *p)).collect::<Vec<_>>()),

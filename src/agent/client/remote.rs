@@ -762,6 +762,9 @@ impl Remote {
                 drop(cache);
                 self.0.extents.retain_topics(|id| id != t.id);
             }
+            (Call::AlterTopicConfigs { validate_only: false, .. }, Reply::AlterTopicConfigs(Ok(results))) => {
+                results.iter().flatten().for_each(|t| self.insert_topic(t.clone()))
+            }
             (Call::CommitObject { req }, Reply::CommitObject(Ok(results))) => {
                 let mut advanced = false;
                 for (e, r) in req.extents.iter().zip(results) {

@@ -346,6 +346,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// its aborted transaction index and the group offsets committed on its name; its objects
     /// that no other extent references become garbage (at `now_ms`). One transaction.
     fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Replaces each topic's configs with the given set (a config left out goes back to its
+    /// default), all topics in one transaction. A topic that no longer exists gets none.
+    fn set_topic_configs(&self, topics: &[(Uuid, BTreeMap<String, String>)]) -> Result<(), StoreError>;
     /// Retention and DeleteRecords, in one transaction: moves each partition's log start
     /// forward to its move's (never back), deletes its extents that end at or below it and its
     /// aborted transactions that end below it, and makes garbage (at `now_ms`) every object no

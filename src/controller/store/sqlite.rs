@@ -331,6 +331,25 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn set_topic_configs(&self, topics: &[(Uuid, BTreeMap<String, String>)]) -> Result<(), StoreError> {
+        let topics = topics.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            for (id, configs) in &topics {
+                let id = id.as_bytes().as_slice();
+                tx.execute("DELETE FROM topic_configs WHERE topic_id = ?1", [id]).map_err(classify)?;
+                for (k, v) in configs {
+                    tx.execute(
+                        "INSERT INTO topic_configs (topic_id, key, value) SELECT id, ?2, ?3 FROM topics WHERE id = ?1",
+                        params![id, k, v],
+                    )
+                    .map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
     fn delete_topic(&self, id: Uuid, name: &str, now_ms: i64) -> Result<(), StoreError> {
         let name = name.to_string();
         self.writer.call(move |c| {

@@ -470,6 +470,29 @@ fn partitions_contract(s: &dyn MetadataStore) {
     assert!(partitions(s).is_empty());
 }
 
+/// Topic configs: replaced whole per topic, in one transaction; other topics keep theirs; a
+/// deleted topic gets none; they survive a reload.
+fn topic_config_contract(s: &dyn MetadataStore) {
+    s.load("cluster-1").unwrap();
+    let (a, b, gone) = (topic("a", 1), topic("b", 1), Uuid::new_v4());
+    s.create_topic(&a).unwrap();
+    s.create_topic(&b).unwrap();
+    let compact = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string()), ("segment.ms".to_string(), "5".to_string())]);
+    s.set_topic_configs(&[(a.id, compact.clone()), (gone, compact.clone())]).unwrap();
+    let configs = |id: Uuid| s.load("x").unwrap().topics.into_iter().find(|t| t.id == id).map(|t| t.configs);
+    assert_eq!(configs(a.id), Some(compact), "retention.ms went back to its default, the new ones are set");
+    assert_eq!(configs(b.id), Some(b.configs.clone()), "another topic keeps its configs");
+    assert_eq!(configs(gone), None);
+    s.set_topic_configs(&[(a.id, BTreeMap::new()), (b.id, BTreeMap::from([("retention.ms".to_string(), "7".to_string())]))])
+        .unwrap();
+    assert_eq!(configs(a.id), Some(BTreeMap::new()));
+    assert_eq!(configs(b.id).unwrap()["retention.ms"], "7");
+    s.delete_topic(b.id, "b", 1).unwrap();
+    s.set_topic_configs(&[(b.id, BTreeMap::from([("retention.ms".to_string(), "8".to_string())]))]).unwrap();
+    s.create_topic(&topic("b", 1)).unwrap();
+    assert!(s.load("x").unwrap().topics.iter().all(|t| t.id != b.id), "a deleted topic's configs do not come back");
+}
+
 /// ACLs: inserted once however often they are created, deleted exactly, in one transaction.
 fn acl_contract(s: &dyn MetadataStore) {
     use crate::api::acl::{AclBinding, AclOperation, AclPermission, PatternType, ResourceType};
@@ -532,6 +555,7 @@ fn sqlite_store_keeps_the_contract() {
     retention_contract(&SqliteStore::open(&dir.path().join("r.db")).unwrap());
     acl_contract(&SqliteStore::open(&dir.path().join("a.db")).unwrap());
     partitions_contract(&SqliteStore::open(&dir.path().join("p.db")).unwrap());
+    topic_config_contract(&SqliteStore::open(&dir.path().join("tc.db")).unwrap());
 }
 
 #[test]
@@ -554,6 +578,8 @@ fn postgres_store_keeps_the_contract() {
     acl_contract(&PgStore::open(&acl_db.url).unwrap());
     let partitions_db = TestDb::create().unwrap();
     partitions_contract(&PgStore::open(&partitions_db.url).unwrap());
+    let config_db = TestDb::create().unwrap();
+    topic_config_contract(&PgStore::open(&config_db.url).unwrap());
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");

@@ -1,91 +1,70 @@
-//! DescribeConfigs for topics: the configs set on the topic (source DYNAMIC_TOPIC_CONFIG) and
-//! Kafka's defaults for the rest (source DEFAULT_CONFIG), so `kafka-topics --describe`, the
-//! AdminClient and kadm see what a Kafka broker shows. Broker and other resource types are not
-//! served: they get INVALID_REQUEST with a message saying so. A topic needs DESCRIBE_CONFIGS
-//! (TOPIC_AUTHORIZATION_FAILED, before it is looked up).
+//! The config APIs: DescribeConfigs, AlterConfigs and IncrementalAlterConfigs, for topics (the
+//! controller's: `TOPIC`), this broker (`BROKER`, by its node id or the cluster default "") and
+//! its loggers (`BROKER_LOGGER`), as a Kafka 4.4 broker answers them.
+//!
+//! - Topics: DescribeConfigs shows the configs set on the topic (DYNAMIC_TOPIC_CONFIG) and Kafka's
+//!   defaults for the rest (DEFAULT_CONFIG). The alter APIs send the changes to the controller
+//!   (`alter_topic_configs`), which validates the resulting set as Kafka does; AlterConfigs
+//!   replaces a topic's set, IncrementalAlterConfigs edits it. A topic needs DESCRIBE_CONFIGS or
+//!   ALTER_CONFIGS (TOPIC_AUTHORIZATION_FAILED, checked before it is looked up).
+//! - Brokers and broker loggers ([`crate::agent::broker_config`]): this agent's settings under
+//!   Kafka's names; only the log filter changes at run time. They need DESCRIBE_CONFIGS or
+//!   ALTER_CONFIGS on the cluster (CLUSTER_AUTHORIZATION_FAILED).
+//!
+//! Other resource types get INVALID_REQUEST with a message saying so.
 //!
 //! Must not touch: the controller's validation of config names (it owns which names exist).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
-use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+};
 
 use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Agent;
+use crate::agent::broker_config::{Described, Source};
 use crate::api::acl::{AclOperation, ResourceType};
-use crate::api::{TopicMeta, TopicRef};
+use crate::api::configs::{ConfigOp, ConfigOpKind, ConfigType, TOPIC_CONFIGS, TopicConfigChange, topic_config};
+use crate::api::{ControllerError, TopicMeta, TopicRef};
+use crate::protocol::error::controller_code;
 
-/// Kafka's ConfigResource.Type of a topic.
+/// Kafka's ConfigResource.Type values.
 const RESOURCE_TOPIC: i8 = 2;
-/// Kafka's DescribeConfigsResponse.ConfigSource values.
-const SOURCE_TOPIC: i8 = 1;
-const SOURCE_DEFAULT: i8 = 5;
-
-/// Kafka's ConfigDef types, as DescribeConfigs v3+ reports them.
-#[derive(Clone, Copy)]
-enum Type {
-    Boolean = 1,
-    String = 2,
-    Int = 3,
-    Long = 5,
-    Double = 6,
-    List = 7,
-}
-
-/// Kafka 4.4's topic config defaults (LogConfig / ServerLogConfigs), for the configs Sidestream
-/// knows. `max.message.bytes` comes from `[topics] max_message_bytes` instead.
-const DEFAULTS: &[(&str, &str, Type)] = &[
-    ("cleanup.policy", "delete", Type::List),
-    ("compression.gzip.level", "-1", Type::Int),
-    ("compression.lz4.level", "9", Type::Int),
-    ("compression.type", "producer", Type::String),
-    ("compression.zstd.level", "3", Type::Int),
-    ("delete.retention.ms", "86400000", Type::Long),
-    ("file.delete.delay.ms", "60000", Type::Long),
-    ("flush.messages", "9223372036854775807", Type::Long),
-    ("flush.ms", "9223372036854775807", Type::Long),
-    ("index.interval.bytes", "4096", Type::Int),
-    ("local.retention.bytes", "-2", Type::Long),
-    ("local.retention.ms", "-2", Type::Long),
-    ("max.compaction.lag.ms", "9223372036854775807", Type::Long),
-    ("max.message.bytes", "", Type::Int),
-    ("message.timestamp.after.max.ms", "3600000", Type::Long),
-    ("message.timestamp.before.max.ms", "9223372036854775807", Type::Long),
-    ("message.timestamp.type", "CreateTime", Type::String),
-    ("min.cleanable.dirty.ratio", "0.5", Type::Double),
-    ("min.compaction.lag.ms", "0", Type::Long),
-    ("min.insync.replicas", "1", Type::Int),
-    ("preallocate", "false", Type::Boolean),
-    ("remote.storage.enable", "false", Type::Boolean),
-    ("retention.bytes", "-1", Type::Long),
-    ("retention.ms", "604800000", Type::Long),
-    ("segment.bytes", "1073741824", Type::Int),
-    ("segment.index.bytes", "10485760", Type::Int),
-    ("segment.jitter.ms", "0", Type::Long),
-    ("segment.ms", "604800000", Type::Long),
-    ("unclean.leader.election.enable", "false", Type::Boolean),
-];
+const RESOURCE_BROKER: i8 = 4;
+const RESOURCE_BROKER_LOGGER: i8 = 8;
+/// Resources answered per request.
+const RESOURCES_PER_REQUEST_MAX: usize = 10_000;
 
 /// One topic's configs: every default, overridden by what is set on the topic, plus any set
-/// config without a default here. Sorted by name. `(name, value, source, type)`.
-fn topic_configs(topic: &TopicMeta, max_message_bytes: i32) -> Vec<(String, String, i8, i8)> {
-    let mut out: Vec<(String, String, i8, i8)> = DEFAULTS
+/// config without a default here. Sorted by name.
+fn topic_configs(topic: &TopicMeta, max_message_bytes: i32) -> Vec<Described> {
+    let config = |name: &str, value: &str, source: Source, ty: ConfigType| Described {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        source,
+        read_only: false,
+        ty,
+        synonyms: vec![(name.to_string(), Some(value.to_string()), source)],
+    };
+    let mut out: Vec<Described> = TOPIC_CONFIGS
         .iter()
-        .map(|(name, default, ty)| {
-            let default = if *name == "max.message.bytes" { max_message_bytes.to_string() } else { default.to_string() };
-            match topic.configs.get(*name) {
-                Some(v) => (name.to_string(), v.clone(), SOURCE_TOPIC, *ty as i8),
-                None => (name.to_string(), default, SOURCE_DEFAULT, *ty as i8),
+        .filter_map(|d| {
+            let default = if d.name == "max.message.bytes" { Some(max_message_bytes.to_string()) } else { d.default.map(str::to_string) };
+            match topic.configs.get(d.name) {
+                Some(v) => Some(config(d.name, v, Source::Topic, d.ty)),
+                None => Some(config(d.name, &default?, Source::Default, d.ty)),
             }
         })
         .collect();
     for (k, v) in &topic.configs {
-        if !DEFAULTS.iter().any(|(name, _, _)| name == k) {
-            out.push((k.clone(), v.clone(), SOURCE_TOPIC, Type::String as i8));
+        if topic_config(k).is_none() {
+            out.push(config(k, v, Source::Topic, ConfigType::String));
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -93,49 +72,40 @@ pub fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: D
     let results = req
         .resources
         .into_iter()
+        .take(RESOURCES_PER_REQUEST_MAX)
         .map(|r| {
-            let name = r.resource_name.to_string();
             let result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
-            if r.resource_type != RESOURCE_TOPIC {
-                return result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(Some(str_bytes(format!(
-                    "resource type {} is not served by sidestream (only topics, type 2)",
-                    r.resource_type
-                ))));
-            }
-            if !access.check(AclOperation::DescribeConfigs, ResourceType::Topic, &name) {
-                return result
-                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
-                    .with_error_message(Some(str_bytes(format!("DESCRIBE_CONFIGS on topic {name} is not allowed"))));
-            }
-            let Some(topic) = agent.controller.topic(TopicRef::Name(&name)) else {
-                return result
-                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                    .with_error_message(Some(str_bytes(format!("topic {name} does not exist"))));
-            };
             let wanted = |k: &str| r.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|w| &**w == k));
-            let configs = topic_configs(&topic, agent.settings.topics.max_message_bytes)
+            let configs = match describe_resource(agent, access, r.resource_type, &r.resource_name) {
+                Ok(configs) => configs,
+                Err((code, message)) => return result.with_error_code(code).with_error_message(message.map(str_bytes)),
+            };
+            let configs = configs
                 .into_iter()
-                .filter(|(k, ..)| wanted(k))
-                .map(|(k, v, source, ty)| {
+                .filter(|d| wanted(&d.name))
+                .map(|d| {
                     let synonyms = if req.include_synonyms {
-                        vec![
-                            DescribeConfigsSynonym::default()
-                                .with_name(str_bytes(k.clone()))
-                                .with_value(Some(str_bytes(v.clone())))
-                                .with_source(source),
-                        ]
+                        d.synonyms
+                            .into_iter()
+                            .map(|(name, value, source)| {
+                                DescribeConfigsSynonym::default()
+                                    .with_name(str_bytes(name))
+                                    .with_value(value.map(str_bytes))
+                                    .with_source(source as i8)
+                            })
+                            .collect()
                     } else {
                         Vec::new()
                     };
                     let mut c = DescribeConfigsResourceResult::default()
-                        .with_name(str_bytes(k))
-                        .with_value(Some(str_bytes(v)))
-                        .with_read_only(false)
-                        .with_config_source(source)
+                        .with_name(str_bytes(d.name))
+                        .with_value(d.value.map(str_bytes))
+                        .with_read_only(d.read_only)
+                        .with_config_source(d.source as i8)
                         .with_is_sensitive(false)
                         .with_synonyms(synonyms);
                     if version >= 3 {
-                        c = c.with_config_type(ty).with_documentation(None);
+                        c = c.with_config_type(d.ty as i8).with_documentation(None);
                     }
                     c
                 })
@@ -144,6 +114,218 @@ pub fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: D
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// A refusal: the error code and Kafka's message.
+type Refusal = (i16, Option<String>);
+
+/// One resource's configs, or why they are not shown.
+fn describe_resource(agent: &Agent, access: &Access<'_>, resource_type: i8, name: &str) -> Result<Vec<Described>, Refusal> {
+    match resource_type {
+        RESOURCE_TOPIC => {
+            if !access.check(AclOperation::DescribeConfigs, ResourceType::Topic, name) {
+                return Err((
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    Some(format!("DESCRIBE_CONFIGS on topic {name} is not allowed")),
+                ));
+            }
+            let topic = agent.controller.topic(TopicRef::Name(name)).ok_or_else(|| unknown_topic(name))?;
+            Ok(topic_configs(&topic, agent.settings.topics.max_message_bytes))
+        }
+        RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => {
+            if !access.check(AclOperation::DescribeConfigs, ResourceType::Cluster, crate::api::acl::CLUSTER_NAME) {
+                return Err((ResponseError::ClusterAuthorizationFailed.code(), None));
+            }
+            let node_id = agent.broker_configs.node_id();
+            if !name.is_empty() && name.parse::<i32>().ok() != Some(node_id) {
+                return Err(invalid(format!("Unexpected broker id, expected {node_id} or empty string, but received {name}")));
+            }
+            if resource_type == RESOURCE_BROKER { Ok(agent.broker_configs.describe()) } else { Ok(agent.broker_configs.loggers()) }
+        }
+        t => Err(invalid(format!("resource type {t} is not served by sidestream (topics, brokers and broker loggers are)"))),
+    }
+}
+
+fn unknown_topic(name: &str) -> Refusal {
+    (ResponseError::UnknownTopicOrPartition.code(), Some(format!("The topic '{name}' does not exist.")))
+}
+
+fn invalid(message: String) -> Refusal {
+    (ResponseError::InvalidRequest.code(), Some(message))
+}
+
+/// A controller error as Kafka words it.
+fn refusal(e: &ControllerError, resource: &str) -> Refusal {
+    let message = match e {
+        ControllerError::UnknownTopicOrPartition => return unknown_topic(resource),
+        ControllerError::InvalidConfig(m) | ControllerError::InvalidRequest(m) => m.clone(),
+        other => other.to_string(),
+    };
+    (controller_code(e), Some(message))
+}
+
+/// One resource of AlterConfigs or IncrementalAlterConfigs: its type, name and operations,
+/// or why it is refused before anything else is looked at.
+struct Alteration {
+    resource_type: i8,
+    name: String,
+    ops: Vec<(String, ConfigOpKind, Option<String>)>,
+    refused: Option<Refusal>,
+}
+
+/// Each resource's answer, as the response type `$ty` (one per API, same fields).
+macro_rules! responses {
+    ($ty:ty, $resources:expr, $results:expr) => {
+        $resources
+            .iter()
+            .zip($results)
+            .map(|(r, (code, message))| {
+                <$ty>::default()
+                    .with_resource_type(r.resource_type)
+                    .with_resource_name(r.resource_name.clone())
+                    .with_error_code(code)
+                    .with_error_message(message.map(str_bytes))
+            })
+            .collect()
+    };
+}
+
+pub async fn alter_configs(agent: &Agent, access: &Access<'_>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let resources: Vec<Alteration> = req
+        .resources
+        .iter()
+        .map(|r| Alteration {
+            resource_type: r.resource_type,
+            name: r.resource_name.to_string(),
+            ops: r
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), ConfigOpKind::Set, c.value.as_ref().map(|v| v.to_string())))
+                .collect(),
+            refused: None,
+        })
+        .collect();
+    let results = alter(agent, access, &resources, true, req.validate_only).await;
+    AlterConfigsResponse::default().with_responses(responses!(AlterConfigsResourceResponse, req.resources, results))
+}
+
+pub async fn incremental_alter_configs(
+    agent: &Agent,
+    access: &Access<'_>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let resources: Vec<Alteration> = req
+        .resources
+        .iter()
+        .map(|r| {
+            let mut refused = None;
+            let ops = r
+                .configs
+                .iter()
+                .filter_map(|c| {
+                    let op = match c.config_operation {
+                        0 => ConfigOpKind::Set,
+                        1 => ConfigOpKind::Delete,
+                        2 => ConfigOpKind::Append,
+                        3 => ConfigOpKind::Subtract,
+                        other => {
+                            refused = Some(invalid(format!("Unknown alter config operation {other} for {}", c.name.as_str())));
+                            return None;
+                        }
+                    };
+                    Some((c.name.to_string(), op, c.value.as_ref().map(|v| v.to_string())))
+                })
+                .collect();
+            Alteration { resource_type: r.resource_type, name: r.resource_name.to_string(), ops, refused }
+        })
+        .collect();
+    let results = alter(agent, access, &resources, false, req.validate_only).await;
+    IncrementalAlterConfigsResponse::default().with_responses(responses!(AlterConfigsResourceResponse, req.resources, results))
+}
+
+/// Both alter APIs: each resource's error code and message, in request order. `replace`: the
+/// legacy AlterConfigs (a resource's configs become the request's). Topic changes go to the
+/// controller in one call; broker ones are this agent's.
+async fn alter(agent: &Agent, access: &Access<'_>, resources: &[Alteration], replace: bool, validate_only: bool) -> Vec<Refusal> {
+    let mut results: Vec<Option<Refusal>> = Vec::with_capacity(resources.len());
+    let mut sent: Vec<(usize, TopicConfigChange)> = Vec::new();
+    for (i, r) in resources.iter().enumerate() {
+        if i >= RESOURCES_PER_REQUEST_MAX {
+            results.push(Some(invalid(format!("more than {RESOURCES_PER_REQUEST_MAX} resources in one request"))));
+            continue;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let duplicates = !r.ops.iter().all(|(n, ..)| seen.insert(n));
+        let result = match r.resource_type {
+            _ if r.refused.is_some() => r.refused.clone(),
+            RESOURCE_TOPIC if !access.check(AclOperation::AlterConfigs, ResourceType::Topic, &r.name) => {
+                Some((ResponseError::TopicAuthorizationFailed.code(), None))
+            }
+            RESOURCE_TOPIC if duplicates => Some(invalid("Error due to duplicate config keys".into())),
+            RESOURCE_TOPIC => {
+                let ops = r.ops.iter().map(|(name, op, value)| ConfigOp { name: name.clone(), op: *op, value: value.clone() }).collect();
+                sent.push((i, TopicConfigChange { topic: r.name.clone(), replace, ops }));
+                None
+            }
+            RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => {
+                Some(alter_broker(agent, access, r, replace, validate_only).err().unwrap_or((0, None)))
+            }
+            t => Some(invalid(format!("resource type {t} cannot be altered on sidestream (topics, brokers and broker loggers can)"))),
+        };
+        results.push(result);
+    }
+    if !sent.is_empty() {
+        let changes = sent.iter().map(|(_, c)| c.clone()).collect();
+        let answered = agent.controller.alter_topic_configs(changes, validate_only).await;
+        for (k, (i, change)) in sent.iter().enumerate() {
+            let result = match &answered {
+                Ok(each) => each.get(k).cloned().unwrap_or(Err(ControllerError::OperationNotAttempted)),
+                Err(e) => Err(e.clone()),
+            };
+            results[*i] = Some(match result {
+                Ok(_) => (0, None),
+                Err(e) => refusal(&e, &change.topic),
+            });
+        }
+    }
+    results.into_iter().map(|r| r.unwrap_or((0, None))).collect()
+}
+
+/// A BROKER or BROKER_LOGGER resource: its name must be this broker's id (or "", the cluster
+/// default, for BROKER), as Kafka's ConfigAdminManager checks.
+fn alter_broker(agent: &Agent, access: &Access<'_>, r: &Alteration, replace: bool, validate_only: bool) -> Result<(), Refusal> {
+    if !access.check(AclOperation::AlterConfigs, ResourceType::Cluster, crate::api::acl::CLUSTER_NAME) {
+        return Err((ResponseError::ClusterAuthorizationFailed.code(), None));
+    }
+    let configs = &agent.broker_configs;
+    if !r.name.is_empty() {
+        let id: i32 = r.name.parse().map_err(|_| invalid(format!("Node id must be an integer, but it is: {}", r.name)))?;
+        if id != configs.node_id() {
+            return Err(invalid(format!("Unexpected broker id, expected {}, but received {}", configs.node_id(), r.name)));
+        }
+    }
+    let done = if r.resource_type == RESOURCE_BROKER {
+        configs.alter(&r.ops, replace, r.name.is_empty(), validate_only)
+    } else if replace {
+        return Err(invalid("AlterConfigs is deprecated and does not support the resource type BROKER_LOGGER".into()));
+    } else {
+        configs.alter_loggers(&r.ops, validate_only)
+    };
+    done.map_err(|e| refusal(&e, &r.name))
+}
+
+impl super::quotas::Throttle for AlterConfigsResponse {
+    fn with_throttle(&self, ms: i32) -> Option<Self> {
+        Some(self.clone().with_throttle_time_ms(ms))
+    }
+}
+
+impl super::quotas::Throttle for IncrementalAlterConfigsResponse {
+    fn with_throttle(&self, ms: i32) -> Option<Self> {
+        Some(self.clone().with_throttle_time_ms(ms))
+    }
 }
 
 #[cfg(test)]
@@ -161,21 +343,36 @@ mod tests {
         }
     }
 
+    fn short(d: &Described) -> (String, String, Source, ConfigType) {
+        (d.name.clone(), d.value.clone().unwrap_or_default(), d.source, d.ty)
+    }
+
     #[test]
     fn defaults_unless_set_on_the_topic() {
-        let got = topic_configs(&topic(&[("retention.ms", "1000")]), 2000);
+        let got: Vec<_> = topic_configs(&topic(&[("retention.ms", "1000")]), 2000).iter().map(short).collect();
         let find = |k: &str| got.iter().find(|(n, ..)| n == k).cloned();
-        assert_eq!(find("retention.ms"), Some(("retention.ms".into(), "1000".into(), SOURCE_TOPIC, Type::Long as i8)));
-        assert_eq!(find("cleanup.policy"), Some(("cleanup.policy".into(), "delete".into(), SOURCE_DEFAULT, Type::List as i8)));
+        assert_eq!(find("retention.ms"), Some(("retention.ms".into(), "1000".into(), Source::Topic, ConfigType::Long)));
+        assert_eq!(find("cleanup.policy"), Some(("cleanup.policy".into(), "delete".into(), Source::Default, ConfigType::List)));
         assert_eq!(find("max.message.bytes").map(|c| c.1), Some("2000".into()));
-        assert_eq!(got.len(), DEFAULTS.len());
+        assert_eq!(got.len(), TOPIC_CONFIGS.iter().filter(|d| d.default.is_some()).count());
+        assert!(find("message.downconversion.enable").is_none(), "a name Kafka 4 removed is not listed");
         assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name");
     }
 
     #[test]
     fn a_set_config_without_a_default_is_listed() {
-        let got = topic_configs(&topic(&[("segment.jitter.ms", "5"), ("leader.replication.throttled.replicas", "*")]), 1);
-        assert_eq!(got.len(), DEFAULTS.len() + 1);
-        assert!(got.iter().any(|(n, v, s, _)| n == "leader.replication.throttled.replicas" && v == "*" && *s == SOURCE_TOPIC));
+        let got: Vec<_> =
+            topic_configs(&topic(&[("segment.jitter.ms", "5"), ("message.timestamp.difference.max.ms", "9"), ("x.y", "*")]), 1)
+                .iter()
+                .map(short)
+                .collect();
+        assert_eq!(got.len(), TOPIC_CONFIGS.iter().filter(|d| d.default.is_some()).count() + 2);
+        assert!(got.iter().any(|(n, v, s, _)| n == "x.y" && v == "*" && *s == Source::Topic));
+        assert!(
+            got.iter().any(|(n, v, s, t)| n == "message.timestamp.difference.max.ms"
+                && v == "9"
+                && *s == Source::Topic
+                && *t == ConfigType::Long)
+        );
     }
 }

@@ -101,6 +101,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeProducers, 0, 0),
+    // Configs (configs.rs).
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -174,6 +177,8 @@ pub enum Request {
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
     OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
     DescribeProducers(DescribeProducersRequest),
+    AlterConfigs(kafka_protocol::messages::AlterConfigsRequest),
+    IncrementalAlterConfigs(kafka_protocol::messages::IncrementalAlterConfigsRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -267,6 +272,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::ListPartitionReassignments => decode!(ListPartitionReassignments, ListPartitionReassignmentsRequest),
         ApiKey::OffsetForLeaderEpoch => decode!(OffsetForLeaderEpoch, OffsetForLeaderEpochRequest),
         ApiKey::DescribeProducers => decode!(DescribeProducers, DescribeProducersRequest),
+        ApiKey::AlterConfigs => decode!(AlterConfigs, kafka_protocol::messages::AlterConfigsRequest),
+        ApiKey::IncrementalAlterConfigs => decode!(IncrementalAlterConfigs, kafka_protocol::messages::IncrementalAlterConfigsRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -363,6 +370,8 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::ListPartitionReassignments(r) => ctx.respond(&replicas::list_partition_reassignments(&access, r)),
         Request::OffsetForLeaderEpoch(r) => ctx.respond(&replicas::offset_for_leader_epoch(&agent, &access, r)),
         Request::DescribeProducers(r) => ctx.respond(&producers::describe_producers(&agent, &access, r).await),
+        Request::AlterConfigs(r) => ctx.respond(&configs::alter_configs(&agent, &access, r).await),
+        Request::IncrementalAlterConfigs(r) => ctx.respond(&configs::incremental_alter_configs(&agent, &access, r).await),
     }
 }
 
