@@ -20,6 +20,11 @@ use crate::config::{ClientAuth, Config, ControllerMode, ObjectStoreUrl, Security
 
 /// The dynamic broker config that holds the log filter (tracing's `EnvFilter` syntax).
 pub const LOG_LEVEL: &str = "sidestream.log.level";
+/// Kafka's dynamic replication throttles. There is no replication here (the object store
+/// keeps the copies), so there is nothing to throttle: deleting one is a no-op that succeeds
+/// (`kafka-reassign-partitions.sh --verify` clears them), setting one is refused.
+const REPLICATION_THROTTLES: &[&str] =
+    &["leader.replication.throttled.rate", "follower.replication.throttled.rate", "replica.alter.log.dirs.io.max.bytes.per.second"];
 /// Kafka's name of the root logger (BROKER_LOGGER).
 pub const ROOT_LOGGER: &str = "root";
 /// Loggers BROKER_LOGGER lists besides the root: the crate and its top-level modules. A logger is
@@ -254,6 +259,17 @@ impl BrokerConfigs {
         validate_only: bool,
     ) -> Result<(), ControllerError> {
         check_unique(ops)?;
+        let unthrottle = |(n, op, _): &&(String, ConfigOpKind, Option<String>)| {
+            *op == ConfigOpKind::Delete && REPLICATION_THROTTLES.contains(&n.as_str())
+        };
+        let ops: Vec<(String, ConfigOpKind, Option<String>)> = ops.iter().filter(|o| !unthrottle(o)).cloned().collect();
+        let throttles: Vec<&str> = ops.iter().map(|(n, ..)| n.as_str()).filter(|n| REPLICATION_THROTTLES.contains(n)).collect();
+        if !throttles.is_empty() {
+            return Err(ControllerError::InvalidRequest(format!(
+                "There is no replication to throttle: partitions have one replica and their data is in the object store: [{}]",
+                throttles.join(", ")
+            )));
+        }
         let fixed: Vec<&str> = ops.iter().map(|(n, ..)| n.as_str()).filter(|n| *n != LOG_LEVEL).collect();
         if !fixed.is_empty() {
             return Err(ControllerError::InvalidRequest(format!("Cannot update these configs dynamically: [{}]", fixed.join(", "))));
@@ -264,7 +280,7 @@ impl BrokerConfigs {
             )));
         }
         let mut filter = if replace { None } else { self.log_filter() };
-        for (name, op, value) in ops {
+        for (name, op, value) in &ops {
             match op {
                 ConfigOpKind::Set => {
                     let v = value.clone().unwrap_or_default();
@@ -447,6 +463,12 @@ mod tests {
         assert_eq!(e, ControllerError::InvalidRequest("Error due to duplicate config keys".into()));
         assert!(b.alter(&[set(LOG_LEVEL, "debug")], false, false, true).is_ok(), "validate only");
         assert!(b.alter(&[set(LOG_LEVEL, "sidestream=[{")], false, false, true).is_err(), "a bad filter");
+        // Replication throttles: cleared as a no-op (kafka-reassign-partitions --verify), never set.
+        let delete = |n: &str| (n.to_string(), ConfigOpKind::Delete, None);
+        let clear: Vec<_> = REPLICATION_THROTTLES.iter().map(|n| delete(n)).collect();
+        assert!(b.alter(&clear, false, false, false).is_ok());
+        let e = b.alter(&[set("leader.replication.throttled.rate", "100")], false, false, false).unwrap_err();
+        assert!(matches!(e, ControllerError::InvalidRequest(m) if m.contains("no replication to throttle")));
     }
 
     #[test]

@@ -1184,7 +1184,7 @@ mod tests {
             object_key: "o1".into(),
             object_size_bytes: 200,
             agent: "a".into(),
-            extents: vec![e0.clone(), extent(t.id, 1, 100, 2)],
+            extents: vec![e0, extent(t.id, 1, 100, 2)],
             wal: None,
             txn_end: None,
         };
