@@ -3,8 +3,9 @@ latency and peak memory, per listener kind, with one agent serving them all.
 
 One `sidestream serve` (local object store, acks=1 so the WAL, not the object store, is the
 path measured) with a PLAINTEXT, an SSL and a SASL_SSL (SCRAM-SHA-512) listener; then a second
-agent, the same but with the authorizer on (`[acl] enabled = true`), where the SASL_SSL user is
-no super user and writes by a prefixed ACL, so every produce request is checked. For each mode a
+agent, the same but with the authorizer on (`[acl] enabled = true`), where a super user (never
+checked) produces first, then a user that writes by a prefixed ACL, so that every produce
+request is checked. For each mode a
 confluent-kafka producer sends --mb MB of --value-bytes records as fast as it can; the agent's
 CPU time (utime + stime from /proc) is read before and after.
 
@@ -70,7 +71,7 @@ def config(d, ports, acl=False):
         text += textwrap.dedent("""
             [acl]
             enabled = true
-            super_users = ["User:ANONYMOUS"]
+            super_users = ["User:ANONYMOUS", "User:bench-super"]
             """)
     return text
 
@@ -120,11 +121,11 @@ def run_mode(srv, name, conf, mb, value_bytes):
     print(json.dumps(out), flush=True)
 
 
-def add_user(bootstrap):
+def add_user(bootstrap, user="bench"):
     from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
                                        UserScramCredentialUpsertion)
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    up = UserScramCredentialUpsertion("bench", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"bench-secret")
+    up = UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"bench-secret")
     for f in admin.alter_user_scram_credentials([up]).values():
         f.result(timeout=30)
 
@@ -142,10 +143,10 @@ def allow_bench_to_write(bootstrap):
         f.result(timeout=30)
 
 
-def sasl_ssl(d, port):
+def sasl_ssl(d, port, user="bench"):
     return {"ssl.ca.location": str(d / "ca.pem"), "bootstrap.servers": "127.0.0.1:%d" % port,
             "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-            "sasl.username": "bench", "sasl.password": "bench-secret"}
+            "sasl.username": user, "sasl.password": "bench-secret"}
 
 
 def main():
@@ -173,7 +174,11 @@ def main():
         srv.start()
         try:
             add_user(srv.bootstrap)
+            add_user(srv.bootstrap, "bench-super")
             allow_bench_to_write(srv.bootstrap)
+            # The same agent with the authorizer on: a super user (never checked), then "bench",
+            # checked on every request.
+            run_mode(srv, "sasl_ssl_scram512_super_user", sasl_ssl(d, ports["sasl"], "bench-super"), args.mb, args.value_bytes)
             run_mode(srv, "sasl_ssl_scram512_acl", sasl_ssl(d, ports["sasl"]), args.mb, args.value_bytes)
         finally:
             srv.close()
