@@ -150,6 +150,10 @@ def test_mirror_maker_2_from_kafka(tmp_path, policy):
     IdentityReplicationPolicy, under its own name."""
     policy_class, mirrored = POLICIES[policy]
     t0 = time.monotonic()
+    props = tmp_path / "mm2.properties"
+    # MirrorMaker 2, dedicated mode, running the flows into `target` only (skips without Java)
+    mm2_cmd = java_cmd("org.apache.kafka.connect.mirror.MirrorMaker", props, "--clusters", "target",
+                       classpath="mirror")
     source = SidestreamServer(tmp_path / "source", tmp_path / "source.log", binary=SOURCE_BROKER)
     target = SidestreamServer(tmp_path / "target", tmp_path / "target.log")
     mm2 = None
@@ -184,14 +188,10 @@ def test_mirror_maker_2_from_kafka(tmp_path, policy):
         group_offsets = committed(src_admin, GROUP, TOPIC)
         assert group_offsets == [len(records[p]) for p in range(PARTITIONS)], group_offsets
 
-        # MirrorMaker 2, dedicated mode, running the flows into `target` only.
-        props = tmp_path / "mm2.properties"
         props.write_text(mm2_properties(source, target, policy_class))
         mm2_log_path = tmp_path / "mm2.log"
         with open(mm2_log_path, "wb") as log:
-            mm2 = subprocess.Popen(java_cmd("org.apache.kafka.connect.mirror.MirrorMaker", props,
-                                            "--clusters", "target", classpath="mirror"),
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            mm2 = subprocess.Popen(mm2_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         t_mm2 = time.monotonic()
 
         def wait(predicate, what):
