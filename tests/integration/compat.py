@@ -27,7 +27,7 @@ _TOOLS = None
 
 
 def tools():
-    """{'java_lib', 'java_classes', 'connect_lib', 'go_bin'} (or '*_missing': why), from tests/compat/fetch."""
+    """{'java_lib', 'java_classes', 'connect_lib', 'mirror_lib', 'go_bin'} (or '*_missing': why), from tests/compat/fetch."""
     global _TOOLS
     if _TOOLS is None:
         out = subprocess.run([str(FETCH)], check=True, capture_output=True, text=True, timeout=900)
@@ -44,9 +44,10 @@ def require(part):
 
 
 def java_cmd(main_class, *args, classpath="java"):
-    """classpath: "java" (Kafka 4.4.0 and the scenarios) or "connect" (Connect 4.3.1)."""
+    """classpath: "java" (Kafka 4.4.0 and the scenarios), "connect" (Connect 4.3.1) or "mirror"
+    (MirrorMaker 2 4.3.1)."""
     t = require("java")
-    cp = "%s/*:%s" % (t["java_lib"], t["java_classes"]) if classpath == "java" else "%s/*" % t["connect_lib"]
+    cp = "%s/*:%s" % (t["java_lib"], t["java_classes"]) if classpath == "java" else "%s/*" % t[classpath + "_lib"]
     return ["java", *JAVA_OPTS, "-cp", cp, main_class, *map(str, args)]
 
 

@@ -103,8 +103,10 @@ class ServerStartError(AssertionError):
 
 
 class SidestreamServer:
-    def __init__(self, data_dir, log_path, extra_env=None, config=None):
+    def __init__(self, data_dir, log_path, extra_env=None, config=None, binary=None):
         self.data_dir = Path(data_dir)
+        # Another program with the same contract (scripts/kafka-reference-broker); default binary_path().
+        self.binary = binary
         self.log_path = Path(log_path)
         self.extra_env = dict(extra_env or {})
         # proxy.toml (`serve --config`), for what variables cannot say ([[listeners]]): its text,
@@ -125,7 +127,7 @@ class SidestreamServer:
     def start(self, timeout=START_TIMEOUT):
         """Start the server (same port and data dir as before if it ran already) and wait until ready."""
         assert self.proc is None or self.proc.poll() is not None, "server already running"
-        binary = binary_path()
+        binary = Path(self.binary) if self.binary else binary_path()
         if not binary.exists():
             raise ServerStartError("sidestream binary not found at %s (build it with "
                                    "`cargo build --release`, or set SIDESTREAM_BIN)" % binary)
