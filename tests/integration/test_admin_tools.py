@@ -1,0 +1,40 @@
+"""Kafka 4.4's `kafka-broker-api-versions.sh` against `sidestream serve`: the tool lists the
+agent as a broker and every API it advertises with its version range, usable by the 4.4 client;
+what it calls UNSUPPORTED is exactly what ApiVersions leaves out."""
+
+import re
+
+import kafka_wire as kw
+from compat import java_cmd, run
+from conftest import SidestreamServer
+
+
+def test_broker_api_versions_lists_what_api_versions_advertises(tmp_path):
+    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log")
+    srv.start()
+    try:
+        host, port = srv.bootstrap.split(":")
+        with kw.Conn(host, int(port)) as c:
+            err, advertised = kw.api_versions(c, 0)
+        assert err == 0
+        out, _ = run(java_cmd("org.apache.kafka.tools.BrokerApiVersionsCommand", "--bootstrap-server", srv.bootstrap))
+        assert re.search(r"^127\.0\.0\.1:%s \(id: 1 rack: null isFenced: false\) -> \(" % port, out, re.M), out[:300]
+        listed = {}
+        unsupported = set()
+        for name, key, rest in re.findall(r"^\s+(\w+)\((\d+)\): (.*?),?$", out, re.M):
+            if rest == "UNSUPPORTED":
+                unsupported.add(int(key))
+                continue
+            m = re.fullmatch(r"(\d+)(?: to (\d+))? \[usable: (\d+)\]", rest)
+            assert m, "cannot read %s(%s): %s" % (name, key, rest)
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            # The 4.4 client can use the newest version the agent offers.
+            assert int(m.group(3)) == hi, "%s(%s): %s" % (name, key, rest)
+            listed[int(key)] = (lo, hi)
+        assert listed == advertised
+        assert not unsupported & set(advertised)
+        # The operators' APIs of issue 21 are among them.
+        for key in (37, 33, 44, 35, 43, 45, 46, 61, 23):
+            assert key in listed, key
+    finally:
+        srv.close()
