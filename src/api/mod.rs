@@ -302,11 +302,19 @@ pub struct ListenerAddress {
     pub port: i32,
 }
 
-/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+/// Kafka's internal topics. Their names stay reserved: a client that creates or writes one
+/// (an auto-creating Metadata request, a produce) must not get an ordinary topic of that name.
+pub const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state", "__share_group_state"];
+
+/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`; and not one of
+/// Kafka's [`INTERNAL_TOPICS`].
 pub fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
     let bad = |why: &str| Err(ControllerError::InvalidTopicName(format!("{name:?}: {why}")));
     if name.is_empty() {
         return bad("empty");
+    }
+    if INTERNAL_TOPICS.contains(&name) {
+        return bad("Kafka's internal topic: here the controller keeps group offsets and transactions, so it cannot be created");
     }
     if name == "." || name == ".." {
         return bad("'.' and '..' are not allowed");

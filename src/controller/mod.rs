@@ -1299,6 +1299,7 @@ mod tests {
         };
         assert!(matches!(c.create_topic(&mk("a", 1, &[])), Err(ControllerError::TopicAlreadyExists(_))));
         assert!(matches!(c.create_topic(&mk("bad name", 1, &[])), Err(ControllerError::InvalidTopicName(_))));
+        assert!(matches!(c.create_topic(&mk("__consumer_offsets", 1, &[])), Err(ControllerError::InvalidTopicName(_))), "internal");
         assert!(matches!(c.create_topic(&mk("b", 0, &[])), Err(ControllerError::InvalidPartitions(_))));
         assert!(matches!(c.create_topic(&mk("b", 1, &[("nope", "1")])), Err(ControllerError::InvalidConfig(_))));
         let b = c.create_topic(&mk("b", 4, &[("retention.ms", "1000")])).unwrap();

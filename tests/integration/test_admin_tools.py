@@ -38,3 +38,26 @@ def test_broker_api_versions_lists_what_api_versions_advertises(tmp_path):
             assert key in listed, key
     finally:
         srv.close()
+
+
+def test_kafkas_internal_topic_names_stay_reserved(tmp_path):
+    """Groups and transactions live in the controller, so there is no `__consumer_offsets`; a
+    client must not make an ordinary topic of that name by auto-creation or CreateTopics."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log")
+    srv.start()
+    try:
+        host, port = srv.bootstrap.split(":")
+        with kw.Conn(host, int(port)) as c:
+            # Metadata v1 always allows auto-creation.
+            topics = kw.metadata(c, ["__consumer_offsets", "__transaction_state", "ordinary"])["topics"]
+        assert topics["__consumer_offsets"]["error_code"] == 17 and not topics["__consumer_offsets"]["partitions"]
+        assert topics["__transaction_state"]["error_code"] == 17
+        assert topics["ordinary"]["error_code"] == 0
+        admin = AdminClient({"bootstrap.servers": srv.bootstrap})
+        err = admin.create_topics([NewTopic("__consumer_offsets", 1, 1)])["__consumer_offsets"].exception(30)
+        assert err is not None and "internal topic" in str(err), err
+        with kw.Conn(host, int(port)) as c:
+            assert "__consumer_offsets" not in kw.metadata(c, None)["topics"]
+    finally:
+        srv.close()
