@@ -517,13 +517,15 @@ impl Remote {
         }
     }
 
-    /// A topic this agent created or grew. A topic's partitions never go: a copy with fewer
-    /// than the cached one (an answer overtaken by a snapshot) changes nothing.
+    /// A topic this agent created, grew or changed the configs of. A topic's partitions never
+    /// go: a copy with fewer than the cached one (an answer overtaken by a snapshot) keeps the
+    /// cached count; its configs, the controller's answer to this agent's own change, are taken.
     fn insert_topic(&self, t: Arc<TopicMeta>) {
         let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.by_id.get(&t.id).is_some_and(|known| known.partitions >= t.partitions) {
-            return;
-        }
+        let t = match cache.by_id.get(&t.id) {
+            Some(known) if known.partitions > t.partitions => Arc::new(TopicMeta { partitions: known.partitions, ..(*t).clone() }),
+            _ => t,
+        };
         for p in 0..t.partitions {
             cache.offsets.entry((t.id, p)).or_insert(PartitionOffsets { log_start_offset: 0, next_offset: 0 });
             cache.stable.entry((t.id, p)).or_insert(0);
