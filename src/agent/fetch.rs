@@ -111,17 +111,36 @@ impl Agent {
 }
 
 impl Agent {
-    /// Within extent `e`, the first batch whose max timestamp is >= `timestamp`:
-    /// `(base offset, max timestamp)`.
-    pub async fn batch_with_timestamp(&self, e: &crate::api::ExtentRecord, timestamp: i64) -> Result<Option<(i64, i64)>, AgentError> {
+    /// Within extent `e`, the first record whose timestamp is >= `timestamp` at or after offset
+    /// `from_offset` (the log start offset), as Kafka finds it: the first batch whose max
+    /// timestamp is >= `timestamp`, then the first such record in it (decompressed, at most
+    /// `max_decompressed_batch_bytes`). `(offset, timestamp)`, or None if no record in `e` has one.
+    pub async fn record_with_timestamp(
+        &self,
+        e: &crate::api::ExtentRecord,
+        timestamp: i64,
+        from_offset: i64,
+    ) -> Result<Option<(i64, i64)>, AgentError> {
         let cost = cost::by_id(&*self.controller, e.topic_id);
         let data = self.cache.read(&e.object_key, e.position..e.position + e.length, e.object_size, &cost).await?;
         let mut base = e.base_offset;
-        for (_, h) in records::batches(&data) {
-            if h.max_timestamp >= timestamp {
-                return Ok(Some((base, h.max_timestamp)));
-            }
+        for (at, h) in records::batches(&data) {
+            let batch_base = base;
             base += h.offset_count();
+            if h.max_timestamp < timestamp || base <= from_offset {
+                continue;
+            }
+            let batch = &data[at..at + h.size_bytes as usize];
+            let corrupt = |why: &dyn std::fmt::Display| AgentError::CorruptObject(format!("batch in {} at {at}: {why}", e.object_key));
+            if !records::crc_ok(batch) {
+                return Err(corrupt(&"CRC mismatch"));
+            }
+            let found =
+                records::record_at_or_after(batch, &h, timestamp, from_offset - batch_base, self.settings.max_decompressed_batch_bytes)
+                    .map_err(|why| corrupt(&why))?;
+            if let Some((delta, ts)) = found {
+                return Ok(Some((batch_base + i64::from(delta), ts)));
+            }
         }
         Ok(None)
     }

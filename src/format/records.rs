@@ -20,6 +20,8 @@ const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
 const LEADER_EPOCH_OFFSET: usize = 12;
+/// The attributes bit of timestamp type LogAppendTime.
+const LOG_APPEND_TIME: i16 = 0x08;
 /// Kafka's LegacyRecord.RECORD_OVERHEAD_V0: the smallest size field a batch may claim.
 const MIN_SIZE_FIELD: i32 = 14;
 
@@ -52,6 +54,11 @@ impl BatchHeader {
     }
     pub fn is_transactional(&self) -> bool {
         self.attributes & 0x10 != 0
+    }
+    /// Timestamp type LogAppendTime (attributes bit 3): every record's timestamp is the
+    /// batch's max timestamp, the time the broker appended it.
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & LOG_APPEND_TIME != 0
     }
 }
 
@@ -192,23 +199,66 @@ thread_local! {
 /// the topic's range. Errors are Kafka's: INVALID_RECORD for what a consumer could not read,
 /// INVALID_TIMESTAMP with per-record errors.
 pub fn validate_records(batch: &[u8], header: &BatchHeader, checks: &RecordChecks<'_>) -> Result<(), RecordsError> {
+    with_records(batch, header, checks.max_decompressed_bytes, |records| walk_records(records, header, checks))
+}
+
+/// Runs `f` on the records section of a batch, decompressed when compressed (at most `max`
+/// bytes) into the thread's reused buffer.
+fn with_records<T>(
+    batch: &[u8],
+    header: &BatchHeader,
+    max: usize,
+    f: impl FnOnce(&[u8]) -> Result<T, RecordsError>,
+) -> Result<T, RecordsError> {
     let body = batch
         .get(BATCH_HEADER_BYTES..header.size_bytes as usize)
         .ok_or(RecordsError::Corrupt("batch shorter than its header"))?;
     if header.compression() == 0 {
-        return walk_records(body, header, checks);
+        return f(body);
     }
     DECOMPRESSED.with(|cell| {
         let Ok(mut buf) = cell.try_borrow_mut() else {
-            return Err(RecordsError::Invalid("records validated reentrantly")); // never: no callbacks inside
+            return Err(RecordsError::Invalid("records read reentrantly")); // never: `f` reads no other batch
         };
         buf.clear();
-        let result = decompress(header.compression(), body, &mut buf, checks.max_decompressed_bytes)
-            .and_then(|()| walk_records(&buf, header, checks));
+        let result = decompress(header.compression(), body, &mut buf, max).and_then(|()| f(&buf));
         if buf.capacity() > KEPT_BUFFER_BYTES {
             *buf = Vec::new();
         }
         result
+    })
+}
+
+/// Kafka's search of a batch for a timestamp (`FileRecords.searchForTimestamp`): the first
+/// record whose timestamp is >= `target` and whose offset delta is >= `min_offset_delta` (the
+/// log start offset may fall inside the batch), as `(offset delta, timestamp)`. A LogAppendTime
+/// batch's records all have its max timestamp. Reads the records section as
+/// [`validate_records`] does (decompressed, at most `max_decompressed_bytes`).
+pub fn record_at_or_after(
+    batch: &[u8],
+    header: &BatchHeader,
+    target: i64,
+    min_offset_delta: i64,
+    max_decompressed_bytes: usize,
+) -> Result<Option<(i32, i64)>, RecordsError> {
+    if header.max_timestamp < target && header.is_log_append_time() {
+        return Ok(None);
+    }
+    with_records(batch, header, max_decompressed_bytes, |mut records| {
+        for _ in 0..header.record_count {
+            let body = read_varint(&mut records)
+                .and_then(|n| usize::try_from(n).ok())
+                .and_then(|n| records.get(..n))
+                .ok_or(RecordsError::Invalid("record size exceeds the batch's remaining bytes"))?;
+            records = &records[body.len()..];
+            let (timestamp_delta, offset_delta, _) = parse_record(body).ok_or(RecordsError::Invalid("found invalid record structure"))?;
+            let timestamp =
+                if header.is_log_append_time() { header.max_timestamp } else { header.base_timestamp.wrapping_add(timestamp_delta) };
+            if timestamp >= target && i64::from(offset_delta) >= min_offset_delta {
+                return Ok(Some((offset_delta, timestamp)));
+            }
+        }
+        Ok(None)
     })
 }
 
@@ -1054,6 +1104,52 @@ mod tests {
                 let _ = validate_records(&batch, &header, &checks());
             }
         }
+    }
+
+    /// A batch of records with these timestamps (from `base`), header max timestamp `max`.
+    fn timed_batch(codec: i16, base: i64, max: i64, timestamps: &[i64]) -> (Bytes, BatchHeader) {
+        let body: Vec<u8> = timestamps.iter().enumerate().flat_map(|(i, ts)| record(i as i64, ts - base, None, b"v")).collect();
+        let body = if codec == 0 { body } else { compress(codec, &body) };
+        let mut b = raw_batch(codec, timestamps.len() as i32, base, &body).to_vec();
+        b[ATTRIBUTES_OFFSET + 2 + 4 + 8..][..8].copy_from_slice(&max.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        let h = peek_header(&b).unwrap().unwrap();
+        (Bytes::from(b), h)
+    }
+
+    #[test]
+    fn a_timestamp_is_found_at_its_record() {
+        for codec in 0..=4 {
+            let (b, h) = timed_batch(codec, 100, 500, &[100, 300, 200, 500, 500, 400]);
+            assert!(crc_ok(&b));
+            let find = |target, min| record_at_or_after(&b, &h, target, min, 1 << 20).unwrap();
+            assert_eq!(find(0, 0), Some((0, 100)), "codec {codec}");
+            assert_eq!(find(101, 0), Some((1, 300)), "codec {codec}: inside the batch");
+            assert_eq!(find(300, 0), Some((1, 300)), "codec {codec}: exact");
+            assert_eq!(find(301, 0), Some((3, 500)), "codec {codec}: not by order of timestamps");
+            assert_eq!(find(500, 0), Some((3, 500)), "codec {codec}: the first of the max");
+            assert_eq!(find(501, 0), None, "codec {codec}");
+            assert_eq!(find(0, 2), Some((2, 200)), "codec {codec}: at or after the log start");
+            assert_eq!(find(450, 4), Some((4, 500)), "codec {codec}");
+            assert_eq!(find(0, 6), None, "codec {codec}");
+            if codec != 0 {
+                assert_eq!(record_at_or_after(&b, &h, 0, 0, 8), Err(TOO_LARGE), "codec {codec}: bounded as validation is");
+            }
+        }
+        // A cleaned batch keeps its records' offset deltas.
+        let (b, h) = timed_batch(0, 100, 400, &[100, 200, 300, 400]);
+        let section = records_section(&b, &h, 1 << 20).unwrap();
+        let views = record_views(&section, h.record_count).unwrap();
+        let cleaned = rebuild_batch(&b, &[views[1].raw, views[3].raw]);
+        let c = peek_header(&cleaned).unwrap().unwrap();
+        assert_eq!(record_at_or_after(&cleaned, &c, 150, 0, 1 << 20), Ok(Some((1, 200))));
+        assert_eq!(record_at_or_after(&cleaned, &c, 250, 0, 1 << 20), Ok(Some((3, 400))));
+        // A malformed records section is an error, never a panic.
+        let (b, h) = timed_batch(0, 100, 100, &[100]);
+        let mut bad = b.to_vec();
+        bad.truncate(bad.len() - 2);
+        assert!(record_at_or_after(&bad, &h, 0, 0, 1 << 20).is_err());
     }
 
     #[test]

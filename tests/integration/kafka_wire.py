@@ -685,6 +685,35 @@ def list_offsets(conn, topic, partition, timestamp):
     return parse_list_offsets_v1(r)[(topic, partition)]
 
 
+def list_offsets_v7(conn, topic, partition, timestamp):
+    """ListOffsets v7 (Kafka 4.4 refuses v1, and max timestamp needs v7):
+    {partition_index, error_code, timestamp, offset, leader_epoch}."""
+    def part(p):
+        return i32(p) + i32(-1) + i64(timestamp) + NO_TAGS
+
+    def tpc(t):
+        return compact_string(t) + compact_array([partition], part) + NO_TAGS
+
+    r = conn.request(LIST_OFFSETS, 7, i32(-1) + i8(0) + compact_array([topic], tpc) + NO_TAGS)
+
+    def rpart(r):
+        p = dict(partition_index=r.i32(), error_code=r.i16(), timestamp=r.i64(), offset=r.i64(), leader_epoch=r.i32())
+        r.tags()
+        return p
+
+    def rtopic(r):
+        t = (r.compact_string(), r.compact_array(rpart))
+        r.tags()
+        return t
+
+    r.i32()  # throttle_time_ms
+    out = {}
+    for name, parts in r.compact_array(rtopic):
+        for p in parts:
+            out[(name, p["partition_index"])] = p
+    return out[(topic, partition)]
+
+
 # --------------------------------------------------------------------------------------------
 # CreateTopics v2 and DeleteTopics v1.
 

@@ -1,6 +1,8 @@
 //! ListOffsets: earliest (-2, and -4 earliest-local), latest (-1), max timestamp (-3), and
-//! offsets by timestamp. Lookups by timestamp resolve to a record batch: the answer is the
-//! base offset of the first batch whose max timestamp is at or after the target. Latest with
+//! offsets by timestamp. Lookups by timestamp answer a record, as Kafka does: the first record
+//! (at or after the log start offset) whose timestamp is at or after the target, found in the
+//! first batch whose max timestamp is; for max timestamp, the first record with the partition's
+//! largest timestamp. A LogAppendTime batch's records all have its max timestamp. Latest with
 //! isolation_level 1 (read_committed) is the last stable offset. Each topic needs DESCRIBE
 //! (TOPIC_AUTHORIZATION_FAILED on its partitions).
 
@@ -74,11 +76,11 @@ async fn lookup(
         EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Ok(Some((o.log_start_offset, -1))),
         MAX_TIMESTAMP => match agent.controller.extent_with_max_timestamp(topic_id, partition).await? {
             None => Ok(None),
-            Some(e) => agent.batch_with_timestamp(&e, e.max_timestamp).await,
+            Some(e) => agent.record_with_timestamp(&e, e.max_timestamp, o.log_start_offset).await,
         },
         ts if ts >= 0 => match agent.controller.extent_for_timestamp(topic_id, partition, ts).await? {
             None => Ok(None),
-            Some(e) => agent.batch_with_timestamp(&e, ts).await,
+            Some(e) => agent.record_with_timestamp(&e, ts, o.log_start_offset).await,
         },
         _ => Err(AgentError::Controller(ControllerError::InvalidRequest(format!("unknown special timestamp {timestamp}")))),
     }
