@@ -21,7 +21,7 @@ from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, N
 
 import kafka_wire as kw
 from compat import java_cmd, run
-from conftest import SidestreamServer, poll_until
+from conftest import poll_until
 from readback import create_topic, read_all
 import test_acls
 from test_acls import admin, create_user, user_config
@@ -245,18 +245,8 @@ def test_growing_a_topic_needs_alter_on_it(acl_server):
     assert partition_count(acl_server.bootstrap, other) == 1
 
 
-@pytest.fixture
-def quota_server(tmp_path):
-    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log")
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.close()
-
-
-def test_controller_mutation_rate_refuses_v3_and_throttles_v1(quota_server):
-    srv = quota_server
+def test_controller_mutation_rate_refuses_v3_and_throttles_v1(fresh_server):
+    srv = fresh_server
     set_quota(srv, [("client-id", "grower")], {"controller_mutation_rate": 1})
     topic = unique("cp-quota")
     create_topic(srv.bootstrap, topic, 1)

@@ -32,17 +32,6 @@ THROTTLING_QUOTA_EXCEEDED = 89
 MATCH_EXACT, MATCH_DEFAULT, MATCH_ANY = 0, 1, 2
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("quotas")
-    srv = SidestreamServer(base / "data", base / "server.log")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
 def configs(server, *args):
     out, _ = run(java_cmd("org.apache.kafka.tools.ConfigCommand", "--bootstrap-server", server.bootstrap, *args))
     return out

@@ -10,29 +10,16 @@ import json
 import time
 import uuid
 
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafka_wire as kw
 from compat import java_cmd, run
-from conftest import SidestreamServer
 
 OFFSET_FOR_LEADER_EPOCH = 23
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
 UNKNOWN_TOPIC_OR_PARTITION = 3
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("replicas")
-    srv = SidestreamServer(base / "data", base / "server.log")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 def tool(server, main_class, *args, check=True):
