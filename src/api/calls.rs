@@ -422,7 +422,7 @@ mod tests {
     /// must still decode these (the golden file changes only with [`WIRE_VERSION_MIN`]).
     #[test]
     fn golden_calls_of_this_wire_version_decode() {
-        let golden = include_str!("../../tests/wire/calls-v2.jsonl");
+        let golden = include_str!("../../tests/in_process/wire/calls-v2.jsonl");
         let mut n = 0;
         for line in golden.lines().filter(|l| !l.trim().is_empty()) {
             let call: Call = decode(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));

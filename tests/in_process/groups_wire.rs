@@ -1,10 +1,9 @@
 //! Every advertised version of every group API gets a well-formed answer over one connection
 //! (the encoder refuses fields a version lacks, which would close the connection instead).
 
-mod wire;
-
 use std::time::Duration;
 
+use crate::wire::{Conn, s};
 use bytes::Bytes;
 use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -15,7 +14,6 @@ use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use sidestream::config::Config;
 use tokio::net::TcpStream;
-use wire::{Conn, s};
 
 async fn start(dir: &std::path::Path) -> sidestream::server::RunningServer {
     let env = [

@@ -4,8 +4,7 @@
 //! DescribeTransactions, ListTransactions) and for bad input (unknown ids, stale epochs,
 //! partitions not in the transaction) — clean error codes, never a closed connection.
 
-mod wire;
-
+use crate::wire::{Conn, s};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -14,7 +13,6 @@ use kafka_protocol::messages::*;
 use sidestream::config::Config;
 use sidestream::format::records;
 use tokio::net::TcpStream;
-use wire::{Conn, s};
 
 const FENCED: i16 = 90; // PRODUCER_FENCED
 const INVALID_EPOCH: i16 = 47; // INVALID_PRODUCER_EPOCH
