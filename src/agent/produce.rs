@@ -19,6 +19,12 @@ use crate::format::records;
 /// Kafka 4's default `message.timestamp.after.max.ms` (one hour); `before` is unbounded.
 const TIMESTAMP_AFTER_MAX_MS: i64 = 3_600_000;
 
+/// Whether `topic` has `message.timestamp.type=LogAppendTime`: its batches are stamped with the
+/// agent's time as it accepts them ([`Agent::check_batch`]).
+pub fn log_append_time(topic: &TopicMeta) -> bool {
+    topic.configs.get("message.timestamp.type").is_some_and(|t| t.trim() == "LogAppendTime")
+}
+
 /// Where an accepted produce request stands.
 pub enum Appended {
     /// acks=all: resolves to each batch's base offset once committed.
@@ -107,7 +113,10 @@ impl Agent {
     }
 
     /// Checks one partition's records as Kafka does (partition exists, one valid v2 batch,
-    /// `max.message.bytes`, then every record: [`records::validate_records`]).
+    /// `max.message.bytes`, then every record: [`records::validate_records`]). On a topic with
+    /// `message.timestamp.type=LogAppendTime` the batch is stamped with the agent's time now
+    /// ([`records::with_log_append_time`]; record timestamps are not range-checked, as in
+    /// Kafka): what the WAL and the object then hold is final, so a replay stores the same bytes.
     pub fn check_batch(&self, topic: &TopicMeta, partition: i32, records: &Bytes, api_version: i16) -> Result<GroupItem, AgentError> {
         if partition < 0 || partition >= topic.partitions {
             return Err(AgentError::UnknownTopicOrPartition);
@@ -117,16 +126,21 @@ impl Agent {
         if batch.len() as i64 > max {
             return Err(AgentError::MessageTooLarge { size: batch.len(), max });
         }
+        let log_append_time = log_append_time(topic);
+        let now_ms = self.clock.now_ms();
+        // Unbounded: no record timestamp is refused.
+        let unless_log_append_time = |key, default| if log_append_time { i64::MAX } else { topic.config_i64(key).unwrap_or(default) };
         let checks = records::RecordChecks {
             topic: &topic.name,
             partition,
-            now_ms: self.clock.now_ms(),
-            timestamp_before_max_ms: topic.config_i64("message.timestamp.before.max.ms").unwrap_or(i64::MAX),
-            timestamp_after_max_ms: topic.config_i64("message.timestamp.after.max.ms").unwrap_or(TIMESTAMP_AFTER_MAX_MS),
+            now_ms,
+            timestamp_before_max_ms: unless_log_append_time("message.timestamp.before.max.ms", i64::MAX),
+            timestamp_after_max_ms: unless_log_append_time("message.timestamp.after.max.ms", TIMESTAMP_AFTER_MAX_MS),
             compacted: topic.configs.get("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
             max_decompressed_bytes: self.settings.max_decompressed_batch_bytes,
         };
         records::validate_records(&batch, &header, &checks)?;
+        let (batch, header) = if log_append_time { records::with_log_append_time(&batch, &header, now_ms) } else { (batch, header) };
         Ok(GroupItem { topic_id: topic.id, partition, batch, header })
     }
 

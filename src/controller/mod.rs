@@ -198,13 +198,10 @@ pub struct Controller {
 }
 
 /// Checks a topic's configs against Kafka's (names, types, bounds; INVALID_CONFIG with Kafka's
-/// message) and what this build cannot do yet.
+/// message).
 fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), ControllerError> {
     for (k, v) in configs {
         crate::api::configs::check_topic_config(k, v)?;
-        if k == "message.timestamp.type" && v.trim() == "LogAppendTime" {
-            return Err(ControllerError::InvalidConfig("message.timestamp.type=LogAppendTime is not supported yet".into()));
-        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Kafka record batch v2: parse and patch headers; validate a producer's batch down to every
 //! record (decompressing into a reused per-thread buffer) as Kafka's `LogValidator` does.
-//! Never re-encodes records: a batch is stored as the producer's bytes.
+//! Never re-encodes records: a batch is stored as the producer's bytes, but for a
+//! LogAppendTime topic's header fields ([`with_log_append_time`]).
 //!
 //! ```text
 //! baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 | crc u32 |
@@ -19,6 +20,7 @@ pub const BATCH_HEADER_BYTES: usize = 61;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
+const MAX_TIMESTAMP_OFFSET: usize = 35;
 const LEADER_EPOCH_OFFSET: usize = 12;
 /// The attributes bit of timestamp type LogAppendTime.
 const LOG_APPEND_TIME: i16 = 0x08;
@@ -551,6 +553,20 @@ fn walk_records(mut records: &[u8], header: &BatchHeader, checks: &RecordChecks<
         });
     }
     Ok(())
+}
+
+/// A copy of `batch` (its header `header`) as a LogAppendTime topic stores it, as Kafka's
+/// `LogValidator` does (`setMaxTimestamp`): timestamp type LogAppendTime (attributes bit 3),
+/// max timestamp `now_ms`, CRC computed anew. Records, their deltas and the base timestamp are
+/// kept: consumers give every record the max timestamp. Returns the copy and its header.
+pub fn with_log_append_time(batch: &[u8], header: &BatchHeader, now_ms: i64) -> (Bytes, BatchHeader) {
+    let attributes = header.attributes | LOG_APPEND_TIME;
+    let mut out = batch.to_vec();
+    out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    out[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    (Bytes::from(out), BatchHeader { attributes, max_timestamp: now_ms, ..*header })
 }
 
 /// Whether the CRC32C of a whole batch matches its header.
@@ -1111,7 +1127,7 @@ mod tests {
         let body: Vec<u8> = timestamps.iter().enumerate().flat_map(|(i, ts)| record(i as i64, ts - base, None, b"v")).collect();
         let body = if codec == 0 { body } else { compress(codec, &body) };
         let mut b = raw_batch(codec, timestamps.len() as i32, base, &body).to_vec();
-        b[ATTRIBUTES_OFFSET + 2 + 4 + 8..][..8].copy_from_slice(&max.to_be_bytes());
+        b[MAX_TIMESTAMP_OFFSET..][..8].copy_from_slice(&max.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         let h = peek_header(&b).unwrap().unwrap();
@@ -1150,6 +1166,27 @@ mod tests {
         let mut bad = b.to_vec();
         bad.truncate(bad.len() - 2);
         assert!(record_at_or_after(&bad, &h, 0, 0, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn log_append_time_rewrites_the_header_only() {
+        for codec in [0, 4] {
+            let (b, h) = timed_batch(codec, 100, 300, &[100, 300, 200]);
+            let (stamped, sh) = with_log_append_time(&b, &h, 9_000);
+            assert!(crc_ok(&stamped), "codec {codec}: CRC computed anew");
+            assert_eq!(peek_header(&stamped).unwrap().unwrap(), sh);
+            assert!(sh.is_log_append_time() && !h.is_log_append_time());
+            assert_eq!((sh.max_timestamp, sh.base_timestamp, sh.compression()), (9_000, 100, codec));
+            assert_eq!(BatchHeader { attributes: h.attributes, max_timestamp: h.max_timestamp, ..sh }, h, "nothing else changes");
+            assert_eq!(stamped[BATCH_HEADER_BYTES..], b[BATCH_HEADER_BYTES..], "records untouched");
+            assert_eq!(validate_records(&stamped, &sh, &checks()), Ok(()));
+            // Every record has the append time: a target up to it finds the first record.
+            assert_eq!(record_at_or_after(&stamped, &sh, 250, 0, 1 << 20), Ok(Some((0, 9_000))));
+            assert_eq!(record_at_or_after(&stamped, &sh, 9_000, 1, 1 << 20), Ok(Some((1, 9_000))));
+            assert_eq!(record_at_or_after(&stamped, &sh, 9_001, 0, 1 << 20), Ok(None));
+            // Stamping again (a retry decided anew) gives the same bytes for the same time.
+            assert_eq!(with_log_append_time(&stamped, &sh, 9_000).0, stamped);
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Produce: every partition's batch is checked first, then the request's valid batches are
 //! accepted together (one WAL entry for acks=0/1, one upload group for acks=all), so a request
 //! costs one fsync or one flush interval however many partitions it has. acks=1 is answered
-//! with base offset -1 (offsets are assigned later, at commit); acks=0 gets no response.
+//! with base offset -1 (offsets are assigned later, at commit); acks=0 gets no response. A
+//! `LogAppendTime` topic's batch is answered with the time it was stamped with
+//! (`log_append_time_ms`, known at acceptance, so acks=1 gets it too); others with -1.
 //! Transactional batches with acks=0/1 are verified with the transaction coordinator before
 //! they are accepted (their answer comes before the commit that would check them).
 //!
@@ -19,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use super::acls::Access;
 use super::str_bytes;
 use crate::agent::Turn;
-use crate::agent::produce::{ProduceBatch, ProduceRefusal};
+use crate::agent::produce::{ProduceBatch, ProduceRefusal, log_append_time};
 use crate::agent::{Agent, AgentError};
 use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::{ControllerError, TopicRef};
@@ -157,6 +159,8 @@ async fn handle_inner(
         }
         topics.push((t.name.clone(), t.topic_id, meta, slots));
     }
+    // Kafka's log_append_time_ms: the time a LogAppendTime topic's batch was stamped with, else -1.
+    let append_times: Vec<i64> = items.iter().map(|b| if log_append_time(&b.topic) { b.item.header.max_timestamp } else { -1 }).collect();
     let produced = agent.produce(items, req.transactional_id.as_ref().map(|t| t.0.as_str()), acks, deadline, turn, hand_off).await;
     if acks == 0 {
         // The refusals of one acks=0 request share their cause: recorded once.
@@ -173,7 +177,7 @@ async fn handle_inner(
         for (index, slot) in slots {
             let (result, record_errors) = match slot {
                 Slot::Accepted(i) => match produced[i].take().unwrap_or(Ok(None)) {
-                    Ok(base) => (Ok(base), Vec::new()),
+                    Ok(base) => (Ok((base, append_times[i])), Vec::new()),
                     Err(ProduceRefusal::NotInTransaction(e)) => (Err(verification_refusal(&e, version)), Vec::new()),
                     Err(ProduceRefusal::Failed(e)) => (Err((agent_code(&e), e.to_string())), Vec::new()),
                 },
@@ -182,8 +186,9 @@ async fn handle_inner(
             let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
             let log_start = || meta.as_ref().and_then(|m| agent.controller.offsets(m.id, index).ok()).map_or(0, |o| o.log_start_offset);
             partitions.push(match result {
-                Ok(Some(base)) => r.with_base_offset(base).with_log_start_offset(log_start()),
-                Ok(None) => r.with_base_offset(-1).with_log_start_offset(log_start()),
+                Ok((base, append_time)) => {
+                    r.with_base_offset(base.unwrap_or(-1)).with_log_append_time_ms(append_time).with_log_start_offset(log_start())
+                }
                 Err((code, msg)) => {
                     failures::record(Op::Produce, code, &msg);
                     let r = r.with_error_code(code).with_base_offset(-1).with_log_start_offset(-1);
