@@ -1,6 +1,7 @@
-"""Kafka 4.4's `kafka-broker-api-versions.sh` against `sidestream serve`: the tool lists the
-agent as a broker and every API it advertises with its version range, usable by the 4.4 client;
-what it calls UNSUPPORTED is exactly what ApiVersions leaves out."""
+"""Kafka 4.4's `kafka-broker-api-versions.sh` and `kafka-features.sh` against `sidestream serve`:
+the first lists the agent as a broker and every API it advertises with its version range, usable
+by the 4.4 client (what it calls UNSUPPORTED is exactly what ApiVersions leaves out); the second
+the KIP-584 features, as Kafka 4.4 prints them."""
 
 import re
 
@@ -38,6 +39,28 @@ def test_broker_api_versions_lists_what_api_versions_advertises(tmp_path):
             assert key in listed, key
     finally:
         srv.close()
+
+
+def test_kafka_features_describe(server):
+    """group.version 1 (KIP-848 groups are served); transaction.version, share.version and
+    streams.version at 0, not offered; no KRaft features (there is no quorum); `upgrade` refused."""
+    out, _ = run(java_cmd("org.apache.kafka.tools.FeatureCommand", "--bootstrap-server", server.bootstrap, "describe"))
+    rows = {}
+    for line in out.splitlines():
+        m = re.fullmatch(r"Feature: (\S+)\s+SupportedMinVersion: (\S+)\s+SupportedMaxVersion: (\S+)\s+"
+                         r"FinalizedVersionLevel: (\S+)\s+Epoch: (\S+)", line.strip())
+        assert m, "cannot read: %r" % line
+        rows[m.group(1)] = m.groups()[1:]
+    assert rows == {
+        "group.version": ("0", "1", "1", "1"),
+        "share.version": ("0", "0", "0", "1"),
+        "streams.version": ("0", "0", "0", "1"),
+        "transaction.version": ("0", "0", "0", "1"),
+    }, out
+    # Nothing to upgrade: the tool says the node does not take UpdateFeatures.
+    out, err = run(java_cmd("org.apache.kafka.tools.FeatureCommand", "--bootstrap-server", server.bootstrap, "upgrade",
+                            "--feature", "transaction.version=2"), check=False)
+    assert "Could not upgrade transaction.version to 2. The node does not support UPDATE_FEATURES" in out + err, out + err
 
 
 def test_kafkas_internal_topic_names_stay_reserved(tmp_path):

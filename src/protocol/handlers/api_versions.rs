@@ -1,8 +1,10 @@
-//! ApiVersions: the table of implemented APIs and versions, nothing more.
+//! ApiVersions: the table of implemented APIs and versions, and the KIP-584 features
+//! (`kafka-features.sh describe`).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ApiVersionsResponse;
-use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::api_versions_response::{ApiVersion, FinalizedFeatureKey, SupportedFeatureKey};
+use kafka_protocol::protocol::StrBytes;
 
 use super::{Outcome, SUPPORTED_APIS, encode_frame};
 
@@ -13,8 +15,62 @@ fn table() -> Vec<ApiVersion> {
         .collect()
 }
 
-pub fn handle(_version: i16) -> ApiVersionsResponse {
-    ApiVersionsResponse::default().with_error_code(0).with_api_keys(table()).with_finalized_features_epoch(-1)
+/// A KIP-584 feature: the levels this agent supports and the one in force.
+struct Feature {
+    name: &'static str,
+    min_level: i16,
+    max_level: i16,
+    finalized_level: i16,
+}
+
+/// The features, under Kafka 4.4's names. `group.version` 1 is the KIP-848 consumer group
+/// protocol, which is served. The others are listed at level 0, so that `kafka-features.sh
+/// describe` says they are not offered: `transaction.version` 2 (KIP-890 part 2: clients would
+/// switch to implicit partition adds, which the controller does not take), `share.version`
+/// (KIP-932 share groups) and `streams.version` (KIP-1071 streams groups). KRaft's
+/// `metadata.version` and `kraft.version` describe a quorum Sidestream does not have: not listed.
+const FEATURES: [Feature; 4] = [
+    Feature { name: "group.version", min_level: 0, max_level: 1, finalized_level: 1 },
+    Feature { name: "share.version", min_level: 0, max_level: 0, finalized_level: 0 },
+    Feature { name: "streams.version", min_level: 0, max_level: 0, finalized_level: 0 },
+    Feature { name: "transaction.version", min_level: 0, max_level: 0, finalized_level: 0 },
+];
+
+/// The finalized features never change while agents run (nothing updates them), so their epoch
+/// is fixed; clients keep the features of the highest epoch they have seen.
+const FINALIZED_FEATURES_EPOCH: i64 = 1;
+
+pub fn handle(version: i16) -> ApiVersionsResponse {
+    // Before v4, a supported feature whose minimum level is 0 must be left out: older Java
+    // clients refuse a range starting at 0 (KAFKA-17011, KAFKA-17492).
+    let supported = FEATURES
+        .iter()
+        .filter(|f| version >= 4 || f.min_level > 0)
+        .map(|f| {
+            SupportedFeatureKey::default()
+                .with_name(StrBytes::from_static_str(f.name))
+                .with_min_version(f.min_level)
+                .with_max_version(f.max_level)
+        })
+        .collect();
+    // A feature at level 0 is not finalized, and Kafka leaves it out.
+    let finalized = FEATURES
+        .iter()
+        .filter(|f| f.finalized_level > 0)
+        .map(|f| {
+            assert!(f.min_level <= f.finalized_level && f.finalized_level <= f.max_level, "{} finalized outside its range", f.name);
+            FinalizedFeatureKey::default()
+                .with_name(StrBytes::from_static_str(f.name))
+                .with_min_version_level(f.finalized_level)
+                .with_max_version_level(f.finalized_level)
+        })
+        .collect();
+    ApiVersionsResponse::default()
+        .with_error_code(0)
+        .with_api_keys(table())
+        .with_supported_features(supported)
+        .with_finalized_features(finalized)
+        .with_finalized_features_epoch(FINALIZED_FEATURES_EPOCH)
 }
 
 /// A client asked for an ApiVersions version newer than ours: answer in v0 with the table so
@@ -22,4 +78,35 @@ pub fn handle(_version: i16) -> ApiVersionsResponse {
 pub fn unsupported_version(correlation_id: i32) -> Outcome {
     let body = ApiVersionsResponse::default().with_error_code(ResponseError::UnsupportedVersion.code()).with_api_keys(table());
     encode_frame(0, correlation_id, 0, &body).map(Outcome::Respond).unwrap_or_else(Outcome::Close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(r: &ApiVersionsResponse) -> (Vec<String>, Vec<String>) {
+        let supported = r.supported_features.iter().map(|f| f.name.to_string()).collect();
+        let finalized = r.finalized_features.iter().map(|f| format!("{}={}", f.name.as_str(), f.max_version_level)).collect();
+        (supported, finalized)
+    }
+
+    #[test]
+    fn v4_lists_every_feature_and_v3_leaves_out_those_starting_at_level_0() {
+        let (supported, finalized) = names(&handle(4));
+        assert_eq!(supported, ["group.version", "share.version", "streams.version", "transaction.version"]);
+        assert_eq!(finalized, ["group.version=1"]);
+        let (supported, finalized) = names(&handle(3));
+        assert!(supported.is_empty(), "{supported:?}");
+        assert_eq!(finalized, ["group.version=1"]);
+        assert_eq!(handle(4).finalized_features_epoch, FINALIZED_FEATURES_EPOCH);
+    }
+
+    #[test]
+    fn transaction_version_2_is_never_finalized() {
+        // Clients use implicit partition adds (KIP-890 part 2) from transaction.version 2 on.
+        let r = handle(4);
+        assert!(r.finalized_features.iter().all(|f| f.name.as_str() != "transaction.version"));
+        let tv = r.supported_features.iter().find(|f| f.name.as_str() == "transaction.version").unwrap();
+        assert!(tv.max_version < 2);
+    }
 }
