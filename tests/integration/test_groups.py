@@ -105,7 +105,8 @@ def produce(bootstrap, topic, partitions, start, n):
 # It prints JSON lines: assignments, and each record after its offset is committed synchronously
 # (a record whose commit fails is read again, by this member or the partition's next owner).
 # SIGUSR1 makes it stop polling after the current record (so nothing is processed but
-# uncommitted when the test then SIGKILLs it).
+# uncommitted when the test then SIGKILLs it); SIGUSR2 makes it subscribe to the topics of its
+# third argument instead.
 
 CHILD = r"""
 import json, signal, sys, time
@@ -113,21 +114,29 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 conf = json.loads(sys.argv[1])
 topic = sys.argv[2]
 stop = []
+resubscribe = []
 signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+signal.signal(signal.SIGUSR2, lambda *a: resubscribe.append(1))
 def out(**kw):
     kw["t"] = time.time()
     sys.stdout.write(json.dumps(kw) + "\n")
     sys.stdout.flush()
+def named(parts):
+    return sorted("%s:%d" % (p.topic, p.partition) for p in parts)
 def on_assign(c, parts):
-    out(ev="assign", parts=sorted(p.partition for p in parts))
+    out(ev="assign", parts=sorted(p.partition for p in parts), tps=named(parts))
 def on_revoke(c, parts):
-    out(ev="revoke", parts=sorted(p.partition for p in parts))
+    out(ev="revoke", parts=sorted(p.partition for p in parts), tps=named(parts))
 c = Consumer(conf)
-c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+c.subscribe(topic.split(","), on_assign=on_assign, on_revoke=on_revoke)
 while True:
     if stop:
         out(ev="idle")
         time.sleep(3600)
+    if resubscribe:
+        resubscribe.clear()
+        c.subscribe(sys.argv[3].split(","), on_assign=on_assign, on_revoke=on_revoke)
+        out(ev="resubscribed")
     m = c.poll(0.2)
     if m is None:
         continue
@@ -149,7 +158,7 @@ while True:
 
 
 class ChildConsumer:
-    def __init__(self, name, bootstrap, topic, group, extra=None):
+    def __init__(self, name, bootstrap, topic, group, extra=None, resubscribe_to=""):
         self.name = name
         conf = {
             "bootstrap.servers": bootstrap,
@@ -167,7 +176,7 @@ class ChildConsumer:
                 conf.pop(k)
         self.events = []
         self.lock = threading.Lock()
-        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(conf), topic],
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(conf), topic, resubscribe_to],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -195,6 +204,16 @@ class ChildConsumer:
             elif ev["ev"] == "revoke":
                 parts -= set(ev["parts"])
         return parts
+
+    def topic_partitions(self):
+        """As assignment(), as "topic:partition" strings (for members of several topics)."""
+        tps = set()
+        for ev in self.snapshot():
+            if ev["ev"] == "assign":
+                tps |= set(ev["tps"])
+            elif ev["ev"] == "revoke":
+                tps -= set(ev["tps"])
+        return tps
 
     def records(self):
         return [(e["p"], e["o"], e["v"]) for e in self.snapshot() if e["ev"] == "rec"]
@@ -341,6 +360,35 @@ def test_static_member_restart_keeps_partitions_without_rebalance(server, spawn)
     # b was never revoked nor reassigned (a rebalance would have revoked b before a2 got
     # an assignment: eager protocol).
     assert b.count("revoke") == 0 and b.count("assign") == b_assigns
+
+
+def test_static_members_with_a_changed_subscription_rebalance_as_kafkas_coordinator_does(server, spawn):
+    """Kafka's coordinator (checked against Kafka 4.4 with this test): a static member that
+    restarts subscribed to one more topic takes its old place without a rebalance (the selected
+    protocol is unchanged), so it keeps its old partitions only; a running member that changes
+    its subscription rejoins with new metadata, which rebalances, and the new topic is spread."""
+    a_topic, b_topic, group = "grp-static-sub-a", "grp-static-sub-b", "grp-static-sub-group"
+    create_topic(server.bootstrap, a_topic, 2)
+    create_topic(server.bootstrap, b_topic, 2)
+    both = a_topic + "," + b_topic
+    a = spawn("a", server.bootstrap, a_topic, group, {"group.instance.id": "static-a"})
+    b = spawn("b", server.bootstrap, a_topic, group, {"group.instance.id": "static-b"}, resubscribe_to=both)
+    wait_assigned([a, b], 2, what="two static members own the first topic")
+    before, b_assigns = a.topic_partitions(), b.count("assign")
+    a.kill()
+    a2 = spawn("a2", server.bootstrap, both, group, {"group.instance.id": "static-a"})
+    poll_until(lambda: a2.topic_partitions(), TIMEOUT, what="restarted static member assigned")
+    assert a2.topic_partitions() == before
+    assert b.count("revoke") == 0 and b.count("assign") == b_assigns
+
+    b.proc.send_signal(signal.SIGUSR2)
+    every = {"%s:%d" % (t, p) for t in (a_topic, b_topic) for p in range(2)}
+
+    def spread():
+        sets = [a2.topic_partitions(), b.topic_partitions()]
+        return sets if set().union(*sets) == every and not sets[0] & sets[1] and all(sets) else None
+    poll_until(spread, TIMEOUT, what="after the subscription change, both topics spread over both members")
+    assert b.count("resubscribed") == 1
 
 
 def test_kip848_consumer_protocol_group_of_two(server, spawn):

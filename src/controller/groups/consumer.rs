@@ -46,6 +46,10 @@ struct Member {
     previous_epoch: i32,
     assigned: Assignment,
     pending_revocation: Assignment,
+    /// The member epoch at which each partition it owns (assigned or pending revocation) was
+    /// assigned to it: a commit at an older member epoch is accepted for partitions it has
+    /// owned since that epoch (KIP-1251).
+    partition_epochs: BTreeMap<(Uuid, i32), i32>,
     session_deadline: Instant,
     revocation_deadline: Option<Instant>,
 }
@@ -134,9 +138,18 @@ impl ConsumerGroup {
         self.members.values().flat_map(|m| m.topics.iter().cloned()).collect()
     }
 
-    /// OffsetCommit by a member: the member must exist with exactly this epoch (admin
-    /// commits, epoch < 0 without member id, only into an empty group).
-    pub fn validate_offset_commit(&self, member_id: &str, epoch: i32, api_version: i16) -> Result<(), GroupError> {
+    /// OffsetCommit by a member (admin commits, epoch < 0 without member id, only into an
+    /// empty group). At the member's epoch anything goes; at an older epoch, as Kafka 4.4
+    /// (KIP-1251), only partitions the member has owned since that epoch, so that a commit sent
+    /// before a heartbeat moved the member on is not lost; `partitions` None (transactional
+    /// commits) takes the member's epoch only.
+    pub fn validate_offset_commit(
+        &self,
+        member_id: &str,
+        epoch: i32,
+        api_version: i16,
+        partitions: Option<&[(Uuid, i32)]>,
+    ) -> Result<(), GroupError> {
         if epoch < 0 && member_id.is_empty() && self.members.is_empty() {
             return Ok(());
         }
@@ -144,10 +157,17 @@ impl ConsumerGroup {
         if api_version < 9 {
             return Err(GroupError::UnsupportedVersion("members of consumer groups commit with OffsetCommit v9+".into()));
         }
-        if epoch != m.epoch {
+        if epoch == m.epoch {
+            return Ok(());
+        }
+        if epoch > m.epoch {
             return Err(GroupError::StaleMemberEpoch);
         }
-        Ok(())
+        let owned_since = |tp: &(Uuid, i32)| m.partition_epochs.get(tp).is_some_and(|since| *since <= epoch);
+        match partitions {
+            Some(ps) if ps.iter().all(owned_since) => Ok(()),
+            _ => Err(GroupError::StaleMemberEpoch),
+        }
     }
 
     pub fn validate_offset_fetch(&self, member_id: &str, epoch: i32) -> Result<(), GroupError> {
@@ -291,6 +311,7 @@ impl ConsumerGroup {
             // Rejoining (after an error): it owns nothing any more.
             m.assigned.clear();
             m.pending_revocation.clear();
+            m.partition_epochs.clear();
             m.revocation_deadline = None;
             m.epoch = 0;
             return Ok((id, false));
@@ -313,6 +334,7 @@ impl ConsumerGroup {
                 previous_epoch: 0,
                 assigned: Assignment::new(),
                 pending_revocation: Assignment::new(),
+                partition_epochs: BTreeMap::new(),
                 session_deadline: now + session,
                 revocation_deadline: None,
             },
@@ -371,6 +393,11 @@ impl ConsumerGroup {
         if !m.pending_revocation.is_empty() {
             match owned {
                 Some(o) if !overlaps(o, &m.pending_revocation) => {
+                    for (t, ps) in &m.pending_revocation {
+                        for p in ps {
+                            m.partition_epochs.remove(&(*t, *p));
+                        }
+                    }
                     m.pending_revocation.clear();
                     m.revocation_deadline = None;
                 }
@@ -386,6 +413,9 @@ impl ConsumerGroup {
         }
         let free = minus(&minus(&target, &m.assigned), &held);
         for (t, ps) in free {
+            for p in &ps {
+                m.partition_epochs.insert((t, *p), assignment_epoch);
+            }
             m.assigned.entry(t).or_default().extend(ps);
         }
         if m.epoch != assignment_epoch {

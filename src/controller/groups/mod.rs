@@ -355,7 +355,14 @@ impl GroupCoordinator {
                     Kind::Classic(g) => {
                         g.validate_offset_commit(now, &req.member_id, req.group_instance_id.as_deref(), req.generation_id_or_member_epoch)?
                     }
-                    Kind::Consumer(g) => g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, req.api_version)?,
+                    Kind::Consumer(g) => {
+                        let partitions: Vec<(Uuid, i32)> = req
+                            .offsets
+                            .iter()
+                            .map(|o| (self.topics.by_name(&o.topic).map_or(Uuid::nil(), |t| t.id), o.partition))
+                            .collect();
+                        g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, req.api_version, Some(&partitions))?
+                    }
                 },
             }
         }
@@ -414,7 +421,7 @@ impl GroupCoordinator {
         let e = groups.get_mut(group_id).ok_or(GroupError::IllegalGeneration)?;
         match &mut e.kind {
             Kind::Classic(g) => g.validate_offset_commit(Instant::now(), member_id, instance_id, generation),
-            Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9),
+            Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9, None),
         }
     }
 

@@ -376,6 +376,18 @@ async fn kip848_members_reconcile_without_sharing_a_partition() {
     assert_eq!(c.commit_offsets(&commit(1, 9)), Err(GroupError::StaleMemberEpoch));
     assert!(matches!(c.commit_offsets(&commit(2, 8)), Err(GroupError::UnsupportedVersion(_))));
     assert_eq!(c.commit_offsets(&commit(2, 9)), Ok(vec![Ok(())]));
+    // KIP-1251: a commit a sent at epoch 1, arriving after it moved to epoch 2, still lands for
+    // the partitions a has owned since epoch 1, not for one it gave up, nor at a future epoch.
+    let late = |partition: i32, epoch: i32| OffsetCommitRequest {
+        member_id: "a".into(),
+        generation_id_or_member_epoch: epoch,
+        offsets: vec![CommitOffset { topic: "t".into(), partition, offset: 5, leader_epoch: -1, metadata: String::new() }],
+        ..commit(epoch, 9)
+    };
+    assert_eq!(c.commit_offsets(&late(0, 1)), Ok(vec![Ok(())]));
+    assert_eq!(c.commit_offsets(&late(2, 1)), Err(GroupError::StaleMemberEpoch));
+    assert_eq!(c.commit_offsets(&late(1, 3)), Err(GroupError::StaleMemberEpoch));
+    assert_eq!(c.commit_offsets(&late(1, 0)), Err(GroupError::StaleMemberEpoch));
     assert_eq!(c.fetch_offsets("k", None, Some(("b", 1))), Err(GroupError::StaleMemberEpoch));
     assert_eq!(c.delete_offsets("k", &[("t".into(), 2)]), Ok(vec![Err(GroupError::GroupSubscribedToTopic)]));
 
