@@ -206,6 +206,7 @@ impl BrokerConfigs {
         settings.push(Static { name: LOG_LEVEL, value: None, default: Some(d.log.level.clone()), ty: s });
         settings.sort_by_key(|s| s.name);
         assert!(settings.windows(2).all(|w| w[0].name < w[1].name), "broker config names are unique");
+        assert!(settings.iter().all(|s| s.value.is_some() || s.default.is_some()), "every broker config has a value or a default");
         BrokerConfigs { node_id: config.agent.node_id, settings, log_filter: Mutex::new(None) }
     }
 
@@ -239,8 +240,8 @@ impl BrokerConfigs {
                 if let Some(d) = &s.default {
                     synonyms.push((name(), Some(d.clone()), Source::Default));
                 }
-                assert!(!synonyms.is_empty(), "broker config {} has a value or a default", s.name);
-                let (_, value, source) = synonyms[0].clone();
+                // Not empty: every setting has a value or a default (asserted at start-up).
+                let (_, value, source) = synonyms.first().cloned().unwrap_or((name(), None, Source::Default));
                 Described { name: name(), value, source, read_only: s.name != LOG_LEVEL, ty: s.ty, synonyms }
             })
             .collect()
