@@ -382,6 +382,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
                 .collect();
             crate::agent::broker_config::BrokerConfigs::new(config, &bound)
         },
+        internal_topics: Default::default(),
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,

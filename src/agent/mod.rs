@@ -17,6 +17,8 @@
 //! - [`acl`]: the authorizer: Kafka's ACL rules over the controller's ACLs.
 //! - [`broker_config`]: the broker's own configs under Kafka's names; the log filter is the one
 //!   that changes at run time.
+//! - [`internal_topics`]: Kafka's `__consumer_offsets` and `__transaction_state`, empty here,
+//!   created when a client first needs one.
 //!
 //! Must not touch: Kafka request/response types (that is `protocol/`), the store's SQL (that is
 //! the controller's), object key layout (that is `object/keys`).
@@ -30,6 +32,7 @@ pub mod compaction;
 pub mod cost;
 pub mod fetch;
 pub mod fetch_session;
+pub mod internal_topics;
 pub mod jobs;
 pub mod orphans;
 pub mod produce;
@@ -87,6 +90,8 @@ pub struct Agent {
     pub authorizer: acl::Authorizer,
     /// The broker's configs (DescribeConfigs, AlterConfigs of the BROKER resources).
     pub broker_configs: broker_config::BrokerConfigs,
+    /// Kafka's internal topics, created on first need.
+    pub internal_topics: internal_topics::InternalTopics,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the

@@ -61,6 +61,7 @@ macro_rules! for_each_call {
         $m! {
             // Topics, commits and the partition index.
             [blocking] CreateTopic create_topic(req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError>;
+            [blocking] CreateInternalTopic create_internal_topic(name: String) -> Result<Arc<TopicMeta>, ControllerError>;
             [blocking] DeleteTopic delete_topic(topic: TopicKey) -> Result<Arc<TopicMeta>, ControllerError>;
             [blocking] CreatePartitions create_partitions(req: CreatePartitions) -> Result<Arc<TopicMeta>, ControllerError>;
             [blocking] CommitObject commit_object(req: CommitRequest) -> CommitResult;

@@ -302,19 +302,44 @@ pub struct ListenerAddress {
     pub port: i32,
 }
 
-/// Kafka's internal topics. Their names stay reserved: a client that creates or writes one
-/// (an auto-creating Metadata request, a produce) must not get an ordinary topic of that name.
+/// Kafka's internal topics: internal by name, as Kafka's `Topic.isInternal`, however they were
+/// created (by the agents on first need, or by a client's CreateTopics, as Kafka allows). Never
+/// written by clients: Produce and DeleteRecords refuse them, as Kafka does.
 pub const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state", "__share_group_state"];
 
-/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`; and not one of
-/// Kafka's [`INTERNAL_TOPICS`].
+/// Whether clients are told `name` is internal (Kafka's `Topic.isInternal`: by name).
+pub fn is_internal_topic(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
+/// The internal topics the controller creates when a client first needs one, laid out as
+/// Kafka 4.4 creates them (`offsets.topic.num.partitions` and
+/// `transaction.state.log.num.partitions` are 50): `__consumer_offsets` on the first
+/// FindCoordinator for a group, `__transaction_state` on the first for a transactional id,
+/// either on a Metadata request that may auto-create it. Here they stay empty (the controller
+/// keeps group offsets and transactions in its store); they exist so that clients see what
+/// Kafka shows them: listed with `is_internal`, skipped by regex subscriptions, readable and
+/// empty, never writable. `__share_group_state` has no layout: there are no share groups.
+pub fn internal_topic_layout(name: &str) -> Option<(i32, &'static [(&'static str, &'static str)])> {
+    const OFFSETS: &[(&str, &str)] = &[("cleanup.policy", "compact"), ("compression.type", "producer"), ("segment.bytes", "104857600")];
+    const TRANSACTIONS: &[(&str, &str)] = &[
+        ("cleanup.policy", "compact"),
+        ("compression.type", "uncompressed"),
+        ("segment.bytes", "104857600"),
+        ("unclean.leader.election.enable", "false"),
+    ];
+    match name {
+        "__consumer_offsets" => Some((50, OFFSETS)),
+        "__transaction_state" => Some((50, TRANSACTIONS)),
+        _ => None,
+    }
+}
+
+/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
     let bad = |why: &str| Err(ControllerError::InvalidTopicName(format!("{name:?}: {why}")));
     if name.is_empty() {
         return bad("empty");
-    }
-    if INTERNAL_TOPICS.contains(&name) {
-        return bad("Kafka's internal topic: here the controller keeps group offsets and transactions, so it cannot be created");
     }
     if name == "." || name == ".." {
         return bad("'.' and '..' are not allowed");

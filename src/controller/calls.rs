@@ -91,6 +91,9 @@ impl Answer for Controller {
     fn create_topic(&self, req: CreateTopic) -> Result<Arc<TopicMeta>, ControllerError> {
         Controller::create_topic(self, &req)
     }
+    fn create_internal_topic(&self, name: String) -> Result<Arc<TopicMeta>, ControllerError> {
+        Controller::create_internal_topic(self, &name)
+    }
     fn delete_topic(&self, topic: TopicKey) -> Result<Arc<TopicMeta>, ControllerError> {
         Controller::delete_topic(self, topic.as_ref())
     }

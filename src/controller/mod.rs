@@ -453,6 +453,22 @@ impl Controller {
         Ok(meta)
     }
 
+    /// Blocking. Creates one of Kafka's internal topics, laid out as Kafka does
+    /// ([`crate::api::internal_topic_layout`]); the agents ask for it when a client first needs
+    /// it. Any other name is refused.
+    pub fn create_internal_topic(&self, name: &str) -> Result<Arc<TopicMeta>, ControllerError> {
+        let Some((partitions, configs)) = crate::api::internal_topic_layout(name) else {
+            return Err(ControllerError::InvalidTopicName(format!("{name:?} is not an internal topic this controller creates")));
+        };
+        self.create_topic(&CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor: -1,
+            configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            validate_only: false,
+        })
+    }
+
     /// Blocking. CreatePartitions: grows a topic to `req.count` partitions (Kafka's checks in
     /// [`partitions::added`], then this cluster's limits), the new ones empty. Returns the topic
     /// as it is (or, `validate_only`, would be) afterwards.
@@ -1296,7 +1312,17 @@ mod tests {
         };
         assert!(matches!(c.create_topic(&mk("a", 1, &[])), Err(ControllerError::TopicAlreadyExists(_))));
         assert!(matches!(c.create_topic(&mk("bad name", 1, &[])), Err(ControllerError::InvalidTopicName(_))));
-        assert!(matches!(c.create_topic(&mk("__consumer_offsets", 1, &[])), Err(ControllerError::InvalidTopicName(_))), "internal");
+        // Kafka's internal topics: the agents' creation lays them out as Kafka does; a client's
+        // CreateTopics may name one too (as on Kafka).
+        assert!(matches!(c.create_internal_topic("a"), Err(ControllerError::InvalidTopicName(_))));
+        assert!(matches!(c.create_internal_topic("__share_group_state"), Err(ControllerError::InvalidTopicName(_))));
+        let offsets = c.create_internal_topic("__consumer_offsets").unwrap();
+        assert_eq!((offsets.partitions, offsets.configs.get("cleanup.policy").map(String::as_str)), (50, Some("compact")));
+        assert!(matches!(c.create_internal_topic("__consumer_offsets"), Err(ControllerError::TopicAlreadyExists(_))));
+        assert!(matches!(c.create_topic(&mk("__consumer_offsets", 1, &[])), Err(ControllerError::TopicAlreadyExists(_))));
+        c.delete_topic(TopicRef::Name("__consumer_offsets")).unwrap();
+        assert_eq!(c.create_topic(&mk("__consumer_offsets", 1, &[])).unwrap().partitions, 1);
+        c.delete_topic(TopicRef::Name("__consumer_offsets")).unwrap();
         assert!(matches!(c.create_topic(&mk("b", 0, &[])), Err(ControllerError::InvalidPartitions(_))));
         assert!(matches!(c.create_topic(&mk("b", 1, &[("nope", "1")])), Err(ControllerError::InvalidConfig(_))));
         let b = c.create_topic(&mk("b", 4, &[("retention.ms", "1000")])).unwrap();

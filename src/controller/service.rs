@@ -724,13 +724,21 @@ impl GrpcService for Service {
                 };
                 let topics_change = match &call {
                     Call::CreateTopic { req } => !req.validate_only,
+                    Call::CreateInternalTopic { .. } => true,
                     Call::CreatePartitions { req } => !req.validate_only,
                     Call::DeleteTopic { .. } => true,
                     _ => false,
                 };
                 let reply = calls::dispatch(&c, call).await;
                 // Every agent takes a fresh snapshot: new topics, new partitions, topics gone.
-                if topics_change && matches!(reply, Reply::CreateTopic(Ok(_)) | Reply::CreatePartitions(Ok(_)) | Reply::DeleteTopic(Ok(_)))
+                if topics_change
+                    && matches!(
+                        reply,
+                        Reply::CreateTopic(Ok(_))
+                            | Reply::CreateInternalTopic(Ok(_))
+                            | Reply::CreatePartitions(Ok(_))
+                            | Reply::DeleteTopic(Ok(_))
+                    )
                 {
                     let _ = self.0.events.send(rpc::WatchEvent { resync: true, ..Default::default() });
                 }

@@ -754,6 +754,7 @@ impl Remote {
     fn learn(&self, call: &Call, reply: &Reply, generation: u64) {
         match (call, reply) {
             (Call::CreateTopic { req }, Reply::CreateTopic(Ok(t))) if !req.validate_only => self.insert_topic(t.clone()),
+            (Call::CreateInternalTopic { .. }, Reply::CreateInternalTopic(Ok(t))) => self.insert_topic(t.clone()),
             (Call::CreatePartitions { req }, Reply::CreatePartitions(Ok(t))) if !req.validate_only => self.insert_topic(t.clone()),
             (Call::DeleteTopic { .. }, Reply::DeleteTopic(Ok(t))) => {
                 let mut cache = self.0.cache.write().unwrap_or_else(|p| p.into_inner());

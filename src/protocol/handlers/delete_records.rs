@@ -13,7 +13,7 @@ use kafka_protocol::error::ResponseError;
 use super::acls::Access;
 use crate::agent::Agent;
 use crate::api::acl::{AclOperation, ResourceType};
-use crate::api::{ControllerError, TopicRef};
+use crate::api::{ControllerError, TopicRef, is_internal_topic};
 use crate::protocol::error::controller_code;
 
 pub async fn handle(agent: &Agent, access: &Access<'_>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
@@ -29,6 +29,8 @@ pub async fn handle(agent: &Agent, access: &Access<'_>, req: DeleteRecordsReques
         for (pi, p) in t.partitions.iter().enumerate() {
             match &meta {
                 _ if !allowed => topic.push(Err(ResponseError::TopicAuthorizationFailed.code())),
+                // As Kafka: an internal topic's records are not deleted by clients.
+                Some(m) if is_internal_topic(&m.name) => topic.push(Err(ResponseError::InvalidTopicException.code())),
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     asked.push((m.id, p.partition_index, p.offset));
                     slots.push((ti, pi));

@@ -68,6 +68,10 @@ pub fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let brokers = Brokers::for_client(agent, listener, &client.client_id);
     let key_type = if version >= 1 { req.key_type } else { KEY_TYPE_GROUP };
+    // Kafka creates the coordinator's internal topic on the first FindCoordinator.
+    if let Some(name) = crate::agent::internal_topics::for_coordinator(key_type) {
+        agent.internal_topics.ensure(&agent.controller, name);
+    }
     if version < 4 {
         let r = FindCoordinatorResponse::default();
         if !key_type_ok(key_type) {

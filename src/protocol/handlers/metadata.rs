@@ -29,15 +29,19 @@ use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::cluster::Brokers;
 use crate::agent::fetch::LEADER_EPOCH;
+use crate::agent::internal_topics;
 use crate::api::acl::{AclOperation, CLUSTER_NAME, ResourceType};
 use crate::api::groups::ClientInfo;
-use crate::api::{ControllerError, CreateTopic, ListenerAddress, TopicMeta, TopicRef, validate_topic_name};
+use crate::api::{
+    ControllerError, CreateTopic, ListenerAddress, TopicMeta, TopicRef, internal_topic_layout, is_internal_topic, validate_topic_name,
+};
 use crate::protocol::error::controller_code;
 
 fn topic_entry(brokers: &Brokers, t: &TopicMeta) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(t.name.clone()))))
         .with_topic_id(t.id)
+        .with_is_internal(is_internal_topic(&t.name))
         .with_partitions(
             (0..t.partitions)
                 .map(|p| {
@@ -56,6 +60,8 @@ fn topic_entry(brokers: &Brokers, t: &TopicMeta) -> MetadataResponseTopic {
 fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_error_code(code)
+        // As Kafka: an internal topic's name says so, whether it exists or not.
+        .with_is_internal(name.is_some_and(is_internal_topic))
         .with_name(name.map(|n| TopicName(str_bytes(n))))
         .with_topic_id(id)
 }
@@ -169,6 +175,22 @@ async fn lookup_or_create(
         && !access.check(AclOperation::Create, ResourceType::Topic, name)
     {
         return error_entry(Some(name), nil, ResponseError::TopicAuthorizationFailed.code());
+    }
+    // Kafka's internal topics are created as Kafka lays them out, not as ordinary topics.
+    if is_internal_topic(name) {
+        if !allow_auto_create || internal_topic_layout(name).is_none() {
+            return error_entry(Some(name), nil, ResponseError::UnknownTopicOrPartition.code());
+        }
+        return match internal_topics::create(&agent.controller, name).await {
+            Ok(()) => match agent.controller.topic(TopicRef::Name(name)) {
+                Some(meta) => topic_entry(brokers, &meta),
+                None => error_entry(Some(name), nil, ResponseError::LeaderNotAvailable.code()),
+            },
+            Err(e) => {
+                tracing::warn!(topic = name, error = %e, "creating Kafka's internal topic failed");
+                error_entry(Some(name), nil, ResponseError::LeaderNotAvailable.code())
+            }
+        };
     }
     if let Err(e) = validate_topic_name(name) {
         return error_entry(Some(name), nil, controller_code(&e));
@@ -338,6 +360,7 @@ pub fn describe_topic_partitions(
             PageEntry::Topic { name, start, end } => {
                 let id = names.iter().zip(&metas).find(|(n, _)| *n == name).and_then(|(_, m)| m.as_ref()).map(|m| m.id);
                 DescribeTopicPartitionsResponseTopic::default()
+                    .with_is_internal(is_internal_topic(name))
                     .with_name(Some(TopicName(str_bytes(name))))
                     .with_topic_id(id.unwrap_or_default())
                     .with_partitions(

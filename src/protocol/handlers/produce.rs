@@ -24,7 +24,7 @@ use crate::agent::Turn;
 use crate::agent::produce::{ProduceBatch, ProduceRefusal, log_append_time};
 use crate::agent::{Agent, AgentError};
 use crate::api::acl::{AclOperation, ResourceType};
-use crate::api::{ControllerError, TopicRef};
+use crate::api::{ControllerError, TopicRef, is_internal_topic};
 use crate::failures::{self, Op};
 use crate::format::records::{self, RecordsError};
 use crate::metrics::{self, Histogram};
@@ -145,6 +145,9 @@ async fn handle_inner(
             } else {
                 match (&meta, &p.records) {
                     (None, _) => Slot::failed(unknown.code(), "unknown topic".into()),
+                    (Some(meta), _) if is_internal_topic(&meta.name) => {
+                        Slot::failed(ResponseError::InvalidTopicException.code(), format!("Cannot append to internal topic {}", meta.name))
+                    }
                     (Some(_), None) => Slot::failed(ResponseError::InvalidRecord.code(), "null records".into()),
                     (Some(meta), Some(records)) => match agent.check_batch(meta, p.index, records, version) {
                         Ok(item) => {
