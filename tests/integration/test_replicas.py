@@ -1,7 +1,8 @@
 """The admin tools that ask about replicas, leaders, log dirs and producers, run unchanged from
 Apache Kafka 4.4 against `sidestream serve`: kafka-log-dirs (DescribeLogDirs),
 kafka-leader-election (ElectLeaders), kafka-reassign-partitions (List- and
-AlterPartitionReassignments), kafka-transactions describe-producers (DescribeProducers); and
+AlterPartitionReassignments), kafka-transactions describe-producers (DescribeProducers), list
+(ListTransactions) and describe (DescribeTransactions); and
 OffsetForLeaderEpoch, over the raw protocol and through the Java consumer, which validates its
 position with it when it resumes from a committed offset that carries a leader epoch.
 """
@@ -161,3 +162,37 @@ def test_a_consumer_resuming_from_an_offset_with_its_epoch_validates_it_and_goes
     assert "Got offset 10 for epoch 0" in err, err[-2000:]
     offsets = [int(line.split("\t")[0].split(":")[1]) for line in out.splitlines() if line.startswith("Offset:")]
     assert offsets == list(range(4, 10)), out[:500]
+
+
+def test_kafka_transactions_list_and_describe_follow_a_transaction(server):
+    """kafka-transactions list (ListTransactions) and describe (DescribeTransactions): an open
+    transaction is Ongoing with its partition, then CompleteCommit once committed."""
+    name = topic_with_records(server, partitions=2, records=2)
+    txn_id = "txn-tool-" + uuid.uuid4().hex[:8]
+    p = Producer({"bootstrap.servers": server.bootstrap, "transactional.id": txn_id})
+    p.init_transactions(30)
+    p.begin_transaction()
+    p.produce(name, value=b"in a transaction", partition=1)
+    assert p.flush(30) == 0
+
+    def listed():
+        out, _ = tool(server, "org.apache.kafka.tools.TransactionsCommand", "list")
+        lines = [line.split() for line in out.strip().splitlines()]
+        assert lines[0] == ["TransactionalId", "Coordinator", "ProducerId", "TransactionState"], out
+        return {row[0]: row for row in lines[1:]}
+
+    def described():
+        out, _ = tool(server, "org.apache.kafka.tools.TransactionsCommand", "describe", "--transactional-id", txn_id)
+        header, row = [line.split("\t") for line in out.strip().splitlines()][:2]
+        return dict(zip([h.strip() for h in header], [v.strip() for v in row])), out
+
+    row = listed()[txn_id]
+    assert row[1].isdigit() and int(row[2]) >= 0 and row[3] == "Ongoing", row
+    d, out = described()
+    assert d["TransactionalId"] == txn_id and d["TransactionState"] == "Ongoing", out
+    assert d.get("TopicPartitions") == "%s-1" % name, (d, out)
+    assert d["ProducerId"] == row[2], out
+    p.commit_transaction(30)
+    assert listed()[txn_id][3] == "CompleteCommit"
+    d, out = described()
+    assert d["TransactionState"] == "CompleteCommit" and d.get("TopicPartitions", "") == "", (d, out)

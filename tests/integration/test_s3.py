@@ -6,6 +6,8 @@
 - S3 outage: the S3 server is killed while acks=all producers send; their requests wait (the
   agent logs failed uploads, no delivery report arrives), S3 comes back on the same port and
   data, every record is delivered exactly once and consumed back.
+- S3 outage while consuming cold data: the fetch gets the retriable KAFKA_STORAGE_ERROR, the
+  consumer backs off and reads everything once S3 is back.
 - Orphans: an uploaded object whose commit never happened is deleted after the grace period;
   committed objects stay and are served.
 - Metrics: the shutdown summary's PUT count and bytes equal what the bucket holds.
@@ -196,6 +198,62 @@ def test_s3_outage_producers_wait_then_succeed(tmp_path, s3):
         got = consume_all(srv.bootstrap, topic, 3, n)
         check_same(keys, values, all_delivered, got)
     finally:
+        srv.close()
+
+
+def test_a_consumer_during_an_s3_outage_sees_the_retriable_error_and_resumes(tmp_path, s3):
+    """Cold reads (the data dir and its cache wiped) while S3 is down: the agent answers the
+    fetch KAFKA_STORAGE_ERROR (retriable, so librdkafka backs off and fetches again; its log
+    says why), the consumer gets no record and no fatal error, and once S3 is back the same
+    consumer reads every record, without a restart."""
+    import logging
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    srv = running(agent(tmp_path, s3, SIDESTREAM_OBJECT_STORE_REQUEST_TIMEOUT_MS=1000))
+    topic, n = "s3-outage-read", 600
+    consumer = None
+    try:
+        create_topic(srv.bootstrap, topic, 2)
+        keys, values = make_records(n)
+        delivered = finish(*produce(srv.bootstrap, topic, keys, values, partitions=2), n)
+        srv.stop()
+        shutil.rmtree(tmp_path / "data")
+        srv.start()
+        s3.stop()
+        storage_errors = lambda: sum(v for k, v in srv.metrics().items()
+                                     if k.startswith("sidestream_fetch_errors_total") and "KAFKA_STORAGE_ERROR" in k)
+
+        class Lines(logging.Handler):
+            lines = []
+
+            def emit(self, record):
+                self.lines.append(record.getMessage())
+        log = logging.getLogger("rdkafka-outage-read")
+        log.setLevel(logging.DEBUG)
+        log.addHandler(Lines())
+        consumer = Consumer({"bootstrap.servers": srv.bootstrap, "group.id": "outage-read-%s" % uuid.uuid4().hex,
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 100, "check.crcs": True,
+                             "debug": "fetch"}, logger=log)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])
+        got = {}
+
+        def consume():
+            for m in consumer.consume(num_messages=1000, timeout=0.2):
+                assert not m.error(), "consume error: %s" % m.error()
+                got[(m.partition(), m.offset())] = (m.key(), m.value())
+            return got
+        poll_until(lambda: consume() is not None and storage_errors() >= 2, TIMEOUT,
+                   what="KAFKA_STORAGE_ERROR answers while S3 is down")
+        assert not got, "records read while S3 was down: %d" % len(got)
+        assert any("KAFKA_STORAGE_ERROR" in line or "Disk error" in line for line in Lines.lines), \
+            "librdkafka's fetch log does not mention the storage error: %r" % Lines.lines[-20:]
+
+        s3.start()
+        poll_until(lambda: len(consume()) >= n, TIMEOUT, what="every record after S3 is back")
+        check_same(keys, values, delivered, got)
+    finally:
+        if consumer is not None:
+            consumer.close()
         srv.close()
 
 
