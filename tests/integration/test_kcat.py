@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 import kafka_wire as kw
+from conftest import poll_until
 
 KCAT = shutil.which("kcat") or shutil.which("kafkacat") or "kcat"  # scripts/test installs it
 
@@ -113,3 +114,52 @@ def test_a_consumer_past_the_log_end_resets_to_earliest(server):
         assert got == [(0, b"a"), (1, b"b"), (2, b"c")], got
     finally:
         consumer.close()
+
+
+def test_a_group_resumes_from_the_start_of_a_re_created_topic(server):
+    """The realistic way past the log end: a group committed offset 50 of a topic that is then
+    deleted and created again with 3 records. Its consumer (librdkafka, auto.offset.reset=earliest)
+    reads those 3 from offset 0, as on Kafka 4.4 (both forget a deleted topic's committed offsets;
+    a broker that kept them would answer OFFSET_OUT_OF_RANGE, the test above)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    topic, group = "kcat-recreated-%d" % os.getpid(), "recreated-%d" % os.getpid()
+    with server.connect() as c:
+        assert kw.create_topics(c, [(topic, 1, 1)])[topic][0] == kw.NONE
+    kcat(server, "-P", "-t", topic, "-p", "0", input_text="".join("old%d\n" % i for i in range(50)))
+    conf = {"bootstrap.servers": server.bootstrap, "group.id": group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest"}
+    consumer = Consumer(conf)
+
+    def committed():
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, 0, 50)], asynchronous=False)
+            return True
+        except KafkaException as e:  # Kafka: NOT_COORDINATOR while its __consumer_offsets is new
+            assert e.args[0].retriable(), e
+            return False
+    try:
+        poll_until(committed, 30, what="the commit")
+    finally:
+        consumer.close()
+    with server.connect() as c:
+        assert kw.delete_topics(c, [topic])[topic] == kw.NONE
+    poll_until(lambda: recreated(server, topic), 30, what="the topic created again")
+    kcat(server, "-P", "-t", topic, "-p", "0", input_text="a\nb\nc\n")
+    consumer = Consumer(conf)
+    try:
+        consumer.subscribe([topic])
+        got = []
+        for m in iter(lambda: consumer.poll(30), None):
+            assert m.error() is None, m.error()
+            got.append((m.offset(), m.value()))
+            if len(got) == 3:
+                break
+        assert got == [(0, b"a"), (1, b"b"), (2, b"c")], got
+    finally:
+        consumer.close()
+
+
+def recreated(server, topic):
+    """Creates `topic` again once its deletion is done (Kafka deletes in the background)."""
+    with server.connect() as c:
+        return kw.create_topics(c, [(topic, 1, 1)])[topic][0] == kw.NONE
