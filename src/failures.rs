@@ -1,16 +1,19 @@
-//! Failed requests, made visible: every partition a Produce or Fetch answers with an error is
-//! counted on `/metrics` by Kafka error name (`sidestream_produce_errors_total{error=...}`,
-//! `sidestream_fetch_errors_total{error=...}`: the label set is Kafka's error names, bounded),
-//! and logged at most once per cause per minute, with the count of the ones not logged.
+//! Failed requests, made visible: every error code an answer carries (top-level, per group,
+//! per topic or per partition) is counted on `/metrics` by API and Kafka error name
+//! (`sidestream_request_errors_total{api="Produce",error="NOT_LEADER_OR_FOLLOWER"}`: the label
+//! sets are the implemented APIs and Kafka's error names, bounded) by [`count`]; a partition
+//! Produce or Fetch fails is also logged at most once per cause per minute, with the count of the
+//! ones not logged ([`record`]).
 //!
 //! [`RateLimitedLog`] is the rate limiter itself, for any code that must report a condition that
 //! may repeat on every request (a failing disk, an unreachable store) without flooding the log.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::ApiKey;
 
 use crate::metrics;
 
@@ -68,6 +71,47 @@ impl Op {
             Op::Fetch => "fetch",
         }
     }
+
+    fn api(self) -> ApiKey {
+        match self {
+            Op::Produce => ApiKey::Produce,
+            Op::Fetch => ApiKey::Fetch,
+        }
+    }
+}
+
+type ErrorCounters = HashMap<(i16, i16), Arc<metrics::Counter>>;
+
+/// The counters of `sidestream_request_errors_total`, by (api key, error code): registered at
+/// an error's first occurrence, then found under a read lock without allocating.
+fn errors() -> &'static RwLock<ErrorCounters> {
+    static ERRORS: OnceLock<RwLock<ErrorCounters>> = OnceLock::new();
+    ERRORS.get_or_init(Default::default)
+}
+
+/// Counts one error code `code` in an answer to `api` (0, no error, is not counted).
+pub fn count(api: ApiKey, code: i16) {
+    if code == 0 {
+        return;
+    }
+    let key = (api as i16, code);
+    if let Some(c) = errors().read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        c.inc();
+        return;
+    }
+    let c = errors()
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| {
+            metrics::counter(
+                "sidestream_request_errors_total",
+                "Error codes in answers (top-level, per group, topic or partition), by API and Kafka error name.",
+                &[("api", &format!("{api:?}")), ("error", &error_name(code))],
+            )
+        })
+        .clone();
+    c.inc();
 }
 
 /// Kafka's name of an error code (`KAFKA_STORAGE_ERROR`); `UNKNOWN` for codes it does not name.
@@ -97,20 +141,8 @@ fn log() -> &'static RateLimitedLog {
 /// Counts one partition answered with error `code` by `op`, and logs it (with `detail`) if its
 /// cause was not logged in the last minute.
 pub fn record(op: Op, code: i16, detail: &str) {
+    count(op.api(), code);
     let name = error_name(code);
-    let counter = match op {
-        Op::Produce => metrics::counter(
-            "sidestream_produce_errors_total",
-            "Produce partitions answered with an error, by Kafka error name.",
-            &[("error", &name)],
-        ),
-        Op::Fetch => metrics::counter(
-            "sidestream_fetch_errors_total",
-            "Fetch partitions answered with an error, by Kafka error name.",
-            &[("error", &name)],
-        ),
-    };
-    counter.inc();
     let cause = format!("{}/{name}", op.name());
     if let Some(suppressed) = log().allow(&cause, Instant::now()) {
         tracing::warn!(op = op.name(), error = %name, detail, suppressed_since_last_line = suppressed,
@@ -145,6 +177,18 @@ mod tests {
         }
         assert!(log.last.lock().unwrap().len() <= CAUSES_MAX + 1);
         assert_eq!(log.allow("c99999", t0), None, "beyond the bound, causes share one entry");
+    }
+
+    #[test]
+    fn errors_are_counted_by_api_and_kafka_name() {
+        count(ApiKey::JoinGroup, 79);
+        count(ApiKey::JoinGroup, 79);
+        count(ApiKey::JoinGroup, 0);
+        record(Op::Fetch, 56, "test");
+        let text = metrics::render();
+        assert!(text.contains("sidestream_request_errors_total{api=\"JoinGroup\",error=\"MEMBER_ID_REQUIRED\"} 2\n"), "{text}");
+        assert!(text.contains("sidestream_request_errors_total{api=\"Fetch\",error=\"KAFKA_STORAGE_ERROR\"} 1\n"), "{text}");
+        assert!(!text.contains("error=\"NONE\""), "{text}");
     }
 
     #[test]

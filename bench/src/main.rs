@@ -15,6 +15,7 @@ mod load;
 mod own;
 mod report;
 mod s3count;
+mod scrape;
 mod target;
 
 use std::collections::BTreeMap;

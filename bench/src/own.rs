@@ -176,23 +176,13 @@ impl Server {
     }
 
     async fn metrics(&self) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
         let Ok(mut s) = TcpStream::connect(&self.metrics).await else {
-            return out;
+            return BTreeMap::new();
         };
         let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").await;
         let mut text = String::new();
         let _ = s.read_to_string(&mut text).await;
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("HTTP") && l.contains(' ')) {
-            let (name, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
-            let base = name.split('{').next().unwrap_or(name).to_string();
-            let base = match name.split_once("quantile=\"") {
-                Some((_, q)) => format!("{base}:p{}", q.trim_end_matches(['"', '}'])),
-                None => base,
-            };
-            *out.entry(base).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-        }
-        out
+        crate::scrape::parse(&text)
     }
 
     /// SIGTERM and wait; keeps the data dir (returned).
@@ -385,7 +375,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let bytes = load.records as f64 * args.record_bytes as f64;
     let h = &load.latency_us;
     let puts = delta("sidestream_objects_uploaded_total");
-    let uploaded = delta("sidestream_object_bytes_uploaded_total");
+    let uploaded = delta("sidestream_object_upload_bytes_total");
     let syncs = delta("sidestream_wal_syncs_total");
     let entries = delta("sidestream_wal_entries_total");
     let server_ms = |k: &str| format!("{:.1}", metrics1.get(k).copied().unwrap_or(0.0) * 1e3);

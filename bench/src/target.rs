@@ -248,33 +248,20 @@ impl Target {
         self.group.usage()
     }
 
-    /// Sidestream's /metrics, summed over labels (quantiles kept apart as `name:pQ`).
+    /// Sidestream's /metrics, summed over labels (histogram quantiles as `name:pQ`, see
+    /// [`crate::scrape`]).
     pub fn metrics(&self) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
         let Some(addr) = &self.metrics else {
-            return out;
+            return BTreeMap::new();
         };
         let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            return out;
+            return BTreeMap::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
-        for line in text.lines().filter(|l| l.starts_with("sidestream_")) {
-            let (name, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
-            let base = name.split('{').next().unwrap_or(name).to_string();
-            let base = match name.split_once("quantile=\"") {
-                Some((_, q)) => format!("{base}:p{}", q.trim_end_matches(['"', '}'])),
-                None => base,
-            };
-            let value = value.parse::<f64>().unwrap_or(0.0);
-            *out.entry(base).or_insert(0.0) += value;
-            if name.contains('{') {
-                out.insert(name.to_string(), value);
-            }
-        }
-        out
+        crate::scrape::parse(&text)
     }
 
     /// Object-store HTTP requests by name, as the server counts them (Sidestream only).

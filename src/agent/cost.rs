@@ -18,17 +18,17 @@
 //! topic's series stay (counters only grow) until the process restarts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::agent::client::ControllerClient;
 use crate::api::TopicRef;
-use crate::metrics::{self, Counter};
+use crate::metrics::{self, Bounded, Counter};
 
 /// Topics with their own series; the rest share [`OTHER_TOPICS`].
-pub const TOPIC_SERIES_MAX: usize = 100;
-pub const OTHER_TOPICS: &str = "__other";
+pub const TOPIC_SERIES_MAX: usize = metrics::TOPIC_LABELS_MAX;
+pub const OTHER_TOPICS: &str = metrics::OTHER;
 
 /// One topic's counters.
 pub struct TopicCost {
@@ -64,34 +64,11 @@ impl TopicCost {
     }
 }
 
-/// Topic names to their counters, at most `max` of them (then [`OTHER_TOPICS`]). Looked up on
-/// every fetch of a partition: a read lock, the write lock only for a topic not seen yet.
-struct Topics {
-    by_name: RwLock<HashMap<String, Arc<TopicCost>>>,
-    max: usize,
-}
-
-impl Topics {
-    fn get(&self, topic: &str) -> Arc<TopicCost> {
-        if let Some(cost) = self.by_name.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
-            return cost.clone();
-        }
-        let mut topics = self.by_name.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(cost) = topics.get(topic) {
-            return cost.clone();
-        }
-        let name = if topics.len() < self.max { topic } else { OTHER_TOPICS };
-        let cost = topics.entry(name.to_string()).or_insert_with(|| Arc::new(TopicCost::new(name))).clone();
-        debug_assert!(topics.len() <= self.max + 1);
-        cost
-    }
-}
-
 /// The counters of the topic named `topic` (its own, or the shared [`OTHER_TOPICS`] ones once
-/// [`TOPIC_SERIES_MAX`] topics have theirs).
+/// [`TOPIC_SERIES_MAX`] topics have theirs). Looked up on every fetch of a partition.
 pub fn by_name(topic: &str) -> Arc<TopicCost> {
-    static TOPICS: OnceLock<Topics> = OnceLock::new();
-    TOPICS.get_or_init(|| Topics { by_name: RwLock::default(), max: TOPIC_SERIES_MAX }).get(topic)
+    static TOPICS: Bounded<TopicCost> = Bounded::new(TOPIC_SERIES_MAX, |t| Arc::new(TopicCost::new(t)));
+    TOPICS.get(topic)
 }
 
 /// The counters of the topic with id `topic_id` (a deleted or unknown one: [`OTHER_TOPICS`]).
@@ -133,7 +110,7 @@ mod tests {
 
     #[test]
     fn topics_beyond_the_bound_share_one_series() {
-        let topics = Topics { by_name: RwLock::default(), max: 3 };
+        let topics: Bounded<TopicCost> = Bounded::new(3, |t| Arc::new(TopicCost::new(t)));
         let mine = topics.get("cost-test-a");
         mine.get(10);
         assert!(Arc::ptr_eq(&mine, &topics.get("cost-test-a")));
@@ -142,7 +119,6 @@ mod tests {
         let late = topics.get("cost-test-late");
         assert!(Arc::ptr_eq(&late, &topics.get(OTHER_TOPICS)));
         assert!(Arc::ptr_eq(&late, &topics.get("cost-test-later")));
-        assert_eq!(topics.by_name.read().unwrap().len(), 4);
         let text = metrics::render();
         assert!(text.contains("sidestream_object_store_topic_requests_total{request=\"get\",topic=\"cost-test-a\"} 1"), "{text}");
         assert!(text.contains("sidestream_object_store_topic_bytes_total{request=\"get\",topic=\"cost-test-a\"} 10"), "{text}");

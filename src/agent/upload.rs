@@ -503,7 +503,7 @@ fn backoff(attempt: u32) -> Duration {
 async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes, bytes_by_topic: HashMap<Uuid, u64>) {
     let store = &deps.store;
     let uploads = metrics::counter("sidestream_objects_uploaded_total", "Objects uploaded by this agent.", &[]);
-    let bytes = metrics::counter("sidestream_object_bytes_uploaded_total", "Bytes of objects uploaded.", &[]);
+    let bytes = metrics::counter("sidestream_object_upload_bytes_total", "Bytes of objects uploaded.", &[]);
     let errors = metrics::counter("sidestream_object_upload_errors_total", "Failed object upload attempts.", &[]);
     let latency = metrics::histogram("sidestream_object_upload_seconds", "Time of one successful object upload.", &[]);
     let mut attempt = 0;

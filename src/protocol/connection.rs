@@ -48,10 +48,11 @@ use tokio_util::task::TaskTracker;
 use super::frame::{FrameError, FrameLimits, read_frame};
 use super::handlers::{self, Outcome};
 use super::listener::{ANONYMOUS, Endpoint, Listener, Peer};
+use super::request_metrics;
 use super::sasl::{self, Next, Sasl, SaslRequest, SaslSettings};
 use super::tls::{self, Tls};
 use crate::agent::{Agent, Turn};
-use crate::metrics::{self, Counter};
+use crate::metrics::{self, Counter, Histogram};
 
 const PRODUCE_KEY: [u8; 2] = 0i16.to_be_bytes();
 const FETCH_KEY: [u8; 2] = 1i16.to_be_bytes();
@@ -219,6 +220,8 @@ struct Queued {
     /// A Produce request throttled as it was read: the connection takes no other request until
     /// its answer is written (see [`Mute`]).
     held: bool,
+    /// Its API's latency histogram and when it was read (none outside the advertised table).
+    timing: Option<(&'static Histogram, Instant)>,
 }
 
 /// Kafka's channel muting for client quotas: once a throttled answer is written, the
@@ -602,6 +605,8 @@ where
         let mut unwritten = 0;
         // Their throttles, which start once they are written: (held the connection, time).
         let mut throttles: Vec<(bool, Duration)> = Vec::new();
+        // Their latency histograms and read times, recorded once they are written.
+        let mut timed: Vec<(&'static Histogram, Instant)> = Vec::new();
         let idle_timeout = limits.idle_timeout;
         loop {
             let mut queued = match next.take() {
@@ -625,6 +630,12 @@ where
             };
             unwritten += 1;
             let outcome = result.unwrap_or_else(|e| Outcome::Close(format!("handler failed: {e}")));
+            match (&outcome, queued.timing) {
+                // No answer to write (acks=0): timed to the end of its handling.
+                (Outcome::NoResponse, Some((h, read_at))) => h.record(read_at.elapsed()),
+                (Outcome::Respond(_) | Outcome::Throttled(..), Some(timing)) => timed.push(timing),
+                _ => {}
+            }
             if queued.held && !matches!(outcome, Outcome::Throttled(..)) {
                 throttles.push((true, Duration::ZERO));
             }
@@ -672,6 +683,9 @@ where
                 }
                 writer_activity.touch();
                 writer_activity.in_flight.fetch_sub(std::mem::take(&mut unwritten), Ordering::AcqRel);
+                for (h, read_at) in timed.drain(..) {
+                    h.record(read_at.elapsed());
+                }
             }
         }
         // Nobody will await what is still queued: cancel the fetches (others finish on their own).
@@ -703,6 +717,7 @@ where
         };
         match frame {
             Ok(Some((frame, permit))) => {
+                let read_at = Instant::now();
                 activity.touch();
                 let key = [frame[0], frame[1]];
                 let sasl_request = key == SASL_HANDSHAKE_KEY || key == SASL_AUTHENTICATE_KEY;
@@ -742,6 +757,10 @@ where
                     None
                 };
                 let cancellable = frame[..2] == FETCH_KEY;
+                let timing = request_metrics::of_frame(&frame).map(|m| {
+                    m.requests.inc();
+                    (&*m.seconds, read_at)
+                });
                 let agent = agent.clone();
                 let peer = peer.clone();
                 let session = if sasl_request { session.clone() } else { None };
@@ -754,7 +773,7 @@ where
                     drop(permit);
                     outcome
                 });
-                if tx.send(Queued { task, cancellable, held }).await.is_err() {
+                if tx.send(Queued { task, cancellable, held, timing }).await.is_err() {
                     break Closed::Client;
                 }
             }

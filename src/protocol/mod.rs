@@ -9,6 +9,7 @@
 //! - [`handlers`]: header decoding, the API version table, one `match` on the API key, and one
 //!   file per API family.
 //! - [`error`]: the one place where internal errors become Kafka error codes.
+//! - [`request_metrics`]: requests and their latency by API and version, on `/metrics`.
 //!
 //! Must not touch: storage, offsets, object layout. Handlers translate; the agent decides.
 
@@ -17,5 +18,6 @@ pub mod error;
 pub mod frame;
 pub mod handlers;
 pub mod listener;
+pub mod request_metrics;
 pub mod sasl;
 pub mod tls;

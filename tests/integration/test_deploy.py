@@ -9,8 +9,9 @@
 - every SIDESTREAM_* variable the Dockerfile and compose files set names a key of proxy.toml,
   and the binary under test starts with the Dockerfile's environment;
 - every `sidestream_*` metric an alert rule or a dashboard panel names is in a live /metrics:
-  an embedded agent that took produce and group commits, and a `sidestream controller` (with
-  `metrics_listen`) serving a remote agent; `promtool check metrics` accepts both scrapes.
+  an embedded agent that took produce, fetches, group commits and a refused CreateTopics, and a
+  `sidestream controller` (with `metrics_listen`) serving a remote agent, whose group's lag it
+  exports; `promtool check metrics` accepts both scrapes.
 
 The tools come from Debian's `prometheus`, `docker-compose` and `systemd` packages
 (scripts/test installs the missing ones); this file installs nothing.
@@ -26,6 +27,7 @@ import urllib.request
 import pytest
 from confluent_kafka import Consumer, Producer
 
+import kafka_wire
 from conftest import REPO, SidestreamServer, binary_path, free_port, poll_until
 from test_cluster import ControllerProcess, make_agent
 
@@ -193,6 +195,9 @@ def test_every_metric_a_panel_or_rule_uses_is_served(tmp_path):
     try:
         agent.start()
         produce_and_consume(agent.bootstrap, "deploy-metrics")
+        # An answer with an error code, for the errors-by-code panel (TOPIC_ALREADY_EXISTS).
+        with agent.connect() as c:
+            assert kafka_wire.create_topics(c, [("deploy-metrics", 1, 1)])["deploy-metrics"][0] == 36
         poll_until(lambda: "metrics_addr=" in agent.log_text()
                    and "object_store_reachable" in agent.readyz()[1]["checks"], 30, what="the first probe")
         agent_text = scrape(re.search(r"metrics_addr=([0-9.:]+)", agent.log_text()).group(1))
@@ -205,8 +210,11 @@ def test_every_metric_a_panel_or_rule_uses_is_served(tmp_path):
         produce_and_consume(remote.bootstrap, "deploy-metrics-remote")
         addr = poll_until(lambda: re.search(r"controller metrics listening.*metrics_addr=([0-9.:]+)", controller.log()),
                           30, what="the controller's metrics address").group(1)
-        controller_text = poll_until(lambda: (lambda t: "sidestream_group_lag{" in t and t)(scrape(addr)), 30,
-                                     what="consumer lag at the controller")
+        # The remote agent's group, at the controller (an agent with a remote controller exports
+        # no lag: the controller does, for every group).
+        remote_lag = 'sidestream_group_lag{group="deploy-metrics",topic="deploy-metrics-remote",partition="0"}'
+        controller_text = poll_until(lambda: (lambda t: remote_lag in t and t)(scrape(addr)), 30,
+                                     what="consumer lag of the remote agent's group at the controller")
         check_metrics(controller_text)
         assert "sidestream_controller_active 1" in controller_text
         assert "sidestream_controller_commits_total" in controller_text

@@ -306,7 +306,7 @@ def test_failed_reads_are_counted_and_logged_once_a_minute(tmp_path):
             for _ in range(fetches):
                 p = kafka_wire.fetch(c, topic, 0, 0, max_wait_ms=0)
                 assert p["error_code"] == KAFKA_STORAGE_ERROR, p
-        counted = metrics_now(srv).get('sidestream_fetch_errors_total{error="KAFKA_STORAGE_ERROR"}', 0)
+        counted = metrics_now(srv).get('sidestream_request_errors_total{api="Fetch",error="KAFKA_STORAGE_ERROR"}', 0)
         assert counted >= fetches, counted
         lines = [line for line in this_run(srv).splitlines()
                  if "fetch failed" in line and "KAFKA_STORAGE_ERROR" in line]

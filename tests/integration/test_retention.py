@@ -185,7 +185,7 @@ def test_metrics_count_object_store_requests_and_bytes_by_topic(agent, s3):
     assert cost[("put", "requests")] >= 1, cost
     assert busy_bytes <= cost[("put", "bytes")] <= 2 * busy_bytes, (cost, busy_bytes)
     assert topic_cost(agent, quiet)[("put", "requests")] >= 1
-    assert cost[("put", "bytes")] <= agent.metrics()["sidestream_object_bytes_uploaded_total"]
+    assert cost[("put", "bytes")] <= agent.metrics()["sidestream_object_upload_bytes_total"]
 
     # A cold read (the read cache emptied by a restart) of one topic makes GETs for it alone.
     agent.stop()

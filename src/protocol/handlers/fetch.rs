@@ -23,7 +23,7 @@ use crate::api::TopicRef;
 use crate::api::acl::{AclOperation, ResourceType};
 use crate::failures::{self, Op};
 use crate::format::records::BatchChain;
-use crate::metrics::{self, Counter};
+use crate::metrics::{self, Bounded, Counter, TOPIC_LABELS_MAX};
 use crate::protocol::error::agent_code;
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
@@ -40,6 +40,15 @@ fn requests(begun: &Begun) -> &'static Counter {
         Err(_) => 3,
     }]
 }
+
+/// Record bytes answered, by topic (the first [`TOPIC_LABELS_MAX`] topics, the rest as `__other`).
+static BYTES_OUT: Bounded<Counter> = Bounded::new(TOPIC_LABELS_MAX, |topic| {
+    metrics::counter(
+        "sidestream_topic_bytes_out_total",
+        "Record batch bytes fetched, by topic (the first 100 topics seen; later ones as __other).",
+        &[("topic", topic)],
+    )
+});
 
 /// A Fetch answer: the response with every `records` field unset, and the answered
 /// partitions' batches beside it, in response order (`None`: null records), so they can be
@@ -116,6 +125,14 @@ pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: Fetch
     for ((key, data, records), included) in partitions.into_iter().zip(include) {
         if !included {
             continue;
+        }
+        if let Some(bytes) = records.as_ref().map(|r| r.len() as u64).filter(|&n| n > 0) {
+            // From v13 requests name topics by id only.
+            if !key.topic.0.is_empty() {
+                BYTES_OUT.add(&key.topic.0, bytes);
+            } else if let Some(meta) = agent.controller.topic(TopicRef::Id(key.topic_id)) {
+                BYTES_OUT.add(&meta.name, bytes);
+            }
         }
         chains.push(records);
         match topics.last_mut() {

@@ -11,6 +11,7 @@ mod api_versions;
 mod configs;
 mod consumer_groups;
 mod delete_records;
+mod error_codes;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -43,7 +44,9 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::agent::Agent;
 use crate::agent::Turn;
 use crate::api::groups::ClientInfo;
+use crate::failures;
 use crate::protocol::listener::Peer;
+use error_codes::ErrorCodes;
 use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, DescribeLogDirsRequest, DescribeProducersRequest, ElectLeadersRequest,
@@ -316,11 +319,11 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
     let access = acls::Access::new(&agent.authorizer, who, parsed.key);
     match parsed.request {
         Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
-        Request::Metadata(r) => ctx.respond(&metadata::handle(&agent, &access, version, r, &client, listener).await),
-        Request::CreateTopics(r) => ctx.respond(&admin::create_topics(&agent, &access, version, r).await),
-        Request::DeleteTopics(r) => ctx.respond(&admin::delete_topics(&agent, &access, version, r).await),
-        Request::CreatePartitions(r) => ctx.respond(&admin::create_partitions(&agent, &access, r, &client, listener).await),
-        Request::DeleteRecords(r) => ctx.respond(&delete_records::handle(&agent, &access, r).await),
+        Request::Metadata(r) => ctx.counted(&metadata::handle(&agent, &access, version, r, &client, listener).await),
+        Request::CreateTopics(r) => ctx.counted(&admin::create_topics(&agent, &access, version, r).await),
+        Request::DeleteTopics(r) => ctx.counted(&admin::delete_topics(&agent, &access, version, r).await),
+        Request::CreatePartitions(r) => ctx.counted(&admin::create_partitions(&agent, &access, r, &client, listener).await),
+        Request::DeleteRecords(r) => ctx.counted(&delete_records::handle(&agent, &access, r).await),
         Request::Produce(r) => match produce::handle(&agent, &access, version, r, turn).await {
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
@@ -329,28 +332,28 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
             let answer = fetch::handle(&agent, &access, version, r, peer.addr).await;
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
-        Request::ListOffsets(r) => ctx.respond(&list_offsets::handle(&agent, &access, version, r).await),
-        Request::InitProducerId(r) => ctx.respond(&producers::init_producer_id(&agent, &access, version, r).await),
+        Request::ListOffsets(r) => ctx.counted(&list_offsets::handle(&agent, &access, version, r).await),
+        Request::InitProducerId(r) => ctx.counted(&producers::init_producer_id(&agent, &access, version, r).await),
         Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, &access, version, r)),
         Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, &access, r, listener)),
-        Request::DescribeTopicPartitions(r) => ctx.respond(&metadata::describe_topic_partitions(&agent, &access, r, &client, listener)),
-        Request::FindCoordinator(r) => ctx.respond(&groups::find_coordinator(&agent, &access, version, r, &client, listener)),
-        Request::JoinGroup(r) => ctx.respond(&groups::join_group(&agent, &access, version, r, &client).await),
-        Request::SyncGroup(r) => ctx.respond(&groups::sync_group(&agent, &access, version, r).await),
-        Request::Heartbeat(r) => ctx.respond(&groups::heartbeat(&agent, &access, r).await),
-        Request::LeaveGroup(r) => ctx.respond(&groups::leave_group(&agent, &access, version, r).await),
-        Request::OffsetCommit(r) => ctx.respond(&offsets::offset_commit(&agent, &access, version, r).await),
-        Request::OffsetFetch(r) => ctx.respond(&offsets::offset_fetch(&agent, &access, version, r).await),
-        Request::OffsetDelete(r) => ctx.respond(&offsets::offset_delete(&agent, &access, r).await),
-        Request::ListGroups(r) => ctx.respond(&groups::list_groups(&agent, &access, version, r).await),
-        Request::DescribeGroups(r) => ctx.respond(&groups::describe_groups(&agent, &access, version, r).await),
-        Request::DeleteGroups(r) => ctx.respond(&groups::delete_groups(&agent, &access, r).await),
-        Request::ConsumerGroupHeartbeat(r) => ctx.respond(&consumer_groups::heartbeat(&agent, &access, version, r, &client).await),
-        Request::ConsumerGroupDescribe(r) => ctx.respond(&consumer_groups::describe(&agent, &access, version, r).await),
-        Request::AddPartitionsToTxn(r) => ctx.respond(&transactions::add_partitions_to_txn(&agent, &access, version, r).await),
-        Request::AddOffsetsToTxn(r) => ctx.respond(&transactions::add_offsets_to_txn(&agent, &access, version, r).await),
-        Request::EndTxn(r) => ctx.respond(&transactions::end_txn(&agent, &access, version, r).await),
-        Request::TxnOffsetCommit(r) => ctx.respond(&transactions::txn_offset_commit(&agent, &access, version, r).await),
+        Request::DescribeTopicPartitions(r) => ctx.counted(&metadata::describe_topic_partitions(&agent, &access, r, &client, listener)),
+        Request::FindCoordinator(r) => ctx.counted(&groups::find_coordinator(&agent, &access, version, r, &client, listener)),
+        Request::JoinGroup(r) => ctx.counted(&groups::join_group(&agent, &access, version, r, &client).await),
+        Request::SyncGroup(r) => ctx.counted(&groups::sync_group(&agent, &access, version, r).await),
+        Request::Heartbeat(r) => ctx.counted(&groups::heartbeat(&agent, &access, r).await),
+        Request::LeaveGroup(r) => ctx.counted(&groups::leave_group(&agent, &access, version, r).await),
+        Request::OffsetCommit(r) => ctx.counted(&offsets::offset_commit(&agent, &access, version, r).await),
+        Request::OffsetFetch(r) => ctx.counted(&offsets::offset_fetch(&agent, &access, version, r).await),
+        Request::OffsetDelete(r) => ctx.counted(&offsets::offset_delete(&agent, &access, r).await),
+        Request::ListGroups(r) => ctx.counted(&groups::list_groups(&agent, &access, version, r).await),
+        Request::DescribeGroups(r) => ctx.counted(&groups::describe_groups(&agent, &access, version, r).await),
+        Request::DeleteGroups(r) => ctx.counted(&groups::delete_groups(&agent, &access, r).await),
+        Request::ConsumerGroupHeartbeat(r) => ctx.counted(&consumer_groups::heartbeat(&agent, &access, version, r, &client).await),
+        Request::ConsumerGroupDescribe(r) => ctx.counted(&consumer_groups::describe(&agent, &access, version, r).await),
+        Request::AddPartitionsToTxn(r) => ctx.counted(&transactions::add_partitions_to_txn(&agent, &access, version, r).await),
+        Request::AddOffsetsToTxn(r) => ctx.counted(&transactions::add_offsets_to_txn(&agent, &access, version, r).await),
+        Request::EndTxn(r) => ctx.counted(&transactions::end_txn(&agent, &access, version, r).await),
+        Request::TxnOffsetCommit(r) => ctx.counted(&transactions::txn_offset_commit(&agent, &access, version, r).await),
         Request::DescribeTransactions(r) => ctx.respond(&transactions::describe_transactions(&agent, &access, r).await),
         Request::ListTransactions(r) => ctx.respond(&transactions::list_transactions(&agent, &access, version, r).await),
         Request::DescribeAcls(r) => ctx.respond(&acls::describe_acls(&agent, &access, r).await),
@@ -389,6 +392,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// [`Self::respond`], counting the answer's error codes by API and name.
+    fn counted<R: quotas::Throttle + ErrorCodes>(&self, body: &R) -> Outcome {
+        body.error_codes(&mut |code| failures::count(self.key, code));
+        self.respond(body)
+    }
+
     /// The response, with the request's throttle time in it if it is over a quota.
     fn respond<R: quotas::Throttle>(&self, body: &R) -> Outcome {
         let header_version = self.key.response_header_version(self.version);

@@ -27,7 +27,7 @@ use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::{ControllerError, TopicRef, is_internal_topic};
 use crate::failures::{self, Op};
 use crate::format::records::{self, RecordsError};
-use crate::metrics::{self, Histogram};
+use crate::metrics::{self, Bounded, Counter, Histogram, TOPIC_LABELS_MAX};
 use crate::protocol::error::{agent_code, controller_code};
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
@@ -75,6 +75,16 @@ fn verification_refusal(e: &ControllerError, version: i16) -> (i16, String) {
     }
 }
 
+/// Record bytes of the batches stored, by topic (the first [`TOPIC_LABELS_MAX`] topics, the rest
+/// as `__other`).
+static BYTES_IN: Bounded<Counter> = Bounded::new(TOPIC_LABELS_MAX, |topic| {
+    metrics::counter(
+        "sidestream_topic_bytes_in_total",
+        "Record batch bytes produced and stored, by topic (the first 100 topics seen; later ones as __other).",
+        &[("topic", topic)],
+    )
+});
+
 pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: ProduceRequest, turn: Option<Turn>) -> Option<ProduceResponse> {
     let started = std::time::Instant::now();
     let response = handle_inner(agent, access, version, req, turn).await;
@@ -107,6 +117,8 @@ async fn handle_inner(
     };
     let deadline = Instant::now() + if acks == 0 { ACKS_0_TIMEOUT } else { Duration::from_millis(req.timeout_ms.max(0) as u64) };
     let mut items = Vec::new();
+    // Each accepted batch's topic and size, for the bytes-in counters.
+    let mut sizes = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     // Kafka: transactional batches need the request's transactional id and WRITE on it, else
     // every partition fails.
@@ -151,6 +163,7 @@ async fn handle_inner(
                     (Some(_), None) => Slot::failed(ResponseError::InvalidRecord.code(), "null records".into()),
                     (Some(meta), Some(records)) => match agent.check_batch(meta, p.index, records, version) {
                         Ok(item) => {
+                            sizes.push((meta.clone(), records.len() as u64));
                             items.push(ProduceBatch { topic: meta.clone(), item });
                             Slot::Accepted(items.len() - 1)
                         }
@@ -165,6 +178,9 @@ async fn handle_inner(
     // Kafka's log_append_time_ms: the time a LogAppendTime topic's batch was stamped with, else -1.
     let append_times: Vec<i64> = items.iter().map(|b| if log_append_time(&b.topic) { b.item.header.max_timestamp } else { -1 }).collect();
     let produced = agent.produce(items, req.transactional_id.as_ref().map(|t| t.0.as_str()), acks, deadline, turn, hand_off).await;
+    for ((topic, bytes), _) in sizes.iter().zip(&produced).filter(|(_, r)| r.is_ok()) {
+        BYTES_IN.add(&topic.name, *bytes);
+    }
     if acks == 0 {
         // The refusals of one acks=0 request share their cause: recorded once.
         if let Some(Err(ProduceRefusal::Failed(e))) = produced.iter().find(|r| matches!(r, Err(ProduceRefusal::Failed(_)))) {
