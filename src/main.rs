@@ -73,6 +73,13 @@ enum Command {
         #[command(flatten)]
         args: admin::ConsumeArgs,
     },
+    /// ACL bindings of any Kafka cluster (kafka-acls.sh's list, add, remove).
+    Acl {
+        #[command(flatten)]
+        common: admin::Common,
+        #[command(subcommand)]
+        command: admin::AclCommand,
+    },
     /// SASL users (SCRAM credentials), written straight to the controller's store that
     /// `--config` names: how the first user is made before any client can log in.
     User {
@@ -109,6 +116,7 @@ fn main() -> ExitCode {
         Command::Group { common, command } => admin::run("group", admin::Admin::Group(command), &common),
         Command::Produce { common, args } => admin::run("produce", admin::Admin::Produce(args), &common),
         Command::Consume { common, args } => admin::run("consume", admin::Admin::Consume(args), &common),
+        Command::Acl { common, command } => admin::run("acl", admin::Admin::Acl(command), &common),
         Command::Controller { config } => controller(config),
         Command::User { command, config } => user(command, config),
         Command::ControllerBench { store, agents, seconds, partitions } => controller_bench(store, agents, seconds, partitions),

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::client::{Client, ClientSettings};
-use super::{AdminError, groups, parse_config, records, topics};
+use super::{AdminError, acls, groups, parse_config, records, topics};
 
 /// Options every admin command takes.
 #[derive(Debug, Clone, Args)]
@@ -107,6 +107,77 @@ pub enum GroupCommand {
     },
 }
 
+/// kafka-acls.sh's resource and principal options.
+#[derive(Debug, Args)]
+pub struct AclArgs {
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    #[arg(long = "transactional-id")]
+    transactional_ids: Vec<String>,
+    /// The cluster resource (kafka-cluster).
+    #[arg(long)]
+    cluster: bool,
+    /// literal or prefixed (list and delete: also any, match; default literal, list: any).
+    #[arg(long)]
+    resource_pattern_type: Option<String>,
+    /// User:NAME (repeatable).
+    #[arg(long = "allow-principal")]
+    allow_principals: Vec<String>,
+    #[arg(long = "deny-principal")]
+    deny_principals: Vec<String>,
+    /// Default * (every host).
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
+    #[arg(long = "deny-host")]
+    deny_hosts: Vec<String>,
+    /// Read, Write, Create, Delete, Alter, Describe, ClusterAction, DescribeConfigs,
+    /// AlterConfigs, IdempotentWrite, All (repeatable).
+    #[arg(long = "operation")]
+    operations: Vec<String>,
+    /// list: only this principal's bindings.
+    #[arg(long)]
+    principal: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// The bindings on the resources named (all when none).
+    List(AclArgs),
+    /// Adds bindings: each principal x host x operation x resource.
+    Create(AclArgs),
+    /// Removes the bindings that match (principals, hosts, operations not given match any).
+    Delete(AclArgs),
+}
+
+impl AclArgs {
+    fn resources(&self) -> acls::Resources {
+        acls::Resources {
+            topics: self.topics.clone(),
+            groups: self.groups.clone(),
+            transactional_ids: self.transactional_ids.clone(),
+            cluster: self.cluster,
+        }
+    }
+
+    /// The bindings to create, or (`filter`) to match: a filter also takes the pattern types
+    /// any and match.
+    fn bindings(&self, filter: bool) -> Result<acls::Bindings, AdminError> {
+        let pattern_type = acls::parse_pattern_type(self.resource_pattern_type.as_deref().unwrap_or("literal"), filter)?;
+        let operations = self.operations.iter().map(|o| acls::parse_operation(o)).collect::<Result<_, _>>()?;
+        Ok(acls::Bindings {
+            allow_principals: self.allow_principals.clone(),
+            deny_principals: self.deny_principals.clone(),
+            allow_hosts: self.allow_hosts.clone(),
+            deny_hosts: self.deny_hosts.clone(),
+            operations,
+            resources: self.resources(),
+            pattern_type,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
     topic: String,
@@ -150,6 +221,7 @@ pub enum Admin {
     Group(GroupCommand),
     Produce(ProduceArgs),
     Consume(ConsumeArgs),
+    Acl(AclCommand),
 }
 
 /// Runs `command`, prints its result, and says how the process should exit.
@@ -275,6 +347,19 @@ async fn execute(command: Admin, common: &Common) -> Result<bool, AdminError> {
                 eprintln!("sidestream produce: {e}");
                 return Ok(false);
             }
+        }
+        Admin::Acl(AclCommand::List(a)) => {
+            let pattern = acls::parse_pattern_type(a.resource_pattern_type.as_deref().unwrap_or("any"), true)?;
+            let r = acls::list(&mut c, &a.resources(), pattern, a.principal.as_deref()).await?;
+            print(common, &serde_json::json!({ "acls": r }), || acls::render(&r))?;
+        }
+        Admin::Acl(AclCommand::Create(a)) => {
+            let n = acls::create(&mut c, &a.bindings(false)?).await?;
+            print(common, &serde_json::json!({ "created": n }), || format!("Created {n} ACL binding(s).\n"))?;
+        }
+        Admin::Acl(AclCommand::Delete(a)) => {
+            let r = acls::delete(&mut c, &a.bindings(true)?).await?;
+            print(common, &serde_json::json!({ "deleted": r }), || acls::render(&r))?;
         }
         Admin::Consume(a) => {
             let s = records::ConsumeSettings {

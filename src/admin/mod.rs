@@ -1,12 +1,13 @@
-//! The command line's admin client: `sidestream topic|group|produce|consume` speak the Kafka
+//! The command line's admin client: `sidestream topic|group|produce|consume|acl` speak the Kafka
 //! protocol to any cluster, a Sidestream agent or Apache Kafka, as `kafka-topics.sh`,
-//! `kafka-consumer-groups.sh` and `kcat` do.
+//! `kafka-consumer-groups.sh`, `kafka-acls.sh` and `kcat` do.
 //!
 //! - [`cli`]: the subcommands' arguments and their runner (tables, `--json`, exit status).
 //! - [`client`]: the connection (bootstrap, version choice, framing, Metadata, coordinators).
 //! - [`topics`]: list, describe, create, delete, alter (CreatePartitions, IncrementalAlterConfigs).
 //! - [`groups`]: list, describe (classic and KIP-848, lag per partition), reset-offsets, delete.
 //! - [`records`]: produce lines from stdin, consume records to stdout.
+//! - [`acls`]: list, create, delete ACL bindings (DescribeAcls, CreateAcls, DeleteAcls).
 //!
 //! Every command returns a value that prints as a table for people or as JSON for scripts
 //! (field names documented in README's "Admin CLI"); every failure is one [`AdminError`].
@@ -14,6 +15,7 @@
 //! Must not touch: server internals; it only speaks the wire protocol. It shares with the
 //! server only the record batch format ([`crate::format::records`]) and Kafka's error names.
 
+pub mod acls;
 pub mod cli;
 pub mod client;
 pub mod groups;

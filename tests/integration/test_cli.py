@@ -15,6 +15,9 @@ confluent-kafka (librdkafka) sees, errors included:
 - group list/describe (classic and KIP-848 groups; lag; a committed offset past the log end is
   negative lag, not 0; a missing group is an error), reset-offsets (dry run, --execute, every
   strategy, refused while members are active), delete.
+- acl list/create/delete with kafka-acls.sh's options, as confluent-kafka's describe_acls sees
+  them (Sidestream with `[acl] enabled`; the reference broker runs without an authorizer, and
+  both answer SECURITY_DISABLED then).
 - An unreachable broker: one line "cannot reach HOST:PORT: Connection refused", exit 1.
 
 The CLI is always this repository's target/release/sidestream (SIDESTREAM_CLI overrides it),
@@ -33,8 +36,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from kafka.partitioner.default import murmur2
 
-from conftest import REPO, free_port, poll_until
+from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
+import test_acls
+from conftest import REPO, binary_path, free_port, poll_until
+
+# A server enforcing ACLs, its PLAINTEXT listener an anonymous super user (test_acls's fixture).
+acl_server = test_acls.acl_server
+# The server is Apache Kafka (scripts/kafka-reference-broker): it runs without an authorizer.
+REFERENCE = "kafka-reference-broker" in str(binary_path())
 CLI = os.environ.get("SIDESTREAM_CLI", str(REPO / "target" / "release" / "sidestream"))
 TIMEOUT = 60
 
@@ -408,3 +418,49 @@ def test_group_reset_offsets_every_strategy_and_delete(server):
         "sidestream group: Consumer group '%s' does not exist." % group
     r = cli(server.bootstrap, "group", "delete", group)
     assert r.returncode == 1 and json.loads(r.stdout) == {"groups": [{"group": group, "error": "GROUP_ID_NOT_FOUND"}]}, r
+
+
+# -------------------------------------------------------------------------------------- acls
+
+
+def test_acl_without_an_authorizer_is_security_disabled(server):
+    for args in (["acl", "list"], ["acl", "create", "--allow-principal", "User:x", "--operation", "Read", "--topic", "t"],
+                 ["acl", "delete", "--topic", "t"]):
+        line = fails(server.bootstrap, *args)
+        assert line.startswith("sidestream acl: SECURITY_DISABLED"), line
+
+
+@pytest.mark.skipif(REFERENCE, reason="the reference broker runs without an authorizer (SECURITY_DISABLED, tested above)")
+def test_acl_create_list_delete(acl_server):
+    topic, group, user = unique("cli-acl"), unique("cli-acl-group"), "User:" + unique("alice")
+    assert ok(acl_server.bootstrap, "acl", "create", "--allow-principal", user, "--operation", "Read",
+              "--operation", "Describe", "--topic", topic, "--group", group) == {"created": 4}
+    assert ok(acl_server.bootstrap, "acl", "create", "--deny-principal", user, "--deny-host", "10.0.0.1",
+              "--operation", "Write", "--topic", topic, "--resource-pattern-type", "prefixed") == {"created": 1}
+
+    def mine(*args):
+        return sorted((a["resource_type"], a["resource_name"], a["pattern_type"], a["operation"], a["permission"], a["host"])
+                      for a in ok(acl_server.bootstrap, "acl", "list", *args)["acls"] if a["principal"] == user)
+
+    assert mine("--topic", topic) == [("TOPIC", topic, "LITERAL", "DESCRIBE", "ALLOW", "*"),
+                                      ("TOPIC", topic, "LITERAL", "READ", "ALLOW", "*"),
+                                      ("TOPIC", topic, "PREFIXED", "WRITE", "DENY", "10.0.0.1")]
+    assert len(mine("--principal", user)) == 5
+    assert mine("--group", group) == [("GROUP", group, "LITERAL", "DESCRIBE", "ALLOW", "*"),
+                                      ("GROUP", group, "LITERAL", "READ", "ALLOW", "*")]
+    a = admin(acl_server.bootstrap)  # kept until the answer
+    seen = a.describe_acls(AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, user, None,
+                                            AclOperation.ANY, AclPermissionType.ANY)).result(30)
+    assert sorted((b.restype.name, b.name, b.resource_pattern_type.name, b.operation.name, b.permission_type.name, b.host)
+                  for b in seen) == sorted(mine("--principal", user))
+    assert "READ" in ok(acl_server.bootstrap, "acl", "list", "--topic", topic, json_out=False)
+
+    deleted = ok(acl_server.bootstrap, "acl", "delete", "--topic", topic, "--operation", "Read")["deleted"]
+    assert [(d["resource_name"], d["operation"], d["principal"]) for d in deleted] == [(topic, "READ", user)]
+    deleted = ok(acl_server.bootstrap, "acl", "delete", "--topic", topic, "--group", group,
+                 "--resource-pattern-type", "any")["deleted"]
+    assert len(deleted) == 4, deleted
+    assert mine("--principal", user) == []
+
+    line = fails(acl_server.bootstrap, "acl", "create", "--allow-principal", user, "--operation", "Fly", "--topic", topic)
+    assert "--operation 'Fly'" in line, line
