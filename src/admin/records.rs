@@ -188,6 +188,9 @@ pub async fn produce(
     mut progress: impl FnMut(&str),
 ) -> Result<ProduceReport, AdminError> {
     let mut partitions = c.partitions(&s.topic).await?;
+    if partitions.is_empty() {
+        return Err(AdminError::Protocol { addr: String::new(), reason: format!("Metadata lists no partitions of topic '{}'", s.topic) });
+    }
     if let Some(p) = s.partition
         && !partitions.iter().any(|m| m.partition == p)
     {
@@ -342,7 +345,9 @@ async fn send_batch(
             return Err(e);
         }
         tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS)).await;
-        if let Ok(fresh) = c.partitions(&s.topic).await {
+        if let Ok(fresh) = c.partitions(&s.topic).await
+            && !fresh.is_empty()
+        {
             *partitions = fresh;
         }
     }

@@ -885,7 +885,7 @@ pub fn decode_records(batch: &[u8], header: &BatchHeader, max: usize) -> Result<
             }
             let timestamp =
                 if header.is_log_append_time() { header.max_timestamp } else { header.base_timestamp.wrapping_add(timestamp_delta) };
-            out.push(DecodedRecord { offset: header.base_offset + i64::from(offset_delta), timestamp, key, value, headers });
+            out.push(DecodedRecord { offset: header.base_offset.wrapping_add(i64::from(offset_delta)), timestamp, key, value, headers });
         }
         Ok(out)
     })
