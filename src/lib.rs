@@ -15,7 +15,7 @@
 //! - [`api`] (both): every controller call defined once, with its arguments, replies and wire.
 //! - [`format`] (both): the record batch and object formats; a leaf.
 //!
-//! [`admin`] is the command line's Kafka client (`sidestream group describe`);
+//! [`admin`] is the command line's Kafka client (`sidestream topic|group|produce|consume`);
 //! [`controller_bench`] drives a controller service as agents do (`controller-bench`).
 //!
 //! [`host`] takes what the agent needs of its machine first (the `data_dir` lock, open files,

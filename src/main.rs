@@ -1,10 +1,12 @@
-//! The `sidestream` command line: `serve` runs an agent with its embedded controller; `group
-//! describe` shows a consumer group's members and lag.
+//! The `sidestream` command line: `serve` runs an agent with its embedded controller;
+//! `topic`, `group`, `produce` and `consume` are the admin client of any Kafka cluster
+//! (`sidestream::admin`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sidestream::admin::cli as admin;
 use sidestream::config::{Config, LogFormat, Role};
 
 #[derive(Parser)]
@@ -42,10 +44,41 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
-    /// Consumer groups, through a running agent.
-    Group {
+    /// Topics of any Kafka cluster (kafka-topics.sh's list, describe, create, delete, alter).
+    Topic {
+        #[command(flatten)]
+        common: admin::Common,
         #[command(subcommand)]
-        command: GroupCommand,
+        command: admin::TopicCommand,
+    },
+    /// Consumer groups of any Kafka cluster (kafka-consumer-groups.sh's list, describe,
+    /// reset-offsets, delete).
+    Group {
+        #[command(flatten)]
+        common: admin::Common,
+        #[command(subcommand)]
+        command: admin::GroupCommand,
+    },
+    /// Lines of stdin as records of a topic (one record per line).
+    Produce {
+        #[command(flatten)]
+        common: admin::Common,
+        #[command(flatten)]
+        args: admin::ProduceArgs,
+    },
+    /// Records of a topic to stdout, one value per line (or one JSON object with --json).
+    Consume {
+        #[command(flatten)]
+        common: admin::Common,
+        #[command(flatten)]
+        args: admin::ConsumeArgs,
+    },
+    /// ACL bindings of any Kafka cluster (kafka-acls.sh's list, add, remove).
+    Acl {
+        #[command(flatten)]
+        common: admin::Common,
+        #[command(subcommand)]
+        command: admin::AclCommand,
     },
     /// SASL users (SCRAM credentials), written straight to the controller's store that
     /// `--config` names: how the first user is made before any client can log in.
@@ -75,26 +108,15 @@ enum UserCommand {
     List,
 }
 
-#[derive(Subcommand)]
-enum GroupCommand {
-    /// State, members, committed offsets and lag per partition.
-    Describe {
-        group: String,
-        /// The agent to ask (host:port).
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        bootstrap_server: String,
-        #[arg(long, default_value_t = 10_000)]
-        timeout_ms: u64,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Group { command: GroupCommand::Describe { group, bootstrap_server, timeout_ms } } => {
-            group_describe(&group, &bootstrap_server, timeout_ms)
-        }
+        Command::Topic { common, command } => admin::run("topic", admin::Admin::Topic(command), &common),
+        Command::Group { common, command } => admin::run("group", admin::Admin::Group(command), &common),
+        Command::Produce { common, args } => admin::run("produce", admin::Admin::Produce(args), &common),
+        Command::Consume { common, args } => admin::run("consume", admin::Admin::Consume(args), &common),
+        Command::Acl { common, command } => admin::run("acl", admin::Admin::Acl(command), &common),
         Command::Controller { config } => controller(config),
         Command::User { command, config } => user(command, config),
         Command::ControllerBench { store, agents, seconds, partitions } => controller_bench(store, agents, seconds, partitions),
@@ -129,27 +151,6 @@ fn user(command: UserCommand, config_path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sidestream user: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn group_describe(group: &str, bootstrap: &str, timeout_ms: u64) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("sidestream: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let timeout = std::time::Duration::from_millis(timeout_ms);
-    match runtime.block_on(sidestream::admin::describe_group(bootstrap, group, timeout)) {
-        Ok(report) => {
-            print!("{}", sidestream::admin::render(&report));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("sidestream group describe {group}: {e}");
             ExitCode::FAILURE
         }
     }
