@@ -40,6 +40,7 @@ pub enum TopicCommand {
         /// Topics to describe (all when none).
         topics: Vec<String>,
     },
+    /// Creates a topic (CreateTopics).
     Create {
         topic: String,
         /// Default: the broker's num.partitions.
@@ -52,6 +53,7 @@ pub enum TopicCommand {
         #[arg(long = "config")]
         configs: Vec<String>,
     },
+    /// Deletes topics and their records (DeleteTopics).
     Delete {
         #[arg(required = true)]
         topics: Vec<String>,
@@ -101,6 +103,7 @@ pub enum GroupCommand {
         #[arg(long)]
         execute: bool,
     },
+    /// Deletes groups with no active members, and their committed offsets (DeleteGroups).
     Delete {
         #[arg(required = true)]
         groups: Vec<String>,
