@@ -207,7 +207,10 @@ def test_starts_on_an_almost_full_disk(tmp_path):
             fill(disk / "ballast3")
             with pytest.raises(AssertionError):
                 srv.start(timeout=20)
-            assert "is full: 0 bytes free" in this_run(srv), this_run(srv)
+            # The figure is read after SQLite's failure, which may have given back its journal's
+            # few pages meanwhile (135168 bytes once): nearly nothing, said as such.
+            free = re.search(r"is full: (\d+) bytes free", this_run(srv))
+            assert free and int(free.group(1)) < 1 << 20, this_run(srv)
             assert "panicked" not in srv.log_text()
         finally:
             srv.close()

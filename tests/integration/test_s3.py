@@ -221,7 +221,8 @@ def test_a_consumer_during_an_s3_outage_sees_the_retriable_error_and_resumes(tmp
         srv.start()
         s3.stop()
         storage_errors = lambda: sum(v for k, v in srv.metrics().items()
-                                     if k.startswith("sidestream_fetch_errors_total") and "KAFKA_STORAGE_ERROR" in k)
+                                     if k.startswith("sidestream_request_errors_total{") and 'api="Fetch"' in k
+                                     and 'error="KAFKA_STORAGE_ERROR"' in k)
 
         class Lines(logging.Handler):
             lines = []
