@@ -12,8 +12,9 @@ use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 /// The installed filter: its text and how to replace it.
 struct Control {
-    /// The filter given at start (`RUST_LOG`, else `[log] level`).
-    initial: String,
+    /// The filter given at start (`RUST_LOG`, else `[log] level`), or by the configuration read
+    /// again on SIGHUP ([`set_initial`]).
+    initial: Mutex<String>,
     current: Mutex<String>,
     handle: reload::Handle<EnvFilter, Registry>,
 }
@@ -38,7 +39,7 @@ pub fn init(level: &str, json: bool) {
         tracing_subscriber::registry().with(filter).with(layer).try_init()
     };
     if installed.is_ok() {
-        let _ = CONTROL.set(Control { initial: text.clone(), current: Mutex::new(text), handle });
+        let _ = CONTROL.set(Control { initial: Mutex::new(text.clone()), current: Mutex::new(text), handle });
     }
 }
 
@@ -47,9 +48,19 @@ pub fn current() -> Option<String> {
     CONTROL.get().map(|c| c.current.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
-/// The filter given at start.
+/// The filter given at start, or by the configuration read again ([`set_initial`]).
 pub fn initial() -> Option<String> {
-    CONTROL.get().map(|c| c.initial.clone())
+    CONTROL.get().map(|c| c.initial.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// SIGHUP: `filter`, the configuration's `[log] level` read again, becomes the filter "given at
+/// start" ([`initial`]). It does not put it in force (a filter set at run time may hold; see
+/// `agent::broker_config`). Fails on a bad filter, or when no reloadable filter is installed.
+pub fn set_initial(filter: &str) -> Result<(), String> {
+    let control = CONTROL.get().ok_or("the log filter of this process cannot change while it runs")?;
+    check(filter)?;
+    *control.initial.lock().unwrap_or_else(|p| p.into_inner()) = filter.to_string();
+    Ok(())
 }
 
 /// Checks a filter's syntax (tracing's `EnvFilter` directives, e.g. `info,sidestream::agent=debug`).

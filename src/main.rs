@@ -190,7 +190,8 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         };
         // The listener is open and the WAL replayed: systemd (Type=notify) may start dependents.
         let ready = format!("READY=1\nSTATUS=serving Kafka on {}", server.local_addr);
-        signals.wait(&ready, || server.reload()).await;
+        let log = LogReload::new(Role::Agent, config_path, &config);
+        signals.wait(&ready, || server.reload(log.changed().as_deref())).await;
         sidestream::sdnotify::notify("STOPPING=1\nSTATUS=committing accepted data, then exiting");
         tracing::info!("shutting down");
         if server.shutdown().await { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -266,14 +267,60 @@ fn controller(config_path: Option<PathBuf>) -> ExitCode {
             }
         };
         let ready = format!("READY=1\nSTATUS=serving controller gRPC on {}", service.local_addr);
+        let log = LogReload::new(Role::Controller, config_path, &config);
         signals
-            .wait(&ready, || tracing::info!("SIGHUP: nothing to reload in the controller (its settings are read at start)"))
+            .wait(&ready, || {
+                if let Some(level) = log.changed() {
+                    match sidestream::log_level::set_initial(&level).and_then(|()| sidestream::log_level::set(&level)) {
+                        Ok(()) => tracing::info!(level, "SIGHUP: [log] level applied; other settings are read at start"),
+                        Err(e) => tracing::warn!(level, error = %e, "SIGHUP: [log] level refused; the log filter is unchanged"),
+                    }
+                }
+            })
             .await;
         sidestream::sdnotify::notify("STOPPING=1");
         tracing::info!("controller shutting down");
         service.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP's part for the log: reads the configuration again (file and `SIDESTREAM_*`
+/// variables) and says whether `[log] level` changed since the last read. `RUST_LOG`
+/// overrides the file, as at start. Every other setting is read at start only.
+struct LogReload {
+    role: Role,
+    path: Option<PathBuf>,
+    /// `[log] level` as last read.
+    level: std::sync::Mutex<String>,
+}
+
+impl LogReload {
+    fn new(role: Role, path: Option<PathBuf>, config: &Config) -> LogReload {
+        LogReload { role, path, level: std::sync::Mutex::new(config.log.level.clone()) }
+    }
+
+    /// The new `[log] level`, if it changed and `RUST_LOG` does not override it.
+    fn changed(&self) -> Option<String> {
+        let config = match Config::load_for(self.role, self.path.as_deref(), std::env::vars()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: the configuration does not load; the log level is unchanged");
+                return None;
+            }
+        };
+        let mut level = self.level.lock().unwrap_or_else(|p| p.into_inner());
+        if config.log.level == *level {
+            tracing::info!(level = %level, "SIGHUP: [log] level unchanged; other settings are read at start");
+            return None;
+        }
+        *level = config.log.level.clone();
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing::warn!(level = %config.log.level, "SIGHUP: RUST_LOG is set and overrides [log] level; the log filter is unchanged");
+            return None;
+        }
+        Some(config.log.level)
+    }
 }
 
 /// SIGTERM, SIGINT and SIGHUP handlers, installed before start-up so that a signal arriving

@@ -558,8 +558,19 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
 }
 
 impl RunningServer {
-    /// SIGHUP: reloads what can be reloaded (the TLS certificates).
-    pub fn reload(&self) {
+    /// SIGHUP: reloads what can be reloaded: the log level (`log_level`: the configuration's
+    /// `[log] level` read again, when it changed) and the TLS certificates.
+    pub fn reload(&self, log_level: Option<&str>) {
+        if let Some(level) = log_level {
+            match self.agent.broker_configs.reload_static_log_level(level) {
+                Ok(true) => tracing::info!(level, "SIGHUP: [log] level applied; other settings are read at start"),
+                Ok(false) => tracing::info!(
+                    level,
+                    "SIGHUP: [log] level read; the sidestream.log.level set through Kafka's config APIs stays in force until deleted"
+                ),
+                Err(e) => tracing::warn!(level, error = %e, "SIGHUP: [log] level refused; the log filter is unchanged"),
+            }
+        }
         match &self.tls {
             Some(tls) => {
                 let _ = tls.reload();

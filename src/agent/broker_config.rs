@@ -301,6 +301,20 @@ impl BrokerConfigs {
         self.apply(filter)
     }
 
+    /// SIGHUP: `filter` is the configuration's `[log] level` read again. It becomes the static
+    /// value (Kafka's `STATIC_BROKER_CONFIG`), put in force unless a filter set at run time
+    /// through Kafka's config APIs (`DYNAMIC_BROKER_CONFIG`) holds, as a dynamic broker config
+    /// overrides the file in Kafka. Returns whether it was put in force.
+    pub fn reload_static_log_level(&self, filter: &str) -> Result<bool, String> {
+        let held = self.log_filter.lock().unwrap_or_else(|p| p.into_inner());
+        crate::log_level::set_initial(filter)?;
+        if held.is_some() {
+            return Ok(false);
+        }
+        crate::log_level::set(filter)?;
+        Ok(true)
+    }
+
     /// Puts `filter` (`None`: the one given at start) in force and remembers it.
     fn apply(&self, filter: Option<String>) -> Result<(), ControllerError> {
         let mut held = self.log_filter.lock().unwrap_or_else(|p| p.into_inner());

@@ -94,3 +94,70 @@ def test_controller_notifies_ready_once_listening(tmp_path):
     finally:
         controller.close()
         sock.close()
+
+
+def broker_log_level(bootstrap):
+    """The agent's `sidestream.log.level` broker config (DescribeConfigs of broker 1)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    res = ConfigResource(ResourceType.BROKER, "1")
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the answer
+    configs = list(admin.describe_configs([res]).values())[0].result(30)
+    return configs["sidestream.log.level"].value
+
+
+def test_sighup_reloads_the_log_level_from_the_file_and_nothing_else(tmp_path, monkeypatch):
+    """systemctl reload (SIGHUP) reads the configuration again: a changed `[log] level` applies
+    at once (RELOADING=1, then READY=1); a filter set at run time through Kafka's config APIs
+    (`sidestream.log.level`, dynamic) overrides the file's until deleted, as in Kafka; a file
+    that no longer loads changes nothing."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+    monkeypatch.delenv("RUST_LOG", raising=False)
+    sock, path = notify_socket(tmp_path)
+    config = tmp_path / "proxy.toml"
+    config.write_text('[log]\nlevel = "info"\n')
+    server = SidestreamServer(tmp_path / "data", tmp_path / "agent.log", {"NOTIFY_SOCKET": path}, config=config)
+    try:
+        server.start()
+        receive(sock, "READY=1")
+        assert broker_log_level(server.bootstrap) == "info"
+
+        config.write_text('[log]\nlevel = "info,sidestream::controller=debug"\n')
+        server.proc.send_signal(signal.SIGHUP)
+        got = receive(sock, "READY=1", timeout=30)
+        assert any("RELOADING=1" in g for g in got), got
+        poll_until(lambda: broker_log_level(server.bootstrap) == "info,sidestream::controller=debug", 30,
+                   what="the file's new level in force")
+        assert "SIGHUP: [log] level applied" in server.log_text()
+
+        # Set at run time (kafka-configs --alter): a SIGHUP with the file unchanged keeps it.
+        res = ConfigResource(ResourceType.BROKER, "1", incremental_configs=[
+            ConfigEntry("sidestream.log.level", "debug", incremental_operation=AlterConfigOpType.SET)])
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        list(admin.incremental_alter_configs([res]).values())[0].result(30)
+        assert broker_log_level(server.bootstrap) == "debug"
+        server.proc.send_signal(signal.SIGHUP)
+        receive(sock, "READY=1", timeout=30)
+        poll_until(lambda: "SIGHUP: [log] level unchanged" in server.log_text(), 30, what="the second reload")
+        assert broker_log_level(server.bootstrap) == "debug"
+
+        # A changed file while the run-time filter holds: read, not in force (a dynamic broker
+        # config overrides the file, as in Kafka); deleting the dynamic one brings the file's back.
+        config.write_text('[log]\nlevel = "warn"\n')
+        server.proc.send_signal(signal.SIGHUP)
+        receive(sock, "READY=1", timeout=30)
+        poll_until(lambda: "stays in force until deleted" in server.log_text(), 30, what="the third reload")
+        assert broker_log_level(server.bootstrap) == "debug"
+        res = ConfigResource(ResourceType.BROKER, "1", incremental_configs=[
+            ConfigEntry("sidestream.log.level", None, incremental_operation=AlterConfigOpType.DELETE)])
+        list(admin.incremental_alter_configs([res]).values())[0].result(30)
+        assert broker_log_level(server.bootstrap) == "warn"
+
+        # A file that does not load: said in the log, nothing changes, the agent keeps serving.
+        config.write_text('[log]\nlevel = "info"\nno_such_key = 1\n')
+        server.proc.send_signal(signal.SIGHUP)
+        receive(sock, "READY=1", timeout=30)
+        poll_until(lambda: "SIGHUP: the configuration does not load" in server.log_text(), 30, what="the refusal")
+        assert broker_log_level(server.bootstrap) == "warn"
+    finally:
+        server.close()
+        sock.close()
