@@ -105,13 +105,7 @@ def test_a_consumer_past_the_log_end_resets_to_earliest(server):
                          "auto.offset.reset": "earliest"})
     try:
         consumer.assign([TopicPartition(topic, 0, 1000)])
-        got = []
-        for m in iter(lambda: consumer.poll(30), None):
-            assert m.error() is None, m.error()
-            got.append((m.offset(), m.value()))
-            if len(got) == 3:
-                break
-        assert got == [(0, b"a"), (1, b"b"), (2, b"c")], got
+        assert first_records(consumer, 3) == [(0, b"a"), (1, b"b"), (2, b"c")]
     finally:
         consumer.close()
 
@@ -148,15 +142,20 @@ def test_a_group_resumes_from_the_start_of_a_re_created_topic(server):
     consumer = Consumer(conf)
     try:
         consumer.subscribe([topic])
-        got = []
-        for m in iter(lambda: consumer.poll(30), None):
-            assert m.error() is None, m.error()
-            got.append((m.offset(), m.value()))
-            if len(got) == 3:
-                break
-        assert got == [(0, b"a"), (1, b"b"), (2, b"c")], got
+        assert first_records(consumer, 3) == [(0, b"a"), (1, b"b"), (2, b"c")]
     finally:
         consumer.close()
+
+
+def first_records(consumer, n):
+    """The first n (offset, value) pairs the consumer polls (each poll waits up to 30 s)."""
+    got = []
+    for m in iter(lambda: consumer.poll(30), None):
+        assert m.error() is None, m.error()
+        got.append((m.offset(), m.value()))
+        if len(got) == n:
+            break
+    return got
 
 
 def recreated(server, topic):
