@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::client::{Client, ClientSettings};
+use super::security::Security;
 use super::{AdminError, acls, groups, parse_config, records, topics};
 
 /// Options every admin command takes.
@@ -25,6 +26,12 @@ pub struct Common {
     /// Bound on connecting and on each request (and on retrying a retriable error).
     #[arg(long, global = true, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    /// Client properties for a secured listener, the file Kafka's tools take with the same
+    /// option: security.protocol, ssl.ca.location (or a PEM ssl.truststore.location),
+    /// ssl.certificate.location/ssl.key.location, sasl.mechanism, sasl.username/sasl.password
+    /// (or sasl.jaas.config).
+    #[arg(long, global = true)]
+    pub command_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,8 +273,15 @@ fn configs(args: &[String]) -> Result<Vec<(String, String)>, AdminError> {
 
 /// Ok(false): the command ran but something in it failed (printed already).
 async fn execute(command: Admin, common: &Common) -> Result<bool, AdminError> {
-    let settings =
-        ClientSettings { bootstrap: common.bootstrap_server.clone(), request_timeout: Duration::from_millis(common.timeout_ms.max(1)) };
+    let security = match &common.command_config {
+        Some(path) => Security::from_file(path)?,
+        None => Security::default(),
+    };
+    let settings = ClientSettings {
+        bootstrap: common.bootstrap_server.clone(),
+        request_timeout: Duration::from_millis(common.timeout_ms.max(1)),
+        security,
+    };
     // Arguments are checked before the cluster is reached.
     let reset_spec = match &command {
         Admin::Group(GroupCommand::ResetOffsets { to_earliest, to_latest, to_offset, to_datetime, shift_by, .. }) => {

@@ -13,13 +13,15 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiVersionsRequest, FindCoordinatorRequest, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiVersionsRequest, FindCoordinatorRequest, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::AdminError;
+use super::security::{Exchange, Login, Security, Stream, Token};
 
 /// Largest response accepted (Kafka's `fetch.max.bytes` default is 50 MiB).
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -46,27 +48,74 @@ pub enum Node {
 pub struct ClientSettings {
     /// `host:port[,host:port...]`, tried in order.
     pub bootstrap: String,
-    /// Bound on connecting and on each request's round trip.
+    /// Bound on connecting (with TLS and SASL) and on each request's round trip.
     pub request_timeout: Duration,
+    /// TLS and SASL, from `--command-config` (plaintext without it).
+    pub security: Security,
 }
 
-/// One TCP connection and its correlation ids.
+/// One connection (TCP, or TLS over it) and its correlation ids.
 struct Conn {
     addr: String,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     correlation_id: i32,
 }
 
+/// SaslHandshake and SaslAuthenticate versions sent (Kafka 1.0+ and 2.0+ brokers).
+const SASL_HANDSHAKE_VERSION: i16 = 1;
+const SASL_AUTHENTICATE_VERSION: i16 = 1;
+/// SCRAM takes two round trips; a server asking for more is refused.
+const SASL_ROUND_TRIPS_MAX: usize = 4;
+
 impl Conn {
-    async fn open(addr: &str, timeout: Duration) -> Result<Conn, AdminError> {
-        let connect = TcpStream::connect(addr);
-        let stream = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(AdminError::Connect { addr: addr.to_string(), reason: io_reason(&e) }),
-            Err(_) => return Err(AdminError::Connect { addr: addr.to_string(), reason: format!("no answer within {timeout:?}") }),
+    /// Connects, opens TLS and authenticates as `security` says, all within `timeout`.
+    async fn open(addr: &str, timeout: Duration, security: &Security) -> Result<Conn, AdminError> {
+        let open = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| AdminError::Connect { addr: addr.to_string(), reason: io_reason(&e) })?;
+            let _ = tcp.set_nodelay(true);
+            let stream = security.wrap(addr, tcp).await?;
+            let mut conn = Conn { addr: addr.to_string(), stream, correlation_id: 0 };
+            if let Some(login) = &security.login {
+                conn.authenticate(login).await?;
+            }
+            Ok(conn)
         };
-        let _ = stream.set_nodelay(true);
-        Ok(Conn { addr: addr.to_string(), stream, correlation_id: 0 })
+        match tokio::time::timeout(timeout, open).await {
+            Ok(result) => result,
+            Err(_) => Err(AdminError::Connect { addr: addr.to_string(), reason: format!("no answer within {timeout:?}") }),
+        }
+    }
+
+    /// SaslHandshake, then SaslAuthenticate until the mechanism's exchange is done.
+    async fn authenticate(&mut self, login: &Login) -> Result<(), AdminError> {
+        let addr = self.addr.clone();
+        let failed = |reason: String| AdminError::Auth { addr: addr.clone(), user: login.user.clone(), reason };
+        let mechanism = login.mechanism.name();
+        let handshake = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        let r = self.call(SASL_HANDSHAKE_VERSION, &handshake).await?;
+        if r.error_code != 0 {
+            let offered: Vec<&str> = r.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(failed(format!("the listener does not offer {mechanism} (it offers: {})", offered.join(", "))));
+        }
+        let mut exchange = Exchange::new(login.clone());
+        let mut server: Vec<u8> = Vec::new();
+        for _ in 0..SASL_ROUND_TRIPS_MAX {
+            let token = match exchange.step(&server).map_err(failed)? {
+                Token::Send(t) => t,
+                Token::Done => return Ok(()),
+            };
+            let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
+            let r = self.call(SASL_AUTHENTICATE_VERSION, &req).await?;
+            if r.error_code != 0 {
+                let message = r.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                return Err(failed(format!("{message} ({})", crate::failures::error_name(r.error_code))));
+            }
+            if exchange.finished_after_send() {
+                return Ok(());
+            }
+            server = r.auth_bytes.to_vec();
+        }
+        Err(failed(format!("the server asked for more than {SASL_ROUND_TRIPS_MAX} SASL round trips")))
     }
 
     fn frame<R: Request>(&mut self, version: i16, req: &R) -> Result<BytesMut, AdminError> {
@@ -173,7 +222,7 @@ impl Client {
     pub async fn connect(settings: ClientSettings) -> Result<Client, AdminError> {
         let mut last = None;
         for addr in settings.bootstrap.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            match Conn::open(addr, settings.request_timeout).await {
+            match Conn::open(addr, settings.request_timeout, &settings.security).await {
                 Ok(conn) => {
                     let mut c = Client {
                         settings: settings.clone(),
@@ -240,7 +289,7 @@ impl Client {
                 addr: self.bootstrap.addr.clone(),
                 reason: format!("broker {id} is not in the cluster's metadata"),
             })?;
-            let conn = Conn::open(&addr, self.settings.request_timeout).await?;
+            let conn = Conn::open(&addr, self.settings.request_timeout, &self.settings.security).await?;
             self.conns.insert(id, conn);
         }
         Ok(self.conns.get_mut(&id).expect("inserted above"))
@@ -278,7 +327,7 @@ impl Client {
             }
             Node::Bootstrap => {
                 let addr = self.bootstrap.addr.clone();
-                if let Ok(c) = Conn::open(&addr, self.settings.request_timeout).await {
+                if let Ok(c) = Conn::open(&addr, self.settings.request_timeout, &self.settings.security).await {
                     self.bootstrap = c;
                 }
             }

@@ -8,6 +8,7 @@
 //! - [`groups`]: list, describe (classic and KIP-848, lag per partition), reset-offsets, delete.
 //! - [`records`]: produce lines from stdin, consume records to stdout.
 //! - [`acls`]: list, create, delete ACL bindings (DescribeAcls, CreateAcls, DeleteAcls).
+//! - [`security`]: `--command-config` (Kafka's client properties), TLS and SASL PLAIN/SCRAM.
 //!
 //! Every command returns a value that prints as a table for people or as JSON for scripts
 //! (field names documented in README's "Admin CLI"); every failure is one [`AdminError`].
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod groups;
 pub mod records;
+pub mod security;
 pub mod topics;
 
 use std::time::Duration;
@@ -30,9 +32,12 @@ pub use groups::{GroupReport, LagRow, describe_group, render};
 /// request, or read the cluster's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// Nothing answers at the address.
+    /// Nothing answers at the address (or the TLS handshake fails).
     #[error("cannot reach {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The broker did not accept the SASL login.
+    #[error("authentication of {user} with {addr} failed: {reason}")]
+    Auth { addr: String, user: String, reason: String },
     /// The connection broke during a request.
     #[error("connection to {addr} failed: {reason}")]
     Io { addr: String, reason: String },

@@ -13,8 +13,7 @@
 //! Credentials come from the controller (`scram_credential`); PLAIN checks the password against
 //! the user's SCRAM credential, so there is one user database.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -26,6 +25,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::agent::client::ControllerClient;
 use crate::api::scram::{ScramCredential, ScramMechanism};
+use crate::failures::{LOG_INTERVAL, RateLimitedLog};
 use crate::metrics::{self, Counter};
 
 const ILLEGAL_SASL_STATE: i16 = 34;
@@ -95,11 +95,13 @@ pub struct Sasl {
     principal: Option<String>,
     /// When the session ends (re-authentication due), if sessions expire.
     expires: Option<Instant>,
+    /// The user name the client gave in its last attempt, for the failure log.
+    attempted_user: Option<String>,
 }
 
 impl Sasl {
     pub fn new(settings: Arc<SaslSettings>) -> Self {
-        Self { settings, state: State::Handshake, principal: None, expires: None }
+        Self { settings, state: State::Handshake, principal: None, expires: None, attempted_user: None }
     }
 
     pub fn principal(&self) -> Option<&str> {
@@ -137,6 +139,7 @@ impl Sasl {
         let step = match state {
             State::Start(Mechanism::Plain) => {
                 let (user, password) = parse_plain(token)?;
+                self.attempted_user = Some(user.clone());
                 let credentials = lookup_any(controller, &user).await?;
                 if !credentials.iter().any(|c| c.matches_password(&password)) {
                     return Err(Failed(INVALID_CREDENTIALS.into()));
@@ -145,6 +148,7 @@ impl Sasl {
             }
             State::Start(Mechanism::Scram(mechanism)) => {
                 let first = ClientFirst::parse(token)?;
+                self.attempted_user = Some(first.user.clone());
                 let credential = controller
                     .scram_credential(first.user.clone(), mechanism)
                     .await
@@ -372,7 +376,7 @@ pub async fn answer(sasl: &mut Sasl, controller: &dyn ControllerClient, request:
                 }
                 Err(Failed(why)) => {
                     authentications(mechanism, "failed").inc();
-                    log_failure(mechanism, &why);
+                    log_failure(mechanism, sasl.attempted_user.as_deref(), &why);
                     let resp = SaslAuthenticateResponse::default()
                         .with_error_code(SASL_AUTHENTICATION_FAILED)
                         .with_error_message(Some(StrBytes::from_string(why.clone())));
@@ -394,7 +398,7 @@ pub async fn answer_raw(sasl: &mut Sasl, controller: &dyn ControllerClient, toke
         }
         Err(Failed(why)) => {
             authentications(mechanism, "failed").inc();
-            log_failure(mechanism, &why);
+            log_failure(mechanism, sasl.attempted_user.as_deref(), &why);
             Err(why)
         }
     }
@@ -435,21 +439,19 @@ fn authentications(mechanism: &str, outcome: &'static str) -> Arc<Counter> {
     )
 }
 
-/// Logs a failed authentication once per mechanism and reason per minute (never a password:
-/// the reasons are this module's own sentences).
-fn log_failure(mechanism: &str, why: &str) {
-    static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    let mut last = LAST.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    let key = format!("{mechanism}/{why}");
-    let now = Instant::now();
-    if last.get(&key).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60)) {
-        return;
+/// The longest user name written to the log, in characters (the name is the client's).
+const FAILURE_LOG_USER_CHARS_MAX: usize = 64;
+
+/// Logs a failed authentication at most once a minute per user, mechanism and reason (never a
+/// password: the reasons are this module's own sentences; the user name is cut and escaped).
+fn log_failure(mechanism: &str, user: Option<&str>, why: &str) {
+    static LOG: OnceLock<RateLimitedLog> = OnceLock::new();
+    let user: String = user.unwrap_or("").chars().take(FAILURE_LOG_USER_CHARS_MAX).collect();
+    let log = LOG.get_or_init(|| RateLimitedLog::new(LOG_INTERVAL));
+    if let Some(suppressed) = log.allow(&format!("{user}\0{mechanism}\0{why}"), Instant::now()) {
+        tracing::warn!(mechanism, user = ?user, reason = why, suppressed_since_last_line = suppressed,
+            "SASL authentication failed (logged once a minute per user and reason)");
     }
-    if last.len() >= 1024 {
-        last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
-    }
-    last.insert(key, now);
-    tracing::warn!(mechanism, reason = why, "SASL authentication failed (logged once a minute per reason)");
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ where users log in with SCRAM-SHA-512 (credentials created with AlterUserScramCr
 administrator). A user allowed only READ on topic A and its group consumes A, and is refused,
 with Kafka's error codes, producing to A, reading B, seeing B in Metadata, deleting B, and using
 another group. The ACLs are made with confluent-kafka's AdminClient and, in a second scenario,
-with Kafka 4.4's own `kafka-acls.sh` (org.apache.kafka.tools.AclCommand). A server without the
-authorizer answers the ACL APIs SECURITY_DISABLED, as Kafka without `authorizer.class.name`.
+with Kafka 4.4's own `kafka-acls.sh` (org.apache.kafka.tools.AclCommand), the user made with
+`kafka-configs.sh` (ConfigCommand). A server without the authorizer answers the ACL APIs
+SECURITY_DISABLED, as Kafka without `authorizer.class.name`.
 """
 
 import uuid
@@ -229,11 +230,13 @@ def test_a_user_allowed_to_read_one_topic_gets_kafkas_errors_for_the_rest(acl_se
 
 
 def test_kafka_acls_tool_grants_read(acl_server):
-    """The same, with the ACLs made by Kafka 4.4's kafka-acls.sh."""
+    """The same, with Kafka 4.4's own tools: the user made with kafka-configs.sh, the ACLs with
+    kafka-acls.sh."""
     srv = acl_server
     a, b, c, group = unique("A"), unique("B"), unique("C"), unique("g-bob")
     create_topics(srv, a, b, c)
-    create_user(srv, "bob", "bob-secret")
+    run(java_cmd("org.apache.kafka.tools.ConfigCommand", "--bootstrap-server", srv.bootstrap, "--alter", "--entity-type",
+                 "users", "--entity-name", "bob", "--add-config", "SCRAM-SHA-512=[iterations=8192,password=bob-secret]"))
     tool = lambda *args: run(java_cmd("org.apache.kafka.tools.AclCommand", "--bootstrap-server", srv.bootstrap, *args))
     tool("--add", "--allow-principal", "User:bob", "--operation", "Read", "--topic", a, "--group", group)
     tool("--add", "--allow-principal", "User:bob", "--operation", "Describe", "--topic", c)

@@ -1,9 +1,12 @@
 """TLS listeners and SASL, with real clients: kcat and confluent-kafka (librdkafka) over SSL,
 SASL_SSL (SCRAM-SHA-512, SCRAM-SHA-256) and SASL_PLAINTEXT (PLAIN), the Java client with a JAAS
 config, users managed with AlterUserScramCredentials, wrong passwords, plaintext bytes on a TLS
-port, client certificates (mTLS), certificate rotation on SIGHUP, and re-authentication
-(KIP-368). Certificates are made in the test with openssl.
+port, client certificates (mTLS), certificate rotation on SIGHUP, re-authentication (KIP-368),
+TLS 1.2 and 1.3, and the admin CLI's `--command-config` (one client properties file for it and
+kafka-topics.sh). Certificates are made in the test with openssl.
 """
+import json
+import os
 import signal
 import socket
 import ssl
@@ -16,7 +19,7 @@ import pytest
 
 import kafka_wire
 from compat import java_cmd, run
-from conftest import SidestreamServer, free_port, poll_until
+from conftest import REPO, SidestreamServer, free_port, poll_until
 
 PASSWORD = "alice-secret"
 SASL_AUTHENTICATION_FAILED = 58
@@ -51,8 +54,9 @@ def certs(tmp_path_factory):
     server = make_cert(d, "ca", "server", "/CN=localhost", "IP:127.0.0.1,DNS:localhost")
     client = make_cert(d, "ca", "client", "/C=US/O=Example/CN=app")
     stranger = make_cert(d, "otherca", "stranger", "/CN=stranger")
+    colleague = make_cert(d, "ca", "colleague", "/C=US/O=Example/CN=colleague")
     return {"dir": d, "ca": d / "ca.pem", "otherca": d / "otherca.pem", "server": server, "client": client,
-            "stranger": stranger}
+            "stranger": stranger, "colleague": colleague}
 
 
 def secure_config(certs, client_auth="requested", reauth_ms=0):
@@ -241,6 +245,14 @@ def test_a_wrong_password_gets_sasl_authentication_failed_and_no_data(secure, ce
         assert code == SASL_AUTHENTICATION_FAILED and "guess" not in message, message
         with pytest.raises((kafka_wire.ConnectionClosed, OSError)):
             kafka_wire.api_versions(c, 0)
+    # The failure is logged with the user's name and the reason, never the password; a second
+    # failure of the same user and reason within the minute adds no line.
+    with kafka_wire.Conn("127.0.0.1", ports["SASL_PLAINTEXT"], timeout=10) as c:
+        assert kafka_wire.sasl_handshake(c, "PLAIN") == 0
+        assert kafka_wire.sasl_authenticate(c, b"\0alice\0guess")[0] == SASL_AUTHENTICATION_FAILED
+    lines = [l for l in srv.log_text().splitlines() if "SASL authentication failed" in l and "PLAIN" in l]
+    assert len(lines) == 1 and "alice" in lines[0] and "Invalid username or password" in lines[0], lines
+    assert "guess" not in srv.log_text()
     # Nothing was written: the topic was never created.
     from confluent_kafka.admin import AdminClient
     assert topic not in AdminClient({"bootstrap.servers": srv.bootstrap}).list_topics(timeout=30).topics
@@ -265,6 +277,27 @@ def test_plaintext_bytes_on_the_tls_port_close_only_that_connection(secure, cert
     assert srv.metrics().get('sidestream_connections_closed_total{reason="tls_handshake"}', 0) >= 1
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_tls_1_2_and_1_3_are_served_and_older_versions_refused(secure, certs, version):
+    """A client pinned to TLS 1.2 or to TLS 1.3 completes the handshake and is answered
+    ApiVersions over it; one that offers only TLS 1.1 is refused (rustls has no older ones)."""
+    srv, ports = secure
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(certs["ca"]))
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    with kafka_wire.Conn("127.0.0.1", ports["SSL"], timeout=10) as c:
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="localhost")
+        assert c.sock.version() == version.replace("_", "."), c.sock.version()
+        assert kafka_wire.api_versions(c, 0)[0] == 0
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(str(certs["ca"]))
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", ports["SSL"]), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError):
+            old.wrap_socket(raw, server_hostname="localhost")
+
+
 def test_client_certificates_are_verified_when_required(tmp_path, certs):
     srv, ports = start_agent(tmp_path, certs, client_auth="required")
     try:
@@ -281,6 +314,45 @@ def test_client_certificates_are_verified_when_required(tmp_path, certs):
                                   if "ssl.certificate.location" in conf else [])
                                + ["-L", "-m", "5"], capture_output=True, text=True, timeout=60)
             assert p.returncode != 0, p.stdout
+    finally:
+        srv.close()
+
+
+def test_a_client_certificate_s_subject_is_its_principal(tmp_path, certs):
+    """With client_auth = "required" and the authorizer on, an ACL for
+    `User:CN=app,O=Example,C=US` (Kafka's default mapping of the subject /C=US/O=Example/CN=app)
+    lets that certificate's client produce and consume; a certificate of the same CA with another
+    subject gets TOPIC_AUTHORIZATION_FAILED."""
+    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, NewTopic,
+                                       ResourcePatternType, ResourceType)
+    text, ports = secure_config(certs, client_auth="required")
+    text += '\n[acl]\nenabled = true\nsuper_users = ["User:ANONYMOUS"]\n'
+    srv = SidestreamServer(tmp_path / "data", tmp_path / "server.log", config=text)
+    srv.start()
+    try:
+        topic = topic_name("mtls-acl")
+        admin = AdminClient({"bootstrap.servers": srv.bootstrap})
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+        principal = "User:CN=app,O=Example,C=US"
+        acls = [AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, principal, "*", AclOperation.ALL,
+                           AclPermissionType.ALLOW),
+                AclBinding(ResourceType.GROUP, "*", ResourcePatternType.LITERAL, principal, "*", AclOperation.READ,
+                           AclPermissionType.ALLOW)]
+        for f in admin.create_acls(acls).values():
+            f.result(30)
+
+        def with_cert(name):
+            cert, key = certs[name]
+            return dict(client_conf(ports, certs, "SSL"), **{"ssl.certificate.location": str(cert),
+                                                              "ssl.key.location": str(key)})
+
+        assert produce_consume(with_cert("client"), topic, n=5) == [b"v%d" % i for i in range(5)]
+        errors = []
+        p = Producer(dict(with_cert("colleague"), **{"message.timeout.ms": 10000}))
+        p.produce(topic, value=b"x", on_delivery=lambda err, msg: errors.append(err))
+        p.flush(30)
+        assert len(errors) == 1 and errors[0] is not None and errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, errors
     finally:
         srv.close()
 
@@ -390,3 +462,61 @@ def test_kafka_configs_sh_manages_scram_users(secure, certs):
     with kafka_wire.Conn("127.0.0.1", ports["SASL_PLAINTEXT"], timeout=10) as c:
         assert kafka_wire.sasl_handshake(c, "PLAIN") == 0
         assert kafka_wire.sasl_authenticate(c, b"\0dave\0dave-secret")[0] == SASL_AUTHENTICATION_FAILED
+
+
+def sidestream_cli(bootstrap, properties, *args, stdin=None):
+    """The admin CLI with `--command-config properties`; returns the CompletedProcess."""
+    cli = os.environ.get("SIDESTREAM_CLI", str(REPO / "target" / "release" / "sidestream"))
+    return subprocess.run([cli, *map(str, args), "--bootstrap-server", bootstrap, "--command-config", str(properties)],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_the_admin_cli_and_kafka_tools_share_one_client_properties_file(secure, certs, tmp_path):
+    """`sidestream topic|produce|consume --command-config` over SASL_SSL (SCRAM-SHA-512, a Java
+    style file that kafka-topics.sh reads too), SASL_PLAINTEXT (PLAIN, librdkafka's key names)
+    and SSL with a client certificate; a wrong password and a wrong CA are one clear line and
+    exit 1."""
+    srv, ports = secure
+    java_style = tmp_path / "java.properties"
+    java_style.write_text(textwrap.dedent("""\
+        # the client.properties of an operator, as Kafka's tools read it
+        security.protocol=SASL_SSL
+        ssl.truststore.type=PEM
+        ssl.truststore.location={ca}
+        sasl.mechanism=SCRAM-SHA-512
+        sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \\
+            username="alice" password="{pw}";
+        """).format(ca=certs["ca"], pw=PASSWORD))
+    bs_ssl = "localhost:%d" % ports["SASL_SSL"]
+    topic = topic_name("cli-sasl")
+    r = sidestream_cli(bs_ssl, java_style, "topic", "create", topic, "--partitions", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out, _ = run(java_cmd("org.apache.kafka.tools.TopicCommand", "--bootstrap-server", bs_ssl, "--command-config",
+                          java_style, "--describe", "--topic", topic))
+    assert "PartitionCount: 2" in out, out
+
+    rdkafka_style = tmp_path / "rdkafka.properties"
+    rdkafka_style.write_text("security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=alice\n"
+                             "sasl.password=%s\n" % PASSWORD)
+    bs_plain = "127.0.0.1:%d" % ports["SASL_PLAINTEXT"]
+    r = sidestream_cli(bs_plain, rdkafka_style, "produce", topic, "--json", stdin="one\ntwo\nthree\n")
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["records"] == 3, (r.stdout, r.stderr)
+
+    mtls = tmp_path / "mtls.properties"
+    mtls.write_text("security.protocol=SSL\nssl.ca.location=%s\nssl.certificate.location=%s\nssl.key.location=%s\n"
+                    % (certs["ca"], certs["client"][0], certs["client"][1]))
+    r = sidestream_cli("localhost:%d" % ports["SSL"], mtls, "consume", topic, "--exit-at-end")
+    assert r.returncode == 0 and sorted(r.stdout.split()) == ["one", "three", "two"], (r.stdout, r.stderr)
+    r = sidestream_cli("localhost:%d" % ports["SSL"], mtls, "topic", "list", "--json")
+    assert r.returncode == 0 and topic in [t["name"] for t in json.loads(r.stdout)["topics"]], (r.stdout, r.stderr)
+
+    wrong = tmp_path / "wrong.properties"
+    wrong.write_text(rdkafka_style.read_text().replace(PASSWORD, "guess"))
+    r = sidestream_cli(bs_plain, wrong, "topic", "list")
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+    assert "authentication of alice with %s failed: Authentication failed: Invalid username or password " \
+           "(SASL_AUTHENTICATION_FAILED)" % bs_plain in r.stderr, r.stderr
+    stranger_ca = tmp_path / "stranger-ca.properties"
+    stranger_ca.write_text("security.protocol=SSL\nssl.ca.location=%s\n" % certs["otherca"])
+    r = sidestream_cli("localhost:%d" % ports["SSL"], stranger_ca, "topic", "list")
+    assert r.returncode == 1 and "TLS handshake failed" in r.stderr, r.stderr
