@@ -15,6 +15,8 @@ container.
   once; Prometheus (when its binary is here) scrapes all five targets of prometheus.yml; SIGKILL
   of the active controller: the other replica takes over (failover_ms from the compose file) and
   producers at all three agents keep being acknowledged, nothing lost or duplicated.
+- `scripts/compose-local up` as a program: it prints the bootstrap servers, the agents answer
+  there, and Ctrl-C stops every process it started and drops its database.
 """
 
 import importlib.machinery
@@ -23,6 +25,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +38,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from conftest import PG_URL, REPO, poll_until
+from conftest import PG_URL, REPO, binary_path, poll_until
 from readback import create_topic, read_all
 
 SCRIPT = REPO / "scripts" / "compose-local"
@@ -344,3 +348,44 @@ def test_sigkill_of_the_active_controller_the_other_takes_over_and_producing_goe
     assert status == 200
     for a in plan.agents:
         assert a.proc.poll() is None, "%s exited" % a.name
+
+
+def test_up_prints_the_bootstrap_servers_and_ctrl_c_stops_everything(tmp_path):
+    if not PG_URL:
+        pytest.skip("needs SIDESTREAM_TEST_POSTGRES_URL (scripts/test starts PostgreSQL)")
+    database = "sidestream_compose_%s" % uuid.uuid4().hex[:12]
+    env = dict(os.environ, SIDESTREAM_BIN=str(binary_path()))
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "up", "--dir", str(tmp_path / "d"), "--postgres-url", PG_URL,
+                             "--database", database, "--no-prometheus"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out = []
+    try:
+        for line in proc.stdout:  # ends at EOF if it exits; each service has a start deadline
+            out.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        text = "".join(out)
+        m = re.search(r"^bootstrap servers: (\S+)$", text, re.M)
+        assert m, text
+        bootstraps = m.group(1).split(",")
+        targets = re.findall(r"http://(127\.0\.0\.1:\d+)/metrics", text)
+        assert len(bootstraps) == 3 and len(targets) == 5, text
+        poll_until(lambda: sorted(brokers(bootstraps[1]).values()) == sorted(bootstraps), 30,
+                   what="the three agents listed")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+        rest = proc.stdout.read()
+        assert rc == 0, text + rest
+        assert "compose-local: stopping" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    for addr in bootstraps + targets:
+        host, port = addr.split(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=2).close()
+    left = subprocess.run(["psql", PG_URL, "-XAtc", "SELECT count(*) FROM pg_database WHERE datname = '%s'" % database],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert left == "0", "the database %s was not dropped" % database
