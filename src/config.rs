@@ -28,6 +28,7 @@ pub struct Config {
     pub compaction: CompactionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     /// Kafka listeners besides `[agent] listen` (the PLAINTEXT one), each with its protocol.
     pub listeners: Vec<ListenerConfig>,
     pub tls: TlsConfig,
@@ -646,6 +647,48 @@ impl Default for LogConfig {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry export (OTLP/HTTP with JSON bodies) of the metrics and of
+/// sampled traces of Produce and Fetch requests. Off while `otlp_endpoint` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base address, e.g. `http://127.0.0.1:4318`: metrics are POSTed
+    /// to `<it>/v1/metrics`, traces to `<it>/v1/traces`. Empty: nothing is exported.
+    pub otlp_endpoint: String,
+    /// `service.name` of every exported resource.
+    pub service_name: String,
+    /// How often the whole metrics registry is exported (cumulative values).
+    pub metrics_interval_ms: u64,
+    /// The share of Produce and Fetch requests traced, 0.0 to 1.0 (decided once per request).
+    pub trace_sample_ratio: f64,
+    /// The longest one export (connect, send, answer) may take before it is given up.
+    pub timeout_ms: u64,
+    /// Ended spans waiting for export; more are dropped (and counted).
+    pub max_queued_spans: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "sidestream".into(),
+            metrics_interval_ms: 10_000,
+            trace_sample_ratio: 0.01,
+            timeout_ms: 5_000,
+            max_queued_spans: 4_096,
+        }
+    }
+}
+
+/// Where OTLP/HTTP goes, parsed from `[telemetry] otlp_endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// The base path (without a trailing `/`): signals go to `<path>/v1/traces` and `/v1/metrics`.
+    pub path: String,
+}
+
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: key `{key}`: {reason}")]
@@ -695,6 +738,7 @@ const SECTIONS: &[&str] = &[
     "compaction",
     "metrics",
     "log",
+    "telemetry",
     "tls",
     "sasl",
     "acl",
@@ -905,6 +949,17 @@ impl Config {
             return Err(err("object_store.fault_error_rate", "must be between 0.0 and 1.0".into()));
         }
         let store = self.store_url().map_err(|r| err("controller.store", r))?;
+        let t = &self.telemetry;
+        self.otlp_endpoint().map_err(|r| err("telemetry.otlp_endpoint", r))?;
+        if t.service_name.is_empty() || t.service_name.len() > 256 {
+            return Err(err("telemetry.service_name", "must be 1 to 256 bytes".into()));
+        }
+        range("telemetry.metrics_interval_ms", t.metrics_interval_ms, 100, 3_600_000)?;
+        range("telemetry.timeout_ms", t.timeout_ms, 10, 600_000)?;
+        range("telemetry.max_queued_spans", t.max_queued_spans, 1, 1_000_000)?;
+        if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
+            return Err(err("telemetry.trace_sample_ratio", format!("{} must be between 0.0 and 1.0", t.trace_sample_ratio)));
+        }
         let dir = &self.agent.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
         let probe = dir.join(".write-probe");
@@ -1099,6 +1154,35 @@ impl Config {
         }
     }
 
+    /// `[telemetry] otlp_endpoint` parsed: None when empty (export off). Only `http://` is
+    /// spoken (run a collector next to the agent for TLS to a remote one).
+    pub fn otlp_endpoint(&self) -> Result<Option<OtlpEndpoint>, String> {
+        let url = self.telemetry.otlp_endpoint.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        if url.starts_with("https://") {
+            return Err(format!(
+                "{url:?}: https is not supported; export to a collector on http:// (e.g. an OpenTelemetry Collector on the same host, which forwards over TLS)"
+            ));
+        }
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(format!("{url:?} must start with http:// (OTLP/HTTP, e.g. http://127.0.0.1:4318)"));
+        };
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        // host, host:port, [v6] or [v6]:port; OTLP/HTTP's port (4318) when none is given.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !authority.ends_with(']') => (h, p.parse::<u16>().map_err(|_| format!("{url:?} has no valid port"))?),
+            _ => (authority, 4318),
+        };
+        let host = host.trim_matches(|c| c == '[' || c == ']');
+        if host.is_empty() || authority.contains('@') {
+            return Err(format!("{url:?} has no host (http://host:port)"));
+        }
+        let path = path.trim_end_matches('/');
+        Ok(Some(OtlpEndpoint { host: host.to_string(), port, path: if path.is_empty() { String::new() } else { format!("/{path}") } }))
+    }
+
     pub fn store_url(&self) -> Result<StoreUrl, String> {
         match &self.controller.store {
             None => Ok(StoreUrl::Sqlite(self.agent.data_dir.join("controller.db"))),
@@ -1241,6 +1325,44 @@ mod tests {
         let e = load("SIDESTREAM_CONTROLLER_STORE_READ_CONNECTIONS", "0").unwrap_err().to_string();
         assert!(e.contains("controller.store_read_connections"), "{e}");
         assert!(load("SIDESTREAM_CONTROLLER_STORE_CONNECT_TIMEOUT_MS", "1").is_err());
+    }
+
+    #[test]
+    fn telemetry_endpoint_is_http_only_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let load = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("SIDESTREAM_AGENT_DATA_DIR", d)];
+            all.extend_from_slice(pairs);
+            Config::load(None, env(&all))
+        };
+        assert_eq!(load(&[]).unwrap().otlp_endpoint().unwrap(), None, "off by default");
+        let cfg =
+            load(&[("SIDESTREAM_TELEMETRY_OTLP_ENDPOINT", "http://127.0.0.1:4318"), ("SIDESTREAM_TELEMETRY_TRACE_SAMPLE_RATIO", "1")])
+                .unwrap();
+        assert_eq!(cfg.telemetry.trace_sample_ratio, 1.0);
+        let ep = |url: &str| {
+            let mut c = Config::default();
+            c.telemetry.otlp_endpoint = url.into();
+            c.otlp_endpoint()
+        };
+        let at = |host: &str, port, path: &str| Ok(Some(OtlpEndpoint { host: host.into(), port, path: path.into() }));
+        assert_eq!(ep("http://127.0.0.1:4318"), at("127.0.0.1", 4318, ""));
+        assert_eq!(ep("http://collector/otlp/"), at("collector", 4318, "/otlp"));
+        assert_eq!(ep("http://[::1]:9000"), at("::1", 9000, ""));
+        assert_eq!(ep("http://[::1]"), at("::1", 4318, ""));
+        assert!(ep("https://collector:4318").unwrap_err().contains("https is not supported"));
+        assert!(ep("grpc://collector:4317").is_err());
+        assert!(ep("http://:4318").is_err());
+        assert!(ep("http://host:port").is_err());
+        let e = load(&[("SIDESTREAM_TELEMETRY_OTLP_ENDPOINT", "https://otel.example.com")]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.source_name.as_str()),
+            ("telemetry.otlp_endpoint", "environment variable SIDESTREAM_TELEMETRY_OTLP_ENDPOINT")
+        );
+        assert!(load(&[("SIDESTREAM_TELEMETRY_TRACE_SAMPLE_RATIO", "1.5")]).is_err());
+        assert!(load(&[("SIDESTREAM_TELEMETRY_MAX_QUEUED_SPANS", "0")]).is_err());
+        assert!(load(&[("SIDESTREAM_TELEMETRY_OTLP_ENDPONT", "http://x")]).is_err(), "unknown key");
     }
 
     #[test]

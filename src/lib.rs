@@ -24,7 +24,8 @@
 //! randomness that the core paths use instead of the system's; [`metrics`] the counters and
 //! histograms; [`health`] the readiness checks behind `/readyz` and the HTTP listener,
 //! [`log_level`] the log filter that can change while the agent runs, [`probe`] the periodic checks that keep them true on an idle agent; [`sdnotify`] tells
-//! systemd when the agent is ready and when it stops.
+//! systemd when the agent is ready and when it stops; [`telemetry`] exports the metrics and
+//! sampled request traces over OpenTelemetry's OTLP.
 
 pub mod admin;
 pub mod agent;
@@ -44,4 +45,5 @@ pub mod probe;
 pub mod protocol;
 pub mod sdnotify;
 pub mod server;
+pub mod telemetry;
 pub mod users_cli;

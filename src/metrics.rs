@@ -301,6 +301,55 @@ pub fn render() -> String {
     out
 }
 
+/// One series' value in a [`snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A counter of events (monotonic).
+    Counter(u64),
+    /// A counter of time, in seconds (monotonic).
+    Seconds(f64),
+    /// A gauge's sample, computed now.
+    Gauge(i64),
+    /// A latency histogram over [`BUCKETS_SECONDS`].
+    Histogram(HistogramSnapshot),
+}
+
+/// One series of the registry as data: the same names, help texts and labels as [`render`]
+/// writes (`sidestream_produce_records_total{...}`), for exporters that want values, not text
+/// (OTLP, `crate::telemetry`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: Value,
+}
+
+/// Every series of the registry now, sorted by name then labels (gauge families after the
+/// rest, as [`render`] orders them).
+pub fn snapshot() -> Vec<Series> {
+    let r = registry();
+    let help = r.help.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let metrics = r.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::with_capacity(metrics.len());
+    for ((name, labels), m) in metrics.iter() {
+        let value = match m {
+            Metric::Counter(c) => Value::Counter(c.get()),
+            Metric::Seconds(c) => Value::Seconds(c.get() as f64 / 1e6),
+            Metric::Histogram(h) => Value::Histogram(h.snapshot()),
+        };
+        out.push(Series { name, help: help.get(name).copied().unwrap_or(""), labels: labels.clone(), value });
+    }
+    drop(metrics);
+    let gauges = r.gauges.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, (help, samples)) in gauges.iter() {
+        for (labels, v) in samples() {
+            out.push(Series { name, help, labels, value: Value::Gauge(v) });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +440,23 @@ mod tests {
         assert!(text.contains("test_topic_bytes_total{topic=\"__other\"} 44\n"), "{text}");
         assert!(!text.contains("topic=\"c\""), "{text}");
         assert_eq!(FAMILY.known.read().unwrap().len(), 3, "a, b and __other");
+    }
+
+    #[test]
+    fn snapshot_holds_what_render_shows() {
+        counter("test_snap_total", "Snapped.", &[("kind", "x")]).add(5);
+        histogram("test_snap_seconds", "Snap latency.", &[]).record(Duration::from_millis(3));
+        seconds_counter("test_snap_waited_seconds_total", "Waits.", &[]).add(250_000);
+        gauges("test_snap_gauge", "A gauge.", || vec![(vec![("g", "1".to_string())], -2)]);
+        let all = snapshot();
+        let find = |n: &str| all.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("{n} missing"));
+        let c = find("test_snap_total");
+        assert_eq!((c.help, &c.labels[..], &c.value), ("Snapped.", &[("kind", "x".to_string())][..], &Value::Counter(5)));
+        assert_eq!(find("test_snap_waited_seconds_total").value, Value::Seconds(0.25));
+        assert_eq!(find("test_snap_gauge").value, Value::Gauge(-2));
+        match &find("test_snap_seconds").value {
+            Value::Histogram(h) => assert_eq!((h.count(), h.cumulative[5]), (1, 1)),
+            v => panic!("{v:?}"),
+        }
     }
 }

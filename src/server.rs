@@ -125,6 +125,16 @@ pub async fn start_controller(config: &Config) -> Result<crate::controller::serv
         tokio::spawn(crate::health::serve(listener, service.stopped()));
         tracing::info!(%metrics_addr, "controller metrics listening");
     }
+    // The controller's metrics over OTLP too (it handles no Produce or Fetch: no traces).
+    let advertised = c.advertised.clone().unwrap_or_else(|| c.listen.to_string());
+    if let Some(t) = telemetry_settings(config, &format!("controller@{advertised}"))? {
+        let telemetry = crate::telemetry::Telemetry::start(t);
+        let stopped = service.stopped();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            telemetry.shutdown().await;
+        });
+    }
     Ok(service)
 }
 
@@ -145,6 +155,8 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     shutdown_timeout: Duration,
+    /// The OpenTelemetry exporter, when `[telemetry] otlp_endpoint` is set.
+    telemetry: Option<crate::telemetry::Telemetry>,
     /// Held until the server is dropped (after shutdown), released by the kernel if it dies.
     _dir_lock: DataDirLock,
 }
@@ -405,6 +417,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         .map(|l| format!("{}={}", l.endpoint.address.name, l.socket.local_addr().map(|a| a.to_string()).unwrap_or_default()))
         .collect();
     tracing::info!(%local_addr, %metrics_addr, listeners = %named.join(","), "sidestream agent listening");
+    let telemetry =
+        telemetry_settings(config, &format!("agent-{}@{local_addr}", config.agent.node_id))?.map(crate::telemetry::Telemetry::start);
     let tls = security.tls.clone();
     let accept = tokio::spawn(connection::serve(listeners, agent.clone(), limits, security, shutdown.clone()));
     Ok(RunningServer {
@@ -417,6 +431,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         shutdown,
         accept,
         shutdown_timeout: Duration::from_millis(config.agent.shutdown_timeout_ms),
+        telemetry,
         _dir_lock: dir_lock,
     })
 }
@@ -537,7 +552,7 @@ async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Resu
             let items = wal::entry_items(entry);
             let bytes = items.iter().map(|i| i.batch.len() as u64).sum();
             let permit = uploader.reserve(bytes, far).await.map_err(|e| ServerError::Config(e.to_string()))?;
-            pending.extend(uploader.submit(items, Some(id), permit).map_err(|e| ServerError::Config(e.to_string()))?);
+            pending.extend(uploader.submit(items, Some(id), permit, None).map_err(|e| ServerError::Config(e.to_string()))?);
             entries += 1;
         }
     }
@@ -613,8 +628,29 @@ impl RunningServer {
         } else {
             tracing::info!("shutdown complete: every accepted batch is committed");
         }
+        if let Some(telemetry) = self.telemetry {
+            // The last spans and the final counts, bounded by [telemetry] timeout_ms per export.
+            telemetry.shutdown().await;
+        }
         clean && lost == 0
     }
+}
+
+/// `[telemetry]` as the exporter's settings; None when export is off.
+pub fn telemetry_settings(config: &Config, instance_id: &str) -> Result<Option<crate::telemetry::TelemetrySettings>, ServerError> {
+    let Some(endpoint) = config.otlp_endpoint().map_err(ServerError::Config)? else { return Ok(None) };
+    let t = &config.telemetry;
+    Ok(Some(crate::telemetry::TelemetrySettings {
+        host: endpoint.host,
+        port: endpoint.port,
+        path: endpoint.path,
+        service_name: t.service_name.clone(),
+        instance_id: instance_id.to_string(),
+        metrics_interval: Duration::from_millis(t.metrics_interval_ms),
+        trace_sample_ratio: t.trace_sample_ratio,
+        timeout: Duration::from_millis(t.timeout_ms),
+        max_queued_spans: usize::try_from(t.max_queued_spans).unwrap_or(usize::MAX),
+    }))
 }
 
 /// The backend `[object_store] url` names, without the retry and metrics wrappers (wrapped in

@@ -37,6 +37,7 @@ use crate::format::object::is_partition_object;
 use crate::host;
 use crate::metrics::{self, Counter};
 use crate::object::{ObjectError, ObjectStore};
+use crate::telemetry::trace::{self, SpanKind};
 
 /// The disk tier is split into at most this many files (foyer "blocks", one descriptor each).
 pub const DISK_TIER_FILES_MAX: u64 = 64;
@@ -282,17 +283,29 @@ impl ReadCache {
         let cost = cost.clone();
         let block_bytes = self.block_bytes;
         let object = key.to_string();
+        // A sampled fetch's span is current here; the fetch below may run in another task.
+        let parent = trace::current();
         let entry = self
             .cache
             .get_or_fetch(&BlockKey { object: key.to_string(), block }, move || async move {
                 let _permit = cold.acquire_owned().await.map_err(|e| ObjectError::Transient(e.to_string()))?;
                 gets.inc();
+                let mut traced = trace::child_of(parent, "object_store.get", SpanKind::Client);
+                if let Some(t) = traced.as_mut() {
+                    t.set("sidestream.object.key", object.as_str());
+                    t.set("sidestream.range_bytes", range.end - range.start);
+                }
                 // A per-partition object's long span in one request: GETs are what it costs.
-                let span = if partition {
-                    store.get_range_once(&object, range.clone()).await?
+                let got = if partition {
+                    store.get_range_once(&object, range.clone()).await
                 } else {
-                    store.get_range(&object, range.clone()).await?
+                    store.get_range(&object, range.clone()).await
                 };
+                if let (Some(t), Err(e)) = (traced.as_mut(), &got) {
+                    t.fail(e);
+                }
+                drop(traced);
+                let span = got?;
                 cost.get(span.len() as u64);
                 // Blocks read cold (catch-up consumers) stay in memory only: spilling them to
                 // the disk tier would compete with the WAL's fsyncs for the disk and evict the

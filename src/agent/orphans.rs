@@ -348,7 +348,7 @@ mod tests {
                     let pending = {
                         let mut id = wal_ids.lock().unwrap();
                         *id += 1;
-                        uploader.submit(vec![item], Some(*id), permit).unwrap().pop().unwrap()
+                        uploader.submit(vec![item], Some(*id), permit, None).unwrap().pop().unwrap()
                     };
                     results.push(pending.wait(deadline).await);
                 }

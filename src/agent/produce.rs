@@ -15,6 +15,7 @@ use super::wal::Logged;
 use super::{Agent, AgentError, HandOffGuard, Turn};
 use crate::api::{ControllerError, TopicMeta};
 use crate::format::records;
+use crate::telemetry::trace::{self, Span, SpanKind};
 
 /// Kafka 4's default `message.timestamp.after.max.ms` (one hour); `before` is unbounded.
 const TIMESTAMP_AFTER_MAX_MS: i64 = 3_600_000;
@@ -93,7 +94,14 @@ impl Agent {
         if let Some(turn) = turn.as_mut() {
             turn.wait().await;
         }
-        let appended = self.append(items, acks, deadline).await;
+        // Sampled requests: the WAL append (acks=0/1: buffer space, the queue, the group commit's
+        // write and fsync) or the wait for the upload and commit (acks=all).
+        let mut span = trace::child(if acks == -1 { "upload.wait" } else { "wal.append" }, SpanKind::Internal);
+        if let Some(span) = span.as_mut() {
+            span.set("sidestream.batches", items.len());
+            span.set("sidestream.bytes", items.iter().map(|i| i.batch.len()).sum::<usize>());
+        }
+        let appended = trace::scope(span.as_ref().map(Span::context), self.append(items, acks, deadline)).await;
         drop(turn);
         let appended = match appended {
             Ok(Appended::Logged(logged)) => logged.wait().await.map(|()| Appended::Nothing),
@@ -108,6 +116,14 @@ impl Agent {
                 }
             }
             Err(e) => accepted.iter().for_each(|&i| results[i] = Err(ProduceRefusal::Failed(e.clone()))),
+        }
+        if let Some(span) = span.as_mut()
+            && let Some(Err(e)) = results.iter().find(|r| r.is_err())
+        {
+            span.fail(match e {
+                ProduceRefusal::NotInTransaction(e) => e.to_string(),
+                ProduceRefusal::Failed(e) => e.to_string(),
+            });
         }
         results
     }
@@ -181,7 +197,7 @@ impl Agent {
         let records: u64 = items.iter().map(|i| i.header.record_count.max(0) as u64).sum();
         let permit = self.uploader.reserve(bytes, deadline).await?;
         let appended = if acks == -1 {
-            Appended::Committed(self.uploader.submit(items, None, permit)?)
+            Appended::Committed(self.uploader.submit(items, None, permit, trace::current())?)
         } else {
             Appended::Logged(self.wal.enqueue(items, permit, deadline).await?)
         };

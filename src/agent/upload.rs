@@ -34,6 +34,12 @@
 //! publishes it (WAL segments at or below it are deleted) and replay starts above it: no entry
 //! is released before it and every entry before it are committed.
 //!
+//! **Traced objects.** A group submitted by a sampled request carries that request's span
+//! context; the object it lands in gets a trace of its own, `object.upload` (seal to commit),
+//! linked to each sampled request it carries (at most `LINKS_MAX`), with `object_store.put`
+//! (every attempt) and `controller.commit` children. Objects carrying no sampled request are
+//! sampled at the configured ratio on their own.
+//!
 //! **What cannot be kept is said loudly.** A commit the controller refuses for good (not an
 //! outage, not a collected key) loses acknowledged acks=1 data: each such batch is counted
 //! (`sidestream_acknowledged_batches_lost_total`), logged as an error, turns `/readyz` false,
@@ -61,6 +67,7 @@ use crate::format::object::{ExtentInfo, ObjectBuilder};
 use crate::format::records::{self, BatchHeader};
 use crate::metrics;
 use crate::object::{ObjectError, ObjectStore, keys};
+use crate::telemetry::trace::{self, Span, SpanContext, SpanKind};
 
 /// Upload settings, from `[upload]`.
 #[derive(Debug, Clone)]
@@ -97,6 +104,8 @@ struct Group {
     items: Vec<(GroupItem, Reply)>,
     wal_entry: Option<u64>,
     permit: Arc<OwnedSemaphorePermit>,
+    /// The sampled request's span the group came from.
+    trace: Option<SpanContext>,
 }
 
 /// Acknowledged data given up (commits refused for good), shared by the pipeline's handles.
@@ -218,12 +227,14 @@ impl Uploader {
 
     /// Hands a group of batches (one produce request, or one WAL entry) to the flusher. Never
     /// blocks. Each returned [`PendingAppend`] resolves to its batch's base offset once the
-    /// object holding the group is committed.
+    /// object holding the group is committed. `trace`: the sampled request's span, which the
+    /// object's trace links to.
     pub fn submit(
         &self,
         items: Vec<GroupItem>,
         wal_entry: Option<u64>,
         permit: OwnedSemaphorePermit,
+        trace: Option<SpanContext>,
     ) -> Result<Vec<PendingAppend>, AgentError> {
         let mut pending = Vec::with_capacity(items.len());
         let items = items
@@ -234,7 +245,7 @@ impl Uploader {
                 (item, reply)
             })
             .collect();
-        let group = Group { items, wal_entry, permit: Arc::new(permit) };
+        let group = Group { items, wal_entry, permit: Arc::new(permit), trace };
         self.tx.send(Msg::Group(group)).map_err(|_| AgentError::ShuttingDown)?;
         Ok(pending)
     }
@@ -315,6 +326,8 @@ struct Sealed {
     put: Option<JoinHandle<()>>,
     /// A marker object: the transaction it completes, and who waits for that.
     markers: Option<(TxnEnd, oneshot::Sender<Result<(), AgentError>>)>,
+    /// `object.upload`, when traced: ends (is exported) once the commit is answered.
+    span: Option<Span>,
 }
 
 type Pending = (GroupItem, Reply, Arc<OwnedSemaphorePermit>, bool);
@@ -328,6 +341,10 @@ struct OpenObject {
     deadline: Option<Instant>,
     /// The first and last WAL entries added (in id order: checked by the committer).
     wal_entries: Option<(u64, u64)>,
+    /// The sampled requests whose groups were added (at most `trace::LINKS_MAX`).
+    links: Vec<SpanContext>,
+    /// Groups added.
+    requests: usize,
 }
 
 impl OpenObject {
@@ -340,6 +357,12 @@ impl OpenObject {
             });
         }
         let acknowledged = g.wal_entry.is_some();
+        self.requests += 1;
+        if let Some(link) = g.trace
+            && self.links.len() < trace::LINKS_MAX
+        {
+            self.links.push(link);
+        }
         for (item, reply) in g.items {
             self.bytes += item.batch.len() as u64;
             let key = (item.topic_id, item.partition);
@@ -417,6 +440,20 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Queued>, settings: &Upl
     // Copying megabytes is CPU work: keep it off the async workers, where it would delay the
     // connections' tasks queued behind it.
     let (bytes, batches) = (open.bytes as usize, open.groups.iter().map(|(_, a)| a.len()).sum());
+    // Traced when it carries a sampled request's data, else at the sampling ratio.
+    let mut span = if open.links.is_empty() {
+        trace::root("object.upload", SpanKind::Internal)
+    } else {
+        trace::root_unsampled("object.upload", SpanKind::Internal)
+    };
+    if let Some(span) = span.as_mut() {
+        open.links.iter().for_each(|l| span.link(*l));
+        span.set("sidestream.object.bytes", bytes);
+        span.set("sidestream.object.batches", batches);
+        span.set("sidestream.object.partitions", open.groups.len());
+        span.set("sidestream.object.requests", open.requests);
+        span.set("sidestream.object.sampled_requests", open.links.len());
+    }
     let groups = open.groups;
     let built = tokio::task::spawn_blocking(move || {
         let mut builder = ObjectBuilder::with_capacity(bytes, batches);
@@ -445,8 +482,12 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Queued>, settings: &Upl
         tracing::error!("building an object failed");
         return;
     };
-    let (key, put) = start_upload(deps, settings, &body, &extents);
-    let sealed = Sealed { key, body, extents, waiters, wal_entries: open.wal_entries, put: Some(put), markers: None };
+    let trace = span.as_ref().map(Span::context);
+    let (key, put) = start_upload(deps, settings, &body, &extents, trace);
+    if let Some(span) = span.as_mut() {
+        span.set("sidestream.object.key", key.key());
+    }
+    let sealed = Sealed { key, body, extents, waiters, wal_entries: open.wal_entries, put: Some(put), markers: None, span };
     queue_sealed(sealed, sealed_tx).await;
 }
 
@@ -468,8 +509,17 @@ async fn seal_markers(
         }
     }
     let (body, extents) = builder.finish();
-    let (key, put) = start_upload(deps, settings, &body, &extents);
-    let sealed = Sealed { key, body, extents, waiters: Vec::new(), wal_entries: None, put: Some(put), markers: Some((end, reply)) };
+    let (key, put) = start_upload(deps, settings, &body, &extents, None);
+    let sealed = Sealed {
+        key,
+        body,
+        extents,
+        waiters: Vec::new(),
+        wal_entries: None,
+        put: Some(put),
+        markers: Some((end, reply)),
+        span: None,
+    };
     queue_sealed(sealed, sealed_tx).await;
 }
 
@@ -486,12 +536,19 @@ async fn queue_sealed(sealed: Sealed, sealed_tx: &mpsc::Sender<Queued>) {
     }
 }
 
-/// Picks a fresh key for `body` (holding `extents`), holds it, and starts its PUT.
-fn start_upload(deps: &Arc<UploadDeps>, settings: &UploadSettings, body: &Bytes, extents: &[ExtentInfo]) -> (KeyHold, JoinHandle<()>) {
+/// Picks a fresh key for `body` (holding `extents`), holds it, and starts its PUT (traced as
+/// a child of `parent`, the object's span, when there is one).
+fn start_upload(
+    deps: &Arc<UploadDeps>,
+    settings: &UploadSettings,
+    body: &Bytes,
+    extents: &[ExtentInfo],
+    parent: Option<SpanContext>,
+) -> (KeyHold, JoinHandle<()>) {
     let key = keys::new_object_key(&settings.key_prefix, &settings.agent, &*deps.clock, &*deps.entropy);
     let hold = deps.in_flight.hold(&key);
     let bytes_by_topic = cost::bytes_by_topic(extents.iter().map(|e| (e.topic_id, e.length)));
-    let put = tokio::spawn(put_with_retry(deps.clone(), key, body.clone(), bytes_by_topic));
+    let put = tokio::spawn(put_with_retry(deps.clone(), key, body.clone(), bytes_by_topic, parent));
     (hold, put)
 }
 
@@ -500,7 +557,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// `bytes_by_topic`: each topic's bytes in `body` (every attempt is counted for each).
-async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes, bytes_by_topic: HashMap<Uuid, u64>) {
+async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes, bytes_by_topic: HashMap<Uuid, u64>, parent: Option<SpanContext>) {
     let store = &deps.store;
     let uploads = metrics::counter("sidestream_objects_uploaded_total", "Objects uploaded by this agent.", &[]);
     let bytes = metrics::counter("sidestream_object_upload_bytes_total", "Bytes of objects uploaded.", &[]);
@@ -510,7 +567,18 @@ async fn put_with_retry(deps: Arc<UploadDeps>, key: String, body: Bytes, bytes_b
     loop {
         let started = std::time::Instant::now();
         cost::count_put(&*deps.controller, &bytes_by_topic);
-        match store.put(&key, body.clone()).await {
+        let mut span = trace::child_of(parent, "object_store.put", SpanKind::Client);
+        if let Some(span) = span.as_mut() {
+            span.set("sidestream.object.key", key.as_str());
+            span.set("sidestream.object.bytes", body.len());
+            span.set("sidestream.attempt", attempt);
+        }
+        let put = store.put(&key, body.clone()).await;
+        if let (Some(span), Err(e)) = (span.as_mut(), &put) {
+            span.fail(e);
+        }
+        drop(span);
+        match put {
             Ok(()) => {
                 crate::health::set("object_store", true, "uploads succeed");
                 latency.record(started.elapsed());
@@ -577,6 +645,7 @@ async fn run_committer(
         };
         let mut attempt = 0;
         let started = std::time::Instant::now();
+        let object_span = s.span.as_ref().map(Span::context);
         let results = loop {
             if let Some(put) = s.put.take()
                 && put.await.is_err()
@@ -592,7 +661,18 @@ async fn run_committer(
                 wal: wal.clone(),
                 txn_end: s.markers.as_ref().map(|(end, _)| end.clone()),
             };
-            match deps.controller.commit_object(req).await {
+            let mut span = trace::child_of(object_span, "controller.commit", SpanKind::Client);
+            if let Some(span) = span.as_mut() {
+                span.set("sidestream.object.key", s.key.key());
+                span.set("sidestream.extents", s.extents.len());
+                span.set("sidestream.attempt", attempt);
+            }
+            let committed = deps.controller.commit_object(req).await;
+            if let (Some(span), Err(e)) = (span.as_mut(), &committed) {
+                span.fail(e);
+            }
+            drop(span);
+            match committed {
                 Ok(r) => {
                     crate::health::set("controller", true, "commits succeed");
                     break Ok(r);
@@ -608,7 +688,7 @@ async fn run_committer(
                     // sealed later (this loop holds the order).
                     tracing::warn!(key = s.key.key(), error = %e, "object collected before its commit; uploading it again");
                     reuploads.inc();
-                    let (key, put) = start_upload(&deps, &settings, &s.body, &s.extents);
+                    let (key, put) = start_upload(&deps, &settings, &s.body, &s.extents, object_span);
                     (s.key, s.put) = (key, Some(put));
                 }
                 Err(e) => break Err(e),

@@ -44,6 +44,7 @@ use crate::clock::Entropy;
 use crate::config::WalSync;
 use crate::format::records;
 use crate::metrics::{self, Counter, Histogram};
+use crate::telemetry::trace::{self, Span, SpanContext, SpanKind};
 
 const ENTRY_HEADER_BYTES: usize = 16;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -306,6 +307,9 @@ struct WriteReq {
     /// deleted), returned if the write fails.
     space: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<(), AgentError>>,
+    /// The produce request's span when it is sampled: the parent of this entry's `wal.write`,
+    /// linked from the object that carries the entry.
+    trace: Option<SpanContext>,
 }
 
 /// Whether the log takes appends: set by the writer, read by [`Wal::enqueue`].
@@ -396,7 +400,8 @@ impl Wal {
             Ok(Ok(p)) => p,
         };
         let (reply, rx) = oneshot::channel();
-        self.tx.send(WriteReq { payload, items, permit, space, reply }).map_err(|_| AgentError::ShuttingDown)?;
+        let trace = trace::current();
+        self.tx.send(WriteReq { payload, items, permit, space, reply, trace }).map_err(|_| AgentError::ShuttingDown)?;
         Ok(Logged(rx))
     }
 }
@@ -547,9 +552,19 @@ impl Writer {
                 slices.extend(r.payload.pieces(&r.items).map(IoSlice::new));
             }
             let written = bytes + reqs.len() * ENTRY_HEADER_BYTES;
+            // The group commit as each sampled request's child: its write and fsync, shared.
+            let mut spans: Vec<Span> = reqs.iter().filter_map(|r| trace::child_of(r.trace, "wal.write", SpanKind::Internal)).collect();
             let started = std::time::Instant::now();
             let result = self.write(first_id, written, &mut slices);
             drop(slices);
+            for span in &mut spans {
+                span.set("sidestream.wal.group_entries", reqs.len());
+                span.set("sidestream.wal.group_bytes", written);
+                if let Err(e) = &result {
+                    span.fail(e);
+                }
+            }
+            drop(spans);
             match result {
                 Ok(()) => {
                     if !self.health.online.load(Ordering::SeqCst) {
@@ -572,7 +587,7 @@ impl Writer {
                     for (i, r) in reqs.into_iter().enumerate() {
                         let id = first_id + i as u64;
                         r.space.forget(); // given back when the segment holding the entry is deleted
-                        let result = self.uploader.submit(r.items, Some(id), r.permit).map(|_| ());
+                        let result = self.uploader.submit(r.items, Some(id), r.permit, r.trace).map(|_| ());
                         let _ = r.reply.send(result);
                     }
                 }

@@ -30,7 +30,7 @@ def tools():
     """{'java_lib', 'java_classes', 'connect_lib', 'mirror_lib', 'go_bin'} (or '*_missing': why), from tests/compat/fetch."""
     global _TOOLS
     if _TOOLS is None:
-        out = subprocess.run([str(FETCH)], check=True, capture_output=True, text=True, timeout=900)
+        out = subprocess.run([str(FETCH)], check=True, capture_output=True, text=True, timeout=3600)
         _TOOLS = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     return _TOOLS
 

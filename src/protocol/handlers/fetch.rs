@@ -25,6 +25,7 @@ use crate::failures::{self, Op};
 use crate::format::records::BatchChain;
 use crate::metrics::{self, Bounded, Counter, TOPIC_LABELS_MAX};
 use crate::protocol::error::agent_code;
+use crate::telemetry::trace;
 
 /// Fetch requests by session mode: `none`, `full` (opened a session), `incremental`, `error`.
 fn requests(begun: &Begun) -> &'static Counter {
@@ -61,7 +62,24 @@ pub struct FetchAnswer {
 
 /// Answers a Fetch from the connection `peer` (which then owns the session it opens or uses).
 /// The long poll lasts at most `[agent] fetch_max_wait_ms_max`, whatever the client asks.
-pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: FetchRequest, peer: SocketAddr) -> FetchAnswer {
+/// A sampled request is traced: its `Fetch` span is the parent of the object store GETs of its
+/// cache misses.
+pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: FetchRequest, peer: SocketAddr, client_id: &str) -> FetchAnswer {
+    let Some(mut span) = super::request_span("Fetch", "receive", client_id, version) else {
+        return handle_inner(agent, access, version, req, peer).await;
+    };
+    span.set("kafka.max_wait_ms", req.max_wait_ms);
+    span.set("kafka.topics", req.topics.len());
+    span.set("kafka.partitions", req.topics.iter().map(|t| t.partitions.len()).sum::<usize>());
+    let answer = trace::scope(Some(span.context()), handle_inner(agent, access, version, req, peer)).await;
+    span.set("messaging.batch.message_bytes", answer.records.iter().flatten().map(|c| c.len() as u64).sum::<u64>());
+    if answer.response.error_code != 0 {
+        span.fail(format!("error code {}", answer.response.error_code));
+    }
+    answer
+}
+
+async fn handle_inner(agent: &Agent, access: &Access<'_>, version: i16, req: FetchRequest, peer: SocketAddr) -> FetchAnswer {
     let begun = agent.fetch_sessions.begin(version, &req, peer);
     requests(&begun).inc();
     let (mode, wanted) = match begun {

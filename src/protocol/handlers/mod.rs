@@ -46,6 +46,7 @@ use crate::agent::Turn;
 use crate::api::groups::ClientInfo;
 use crate::failures;
 use crate::protocol::listener::Peer;
+use crate::telemetry::trace::{self, Span, SpanKind};
 use error_codes::ErrorCodes;
 use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
 use kafka_protocol::messages::{
@@ -324,12 +325,12 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::DeleteTopics(r) => ctx.counted(&admin::delete_topics(&agent, &access, version, r).await),
         Request::CreatePartitions(r) => ctx.counted(&admin::create_partitions(&agent, &access, r, &client, listener).await),
         Request::DeleteRecords(r) => ctx.counted(&delete_records::handle(&agent, &access, r).await),
-        Request::Produce(r) => match produce::handle(&agent, &access, version, r, turn).await {
+        Request::Produce(r) => match produce::handle(&agent, &access, version, r, turn, &client.client_id).await {
             Some(resp) => ctx.respond(&resp),
             None => Outcome::NoResponse,
         },
         Request::Fetch(r) => {
-            let answer = fetch::handle(&agent, &access, version, r, peer.addr).await;
+            let answer = fetch::handle(&agent, &access, version, r, peer.addr, &client.client_id).await;
             ctx.outcome(fetch::encode(ctx.key.response_header_version(version), ctx.correlation_id, version, answer))
         }
         Request::ListOffsets(r) => ctx.counted(&list_offsets::handle(&agent, &access, version, r).await),
@@ -447,6 +448,18 @@ fn encode_frame<R: Encodable>(header_version: i16, correlation_id: i32, version:
 }
 
 /// Converts a String into the crate's string type.
+/// A sampled request's root span (`name`: the API, as Kafka names it), with the attributes
+/// every traced request has: OpenTelemetry's messaging conventions (`operation`: `send`,
+/// `receive`), the client id and the API version. None when the request is not sampled.
+fn request_span(name: &'static str, operation: &'static str, client_id: &str, version: i16) -> Option<Span> {
+    let mut span = trace::root(name, SpanKind::Server)?;
+    span.set("messaging.system", "kafka");
+    span.set("messaging.operation.type", operation);
+    span.set("messaging.client.id", client_id);
+    span.set("kafka.api_version", version);
+    Some(span)
+}
+
 fn str_bytes(s: impl Into<String>) -> kafka_protocol::protocol::StrBytes {
     kafka_protocol::protocol::StrBytes::from_string(s.into())
 }

@@ -29,6 +29,7 @@ use crate::failures::{self, Op};
 use crate::format::records::{self, RecordsError};
 use crate::metrics::{self, Bounded, Counter, Histogram, TOPIC_LABELS_MAX};
 use crate::protocol::error::{agent_code, controller_code};
+use crate::telemetry::trace;
 
 /// How long an acks=0 request may wait for buffer space (its client is not waiting at all).
 const ACKS_0_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,9 +86,37 @@ static BYTES_IN: Bounded<Counter> = Bounded::new(TOPIC_LABELS_MAX, |topic| {
     )
 });
 
-pub async fn handle(agent: &Agent, access: &Access<'_>, version: i16, req: ProduceRequest, turn: Option<Turn>) -> Option<ProduceResponse> {
+/// Answers a Produce (None for acks=0). A sampled request is traced: its `Produce` span is the
+/// parent of the WAL append (acks=0/1) or of the wait for the commit (acks=all), and the
+/// uploaded objects that carry its batches link to it.
+pub async fn handle(
+    agent: &Agent,
+    access: &Access<'_>,
+    version: i16,
+    req: ProduceRequest,
+    turn: Option<Turn>,
+    client_id: &str,
+) -> Option<ProduceResponse> {
     let started = std::time::Instant::now();
-    let response = handle_inner(agent, access, version, req, turn).await;
+    let mut span = super::request_span("Produce", "send", client_id, version);
+    if let Some(span) = span.as_mut() {
+        span.set("kafka.acks", req.acks);
+        span.set("kafka.topics", req.topic_data.len());
+        span.set("kafka.partitions", req.topic_data.iter().map(|t| t.partition_data.len()).sum::<usize>());
+        let bytes: usize = req.topic_data.iter().flat_map(|t| &t.partition_data).filter_map(|p| p.records.as_ref()).map(|r| r.len()).sum();
+        span.set("messaging.batch.message_bytes", bytes);
+        if let Some(id) = &req.transactional_id {
+            span.set("kafka.transactional_id", id.0.as_str());
+        }
+    }
+    let response = trace::scope(span.as_ref().map(|s| s.context()), handle_inner(agent, access, version, req, turn)).await;
+    if let (Some(span), Some((_, r))) = (span.as_mut(), &response) {
+        let failed = r.responses.iter().flat_map(|t| &t.partition_responses).filter(|p| p.error_code != 0).count();
+        span.set("kafka.partitions_failed", failed);
+        if failed > 0 {
+            span.fail(format!("{failed} partitions refused"));
+        }
+    }
     if let Some((acks, _)) = &response {
         static LATENCY: OnceLock<[Arc<Histogram>; 2]> = OnceLock::new();
         let [acks_1, acks_all] = LATENCY.get_or_init(|| {
