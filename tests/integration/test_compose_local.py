@@ -267,8 +267,10 @@ def test_producers_at_each_agent_and_a_reader_at_another_see_every_record(topolo
     load = Load(plan, topic)
     load.produce(1500, b"each")
     load.flush()
-    for a in plan.agents:
-        assert metric(a, "sidestream_produce_seconds_count") > before[a.name], "%s got no produce request" % a.name
+    # Each producer sends a partition's batches to its leader, whichever agent bootstrapped it:
+    # the agents together took them all (which ones lead is cluster mode's choice).
+    after = {a.name: metric(a, "sidestream_produce_seconds_count") for a in plan.agents}
+    assert sum(after.values()) > sum(before.values()), (before, after)
     # Read back through each agent in turn (bootstrapped there only).
     for addr in bootstraps[1:] + bootstraps[:1]:
         values = read_back(addr, topic, load.acked)
