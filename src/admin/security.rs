@@ -264,8 +264,9 @@ pub struct Exchange {
 
 enum ExchangeState {
     Start,
-    /// SCRAM: client-first sent.
+    /// SCRAM with `m`: client-first sent.
     ScramFirst {
+        m: ScramMechanism,
         nonce: String,
         bare: String,
     },
@@ -294,16 +295,15 @@ impl Exchange {
         match std::mem::replace(&mut self.state, ExchangeState::Done) {
             ExchangeState::Start => match self.login.mechanism {
                 Mechanism::Plain => Ok(Token::Send(format!("\0{}\0{}", self.login.user, self.login.password).into_bytes())),
-                Mechanism::Scram(_) => {
+                Mechanism::Scram(m) => {
                     let nonce = client_nonce()?;
                     let bare = format!("n={},r={nonce}", sasl_name(&self.login.user));
                     let first = format!("n,,{bare}").into_bytes();
-                    self.state = ExchangeState::ScramFirst { nonce, bare };
+                    self.state = ExchangeState::ScramFirst { m, nonce, bare };
                     Ok(Token::Send(first))
                 }
             },
-            ExchangeState::ScramFirst { nonce, bare } => {
-                let Mechanism::Scram(m) = self.login.mechanism else { unreachable!("only SCRAM has a first message") };
+            ExchangeState::ScramFirst { m, nonce, bare } => {
                 let (final_message, server_signature) = scram_final(m, &self.login.password, &nonce, &bare, server)?;
                 self.state = ExchangeState::ScramFinal { server_signature };
                 Ok(Token::Send(final_message))
