@@ -271,6 +271,13 @@ pub struct UploadConfig {
     pub buffer_bytes_max: u64,
     /// Objects being uploaded at once (they are committed in the order they were sealed).
     pub max_in_flight_objects: u32,
+    /// An object with acks=all producers waiting is flushed once nothing arrived for this long
+    /// (they are at their in-flight limit or have nothing more to send), budget permitting.
+    pub quiet_flush_ms: u64,
+    /// The budget of those early flushes: PUTs per second (0 turns them off)...
+    pub puts_per_s: u32,
+    /// ...and how many may be spent at once after a quiet spell.
+    pub puts_burst: u32,
 }
 
 impl Default for UploadConfig {
@@ -280,6 +287,9 @@ impl Default for UploadConfig {
             flush_bytes: 8 * 1024 * 1024,
             buffer_bytes_max: 64 * 1024 * 1024,
             max_in_flight_objects: 4,
+            quiet_flush_ms: 2,
+            puts_per_s: 4,
+            puts_burst: 4,
         }
     }
 }
@@ -835,6 +845,9 @@ impl Config {
         range("upload.flush_bytes", self.upload.flush_bytes, 1024, 1 << 30)?;
         range("upload.buffer_bytes_max", self.upload.buffer_bytes_max, self.upload.flush_bytes, 64 << 30)?;
         range("upload.max_in_flight_objects", self.upload.max_in_flight_objects.into(), 1, 64)?;
+        range("upload.quiet_flush_ms", self.upload.quiet_flush_ms, 0, self.upload.flush_interval_ms)?;
+        range("upload.puts_per_s", self.upload.puts_per_s.into(), 0, 10_000)?;
+        range("upload.puts_burst", self.upload.puts_burst.into(), 0, 10_000)?;
         range("wal.segment_bytes", self.wal.segment_bytes, 64 * 1024, 16 << 30)?;
         range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
         range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;

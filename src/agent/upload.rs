@@ -3,7 +3,8 @@
 //! ```text
 //! submit(group) --mpsc--> flusher: adds each group whole to the open object (batches grouped
 //!                         by partition); seals it every flush_interval_ms (from its first
-//!                         batch) or at flush_bytes
+//!                         batch), at flush_bytes, or early: quiet_flush_ms after the last
+//!                         arrival while acks=all producers wait, if the PUT budget allows
 //!                sealed --bounded mpsc (max_in_flight_objects)--> committer: awaits each
 //!                         object's PUT in seal order, commits it, answers every waiter
 //! ```
@@ -12,6 +13,14 @@
 //! strictly in seal order, so batches from one connection keep their order in every partition.
 //! Memory is bounded by `buffer_bytes_max`: a group holds its bytes from a semaphore until every
 //! batch in it is answered.
+//!
+//! **Flush when waiting no longer helps, within a PUT budget.** An object holding acks=all
+//! batches is sealed as soon as nothing has arrived for `quiet_flush_ms`: its producers are at
+//! their in-flight limit or have nothing more to send, so waiting out the flush interval would
+//! add latency and no batching. Early seals spend tokens of a bucket refilled at `puts_per_s`
+//! and holding at most `puts_burst`; every seal spends one when there is one, and early seals
+//! wait for one. So an idle agent answers its next acks=all request in about one PUT, and a busy
+//! one seals on the timer and at `flush_bytes` as before, at about the same PUTs per second.
 //!
 //! **Transaction markers take the same path.** [`Uploader::write_markers`] seals what is
 //! buffered, then the markers (one control batch per partition) as an object of their own,
@@ -76,6 +85,11 @@ pub struct UploadSettings {
     pub flush_bytes: u64,
     pub buffer_bytes_max: u64,
     pub max_in_flight_objects: usize,
+    /// Early seals: after this long without an arrival, while acks=all producers wait.
+    pub quiet_flush: Duration,
+    /// The PUT budget of early seals: tokens per second (0: no early seals) and bucket size.
+    pub puts_per_s: u32,
+    pub puts_burst: u32,
     /// The agent's name in object keys.
     pub agent: String,
     /// Key prefix inside the store.
@@ -345,6 +359,10 @@ struct OpenObject {
     links: Vec<SpanContext>,
     /// Groups added.
     requests: usize,
+    /// Groups whose producers wait for the commit (acks=all; WAL entries are answered).
+    waiting: usize,
+    /// When the last group was added.
+    last_arrival: Option<Instant>,
 }
 
 impl OpenObject {
@@ -358,6 +376,10 @@ impl OpenObject {
         }
         let acknowledged = g.wal_entry.is_some();
         self.requests += 1;
+        if !acknowledged {
+            self.waiting += 1;
+        }
+        self.last_arrival = Some(Instant::now());
         if let Some(link) = g.trace
             && self.links.len() < trace::LINKS_MAX
         {
@@ -373,6 +395,83 @@ impl OpenObject {
             self.groups[i].1.push((item, reply, g.permit.clone(), acknowledged));
         }
     }
+
+    /// When to seal early: `quiet` after the last arrival while producers wait, once the
+    /// budget has a token (None: nobody waits, or early seals are off).
+    fn early_at(&self, budget: &PutBudget, quiet: Duration) -> Option<Instant> {
+        if self.waiting == 0 {
+            return None;
+        }
+        let quiet_at = self.last_arrival? + quiet;
+        Some(quiet_at.max(budget.ready_at()?))
+    }
+}
+
+/// Why an object was sealed (`sidestream_upload_seals_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+enum SealReason {
+    /// `flush_interval_ms` after its first batch.
+    Interval,
+    /// It reached `flush_bytes`.
+    Bytes,
+    /// Nothing arrived for `quiet_flush_ms` while acks=all producers waited.
+    Quiet,
+    /// Asked for: a barrier, transaction markers, recovery, shutdown.
+    Asked,
+}
+
+impl SealReason {
+    fn counter(self) -> &'static metrics::Counter {
+        static COUNTERS: std::sync::OnceLock<[Arc<metrics::Counter>; 4]> = std::sync::OnceLock::new();
+        let counters = COUNTERS.get_or_init(|| {
+            ["interval", "bytes", "quiet", "asked"].map(|reason| {
+                metrics::counter(
+                    "sidestream_upload_seals_total",
+                    "Objects sealed for upload, by why they were sealed.",
+                    &[("reason", reason)],
+                )
+            })
+        });
+        &counters[self as usize]
+    }
+}
+
+/// The PUTs early seals may spend: a token bucket refilled at `per_s`, holding at most `burst`.
+/// Every seal spends a token when there is one; only early seals wait for one, so the bucket
+/// adds no PUT beyond `per_s` to what the interval and size seals cost.
+#[derive(Debug)]
+struct PutBudget {
+    per_s: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl PutBudget {
+    fn new(per_s: u32, burst: u32) -> Self {
+        Self { per_s: f64::from(per_s), burst: f64::from(burst), tokens: f64::from(burst), at: Instant::now() }
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.per_s).min(self.burst)
+    }
+
+    /// When the bucket holds a whole token (None: early seals are off).
+    fn ready_at(&self) -> Option<Instant> {
+        if self.per_s <= 0.0 || self.burst < 1.0 {
+            return None;
+        }
+        let now = Instant::now();
+        let missing = 1.0 - self.tokens_at(now);
+        Some(if missing <= 0.0 { now } else { now + Duration::from_secs_f64(missing / self.per_s) })
+    }
+
+    fn spend(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens_at(now) - 1.0).max(0.0);
+        self.at = now;
+        debug_assert!((0.0..=self.burst).contains(&self.tokens));
+    }
 }
 
 async fn run_flusher(
@@ -383,12 +482,19 @@ async fn run_flusher(
     committer: JoinHandle<()>,
 ) {
     let mut open = OpenObject::default();
+    let mut budget = PutBudget::new(settings.puts_per_s, settings.puts_burst);
     let closed = loop {
-        let msg = match open.deadline {
-            Some(deadline) => tokio::select! {
+        let early = open.early_at(&budget, settings.quiet_flush);
+        let wake = match (open.deadline, early) {
+            (Some(d), Some(e)) => Some(d.min(e)),
+            (d, e) => d.or(e),
+        };
+        let msg = match wake {
+            Some(wake) => tokio::select! {
                 m = rx.recv() => m,
-                _ = sleep_until(deadline) => {
-                    seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                _ = sleep_until(wake) => {
+                    let reason = if open.deadline.is_some_and(|d| d <= wake) { SealReason::Interval } else { SealReason::Quiet };
+                    seal_open(&mut open, reason, &mut budget, &sealed_tx, &settings, &deps).await;
                     continue;
                 }
             },
@@ -398,16 +504,17 @@ async fn run_flusher(
             Some(Msg::Group(g)) => {
                 open.add(g, settings.flush_interval);
                 if open.bytes >= settings.flush_bytes {
-                    seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                    seal_open(&mut open, SealReason::Bytes, &mut budget, &sealed_tx, &settings, &deps).await;
                 }
             }
-            Some(Msg::Flush) => seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await,
+            Some(Msg::Flush) => seal_open(&mut open, SealReason::Asked, &mut budget, &sealed_tx, &settings, &deps).await,
             Some(Msg::Barrier(done)) => {
-                seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                seal_open(&mut open, SealReason::Asked, &mut budget, &sealed_tx, &settings, &deps).await;
                 let _ = sealed_tx.send(Queued::Barrier(done)).await;
             }
             Some(Msg::Markers(end, reply)) => {
-                seal(std::mem::take(&mut open), &sealed_tx, &settings, &deps).await;
+                seal_open(&mut open, SealReason::Asked, &mut budget, &sealed_tx, &settings, &deps).await;
+                budget.spend();
                 seal_markers(end, reply, &sealed_tx, &settings, &deps).await;
             }
             Some(Msg::Close(done)) => break Some(done),
@@ -430,6 +537,23 @@ async fn run_flusher(
     if let Some(done) = closed {
         let _ = done.send(());
     }
+}
+
+/// Seals the open object (if it holds anything) for `reason`, spending a PUT token.
+async fn seal_open(
+    open: &mut OpenObject,
+    reason: SealReason,
+    budget: &mut PutBudget,
+    sealed_tx: &mpsc::Sender<Queued>,
+    settings: &UploadSettings,
+    deps: &Arc<UploadDeps>,
+) {
+    if open.groups.is_empty() {
+        return;
+    }
+    reason.counter().inc();
+    budget.spend();
+    seal(std::mem::take(open), sealed_tx, settings, deps).await;
 }
 
 /// Builds the object, starts its PUT, queues it for commit (waits if too many are in flight).
@@ -771,5 +895,120 @@ fn advance_mark(mark: &mut u64, to: u64, committed_wal: &watch::Sender<u64>) {
 fn fail_all(waiters: Vec<Waiter>, e: AgentError) {
     for w in waiters {
         let _ = w.reply.send(Err(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::agent::client::InProcess;
+    use crate::api::CreateTopic;
+    use crate::clock::{SeededEntropy, SystemClock};
+    use crate::config::TopicsConfig;
+    use crate::controller::Controller;
+    use crate::controller::store::sqlite::SqliteStore;
+    use crate::format::records::{encode_batch, peek_header};
+    use crate::object::memory::MemoryStore;
+
+    const INTERVAL: Duration = Duration::from_secs(1);
+    const QUIET: Duration = Duration::from_millis(2);
+
+    /// An uploader with a 1 s flush interval and the given PUT budget, over a memory store and
+    /// an in-process controller with one topic; returns it with the topic's id.
+    async fn start_uploader(dir: &std::path::Path, puts_per_s: u32, puts_burst: u32) -> (Uploader, Uuid) {
+        let store = Arc::new(SqliteStore::open(&dir.join("c.db")).unwrap());
+        let c = Controller::open(store, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(5)));
+        let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(c.unwrap())));
+        let create =
+            CreateTopic { name: "t".into(), partitions: 1, replication_factor: -1, configs: BTreeMap::new(), validate_only: false };
+        let topic = controller.create_topic(create).await.unwrap();
+        let settings = UploadSettings {
+            flush_interval: INTERVAL,
+            flush_bytes: 1 << 20,
+            buffer_bytes_max: 1 << 22,
+            max_in_flight_objects: 4,
+            quiet_flush: QUIET,
+            puts_per_s,
+            puts_burst,
+            agent: "a".into(),
+            key_prefix: "p".into(),
+            wal_log_id: Some("log".into()),
+            wal_start_mark: 0,
+        };
+        let deps = UploadDeps {
+            store: Arc::new(MemoryStore::new()),
+            cache: None,
+            controller,
+            clock: Arc::new(SystemClock),
+            entropy: Arc::new(SeededEntropy::new(7)),
+            in_flight: Arc::new(InFlightKeys::default()),
+        };
+        (Uploader::start(settings, deps), topic.id)
+    }
+
+    /// Submits one batch (a WAL entry when `wal_entry` is set, else acks=all) and returns how
+    /// long its commit took on tokio's (paused) clock.
+    async fn commit_time(uploader: &Uploader, topic_id: Uuid, wal_entry: Option<u64>) -> Duration {
+        let batch = encode_batch(0, &[b"v".as_slice()]);
+        let header = peek_header(&batch).unwrap().unwrap();
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(30);
+        let permit = uploader.reserve(batch.len() as u64, deadline).await.unwrap();
+        let item = GroupItem { topic_id, partition: 0, batch, header };
+        let pending = uploader.submit(vec![item], wal_entry, permit, None).unwrap().pop().unwrap();
+        pending.wait(deadline).await.unwrap();
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_agent_answers_acks_all_after_the_quiet_spell_until_the_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, topic) = start_uploader(dir.path(), 4, 2).await;
+        // The burst: two early seals, each about the quiet spell after the batch.
+        for _ in 0..2 {
+            let took = commit_time(&uploader, topic, None).await;
+            assert!(took >= QUIET && took < QUIET * 10, "early seal took {took:?}");
+        }
+        // The bucket is empty: the next token comes a quarter second later (4 per second),
+        // still well before the interval.
+        let took = commit_time(&uploader, topic, None).await;
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(300), "token wait took {took:?}");
+        // A quiet second refills the bucket.
+        tokio::time::sleep(INTERVAL).await;
+        let took = commit_time(&uploader, topic, None).await;
+        assert!(took < QUIET * 10, "after a refill took {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_waiting_or_no_budget_waits_out_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        // acks=1: the WAL entry was answered already; nobody waits, so no early seal.
+        let (uploader, topic) = start_uploader(dir.path(), 4, 4).await;
+        let took = commit_time(&uploader, topic, Some(1)).await;
+        assert!(took >= INTERVAL, "a WAL entry sealed early after {took:?}");
+        // puts_per_s = 0: early seals are off.
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, topic) = start_uploader(dir.path(), 0, 4).await;
+        let took = commit_time(&uploader, topic, None).await;
+        assert!(took >= INTERVAL, "sealed early without a budget after {took:?}");
+    }
+
+    #[test]
+    fn the_budget_refills_at_its_rate_up_to_its_burst() {
+        let mut budget = PutBudget::new(10, 3);
+        let start = budget.at;
+        assert_eq!(budget.tokens_at(start), 3.0);
+        for _ in 0..5 {
+            budget.spend();
+        }
+        // Spending never borrows: the bucket bottoms out at zero.
+        assert!(budget.tokens < 1e-3, "{}", budget.tokens);
+        let at = budget.at;
+        assert!((budget.tokens_at(at + Duration::from_millis(150)) - 1.5).abs() < 1e-2);
+        assert_eq!(budget.tokens_at(at + Duration::from_secs(60)), 3.0);
+        assert!(PutBudget::new(0, 3).ready_at().is_none());
+        assert!(PutBudget::new(3, 0).ready_at().is_none());
     }
 }
