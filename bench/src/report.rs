@@ -30,6 +30,10 @@ pub struct Run {
     /// run of this case (e.g. Sidestream's e2e on another agent against a single broker's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare_as: Option<String>,
+    /// The object-store latency preset the run was measured with (absent: the target makes no
+    /// object-store requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_latency: Option<String>,
 }
 
 impl Run {
@@ -54,6 +58,24 @@ impl Run {
             load_after: f64::NAN,
             cdf,
             compare_as: None,
+            store_latency: None,
+        }
+    }
+
+    /// Marks the run with the store it was measured with: a preset other than `none` is named
+    /// in the case (`... [store s3-standard]`), whose ratios are then taken against the peers'
+    /// runs of the case without it.
+    pub fn measured_with(&mut self, store: Option<crate::s3count::StoreLatency>) {
+        let Some(p) = store else {
+            return;
+        };
+        self.store_latency = Some(p.name().to_string());
+        self.params.insert("store_latency".into(), p.name().to_string());
+        if p != crate::s3count::StoreLatency::None {
+            if self.compare_as.is_none() {
+                self.compare_as = Some(self.case.clone());
+            }
+            self.case = format!("{} [store {}]", self.case, p.name());
         }
     }
 
