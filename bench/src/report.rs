@@ -536,4 +536,34 @@ mod tests {
         assert_eq!((r[1].case.as_str(), r[1].figures["p99 ms"]), ("other", 4.0));
         assert_eq!(r[1].pair, "sidestream/kafka (its same)");
     }
+
+    #[test]
+    fn a_run_on_a_store_preset_says_so_and_compares_with_the_peers_plain_case() {
+        use crate::s3count::StoreLatency;
+        let f = |v: f64| BTreeMap::from([("p99 ms".to_string(), v)]);
+        let p = BTreeMap::new();
+        let mut plain = Run::new("e2e", "same", "sidestream", &p, f(10.0), vec![], vec![]);
+        plain.measured_with(Some(StoreLatency::None));
+        let mut slow = Run::new("e2e", "same", "sidestream", &p, f(30.0), vec![], vec![]);
+        slow.measured_with(Some(StoreLatency::S3Standard));
+        let mut other = Run::new("e2e", "other", "sidestream", &p, f(40.0), vec![], vec![]).compared_as("same");
+        other.measured_with(Some(StoreLatency::S3Express));
+        let mut kafka = Run::new("e2e", "same", "kafka", &p, f(5.0), vec![], vec![]);
+        kafka.measured_with(None);
+        assert_eq!((plain.case.as_str(), plain.store_latency.as_deref()), ("same", Some("none")));
+        assert_eq!((slow.case.as_str(), slow.store_latency.as_deref()), ("same [store s3-standard]", Some("s3-standard")));
+        assert_eq!(slow.params["store_latency"], "s3-standard");
+        assert_eq!(other.case, "other [store s3-express]");
+        assert_eq!(kafka.store_latency, None);
+        let r = ratios(&[plain, slow, other, kafka]);
+        let got: Vec<(&str, &str, f64)> = r.iter().map(|r| (r.case.as_str(), r.pair.as_str(), r.figures["p99 ms"])).collect();
+        assert_eq!(
+            got,
+            [
+                ("same", "sidestream/kafka", 2.0),
+                ("same [store s3-standard]", "sidestream/kafka (its same)", 6.0),
+                ("other [store s3-express]", "sidestream/kafka (its same)", 8.0),
+            ]
+        );
+    }
 }
