@@ -829,10 +829,33 @@ mod tests {
         let c = counts.lock().unwrap().clone();
         assert_eq!((c.get(SLOW_DOWN), c.get("PutObject"), c.get("GetObject")), (1, 2, 2));
 
+        // A client waiting for 100 Continue is answered before its body, and the connection ends.
+        let mut waiting = TcpStream::connect(proxy_addr).await.unwrap();
+        waiting
+            .write_all(b"PUT /b/k4 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        waiting.read_to_end(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 503") && reply.contains("Connection: close") && reply.contains("<Code>SlowDown</Code>"),
+            "{reply}"
+        );
+        assert_eq!((served.load(std::sync::atomic::Ordering::SeqCst), counts.lock().unwrap().get(SLOW_DOWN)), (4, 2));
+
         // `none`: no delay drawn.
         model.lock().unwrap().set_preset(StoreLatency::None);
         let before_us = delay_us();
         assert!(request(&mut conn, "PUT", "/b/k3", 1000).await.starts_with("HTTP/1.1 200"));
         assert_eq!(delay_us(), before_us);
+    }
+
+    #[test]
+    fn a_responses_length_is_read_from_its_head() {
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\ncontent-length: 123\r\nETag: x\r\n\r\nbody"), 123);
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nContent-Length: 5\r\n"), 9);
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), 0);
+        assert_eq!(response_length(b"HTTP/1.1 200 OK\r\nContent-Len"), 0);
     }
 }
