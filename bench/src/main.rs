@@ -28,7 +28,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use report::{COST, Run};
-use s3count::S3;
+use s3count::{S3, StoreLatency};
 use target::{Controller, Kind, Placement, Programs, Remote, Target, parse_kind};
 
 #[derive(Parser)]
@@ -94,6 +94,13 @@ struct Common {
     /// Where result files go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Object-store latency presets the proxy adds (none, s3-standard, s3-express); Sidestream
+    /// runs every case once per preset, Tansu with the first (default: none; compare: all three).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    store_latency: Option<Vec<StoreLatency>>,
+    /// Seed of the latency model's generator (default: from the clock; printed with the results).
+    #[arg(long)]
+    store_latency_seed: Option<u64>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -240,7 +247,9 @@ fn main() -> Result<()> {
         Cmd::Catchup(a) => sidestream_only(&a.common, "catchup", |s| s.catchup(&a.catchup)),
         Cmd::Elastic(a) => sidestream_only(&a.common, "elastic", |s| s.elastic(&a.elastic)),
         Cmd::Txn(a) => sidestream_only(&a.common, "txn", |s| s.txn(&a.txn)),
-        Cmd::Compare(a) => {
+        Cmd::Compare(mut a) => {
+            // Sidestream's latencies with the store as it is and with each preset.
+            a.common.store_latency.get_or_insert_with(|| StoreLatency::ALL.to_vec());
             let mut s = Session::new(&a.common, &[Kind::Sidestream, Kind::Kafka, Kind::Tansu], "compare")?;
             for scenario in &a.scenarios {
                 match scenario.as_str() {
@@ -293,6 +302,9 @@ struct Session {
     targets: Vec<Kind>,
     programs: Programs,
     s3: Option<S3>,
+    /// Object-store latency presets: Sidestream runs each case once per preset, Tansu with the
+    /// first.
+    presets: Vec<StoreLatency>,
     /// Runs the S3 proxy; kept alive for the session.
     _rt: tokio::runtime::Runtime,
     seq: usize,
@@ -372,8 +384,18 @@ impl Case {
 impl Session {
     fn new(common: &Common, default_targets: &[Kind], scenario: &str) -> Result<Session> {
         let targets = common.targets.clone().unwrap_or_else(|| default_targets.to_vec());
+        let mut presets = common.store_latency.clone().unwrap_or_else(|| vec![StoreLatency::None]);
+        presets.dedup();
+        if presets.is_empty() {
+            bail!("--store-latency: at least one of none, s3-standard, s3-express");
+        }
+        let seed = common.store_latency_seed.unwrap_or_else(clock_seed);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let s3 = if targets.iter().any(|k| k.uses_s3()) { Some(S3::start(&s3s_fs_bin(&common.s3s_fs_bin), &rt)?) } else { None };
+        let s3 = if targets.iter().any(|k| k.uses_s3()) {
+            Some(S3::start(&s3s_fs_bin(&common.s3s_fs_bin), &rt, presets[0], seed)?)
+        } else {
+            None
+        };
         // Absolute paths: Tansu runs in its data dir.
         let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
         let programs = Programs {
@@ -396,12 +418,15 @@ impl Session {
                 "Object store: s3s-fs 0.14.1 on tmpfs behind the bench's counting proxy (PUT/GET counts are HTTP requests seen there)."
                     .into(),
             );
+            notes.push(store_latency_note(&presets, seed));
+            eprintln!("store latency: {}, seed {seed}", presets.iter().map(|p| p.name()).collect::<Vec<_>>().join(","));
         }
         Ok(Session {
             common: common.clone(),
             targets,
             programs,
             s3,
+            presets,
             _rt: rt,
             seq: 0,
             name,
@@ -530,33 +555,51 @@ impl Session {
         f: &dyn Fn(&mut Session, Kind) -> Result<Vec<Run>>,
     ) {
         for kind in self.targets.clone() {
-            eprintln!("== {scenario} [{case}] on {} (load {:.1})", kind.name(), report::load_avg());
-            if let Some(why) = self.broken.get(&kind) {
-                eprintln!("   skipped: {why}");
-                continue;
-            }
-            let load_before = report::load_avg();
-            match f(self, kind) {
-                Ok(runs) => {
-                    for mut r in runs {
+            // Sidestream once per preset; Tansu with the first; Kafka makes no S3 requests.
+            let presets = match kind {
+                Kind::Sidestream => self.presets.clone(),
+                _ => vec![self.presets[0]],
+            };
+            for preset in presets {
+                let store = kind.uses_s3().then_some(preset);
+                let shown = store.filter(|p| *p != StoreLatency::None).map_or(String::new(), |p| format!(" [store {}]", p.name()));
+                eprintln!("== {scenario} [{case}]{shown} on {} (load {:.1})", kind.name(), report::load_avg());
+                if let Some(why) = self.broken.get(&kind) {
+                    eprintln!("   skipped: {why}");
+                    continue;
+                }
+                if let (Some(s3), Some(p)) = (&self.s3, store) {
+                    s3.set_store_latency(p);
+                }
+                let load_before = report::load_avg();
+                match f(self, kind) {
+                    Ok(runs) => {
+                        for mut r in runs {
+                            r.load_before = load_before;
+                            r.load_after = report::load_avg();
+                            r.measured_with(store);
+                            eprintln!("   {}", summary(&r));
+                            self.runs.push(r);
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        eprintln!("   FAILED: {why}");
+                        if why.contains("cannot start") || why.contains("before it was ready") || why.contains("not ready on") {
+                            self.broken.insert(kind, why.clone());
+                        }
+                        let mut r =
+                            Run::new(scenario, case, kind.name(), &params, BTreeMap::new(), vec![format!("failed: {why}")], Vec::new());
                         r.load_before = load_before;
                         r.load_after = report::load_avg();
-                        eprintln!("   {}", summary(&r));
+                        r.measured_with(store);
                         self.runs.push(r);
                     }
                 }
-                Err(e) => {
-                    let why = format!("{e:#}");
-                    eprintln!("   FAILED: {why}");
-                    if why.contains("cannot start") || why.contains("before it was ready") || why.contains("not ready on") {
-                        self.broken.insert(kind, why.clone());
-                    }
-                    let mut r = Run::new(scenario, case, kind.name(), &params, BTreeMap::new(), vec![format!("failed: {why}")], Vec::new());
-                    r.load_before = load_before;
-                    r.load_after = report::load_avg();
-                    self.runs.push(r);
-                }
             }
+        }
+        if let Some(s3) = &self.s3 {
+            s3.set_store_latency(self.presets[0]);
         }
     }
 
@@ -590,6 +633,15 @@ impl Session {
             let stored_per_written = if written_gb > 0.0 && put_bytes > 0.0 { put_bytes / (written_gb * 1e9) } else { 1.0 };
             figures.insert("stored bytes per byte written".into(), stored_per_written);
             figures.insert("$ per month (model)".into(), COST.object_storage(puts_per_gb, gets_per_gb, stored_per_written));
+            // What the latency model added (the wire's count of requests; absent for `none`).
+            let requests: u64 = s3count::REQUEST_NAMES.iter().map(|k| s3.get(k)).sum();
+            let delay_us = s3.get(s3count::DELAY_US);
+            if delay_us > 0 && requests > 0 {
+                figures.insert("store delay mean ms".into(), delay_us as f64 / requests as f64 / 1000.0);
+            }
+            if s3.get(s3count::SLOW_DOWN) > 0 {
+                figures.insert("store SlowDown".into(), s3.get(s3count::SLOW_DOWN) as f64);
+            }
         } else {
             figures.insert("$ per month (model)".into(), COST.kafka());
         }
@@ -1127,8 +1179,11 @@ fn server_counts(t: &Target, before: Option<s3count::Counts>, wire: &s3count::Co
         return wire.clone();
     };
     let mut own = after.minus(&before);
-    // /metrics counts requests, not bodies: the stored bytes come from the wire.
-    own.0.insert(s3count::PUT_BYTES, wire.get(s3count::PUT_BYTES));
+    // /metrics counts requests, not bodies: the stored bytes and what the proxy did come from
+    // the wire.
+    for k in [s3count::PUT_BYTES, s3count::DELAY_US, s3count::SLOW_DOWN] {
+        own.0.insert(k, wire.get(k));
+    }
     let (a, b) = ((own.puts() + own.gets()) as f64, (wire.puts() + wire.gets()) as f64);
     if (a - b).abs() > 0.05 * a.max(b) + 2.0 {
         notes.push(format!(
@@ -1212,6 +1267,41 @@ fn e2e_figures(out: &load::ProduceOutcome, read: &load::ConsumeOutcome, notes: &
     figures
 }
 
+/// A seed for the latency model when none is given: the clock's nanoseconds and the pid.
+fn clock_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// The session note that says which stores the figures were measured with.
+fn store_latency_note(presets: &[StoreLatency], seed: u64) -> String {
+    let figures = |p: StoreLatency| match p.preset() {
+        None => "none: s3s-fs as it is".to_string(),
+        Some(f) => format!(
+            "{}: PUT p50/p99 {}/{} ms (0 B) to {}/{} ms (8 MiB), linear in the body size; GET and other requests first byte \
+             {}/{} ms, GET body at {} MB/s; 503 SlowDown for {}% of PUTs",
+            p.name(),
+            f.put_small.p50_ms,
+            f.put_small.p99_ms,
+            f.put_8mib.p50_ms,
+            f.put_8mib.p99_ms,
+            f.first_byte.p50_ms,
+            f.first_byte.p99_ms,
+            f.get_bytes_per_s / 1e6,
+            f.slow_down_per_million as f64 / 1e4
+        ),
+    };
+    format!(
+        "Object-store latency (--store-latency {}, seed {seed}): the proxy holds each response's first byte for a \
+         log-normal delay fitted to the preset's p50 and p99; {}. Sidestream runs every case once per preset \
+         (a case name ending [store <preset>]; its ratios are taken against the peers' run of the case without it); \
+         Tansu runs with {}; runs without a [store ...] suffix ran on the store as it is.",
+        presets.iter().map(|p| p.name()).collect::<Vec<_>>().join(","),
+        presets.iter().map(|p| figures(*p)).collect::<Vec<_>>().join("; "),
+        presets[0].name()
+    )
+}
+
 /// A case's parameters as printed with its results.
 fn named<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
@@ -1257,6 +1347,9 @@ mod tests {
             &["b", "txn"],
             &["b", "quick"],
             &["b", "compare", "--txn-records", "10,20", "--record-bytes", "100"],
+            &["b", "quick", "--store-latency", "s3-standard", "--store-latency-seed", "7"],
+            &["b", "compare", "--store-latency", "none,s3-express"],
+            &["b", "produce", "--store-latency", "s3-express,s3-standard"],
         ] {
             if let Err(e) = Cli::try_parse_from(args) {
                 panic!("{args:?}: {e}");

@@ -30,6 +30,10 @@ pub struct Run {
     /// run of this case (e.g. Sidestream's e2e on another agent against a single broker's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare_as: Option<String>,
+    /// The object-store latency preset the run was measured with (absent: the target makes no
+    /// object-store requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_latency: Option<String>,
 }
 
 impl Run {
@@ -54,6 +58,24 @@ impl Run {
             load_after: f64::NAN,
             cdf,
             compare_as: None,
+            store_latency: None,
+        }
+    }
+
+    /// Marks the run with the store it was measured with: a preset other than `none` is named
+    /// in the case (`... [store s3-standard]`), whose ratios are then taken against the peers'
+    /// runs of the case without it.
+    pub fn measured_with(&mut self, store: Option<crate::s3count::StoreLatency>) {
+        let Some(p) = store else {
+            return;
+        };
+        self.store_latency = Some(p.name().to_string());
+        self.params.insert("store_latency".into(), p.name().to_string());
+        if p != crate::s3count::StoreLatency::None {
+            if self.compare_as.is_none() {
+                self.compare_as = Some(self.case.clone());
+            }
+            self.case = format!("{} [store {}]", self.case, p.name());
         }
     }
 
@@ -513,5 +535,35 @@ mod tests {
         assert_eq!((r[0].case.as_str(), r[0].figures["p99 ms"]), ("same", 2.0));
         assert_eq!((r[1].case.as_str(), r[1].figures["p99 ms"]), ("other", 4.0));
         assert_eq!(r[1].pair, "sidestream/kafka (its same)");
+    }
+
+    #[test]
+    fn a_run_on_a_store_preset_says_so_and_compares_with_the_peers_plain_case() {
+        use crate::s3count::StoreLatency;
+        let f = |v: f64| BTreeMap::from([("p99 ms".to_string(), v)]);
+        let p = BTreeMap::new();
+        let mut plain = Run::new("e2e", "same", "sidestream", &p, f(10.0), vec![], vec![]);
+        plain.measured_with(Some(StoreLatency::None));
+        let mut slow = Run::new("e2e", "same", "sidestream", &p, f(30.0), vec![], vec![]);
+        slow.measured_with(Some(StoreLatency::S3Standard));
+        let mut other = Run::new("e2e", "other", "sidestream", &p, f(40.0), vec![], vec![]).compared_as("same");
+        other.measured_with(Some(StoreLatency::S3Express));
+        let mut kafka = Run::new("e2e", "same", "kafka", &p, f(5.0), vec![], vec![]);
+        kafka.measured_with(None);
+        assert_eq!((plain.case.as_str(), plain.store_latency.as_deref()), ("same", Some("none")));
+        assert_eq!((slow.case.as_str(), slow.store_latency.as_deref()), ("same [store s3-standard]", Some("s3-standard")));
+        assert_eq!(slow.params["store_latency"], "s3-standard");
+        assert_eq!(other.case, "other [store s3-express]");
+        assert_eq!(kafka.store_latency, None);
+        let r = ratios(&[plain, slow, other, kafka]);
+        let got: Vec<(&str, &str, f64)> = r.iter().map(|r| (r.case.as_str(), r.pair.as_str(), r.figures["p99 ms"])).collect();
+        assert_eq!(
+            got,
+            [
+                ("same", "sidestream/kafka", 2.0),
+                ("same [store s3-standard]", "sidestream/kafka (its same)", 6.0),
+                ("other [store s3-express]", "sidestream/kafka (its same)", 8.0),
+            ]
+        );
     }
 }
