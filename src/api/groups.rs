@@ -49,6 +49,9 @@ pub enum GroupError {
     UnsupportedVersion(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A subscription's regular expression does not compile (or is too large).
+    #[error("invalid regular expression: {0}")]
+    InvalidRegularExpression(String),
     /// The coordinator holds `max_groups` groups; retriable.
     #[error("too many groups")]
     TooManyGroups,
@@ -223,6 +226,7 @@ pub mod consumer {
         pub rebalance_timeout_ms: i32,
         /// `None`: unchanged.
         pub subscribed_topic_names: Option<Vec<String>>,
+        /// RE2 syntax, matched against whole topic names. `None`: unchanged; empty: none.
         pub subscribed_topic_regex: Option<String>,
         pub server_assignor: Option<String>,
         /// The partitions the member owns (`None`: unchanged).

@@ -991,6 +991,9 @@ impl TopicLookup for TopicView {
     fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).by_id.get(&id).cloned()
     }
+    fn names(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).by_name.keys().cloned().collect()
+    }
 }
 
 /// A swap's shape, before anything is written: `req.topic_id`/`req.partition` the first

@@ -416,6 +416,43 @@ def test_kip848_consumer_protocol_group_of_two(server, spawn):
     assert owned == list(range(partitions)), desc
 
 
+def test_kip848_regex_subscription_picks_up_a_topic_created_after_joining(server):
+    """librdkafka subscribes by a regular expression with group.protocol=consumer: the
+    coordinator matches it (KIP-848's SubscribedTopicRegex; whole names), assigns the matching
+    topic, and a matching topic created afterwards within a second plus a heartbeat."""
+    from confluent_kafka import Consumer
+
+    prefix = "rx-%s-" % uuid.uuid4().hex[:8]
+    create_topic(server.bootstrap, prefix + "a", 2)
+    create_topic(server.bootstrap, "x" + prefix + "a", 1)  # does not match: whole names only
+    produce(server.bootstrap, prefix + "a", 2, 0, 10)
+    produce(server.bootstrap, "x" + prefix + "a", 1, 100, 10)
+    c = Consumer({"bootstrap.servers": server.bootstrap, "group.id": prefix + "group",
+                  "group.protocol": "consumer", "auto.offset.reset": "earliest"})
+    seen = {}
+
+    def poll_records(want_topics):
+        m = c.poll(0.2)
+        if m is not None and m.error() is None:
+            seen.setdefault(m.topic(), set()).add(int(m.value()))
+        return all(len(seen.get(t, ())) == 10 for t in want_topics) or None
+
+    try:
+        c.subscribe(["^" + prefix + ".*"])
+        poll_until(lambda: poll_records([prefix + "a"]), TIMEOUT, what="the regex's first topic consumed")
+        t0 = time.monotonic()
+        create_topic(server.bootstrap, prefix + "b", 3)
+        produce(server.bootstrap, prefix + "b", 3, 200, 10)
+        poll_until(lambda: poll_records([prefix + "a", prefix + "b"]), TIMEOUT,
+                   what="a topic created after the member joined, matching its regex, consumed")
+        record_time("confluent-kafka group.protocol=consumer, regex subscription: a new matching topic "
+                    "created to its records consumed", time.monotonic() - t0)
+        assert {tp.topic for tp in c.assignment()} == {prefix + "a", prefix + "b"}, c.assignment()
+        assert set(seen) == {prefix + "a", prefix + "b"}, seen.keys()
+    finally:
+        c.close()
+
+
 def test_admin_list_describe_delete(server):
     from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
     from kafka.admin import KafkaAdminClient

@@ -12,7 +12,12 @@
 //!   owns; partitions still being released by others follow in later heartbeats.
 //!
 //! A partition is therefore never owned by two members at once. Members whose session expires
-//! are removed. Static members (`instance_id`) that leave with epoch -2 keep their place and
+//! are removed.
+//!
+//! A member subscribes by topic names, by a regular expression (RE2 syntax, as Kafka's RE2/J,
+//! matched against whole names, internal topics' too, as Kafka does), or both. Expressions are
+//! matched again on the heartbeat after a change and at most every [`REGEX_REFRESH`] otherwise,
+//! so a topic created after a member joined is assigned within about a second plus a heartbeat. Static members (`instance_id`) that leave with epoch -2 keep their place and
 //! assignment for the session timeout, so a restart gets its partitions back.
 //!
 //! Must not touch: Kafka wire types, the store.
@@ -33,14 +38,39 @@ use crate::clock::Entropy;
 pub const LEAVE_EPOCH: i32 = -1;
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
 
+/// How often the members' regular expressions are matched against the topics again.
+pub const REGEX_REFRESH: Duration = Duration::from_secs(1);
+/// The longest regular expression a member may send, and its compiled size limit.
+pub const REGEX_BYTES_MAX: usize = 4096;
+const REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
+
+/// Compiles a subscription's expression to match whole topic names (None: empty, no regex).
+fn compile_regex(regex: &str) -> Result<Option<regex_lite::Regex>, GroupError> {
+    if regex.is_empty() {
+        return Ok(None);
+    }
+    if regex.len() > REGEX_BYTES_MAX {
+        return Err(GroupError::InvalidRegularExpression(format!("longer than {REGEX_BYTES_MAX} bytes")));
+    }
+    regex_lite::RegexBuilder::new(&format!("^(?:{regex})$"))
+        .size_limit(REGEX_COMPILED_BYTES_MAX)
+        .build()
+        .map(Some)
+        .map_err(|e| GroupError::InvalidRegularExpression(e.to_string()))
+}
+
 struct Member {
     id: String,
     instance_id: Option<String>,
     rack_id: Option<String>,
     client: ClientInfo,
     rebalance_timeout: Duration,
+    /// Topics subscribed by name.
     topics: BTreeSet<String>,
-    regex: Option<String>,
+    /// The regular expression as sent, and compiled.
+    regex: Option<(String, regex_lite::Regex)>,
+    /// What the member is subscribed to: `topics` and the existing topics `regex` matches.
+    subscribed: BTreeSet<String>,
     assignor: Option<String>,
     epoch: i32,
     previous_epoch: i32,
@@ -63,6 +93,8 @@ pub struct ConsumerGroup {
     /// The subscribed topics' ids and partition counts the target was computed from.
     topics: TopicSpecs,
     assignor: String,
+    /// When the members' regular expressions were last matched against the topics.
+    regex_matched_at: Option<Instant>,
 }
 
 fn is_subset(a: &Assignment, b: &Assignment) -> bool {
@@ -135,7 +167,7 @@ impl ConsumerGroup {
     }
 
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
-        self.members.values().flat_map(|m| m.topics.iter().cloned()).collect()
+        self.members.values().flat_map(|m| m.subscribed.iter().cloned()).collect()
     }
 
     /// OffsetCommit by a member (admin commits, epoch < 0 without member id, only into an
@@ -191,9 +223,10 @@ impl ConsumerGroup {
         {
             return Err(GroupError::UnsupportedAssignor(a.clone()));
         }
-        if req.subscribed_topic_regex.is_some() {
-            return Err(GroupError::InvalidRequest("subscriptions by regular expression are not supported yet".into()));
-        }
+        let regex = match &req.subscribed_topic_regex {
+            Some(r) => Some(compile_regex(r)?.map(|compiled| (r.clone(), compiled))),
+            None => None,
+        };
         let session = Duration::from_millis(settings.consumer_session_timeout_ms.max(0) as u64);
         let interval = settings.consumer_heartbeat_interval_ms;
         if req.member_epoch == LEAVE_EPOCH || req.member_epoch == STATIC_LEAVE_EPOCH {
@@ -247,7 +280,13 @@ impl ConsumerGroup {
                 bump = true;
             }
         }
-        self.refresh_target(topics, bump);
+        if let Some(regex) = regex
+            && regex.as_ref().map(|(r, _)| r) != m.regex.as_ref().map(|(r, _)| r)
+        {
+            m.regex = regex;
+            bump = true;
+        }
+        self.refresh_target(now, topics, bump);
         let before = self.members.get(&member_id).map(|m| (m.epoch, m.assigned.clone()));
         self.reconcile(now, &member_id, req.owned.as_ref());
         let m = self.members.get(&member_id).ok_or(GroupError::UnknownMemberId)?;
@@ -274,8 +313,8 @@ impl ConsumerGroup {
         req: &HeartbeatRequest,
         settings: &GroupSettings,
     ) -> Result<(String, bool), GroupError> {
-        if req.subscribed_topic_names.is_none() {
-            return Err(GroupError::InvalidRequest("SubscribedTopicNames must be set when joining".into()));
+        if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.as_deref().is_none_or(str::is_empty) {
+            return Err(GroupError::InvalidRequest("SubscribedTopicNames or SubscribedTopicRegex must be set when joining".into()));
         }
         if req.rebalance_timeout_ms < 0 {
             return Err(GroupError::InvalidRequest("RebalanceTimeoutMs must be set when joining".into()));
@@ -328,7 +367,8 @@ impl ConsumerGroup {
                 client: req.client.clone(),
                 rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64),
                 topics: BTreeSet::new(),
-                regex: req.subscribed_topic_regex.clone(),
+                regex: None,
+                subscribed: BTreeSet::new(),
                 assignor: None,
                 epoch: 0,
                 previous_epoch: 0,
@@ -342,9 +382,39 @@ impl ConsumerGroup {
         Ok((id, true))
     }
 
-    /// Bumps the group epoch once when `changed` (membership, a subscription) or a subscribed
-    /// topic's partitions changed, and recomputes the target assignment for a new epoch.
-    fn refresh_target(&mut self, topics: &dyn TopicLookup, changed: bool) {
+    /// Each member's subscribed topics: its names, and what its regex matches (matched again
+    /// when `changed`, or when the last match is `REGEX_REFRESH` old). True if any changed.
+    fn resolve_subscriptions(&mut self, now: Instant, topics: &dyn TopicLookup, changed: bool) -> bool {
+        let rematch = changed || self.regex_matched_at.is_none_or(|at| now.saturating_duration_since(at) >= REGEX_REFRESH);
+        let any_regex = self.members.values().any(|m| m.regex.is_some());
+        let names = if rematch && any_regex {
+            self.regex_matched_at = Some(now);
+            topics.names()
+        } else {
+            Vec::new()
+        };
+        let mut any = false;
+        for m in self.members.values_mut() {
+            let mut subscribed = m.topics.clone();
+            match &m.regex {
+                Some((_, re)) if rematch => subscribed.extend(names.iter().filter(|n| re.is_match(n)).cloned()),
+                // Not matched again this time: keep what it matched last.
+                Some(_) => subscribed.extend(m.subscribed.iter().filter(|n| !m.topics.contains(*n)).cloned()),
+                None => {}
+            }
+            if subscribed != m.subscribed {
+                m.subscribed = subscribed;
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Bumps the group epoch once when `changed` (membership, a subscription), a member's
+    /// regex matched other topics, or a subscribed topic's partitions changed, and recomputes
+    /// the target assignment for a new epoch.
+    fn refresh_target(&mut self, now: Instant, topics: &dyn TopicLookup, changed: bool) {
+        let changed = self.resolve_subscriptions(now, topics, changed) || changed;
         let subscribed = self.subscribed_topics();
         let specs: TopicSpecs = subscribed.iter().filter_map(|n| topics.by_name(n).map(|t| (n.clone(), (t.id, t.partitions)))).collect();
         if changed || specs != self.topics {
@@ -366,8 +436,11 @@ impl ConsumerGroup {
             .copied()
             .max_by_key(|a| (votes.get(a).copied().unwrap_or(0), std::cmp::Reverse(ASSIGNORS.iter().position(|x| x == a))))
             .unwrap_or(assignor::UNIFORM);
-        let specs: Vec<MemberSpec<'_>> =
-            self.members.values().map(|m| MemberSpec { member_id: &m.id, topics: &m.topics, current: &m.assigned }).collect();
+        let specs: Vec<MemberSpec<'_>> = self
+            .members
+            .values()
+            .map(|m| MemberSpec { member_id: &m.id, topics: &m.subscribed, current: &m.assigned })
+            .collect();
         self.target = assignor::assign(chosen, &specs, &self.topics);
         self.assignor = chosen.to_string();
         self.assignment_epoch = self.group_epoch;
@@ -445,7 +518,7 @@ impl ConsumerGroup {
                     member_epoch: m.epoch,
                     client: m.client.clone(),
                     subscribed_topic_names: m.topics.iter().cloned().collect(),
-                    subscribed_topic_regex: m.regex.clone(),
+                    subscribed_topic_regex: m.regex.as_ref().map(|(r, _)| r.clone()),
                     assignment: named(&m.assigned),
                     target_assignment: named(&self.target.get(&m.id).cloned().unwrap_or_default()),
                 })

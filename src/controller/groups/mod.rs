@@ -52,6 +52,9 @@ impl From<StoreError> for GroupError {
 pub trait TopicLookup: Send + Sync + 'static {
     fn by_name(&self, name: &str) -> Option<Arc<TopicMeta>>;
     fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>>;
+    /// Every topic's name, the internal ones too, as Kafka's coordinator matches a regex
+    /// subscription (franz-go's Test848RegexBrokerResolves checks it against Kafka 4.4).
+    fn names(&self) -> Vec<String>;
 }
 
 enum Kind {

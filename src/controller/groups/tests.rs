@@ -14,29 +14,43 @@ use crate::api::groups::CommitOffset;
 use crate::clock::{ManualClock, SeededEntropy};
 use crate::controller::store::sqlite::SqliteStore;
 
-struct Topics(HashMap<String, Arc<TopicMeta>>);
+struct Topics(std::sync::Mutex<HashMap<String, Arc<TopicMeta>>>);
+
+impl Topics {
+    /// Creates topic `name` (ids in creation order, from 1).
+    fn add(&self, name: &str, partitions: i32) {
+        let mut m = self.0.lock().unwrap();
+        let id = Uuid::from_u128(m.len() as u128 + 1);
+        m.insert(name.to_string(), Arc::new(TopicMeta { id, name: name.into(), partitions, configs: Default::default() }));
+    }
+}
 
 impl TopicLookup for Topics {
     fn by_name(&self, name: &str) -> Option<Arc<TopicMeta>> {
-        self.0.get(name).cloned()
+        self.0.lock().unwrap().get(name).cloned()
     }
     fn by_id(&self, id: Uuid) -> Option<Arc<TopicMeta>> {
-        self.0.values().find(|t| t.id == id).cloned()
+        self.0.lock().unwrap().values().find(|t| t.id == id).cloned()
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.lock().unwrap().keys().cloned().collect()
     }
 }
 
 fn topics() -> Arc<Topics> {
-    let mut m = HashMap::new();
-    for (i, (name, partitions)) in [("t", 4), ("u", 2)].into_iter().enumerate() {
-        let id = Uuid::from_u128(i as u128 + 1);
-        m.insert(name.to_string(), Arc::new(TopicMeta { id, name: name.into(), partitions, configs: Default::default() }));
-    }
-    Arc::new(Topics(m))
+    let t = Topics(Default::default());
+    t.add("t", 4);
+    t.add("u", 2);
+    Arc::new(t)
 }
 
 fn coordinator(db: &std::path::Path) -> Arc<GroupCoordinator> {
+    coordinator_with(db, topics())
+}
+
+fn coordinator_with(db: &std::path::Path, topics: Arc<Topics>) -> Arc<GroupCoordinator> {
     let store = Arc::new(SqliteStore::open(db).unwrap());
-    GroupCoordinator::open(store, topics(), Arc::new(ManualClock::new(1_000)), Arc::new(SeededEntropy::new(9)), GroupSettings::default())
+    GroupCoordinator::open(store, topics, Arc::new(ManualClock::new(1_000)), Arc::new(SeededEntropy::new(9)), GroupSettings::default())
         .unwrap()
 }
 
@@ -408,6 +422,53 @@ async fn kip848_members_reconcile_without_sharing_a_partition() {
     let left = c.consumer_heartbeat(hb("a", consumer::LEAVE_EPOCH, None)).unwrap();
     assert_eq!(left.member_epoch, -1);
     assert_eq!(c.list_groups(&[], &["consumer".into()])[0].state, "Empty");
+}
+
+#[tokio::test(start_paused = true)]
+async fn kip848_a_regex_subscription_picks_up_a_topic_created_after_the_member_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = topics();
+    topics.add("__consumer_offsets", 50);
+    let c = coordinator_with(&dir.path().join("c.db"), topics.clone());
+    let by_regex = |epoch: i32, regex: Option<&str>| crate::api::groups::consumer::HeartbeatRequest {
+        subscribed_topic_names: None,
+        subscribed_topic_regex: regex.map(str::to_string),
+        ..hb("a", epoch, Some(&[]))
+    };
+    // Whole names only ("t" and not "u"), Kafka's error for a bad one.
+    assert!(matches!(c.consumer_heartbeat(by_regex(0, Some("(t"))), Err(GroupError::InvalidRegularExpression(_))));
+    let a = c.consumer_heartbeat(by_regex(0, Some("t|t2|x.*"))).unwrap();
+    assert_eq!((a.member_epoch, parts(&a)), (1, Some(vec![0, 1, 2, 3])));
+    let described = c.consumer_describe("k").unwrap();
+    assert_eq!(described.members[0].subscribed_topic_regex.as_deref(), Some("t|t2|x.*"));
+
+    // t2 is created: within a regex refresh, the next heartbeat bumps the epoch and assigns it.
+    topics.add("t2", 3);
+    tokio::time::advance(consumer::REGEX_REFRESH).await;
+    let a = c.consumer_heartbeat(by_regex(1, None)).unwrap();
+    let assigned = a.assignment.clone().unwrap();
+    assert_eq!(a.member_epoch, 2);
+    assert_eq!(assigned.get(&Uuid::from_u128(4)).map(|ps| ps.len()), Some(3), "{assigned:?}");
+    assert_eq!(assigned.get(&Uuid::from_u128(1)).map(|ps| ps.len()), Some(4), "{assigned:?}");
+    // Internal topics match too, as in Kafka 4.4.
+    let internal = c.consumer_heartbeat(by_regex(2, Some("__consumer_offsets"))).unwrap();
+    assert_eq!(internal.member_epoch, 2, "revoking t and t2 first");
+    assert!(
+        c.consumer_describe("k").unwrap().members[0]
+            .target_assignment
+            .iter()
+            .any(|(id, _, ps)| *id == Uuid::from_u128(3) && ps.len() == 50)
+    );
+
+    // Moving to names clears the regex (an empty one): t2 goes.
+    let mut names = by_regex(2, Some(""));
+    names.subscribed_topic_names = Some(vec!["u".into()]);
+    let a = c.consumer_heartbeat(names).unwrap();
+    // It owns nothing (an empty owned list), so it moves at once to the group's epoch 4 (a bump
+    // for the regex change, one for the names) and gets u's two partitions, and only those.
+    assert_eq!((a.member_epoch, parts(&a).map(|p| p.len())), (4, Some(2)));
+    assert_eq!(a.assignment.unwrap().keys().collect::<Vec<_>>(), vec![&Uuid::from_u128(2)]);
+    assert!(c.consumer_describe("k").unwrap().members[0].subscribed_topic_regex.is_none());
 }
 
 #[test]

@@ -64,12 +64,9 @@ pub async fn heartbeat(
         rack_id: req.rack_id.map(|s| s.to_string()),
         rebalance_timeout_ms: req.rebalance_timeout_ms,
         subscribed_topic_names: req.subscribed_topic_names.map(|ns| ns.into_iter().map(|n| n.0.to_string()).collect()),
-        // librdkafka sends an empty regex when it subscribes by names.
-        subscribed_topic_regex: if version >= 1 {
-            req.subscribed_topic_regex.map(|s| s.to_string()).filter(|s| !s.is_empty())
-        } else {
-            None
-        },
+        // Empty: no regex (librdkafka sends it when it subscribes by names; a client that
+        // moves from a regex to names clears it so).
+        subscribed_topic_regex: if version >= 1 { req.subscribed_topic_regex.map(|s| s.to_string()) } else { None },
         server_assignor: req.server_assignor.map(|s| s.to_string()),
         owned,
         api_version: version,
