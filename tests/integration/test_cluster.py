@@ -281,9 +281,10 @@ def test_a_paused_agent_is_fenced_and_commits_under_a_new_epoch(tmp_path):
     agent = None
     try:
         ctl.wait_listening()
-        # A long flush interval, so data is waiting in the upload buffer when the agent stops.
+        # A long flush interval and no early flushes, so data is waiting in the upload buffer
+        # when the agent stops.
         agent = make_agent(tmp_path, 1, [ctl.address], tmp_path / "objects",
-                           {"SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS": "1500"}).start()
+                           {"SIDESTREAM_UPLOAD_FLUSH_INTERVAL_MS": "1500", "SIDESTREAM_UPLOAD_PUTS_PER_S": "0"}).start()
         topic = "fencing"
         create_topic(agent.bootstrap, topic, PARTITIONS)
         p = producer(agent.bootstrap)
