@@ -16,7 +16,7 @@ mod run;
 mod world;
 
 /// Seeds a plain `cargo test` runs (about a minute in release on two cores).
-const SEEDS_DEFAULT: u64 = 150;
+const SEEDS_DEFAULT: u64 = 100;
 /// Where the default seeds start.
 const SEED_FROM_DEFAULT: u64 = 1;
 

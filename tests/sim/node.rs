@@ -33,6 +33,8 @@ pub struct NodeSettings {
     pub orphan_grace_ms: u64,
     pub orphan_scan_ms: u64,
     pub gc_interval_ms: u64,
+    /// Small segments: the WAL rolls and deletes committed ones often.
+    pub wal_segment_bytes: u64,
 }
 
 /// A running incarnation.
@@ -84,7 +86,12 @@ impl Node {
             dir: self.dir.join("cache"),
         };
         let cache = cache::ReadCache::open(&cache_settings, store.clone()).await.expect("sim: read cache");
-        let wal_settings = WalSettings { dir: self.dir.join("wal"), segment_bytes: 64 << 10, sync: WalSync::None, bytes_max: 256 << 20 };
+        let wal_settings = WalSettings {
+            dir: self.dir.join("wal"),
+            segment_bytes: settings.wal_segment_bytes,
+            sync: WalSync::None,
+            bytes_max: 256 << 20,
+        };
         let recovery = wal::recover(&wal_settings.dir, &*entropy).expect("sim: WAL recovery");
         let wal_mark = loop {
             match controller.wal_mark(recovery.log_id.clone()).await {

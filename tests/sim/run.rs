@@ -111,6 +111,7 @@ impl Plan {
                 orphan_grace_ms: rng.range(10_000, 30 * 60_000),
                 orphan_scan_ms: rng.range(1_000, 60_000),
                 gc_interval_ms: rng.range(1_000, 60_000),
+                wal_segment_bytes: rng.range(1 << 10, 64 << 10),
             },
             commit_window_ms: rng.range(20 * 60_000, 24 * 3_600_000) as i64,
             crash_rate: [0.0, 0.005, 0.02][rng.range(0, 2) as usize],
