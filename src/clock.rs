@@ -3,8 +3,10 @@
 //! The core paths never call `SystemTime::now` or a global RNG directly: they take a [`Clock`] and
 //! an [`Entropy`] so that a test (and later the deterministic simulation) can replay a run from a
 //! seed. Monotonic waiting (timeouts, flush timers) uses tokio's clock, which tests can pause.
+//! CPU-bound or blocking work the async paths hand off goes through [`run_blocking`], which the
+//! deterministic simulation (tests/sim) runs on the caller's thread ([`set_blocking_inline`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds since the Unix epoch (record timestamps, object key ULIDs).
@@ -81,6 +83,25 @@ impl Entropy for SeededEntropy {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+}
+
+/// Whether [`run_blocking`] runs its work on the caller's thread (set once by the simulation).
+static BLOCKING_INLINE: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`run_blocking`] run its work on the caller's thread, for the whole process: the
+/// deterministic simulation's single thread then sees each piece of work finish before any
+/// other task runs (a thread pool would finish it at a moment real time decides).
+pub fn set_blocking_inline(inline: bool) {
+    BLOCKING_INLINE.store(inline, Ordering::SeqCst);
+}
+
+/// Runs `f` on tokio's blocking pool (or inline, see [`set_blocking_inline`]); `Err` if it
+/// panicked on the pool.
+pub async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {
+    if BLOCKING_INLINE.load(Ordering::Relaxed) {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

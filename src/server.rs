@@ -545,7 +545,7 @@ async fn open_controller(
 
 /// Uploads and commits every WAL entry the controller has not committed (ids above `mark`),
 /// before the agent serves: acknowledged acks=1 data is never lost, never committed twice.
-async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Result<(), ServerError> {
+pub async fn replay_wal(recovery: &Recovery, mark: u64, uploader: &Uploader) -> Result<(), ServerError> {
     let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let mut pending = Vec::new();
     let mut entries = 0u64;

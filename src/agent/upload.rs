@@ -579,7 +579,7 @@ async fn seal(open: OpenObject, sealed_tx: &mpsc::Sender<Queued>, settings: &Upl
         span.set("sidestream.object.sampled_requests", open.links.len());
     }
     let groups = open.groups;
-    let built = tokio::task::spawn_blocking(move || {
+    let built = crate::clock::run_blocking(move || {
         let mut builder = ObjectBuilder::with_capacity(bytes, batches);
         let mut waiters = Vec::new();
         for (_, appends) in groups {

@@ -35,7 +35,7 @@ macro_rules! run {
     };
     (blocking, $c:expr, $method:ident ($($arg:ident),*)) => {{
         let c = $c.clone();
-        match tokio::task::spawn_blocking(move || Answer::$method(&*c, $($arg),*)).await {
+        match crate::clock::run_blocking(move || Answer::$method(&*c, $($arg),*)).await {
             Ok(r) => r,
             Err(e) => crate::api::calls::Failed::failed(ControllerError::Unavailable(format!("controller task failed: {e}"))),
         }
