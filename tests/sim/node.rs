@@ -35,6 +35,11 @@ pub struct NodeSettings {
     pub gc_interval_ms: u64,
     /// Small segments: the WAL rolls and deletes committed ones often.
     pub wal_segment_bytes: u64,
+    /// Early seals of objects acks=all producers wait for (`[upload] quiet_flush_ms`,
+    /// `puts_per_s`, `puts_burst`; 0 PUTs per second: none).
+    pub quiet_flush_ms: u64,
+    pub puts_per_s: u32,
+    pub puts_burst: u32,
 }
 
 /// A running incarnation.
@@ -133,6 +138,9 @@ impl Node {
                 flush_bytes: settings.flush_bytes,
                 buffer_bytes_max: 64 << 20,
                 max_in_flight_objects: settings.max_in_flight_objects,
+                quiet_flush: Duration::from_millis(settings.quiet_flush_ms),
+                puts_per_s: settings.puts_per_s,
+                puts_burst: settings.puts_burst,
                 agent: format!("agent-{}", self.id),
                 key_prefix: String::new(),
                 wal_log_id: Some(recovery.log_id.clone()),

@@ -99,7 +99,7 @@ fn windows(rng: &mut Rng, most: u64, duration_ms: u64) -> Windows {
 impl Plan {
     fn draw(rng: &mut Rng) -> Plan {
         let duration_ms = rng.range(10 * 60_000, DURATION_MS_MAX);
-        Plan {
+        let mut plan = Plan {
             agents: rng.range(1, 2) as usize,
             clients: rng.range(2, 4) as usize,
             partitions: rng.range(1, 3) as i32,
@@ -112,6 +112,9 @@ impl Plan {
                 orphan_scan_ms: rng.range(1_000, 60_000),
                 gc_interval_ms: rng.range(1_000, 60_000),
                 wal_segment_bytes: rng.range(1 << 10, 64 << 10),
+                quiet_flush_ms: 0,
+                puts_per_s: 0,
+                puts_burst: 0,
             },
             commit_window_ms: rng.range(20 * 60_000, 24 * 3_600_000) as i64,
             crash_rate: [0.0, 0.005, 0.02][rng.range(0, 2) as usize],
@@ -129,7 +132,12 @@ impl Plan {
                 delay_max_ms: [0, 20, 500][rng.range(0, 2) as usize],
                 outages: windows(rng, 2, duration_ms),
             },
-        }
+        };
+        // Drawn last, so the seeds before early seals existed still draw the same plans.
+        plan.node.quiet_flush_ms = rng.range(0, plan.node.flush_interval_ms.min(5));
+        plan.node.puts_per_s = [0, 4, 50][rng.range(0, 2) as usize];
+        plan.node.puts_burst = rng.range(1, 8) as u32;
+        plan
     }
 }
 
