@@ -52,7 +52,9 @@ impl<J: Job> JobRunner<J> {
         };
         let labels = [("job", name)];
         crate::metrics::counter("sidestream_job_runs_total", "Passes of a background job run by this agent.", &labels).inc();
+        // Biased (here and below): polled in a fixed order, so a simulated run replays.
         let pass = tokio::select! {
+            biased;
             pass = self.job.run_once(&lease) => pass,
             lost = self.renew(&lease) => Err(AgentError::Controller(lost)),
         };
@@ -87,10 +89,12 @@ impl<J: Job> JobRunner<J> {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(self.interval) => {}
                 }
                 let pass = tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     pass = self.run_if_leased() => pass,
                 };

@@ -151,11 +151,14 @@ impl OrphanCollector {
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
+                // Biased: polled in a fixed order, so a simulated run replays.
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(self.settings.scan_interval) => {}
                 }
                 let pass = tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     pass = self.run_pass() => pass,
                 };

@@ -490,13 +490,16 @@ async fn run_flusher(
             (d, e) => d.or(e),
         };
         let msg = match wake {
+            // Biased, the timer first: a busy inbox never holds off a due seal, and the order
+            // does not depend on tokio's random branch choice (the simulation replays runs).
             Some(wake) => tokio::select! {
-                m = rx.recv() => m,
+                biased;
                 _ = sleep_until(wake) => {
                     let reason = if open.deadline.is_some_and(|d| d <= wake) { SealReason::Interval } else { SealReason::Quiet };
                     seal_open(&mut open, reason, &mut budget, &sealed_tx, &settings, &deps).await;
                     continue;
                 }
+                m = rx.recv() => m,
             },
             None => rx.recv().await,
         };
