@@ -76,12 +76,26 @@ impl SeededEntropy {
     }
 }
 
+/// SplitMix64's increment (Steele, Lea, Flood 2014).
+const SPLITMIX64_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output of a state.
+fn splitmix64_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// SplitMix64 on a plain state (single-threaded users: the bench, the simulation); the same
+/// sequence [`SeededEntropy`] gives from the same seed.
+pub fn splitmix64_next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(SPLITMIX64_GAMMA);
+    splitmix64_mix(*state)
+}
+
 impl Entropy for SeededEntropy {
     fn next_u64(&self) -> u64 {
-        let mut z = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64_mix(self.0.fetch_add(SPLITMIX64_GAMMA, Ordering::Relaxed).wrapping_add(SPLITMIX64_GAMMA))
     }
 }
 
