@@ -109,6 +109,12 @@ pub fn set_blocking_inline(inline: bool) {
     BLOCKING_INLINE.store(inline, Ordering::SeqCst);
 }
 
+/// Whether blocking work runs on the caller's thread (see [`set_blocking_inline`]); the WAL's
+/// writer then runs in the appending task instead of on its own thread.
+pub fn blocking_inline() -> bool {
+    BLOCKING_INLINE.load(Ordering::Relaxed)
+}
+
 /// Runs `f` on tokio's blocking pool (or inline, see [`set_blocking_inline`]); `Err` if it
 /// panicked on the pool.
 pub async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {

@@ -344,7 +344,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     .spawn(shutdown.clone());
     crate::probe::register_disk_gauges(config.agent.data_dir.clone());
     let next_id = recovery.last_id().max(wal_mark) + 1;
-    let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).map_err(ServerError::Wal)?;
+    let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone(), None).map_err(ServerError::Wal)?;
     TxnTimer {
         controller: controller.clone(),
         uploader: uploader.clone(),

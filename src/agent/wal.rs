@@ -25,6 +25,12 @@
 //! entry after it), appends get KAFKA_STORAGE_ERROR at once, and after a backoff (doubling from
 //! [`RETRY_FIRST`] to [`RETRY_MAX`]) the next append tries the disk again; the first that
 //! succeeds brings the log back online. `sidestream_wal_online` shows the state.
+//!
+//! Tests reach the disk through [`DiskFaults`]: each file operation of the writer may be failed
+//! (a write after part of its bytes landed, as on a full disk). Under the deterministic
+//! simulation ([`crate::clock::set_blocking_inline`]) the writer runs in the appending task, not
+//! on its own thread, so which entries share a write is decided by the run, not by real time;
+//! the retry backoff follows tokio's clock, which the simulation pauses.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Read, Write};
@@ -175,6 +181,19 @@ fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> std::io:
     Ok(())
 }
 
+/// Writes the first `n` bytes of `slices` (an injected partial write).
+fn write_prefix(file: &mut File, slices: &[IoSlice<'_>], mut n: usize) -> std::io::Result<()> {
+    for s in slices {
+        if n == 0 {
+            break;
+        }
+        let take = n.min(s.len());
+        file.write_all(&s[..take])?;
+        n -= take;
+    }
+    Ok(())
+}
+
 fn decode_payload(id: u64, mut p: &[u8]) -> Option<WalEntry> {
     if p.remaining() < 4 {
         return None;
@@ -312,17 +331,45 @@ struct WriteReq {
     trace: Option<SpanContext>,
 }
 
+/// A file operation of the WAL writer, as [`DiskFaults`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Creating a segment (and syncing the directory).
+    Create,
+    /// Appending `bytes` to the active segment.
+    Write { bytes: usize },
+    /// fsync of the active segment (only with `[wal] sync = "fsync"`).
+    Sync,
+    /// Cutting a failed write off the active segment.
+    Truncate,
+}
+
+/// An injected failure: for [`DiskOp::Write`], `written_bytes` of the data reach the file before
+/// `error` (a full disk takes part of a write); other operations do nothing and fail.
+#[derive(Debug)]
+pub struct DiskFault {
+    pub written_bytes: usize,
+    pub error: std::io::Error,
+}
+
+/// Fault injection on the WAL's disk, for tests and the simulation (production passes none).
+pub trait DiskFaults: Send + Sync + 'static {
+    /// Called before each operation; `Err` fails it.
+    fn check(&self, op: DiskOp) -> Result<(), DiskFault>;
+}
+
 /// Whether the log takes appends: set by the writer, read by [`Wal::enqueue`].
 struct Health {
     online: AtomicBool,
     /// While offline: when appends may try the disk again, in ms since `base`.
     retry_at_ms: AtomicU64,
-    base: std::time::Instant,
+    /// tokio's clock: the writer thread enters the runtime, so both sides read the same one.
+    base: Instant,
 }
 
 impl Health {
     fn new() -> Arc<Self> {
-        let health = Arc::new(Health { online: AtomicBool::new(true), retry_at_ms: AtomicU64::new(0), base: std::time::Instant::now() });
+        let health = Arc::new(Health { online: AtomicBool::new(true), retry_at_ms: AtomicU64::new(0), base: Instant::now() });
         let gauge = Arc::downgrade(&health);
         metrics::gauges("sidestream_wal_online", "1 while the WAL takes writes, 0 while a failed write keeps it offline.", move || {
             gauge.upgrade().map(|h| vec![(vec![], i64::from(h.online.load(Ordering::SeqCst)))]).unwrap_or_default()
@@ -348,20 +395,32 @@ impl Health {
     }
 }
 
+/// The writer and its queue, run by the appending task (under the simulation).
+type InlineWriter = (Writer, mpsc::UnboundedReceiver<WriteReq>);
+
 /// Handle to the running WAL.
 #[derive(Clone)]
 pub struct Wal {
     tx: mpsc::UnboundedSender<WriteReq>,
     space: Arc<Semaphore>,
     health: Arc<Health>,
+    /// The writer and its queue when it runs in the appending task (the simulation).
+    inline: Option<Arc<Mutex<InlineWriter>>>,
 }
 
 impl Wal {
     /// Starts the writer thread (appending after `recovery`'s segments, ids from `next_id`) and
     /// the task deleting segments once the uploader's contiguous committed mark passes them
     /// (every entry at or below it committed). `committed_mark` is the WAL mark the controller
-    /// already holds.
-    pub fn start(settings: WalSettings, recovery: Recovery, next_id: u64, committed_mark: u64, uploader: Uploader) -> std::io::Result<Wal> {
+    /// already holds. `faults` fails chosen disk operations (tests; `None` in production).
+    pub fn start(
+        settings: WalSettings,
+        recovery: Recovery,
+        next_id: u64,
+        committed_mark: u64,
+        uploader: Uploader,
+        faults: Option<Arc<dyn DiskFaults>>,
+    ) -> std::io::Result<Wal> {
         let space = Arc::new(Semaphore::new(settings.bytes_max.min(Semaphore::MAX_PERMITS as u64) as usize));
         let on_disk: u64 = recovery.segments.iter().map(|s| s.bytes).sum();
         space.forget_permits(on_disk.min(settings.bytes_max) as usize);
@@ -369,8 +428,17 @@ impl Wal {
         delete_committed(&segments, committed_mark, &space);
         let health = Health::new();
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer::open(settings, segments.clone(), next_id, uploader.clone(), health.clone())?;
-        std::thread::Builder::new().name("sidestream-wal".into()).spawn(move || writer.run(rx))?;
+        let writer = Writer::open(settings, segments.clone(), next_id, uploader.clone(), health.clone(), faults)?;
+        let inline = if crate::clock::blocking_inline() {
+            Some(Arc::new(Mutex::new((writer, rx))))
+        } else {
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new().name("sidestream-wal".into()).spawn(move || {
+                let _clock = runtime.enter();
+                writer.run(rx)
+            })?;
+            None
+        };
         let mut committed = uploader.committed_wal();
         let cleanup_space = space.clone();
         tokio::spawn(async move {
@@ -383,7 +451,7 @@ impl Wal {
                 delete_committed(&segments, mark, &cleanup_space);
             }
         });
-        Ok(Wal { tx, space, health })
+        Ok(Wal { tx, space, health, inline })
     }
 
     /// Queues one entry (the batches of one produce request) for the writer, waiting for log
@@ -402,6 +470,13 @@ impl Wal {
         let (reply, rx) = oneshot::channel();
         let trace = trace::current();
         self.tx.send(WriteReq { payload, items, permit, space, reply, trace }).map_err(|_| AgentError::ShuttingDown)?;
+        if let Some(inline) = &self.inline {
+            let mut guard = inline.lock().unwrap_or_else(|p| p.into_inner());
+            let (writer, queue) = &mut *guard;
+            while let Some(group) = next_group(queue, None) {
+                writer.commit(group);
+            }
+        }
         Ok(Logged(rx))
     }
 }
@@ -471,6 +546,28 @@ struct Writer {
     dirty: bool,
     /// Wait before the next try after a failed one (while offline).
     retry: Duration,
+    faults: Option<Arc<dyn DiskFaults>>,
+}
+
+/// The requests of one group commit: `first` (or the first queued) and every request queued
+/// behind it, up to [`GROUP_BYTES_MAX`]; `None` when nothing is queued.
+fn next_group(rx: &mut mpsc::UnboundedReceiver<WriteReq>, first: Option<WriteReq>) -> Option<Vec<WriteReq>> {
+    let first = match first {
+        Some(r) => r,
+        None => rx.try_recv().ok()?,
+    };
+    let mut bytes = first.payload.len;
+    let mut reqs = vec![first];
+    while bytes < GROUP_BYTES_MAX {
+        match rx.try_recv() {
+            Ok(r) => {
+                bytes += r.payload.len;
+                reqs.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(reqs)
 }
 
 impl Writer {
@@ -480,6 +577,7 @@ impl Writer {
         next_id: u64,
         uploader: Uploader,
         health: Arc<Health>,
+        faults: Option<Arc<dyn DiskFaults>>,
     ) -> std::io::Result<Self> {
         let mut w = Writer {
             metrics: WalMetrics::new(),
@@ -493,6 +591,7 @@ impl Writer {
             health,
             dirty: false,
             retry: RETRY_FIRST,
+            faults,
         };
         // Keep appending to the newest segment only if ids continue it.
         let last = w.segments.lock().unwrap_or_else(|p| p.into_inner()).last().cloned();
@@ -510,7 +609,13 @@ impl Writer {
         Ok(w)
     }
 
+    /// The injected failure of `op`, if any (with a write's partial bytes left to the caller).
+    fn fault(&self, op: DiskOp) -> Result<(), DiskFault> {
+        self.faults.as_ref().map_or(Ok(()), |f| f.check(op))
+    }
+
     fn roll(&mut self, first_id: u64) -> std::io::Result<()> {
+        self.fault(DiskOp::Create).map_err(|f| f.error)?;
         let path = segment_path(&self.settings.dir, first_id);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if self.settings.sync == WalSync::Fsync {
@@ -525,92 +630,89 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteReq>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut reqs = vec![first];
-            let mut bytes = reqs[0].payload.len;
-            while bytes < GROUP_BYTES_MAX {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        bytes += r.payload.len;
-                        reqs.push(r);
-                    }
-                    Err(_) => break,
+            let reqs = next_group(&mut rx, Some(first)).expect("a group holds its first request");
+            self.commit(reqs);
+        }
+    }
+
+    /// One group commit: writes `reqs` as consecutive entries, syncs, hands them to the
+    /// uploader and answers them; or takes the log offline and answers them with the error.
+    fn commit(&mut self, reqs: Vec<WriteReq>) {
+        let bytes: usize = reqs.iter().map(|r| r.payload.len).sum();
+        // Queued before the log went offline: answered without touching the disk until the
+        // retry time.
+        if let Err(e) = self.health.check() {
+            for r in reqs {
+                let _ = r.reply.send(Err(AgentError::Wal(e.to_string())));
+            }
+            return;
+        }
+        let first_id = self.next_id;
+        let headers: Vec<_> = reqs.iter().enumerate().map(|(i, r)| r.payload.entry_header(first_id + i as u64)).collect();
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        for (r, h) in reqs.iter().zip(&headers) {
+            slices.push(IoSlice::new(h));
+            slices.extend(r.payload.pieces(&r.items).map(IoSlice::new));
+        }
+        let written = bytes + reqs.len() * ENTRY_HEADER_BYTES;
+        // The group commit as each sampled request's child: its write and fsync, shared.
+        let mut spans: Vec<Span> = reqs.iter().filter_map(|r| trace::child_of(r.trace, "wal.write", SpanKind::Internal)).collect();
+        let started = std::time::Instant::now();
+        let result = self.write(first_id, written, &mut slices);
+        drop(slices);
+        for span in &mut spans {
+            span.set("sidestream.wal.group_entries", reqs.len());
+            span.set("sidestream.wal.group_bytes", written);
+            if let Err(e) = &result {
+                span.fail(e);
+            }
+        }
+        drop(spans);
+        match result {
+            Ok(()) => {
+                if !self.health.online.load(Ordering::SeqCst) {
+                    tracing::warn!(dir = %self.settings.dir.display(), "WAL write succeeded: the log is back online");
+                    self.health.online.store(true, Ordering::SeqCst);
+                }
+                self.retry = RETRY_FIRST;
+                self.metrics.write_latency.record(started.elapsed());
+                self.metrics.fsyncs.inc();
+                self.metrics.entries.add(reqs.len() as u64);
+                self.metrics.bytes.add(written as u64);
+                let last_id = first_id + reqs.len() as u64 - 1;
+                self.next_id = last_id + 1;
+                self.active_bytes += written as u64;
+                self.active_last = Some(last_id);
+                if let Some(s) = self.segments.lock().unwrap_or_else(|p| p.into_inner()).last_mut() {
+                    s.bytes = self.active_bytes;
+                    s.last_id = Some(last_id);
+                }
+                for (i, r) in reqs.into_iter().enumerate() {
+                    let id = first_id + i as u64;
+                    r.space.forget(); // given back when the segment holding the entry is deleted
+                    let result = self.uploader.submit(r.items, Some(id), r.permit, r.trace).map(|_| ());
+                    let _ = r.reply.send(result);
                 }
             }
-            // Queued before the log went offline: answered without touching the disk until the
-            // retry time.
-            if let Err(e) = self.health.check() {
+            Err(e) => {
+                self.metrics.write_errors.inc();
+                self.dirty = true;
+                let repaired = self.repair();
+                let was_online = self.health.online.load(Ordering::SeqCst);
+                self.health.offline_until(self.retry);
+                if was_online {
+                    tracing::error!(error = %e, dir = %self.settings.dir.display(), retry = ?self.retry,
+                        "WAL write failed: the log is offline (appends get KAFKA_STORAGE_ERROR) until a retried write succeeds");
+                } else {
+                    tracing::debug!(error = %e, retry = ?self.retry, "WAL write failed again");
+                }
+                if let Err(re) = repaired {
+                    tracing::debug!(error = %re, "cannot cut the failed write off the WAL segment yet");
+                }
+                self.retry = (self.retry * 2).min(RETRY_MAX);
+                // Dropping each request's log space gives it back: nothing was written.
                 for r in reqs {
-                    let _ = r.reply.send(Err(AgentError::Wal(e.to_string())));
-                }
-                continue;
-            }
-            let first_id = self.next_id;
-            let headers: Vec<_> = reqs.iter().enumerate().map(|(i, r)| r.payload.entry_header(first_id + i as u64)).collect();
-            let mut slices: Vec<IoSlice<'_>> = Vec::new();
-            for (r, h) in reqs.iter().zip(&headers) {
-                slices.push(IoSlice::new(h));
-                slices.extend(r.payload.pieces(&r.items).map(IoSlice::new));
-            }
-            let written = bytes + reqs.len() * ENTRY_HEADER_BYTES;
-            // The group commit as each sampled request's child: its write and fsync, shared.
-            let mut spans: Vec<Span> = reqs.iter().filter_map(|r| trace::child_of(r.trace, "wal.write", SpanKind::Internal)).collect();
-            let started = std::time::Instant::now();
-            let result = self.write(first_id, written, &mut slices);
-            drop(slices);
-            for span in &mut spans {
-                span.set("sidestream.wal.group_entries", reqs.len());
-                span.set("sidestream.wal.group_bytes", written);
-                if let Err(e) = &result {
-                    span.fail(e);
-                }
-            }
-            drop(spans);
-            match result {
-                Ok(()) => {
-                    if !self.health.online.load(Ordering::SeqCst) {
-                        tracing::warn!(dir = %self.settings.dir.display(), "WAL write succeeded: the log is back online");
-                        self.health.online.store(true, Ordering::SeqCst);
-                    }
-                    self.retry = RETRY_FIRST;
-                    self.metrics.write_latency.record(started.elapsed());
-                    self.metrics.fsyncs.inc();
-                    self.metrics.entries.add(reqs.len() as u64);
-                    self.metrics.bytes.add(written as u64);
-                    let last_id = first_id + reqs.len() as u64 - 1;
-                    self.next_id = last_id + 1;
-                    self.active_bytes += written as u64;
-                    self.active_last = Some(last_id);
-                    if let Some(s) = self.segments.lock().unwrap_or_else(|p| p.into_inner()).last_mut() {
-                        s.bytes = self.active_bytes;
-                        s.last_id = Some(last_id);
-                    }
-                    for (i, r) in reqs.into_iter().enumerate() {
-                        let id = first_id + i as u64;
-                        r.space.forget(); // given back when the segment holding the entry is deleted
-                        let result = self.uploader.submit(r.items, Some(id), r.permit, r.trace).map(|_| ());
-                        let _ = r.reply.send(result);
-                    }
-                }
-                Err(e) => {
-                    self.metrics.write_errors.inc();
-                    self.dirty = true;
-                    let repaired = self.repair();
-                    let was_online = self.health.online.load(Ordering::SeqCst);
-                    self.health.offline_until(self.retry);
-                    if was_online {
-                        tracing::error!(error = %e, dir = %self.settings.dir.display(), retry = ?self.retry,
-                            "WAL write failed: the log is offline (appends get KAFKA_STORAGE_ERROR) until a retried write succeeds");
-                    } else {
-                        tracing::debug!(error = %e, retry = ?self.retry, "WAL write failed again");
-                    }
-                    if let Err(re) = repaired {
-                        tracing::debug!(error = %re, "cannot cut the failed write off the WAL segment yet");
-                    }
-                    self.retry = (self.retry * 2).min(RETRY_MAX);
-                    // Dropping each request's log space gives it back: nothing was written.
-                    for r in reqs {
-                        let _ = r.reply.send(Err(AgentError::Wal(format!("write failed: {e}"))));
-                    }
+                    let _ = r.reply.send(Err(AgentError::Wal(format!("write failed: {e}"))));
                 }
             }
         }
@@ -624,6 +726,7 @@ impl Writer {
             return Ok(());
         }
         if let Some(file) = self.file.as_ref() {
+            self.fault(DiskOp::Truncate).map_err(|f| f.error)?;
             file.set_len(self.active_bytes)?;
             if self.settings.sync == WalSync::Fsync {
                 file.sync_all()?;
@@ -648,8 +751,18 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return Err(std::io::Error::other("no active WAL segment"));
         };
+        if let Some(faults) = &self.faults
+            && let Err(fault) = faults.check(DiskOp::Write { bytes: len })
+        {
+            assert!(fault.written_bytes <= len, "a failed write lands {} of its {len} bytes", fault.written_bytes);
+            write_prefix(file, slices, fault.written_bytes)?;
+            return Err(fault.error);
+        }
         write_all_vectored(file, slices)?;
         if self.settings.sync == WalSync::Fsync {
+            if let Some(faults) = &self.faults {
+                faults.check(DiskOp::Sync).map_err(|f| f.error)?;
+            }
             file.sync_data()?;
         }
         Ok(())

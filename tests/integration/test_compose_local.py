@@ -32,6 +32,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -166,6 +167,14 @@ def topology(tmp_path_factory):
         yield plan
     finally:
         topo.down()
+        drop_read_caches(base)
+
+
+def drop_read_caches(base):
+    """Deletes the agents' read-cache files under `base` (the logs stay for a failed run): each
+    agent's disk tier takes its full 4 GiB default, and pytest keeps the last three runs."""
+    for cache in Path(base).glob("*/cache"):
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def http_get(addr, path):
@@ -384,6 +393,7 @@ def test_up_prints_the_bootstrap_servers_and_ctrl_c_stops_everything(tmp_path):
             proc.kill()
             proc.wait(10)
         proc.stdout.close()
+        drop_read_caches(tmp_path / "d")
     for addr in bootstraps + targets:
         host, port = addr.split(":")
         with pytest.raises(ConnectionRefusedError):

@@ -22,7 +22,7 @@ use sidestream::config::{Config, WalSync};
 use sidestream::object::ObjectStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::world::{Life, Rng, SimController, SimStore, World};
+use crate::world::{Life, Rng, SimController, SimDisk, SimStore, World};
 
 /// Settings every incarnation of every agent of a run shares (drawn from the seed).
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct NodeSettings {
     pub quiet_flush_ms: u64,
     pub puts_per_s: u32,
     pub puts_burst: u32,
+    /// `[wal] sync = "fsync"` (else none: the disk faults then never see an fsync).
+    pub wal_fsync: bool,
 }
 
 /// A running incarnation.
@@ -94,7 +96,7 @@ impl Node {
         let wal_settings = WalSettings {
             dir: self.dir.join("wal"),
             segment_bytes: settings.wal_segment_bytes,
-            sync: WalSync::None,
+            sync: if settings.wal_fsync { WalSync::Fsync } else { WalSync::None },
             bytes_max: 256 << 20,
         };
         let recovery = wal::recover(&wal_settings.dir, &*entropy).expect("sim: WAL recovery");
@@ -157,7 +159,15 @@ impl Node {
         );
         sidestream::server::replay_wal(&recovery, wal_mark, &uploader).await.expect("sim: WAL replay");
         let next_id = recovery.last_id().max(wal_mark) + 1;
-        let wal = Wal::start(wal_settings, recovery, next_id, wal_mark, uploader.clone()).expect("sim: WAL start");
+        let wal = Wal::start(
+            wal_settings,
+            recovery,
+            next_id,
+            wal_mark,
+            uploader.clone(),
+            Some(Arc::new(SimDisk { world: world.clone(), node: self.id })),
+        )
+        .expect("sim: WAL start");
         let acl_source = controller.clone();
         let authorizer = sidestream::agent::acl::Authorizer::new(
             &sidestream::agent::acl::AclSettings { enabled: false, super_users: Vec::new(), allow_if_no_acl: true },

@@ -1,6 +1,7 @@
 //! One run of the simulation from a seed: the plan (cluster shape, settings, faults, all drawn
 //! from the seed), the driver (idempotent producers at acks=1 and acks=all, a consumer
-//! committing group offsets, agent crashes with torn WAL tails, controller restarts), and the
+//! committing group offsets, agent crashes with torn WAL tails, controller restarts, full and
+//! failing disks under the WALs), and the
 //! invariants, checked during the run and once every fault has healed.
 //!
 //! Determinism: one current-thread runtime with a paused clock; blocking work runs inline
@@ -31,9 +32,10 @@ use sidestream::object::ObjectStore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
+use uuid::Uuid;
 
 use crate::node::{Node, NodeSettings};
-use crate::world::{ControllerFaults, Life, Rng, SimClock, SimController, StoreFaults, Windows, World, block_here};
+use crate::world::{ControllerFaults, DiskFaults, Life, Rng, SimClock, SimController, StoreFaults, Windows, World, block_here};
 
 const TOPIC: &str = "sim";
 const GROUP: &str = "sim-group";
@@ -49,6 +51,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SETTLE_ROUNDS_MAX: usize = 600;
 /// Records read per partition at the end, at most.
 const READ_BYTES_MAX: u64 = 64 << 20;
+/// Bytes one fetch of the reading consumer asks for.
+const FETCH_BYTES_MAX: u64 = 16 << 10;
 
 /// What a run left: its trace, and the broken invariant if any.
 pub struct Outcome {
@@ -79,6 +83,7 @@ struct Plan {
     torn_tail_rate: f64,
     store: StoreFaults,
     controller: ControllerFaults,
+    disk: DiskFaults,
 }
 
 /// Up to `most` windows starting within `duration_ms`: half of them short (1 s to 1 min), half
@@ -115,6 +120,7 @@ impl Plan {
                 quiet_flush_ms: 0,
                 puts_per_s: 0,
                 puts_burst: 0,
+                wal_fsync: false,
             },
             commit_window_ms: rng.range(20 * 60_000, 24 * 3_600_000) as i64,
             crash_rate: [0.0, 0.005, 0.02][rng.range(0, 2) as usize],
@@ -132,11 +138,15 @@ impl Plan {
                 delay_max_ms: [0, 20, 500][rng.range(0, 2) as usize],
                 outages: windows(rng, 2, duration_ms),
             },
+            disk: DiskFaults::default(),
         };
         // Drawn last, so the seeds before early seals existed still draw the same plans.
         plan.node.quiet_flush_ms = rng.range(0, plan.node.flush_interval_ms.min(5));
         plan.node.puts_per_s = [0, 4, 50][rng.range(0, 2) as usize];
         plan.node.puts_burst = rng.range(1, 8) as u32;
+        // Drawn after the early seals, for the same reason.
+        plan.node.wal_fsync = rng.chance(0.2);
+        plan.disk = DiskFaults { error_rate: [0.0, 0.01, 0.05][rng.range(0, 2) as usize], full: windows(rng, 2, duration_ms) };
         plan
     }
 }
@@ -175,6 +185,35 @@ struct Consumer {
     seen: BTreeMap<i32, i64>,
 }
 
+/// A fetch's records by absolute offset, or why it failed.
+type Fetched = Result<Vec<(i64, String)>, String>;
+
+/// A consumer reading the partitions through the agents while the faults run (read_uncommitted,
+/// one fetch at a time, from where it got to).
+#[derive(Default)]
+struct Reader {
+    /// The fetch under way: its task (the records read, by offset), the agent asked, the partition.
+    inflight: Option<(JoinHandle<Fetched>, usize, i32)>,
+    /// Per partition: the next offset to fetch.
+    next: BTreeMap<i32, i64>,
+    /// Every record read: (partition, offset) -> value. The log must hold the same at the end.
+    read: HashMap<(i32, i64), String>,
+}
+
+/// Fetches partition `p` of `topic` through `agent` from `offset` (up to [`FETCH_BYTES_MAX`]),
+/// as a consumer's fetch reaches it; the records, by absolute offset.
+async fn fetch(agent: Arc<Agent>, topic: Uuid, p: i32, offset: i64) -> Fetched {
+    let read = agent.read_partition(topic, p, offset, FETCH_BYTES_MAX, true, false).await.map_err(|e| format!("fetch: {e}"))?;
+    let data = read.records.to_bytes();
+    let mut out = Vec::new();
+    for (at, h) in records::batches(&data) {
+        let batch = &data[at..at + h.size_bytes as usize];
+        let recs = records::decode_records(batch, &h, 1 << 20).map_err(|e| format!("p{p}: fetched batch: {e}"))?;
+        out.extend(recs.into_iter().map(|r| (r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).to_string())));
+    }
+    Ok(out)
+}
+
 /// What clients were promised.
 #[derive(Default)]
 struct Ledger {
@@ -197,6 +236,7 @@ struct Sim {
     nodes: Vec<Node>,
     clients: Vec<Client>,
     consumer: Consumer,
+    reader: Reader,
     ledger: Ledger,
     /// Controller outage windows already followed by a restart.
     restarted: usize,
@@ -231,6 +271,7 @@ impl Sim {
             nodes: Vec::new(),
             clients: Vec::new(),
             consumer: Consumer::default(),
+            reader: Reader::default(),
             ledger: Ledger::default(),
             restarted: 0,
             controller_opens: 0,
@@ -275,7 +316,14 @@ impl Sim {
         let clock = Arc::new(SimClock::new(START_MS));
         self.controller_opens += 1;
         let controller = open_controller(&self.db, clock.clone(), self.rng.next_u64(), self.plan.commit_window_ms, false);
-        let world = Arc::new(World::new(clock, controller, self.plan.store.clone(), self.plan.controller.clone(), &mut self.rng));
+        let world = Arc::new(World::new(
+            clock,
+            controller,
+            self.plan.store.clone(),
+            self.plan.controller.clone(),
+            self.plan.disk.clone(),
+            &mut self.rng,
+        ));
         world.trace.log(format_args!("seed {} plan {:?}", self.seed, self.plan));
         let topic = world
             .controller()
@@ -346,6 +394,9 @@ impl Sim {
         if self.rng.chance(0.2) {
             self.commit_group_offset();
         }
+        if self.rng.chance(0.3) {
+            self.read_through_agent()?;
+        }
         let _ = world;
         Ok(())
     }
@@ -372,6 +423,9 @@ impl Sim {
             let n = self.rng.range(1, 40) as usize;
             (0..n).map(|_| self.rng.next_u64() as u8).collect::<Vec<u8>>()
         });
+        if let Some((task, _, _)) = self.reader.inflight.take_if(|(_, n, _)| *n == node) {
+            task.abort();
+        }
         for client in self.clients.iter_mut().filter(|c| c.node == node) {
             if let Some((task, sent)) = client.inflight.take() {
                 task.abort();
@@ -545,6 +599,41 @@ impl Sim {
         self.consumer.inflight = Some((task, p, offset));
     }
 
+    /// The reading consumer: takes its fetch's answer if it came (what it read must never
+    /// change), else starts the next fetch on a random agent.
+    fn read_through_agent(&mut self) -> Result<(), String> {
+        let world = self.world().clone();
+        if let Some((task, node, p)) = self.reader.inflight.take() {
+            if !task.is_finished() {
+                self.reader.inflight = Some((task, node, p));
+                return Ok(());
+            }
+            match block_here(task).map_err(|e| format!("fetch task: {e}"))? {
+                Ok(records) => {
+                    world.trace.log(format_args!("a{node} fetch p{p}: {} records", records.len()));
+                    for (offset, value) in records {
+                        if let Some(before) = self.reader.read.insert((p, offset), value.clone())
+                            && before != value
+                        {
+                            return Err(format!("p{p} offset {offset} read as {before}, then as {value}"));
+                        }
+                        let next = self.reader.next.entry(p).or_insert(0);
+                        *next = (*next).max(offset + 1);
+                    }
+                }
+                Err(e) => world.trace.log(format_args!("a{node} fetch p{p} failed: {e}")),
+            }
+            return Ok(());
+        }
+        let node = self.rng.range(0, self.plan.agents as u64 - 1) as usize;
+        let p = self.rng.range(0, self.plan.partitions as u64 - 1) as i32;
+        let Some(agent) = self.nodes[node].agent().cloned() else { return Ok(()) };
+        let offset = self.reader.next.get(&p).copied().unwrap_or(0);
+        let topic = self.topic().id;
+        self.reader.inflight = Some((tokio::spawn(fetch(agent, topic, p, offset)), node, p));
+        Ok(())
+    }
+
     /// Invariants checked after every step.
     fn check_during(&mut self) -> Result<(), String> {
         for node in &self.nodes {
@@ -694,7 +783,35 @@ impl Sim {
                 return Err(format!("acknowledged (acks=all) record {v} at {at:?} found at {:?}", found.get(v)));
             }
         }
-        world.trace.log(format_args!("checked: {} records in the log", found.len()));
+        // What the consumer read during the run, and everything read through an agent now.
+        for ((p, offset), v) in &self.reader.read {
+            if found.get(v) != Some(&(*p, *offset)) {
+                return Err(format!("the consumer read {v} at p{p} offset {offset}; the log holds it at {:?}", found.get(v)));
+            }
+        }
+        let agent = self.nodes[0].agent().cloned().ok_or("agent 0 is not running")?;
+        let mut through_agent = 0;
+        for p in 0..self.plan.partitions {
+            let high_watermark = controller.offsets(topic.id, p).map_err(|e| format!("offsets: {e}"))?.next_offset;
+            let mut next = 0;
+            while next < high_watermark {
+                let records = fetch(agent.clone(), topic.id, p, next).await?;
+                let Some(last) = records.last() else { return Err(format!("p{p}: a fetch at {next} returned nothing")) };
+                next = last.0 + 1;
+                for (offset, v) in records {
+                    if found.get(&v) != Some(&(p, offset)) {
+                        return Err(format!("fetched {v} at p{p} offset {offset}; the log holds it at {:?}", found.get(&v)));
+                    }
+                    through_agent += 1;
+                }
+            }
+        }
+        if through_agent != found.len() {
+            return Err(format!("fetched {through_agent} records through the agent, the log holds {}", found.len()));
+        }
+        world
+            .trace
+            .log(format_args!("checked: {} records in the log, {} read during the run", found.len(), self.reader.read.len()));
         Ok(())
     }
 }

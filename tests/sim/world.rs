@@ -1,6 +1,7 @@
 //! The simulated world: seeded random streams, the simulated wall clock, the trace, and the two
 //! things every agent shares, the object store and the controller, each behind a wrapper that
-//! injects the run's faults ([`SimStore`], [`SimController`]).
+//! injects the run's faults ([`SimStore`], [`SimController`]), and the agents' local disks
+//! ([`SimDisk`], under their WALs).
 //!
 //! Every wrapper belongs to one agent incarnation ([`Life`]): once that incarnation crashed,
 //! its calls never return (a dead process makes no more requests), whatever task made them.
@@ -15,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sidestream::agent::client::ControllerClient;
+use sidestream::agent::wal::{self, DiskFault, DiskOp};
 use sidestream::api::calls::prelude::*;
 use sidestream::api::calls::{Call, Reply};
 use sidestream::api::{PartitionOffsets, TopicRef};
@@ -151,6 +153,16 @@ pub struct ControllerFaults {
     pub outages: Windows,
 }
 
+/// The agents' local disks' faults for one run (under their WALs).
+#[derive(Debug, Clone, Default)]
+pub struct DiskFaults {
+    /// Writes (after part of their bytes), fsyncs and truncations that fail with an I/O error.
+    pub error_rate: f64,
+    /// Every agent's disk is full: creates, writes (after part of their bytes) and fsyncs fail
+    /// with ENOSPC.
+    pub full: Windows,
+}
+
 /// What every agent shares.
 pub struct World {
     pub clock: Arc<SimClock>,
@@ -160,8 +172,10 @@ pub struct World {
     controller: RwLock<Arc<Controller>>,
     store_faults: RwLock<StoreFaults>,
     controller_faults: RwLock<ControllerFaults>,
+    disk_faults: RwLock<DiskFaults>,
     store_rng: Mutex<Rng>,
     controller_rng: Mutex<Rng>,
+    disk_rng: Mutex<Rng>,
 }
 
 impl World {
@@ -170,6 +184,7 @@ impl World {
         controller: Arc<Controller>,
         store_faults: StoreFaults,
         controller_faults: ControllerFaults,
+        disk_faults: DiskFaults,
         rng: &mut Rng,
     ) -> Self {
         Self {
@@ -179,8 +194,10 @@ impl World {
             controller: RwLock::new(controller),
             store_faults: RwLock::new(store_faults),
             controller_faults: RwLock::new(controller_faults),
+            disk_faults: RwLock::new(disk_faults),
             store_rng: Mutex::new(rng.fork()),
             controller_rng: Mutex::new(rng.fork()),
+            disk_rng: Mutex::new(rng.fork()),
         }
     }
 
@@ -205,6 +222,7 @@ impl World {
     pub fn heal(&self) {
         *self.store_faults.write().unwrap() = StoreFaults::default();
         *self.controller_faults.write().unwrap() = ControllerFaults::default();
+        *self.disk_faults.write().unwrap() = DiskFaults::default();
     }
 }
 
@@ -226,6 +244,33 @@ impl Life {
         if !self.0.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// One agent's disk under its WAL, with the run's disk faults. The WAL's writer runs in the
+/// appending task under the simulation, so these draws happen in the run's order.
+pub struct SimDisk {
+    pub world: Arc<World>,
+    pub node: usize,
+}
+
+impl wal::DiskFaults for SimDisk {
+    fn check(&self, op: DiskOp) -> Result<(), DiskFault> {
+        let faults = self.world.disk_faults.read().unwrap().clone();
+        let full = faults.full.active(self.world.clock.elapsed_ms());
+        let (error, landed) = {
+            let mut rng = self.world.disk_rng.lock().unwrap();
+            (rng.chance(faults.error_rate), rng.next_u64())
+        };
+        let (kind, written_bytes) = match op {
+            DiskOp::Write { bytes } if full => (std::io::ErrorKind::StorageFull, (landed % (bytes as u64 + 1)) as usize),
+            DiskOp::Write { bytes } if error => (std::io::ErrorKind::Other, (landed % (bytes as u64 + 1)) as usize),
+            DiskOp::Create | DiskOp::Sync if full => (std::io::ErrorKind::StorageFull, 0),
+            DiskOp::Sync | DiskOp::Truncate if error => (std::io::ErrorKind::Other, 0),
+            _ => return Ok(()),
+        };
+        self.world.trace.log(format_args!("disk a{} {op:?}: injected {kind:?} after {written_bytes} bytes", self.node));
+        Err(DiskFault { written_bytes, error: std::io::Error::new(kind, format!("simulated {kind:?}: {op:?}")) })
     }
 }
 
