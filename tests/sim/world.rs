@@ -424,8 +424,8 @@ impl Wake for ThreadWaker {
 }
 
 /// Runs `f` to completion on the sim's thread without letting any other task run meanwhile,
-/// for work that waits on a real thread (the WAL writer) and nothing else: it finishes at the
-/// same point of the simulation whatever real time it takes. Panics if it does not finish in
+/// for work that waits on nothing but itself (acks=1 requests: the WAL's writer runs inline)
+/// or on a task already finished: it finishes at the same point of the simulation. Panics if it does not finish in
 /// [`BLOCK_REAL_TIME_MAX`] of real time (it waited on another task: a bug of the sim).
 pub fn block_here<F: Future>(f: F) -> F::Output {
     let waker = Arc::new(ThreadWaker(std::thread::current())).into();
