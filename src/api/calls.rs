@@ -45,7 +45,7 @@ pub mod prelude {
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
     pub use crate::api::quota::{QuotaAlteration, QuotaEntry, QuotaFilter, QuotaSet};
     pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
-    pub use crate::api::txn::{ProducerDescription, TxnDescription, TxnEnd, TxnInit};
+    pub use crate::api::txn::{EndAnswer, ProducerDescription, TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
         CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreatePartitions, CreateTopic, ExtentRecord, ReplaceExtents,
         TopicKey, TopicMeta,
@@ -89,11 +89,15 @@ macro_rules! for_each_call {
             // Transactions (controller::txn).
             [blocking] AbortedTxns aborted_txns(topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError>;
             [blocking] InitTransactionalProducer init_transactional_producer(transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError>;
-            [blocking] AddPartitionsToTxn add_partitions_to_txn(transactional_id: String, producer_id: i64, epoch: i16, partitions: Vec<(String, i32)>, verify_only: bool) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            // `client_version` (None from agents before transaction version 2: 0): see `controller::txn`.
+            [blocking] AddPartitionsToTxn add_partitions_to_txn(transactional_id: String, producer_id: i64, epoch: i16, partitions: Vec<(String, i32)>, verify_only: bool, client_version: Option<i16>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
             [blocking] AddOffsetsToTxn add_offsets_to_txn(transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError>;
-            [blocking] TxnOffsetCommit txn_offset_commit(transactional_id: String, producer_id: i64, epoch: i16, group_id: String, offsets: Vec<CommitOffset>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            [blocking] TxnOffsetCommit txn_offset_commit(transactional_id: String, producer_id: i64, epoch: i16, group_id: String, offsets: Vec<CommitOffset>, client_version: Option<i16>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
             [now] ValidateTxnOffsetCommit validate_txn_offset_commit(group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError>;
+            // `end_txn`: transaction version 0 only, kept for agents of the previous release;
+            // `end_txn2` takes the client's version and answers the producer id and epoch too.
             [blocking] EndTxn end_txn(transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError>;
+            [blocking] EndTxn2 end_txn2(transactional_id: String, producer_id: i64, epoch: i16, commit: bool, client_version: i16) -> Result<EndAnswer, ControllerError>;
             [blocking] TransactionsToFinish transactions_to_finish() -> Result<Vec<TxnEnd>, ControllerError>;
             [now] DescribeTransaction describe_transaction(transactional_id: String) -> Result<Option<TxnDescription>, ControllerError>;
             [now] PendingTxnOffsets pending_txn_offsets(group_id: String) -> Result<Vec<TopicPartition>, ControllerError>;

@@ -121,7 +121,7 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
             .partition_error_code,
         INVALID_MAPPING
     );
-    for v in 0..=4 {
+    for v in 0..=5 {
         assert_eq!(c.call(v, &end("nobody", 1, 0, true)).await.error_code, INVALID_MAPPING, "EndTxn v{v}");
     }
     let described = c.call(0, &DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("nobody"))])).await;
