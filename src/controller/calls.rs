@@ -46,7 +46,7 @@ macro_rules! run {
 }
 
 macro_rules! define_answer {
-    ($([$kind:ident] $variant:ident $method:ident ($($arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
+    ($([$kind:ident] $variant:ident $method:ident ($($(#[$meta:meta])* $arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
         /// What the controller answers to each call of the table. `blocking` methods may touch
         /// the store (they run on the blocking pool); `now` methods must not.
         pub trait Answer: Send + Sync + 'static {

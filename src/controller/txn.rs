@@ -529,7 +529,11 @@ impl Controller {
         client_version: i16,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
         // Verification reads memory only: no write lock (produce calls it for transactional
-        // batches); an add holds it from the read to the store write.
+        // batches); so does an add with nothing to add (Produce v12 calls it for every
+        // transactional batch); any other add holds it from the read to the store write.
+        if !verify_only && self.already_added(transactional_id, producer_id, epoch, partitions, client_version) {
+            return Ok(vec![Ok(()); partitions.len()]);
+        }
         let _w = (!verify_only).then(|| self.lock_writes());
         let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
@@ -563,6 +567,25 @@ impl Controller {
             self.save_transaction(t)?;
         }
         Ok(resolved.into_iter().map(|r| r.map(|_| ())).collect())
+    }
+
+    /// Whether every partition is already in the producer's ongoing transaction, recorded at
+    /// `client_version` (memory only): an add would change nothing.
+    fn already_added(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+        client_version: i16,
+    ) -> bool {
+        let Some(t) = self.transaction(transactional_id) else { return false };
+        t.check_producer(producer_id, epoch).is_ok()
+            && t.status == TxnStatus::Ongoing
+            && t.client_version == client_version
+            && partitions
+                .iter()
+                .all(|(topic, p)| self.topic(super::TopicRef::Name(topic)).is_some_and(|m| t.partitions.contains(&(m.id, *p))))
     }
 
     /// Blocking. AddOffsetsToTxn: the group's offsets will be committed with the transaction.
