@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::upload::{GroupItem, PendingAppend};
 use super::wal::Logged;
 use super::{Agent, AgentError, HandOffGuard, Turn};
+use crate::api::txn::TXN_VERSION_EPOCH_BUMP;
 use crate::api::{ControllerError, TopicMeta};
 use crate::format::records;
 use crate::telemetry::trace::{self, Span, SpanKind};
@@ -56,27 +57,32 @@ pub enum ProduceRefusal {
 pub type Produced = Vec<Result<Option<i64>, ProduceRefusal>>;
 
 impl Agent {
-    /// The produce use case for one request's checked batches: verifies the transactional
-    /// ones (acks=0/1; for acks=all the commit checks them, and its answer is the client's),
-    /// waits for the request's `turn` (earlier produce requests of its connection queue first),
-    /// appends, and waits as `acks` says: acks=0/1 until the WAL entry is durable and handed to
-    /// the uploader, acks=all until each batch is committed or `deadline` passes.
+    /// The produce use case for one request's checked batches: adds the transactional ones'
+    /// partitions to the producer's transaction when `implicit_add` (Produce v12+, transaction
+    /// version 2: the client sends no AddPartitionsToTxn; a durable controller write before the
+    /// batch is appended, whatever acks) or else verifies them (acks=0/1; for acks=all the
+    /// commit checks them, and its answer is the client's), waits for the request's `turn`
+    /// (earlier produce requests of its connection queue first), appends, and waits as `acks`
+    /// says: acks=0/1 until the WAL entry is durable and handed to the uploader, acks=all until
+    /// each batch is committed or `deadline` passes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn produce(
         &self,
         batches: Vec<ProduceBatch>,
         transactional_id: Option<&str>,
+        implicit_add: bool,
         acks: i16,
         deadline: Instant,
         mut turn: Option<Turn>,
         hand_off: HandOffGuard,
     ) -> Produced {
         let mut results: Produced = vec![Ok(None); batches.len()];
-        if acks != -1
+        if (acks != -1 || implicit_add)
             && let Some(id) = transactional_id
         {
             let asked: Vec<usize> = (0..batches.len()).filter(|&i| batches[i].item.header.is_transactional()).collect();
             let to_verify: Vec<(&str, &GroupItem)> = asked.iter().map(|&i| (batches[i].topic.name.as_str(), &batches[i].item)).collect();
-            let answers = self.verify_transactional(id, &to_verify).await;
+            let answers = self.verify_transactional(id, &to_verify, implicit_add).await;
             for (&i, answer) in asked.iter().zip(answers) {
                 if let Err(e) = answer {
                     results[i] = Err(ProduceRefusal::NotInTransaction(e));
@@ -162,9 +168,17 @@ impl Agent {
 
     /// Asks the controller whether each transactional batch belongs to an ongoing transaction
     /// of `transactional_id` that includes its partition (KIP-890 verification; the check
-    /// `Controller::check_txn_batch` repeats at commit). `batches`: (topic name, checked batch);
-    /// one call per producer id and epoch. One result per batch, in order.
-    async fn verify_transactional(&self, transactional_id: &str, batches: &[(&str, &GroupItem)]) -> Vec<Result<(), ControllerError>> {
+    /// `Controller::check_txn_batch` repeats at commit), or with `add` (transaction version 2)
+    /// has the controller add the partition, starting the transaction if none is ongoing.
+    /// `batches`: (topic name, checked batch); one call per producer id and epoch. One result
+    /// per batch, in order.
+    async fn verify_transactional(
+        &self,
+        transactional_id: &str,
+        batches: &[(&str, &GroupItem)],
+        add: bool,
+    ) -> Vec<Result<(), ControllerError>> {
+        let client_version = if add { TXN_VERSION_EPOCH_BUMP } else { 0 };
         let mut results = vec![Ok(()); batches.len()];
         let mut producers: Vec<(i64, i16)> = batches.iter().map(|(_, i)| (i.header.producer_id, i.header.producer_epoch)).collect();
         producers.sort_unstable();
@@ -174,7 +188,11 @@ impl Agent {
                 .filter(|&n| (batches[n].1.header.producer_id, batches[n].1.header.producer_epoch) == (producer_id, epoch))
                 .collect();
             let partitions = mine.iter().map(|&n| (batches[n].0.to_string(), batches[n].1.partition)).collect();
-            match self.controller.add_partitions_to_txn(transactional_id.to_string(), producer_id, epoch, partitions, true).await {
+            let answers = self
+                .controller
+                .add_partitions_to_txn(transactional_id.to_string(), producer_id, epoch, partitions, !add, Some(client_version))
+                .await;
+            match answers {
                 Ok(answers) => {
                     for (&n, answer) in mine.iter().zip(answers) {
                         results[n] = answer;

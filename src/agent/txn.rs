@@ -77,8 +77,18 @@ pub enum TxnError {
 
 impl Agent {
     /// EndTxn: this agent's acks=0/1 batches of the producer committed first, then the
-    /// coordinator moves the transaction to Prepare*, then its markers are written and committed. A repeated EndTxn whose outcome is already complete is Ok.
-    pub async fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<(), TxnError> {
+    /// coordinator moves the transaction to Prepare*, then its markers are written and
+    /// committed. A repeated EndTxn whose outcome is already complete is Ok. `client_version`:
+    /// the client's transaction protocol version (2 from EndTxn v5: the epoch is bumped, and
+    /// the markers carry the new one). Returns the producer id and epoch the client goes on with.
+    pub async fn end_txn(
+        &self,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        client_version: i16,
+    ) -> Result<(i64, i16), TxnError> {
         // The producer's acks=0/1 batches of this transaction may still be on their way to a
         // commit: once the transaction is no longer ongoing, the controller would refuse them.
         if self.txn_unflushed.take(producer_id)
@@ -88,13 +98,18 @@ impl Agent {
             self.txn_unflushed.insert(producer_id);
             return Err(TxnError::Markers(e));
         }
-        let end = self.controller.end_txn(transactional_id, producer_id, epoch, commit).await.map_err(TxnError::Coordinator)?;
-        let Some(end) = end else { return Ok(()) };
+        let answer = self
+            .controller
+            .end_txn2(transactional_id, producer_id, epoch, commit, client_version)
+            .await
+            .map_err(TxnError::Coordinator)?;
+        let Some(end) = answer.markers else { return Ok((answer.producer_id, answer.epoch)) };
         self.uploader.write_markers(&end, Instant::now() + MARKERS_WAIT).await.map_err(|e| {
             // The transaction stays Prepare*: the timer finishes it; the client retries.
             tracing::warn!(transactional_id = %end.transactional_id, error = %e, "EndTxn: cannot write markers");
             TxnError::Markers(e)
-        })
+        })?;
+        Ok((answer.producer_id, answer.epoch))
     }
 
     /// InitProducerId with a transactional id: the producer id and epoch, after finishing (its

@@ -21,7 +21,9 @@
 //!
 //! Wire compatibility (agents and controllers one release apart): a call or reply is JSON with
 //! the call's name as its tag; fields added later must be `Option` or `#[serde(default)]`, so
-//! an older peer's message still decodes, and a newer peer's extra fields are ignored. A call an
+//! an older peer's message still decodes, and a newer peer's extra fields are ignored (an
+//! argument of the table may carry serde attributes: `#[serde(default, skip_serializing_if =
+//! "Option::is_none")] arg: Option<T>` keeps the older wire form when it is absent). A call an
 //! older controller does not know decodes to an `INVALID_REQUEST`-class error naming it, never
 //! a panic. The envelope's version says which table a peer speaks; see [`WIRE_VERSION`].
 
@@ -45,7 +47,7 @@ pub mod prelude {
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
     pub use crate::api::quota::{QuotaAlteration, QuotaEntry, QuotaFilter, QuotaSet};
     pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
-    pub use crate::api::txn::{ProducerDescription, TxnDescription, TxnEnd, TxnInit};
+    pub use crate::api::txn::{EndAnswer, ProducerDescription, TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
         CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreatePartitions, CreateTopic, ExtentRecord, ReplaceExtents,
         TopicKey, TopicMeta,
@@ -89,11 +91,15 @@ macro_rules! for_each_call {
             // Transactions (controller::txn).
             [blocking] AbortedTxns aborted_txns(topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<(i64, i64)>, ControllerError>;
             [blocking] InitTransactionalProducer init_transactional_producer(transactional_id: String, timeout_ms: i32, expected: (i64, i16)) -> Result<TxnInit, ControllerError>;
-            [blocking] AddPartitionsToTxn add_partitions_to_txn(transactional_id: String, producer_id: i64, epoch: i16, partitions: Vec<(String, i32)>, verify_only: bool) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            // `client_version` (None from agents before transaction version 2: 0): see `controller::txn`.
+            [blocking] AddPartitionsToTxn add_partitions_to_txn(transactional_id: String, producer_id: i64, epoch: i16, partitions: Vec<(String, i32)>, verify_only: bool, #[serde(default, skip_serializing_if = "Option::is_none")] client_version: Option<i16>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
             [blocking] AddOffsetsToTxn add_offsets_to_txn(transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError>;
-            [blocking] TxnOffsetCommit txn_offset_commit(transactional_id: String, producer_id: i64, epoch: i16, group_id: String, offsets: Vec<CommitOffset>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            [blocking] TxnOffsetCommit txn_offset_commit(transactional_id: String, producer_id: i64, epoch: i16, group_id: String, offsets: Vec<CommitOffset>, #[serde(default, skip_serializing_if = "Option::is_none")] client_version: Option<i16>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
             [now] ValidateTxnOffsetCommit validate_txn_offset_commit(group_id: String, member_id: String, instance_id: Option<String>, generation: i32) -> Result<(), GroupError>;
+            // `end_txn`: transaction version 0 only, kept for agents of the previous release;
+            // `end_txn2` takes the client's version and answers the producer id and epoch too.
             [blocking] EndTxn end_txn(transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError>;
+            [blocking] EndTxn2 end_txn2(transactional_id: String, producer_id: i64, epoch: i16, commit: bool, client_version: i16) -> Result<EndAnswer, ControllerError>;
             [blocking] TransactionsToFinish transactions_to_finish() -> Result<Vec<TxnEnd>, ControllerError>;
             [now] DescribeTransaction describe_transaction(transactional_id: String) -> Result<Option<TxnDescription>, ControllerError>;
             [now] PendingTxnOffsets pending_txn_offsets(group_id: String) -> Result<Vec<TopicPartition>, ControllerError>;
@@ -152,12 +158,12 @@ macro_rules! kind {
 }
 
 macro_rules! define_calls {
-    ($([$kind:ident] $variant:ident $method:ident ($($arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
+    ($([$kind:ident] $variant:ident $method:ident ($($(#[$meta:meta])* $arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
         /// One call and its arguments.
         #[derive(Debug, Clone, Serialize, Deserialize)]
         #[serde(tag = "call", rename_all = "snake_case")]
         pub enum Call {
-            $($variant { $($arg: $ty),* },)*
+            $($variant { $($(#[$meta])* $arg: $ty),* },)*
         }
 
         /// One call's reply.
@@ -411,6 +417,10 @@ mod tests {
             Call::WalMark { log_id } => assert_eq!(log_id, "wal-1"),
             other => panic!("{other:?}"),
         }
+        // An argument added later (a previous agent's AddPartitionsToTxn has no client_version).
+        let older =
+            br#"{"call":"add_partitions_to_txn","transactional_id":"tx","producer_id":3,"epoch":0,"partitions":[],"verify_only":false}"#;
+        assert!(matches!(decode::<Call>(older).unwrap(), Call::AddPartitionsToTxn { client_version: None, .. }));
         let unknown = br#"{"call":"describe_quotas","entity":"user"}"#;
         let e = decode::<Call>(unknown).unwrap_err();
         assert!(matches!(&e, ControllerError::InvalidRequest(m) if m.contains("describe_quotas")), "{e}");

@@ -49,6 +49,22 @@ pub struct TxnEnd {
     pub partitions: Vec<(Uuid, i32)>,
 }
 
+/// The transaction protocol version (the `transaction.version` feature, Kafka's
+/// `TransactionVersion`) from which the coordinator bumps the epoch at every EndTxn and Produce
+/// and TxnOffsetCommit add their partition or group themselves (KIP-890 part 2). Clients use it
+/// with EndTxn v5, Produce v12 and TxnOffsetCommit v5.
+pub const TXN_VERSION_EPOCH_BUMP: i16 = 2;
+
+/// What EndTxn gets: the markers to write (None: a retry whose outcome is already complete)
+/// and the producer id and epoch the client goes on with once the transaction is complete
+/// (EndTxn v5; unchanged below transaction version 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndAnswer {
+    pub markers: Option<TxnEnd>,
+    pub producer_id: i64,
+    pub epoch: i16,
+}
+
 /// What InitProducerId with a transactional id gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnInit {

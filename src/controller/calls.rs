@@ -46,7 +46,7 @@ macro_rules! run {
 }
 
 macro_rules! define_answer {
-    ($([$kind:ident] $variant:ident $method:ident ($($arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
+    ($([$kind:ident] $variant:ident $method:ident ($($(#[$meta:meta])* $arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
         /// What the controller answers to each call of the table. `blocking` methods may touch
         /// the store (they run on the blocking pool); `now` methods must not.
         pub trait Answer: Send + Sync + 'static {
@@ -80,8 +80,8 @@ fn answer_from_memory(c: &Controller, call: &Call) -> Option<Reply> {
         }
         // Memory only (no store write, no write lock): produce verifies every transactional
         // batch this way before acknowledging it.
-        Call::AddPartitionsToTxn { transactional_id, producer_id, epoch, partitions, verify_only: true } => {
-            Some(Reply::AddPartitionsToTxn(c.add_partitions_to_txn(transactional_id, *producer_id, *epoch, partitions, true)))
+        Call::AddPartitionsToTxn { transactional_id, producer_id, epoch, partitions, verify_only: true, .. } => {
+            Some(Reply::AddPartitionsToTxn(c.add_partitions_to_txn(transactional_id, *producer_id, *epoch, partitions, true, 0)))
         }
         _ => None,
     }
@@ -185,8 +185,17 @@ impl Answer for Controller {
         epoch: i16,
         partitions: Vec<(String, i32)>,
         verify_only: bool,
+        client_version: Option<i16>,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        Controller::add_partitions_to_txn(self, &transactional_id, producer_id, epoch, &partitions, verify_only)
+        Controller::add_partitions_to_txn(
+            self,
+            &transactional_id,
+            producer_id,
+            epoch,
+            &partitions,
+            verify_only,
+            client_version.unwrap_or(0),
+        )
     }
     fn add_offsets_to_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, group_id: String) -> Result<(), ControllerError> {
         Controller::add_offsets_to_txn(self, &transactional_id, producer_id, epoch, &group_id)
@@ -198,8 +207,9 @@ impl Answer for Controller {
         epoch: i16,
         group_id: String,
         offsets: Vec<CommitOffset>,
+        client_version: Option<i16>,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
-        Controller::txn_offset_commit(self, &transactional_id, producer_id, epoch, &group_id, offsets)
+        Controller::txn_offset_commit(self, &transactional_id, producer_id, epoch, &group_id, offsets, client_version.unwrap_or(0))
     }
     fn validate_txn_offset_commit(
         &self,
@@ -211,7 +221,17 @@ impl Answer for Controller {
         self.groups().validate_txn_offset_commit(&group_id, &member_id, instance_id.as_deref(), generation)
     }
     fn end_txn(&self, transactional_id: String, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
-        Controller::end_txn(self, &transactional_id, producer_id, epoch, commit)
+        Ok(Controller::end_txn(self, &transactional_id, producer_id, epoch, commit, 0)?.markers)
+    }
+    fn end_txn2(
+        &self,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        client_version: i16,
+    ) -> Result<EndAnswer, ControllerError> {
+        Controller::end_txn(self, &transactional_id, producer_id, epoch, commit, client_version)
     }
     fn transactions_to_finish(&self) -> Result<Vec<TxnEnd>, ControllerError> {
         Controller::transactions_to_finish(self)

@@ -712,6 +712,8 @@ impl Controller {
                 }
             }
             if let Some(t) = completed {
+                // A version 2 transaction that exhausted its epoch completes on a new producer id.
+                s.txn_of.insert(t.producer_id, t.transactional_id.clone());
                 s.transactions.insert(t.transactional_id.clone(), t);
             }
             s.producers.extend(producer_states);

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::Controller;
 use crate::api::ControllerError;
 use crate::api::groups::CommitOffset;
-use crate::api::txn::{TxnDescription, TxnEnd, TxnInit, TxnStatus};
+use crate::api::txn::{EndAnswer, TXN_VERSION_EPOCH_BUMP, TxnDescription, TxnEnd, TxnInit, TxnStatus};
 
 /// Kafka's transaction.max.timeout.ms default: longer timeouts are refused.
 pub const TRANSACTION_TIMEOUT_MS_MAX: i32 = 900_000;
@@ -58,6 +58,16 @@ pub struct Transaction {
     /// When the ongoing transaction started (its timeout counts from here).
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The transaction protocol version of the client's last request on the transaction (Kafka's
+    /// `clientTransactionVersion`): 2 (KIP-890 part 2) bumps the epoch at every EndTxn; 0 and 1
+    /// do not. Per transaction, so that clients of both versions share a coordinator.
+    pub client_version: i16,
+    /// The producer id that takes over when a version 2 EndTxn exhausted the epoch (-1: none):
+    /// the markers carry the old id at `i16::MAX`, the completed transaction the new id at 0.
+    pub next_producer_id: i64,
+    /// The producer id before that switch (-1: none): a retried EndTxn naming it at
+    /// `i16::MAX - 1` gets the new id back, as in Kafka.
+    pub prev_producer_id: i64,
 }
 
 impl Transaction {
@@ -88,8 +98,9 @@ impl Transaction {
         Ok(())
     }
 
-    /// Starts (or continues) the ongoing transaction: AddPartitionsToTxn, AddOffsetsToTxn.
-    fn begin(&mut self, now_ms: i64) -> Result<(), ControllerError> {
+    /// Starts (or continues) the ongoing transaction: AddPartitionsToTxn, AddOffsetsToTxn, and
+    /// from transaction version 2 Produce and TxnOffsetCommit (implicit adds).
+    fn begin(&mut self, now_ms: i64, client_version: i16) -> Result<(), ControllerError> {
         match self.status {
             TxnStatus::Ongoing => {}
             s if s.preparing() => {
@@ -105,8 +116,15 @@ impl Transaction {
                 self.started_ms = now_ms;
             }
         }
+        self.client_version = client_version;
         self.updated_ms = now_ms;
         Ok(())
+    }
+
+    /// The producer id and epoch the client uses once the Prepare* (or complete) transaction is
+    /// complete: after an exhausted epoch, the next producer id at epoch 0.
+    fn after_completion(&self) -> (i64, i16) {
+        if self.next_producer_id >= 0 { (self.next_producer_id, 0) } else { (self.producer_id, self.epoch) }
     }
 
     /// Bumps the epoch (a new producer id when the epoch is exhausted), fencing the current one.
@@ -115,6 +133,7 @@ impl Transaction {
             self.producer_id = new_producer_id()?;
             self.epoch = 0;
             self.last_epoch = -1;
+            self.prev_producer_id = -1;
         } else {
             self.last_epoch = self.epoch;
             self.epoch += 1;
@@ -151,6 +170,9 @@ pub fn init(
             groups: BTreeMap::new(),
             started_ms: now_ms,
             updated_ms: now_ms,
+            client_version: 0,
+            next_producer_id: -1,
+            prev_producer_id: -1,
         };
         let ready = TxnInit::Ready { producer_id: t.producer_id, epoch: t.epoch };
         return Ok((t, ready));
@@ -196,26 +218,121 @@ pub fn init(
     }
 }
 
-/// EndTxn (pure): the markers to write, or None when a retried EndTxn finds its outcome done.
-pub fn end(t: &mut Transaction, producer_id: i64, epoch: i16, commit: bool, now_ms: i64) -> Result<Option<TxnEnd>, ControllerError> {
+/// EndTxn (pure). `client_version`: the transaction protocol version of the request (2 from
+/// EndTxn v5): version 2 follows [`end_v2`], the others Kafka's version 1 rules (the same epoch
+/// throughout; a retry finds the outcome done and gets None).
+pub fn end(
+    t: &mut Transaction,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    now_ms: i64,
+    client_version: i16,
+    new_producer_id: impl FnOnce() -> Result<i64, ControllerError>,
+) -> Result<EndAnswer, ControllerError> {
+    if client_version >= TXN_VERSION_EPOCH_BUMP {
+        return end_v2(t, producer_id, epoch, commit, now_ms, new_producer_id);
+    }
     t.check_producer(producer_id, epoch)?;
     let wanted = if commit { TxnStatus::PrepareCommit } else { TxnStatus::PrepareAbort };
     let done = if commit { TxnStatus::CompleteCommit } else { TxnStatus::CompleteAbort };
-    match t.status {
+    let markers = match t.status {
         TxnStatus::Ongoing => {
             t.status = wanted;
+            t.client_version = client_version;
             t.updated_ms = now_ms;
-            Ok(Some(t.end()))
+            Some(t.end())
         }
-        s if s == wanted => Ok(Some(t.end())),
-        s if s == done => Ok(None),
-        s => Err(ControllerError::InvalidTxnState(format!(
-            "{}: cannot {} a transaction in state {}",
-            t.transactional_id,
-            if commit { "commit" } else { "abort" },
-            s.kafka_name()
-        ))),
+        s if s == wanted => Some(t.end()),
+        s if s == done => None,
+        s => return Err(invalid_transition(t, commit, s)),
+    };
+    let (producer_id, epoch) = t.after_completion();
+    Ok(EndAnswer { markers, producer_id, epoch })
+}
+
+fn invalid_transition(t: &Transaction, commit: bool, s: TxnStatus) -> ControllerError {
+    ControllerError::InvalidTxnState(format!(
+        "{}: cannot {} a transaction in state {}",
+        t.transactional_id,
+        if commit { "commit" } else { "abort" },
+        s.kafka_name()
+    ))
+}
+
+/// EndTxn of a transaction version 2 client (KIP-890 part 2, Kafka's
+/// `TransactionCoordinator.endTransaction` with `supportsEpochBump`): every commit or abort
+/// bumps the epoch; the markers carry the bumped epoch, which the client gets back. At an
+/// exhausted epoch (`i16::MAX - 1`) the markers carry `i16::MAX` and the completed transaction
+/// moves to a new producer id at epoch 0. A retry names the epoch before the bump (or the old
+/// producer id at `i16::MAX - 1`): once complete it is answered with the current producer id
+/// and epoch; while Prepare* the same markers (Kafka answers CONCURRENT_TRANSACTIONS there; the
+/// agent finishing the markers serves the retry as well). An abort with nothing added (Empty,
+/// or after a complete transaction) is a transaction of its own, as in Kafka.
+fn end_v2(
+    t: &mut Transaction,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    now_ms: i64,
+    new_producer_id: impl FnOnce() -> Result<i64, ControllerError>,
+) -> Result<EndAnswer, ControllerError> {
+    let retry_on_overflow = t.prev_producer_id == producer_id && producer_id != t.producer_id && epoch == i16::MAX - 1 && t.epoch == 0;
+    let retry_on_bump = producer_id == t.producer_id && i32::from(epoch) + 1 == i32::from(t.epoch);
+    if producer_id != t.producer_id && !retry_on_overflow {
+        return Err(ControllerError::InvalidProducerIdMapping(format!(
+            "{} belongs to producer {}, not {producer_id}",
+            t.transactional_id, t.producer_id
+        )));
     }
+    let valid_epoch = match t.status {
+        TxnStatus::Ongoing | TxnStatus::Empty => epoch == t.epoch,
+        TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => retry_on_bump,
+        TxnStatus::CompleteCommit | TxnStatus::CompleteAbort => retry_on_bump || retry_on_overflow || epoch == t.epoch,
+    };
+    if !valid_epoch {
+        return Err(ControllerError::ProducerFenced(format!("{}: epoch {epoch} is not the current epoch {}", t.transactional_id, t.epoch)));
+    }
+    let retry = retry_on_bump || retry_on_overflow;
+    let wanted = if commit { TxnStatus::PrepareCommit } else { TxnStatus::PrepareAbort };
+    let done = if commit { TxnStatus::CompleteCommit } else { TxnStatus::CompleteAbort };
+    let markers = match t.status {
+        TxnStatus::Ongoing => Some(prepare_v2(t, wanted, false, now_ms, new_producer_id)?),
+        s if s == done && retry => None,
+        // A new transaction that only aborts (nothing was added since the last one ended).
+        TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort if !commit && !retry => {
+            Some(prepare_v2(t, TxnStatus::PrepareAbort, true, now_ms, new_producer_id)?)
+        }
+        s if s == wanted => Some(t.end()),
+        s => return Err(invalid_transition(t, commit, s)),
+    };
+    let (producer_id, epoch) = t.after_completion();
+    Ok(EndAnswer { markers, producer_id, epoch })
+}
+
+/// Kafka's `prepareAbortOrCommit` for transaction version 2: Prepare* at a bumped epoch, with
+/// the next producer id allocated when the epoch is exhausted.
+fn prepare_v2(
+    t: &mut Transaction,
+    wanted: TxnStatus,
+    nothing_added: bool,
+    now_ms: i64,
+    new_producer_id: impl FnOnce() -> Result<i64, ControllerError>,
+) -> Result<TxnEnd, ControllerError> {
+    assert!(wanted.preparing(), "prepare_v2 to {wanted:?}");
+    assert!(t.epoch < i16::MAX, "{}: epoch {} cannot be bumped", t.transactional_id, t.epoch);
+    t.next_producer_id = if t.epoch >= i16::MAX - 1 { new_producer_id()? } else { -1 };
+    t.last_epoch = t.epoch;
+    t.epoch += 1;
+    if nothing_added {
+        t.partitions.clear();
+        t.groups.clear();
+        t.started_ms = now_ms;
+    }
+    t.status = wanted;
+    t.client_version = TXN_VERSION_EPOCH_BUMP;
+    t.updated_ms = now_ms;
+    Ok(t.end())
 }
 
 /// The coordinator's own abort of a transaction older than its timeout (pure): bumps the
@@ -248,6 +365,14 @@ pub fn complete(t: &mut Transaction, now_ms: i64) -> BTreeMap<String, Vec<Commit
     t.status = if committed { TxnStatus::CompleteCommit } else { TxnStatus::CompleteAbort };
     t.partitions.clear();
     t.updated_ms = now_ms;
+    if t.next_producer_id >= 0 {
+        // The epoch was exhausted (transaction version 2): the client goes on with the next
+        // producer id; the last epoch it saw stays `i16::MAX - 1`, as in Kafka.
+        t.prev_producer_id = t.producer_id;
+        t.producer_id = std::mem::replace(&mut t.next_producer_id, -1);
+        t.epoch = 0;
+        t.last_epoch = i16::MAX - 1;
+    }
     if committed { offsets } else { BTreeMap::new() }
 }
 
@@ -266,6 +391,17 @@ struct Stored {
     groups: Vec<(String, Vec<StoredOffset>)>,
     started_ms: i64,
     updated_ms: i64,
+    /// Absent from what binaries before transaction version 2 stored: version 0, no switch.
+    #[serde(default)]
+    client_version: i16,
+    #[serde(default = "no_producer_id")]
+    next_producer_id: i64,
+    #[serde(default = "no_producer_id")]
+    prev_producer_id: i64,
+}
+
+fn no_producer_id() -> i64 {
+    -1
 }
 
 pub fn encode(t: &Transaction) -> String {
@@ -285,6 +421,9 @@ pub fn encode(t: &Transaction) -> String {
             .collect(),
         started_ms: t.started_ms,
         updated_ms: t.updated_ms,
+        client_version: t.client_version,
+        next_producer_id: t.next_producer_id,
+        prev_producer_id: t.prev_producer_id,
     };
     serde_json::to_string(&s).unwrap_or_default()
 }
@@ -318,6 +457,9 @@ pub fn decode(transactional_id: &str, body: &str) -> Option<Transaction> {
             .collect(),
         started_ms: s.started_ms,
         updated_ms: s.updated_ms,
+        client_version: s.client_version,
+        next_producer_id: s.next_producer_id,
+        prev_producer_id: s.prev_producer_id,
     })
 }
 
@@ -374,6 +516,9 @@ impl Controller {
     /// Blocking. AddPartitionsToTxn: one result per partition, in order. When one partition is
     /// refused, the others get OPERATION_NOT_ATTEMPTED, as in Kafka. `verify_only`: checks
     /// that every partition is already in the ongoing transaction (KIP-890 verification).
+    /// `client_version`: the transaction protocol version of the request, recorded in the
+    /// transaction (2: Produce v12's implicit add, which starts a transaction as an
+    /// AddPartitionsToTxn does).
     pub fn add_partitions_to_txn(
         &self,
         transactional_id: &str,
@@ -381,9 +526,14 @@ impl Controller {
         epoch: i16,
         partitions: &[(String, i32)],
         verify_only: bool,
+        client_version: i16,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
         // Verification reads memory only: no write lock (produce calls it for transactional
-        // batches); an add holds it from the read to the store write.
+        // batches); so does an add with nothing to add (Produce v12 calls it for every
+        // transactional batch); any other add holds it from the read to the store write.
+        if !verify_only && self.already_added(transactional_id, producer_id, epoch, partitions, client_version) {
+            return Ok(vec![Ok(()); partitions.len()]);
+        }
         let _w = (!verify_only).then(|| self.lock_writes());
         let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
@@ -411,12 +561,31 @@ impl Controller {
             return Ok(resolved.into_iter().map(|r| r.and(Err(ControllerError::OperationNotAttempted))).collect());
         }
         let before = t.clone();
-        t.begin(self.clock.now_ms())?;
+        t.begin(self.clock.now_ms(), client_version)?;
         t.partitions.extend(resolved.iter().filter_map(|r| r.as_ref().ok().copied()));
-        if t.partitions != before.partitions || t.status != before.status {
+        if t.partitions != before.partitions || t.status != before.status || t.client_version != before.client_version {
             self.save_transaction(t)?;
         }
         Ok(resolved.into_iter().map(|r| r.map(|_| ())).collect())
+    }
+
+    /// Whether every partition is already in the producer's ongoing transaction, recorded at
+    /// `client_version` (memory only): an add would change nothing.
+    fn already_added(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+        client_version: i16,
+    ) -> bool {
+        let Some(t) = self.transaction(transactional_id) else { return false };
+        t.check_producer(producer_id, epoch).is_ok()
+            && t.status == TxnStatus::Ongoing
+            && t.client_version == client_version
+            && partitions
+                .iter()
+                .all(|(topic, p)| self.topic(super::TopicRef::Name(topic)).is_some_and(|m| t.partitions.contains(&(m.id, *p))))
     }
 
     /// Blocking. AddOffsetsToTxn: the group's offsets will be committed with the transaction.
@@ -425,7 +594,7 @@ impl Controller {
         let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
         let before = t.clone();
-        t.begin(self.clock.now_ms())?;
+        t.begin(self.clock.now_ms(), 0)?;
         t.groups.entry(group_id.to_string()).or_default();
         if t != before {
             self.save_transaction(t)?;
@@ -435,6 +604,8 @@ impl Controller {
 
     /// Blocking. TxnOffsetCommit: remembers the offsets in the transaction; they become the
     /// group's committed offsets when (and only if) it commits. Per-offset results.
+    /// `client_version` 2 (TxnOffsetCommit v5): the group is added to the transaction (started
+    /// if need be) by this call, as Kafka's group coordinator does, with no AddOffsetsToTxn.
     pub fn txn_offset_commit(
         &self,
         transactional_id: &str,
@@ -442,10 +613,15 @@ impl Controller {
         epoch: i16,
         group_id: &str,
         offsets: Vec<CommitOffset>,
+        client_version: i16,
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
         let _w = self.lock_writes();
         let mut t = self.known_transaction(transactional_id)?;
         t.check_producer(producer_id, epoch)?;
+        if client_version >= TXN_VERSION_EPOCH_BUMP {
+            t.begin(self.clock.now_ms(), client_version)?;
+            t.groups.entry(group_id.to_string()).or_default();
+        }
         if t.status != TxnStatus::Ongoing || !t.groups.contains_key(group_id) {
             return Err(ControllerError::InvalidTxnState(format!(
                 "{transactional_id}: group {group_id} was not added to an ongoing transaction"
@@ -467,13 +643,22 @@ impl Controller {
         Ok(results)
     }
 
-    /// Blocking. EndTxn: moves the transaction to Prepare*; returns the markers to write (None:
-    /// a retried EndTxn whose outcome is already complete).
-    pub fn end_txn(&self, transactional_id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<Option<TxnEnd>, ControllerError> {
+    /// Blocking. EndTxn: moves the transaction to Prepare* ([`end`]); returns the markers to
+    /// write (None: a retried EndTxn whose outcome is already complete) and the producer id and
+    /// epoch the client goes on with.
+    pub fn end_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        client_version: i16,
+    ) -> Result<EndAnswer, ControllerError> {
         let _w = self.lock_writes();
         let mut t = self.known_transaction(transactional_id)?;
         let before = t.clone();
-        let markers = end(&mut t, producer_id, epoch, commit, self.clock.now_ms())?;
+        let markers =
+            end(&mut t, producer_id, epoch, commit, self.clock.now_ms(), client_version, || Ok(self.store.allocate_producer_id()?))?;
         if t != before {
             self.save_transaction(t)?;
         }
@@ -635,7 +820,7 @@ mod tests {
     }
 
     fn ongoing(t: &mut Transaction, now: i64) {
-        t.begin(now).unwrap();
+        t.begin(now, 0).unwrap();
         t.partitions.insert((Uuid::from_u128(1), 0));
     }
 
@@ -676,29 +861,108 @@ mod tests {
     #[test]
     fn end_commit_and_abort_follow_kafka_and_retries_are_answered() {
         let (mut t, _) = init(None, "tx", 60_000, (-1, -1), 0, pids()).unwrap();
-        assert!(matches!(end(&mut t, 101, 0, true, 1), Err(ControllerError::InvalidTxnState(_))));
+        assert!(matches!(end(&mut t, 101, 0, true, 1, 0, || unreachable!()).map(|a| a.markers), Err(ControllerError::InvalidTxnState(_))));
         ongoing(&mut t, 1);
         t.groups.insert(
             "g".into(),
             vec![CommitOffset { topic: "t".into(), partition: 0, offset: 7, leader_epoch: -1, metadata: String::new() }],
         );
-        assert!(matches!(end(&mut t, 101, 1, true, 2), Err(ControllerError::ProducerFenced(_))));
-        assert!(matches!(end(&mut t, 99, 0, true, 2), Err(ControllerError::InvalidProducerIdMapping(_))));
-        let m = end(&mut t, 101, 0, true, 2).unwrap().unwrap();
+        assert!(matches!(end(&mut t, 101, 1, true, 2, 0, || unreachable!()).map(|a| a.markers), Err(ControllerError::ProducerFenced(_))));
+        assert!(matches!(
+            end(&mut t, 99, 0, true, 2, 0, || unreachable!()).map(|a| a.markers),
+            Err(ControllerError::InvalidProducerIdMapping(_))
+        ));
+        let m = end(&mut t, 101, 0, true, 2, 0, || unreachable!()).map(|a| a.markers).unwrap().unwrap();
         assert!(m.commit);
-        assert_eq!(end(&mut t, 101, 0, true, 3).unwrap(), Some(m)); // retried before completion
-        assert!(matches!(end(&mut t, 101, 0, false, 3), Err(ControllerError::InvalidTxnState(_))));
-        assert!(matches!(t.begin(3), Err(ControllerError::ConcurrentTransactions(_))));
+        assert_eq!(end(&mut t, 101, 0, true, 3, 0, || unreachable!()).map(|a| a.markers).unwrap(), Some(m)); // retried before completion
+        assert!(matches!(end(&mut t, 101, 0, false, 3, 0, || unreachable!()).map(|a| a.markers), Err(ControllerError::InvalidTxnState(_))));
+        assert!(matches!(t.begin(3, 0), Err(ControllerError::ConcurrentTransactions(_))));
         let offsets = complete(&mut t, 4);
         assert_eq!(offsets["g"][0].offset, 7);
         assert_eq!(t.status, TxnStatus::CompleteCommit);
-        assert_eq!(end(&mut t, 101, 0, true, 5).unwrap(), None); // retried after completion
+        assert_eq!(end(&mut t, 101, 0, true, 5, 0, || unreachable!()).map(|a| a.markers).unwrap(), None); // retried after completion
         // An aborted transaction's offsets are dropped.
         ongoing(&mut t, 6);
         t.groups.insert("g".into(), vec![]);
-        end(&mut t, 101, 0, false, 7).unwrap().unwrap();
+        end(&mut t, 101, 0, false, 7, 0, || unreachable!()).map(|a| a.markers).unwrap().unwrap();
         assert!(complete(&mut t, 8).is_empty());
         assert_eq!(decode("tx", &encode(&t)), Some(t));
+    }
+
+    /// EndTxn v5 (transaction version 2): the answer of one call, as (markers, producer id, epoch).
+    fn end2(t: &mut Transaction, pid: i64, epoch: i16, commit: bool) -> Result<(Option<TxnEnd>, i64, i16), ControllerError> {
+        end(t, pid, epoch, commit, 10, TXN_VERSION_EPOCH_BUMP, || Ok(500)).map(|a| (a.markers, a.producer_id, a.epoch))
+    }
+
+    #[test]
+    fn version_2_end_bumps_the_epoch_every_time_and_the_markers_carry_it() {
+        let (mut t, _) = init(None, "tx", 60_000, (-1, -1), 0, pids()).unwrap();
+        t.begin(1, TXN_VERSION_EPOCH_BUMP).unwrap();
+        t.partitions.insert((Uuid::from_u128(1), 0));
+        assert_eq!(t.client_version, TXN_VERSION_EPOCH_BUMP);
+        let (m, pid, epoch) = end2(&mut t, 101, 0, true).unwrap();
+        let m = m.unwrap();
+        assert_eq!((m.producer_id, m.epoch, m.commit, m.partitions.len()), (101, 1, true, 1));
+        assert_eq!((pid, epoch), (101, 1));
+        assert_eq!((t.status, t.epoch, t.last_epoch), (TxnStatus::PrepareCommit, 1, 0));
+        // The old epoch can no longer add or produce: fenced.
+        assert!(matches!(t.check_producer(101, 0), Err(ControllerError::ProducerFenced(_))));
+        // A retry before the markers are in gets the same markers; the opposite outcome is refused.
+        assert_eq!(end2(&mut t, 101, 0, true).unwrap(), (Some(m.clone()), 101, 1));
+        assert!(matches!(end2(&mut t, 101, 0, false), Err(ControllerError::InvalidTxnState(_))));
+        // The new epoch is not a retry while the transaction completes.
+        assert!(matches!(end2(&mut t, 101, 1, true), Err(ControllerError::ProducerFenced(_))));
+        complete(&mut t, 11);
+        // A retry after completion: success with the current epoch, nothing to write.
+        assert_eq!(end2(&mut t, 101, 0, true).unwrap(), (None, 101, 1));
+        assert!(matches!(end2(&mut t, 101, 0, false), Err(ControllerError::InvalidTxnState(_))));
+        // An older epoch than the retry's is fenced; the current epoch committing nothing is refused.
+        let mut older = t.clone();
+        older.epoch = 3;
+        assert!(matches!(end2(&mut older, 101, 1, true), Err(ControllerError::ProducerFenced(_))));
+        assert!(matches!(end2(&mut t, 101, 1, true), Err(ControllerError::InvalidTxnState(_))));
+        // Next transaction: abort, one more bump.
+        t.begin(12, TXN_VERSION_EPOCH_BUMP).unwrap();
+        t.partitions.insert((Uuid::from_u128(1), 1));
+        let (m, pid, epoch) = end2(&mut t, 101, 1, false).unwrap();
+        assert_eq!((m.unwrap().epoch, pid, epoch), (2, 101, 2));
+        complete(&mut t, 13);
+        assert_eq!(end2(&mut t, 101, 1, false).unwrap(), (None, 101, 2)); // retried abort
+        // An abort with nothing added is a transaction of its own: bumped, no partitions.
+        let (m, _, epoch) = end2(&mut t, 101, 2, false).unwrap();
+        assert_eq!((m.unwrap().partitions.len(), epoch, t.status), (0, 3, TxnStatus::PrepareAbort));
+        // Stored and read back with its version.
+        assert_eq!(decode("tx", &encode(&t)), Some(t.clone()));
+        // Version 0-1 clients on the same coordinator: no bump.
+        complete(&mut t, 14);
+        t.begin(15, 0).unwrap();
+        let a = end(&mut t, 101, 3, true, 16, 0, || unreachable!()).unwrap();
+        assert_eq!((a.markers.unwrap().epoch, a.producer_id, a.epoch, t.client_version), (3, 101, 3, 0));
+    }
+
+    #[test]
+    fn version_2_end_at_an_exhausted_epoch_moves_to_the_next_producer_id() {
+        let (mut t, _) = init(None, "tx", 60_000, (-1, -1), 0, pids()).unwrap();
+        t.epoch = i16::MAX - 1;
+        t.begin(1, TXN_VERSION_EPOCH_BUMP).unwrap();
+        t.partitions.insert((Uuid::from_u128(1), 0));
+        let (m, pid, epoch) = end2(&mut t, 101, i16::MAX - 1, true).unwrap();
+        // The markers close the old producer's batches at the last epoch; the client gets the new id.
+        let m = m.unwrap();
+        assert_eq!((m.producer_id, m.epoch), (101, i16::MAX));
+        assert_eq!((pid, epoch), (500, 0));
+        assert_eq!(decode("tx", &encode(&t)), Some(t.clone())); // the next id survives a restart
+        assert_eq!(end2(&mut t, 101, i16::MAX - 1, true).unwrap(), (Some(m), 500, 0)); // retried while preparing
+        complete(&mut t, 2);
+        assert_eq!((t.producer_id, t.epoch, t.prev_producer_id, t.next_producer_id), (500, 0, 101, -1));
+        // A retry naming the old producer at the exhausted epoch gets the new one.
+        assert_eq!(end2(&mut t, 101, i16::MAX - 1, true).unwrap(), (None, 500, 0));
+        assert!(matches!(end2(&mut t, 101, 7, true), Err(ControllerError::InvalidProducerIdMapping(_))));
+        // The new producer id goes on.
+        t.begin(3, TXN_VERSION_EPOCH_BUMP).unwrap();
+        t.partitions.insert((Uuid::from_u128(1), 0));
+        let (m, pid, epoch) = end2(&mut t, 500, 0, true).unwrap();
+        assert_eq!((m.unwrap().epoch, pid, epoch), (1, 500, 1));
     }
 
     #[test]
@@ -843,7 +1107,7 @@ mod tests {
             let (pid, epoch) = ready(c.init_transactional_producer("app", 10_000, (-1, -1)).unwrap());
             // Not added yet: refused.
             assert!(matches!(commit(&c, "o0", t.id, &[(0, 3)], Some((pid, epoch, 0)))[0], Err(ControllerError::InvalidTxnState(_))));
-            let added = c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0), ("t".into(), 1)], false).unwrap();
+            let added = c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0), ("t".into(), 1)], false, 0).unwrap();
             assert!(added.iter().all(|r| r.is_ok()));
             commit(&c, "plain", t.id, &[(0, 2)], None);
             assert_eq!(commit(&c, "o1", t.id, &[(0, 3), (1, 1)], Some((pid, epoch, 0))), vec![Ok(2), Ok(0)]);
@@ -852,7 +1116,7 @@ mod tests {
             assert_eq!(c.last_stable_offset(t.id, 1).unwrap(), 0);
             c.add_offsets_to_txn("app", pid, epoch, "g").unwrap();
             let o = CommitOffset { topic: "t".into(), partition: 0, offset: 42, leader_epoch: -1, metadata: String::new() };
-            assert!(c.txn_offset_commit("app", pid, epoch, "g", vec![o]).unwrap()[0].is_ok());
+            assert!(c.txn_offset_commit("app", pid, epoch, "g", vec![o], 0).unwrap()[0].is_ok());
             // A restart in the middle of the transaction: everything is still there.
             drop(c);
             let c = open(&db, clock.clone());
@@ -860,7 +1124,7 @@ mod tests {
             assert_eq!(c.describe_transaction("app").unwrap().status, TxnStatus::Ongoing);
             // Abort: markers after the data, the LSO moves to the high watermark, the aborted
             // index names the transaction, the pending offsets are dropped.
-            let end = c.end_txn("app", pid, epoch, false).unwrap().unwrap();
+            let end = c.end_txn("app", pid, epoch, false, 0).map(|a| a.markers).unwrap().unwrap();
             assert_eq!(write_markers(&c, "m1", &end).unwrap(), vec![Ok(6), Ok(1)]);
             assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 7);
             assert_eq!(c.aborted_txns(t.id, 0, 0, 7).unwrap(), vec![(pid, 2)]);
@@ -872,13 +1136,13 @@ mod tests {
             // Stale or repeated markers are refused.
             assert!(matches!(write_markers(&c, "m1-again", &end), Err(ControllerError::InvalidTxnState(_))));
             // A committed transaction makes its offsets visible.
-            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0)], false).unwrap();
+            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0)], false, 0).unwrap();
             commit(&c, "o2", t.id, &[(0, 2)], Some((pid, epoch, 3)));
             c.add_offsets_to_txn("app", pid, epoch, "g").unwrap();
             let o = CommitOffset { topic: "t".into(), partition: 0, offset: 9, leader_epoch: -1, metadata: String::new() };
-            c.txn_offset_commit("app", pid, epoch, "g", vec![o]).unwrap();
+            c.txn_offset_commit("app", pid, epoch, "g", vec![o], 0).unwrap();
             assert_eq!(c.pending_txn_offsets("g"), vec![tp.clone()]);
-            let end = c.end_txn("app", pid, epoch, true).unwrap().unwrap();
+            let end = c.end_txn("app", pid, epoch, true, 0).map(|a| a.markers).unwrap().unwrap();
             // Crash before the markers are written: after a restart the timer finishes them.
             drop(c);
             let c = open(&db, clock.clone());
@@ -888,10 +1152,10 @@ mod tests {
             write_markers(&c, "m2", &end).unwrap();
             assert_eq!(c.groups().fetch_offsets("g", Some(std::slice::from_ref(&tp)), None).unwrap()[0].1.as_ref().unwrap().offset, 9);
             assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 10);
-            assert_eq!(c.end_txn("app", pid, epoch, true).unwrap(), None); // a retried EndTxn
+            assert_eq!(c.end_txn("app", pid, epoch, true, 0).map(|a| a.markers).unwrap(), None); // a retried EndTxn
             // Timeout: an abandoned transaction is aborted at a bumped epoch, fencing the
             // producer's late batches.
-            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 1)], false).unwrap();
+            c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 1)], false, 0).unwrap();
             commit(&c, "o3", t.id, &[(1, 1)], Some((pid, epoch, 1)));
             clock.advance_ms(10_000);
             assert_eq!(c.transactions_to_finish().unwrap(), vec![]);
@@ -904,12 +1168,63 @@ mod tests {
             write_markers(&c, "m3", &ends[0]).unwrap();
             assert_eq!(c.last_stable_offset(t.id, 1).unwrap(), 4);
             assert!(matches!(commit(&c, "late", t.id, &[(1, 1)], Some((pid, epoch, 2)))[0], Err(ControllerError::InvalidProducerEpoch(_))));
-            assert!(matches!(c.end_txn("app", pid, epoch, true), Err(ControllerError::ProducerFenced(_))));
+            assert!(matches!(c.end_txn("app", pid, epoch, true, 0).map(|a| a.markers), Err(ControllerError::ProducerFenced(_))));
             drop(c);
             let c = open(&db, clock);
             assert_eq!(c.aborted_txns(t.id, 1, 0, 100).unwrap(), vec![(pid, 0), (pid, 2)]);
             let listed = c.list_transactions(&["CompleteAbort".into()], &[], -1);
             assert_eq!(listed.iter().map(|d| d.transactional_id.as_str()).collect::<Vec<_>>(), vec!["app"]);
+        }
+
+        #[test]
+        fn version_2_produce_and_offsets_add_implicitly_and_each_end_bumps_the_epoch() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("c.db");
+            let clock = Arc::new(ManualClock::new(1_000_000));
+            let c = open(&db, clock.clone());
+            let t = c
+                .create_topic(&CreateTopic {
+                    name: "t".into(),
+                    partitions: 2,
+                    replication_factor: -1,
+                    configs: BTreeMap::new(),
+                    validate_only: false,
+                })
+                .unwrap();
+            let v2 = TXN_VERSION_EPOCH_BUMP;
+            let (pid, epoch) = ready(c.init_transactional_producer("app", 10_000, (-1, -1)).unwrap());
+            // Produce v12: the add starts the transaction (durably), then the batch commits.
+            assert!(c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0)], false, v2).unwrap()[0].is_ok());
+            drop(c);
+            let c = open(&db, clock.clone());
+            let d = c.describe_transaction("app").unwrap();
+            assert_eq!((d.status, d.partitions.len()), (TxnStatus::Ongoing, 1));
+            assert_eq!(commit(&c, "o1", t.id, &[(0, 2)], Some((pid, epoch, 0))), vec![Ok(0)]);
+            // TxnOffsetCommit v5: the group joins without AddOffsetsToTxn; v4 would be refused.
+            let o = CommitOffset { topic: "t".into(), partition: 1, offset: 5, leader_epoch: -1, metadata: String::new() };
+            assert!(matches!(c.txn_offset_commit("app", pid, epoch, "g", vec![o.clone()], 0), Err(ControllerError::InvalidTxnState(_))));
+            assert!(c.txn_offset_commit("app", pid, epoch, "g", vec![o], v2).unwrap()[0].is_ok());
+            let a = c.end_txn("app", pid, epoch, true, v2).unwrap();
+            let end = a.markers.unwrap();
+            assert_eq!((end.epoch, a.producer_id, a.epoch), (epoch + 1, pid, epoch + 1));
+            assert_eq!(write_markers(&c, "m1", &end).unwrap(), vec![Ok(2)]);
+            assert_eq!(c.groups().fetch_offsets("g", None, None).unwrap()[0].1.as_ref().unwrap().offset, 5);
+            // A retried EndTxn with the old epoch: success, the current epoch.
+            let again = c.end_txn("app", pid, epoch, true, v2).unwrap();
+            assert_eq!((again.markers, again.producer_id, again.epoch), (None, pid, epoch + 1));
+            // A late batch of the old epoch is fenced; the new epoch starts again at sequence 0.
+            let epoch = epoch + 1;
+            assert!(matches!(
+                c.add_partitions_to_txn("app", pid, epoch - 1, &[("t".into(), 0)], false, v2),
+                Err(ControllerError::ProducerFenced(_))
+            ));
+            assert!(c.add_partitions_to_txn("app", pid, epoch, &[("t".into(), 0)], false, v2).unwrap()[0].is_ok());
+            assert_eq!(commit(&c, "o2", t.id, &[(0, 1)], Some((pid, epoch, 0))), vec![Ok(3)]);
+            let a = c.end_txn("app", pid, epoch, false, v2).unwrap();
+            assert_eq!(a.epoch, epoch + 1);
+            write_markers(&c, "m2", &a.markers.unwrap()).unwrap();
+            assert_eq!(c.aborted_txns(t.id, 0, 0, 100).unwrap(), vec![(pid, 3)]);
+            assert_eq!(c.last_stable_offset(t.id, 0).unwrap(), 5);
         }
 
         #[test]
@@ -935,7 +1250,7 @@ mod tests {
                 .unwrap();
             let (idle_pid, _) = ready(c.init_transactional_producer("idle", 60_000, (-1, -1)).unwrap());
             let (pid, epoch) = ready(c.init_transactional_producer("busy", TRANSACTION_TIMEOUT_MS_MAX, (-1, -1)).unwrap());
-            c.add_partitions_to_txn("busy", pid, epoch, &[("t".into(), 0)], false).unwrap();
+            c.add_partitions_to_txn("busy", pid, epoch, &[("t".into(), 0)], false, 0).unwrap();
             commit(&c, "d1", t.id, &[(0, 2)], Some((pid, epoch, 0)));
             // An idempotent (not transactional) producer in the same partition.
             let plain = ExtentInfo {
@@ -985,14 +1300,14 @@ mod tests {
             assert_ne!(again, idle_pid);
             assert_eq!(epoch0, 0);
             // Once its transaction is complete, the busy id and its producer state expire too.
-            let end = c.end_txn("busy", pid, epoch, true).unwrap().unwrap();
+            let end = c.end_txn("busy", pid, epoch, true, 0).map(|a| a.markers).unwrap().unwrap();
             write_markers(&c, "m1", &end).unwrap();
             clock.advance_ms(3_001);
             c.transactions_to_finish().unwrap();
             assert!(c.describe_transaction("busy").is_none());
             assert!(producers(&c).is_empty());
             // A zombie of the expired id is refused: its producer id maps to no transaction.
-            assert!(matches!(c.end_txn("busy", pid, epoch, true), Err(ControllerError::InvalidProducerIdMapping(_))));
+            assert!(matches!(c.end_txn("busy", pid, epoch, true, 0).map(|a| a.markers), Err(ControllerError::InvalidProducerIdMapping(_))));
         }
 
         #[derive(Debug, Clone)]
@@ -1046,7 +1361,7 @@ mod tests {
                         }
                         Op::Txn(k, p) => {
                             let (pid, epoch) = producers[k];
-                            c.add_partitions_to_txn(ids[k], pid, epoch, &[("t".into(), p)], false).unwrap();
+                            c.add_partitions_to_txn(ids[k], pid, epoch, &[("t".into(), p)], false, 0).unwrap();
                             let base = commit(&c, &key, t.id, &[(p, 2)], Some((pid, epoch, seq[k][p as usize])))[0].clone().unwrap();
                             seq[k][p as usize] += 2;
                             proptest::prop_assert_eq!(base, hw[p as usize]);
@@ -1055,7 +1370,7 @@ mod tests {
                         }
                         Op::End(k, commit_it) => {
                             let (pid, epoch) = producers[k];
-                            match c.end_txn(ids[k], pid, epoch, commit_it) {
+                            match c.end_txn(ids[k], pid, epoch, commit_it, 0).map(|a| a.markers) {
                                 Ok(Some(end)) => {
                                     let offsets = write_markers(&c, &key, &end).unwrap();
                                     for ((_, p), o) in end.partitions.iter().zip(offsets) {

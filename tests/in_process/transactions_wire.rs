@@ -121,7 +121,7 @@ async fn a_transaction_over_the_wire_and_clean_errors_for_bad_input() {
             .partition_error_code,
         INVALID_MAPPING
     );
-    for v in 0..=4 {
+    for v in 0..=5 {
         assert_eq!(c.call(v, &end("nobody", 1, 0, true)).await.error_code, INVALID_MAPPING, "EndTxn v{v}");
     }
     let described = c.call(0, &DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("nobody"))])).await;
@@ -244,5 +244,60 @@ async fn acks_1_data_before_end_txn_is_committed_before_its_markers() {
     assert!(!batches[0].1.is_control() && batches[0].1.producer_id == pid);
     assert_eq!(records::marker_kind(&records[batches[1].0..]), Some(true));
     assert_eq!(server.agent.uploader.losses().batches(), 0, "no acknowledged batch lost");
+    server.shutdown().await;
+}
+
+/// Transaction version 2 over the wire (KIP-890 part 2): Produce v12 adds the partition itself
+/// (no AddPartitionsToTxn), with acks=1 and acks=all alike; EndTxn v5 bumps the epoch, writes
+/// the marker at the new epoch and answers it; a retry with the old epoch gets the same answer;
+/// a batch of the old epoch is fenced (INVALID_PRODUCER_EPOCH), the new epoch starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_2_produce_adds_its_partition_and_end_txn_v5_bumps_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = start(dir.path(), "10").await;
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(s("t")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    assert_eq!(c.call(7, &create).await.topics[0].error_code, 0);
+    let r = c.call(5, &init_app()).await;
+    assert_eq!(r.error_code, 0);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+    // Produce v11 (version 1 clients) is still verified: not added, refused (TRANSACTION_ABORTABLE).
+    let p = c.call(11, &produce("t", 0, txn_batch(pid, epoch, 0, 2), "app").with_acks(1)).await;
+    assert_eq!(p.responses[0].partition_responses[0].error_code, kafka_protocol::error::ResponseError::TransactionAbortable.code());
+    // Produce v12: the batch adds its partition and starts the transaction, acks=1 then acks=all.
+    let p = c.call(12, &produce("t", 0, txn_batch(pid, epoch, 0, 2), "app").with_acks(1)).await;
+    assert_eq!(p.responses[0].partition_responses[0].error_code, 0);
+    let p = c.call(12, &produce("t", 0, txn_batch(pid, epoch, 2, 1), "app")).await;
+    assert_eq!((p.responses[0].partition_responses[0].error_code, p.responses[0].partition_responses[0].base_offset), (0, 2));
+    let r = c.call(5, &end("app", pid, epoch, true)).await;
+    assert_eq!((r.error_code, r.producer_id.0, r.producer_epoch), (0, pid, epoch + 1));
+    // A retry of it: success, the current epoch.
+    let r = c.call(5, &end("app", pid, epoch, true)).await;
+    assert_eq!((r.error_code, r.producer_id.0, r.producer_epoch), (0, pid, epoch + 1));
+    let f = c.call(12, &fetch("t", 1)).await;
+    let part = &f.responses[0].partitions[0];
+    assert_eq!((part.high_watermark, part.last_stable_offset), (4, 4));
+    let records = part.records.as_ref().unwrap();
+    let batches: Vec<_> = records::batches(records).collect();
+    assert_eq!(batches.len(), 3, "two data batches, then the marker");
+    assert!(batches[..2].iter().all(|(_, b)| !b.is_control() && b.producer_epoch == epoch));
+    assert!(batches[2].1.is_control() && batches[2].1.producer_epoch == epoch + 1);
+    assert_eq!(records::marker_kind(&records[batches[2].0..]), Some(true));
+    // The old epoch is fenced; the new one starts at sequence 0 and aborts.
+    let p = c.call(12, &produce("t", 0, txn_batch(pid, epoch, 3, 1), "app").with_acks(1)).await;
+    assert_eq!(p.responses[0].partition_responses[0].error_code, INVALID_EPOCH);
+    let epoch = epoch + 1;
+    let p = c.call(12, &produce("t", 0, txn_batch(pid, epoch, 0, 1), "app")).await;
+    assert_eq!((p.responses[0].partition_responses[0].error_code, p.responses[0].partition_responses[0].base_offset), (0, 4));
+    assert_eq!(c.call(5, &end("app", pid, epoch - 1, false)).await.error_code, FENCED);
+    let r = c.call(5, &end("app", pid, epoch, false)).await;
+    assert_eq!((r.error_code, r.producer_epoch), (0, epoch + 1));
+    let d = c.call(0, &DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("app"))])).await;
+    let st = &d.transaction_states[0];
+    assert_eq!((st.transaction_state.as_str(), st.producer_epoch), ("CompleteAbort", epoch + 1));
     server.shutdown().await;
 }

@@ -323,11 +323,20 @@ def test_streams_word_count(server, request, tmp_path):
 
 def test_streams_word_count_exactly_once_v2(server, request, tmp_path):
     """The same topology with processing.guarantee=exactly_once_v2: one transactional producer
-    per stream thread, offsets committed in its transactions, read back read_committed."""
+    per stream thread, offsets committed in its transactions, read back read_committed. With
+    transaction version 2 the offsets go in TxnOffsetCommit v5, which adds the group to the
+    transaction (no AddOffsetsToTxn), and EndTxn is v5."""
     require_apis(server, FIND_COORDINATOR, JOIN_GROUP, ADD_PARTITIONS_TO_TXN)
+    before = requests_by_api(server)
     obs = record(request, observations(run(compat("wordcount", server.bootstrap, topic_name("streams-eos"), tmp_path,
                                                   "exactly_once_v2"))[0]))
     assert obs == {"wordcount.words": "8", "wordcount.kafka": "3"}
+    after = requests_by_api(server)
+    used = sorted(k for k in after if after[k] > before.get(k, 0))
+    txn_apis = [k for k in used if k[0] in ("TxnOffsetCommit", "AddOffsetsToTxn", "AddPartitionsToTxn", "EndTxn")]
+    print("Kafka Streams exactly_once_v2, transaction API versions used:", txn_apis)
+    assert ("TxnOffsetCommit", 5) in txn_apis and ("EndTxn", 5) in txn_apis, txn_apis
+    assert not [k for k in txn_apis if k[0] in ("AddOffsetsToTxn", "AddPartitionsToTxn")], txn_apis
 
 
 def test_streams_restores_its_state_store_from_a_compacted_changelog(request, tmp_path):
@@ -347,11 +356,49 @@ def test_streams_restores_its_state_store_from_a_compacted_changelog(request, tm
 
 # ------------------------------------------------------------------------- transactions
 
+def requests_by_api(server):
+    """{(api, version): requests read} from the server's /metrics."""
+    out = {}
+    for key, value in server.metrics().items():
+        m = re.match(r'sidestream_requests_total\{api="(\w+)",version="(\d+)"\}', key)
+        if m:
+            out[(m.group(1), int(m.group(2)))] = value
+    return out
+
+
+def transaction_batches(server, topic, partitions):
+    """Every batch of the topic (read_uncommitted, markers included), by producer id:
+    [(partition, 'data' | 'commit' | 'abort', epoch)] in offset order per partition."""
+    by_producer = {}
+    with server.connect() as c:
+        for p in range(partitions):
+            offset = 0
+            while True:
+                got = kafka_wire.fetch(c, topic, p, offset)
+                assert got["error_code"] == 0, got
+                batches = kafka_wire.parse_record_batches(got["records"])
+                if not batches:
+                    break
+                for b in batches:
+                    if b["attributes"] & 0x20:  # a control batch: key = version, type (0 abort, 1 commit)
+                        kind = "commit" if b["records"][0]["key"][2:4] == b"\x00\x01" else "abort"
+                    else:
+                        kind = "data"
+                    by_producer.setdefault(b["producer_id"], []).append((p, kind, b["producer_epoch"]))
+                    offset = b["base_offset"] + b["last_offset_delta"] + 1
+    return by_producer
+
+
 def test_transactional_producer_and_read_committed_consumer(server, request):
     """Commit, abort, commit; read_committed vs read_uncommitted; fencing by a second producer
-    with the same transactional.id; Admin describeTransactions and listTransactions."""
+    with the same transactional.id; Admin describeTransactions and listTransactions. The Java
+    4.4 producer negotiates transaction version 2 (KIP-890 part 2): EndTxn v5, no
+    AddPartitionsToTxn, and the epoch bumped by one at every commit and abort, which the
+    markers carry (read back raw)."""
     require_apis(server, ADD_PARTITIONS_TO_TXN)
-    obs = record(request, observations(run(compat("transactions", server.bootstrap, topic_name("java-txn")))[0]))
+    before = requests_by_api(server)
+    topic = topic_name("java-txn")
+    obs = record(request, observations(run(compat("transactions", server.bootstrap, topic))[0]))
     assert obs == {
         "txn.read_committed": "20",
         "txn.read_uncommitted": "30",
@@ -360,3 +407,25 @@ def test_transactional_producer_and_read_committed_consumer(server, request):
         "txn.describe.state": "CompleteCommit",
         "txn.list.fence": "1",
     }
+    after = requests_by_api(server)
+    used = {k: after[k] - before.get(k, 0) for k in after if after[k] > before.get(k, 0)}
+    versions = {api: sorted(v for (a, v) in used if a == api)
+                for api in ("EndTxn", "Produce", "AddPartitionsToTxn", "AddOffsetsToTxn", "InitProducerId")}
+    print("Java 4.4 transactional producer, API versions used:", versions)
+    assert versions["EndTxn"] == [5], versions
+    assert versions["AddPartitionsToTxn"] == [] and versions["AddOffsetsToTxn"] == [], versions
+    assert versions["Produce"] and min(versions["Produce"]) >= 12, versions
+    # The producer of the commit, abort, commit sequence: the one with three markers per partition.
+    by_producer = transaction_batches(server, topic, 2)
+    sequences = [bs for bs in by_producer.values() if sum(1 for _, k, _ in bs if k != "data") == 6]
+    assert len(sequences) == 1, by_producer
+    batches = sequences[0]
+    for p in range(2):
+        mine = [(k, e) for q, k, e in batches if q == p]
+        markers = [(k, e) for k, e in mine if k != "data"]
+        assert [k for k, _ in markers] == ["commit", "abort", "commit"], mine
+        first = markers[0][1] - 1
+        # Each transaction's data at one epoch, its marker at the next, which the next one uses.
+        assert [e for _, e in markers] == [first + 1, first + 2, first + 3], mine
+        data_epochs = [e for k, e in mine if k == "data"]
+        assert data_epochs == sorted(data_epochs) and set(data_epochs) <= {first, first + 1, first + 2}, mine

@@ -492,7 +492,7 @@ impl Sim {
             let agent = agent.clone();
             futures.push(Box::pin(async move {
                 yield_times(yields).await;
-                agent.produce(vec![pb], None, 1, deadline, Some(turn), hand_off).await
+                agent.produce(vec![pb], None, false, 1, deadline, Some(turn), hand_off).await
             }));
         }
         let results = block_here(join_all(futures));
@@ -535,7 +535,7 @@ impl Sim {
         };
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let hand_off = agent.hand_offs.enter();
-        let task = tokio::spawn(async move { agent.produce(vec![pb], None, -1, deadline, None, hand_off).await });
+        let task = tokio::spawn(async move { agent.produce(vec![pb], None, false, -1, deadline, None, hand_off).await });
         self.world().trace.log(format_args!("c{c} acks=all p{} s{} sent", sent.partition, sent.seq));
         self.clients[c].inflight = Some((task, sent));
     }

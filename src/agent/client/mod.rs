@@ -56,7 +56,7 @@ pub trait ControllerClient: Send + Sync + 'static {
 }
 
 macro_rules! typed_calls {
-    ($([$kind:ident] $variant:ident $method:ident ($($arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
+    ($([$kind:ident] $variant:ident $method:ident ($($(#[$meta:meta])* $arg:ident: $ty:ty),*) -> $reply:ty;)*) => {
         /// One typed method per call of the table.
         impl dyn ControllerClient {
             $(

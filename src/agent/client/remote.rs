@@ -1154,7 +1154,7 @@ mod tests {
         let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx".into(), 60_000, (-1, -1)).await.unwrap() else {
             panic!("not ready")
         };
-        let added = remote.add_partitions_to_txn("tx".into(), producer_id, epoch, vec![("t".into(), 0)], false).await.unwrap();
+        let added = remote.add_partitions_to_txn("tx".into(), producer_id, epoch, vec![("t".into(), 0)], false, None).await.unwrap();
         assert_eq!(added, vec![Ok(())]);
         let extent = |n: i64, producer: Option<ProducerBatch>| ExtentInfo {
             topic_id: topic.id,
@@ -1204,12 +1204,32 @@ mod tests {
         else {
             panic!("not ready")
         };
-        remote.add_partitions_to_txn("tx2".into(), producer_id, epoch, vec![("t".into(), 1)], false).await.unwrap();
+        remote.add_partitions_to_txn("tx2".into(), producer_id, epoch, vec![("t".into(), 1)], false, None).await.unwrap();
         let end = remote.end_txn("tx2".into(), producer_id, epoch, false).await.unwrap().unwrap();
         assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "not due yet");
         tokio::time::sleep(Duration::from_millis(crate::controller::txn::MARKER_RETRY_MS as u64 + 100)).await;
         assert_eq!(remote.transactions_to_finish().await.unwrap(), vec![end]);
         assert!(remote.transactions_to_finish().await.unwrap().is_empty(), "handed out to one agent at a time");
+
+        // Transaction version 2 across the wire: Produce's implicit add starts the transaction;
+        // EndTxn bumps the epoch, the markers carry it and the answer names it; a retry with the
+        // old epoch gets the current one.
+        let TxnInit::Ready { producer_id, epoch } = remote.init_transactional_producer("tx3".into(), 60_000, (-1, -1)).await.unwrap()
+        else {
+            panic!("not ready")
+        };
+        let added = remote
+            .add_partitions_to_txn("tx3".into(), producer_id, epoch, vec![("t".into(), 0)], false, Some(2))
+            .await
+            .unwrap();
+        assert_eq!(added, vec![Ok(())]);
+        assert_eq!(remote.describe_transaction("tx3".into()).await.unwrap().unwrap().status, TxnStatus::Ongoing);
+        let answer = remote.end_txn2("tx3".into(), producer_id, epoch, true, 2).await.unwrap();
+        let end = answer.markers.clone().unwrap();
+        assert_eq!((end.epoch, answer.producer_id, answer.epoch), (epoch + 1, producer_id, epoch + 1));
+        remote.commit_object(commit("markers3", vec![extent(1, None)], Some(end))).await.unwrap();
+        let retried = remote.end_txn2("tx3".into(), producer_id, epoch, true, 2).await.unwrap();
+        assert_eq!((retried.markers, retried.producer_id, retried.epoch), (None, producer_id, epoch + 1));
         stop.cancel();
         svc.shutdown().await;
     }

@@ -24,16 +24,17 @@ struct Feature {
 }
 
 /// The features, under Kafka 4.4's names. `group.version` 1 is the KIP-848 consumer group
-/// protocol, which is served. The others are listed at level 0, so that `kafka-features.sh
-/// describe` says they are not offered: `transaction.version` 2 (KIP-890 part 2: clients would
-/// switch to implicit partition adds, which the controller does not take), `share.version`
-/// (KIP-932 share groups) and `streams.version` (KIP-1071 streams groups). KRaft's
+/// protocol and `transaction.version` 2 KIP-890 part 2 (EndTxn v5 bumps the epoch, Produce v12
+/// and TxnOffsetCommit v5 add partitions and groups themselves), both served and finalized, as
+/// in a new Kafka 4.x cluster; clients of transaction versions 0-1 keep working (the version is
+/// per transaction, `controller::txn`). `share.version` (KIP-932 share groups) and
+/// `streams.version` (KIP-1071 streams groups) are listed at level 0: not offered. KRaft's
 /// `metadata.version` and `kraft.version` describe a quorum Sidestream does not have: not listed.
 const FEATURES: [Feature; 4] = [
     Feature { name: "group.version", min_level: 0, max_level: 1, finalized_level: 1 },
     Feature { name: "share.version", min_level: 0, max_level: 0, finalized_level: 0 },
     Feature { name: "streams.version", min_level: 0, max_level: 0, finalized_level: 0 },
-    Feature { name: "transaction.version", min_level: 0, max_level: 0, finalized_level: 0 },
+    Feature { name: "transaction.version", min_level: 0, max_level: 2, finalized_level: 2 },
 ];
 
 /// The finalized features never change while agents run (nothing updates them), so their epoch
@@ -94,19 +95,23 @@ mod tests {
     fn v4_lists_every_feature_and_v3_leaves_out_those_starting_at_level_0() {
         let (supported, finalized) = names(&handle(4));
         assert_eq!(supported, ["group.version", "share.version", "streams.version", "transaction.version"]);
-        assert_eq!(finalized, ["group.version=1"]);
+        assert_eq!(finalized, ["group.version=1", "transaction.version=2"]);
         let (supported, finalized) = names(&handle(3));
         assert!(supported.is_empty(), "{supported:?}");
-        assert_eq!(finalized, ["group.version=1"]);
+        assert_eq!(finalized, ["group.version=1", "transaction.version=2"]);
         assert_eq!(handle(4).finalized_features_epoch, FINALIZED_FEATURES_EPOCH);
     }
 
     #[test]
-    fn transaction_version_2_is_never_finalized() {
-        // Clients use implicit partition adds (KIP-890 part 2) from transaction.version 2 on.
+    fn transaction_version_2_is_finalized_with_the_apis_its_clients_use() {
+        // Java clients use EndTxn v5, Produce v12 and TxnOffsetCommit v5 once it is finalized.
         let r = handle(4);
-        assert!(r.finalized_features.iter().all(|f| f.name.as_str() != "transaction.version"));
+        let tv = r.finalized_features.iter().find(|f| f.name.as_str() == "transaction.version").unwrap();
+        assert_eq!((tv.min_version_level, tv.max_version_level), (2, 2));
         let tv = r.supported_features.iter().find(|f| f.name.as_str() == "transaction.version").unwrap();
-        assert!(tv.max_version < 2);
+        assert_eq!((tv.min_version, tv.max_version), (0, 2));
+        let max = |key: kafka_protocol::messages::ApiKey| r.api_keys.iter().find(|a| a.api_key == key as i16).unwrap().max_version;
+        use kafka_protocol::messages::ApiKey;
+        assert!(max(ApiKey::EndTxn) >= 5 && max(ApiKey::Produce) >= 12 && max(ApiKey::TxnOffsetCommit) >= 5);
     }
 }

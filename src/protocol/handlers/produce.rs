@@ -64,10 +64,12 @@ fn has_transactional_batch(req: &ProduceRequest) -> bool {
         .any(|p| p.records.as_ref().is_some_and(|r| matches!(records::peek_header(r), Ok(Some(h)) if h.is_transactional())))
 }
 
-/// Kafka's answer for a transactional batch that failed verification: INVALID_TXN_STATE, which
-/// Produce v11+ (KIP-890) clients get as TRANSACTION_ABORTABLE.
+/// Kafka's answer for a transactional batch that failed verification (or, v12+, its implicit
+/// add): INVALID_TXN_STATE, which Produce v11+ (KIP-890) clients get as TRANSACTION_ABORTABLE;
+/// a fenced producer gets INVALID_PRODUCER_EPOCH, as Kafka's AddPartitionsToTxnManager answers.
 fn verification_refusal(e: &ControllerError, version: i16) -> (i16, String) {
     match e {
+        ControllerError::ProducerFenced(m) => (ResponseError::InvalidProducerEpoch.code(), m.clone()),
         ControllerError::InvalidTxnState(_) if version >= 11 => {
             (ResponseError::TransactionAbortable.code(), "Partition was not added to the transaction".into())
         }
@@ -206,7 +208,11 @@ async fn handle_inner(
     }
     // Kafka's log_append_time_ms: the time a LogAppendTime topic's batch was stamped with, else -1.
     let append_times: Vec<i64> = items.iter().map(|b| if log_append_time(&b.topic) { b.item.header.max_timestamp } else { -1 }).collect();
-    let produced = agent.produce(items, req.transactional_id.as_ref().map(|t| t.0.as_str()), acks, deadline, turn, hand_off).await;
+    // Produce v12+ comes from transaction version 2 clients, which send no AddPartitionsToTxn:
+    // the partition joins the transaction with its batch (Kafka's rule: the request version).
+    let implicit_add = version >= 12;
+    let txn_id = req.transactional_id.as_ref().map(|t| t.0.as_str());
+    let produced = agent.produce(items, txn_id, implicit_add, acks, deadline, turn, hand_off).await;
     for ((topic, bytes), _) in sizes.iter().zip(&produced).filter(|(_, r)| r.is_ok()) {
         BYTES_IN.add(&topic.name, *bytes);
     }

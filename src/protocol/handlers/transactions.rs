@@ -1,5 +1,11 @@
 //! Transactions: AddPartitionsToTxn (v0-3 client form, v4-5 batched form), AddOffsetsToTxn,
-//! EndTxn, TxnOffsetCommit, DescribeTransactions, ListTransactions. The coordinator state lives
+//! EndTxn, TxnOffsetCommit, DescribeTransactions, ListTransactions.
+//!
+//! Transaction version 2 (KIP-890 part 2, `transaction.version` finalized at 2): its clients
+//! send EndTxn v5 (the coordinator bumps the epoch at every commit and abort and answers the
+//! new producer id and epoch), Produce v12 (the partition joins the transaction with the batch,
+//! see `agent::produce`) and TxnOffsetCommit v5 (the group joins with the offsets), and no
+//! AddPartitionsToTxn or AddOffsetsToTxn. Older clients keep version 0-1, per transaction. The coordinator state lives
 //! in the controller (`controller::txn`); EndTxn writes the markers through `agent::txn` before
 //! it answers, so a producer's next transaction starts on a completed one.
 //!
@@ -35,7 +41,7 @@ use crate::agent::txn::TxnError;
 use crate::api::ControllerError;
 use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::groups::CommitOffset;
-use crate::api::txn::TxnStatus;
+use crate::api::txn::{TXN_VERSION_EPOCH_BUMP, TxnStatus};
 use crate::protocol::error::{agent_code, controller_code, group_code};
 
 /// PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH for a client too old to know it (KIP-588).
@@ -92,7 +98,13 @@ async fn add_partitions(
             })
             .collect()
     } else {
-        let added = agent.controller.add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only).await;
+        // The client form is transaction version 0-1; the brokers' form adds for a Produce of a
+        // version 2 client (KIP-890 part 2), as Kafka's coordinator takes it.
+        let client_version = if client_form { 0 } else { TXN_VERSION_EPOCH_BUMP };
+        let added = agent
+            .controller
+            .add_partitions_to_txn(txn_id(transactional_id), producer_id, epoch, wanted, verify_only, Some(client_version))
+            .await;
         item_codes(added, n, knows_fenced)
     };
     let mut codes = results.into_iter();
@@ -167,9 +179,15 @@ pub async fn end_txn(agent: &Agent, access: &Access<'_>, version: i16, req: EndT
     if !access.check(AclOperation::Write, ResourceType::TransactionalId, &req.transactional_id.0) {
         return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
-    let ended = agent.end_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.committed).await;
+    // EndTxn v5 is sent by transaction version 2 clients only (Kafka's rule too).
+    let client_version = if version >= 5 { TXN_VERSION_EPOCH_BUMP } else { 0 };
+    let ended = agent
+        .end_txn(txn_id(&req.transactional_id), req.producer_id.0, req.producer_epoch, req.committed, client_version)
+        .await;
     let code = match ended {
-        Ok(()) => 0,
+        // v5+: the producer id and epoch for the next transaction (bumped with version 2).
+        Ok((producer_id, epoch)) if version >= 5 => return resp.with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
+        Ok(_) => 0,
         Err(TxnError::Coordinator(e)) => fenced_code(&e, version >= 2),
         Err(TxnError::Markers(e)) => match agent_code(&e) {
             c if c == ResponseError::InvalidTxnState.code() => c,
@@ -225,9 +243,12 @@ pub async fn txn_offset_commit(agent: &Agent, access: &Access<'_>, version: i16,
         Err(e) => vec![group_code(&e); n],
         Ok(()) => {
             let id = txn_id(&req.transactional_id);
+            // v5 is sent by transaction version 2 clients, with no AddOffsetsToTxn before it:
+            // the group joins the transaction here (Kafka's implicit add).
+            let client_version = if version >= 5 { TXN_VERSION_EPOCH_BUMP } else { 0 };
             let stored = agent
                 .controller
-                .txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets)
+                .txn_offset_commit(id, req.producer_id.0, req.producer_epoch, req.group_id.0.to_string(), offsets, Some(client_version))
                 .await;
             item_codes(stored, n, version >= 3)
         }
