@@ -38,6 +38,8 @@ use crate::metrics;
 /// An instance silent this long (or 3 push intervals, if longer) is forgotten (Kafka's
 /// client metrics cache expiry).
 pub const INSTANCE_EXPIRY_MIN_MS: i64 = 60_000;
+/// Requests look for expired instances at most this often (a scan of every instance).
+pub const EXPIRY_SWEEP_INTERVAL_MS: i64 = 1_000;
 /// Label values longer than this are cut (at a character boundary).
 pub const LABEL_VALUE_BYTES_MAX: usize = 128;
 /// Metric names longer than this (before the prefix) are dropped.
@@ -133,6 +135,8 @@ struct State {
     /// Bumped when the subscription changes: instances made before re-evaluate theirs.
     version: u64,
     instances: HashMap<Uuid, Instance>,
+    /// When expired instances were last looked for.
+    last_sweep_ms: i64,
 }
 
 /// The client telemetry of one agent.
@@ -214,7 +218,7 @@ impl ClientTelemetry {
             max_series_per_client: config.max_series_per_client as usize,
             clock,
             entropy,
-            state: Mutex::new(State { subscription, version: 0, instances: HashMap::new() }),
+            state: Mutex::new(State { subscription, version: 0, instances: HashMap::new(), last_sweep_ms: i64::MIN }),
         })
     }
 
@@ -256,8 +260,13 @@ impl ClientTelemetry {
         INSTANCE_EXPIRY_MIN_MS.max(3 * state.subscription.push_interval_ms as i64)
     }
 
-    /// Forgets instances silent for longer than their expiry.
-    fn expire(state: &mut State, now: i64) {
+    /// Forgets instances silent for longer than their expiry (looked for at most every
+    /// [`EXPIRY_SWEEP_INTERVAL_MS`] by requests; at every scrape).
+    fn expire(state: &mut State, now: i64, scrape: bool) {
+        if !scrape && now.saturating_sub(state.last_sweep_ms) < EXPIRY_SWEEP_INTERVAL_MS {
+            return;
+        }
+        state.last_sweep_ms = now;
         let expiry = Self::expiry_ms(state);
         let before = state.instances.len();
         state.instances.retain(|_, i| now - i.last_seen_ms < expiry);
@@ -268,7 +277,7 @@ impl ClientTelemetry {
 
     /// The instance `id` (made, or its subscription re-evaluated, as needed), seen now.
     fn instance<'s>(&self, state: &'s mut State, id: Uuid, client_id: &str, now: i64) -> &'s mut Instance {
-        Self::expire(state, now);
+        Self::expire(state, now, false);
         if !state.instances.contains_key(&id) && state.instances.len() >= self.max_clients {
             let oldest = state.instances.iter().min_by_key(|(_, i)| i.last_seen_ms).map(|(k, _)| *k);
             if let Some(oldest) = oldest {
@@ -517,7 +526,7 @@ impl ClientTelemetry {
     pub fn render(&self, out: &mut String) {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        Self::expire(&mut state, now);
+        Self::expire(&mut state, now, true);
         let mut families: BTreeMap<&str, Vec<(String, Kind, f64)>> = BTreeMap::new();
         for (id, inst) in &state.instances {
             for ((name, labels), (kind, value)) in &inst.series {
@@ -706,9 +715,13 @@ mod tests {
         let text = rendered(&t);
         assert!(!text.contains("client_id=\"a\""), "{text}");
         assert!(text.contains("client_id=\"b\"") && text.contains("client_id=\"c\""), "{text}");
-        // Silent for the expiry: gone.
+        // Silent for the expiry: gone, seen by the next request and by a scrape.
+        clock.advance_ms(INSTANCE_EXPIRY_MIN_MS as u64);
+        let d = t.subscribe(Uuid::nil(), "d").unwrap();
+        assert_eq!(t.lock().instances.keys().collect::<Vec<_>>(), [&d.client_instance_id]);
         clock.advance_ms(INSTANCE_EXPIRY_MIN_MS as u64);
         assert_eq!(rendered(&t), "");
+        assert!(t.lock().instances.is_empty());
     }
 
     #[test]
