@@ -29,6 +29,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub client_telemetry: ClientTelemetryConfig,
     /// Kafka listeners besides `[agent] listen` (the PLAINTEXT one), each with its protocol.
     pub listeners: Vec<ListenerConfig>,
     pub tls: TlsConfig,
@@ -690,6 +691,43 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// `[client_telemetry]`: the metrics clients push to the agent (KIP-714: GetTelemetrySubscriptions
+/// and PushTelemetry), shown on `GET /metrics` as `kafka_client_*` series. The subscription every
+/// client gets is this section (Kafka sets it per client with `kafka-client-metrics.sh`; not
+/// served here). Off (clients are told to push nothing) until `enabled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTelemetryConfig {
+    pub enabled: bool,
+    /// Metric name prefixes clients are asked for (Kafka's `metrics`): `*` is every metric;
+    /// empty is none.
+    pub metrics: Vec<String>,
+    /// How often clients push (Kafka's `interval.ms`); a push sooner is refused.
+    pub push_interval_ms: u64,
+    /// The largest compressed payload of a push (Kafka's `telemetry.max.bytes`).
+    pub max_bytes: u64,
+    /// The largest payload after decompression.
+    pub max_decompressed_bytes: u64,
+    /// Client instances whose metrics are kept; a new one evicts the longest silent.
+    pub max_clients: u64,
+    /// Series kept per client instance; more are dropped (and counted).
+    pub max_series_per_client: u64,
+}
+
+impl Default for ClientTelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            metrics: vec!["*".into()],
+            push_interval_ms: 30_000,
+            max_bytes: 1 << 20,
+            max_decompressed_bytes: 8 << 20,
+            max_clients: 256,
+            max_series_per_client: 500,
+        }
+    }
+}
+
 /// Where OTLP/HTTP goes, parsed from `[telemetry] otlp_endpoint`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpEndpoint {
@@ -737,6 +775,7 @@ pub const SASL_MECHANISMS: &[&str] = &["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"
 const ENV_PREFIX: &str = "SIDESTREAM_";
 const SECTIONS: &[&str] = &[
     "agent",
+    "client_telemetry",
     "upload",
     "wal",
     "cache",
@@ -972,6 +1011,15 @@ impl Config {
         range("telemetry.max_queued_spans", t.max_queued_spans, 1, 1_000_000)?;
         if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
             return Err(err("telemetry.trace_sample_ratio", format!("{} must be between 0.0 and 1.0", t.trace_sample_ratio)));
+        }
+        let c = &self.client_telemetry;
+        range("client_telemetry.push_interval_ms", c.push_interval_ms, 100, 3_600_000)?;
+        range("client_telemetry.max_bytes", c.max_bytes, 1024, 64 << 20)?;
+        range("client_telemetry.max_decompressed_bytes", c.max_decompressed_bytes, c.max_bytes, 256 << 20)?;
+        range("client_telemetry.max_clients", c.max_clients, 1, 100_000)?;
+        range("client_telemetry.max_series_per_client", c.max_series_per_client, 1, 100_000)?;
+        if c.metrics.len() > 100 || c.metrics.iter().any(|m| m.is_empty() || m.len() > 256) {
+            return Err(err("client_telemetry.metrics", "at most 100 prefixes of 1 to 256 bytes".into()));
         }
         let dir = &self.agent.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| err("agent.data_dir", format!("cannot create {}: {e}", dir.display())))?;
@@ -1376,6 +1424,31 @@ mod tests {
         assert!(load(&[("SIDESTREAM_TELEMETRY_TRACE_SAMPLE_RATIO", "1.5")]).is_err());
         assert!(load(&[("SIDESTREAM_TELEMETRY_MAX_QUEUED_SPANS", "0")]).is_err());
         assert!(load(&[("SIDESTREAM_TELEMETRY_OTLP_ENDPONT", "http://x")]).is_err(), "unknown key");
+    }
+
+    #[test]
+    fn client_telemetry_settings_from_the_environment_and_their_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        let load = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("SIDESTREAM_AGENT_DATA_DIR", data)];
+            all.extend_from_slice(pairs);
+            Config::load(None, env(&all))
+        };
+        let cfg = load(&[
+            ("SIDESTREAM_CLIENT_TELEMETRY_ENABLED", "true"),
+            ("SIDESTREAM_CLIENT_TELEMETRY_METRICS", "org.apache.kafka.producer.,org.apache.kafka.consumer."),
+            ("SIDESTREAM_CLIENT_TELEMETRY_PUSH_INTERVAL_MS", "1000"),
+        ])
+        .unwrap();
+        assert!(cfg.client_telemetry.enabled);
+        assert_eq!(cfg.client_telemetry.metrics, ["org.apache.kafka.producer.", "org.apache.kafka.consumer."]);
+        assert_eq!(cfg.client_telemetry.push_interval_ms, 1000);
+        assert!(load(&[("SIDESTREAM_CLIENT_TELEMETRY_PUSH_INTERVAL_MS", "10")]).is_err());
+        assert!(load(&[("SIDESTREAM_CLIENT_TELEMETRY_MAX_CLIENTS", "0")]).is_err());
+        // Decompressed payloads may not be bounded below compressed ones.
+        assert!(load(&[("SIDESTREAM_CLIENT_TELEMETRY_MAX_DECOMPRESSED_BYTES", "1024")]).is_err());
     }
 
     #[test]

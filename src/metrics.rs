@@ -7,8 +7,10 @@
 //! fixed bucket layout, [`BUCKETS_SECONDS`], so the same metric of many agents can be summed
 //! before `histogram_quantile`; recording is two atomic adds, no lock. Label values that come
 //! from clients (topic names) go through a [`Bounded`] family, which gives the first
-//! `max` values their own series and counts the rest under `__other`. [`render`] writes them all
-//! in Prometheus' text format (`GET /metrics`, served by [`crate::health::serve`]).
+//! `max` values their own series and counts the rest under `__other`. Families whose names are
+//! not known in advance (the metrics clients push) come from [`text_families`] sources, which
+//! bound themselves. [`render`] writes them all in Prometheus' text format (`GET /metrics`,
+//! served by [`crate::health::serve`]).
 //!
 //! Conventions: base units in names (`_seconds`, `_bytes`), `_total` on counters and only on
 //! them, Kafka's names for APIs (`Produce`) and error codes (`NOT_COORDINATOR`).
@@ -183,6 +185,7 @@ type Key = (&'static str, Vec<(&'static str, String)>);
 /// Samples of a gauge family, computed when scraped: (labels, value).
 pub type GaugeSamples = Vec<(Vec<(&'static str, String)>, i64)>;
 type GaugeFn = Box<dyn Fn() -> GaugeSamples + Send + Sync>;
+type TextFn = Box<dyn Fn(&mut String) + Send + Sync>;
 
 #[derive(Default)]
 struct Registry {
@@ -190,6 +193,8 @@ struct Registry {
     metrics: Mutex<BTreeMap<Key, Metric>>,
     /// Gauge families computed at scrape time (name -> help, samples).
     gauges: Mutex<BTreeMap<&'static str, (&'static str, GaugeFn)>>,
+    /// Whole families written in the text format at scrape time, by source name.
+    texts: Mutex<BTreeMap<&'static str, TextFn>>,
 }
 
 fn registry() -> &'static Registry {
@@ -244,8 +249,16 @@ pub fn gauges(name: &'static str, help: &'static str, samples: impl Fn() -> Gaug
     registry().gauges.lock().unwrap_or_else(|p| p.into_inner()).insert(name, (help, Box::new(samples)));
 }
 
+/// Registers (or replaces) the source `name` of whole families that [`render`] appends in
+/// the text format (`# HELP`, `# TYPE`, samples): series whose names are not known in advance,
+/// like the metrics clients push ([`crate::agent::client_telemetry`]). The source bounds what
+/// it writes. Not part of [`snapshot`] (OTLP export).
+pub fn text_families(name: &'static str, write: impl Fn(&mut String) + Send + Sync + 'static) {
+    registry().texts.lock().unwrap_or_else(|p| p.into_inner()).insert(name, Box::new(write));
+}
+
 /// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -297,6 +310,11 @@ pub fn render() -> String {
         for (labels, v) in samples() {
             let _ = writeln!(out, "{name}{} {v}", label_text(&labels, None));
         }
+    }
+    drop(gauges);
+    let texts = r.texts.lock().unwrap_or_else(|p| p.into_inner());
+    for write in texts.values() {
+        write(&mut out);
     }
     out
 }
@@ -378,6 +396,16 @@ mod tests {
         gauges("test_lag", "Lag.", || vec![(vec![("group", "g\"1\\\n".to_string())], 7)]);
         let text = render();
         assert!(text.contains("# TYPE test_lag gauge\ntest_lag{group=\"g\\\"1\\\\\\n\"} 7"), "{text}");
+    }
+
+    #[test]
+    fn text_families_are_appended_and_replaced_by_name() {
+        text_families("test_text", |out| out.push_str("# TYPE test_pushed gauge\ntest_pushed 1\n"));
+        assert!(render().contains("# TYPE test_pushed gauge\ntest_pushed 1\n"));
+        text_families("test_text", |out| out.push_str("test_pushed 2\n"));
+        let text = render();
+        assert!(text.contains("test_pushed 2\n") && !text.contains("test_pushed 1\n"), "{text}");
+        assert!(snapshot().iter().all(|s| s.name != "test_pushed"), "not in the OTLP snapshot");
     }
 
     #[test]

@@ -358,6 +358,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     };
     let acl_source = controller.clone();
     let authorizer = crate::agent::acl::Authorizer::new(&acl_settings, move || acl_source.acls());
+    let client_telemetry = crate::agent::client_telemetry::ClientTelemetry::new(&config.client_telemetry, clock.clone(), entropy.clone());
+    client_telemetry.register_metrics();
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,
@@ -398,6 +400,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             crate::agent::broker_config::BrokerConfigs::new(config, &bound)
         },
         internal_topics: Default::default(),
+        client_telemetry,
     });
     let limits = ConnectionLimits {
         max_request_bytes: config.agent.max_request_bytes,

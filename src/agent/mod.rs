@@ -17,6 +17,8 @@
 //! - [`acl`]: the authorizer: Kafka's ACL rules over the controller's ACLs.
 //! - [`broker_config`]: the broker's own configs under Kafka's names; the log filter is the one
 //!   that changes at run time.
+//! - [`client_telemetry`]: KIP-714 client metrics: the subscription clients get, the bounded
+//!   series they push, shown on `/metrics`.
 //! - [`internal_topics`]: Kafka's `__consumer_offsets` and `__transaction_state`, empty here,
 //!   created when a client first needs one.
 //!
@@ -27,6 +29,7 @@ pub mod acl;
 pub mod broker_config;
 pub mod cache;
 pub mod client;
+pub mod client_telemetry;
 pub mod cluster;
 pub mod compaction;
 pub mod cost;
@@ -92,6 +95,8 @@ pub struct Agent {
     pub broker_configs: broker_config::BrokerConfigs,
     /// Kafka's internal topics, created on first need.
     pub internal_topics: internal_topics::InternalTopics,
+    /// Metrics clients push (KIP-714).
+    pub client_telemetry: Arc<client_telemetry::ClientTelemetry>,
 }
 
 /// Counts produce requests between their arrival and the hand-off of their batches to the

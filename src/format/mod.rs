@@ -8,9 +8,12 @@
 //!   footer, and the commit facts taken from it ([`object::ExtentInfo`],
 //!   [`object::ProducerBatch`]): what the agent tells the controller about each partition's
 //!   byte range.
+//! - [`otlp_metrics`]: OTLP metrics (protobuf), as KIP-714 clients push them, read into
+//!   points without materialising the message.
 //!
 //! Must not touch: I/O, clocks, configuration, the controller, the Kafka protocol crate's
 //! request types.
 
 pub mod object;
+pub mod otlp_metrics;
 pub mod records;

@@ -264,6 +264,37 @@ pub fn record_at_or_after(
     })
 }
 
+/// Why [`decompress_bounded`] refused its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecompressError {
+    #[error("unknown compression type")]
+    UnknownCodec,
+    #[error("decompresses to more than the bound")]
+    TooLarge,
+    #[error("does not decompress")]
+    Bad,
+}
+
+/// `input` compressed with Kafka's codec `codec` (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd; the
+/// ids of the batch attributes and of PushTelemetry's `compression_type`), decompressed as a
+/// batch's records are, into at most `max` bytes (a larger output is refused before it is
+/// all written: no zip bombs).
+pub fn decompress_bounded(codec: i16, input: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
+    if codec == 0 {
+        return if input.len() > max { Err(DecompressError::TooLarge) } else { Ok(input.to_vec()) };
+    }
+    let mut out = Vec::new();
+    match decompress(codec, input, &mut out, max) {
+        Ok(()) => {
+            assert!(out.len() <= max, "decompressed past its bound");
+            Ok(out)
+        }
+        Err(e) if e == TOO_LARGE => Err(DecompressError::TooLarge),
+        Err(RecordsError::Corrupt(_)) => Err(DecompressError::UnknownCodec),
+        Err(_) => Err(DecompressError::Bad),
+    }
+}
+
 const BAD: RecordsError = RecordsError::Invalid("compressed records do not decompress");
 const TOO_LARGE: RecordsError = RecordsError::Invalid("records decompress to more than the agent's max_decompressed_batch_bytes");
 

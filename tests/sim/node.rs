@@ -174,6 +174,8 @@ impl Node {
             move || acl_source.acls(),
         );
         let quota_source = controller.clone();
+        let client_telemetry =
+            sidestream::agent::client_telemetry::ClientTelemetry::new(&config.client_telemetry, clock.clone(), entropy.clone());
         let agent = Arc::new(Agent {
             settings: AgentSettings {
                 node_id: self.id as i32,
@@ -201,6 +203,7 @@ impl Node {
             authorizer,
             broker_configs: sidestream::agent::broker_config::BrokerConfigs::new(&config, &[]),
             internal_topics: Default::default(),
+            client_telemetry,
         });
         world.trace.log(format_args!("a{} serving #{}", self.id, self.incarnation));
         self.running = Some(Running { agent, life, shutdown });

@@ -6,9 +6,10 @@
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse,
     CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse,
-    DescribeGroupsResponse, DescribeTopicPartitionsResponse, EndTxnResponse, FindCoordinatorResponse, HeartbeatResponse,
-    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
-    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, SyncGroupResponse, TxnOffsetCommitResponse,
+    DescribeGroupsResponse, DescribeTopicPartitionsResponse, EndTxnResponse, FindCoordinatorResponse, GetTelemetrySubscriptionsResponse,
+    HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse,
+    MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, PushTelemetryResponse, SyncGroupResponse,
+    TxnOffsetCommitResponse,
 };
 
 /// A response whose error codes can be listed (0 included: the counter skips it).
@@ -31,10 +32,12 @@ top_level!(
     AddOffsetsToTxnResponse,
     ConsumerGroupHeartbeatResponse,
     EndTxnResponse,
+    GetTelemetrySubscriptionsResponse,
     HeartbeatResponse,
     InitProducerIdResponse,
     JoinGroupResponse,
     ListGroupsResponse,
+    PushTelemetryResponse,
     SyncGroupResponse,
 );
 

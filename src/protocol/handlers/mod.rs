@@ -21,6 +21,7 @@ mod produce;
 mod producers;
 mod quotas;
 mod replicas;
+mod telemetry;
 mod transactions;
 mod users;
 
@@ -108,6 +109,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // Configs (configs.rs).
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    // Client telemetry, KIP-714 (telemetry.rs).
+    (ApiKey::GetTelemetrySubscriptions, 0, 0),
+    (ApiKey::PushTelemetry, 0, 0),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -183,6 +187,8 @@ pub enum Request {
     DescribeProducers(DescribeProducersRequest),
     AlterConfigs(kafka_protocol::messages::AlterConfigsRequest),
     IncrementalAlterConfigs(kafka_protocol::messages::IncrementalAlterConfigsRequest),
+    GetTelemetrySubscriptions(kafka_protocol::messages::GetTelemetrySubscriptionsRequest),
+    PushTelemetry(kafka_protocol::messages::PushTelemetryRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -278,6 +284,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DescribeProducers => decode!(DescribeProducers, DescribeProducersRequest),
         ApiKey::AlterConfigs => decode!(AlterConfigs, kafka_protocol::messages::AlterConfigsRequest),
         ApiKey::IncrementalAlterConfigs => decode!(IncrementalAlterConfigs, kafka_protocol::messages::IncrementalAlterConfigsRequest),
+        ApiKey::GetTelemetrySubscriptions => decode!(GetTelemetrySubscriptions, kafka_protocol::messages::GetTelemetrySubscriptionsRequest),
+        ApiKey::PushTelemetry => decode!(PushTelemetry, kafka_protocol::messages::PushTelemetryRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -376,6 +384,8 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::DescribeProducers(r) => ctx.respond(&producers::describe_producers(&agent, &access, r).await),
         Request::AlterConfigs(r) => ctx.respond(&configs::alter_configs(&agent, &access, r).await),
         Request::IncrementalAlterConfigs(r) => ctx.respond(&configs::incremental_alter_configs(&agent, &access, r).await),
+        Request::GetTelemetrySubscriptions(r) => ctx.counted(&telemetry::get_subscriptions(&agent, r, &client.client_id)),
+        Request::PushTelemetry(r) => ctx.counted(&telemetry::push(&agent, r, &client.client_id)),
     }
 }
 

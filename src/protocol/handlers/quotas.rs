@@ -41,6 +41,7 @@ use kafka_protocol::messages::{
     AlterPartitionReassignmentsResponse, DescribeLogDirsResponse, DescribeProducersResponse, ElectLeadersResponse,
     ListPartitionReassignmentsResponse, OffsetForLeaderEpochResponse,
 };
+use kafka_protocol::messages::{GetTelemetrySubscriptionsResponse, PushTelemetryResponse};
 use kafka_protocol::messages::{alter_client_quotas_response, describe_client_quotas_response};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -210,6 +211,8 @@ macro_rules! throttle_time_ms {
 
 throttle_time_ms!(
     AddOffsetsToTxnResponse,
+    GetTelemetrySubscriptionsResponse,
+    PushTelemetryResponse,
     AlterPartitionReassignmentsResponse,
     DescribeLogDirsResponse,
     DescribeProducersResponse,
