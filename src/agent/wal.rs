@@ -473,8 +473,8 @@ impl Wal {
         if let Some(inline) = &self.inline {
             let mut guard = inline.lock().unwrap_or_else(|p| p.into_inner());
             let (writer, queue) = &mut *guard;
-            while let Some(group) = next_group(queue, None) {
-                writer.commit(group);
+            while let Ok(first) = queue.try_recv() {
+                writer.commit(next_group(queue, first));
             }
         }
         Ok(Logged(rx))
@@ -549,13 +549,9 @@ struct Writer {
     faults: Option<Arc<dyn DiskFaults>>,
 }
 
-/// The requests of one group commit: `first` (or the first queued) and every request queued
-/// behind it, up to [`GROUP_BYTES_MAX`]; `None` when nothing is queued.
-fn next_group(rx: &mut mpsc::UnboundedReceiver<WriteReq>, first: Option<WriteReq>) -> Option<Vec<WriteReq>> {
-    let first = match first {
-        Some(r) => r,
-        None => rx.try_recv().ok()?,
-    };
+/// The requests of one group commit: `first` and every request queued behind it, up to
+/// [`GROUP_BYTES_MAX`].
+fn next_group(rx: &mut mpsc::UnboundedReceiver<WriteReq>, first: WriteReq) -> Vec<WriteReq> {
     let mut bytes = first.payload.len;
     let mut reqs = vec![first];
     while bytes < GROUP_BYTES_MAX {
@@ -567,7 +563,7 @@ fn next_group(rx: &mut mpsc::UnboundedReceiver<WriteReq>, first: Option<WriteReq
             Err(_) => break,
         }
     }
-    Some(reqs)
+    reqs
 }
 
 impl Writer {
@@ -630,7 +626,7 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriteReq>) {
         while let Some(first) = rx.blocking_recv() {
-            let reqs = next_group(&mut rx, Some(first)).expect("a group holds its first request");
+            let reqs = next_group(&mut rx, first);
             self.commit(reqs);
         }
     }

@@ -320,7 +320,10 @@ fn prepare_v2(
     new_producer_id: impl FnOnce() -> Result<i64, ControllerError>,
 ) -> Result<TxnEnd, ControllerError> {
     assert!(wanted.preparing(), "prepare_v2 to {wanted:?}");
-    assert!(t.epoch < i16::MAX, "{}: epoch {} cannot be bumped", t.transactional_id, t.epoch);
+    if t.epoch == i16::MAX {
+        // Never reached: the bump to i16::MAX also allocates the next producer id.
+        return Err(ControllerError::InvalidTxnState(format!("{}: epoch {} cannot be bumped", t.transactional_id, t.epoch)));
+    }
     t.next_producer_id = if t.epoch >= i16::MAX - 1 { new_producer_id()? } else { -1 };
     t.last_epoch = t.epoch;
     t.epoch += 1;
