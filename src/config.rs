@@ -618,6 +618,17 @@ pub struct GroupsConfig {
     /// Kafka's `offsets.retention.minutes`, in ms: a group's committed offsets expire this long
     /// after the group became empty (or, for a group that never had members, after their commit).
     pub offsets_retention_ms: u64,
+    /// Share groups (KIP-932), Kafka's `group.share.*` defaults; each group may override the
+    /// first four with IncrementalAlterConfigs on its GROUP resource (`share.session.timeout.ms`,
+    /// `share.heartbeat.interval.ms`, `share.record.lock.duration.ms`, `share.delivery.count.limit`).
+    pub share_session_timeout_ms: i32,
+    pub share_heartbeat_interval_ms: i32,
+    pub share_record_lock_duration_ms: i32,
+    pub share_delivery_count_limit: i16,
+    /// Kafka's `group.share.partition.max.record.locks`: records in flight per share-partition.
+    pub share_max_record_locks: usize,
+    /// Share-partitions (group and partition) the coordinator holds state for, over all groups.
+    pub max_share_partitions: usize,
 }
 
 impl Default for GroupsConfig {
@@ -632,6 +643,12 @@ impl Default for GroupsConfig {
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
             offsets_retention_ms: 604_800_000,
+            share_session_timeout_ms: 45_000,
+            share_heartbeat_interval_ms: 5_000,
+            share_record_lock_duration_ms: 30_000,
+            share_delivery_count_limit: 5,
+            share_max_record_locks: 2_000,
+            max_share_partitions: 100_000,
         }
     }
 }
@@ -965,6 +982,17 @@ impl Config {
             1,
             g.consumer_session_timeout_ms.max(1) as u64,
         )?;
+        range("groups.share_session_timeout_ms", g.share_session_timeout_ms.max(0) as u64, 1, 3_600_000)?;
+        range(
+            "groups.share_heartbeat_interval_ms",
+            g.share_heartbeat_interval_ms.max(0) as u64,
+            1,
+            g.share_session_timeout_ms.max(1) as u64,
+        )?;
+        range("groups.share_record_lock_duration_ms", g.share_record_lock_duration_ms.max(0) as u64, 1_000, 3_600_000)?;
+        range("groups.share_delivery_count_limit", g.share_delivery_count_limit.max(0) as u64, 2, 10)?;
+        range("groups.share_max_record_locks", g.share_max_record_locks as u64, 100, 100_000)?;
+        range("groups.max_share_partitions", g.max_share_partitions as u64, 1, 10_000_000)?;
         if self.agent.node_id < 0 {
             return Err(err("agent.node_id", "must not be negative".into()));
         }

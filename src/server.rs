@@ -382,6 +382,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
         wal,
         hand_offs: Default::default(),
         txn_unflushed: Default::default(),
+        share_sessions: Default::default(),
         fetch_sessions: crate::agent::fetch_session::FetchSessions::new(
             crate::agent::fetch_session::FETCH_SESSIONS_MAX,
             config.agent.fetch_sessions_bytes_max.min(usize::MAX as u64) as usize,

@@ -50,6 +50,8 @@ pub enum Source {
     StaticBroker = 4,
     Default = 5,
     DynamicBrokerLogger = 6,
+    /// DYNAMIC_GROUP_CONFIG (a group's own, KIP-848/KIP-932).
+    DynamicGroup = 8,
 }
 
 /// One config as DescribeConfigs shows it.

@@ -40,6 +40,7 @@ pub mod jobs;
 pub mod orphans;
 pub mod produce;
 pub mod quota;
+pub mod share_session;
 pub mod txn;
 pub mod upload;
 pub mod wal;
@@ -89,6 +90,8 @@ pub struct Agent {
     pub txn_unflushed: txn::UnflushedProducers,
     /// Fetch sessions (KIP-227) of the agent's consumers.
     pub fetch_sessions: crate::agent::fetch_session::FetchSessions,
+    /// Share sessions (KIP-932) of the agent's share consumers.
+    pub share_sessions: share_session::ShareSessions,
     /// Decides every request from the controller's ACLs (`[acl]`).
     pub authorizer: acl::Authorizer,
     /// The broker's configs (DescribeConfigs, AlterConfigs of the BROKER resources).

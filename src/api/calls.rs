@@ -47,11 +47,13 @@ pub mod prelude {
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
     pub use crate::api::quota::{QuotaAlteration, QuotaEntry, QuotaFilter, QuotaSet};
     pub use crate::api::scram::{ScramAlteration, ScramCredential, ScramMechanism, ScramUser};
+    pub use crate::api::share;
     pub use crate::api::txn::{EndAnswer, ProducerDescription, TxnDescription, TxnEnd, TxnInit};
     pub use crate::api::{
         CandidatesRequest, CommitRequest, CommitResult, ControllerError, CreatePartitions, CreateTopic, ExtentRecord, ReplaceExtents,
         TopicKey, TopicMeta,
     };
+    pub use std::collections::BTreeMap;
 }
 
 /// The table of calls: expands `$m! { ... }` with one entry per call,
@@ -122,6 +124,15 @@ macro_rules! for_each_call {
             [blocking] DeleteGroup delete_group(group_id: String) -> Result<(), GroupError>;
             [now] ConsumerGroupHeartbeat consumer_group_heartbeat(req: consumer::HeartbeatRequest) -> Result<consumer::HeartbeatResponse, GroupError>;
             [now] ConsumerGroupDescribe consumer_group_describe(group_id: String) -> Result<consumer::GroupDescription, GroupError>;
+            // Share groups (controller::groups::shares) and the GROUP config resource.
+            [blocking] ShareGroupHeartbeat share_group_heartbeat(req: share::HeartbeatRequest) -> Result<share::HeartbeatResponse, GroupError>;
+            [now] ShareGroupDescribe share_group_describe(group_id: String) -> Result<share::GroupDescription, GroupError>;
+            [blocking] ShareRecords share_records(req: share::RecordsRequest) -> Result<share::RecordsAnswer, GroupError>;
+            [now] ShareGroupOffsets share_group_offsets(group_id: String, topics: Option<Vec<(String, Vec<i32>)>>) -> Result<Vec<share::StartOffset>, GroupError>;
+            [blocking] AlterShareGroupOffsets alter_share_group_offsets(group_id: String, offsets: Vec<(String, i32, i64)>) -> Result<Vec<Result<(), GroupError>>, GroupError>;
+            [blocking] DeleteShareGroupOffsets delete_share_group_offsets(group_id: String, topics: Vec<String>) -> Result<Vec<Result<Uuid, GroupError>>, GroupError>;
+            [now] GroupConfigs group_configs(group_id: String) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), GroupError>;
+            [blocking] AlterGroupConfigs alter_group_configs(group_id: String, changes: Vec<(String, Option<String>)>, validate_only: bool) -> Result<(), GroupError>;
             // Users (controller::users): SCRAM credentials.
             [blocking] ScramCredential scram_credential(user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError>;
             [blocking] AlterScramCredentials alter_scram_credentials(alterations: Vec<ScramAlteration>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;

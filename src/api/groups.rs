@@ -58,6 +58,12 @@ pub enum GroupError {
     /// The coordinator is shutting down: the client finds it again (after the restart).
     #[error("this coordinator is shutting down")]
     NotCoordinator,
+    /// A share group acknowledgement of a record the member does not hold.
+    #[error("invalid record state: {0}")]
+    InvalidRecordState(String),
+    /// A GROUP config resource's config is unknown or out of bounds.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
     /// The metadata store failed or the group went away mid-request; retriable.
     #[error("coordinator unavailable: {0}")]
     Unavailable(String),

@@ -23,6 +23,7 @@ pub mod quota;
 pub mod rpc;
 pub mod scram;
 pub mod serde_with;
+pub mod share;
 pub mod tls;
 pub mod txn;
 

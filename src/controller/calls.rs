@@ -307,6 +307,40 @@ impl Answer for Controller {
     fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
         self.groups().consumer_describe(&group_id)
     }
+    fn share_group_heartbeat(&self, req: share::HeartbeatRequest) -> Result<share::HeartbeatResponse, GroupError> {
+        self.groups().share_heartbeat(req)
+    }
+    fn share_group_describe(&self, group_id: String) -> Result<share::GroupDescription, GroupError> {
+        self.groups().share_describe(&group_id)
+    }
+    fn share_records(&self, req: share::RecordsRequest) -> Result<share::RecordsAnswer, GroupError> {
+        self.groups().share_records(req)
+    }
+    fn share_group_offsets(
+        &self,
+        group_id: String,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Result<Vec<share::StartOffset>, GroupError> {
+        self.groups().share_offsets(&group_id, topics.as_deref())
+    }
+    fn alter_share_group_offsets(
+        &self,
+        group_id: String,
+        offsets: Vec<(String, i32, i64)>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.groups().alter_share_offsets(&group_id, &offsets)
+    }
+    fn delete_share_group_offsets(&self, group_id: String, topics: Vec<String>) -> Result<Vec<Result<Uuid, GroupError>>, GroupError> {
+        self.groups().delete_share_offsets(&group_id, &topics)
+    }
+    /// (the group's own configs, every config's default).
+    fn group_configs(&self, group_id: String) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), GroupError> {
+        let g = self.groups();
+        Ok((g.group_configs(&group_id), g.group_config_defaults()))
+    }
+    fn alter_group_configs(&self, group_id: String, changes: Vec<(String, Option<String>)>, validate_only: bool) -> Result<(), GroupError> {
+        self.groups().alter_group_configs(&group_id, &changes, validate_only)
+    }
 
     fn scram_credential(&self, user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError> {
         Controller::scram_credential(self, &user, mechanism)

@@ -518,7 +518,7 @@ impl Controller {
             TopicRef::Id(_) => ControllerError::UnknownTopicId,
         })?;
         self.store.delete_topic(meta.id, &meta.name, self.clock.now_ms())?;
-        self.groups.forget_topic(&meta.name);
+        self.groups.forget_topic(&meta.name, meta.id);
         let mut s = self.write();
         s.by_name.remove(&meta.name);
         s.by_id.remove(&meta.id);
@@ -995,6 +995,9 @@ impl TopicLookup for TopicView {
     }
     fn names(&self) -> Vec<String> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).by_name.keys().cloned().collect()
+    }
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Option<PartitionOffsets> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).partitions.get(&(topic_id, partition)).and_then(|p| p.offsets)
     }
 }
 

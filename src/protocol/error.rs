@@ -85,6 +85,8 @@ pub fn group_code(e: &GroupError) -> i16 {
         GroupError::InvalidRequest(_) => K::InvalidRequest,
         GroupError::InvalidRegularExpression(_) => K::InvalidRegularExpression,
         GroupError::NotCoordinator => K::NotCoordinator,
+        GroupError::InvalidRecordState(_) => K::InvalidRecordState,
+        GroupError::InvalidConfig(_) => K::InvalidConfig,
         // Retriable: the client finds the coordinator again and retries.
         GroupError::TooManyGroups | GroupError::Unavailable(_) => K::CoordinatorNotAvailable,
     }

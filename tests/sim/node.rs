@@ -199,6 +199,7 @@ impl Node {
             wal,
             hand_offs: Default::default(),
             txn_unflushed: Default::default(),
+            share_sessions: Default::default(),
             fetch_sessions: sidestream::agent::fetch_session::FetchSessions::new(16, 1 << 20),
             authorizer,
             broker_configs: sidestream::agent::broker_config::BrokerConfigs::new(&config, &[]),

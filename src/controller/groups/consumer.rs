@@ -498,11 +498,7 @@ impl ConsumerGroup {
     }
 
     pub fn describe(&self, topics: &dyn TopicLookup) -> GroupDescription {
-        let named = |a: &Assignment| -> Vec<(Uuid, String, Vec<i32>)> {
-            a.iter()
-                .map(|(t, ps)| (*t, topics.by_id(*t).map(|m| m.name.clone()).unwrap_or_default(), ps.iter().copied().collect()))
-                .collect()
-        };
+        let named = |a: &Assignment| super::named_assignment(a, topics);
         GroupDescription {
             state: self.state_name().to_string(),
             group_epoch: self.group_epoch,

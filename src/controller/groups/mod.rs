@@ -4,12 +4,15 @@
 //! - [`classic`]: the JoinGroup/SyncGroup/Heartbeat/LeaveGroup state machine of one group.
 //! - [`consumer`]: KIP-848 groups (ConsumerGroupHeartbeat) with server-side assignment by the
 //!   [`assignor`]s.
+//! - [`share`]: KIP-932 share groups' membership; [`share_partition`]: which records of a
+//!   partition a share group delivered, to whom and how often; [`shares`]: the coordinator's
+//!   share calls, with that state durable in the store, and the GROUP config resource.
 //! - this file: the [`GroupCoordinator`] owning every group, its committed offsets (written to
 //!   the metadata store before they are visible), limits, and one timer task per group with
 //!   live members that applies session and rebalance deadlines.
 //!
 //! Membership lives in memory only: after a restart every group is Empty with its committed
-//! offsets, and members rejoin (their old member ids are unknown, so stale members are fenced).
+//! offsets (share groups with their share-partitions), and members rejoin (their old member ids are unknown, so stale members are fenced).
 //! Time is tokio's clock (deadlines) and the injected [`Clock`] (commit timestamps); member ids
 //! use the injected [`Entropy`].
 //!
@@ -20,6 +23,9 @@
 pub mod assignor;
 pub mod classic;
 pub mod consumer;
+pub mod share;
+pub mod share_partition;
+pub mod shares;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -30,11 +36,11 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::store::{GroupOffsetRecord, MetadataStore, StoreError};
-use crate::api::TopicMeta;
 use crate::api::groups::{
     ClientInfo, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, JoinedMember, MemberSummary,
     OffsetCommitRequest, SyncRequest, SyncResponse, TopicPartition,
 };
+use crate::api::{PartitionOffsets, TopicMeta};
 use crate::clock::{Clock, Entropy};
 use classic::{ClassicGroup, ClassicState, Reply};
 use consumer::ConsumerGroup;
@@ -55,11 +61,14 @@ pub trait TopicLookup: Send + Sync + 'static {
     /// Every topic's name, the internal ones too, as Kafka's coordinator matches a regex
     /// subscription (franz-go's Test848RegexBrokerResolves checks it against Kafka 4.4).
     fn names(&self) -> Vec<String>;
+    /// A partition's log start and end (share groups acquire records below the end).
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Option<PartitionOffsets>;
 }
 
 enum Kind {
     Classic(ClassicGroup),
     Consumer(ConsumerGroup),
+    Share(share::ShareGroup),
 }
 
 struct Entry {
@@ -82,6 +91,7 @@ impl Entry {
         match &self.kind {
             Kind::Classic(g) => !g.is_empty(),
             Kind::Consumer(g) => !g.is_empty(),
+            Kind::Share(g) => !g.is_empty(),
         }
     }
 
@@ -89,12 +99,14 @@ impl Entry {
         match &self.kind {
             Kind::Classic(g) => g.next_deadline(),
             Kind::Consumer(g) => g.next_deadline(),
+            Kind::Share(g) => g.next_deadline(),
         }
     }
 
-    /// A group with no members and no offsets is forgotten (Kafka's Dead).
+    /// A group with no members and no offsets is forgotten (Kafka's Dead); a share group stays
+    /// until DeleteGroups (its share-partitions are its offsets).
     fn is_dead(&self) -> bool {
-        !self.has_members() && self.offsets.is_empty() && self.next_deadline().is_none()
+        !matches!(self.kind, Kind::Share(_)) && !self.has_members() && self.offsets.is_empty() && self.next_deadline().is_none()
     }
 }
 
@@ -110,6 +122,11 @@ pub struct GroupCoordinator {
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
     settings: GroupSettings,
+    /// Each share group's share-partitions (see [`shares`]), and how many there are in all.
+    shares: Mutex<HashMap<String, shares::GroupPartitions>>,
+    share_partitions_held: std::sync::atomic::AtomicUsize,
+    /// Configs of the GROUP resource, by group (see [`shares`]).
+    group_configs: Mutex<HashMap<String, BTreeMap<String, String>>>,
     me: Weak<GroupCoordinator>,
 }
 
@@ -133,7 +150,7 @@ impl GroupCoordinator {
                 CommittedOffset { offset: r.offset, leader_epoch: r.leader_epoch, metadata: r.metadata, commit_ms: r.commit_ms },
             );
         }
-        Ok(Arc::new_cyclic(|me| Self {
+        let coordinator = Arc::new_cyclic(|me| Self {
             groups: Mutex::new(groups),
             closing: std::sync::atomic::AtomicBool::new(false),
             offsets_write: Mutex::new(()),
@@ -142,8 +159,13 @@ impl GroupCoordinator {
             clock,
             entropy,
             settings,
+            shares: Mutex::new(HashMap::new()),
+            share_partitions_held: std::sync::atomic::AtomicUsize::new(0),
+            group_configs: Mutex::new(HashMap::new()),
             me: me.clone(),
-        }))
+        });
+        coordinator.load_shares()?;
+        Ok(coordinator)
     }
 
     pub fn settings(&self) -> &GroupSettings {
@@ -199,6 +221,11 @@ impl GroupCoordinator {
         match &mut e.kind {
             Kind::Classic(g) => g.on_time(now, &self.settings),
             Kind::Consumer(g) => g.on_time(now, &*self.topics),
+            Kind::Share(g) => {
+                for member in g.on_time(now) {
+                    self.release_member(group_id, &member);
+                }
+            }
         }
         if e.is_dead() {
             groups.remove(group_id);
@@ -355,6 +382,7 @@ impl GroupCoordinator {
                 None if req.api_version >= 9 => return Err(GroupError::GroupIdNotFound),
                 None => return Err(GroupError::IllegalGeneration),
                 Some(e) => match &mut e.kind {
+                    Kind::Share(_) => return Err(GroupError::GroupIdNotFound),
                     Kind::Classic(g) => {
                         g.validate_offset_commit(now, &req.member_id, req.group_instance_id.as_deref(), req.generation_id_or_member_epoch)?
                     }
@@ -425,6 +453,7 @@ impl GroupCoordinator {
         match &mut e.kind {
             Kind::Classic(g) => g.validate_offset_commit(Instant::now(), member_id, instance_id, generation),
             Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9, None),
+            Kind::Share(_) => Err(GroupError::GroupIdNotFound),
         }
     }
 
@@ -481,6 +510,7 @@ impl GroupCoordinator {
                 }
                 Kind::Classic(_) => return Err(GroupError::NonEmptyGroup),
                 Kind::Consumer(g) => g.subscribed_topics(),
+                Kind::Share(_) => return Err(GroupError::GroupIdNotFound),
             }
         };
         let results: Vec<Result<(), GroupError>> = partitions
@@ -512,6 +542,7 @@ impl GroupCoordinator {
             }
         }
         self.store.delete_group_offsets(group_id, None)?;
+        self.delete_share_state(group_id)?;
         let mut groups = self.groups();
         if groups.get(group_id).is_some_and(|e| !e.has_members()) {
             groups.remove(group_id);
@@ -521,9 +552,10 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    /// The topic `name` was deleted: every group forgets its offsets (the store dropped them in
-    /// the topic's deletion).
-    pub fn forget_topic(&self, name: &str) {
+    /// The topic `name` (`id`) was deleted: every group forgets its offsets and share-partitions
+    /// (the store dropped them in the topic's deletion).
+    pub fn forget_topic(&self, name: &str, id: Uuid) {
+        self.forget_share_topic(id);
         let _w = lock(&self.offsets_write);
         let mut groups = self.groups();
         for e in groups.values_mut() {
@@ -594,6 +626,12 @@ impl GroupCoordinator {
                     state: g.state_name().to_string(),
                     group_type: "consumer".into(),
                 },
+                Kind::Share(g) => GroupListing {
+                    group_id: id.clone(),
+                    protocol_type: "share".into(),
+                    state: g.state_name().to_string(),
+                    group_type: "share".into(),
+                },
             })
             .filter(|l| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(&l.state)))
             .filter(|l| types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case(&l.group_type)))
@@ -658,6 +696,13 @@ impl GroupCoordinator {
             _ => Err(GroupError::GroupIdNotFound),
         }
     }
+}
+
+/// An assignment with each topic's name, as the describe calls answer it (an unknown id: "").
+fn named_assignment(a: &crate::api::groups::Assignment, topics: &dyn TopicLookup) -> Vec<(Uuid, String, Vec<i32>)> {
+    a.iter()
+        .map(|(t, ps)| (*t, topics.by_id(*t).map(|m| m.name.clone()).unwrap_or_default(), ps.iter().copied().collect()))
+        .collect()
 }
 
 /// Topics named in a consumer protocol subscription (the JoinGroup metadata of protocol type

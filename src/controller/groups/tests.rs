@@ -35,6 +35,12 @@ impl TopicLookup for Topics {
     fn names(&self) -> Vec<String> {
         self.0.lock().unwrap().keys().cloned().collect()
     }
+    /// Every partition holds offsets [0, 10).
+    fn offsets(&self, topic_id: Uuid, partition: i32) -> Option<crate::api::PartitionOffsets> {
+        self.by_id(topic_id)
+            .filter(|t| (0..t.partitions).contains(&partition))
+            .map(|_| crate::api::PartitionOffsets { log_start_offset: 0, next_offset: 10 })
+    }
 }
 
 fn topics() -> Arc<Topics> {
@@ -528,4 +534,77 @@ async fn kip848_static_member_leaves_for_a_restart_and_comes_back() {
     assert_eq!((a2.member_epoch, parts(&a2)), (2, Some(vec![0, 1])));
     assert_eq!(c.consumer_describe("k").unwrap().group_epoch, 2);
     assert_eq!(c.consumer_heartbeat(hb("a1", 2, None)), Err(GroupError::UnknownMemberId));
+}
+
+fn share_hb(member: &str, epoch: i32) -> crate::api::share::HeartbeatRequest {
+    crate::api::share::HeartbeatRequest {
+        group_id: "s".into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        subscribed_topic_names: (epoch == 0).then(|| vec!["u".to_string()]),
+        ..Default::default()
+    }
+}
+
+fn share_fetch(member: &str, acks: Vec<crate::api::share::AckBatch>, max_records: u32) -> crate::api::share::RecordsRequest {
+    crate::api::share::RecordsRequest {
+        group_id: "s".into(),
+        member_id: member.into(),
+        max_records,
+        partitions: vec![crate::api::share::PartitionRequest {
+            topic_id: Uuid::from_u128(2),
+            partition: 0,
+            acks,
+            acquire: max_records > 0,
+        }],
+        unsent: vec![],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn share_state_is_durable_and_a_leaving_member_gives_its_records_back() {
+    use crate::api::share::AckBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let c = coordinator(&db);
+    c.alter_group_configs("s", &[("share.auto.offset.reset".into(), Some("earliest".into()))], false).unwrap();
+    assert!(matches!(
+        c.alter_group_configs("s", &[("share.delivery.count.limit".into(), Some("99".into()))], false),
+        Err(GroupError::InvalidConfig(_))
+    ));
+    let a = c.share_heartbeat(share_hb("a", 0)).unwrap();
+    let b = c.share_heartbeat(share_hb("b", 0)).unwrap();
+    assert_eq!(c.list_groups(&[], &["share".into()]).len(), 1);
+    let got = c.share_records(share_fetch(&a.member_id, vec![], 4)).unwrap();
+    assert_eq!(got.partitions[0].acquired, vec![crate::api::share::Acquired { first_offset: 0, last_offset: 3, delivery_count: 1 }]);
+    let accept = AckBatch { first_offset: 0, last_offset: 1, types: vec![1] };
+    c.share_records(share_fetch(&a.member_id, vec![accept.clone()], 0)).unwrap();
+    let again = c.share_records(share_fetch(&b.member_id, vec![accept], 0)).unwrap();
+    assert!(matches!(again.partitions[0].ack_error, Some(GroupError::InvalidRecordState(_))), "b does not hold 0-1");
+    // a leaves: 2 and 3 are b's to take, on their second delivery.
+    c.share_heartbeat(share_hb(&a.member_id, -1)).unwrap();
+    let got = c.share_records(share_fetch(&b.member_id, vec![], 2)).unwrap();
+    assert_eq!(got.partitions[0].acquired, vec![crate::api::share::Acquired { first_offset: 2, last_offset: 3, delivery_count: 2 }]);
+    drop(c);
+    // A new coordinator on the same store: offsets 0-1 stay done, 2-3 keep their count.
+    let c = coordinator(&db);
+    let offsets = c.share_offsets("s", None).unwrap();
+    let of = |p: i32| offsets.iter().find(|o| o.partition == p).and_then(|o| o.start_offset);
+    assert_eq!((of(0), of(1)), (Some(2), Some(0)), "partition 1 (b's) was created at the log start and never read");
+    let m = c.share_heartbeat(share_hb("m", 0)).unwrap();
+    let got = c.share_records(share_fetch(&m.member_id, vec![], 3)).unwrap();
+    assert_eq!(
+        got.partitions[0].acquired,
+        vec![
+            crate::api::share::Acquired { first_offset: 2, last_offset: 3, delivery_count: 3 },
+            crate::api::share::Acquired { first_offset: 4, last_offset: 4, delivery_count: 1 }
+        ]
+    );
+    assert_eq!(c.alter_share_offsets("s", &[("u".into(), 0, 0)]), Err(GroupError::NonEmptyGroup));
+    c.share_heartbeat(share_hb(&m.member_id, -1)).unwrap();
+    c.alter_share_offsets("s", &[("u".into(), 0, 0)]).unwrap().into_iter().for_each(|r| r.unwrap());
+    c.delete_group("s").unwrap();
+    assert!(c.share_offsets("s", None).is_err());
+    drop(c);
+    assert!(coordinator(&db).list_groups(&[], &[]).is_empty(), "deleted with its state");
 }

@@ -261,6 +261,16 @@ pub struct GroupOffsetRecord {
     pub commit_ms: i64,
 }
 
+/// A share group's delivery state of one partition (`controller::groups::share_partition`'s
+/// durable form, as JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharePartitionRecord {
+    pub group_id: String,
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub body: String,
+}
+
 /// Everything the controller loads at start-up (extents stay in the store).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -458,4 +468,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn client_quotas(&self) -> Result<Vec<(String, String, f64)>, StoreError>;
     /// Sets (`Some`) and removes (`None`) client quotas, all in one transaction.
     fn alter_client_quotas(&self, changes: &[(String, String, Option<f64>)]) -> Result<(), StoreError>;
+
+    /// Every share-partition's state (loaded once, at start-up).
+    fn load_share_partitions(&self) -> Result<Vec<SharePartitionRecord>, StoreError>;
+    /// In one transaction: inserts or replaces each share-partition's state.
+    fn put_share_partitions(&self, rows: &[SharePartitionRecord]) -> Result<(), StoreError>;
+    /// Deletes a share group's state of `partitions` (topic id, partition), or all of it.
+    fn delete_share_partitions(&self, group_id: &str, partitions: Option<&[(Uuid, i32)]>) -> Result<(), StoreError>;
+    /// Every group config (group id, name, value), sorted.
+    fn group_configs(&self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Sets (`Some`) and removes (`None`) one group's configs, in one transaction.
+    fn alter_group_configs(&self, group_id: &str, changes: &[(String, Option<String>)]) -> Result<(), StoreError>;
 }

@@ -40,8 +40,8 @@ use crate::controller::producers::{ProducerState, decode_batches, encode_batches
 
 use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, LogStartMove, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, PartitionSize, Snapshot, StoreError,
-    StoreSettings, StoredObjects, TopicRecord, TxnEffects, owned_commits,
+    GroupOffsetRecord, LogStartMove, MetadataStore, ObjectRecord, OpenTxnRecord, PartitionRecord, PartitionSize, SharePartitionRecord,
+    Snapshot, StoreError, StoreSettings, StoredObjects, TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents, producers, orphans. 2: group offsets.
@@ -120,6 +120,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE TABLE IF NOT EXISTS client_quotas (
             entity TEXT NOT NULL, quota_key TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (entity, quota_key));",
+    ),
+    (
+        7,
+        "CREATE TABLE IF NOT EXISTS share_partitions (
+            group_id TEXT NOT NULL, topic_id BYTEA NOT NULL, partition INTEGER NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY (group_id, topic_id, partition));
+        CREATE TABLE IF NOT EXISTS group_configs (
+            group_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (group_id, name));",
     ),
 ];
 
@@ -558,7 +566,7 @@ impl MetadataStore for PgStore {
                 .iter()
                 .map(|r| col(r, 0))
                 .collect::<Result<_, _>>()?;
-            for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
+            for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns", "share_partitions"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE topic_id = $1"), &[&id]).map_err(classify)?;
             }
             tx.execute("DELETE FROM topics WHERE id = $1", &[&id]).map_err(classify)?;
@@ -966,6 +974,79 @@ impl MetadataStore for PgStore {
                         &[entity, key, v],
                     ),
                     None => tx.execute("DELETE FROM client_quotas WHERE entity = $1 AND quota_key = $2", &[entity, key]),
+                }
+                .map_err(classify)?;
+            }
+            commit_fenced(tx, fence)
+        })
+    }
+
+    fn load_share_partitions(&self) -> Result<Vec<SharePartitionRecord>, StoreError> {
+        self.readers.with(|c| {
+            select_all(c, "SELECT group_id, topic_id, partition, body FROM share_partitions", |r| {
+                Ok(SharePartitionRecord { group_id: col(r, 0)?, topic_id: uuid_at(r, 1)?, partition: col(r, 2)?, body: col(r, 3)? })
+            })
+        })
+    }
+
+    fn put_share_partitions(&self, rows: &[SharePartitionRecord]) -> Result<(), StoreError> {
+        let rows = rows.to_vec();
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            for r in &rows {
+                tx.execute(
+                    "INSERT INTO share_partitions (group_id, topic_id, partition, body) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (group_id, topic_id, partition) DO UPDATE SET body = EXCLUDED.body",
+                    &[&r.group_id, &r.topic_id.as_bytes().as_slice(), &r.partition, &r.body],
+                )
+                .map_err(classify)?;
+            }
+            commit_fenced(tx, fence)
+        })
+    }
+
+    fn delete_share_partitions(&self, group_id: &str, partitions: Option<&[(Uuid, i32)]>) -> Result<(), StoreError> {
+        let (group_id, partitions) = (group_id.to_string(), partitions.map(<[_]>::to_vec));
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            match partitions {
+                None => {
+                    tx.execute("DELETE FROM share_partitions WHERE group_id = $1", &[&group_id]).map_err(classify)?;
+                }
+                Some(ps) => {
+                    for (t, p) in &ps {
+                        tx.execute(
+                            "DELETE FROM share_partitions WHERE group_id = $1 AND topic_id = $2 AND partition = $3",
+                            &[&group_id, &t.as_bytes().as_slice(), p],
+                        )
+                        .map_err(classify)?;
+                    }
+                }
+            }
+            commit_fenced(tx, fence)
+        })
+    }
+
+    fn group_configs(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.readers.with(|c| {
+            select_all(c, "SELECT group_id, name, value FROM group_configs ORDER BY group_id, name", |r| {
+                Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?))
+            })
+        })
+    }
+
+    fn alter_group_configs(&self, group_id: &str, changes: &[(String, Option<String>)]) -> Result<(), StoreError> {
+        let (group_id, changes) = (group_id.to_string(), changes.to_vec());
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            for (name, value) in &changes {
+                match value {
+                    Some(v) => tx.execute(
+                        "INSERT INTO group_configs (group_id, name, value) VALUES ($1, $2, $3) \
+                         ON CONFLICT (group_id, name) DO UPDATE SET value = EXCLUDED.value",
+                        &[&group_id, name, v],
+                    ),
+                    None => tx.execute("DELETE FROM group_configs WHERE group_id = $1 AND name = $2", &[&group_id, name]),
                 }
                 .map_err(classify)?;
             }

@@ -21,8 +21,8 @@ use crate::controller::producers::{ProducerState, decode_batches, encode_batches
 
 use super::conn::{Open, ReadPool, STORE_WRITE_QUEUE_MAX, Slot, Writer};
 use super::{
-    GroupOffsetRecord, LogStartMove, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, PartitionSize, Snapshot,
-    StoreError, StoreSettings, StoredObjects, TopicRecord, TxnEffects, owned_commits,
+    GroupOffsetRecord, LogStartMove, MetadataStore, ObjectCommit, ObjectRecord, OpenTxnRecord, PartitionRecord, PartitionSize,
+    SharePartitionRecord, Snapshot, StoreError, StoreSettings, StoredObjects, TopicRecord, TxnEffects, owned_commits,
 };
 
 /// Version 1: topics, partitions, objects, extents. Version 2: group offsets. Version 3: agent
@@ -98,6 +98,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE TABLE IF NOT EXISTS client_quotas (
             entity TEXT NOT NULL, quota_key TEXT NOT NULL, value REAL NOT NULL,
             PRIMARY KEY (entity, quota_key)) WITHOUT ROWID;",
+    ),
+    (
+        7,
+        "CREATE TABLE IF NOT EXISTS share_partitions (
+            group_id TEXT NOT NULL, topic_id BLOB NOT NULL, partition INTEGER NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY (group_id, topic_id, partition)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS group_configs (
+            group_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (group_id, name)) WITHOUT ROWID;",
     ),
 ];
 
@@ -360,7 +368,7 @@ impl MetadataStore for SqliteStore {
                 let rows = stmt.query_map([id], |r| r.get::<_, String>(0)).map_err(classify)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(classify)?
             };
-            for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns"] {
+            for table in ["topic_configs", "partitions", "extents", "producer_states", "open_txns", "aborted_txns", "share_partitions"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id]).map_err(classify)?;
             }
             tx.execute("DELETE FROM topics WHERE id = ?1", [id]).map_err(classify)?;
@@ -791,6 +799,83 @@ impl MetadataStore for SqliteStore {
                     match value {
                         Some(v) => set.execute(params![entity, key, v]).map_err(classify)?,
                         None => remove.execute(params![entity, key]).map_err(classify)?,
+                    };
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
+    fn load_share_partitions(&self) -> Result<Vec<SharePartitionRecord>, StoreError> {
+        self.readers.with(|c| {
+            let mut stmt = c.prepare("SELECT group_id, topic_id, partition, body FROM share_partitions").map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(SharePartitionRecord { group_id: r.get(0)?, topic_id: uuid_from(r.get(1)?)?, partition: r.get(2)?, body: r.get(3)? })
+                })
+                .map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+    }
+
+    fn put_share_partitions(&self, rows: &[SharePartitionRecord]) -> Result<(), StoreError> {
+        let rows = rows.to_vec();
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut put = tx
+                    .prepare_cached("INSERT OR REPLACE INTO share_partitions (group_id, topic_id, partition, body) VALUES (?1, ?2, ?3, ?4)")
+                    .map_err(classify)?;
+                for r in &rows {
+                    put.execute(params![r.group_id, r.topic_id.as_bytes().as_slice(), r.partition, r.body]).map_err(classify)?;
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
+    fn delete_share_partitions(&self, group_id: &str, partitions: Option<&[(Uuid, i32)]>) -> Result<(), StoreError> {
+        let (group_id, partitions) = (group_id.to_string(), partitions.map(<[_]>::to_vec));
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            match partitions {
+                None => {
+                    tx.execute("DELETE FROM share_partitions WHERE group_id = ?1", [&group_id]).map_err(classify)?;
+                }
+                Some(ps) => {
+                    let mut delete = tx
+                        .prepare_cached("DELETE FROM share_partitions WHERE group_id = ?1 AND topic_id = ?2 AND partition = ?3")
+                        .map_err(classify)?;
+                    for (t, p) in &ps {
+                        delete.execute(params![group_id, t.as_bytes().as_slice(), p]).map_err(classify)?;
+                    }
+                }
+            }
+            tx.commit().map_err(classify)
+        })
+    }
+
+    fn group_configs(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.readers.with(|c| {
+            let mut stmt = c.prepare("SELECT group_id, name, value FROM group_configs ORDER BY group_id, name").map_err(classify)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(classify)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+    }
+
+    fn alter_group_configs(&self, group_id: &str, changes: &[(String, Option<String>)]) -> Result<(), StoreError> {
+        let (group_id, changes) = (group_id.to_string(), changes.to_vec());
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            {
+                let mut set = tx
+                    .prepare_cached("INSERT OR REPLACE INTO group_configs (group_id, name, value) VALUES (?1, ?2, ?3)")
+                    .map_err(classify)?;
+                let mut remove = tx.prepare_cached("DELETE FROM group_configs WHERE group_id = ?1 AND name = ?2").map_err(classify)?;
+                for (name, value) in &changes {
+                    match value {
+                        Some(v) => set.execute(params![group_id, name, v]).map_err(classify)?,
+                        None => remove.execute(params![group_id, name]).map_err(classify)?,
                     };
                 }
             }

@@ -28,13 +28,15 @@ use crate::agent::Agent;
 use crate::agent::broker_config::{Described, Source};
 use crate::api::acl::{AclOperation, ResourceType};
 use crate::api::configs::{ConfigOp, ConfigOpKind, ConfigType, TOPIC_CONFIGS, TopicConfigChange, topic_config};
+use crate::api::groups::GroupError;
 use crate::api::{ControllerError, TopicMeta, TopicRef};
-use crate::protocol::error::controller_code;
+use crate::protocol::error::{controller_code, group_code};
 
 /// Kafka's ConfigResource.Type values.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const RESOURCE_BROKER_LOGGER: i8 = 8;
+const RESOURCE_GROUP: i8 = 32;
 /// Resources answered per request.
 const RESOURCES_PER_REQUEST_MAX: usize = 10_000;
 
@@ -68,17 +70,19 @@ fn topic_configs(topic: &TopicMeta, max_message_bytes: i32) -> Vec<Described> {
     out
 }
 
-pub fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let results = req
-        .resources
-        .into_iter()
-        .take(RESOURCES_PER_REQUEST_MAX)
-        .map(|r| {
+pub async fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let mut results = Vec::with_capacity(req.resources.len().min(RESOURCES_PER_REQUEST_MAX));
+    for r in req.resources.into_iter().take(RESOURCES_PER_REQUEST_MAX) {
+        let found = describe_resource(agent, access, r.resource_type, &r.resource_name).await;
+        results.push({
             let result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
             let wanted = |k: &str| r.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|w| &**w == k));
-            let configs = match describe_resource(agent, access, r.resource_type, &r.resource_name) {
+            let configs = match found {
                 Ok(configs) => configs,
-                Err((code, message)) => return result.with_error_code(code).with_error_message(message.map(str_bytes)),
+                Err((code, message)) => {
+                    results.push(result.with_error_code(code).with_error_message(message.map(str_bytes)));
+                    continue;
+                }
             };
             let configs = configs
                 .into_iter()
@@ -111,8 +115,8 @@ pub fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: D
                 })
                 .collect();
             result.with_error_code(0).with_error_message(None).with_configs(configs)
-        })
-        .collect();
+        });
+    }
     DescribeConfigsResponse::default().with_results(results)
 }
 
@@ -120,7 +124,7 @@ pub fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: D
 type Refusal = (i16, Option<String>);
 
 /// One resource's configs, or why they are not shown.
-fn describe_resource(agent: &Agent, access: &Access<'_>, resource_type: i8, name: &str) -> Result<Vec<Described>, Refusal> {
+async fn describe_resource(agent: &Agent, access: &Access<'_>, resource_type: i8, name: &str) -> Result<Vec<Described>, Refusal> {
     match resource_type {
         RESOURCE_TOPIC => {
             if !access.check(AclOperation::DescribeConfigs, ResourceType::Topic, name) {
@@ -142,8 +146,58 @@ fn describe_resource(agent: &Agent, access: &Access<'_>, resource_type: i8, name
             }
             if resource_type == RESOURCE_BROKER { Ok(agent.broker_configs.describe()) } else { Ok(agent.broker_configs.loggers()) }
         }
-        t => Err(invalid(format!("resource type {t} is not served by sidestream (topics, brokers and broker loggers are)"))),
+        RESOURCE_GROUP => {
+            if !access.check(AclOperation::DescribeConfigs, ResourceType::Group, name) {
+                return Err((ResponseError::GroupAuthorizationFailed.code(), None));
+            }
+            let (set, defaults) = agent.controller.group_configs(name.to_string()).await.map_err(|e| group_refusal(&e))?;
+            Ok(defaults
+                .into_iter()
+                .map(|(k, default)| {
+                    let (value, source) = match set.get(&k) {
+                        Some(v) => (v.clone(), Source::DynamicGroup),
+                        None => (default, Source::Default),
+                    };
+                    let ty = if k.ends_with(".ms") || k.ends_with(".limit") { ConfigType::Int } else { ConfigType::String };
+                    Described {
+                        synonyms: vec![(k.clone(), Some(value.clone()), source)],
+                        name: k,
+                        value: Some(value),
+                        source,
+                        read_only: false,
+                        ty,
+                    }
+                })
+                .collect())
+        }
+        t => Err(invalid(format!("resource type {t} is not served by sidestream (topics, brokers, broker loggers and groups are)"))),
     }
+}
+
+fn group_refusal(e: &GroupError) -> Refusal {
+    (group_code(e), Some(e.to_string()))
+}
+
+/// A GROUP resource (IncrementalAlterConfigs only, as Kafka): SET and DELETE of its configs.
+async fn alter_group(agent: &Agent, access: &Access<'_>, r: &Alteration, replace: bool, validate_only: bool) -> Result<(), Refusal> {
+    if !access.check(AclOperation::AlterConfigs, ResourceType::Group, &r.name) {
+        return Err((ResponseError::GroupAuthorizationFailed.code(), None));
+    }
+    if replace {
+        return Err(invalid("AlterConfigs does not support the resource type GROUP; use IncrementalAlterConfigs".into()));
+    }
+    let mut changes = Vec::with_capacity(r.ops.len());
+    for (name, op, value) in &r.ops {
+        changes.push(match op {
+            ConfigOpKind::Set => (name.clone(), Some(value.clone().unwrap_or_default())),
+            ConfigOpKind::Delete => (name.clone(), None),
+            _ => return Err(invalid(format!("APPEND and SUBTRACT do not apply to group config {name}"))),
+        });
+    }
+    agent.controller.alter_group_configs(r.name.clone(), changes, validate_only).await.map_err(|e| {
+        let (code, message) = group_refusal(&e);
+        (code, message.map(|m| m.trim_start_matches("invalid config: ").to_string()))
+    })
 }
 
 fn unknown_topic(name: &str) -> Refusal {
@@ -272,7 +326,11 @@ async fn alter(agent: &Agent, access: &Access<'_>, resources: &[Alteration], rep
             RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => {
                 Some(alter_broker(agent, access, r, replace, validate_only).err().unwrap_or((0, None)))
             }
-            t => Some(invalid(format!("resource type {t} cannot be altered on sidestream (topics, brokers and broker loggers can)"))),
+            RESOURCE_GROUP if duplicates => Some(invalid("Error due to duplicate config keys".into())),
+            RESOURCE_GROUP => Some(alter_group(agent, access, r, replace, validate_only).await.err().unwrap_or((0, None))),
+            t => {
+                Some(invalid(format!("resource type {t} cannot be altered on sidestream (topics, brokers, broker loggers and groups can)")))
+            }
         };
         results.push(result);
     }

@@ -37,16 +37,7 @@ pub async fn heartbeat(
     if !access.check(AclOperation::Read, ResourceType::Group, &req.group_id.0) {
         return refusal(ResponseError::GroupAuthorizationFailed.code(), format!("READ on group {} is not allowed", req.group_id.0));
     }
-    // Subscribed topics must all be describable (a client is not told of topics it may not see).
-    let hidden: Vec<&str> = req
-        .subscribed_topic_names
-        .iter()
-        .flatten()
-        .map(|n| &*n.0)
-        .filter(|n| !access.check(AclOperation::Describe, ResourceType::Topic, n))
-        .collect();
-    if !hidden.is_empty() {
-        let message = format!("DESCRIBE on topics {} is not allowed", hidden.join(", "));
+    if let Some(message) = undescribable(access, req.subscribed_topic_names.as_deref()) {
         return refusal(ResponseError::TopicAuthorizationFailed.code(), message);
     }
     let owned = req.topic_partitions.map(|tps| {
@@ -91,6 +82,18 @@ pub async fn heartbeat(
             error_response(&e)
         }
     }
+}
+
+/// Subscribed topics must all be describable (a client is not told of topics it may not see):
+/// the refusal's message naming those that are not, if any.
+pub(super) fn undescribable(access: &Access<'_>, names: Option<&[TopicName]>) -> Option<String> {
+    let hidden: Vec<&str> = names
+        .into_iter()
+        .flatten()
+        .map(|n| &*n.0)
+        .filter(|n| !access.check(AclOperation::Describe, ResourceType::Topic, n))
+        .collect();
+    (!hidden.is_empty()).then(|| format!("DESCRIBE on topics {} is not allowed", hidden.join(", ")))
 }
 
 fn error_response(e: &GroupError) -> ConsumerGroupHeartbeatResponse {

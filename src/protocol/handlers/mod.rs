@@ -21,6 +21,7 @@ mod produce;
 mod producers;
 mod quotas;
 mod replicas;
+mod share_groups;
 mod telemetry;
 mod transactions;
 mod users;
@@ -85,6 +86,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // Share groups, KIP-932 (share_groups.rs).
+    (ApiKey::ShareGroupHeartbeat, 1, 1),
+    (ApiKey::ShareGroupDescribe, 1, 1),
+    (ApiKey::ShareFetch, 1, 1),
+    (ApiKey::ShareAcknowledge, 1, 1),
+    (ApiKey::DescribeShareGroupOffsets, 0, 0),
+    (ApiKey::AlterShareGroupOffsets, 0, 0),
+    (ApiKey::DeleteShareGroupOffsets, 0, 0),
     (ApiKey::AddPartitionsToTxn, 0, 5),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
@@ -164,6 +173,13 @@ pub enum Request {
     DeleteGroups(DeleteGroupsRequest),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
     ConsumerGroupDescribe(ConsumerGroupDescribeRequest),
+    ShareGroupHeartbeat(kafka_protocol::messages::ShareGroupHeartbeatRequest),
+    ShareGroupDescribe(kafka_protocol::messages::ShareGroupDescribeRequest),
+    ShareFetch(kafka_protocol::messages::ShareFetchRequest),
+    ShareAcknowledge(kafka_protocol::messages::ShareAcknowledgeRequest),
+    DescribeShareGroupOffsets(kafka_protocol::messages::DescribeShareGroupOffsetsRequest),
+    AlterShareGroupOffsets(kafka_protocol::messages::AlterShareGroupOffsetsRequest),
+    DeleteShareGroupOffsets(kafka_protocol::messages::DeleteShareGroupOffsetsRequest),
     AddPartitionsToTxn(AddPartitionsToTxnRequest),
     AddOffsetsToTxn(AddOffsetsToTxnRequest),
     EndTxn(EndTxnRequest),
@@ -261,6 +277,13 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DeleteGroups => decode!(DeleteGroups, DeleteGroupsRequest),
         ApiKey::ConsumerGroupHeartbeat => decode!(ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest),
         ApiKey::ConsumerGroupDescribe => decode!(ConsumerGroupDescribe, ConsumerGroupDescribeRequest),
+        ApiKey::ShareGroupHeartbeat => decode!(ShareGroupHeartbeat, kafka_protocol::messages::ShareGroupHeartbeatRequest),
+        ApiKey::ShareGroupDescribe => decode!(ShareGroupDescribe, kafka_protocol::messages::ShareGroupDescribeRequest),
+        ApiKey::ShareFetch => decode!(ShareFetch, kafka_protocol::messages::ShareFetchRequest),
+        ApiKey::ShareAcknowledge => decode!(ShareAcknowledge, kafka_protocol::messages::ShareAcknowledgeRequest),
+        ApiKey::DescribeShareGroupOffsets => decode!(DescribeShareGroupOffsets, kafka_protocol::messages::DescribeShareGroupOffsetsRequest),
+        ApiKey::AlterShareGroupOffsets => decode!(AlterShareGroupOffsets, kafka_protocol::messages::AlterShareGroupOffsetsRequest),
+        ApiKey::DeleteShareGroupOffsets => decode!(DeleteShareGroupOffsets, kafka_protocol::messages::DeleteShareGroupOffsetsRequest),
         ApiKey::AddPartitionsToTxn => decode!(AddPartitionsToTxn, AddPartitionsToTxnRequest),
         ApiKey::AddOffsetsToTxn => decode!(AddOffsetsToTxn, AddOffsetsToTxnRequest),
         ApiKey::EndTxn => decode!(EndTxn, EndTxnRequest),
@@ -343,7 +366,7 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         }
         Request::ListOffsets(r) => ctx.counted(&list_offsets::handle(&agent, &access, version, r).await),
         Request::InitProducerId(r) => ctx.counted(&producers::init_producer_id(&agent, &access, version, r).await),
-        Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, &access, version, r)),
+        Request::DescribeConfigs(r) => ctx.respond(&configs::describe_configs(&agent, &access, version, r).await),
         Request::DescribeCluster(r) => ctx.respond(&metadata::describe_cluster(&agent, &access, r, listener)),
         Request::DescribeTopicPartitions(r) => ctx.counted(&metadata::describe_topic_partitions(&agent, &access, r, &client, listener)),
         Request::FindCoordinator(r) => ctx.counted(&groups::find_coordinator(&agent, &access, version, r, &client, listener)),
@@ -359,6 +382,13 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::DeleteGroups(r) => ctx.counted(&groups::delete_groups(&agent, &access, r).await),
         Request::ConsumerGroupHeartbeat(r) => ctx.counted(&consumer_groups::heartbeat(&agent, &access, version, r, &client).await),
         Request::ConsumerGroupDescribe(r) => ctx.counted(&consumer_groups::describe(&agent, &access, version, r).await),
+        Request::ShareGroupHeartbeat(r) => ctx.respond(&share_groups::heartbeat(&agent, &access, r, &client).await),
+        Request::ShareGroupDescribe(r) => ctx.respond(&share_groups::describe(&agent, &access, r).await),
+        Request::ShareFetch(r) => ctx.respond(&share_groups::share_fetch(&agent, &access, r).await),
+        Request::ShareAcknowledge(r) => ctx.respond(&share_groups::share_acknowledge(&agent, &access, r).await),
+        Request::DescribeShareGroupOffsets(r) => ctx.respond(&share_groups::describe_offsets(&agent, &access, r).await),
+        Request::AlterShareGroupOffsets(r) => ctx.respond(&share_groups::alter_offsets(&agent, &access, r).await),
+        Request::DeleteShareGroupOffsets(r) => ctx.respond(&share_groups::delete_offsets(&agent, &access, r).await),
         Request::AddPartitionsToTxn(r) => ctx.counted(&transactions::add_partitions_to_txn(&agent, &access, version, r).await),
         Request::AddOffsetsToTxn(r) => ctx.counted(&transactions::add_offsets_to_txn(&agent, &access, version, r).await),
         Request::EndTxn(r) => ctx.counted(&transactions::end_txn(&agent, &access, version, r).await),

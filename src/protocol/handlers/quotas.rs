@@ -41,6 +41,10 @@ use kafka_protocol::messages::{
     AlterPartitionReassignmentsResponse, DescribeLogDirsResponse, DescribeProducersResponse, ElectLeadersResponse,
     ListPartitionReassignmentsResponse, OffsetForLeaderEpochResponse,
 };
+use kafka_protocol::messages::{
+    AlterShareGroupOffsetsResponse, DeleteShareGroupOffsetsResponse, DescribeShareGroupOffsetsResponse, ShareAcknowledgeResponse,
+    ShareFetchResponse, ShareGroupDescribeResponse, ShareGroupHeartbeatResponse,
+};
 use kafka_protocol::messages::{GetTelemetrySubscriptionsResponse, PushTelemetryResponse};
 use kafka_protocol::messages::{alter_client_quotas_response, describe_client_quotas_response};
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -211,6 +215,13 @@ macro_rules! throttle_time_ms {
 
 throttle_time_ms!(
     AddOffsetsToTxnResponse,
+    ShareGroupHeartbeatResponse,
+    ShareGroupDescribeResponse,
+    ShareFetchResponse,
+    ShareAcknowledgeResponse,
+    DescribeShareGroupOffsetsResponse,
+    AlterShareGroupOffsetsResponse,
+    DeleteShareGroupOffsetsResponse,
     GetTelemetrySubscriptionsResponse,
     PushTelemetryResponse,
     AlterPartitionReassignmentsResponse,
