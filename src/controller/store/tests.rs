@@ -541,6 +541,35 @@ fn acl_contract(s: &dyn MetadataStore) {
     assert_eq!(stored, expect);
 }
 
+fn share_contract(s: &dyn MetadataStore) {
+    use super::SharePartitionRecord;
+    s.load("cluster-1").unwrap();
+    let t = topic("shared", 2);
+    s.create_topic(&t).unwrap();
+    let row = |g: &str, p: i32, body: &str| SharePartitionRecord { group_id: g.into(), topic_id: t.id, partition: p, body: body.into() };
+    s.put_share_partitions(&[row("g", 0, "a"), row("g", 1, "b"), row("h", 0, "c")]).unwrap();
+    s.put_share_partitions(&[row("g", 0, "a2")]).unwrap();
+    let sorted = |mut v: Vec<SharePartitionRecord>| {
+        v.sort_by(|a, b| (&a.group_id, a.partition).cmp(&(&b.group_id, b.partition)));
+        v.into_iter().map(|r| (r.group_id, r.partition, r.body)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sorted(s.load_share_partitions().unwrap()),
+        vec![("g".into(), 0, "a2".into()), ("g".into(), 1, "b".into()), ("h".into(), 0, "c".into())],
+        "an upsert replaces the body"
+    );
+    s.delete_share_partitions("g", Some(&[(t.id, 1)])).unwrap();
+    s.delete_share_partitions("h", None).unwrap();
+    assert_eq!(sorted(s.load_share_partitions().unwrap()), vec![("g".into(), 0, "a2".into())]);
+    s.delete_topic(t.id, &t.name, 0).unwrap();
+    assert!(s.load_share_partitions().unwrap().is_empty(), "a deleted topic takes its share state");
+    s.alter_group_configs("g", &[("share.auto.offset.reset".into(), Some("earliest".into())), ("x".into(), Some("1".into()))])
+        .unwrap();
+    s.alter_group_configs("g", &[("x".into(), None), ("share.auto.offset.reset".into(), Some("latest".into()))])
+        .unwrap();
+    assert_eq!(s.group_configs().unwrap(), vec![("g".into(), "share.auto.offset.reset".into(), "latest".into())]);
+}
+
 #[test]
 fn sqlite_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -556,6 +585,7 @@ fn sqlite_store_keeps_the_contract() {
     acl_contract(&SqliteStore::open(&dir.path().join("a.db")).unwrap());
     partitions_contract(&SqliteStore::open(&dir.path().join("p.db")).unwrap());
     topic_config_contract(&SqliteStore::open(&dir.path().join("tc.db")).unwrap());
+    share_contract(&SqliteStore::open(&dir.path().join("s.db")).unwrap());
 }
 
 #[test]
@@ -580,6 +610,8 @@ fn postgres_store_keeps_the_contract() {
     partitions_contract(&PgStore::open(&partitions_db.url).unwrap());
     let config_db = TestDb::create().unwrap();
     topic_config_contract(&PgStore::open(&config_db.url).unwrap());
+    let share_db = TestDb::create().unwrap();
+    share_contract(&PgStore::open(&share_db.url).unwrap());
     // Opening again (a second replica, a restart) migrates nothing and keeps the data.
     let again = PgStore::open(&db.url).unwrap();
     assert_eq!(again.load("other").unwrap().cluster_id, "cluster-1");
