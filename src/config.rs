@@ -615,6 +615,9 @@ pub struct GroupsConfig {
     /// KIP-848: `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`.
     pub consumer_session_timeout_ms: i32,
     pub consumer_heartbeat_interval_ms: i32,
+    /// KIP-1071 streams groups: Kafka's `group.streams.num.standby.replicas` (standby tasks per
+    /// active task, on other members). Session and heartbeat timings are the consumer ones.
+    pub streams_num_standby_replicas: u32,
     /// Kafka's `offsets.retention.minutes`, in ms: a group's committed offsets expire this long
     /// after the group became empty (or, for a group that never had members, after their commit).
     pub offsets_retention_ms: u64,
@@ -631,6 +634,7 @@ impl Default for GroupsConfig {
             max_offset_metadata_bytes: 4_096,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
+            streams_num_standby_replicas: 0,
             offsets_retention_ms: 604_800_000,
         }
     }
@@ -965,6 +969,7 @@ impl Config {
             1,
             g.consumer_session_timeout_ms.max(1) as u64,
         )?;
+        range("groups.streams_num_standby_replicas", g.streams_num_standby_replicas.into(), 0, 2)?;
         if self.agent.node_id < 0 {
             return Err(err("agent.node_id", "must not be negative".into()));
         }

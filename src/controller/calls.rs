@@ -307,6 +307,12 @@ impl Answer for Controller {
     fn consumer_group_describe(&self, group_id: String) -> Result<consumer::GroupDescription, GroupError> {
         self.groups().consumer_describe(&group_id)
     }
+    fn streams_group_heartbeat(&self, req: streams::HeartbeatRequest) -> Result<streams::HeartbeatResponse, GroupError> {
+        self.groups().streams_heartbeat(req)
+    }
+    fn streams_group_describe(&self, group_id: String) -> Result<streams::GroupDescription, GroupError> {
+        self.groups().streams_describe(&group_id)
+    }
 
     fn scram_credential(&self, user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError> {
         Controller::scram_credential(self, &user, mechanism)

@@ -4,6 +4,8 @@
 //! - [`classic`]: the JoinGroup/SyncGroup/Heartbeat/LeaveGroup state machine of one group.
 //! - [`consumer`]: KIP-848 groups (ConsumerGroupHeartbeat) with server-side assignment by the
 //!   [`assignor`]s.
+//! - [`streams`]: KIP-1071 groups (StreamsGroupHeartbeat): Kafka Streams topologies, their
+//!   internal topics and server-side task assignment.
 //! - this file: the [`GroupCoordinator`] owning every group, its committed offsets (written to
 //!   the metadata store before they are visible), limits, and one timer task per group with
 //!   live members that applies session and rebalance deadlines.
@@ -20,6 +22,7 @@
 pub mod assignor;
 pub mod classic;
 pub mod consumer;
+pub mod streams;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -38,6 +41,7 @@ use crate::api::groups::{
 use crate::clock::{Clock, Entropy};
 use classic::{ClassicGroup, ClassicState, Reply};
 use consumer::ConsumerGroup;
+use streams::StreamsGroup;
 
 /// Limits and timings of the coordinator: the `[groups]` section of proxy.toml.
 pub use crate::config::GroupsConfig as GroupSettings;
@@ -60,6 +64,33 @@ pub trait TopicLookup: Send + Sync + 'static {
 enum Kind {
     Classic(ClassicGroup),
     Consumer(ConsumerGroup),
+    Streams(StreamsGroup),
+}
+
+/// The protocol a joining member speaks: what a new (or empty) group becomes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Classic,
+    Consumer,
+    Streams,
+}
+
+impl Kind {
+    fn new(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Classic => Kind::Classic(ClassicGroup::new()),
+            Protocol::Consumer => Kind::Consumer(ConsumerGroup::new()),
+            Protocol::Streams => Kind::Streams(StreamsGroup::new()),
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Kind::Classic(_) => Protocol::Classic,
+            Kind::Consumer(_) => Protocol::Consumer,
+            Kind::Streams(_) => Protocol::Streams,
+        }
+    }
 }
 
 struct Entry {
@@ -82,6 +113,7 @@ impl Entry {
         match &self.kind {
             Kind::Classic(g) => !g.is_empty(),
             Kind::Consumer(g) => !g.is_empty(),
+            Kind::Streams(g) => !g.is_empty(),
         }
     }
 
@@ -89,6 +121,7 @@ impl Entry {
         match &self.kind {
             Kind::Classic(g) => g.next_deadline(),
             Kind::Consumer(g) => g.next_deadline(),
+            Kind::Streams(g) => g.next_deadline(),
         }
     }
 
@@ -199,6 +232,7 @@ impl GroupCoordinator {
         match &mut e.kind {
             Kind::Classic(g) => g.on_time(now, &self.settings),
             Kind::Consumer(g) => g.on_time(now, &*self.topics),
+            Kind::Streams(g) => g.on_time(now, &*self.topics, &self.settings),
         }
         if e.is_dead() {
             groups.remove(group_id);
@@ -214,22 +248,19 @@ impl GroupCoordinator {
         &self,
         groups: &'a mut HashMap<String, Entry>,
         group_id: &str,
-        classic: bool,
+        protocol: Protocol,
     ) -> Result<&'a mut Entry, GroupError> {
         if !groups.contains_key(group_id) {
             if groups.len() >= self.settings.max_groups {
                 return Err(GroupError::TooManyGroups);
             }
-            let kind = if classic { Kind::Classic(ClassicGroup::new()) } else { Kind::Consumer(ConsumerGroup::new()) };
-            groups.insert(group_id.to_string(), Entry::new(kind));
+            groups.insert(group_id.to_string(), Entry::new(Kind::new(protocol)));
         }
         let e = groups.get_mut(group_id).ok_or_else(|| GroupError::Unavailable("group vanished".into()))?;
         e.empty_since_ms = None;
         // An empty group changes protocol freely (its offsets stay).
-        match (&e.kind, classic) {
-            (Kind::Consumer(g), true) if g.is_empty() => e.kind = Kind::Classic(ClassicGroup::new()),
-            (Kind::Classic(g), false) if g.is_empty() => e.kind = Kind::Consumer(ConsumerGroup::new()),
-            _ => {}
+        if e.kind.protocol() != protocol && !e.has_members() {
+            e.kind = Kind::new(protocol);
         }
         Ok(e)
     }
@@ -270,7 +301,7 @@ impl GroupCoordinator {
                 return fail(GroupError::UnknownMemberId);
             }
             let group_id = req.group_id.clone();
-            let e = match self.entry_for_join(&mut groups, &group_id, true) {
+            let e = match self.entry_for_join(&mut groups, &group_id, Protocol::Classic) {
                 Ok(e) => e,
                 Err(err) => return fail(err),
             };
@@ -366,6 +397,10 @@ impl GroupCoordinator {
                             .collect();
                         g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, req.api_version, Some(&partitions))?
                     }
+                    Kind::Streams(g) => {
+                        let partitions: Vec<(String, i32)> = req.offsets.iter().map(|o| (o.topic.clone(), o.partition)).collect();
+                        g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, Some(&partitions))?
+                    }
                 },
             }
         }
@@ -425,6 +460,7 @@ impl GroupCoordinator {
         match &mut e.kind {
             Kind::Classic(g) => g.validate_offset_commit(Instant::now(), member_id, instance_id, generation),
             Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9, None),
+            Kind::Streams(g) => g.validate_offset_commit(member_id, generation, None),
         }
     }
 
@@ -458,8 +494,10 @@ impl GroupCoordinator {
         let Some(e) = groups.get(group_id) else {
             return Ok(partitions.map(|ps| ps.iter().map(|p| (p.clone(), None)).collect()).unwrap_or_default());
         };
-        if let (Kind::Consumer(g), Some((member_id, epoch))) = (&e.kind, member) {
-            g.validate_offset_fetch(member_id, epoch)?;
+        match (&e.kind, member) {
+            (Kind::Consumer(g), Some((member_id, epoch))) => g.validate_offset_fetch(member_id, epoch)?,
+            (Kind::Streams(g), Some((member_id, epoch))) => g.validate_offset_fetch(member_id, epoch)?,
+            _ => {}
         }
         Ok(match partitions {
             None => e.offsets.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
@@ -481,6 +519,7 @@ impl GroupCoordinator {
                 }
                 Kind::Classic(_) => return Err(GroupError::NonEmptyGroup),
                 Kind::Consumer(g) => g.subscribed_topics(),
+                Kind::Streams(g) => g.subscribed_topics(),
             }
         };
         let results: Vec<Result<(), GroupError>> = partitions
@@ -594,6 +633,12 @@ impl GroupCoordinator {
                     state: g.state_name().to_string(),
                     group_type: "consumer".into(),
                 },
+                Kind::Streams(g) => GroupListing {
+                    group_id: id.clone(),
+                    protocol_type: "streams".into(),
+                    state: g.state_name().to_string(),
+                    group_type: "streams".into(),
+                },
             })
             .filter(|l| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(&l.state)))
             .filter(|l| types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case(&l.group_type)))
@@ -639,7 +684,7 @@ impl GroupCoordinator {
         if req.member_epoch != 0 && !groups.contains_key(&group_id) {
             return Err(GroupError::UnknownMemberId);
         }
-        let e = self.entry_for_join(&mut groups, &group_id, false)?;
+        let e = self.entry_for_join(&mut groups, &group_id, Protocol::Consumer)?;
         let Kind::Consumer(g) = &mut e.kind else { return Err(GroupError::GroupIdNotFound) };
         let r = g.heartbeat(Instant::now(), &self.settings, &*self.topics, &*self.entropy, req);
         self.wake(&group_id, e);
@@ -655,6 +700,40 @@ impl GroupCoordinator {
         let groups = self.groups();
         match groups.get(group_id) {
             Some(Entry { kind: Kind::Consumer(g), .. }) => Ok(g.describe(&*self.topics)),
+            _ => Err(GroupError::GroupIdNotFound),
+        }
+    }
+}
+
+impl GroupCoordinator {
+    /// KIP-1071 StreamsGroupHeartbeat. A group of another protocol with members answers
+    /// GROUP_ID_NOT_FOUND, as Kafka's coordinator ("not a streams group").
+    pub fn streams_heartbeat(
+        &self,
+        req: crate::api::groups::streams::HeartbeatRequest,
+    ) -> Result<crate::api::groups::streams::HeartbeatResponse, GroupError> {
+        Self::check_group_id(&req.group_id)?;
+        let mut groups = self.groups();
+        self.closing()?;
+        let group_id = req.group_id.clone();
+        if req.member_epoch != 0 && !groups.contains_key(&group_id) {
+            return Err(GroupError::UnknownMemberId);
+        }
+        let e = self.entry_for_join(&mut groups, &group_id, Protocol::Streams)?;
+        let Kind::Streams(g) = &mut e.kind else { return Err(GroupError::GroupIdNotFound) };
+        let r = g.heartbeat(Instant::now(), &self.settings, &*self.topics, req);
+        self.wake(&group_id, e);
+        if e.is_dead() {
+            groups.remove(&group_id);
+        }
+        r
+    }
+
+    /// KIP-1071 StreamsGroupDescribe; `GroupIdNotFound` for unknown groups and other protocols'.
+    pub fn streams_describe(&self, group_id: &str) -> Result<crate::api::groups::streams::GroupDescription, GroupError> {
+        Self::check_group_id(group_id)?;
+        match self.groups().get(group_id) {
+            Some(Entry { kind: Kind::Streams(g), .. }) => Ok(g.describe()),
             _ => Err(GroupError::GroupIdNotFound),
         }
     }

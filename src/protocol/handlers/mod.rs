@@ -21,6 +21,7 @@ mod produce;
 mod producers;
 mod quotas;
 mod replicas;
+mod streams_groups;
 mod telemetry;
 mod transactions;
 mod users;
@@ -35,7 +36,7 @@ use kafka_protocol::messages::{
     DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslHandshakeRequest, SyncGroupRequest, TxnOffsetCommitRequest,
+    SaslHandshakeRequest, StreamsGroupDescribeRequest, StreamsGroupHeartbeatRequest, SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest, DescribeUserScramCredentialsRequest,
@@ -85,6 +86,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // KIP-1071 streams groups (streams_groups.rs).
+    (ApiKey::StreamsGroupHeartbeat, 0, 1),
+    (ApiKey::StreamsGroupDescribe, 0, 1),
     (ApiKey::AddPartitionsToTxn, 0, 5),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
@@ -164,6 +168,8 @@ pub enum Request {
     DeleteGroups(DeleteGroupsRequest),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
     ConsumerGroupDescribe(ConsumerGroupDescribeRequest),
+    StreamsGroupHeartbeat(StreamsGroupHeartbeatRequest),
+    StreamsGroupDescribe(StreamsGroupDescribeRequest),
     AddPartitionsToTxn(AddPartitionsToTxnRequest),
     AddOffsetsToTxn(AddOffsetsToTxnRequest),
     EndTxn(EndTxnRequest),
@@ -261,6 +267,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DeleteGroups => decode!(DeleteGroups, DeleteGroupsRequest),
         ApiKey::ConsumerGroupHeartbeat => decode!(ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest),
         ApiKey::ConsumerGroupDescribe => decode!(ConsumerGroupDescribe, ConsumerGroupDescribeRequest),
+        ApiKey::StreamsGroupHeartbeat => decode!(StreamsGroupHeartbeat, StreamsGroupHeartbeatRequest),
+        ApiKey::StreamsGroupDescribe => decode!(StreamsGroupDescribe, StreamsGroupDescribeRequest),
         ApiKey::AddPartitionsToTxn => decode!(AddPartitionsToTxn, AddPartitionsToTxnRequest),
         ApiKey::AddOffsetsToTxn => decode!(AddOffsetsToTxn, AddOffsetsToTxnRequest),
         ApiKey::EndTxn => decode!(EndTxn, EndTxnRequest),
@@ -359,6 +367,8 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::DeleteGroups(r) => ctx.counted(&groups::delete_groups(&agent, &access, r).await),
         Request::ConsumerGroupHeartbeat(r) => ctx.counted(&consumer_groups::heartbeat(&agent, &access, version, r, &client).await),
         Request::ConsumerGroupDescribe(r) => ctx.counted(&consumer_groups::describe(&agent, &access, version, r).await),
+        Request::StreamsGroupHeartbeat(r) => ctx.counted(&streams_groups::heartbeat(&agent, &access, version, r, &client).await),
+        Request::StreamsGroupDescribe(r) => ctx.counted(&streams_groups::describe(&agent, &access, version, r).await),
         Request::AddPartitionsToTxn(r) => ctx.counted(&transactions::add_partitions_to_txn(&agent, &access, version, r).await),
         Request::AddOffsetsToTxn(r) => ctx.counted(&transactions::add_offsets_to_txn(&agent, &access, version, r).await),
         Request::EndTxn(r) => ctx.counted(&transactions::end_txn(&agent, &access, version, r).await),

@@ -42,6 +42,7 @@ use kafka_protocol::messages::{
     ListPartitionReassignmentsResponse, OffsetForLeaderEpochResponse,
 };
 use kafka_protocol::messages::{GetTelemetrySubscriptionsResponse, PushTelemetryResponse};
+use kafka_protocol::messages::{StreamsGroupDescribeResponse, StreamsGroupHeartbeatResponse};
 use kafka_protocol::messages::{alter_client_quotas_response, describe_client_quotas_response};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -225,6 +226,8 @@ throttle_time_ms!(
     ApiVersionsResponse,
     ConsumerGroupDescribeResponse,
     ConsumerGroupHeartbeatResponse,
+    StreamsGroupDescribeResponse,
+    StreamsGroupHeartbeatResponse,
     CreateAclsResponse,
     CreatePartitionsResponse,
     CreateTopicsResponse,
