@@ -20,7 +20,7 @@ from collections import Counter
 import pytest
 
 from compat import java_cmd, run
-from conftest import SidestreamServer, poll_until
+from conftest import SidestreamServer, binary_path, poll_until
 
 SESSION_ENV = {
     "SIDESTREAM_GROUPS_CONSUMER_SESSION_TIMEOUT_MS": "6000",
@@ -160,13 +160,15 @@ def test_word_count_on_the_streams_protocol(streams_server, tmp_path):
                what="the group to be Empty after the instance closed")
 
 
-def test_two_instances_share_the_tasks_and_one_takes_over_when_the_other_is_killed(streams_server, tmp_path):
-    bootstrap = streams_server.bootstrap
+def share_then_take_over(bootstrap_a, bootstrap_b, prefix, tmp_path):
+    """Two instances (on agents `bootstrap_a`, `bootstrap_b`) share every task evenly with exact
+    counts; b is killed, a takes every task over and the counts stay exact. Returns the seconds
+    from the kill until a runs every task."""
     partitions = 4
-    topic_in, topic_out, app_id = "sp2-in", "sp2-out", "sp2-app"
-    run(scenario("topics", bootstrap, topic_in, topic_out, partitions))
-    a = App(bootstrap, app_id, topic_in, topic_out, tmp_path / "state-a")
-    b = App(bootstrap, app_id, topic_in, topic_out, tmp_path / "state-b")
+    topic_in, topic_out, app_id = prefix + "-in", prefix + "-out", prefix + "-app"
+    run(scenario("topics", bootstrap_a, topic_in, topic_out, partitions))
+    a = App(bootstrap_a, app_id, topic_in, topic_out, tmp_path / "state-a")
+    b = App(bootstrap_b, app_id, topic_in, topic_out, tmp_path / "state-b")
     try:
         def shared():
             ta, tb = a.tasks(), b.tasks()
@@ -176,9 +178,9 @@ def test_two_instances_share_the_tasks_and_one_takes_over_when_the_other_is_kill
         ta, tb = a.tasks(), b.tasks()
         assert abs(len(ta) - len(tb)) <= 1, (ta, tb)
         first = ["the quick brown fox", "jumps over the lazy dog", "the dog sleeps", "a fox runs"] * 5
-        run(scenario("produce", bootstrap, topic_in, *first))
-        run(scenario("expect", bootstrap, topic_out, counts_spec(first)))
-        members = describe_members(bootstrap, app_id)
+        run(scenario("produce", bootstrap_a, topic_in, *first))
+        run(scenario("expect", bootstrap_a, topic_out, counts_spec(first)))
+        members = describe_members(bootstrap_a, app_id)
         assert len(members) == 2, members
 
         killed_at = time.monotonic()
@@ -188,13 +190,35 @@ def test_two_instances_share_the_tasks_and_one_takes_over_when_the_other_is_kill
         takeover_s = time.monotonic() - killed_at
         print("tasks of the killed instance moved after %.1f s" % takeover_s)
         second = ["the fox and the dog", "kafka streams counts words", "the end"] * 3
-        run(scenario("produce", bootstrap, topic_in, *second))
-        run(scenario("expect", bootstrap, topic_out, counts_spec(first + second)))
-        members = describe_members(bootstrap, app_id)
+        run(scenario("produce", bootstrap_a, topic_in, *second))
+        run(scenario("expect", bootstrap_a, topic_out, counts_spec(first + second)))
+        members = describe_members(bootstrap_a, app_id)
         assert len(members) == 1, members
         assert not a.errors(), a.report()
+        return takeover_s
     except AssertionError as e:
         raise AssertionError("%s\ninstance a: %s\ninstance b: %s" % (e, a.report(), b.report())) from None
     finally:
         a.stop()
         b.stop()
+
+
+def test_two_instances_share_the_tasks_and_one_takes_over_when_the_other_is_killed(streams_server, tmp_path):
+    share_then_take_over(streams_server.bootstrap, streams_server.bootstrap, "sp2", tmp_path)
+
+
+@pytest.mark.skipif("kafka-reference-broker" in str(binary_path()), reason="a Sidestream cluster: agents and a controller")
+def test_instances_on_two_agents_of_one_remote_controller(tmp_path):
+    """The same through `sidestream controller` and two agents in remote mode, one instance on
+    each: heartbeats from both agents reach one coordinator over the controller's RPC."""
+    from test_cluster import ControllerProcess, make_agent
+    ctl = ControllerProcess(tmp_path, "controller", "sqlite://%s" % (tmp_path / "controller.db"), SESSION_ENV).start()
+    agents = []
+    try:
+        ctl.wait_listening()
+        agents = [make_agent(tmp_path, i, [ctl.address], tmp_path / "objects").start() for i in (1, 2)]
+        share_then_take_over(agents[0].bootstrap, agents[1].bootstrap, "sp3", tmp_path)
+    finally:
+        for a in agents:
+            a.close()
+        ctl.close()
