@@ -615,6 +615,9 @@ pub struct GroupsConfig {
     /// KIP-848: `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`.
     pub consumer_session_timeout_ms: i32,
     pub consumer_heartbeat_interval_ms: i32,
+    /// KIP-1071 streams groups: Kafka's `group.streams.num.standby.replicas` (standby tasks per
+    /// active task, on other members). Session and heartbeat timings are the consumer ones.
+    pub streams_num_standby_replicas: u32,
     /// Kafka's `offsets.retention.minutes`, in ms: a group's committed offsets expire this long
     /// after the group became empty (or, for a group that never had members, after their commit).
     pub offsets_retention_ms: u64,
@@ -642,6 +645,7 @@ impl Default for GroupsConfig {
             max_offset_metadata_bytes: 4_096,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
+            streams_num_standby_replicas: 0,
             offsets_retention_ms: 604_800_000,
             share_session_timeout_ms: 45_000,
             share_heartbeat_interval_ms: 5_000,
@@ -993,6 +997,7 @@ impl Config {
         range("groups.share_delivery_count_limit", g.share_delivery_count_limit.max(0) as u64, 2, 10)?;
         range("groups.share_max_record_locks", g.share_max_record_locks as u64, 100, 100_000)?;
         range("groups.max_share_partitions", g.max_share_partitions as u64, 1, 10_000_000)?;
+        range("groups.streams_num_standby_replicas", g.streams_num_standby_replicas.into(), 0, 2)?;
         if self.agent.node_id < 0 {
             return Err(err("agent.node_id", "must not be negative".into()));
         }

@@ -42,7 +42,7 @@ pub mod prelude {
     pub use crate::api::configs::TopicConfigChange;
     pub use crate::api::groups::{
         CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
-        SyncRequest, SyncResponse, TopicPartition, consumer,
+        SyncRequest, SyncResponse, TopicPartition, consumer, streams,
     };
     pub use crate::api::jobs::{JobLease, RetentionReport, StorageStats};
     pub use crate::api::quota::{QuotaAlteration, QuotaEntry, QuotaFilter, QuotaSet};
@@ -133,6 +133,8 @@ macro_rules! for_each_call {
             [blocking] DeleteShareGroupOffsets delete_share_group_offsets(group_id: String, topics: Vec<String>) -> Result<Vec<Result<Uuid, GroupError>>, GroupError>;
             [now] GroupConfigs group_configs(group_id: String) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), GroupError>;
             [blocking] AlterGroupConfigs alter_group_configs(group_id: String, changes: Vec<(String, Option<String>)>, validate_only: bool) -> Result<(), GroupError>;
+            [now] StreamsGroupHeartbeat streams_group_heartbeat(req: streams::HeartbeatRequest) -> Result<streams::HeartbeatResponse, GroupError>;
+            [now] StreamsGroupDescribe streams_group_describe(group_id: String) -> Result<streams::GroupDescription, GroupError>;
             // Users (controller::users): SCRAM credentials.
             [blocking] ScramCredential scram_credential(user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError>;
             [blocking] AlterScramCredentials alter_scram_credentials(alterations: Vec<ScramAlteration>) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
@@ -236,7 +238,7 @@ impl Call {
             Call::JoinGroup { req } => Some(i64::from(req.rebalance_timeout_ms.max(req.session_timeout_ms).max(0))),
             // The group's rebalance timeout is not in the request: the largest one allowed.
             Call::SyncGroup { .. } => Some(SYNC_WAIT_MS_MAX),
-            Call::Heartbeat { .. } | Call::ConsumerGroupHeartbeat { .. } => Some(0),
+            Call::Heartbeat { .. } | Call::ConsumerGroupHeartbeat { .. } | Call::StreamsGroupHeartbeat { .. } => Some(0),
             _ => None,
         }
     }
@@ -406,11 +408,45 @@ mod tests {
             Call::FindExtents { topic_id: id, partition: 1, from_offset: 5, max_bytes: 1 << 20 },
             Call::InitProducerId {},
             Call::Heartbeat { group_id: "g".into(), member_id: "m".into(), instance_id: None, generation: 3 },
+            Call::StreamsGroupHeartbeat {
+                req: streams::HeartbeatRequest {
+                    group_id: "app".into(),
+                    member_id: "m".into(),
+                    topology: Some(streams::Topology {
+                        epoch: 1,
+                        subtopologies: vec![streams::Subtopology {
+                            id: "0".into(),
+                            source_topics: vec!["in".into()],
+                            changelog_topics: vec![streams::TopicInfo {
+                                name: "app-chg".into(),
+                                configs: vec![("cleanup.policy".into(), "compact".into())],
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }],
+                    }),
+                    active: Some([("0".to_string(), [0, 2].into())].into()),
+                    user_endpoint: Some(("h".into(), 8080)),
+                    ..Default::default()
+                },
+            },
         ];
         for call in calls {
             let back: Call = decode(&encode(&call).unwrap()).unwrap();
             assert_eq!(format!("{back:?}"), format!("{call:?}"));
         }
+        let streams_reply = Reply::StreamsGroupHeartbeat(Ok(streams::HeartbeatResponse {
+            member_id: "m".into(),
+            member_epoch: 3,
+            heartbeat_interval_ms: 5_000,
+            status: vec![streams::Status { code: streams::STATUS_MISSING_INTERNAL_TOPICS, detail: "x".into() }],
+            active: Some([("1".to_string(), [3].into())].into()),
+            standby: None,
+            warmup: Some(Default::default()),
+            create_topics: vec![streams::TopicToCreate { name: "app-chg".into(), partitions: 4, configs: vec![] }],
+        }));
+        let back: Reply = decode(&encode(&streams_reply).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{streams_reply:?}"));
         let reply = Reply::FindExtents(Err(ControllerError::ObjectCollected("k".into())));
         let back: Reply = decode(&encode(&reply).unwrap()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{reply:?}"));

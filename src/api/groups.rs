@@ -52,6 +52,9 @@ pub enum GroupError {
     /// A subscription's regular expression does not compile (or is too large).
     #[error("invalid regular expression: {0}")]
     InvalidRegularExpression(String),
+    /// A streams group member sent a topology that cannot be run (KIP-1071).
+    #[error("invalid topology: {0}")]
+    StreamsInvalidTopology(String),
     /// The coordinator holds `max_groups` groups; retriable.
     #[error("too many groups")]
     TooManyGroups,
@@ -175,7 +178,7 @@ pub struct GroupListing {
     pub group_id: String,
     pub protocol_type: String,
     pub state: String,
-    /// "classic" or "consumer".
+    /// "classic", "consumer" or "streams".
     pub group_type: String,
 }
 
@@ -274,6 +277,138 @@ pub mod consumer {
         pub group_epoch: i32,
         pub assignment_epoch: i32,
         pub assignor_name: String,
+        pub members: Vec<MemberDescription>,
+    }
+}
+
+/// KIP-1071 streams groups (StreamsGroupHeartbeat, StreamsGroupDescribe).
+pub mod streams {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde::{Deserialize, Serialize};
+
+    use super::ClientInfo;
+
+    /// Tasks by subtopology id: the partitions (task numbers) of each.
+    pub type Tasks = BTreeMap<String, BTreeSet<i32>>;
+
+    /// An internal topic of a topology (a repartition source or a changelog topic).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TopicInfo {
+        pub name: String,
+        /// 0: derived from the source topics.
+        pub partitions: i32,
+        /// 0: the default.
+        pub replication_factor: i16,
+        pub configs: Vec<(String, String)>,
+    }
+
+    /// Indexes into a subtopology's source topics, regexes and repartition source topics.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CopartitionGroup {
+        pub source_topics: Vec<i16>,
+        pub source_topic_regex: Vec<i16>,
+        pub repartition_source_topics: Vec<i16>,
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Subtopology {
+        pub id: String,
+        pub source_topics: Vec<String>,
+        pub source_topic_regex: Vec<String>,
+        pub changelog_topics: Vec<TopicInfo>,
+        pub repartition_sink_topics: Vec<String>,
+        pub repartition_source_topics: Vec<TopicInfo>,
+        pub copartition_groups: Vec<CopartitionGroup>,
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Topology {
+        pub epoch: i32,
+        pub subtopologies: Vec<Subtopology>,
+    }
+
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct HeartbeatRequest {
+        pub group_id: String,
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub instance_id: Option<String>,
+        pub rack_id: Option<String>,
+        /// -1: unchanged.
+        pub rebalance_timeout_ms: i32,
+        /// Sent when joining (epoch 0) only.
+        pub topology: Option<Topology>,
+        /// The tasks the member owns (`None`: unchanged).
+        pub active: Option<Tasks>,
+        pub standby: Option<Tasks>,
+        pub warmup: Option<Tasks>,
+        pub process_id: Option<String>,
+        /// Interactive queries endpoint (host, port).
+        pub user_endpoint: Option<(String, u16)>,
+        pub client_tags: Option<Vec<(String, String)>>,
+        pub shutdown_application: bool,
+        pub api_version: i16,
+        pub client: ClientInfo,
+    }
+
+    /// Kafka's heartbeat status codes.
+    pub const STATUS_STALE_TOPOLOGY: i8 = 0;
+    pub const STATUS_MISSING_SOURCE_TOPICS: i8 = 1;
+    pub const STATUS_INCORRECTLY_PARTITIONED_TOPICS: i8 = 2;
+    pub const STATUS_MISSING_INTERNAL_TOPICS: i8 = 3;
+    pub const STATUS_SHUTDOWN_APPLICATION: i8 = 4;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Status {
+        pub code: i8,
+        pub detail: String,
+    }
+
+    /// An internal topic the agent creates for the group (as Kafka's broker does on a
+    /// heartbeat that finds it missing).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TopicToCreate {
+        pub name: String,
+        pub partitions: i32,
+        pub configs: Vec<(String, String)>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HeartbeatResponse {
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub heartbeat_interval_ms: i32,
+        pub status: Vec<Status>,
+        /// Sent when they changed or the request was a full one.
+        pub active: Option<Tasks>,
+        pub standby: Option<Tasks>,
+        pub warmup: Option<Tasks>,
+        pub create_topics: Vec<TopicToCreate>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MemberDescription {
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub instance_id: Option<String>,
+        pub rack_id: Option<String>,
+        pub client: ClientInfo,
+        pub topology_epoch: i32,
+        pub process_id: String,
+        pub user_endpoint: Option<(String, u16)>,
+        pub client_tags: Vec<(String, String)>,
+        /// (active, standby, warmup).
+        pub assignment: (Tasks, Tasks, Tasks),
+        pub target_assignment: (Tasks, Tasks, Tasks),
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GroupDescription {
+        pub state: String,
+        pub group_epoch: i32,
+        pub assignment_epoch: i32,
+        pub topology: Option<Topology>,
         pub members: Vec<MemberDescription>,
     }
 }

@@ -341,6 +341,12 @@ impl Answer for Controller {
     fn alter_group_configs(&self, group_id: String, changes: Vec<(String, Option<String>)>, validate_only: bool) -> Result<(), GroupError> {
         self.groups().alter_group_configs(&group_id, &changes, validate_only)
     }
+    fn streams_group_heartbeat(&self, req: streams::HeartbeatRequest) -> Result<streams::HeartbeatResponse, GroupError> {
+        self.groups().streams_heartbeat(req)
+    }
+    fn streams_group_describe(&self, group_id: String) -> Result<streams::GroupDescription, GroupError> {
+        self.groups().streams_describe(&group_id)
+    }
 
     fn scram_credential(&self, user: String, mechanism: ScramMechanism) -> Result<Option<ScramCredential>, ControllerError> {
         Controller::scram_credential(self, &user, mechanism)

@@ -84,6 +84,7 @@ pub fn group_code(e: &GroupError) -> i16 {
         GroupError::UnsupportedVersion(_) => K::UnsupportedVersion,
         GroupError::InvalidRequest(_) => K::InvalidRequest,
         GroupError::InvalidRegularExpression(_) => K::InvalidRegularExpression,
+        GroupError::StreamsInvalidTopology(_) => K::StreamsInvalidTopology,
         GroupError::NotCoordinator => K::NotCoordinator,
         GroupError::InvalidRecordState(_) => K::InvalidRecordState,
         GroupError::InvalidConfig(_) => K::InvalidConfig,

@@ -42,8 +42,9 @@ def test_broker_api_versions_lists_what_api_versions_advertises(tmp_path):
 
 
 def test_kafka_features_describe(server):
-    """group.version 1 (KIP-848 groups are served), share.version 1 (KIP-932 share groups) and
-    transaction.version 2 (KIP-890 part 2) finalized; streams.version at 0, not offered; no KRaft features (there is
+    """group.version 1 (KIP-848 groups are served), share.version 1 (KIP-932 share groups),
+    streams.version 1 (KIP-1071 streams groups) and transaction.version 2 (KIP-890 part 2)
+    finalized; no KRaft features (there is
     no quorum); `upgrade` refused."""
     out, _ = run(java_cmd("org.apache.kafka.tools.FeatureCommand", "--bootstrap-server", server.bootstrap, "describe"))
     rows = {}
@@ -55,7 +56,7 @@ def test_kafka_features_describe(server):
     assert rows == {
         "group.version": ("0", "1", "1", "1"),
         "share.version": ("0", "1", "1", "1"),
-        "streams.version": ("0", "0", "0", "1"),
+        "streams.version": ("0", "1", "1", "1"),
         "transaction.version": ("0", "2", "2", "1"),
     }, out
     # Nothing to upgrade: the tool says the node does not take UpdateFeatures.

@@ -45,7 +45,7 @@ pub const REGEX_BYTES_MAX: usize = 4096;
 const REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
 
 /// Compiles a subscription's expression to match whole topic names (None: empty, no regex).
-fn compile_regex(regex: &str) -> Result<Option<regex_lite::Regex>, GroupError> {
+pub(super) fn compile_regex(regex: &str) -> Result<Option<regex_lite::Regex>, GroupError> {
     if regex.is_empty() {
         return Ok(None);
     }
@@ -97,26 +97,62 @@ pub struct ConsumerGroup {
     regex_matched_at: Option<Instant>,
 }
 
-fn is_subset(a: &Assignment, b: &Assignment) -> bool {
+/// Partitions by topic id, or tasks by subtopology id: the sets reconciliation compares.
+pub(super) type Sets<K> = BTreeMap<K, BTreeSet<i32>>;
+
+pub(super) fn is_subset<K: Ord>(a: &Sets<K>, b: &Sets<K>) -> bool {
     a.iter().all(|(t, ps)| ps.is_empty() || b.get(t).is_some_and(|bs| ps.is_subset(bs)))
 }
 
-fn minus(a: &Assignment, b: &Assignment) -> Assignment {
+pub(super) fn minus<K: Ord + Clone>(a: &Sets<K>, b: &Sets<K>) -> Sets<K> {
     a.iter()
-        .map(|(t, ps)| (*t, ps.iter().filter(|p| !b.get(t).is_some_and(|bs| bs.contains(p))).copied().collect::<BTreeSet<_>>()))
+        .map(|(t, ps)| (t.clone(), ps.iter().filter(|p| !b.get(t).is_some_and(|bs| bs.contains(p))).copied().collect::<BTreeSet<_>>()))
         .filter(|(_, ps)| !ps.is_empty())
         .collect()
 }
 
-fn intersect(a: &Assignment, b: &Assignment) -> Assignment {
+pub(super) fn intersect<K: Ord + Clone>(a: &Sets<K>, b: &Sets<K>) -> Sets<K> {
     a.iter()
-        .map(|(t, ps)| (*t, ps.iter().filter(|p| b.get(t).is_some_and(|bs| bs.contains(p))).copied().collect::<BTreeSet<_>>()))
+        .map(|(t, ps)| (t.clone(), ps.iter().filter(|p| b.get(t).is_some_and(|bs| bs.contains(p))).copied().collect::<BTreeSet<_>>()))
         .filter(|(_, ps)| !ps.is_empty())
         .collect()
 }
 
-fn overlaps(a: &Assignment, b: &Assignment) -> bool {
+pub(super) fn overlaps<K: Ord + Clone>(a: &Sets<K>, b: &Sets<K>) -> bool {
     !intersect(a, b).is_empty()
+}
+
+/// The member epoch rules KIP-848 and KIP-1071 (streams) groups share.
+pub(super) mod epochs {
+    use tokio::time::Instant;
+
+    use crate::api::groups::GroupError;
+
+    /// An offset commit at `epoch` by a member now at `current`: its epoch, or (KIP-1251) an
+    /// older one when `owned_since` says it has owned what it commits since then.
+    pub fn check_commit(current: i32, epoch: i32, owned_since: impl FnOnce() -> bool) -> Result<(), GroupError> {
+        if epoch == current || (epoch < current && owned_since()) { Ok(()) } else { Err(GroupError::StaleMemberEpoch) }
+    }
+
+    /// An offset fetch at `epoch` by `member_id` (`current`: its epoch, None: not a member); no
+    /// member named with a negative epoch is an admin's fetch.
+    pub fn check_fetch(current: Option<i32>, member_id: &str, epoch: i32) -> Result<(), GroupError> {
+        if epoch < 0 && member_id.is_empty() {
+            return Ok(());
+        }
+        if epoch != current.ok_or(GroupError::UnknownMemberId)? { Err(GroupError::StaleMemberEpoch) } else { Ok(()) }
+    }
+
+    /// Whether a heartbeat at `epoch` is fenced: a member may only be at its current epoch, or
+    /// at its previous one (a response it did not get) owning nothing beyond its assignment.
+    pub fn fenced(epoch: i32, current: i32, previous: i32, owned_within_assignment: bool) -> bool {
+        epoch > current || (epoch < current && (epoch != previous || !owned_within_assignment))
+    }
+
+    /// Whether a member's session ended or its revocation took too long.
+    pub fn expired(now: Instant, session_deadline: Instant, revocation_deadline: Option<Instant>) -> bool {
+        session_deadline <= now || revocation_deadline.is_some_and(|d| d <= now)
+    }
 }
 
 impl ConsumerGroup {
@@ -150,7 +186,7 @@ impl ConsumerGroup {
         let gone: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.session_deadline <= now || m.revocation_deadline.is_some_and(|d| d <= now))
+            .filter(|m| epochs::expired(now, m.session_deadline, m.revocation_deadline))
             .map(|m| m.id.clone())
             .collect();
         for id in gone {
@@ -189,25 +225,12 @@ impl ConsumerGroup {
         if api_version < 9 {
             return Err(GroupError::UnsupportedVersion("members of consumer groups commit with OffsetCommit v9+".into()));
         }
-        if epoch == m.epoch {
-            return Ok(());
-        }
-        if epoch > m.epoch {
-            return Err(GroupError::StaleMemberEpoch);
-        }
         let owned_since = |tp: &(Uuid, i32)| m.partition_epochs.get(tp).is_some_and(|since| *since <= epoch);
-        match partitions {
-            Some(ps) if ps.iter().all(owned_since) => Ok(()),
-            _ => Err(GroupError::StaleMemberEpoch),
-        }
+        epochs::check_commit(m.epoch, epoch, || partitions.is_some_and(|ps| ps.iter().all(owned_since)))
     }
 
     pub fn validate_offset_fetch(&self, member_id: &str, epoch: i32) -> Result<(), GroupError> {
-        if epoch < 0 && member_id.is_empty() {
-            return Ok(());
-        }
-        let m = self.members.get(member_id).ok_or(GroupError::UnknownMemberId)?;
-        if epoch != m.epoch { Err(GroupError::StaleMemberEpoch) } else { Ok(()) }
+        epochs::check_fetch(self.members.get(member_id).map(|m| m.epoch), member_id, epoch)
     }
 
     pub fn heartbeat(
@@ -253,10 +276,8 @@ impl ConsumerGroup {
             id
         } else {
             let m = self.members.get(&req.member_id).ok_or(GroupError::UnknownMemberId)?;
-            if req.member_epoch > m.epoch
-                || (req.member_epoch < m.epoch
-                    && (req.member_epoch != m.previous_epoch || !req.owned.as_ref().is_none_or(|o| is_subset(o, &m.assigned))))
-            {
+            let owned_ok = req.owned.as_ref().is_none_or(|o| is_subset(o, &m.assigned));
+            if epochs::fenced(req.member_epoch, m.epoch, m.previous_epoch, owned_ok) {
                 return Err(GroupError::FencedMemberEpoch);
             }
             req.member_id.clone()

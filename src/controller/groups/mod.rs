@@ -7,6 +7,8 @@
 //! - [`share`]: KIP-932 share groups' membership; [`share_partition`]: which records of a
 //!   partition a share group delivered, to whom and how often; [`shares`]: the coordinator's
 //!   share calls, with that state durable in the store, and the GROUP config resource.
+//! - [`streams`]: KIP-1071 groups (StreamsGroupHeartbeat): Kafka Streams topologies, their
+//!   internal topics and server-side task assignment.
 //! - this file: the [`GroupCoordinator`] owning every group, its committed offsets (written to
 //!   the metadata store before they are visible), limits, and one timer task per group with
 //!   live members that applies session and rebalance deadlines.
@@ -26,6 +28,7 @@ pub mod consumer;
 pub mod share;
 pub mod share_partition;
 pub mod shares;
+pub mod streams;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -44,6 +47,7 @@ use crate::api::{PartitionOffsets, TopicMeta};
 use crate::clock::{Clock, Entropy};
 use classic::{ClassicGroup, ClassicState, Reply};
 use consumer::ConsumerGroup;
+use streams::StreamsGroup;
 
 /// Limits and timings of the coordinator: the `[groups]` section of proxy.toml.
 pub use crate::config::GroupsConfig as GroupSettings;
@@ -69,6 +73,36 @@ enum Kind {
     Classic(ClassicGroup),
     Consumer(ConsumerGroup),
     Share(share::ShareGroup),
+    Streams(StreamsGroup),
+}
+
+/// The protocol a joining member speaks: what a new (or empty) group becomes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Classic,
+    Consumer,
+    Share,
+    Streams,
+}
+
+impl Kind {
+    fn new(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Classic => Kind::Classic(ClassicGroup::new()),
+            Protocol::Consumer => Kind::Consumer(ConsumerGroup::new()),
+            Protocol::Share => Kind::Share(share::ShareGroup::new()),
+            Protocol::Streams => Kind::Streams(StreamsGroup::new()),
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Kind::Classic(_) => Protocol::Classic,
+            Kind::Consumer(_) => Protocol::Consumer,
+            Kind::Share(_) => Protocol::Share,
+            Kind::Streams(_) => Protocol::Streams,
+        }
+    }
 }
 
 struct Entry {
@@ -92,6 +126,7 @@ impl Entry {
             Kind::Classic(g) => !g.is_empty(),
             Kind::Consumer(g) => !g.is_empty(),
             Kind::Share(g) => !g.is_empty(),
+            Kind::Streams(g) => !g.is_empty(),
         }
     }
 
@@ -100,6 +135,7 @@ impl Entry {
             Kind::Classic(g) => g.next_deadline(),
             Kind::Consumer(g) => g.next_deadline(),
             Kind::Share(g) => g.next_deadline(),
+            Kind::Streams(g) => g.next_deadline(),
         }
     }
 
@@ -226,6 +262,7 @@ impl GroupCoordinator {
                     self.release_member(group_id, &member);
                 }
             }
+            Kind::Streams(g) => g.on_time(now, &*self.topics, &self.settings),
         }
         if e.is_dead() {
             groups.remove(group_id);
@@ -241,22 +278,22 @@ impl GroupCoordinator {
         &self,
         groups: &'a mut HashMap<String, Entry>,
         group_id: &str,
-        classic: bool,
+        protocol: Protocol,
     ) -> Result<&'a mut Entry, GroupError> {
         if !groups.contains_key(group_id) {
             if groups.len() >= self.settings.max_groups {
                 return Err(GroupError::TooManyGroups);
             }
-            let kind = if classic { Kind::Classic(ClassicGroup::new()) } else { Kind::Consumer(ConsumerGroup::new()) };
-            groups.insert(group_id.to_string(), Entry::new(kind));
+            groups.insert(group_id.to_string(), Entry::new(Kind::new(protocol)));
         }
         let e = groups.get_mut(group_id).ok_or_else(|| GroupError::Unavailable("group vanished".into()))?;
         e.empty_since_ms = None;
-        // An empty group changes protocol freely (its offsets stay).
-        match (&e.kind, classic) {
-            (Kind::Consumer(g), true) if g.is_empty() => e.kind = Kind::Classic(ClassicGroup::new()),
-            (Kind::Classic(g), false) if g.is_empty() => e.kind = Kind::Consumer(ConsumerGroup::new()),
-            _ => {}
+        // An empty group changes protocol freely (its offsets stay); but a share group keeps its
+        // type (its share-partitions are its offsets) until deleted, and only a group without
+        // offsets becomes one, as Kafka's group types never mix.
+        let share_involved = matches!(e.kind, Kind::Share(_)) || protocol == Protocol::Share;
+        if e.kind.protocol() != protocol && !e.has_members() && (!share_involved || (protocol == Protocol::Share && e.offsets.is_empty())) {
+            e.kind = Kind::new(protocol);
         }
         Ok(e)
     }
@@ -297,7 +334,7 @@ impl GroupCoordinator {
                 return fail(GroupError::UnknownMemberId);
             }
             let group_id = req.group_id.clone();
-            let e = match self.entry_for_join(&mut groups, &group_id, true) {
+            let e = match self.entry_for_join(&mut groups, &group_id, Protocol::Classic) {
                 Ok(e) => e,
                 Err(err) => return fail(err),
             };
@@ -394,6 +431,10 @@ impl GroupCoordinator {
                             .collect();
                         g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, req.api_version, Some(&partitions))?
                     }
+                    Kind::Streams(g) => {
+                        let partitions: Vec<(String, i32)> = req.offsets.iter().map(|o| (o.topic.clone(), o.partition)).collect();
+                        g.validate_offset_commit(&req.member_id, req.generation_id_or_member_epoch, Some(&partitions))?
+                    }
                 },
             }
         }
@@ -454,6 +495,7 @@ impl GroupCoordinator {
             Kind::Classic(g) => g.validate_offset_commit(Instant::now(), member_id, instance_id, generation),
             Kind::Consumer(g) => g.validate_offset_commit(member_id, generation, 9, None),
             Kind::Share(_) => Err(GroupError::GroupIdNotFound),
+            Kind::Streams(g) => g.validate_offset_commit(member_id, generation, None),
         }
     }
 
@@ -487,8 +529,10 @@ impl GroupCoordinator {
         let Some(e) = groups.get(group_id) else {
             return Ok(partitions.map(|ps| ps.iter().map(|p| (p.clone(), None)).collect()).unwrap_or_default());
         };
-        if let (Kind::Consumer(g), Some((member_id, epoch))) = (&e.kind, member) {
-            g.validate_offset_fetch(member_id, epoch)?;
+        match (&e.kind, member) {
+            (Kind::Consumer(g), Some((member_id, epoch))) => g.validate_offset_fetch(member_id, epoch)?,
+            (Kind::Streams(g), Some((member_id, epoch))) => g.validate_offset_fetch(member_id, epoch)?,
+            _ => {}
         }
         Ok(match partitions {
             None => e.offsets.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
@@ -511,6 +555,7 @@ impl GroupCoordinator {
                 Kind::Classic(_) => return Err(GroupError::NonEmptyGroup),
                 Kind::Consumer(g) => g.subscribed_topics(),
                 Kind::Share(_) => return Err(GroupError::GroupIdNotFound),
+                Kind::Streams(g) => g.subscribed_topics(),
             }
         };
         let results: Vec<Result<(), GroupError>> = partitions
@@ -632,6 +677,12 @@ impl GroupCoordinator {
                     state: g.state_name().to_string(),
                     group_type: "share".into(),
                 },
+                Kind::Streams(g) => GroupListing {
+                    group_id: id.clone(),
+                    protocol_type: "streams".into(),
+                    state: g.state_name().to_string(),
+                    group_type: "streams".into(),
+                },
             })
             .filter(|l| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(&l.state)))
             .filter(|l| types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case(&l.group_type)))
@@ -677,7 +728,7 @@ impl GroupCoordinator {
         if req.member_epoch != 0 && !groups.contains_key(&group_id) {
             return Err(GroupError::UnknownMemberId);
         }
-        let e = self.entry_for_join(&mut groups, &group_id, false)?;
+        let e = self.entry_for_join(&mut groups, &group_id, Protocol::Consumer)?;
         let Kind::Consumer(g) = &mut e.kind else { return Err(GroupError::GroupIdNotFound) };
         let r = g.heartbeat(Instant::now(), &self.settings, &*self.topics, &*self.entropy, req);
         self.wake(&group_id, e);
@@ -703,6 +754,40 @@ fn named_assignment(a: &crate::api::groups::Assignment, topics: &dyn TopicLookup
     a.iter()
         .map(|(t, ps)| (*t, topics.by_id(*t).map(|m| m.name.clone()).unwrap_or_default(), ps.iter().copied().collect()))
         .collect()
+}
+
+impl GroupCoordinator {
+    /// KIP-1071 StreamsGroupHeartbeat. A group of another protocol with members answers
+    /// GROUP_ID_NOT_FOUND, as Kafka's coordinator ("not a streams group").
+    pub fn streams_heartbeat(
+        &self,
+        req: crate::api::groups::streams::HeartbeatRequest,
+    ) -> Result<crate::api::groups::streams::HeartbeatResponse, GroupError> {
+        Self::check_group_id(&req.group_id)?;
+        let mut groups = self.groups();
+        self.closing()?;
+        let group_id = req.group_id.clone();
+        if req.member_epoch != 0 && !groups.contains_key(&group_id) {
+            return Err(GroupError::UnknownMemberId);
+        }
+        let e = self.entry_for_join(&mut groups, &group_id, Protocol::Streams)?;
+        let Kind::Streams(g) = &mut e.kind else { return Err(GroupError::GroupIdNotFound) };
+        let r = g.heartbeat(Instant::now(), &self.settings, &*self.topics, req);
+        self.wake(&group_id, e);
+        if e.is_dead() {
+            groups.remove(&group_id);
+        }
+        r
+    }
+
+    /// KIP-1071 StreamsGroupDescribe; `GroupIdNotFound` for unknown groups and other protocols'.
+    pub fn streams_describe(&self, group_id: &str) -> Result<crate::api::groups::streams::GroupDescription, GroupError> {
+        Self::check_group_id(group_id)?;
+        match self.groups().get(group_id) {
+            Some(Entry { kind: Kind::Streams(g), .. }) => Ok(g.describe()),
+            _ => Err(GroupError::GroupIdNotFound),
+        }
+    }
 }
 
 /// Topics named in a consumer protocol subscription (the JoinGroup metadata of protocol type

@@ -154,17 +154,7 @@ impl GroupCoordinator {
             if req.member_epoch != 0 && !groups.contains_key(&group_id) {
                 return Err(GroupError::UnknownMemberId);
             }
-            if !groups.contains_key(&group_id) {
-                if groups.len() >= self.settings.max_groups {
-                    return Err(GroupError::TooManyGroups);
-                }
-                groups.insert(group_id.clone(), Entry::new(Kind::Share(ShareGroup::new())));
-            }
-            let e = groups.get_mut(&group_id).ok_or_else(|| GroupError::Unavailable("group vanished".into()))?;
-            // An empty group of another type without offsets becomes a share group.
-            if !matches!(e.kind, Kind::Share(_)) && !e.has_members() && e.offsets.is_empty() {
-                e.kind = Kind::Share(ShareGroup::new());
-            }
+            let e = self.entry_for_join(&mut groups, &group_id, super::Protocol::Share)?;
             let Kind::Share(g) = &mut e.kind else {
                 return Err(GroupError::GroupIdNotFound);
             };

@@ -608,3 +608,213 @@ async fn share_state_is_durable_and_a_leaving_member_gives_its_records_back() {
     drop(c);
     assert!(coordinator(&db).list_groups(&[], &[]).is_empty(), "deleted with its state");
 }
+mod streams_groups {
+    use super::*;
+    use crate::api::groups::streams::{
+        HeartbeatRequest, HeartbeatResponse, STATUS_INCORRECTLY_PARTITIONED_TOPICS, STATUS_MISSING_INTERNAL_TOPICS,
+        STATUS_MISSING_SOURCE_TOPICS, Subtopology, Tasks, TopicInfo, Topology,
+    };
+
+    /// Word count's shape: subtopology 0 reads `t` and writes `app-rep`; 1 reads `app-rep`
+    /// and keeps a store with changelog `app-chg`.
+    fn topology() -> Topology {
+        let info = |n: &str| TopicInfo { name: n.into(), partitions: 0, replication_factor: 0, configs: vec![] };
+        Topology {
+            epoch: 0,
+            subtopologies: vec![
+                Subtopology {
+                    id: "0".into(),
+                    source_topics: vec!["t".into()],
+                    repartition_sink_topics: vec!["app-rep".into()],
+                    ..Default::default()
+                },
+                Subtopology {
+                    id: "1".into(),
+                    repartition_source_topics: vec![info("app-rep")],
+                    changelog_topics: vec![TopicInfo { configs: vec![("cleanup.policy".into(), "compact".into())], ..info("app-chg") }],
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    fn shb(member: &str, epoch: i32, active: Option<Tasks>) -> HeartbeatRequest {
+        HeartbeatRequest {
+            group_id: "app".into(),
+            member_id: member.into(),
+            member_epoch: epoch,
+            rebalance_timeout_ms: if epoch == 0 { 30_000 } else { -1 },
+            topology: (epoch == 0).then(topology),
+            process_id: (epoch == 0).then(|| format!("process-{member}")),
+            active,
+            api_version: 1,
+            ..Default::default()
+        }
+    }
+
+    fn count(t: &Option<Tasks>) -> usize {
+        t.as_ref().map_or(0, |t| t.values().map(|ps| ps.len()).sum())
+    }
+
+    fn codes(r: &HeartbeatResponse) -> Vec<i8> {
+        r.status.iter().map(|s| s.code).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn internal_topics_are_requested_then_tasks_move_only_after_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topics();
+        let c = coordinator_with(&dir.path().join("c.db"), t.clone());
+        let a = c.streams_heartbeat(shb("a", 0, Some(Tasks::new()))).unwrap();
+        assert_eq!(codes(&a), [STATUS_MISSING_INTERNAL_TOPICS]);
+        let created: Vec<(&str, i32)> = a.create_topics.iter().map(|c| (c.name.as_str(), c.partitions)).collect();
+        assert_eq!(created, [("app-rep", 4), ("app-chg", 4)]);
+        assert_eq!(a.create_topics[1].configs, [("cleanup.policy".to_string(), "compact".to_string())]);
+        assert_eq!(count(&a.active), 0);
+        assert_eq!(c.streams_describe("app").unwrap().state, "NotReady");
+        t.add("app-rep", 4);
+        t.add("app-chg", 4);
+        let a = c.streams_heartbeat(shb("a", a.member_epoch, None)).unwrap();
+        assert!(a.status.is_empty() && a.create_topics.is_empty(), "{a:?}");
+        assert_eq!((a.member_epoch, count(&a.active)), (2, 8));
+        let all = a.active.clone().unwrap();
+
+        // b joins: its target tasks are still a's, so it gets none yet.
+        let b = c.streams_heartbeat(shb("b", 0, Some(Tasks::new()))).unwrap();
+        assert_eq!((b.member_epoch, count(&b.active)), (3, 0));
+        assert_eq!(c.streams_describe("app").unwrap().state, "Reconciling");
+        // a revokes four tasks first, keeping its epoch.
+        let a = c.streams_heartbeat(shb("a", 2, Some(all.clone()))).unwrap();
+        assert_eq!((a.member_epoch, count(&a.active)), (2, 4));
+        let kept = a.active.clone().unwrap();
+        assert_eq!(count(&c.streams_heartbeat(shb("b", 3, None)).unwrap().active), 0, "b waits for a");
+        // a confirms: it moves on, and b gets the four tasks a released.
+        let a = c.streams_heartbeat(shb("a", 2, Some(kept.clone()))).unwrap();
+        assert_eq!(a.member_epoch, 3);
+        let b = c.streams_heartbeat(shb("b", 3, None)).unwrap();
+        assert_eq!(count(&b.active), 4);
+        let mine: std::collections::BTreeSet<(String, i32)> =
+            kept.iter().flat_map(|(s, ps)| ps.iter().map(move |p| (s.clone(), *p))).collect();
+        let theirs: std::collections::BTreeSet<(String, i32)> =
+            b.active.unwrap().iter().flat_map(|(s, ps)| ps.iter().map(move |p| (s.clone(), *p))).collect();
+        assert!(mine.is_disjoint(&theirs) && mine.len() + theirs.len() == 8);
+        let d = c.streams_describe("app").unwrap();
+        assert_eq!((d.state.as_str(), d.group_epoch, d.assignment_epoch, d.members.len()), ("Stable", 3, 3, 2));
+        // A task's partition is that of its subtopology's source topic.
+        let commit = |member: &str, epoch: i32, (s, partition): &(String, i32)| OffsetCommitRequest {
+            group_id: "app".into(),
+            generation_id_or_member_epoch: epoch,
+            member_id: member.into(),
+            group_instance_id: None,
+            api_version: 9,
+            offsets: vec![CommitOffset {
+                topic: if s == "0" { "t".into() } else { "app-rep".into() },
+                partition: *partition,
+                offset: 5,
+                leader_epoch: -1,
+                metadata: String::new(),
+            }],
+        };
+        let a_task = mine.iter().next().unwrap();
+        assert_eq!(c.commit_offsets(&commit("a", 3, a_task)).unwrap(), vec![Ok(())]);
+        assert_eq!(c.commit_offsets(&commit("a", 2, a_task)).unwrap(), vec![Ok(())], "owned since epoch 2");
+        let b_task = theirs.iter().next().unwrap();
+        assert_eq!(c.commit_offsets(&commit("a", 2, b_task)), Err(GroupError::StaleMemberEpoch));
+        assert_eq!(c.commit_offsets(&commit("a", 4, b_task)), Err(GroupError::StaleMemberEpoch));
+        assert_eq!(c.commit_offsets(&commit("zz", 3, b_task)), Err(GroupError::UnknownMemberId));
+        assert_eq!(c.commit_offsets(&commit("b", 2, b_task)), Err(GroupError::StaleMemberEpoch), "b owns it since epoch 3");
+        assert_eq!(c.fetch_offsets("app", None, Some(("b", 2))), Err(GroupError::StaleMemberEpoch));
+        assert!(c.fetch_offsets("app", None, Some(("b", 3))).is_ok());
+
+        // Fencing, and the other protocols see no group of theirs.
+        assert_eq!(c.streams_heartbeat(shb("a", 9, None)), Err(GroupError::FencedMemberEpoch));
+        assert_eq!(c.streams_heartbeat(shb("zz", 3, None)), Err(GroupError::UnknownMemberId));
+        let consumer = crate::api::groups::consumer::HeartbeatRequest {
+            group_id: "app".into(),
+            member_id: "x".into(),
+            rebalance_timeout_ms: 1_000,
+            subscribed_topic_names: Some(vec!["t".into()]),
+            api_version: 1,
+            ..Default::default()
+        };
+        assert_eq!(c.consumer_heartbeat(consumer), Err(GroupError::GroupIdNotFound));
+        assert_eq!(c.consumer_describe("app"), Err(GroupError::GroupIdNotFound));
+        assert_eq!(c.describe_group("app"), Err(GroupError::GroupIdNotFound));
+        let listed = c.list_groups(&[], &["streams".to_string()]);
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].group_id.as_str(), listed[0].group_type.as_str(), listed[0].state.as_str()), ("app", "streams", "Stable"));
+
+        // b stops heartbeating and its session ends; a (heartbeating) gets every task back.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let a = c.streams_heartbeat(shb("a", 3, Some(kept))).unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(c.streams_describe("app").unwrap().members.len(), 1, "b expired");
+        let a = c.streams_heartbeat(shb("a", a.member_epoch, None)).unwrap();
+        assert_eq!(count(&a.active), 8, "{a:?}");
+        assert_eq!(c.streams_describe("app").unwrap().members.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_and_badly_partitioned_topics_and_invalid_topologies() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topics();
+        let c = coordinator_with(&dir.path().join("c.db"), t.clone());
+        let mut req = shb("a", 0, None);
+        if let Some(top) = req.topology.as_mut() {
+            top.subtopologies[0].source_topics.push("nope".into());
+        }
+        let a = c.streams_heartbeat(req).unwrap();
+        assert_eq!(codes(&a), [STATUS_MISSING_SOURCE_TOPICS]);
+        assert!(a.status[0].detail.contains("nope") && a.create_topics.is_empty(), "{a:?}");
+        assert_eq!(count(&a.active), 0);
+
+        // The changelog exists with the wrong partition count.
+        let dir2 = tempfile::tempdir().unwrap();
+        let t2 = topics();
+        t2.add("app-rep", 4);
+        t2.add("app-chg", 3);
+        let c2 = coordinator_with(&dir2.path().join("c.db"), t2);
+        let a = c2.streams_heartbeat(shb("a", 0, None)).unwrap();
+        assert_eq!(codes(&a), [STATUS_INCORRECTLY_PARTITIONED_TOPICS]);
+        assert!(a.status[0].detail.contains("app-chg"), "{a:?}");
+
+        // Shape errors are refused, never a panic.
+        let mut req = shb("b", 0, None);
+        if let Some(top) = req.topology.as_mut() {
+            top.subtopologies[1]
+                .copartition_groups
+                .push(crate::api::groups::streams::CopartitionGroup { repartition_source_topics: vec![7], ..Default::default() });
+        }
+        assert!(matches!(c.streams_heartbeat(req), Err(GroupError::StreamsInvalidTopology(_))));
+        let mut req = shb("b", 0, None);
+        if let Some(top) = req.topology.as_mut() {
+            top.subtopologies[1].id = "0".into();
+        }
+        assert!(matches!(c.streams_heartbeat(req), Err(GroupError::StreamsInvalidTopology(_))));
+        let mut req = shb("b", 0, None);
+        req.topology = None;
+        assert!(matches!(c.streams_heartbeat(req), Err(GroupError::InvalidRequest(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn standby_tasks_go_to_other_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topics();
+        t.add("app-rep", 4);
+        t.add("app-chg", 4);
+        let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+        let settings = GroupSettings { streams_num_standby_replicas: 1, ..GroupSettings::default() };
+        let c = GroupCoordinator::open(store, t, Arc::new(ManualClock::new(1_000)), Arc::new(SeededEntropy::new(9)), settings).unwrap();
+        let a = c.streams_heartbeat(shb("a", 0, Some(Tasks::new()))).unwrap();
+        assert_eq!((count(&a.active), count(&a.standby)), (8, 0), "alone: no other process for standbys");
+        let b = c.streams_heartbeat(shb("b", 0, Some(Tasks::new()))).unwrap();
+        let a = c.streams_heartbeat(shb("a", a.member_epoch, a.active.clone())).unwrap();
+        let a = c.streams_heartbeat(shb("a", a.member_epoch, a.active.clone())).unwrap();
+        let b = c.streams_heartbeat(shb("b", b.member_epoch, None)).unwrap();
+        assert_eq!((count(&a.active), count(&b.active)), (4, 4));
+        // Each has the other's active tasks as standbys.
+        assert_eq!(a.standby, b.active);
+        assert_eq!(b.standby, a.active);
+    }
+}

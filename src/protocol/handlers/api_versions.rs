@@ -27,14 +27,14 @@ struct Feature {
 /// protocol and `transaction.version` 2 KIP-890 part 2 (EndTxn v5 bumps the epoch, Produce v12
 /// and TxnOffsetCommit v5 add partitions and groups themselves), both served and finalized, as
 /// in a new Kafka 4.x cluster; clients of transaction versions 0-1 keep working (the version is
-/// per transaction, `controller::txn`). `share.version` 1 is KIP-932 share groups, served and
-/// finalized as in a Kafka 4.2+ cluster; `streams.version` (KIP-1071 streams groups) is listed
-/// at level 0: not offered. KRaft's
+/// per transaction, `controller::txn`). `share.version` 1 is KIP-932 share groups and
+/// `streams.version` 1 the KIP-1071 streams group protocol (StreamsGroupHeartbeat,
+/// StreamsGroupDescribe), both served and finalized as in a new Kafka 4.4 cluster. KRaft's
 /// `metadata.version` and `kraft.version` describe a quorum Sidestream does not have: not listed.
 const FEATURES: [Feature; 4] = [
     Feature { name: "group.version", min_level: 0, max_level: 1, finalized_level: 1 },
     Feature { name: "share.version", min_level: 0, max_level: 1, finalized_level: 1 },
-    Feature { name: "streams.version", min_level: 0, max_level: 0, finalized_level: 0 },
+    Feature { name: "streams.version", min_level: 0, max_level: 1, finalized_level: 1 },
     Feature { name: "transaction.version", min_level: 0, max_level: 2, finalized_level: 2 },
 ];
 
@@ -96,10 +96,10 @@ mod tests {
     fn v4_lists_every_feature_and_v3_leaves_out_those_starting_at_level_0() {
         let (supported, finalized) = names(&handle(4));
         assert_eq!(supported, ["group.version", "share.version", "streams.version", "transaction.version"]);
-        assert_eq!(finalized, ["group.version=1", "share.version=1", "transaction.version=2"]);
+        assert_eq!(finalized, ["group.version=1", "share.version=1", "streams.version=1", "transaction.version=2"]);
         let (supported, finalized) = names(&handle(3));
         assert!(supported.is_empty(), "{supported:?}");
-        assert_eq!(finalized, ["group.version=1", "share.version=1", "transaction.version=2"]);
+        assert_eq!(finalized, ["group.version=1", "share.version=1", "streams.version=1", "transaction.version=2"]);
         assert_eq!(handle(4).finalized_features_epoch, FINALIZED_FEATURES_EPOCH);
     }
 

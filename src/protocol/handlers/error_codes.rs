@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
     MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, PushTelemetryResponse, SyncGroupResponse,
     TxnOffsetCommitResponse,
 };
+use kafka_protocol::messages::{StreamsGroupDescribeResponse, StreamsGroupHeartbeatResponse};
 
 /// A response whose error codes can be listed (0 included: the counter skips it).
 pub trait ErrorCodes {
@@ -38,6 +39,7 @@ top_level!(
     JoinGroupResponse,
     ListGroupsResponse,
     PushTelemetryResponse,
+    StreamsGroupHeartbeatResponse,
     SyncGroupResponse,
 );
 
@@ -58,6 +60,7 @@ per_item!(
     CreatePartitionsResponse.results,
     DescribeGroupsResponse.groups,
     ConsumerGroupDescribeResponse.groups,
+    StreamsGroupDescribeResponse.groups,
     DeleteGroupsResponse.results,
 );
 

@@ -22,6 +22,7 @@ mod producers;
 mod quotas;
 mod replicas;
 mod share_groups;
+mod streams_groups;
 mod telemetry;
 mod transactions;
 mod users;
@@ -36,7 +37,7 @@ use kafka_protocol::messages::{
     DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslHandshakeRequest, SyncGroupRequest, TxnOffsetCommitRequest,
+    SaslHandshakeRequest, StreamsGroupDescribeRequest, StreamsGroupHeartbeatRequest, SyncGroupRequest, TxnOffsetCommitRequest,
 };
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest, DescribeUserScramCredentialsRequest,
@@ -94,6 +95,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeShareGroupOffsets, 0, 0),
     (ApiKey::AlterShareGroupOffsets, 0, 0),
     (ApiKey::DeleteShareGroupOffsets, 0, 0),
+    // KIP-1071 streams groups (streams_groups.rs).
+    (ApiKey::StreamsGroupHeartbeat, 0, 1),
+    (ApiKey::StreamsGroupDescribe, 0, 1),
     (ApiKey::AddPartitionsToTxn, 0, 5),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
@@ -180,6 +184,8 @@ pub enum Request {
     DescribeShareGroupOffsets(kafka_protocol::messages::DescribeShareGroupOffsetsRequest),
     AlterShareGroupOffsets(kafka_protocol::messages::AlterShareGroupOffsetsRequest),
     DeleteShareGroupOffsets(kafka_protocol::messages::DeleteShareGroupOffsetsRequest),
+    StreamsGroupHeartbeat(StreamsGroupHeartbeatRequest),
+    StreamsGroupDescribe(StreamsGroupDescribeRequest),
     AddPartitionsToTxn(AddPartitionsToTxnRequest),
     AddOffsetsToTxn(AddOffsetsToTxnRequest),
     EndTxn(EndTxnRequest),
@@ -284,6 +290,8 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::DescribeShareGroupOffsets => decode!(DescribeShareGroupOffsets, kafka_protocol::messages::DescribeShareGroupOffsetsRequest),
         ApiKey::AlterShareGroupOffsets => decode!(AlterShareGroupOffsets, kafka_protocol::messages::AlterShareGroupOffsetsRequest),
         ApiKey::DeleteShareGroupOffsets => decode!(DeleteShareGroupOffsets, kafka_protocol::messages::DeleteShareGroupOffsetsRequest),
+        ApiKey::StreamsGroupHeartbeat => decode!(StreamsGroupHeartbeat, StreamsGroupHeartbeatRequest),
+        ApiKey::StreamsGroupDescribe => decode!(StreamsGroupDescribe, StreamsGroupDescribeRequest),
         ApiKey::AddPartitionsToTxn => decode!(AddPartitionsToTxn, AddPartitionsToTxnRequest),
         ApiKey::AddOffsetsToTxn => decode!(AddOffsetsToTxn, AddOffsetsToTxnRequest),
         ApiKey::EndTxn => decode!(EndTxn, EndTxnRequest),
@@ -389,6 +397,8 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::DescribeShareGroupOffsets(r) => ctx.respond(&share_groups::describe_offsets(&agent, &access, r).await),
         Request::AlterShareGroupOffsets(r) => ctx.respond(&share_groups::alter_offsets(&agent, &access, r).await),
         Request::DeleteShareGroupOffsets(r) => ctx.respond(&share_groups::delete_offsets(&agent, &access, r).await),
+        Request::StreamsGroupHeartbeat(r) => ctx.counted(&streams_groups::heartbeat(&agent, &access, version, r, &client).await),
+        Request::StreamsGroupDescribe(r) => ctx.counted(&streams_groups::describe(&agent, &access, version, r).await),
         Request::AddPartitionsToTxn(r) => ctx.counted(&transactions::add_partitions_to_txn(&agent, &access, version, r).await),
         Request::AddOffsetsToTxn(r) => ctx.counted(&transactions::add_offsets_to_txn(&agent, &access, version, r).await),
         Request::EndTxn(r) => ctx.counted(&transactions::end_txn(&agent, &access, version, r).await),

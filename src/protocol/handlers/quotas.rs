@@ -46,6 +46,7 @@ use kafka_protocol::messages::{
     ShareFetchResponse, ShareGroupDescribeResponse, ShareGroupHeartbeatResponse,
 };
 use kafka_protocol::messages::{GetTelemetrySubscriptionsResponse, PushTelemetryResponse};
+use kafka_protocol::messages::{StreamsGroupDescribeResponse, StreamsGroupHeartbeatResponse};
 use kafka_protocol::messages::{alter_client_quotas_response, describe_client_quotas_response};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -236,6 +237,8 @@ throttle_time_ms!(
     ApiVersionsResponse,
     ConsumerGroupDescribeResponse,
     ConsumerGroupHeartbeatResponse,
+    StreamsGroupDescribeResponse,
+    StreamsGroupHeartbeatResponse,
     CreateAclsResponse,
     CreatePartitionsResponse,
     CreateTopicsResponse,
