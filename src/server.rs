@@ -360,6 +360,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let authorizer = crate::agent::acl::Authorizer::new(&acl_settings, move || acl_source.acls());
     let client_telemetry = crate::agent::client_telemetry::ClientTelemetry::new(&config.client_telemetry, clock.clone(), entropy.clone());
     client_telemetry.register_metrics();
+    crate::agent::client_telemetry::spawn_refresh(client_telemetry.clone(), controller.clone(), shutdown.clone());
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,

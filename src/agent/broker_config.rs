@@ -50,6 +50,8 @@ pub enum Source {
     StaticBroker = 4,
     Default = 5,
     DynamicBrokerLogger = 6,
+    /// CLIENT_METRICS_CONFIG (a client metrics subscription's own).
+    ClientMetrics = 7,
 }
 
 /// One config as DescribeConfigs shows it.
