@@ -279,6 +279,11 @@ pub struct UploadConfig {
     pub puts_per_s: u32,
     /// ...and how many may be spent at once after a quiet spell.
     pub puts_burst: u32,
+    /// The transactions' own PUT budget, besides `puts_per_s`: early flushes of objects a
+    /// transactional producer waits for, and transaction marker objects (0: none)...
+    pub txn_puts_per_s: u32,
+    /// ...and its burst.
+    pub txn_puts_burst: u32,
 }
 
 impl Default for UploadConfig {
@@ -291,6 +296,8 @@ impl Default for UploadConfig {
             quiet_flush_ms: 2,
             puts_per_s: 4,
             puts_burst: 4,
+            txn_puts_per_s: 20,
+            txn_puts_burst: 20,
         }
     }
 }
@@ -908,6 +915,8 @@ impl Config {
         range("upload.quiet_flush_ms", self.upload.quiet_flush_ms, 0, self.upload.flush_interval_ms)?;
         range("upload.puts_per_s", self.upload.puts_per_s.into(), 0, 10_000)?;
         range("upload.puts_burst", self.upload.puts_burst.into(), 0, 10_000)?;
+        range("upload.txn_puts_per_s", self.upload.txn_puts_per_s.into(), 0, 10_000)?;
+        range("upload.txn_puts_burst", self.upload.txn_puts_burst.into(), 0, 10_000)?;
         range("wal.segment_bytes", self.wal.segment_bytes, 64 * 1024, 16 << 30)?;
         range("wal.bytes_max", self.wal.bytes_max, self.wal.segment_bytes, 1 << 50)?;
         range("controller.producer_id_expiration_ms", self.controller.producer_id_expiration_ms, 1000, 1 << 40)?;

@@ -317,6 +317,8 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
             quiet_flush: Duration::from_millis(config.upload.quiet_flush_ms),
             puts_per_s: config.upload.puts_per_s,
             puts_burst: config.upload.puts_burst,
+            txn_puts_per_s: config.upload.txn_puts_per_s,
+            txn_puts_burst: config.upload.txn_puts_burst,
             agent: agent_name,
             key_prefix,
             wal_log_id: Some(recovery.log_id.clone()),
@@ -360,6 +362,7 @@ pub async fn start_with(config: &Config, overrides: Overrides) -> Result<Running
     let authorizer = crate::agent::acl::Authorizer::new(&acl_settings, move || acl_source.acls());
     let client_telemetry = crate::agent::client_telemetry::ClientTelemetry::new(&config.client_telemetry, clock.clone(), entropy.clone());
     client_telemetry.register_metrics();
+    crate::agent::client_telemetry::spawn_refresh(client_telemetry.clone(), controller.clone(), shutdown.clone());
     let agent = Arc::new(Agent {
         settings: AgentSettings {
             node_id: config.agent.node_id,

@@ -52,6 +52,8 @@ pub enum Source {
     DynamicBrokerLogger = 6,
     /// DYNAMIC_GROUP_CONFIG (a group's own, KIP-848/KIP-932).
     DynamicGroup = 8,
+    /// CLIENT_METRICS_CONFIG (a client metrics subscription's own).
+    ClientMetrics = 7,
 }
 
 /// One config as DescribeConfigs shows it.

@@ -3,6 +3,15 @@
 //! `GET /metrics` as `kafka_client_<metric name, dots as underscores>{client_id,
 //! client_instance_id, <the data point's attributes>}`.
 //!
+//! What a client is asked for is the union of the subscriptions it matches, as Kafka's
+//! `ClientMetricsManager` computes it when the instance is made: the config file's
+//! (`[client_telemetry] metrics`, every client, when not empty) and the CLIENT_METRICS
+//! resources set at run time ([`crate::api::client_metrics`], matched on client id, instance
+//! id, software name and version, source address and port); the metric prefixes of all, `*`
+//! alone if any has it, and the shortest interval. None matching: no metrics, every
+//! [`NO_SUBSCRIPTION_PUSH_INTERVAL_MS`]. With `enabled = false` every client gets that empty
+//! subscription (the resources are still stored and shown, not applied).
+//!
 //! Semantics are Kafka's `ClientMetricsManager`: a client sending the zero UUID gets a new
 //! instance id; the subscription id is a CRC32C of the requested metrics and the push interval,
 //! XORed with the instance id's hash, so it changes when the subscription does (and a push
@@ -29,6 +38,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use uuid::Uuid;
 
+use crate::api::client_metrics::{ALL_METRICS, ClientMeta, INTERVAL_MS_DEFAULT, ParsedSubscription};
 use crate::clock::{Clock, Entropy};
 use crate::config::ClientTelemetryConfig;
 use crate::format::otlp_metrics::{self, ATTRIBUTES_PER_POINT_MAX, Kind};
@@ -45,10 +55,14 @@ pub const LABEL_VALUE_BYTES_MAX: usize = 128;
 /// Metric names longer than this (before the prefix) are dropped.
 pub const METRIC_NAME_BYTES_MAX: usize = 200;
 /// Kafka's push interval when no subscription matches (`interval.ms`'s default).
-pub const NO_SUBSCRIPTION_PUSH_INTERVAL_MS: u64 = 300_000;
+pub const NO_SUBSCRIPTION_PUSH_INTERVAL_MS: u64 = INTERVAL_MS_DEFAULT;
 /// The codecs pushes may use, in the agent's order of preference (Kafka's list): zstd, lz4,
 /// gzip, snappy (Kafka's ids). Uncompressed (0) is always taken.
 pub const ACCEPTED_COMPRESSION_TYPES: [i8; 4] = [4, 3, 1, 2];
+/// How often an agent loads the CLIENT_METRICS subscriptions from the controller (while
+/// `enabled`): a change made through another agent reaches this one's clients within this
+/// (plus their push interval: they learn of it at their next push).
+pub const RUNTIME_REFRESH_INTERVAL_MS: u64 = 5_000;
 /// Prefix of every exported client series.
 pub const SERIES_PREFIX: &str = "kafka_client_";
 /// A push this much (or a tenth of the interval, if less) before the interval has passed is
@@ -80,7 +94,7 @@ pub enum ClientTelemetryError {
 }
 
 /// What clients are asked to push.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscription {
     /// Metric name prefixes (`*`: all; empty: none).
     pub metrics: Vec<String>,
@@ -120,6 +134,10 @@ type SeriesKey = (String, Vec<(String, String)>);
 
 struct Instance {
     client_id: String,
+    /// What the subscriptions are matched on (the client id as first seen).
+    meta: ClientMeta,
+    /// The union of the subscriptions matched when the instance was (re)evaluated.
+    subscription: Subscription,
     subscription_id: i32,
     subscription_version: u64,
     last_get_ms: Option<i64>,
@@ -131,8 +149,13 @@ struct Instance {
 }
 
 struct State {
-    subscription: Subscription,
-    /// Bumped when the subscription changes: instances made before re-evaluate theirs.
+    /// The config file's subscription (every client), if it asks for any metric.
+    file: Option<Subscription>,
+    /// The CLIENT_METRICS resources, as last loaded from the controller.
+    runtime: Vec<ParsedSubscription>,
+    /// `[client_telemetry] enabled`: when false no subscription applies.
+    enabled: bool,
+    /// Bumped when the subscriptions change: instances made before re-evaluate theirs.
     version: u64,
     instances: HashMap<Uuid, Instance>,
     /// When expired instances were last looked for.
@@ -206,11 +229,8 @@ const INSTANCE_LABELS: [&str; 2] = ["client_id", "client_instance_id"];
 
 impl ClientTelemetry {
     pub fn new(config: &ClientTelemetryConfig, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Arc<Self> {
-        let subscription = if config.enabled {
-            Subscription { metrics: config.metrics.clone(), push_interval_ms: config.push_interval_ms }
-        } else {
-            Subscription { metrics: Vec::new(), push_interval_ms: NO_SUBSCRIPTION_PUSH_INTERVAL_MS }
-        };
+        let file = (!config.metrics.is_empty())
+            .then(|| Subscription { metrics: config.metrics.clone(), push_interval_ms: config.push_interval_ms });
         Arc::new(Self {
             max_bytes: config.max_bytes as usize,
             max_decompressed_bytes: config.max_decompressed_bytes as usize,
@@ -218,7 +238,14 @@ impl ClientTelemetry {
             max_series_per_client: config.max_series_per_client as usize,
             clock,
             entropy,
-            state: Mutex::new(State { subscription, version: 0, instances: HashMap::new(), last_sweep_ms: i64::MIN }),
+            state: Mutex::new(State {
+                file,
+                runtime: Vec::new(),
+                enabled: config.enabled,
+                version: 0,
+                instances: HashMap::new(),
+                last_sweep_ms: i64::MIN,
+            }),
         })
     }
 
@@ -250,14 +277,49 @@ impl ClientTelemetry {
     /// with the old one is refused, and it fetches the new one at once).
     pub fn set_subscription(&self, subscription: Subscription) {
         let mut state = self.lock();
-        if state.subscription != subscription {
-            state.subscription = subscription;
+        let file = (!subscription.metrics.is_empty()).then_some(subscription);
+        if state.file != file {
+            state.file = file;
             state.version += 1;
         }
     }
 
-    fn expiry_ms(state: &State) -> i64 {
-        INSTANCE_EXPIRY_MIN_MS.max(3 * state.subscription.push_interval_ms as i64)
+    /// Replaces the CLIENT_METRICS subscriptions (as loaded from the controller); instances
+    /// re-evaluate theirs only when the set changed. Whether it changed is answered.
+    pub fn set_runtime_subscriptions(&self, subscriptions: Vec<ParsedSubscription>) -> bool {
+        let key = |v: &[ParsedSubscription]| -> Vec<String> { v.iter().map(|s| format!("{s:?}")).collect() };
+        let mut state = self.lock();
+        if key(&state.runtime) == key(&subscriptions) {
+            return false;
+        }
+        state.runtime = subscriptions;
+        state.version += 1;
+        true
+    }
+
+    /// Whether subscriptions apply at all (`[client_telemetry] enabled`).
+    pub fn enabled(&self) -> bool {
+        self.lock().enabled
+    }
+
+    /// The union of the subscriptions `client` matches (Kafka's `createClientInstance`).
+    fn subscription_for(state: &State, client: &ClientMeta) -> Subscription {
+        let mut metrics: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut interval = NO_SUBSCRIPTION_PUSH_INTERVAL_MS;
+        if state.enabled {
+            let file = state.file.iter().map(|f| (&f.metrics, f.push_interval_ms));
+            let runtime = state.runtime.iter().filter(|s| s.matches(client)).map(|s| (&s.metrics, s.interval_ms));
+            for (m, i) in file.chain(runtime) {
+                metrics.extend(m.iter().cloned());
+                interval = interval.min(i);
+            }
+        }
+        let metrics = if metrics.contains(ALL_METRICS) { vec![ALL_METRICS.to_string()] } else { metrics.into_iter().collect() };
+        Subscription { metrics, push_interval_ms: interval }
+    }
+
+    fn expiry_ms(inst: &Instance) -> i64 {
+        INSTANCE_EXPIRY_MIN_MS.max(3 * inst.subscription.push_interval_ms as i64)
     }
 
     /// Forgets instances silent for longer than their expiry (looked for at most every
@@ -267,16 +329,15 @@ impl ClientTelemetry {
             return;
         }
         state.last_sweep_ms = now;
-        let expiry = Self::expiry_ms(state);
         let before = state.instances.len();
-        state.instances.retain(|_, i| now - i.last_seen_ms < expiry);
+        state.instances.retain(|_, i| now - i.last_seen_ms < Self::expiry_ms(i));
         for _ in state.instances.len()..before {
             evicted("expired");
         }
     }
 
     /// The instance `id` (made, or its subscription re-evaluated, as needed), seen now.
-    fn instance<'s>(&self, state: &'s mut State, id: Uuid, client_id: &str, now: i64) -> &'s mut Instance {
+    fn instance<'s>(&self, state: &'s mut State, id: Uuid, client: &ClientMeta, now: i64) -> &'s mut Instance {
         Self::expire(state, now, false);
         if !state.instances.contains_key(&id) && state.instances.len() >= self.max_clients {
             let oldest = state.instances.iter().min_by_key(|(_, i)| i.last_seen_ms).map(|(k, _)| *k);
@@ -286,9 +347,19 @@ impl ClientTelemetry {
             }
         }
         assert!(state.instances.len() < self.max_clients || state.instances.contains_key(&id), "more client instances than max_clients");
-        let (version, sub_id) = (state.version, subscription_id(&state.subscription, id));
+        let version = state.version;
+        let stale = state.instances.get(&id).is_none_or(|i| i.subscription_version < version);
+        // Kafka matches on what the instance was made with; the instance id is always its own.
+        let meta = match state.instances.get(&id) {
+            Some(i) => i.meta.clone(),
+            None => ClientMeta { client_instance_id: kafka_uuid(id), ..client.clone() },
+        };
+        let subscription = if stale { Self::subscription_for(state, &meta) } else { Subscription::default() };
+        let sub_id = subscription_id(&subscription, id);
         let inst = state.instances.entry(id).or_insert_with(|| Instance {
-            client_id: client_id.to_string(),
+            client_id: cut(&client.client_id).to_string(),
+            meta,
+            subscription: subscription.clone(),
             subscription_id: sub_id,
             subscription_version: version,
             last_get_ms: None,
@@ -300,21 +371,22 @@ impl ClientTelemetry {
         });
         if inst.subscription_version < version {
             // Kafka makes a new instance: fresh request times, the new subscription id.
+            inst.subscription = subscription;
             inst.subscription_id = sub_id;
             inst.subscription_version = version;
             inst.last_get_ms = None;
             inst.last_push_ms = None;
         }
         inst.last_seen_ms = now;
-        if !client_id.is_empty() {
-            inst.client_id = cut(client_id).to_string();
+        if !client.client_id.is_empty() {
+            inst.client_id = cut(&client.client_id).to_string();
         }
         inst
     }
 
-    /// GetTelemetrySubscriptions from the client of `client_id` holding instance id `id`
-    /// (nil: a new one is assigned).
-    pub fn subscribe(&self, id: Uuid, client_id: &str) -> Result<Granted, ClientTelemetryError> {
+    /// GetTelemetrySubscriptions from `client` holding instance id `id` (nil: a new one is
+    /// assigned). `client.client_instance_id` is ignored (it is `id`'s).
+    pub fn subscribe(&self, id: Uuid, client: &ClientMeta) -> Result<Granted, ClientTelemetryError> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let id = if id.is_nil() {
@@ -327,9 +399,9 @@ impl ClientTelemetry {
         } else {
             id
         };
-        let interval = state.subscription.push_interval_ms as i64;
-        let metrics = state.subscription.metrics.clone();
-        let inst = self.instance(&mut state, id, client_id, now);
+        let inst = self.instance(&mut state, id, client, now);
+        let interval = inst.subscription.push_interval_ms as i64;
+        let metrics = inst.subscription.metrics.clone();
         let last = inst.last_get_ms.max(inst.last_push_ms);
         let due = last.is_none_or(|l| now - l >= interval);
         let retrying =
@@ -357,13 +429,13 @@ impl ClientTelemetry {
     pub fn push(
         &self,
         id: Uuid,
-        client_id: &str,
+        client: &ClientMeta,
         subscription_id: i32,
         terminating: bool,
         compression: i8,
         payload: &[u8],
     ) -> Result<(), ClientTelemetryError> {
-        let outcome = self.push_checked(id, client_id, subscription_id, terminating, compression, payload);
+        let outcome = self.push_checked(id, client, subscription_id, terminating, compression, payload);
         let label = match outcome {
             Ok(()) => "pushed",
             Err(ClientTelemetryError::Throttled) => "throttled",
@@ -380,7 +452,7 @@ impl ClientTelemetry {
     fn push_checked(
         &self,
         id: Uuid,
-        client_id: &str,
+        client: &ClientMeta,
         subscription_id: i32,
         terminating: bool,
         compression: i8,
@@ -392,9 +464,9 @@ impl ClientTelemetry {
         let now = self.clock.now_ms();
         let subscription = {
             let mut state = self.lock();
-            let interval = state.subscription.push_interval_ms as i64;
-            let subscription = state.subscription.clone();
-            let inst = self.instance(&mut state, id, client_id, now);
+            let inst = self.instance(&mut state, id, client, now);
+            let interval = inst.subscription.push_interval_ms as i64;
+            let subscription = inst.subscription.clone();
             let checked = Self::check_push(inst, now, interval, subscription_id, terminating, compression, payload.len(), self.max_bytes);
             inst.terminating |= terminating;
             if let Err(e) = checked {
@@ -553,7 +625,68 @@ impl ClientTelemetry {
     }
 }
 
+/// Loads the CLIENT_METRICS subscriptions from the controller into `agent`'s client telemetry
+/// (while enabled). A subscription this release cannot parse is skipped, with a warning; a
+/// failed load keeps the previous set (the next refresh retries).
+pub async fn refresh_runtime_subscriptions(agent: &crate::agent::Agent) {
+    refresh(&agent.client_telemetry, agent.controller.as_ref()).await;
+}
+
+async fn refresh(telemetry: &ClientTelemetry, controller: &dyn crate::agent::client::ControllerClient) {
+    if !telemetry.enabled() {
+        return;
+    }
+    let all = match controller.all_client_metrics().await {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the client metrics subscriptions from the controller failed");
+            return;
+        }
+    };
+    let parsed = all
+        .iter()
+        .filter_map(|r| match crate::api::client_metrics::parse(r) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(subscription = %r.name, error = %e, "a stored client metrics subscription is skipped");
+                None
+            }
+        })
+        .collect();
+    if telemetry.set_runtime_subscriptions(parsed) {
+        tracing::info!(subscriptions = all.len(), "client metrics subscriptions loaded");
+    }
+}
+
+/// Keeps an agent's CLIENT_METRICS subscriptions fresh: loads them every
+/// [`RUNTIME_REFRESH_INTERVAL_MS`] while telemetry is enabled, until `shutdown`.
+pub fn spawn_refresh(
+    telemetry: Arc<ClientTelemetry>,
+    controller: Arc<dyn crate::agent::client::ControllerClient>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !telemetry.enabled() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(RUNTIME_REFRESH_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => refresh(&telemetry, controller.as_ref()).await,
+            }
+        }
+    }))
+}
+
 const REQUESTS_HELP: &str = "GetTelemetrySubscriptions and PushTelemetry requests, by outcome.";
+
+/// Kafka's `Uuid.toString`: the 16 bytes in URL-safe base64 without padding.
+pub fn kafka_uuid(id: Uuid) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
 
 /// Kafka's reserved UUIDs (`Uuid.RESERVED`): zero, one (the metadata topic's id).
 fn is_reserved(id: Uuid) -> bool {
@@ -575,6 +708,10 @@ mod tests {
     use super::*;
     use crate::clock::{ManualClock, SeededEntropy};
     use crate::format::otlp_metrics::encode::{counter, gauge, metrics_data, number_point};
+
+    fn m(client_id: &str) -> ClientMeta {
+        ClientMeta { client_id: client_id.into(), ..Default::default() }
+    }
 
     fn config(interval: u64) -> ClientTelemetryConfig {
         ClientTelemetryConfig { enabled: true, push_interval_ms: interval, ..Default::default() }
@@ -605,10 +742,10 @@ mod tests {
     #[test]
     fn a_zero_id_gets_a_new_instance_and_pushes_show_up_labelled() {
         let (t, clock) = setup(config(1000));
-        let g = t.subscribe(Uuid::nil(), "p1").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("p1")).unwrap();
         assert!(!g.client_instance_id.is_nil());
         assert_eq!((g.push_interval_ms, g.metrics.clone()), (1000, vec!["*".to_string()]));
-        t.push(g.client_instance_id, "p1", g.subscription_id, false, 0, &payload(1.5)).unwrap();
+        t.push(g.client_instance_id, &m("p1"), g.subscription_id, false, 0, &payload(1.5)).unwrap();
         let text = rendered(&t);
         let id = g.client_instance_id.as_hyphenated().to_string();
         assert!(text.contains("# TYPE kafka_client_org_apache_kafka_producer_record_queue_time_avg gauge\n"), "{text}");
@@ -621,35 +758,35 @@ mod tests {
         assert!(text.contains("# TYPE kafka_client_org_apache_kafka_producer_record_send_total counter\n"), "{text}");
         // A second push after the interval replaces the values.
         clock.advance_ms(1000);
-        t.push(g.client_instance_id, "p1", g.subscription_id, false, 0, &payload(4.0)).unwrap();
+        t.push(g.client_instance_id, &m("p1"), g.subscription_id, false, 0, &payload(4.0)).unwrap();
         assert!(rendered(&t).contains(&format!("record_send_total{{client_id=\"p1\",client_instance_id=\"{id}\"}} 8\n")));
     }
 
     #[test]
     fn pushes_faster_than_the_interval_are_throttled_but_the_first_after_a_get_is_taken() {
         let (t, clock) = setup(config(10_000));
-        let g = t.subscribe(Uuid::nil(), "p").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("p")).unwrap();
         let id = g.client_instance_id;
         // A second get at once: throttled.
-        assert_eq!(t.subscribe(id, "p"), Err(ClientTelemetryError::Throttled));
+        assert_eq!(t.subscribe(id, &m("p")), Err(ClientTelemetryError::Throttled));
         clock.advance_ms(10);
-        t.push(id, "p", g.subscription_id, false, 0, &payload(1.0)).unwrap();
+        t.push(id, &m("p"), g.subscription_id, false, 0, &payload(1.0)).unwrap();
         clock.advance_ms(5_000);
-        assert_eq!(t.push(id, "p", g.subscription_id, false, 0, &payload(1.0)), Err(ClientTelemetryError::Throttled));
+        assert_eq!(t.push(id, &m("p"), g.subscription_id, false, 0, &payload(1.0)), Err(ClientTelemetryError::Throttled));
         // Within the early tolerance (1 s of 10 s): taken.
         clock.advance_ms(4_100);
-        t.push(id, "p", g.subscription_id, false, 0, &payload(1.0)).unwrap();
+        t.push(id, &m("p"), g.subscription_id, false, 0, &payload(1.0)).unwrap();
         // A terminating push is taken whatever the time; nothing after it is.
         clock.advance_ms(1);
-        t.push(id, "p", g.subscription_id, true, 0, &payload(1.0)).unwrap();
+        t.push(id, &m("p"), g.subscription_id, true, 0, &payload(1.0)).unwrap();
         clock.advance_ms(20_000);
-        assert_eq!(t.push(id, "p", g.subscription_id, false, 0, &payload(1.0)), Err(ClientTelemetryError::InvalidRequest));
+        assert_eq!(t.push(id, &m("p"), g.subscription_id, false, 0, &payload(1.0)), Err(ClientTelemetryError::InvalidRequest));
     }
 
     #[test]
     fn the_subscription_id_changes_with_the_subscription() {
         let (t, clock) = setup(config(1000));
-        let g = t.subscribe(Uuid::nil(), "p").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("p")).unwrap();
         let id = g.client_instance_id;
         let s = |metrics: &[&str], interval| Subscription {
             metrics: metrics.iter().map(|m| m.to_string()).collect(),
@@ -662,23 +799,23 @@ mod tests {
         assert_eq!(subscription_id(&s(&["a", "b"], 5), id), subscription_id(&s(&["b", "a"], 5), id), "order does not matter");
         t.set_subscription(s(&["org.apache.kafka.producer."], 1000));
         clock.advance_ms(1);
-        assert_eq!(t.push(id, "p", g.subscription_id, false, 0, &payload(1.0)), Err(ClientTelemetryError::UnknownSubscription));
+        assert_eq!(t.push(id, &m("p"), g.subscription_id, false, 0, &payload(1.0)), Err(ClientTelemetryError::UnknownSubscription));
         // The client fetches the new one at once (not throttled after that error) and pushes.
         clock.advance_ms(1);
-        let g2 = t.subscribe(id, "p").unwrap();
+        let g2 = t.subscribe(id, &m("p")).unwrap();
         assert_ne!(g2.subscription_id, g.subscription_id);
         assert_eq!(g2.metrics, ["org.apache.kafka.producer."]);
-        t.push(id, "p", g2.subscription_id, false, 0, &payload(1.0)).unwrap();
+        t.push(id, &m("p"), g2.subscription_id, false, 0, &payload(1.0)).unwrap();
     }
 
     #[test]
     fn payload_errors_get_kafkas_codes() {
         let (t, clock) = setup(ClientTelemetryConfig { max_bytes: 2048, max_decompressed_bytes: 4096, ..config(100) });
-        let g = t.subscribe(Uuid::nil(), "p").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("p")).unwrap();
         let (id, sub) = (g.client_instance_id, g.subscription_id);
         let push = |compression: i8, body: &[u8]| {
             clock.advance_ms(100);
-            t.push(id, "p", sub, false, compression, body)
+            t.push(id, &m("p"), sub, false, compression, body)
         };
         assert_eq!(push(0, &[0x0b, 1, 2]), Err(ClientTelemetryError::InvalidRecord));
         assert_eq!(push(4, b"not zstd"), Err(ClientTelemetryError::InvalidRecord));
@@ -694,30 +831,30 @@ mod tests {
         assert_eq!(push(1, &gz.finish().unwrap()), Ok(()));
         assert_eq!(push(4, &zstd::bulk::compress(&payload(3.0), 3).unwrap()), Ok(()));
         assert_eq!(push(0, &[]), Ok(()), "an empty push is taken");
-        assert_eq!(t.push(Uuid::nil(), "p", sub, false, 0, &[]), Err(ClientTelemetryError::InvalidRequest));
+        assert_eq!(t.push(Uuid::nil(), &m("p"), sub, false, 0, &[]), Err(ClientTelemetryError::InvalidRequest));
     }
 
     #[test]
     fn series_and_clients_are_bounded() {
         let (t, clock) = setup(ClientTelemetryConfig { max_clients: 2, max_series_per_client: 3, ..config(100) });
         let many: Vec<Vec<u8>> = (0..10).map(|i| gauge(&format!("m{i}"), &[number_point(i as f64, &[])])).collect();
-        let g = t.subscribe(Uuid::nil(), "a").unwrap();
-        t.push(g.client_instance_id, "a", g.subscription_id, false, 0, &metrics_data(&[], &many)).unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("a")).unwrap();
+        t.push(g.client_instance_id, &m("a"), g.subscription_id, false, 0, &metrics_data(&[], &many)).unwrap();
         let text = rendered(&t);
         assert_eq!(text.matches("client_id=\"a\"").count(), 3, "{text}");
         // A third client evicts the longest silent.
         clock.advance_ms(10);
-        let b = t.subscribe(Uuid::nil(), "b").unwrap();
-        t.push(b.client_instance_id, "b", b.subscription_id, false, 0, &payload(1.0)).unwrap();
+        let b = t.subscribe(Uuid::nil(), &m("b")).unwrap();
+        t.push(b.client_instance_id, &m("b"), b.subscription_id, false, 0, &payload(1.0)).unwrap();
         clock.advance_ms(10);
-        let c = t.subscribe(Uuid::nil(), "c").unwrap();
-        t.push(c.client_instance_id, "c", c.subscription_id, false, 0, &payload(1.0)).unwrap();
+        let c = t.subscribe(Uuid::nil(), &m("c")).unwrap();
+        t.push(c.client_instance_id, &m("c"), c.subscription_id, false, 0, &payload(1.0)).unwrap();
         let text = rendered(&t);
         assert!(!text.contains("client_id=\"a\""), "{text}");
         assert!(text.contains("client_id=\"b\"") && text.contains("client_id=\"c\""), "{text}");
         // Silent for the expiry: gone, seen by the next request and by a scrape.
         clock.advance_ms(INSTANCE_EXPIRY_MIN_MS as u64);
-        let d = t.subscribe(Uuid::nil(), "d").unwrap();
+        let d = t.subscribe(Uuid::nil(), &m("d")).unwrap();
         assert_eq!(t.lock().instances.keys().collect::<Vec<_>>(), [&d.client_instance_id]);
         clock.advance_ms(INSTANCE_EXPIRY_MIN_MS as u64);
         assert_eq!(rendered(&t), "");
@@ -727,7 +864,7 @@ mod tests {
     #[test]
     fn unsubscribed_metrics_and_hostile_names_are_handled() {
         let (t, _) = setup(ClientTelemetryConfig { metrics: vec!["org.apache.kafka.producer.".into()], ..config(100) });
-        let g = t.subscribe(Uuid::nil(), "we\"ird\n").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("we\"ird\n")).unwrap();
         let body = metrics_data(
             &[],
             &[
@@ -735,7 +872,7 @@ mod tests {
                 gauge("org.apache.kafka.producer.a-b", &[number_point(2.0, &[("client_id", "spoof"), ("9x", "\"v\"")])]),
             ],
         );
-        t.push(g.client_instance_id, "we\"ird\n", g.subscription_id, false, 0, &body).unwrap();
+        t.push(g.client_instance_id, &m("we\"ird\n"), g.subscription_id, false, 0, &body).unwrap();
         let text = rendered(&t);
         assert!(!text.contains("consumer"), "{text}");
         assert!(text.contains("kafka_client_org_apache_kafka_producer_a_b{client_id=\"we\\\"ird\\n\",client_instance_id="), "{text}");
@@ -746,7 +883,7 @@ mod tests {
     #[test]
     fn disabled_means_an_empty_subscription() {
         let (t, _) = setup(ClientTelemetryConfig::default());
-        let g = t.subscribe(Uuid::nil(), "p").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("p")).unwrap();
         assert!(g.metrics.is_empty());
         assert_eq!(g.push_interval_ms, NO_SUBSCRIPTION_PUSH_INTERVAL_MS);
     }
@@ -754,11 +891,11 @@ mod tests {
     #[test]
     fn delta_sums_are_added_up() {
         let (t, clock) = setup(config(100));
-        let g = t.subscribe(Uuid::nil(), "p").unwrap();
+        let g = t.subscribe(Uuid::nil(), &m("p")).unwrap();
         let body = metrics_data(&[], &[counter("d.total", &[number_point(2.0, &[])], true)]);
-        t.push(g.client_instance_id, "p", g.subscription_id, false, 0, &body).unwrap();
+        t.push(g.client_instance_id, &m("p"), g.subscription_id, false, 0, &body).unwrap();
         clock.advance_ms(100);
-        t.push(g.client_instance_id, "p", g.subscription_id, false, 0, &body).unwrap();
+        t.push(g.client_instance_id, &m("p"), g.subscription_id, false, 0, &body).unwrap();
         assert!(rendered(&t).contains("kafka_client_d_total{client_id=\"p\",client_instance_id="), "{}", rendered(&t));
         assert!(rendered(&t).contains("\"} 4\n"), "{}", rendered(&t));
     }

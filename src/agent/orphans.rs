@@ -324,6 +324,8 @@ mod tests {
                 quiet_flush: Duration::from_millis(2),
                 puts_per_s: 0,
                 puts_burst: 0,
+                txn_puts_per_s: 0,
+                txn_puts_burst: 0,
                 agent: "agent-1".into(),
                 key_prefix: "p".into(),
                 wal_log_id: Some("race-log".into()),

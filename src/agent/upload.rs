@@ -90,6 +90,11 @@ pub struct UploadSettings {
     /// The PUT budget of early seals: tokens per second (0: no early seals) and bucket size.
     pub puts_per_s: u32,
     pub puts_burst: u32,
+    /// The PUT budget of transactions, besides the one above: early seals of objects holding
+    /// a waiting transactional producer's batches, and marker objects (tokens per second, 0:
+    /// none beyond the general budget; bucket size).
+    pub txn_puts_per_s: u32,
+    pub txn_puts_burst: u32,
     /// The agent's name in object keys.
     pub agent: String,
     /// Key prefix inside the store.
@@ -361,6 +366,8 @@ struct OpenObject {
     requests: usize,
     /// Groups whose producers wait for the commit (acks=all; WAL entries are answered).
     waiting: usize,
+    /// Those of them holding transactional batches: a transaction's commit waits for them.
+    txn_waiting: usize,
     /// When the last group was added.
     last_arrival: Option<Instant>,
 }
@@ -378,6 +385,9 @@ impl OpenObject {
         self.requests += 1;
         if !acknowledged {
             self.waiting += 1;
+            if g.items.iter().any(|(item, _)| item.header.is_transactional()) {
+                self.txn_waiting += 1;
+            }
         }
         self.last_arrival = Some(Instant::now());
         if let Some(link) = g.trace
@@ -397,18 +407,24 @@ impl OpenObject {
     }
 
     /// When to seal early: `quiet` after the last arrival while producers wait, once the
-    /// budget has a token (None: nobody waits, or early seals are off).
-    fn early_at(&self, budget: &PutBudget, quiet: Duration) -> Option<Instant> {
+    /// budget has a token, or the transactions' budget when a transactional producer waits
+    /// (None: nobody waits, or early seals are off).
+    fn early_at(&self, budgets: &Budgets, quiet: Duration) -> Option<Instant> {
         if self.waiting == 0 {
             return None;
         }
         let quiet_at = self.last_arrival? + quiet;
-        Some(quiet_at.max(budget.ready_at()?))
+        let txn = if self.txn_waiting > 0 { budgets.txn.ready_at() } else { None };
+        let ready = match (budgets.puts.ready_at(), txn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Some(quiet_at.max(ready?))
     }
 }
 
 /// Why an object was sealed (`sidestream_upload_seals_total{reason}`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SealReason {
     /// `flush_interval_ms` after its first batch.
     Interval,
@@ -468,9 +484,50 @@ impl PutBudget {
 
     fn spend(&mut self) {
         let now = Instant::now();
-        self.tokens = (self.tokens_at(now) - 1.0).max(0.0);
+        let tokens = self.tokens_at(now);
+        // A seal without a whole token empties the bucket; a debt ([`Self::charge`]) stays.
+        self.tokens = if tokens > 0.0 { (tokens - 1.0).max(0.0) } else { tokens };
         self.at = now;
-        debug_assert!((0.0..=self.burst).contains(&self.tokens));
+        debug_assert!((-self.burst..=self.burst).contains(&self.tokens));
+    }
+
+    /// Spends a token for a PUT that cannot wait, owing it when there is none (down to
+    /// `-burst`): the early seals after it wait until the debt is refilled.
+    fn charge(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens_at(now) - 1.0).max(-self.burst);
+        self.at = now;
+        debug_assert!((-self.burst..=self.burst).contains(&self.tokens));
+    }
+
+    fn has_token(&self) -> bool {
+        self.per_s > 0.0 && self.tokens_at(Instant::now()) >= 1.0
+    }
+}
+
+/// The general PUT budget and the transactions' (see [`UploadSettings::txn_puts_per_s`]).
+#[derive(Debug)]
+struct Budgets {
+    puts: PutBudget,
+    txn: PutBudget,
+}
+
+impl Budgets {
+    fn new(settings: &UploadSettings) -> Self {
+        Self {
+            puts: PutBudget::new(settings.puts_per_s, settings.puts_burst),
+            txn: PutBudget::new(settings.txn_puts_per_s, settings.txn_puts_burst),
+        }
+    }
+
+    /// Spends the token a seal costs: an early seal a transaction waits for takes the
+    /// transactions' token when there is one; every other seal the general one.
+    fn spend(&mut self, reason: SealReason, open: &OpenObject) {
+        if reason == SealReason::Quiet && open.txn_waiting > 0 && self.txn.has_token() {
+            self.txn.spend();
+        } else {
+            self.puts.spend();
+        }
     }
 }
 
@@ -482,7 +539,7 @@ async fn run_flusher(
     committer: JoinHandle<()>,
 ) {
     let mut open = OpenObject::default();
-    let mut budget = PutBudget::new(settings.puts_per_s, settings.puts_burst);
+    let mut budget = Budgets::new(&settings);
     let closed = loop {
         let early = open.early_at(&budget, settings.quiet_flush);
         let wake = match (open.deadline, early) {
@@ -517,7 +574,13 @@ async fn run_flusher(
             }
             Some(Msg::Markers(end, reply)) => {
                 seal_open(&mut open, SealReason::Asked, &mut budget, &sealed_tx, &settings, &deps).await;
-                budget.spend();
+                // The markers' PUT is the transaction's: it takes a token of the transactions'
+                // budget, owed if there is none (it never waits: the commit needs it).
+                if settings.txn_puts_per_s > 0 {
+                    budget.txn.charge();
+                } else {
+                    budget.puts.spend();
+                }
                 seal_markers(end, reply, &sealed_tx, &settings, &deps).await;
             }
             Some(Msg::Close(done)) => break Some(done),
@@ -546,7 +609,7 @@ async fn run_flusher(
 async fn seal_open(
     open: &mut OpenObject,
     reason: SealReason,
-    budget: &mut PutBudget,
+    budget: &mut Budgets,
     sealed_tx: &mpsc::Sender<Queued>,
     settings: &UploadSettings,
     deps: &Arc<UploadDeps>,
@@ -555,7 +618,7 @@ async fn seal_open(
         return;
     }
     reason.counter().inc();
-    budget.spend();
+    budget.spend(reason, open);
     seal(std::mem::take(open), sealed_tx, settings, deps).await;
 }
 
@@ -921,6 +984,11 @@ mod tests {
     /// An uploader with a 1 s flush interval and the given PUT budget, over a memory store and
     /// an in-process controller with one topic; returns it with the topic's id.
     async fn start_uploader(dir: &std::path::Path, puts_per_s: u32, puts_burst: u32) -> (Uploader, Uuid) {
+        start_uploader_with(dir, puts_per_s, puts_burst, 0).await
+    }
+
+    /// [`start_uploader`] with a transactions' budget of `txn_puts_per_s` (as its burst too).
+    async fn start_uploader_with(dir: &std::path::Path, puts_per_s: u32, puts_burst: u32, txn_puts_per_s: u32) -> (Uploader, Uuid) {
         let store = Arc::new(SqliteStore::open(&dir.join("c.db")).unwrap());
         let c = Controller::open(store, TopicsConfig::default(), 86_400_000, Arc::new(SystemClock), Arc::new(SeededEntropy::new(5)));
         let controller: Arc<dyn ControllerClient> = Arc::new(InProcess(Arc::new(c.unwrap())));
@@ -935,6 +1003,8 @@ mod tests {
             quiet_flush: QUIET,
             puts_per_s,
             puts_burst,
+            txn_puts_per_s,
+            txn_puts_burst: txn_puts_per_s,
             agent: "a".into(),
             key_prefix: "p".into(),
             wal_log_id: Some("log".into()),
@@ -954,14 +1024,23 @@ mod tests {
     /// Submits one batch (a WAL entry when `wal_entry` is set, else acks=all) and returns how
     /// long its commit took on tokio's (paused) clock.
     async fn commit_time(uploader: &Uploader, topic_id: Uuid, wal_entry: Option<u64>) -> Duration {
-        let batch = encode_batch(0, &[b"v".as_slice()]);
+        commit_time_of(uploader, topic_id, wal_entry, encode_batch(0, &[b"v".as_slice()])).await
+    }
+
+    async fn commit_time_of(uploader: &Uploader, topic_id: Uuid, wal_entry: Option<u64>, batch: Bytes) -> Duration {
         let header = peek_header(&batch).unwrap().unwrap();
         let start = Instant::now();
         let deadline = start + Duration::from_secs(30);
         let permit = uploader.reserve(batch.len() as u64, deadline).await.unwrap();
         let item = GroupItem { topic_id, partition: 0, batch, header };
         let pending = uploader.submit(vec![item], wal_entry, permit, None).unwrap().pop().unwrap();
-        pending.wait(deadline).await.unwrap();
+        match pending.wait(deadline).await {
+            Ok(_) => {}
+            // A transactional batch of no transaction: the controller refuses its commit, which
+            // is answered once the object is sealed and uploaded, the time measured.
+            Err(AgentError::Controller(ControllerError::InvalidProducerIdMapping(_))) if header.is_transactional() => {}
+            Err(e) => panic!("commit failed: {e}"),
+        }
         start.elapsed()
     }
 
@@ -996,6 +1075,41 @@ mod tests {
         let (uploader, topic) = start_uploader(dir.path(), 0, 4).await;
         let took = commit_time(&uploader, topic, None).await;
         assert!(took >= INTERVAL, "sealed early without a budget after {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_transaction_seals_early_on_the_transactions_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // No general budget: a plain acks=all batch waits out the interval; a transactional
+        // one is sealed after the quiet spell while the transactions' budget has tokens.
+        let (uploader, topic) = start_uploader_with(dir.path(), 0, 0, 2).await;
+        let took = commit_time(&uploader, topic, None).await;
+        assert!(took >= INTERVAL, "sealed early without a budget after {took:?}");
+        let txn_batch = || records::encode_transactional_batch(7, 0, 0, 0, &[b"v".as_slice()]);
+        for _ in 0..2 {
+            let took = commit_time_of(&uploader, topic, None, txn_batch()).await;
+            assert!(took >= QUIET && took < QUIET * 10, "transactional early seal took {took:?}");
+        }
+        // Spent: the next token comes half a second later (2 per second).
+        let took = commit_time_of(&uploader, topic, None, txn_batch()).await;
+        assert!(took >= Duration::from_millis(450) && took < INTERVAL, "token wait took {took:?}");
+    }
+
+    #[test]
+    fn a_charge_without_a_token_is_owed() {
+        let mut budget = PutBudget::new(10, 2);
+        let at = budget.at;
+        budget.charge();
+        budget.charge();
+        budget.charge();
+        budget.charge();
+        assert!((budget.tokens + 2.0).abs() < 1e-3, "owed down to -burst: {}", budget.tokens);
+        assert!(!budget.has_token());
+        // A plain spend does not forgive the debt; a token is whole again 0.3 s later.
+        budget.spend();
+        assert!(budget.tokens < -1.9, "{}", budget.tokens);
+        assert!(budget.tokens_at(at + Duration::from_millis(290)) < 1.0);
+        assert!(budget.tokens_at(budget.at + Duration::from_millis(310)) >= 1.0);
     }
 
     #[test]

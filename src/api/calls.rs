@@ -39,6 +39,7 @@ pub mod prelude {
     pub use uuid::Uuid;
 
     pub use crate::api::acl::{AclBinding, AclFilter, AclSet};
+    pub use crate::api::client_metrics::{ClientMetricsChange, ClientMetricsResource};
     pub use crate::api::configs::TopicConfigChange;
     pub use crate::api::groups::{
         CommitOffset, CommittedOffset, GroupDescription, GroupError, GroupListing, JoinRequest, JoinResponse, OffsetCommitRequest,
@@ -143,6 +144,9 @@ macro_rules! for_each_call {
             [now] AllClientQuotas all_client_quotas() -> Result<QuotaSet, ControllerError>;
             [now] DescribeClientQuotas describe_client_quotas(filter: QuotaFilter) -> Result<Vec<QuotaEntry>, ControllerError>;
             [blocking] AlterClientQuotas alter_client_quotas(alterations: Vec<QuotaAlteration>, validate_only: bool) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
+            // Client metrics subscriptions (controller::client_metrics): CLIENT_METRICS resources.
+            [now] AllClientMetrics all_client_metrics() -> Result<Vec<ClientMetricsResource>, ControllerError>;
+            [blocking] AlterClientMetrics alter_client_metrics(changes: Vec<ClientMetricsChange>, validate_only: bool) -> Result<Vec<Result<(), ControllerError>>, ControllerError>;
         }
     };
 }

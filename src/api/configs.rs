@@ -170,8 +170,23 @@ pub struct TopicConfigChange {
 /// computes them (`ConfigurationControlManager`): APPEND and SUBTRACT apply to LIST configs
 /// only, starting from the default when the config is not set.
 pub fn apply(current: &BTreeMap<String, String>, change: &TopicConfigChange) -> Result<BTreeMap<String, String>, ControllerError> {
-    let mut out = if change.replace { BTreeMap::new() } else { current.clone() };
-    for op in &change.ops {
+    apply_ops(current, change.replace, &change.ops, |name| {
+        let def = topic_config(name).ok_or_else(|| ControllerError::InvalidConfig(format!("Unknown topic config name: {name}")))?;
+        Ok((def.ty == List, def.default))
+    })
+}
+
+/// The configs `current` becomes under `ops` (`replace`: AlterConfigs, starting empty), for
+/// any resource type: `list(name)` says whether a config is a LIST and its default (APPEND and
+/// SUBTRACT start from it), or refuses an unknown name.
+pub fn apply_ops(
+    current: &BTreeMap<String, String>,
+    replace: bool,
+    ops: &[ConfigOp],
+    list: impl Fn(&str) -> Result<(bool, Option<&'static str>), ControllerError>,
+) -> Result<BTreeMap<String, String>, ControllerError> {
+    let mut out = if replace { BTreeMap::new() } else { current.clone() };
+    for op in ops {
         let value = || op.value.clone().unwrap_or_default();
         match op.op {
             ConfigOpKind::Set => {
@@ -181,13 +196,12 @@ pub fn apply(current: &BTreeMap<String, String>, change: &TopicConfigChange) -> 
                 out.remove(&op.name);
             }
             ConfigOpKind::Append | ConfigOpKind::Subtract => {
-                let def = topic_config(&op.name)
-                    .ok_or_else(|| ControllerError::InvalidConfig(format!("Unknown topic config name: {}", op.name)))?;
-                if def.ty != List {
+                let (is_list, default) = list(&op.name)?;
+                if !is_list {
                     let verb = if op.op == ConfigOpKind::Append { "APPEND" } else { "SUBTRACT" };
                     return Err(ControllerError::InvalidConfig(format!("Can't {verb} to key {} because its type is not LIST.", op.name)));
                 }
-                let old = out.get(&op.name).map(String::as_str).or(def.default).unwrap_or("");
+                let old = out.get(&op.name).map(String::as_str).or(default).unwrap_or("");
                 let mut items: Vec<String> = list_items(old).map(str::to_string).collect();
                 let given = value();
                 for v in list_items(&given) {

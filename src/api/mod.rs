@@ -16,6 +16,7 @@
 
 pub mod acl;
 pub mod calls;
+pub mod client_metrics;
 pub mod configs;
 pub mod groups;
 pub mod jobs;

@@ -371,4 +371,15 @@ impl Answer for Controller {
     ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
         Controller::alter_client_quotas(self, &alterations, validate_only)
     }
+
+    fn all_client_metrics(&self) -> Result<Vec<ClientMetricsResource>, ControllerError> {
+        Ok(Vec::clone(&Controller::client_metrics(self)))
+    }
+    fn alter_client_metrics(
+        &self,
+        changes: Vec<ClientMetricsChange>,
+        validate_only: bool,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        Controller::alter_client_metrics(self, &changes, validate_only)
+    }
 }

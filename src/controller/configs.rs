@@ -65,13 +65,8 @@ mod tests {
     use super::*;
     use crate::api::CreateTopic;
     use crate::api::configs::{ConfigOp, ConfigOpKind};
-    use crate::clock::{ManualClock, SeededEntropy};
-    use crate::controller::store::sqlite::SqliteStore;
 
-    fn open(path: &std::path::Path) -> Controller {
-        let store = Arc::new(SqliteStore::open(path).unwrap());
-        Controller::open(store, Default::default(), 1000, Arc::new(ManualClock::new(0)), Arc::new(SeededEntropy::new(1))).unwrap()
-    }
+    use super::super::open_for_test as open;
 
     fn set(topic: &str, kv: &[(&str, &str)]) -> TopicConfigChange {
         let ops = kv

@@ -14,6 +14,7 @@
 
 pub mod acls;
 pub mod calls;
+pub mod client_metrics;
 pub mod configs;
 pub mod groups;
 pub mod log;
@@ -186,6 +187,8 @@ pub struct Controller {
     leases: Mutex<retention::JobLeases>,
     /// Client quotas ([`quotas`]), a versioned set agents load whole.
     quotas: quotas::Quotas,
+    /// Client metrics subscriptions ([`client_metrics`]), a set agents load whole.
+    client_metrics: client_metrics::ClientMetrics,
     /// The last storage figures ([`Controller::storage_stats`]).
     storage: Mutex<Option<crate::api::jobs::StorageStats>>,
     /// `[controller] object_commit_window_ms`: keys older than this are never committed, and
@@ -195,6 +198,21 @@ pub struct Controller {
     acls: RwLock<Arc<crate::api::acl::AclSet>>,
     /// Serializes ACL changes (store, then memory), apart from the commits' `write_lock`.
     acl_write: Mutex<()>,
+}
+
+/// A controller on the SQLite file at `path` (created if new), a manual clock at 0 and seeded
+/// entropy: the controller modules' tests.
+#[cfg(test)]
+pub(crate) fn open_for_test(path: &std::path::Path) -> Controller {
+    let store = Arc::new(store::sqlite::SqliteStore::open(path).unwrap());
+    Controller::open(
+        store,
+        Default::default(),
+        1000,
+        Arc::new(crate::clock::ManualClock::new(0)),
+        Arc::new(crate::clock::SeededEntropy::new(1)),
+    )
+    .unwrap()
 }
 
 /// Checks a topic's configs against Kafka's (names, types, bounds; INVALID_CONFIG with Kafka's
@@ -265,6 +283,7 @@ impl Controller {
         state.retain_producers(expired_before);
         let state = Arc::new(RwLock::new(state));
         let quotas = quotas::Quotas::load(store.as_ref())?;
+        let client_metrics = client_metrics::ClientMetrics::load(store.as_ref())?;
         let groups =
             GroupCoordinator::open(store.clone(), Arc::new(TopicView(state.clone())), clock.clone(), entropy.clone(), group_settings)?;
         let mut bindings = store.acls()?;
@@ -291,6 +310,7 @@ impl Controller {
             stale: Default::default(),
             extents_replaced: entropy.next_u64().into(),
             quotas: quotas.at_version(entropy.next_u64()),
+            client_metrics,
         })
     }
 

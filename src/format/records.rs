@@ -774,6 +774,15 @@ pub fn encode_batch(base_timestamp: i64, values: &[&[u8]]) -> Bytes {
 
 /// Like [`encode_batch`], for an idempotent producer: `(producer id, epoch, base sequence)`.
 pub fn encode_producer_batch(producer: Option<(i64, i16, i32)>, base_timestamp: i64, values: &[&[u8]]) -> Bytes {
+    encode_plain_batch(0, producer, base_timestamp, values)
+}
+
+/// Like [`encode_producer_batch`], a transactional producer's batch (attributes bit 4).
+pub fn encode_transactional_batch(producer_id: i64, epoch: i16, sequence: i32, base_timestamp: i64, values: &[&[u8]]) -> Bytes {
+    encode_plain_batch(0x10, Some((producer_id, epoch, sequence)), base_timestamp, values)
+}
+
+fn encode_plain_batch(attributes: i16, producer: Option<(i64, i16, i32)>, base_timestamp: i64, values: &[&[u8]]) -> Bytes {
     let mut records = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let mut r = Vec::new();
@@ -787,7 +796,7 @@ pub fn encode_producer_batch(producer: Option<(i64, i16, i32)>, base_timestamp: 
         write_varint(&mut records, r.len() as i64);
         records.extend_from_slice(&r);
     }
-    frame_batch(0, values.len() as i32, base_timestamp, producer.unwrap_or((-1, -1, -1)), &records)
+    frame_batch(attributes, values.len() as i32, base_timestamp, producer.unwrap_or((-1, -1, -1)), &records)
 }
 
 /// A record to encode: key and value (None: null), and its timestamp's delta from the batch's.

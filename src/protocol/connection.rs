@@ -433,7 +433,7 @@ where
         principal = sasl.principal().unwrap_or(ANONYMOUS).to_string();
         session = Some(Arc::new(tokio::sync::Mutex::new(sasl)));
     }
-    let peer = Arc::new(Peer { addr, endpoint, principal });
+    let peer = Arc::new(Peer { addr, endpoint, principal, software: Default::default() });
     connection(rd, wr, peer, session, front.agent.clone(), front.limits, front.request_budget.clone(), front.shutdown.clone()).await
 }
 

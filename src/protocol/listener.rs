@@ -42,11 +42,14 @@ pub struct Peer {
     pub endpoint: Arc<Endpoint>,
     /// `User:ANONYMOUS`, `User:alice`, `User:CN=app,O=Example`.
     pub principal: String,
+    /// The client software name and version its first ApiVersions (v3+) gave (KIP-511), which
+    /// client metrics subscriptions match on.
+    pub software: Arc<std::sync::OnceLock<(String, String)>>,
 }
 
 impl Peer {
     /// A PLAINTEXT peer (tests, tools).
     pub fn anonymous(addr: SocketAddr, endpoint: Arc<Endpoint>) -> Self {
-        Self { addr, endpoint, principal: ANONYMOUS.to_string() }
+        Self { addr, endpoint, principal: ANONYMOUS.to_string(), software: Default::default() }
     }
 }

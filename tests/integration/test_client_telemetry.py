@@ -8,6 +8,7 @@ ProducerPerformance tool, `enable.metrics.push` on by default) and confluent-kaf
 (librdkafka, which pushes from 2.5 on).
 """
 
+import contextlib
 import gzip
 import re
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 import kafka_wire as kw
 from compat import java_cmd
-from conftest import SidestreamServer, poll_until
+from conftest import STORE_KINDS, SidestreamServer, controller_store_env, poll_until
 
 GET_TELEMETRY_SUBSCRIPTIONS = 71
 PUSH_TELEMETRY = 72
@@ -28,21 +29,23 @@ NONE, INVALID_REQUEST, UNSUPPORTED_COMPRESSION_TYPE, INVALID_RECORD = 0, 42, 76,
 THROTTLING_QUOTA_EXCEEDED, UNKNOWN_SUBSCRIPTION_ID, TELEMETRY_TOO_LARGE = 89, 117, 118
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("client_telemetry")
-    env = {
-        "SIDESTREAM_CLIENT_TELEMETRY_ENABLED": "true",
-        "SIDESTREAM_CLIENT_TELEMETRY_PUSH_INTERVAL_MS": str(PUSH_INTERVAL_MS),
-        "SIDESTREAM_CLIENT_TELEMETRY_MAX_BYTES": str(MAX_BYTES),
-        "SIDESTREAM_CLIENT_TELEMETRY_MAX_DECOMPRESSED_BYTES": str(MAX_DECOMPRESSED_BYTES),
-    }
-    srv = SidestreamServer(base / "data", base / "server.log", extra_env=env)
+def running_server(base, env):
+    """An agent with telemetry on and `env`, closed when the fixture ends."""
+    srv = SidestreamServer(base / "data", base / "server.log", extra_env={"SIDESTREAM_CLIENT_TELEMETRY_ENABLED": "true", **env})
     try:
         srv.start()
         yield srv
     finally:
         srv.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from running_server(tmp_path_factory.mktemp("client_telemetry"), {
+        "SIDESTREAM_CLIENT_TELEMETRY_PUSH_INTERVAL_MS": str(PUSH_INTERVAL_MS),
+        "SIDESTREAM_CLIENT_TELEMETRY_MAX_BYTES": str(MAX_BYTES),
+        "SIDESTREAM_CLIENT_TELEMETRY_MAX_DECOMPRESSED_BYTES": str(MAX_DECOMPRESSED_BYTES),
+    })
 
 
 def client_series(server, client_id):
@@ -213,3 +216,164 @@ def test_hostile_pushes_get_kafkas_error_codes(server):
     for outcome in ("invalid_record", "too_large", "unsupported_compression", "unknown_subscription", "throttled"):
         assert m.get('sidestream_client_telemetry_requests_total{outcome="%s"}' % outcome, 0) >= 1, outcome
     server.assert_healthy()
+
+
+# ------------------------------------------------ CLIENT_METRICS subscriptions (kafka-client-metrics.sh)
+
+NO_FILE_SUBSCRIPTION = {"SIDESTREAM_CLIENT_TELEMETRY_METRICS": ""}
+
+@pytest.fixture(scope="module")
+def subs_server(tmp_path_factory):
+    """An agent with telemetry on and no subscription in its config file: clients get only what
+    CLIENT_METRICS resources give them."""
+    yield from running_server(tmp_path_factory.mktemp("client_metrics_subscriptions"), NO_FILE_SUBSCRIPTION)
+
+
+def client_metrics_tool(server, *args, check=True):
+    """Kafka 4.4's kafka-client-metrics.sh; (exit code, stdout)."""
+    cmd = java_cmd("org.apache.kafka.tools.ClientMetricsCommand", "--bootstrap-server", server.bootstrap, *args)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if check:
+        assert p.returncode == 0, (p.returncode, p.stdout[-3000:], p.stderr[-3000:])
+    return p.returncode, p.stdout
+
+
+def described(out):
+    """{name: {key: value}} from `--describe` output."""
+    subs, current = {}, None
+    for line in out.splitlines():
+        m = re.match(r"Client metrics configs for (\S+) are:$", line)
+        if m:
+            current = subs.setdefault(m.group(1), {})
+        elif line.startswith("  ") and current is not None:
+            k, v = line.strip().split("=", 1)
+            current[k] = v
+    return subs
+
+
+def listed(server):
+    return set(client_metrics_tool(server, "--list")[1].split())
+
+
+def test_kafka_client_metrics_tool_alters_describes_lists_and_deletes(subs_server):
+    """Runs against Kafka 4.4 too (SIDESTREAM_BIN=scripts/kafka-reference-broker)."""
+    s = subs_server
+    try:
+        tool_round_trip(s)
+    finally:  # the other tests see only their own subscriptions
+        for name in listed(s):
+            client_metrics_tool(s, "--delete", "--name", name)
+    assert listed(s) == set()
+
+
+def tool_round_trip(s):
+    _, out = client_metrics_tool(s, "--alter", "--name", "tool-sub", "--metrics", "org.apache.kafka.producer.,org.apache.kafka.consumer.",
+                                 "--interval", "10000", "--match", "client_id=foo.*,client_software_name=apache-kafka-java")
+    assert out.strip() == "Altered client metrics config for tool-sub."
+    _, out = client_metrics_tool(s, "--describe", "--name", "tool-sub")
+    assert described(out) == {"tool-sub": {"metrics": "org.apache.kafka.producer.,org.apache.kafka.consumer.", "interval.ms": "10000",
+                                           "match": "client_id=foo.*,client_software_name=apache-kafka-java"}}, out
+    # An edit keeps the other keys.
+    client_metrics_tool(s, "--alter", "--name", "tool-sub", "--interval", "20000")
+    assert described(client_metrics_tool(s, "--describe", "--name", "tool-sub")[1])["tool-sub"]["interval.ms"] == "20000"
+    _, out = client_metrics_tool(s, "--alter", "--generate-name", "--metrics", "org.apache.kafka.consumer.")
+    generated = re.match(r"Altered client metrics config for (\S+)\.$", out.strip()).group(1)
+    uuid_chars = re.compile(r"^[A-Za-z0-9_-]{22}$")
+    assert uuid_chars.match(generated), generated
+    assert {"tool-sub", generated} <= listed(s)
+    everything = described(client_metrics_tool(s, "--describe")[1])
+    # Keys not set are shown at their defaults.
+    assert everything["tool-sub"]["interval.ms"] == "20000"
+    assert everything[generated] == {"metrics": "org.apache.kafka.consumer.", "interval.ms": "300000", "match": ""}, everything
+    # A name never set has no config.
+    _, out = client_metrics_tool(s, "--describe", "--name", "never-set")
+    assert out.strip() == "The client metric resource never-set doesn't exist and doesn't have dynamic config.", out
+    # Bad input: Kafka's refusals, nothing stored.
+    for args, message in [(("--interval", "50"), "interval must be between 100 and 3600000"),
+                          (("--match", "nope=x"), "Illegal client matching pattern: nope=x"),
+                          (("--match", "client_id=("), "Illegal client matching pattern")]:
+        code, out = client_metrics_tool(s, "--alter", "--name", "bad-sub", *args, check=False)
+        assert code == 1 and "Error while executing client metrics command" in out and message in out, (args, out)
+    assert "bad-sub" not in listed(s)
+    _, out = client_metrics_tool(s, "--delete", "--name", generated)
+    assert out.strip() == "Deleted client metrics config for %s." % generated
+    names = listed(s)
+    assert generated not in names and "tool-sub" in names
+    client_metrics_tool(s, "--delete", "--name", "tool-sub")
+    assert "tool-sub" not in listed(s)
+
+
+def test_a_client_gets_the_union_of_the_subscriptions_it_matches(subs_server):
+    s = subs_server
+    client_metrics_tool(s, "--alter", "--name", "union-a", "--metrics", "a.one.,a.two.", "--interval", "5000",
+                        "--match", "client_id=union-.*")
+    client_metrics_tool(s, "--alter", "--name", "union-b", "--metrics", "b.one.", "--interval", "2000",
+                        "--match", "client_id=union-both")
+    try:
+        with s.connect() as c:
+            c.client_id = "union-both"
+            got = get_subscriptions(c)
+            assert (got["error"], sorted(got["metrics"]), got["interval"]) == (NONE, ["a.one.", "a.two.", "b.one."], 2000)
+            c.client_id = "union-one"
+            got = get_subscriptions(c)
+            assert (sorted(got["metrics"]), got["interval"]) == (["a.one.", "a.two."], 5000)
+            c.client_id = "nobody"
+            got = get_subscriptions(c)
+            assert (got["metrics"], got["interval"]) == ([], 300000), "no match: Kafka's empty subscription"
+            # A change gives a matched instance a new subscription id: its push with the old one
+            # is refused, and it fetches the new one at once.
+            c.client_id = "union-both"
+            got = get_subscriptions(c)
+            client_metrics_tool(s, "--alter", "--name", "union-b", "--metrics", "*")
+            assert push(c, got["id"], got["sub"], b"") == UNKNOWN_SUBSCRIPTION_ID
+            again = get_subscriptions(c, got["id"])
+            assert (again["error"], again["metrics"], again["interval"]) == (NONE, ["*"], 2000)
+            assert again["sub"] != got["sub"]
+    finally:
+        client_metrics_tool(s, "--delete", "--name", "union-a")
+        client_metrics_tool(s, "--delete", "--name", "union-b")
+
+
+def producer_perf(server, topic, client_id, seconds=25):
+    return subprocess.Popen(java_cmd("org.apache.kafka.tools.ProducerPerformance", "--topic", topic, "--num-records",
+                                     str(seconds * 50), "--record-size", "100", "--throughput", "50", "--producer-props",
+                                     "bootstrap.servers=%s" % server.bootstrap, "client.id=%s" % client_id),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_java_producer_matched_by_client_id_pushes_exactly_its_subscription(subs_server):
+    s = subs_server
+    topic = "cm-java-%s" % uuid.uuid4().hex[:8]
+    create_topic(s, topic)
+    prefix = "org.apache.kafka.producer.record."
+    client_metrics_tool(s, "--alter", "--name", "cm-java", "--metrics", prefix, "--interval", "1000",
+                        "--match", "client_id=cm-matched,client_software_name=apache-kafka-java")
+    pushed = lambda: s.metrics().get('sidestream_client_telemetry_requests_total{outcome="pushed"}', 0)
+    matched, other = producer_perf(s, topic, "cm-matched"), producer_perf(s, topic, "cm-other")
+    try:
+        series = poll_until(lambda: client_series(s, "cm-matched"), 60, interval=0.5, what="the matched producer's metrics")
+        before = pushed()
+        poll_until(lambda: pushed() >= before + 3, 30, interval=0.5, what="3 more pushes")
+        series = client_series(s, "cm-matched")
+        assert series and all(k.startswith("kafka_client_org_apache_kafka_producer_record_") for k in series), sorted(series)
+        assert client_series(s, "cm-other") == {}, "an unmatched producer pushes nothing"
+    finally:
+        for p in (matched, other):
+            p.kill()
+            p.communicate(timeout=30)
+        client_metrics_tool(s, "--delete", "--name", "cm-java")
+    print("the matched Java producer pushed %s" % sorted(series))
+
+
+@pytest.mark.parametrize("store", STORE_KINDS)
+def test_subscriptions_survive_an_agent_restart(tmp_path, store):
+    with controller_store_env(store) as env, contextlib.contextmanager(running_server)(tmp_path, {**NO_FILE_SUBSCRIPTION, **env}) as srv:
+        client_metrics_tool(srv, "--alter", "--name", "durable", "--metrics", "org.apache.kafka.producer.", "--interval", "3000",
+                            "--match", "client_id=durable-client")
+        srv.restart()
+        assert described(client_metrics_tool(srv, "--describe", "--name", "durable")[1]) == {
+            "durable": {"metrics": "org.apache.kafka.producer.", "interval.ms": "3000", "match": "client_id=durable-client"}}
+        with srv.connect() as c:
+            c.client_id = "durable-client"
+            got = get_subscriptions(c)
+            assert (got["metrics"], got["interval"]) == (["org.apache.kafka.producer."], 3000)

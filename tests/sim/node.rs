@@ -143,6 +143,8 @@ impl Node {
                 quiet_flush: Duration::from_millis(settings.quiet_flush_ms),
                 puts_per_s: settings.puts_per_s,
                 puts_burst: settings.puts_burst,
+                txn_puts_per_s: settings.puts_per_s,
+                txn_puts_burst: settings.puts_burst,
                 agent: format!("agent-{}", self.id),
                 key_prefix: String::new(),
                 wal_log_id: Some(recovery.log_id.clone()),

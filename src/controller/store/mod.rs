@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::producers::{ProducerKey, ProducerState};
 use crate::api::acl::{AclBinding, AclOperation, AclPermission, PatternType, ResourceType};
+use crate::api::client_metrics::ClientMetricsResource;
 use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 
@@ -115,6 +116,25 @@ impl StoreError {
             StoreError::Retry { .. } | StoreError::Conflict(_) | StoreError::Fenced(_) | StoreError::Stale(_) => self.report(),
         }
     }
+}
+
+/// A stored client metrics subscription (its configs as a JSON object).
+fn client_metrics_row(name: String, configs: &str) -> Result<ClientMetricsResource, StoreError> {
+    let configs = serde_json::from_str(configs)
+        .map_err(|e| StoreError::corrupt(format!("client metrics subscription {name} does not decode"), Some(e.into())))?;
+    Ok(ClientMetricsResource { name, configs })
+}
+
+/// Client metrics changes as stored: each subscription's configs as a JSON object, or `None`
+/// to delete it.
+fn client_metrics_rows(changes: &[(String, Option<BTreeMap<String, String>>)]) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    changes
+        .iter()
+        .map(|(name, configs)| {
+            let json = configs.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Invalid { source: e.into() })?;
+            Ok((name.clone(), json))
+        })
+        .collect()
 }
 
 /// `e`'s text followed by each source's, skipping a source whose text is already there (some
@@ -479,4 +499,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn group_configs(&self) -> Result<Vec<(String, String, String)>, StoreError>;
     /// Sets (`Some`) and removes (`None`) one group's configs, in one transaction.
     fn alter_group_configs(&self, group_id: &str, changes: &[(String, Option<String>)]) -> Result<(), StoreError>;
+    /// Client metrics subscriptions (CLIENT_METRICS resources), each with its configs as set.
+    fn client_metrics(&self) -> Result<Vec<ClientMetricsResource>, StoreError>;
+    /// Sets (`Some`: the subscription's whole configs) and deletes (`None`) subscriptions, all
+    /// in one transaction.
+    fn set_client_metrics(&self, changes: &[(String, Option<BTreeMap<String, String>>)]) -> Result<(), StoreError>;
 }

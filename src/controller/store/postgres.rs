@@ -33,6 +33,7 @@ use postgres::{Client, NoTls, Row, Transaction};
 use uuid::Uuid;
 
 use crate::api::acl::AclBinding;
+use crate::api::client_metrics::ClientMetricsResource;
 use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
@@ -48,7 +49,7 @@ use super::{
 /// 3: agent epochs and the controller lease. 4: transactions, open transactions per partition,
 /// the aborted transaction index (as SQLite's version 4). 5: garbage objects, orphan marks by
 /// time (as SQLite's version 5). 6: SCRAM credentials, ACLs, client quotas (as SQLite's version 6).
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 8;
 
 /// Migrations from version N-1 to N, each applied in its own transaction with the version bump.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -129,6 +130,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE TABLE IF NOT EXISTS group_configs (
             group_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (group_id, name));",
     ),
+    (8, "CREATE TABLE IF NOT EXISTS client_metrics (name TEXT PRIMARY KEY, configs TEXT NOT NULL);"),
 ];
 
 /// Key of the advisory lock held while migrating (any constant unlikely to collide).
@@ -959,6 +961,33 @@ impl MetadataStore for PgStore {
         self.readers.with(|c| {
             let rows = c.query("SELECT entity, quota_key, value FROM client_quotas ORDER BY entity, quota_key", &[]).map_err(classify)?;
             rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?))).collect()
+        })
+    }
+
+    fn client_metrics(&self) -> Result<Vec<ClientMetricsResource>, StoreError> {
+        let rows: Vec<(String, String)> = self.readers.with(|c| {
+            let rows = c.query("SELECT name, configs FROM client_metrics ORDER BY name", &[]).map_err(classify)?;
+            rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect::<Result<_, StoreError>>()
+        })?;
+        rows.into_iter().map(|(name, configs)| super::client_metrics_row(name, &configs)).collect()
+    }
+
+    fn set_client_metrics(&self, changes: &[(String, Option<BTreeMap<String, String>>)]) -> Result<(), StoreError> {
+        let changes = super::client_metrics_rows(changes)?;
+        self.write(move |c, fence| {
+            let mut tx = c.transaction().map_err(classify)?;
+            for (name, configs) in &changes {
+                match configs {
+                    Some(json) => tx.execute(
+                        "INSERT INTO client_metrics (name, configs) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO UPDATE SET configs = EXCLUDED.configs",
+                        &[name, json],
+                    ),
+                    None => tx.execute("DELETE FROM client_metrics WHERE name = $1", &[name]),
+                }
+                .map_err(classify)?;
+            }
+            commit_fenced(tx, fence)
         })
     }
 

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::api::acl::AclBinding;
+use crate::api::client_metrics::ClientMetricsResource;
 use crate::api::scram::{ScramCredential, ScramMechanism};
 use crate::api::{ExtentRecord, WalMark};
 use crate::controller::producers::ProducerKey;
@@ -29,7 +30,7 @@ use super::{
 /// epochs. Version 4: transactions, open transactions per partition, the aborted transaction
 /// index. Version 5: garbage objects (no extent references them), orphan marks by time. Version 6: SCRAM
 /// credentials, ACLs, client quotas (the security tables).
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,6 +108,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE TABLE IF NOT EXISTS group_configs (
             group_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (group_id, name)) WITHOUT ROWID;",
     ),
+    (8, "CREATE TABLE IF NOT EXISTS client_metrics (name TEXT PRIMARY KEY, configs TEXT NOT NULL);"),
 ];
 
 pub struct SqliteStore {
@@ -783,6 +785,28 @@ impl MetadataStore for SqliteStore {
                 .map_err(classify)?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(classify)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        })
+    }
+
+    fn client_metrics(&self) -> Result<Vec<ClientMetricsResource>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .readers
+            .with(|c| select_all(c, "SELECT name, configs FROM client_metrics ORDER BY name", |r| Ok((r.get(0)?, r.get(1)?))))?;
+        rows.into_iter().map(|(name, configs)| super::client_metrics_row(name, &configs)).collect()
+    }
+
+    fn set_client_metrics(&self, changes: &[(String, Option<BTreeMap<String, String>>)]) -> Result<(), StoreError> {
+        let changes = super::client_metrics_rows(changes)?;
+        self.writer.call(move |c| {
+            let tx = c.transaction().map_err(classify)?;
+            for (name, configs) in &changes {
+                match configs {
+                    Some(json) => tx.execute("INSERT OR REPLACE INTO client_metrics (name, configs) VALUES (?1, ?2)", params![name, json]),
+                    None => tx.execute("DELETE FROM client_metrics WHERE name = ?1", params![name]),
+                }
+                .map_err(classify)?;
+            }
+            tx.commit().map_err(classify)
         })
     }
 

@@ -11,15 +11,27 @@
 //!   Kafka's names; only the log filter changes at run time. They need DESCRIBE_CONFIGS or
 //!   ALTER_CONFIGS on the cluster (CLUSTER_AUTHORIZATION_FAILED).
 //!
+//! - Client metrics subscriptions (`CLIENT_METRICS`, KIP-714, [`crate::api::client_metrics`]):
+//!   the controller's; DescribeConfigs shows the three keys, as set (CLIENT_METRICS_CONFIG) or
+//!   at their defaults (DEFAULT_CONFIG), and none for a name never set, the alter APIs send the changes to the controller
+//!   (`alter_client_metrics`), which validates them as Kafka does; a subscription left with no
+//!   key is deleted. They need DESCRIBE_CONFIGS or ALTER_CONFIGS on the cluster. This agent
+//!   applies a change at once; other agents within
+//!   [`crate::agent::client_telemetry::RUNTIME_REFRESH_INTERVAL_MS`].
+//! - ListConfigResources (KIP-1000, KIP-1142): the subscriptions (v0), and in v1 the topics,
+//!   this broker and its loggers too (an empty type list: all four). Other types (GROUP) get
+//!   UNSUPPORTED_VERSION, as Kafka answers a type it does not serve.
+//!
 //! Other resource types get INVALID_REQUEST with a message saying so.
 //!
 //! Must not touch: the controller's validation of config names (it owns which names exist).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
+use kafka_protocol::messages::list_config_resources_response::ConfigResource;
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse,
+    IncrementalAlterConfigsResponse, ListConfigResourcesRequest, ListConfigResourcesResponse,
 };
 
 use super::acls::Access;
@@ -27,6 +39,9 @@ use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::broker_config::{Described, Source};
 use crate::api::acl::{AclOperation, ResourceType};
+use crate::api::client_metrics::{
+    ClientMetricsChange, ClientMetricsResource, INTERVAL_MS, INTERVAL_MS_DEFAULT, MATCH, METRICS, RESOURCE_TYPE as RESOURCE_CLIENT_METRICS,
+};
 use crate::api::configs::{ConfigOp, ConfigOpKind, ConfigType, TOPIC_CONFIGS, TopicConfigChange, topic_config};
 use crate::api::groups::GroupError;
 use crate::api::{ControllerError, TopicMeta, TopicRef};
@@ -71,9 +86,15 @@ fn topic_configs(topic: &TopicMeta, max_message_bytes: i32) -> Vec<Described> {
 }
 
 pub async fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    // The subscriptions, read from the controller once if any is asked for.
+    let subscriptions = if req.resources.iter().any(|r| r.resource_type == RESOURCE_CLIENT_METRICS) {
+        Some(agent.controller.all_client_metrics().await)
+    } else {
+        None
+    };
     let mut results = Vec::with_capacity(req.resources.len().min(RESOURCES_PER_REQUEST_MAX));
     for r in req.resources.into_iter().take(RESOURCES_PER_REQUEST_MAX) {
-        let found = describe_resource(agent, access, r.resource_type, &r.resource_name).await;
+        let found = describe_resource(agent, access, r.resource_type, &r.resource_name, subscriptions.as_ref()).await;
         results.push({
             let result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
             let wanted = |k: &str| r.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|w| &**w == k));
@@ -123,9 +144,60 @@ pub async fn describe_configs(agent: &Agent, access: &Access<'_>, version: i16, 
 /// A refusal: the error code and Kafka's message.
 type Refusal = (i16, Option<String>);
 
+/// One subscription's configs as Kafka 4.4 shows them: its three keys, each as set
+/// (CLIENT_METRICS_CONFIG) or at its default (DEFAULT_CONFIG).
+fn client_metrics_configs(r: &ClientMetricsResource) -> Vec<Described> {
+    let default_interval = INTERVAL_MS_DEFAULT.to_string();
+    [(METRICS, ""), (INTERVAL_MS, default_interval.as_str()), (MATCH, "")]
+        .into_iter()
+        .map(|(k, default)| {
+            let (value, source) = match r.configs.get(k) {
+                Some(v) => (v.clone(), Source::ClientMetrics),
+                None => (default.to_string(), Source::Default),
+            };
+            Described {
+                name: k.to_string(),
+                value: Some(value),
+                source,
+                read_only: false,
+                ty: if k == INTERVAL_MS { ConfigType::Int } else { ConfigType::List },
+                synonyms: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+fn cluster_access(access: &Access<'_>, op: AclOperation) -> Result<(), Refusal> {
+    if access.check(op, ResourceType::Cluster, crate::api::acl::CLUSTER_NAME) {
+        Ok(())
+    } else {
+        Err((ResponseError::ClusterAuthorizationFailed.code(), None))
+    }
+}
+
+/// The client metrics subscriptions as loaded for a request.
+type Subscriptions = Result<Vec<ClientMetricsResource>, ControllerError>;
+
 /// One resource's configs, or why they are not shown.
-async fn describe_resource(agent: &Agent, access: &Access<'_>, resource_type: i8, name: &str) -> Result<Vec<Described>, Refusal> {
+async fn describe_resource(
+    agent: &Agent,
+    access: &Access<'_>,
+    resource_type: i8,
+    name: &str,
+    subscriptions: Option<&Subscriptions>,
+) -> Result<Vec<Described>, Refusal> {
     match resource_type {
+        RESOURCE_CLIENT_METRICS => {
+            cluster_access(access, AclOperation::DescribeConfigs)?;
+            if name.is_empty() {
+                return Err(invalid("Client metrics subscription name must not be empty".into()));
+            }
+            match subscriptions {
+                Some(Ok(all)) => Ok(all.iter().find(|r| r.name == name).map(client_metrics_configs).unwrap_or_default()),
+                Some(Err(e)) => Err(refusal(e, name)),
+                None => Ok(Vec::new()),
+            }
+        }
         RESOURCE_TOPIC => {
             if !access.check(AclOperation::DescribeConfigs, ResourceType::Topic, name) {
                 return Err((
@@ -170,7 +242,9 @@ async fn describe_resource(agent: &Agent, access: &Access<'_>, resource_type: i8
                 })
                 .collect())
         }
-        t => Err(invalid(format!("resource type {t} is not served by sidestream (topics, brokers, broker loggers and groups are)"))),
+        t => Err(invalid(format!(
+            "resource type {t} is not served by sidestream (topics, brokers, broker loggers, groups and client metrics are)"
+        ))),
     }
 }
 
@@ -305,6 +379,7 @@ pub async fn incremental_alter_configs(
 async fn alter(agent: &Agent, access: &Access<'_>, resources: &[Alteration], replace: bool, validate_only: bool) -> Vec<Refusal> {
     let mut results: Vec<Option<Refusal>> = Vec::with_capacity(resources.len());
     let mut sent: Vec<(usize, TopicConfigChange)> = Vec::new();
+    let mut subscriptions: Vec<(usize, ClientMetricsChange)> = Vec::new();
     for (i, r) in resources.iter().enumerate() {
         if i >= RESOURCES_PER_REQUEST_MAX {
             results.push(Some(invalid(format!("more than {RESOURCES_PER_REQUEST_MAX} resources in one request"))));
@@ -328,9 +403,19 @@ async fn alter(agent: &Agent, access: &Access<'_>, resources: &[Alteration], rep
             }
             RESOURCE_GROUP if duplicates => Some(invalid("Error due to duplicate config keys".into())),
             RESOURCE_GROUP => Some(alter_group(agent, access, r, replace, validate_only).await.err().unwrap_or((0, None))),
-            t => {
-                Some(invalid(format!("resource type {t} cannot be altered on sidestream (topics, brokers, broker loggers and groups can)")))
-            }
+            RESOURCE_CLIENT_METRICS => match cluster_access(access, AclOperation::AlterConfigs) {
+                Err(refused) => Some(refused),
+                Ok(()) if duplicates => Some(invalid("Error due to duplicate config keys".into())),
+                Ok(()) => {
+                    let ops =
+                        r.ops.iter().map(|(name, op, value)| ConfigOp { name: name.clone(), op: *op, value: value.clone() }).collect();
+                    subscriptions.push((i, ClientMetricsChange { name: r.name.clone(), replace, ops }));
+                    None
+                }
+            },
+            t => Some(invalid(format!(
+                "resource type {t} cannot be altered on sidestream (topics, brokers, broker loggers, groups and client metrics can)"
+            ))),
         };
         results.push(result);
     }
@@ -338,17 +423,79 @@ async fn alter(agent: &Agent, access: &Access<'_>, resources: &[Alteration], rep
         let changes = sent.iter().map(|(_, c)| c.clone()).collect();
         let answered = agent.controller.alter_topic_configs(changes, validate_only).await;
         for (k, (i, change)) in sent.iter().enumerate() {
-            let result = match &answered {
-                Ok(each) => each.get(k).cloned().unwrap_or(Err(ControllerError::OperationNotAttempted)),
-                Err(e) => Err(e.clone()),
-            };
-            results[*i] = Some(match result {
-                Ok(_) => (0, None),
-                Err(e) => refusal(&e, &change.topic),
-            });
+            results[*i] = Some(nth(&answered, k).map_or_else(|e| refusal(&e, &change.topic), |_| (0, None)));
+        }
+    }
+    if !subscriptions.is_empty() {
+        let changes = subscriptions.iter().map(|(_, c)| c.clone()).collect();
+        let answered = agent.controller.alter_client_metrics(changes, validate_only).await;
+        for (k, (i, change)) in subscriptions.iter().enumerate() {
+            results[*i] = Some(nth(&answered, k).map_or_else(|e| refusal(&e, &change.name), |()| (0, None)));
+        }
+        if !validate_only && answered.is_ok() {
+            // This agent's clients see the change at once; other agents' at their next refresh.
+            crate::agent::client_telemetry::refresh_runtime_subscriptions(agent).await;
         }
     }
     results.into_iter().map(|r| r.unwrap_or((0, None))).collect()
+}
+
+/// The `k`th answer of a controller call that answers each change in order (the call's own
+/// error for every change when it failed as a whole).
+fn nth<T: Clone>(answered: &Result<Vec<Result<T, ControllerError>>, ControllerError>, k: usize) -> Result<T, ControllerError> {
+    match answered {
+        Ok(each) => each.get(k).cloned().unwrap_or(Err(ControllerError::OperationNotAttempted)),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// The resource types ListConfigResources v1 serves (Kafka's order of `supportedResourceTypes`).
+const LISTED_TYPES: [i8; 4] = [RESOURCE_TOPIC, RESOURCE_BROKER, RESOURCE_BROKER_LOGGER, RESOURCE_CLIENT_METRICS];
+
+/// ListConfigResources (formerly ListClientMetricsResources): the names of the resources of the
+/// types asked for (v0: client metrics subscriptions only).
+pub async fn list_config_resources(
+    agent: &Agent,
+    access: &Access<'_>,
+    version: i16,
+    req: ListConfigResourcesRequest,
+) -> ListConfigResourcesResponse {
+    let response = ListConfigResourcesResponse::default();
+    if cluster_access(access, AclOperation::DescribeConfigs).is_err() {
+        return response.with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
+    let types: Vec<i8> = if version == 0 {
+        vec![RESOURCE_CLIENT_METRICS]
+    } else if req.resource_types.is_empty() {
+        LISTED_TYPES.to_vec()
+    } else {
+        req.resource_types.clone()
+    };
+    if types.iter().any(|t| !LISTED_TYPES.contains(t)) {
+        return response.with_error_code(ResponseError::UnsupportedVersion.code());
+    }
+    let mut out: Vec<ConfigResource> = Vec::new();
+    let mut add = |ty: i8, name: String| {
+        let r = ConfigResource::default().with_resource_name(str_bytes(name));
+        out.push(if version >= 1 { r.with_resource_type(ty) } else { r });
+    };
+    for ty in LISTED_TYPES.iter().copied().filter(|t| types.contains(t)) {
+        match ty {
+            RESOURCE_TOPIC => agent.controller.topics().iter().for_each(|t| add(ty, t.name.clone())),
+            RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => add(ty, agent.broker_configs.node_id().to_string()),
+            _ => match agent.controller.all_client_metrics().await {
+                Ok(all) => all.into_iter().for_each(|r| add(ty, r.name)),
+                Err(e) => return response.with_error_code(controller_code(&e)),
+            },
+        }
+    }
+    response.with_error_code(0).with_config_resources(out)
+}
+
+impl super::quotas::Throttle for ListConfigResourcesResponse {
+    fn with_throttle(&self, ms: i32) -> Option<Self> {
+        Some(self.clone().with_throttle_time_ms(ms))
+    }
 }
 
 /// A BROKER or BROKER_LOGGER resource: its name must be this broker's id (or "", the cluster

@@ -122,6 +122,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // Configs (configs.rs).
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::ListConfigResources, 0, 1),
     // Client telemetry, KIP-714 (telemetry.rs).
     (ApiKey::GetTelemetrySubscriptions, 0, 0),
     (ApiKey::PushTelemetry, 0, 0),
@@ -211,6 +212,7 @@ pub enum Request {
     IncrementalAlterConfigs(kafka_protocol::messages::IncrementalAlterConfigsRequest),
     GetTelemetrySubscriptions(kafka_protocol::messages::GetTelemetrySubscriptionsRequest),
     PushTelemetry(kafka_protocol::messages::PushTelemetryRequest),
+    ListConfigResources(kafka_protocol::messages::ListConfigResourcesRequest),
 }
 
 /// A request ready to run: what it is, which version, whom to answer.
@@ -317,6 +319,7 @@ pub fn parse(frame: Bytes) -> Result<Parsed, Outcome> {
         ApiKey::IncrementalAlterConfigs => decode!(IncrementalAlterConfigs, kafka_protocol::messages::IncrementalAlterConfigsRequest),
         ApiKey::GetTelemetrySubscriptions => decode!(GetTelemetrySubscriptions, kafka_protocol::messages::GetTelemetrySubscriptionsRequest),
         ApiKey::PushTelemetry => decode!(PushTelemetry, kafka_protocol::messages::PushTelemetryRequest),
+        ApiKey::ListConfigResources => decode!(ListConfigResources, kafka_protocol::messages::ListConfigResourcesRequest),
         _ => return Err(Outcome::Close(format!("api {key:?} is not implemented"))),
     };
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
@@ -358,7 +361,12 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
     let who = crate::agent::acl::Requester { principal: &peer.principal, host: peer.addr.ip() };
     let access = acls::Access::new(&agent.authorizer, who, parsed.key);
     match parsed.request {
-        Request::ApiVersions(_) => ctx.respond(&api_versions::handle(version)),
+        Request::ApiVersions(r) => {
+            if version >= 3 {
+                peer.software.get_or_init(|| (r.client_software_name.to_string(), r.client_software_version.to_string()));
+            }
+            ctx.respond(&api_versions::handle(version))
+        }
         Request::Metadata(r) => ctx.counted(&metadata::handle(&agent, &access, version, r, &client, listener).await),
         Request::CreateTopics(r) => ctx.counted(&admin::create_topics(&agent, &access, version, r).await),
         Request::DeleteTopics(r) => ctx.counted(&admin::delete_topics(&agent, &access, version, r).await),
@@ -424,8 +432,9 @@ async fn answer(agent: Arc<Agent>, frame: Bytes, peer: Arc<Peer>, mut turn: Opti
         Request::DescribeProducers(r) => ctx.respond(&producers::describe_producers(&agent, &access, r).await),
         Request::AlterConfigs(r) => ctx.respond(&configs::alter_configs(&agent, &access, r).await),
         Request::IncrementalAlterConfigs(r) => ctx.respond(&configs::incremental_alter_configs(&agent, &access, r).await),
-        Request::GetTelemetrySubscriptions(r) => ctx.counted(&telemetry::get_subscriptions(&agent, r, &client.client_id)),
-        Request::PushTelemetry(r) => ctx.counted(&telemetry::push(&agent, r, &client.client_id)),
+        Request::GetTelemetrySubscriptions(r) => ctx.counted(&telemetry::get_subscriptions(&agent, r, &client.client_id, &peer)),
+        Request::PushTelemetry(r) => ctx.counted(&telemetry::push(&agent, r, &client.client_id, &peer)),
+        Request::ListConfigResources(r) => ctx.respond(&configs::list_config_resources(&agent, &access, version, r).await),
     }
 }
 

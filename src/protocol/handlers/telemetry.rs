@@ -9,6 +9,8 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::agent::Agent;
 use crate::agent::client_telemetry::{ACCEPTED_COMPRESSION_TYPES, ClientTelemetryError};
+use crate::api::client_metrics::ClientMeta;
+use crate::protocol::listener::Peer;
 
 /// The Kafka error code of each refusal.
 fn code(e: ClientTelemetryError) -> i16 {
@@ -22,8 +24,26 @@ fn code(e: ClientTelemetryError) -> i16 {
     }
 }
 
-pub fn get_subscriptions(agent: &Agent, r: GetTelemetrySubscriptionsRequest, client_id: &str) -> GetTelemetrySubscriptionsResponse {
-    match agent.client_telemetry.subscribe(r.client_instance_id, client_id) {
+/// What subscriptions match the client on (its instance id is filled in by the agent).
+fn client_meta(client_id: &str, peer: &Peer) -> ClientMeta {
+    let (software_name, software_version) = peer.software.get().cloned().unwrap_or_default();
+    ClientMeta {
+        client_instance_id: String::new(),
+        client_id: client_id.to_string(),
+        software_name,
+        software_version,
+        source_address: peer.addr.ip().to_string(),
+        source_port: peer.addr.port().to_string(),
+    }
+}
+
+pub fn get_subscriptions(
+    agent: &Agent,
+    r: GetTelemetrySubscriptionsRequest,
+    client_id: &str,
+    peer: &Peer,
+) -> GetTelemetrySubscriptionsResponse {
+    match agent.client_telemetry.subscribe(r.client_instance_id, &client_meta(client_id, peer)) {
         Ok(g) => GetTelemetrySubscriptionsResponse::default()
             .with_client_instance_id(g.client_instance_id)
             .with_subscription_id(g.subscription_id)
@@ -36,10 +56,11 @@ pub fn get_subscriptions(agent: &Agent, r: GetTelemetrySubscriptionsRequest, cli
     }
 }
 
-pub fn push(agent: &Agent, r: PushTelemetryRequest, client_id: &str) -> PushTelemetryResponse {
+pub fn push(agent: &Agent, r: PushTelemetryRequest, client_id: &str, peer: &Peer) -> PushTelemetryResponse {
+    let client = client_meta(client_id, peer);
     let outcome =
         agent
             .client_telemetry
-            .push(r.client_instance_id, client_id, r.subscription_id, r.terminating, r.compression_type, &r.metrics);
+            .push(r.client_instance_id, &client, r.subscription_id, r.terminating, r.compression_type, &r.metrics);
     PushTelemetryResponse::default().with_error_code(outcome.err().map_or(0, code))
 }
