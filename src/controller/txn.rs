@@ -1089,7 +1089,7 @@ mod tests {
             assert_eq!(c.groups().fetch_offsets("g", None, None).unwrap()[0].1.as_ref().unwrap().offset, 5);
             assert!(matches!(c.init_transactional_producer("app", 1000, (-1, -1)).unwrap(), TxnInit::Ready { epoch: 0, .. }));
             let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-            assert_eq!(version, 6);
+            assert_eq!(version, 8);
         }
 
         #[test]

@@ -16,8 +16,10 @@ import signal
 import subprocess
 import uuid
 
+import pytest
+
 from compat import java_cmd, run
-from conftest import SidestreamServer, poll_until
+from conftest import SidestreamServer, binary_path, poll_until
 
 TIMEOUT_MS = 60_000
 
@@ -52,8 +54,9 @@ def test_three_members_share_one_partition_and_every_record_is_delivered(server)
     assert sorted(accepted) == list(range(300)), out[-2000:]
     assert all(c == 1 for _, _, c, _, _ in got), "no record was delivered twice"
     assert {v for _, o, _, v, _ in got} == {"v%d" % o for o in range(300)}
-    members = {m for m, *_ in got}
-    assert len(members) >= 2, "the partition is shared: %s" % members
+    # Which member gets which records is the broker's choice (Kafka acquires whole batches: one
+    # member may take all 300); that two members get disjoint records is shown with the
+    # librdkafka consumer below.
 
 
 def test_release_redelivers_with_a_higher_delivery_count(server):
@@ -153,6 +156,7 @@ def test_confluent_kafka_share_consumer_shares_a_group_with_the_java_client(serv
     assert sorted(got) == [(o, "v%d" % o) for o in range(200)], "each record once: %s" % sorted(got)[:20]
 
 
+@pytest.mark.skipif("kafka-reference-broker" in str(binary_path()), reason="a Sidestream cluster: agents and a controller")
 def test_members_on_two_agents_share_through_a_remote_controller_across_its_restart(tmp_path):
     """Two agents of one remote controller (SQLite): a member on each, a controller restart in the
     middle; every record is accepted exactly once over both phases."""
@@ -196,8 +200,11 @@ def test_kafka_share_groups_tool_lists_describes_resets_and_deletes(server):
     consume(server, topic, group, 1, 10)
     assert group in share_groups_tool(server, "--list").split()
     out = share_groups_tool(server, "--describe", "--group", group)
-    # GROUP TOPIC PARTITION START-OFFSET LAG: everything was accepted.
-    assert re.search(r"^%s\s+%s\s+0\s+10\b" % (group, topic), out, re.M), out
+    # GROUP TOPIC PARTITION START-OFFSET LAG: everything was accepted. Sidestream's start offset
+    # is 10 (its lag is not reported, "-"); Kafka 4.4 persists the start offset lazily (it may
+    # still say 0) and reports lag 0.
+    m = re.search(r"^%s\s+%s\s+0\s+(\d+)\s+(\S+)" % (group, topic), out, re.M)
+    assert m and (m.group(1) == "10" or m.group(2) == "0"), out
     out = share_groups_tool(server, "--describe", "--group", group, "--state")
     assert re.search(r"\bEmpty\b", out), out
     out = share_groups_tool(server, "--reset-offsets", "--group", group, "--topic", topic, "--to-earliest", "--execute")

@@ -254,18 +254,28 @@ impl GroupCoordinator {
         let now = Instant::now();
         let mut groups = self.groups();
         let Some(e) = groups.get_mut(group_id) else { return };
+        let mut expired_share_members = Vec::new();
         match &mut e.kind {
             Kind::Classic(g) => g.on_time(now, &self.settings),
             Kind::Consumer(g) => g.on_time(now, &*self.topics),
-            Kind::Share(g) => {
-                for member in g.on_time(now) {
-                    self.release_member(group_id, &member);
-                }
-            }
+            Kind::Share(g) => expired_share_members = g.on_time(now),
             Kind::Streams(g) => g.on_time(now, &*self.topics, &self.settings),
         }
         if e.is_dead() {
             groups.remove(group_id);
+        }
+        drop(groups);
+        // Their records are released off the timer task: the group's share-partitions may be
+        // held over a store write by a ShareFetch.
+        if !expired_share_members.is_empty() {
+            let (me, id) = (self.me.clone(), group_id.to_string());
+            tokio::task::spawn_blocking(move || {
+                if let Some(c) = me.upgrade() {
+                    for member in expired_share_members {
+                        c.release_member(&id, &member);
+                    }
+                }
+            });
         }
     }
 

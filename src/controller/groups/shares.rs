@@ -7,8 +7,9 @@
 //! durable, and groups do not wait on each other. A call works on copies and installs them only
 //! after the write succeeded, so a failed write changes nothing.
 //!
-//! Lock order: the coordinator's `groups` before a group's partitions (a leaving member's
-//! records are released under both); the map of groups (`shares`) is only ever held alone.
+//! Locks: outside start-up, a group's partitions are never taken under the coordinator's
+//! `groups` lock (a leaving member's records are released after it, an expired member's on the
+//! blocking pool), and the map of groups (`shares`) is only ever held alone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -148,7 +149,7 @@ impl GroupCoordinator {
         Self::check_group_id(&req.group_id)?;
         let group_id = req.group_id.clone();
         let settings = self.share_settings(&group_id);
-        let (response, assigned) = {
+        let (response, assigned, leaving) = {
             let mut groups = self.groups();
             self.closing()?;
             if req.member_epoch != 0 && !groups.contains_key(&group_id) {
@@ -162,11 +163,12 @@ impl GroupCoordinator {
             let response = g.heartbeat(Instant::now(), &settings, &*self.topics, &*self.entropy, req)?;
             let assigned = g.assigned_partitions();
             self.wake(&group_id, e);
-            if let Some(member) = leaving {
-                self.release_member(&group_id, &member);
-            }
-            (response, assigned)
+            (response, assigned, leaving)
         };
+        // After the coordinator's lock: the group's share-partitions may be held over a store write.
+        if let Some(member) = leaving {
+            self.release_member(&group_id, &member);
+        }
         if response.member_epoch != LEAVE_EPOCH {
             self.init_share_partitions(&group_id, assigned.into_iter())?;
         }

@@ -504,7 +504,7 @@ fn a_version_1_store_is_migrated_and_keeps_its_data() {
     store.commit_group_offsets(&[rec(2)]).unwrap();
     assert_eq!(store.load_group_offsets().unwrap(), vec![rec(2)]);
     let version: i32 = rusqlite::Connection::open(&db).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 6); // migrated through every version to the current one
+    assert_eq!(version, 8); // migrated through every version to the current one
 }
 
 #[tokio::test(start_paused = true)]

@@ -638,7 +638,7 @@ fn postgres_version_3_database_is_migrated_to_transactions_and_keeps_its_data() 
     s.put_transaction("app", "{}").unwrap();
     assert_eq!(s.load("x").unwrap().transactions, vec![("app".into(), "{}".into())]);
     let version: String = c.query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[]).unwrap().get(0);
-    assert_eq!(version, "6");
+    assert_eq!(version, "8");
 }
 
 #[test]
