@@ -179,8 +179,8 @@ struct Answer {
     ack_message: Option<String>,
     records: Option<Bytes>,
     acquired: Vec<Acquired>,
-    /// Whether the request named it (with acknowledgements), so it is answered even if empty.
-    named: bool,
+    /// Whether the request acknowledged records of it, so it is answered even if empty.
+    acknowledged: bool,
 }
 
 fn ack_batches<'a>(batches: impl Iterator<Item = (i64, i64, &'a Vec<i8>)>) -> Vec<AckBatch> {
@@ -235,7 +235,7 @@ pub async fn share_fetch(agent: &Agent, access: &Access<'_>, req: ShareFetchRequ
         for p in &t.partitions {
             let key = (t.topic_id, p.partition_index);
             if let Some(a) = answers.get_mut(&key) {
-                a.named = !p.acknowledgement_batches.is_empty();
+                a.acknowledged = !p.acknowledgement_batches.is_empty();
             }
             if let Some(pr) = partitions.get_mut(&key) {
                 pr.acks
@@ -306,7 +306,7 @@ pub async fn share_fetch(agent: &Agent, access: &Access<'_>, req: ShareFetchRequ
     }
     let mut topics: BTreeMap<Uuid, Vec<PartitionData>> = BTreeMap::new();
     for ((topic_id, partition), a) in answers {
-        if a.acquired.is_empty() && a.error == 0 && a.ack_error == 0 && !a.named {
+        if a.acquired.is_empty() && a.error == 0 && a.ack_error == 0 && !a.acknowledged {
             continue;
         }
         topics.entry(topic_id).or_default().push(
